@@ -1,0 +1,233 @@
+//! The native protocol adapter: `starling-protocol` frames in, broker
+//! commands out. The session holds only whether `Hello` has been seen; the
+//! shard owns the socket, the buffers and the principal.
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, Bytes, BytesMut};
+use starling_broker::{BrokerError, Close, Command, Protocol, Reply, Session, SessionContext};
+use starling_protocol::{
+    decode, encode_deliver, Decoded, Envelope, ErrorCode, Frame, Limits, Message, WireError,
+    PROTOCOL_VERSION,
+};
+
+/// The native protocol, as served on a listener.
+#[derive(Clone, Debug)]
+pub struct NativeProtocol {
+    pub limits: Limits,
+    pub server_name: String,
+}
+
+impl NativeProtocol {
+    pub fn new(server_name: &str, frame_bytes_max: u32) -> NativeProtocol {
+        NativeProtocol {
+            limits: Limits { frame_bytes_max },
+            server_name: server_name.to_string(),
+        }
+    }
+}
+
+impl Protocol for NativeProtocol {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn new_session(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(NativeSession {
+            limits: self.limits,
+            server_name: self.server_name.clone(),
+            greeted: false,
+        })
+    }
+
+    fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes {
+        let mut out = BytesMut::new();
+        encode_deliver(channel, messages, &mut out);
+        out.freeze()
+    }
+}
+
+/// One native connection.
+pub struct NativeSession {
+    limits: Limits,
+    server_name: String,
+    greeted: bool,
+}
+
+fn write(out: &mut BytesMut, request_id: u32, frame: Frame) {
+    Envelope { request_id, frame }.encode(out);
+}
+
+fn error_frame(code: ErrorCode, temporary: bool, message: String) -> Frame {
+    Frame::Error {
+        code,
+        temporary,
+        message,
+    }
+}
+
+/// Sends a connection-level error (request id 0) and asks the shard to close.
+fn refuse(out: &mut BytesMut, code: ErrorCode, message: String) -> Result<(), Close> {
+    write(out, 0, error_frame(code, false, message.clone()));
+    Err(Close { reason: message })
+}
+
+impl Session for NativeSession {
+    fn on_input(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        loop {
+            let (envelope, used) = match decode(input, &self.limits) {
+                Ok(Decoded::Complete { envelope, used }) => (envelope, used),
+                Ok(Decoded::NeedMore { .. }) => return Ok(()),
+                Err(error) => {
+                    let code = match error {
+                        WireError::FrameTooLarge { .. } => ErrorCode::TooLarge,
+                        _ => ErrorCode::Malformed,
+                    };
+                    let message = format!("malformed frame, closing the connection: {error}");
+                    return refuse(context.out(), code, message);
+                }
+            };
+            input.advance(used);
+            let Envelope { request_id, frame } = envelope;
+            if !self.greeted {
+                let Frame::Hello {
+                    version,
+                    client_name,
+                    token,
+                } = frame
+                else {
+                    let message = format!(
+                        "expected Hello as the first frame, got {}; send Hello with a token first",
+                        frame.name()
+                    );
+                    return refuse(context.out(), ErrorCode::Denied, message);
+                };
+                if version != PROTOCOL_VERSION {
+                    let message = format!(
+                        "protocol version {version} is not supported; this server speaks version {PROTOCOL_VERSION}"
+                    );
+                    return refuse(context.out(), ErrorCode::Unsupported, message);
+                }
+                match context.authenticate(&client_name, &token) {
+                    Ok(_) => {
+                        self.greeted = true;
+                        let welcome = Frame::Welcome {
+                            version: PROTOCOL_VERSION,
+                            server_name: self.server_name.clone(),
+                            frame_bytes_max: self.limits.frame_bytes_max,
+                        };
+                        write(context.out(), request_id, welcome);
+                    }
+                    Err(denied) => {
+                        let message = format!("authentication failed: {}", denied.0);
+                        return refuse(context.out(), ErrorCode::Denied, message);
+                    }
+                }
+                continue;
+            }
+            let command = match frame {
+                Frame::Publish {
+                    ephemeral,
+                    kind,
+                    channel,
+                    client_message_id,
+                    relation,
+                    headers,
+                    body,
+                } => Command::Publish {
+                    channel,
+                    ephemeral,
+                    kind,
+                    client_message_id,
+                    relation,
+                    headers,
+                    body,
+                },
+                Frame::Subscribe { channel, start } => Command::Subscribe { channel, start },
+                Frame::Unsubscribe { channel } => Command::Unsubscribe { channel },
+                Frame::History {
+                    channel,
+                    query,
+                    limit,
+                } => Command::History {
+                    channel,
+                    query,
+                    limit,
+                },
+                Frame::CursorSet {
+                    consumer,
+                    channel,
+                    seq,
+                } => Command::CursorSet {
+                    consumer,
+                    channel,
+                    seq,
+                },
+                Frame::CursorGet { consumer, channel } => Command::CursorGet { consumer, channel },
+                Frame::Ping => {
+                    write(context.out(), request_id, Frame::Pong);
+                    continue;
+                }
+                Frame::Hello { .. } => {
+                    let message = "a second Hello on one connection; open a new connection to change identity".to_string();
+                    return refuse(context.out(), ErrorCode::Malformed, message);
+                }
+                other => {
+                    let message = format!(
+                        "{} is a server-to-client frame; a client may not send it",
+                        other.name()
+                    );
+                    return refuse(context.out(), ErrorCode::Malformed, message);
+                }
+            };
+            context.submit(request_id, command);
+        }
+    }
+
+    fn on_reply(&mut self, request_id: u32, reply: &Reply, out: &mut BytesMut) {
+        let frame = match reply {
+            Reply::Published {
+                seq,
+                offset,
+                timestamp_ms,
+                durable,
+                duplicate,
+            } => Frame::PublishAck {
+                seq: *seq,
+                offset: *offset,
+                timestamp_ms: *timestamp_ms,
+                durable: *durable,
+                duplicate: *duplicate,
+            },
+            Reply::Subscribed { head_seq } => Frame::Subscribed {
+                head_seq: *head_seq,
+            },
+            Reply::Unsubscribed => Frame::Unsubscribed,
+            Reply::History {
+                channel,
+                head_seq,
+                messages,
+            } => Frame::HistoryPage {
+                channel: channel.to_string(),
+                head_seq: *head_seq,
+                messages: messages.clone(),
+            },
+            Reply::CursorAck => Frame::CursorAck,
+            Reply::Cursor { seq } => Frame::CursorValue { seq: *seq },
+            Reply::Error(error) => broker_error_frame(error),
+        };
+        write(out, request_id, frame);
+    }
+
+    fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {
+        write(out, 0, error_frame(code, true, reason.to_string()));
+    }
+}
+
+fn broker_error_frame(error: &BrokerError) -> Frame {
+    error_frame(error.code(), error.temporary(), error.to_string())
+}

@@ -1,0 +1,1 @@
+//! Criterion benches for Starling live in `benches/`; this library is empty.

@@ -1,0 +1,150 @@
+//! The authorization hook. Every operation carries a [`Principal`]; the broker
+//! asks the engine's [`Authorizer`] before it acts. The security work replaces
+//! the default [`LoopbackAuthorizer`] with users, roles and channel patterns.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Who is asking: a user, the roles they hold and where they connect from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user: Arc<str>,
+    pub roles: Arc<[Arc<str>]>,
+    /// `None` for in-process (embedded) clients.
+    pub address: Option<SocketAddr>,
+}
+
+impl Principal {
+    /// The principal of an in-process client of the embedding program.
+    pub fn embedded(user: &str) -> Principal {
+        Principal {
+            user: Arc::from(user),
+            roles: Arc::from(Vec::new()),
+            address: None,
+        }
+    }
+
+    /// True when the principal connects from a loopback address or in process.
+    pub fn is_local(&self) -> bool {
+        match self.address {
+            None => true,
+            Some(address) => is_loopback(&address),
+        }
+    }
+}
+
+/// Loopback test that also accepts IPv4-mapped IPv6 loopback (`::ffff:127.0.0.1`).
+pub fn is_loopback(address: &SocketAddr) -> bool {
+    match address {
+        SocketAddr::V4(v4) => v4.ip().is_loopback(),
+        SocketAddr::V6(v6) => {
+            v6.ip().is_loopback() || v6.ip().to_ipv4_mapped().is_some_and(|ip| ip.is_loopback())
+        }
+    }
+}
+
+/// What a principal wants to do to a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    Subscribe,
+    History,
+    CursorWrite,
+    CursorRead,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+            Action::History => "history",
+            Action::CursorWrite => "cursor write",
+            Action::CursorRead => "cursor read",
+        })
+    }
+}
+
+/// Why a request was refused; the text is shown to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+/// Decides who may connect and what they may do. Called on the shard that
+/// owns the connection, once per operation, so it must be cheap and must not
+/// block.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Turns the credentials a client presents into a principal.
+    fn authenticate(
+        &self,
+        client_name: &str,
+        token: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied>;
+
+    /// Allows or refuses `action` on `channel`.
+    fn authorize(&self, principal: &Principal, action: Action, channel: &str)
+        -> Result<(), Denied>;
+}
+
+/// The default before authentication is configured: anyone on loopback (or
+/// in process) may do anything, under the user name given as the token (or
+/// `anonymous`); every other address is refused.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopbackAuthorizer;
+
+const NOT_CONFIGURED: &str = "authentication is not configured, so only loopback clients are \
+     served; configure authentication (see docs/SECURITY.md) before serving other addresses";
+
+impl Authorizer for LoopbackAuthorizer {
+    fn authenticate(
+        &self,
+        _client_name: &str,
+        token: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        let principal = Principal {
+            user: Arc::from(if token.is_empty() { "anonymous" } else { token }),
+            roles: Arc::from(Vec::new()),
+            address,
+        };
+        if principal.is_local() {
+            Ok(principal)
+        } else {
+            Err(Denied(NOT_CONFIGURED.to_string()))
+        }
+    }
+
+    fn authorize(&self, principal: &Principal, _: Action, _: &str) -> Result<(), Denied> {
+        if principal.is_local() {
+            Ok(())
+        } else {
+            Err(Denied(NOT_CONFIGURED.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_rules() {
+        let auth = LoopbackAuthorizer;
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let alice = auth.authenticate("cli", "alice", Some(local)).unwrap();
+        assert_eq!(&*alice.user, "alice");
+        assert!(auth.authenticate("cli", "", Some(mapped)).is_ok());
+        assert!(auth.authenticate("cli", "bob", Some(remote)).is_err());
+        assert!(auth.authorize(&alice, Action::Publish, "general").is_ok());
+        let outsider = Principal {
+            address: Some(remote),
+            ..alice
+        };
+        assert!(auth
+            .authorize(&outsider, Action::Subscribe, "general")
+            .is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! The one vocabulary every adapter speaks to the broker: a [`Command`] in,
+//! a [`Reply`] (per request) and deliveries out. The broker never knows which
+//! wire protocol a command came from.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use starling_protocol::{ErrorCode, HistoryQuery, Message, SubscribeStart};
+use thiserror::Error;
+
+/// Channel names starting with this are reserved for the engine itself
+/// (cursors, later metadata); clients cannot publish to them directly.
+pub const RESERVED_PREFIX: char = '$';
+/// Longest channel name accepted, in bytes.
+pub const CHANNEL_BYTES_MAX: usize = 1024;
+/// Longest client message id accepted, in bytes (it is an idempotency key).
+pub const CLIENT_MESSAGE_ID_BYTES_MAX: usize = 64;
+/// Largest header block of one message.
+pub const HEADERS_BYTES_MAX: usize = 16 * 1024;
+
+/// A request from a client, already authenticated; `request_id` is echoed in
+/// the reply.
+#[derive(Clone, Debug)]
+pub enum Command {
+    Publish {
+        channel: String,
+        /// Ephemeral messages (typing, presence) are delivered live and never
+        /// stored.
+        ephemeral: bool,
+        kind: u8,
+        client_message_id: Bytes,
+        relation: u64,
+        headers: Bytes,
+        body: Bytes,
+    },
+    Subscribe {
+        channel: String,
+        start: SubscribeStart,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    History {
+        channel: String,
+        query: HistoryQuery,
+        limit: u32,
+    },
+    CursorSet {
+        consumer: String,
+        channel: String,
+        seq: u64,
+    },
+    CursorGet {
+        consumer: String,
+        channel: String,
+    },
+}
+
+impl Command {
+    /// The channel the command acts on.
+    pub fn channel(&self) -> &str {
+        match self {
+            Command::Publish { channel, .. }
+            | Command::Subscribe { channel, .. }
+            | Command::Unsubscribe { channel }
+            | Command::History { channel, .. }
+            | Command::CursorSet { channel, .. }
+            | Command::CursorGet { channel, .. } => channel,
+        }
+    }
+}
+
+/// The answer to one command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Published {
+        seq: u64,
+        offset: u64,
+        timestamp_ms: u64,
+        /// True when the record is fdatasynced under the configured policy.
+        durable: bool,
+        /// True when this was a retry and the original's seq is returned.
+        duplicate: bool,
+    },
+    Subscribed {
+        head_seq: u64,
+    },
+    Unsubscribed,
+    History {
+        channel: Arc<str>,
+        head_seq: u64,
+        messages: Vec<Message>,
+    },
+    CursorAck,
+    Cursor {
+        seq: u64,
+    },
+    Error(BrokerError),
+}
+
+/// Why the broker refused or failed a request. Each maps to a wire error code.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum BrokerError {
+    #[error("permission denied: {0}")]
+    Denied(String),
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes; send less or raise the limit in the server configuration")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    #[error("already subscribed to channel {0:?} on this connection; unsubscribe first")]
+    AlreadySubscribed(String),
+    #[error("not subscribed to channel {0:?} on this connection")]
+    NotSubscribed(String),
+    #[error("the log of partition {partition} stopped accepting writes after a storage failure ({reason}); fix the disk and restart the server")]
+    StorageFailed { partition: u32, reason: String },
+    #[error("the server is shutting down; reconnect to another node or retry later")]
+    ShuttingDown,
+}
+
+impl BrokerError {
+    /// The wire error code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::Denied(_) => ErrorCode::Denied,
+            BrokerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            BrokerError::TooLarge { .. } => ErrorCode::TooLarge,
+            BrokerError::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
+            BrokerError::NotSubscribed(_) => ErrorCode::NotSubscribed,
+            BrokerError::StorageFailed { .. } => ErrorCode::StorageFailed,
+            BrokerError::ShuttingDown => ErrorCode::Unavailable,
+        }
+    }
+
+    /// True when the same request may succeed if retried later.
+    pub fn temporary(&self) -> bool {
+        matches!(self, BrokerError::ShuttingDown)
+    }
+}
+
+/// Checks the shape of a command before it is routed (sizes, names, reserved
+/// channels). Limits come from the engine configuration.
+pub fn validate(command: &Command, body_bytes_max: u32) -> Result<(), BrokerError> {
+    check_channel_name(command.channel())?;
+    match command {
+        Command::Publish {
+            channel,
+            client_message_id,
+            headers,
+            body,
+            ..
+        } => {
+            if channel.starts_with(RESERVED_PREFIX) {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "channel {channel:?} is reserved: names starting with '{RESERVED_PREFIX}' belong to the server"
+                )));
+            }
+            check_size(
+                "client message id",
+                client_message_id.len(),
+                CLIENT_MESSAGE_ID_BYTES_MAX,
+            )?;
+            check_size("message headers", headers.len(), HEADERS_BYTES_MAX)?;
+            check_size("message body", body.len(), body_bytes_max as usize)?;
+        }
+        Command::CursorSet { consumer, .. } | Command::CursorGet { consumer, .. } => {
+            if consumer.is_empty() || consumer.contains('/') {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "consumer name {consumer:?} must be non-empty and contain no '/'"
+                )));
+            }
+            check_size("consumer name", consumer.len(), CHANNEL_BYTES_MAX)?;
+        }
+        Command::History { limit, .. } if *limit == 0 => {
+            return Err(BrokerError::InvalidArgument(
+                "history limit must be at least 1".to_string(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check_channel_name(channel: &str) -> Result<(), BrokerError> {
+    if channel.is_empty() {
+        return Err(BrokerError::InvalidArgument(
+            "channel name is empty; name the channel".to_string(),
+        ));
+    }
+    if channel.chars().any(|c| c.is_control()) {
+        return Err(BrokerError::InvalidArgument(format!(
+            "channel name {channel:?} contains control characters"
+        )));
+    }
+    check_size("channel name", channel.len(), CHANNEL_BYTES_MAX)
+}
+
+fn check_size(what: &'static str, size: usize, limit: usize) -> Result<(), BrokerError> {
+    if size > limit {
+        Err(BrokerError::TooLarge { what, size, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// The reserved channel that stores the cursor of `consumer` on `channel`.
+pub fn cursor_channel(consumer: &str, channel: &str) -> String {
+    format!("{RESERVED_PREFIX}cursor/{consumer}/{channel}")
+}

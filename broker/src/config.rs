@@ -1,0 +1,114 @@
+//! The engine's settings. The binary fills these from its embedded defaults,
+//! a TOML file and environment variables; an embedding program builds them
+//! directly.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// When an acknowledgement is sent, relative to the disk. Named for what each
+/// policy promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Write and fdatasync before acknowledging; one fdatasync covers every
+    /// record gathered in one loop turn (group commit). Acks say `durable`.
+    Fsync,
+    /// Write before acknowledging, fdatasync at most every `interval_ms`.
+    /// Acks say *not* durable: a power loss may lose the last interval.
+    Interval,
+    /// Write before acknowledging and never fdatasync (the OS decides).
+    /// Acks say *not* durable.
+    None,
+}
+
+/// What to do with a subscriber whose outbound queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Send an error frame naming the reason and close the connection. The
+    /// client reconnects and resumes from its last seq without a gap.
+    Disconnect,
+    /// Drop the delivery for that subscriber and count it in the metrics.
+    /// The subscriber sees a gap in seqs.
+    Drop,
+}
+
+/// Retention of whole sealed segments for channels whose name starts with
+/// `prefix` (the longest matching prefix wins; no match keeps forever).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub prefix: String,
+    #[serde(default)]
+    pub max_age_ms: Option<u64>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// Everything the engine needs to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Event-loop threads (cores). 0 means one per available core.
+    pub shards: usize,
+    /// Log partitions. Fixed when a data directory is created; the value
+    /// stored there wins over this one afterwards.
+    pub partitions: u32,
+    /// Where the log lives.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// fdatasync period of the `interval` policy.
+    pub interval_ms: u64,
+    pub segment_bytes_max: u64,
+    pub body_bytes_max: u32,
+    /// How long a (sender, client message id) pair is remembered for
+    /// idempotent publish.
+    pub dedupe_window_ms: u64,
+    /// At most this many remembered pairs per partition; the oldest go first.
+    pub dedupe_entries_max: usize,
+    /// Bytes queued to one connection before the slow-consumer policy acts.
+    pub outbound_bytes_max: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Requests one connection may have unanswered before the shard stops
+    /// reading from it (backpressure instead of unbounded buffering).
+    pub inflight_requests_max: usize,
+    /// Largest page a history request or a catch-up step reads at once.
+    pub page_messages_max: u32,
+    pub retention: Vec<RetentionConfig>,
+    /// How often retention runs.
+    pub retention_check_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            shards: 0,
+            partitions: 16,
+            data_dir: PathBuf::from("starling-data"),
+            durability: Durability::Fsync,
+            interval_ms: 10,
+            segment_bytes_max: 128 * 1024 * 1024,
+            body_bytes_max: 1024 * 1024,
+            dedupe_window_ms: 120_000,
+            dedupe_entries_max: 1_000_000,
+            outbound_bytes_max: 8 * 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            inflight_requests_max: 4096,
+            page_messages_max: 1000,
+            retention: Vec::new(),
+            retention_check_ms: 60_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The shard count after resolving 0 to the number of cores.
+    pub fn resolved_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

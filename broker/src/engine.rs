@@ -1,0 +1,663 @@
+//! Starting and stopping the engine, listeners, and the in-process client.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mio::net::TcpListener;
+use mio::{Events, Poll, Token, Waker};
+use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
+use starling_storage::{DataDir, Partition, PartitionConfig, RetentionRule, StorageError};
+use thiserror::Error;
+
+use crate::auth::{Authorizer, Principal};
+use crate::command::{BrokerError, Command, Reply};
+use crate::config::EngineConfig;
+use crate::mailbox::{ConnRef, Inbox, ShardMsg};
+use crate::metrics::Metrics;
+use crate::routing::Routing;
+use crate::session::Protocol;
+use crate::shard::{wall_clock_ms, OwnedPartition, Shard};
+
+/// Events queued to one in-process client before it counts as a slow
+/// consumer. An embedded client reads in its own thread; 64 Ki events give
+/// it tens of milliseconds of slack at full speed.
+pub const LOCAL_EVENTS_MAX: usize = 64 * 1024;
+/// Longest an in-process client waits for a reply.
+const LOCAL_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The file in the data directory that fixes the partition count.
+const LAYOUT_FILE: &str = "layout.toml";
+
+/// Failures to start the engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {address}: {source}; choose a free address or stop the process that uses it")]
+    Listen {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot read or write {path}: {source}")]
+    Layout { path: PathBuf, source: io::Error },
+    #[error("{path} is damaged ({detail}); it must say `partitions = N`, the partition count the data was written with")]
+    LayoutDamaged { path: PathBuf, detail: String },
+    #[error("the engine has {shards} shards; at most 64 are supported")]
+    TooManyShards { shards: usize },
+    #[error("cannot start an event loop: {0}")]
+    Poll(io::Error),
+}
+
+/// State every shard reads: configuration, routing, inboxes, counters.
+pub(crate) struct EngineShared {
+    pub config: EngineConfig,
+    pub routing: Routing,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub inboxes: Vec<Inbox>,
+    pub metrics: Metrics,
+}
+
+/// A protocol served on an address.
+pub struct Listener {
+    pub address: SocketAddr,
+    pub protocol: Arc<dyn Protocol>,
+}
+
+/// A running engine. Dropping it shuts it down.
+pub struct Engine {
+    shared: Arc<EngineShared>,
+    shards: Vec<JoinHandle<()>>,
+    acceptor: Option<(JoinHandle<()>, Arc<Waker>)>,
+    local_addresses: Vec<(&'static str, SocketAddr)>,
+    next_local_shard: AtomicUsize,
+    // Held for the engine's lifetime: the exclusive lock on the data directory.
+    _data_dir: Arc<DataDir>,
+}
+
+impl Engine {
+    /// Opens the data directory (recovering every partition), starts one
+    /// event loop per shard and the listeners. Fails, with nothing left
+    /// running, if any partition cannot be recovered or any address bound.
+    pub fn start(
+        config: EngineConfig,
+        authorizer: Arc<dyn Authorizer>,
+        listeners: Vec<Listener>,
+    ) -> Result<Engine, EngineError> {
+        let shards = config.resolved_shards();
+        if shards > 64 {
+            return Err(EngineError::TooManyShards { shards });
+        }
+        let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+        let partitions = fixed_partition_count(data_dir.path(), config.partitions)?;
+        let routing = Routing::new(partitions, shards);
+
+        let mut bound = Vec::new();
+        for listener in listeners {
+            let std_listener = std::net::TcpListener::bind(listener.address).map_err(|source| {
+                EngineError::Listen {
+                    address: listener.address,
+                    source,
+                }
+            })?;
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|source| EngineError::Listen {
+                    address: listener.address,
+                    source,
+                })?;
+            let local = std_listener
+                .local_addr()
+                .map_err(|source| EngineError::Listen {
+                    address: listener.address,
+                    source,
+                })?;
+            bound.push((
+                TcpListener::from_std(std_listener),
+                local,
+                listener.protocol,
+            ));
+        }
+
+        let mut polls = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..shards {
+            let poll = Poll::new().map_err(EngineError::Poll)?;
+            let waker = Waker::new(poll.registry(), Token(0)).map_err(EngineError::Poll)?;
+            inboxes.push(Inbox::new(waker));
+            polls.push(poll);
+        }
+        let shared = Arc::new(EngineShared {
+            config,
+            routing,
+            authorizer,
+            inboxes,
+            metrics: Metrics::default(),
+        });
+
+        // Each shard recovers its own partitions in its own thread, so a
+        // restart reads the log with every core.
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let mut handles = Vec::new();
+        for (id, poll) in polls.into_iter().enumerate() {
+            let shared = shared.clone();
+            let data_dir = data_dir.clone();
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("starling-shard-{id}"))
+                .spawn(move || {
+                    let opened = open_partitions(&shared, &data_dir, id);
+                    match opened {
+                        Ok(partitions) => {
+                            let _ = ready.send(Ok(()));
+                            Shard::new(id, poll, shared, partitions).run();
+                        }
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                        }
+                    }
+                })
+                .map_err(EngineError::Poll)?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(_) => break,
+            }
+        }
+        if let Some(error) = failure {
+            for inbox in &shared.inboxes {
+                inbox.send_blocking(ShardMsg::Shutdown);
+            }
+            for handle in handles {
+                let _ = handle.join();
+            }
+            return Err(error.into());
+        }
+
+        let local_addresses = bound.iter().map(|(_, a, p)| (p.name(), *a)).collect();
+        let acceptor = if bound.is_empty() {
+            None
+        } else {
+            Some(start_acceptor(shared.clone(), bound)?)
+        };
+        Ok(Engine {
+            shared,
+            shards: handles,
+            acceptor,
+            local_addresses,
+            next_local_shard: AtomicUsize::new(0),
+            _data_dir: data_dir,
+        })
+    }
+
+    /// The addresses the listeners are bound to (useful with port 0).
+    pub fn local_addresses(&self) -> &[(&'static str, SocketAddr)] {
+        &self.local_addresses
+    }
+
+    /// The address of the first listener of protocol `name`.
+    pub fn local_address(&self, name: &str) -> Option<SocketAddr> {
+        self.local_addresses
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The routing table (partition count and shard count in use).
+    pub fn routing(&self) -> Routing {
+        self.shared.routing
+    }
+
+    /// A client inside this process, acting as `principal`. Clients are spread
+    /// over the shards round-robin.
+    pub fn connect(&self, principal: Principal) -> LocalClient {
+        let shard =
+            self.next_local_shard.fetch_add(1, Ordering::Relaxed) % self.shared.routing.shards;
+        let (events_tx, events) = crossbeam_channel::bounded(LOCAL_EVENTS_MAX);
+        let (attached_tx, attached) = crossbeam_channel::bounded(1);
+        self.shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
+            principal,
+            events: events_tx,
+            attached: attached_tx,
+        });
+        let conn = attached
+            .recv()
+            .expect("a running shard attaches a local client");
+        LocalClient {
+            shared: self.shared.clone(),
+            conn,
+            events,
+            next_request_id: 1,
+            deliveries: VecDeque::new(),
+            closed: None,
+        }
+    }
+
+    /// Stops accepting, lets every shard write and sync what it has, closes
+    /// every connection and waits for the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some((handle, waker)) = self.acceptor.take() {
+            let _ = waker.wake();
+            let _ = handle.join();
+        }
+        if self.shards.is_empty() {
+            return;
+        }
+        for inbox in &self.shared.inboxes {
+            inbox.send_blocking(ShardMsg::Shutdown);
+        }
+        for handle in self.shards.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the partition count stored in the data directory, or stores
+/// `configured` in a new one. Routing depends on it, so it never changes.
+fn fixed_partition_count(dir: &Path, configured: u32) -> Result<u32, EngineError> {
+    let path = dir.join(LAYOUT_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let value = text
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .find(|(key, _)| key.trim() == "partitions")
+                .map(|(_, value)| value.trim().parse::<u32>());
+            match value {
+                Some(Ok(n)) if n > 0 => {
+                    if n != configured {
+                        log::info!(
+                            "data directory {} was created with {n} partitions; using {n} (configured: {configured})",
+                            dir.display()
+                        );
+                    }
+                    Ok(n)
+                }
+                Some(Ok(_)) | None => Err(EngineError::LayoutDamaged {
+                    path,
+                    detail: "no positive partitions value".into(),
+                }),
+                Some(Err(error)) => Err(EngineError::LayoutDamaged {
+                    path,
+                    detail: error.to_string(),
+                }),
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let text = format!(
+                "# Written when this data directory was created. Channels are routed by\n\
+                 # this count, so it must never change while the data exists.\n\
+                 partitions = {configured}\n"
+            );
+            let temporary = dir.join(format!("{LAYOUT_FILE}.new"));
+            let layout_error = |source| EngineError::Layout {
+                path: path.clone(),
+                source,
+            };
+            fs::write(&temporary, text).map_err(layout_error)?;
+            fs::File::open(&temporary)
+                .and_then(|f| f.sync_all())
+                .map_err(layout_error)?;
+            fs::rename(&temporary, &path).map_err(layout_error)?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(layout_error)?;
+            Ok(configured)
+        }
+        Err(source) => Err(EngineError::Layout { path, source }),
+    }
+}
+
+fn open_partitions(
+    shared: &EngineShared,
+    data_dir: &DataDir,
+    shard: usize,
+) -> Result<HashMap<u32, OwnedPartition>, StorageError> {
+    let config = &shared.config;
+    let partition_config = PartitionConfig {
+        segment_bytes_max: config.segment_bytes_max,
+        record_body_bytes_max: config.body_bytes_max,
+        retention: config
+            .retention
+            .iter()
+            .map(|r| RetentionRule {
+                prefix: r.prefix.clone(),
+                max_age_ms: r.max_age_ms,
+                max_bytes: r.max_bytes,
+            })
+            .collect(),
+    };
+    let now_ms = wall_clock_ms();
+    let mut partitions = HashMap::new();
+    for id in shared.routing.partitions_of_shard(shard) {
+        let started = Instant::now();
+        let path = data_dir.partition_path(id);
+        let (log, report) = Partition::open(&path, id, partition_config.clone())?;
+        log::info!(
+            "partition {id}: recovered {} records of {} channels in {} segments in {} ms{}",
+            report.records,
+            report.channels,
+            report.segments,
+            started.elapsed().as_millis(),
+            match &report.truncated_at {
+                Some((file, at)) => format!(
+                    "; truncated a torn tail of {} bytes at byte {at} of {}",
+                    report.truncated_bytes,
+                    file.display()
+                ),
+                None => String::new(),
+            }
+        );
+        partitions.insert(id, OwnedPartition::new(log, config, now_ms)?);
+    }
+    Ok(partitions)
+}
+
+/// Token of the acceptor's shutdown waker; listener `i` uses `Token(i + 1)`.
+const ACCEPTOR_WAKER: Token = Token(0);
+
+fn start_acceptor(
+    shared: Arc<EngineShared>,
+    mut listeners: Vec<(TcpListener, SocketAddr, Arc<dyn Protocol>)>,
+) -> Result<(JoinHandle<()>, Arc<Waker>), EngineError> {
+    let mut poll = Poll::new().map_err(EngineError::Poll)?;
+    let waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER).map_err(EngineError::Poll)?);
+    for (index, (listener, _, _)) in listeners.iter_mut().enumerate() {
+        poll.registry()
+            .register(listener, Token(index + 1), mio::Interest::READABLE)
+            .map_err(EngineError::Poll)?;
+    }
+    let handle = std::thread::Builder::new()
+        .name("starling-acceptor".into())
+        .spawn(move || {
+            let mut events = Events::with_capacity(64);
+            let mut next_shard = 0usize;
+            loop {
+                if let Err(error) = poll.poll(&mut events, None) {
+                    if error.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    log::error!("acceptor: poll failed: {error}");
+                    return;
+                }
+                for event in events.iter() {
+                    if event.token() == ACCEPTOR_WAKER {
+                        return;
+                    }
+                    let (listener, _, protocol) = &listeners[event.token().0 - 1];
+                    loop {
+                        match listener.accept() {
+                            Ok((stream, peer)) => {
+                                let _ = stream.set_nodelay(true);
+                                let shard = next_shard % shared.routing.shards;
+                                next_shard = next_shard.wrapping_add(1);
+                                shared.inboxes[shard].send_blocking(ShardMsg::Accept {
+                                    stream,
+                                    peer,
+                                    protocol: protocol.clone(),
+                                });
+                            }
+                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                            Err(error) => {
+                                // Out of file descriptors and the like: keep
+                                // serving the connections that exist.
+                                log::warn!("acceptor: accept failed: {error}");
+                                std::thread::sleep(Duration::from_millis(10));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(EngineError::Poll)?;
+    Ok((handle, waker))
+}
+
+/// What a shard sends to an in-process client.
+#[derive(Debug)]
+pub enum LocalEvent {
+    Reply {
+        request_id: u32,
+        reply: Reply,
+    },
+    Deliver {
+        channel: Arc<str>,
+        messages: Arc<[Message]>,
+    },
+    Closed {
+        reason: String,
+    },
+}
+
+/// The acknowledgement of a stored publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    pub durable: bool,
+    pub duplicate: bool,
+}
+
+/// A client inside the embedding program: the same commands as a network
+/// client, without a socket. Blocking; use one per thread.
+pub struct LocalClient {
+    shared: Arc<EngineShared>,
+    conn: ConnRef,
+    events: Receiver<LocalEvent>,
+    next_request_id: u32,
+    deliveries: VecDeque<(Arc<str>, Arc<[Message]>)>,
+    closed: Option<String>,
+}
+
+impl LocalClient {
+    /// Sends a command and waits for its reply; deliveries that arrive
+    /// meanwhile are kept for [`LocalClient::next_delivery`].
+    pub fn request(&mut self, command: Command) -> Result<Reply, BrokerError> {
+        if let Some(reason) = &self.closed {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the client is closed: {reason}"
+            )));
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        self.shared.inboxes[self.conn.shard].send_blocking(ShardMsg::LocalCommand {
+            conn: self.conn,
+            request_id,
+            command,
+        });
+        let deadline = Instant::now() + LOCAL_REPLY_TIMEOUT;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(wait) {
+                Ok(LocalEvent::Reply {
+                    request_id: id,
+                    reply,
+                }) if id == request_id => {
+                    return match reply {
+                        Reply::Error(error) => Err(error),
+                        reply => Ok(reply),
+                    };
+                }
+                Ok(LocalEvent::Reply { .. }) => {}
+                Ok(LocalEvent::Deliver { channel, messages }) => {
+                    self.deliveries.push_back((channel, messages));
+                }
+                Ok(LocalEvent::Closed { reason }) => {
+                    self.closed = Some(reason.clone());
+                    return Err(BrokerError::InvalidArgument(format!(
+                        "the client was closed: {reason}"
+                    )));
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(BrokerError::ShuttingDown);
+                }
+            }
+        }
+    }
+
+    /// Stores a message and waits until it is acknowledged.
+    pub fn publish(
+        &mut self,
+        channel: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Published, BrokerError> {
+        self.publish_command(Command::Publish {
+            channel: channel.to_string(),
+            ephemeral: false,
+            kind: kind::MESSAGE,
+            client_message_id: Bytes::new(),
+            relation: 0,
+            headers: Bytes::new(),
+            body: body.into(),
+        })
+    }
+
+    /// Sends any publish command (ephemeral, idempotent, with a relation).
+    pub fn publish_command(&mut self, command: Command) -> Result<Published, BrokerError> {
+        match self.request(command)? {
+            Reply::Published {
+                seq,
+                offset,
+                timestamp_ms,
+                durable,
+                duplicate,
+            } => Ok(Published {
+                seq,
+                offset,
+                timestamp_ms,
+                durable,
+                duplicate,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes; returns the channel's head seq at the seam.
+    pub fn subscribe(&mut self, channel: &str, start: SubscribeStart) -> Result<u64, BrokerError> {
+        match self.request(Command::Subscribe {
+            channel: channel.to_string(),
+            start,
+        })? {
+            Reply::Subscribed { head_seq } => Ok(head_seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn unsubscribe(&mut self, channel: &str) -> Result<(), BrokerError> {
+        self.request(Command::Unsubscribe {
+            channel: channel.to_string(),
+        })
+        .map(|_| ())
+    }
+
+    /// A page of history: `(head_seq, messages)`.
+    pub fn history(
+        &mut self,
+        channel: &str,
+        query: HistoryQuery,
+        limit: u32,
+    ) -> Result<(u64, Vec<Message>), BrokerError> {
+        match self.request(Command::History {
+            channel: channel.to_string(),
+            query,
+            limit,
+        })? {
+            Reply::History {
+                head_seq, messages, ..
+            } => Ok((head_seq, messages)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn cursor_set(
+        &mut self,
+        consumer: &str,
+        channel: &str,
+        seq: u64,
+    ) -> Result<(), BrokerError> {
+        self.request(Command::CursorSet {
+            consumer: consumer.to_string(),
+            channel: channel.to_string(),
+            seq,
+        })
+        .map(|_| ())
+    }
+
+    pub fn cursor_get(&mut self, consumer: &str, channel: &str) -> Result<u64, BrokerError> {
+        match self.request(Command::CursorGet {
+            consumer: consumer.to_string(),
+            channel: channel.to_string(),
+        })? {
+            Reply::Cursor { seq } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next delivery, waiting at most `timeout`.
+    pub fn next_delivery(&mut self, timeout: Duration) -> Option<(Arc<str>, Arc<[Message]>)> {
+        if let Some(delivery) = self.deliveries.pop_front() {
+            return Some(delivery);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(wait) {
+                Ok(LocalEvent::Deliver { channel, messages }) => return Some((channel, messages)),
+                Ok(LocalEvent::Reply { .. }) => {}
+                Ok(LocalEvent::Closed { reason }) => {
+                    self.closed = Some(reason);
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Why the server closed this client, if it did.
+    pub fn closed_reason(&self) -> Option<&str> {
+        self.closed.as_deref()
+    }
+}
+
+impl Drop for LocalClient {
+    fn drop(&mut self) {
+        let inbox = &self.shared.inboxes[self.conn.shard];
+        // A shard that has stopped no longer drains its inbox; don't wait on it.
+        let _ = inbox.queue.push(ShardMsg::DetachLocal { conn: self.conn });
+        inbox.wake();
+    }
+}
+
+fn unexpected(reply: Reply) -> BrokerError {
+    BrokerError::InvalidArgument(format!("unexpected reply from the engine: {reply:?}"))
+}

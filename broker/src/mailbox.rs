@@ -1,0 +1,170 @@
+//! The only way work crosses cores: each shard has one bounded lock-free
+//! inbox ([`crossbeam_queue::ArrayQueue`]) and a [`mio::Waker`]. Producers are
+//! the other shards, the acceptor thread and in-process clients.
+//!
+//! A shard never blocks on a full inbox: what does not fit waits in the
+//! sender's per-destination overflow queue (see `shard::Outbox`) and goes out
+//! on a later turn, in order. Threads outside the event loops (the acceptor,
+//! embedded clients) retry with a short sleep instead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use starling_protocol::{HistoryQuery, Message};
+
+use crate::auth::Principal;
+use crate::command::{BrokerError, Command, Reply};
+use crate::engine::LocalEvent;
+use crate::session::Protocol;
+
+/// Messages one inbox holds. One loop turn drains the inbox, so this bounds the
+/// work another core can hand over per turn: 64 Ki entries is a few MB of
+/// pointers and far above one turn's traffic at millions of messages/s, while
+/// a core that falls further behind pushes back on its senders.
+pub const INBOX_CAPACITY: usize = 64 * 1024;
+
+/// A connection anywhere in the engine. The generation makes a reference to a
+/// closed connection harmless after its slot is reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub shard: usize,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// How the owner of a channel should phrase a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReplyAs {
+    /// The command's own reply (`Published`, `History`).
+    Plain,
+    /// A cursor operation stored as a record of a reserved channel.
+    Cursor,
+}
+
+/// Where a subscription's catch-up starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FetchStart {
+    Live,
+    From(u64),
+    Last(u64),
+}
+
+/// Work for a shard.
+pub(crate) enum ShardMsg {
+    /// A connection accepted for this shard.
+    Accept {
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        protocol: Arc<dyn Protocol>,
+    },
+    /// An in-process client joins this shard.
+    AttachLocal {
+        principal: Principal,
+        events: crossbeam_channel::Sender<LocalEvent>,
+        attached: crossbeam_channel::Sender<ConnRef>,
+    },
+    LocalCommand {
+        conn: ConnRef,
+        request_id: u32,
+        command: Command,
+    },
+    DetachLocal {
+        conn: ConnRef,
+    },
+    /// To the channel's owner: store (or, if ephemeral, just deliver) a message.
+    Publish {
+        from: ConnRef,
+        request_id: u32,
+        reply_as: ReplyAs,
+        channel: Arc<str>,
+        sender: Arc<str>,
+        ephemeral: bool,
+        kind: u8,
+        client_message_id: Bytes,
+        relation: u64,
+        headers: Bytes,
+        body: Bytes,
+    },
+    /// To the channel's owner: shard `shard` has (or no longer has)
+    /// subscribers of `channel`.
+    Interest {
+        channel: Arc<str>,
+        shard: usize,
+        on: bool,
+    },
+    /// To the channel's owner: the next catch-up page of a subscription.
+    Fetch {
+        subscriber: ConnRef,
+        channel: Arc<str>,
+        start: FetchStart,
+    },
+    /// To the channel's owner: a history read.
+    Read {
+        from: ConnRef,
+        request_id: u32,
+        reply_as: ReplyAs,
+        channel: Arc<str>,
+        query: HistoryQuery,
+        limit: u32,
+    },
+    /// From an owner: the reply to a request of one of this shard's connections.
+    Replied {
+        to: ConnRef,
+        request_id: u32,
+        reply: Reply,
+    },
+    /// From an owner: a catch-up page. `complete` means the page reaches the
+    /// channel's head as it was when read; live deliveries continue after it.
+    Page {
+        subscriber: ConnRef,
+        channel: Arc<str>,
+        result: Result<Vec<Message>, BrokerError>,
+        head_seq: u64,
+        complete: bool,
+    },
+    /// From an owner: new messages of a channel this shard has subscribers of.
+    Deliver {
+        channel: Arc<str>,
+        messages: Arc<[Message]>,
+    },
+    Shutdown,
+}
+
+/// A shard's inbox.
+pub(crate) struct Inbox {
+    pub queue: ArrayQueue<ShardMsg>,
+    pub waker: mio::Waker,
+}
+
+impl Inbox {
+    pub fn new(waker: mio::Waker) -> Inbox {
+        Inbox {
+            queue: ArrayQueue::new(INBOX_CAPACITY),
+            waker,
+        }
+    }
+
+    /// Sends from a thread that is not an event loop: waits (briefly sleeping)
+    /// while the inbox is full, then wakes the shard.
+    pub fn send_blocking(&self, mut message: ShardMsg) {
+        loop {
+            match self.queue.push(message) {
+                Ok(()) => break,
+                Err(back) => {
+                    message = back;
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        self.wake();
+    }
+
+    pub fn wake(&self) {
+        if let Err(error) = self.waker.wake() {
+            log::error!("cannot wake a shard: {error}");
+        }
+    }
+}

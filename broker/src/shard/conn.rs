@@ -1,0 +1,623 @@
+//! Connections on a shard: sockets driven by a protocol [`Session`], and
+//! in-process clients fed through a channel. Reading, writing, command
+//! routing and closing live here.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_channel::{Sender, TrySendError};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use starling_protocol::{kind, ErrorCode, HistoryQuery};
+
+use super::Shard;
+use crate::auth::{Action, Principal};
+use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
+use crate::config::SlowConsumerPolicy;
+use crate::engine::LocalEvent;
+use crate::mailbox::{ConnRef, ReplyAs, ShardMsg};
+use crate::session::{Protocol, Session, SessionContext};
+
+/// Bytes read from one socket per turn before other connections get a turn.
+const READ_BYTES_PER_TURN: usize = 256 * 1024;
+/// Smallest free space kept in a connection's input buffer before a read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Buffers handed to one `writev`.
+const WRITE_SLICES_MAX: usize = 64;
+
+pub(crate) struct Connection {
+    pub generation: u32,
+    pub principal: Option<Principal>,
+    pub kind: ConnKind,
+    /// Channels this connection subscribes to (for cleanup on close).
+    pub subscriptions: Vec<Arc<str>>,
+    /// Requests accepted and not yet answered.
+    pub inflight: usize,
+    /// Reading stopped because `inflight` reached its bound.
+    pub read_paused: bool,
+    /// The connection closes once its queued bytes are written.
+    pub closing: bool,
+}
+
+pub(crate) enum ConnKind {
+    Socket(SocketConn),
+    Local { events: Sender<LocalEvent> },
+}
+
+pub(crate) struct SocketConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: Box<dyn Session>,
+    pub protocol: Arc<dyn Protocol>,
+    input: BytesMut,
+    output: VecDeque<Bytes>,
+    pub output_bytes: usize,
+    scratch: BytesMut,
+}
+
+impl Shard {
+    pub(crate) fn connection(&self, conn: ConnRef) -> Option<&Connection> {
+        debug_assert_eq!(conn.shard, self.id);
+        self.connections
+            .get(conn.slot as usize)?
+            .as_ref()
+            .filter(|c| c.generation == conn.generation)
+    }
+
+    pub(crate) fn connection_mut(&mut self, conn: ConnRef) -> Option<&mut Connection> {
+        self.connections
+            .get_mut(conn.slot as usize)?
+            .as_mut()
+            .filter(|c| c.generation == conn.generation)
+    }
+
+    pub(crate) fn conn_ref(&self, slot: u32) -> ConnRef {
+        ConnRef {
+            shard: self.id,
+            slot,
+            generation: self.generations[slot as usize],
+        }
+    }
+
+    fn allocate_slot(&mut self, connection: Connection) -> u32 {
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.connections.push(None);
+                self.generations.push(0);
+                (self.connections.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[slot as usize];
+        self.connections[slot as usize] = Some(Connection {
+            generation,
+            ..connection
+        });
+        slot
+    }
+
+    pub(super) fn accept(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        protocol: Arc<dyn Protocol>,
+    ) {
+        let session = protocol.new_session(peer);
+        let connection = Connection {
+            generation: 0,
+            principal: None,
+            kind: ConnKind::Socket(SocketConn {
+                stream,
+                peer,
+                session,
+                protocol,
+                input: BytesMut::with_capacity(READ_CHUNK),
+                output: VecDeque::new(),
+                output_bytes: 0,
+                scratch: BytesMut::new(),
+            }),
+            subscriptions: Vec::new(),
+            inflight: 0,
+            read_paused: false,
+            closing: false,
+        };
+        let slot = self.allocate_slot(connection);
+        let registry = self.poll.registry();
+        if let Some(Connection {
+            kind: ConnKind::Socket(socket),
+            ..
+        }) = self.connections[slot as usize].as_mut()
+        {
+            if let Err(error) = registry.register(
+                &mut socket.stream,
+                Token(slot as usize + 1),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!(
+                    "shard {}: cannot register connection from {peer}: {error}",
+                    self.id
+                );
+                self.release_slot(slot);
+                return;
+            }
+        }
+        self.shared.metrics.connections_opened.add(1);
+        // Bytes may already be waiting; edge-triggered polling would not say so again.
+        self.read_again.push(slot);
+    }
+
+    pub(super) fn attach_local(
+        &mut self,
+        principal: Principal,
+        events: Sender<LocalEvent>,
+        attached: Sender<ConnRef>,
+    ) {
+        let connection = Connection {
+            generation: 0,
+            principal: Some(principal),
+            kind: ConnKind::Local { events },
+            subscriptions: Vec::new(),
+            inflight: 0,
+            read_paused: false,
+            closing: false,
+        };
+        let slot = self.allocate_slot(connection);
+        // The client may have given up waiting; then it detaches when dropped.
+        let _ = attached.send(self.conn_ref(slot));
+    }
+
+    pub(super) fn read_connection(&mut self, slot: u32) {
+        let mut commands = Vec::new();
+        let mut close: Option<String> = None;
+        let mut peer_closed = false;
+        {
+            let Some(connection) = self
+                .connections
+                .get_mut(slot as usize)
+                .and_then(|c| c.as_mut())
+            else {
+                return;
+            };
+            if connection.closing {
+                return;
+            }
+            if connection.inflight >= self.shared.config.inflight_requests_max {
+                connection.read_paused = true;
+                return;
+            }
+            let ConnKind::Socket(socket) = &mut connection.kind else {
+                return;
+            };
+            let mut read_total = 0;
+            let mut more = false;
+            loop {
+                if read_total >= READ_BYTES_PER_TURN {
+                    more = true;
+                    break;
+                }
+                socket.input.reserve(READ_CHUNK);
+                let spare = socket.input.capacity() - socket.input.len();
+                let start = socket.input.len();
+                socket.input.resize(start + spare, 0);
+                match socket.stream.read(&mut socket.input[start..]) {
+                    Ok(0) => {
+                        socket.input.truncate(start);
+                        peer_closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        socket.input.truncate(start + n);
+                        read_total += n;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        socket.input.truncate(start);
+                        break;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                        socket.input.truncate(start);
+                    }
+                    Err(error) => {
+                        socket.input.truncate(start);
+                        log::debug!(
+                            "shard {}: read from {} failed: {error}",
+                            self.id,
+                            socket.peer
+                        );
+                        peer_closed = true;
+                        break;
+                    }
+                }
+            }
+            self.shared.metrics.bytes_in.add(read_total as u64);
+            if !socket.input.is_empty() {
+                let mut out = BytesMut::new();
+                let mut context = SessionContext::new(
+                    &mut out,
+                    &mut commands,
+                    &mut connection.principal,
+                    &*self.shared.authorizer,
+                    socket.peer,
+                );
+                if let Err(reason) = socket.session.on_input(&mut socket.input, &mut context) {
+                    close = Some(reason.reason);
+                }
+                if !out.is_empty() {
+                    socket.output_bytes += out.len();
+                    socket.output.push_back(out.freeze());
+                }
+            }
+            if more && close.is_none() && !peer_closed {
+                self.read_again.push(slot);
+            }
+        }
+        self.mark_dirty(slot);
+        for (request_id, command) in commands {
+            self.handle_command(slot, request_id, command);
+        }
+        if let Some(reason) = close {
+            log::debug!("shard {}: closing connection: {reason}", self.id);
+            if let Some(connection) = self.connections[slot as usize].as_mut() {
+                connection.closing = true;
+            }
+        } else if peer_closed {
+            self.close_connection(slot, None);
+        }
+    }
+
+    /// Authorizes and routes one command of connection `slot`.
+    pub(super) fn handle_command(&mut self, slot: u32, request_id: u32, command: Command) {
+        let from = self.conn_ref(slot);
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return;
+        };
+        connection.inflight += 1;
+        let Some(principal) = connection.principal.clone() else {
+            self.reply(
+                from,
+                request_id,
+                Reply::Error(BrokerError::Denied(
+                    "the connection is not authenticated; send Hello with a token first".into(),
+                )),
+            );
+            return;
+        };
+        if let Err(error) = validate(&command, self.shared.config.body_bytes_max) {
+            self.reply(from, request_id, Reply::Error(error));
+            return;
+        }
+        let action = match &command {
+            Command::Publish { .. } => Action::Publish,
+            Command::Subscribe { .. } | Command::Unsubscribe { .. } => Action::Subscribe,
+            Command::History { .. } => Action::History,
+            Command::CursorSet { .. } => Action::CursorWrite,
+            Command::CursorGet { .. } => Action::CursorRead,
+        };
+        if let Err(denied) = self
+            .shared
+            .authorizer
+            .authorize(&principal, action, command.channel())
+        {
+            self.shared.metrics.denied.add(1);
+            self.reply(
+                from,
+                request_id,
+                Reply::Error(BrokerError::Denied(denied.0)),
+            );
+            return;
+        }
+        let page_max = self.shared.config.page_messages_max;
+        match command {
+            Command::Publish {
+                channel,
+                ephemeral,
+                kind,
+                client_message_id,
+                relation,
+                headers,
+                body,
+            } => {
+                let owner = self.shared.routing.shard_of(&channel);
+                let message = ShardMsg::Publish {
+                    from,
+                    request_id,
+                    reply_as: ReplyAs::Plain,
+                    channel: Arc::from(channel),
+                    sender: principal.user.clone(),
+                    ephemeral,
+                    kind,
+                    client_message_id,
+                    relation,
+                    headers,
+                    body,
+                };
+                self.send(owner, message);
+            }
+            Command::Subscribe { channel, start } => {
+                self.subscribe(slot, request_id, Arc::from(channel), start);
+            }
+            Command::Unsubscribe { channel } => self.unsubscribe(slot, request_id, &channel),
+            Command::History {
+                channel,
+                query,
+                limit,
+            } => {
+                let owner = self.shared.routing.shard_of(&channel);
+                let message = ShardMsg::Read {
+                    from,
+                    request_id,
+                    reply_as: ReplyAs::Plain,
+                    channel: Arc::from(channel),
+                    query,
+                    limit: limit.min(page_max),
+                };
+                self.send(owner, message);
+            }
+            Command::CursorSet {
+                consumer,
+                channel,
+                seq,
+            } => {
+                let cursor = cursor_channel(&consumer, &channel);
+                let owner = self.shared.routing.shard_of(&cursor);
+                let message = ShardMsg::Publish {
+                    from,
+                    request_id,
+                    reply_as: ReplyAs::Cursor,
+                    channel: Arc::from(cursor),
+                    sender: principal.user.clone(),
+                    ephemeral: false,
+                    kind: kind::CURSOR,
+                    client_message_id: Bytes::new(),
+                    relation: seq,
+                    headers: Bytes::new(),
+                    body: Bytes::copy_from_slice(&seq.to_le_bytes()),
+                };
+                self.send(owner, message);
+            }
+            Command::CursorGet { consumer, channel } => {
+                let cursor = cursor_channel(&consumer, &channel);
+                let owner = self.shared.routing.shard_of(&cursor);
+                let message = ShardMsg::Read {
+                    from,
+                    request_id,
+                    reply_as: ReplyAs::Cursor,
+                    channel: Arc::from(cursor),
+                    query: HistoryQuery::Last,
+                    limit: 1,
+                };
+                self.send(owner, message);
+            }
+        }
+    }
+
+    /// Routes a reply to the shard of connection `to`.
+    pub(crate) fn reply(&mut self, to: ConnRef, request_id: u32, reply: Reply) {
+        if to.shard == self.id {
+            self.deliver_reply(to, request_id, reply);
+        } else {
+            self.send(
+                to.shard,
+                ShardMsg::Replied {
+                    to,
+                    request_id,
+                    reply,
+                },
+            );
+        }
+    }
+
+    /// Hands a reply to one of this shard's connections.
+    pub(super) fn deliver_reply(&mut self, to: ConnRef, request_id: u32, reply: Reply) {
+        let inflight_max = self.shared.config.inflight_requests_max;
+        let Some(connection) = self.connection_mut(to) else {
+            return;
+        };
+        connection.inflight = connection.inflight.saturating_sub(1);
+        let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
+        if resume {
+            connection.read_paused = false;
+        }
+        let mut slow = false;
+        match &mut connection.kind {
+            ConnKind::Socket(socket) => {
+                socket
+                    .session
+                    .on_reply(request_id, &reply, &mut socket.scratch);
+                let bytes = socket.scratch.split().freeze();
+                socket.output_bytes += bytes.len();
+                socket.output.push_back(bytes);
+            }
+            ConnKind::Local { events } => {
+                slow = matches!(
+                    events.try_send(LocalEvent::Reply { request_id, reply }),
+                    Err(TrySendError::Full(_))
+                );
+            }
+        }
+        if resume {
+            self.read_again.push(to.slot);
+        }
+        if slow {
+            self.slow_consumer(to.slot);
+        } else {
+            self.mark_dirty(to.slot);
+        }
+    }
+
+    /// Queues a delivery (already encoded for socket connections) and applies
+    /// the slow-consumer policy when the connection's queue is over its bound.
+    pub(super) fn queue_delivery(
+        &mut self,
+        slot: u32,
+        encoded: Bytes,
+        event: impl FnOnce() -> LocalEvent,
+    ) {
+        let bound = self.shared.config.outbound_bytes_max;
+        let policy = self.shared.config.slow_consumer;
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return;
+        };
+        let over = match &mut connection.kind {
+            ConnKind::Socket(socket) => {
+                if socket.output_bytes + encoded.len() > bound {
+                    true
+                } else {
+                    socket.output_bytes += encoded.len();
+                    socket.output.push_back(encoded);
+                    false
+                }
+            }
+            ConnKind::Local { events } => match events.try_send(event()) {
+                Ok(()) => false,
+                Err(TrySendError::Full(_)) => true,
+                Err(TrySendError::Disconnected(_)) => false,
+            },
+        };
+        if !over {
+            self.shared.metrics.messages_out.add(1);
+            self.mark_dirty(slot);
+            return;
+        }
+        match policy {
+            SlowConsumerPolicy::Disconnect => self.slow_consumer(slot),
+            SlowConsumerPolicy::Drop => self.shared.metrics.deliveries_dropped.add(1),
+        }
+    }
+
+    fn slow_consumer(&mut self, slot: u32) {
+        self.shared.metrics.slow_consumer_disconnects.add(1);
+        let reason = format!(
+            "slow consumer: more than {} bytes queued for this connection; read faster, \
+             then reconnect and resume from the last seq received",
+            self.shared.config.outbound_bytes_max
+        );
+        self.close_connection(slot, Some((ErrorCode::SlowConsumer, reason)));
+    }
+
+    pub(crate) fn mark_dirty(&mut self, slot: u32) {
+        self.dirty.push(slot);
+    }
+
+    /// Writes what each touched connection has queued, until the socket would
+    /// block. Connections marked `closing` close once their queue is empty.
+    pub(super) fn write_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let mut to_close = Vec::new();
+        for slot in dirty {
+            let Some(connection) = self
+                .connections
+                .get_mut(slot as usize)
+                .and_then(|c| c.as_mut())
+            else {
+                continue;
+            };
+            let ConnKind::Socket(socket) = &mut connection.kind else {
+                continue;
+            };
+            match write_queued(socket) {
+                Ok(written) => self.shared.metrics.bytes_out.add(written as u64),
+                Err(error) => {
+                    log::debug!(
+                        "shard {}: write to {} failed: {error}",
+                        self.id,
+                        socket.peer
+                    );
+                    to_close.push(slot);
+                    continue;
+                }
+            }
+            if connection.closing && socket.output.is_empty() {
+                to_close.push(slot);
+            }
+        }
+        for slot in to_close {
+            self.close_connection(slot, None);
+        }
+    }
+
+    /// Closes connection `slot`. With a reason, the session gets to send a last
+    /// word first (best effort: the socket is not waited for).
+    pub(crate) fn close_connection(&mut self, slot: u32, reason: Option<(ErrorCode, String)>) {
+        let Some(mut connection) = self
+            .connections
+            .get_mut(slot as usize)
+            .and_then(|c| c.take())
+        else {
+            return;
+        };
+        match &mut connection.kind {
+            ConnKind::Socket(socket) => {
+                if let Some((code, reason)) = &reason {
+                    socket
+                        .session
+                        .on_server_close(*code, reason, &mut socket.scratch);
+                    let bytes = socket.scratch.split().freeze();
+                    socket.output_bytes += bytes.len();
+                    socket.output.push_back(bytes);
+                    let _ = write_queued(socket);
+                }
+                let _ = self.poll.registry().deregister(&mut socket.stream);
+                let _ = socket.stream.shutdown(std::net::Shutdown::Both);
+            }
+            ConnKind::Local { events } => {
+                if let Some((_, reason)) = reason {
+                    let _ = events.try_send(LocalEvent::Closed { reason });
+                }
+            }
+        }
+        for channel in std::mem::take(&mut connection.subscriptions) {
+            self.remove_subscriber(&channel, slot);
+        }
+        self.shared.metrics.connections_closed.add(1);
+        self.release_slot(slot);
+    }
+
+    fn release_slot(&mut self, slot: u32) {
+        self.connections[slot as usize] = None;
+        self.generations[slot as usize] = self.generations[slot as usize].wrapping_add(1);
+        self.free_slots.push(slot);
+    }
+}
+
+/// Writes queued buffers with `writev` until done or the socket would block;
+/// returns the bytes written.
+fn write_queued(socket: &mut SocketConn) -> io::Result<usize> {
+    let mut written_total = 0;
+    while !socket.output.is_empty() {
+        let slices: Vec<IoSlice<'_>> = socket
+            .output
+            .iter()
+            .take(WRITE_SLICES_MAX)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        match socket.stream.write_vectored(&slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed")),
+            Ok(mut written) => {
+                written_total += written;
+                socket.output_bytes -= written;
+                while written > 0 {
+                    let front = socket
+                        .output
+                        .front_mut()
+                        .expect("written bytes were queued");
+                    if written >= front.len() {
+                        written -= front.len();
+                        socket.output.pop_front();
+                    } else {
+                        front.advance(written);
+                        written = 0;
+                    }
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(written_total)
+}

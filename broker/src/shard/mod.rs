@@ -1,0 +1,318 @@
+//! One event loop per core. A shard owns its connections, the log partitions
+//! routed to it, the subscriptions of its connections and the interest other
+//! shards have in its channels. It shares nothing mutable with other shards:
+//! all cross-core work arrives as a [`ShardMsg`] in its inbox.
+//!
+//! One loop turn:
+//! 1. poll sockets and the waker;
+//! 2. read ready connections, decode, authorize and route their commands;
+//! 3. drain the inbox (and the shard's own queue of messages to itself);
+//! 4. end the turn: write each partition's pending batch in one write,
+//!    fdatasync per policy (group commit), then acknowledge and fan out;
+//! 5. write queued bytes to sockets and hand overflow to other shards.
+
+mod conn;
+mod owner;
+mod subscriber;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::{Events, Poll, Token};
+
+use crate::engine::EngineShared;
+use crate::mailbox::{ConnRef, ShardMsg};
+
+use conn::Connection;
+pub(crate) use owner::OwnedPartition;
+use subscriber::Subscriber;
+
+/// The waker's token; connection `slot` uses `Token(slot + 1)`.
+const WAKER_TOKEN: Token = Token(0);
+/// Inbox messages handled per turn before the shard looks at its sockets
+/// again, so a flood from other cores cannot starve local clients.
+const INBOX_MESSAGES_PER_TURN: usize = 16 * 1024;
+/// Longest sleep in poll when no timer is due.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+pub(crate) struct Shard {
+    id: usize,
+    poll: Poll,
+    shared: Arc<EngineShared>,
+    /// Log partitions this shard owns, by partition id.
+    partitions: HashMap<u32, OwnedPartition>,
+    /// Owner side: which shards have subscribers of a channel (bit = shard).
+    interest: HashMap<Arc<str>, u64>,
+    /// Connection slots; a slot index is stable while the connection lives.
+    connections: Vec<Option<Connection>>,
+    generations: Vec<u32>,
+    free_slots: Vec<u32>,
+    /// Subscriber side: this shard's subscriptions by channel.
+    subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
+    /// Subscriptions waiting for room in their connection's queue before the
+    /// next catch-up page is fetched.
+    fetch_wanted: Vec<(Arc<str>, ConnRef)>,
+    /// Messages this shard sends to itself, handled in the same turn.
+    self_queue: VecDeque<ShardMsg>,
+    /// Per destination shard: messages that did not fit its inbox yet.
+    overflow: Vec<VecDeque<ShardMsg>>,
+    wake_pending: Vec<bool>,
+    /// Connections with bytes still to write or to read.
+    dirty: Vec<u32>,
+    read_again: Vec<u32>,
+    now_ms: u64,
+    last_timestamp_ms: u64,
+    shutting_down: bool,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: usize,
+        poll: Poll,
+        shared: Arc<EngineShared>,
+        partitions: HashMap<u32, OwnedPartition>,
+    ) -> Shard {
+        let shards = shared.routing.shards;
+        Shard {
+            id,
+            poll,
+            shared,
+            partitions,
+            interest: HashMap::new(),
+            connections: Vec::new(),
+            generations: Vec::new(),
+            free_slots: Vec::new(),
+            subscriptions: HashMap::new(),
+            fetch_wanted: Vec::new(),
+            self_queue: VecDeque::new(),
+            overflow: (0..shards).map(|_| VecDeque::new()).collect(),
+            wake_pending: vec![false; shards],
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            now_ms: wall_clock_ms(),
+            last_timestamp_ms: 0,
+            shutting_down: false,
+        }
+    }
+
+    /// Runs the loop until shutdown.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_retention = Instant::now();
+        loop {
+            let timeout = if self.has_immediate_work() {
+                Some(Duration::ZERO)
+            } else {
+                Some(self.next_timer().min(IDLE_POLL))
+            };
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("shard {}: poll failed: {error}", self.id);
+                }
+                continue;
+            }
+            self.now_ms = wall_clock_ms();
+            for event in events.iter() {
+                if event.token() == WAKER_TOKEN {
+                    continue;
+                }
+                let slot = (event.token().0 - 1) as u32;
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    self.read_connection(slot);
+                }
+                if event.is_writable() {
+                    self.mark_dirty(slot);
+                }
+            }
+            for slot in std::mem::take(&mut self.read_again) {
+                self.read_connection(slot);
+            }
+            self.drain_inbox();
+            self.end_turn();
+            self.request_fetches();
+            self.write_dirty();
+            self.send_overflow();
+            self.tick_timers(&mut last_retention);
+            if self.shutting_down {
+                self.finish_shutdown();
+                return;
+            }
+        }
+    }
+
+    fn has_immediate_work(&self) -> bool {
+        !self.self_queue.is_empty()
+            || !self.read_again.is_empty()
+            || self.overflow.iter().any(|q| !q.is_empty())
+            || !self.shared.inboxes[self.id].queue.is_empty()
+    }
+
+    fn drain_inbox(&mut self) {
+        let mut handled = 0;
+        while handled < INBOX_MESSAGES_PER_TURN {
+            let message = match self.self_queue.pop_front() {
+                Some(message) => message,
+                None => match self.shared.inboxes[self.id].queue.pop() {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            handled += 1;
+            self.handle_message(message);
+        }
+    }
+
+    fn handle_message(&mut self, message: ShardMsg) {
+        match message {
+            ShardMsg::Accept {
+                stream,
+                peer,
+                protocol,
+            } => self.accept(stream, peer, protocol),
+            ShardMsg::AttachLocal {
+                principal,
+                events,
+                attached,
+            } => self.attach_local(principal, events, attached),
+            ShardMsg::LocalCommand {
+                conn,
+                request_id,
+                command,
+            } => {
+                if self.connection(conn).is_some() {
+                    self.handle_command(conn.slot, request_id, command);
+                }
+            }
+            ShardMsg::DetachLocal { conn } => {
+                if self.connection(conn).is_some() {
+                    self.close_connection(conn.slot, None);
+                }
+            }
+            ShardMsg::Publish {
+                from,
+                request_id,
+                reply_as,
+                channel,
+                sender,
+                ephemeral,
+                kind,
+                client_message_id,
+                relation,
+                headers,
+                body,
+            } => {
+                let publish = owner::PublishRequest {
+                    from,
+                    request_id,
+                    reply_as,
+                    channel,
+                    sender,
+                    ephemeral,
+                    kind,
+                    client_message_id,
+                    relation,
+                    headers,
+                    body,
+                };
+                self.owner_publish(publish);
+            }
+            ShardMsg::Interest { channel, shard, on } => self.owner_interest(channel, shard, on),
+            ShardMsg::Fetch {
+                subscriber,
+                channel,
+                start,
+            } => self.owner_fetch(subscriber, channel, start),
+            ShardMsg::Read {
+                from,
+                request_id,
+                reply_as,
+                channel,
+                query,
+                limit,
+            } => self.owner_read(from, request_id, reply_as, channel, query, limit),
+            ShardMsg::Replied {
+                to,
+                request_id,
+                reply,
+            } => self.deliver_reply(to, request_id, reply),
+            ShardMsg::Page {
+                subscriber,
+                channel,
+                result,
+                head_seq,
+                complete,
+            } => self.subscriber_page(subscriber, channel, result, head_seq, complete),
+            ShardMsg::Deliver { channel, messages } => self.subscriber_deliver(&channel, &messages),
+            ShardMsg::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    /// Sends `message` to shard `to` (possibly this one), keeping per-
+    /// destination order when the inbox is full.
+    pub(crate) fn send(&mut self, to: usize, message: ShardMsg) {
+        if to == self.id {
+            self.self_queue.push_back(message);
+            return;
+        }
+        if !self.overflow[to].is_empty() {
+            self.overflow[to].push_back(message);
+            return;
+        }
+        if let Err(message) = self.shared.inboxes[to].queue.push(message) {
+            self.overflow[to].push_back(message);
+        }
+        self.wake_pending[to] = true;
+    }
+
+    fn send_overflow(&mut self) {
+        for to in 0..self.overflow.len() {
+            while let Some(message) = self.overflow[to].pop_front() {
+                if let Err(message) = self.shared.inboxes[to].queue.push(message) {
+                    self.overflow[to].push_front(message);
+                    break;
+                }
+                self.wake_pending[to] = true;
+            }
+            if std::mem::take(&mut self.wake_pending[to]) {
+                self.shared.inboxes[to].wake();
+            }
+        }
+    }
+
+    /// A timestamp for a new record: wall clock, but never behind the last one
+    /// this shard assigned, so a clock step back cannot reorder timestamps.
+    fn next_timestamp_ms(&mut self) -> u64 {
+        self.last_timestamp_ms = self.last_timestamp_ms.max(self.now_ms);
+        self.last_timestamp_ms
+    }
+
+    fn finish_shutdown(&mut self) {
+        self.end_turn();
+        let slots: Vec<u32> = (0..self.connections.len() as u32).collect();
+        for slot in slots {
+            if self.connections[slot as usize].is_some() {
+                self.close_connection(
+                    slot,
+                    Some((
+                        starling_protocol::ErrorCode::Unavailable,
+                        "the server is shutting down".to_string(),
+                    )),
+                );
+            }
+        }
+        self.write_dirty();
+        for partition in self.partitions.values_mut() {
+            if let Err(error) = partition.log.sync() {
+                log::error!("shard {}: final sync failed: {error}", self.id);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

@@ -1,0 +1,570 @@
+//! The owner side of a shard: the log partitions it owns. Appends, group
+//! commit, acknowledgements, idempotent publish, history reads, catch-up
+//! pages and live fan-out to the shards that have subscribers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use starling_protocol::{HistoryQuery, Message};
+use starling_storage::{NewRecord, Partition, ReadPage, Record, StorageError};
+
+use super::Shard;
+use crate::command::{BrokerError, Reply};
+use crate::config::{Durability, EngineConfig};
+use crate::mailbox::{ConnRef, FetchStart, ReplyAs, ShardMsg};
+
+/// A publish routed to this shard because it owns the channel.
+pub(super) struct PublishRequest {
+    pub from: ConnRef,
+    pub request_id: u32,
+    pub reply_as: ReplyAs,
+    pub channel: Arc<str>,
+    pub sender: Arc<str>,
+    pub ephemeral: bool,
+    pub kind: u8,
+    pub client_message_id: Bytes,
+    pub relation: u64,
+    pub headers: Bytes,
+    pub body: Bytes,
+}
+
+struct PendingAck {
+    to: ConnRef,
+    request_id: u32,
+    reply_as: ReplyAs,
+    seq: u64,
+    offset: u64,
+    timestamp_ms: u64,
+    duplicate: bool,
+}
+
+/// The idempotency window of one partition: (channel, sender, client message
+/// id) → the original's seq. Bounded in age and in entries.
+struct Dedupe {
+    entries: HashMap<Arc<[u8]>, DedupeEntry>,
+    order: VecDeque<(Arc<[u8]>, u64)>,
+    window_ms: u64,
+    entries_max: usize,
+}
+
+#[derive(Clone, Copy)]
+struct DedupeEntry {
+    seq: u64,
+    offset: u64,
+    timestamp_ms: u64,
+}
+
+impl Dedupe {
+    fn key(channel: &[u8], sender: &[u8], client_message_id: &[u8]) -> Arc<[u8]> {
+        let mut key =
+            Vec::with_capacity(channel.len() + sender.len() + client_message_id.len() + 4);
+        // Lengths keep ("ab","c") and ("a","bc") apart.
+        key.extend_from_slice(&(channel.len() as u16).to_le_bytes());
+        key.extend_from_slice(channel);
+        key.extend_from_slice(&(sender.len() as u16).to_le_bytes());
+        key.extend_from_slice(sender);
+        key.extend_from_slice(client_message_id);
+        Arc::from(key)
+    }
+
+    fn get(&self, key: &[u8], now_ms: u64) -> Option<DedupeEntry> {
+        self.entries
+            .get(key)
+            .filter(|e| now_ms.saturating_sub(e.timestamp_ms) <= self.window_ms)
+            .copied()
+    }
+
+    fn insert(&mut self, key: Arc<[u8]>, entry: DedupeEntry, now_ms: u64) {
+        self.expire(now_ms);
+        while self.order.len() >= self.entries_max {
+            self.evict_front();
+        }
+        self.order.push_back((key.clone(), entry.timestamp_ms));
+        self.entries.insert(key, entry);
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        while let Some((_, timestamp_ms)) = self.order.front() {
+            if now_ms.saturating_sub(*timestamp_ms) <= self.window_ms {
+                break;
+            }
+            self.evict_front();
+        }
+    }
+
+    fn evict_front(&mut self) {
+        if let Some((key, timestamp_ms)) = self.order.pop_front() {
+            // A newer entry under the same key stays.
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.timestamp_ms == timestamp_ms)
+            {
+                self.entries.remove(&key);
+            }
+        }
+    }
+}
+
+/// A log partition and the work of the current turn on it.
+pub(crate) struct OwnedPartition {
+    pub log: Partition,
+    failed: Option<String>,
+    dedupe: Dedupe,
+    acks: Vec<PendingAck>,
+    fanout: Vec<(Arc<str>, Message)>,
+    last_sync: Instant,
+    /// Records written but not yet fdatasynced (`interval` and `none`).
+    pub unsynced: bool,
+}
+
+impl OwnedPartition {
+    /// Wraps an opened partition and rebuilds its idempotency window from the
+    /// newest records of the log.
+    pub(crate) fn new(
+        log: Partition,
+        config: &EngineConfig,
+        now_ms: u64,
+    ) -> Result<OwnedPartition, StorageError> {
+        let mut dedupe = Dedupe {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            window_ms: config.dedupe_window_ms,
+            entries_max: config.dedupe_entries_max.max(1),
+        };
+        let since = now_ms.saturating_sub(config.dedupe_window_ms);
+        let mut recent: Vec<(Arc<[u8]>, DedupeEntry)> = Vec::new();
+        log.for_each_since(since, |record: &Record| {
+            if !record.client_message_id.is_empty() {
+                let key = Dedupe::key(&record.channel, &record.sender, &record.client_message_id);
+                let entry = DedupeEntry {
+                    seq: record.seq,
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
+                };
+                recent.push((key, entry));
+            }
+        })?;
+        recent.sort_by_key(|(_, entry)| entry.offset);
+        for (key, entry) in recent {
+            if !dedupe.entries.contains_key(&key) {
+                dedupe.insert(key, entry, now_ms);
+            }
+        }
+        Ok(OwnedPartition {
+            log,
+            failed: None,
+            dedupe,
+            acks: Vec::new(),
+            fanout: Vec::new(),
+            last_sync: Instant::now(),
+            unsynced: false,
+        })
+    }
+
+    fn storage_failed(&self) -> BrokerError {
+        BrokerError::StorageFailed {
+            partition: self.log.id(),
+            reason: self.failed.clone().unwrap_or_default(),
+        }
+    }
+
+    fn fail(&mut self, error: &StorageError) {
+        log::error!("partition {}: {error}", self.log.id());
+        self.failed = Some(error.to_string());
+    }
+}
+
+/// The message a subscriber sees for a stored record.
+pub(crate) fn message_of(record: Record) -> Message {
+    Message {
+        seq: record.seq,
+        offset: record.offset,
+        timestamp_ms: record.timestamp_ms,
+        kind: record.kind,
+        sender: record.sender,
+        client_message_id: record.client_message_id,
+        relation: record.relation,
+        headers: record.headers,
+        body: record.body,
+    }
+}
+
+fn storage_error(partition: u32, error: &StorageError) -> BrokerError {
+    BrokerError::StorageFailed {
+        partition,
+        reason: error.to_string(),
+    }
+}
+
+impl Shard {
+    fn owned_partition(&mut self, channel: &str) -> &mut OwnedPartition {
+        let partition = self.shared.routing.partition_of(channel);
+        self.partitions
+            .get_mut(&partition)
+            .expect("a channel is routed to the shard that owns its partition")
+    }
+
+    pub(super) fn owner_publish(&mut self, request: PublishRequest) {
+        let timestamp_ms = self.next_timestamp_ms();
+        let now_ms = self.now_ms;
+        let partition = self.owned_partition(&request.channel);
+        if request.ephemeral {
+            let message = Message {
+                seq: 0,
+                offset: 0,
+                timestamp_ms,
+                kind: request.kind,
+                sender: Bytes::copy_from_slice(request.sender.as_bytes()),
+                client_message_id: request.client_message_id,
+                relation: request.relation,
+                headers: request.headers,
+                body: request.body,
+            };
+            partition.fanout.push((request.channel, message));
+            let reply = Reply::Published {
+                seq: 0,
+                offset: 0,
+                timestamp_ms,
+                durable: false,
+                duplicate: false,
+            };
+            self.reply(request.from, request.request_id, reply);
+            return;
+        }
+        if partition.failed.is_some() {
+            let error = partition.storage_failed();
+            self.reply(request.from, request.request_id, Reply::Error(error));
+            return;
+        }
+        let key = (!request.client_message_id.is_empty()).then(|| {
+            Dedupe::key(
+                request.channel.as_bytes(),
+                request.sender.as_bytes(),
+                &request.client_message_id,
+            )
+        });
+        if let Some(original) = key.as_ref().and_then(|k| partition.dedupe.get(k, now_ms)) {
+            partition.acks.push(PendingAck {
+                to: request.from,
+                request_id: request.request_id,
+                reply_as: request.reply_as,
+                seq: original.seq,
+                offset: original.offset,
+                timestamp_ms: original.timestamp_ms,
+                duplicate: true,
+            });
+            return;
+        }
+        let record = NewRecord {
+            channel: request.channel.as_bytes(),
+            timestamp_ms,
+            kind: request.kind,
+            sender: request.sender.as_bytes(),
+            client_message_id: &request.client_message_id,
+            relation: request.relation,
+            headers: &request.headers,
+            body: &request.body,
+        };
+        let appended = match partition.log.append(&record) {
+            Ok(appended) => appended,
+            Err(error @ (StorageError::TooLarge { .. } | StorageError::InvalidRecord { .. })) => {
+                let error = BrokerError::InvalidArgument(error.to_string());
+                self.reply(request.from, request.request_id, Reply::Error(error));
+                return;
+            }
+            Err(error) => {
+                partition.fail(&error);
+                let error = partition.storage_failed();
+                self.reply(request.from, request.request_id, Reply::Error(error));
+                return;
+            }
+        };
+        if let Some(key) = key {
+            let entry = DedupeEntry {
+                seq: appended.seq,
+                offset: appended.offset,
+                timestamp_ms,
+            };
+            partition.dedupe.insert(key, entry, now_ms);
+        }
+        partition.acks.push(PendingAck {
+            to: request.from,
+            request_id: request.request_id,
+            reply_as: request.reply_as,
+            seq: appended.seq,
+            offset: appended.offset,
+            timestamp_ms,
+            duplicate: false,
+        });
+        let message = Message {
+            seq: appended.seq,
+            offset: appended.offset,
+            timestamp_ms,
+            kind: request.kind,
+            sender: Bytes::copy_from_slice(request.sender.as_bytes()),
+            client_message_id: request.client_message_id,
+            relation: request.relation,
+            headers: request.headers,
+            body: request.body,
+        };
+        partition.fanout.push((request.channel, message));
+    }
+
+    /// Group commit: one write and (per policy) one fdatasync per partition for
+    /// everything appended this turn, then acknowledgements, then fan-out.
+    pub(super) fn end_turn(&mut self) {
+        let durability = self.shared.config.durability;
+        let interval = Duration::from_millis(self.shared.config.interval_ms);
+        let ids: Vec<u32> = self.partitions.keys().copied().collect();
+        for id in ids {
+            let partition = self.partitions.get_mut(&id).expect("listed above");
+            if partition.acks.is_empty() && partition.fanout.is_empty() {
+                continue;
+            }
+            let mut durable = match durability {
+                Durability::Fsync => true,
+                Durability::Interval | Durability::None => !partition.unsynced,
+            };
+            if partition.failed.is_none() && partition.log.pending_records() > 0 {
+                let result = partition.log.flush().and_then(|()| {
+                    let sync_now = match durability {
+                        Durability::Fsync => true,
+                        Durability::Interval => partition.last_sync.elapsed() >= interval,
+                        Durability::None => false,
+                    };
+                    if sync_now {
+                        partition.log.sync()?;
+                        partition.last_sync = Instant::now();
+                        partition.unsynced = false;
+                        self.shared.metrics.fsyncs.add(1);
+                    } else {
+                        partition.unsynced = true;
+                    }
+                    Ok(sync_now)
+                });
+                match result {
+                    Ok(synced) => durable = synced,
+                    Err(error) => partition.fail(&error),
+                }
+            }
+            let failed = partition
+                .failed
+                .is_some()
+                .then(|| partition.storage_failed());
+            let acks = std::mem::take(&mut partition.acks);
+            let mut fanout = std::mem::take(&mut partition.fanout);
+            if failed.is_some() {
+                // Nothing of a failed write is acknowledged or delivered.
+                fanout.retain(|(_, message)| message.seq == 0);
+            }
+            self.shared.metrics.messages_in.add(acks.len() as u64);
+            for ack in acks {
+                let reply = match (&failed, ack.reply_as) {
+                    (Some(error), _) if !ack.duplicate => Reply::Error(error.clone()),
+                    (_, ReplyAs::Cursor) => Reply::CursorAck,
+                    _ => Reply::Published {
+                        seq: ack.seq,
+                        offset: ack.offset,
+                        timestamp_ms: ack.timestamp_ms,
+                        durable,
+                        duplicate: ack.duplicate,
+                    },
+                };
+                self.reply(ack.to, ack.request_id, reply);
+            }
+            self.fan_out(fanout);
+        }
+    }
+
+    /// Sends this turn's messages, grouped per channel, once to every shard
+    /// that has subscribers of the channel.
+    fn fan_out(&mut self, fanout: Vec<(Arc<str>, Message)>) {
+        if fanout.is_empty() {
+            return;
+        }
+        let mut order: Vec<(Arc<str>, Vec<Message>)> = Vec::new();
+        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        for (channel, message) in fanout {
+            if !self.interest.contains_key(&channel) {
+                continue;
+            }
+            match index.get(&channel) {
+                Some(&i) => order[i].1.push(message),
+                None => {
+                    index.insert(channel.clone(), order.len());
+                    order.push((channel, vec![message]));
+                }
+            }
+        }
+        for (channel, messages) in order {
+            let shards = self.interest.get(&channel).copied().unwrap_or(0);
+            let messages: Arc<[Message]> = Arc::from(messages);
+            for shard in 0..self.shared.routing.shards {
+                if shards & (1 << shard) != 0 {
+                    let deliver = ShardMsg::Deliver {
+                        channel: channel.clone(),
+                        messages: messages.clone(),
+                    };
+                    self.send(shard, deliver);
+                }
+            }
+        }
+    }
+
+    pub(super) fn owner_interest(&mut self, channel: Arc<str>, shard: usize, on: bool) {
+        let bit = 1u64 << shard;
+        if on {
+            *self.interest.entry(channel).or_insert(0) |= bit;
+        } else if let Some(bits) = self.interest.get_mut(&channel) {
+            *bits &= !bit;
+            if *bits == 0 {
+                self.interest.remove(&channel);
+            }
+        }
+    }
+
+    pub(super) fn owner_fetch(
+        &mut self,
+        subscriber: ConnRef,
+        channel: Arc<str>,
+        start: FetchStart,
+    ) {
+        let page_max = self.shared.config.page_messages_max as usize;
+        let partition = self.owned_partition(&channel);
+        let id = partition.log.id();
+        let name = channel.as_bytes();
+        let head_seq = partition.log.head_seq(name);
+        let read = match start {
+            FetchStart::Live => Ok((
+                ReadPage {
+                    records: Vec::new(),
+                    head_seq,
+                },
+                true,
+            )),
+            FetchStart::Last(n) if n as usize <= page_max => partition
+                .log
+                .read_last(name, n as usize)
+                .map(|page| (page, true)),
+            FetchStart::Last(n) => {
+                let from = head_seq.saturating_sub(n) + 1;
+                partition
+                    .log
+                    .read_from(name, from, page_max)
+                    .map(|page| (page, false))
+            }
+            FetchStart::From(seq) => partition
+                .log
+                .read_from(name, seq, page_max)
+                .map(|p| (p, false)),
+        };
+        let (result, head_seq, complete) = match read {
+            Ok((page, complete)) => {
+                let complete = complete
+                    || page
+                        .records
+                        .last()
+                        .is_none_or(|last| last.seq >= page.head_seq);
+                let head = page.head_seq;
+                let messages = page.records.into_iter().map(message_of).collect();
+                (Ok(messages), head, complete)
+            }
+            Err(error) => (Err(storage_error(id, &error)), head_seq, true),
+        };
+        let page = ShardMsg::Page {
+            subscriber,
+            channel,
+            result,
+            head_seq,
+            complete,
+        };
+        self.send(subscriber.shard, page);
+    }
+
+    pub(super) fn owner_read(
+        &mut self,
+        from: ConnRef,
+        request_id: u32,
+        reply_as: ReplyAs,
+        channel: Arc<str>,
+        query: HistoryQuery,
+        limit: u32,
+    ) {
+        let partition = self.owned_partition(&channel);
+        let id = partition.log.id();
+        let name = channel.as_bytes();
+        let limit = limit as usize;
+        let read = match query {
+            HistoryQuery::From(seq) => partition.log.read_from(name, seq, limit),
+            HistoryQuery::Before(seq) => partition.log.read_before(name, seq, limit),
+            HistoryQuery::Last => partition.log.read_last(name, limit),
+        };
+        let reply = match (read, reply_as) {
+            (Err(error), _) => Reply::Error(storage_error(id, &error)),
+            (Ok(page), ReplyAs::Plain) => Reply::History {
+                channel,
+                head_seq: page.head_seq,
+                messages: page.records.into_iter().map(message_of).collect(),
+            },
+            (Ok(page), ReplyAs::Cursor) => Reply::Cursor {
+                seq: page.records.last().map_or(0, |record| record.relation),
+            },
+        };
+        self.reply(from, request_id, reply);
+    }
+
+    /// Periodic work: `interval` fdatasyncs and retention.
+    pub(super) fn tick_timers(&mut self, last_retention: &mut Instant) {
+        let config = &self.shared.config;
+        if config.durability == Durability::Interval {
+            let interval = Duration::from_millis(config.interval_ms);
+            for partition in self.partitions.values_mut() {
+                if partition.unsynced
+                    && partition.failed.is_none()
+                    && partition.last_sync.elapsed() >= interval
+                {
+                    match partition.log.sync() {
+                        Ok(()) => {
+                            partition.unsynced = false;
+                            partition.last_sync = Instant::now();
+                            self.shared.metrics.fsyncs.add(1);
+                        }
+                        Err(error) => partition.fail(&error),
+                    }
+                }
+            }
+        }
+        if last_retention.elapsed() >= Duration::from_millis(config.retention_check_ms) {
+            *last_retention = Instant::now();
+            let now_ms = self.now_ms;
+            for partition in self.partitions.values_mut() {
+                if partition.failed.is_some() {
+                    continue;
+                }
+                match partition.log.apply_retention(now_ms) {
+                    Ok(report) => {
+                        log::debug!("partition {}: retention: {report:?}", partition.log.id())
+                    }
+                    Err(error) => log::warn!(
+                        "partition {}: retention failed: {error}",
+                        partition.log.id()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// How long poll may sleep before a timer is due.
+    pub(super) fn next_timer(&self) -> Duration {
+        if self.shared.config.durability == Durability::Interval
+            && self.partitions.values().any(|p| p.unsynced)
+        {
+            Duration::from_millis(self.shared.config.interval_ms)
+        } else {
+            Duration::from_millis(self.shared.config.retention_check_ms)
+        }
+    }
+}

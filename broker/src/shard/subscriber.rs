@@ -1,0 +1,306 @@
+//! The subscriber side of a shard: subscriptions of its own connections,
+//! catch-up pages from channel owners, and live fan-out to local connections.
+//!
+//! The seam between catch-up and live is kept without gap or duplicate by two
+//! facts: an owner answers a fetch with everything visible up to the channel's
+//! head at that moment, and everything an owner sends to one shard arrives in
+//! the order it was sent. So live deliveries that arrive while a subscription
+//! is still catching up are already covered by later pages and are skipped,
+//! and after the final page every live delivery starts past its head.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use starling_protocol::{Message, SubscribeStart};
+
+use super::conn::ConnKind;
+use super::Shard;
+use crate::command::{BrokerError, Reply};
+use crate::engine::LocalEvent;
+use crate::mailbox::{ConnRef, FetchStart, ShardMsg};
+
+pub(crate) struct Subscriber {
+    pub conn: ConnRef,
+    /// The subscribe request, answered when the first page arrives.
+    pub request_id: u32,
+    pub answered: bool,
+    /// The next seq this subscriber should see.
+    pub next_seq: u64,
+    /// Catch-up is over; live deliveries go straight to the connection.
+    pub live: bool,
+}
+
+impl Shard {
+    pub(super) fn subscribe(
+        &mut self,
+        slot: u32,
+        request_id: u32,
+        channel: Arc<str>,
+        start: SubscribeStart,
+    ) {
+        let conn = self.conn_ref(slot);
+        let connection = self.connections[slot as usize]
+            .as_mut()
+            .expect("subscribe comes from a live connection");
+        if connection.subscriptions.iter().any(|c| **c == *channel) {
+            let error = BrokerError::AlreadySubscribed(channel.to_string());
+            self.reply(conn, request_id, Reply::Error(error));
+            return;
+        }
+        connection.subscriptions.push(channel.clone());
+        let subscribers = self.subscriptions.entry(channel.clone()).or_default();
+        let first_here = subscribers.is_empty();
+        subscribers.push(Subscriber {
+            conn,
+            request_id,
+            answered: false,
+            next_seq: 1,
+            live: false,
+        });
+        let owner = self.shared.routing.shard_of(&channel);
+        if first_here {
+            let interest = ShardMsg::Interest {
+                channel: channel.clone(),
+                shard: self.id,
+                on: true,
+            };
+            self.send(owner, interest);
+        }
+        let start = match start {
+            SubscribeStart::Live => FetchStart::Live,
+            SubscribeStart::FromSeq(seq) => FetchStart::From(seq.max(1)),
+            SubscribeStart::LastN(n) => FetchStart::Last(n),
+        };
+        let fetch = ShardMsg::Fetch {
+            subscriber: conn,
+            channel,
+            start,
+        };
+        self.send(owner, fetch);
+    }
+
+    pub(super) fn unsubscribe(&mut self, slot: u32, request_id: u32, channel: &str) {
+        let conn = self.conn_ref(slot);
+        let connection = self.connections[slot as usize]
+            .as_mut()
+            .expect("unsubscribe comes from a live connection");
+        let Some(index) = connection
+            .subscriptions
+            .iter()
+            .position(|c| **c == *channel)
+        else {
+            let error = BrokerError::NotSubscribed(channel.to_string());
+            self.reply(conn, request_id, Reply::Error(error));
+            return;
+        };
+        let channel = connection.subscriptions.swap_remove(index);
+        self.remove_subscriber(&channel, slot);
+        self.reply(conn, request_id, Reply::Unsubscribed);
+    }
+
+    /// Forgets connection `slot`'s subscription to `channel`, and tells the
+    /// owner when it was this shard's last subscriber of the channel.
+    pub(super) fn remove_subscriber(&mut self, channel: &Arc<str>, slot: u32) {
+        let Some(subscribers) = self.subscriptions.get_mut(channel) else {
+            return;
+        };
+        subscribers.retain(|s| s.conn.slot != slot);
+        if subscribers.is_empty() {
+            self.subscriptions.remove(channel);
+            let owner = self.shared.routing.shard_of(channel);
+            let interest = ShardMsg::Interest {
+                channel: channel.clone(),
+                shard: self.id,
+                on: false,
+            };
+            self.send(owner, interest);
+        }
+        self.fetch_wanted
+            .retain(|(c, conn)| !(conn.slot == slot && c == channel));
+    }
+
+    fn find_subscriber(&mut self, channel: &str, conn: ConnRef) -> Option<&mut Subscriber> {
+        self.subscriptions
+            .get_mut(channel)?
+            .iter_mut()
+            .find(|s| s.conn == conn)
+    }
+
+    pub(super) fn subscriber_page(
+        &mut self,
+        conn: ConnRef,
+        channel: Arc<str>,
+        result: Result<Vec<Message>, BrokerError>,
+        head_seq: u64,
+        complete: bool,
+    ) {
+        let Some(subscriber) = self.find_subscriber(&channel, conn) else {
+            return;
+        };
+        let request_id = subscriber.request_id;
+        let first_page = !subscriber.answered;
+        subscriber.answered = true;
+        let messages = match result {
+            Ok(messages) => messages,
+            Err(error) => {
+                if first_page {
+                    self.reply(conn, request_id, Reply::Error(error));
+                    if let Some(connection) = self.connection_mut(conn) {
+                        connection.subscriptions.retain(|c| *c != channel);
+                    }
+                    self.remove_subscriber(&channel, conn.slot);
+                } else {
+                    let reason = format!("subscription to {channel:?} cannot continue: {error}");
+                    self.close_connection(conn.slot, Some((error.code(), reason)));
+                }
+                return;
+            }
+        };
+        let next_seq = subscriber.next_seq;
+        let fresh: Vec<Message> = messages.into_iter().filter(|m| m.seq >= next_seq).collect();
+        let complete = complete || fresh.is_empty();
+        if complete {
+            subscriber.next_seq = subscriber.next_seq.max(head_seq + 1);
+            subscriber.live = true;
+        } else {
+            subscriber.next_seq = fresh.last().map_or(next_seq, |m| m.seq + 1);
+            self.fetch_wanted.push((channel.clone(), conn));
+        }
+        if first_page {
+            self.reply(conn, request_id, Reply::Subscribed { head_seq });
+        }
+        if !fresh.is_empty() {
+            self.deliver_to(conn.slot, &channel, Arc::from(fresh), None);
+        }
+    }
+
+    /// Sends fetches for subscriptions still catching up whose connection has
+    /// room for another page.
+    pub(super) fn request_fetches(&mut self) {
+        if self.fetch_wanted.is_empty() {
+            return;
+        }
+        let bound = self.shared.config.outbound_bytes_max / 2;
+        let wanted = std::mem::take(&mut self.fetch_wanted);
+        for (channel, conn) in wanted {
+            let Some(connection) = self.connection(conn) else {
+                continue;
+            };
+            let room = match &connection.kind {
+                ConnKind::Socket(socket) => socket.output_bytes < bound,
+                ConnKind::Local { events } => events.len() < crate::engine::LOCAL_EVENTS_MAX / 2,
+            };
+            if !room {
+                self.fetch_wanted.push((channel, conn));
+                continue;
+            }
+            let Some(subscriber) = self.find_subscriber(&channel, conn) else {
+                continue;
+            };
+            let start = FetchStart::From(subscriber.next_seq);
+            let owner = self.shared.routing.shard_of(&channel);
+            self.send(
+                owner,
+                ShardMsg::Fetch {
+                    subscriber: conn,
+                    channel,
+                    start,
+                },
+            );
+        }
+    }
+
+    /// Live fan-out of one owner delivery to this shard's subscribers. Each
+    /// protocol encodes the delivery once; every subscriber that needs exactly
+    /// these messages shares those bytes.
+    pub(super) fn subscriber_deliver(&mut self, channel: &Arc<str>, messages: &Arc<[Message]>) {
+        let Some(subscribers) = self.subscriptions.get_mut(channel) else {
+            return;
+        };
+        let first_stored = messages.iter().find(|m| m.seq > 0).map(|m| m.seq);
+        let last_stored = messages.iter().rev().find(|m| m.seq > 0).map(|m| m.seq);
+        // (slot, messages for it when they differ from the shared delivery)
+        let mut targets: Vec<(u32, Option<Arc<[Message]>>)> = Vec::new();
+        for subscriber in subscribers.iter_mut() {
+            if !subscriber.live {
+                continue;
+            }
+            match first_stored {
+                Some(first) if first < subscriber.next_seq => {
+                    let own: Vec<Message> = messages
+                        .iter()
+                        .filter(|m| m.seq == 0 || m.seq >= subscriber.next_seq)
+                        .cloned()
+                        .collect();
+                    if let Some(last) = last_stored {
+                        subscriber.next_seq = subscriber.next_seq.max(last + 1);
+                    }
+                    if !own.is_empty() {
+                        targets.push((subscriber.conn.slot, Some(Arc::from(own))));
+                    }
+                }
+                _ => {
+                    if let (Some(first), Some(last)) = (first_stored, last_stored) {
+                        if first > subscriber.next_seq {
+                            log::warn!(
+                                "shard {}: gap on {channel:?}: expected seq {}, got {first}",
+                                self.id,
+                                subscriber.next_seq
+                            );
+                        }
+                        subscriber.next_seq = last + 1;
+                    }
+                    targets.push((subscriber.conn.slot, None));
+                }
+            }
+        }
+        // One encoding per protocol for the shared delivery.
+        let mut encoded: Vec<(usize, Bytes)> = Vec::new();
+        for (slot, own) in targets {
+            match own {
+                Some(own) => self.deliver_to(slot, channel, own, None),
+                None => {
+                    let cache = &mut encoded;
+                    self.deliver_to(slot, channel, messages.clone(), Some(cache));
+                }
+            }
+        }
+    }
+
+    /// Queues `messages` for connection `slot`, encoding with its protocol
+    /// (through `cache` when the bytes can be shared).
+    fn deliver_to(
+        &mut self,
+        slot: u32,
+        channel: &Arc<str>,
+        messages: Arc<[Message]>,
+        cache: Option<&mut Vec<(usize, Bytes)>>,
+    ) {
+        let Some(connection) = self.connections[slot as usize].as_ref() else {
+            return;
+        };
+        let encoded = match &connection.kind {
+            ConnKind::Socket(socket) => {
+                let protocol = &socket.protocol;
+                let key = Arc::as_ptr(protocol) as *const () as usize;
+                match cache {
+                    Some(cache) => match cache.iter().find(|(k, _)| *k == key) {
+                        Some((_, bytes)) => bytes.clone(),
+                        None => {
+                            let bytes = protocol.encode_delivery(channel, &messages);
+                            cache.push((key, bytes.clone()));
+                            bytes
+                        }
+                    },
+                    None => protocol.encode_delivery(channel, &messages),
+                }
+            }
+            ConnKind::Local { .. } => Bytes::new(),
+        };
+        let channel = channel.clone();
+        self.queue_delivery(slot, encoded, move || LocalEvent::Deliver {
+            channel,
+            messages,
+        });
+    }
+}

@@ -1,0 +1,474 @@
+//! `starling bench`: an open-loop load generator over the native protocol.
+//!
+//! Publishers send at a fixed target rate: message k of a publisher is due
+//! at `start + k / rate`, and every latency is measured from that *intended*
+//! time, so a stalled server shows up in the numbers instead of slowing the
+//! load down (no coordinated omission). Subscribers check what they receive:
+//! every seq from their starting head to the last acknowledged one, exactly
+//! once, in order per channel. The last line printed is a JSON summary.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use starling_adapters::client::{Client, PublishRequest};
+use starling_protocol::{kind, Frame, SubscribeStart};
+
+/// Thread stack for the many bench threads: they hold little.
+const BENCH_THREAD_STACK_BYTES: usize = 256 * 1024;
+/// Bytes at the start of each body: publisher id, message index, intended
+/// send time.
+const STAMP_BYTES: usize = 24;
+/// How long subscribers may take after the last ack to receive everything.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Address of the server's native listener.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    server: String,
+    /// Publisher connections (one sender and one ack reader thread each).
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Subscriber connections. With at least as many subscribers as channels,
+    /// subscriber i takes channel i mod channels; otherwise channels are dealt
+    /// out among the subscribers.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// Channels the publishers write to, round-robin.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Message body size in bytes (at least 24).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Target publish rate over all publishers, messages/s.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// How long publishers send.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Unacknowledged publishes one publisher may have; when full, it waits
+    /// (and the wait counts in the latency).
+    #[arg(long, default_value_t = 10_000)]
+    window: usize,
+    /// Channel name prefix, so runs do not mix.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+}
+
+struct Stamp {
+    publisher: u64,
+    index: u64,
+    intended_ns: u64,
+}
+
+fn stamp_body(stamp: &Stamp, size: usize) -> Bytes {
+    let mut body = BytesMut::with_capacity(size);
+    body.put_u64_le(stamp.publisher);
+    body.put_u64_le(stamp.index);
+    body.put_u64_le(stamp.intended_ns);
+    body.resize(size, b'x');
+    body.freeze()
+}
+
+/// The intended send time stamped into a body (see [`stamp_body`]).
+fn intended_ns_of(body: &[u8]) -> Option<u64> {
+    let bytes = body.get(16..STAMP_BYTES)?;
+    Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Default)]
+struct PublisherResult {
+    sent: u64,
+    acked: u64,
+    errors: u64,
+    /// Highest acknowledged seq per channel index.
+    last_seq: HashMap<usize, u64>,
+    latency_us: Option<Histogram<u64>>,
+}
+
+#[derive(Default)]
+struct SubscriberResult {
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    latency_us: Option<Histogram<u64>>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.size < STAMP_BYTES {
+        bail!("--size must be at least {STAMP_BYTES} bytes (the latency stamp)");
+    }
+    if args.publishers == 0 || args.channels == 0 || args.rate == 0 {
+        bail!("--publishers, --channels and --rate must be at least 1");
+    }
+    let address: SocketAddr = args
+        .server
+        .parse()
+        .with_context(|| format!("--server {:?} is not an address", args.server))?;
+    let channels: Arc<Vec<String>> = Arc::new(
+        (0..args.channels)
+            .map(|i| format!("{}-{}-{i}", args.prefix, std::process::id()))
+            .collect(),
+    );
+    let epoch = Instant::now();
+
+    // Subscribers first, so they see every message.
+    let targets: Arc<Mutex<Option<HashMap<usize, u64>>>> = Arc::new(Mutex::new(None));
+    let mut subscriber_threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+    for i in 0..args.subscribers {
+        let mine: Vec<usize> = if args.subscribers >= args.channels {
+            vec![i % args.channels]
+        } else {
+            (0..args.channels)
+                .filter(|c| c % args.subscribers == i)
+                .collect()
+        };
+        let channels = channels.clone();
+        let targets = targets.clone();
+        let ready = ready_tx.clone();
+        let handle = spawn(format!("bench-sub-{i}"), move || {
+            subscriber(address, &channels, mine, epoch, &targets, ready)
+        })?;
+        subscriber_threads.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..args.subscribers {
+        ready_rx
+            .recv()
+            .context("a subscriber thread died before subscribing")??;
+    }
+
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let rate_each = args.rate as f64 / args.publishers as f64;
+    let mut publisher_threads = Vec::new();
+    let start_ns = epoch.elapsed().as_nanos() as u64 + 50_000_000;
+    for p in 0..args.publishers {
+        let args = args.clone();
+        let channels = channels.clone();
+        let sent_total = sent_total.clone();
+        let handle = spawn(format!("bench-pub-{p}"), move || {
+            publisher(
+                address,
+                p,
+                &args,
+                &channels,
+                rate_each,
+                epoch,
+                start_ns,
+                &sent_total,
+            )
+        })?;
+        publisher_threads.push(handle);
+    }
+    let mut published = PublisherResult {
+        latency_us: Some(histogram()),
+        ..PublisherResult::default()
+    };
+    for handle in publisher_threads {
+        let result = handle.join().expect("publisher thread panicked")?;
+        published.sent += result.sent;
+        published.acked += result.acked;
+        published.errors += result.errors;
+        for (channel, seq) in result.last_seq {
+            let entry = published.last_seq.entry(channel).or_insert(0);
+            *entry = (*entry).max(seq);
+        }
+        if let (Some(all), Some(one)) = (published.latency_us.as_mut(), result.latency_us) {
+            all.add(one).expect("same histogram bounds");
+        }
+    }
+    let publish_elapsed = epoch.elapsed().as_secs_f64() - start_ns as f64 / 1e9;
+    *targets.lock().expect("targets lock") = Some(published.last_seq.clone());
+
+    let mut delivered = SubscriberResult {
+        latency_us: Some(histogram()),
+        ..SubscriberResult::default()
+    };
+    for handle in subscriber_threads {
+        let result = handle.join().expect("subscriber thread panicked")?;
+        delivered.delivered += result.delivered;
+        delivered.lost += result.lost;
+        delivered.duplicated += result.duplicated;
+        delivered.out_of_order += result.out_of_order;
+        if let (Some(all), Some(one)) = (delivered.latency_us.as_mut(), result.latency_us) {
+            all.add(one).expect("same histogram bounds");
+        }
+    }
+    let ack_latency = published.latency_us.expect("set above");
+    let delivery_latency = delivered.latency_us.expect("set above");
+    let ok = published.errors == 0
+        && published.acked == published.sent
+        && delivered.lost == 0
+        && delivered.duplicated == 0
+        && delivered.out_of_order == 0;
+    let quantiles = |h: &Histogram<u64>| {
+        serde_json::json!({
+            "p50": h.value_at_quantile(0.50),
+            "p99": h.value_at_quantile(0.99),
+            "p999": h.value_at_quantile(0.999),
+            "max": h.max(),
+        })
+    };
+    eprintln!(
+        "published {} acked {} ({:.0}/s); delivered {} ({:.0}/s); ack p50 {} us p99 {} us; delivery p50 {} us p99 {} us; lost {} duplicated {} out of order {}",
+        published.sent,
+        published.acked,
+        published.acked as f64 / publish_elapsed,
+        delivered.delivered,
+        delivered.delivered as f64 / publish_elapsed,
+        ack_latency.value_at_quantile(0.5),
+        ack_latency.value_at_quantile(0.99),
+        delivery_latency.value_at_quantile(0.5),
+        delivery_latency.value_at_quantile(0.99),
+        delivered.lost,
+        delivered.duplicated,
+        delivered.out_of_order,
+    );
+    let summary = serde_json::json!({
+        "tool": "starling-bench",
+        "protocol": "native",
+        "publishers": args.publishers,
+        "subscribers": args.subscribers,
+        "channels": args.channels,
+        "size": args.size,
+        "rate_target": args.rate,
+        "duration_s": publish_elapsed,
+        "sent": published.sent,
+        "acked": published.acked,
+        "publish_errors": published.errors,
+        "acked_per_s": published.acked as f64 / publish_elapsed,
+        "delivered": delivered.delivered,
+        "delivered_per_s": delivered.delivered as f64 / publish_elapsed,
+        "ack_latency_us": quantiles(&ack_latency),
+        "delivery_latency_us": quantiles(&delivery_latency),
+        "lost": delivered.lost,
+        "duplicated": delivered.duplicated,
+        "out_of_order": delivered.out_of_order,
+        "ok": ok,
+    });
+    println!("{summary}");
+    if !ok {
+        bail!("the run found errors, losses, duplicates or reordering (see the summary)");
+    }
+    Ok(())
+}
+
+fn spawn<T: Send + 'static>(
+    name: String,
+    body: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<JoinHandle<Result<T>>> {
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(BENCH_THREAD_STACK_BYTES)
+        .spawn(body)
+        .context("cannot start a bench thread")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publisher(
+    address: SocketAddr,
+    id: usize,
+    args: &BenchArgs,
+    channels: &[String],
+    rate: f64,
+    epoch: Instant,
+    start_ns: u64,
+    sent_total: &AtomicU64,
+) -> Result<PublisherResult> {
+    let client = Client::connect(address, &format!("bench-pub-{id}"), "")
+        .with_context(|| format!("publisher {id} cannot connect to {address}"))?;
+    let (mut writer, mut reader) = client.into_split();
+    let total = (rate * args.duration_s as f64).round() as u64;
+    let interval_ns = 1e9 / rate;
+    let window = args.window.max(1) as u64;
+    let acked = Arc::new(AtomicU64::new(0));
+    let finished_sending = Arc::new(AtomicU64::new(u64::MAX));
+
+    // The ack reader: request id k+1 answers message k.
+    let reader_acked = acked.clone();
+    let reader_finished = finished_sending.clone();
+    let channel_count = channels.len();
+    let publishers = args.publishers;
+    let reader_thread = spawn(format!("bench-ack-{id}"), move || {
+        let mut result = PublisherResult {
+            latency_us: Some(histogram()),
+            ..PublisherResult::default()
+        };
+        let histogram = result.latency_us.as_mut().expect("set above");
+        let mut answered = 0u64;
+        let mut last_progress = Instant::now();
+        loop {
+            let sent = reader_finished.load(Ordering::Acquire);
+            if answered >= sent {
+                break;
+            }
+            if last_progress.elapsed() > DRAIN_TIMEOUT {
+                bail!(
+                    "publisher {id}: no ack for {DRAIN_TIMEOUT:?}; {answered} of {sent} answered"
+                );
+            }
+            let Some(envelope) = reader.read_envelope(Duration::from_millis(100))? else {
+                continue;
+            };
+            last_progress = Instant::now();
+            let index = u64::from(envelope.request_id.wrapping_sub(1));
+            match envelope.frame {
+                Frame::PublishAck { seq, .. } => {
+                    answered += 1;
+                    result.acked += 1;
+                    reader_acked.fetch_add(1, Ordering::Release);
+                    let intended_ns = start_ns + (index as f64 * interval_ns) as u64;
+                    let now_ns = epoch.elapsed().as_nanos() as u64;
+                    histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+                    let channel = (id + index as usize * publishers) % channel_count;
+                    let last = result.last_seq.entry(channel).or_insert(0);
+                    *last = (*last).max(seq);
+                }
+                Frame::Error { message, .. } => {
+                    answered += 1;
+                    result.errors += 1;
+                    reader_acked.fetch_add(1, Ordering::Release);
+                    log::warn!("publish failed: {message}");
+                }
+                _ => {}
+            }
+        }
+        Ok(result)
+    })?;
+
+    let mut sent = 0u64;
+    while sent < total {
+        let intended_ns = start_ns + (sent as f64 * interval_ns) as u64;
+        loop {
+            let now_ns = epoch.elapsed().as_nanos() as u64;
+            if now_ns >= intended_ns {
+                break;
+            }
+            let wait = intended_ns - now_ns;
+            if wait > 200_000 {
+                std::thread::sleep(Duration::from_nanos(wait - 100_000));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        while sent - acked.load(Ordering::Acquire) >= window {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let channel = (id + sent as usize * args.publishers) % channels.len();
+        let body = stamp_body(
+            &Stamp {
+                publisher: id as u64,
+                index: sent,
+                intended_ns,
+            },
+            args.size,
+        );
+        let request = PublishRequest::new(channels[channel].clone(), kind::MESSAGE, body);
+        // Request ids start at 1; 0 is for server pushes.
+        writer.send_publish((sent as u32).wrapping_add(1), &request)?;
+        sent += 1;
+        sent_total.fetch_add(1, Ordering::Relaxed);
+    }
+    finished_sending.store(sent, Ordering::Release);
+    let mut result = reader_thread.join().expect("ack reader panicked")?;
+    result.sent = sent;
+    Ok(result)
+}
+
+fn subscriber(
+    address: SocketAddr,
+    channels: &[String],
+    mine: Vec<usize>,
+    epoch: Instant,
+    targets: &Mutex<Option<HashMap<usize, u64>>>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) -> Result<SubscriberResult> {
+    let setup = || -> Result<(Client, HashMap<String, (usize, u64)>)> {
+        let mut client = Client::connect(address, "bench-sub", "")
+            .with_context(|| format!("subscriber cannot connect to {address}"))?;
+        let mut next = HashMap::new();
+        for &channel in &mine {
+            let head = client.subscribe(&channels[channel], SubscribeStart::Live)?;
+            next.insert(channels[channel].clone(), (channel, head + 1));
+        }
+        Ok((client, next))
+    };
+    let (client, mut next) = match setup() {
+        Ok(state) => {
+            let _ = ready.send(Ok(()));
+            state
+        }
+        Err(error) => {
+            let _ = ready.send(Err(anyhow::anyhow!("{error:#}")));
+            return Err(error);
+        }
+    };
+    let (_writer, mut reader) = client.into_split();
+    let mut result = SubscriberResult {
+        latency_us: Some(histogram()),
+        ..SubscriberResult::default()
+    };
+    let histogram = result.latency_us.as_mut().expect("set above");
+    let mut last_progress = Instant::now();
+    loop {
+        // Once publishers are done, stop when every channel reached its last acked seq.
+        if let Some(targets) = targets.lock().expect("targets lock").as_ref() {
+            let complete = next
+                .values()
+                .all(|(channel, next_seq)| *next_seq > targets.get(channel).copied().unwrap_or(0));
+            if complete {
+                break;
+            }
+            if last_progress.elapsed() > DRAIN_TIMEOUT {
+                for (channel, next_seq) in next.values() {
+                    let target = targets.get(channel).copied().unwrap_or(0);
+                    result.lost += (target + 1).saturating_sub(*next_seq);
+                }
+                break;
+            }
+        }
+        let Some(envelope) = reader.read_envelope(Duration::from_millis(50))? else {
+            continue;
+        };
+        let Frame::Deliver { channel, messages } = envelope.frame else {
+            if let Frame::Error { message, .. } = envelope.frame {
+                bail!("subscriber got an error from the server: {message}");
+            }
+            continue;
+        };
+        last_progress = Instant::now();
+        let now_ns = epoch.elapsed().as_nanos() as u64;
+        let Some((_, next_seq)) = next.get_mut(&channel) else {
+            continue;
+        };
+        for message in &messages {
+            result.delivered += 1;
+            if message.seq == *next_seq {
+                *next_seq += 1;
+            } else if message.seq < *next_seq {
+                result.duplicated += 1;
+            } else {
+                result.lost += message.seq - *next_seq;
+                result.out_of_order += 1;
+                *next_seq = message.seq + 1;
+            }
+            if let Some(intended_ns) = intended_ns_of(&message.body) {
+                histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+            }
+        }
+    }
+    Ok(result)
+}

@@ -1,0 +1,209 @@
+//! The server configuration: embedded defaults, then a TOML file, then
+//! environment variables (`STARLING_<SECTION>_<KEY>`), each overriding the
+//! one before.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use starling_broker::EngineConfig;
+
+/// Prefix of environment variables that override single settings.
+pub const ENV_PREFIX: &str = "STARLING_";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub native: NativeConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            engine: EngineConfig::default(),
+            native: NativeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The native binary protocol listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// Where to listen. Loopback by default; any other address needs
+    /// authentication to be configured.
+    pub address: SocketAddr,
+    /// Largest frame a client may send.
+    pub frame_bytes_max: u32,
+}
+
+impl Default for NativeConfig {
+    fn default() -> NativeConfig {
+        NativeConfig {
+            address: "127.0.0.1:7400".parse().expect("valid address"),
+            frame_bytes_max: starling_protocol::FRAME_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// The embedded defaults as a TOML document.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Config::default()).expect("the defaults serialize");
+        format!(
+            "# Starling configuration: the embedded defaults.\n\
+             # Any setting can also be set with an environment variable\n\
+             # STARLING_<SECTION>_<KEY>, e.g. STARLING_ENGINE_DURABILITY=interval.\n\
+             # durability: \"fsync\" (default: fdatasync before every ack, group commit),\n\
+             # \"interval\" (fdatasync every interval_ms; acks are not durable),\n\
+             # \"none\" (never fdatasync; acks are not durable).\n\n{body}"
+        )
+    }
+
+    /// Defaults, overridden by `file` (if given), overridden by the
+    /// environment variables in `environment`.
+    pub fn load(
+        file: Option<&Path>,
+        environment: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let mut value = toml::Value::try_from(Config::default()).expect("the defaults serialize");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?;
+            let overrides: toml::Value = toml::from_str(&text).with_context(|| {
+                format!(
+                    "the configuration file {} is not valid TOML",
+                    path.display()
+                )
+            })?;
+            merge(&mut value, overrides);
+        }
+        for (name, text) in environment {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
+            let table = value.as_table_mut().expect("the config is a table");
+            let Some(section_value) = table.get_mut(section).and_then(|s| s.as_table_mut()) else {
+                bail!("environment variable {name}: there is no configuration section [{section}]; run `starling config default` to see them");
+            };
+            let Some(current) = section_value.get(key) else {
+                bail!("environment variable {name}: section [{section}] has no setting `{key}`; run `starling config default` to see them");
+            };
+            let parsed = parse_like(current, &text)
+                .with_context(|| format!("environment variable {name}={text:?}"))?;
+            section_value.insert(key.to_string(), parsed);
+        }
+        let config: Config = value
+            .try_into()
+            .context("the configuration is not valid; compare it with `starling config default`")?;
+        Ok(config)
+    }
+}
+
+/// Parses an environment value as the same TOML type as the current value.
+fn parse_like(current: &toml::Value, text: &str) -> Result<toml::Value> {
+    Ok(match current {
+        toml::Value::String(_) => toml::Value::String(text.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            text.parse()
+                .with_context(|| format!("expected an integer, got {text:?}"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            text.parse()
+                .with_context(|| format!("expected true or false, got {text:?}"))?,
+        ),
+        _ => {
+            let document: toml::Value = toml::from_str(&format!("v = {text}"))
+                .with_context(|| format!("expected a TOML value, got {text:?}"))?;
+            document.get("v").cloned().expect("parsed above")
+        }
+    })
+}
+
+fn merge(base: &mut toml::Value, overrides: toml::Value) {
+    match (base, overrides) {
+        (toml::Value::Table(base), toml::Value::Table(overrides)) => {
+            for (key, value) in overrides {
+                match base.get_mut(&key) {
+                    Some(existing) if existing.is_table() && value.is_table() => {
+                        merge(existing, value)
+                    }
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overrides) => *base = overrides,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_broker::Durability;
+
+    #[test]
+    fn default_toml_parses_back_to_the_defaults() {
+        let text = Config::default_toml();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("starling.toml");
+        std::fs::write(&path, "[engine]\ndurability = \"none\"\nshards = 3\n").unwrap();
+        let environment = vec![
+            ("STARLING_ENGINE_SHARDS".to_string(), "5".to_string()),
+            (
+                "STARLING_NATIVE_ADDRESS".to_string(),
+                "127.0.0.1:9999".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = Config::load(Some(&path), environment.into_iter()).unwrap();
+        assert_eq!(config.engine.durability, Durability::None);
+        assert_eq!(config.engine.shards, 5);
+        assert_eq!(config.native.address.port(), 9999);
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let environment = vec![("STARLING_ENGINE_NOPE".to_string(), "1".to_string())];
+        let error = Config::load(None, environment.into_iter()).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no setting `nope`"),
+            "{error:#}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[engine]\ndurabilty = \"none\"\n").unwrap();
+        assert!(Config::load(Some(&path), std::iter::empty()).is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! `starling`: the server and its command-line tools.
+//!
+//! ```text
+//! starling serve [--config FILE]          run the server (embedded defaults without a file)
+//! starling config default                 print the defaults as TOML
+//! starling pub CHANNEL [MESSAGE...]       publish (stdin lines without MESSAGE)
+//! starling sub CHANNEL [--from S|--last N] print deliveries
+//! starling history CHANNEL [--before S|--from S] [--limit N]
+//! starling log verify DIR | log inspect DIR   offline checks of a data directory
+//! starling bench [...]                    open-loop load generator
+//! ```
+
+mod bench;
+mod config;
+mod logger;
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use starling_adapters::client::{Client, PublishRequest};
+use starling_adapters::native::NativeProtocol;
+use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer};
+use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "Starling: a durable messaging engine for office chat"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// Address of the server's native listener.
+    #[arg(long, default_value = "127.0.0.1:7400", env = "STARLING_SERVER")]
+    server: String,
+    /// Session token (on an unauthenticated loopback server: the user name).
+    #[arg(long, default_value = "", env = "STARLING_TOKEN")]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// A TOML configuration file; settings it lacks keep their defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Publish messages to a channel (arguments, or one per line of stdin).
+    Pub {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        messages: Vec<String>,
+        /// Idempotency key: a retry with the same id is stored once.
+        #[arg(long)]
+        id: Option<String>,
+        /// Deliver live only; do not store.
+        #[arg(long)]
+        ephemeral: bool,
+    },
+    /// Subscribe to a channel and print what arrives.
+    Sub {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        /// Start at this seq (catch up, then live).
+        #[arg(long, conflicts_with = "last")]
+        from: Option<u64>,
+        /// Start with the last N messages, then live.
+        #[arg(long)]
+        last: Option<u64>,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit when nothing arrives for this many seconds.
+        #[arg(long)]
+        idle_exit_s: Option<u64>,
+    },
+    /// Print a page of a channel's history.
+    History {
+        #[command(flatten)]
+        server: ServerArgs,
+        channel: String,
+        #[arg(long, conflicts_with = "from")]
+        before: Option<u64>,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Offline tools for a data directory (the server must not be running).
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+    /// Open-loop load generator: publishers, subscribers, latency, loss and order checks.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded defaults as a TOML file.
+    Default,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check every batch checksum and structure; exit 1 on corruption.
+    Verify { data_dir: PathBuf },
+    /// Print records in log order.
+    Inspect {
+        data_dir: PathBuf,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Print at most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Command::Pub {
+            server,
+            channel,
+            messages,
+            id,
+            ephemeral,
+        } => publish(&server, &channel, messages, id, ephemeral),
+        Command::Sub {
+            server,
+            channel,
+            from,
+            last,
+            count,
+            idle_exit_s,
+        } => subscribe(&server, &channel, from, last, count, idle_exit_s),
+        Command::History {
+            server,
+            channel,
+            before,
+            from,
+            limit,
+        } => history(&server, &channel, before, from, limit),
+        Command::Log { command } => match command {
+            LogCommand::Verify { data_dir } => log_verify(&data_dir),
+            LogCommand::Inspect {
+                data_dir,
+                channel,
+                limit,
+            } => log_inspect(&data_dir, channel.as_deref(), limit),
+        },
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(error) = result {
+        eprintln!("starling: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(config_file: Option<&Path>) -> Result<()> {
+    let config = Config::load(config_file, std::env::vars())?;
+    logger::init(&config.log.level)?;
+    if !is_loopback(&config.native.address) {
+        bail!(
+            "native.address {} is not a loopback address, and authentication is not configured; \
+             Starling serves other addresses only with authentication (see docs/SECURITY.md), \
+             or listen on 127.0.0.1",
+            config.native.address
+        );
+    }
+    let native = Arc::new(NativeProtocol::new(
+        "starling",
+        config.native.frame_bytes_max,
+    ));
+    let listeners = vec![Listener {
+        address: config.native.address,
+        protocol: native,
+    }];
+    let engine = Engine::start(
+        config.engine.clone(),
+        Arc::new(LoopbackAuthorizer),
+        listeners,
+    )
+    .context("cannot start the engine")?;
+    let routing = engine.routing();
+    for (name, address) in engine.local_addresses() {
+        log::info!("listening: protocol={name} address={address}");
+    }
+    log::info!(
+        "serving: shards={} partitions={} data_dir={} durability={:?}",
+        routing.shards,
+        routing.partitions,
+        config.engine.data_dir.display(),
+        config.engine.durability
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("shutting down: writing and syncing what is pending");
+    engine.shutdown();
+    log::info!("stopped");
+    Ok(())
+}
+
+fn connect(server: &ServerArgs, name: &str) -> Result<Client> {
+    let address: SocketAddr = server.server.parse().with_context(|| {
+        format!(
+            "--server {:?} is not an address like 127.0.0.1:7400",
+            server.server
+        )
+    })?;
+    Client::connect(address, name, &server.token)
+        .with_context(|| format!("cannot connect to {address}; is `starling serve` running there?"))
+}
+
+fn publish(
+    server: &ServerArgs,
+    channel: &str,
+    messages: Vec<String>,
+    id: Option<String>,
+    ephemeral: bool,
+) -> Result<()> {
+    let mut client = connect(server, "starling-pub")?;
+    let mut send = |body: String, index: usize| -> Result<()> {
+        let client_message_id = match &id {
+            Some(id) if index == 0 => Bytes::from(id.clone()),
+            Some(id) => Bytes::from(format!("{id}-{index}")),
+            None => Bytes::new(),
+        };
+        let request = PublishRequest {
+            ephemeral,
+            client_message_id,
+            ..PublishRequest::new(channel, kind::MESSAGE, body)
+        };
+        let ack = client.publish_with(request)?;
+        println!(
+            "seq={} offset={} durable={} duplicate={}",
+            ack.seq, ack.offset, ack.durable, ack.duplicate
+        );
+        Ok(())
+    };
+    if messages.is_empty() {
+        for (index, line) in std::io::stdin().lock().lines().enumerate() {
+            send(line.context("cannot read stdin")?, index)?;
+        }
+    } else {
+        for (index, message) in messages.into_iter().enumerate() {
+            send(message, index)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_message(out: &mut impl Write, channel: &str, message: &Message) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{channel}\t{}\t{}\t{}",
+        message.seq,
+        String::from_utf8_lossy(&message.sender),
+        String::from_utf8_lossy(&message.body)
+    )
+}
+
+fn subscribe(
+    server: &ServerArgs,
+    channel: &str,
+    from: Option<u64>,
+    last: Option<u64>,
+    count: Option<u64>,
+    idle_exit_s: Option<u64>,
+) -> Result<()> {
+    let mut client = connect(server, "starling-sub")?;
+    let start = match (from, last) {
+        (Some(seq), _) => SubscribeStart::FromSeq(seq),
+        (None, Some(n)) => SubscribeStart::LastN(n),
+        (None, None) => SubscribeStart::Live,
+    };
+    let head = client.subscribe(channel, start)?;
+    eprintln!("subscribed to {channel:?} at head seq {head}");
+    let mut received = 0u64;
+    let stdout = std::io::stdout();
+    let idle = idle_exit_s.map(Duration::from_secs);
+    loop {
+        if count.is_some_and(|count| received >= count) {
+            return Ok(());
+        }
+        match client.next_delivery(idle.unwrap_or(Duration::from_secs(3600)))? {
+            Some((channel, messages)) => {
+                let mut out = stdout.lock();
+                for message in &messages {
+                    print_message(&mut out, &channel, message)?;
+                    received += 1;
+                    if count.is_some_and(|count| received >= count) {
+                        break;
+                    }
+                }
+                out.flush()?;
+            }
+            None if idle.is_some() => return Ok(()),
+            None => {}
+        }
+    }
+}
+
+fn history(
+    server: &ServerArgs,
+    channel: &str,
+    before: Option<u64>,
+    from: Option<u64>,
+    limit: u32,
+) -> Result<()> {
+    let mut client = connect(server, "starling-history")?;
+    let query = match (before, from) {
+        (Some(seq), _) => HistoryQuery::Before(seq),
+        (None, Some(seq)) => HistoryQuery::From(seq),
+        (None, None) => HistoryQuery::Last,
+    };
+    let page = client.history(channel, query, limit)?;
+    let mut out = std::io::stdout().lock();
+    for message in &page.messages {
+        print_message(&mut out, channel, message)?;
+    }
+    eprintln!("head seq {}", page.head_seq);
+    Ok(())
+}
+
+/// Partition directories of a data directory, in id order.
+fn partition_dirs(data_dir: &Path) -> Result<Vec<PathBuf>> {
+    let partitions = data_dir.join("partitions");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&partitions)
+        .with_context(|| {
+            format!(
+                "cannot read {}; is {} a Starling data directory?",
+                partitions.display(),
+                data_dir.display()
+            )
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn log_verify(data_dir: &Path) -> Result<()> {
+    let mut failed = false;
+    for dir in partition_dirs(data_dir)? {
+        match starling_storage::verify_partition_dir(&dir) {
+            Ok(report) => {
+                let tail = match &report.would_truncate {
+                    Some((file, at, bytes)) => format!(
+                        "; a torn tail of {bytes} bytes at byte {at} of {} would be truncated on start",
+                        file.display()
+                    ),
+                    None => String::new(),
+                };
+                println!(
+                    "{}: ok: {} segments, {} batches, {} records, {} channels, {} bytes{tail}",
+                    dir.display(),
+                    report.segments,
+                    report.batches,
+                    report.records,
+                    report.channels,
+                    report.bytes
+                );
+            }
+            Err(error) => {
+                failed = true;
+                println!("{}: CORRUPT: {error}", dir.display());
+            }
+        }
+    }
+    if failed {
+        bail!("corruption found; see the lines marked CORRUPT above");
+    }
+    Ok(())
+}
+
+fn log_inspect(data_dir: &Path, channel: Option<&str>, limit: Option<u64>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0u64;
+    for dir in partition_dirs(data_dir)? {
+        let mut write_error = None;
+        starling_storage::inspect_partition_dir(&dir, |record| {
+            if write_error.is_some() || limit.is_some_and(|limit| printed >= limit) {
+                return;
+            }
+            if channel.is_some_and(|c| c.as_bytes() != &record.channel[..]) {
+                return;
+            }
+            printed += 1;
+            let result = writeln!(
+                out,
+                "offset={} channel={} seq={} ts={} kind={} sender={} id={} relation={} body={:?}",
+                record.offset,
+                String::from_utf8_lossy(&record.channel),
+                record.seq,
+                record.timestamp_ms,
+                record.kind,
+                String::from_utf8_lossy(&record.sender),
+                String::from_utf8_lossy(&record.client_message_id),
+                record.relation,
+                String::from_utf8_lossy(&record.body)
+            );
+            if let Err(error) = result {
+                write_error = Some(error);
+            }
+        })
+        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+        if let Some(error) = write_error {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(error.into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,734 @@
+//! A partition: open and recover, append, flush, sync.
+//!
+//! Reads live in `read.rs` and retention in `retention.rs`; both are further
+//! `impl Partition` blocks.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::channel_table::{ChannelId, ChannelTable};
+use crate::checkpoint::{read_checkpoint, sync_directory};
+use crate::data_dir::{lock_directory, partition_path};
+use crate::format::{
+    self, begin_batch, decode_batch, finish_batch, skip_target, BatchDecode, BatchMeta,
+    RecordFields, RecordHead, BATCH_BYTES_SOFT_MAX, CHANNEL_BYTES_MAX, CLIENT_MESSAGE_ID_BYTES_MAX,
+    HEADERS_BYTES_MAX, NO_OFFSET, RECORD_BODY_BYTES_LIMIT, RECORD_HEADER_BYTES, SENDER_BYTES_MAX,
+};
+use crate::map::SegmentMap;
+use crate::retention::rule_for;
+use crate::scan::{apply_record, scan_segment};
+use crate::segment::{list_segments, segment_file_name, ReadMode, Segment, SegmentSummary};
+use crate::{Appended, NewRecord, PartitionConfig, StorageError, SEGMENT_BYTES_MAX_MINIMUM};
+
+/// What recovery found when a partition was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files in the partition.
+    pub segments: usize,
+    /// Valid batches scanned.
+    pub batches: u64,
+    /// Records in them.
+    pub records: u64,
+    /// Channels known after recovery.
+    pub channels: usize,
+    /// Bytes cut off a torn tail (0 if none).
+    pub truncated_bytes: u64,
+    /// The file and byte position where a torn tail was cut.
+    pub truncated_at: Option<(std::path::PathBuf, u64)>,
+}
+
+/// A failure to inject, for tests of the failed state (here and in the
+/// broker's simulator).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The next positioned write fails.
+    Write,
+    /// The next fdatasync fails.
+    Sync,
+}
+
+/// Channel state of records appended but not flushed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingChannel {
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// A batch being filled.
+struct OpenBatch {
+    /// Where its header starts in the pending buffer.
+    start: usize,
+    record_count: u32,
+    timestamp_min_ms: u64,
+    timestamp_max_ms: u64,
+    summary: SegmentSummary,
+}
+
+/// A finished batch in the pending buffer.
+struct ClosedBatch {
+    start: usize,
+    end: usize,
+    summary: SegmentSummary,
+}
+
+/// Records appended since the last flush.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Encoded batches, back to back; `buffer[0]` sits at the flushed end of
+    /// the stream.
+    pub buffer: Vec<u8>,
+    closed: Vec<ClosedBatch>,
+    open: Option<OpenBatch>,
+    pub channels: HashMap<ChannelId, PendingChannel>,
+    pub records: usize,
+}
+
+/// The most recently verified batches (stream positions), so a page of reads
+/// in one batch checks its CRC once.
+pub(crate) struct VerifiedBatches {
+    positions: [u64; VERIFIED_BATCHES_CACHED],
+    next: usize,
+}
+
+/// Enough for a page of records spread over a few batches; a linear scan of
+/// 16 words is cheaper than any map.
+const VERIFIED_BATCHES_CACHED: usize = 16;
+
+impl VerifiedBatches {
+    fn new() -> VerifiedBatches {
+        VerifiedBatches {
+            positions: [NO_OFFSET; VERIFIED_BATCHES_CACHED],
+            next: 0,
+        }
+    }
+
+    pub(crate) fn contains(&self, position: u64) -> bool {
+        self.positions.contains(&position)
+    }
+
+    pub(crate) fn insert(&mut self, position: u64) {
+        self.positions[self.next] = position;
+        self.next = (self.next + 1) % VERIFIED_BATCHES_CACHED;
+    }
+}
+
+/// One log partition: its segment files, its channel table and the pending
+/// batch. Owned by one broker thread.
+pub struct Partition {
+    pub(crate) id: u32,
+    pub(crate) path: PathBuf,
+    pub(crate) config: PartitionConfig,
+    /// Held for the partition directory lock.
+    _lock: File,
+    pub(crate) read_mode: ReadMode,
+    /// INVARIANT: never empty, sorted by base, contiguous (each segment
+    /// starts where the previous one ends); the last one is the active
+    /// segment that flushes write to.
+    pub(crate) segments: Vec<Segment>,
+    /// Stream position of the first byte still in the log.
+    pub(crate) log_start: u64,
+    pub(crate) channels: ChannelTable,
+    pub(crate) pending: Pending,
+    /// Flushed bytes of the active segment not yet fdatasync'ed.
+    unsynced: bool,
+    /// A segment file was created and the directory not yet fsync'ed.
+    directory_unsynced: bool,
+    /// The first write or sync failure; set forever once set.
+    failed: Option<String>,
+    fault: Option<Fault>,
+    pub(crate) verified: RefCell<VerifiedBatches>,
+}
+
+impl Partition {
+    /// Opens (creating if needed) partition `partition_id` of the data
+    /// directory `dir`, at `<dir>/partitions/<id as 5 digits>`, and recovers
+    /// it: scans every segment, rebuilds the channel table and truncates a
+    /// torn tail of the last segment. The partition directory is locked
+    /// (`LOCK`) while the partition is open.
+    pub fn open(
+        dir: &Path,
+        partition_id: u32,
+        config: PartitionConfig,
+    ) -> Result<(Partition, RecoveryReport), StorageError> {
+        check_config(&config)?;
+        let path = partition_path(dir, partition_id);
+        fs::create_dir_all(&path).map_err(|e| StorageError::io("create directory", &path, e))?;
+        let lock = lock_directory(&path)?;
+
+        let mut channels = ChannelTable::new();
+        let checkpoint = read_checkpoint(&path)?;
+        let log_start = checkpoint.as_ref().map_or(0, |c| c.log_start);
+        if let Some(checkpoint) = checkpoint {
+            for (name, last_seq, head_offset) in checkpoint.channels {
+                let id = channels.find_or_insert(&name);
+                let entry = channels.get_mut(id);
+                entry.last_seq = last_seq;
+                entry.head_offset = head_offset;
+            }
+        }
+
+        let mut listed = list_segments(&path)?;
+        // Segments before the checkpoint's log start are left over from a
+        // retention run that wrote its checkpoint and then stopped: finish it.
+        let mut removed_any = false;
+        listed.retain(|(base, file)| {
+            if *base < log_start {
+                log::info!(
+                    "removing {} that retention had already released",
+                    file.display()
+                );
+                removed_any |= fs::remove_file(file).is_ok();
+                false
+            } else {
+                true
+            }
+        });
+        let mut directory_unsynced = removed_any;
+        if let Some((first, _)) = listed.first() {
+            if *first != log_start {
+                return Err(StorageError::Inconsistent {
+                    path,
+                    detail: format!(
+                        "the log should start at stream position {log_start} but the first segment starts at {first}; segment files are missing"
+                    ),
+                });
+            }
+        }
+        if listed.is_empty() {
+            let file = path.join(segment_file_name(log_start));
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .map_err(|e| StorageError::io("create", &file, e))?;
+            listed.push((log_start, file));
+            directory_unsynced = true;
+        }
+
+        let rules = config.retention.len();
+        let mut report = RecoveryReport {
+            segments: listed.len(),
+            ..RecoveryReport::default()
+        };
+        let mut segments = Vec::with_capacity(listed.len());
+        let mut expected_base = log_start;
+        let last_index = listed.len() - 1;
+        for (index, (base, file_path)) in listed.into_iter().enumerate() {
+            if base != expected_base {
+                return Err(StorageError::Inconsistent {
+                    path,
+                    detail: format!(
+                        "segment {} should start at stream position {expected_base} (where the previous one ends)",
+                        file_path.display()
+                    ),
+                });
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file_path)
+                .map_err(|e| StorageError::io("open", &file_path, e))?;
+            let file_len = file
+                .metadata()
+                .map_err(|e| StorageError::io("stat", &file_path, e))?
+                .len();
+            let mut summary = SegmentSummary::new(rules);
+            let scan = if file_len == 0 {
+                Default::default()
+            } else {
+                let map = SegmentMap::map(&file, file_len)
+                    .map_err(|e| StorageError::io("map", &file_path, e))?;
+                let mut visit = |position: u64, batch: &format::BatchView<'_>| {
+                    for (in_batch, record) in batch.records() {
+                        let offset = base + position + in_batch as u64;
+                        apply_record(&mut channels, log_start, offset, &record).map_err(
+                            |detail| StorageError::Corrupt {
+                                path: file_path.clone(),
+                                position,
+                                detail,
+                            },
+                        )?;
+                        summary.add(
+                            rule_for(&config.retention, record.channel),
+                            record.timestamp_ms,
+                        );
+                    }
+                    Ok(())
+                };
+                scan_segment(
+                    map.bytes(),
+                    base,
+                    &file_path,
+                    index == last_index,
+                    &mut visit,
+                )?
+                // The map is dropped here, before any truncation.
+            };
+            report.batches += scan.batches;
+            report.records += scan.records;
+            let mut len = file_len;
+            if let Some(torn_at) = scan.torn_at {
+                let cut = file_len - torn_at;
+                log::warn!(
+                    "{}: cutting a torn tail of {cut} bytes at byte {torn_at} (an incomplete write from a crash)",
+                    file_path.display()
+                );
+                file.set_len(torn_at)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| StorageError::io("truncate torn tail of", &file_path, e))?;
+                report.truncated_bytes = cut;
+                report.truncated_at = Some((file_path.clone(), torn_at));
+                len = torn_at;
+            }
+            expected_base = base + len;
+            segments.push(Segment::new(base, file_path, file, len, summary));
+        }
+        if directory_unsynced {
+            sync_directory(&path)?;
+        }
+        report.channels = channels.len();
+        let partition = Partition {
+            id: partition_id,
+            path,
+            config,
+            _lock: lock,
+            read_mode: ReadMode::Mmap,
+            segments,
+            log_start,
+            channels,
+            pending: Pending::default(),
+            unsynced: false,
+            directory_unsynced: false,
+            failed: None,
+            fault: None,
+            verified: RefCell::new(VerifiedBatches::new()),
+        };
+        Ok((partition, report))
+    }
+
+    /// The partition id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The partition directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Chooses how flushed records are read (memory maps by default).
+    pub fn set_read_mode(&mut self, mode: ReadMode) {
+        self.read_mode = mode;
+    }
+
+    /// Makes the next write or sync fail, to test the failed state.
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    /// Stream position just past the last flushed byte.
+    pub(crate) fn flushed_end(&self) -> u64 {
+        self.segments
+            .last()
+            .expect("a partition has an active segment")
+            .end()
+    }
+
+    fn check_not_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(reason) => Err(StorageError::Failed {
+                partition_id: self.id,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Enters the failed state for good and returns the error to report.
+    fn fail(&mut self, error: StorageError) -> StorageError {
+        log::error!("partition {} stops accepting writes: {error}", self.id);
+        self.failed = Some(error.to_string());
+        error
+    }
+
+    /// Validates the record, assigns it the channel's next seq and adds it to
+    /// the pending batch. It becomes visible to reads at the next `flush`.
+    pub fn append(&mut self, record: &NewRecord<'_>) -> Result<Appended, StorageError> {
+        self.check_not_failed()?;
+        check_record(record, self.config.record_body_bytes_max)?;
+        let id = self.channels.find_or_insert(record.channel);
+        let previous = match self.pending.channels.get(&id) {
+            Some(pending) => *pending,
+            None => {
+                let entry = self.channels.get(id);
+                PendingChannel {
+                    seq: entry.last_seq,
+                    offset: entry.head_offset,
+                }
+            }
+        };
+        let seq = previous.seq + 1;
+        let skip_offset = self.skip_offset_for(seq, previous)?;
+        let fields = RecordFields {
+            seq,
+            previous_offset: previous.offset,
+            skip_offset,
+            timestamp_ms: record.timestamp_ms,
+            relation: record.relation,
+            kind: record.kind,
+            channel: record.channel,
+            sender: record.sender,
+            client_message_id: record.client_message_id,
+            headers: record.headers,
+            body: record.body,
+        };
+        let record_bytes = fields.encoded_bytes();
+
+        // Close the open batch if this record would take it past the soft
+        // maximum; the next record starts a new batch in the same flush.
+        if let Some(open) = &self.pending.open {
+            if open.record_count > 0
+                && self.pending.buffer.len() - open.start + record_bytes > BATCH_BYTES_SOFT_MAX
+            {
+                self.close_open_batch();
+            }
+        }
+        if self.pending.open.is_none() {
+            let start = begin_batch(&mut self.pending.buffer);
+            self.pending.open = Some(OpenBatch {
+                start,
+                record_count: 0,
+                timestamp_min_ms: u64::MAX,
+                timestamp_max_ms: 0,
+                summary: SegmentSummary::new(self.config.retention.len()),
+            });
+        }
+        let offset = self.flushed_end() + self.pending.buffer.len() as u64;
+        let rule = rule_for(&self.config.retention, record.channel);
+        let open = self.pending.open.as_mut().expect("opened above");
+        let distance =
+            u32::try_from(self.pending.buffer.len() - open.start).expect("a batch is below 4 GiB");
+        fields.encode(distance, &mut self.pending.buffer);
+        open.record_count += 1;
+        open.timestamp_min_ms = open.timestamp_min_ms.min(record.timestamp_ms);
+        open.timestamp_max_ms = open.timestamp_max_ms.max(record.timestamp_ms);
+        open.summary.add(rule, record.timestamp_ms);
+        self.pending
+            .channels
+            .insert(id, PendingChannel { seq, offset });
+        self.pending.records += 1;
+        Ok(Appended { seq, offset })
+    }
+
+    /// The offset of the channel's record with seq `skip_target(seq)`, found
+    /// by following skip pointers from the channel's newest record (whose
+    /// seq is `seq - 1`). Clearing the low bits of `seq - 1` one at a time
+    /// lands exactly on the target, so this takes at most log2(seq) hops and
+    /// one on average.
+    fn skip_offset_for(&self, seq: u64, previous: PendingChannel) -> Result<u64, StorageError> {
+        let target = skip_target(seq);
+        if target == 0 {
+            return Ok(NO_OFFSET);
+        }
+        let (mut current_seq, mut current_offset) = (previous.seq, previous.offset);
+        while current_seq > target {
+            if current_offset == NO_OFFSET || current_offset < self.log_start {
+                // The chain runs into records deleted by retention; without a
+                // skip pointer, searches fall back to back-pointers and stop at
+                // the retention boundary anyway.
+                return Ok(NO_OFFSET);
+            }
+            let head = self.record_head_anywhere(current_offset, current_seq)?;
+            if head.skip_offset != NO_OFFSET {
+                current_seq = skip_target(current_seq);
+                current_offset = head.skip_offset;
+            } else {
+                current_seq -= 1;
+                current_offset = head.previous_offset;
+            }
+        }
+        if current_offset < self.log_start {
+            return Ok(NO_OFFSET);
+        }
+        Ok(current_offset)
+    }
+
+    /// The fixed header of the record at `offset`, pending or flushed,
+    /// checked to carry `expected_seq`.
+    fn record_head_anywhere(
+        &self,
+        offset: u64,
+        expected_seq: u64,
+    ) -> Result<RecordHead, StorageError> {
+        let flushed_end = self.flushed_end();
+        if offset >= flushed_end {
+            let at = (offset - flushed_end) as usize;
+            let head = RecordHead::parse(&self.pending.buffer[at..at + RECORD_HEADER_BYTES]);
+            assert_eq!(head.seq, expected_seq, "pending record chain is consistent");
+            return Ok(head);
+        }
+        self.record_head(offset, expected_seq)
+    }
+
+    fn close_open_batch(&mut self) {
+        let Some(open) = self.pending.open.take() else {
+            return;
+        };
+        let base_position = self.flushed_end() + open.start as u64;
+        let meta = BatchMeta {
+            term: 0,
+            index: 0,
+            base_position,
+            record_count: open.record_count,
+            timestamp_min_ms: open.timestamp_min_ms,
+            timestamp_max_ms: open.timestamp_max_ms,
+        };
+        let end = self.pending.buffer.len();
+        finish_batch(&mut self.pending.buffer[open.start..end], &meta);
+        self.pending.closed.push(ClosedBatch {
+            start: open.start,
+            end,
+            summary: open.summary,
+        });
+    }
+
+    /// Records appended and not yet flushed.
+    pub fn pending_records(&self) -> usize {
+        self.pending.records
+    }
+
+    /// Writes the pending batch with one positioned write and makes it
+    /// visible to reads. Does nothing if nothing is pending. Starts a new
+    /// segment first if the batch would take the active one past
+    /// `segment_bytes_max`; a batch never spans segments.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        if self.pending.records == 0 {
+            return Ok(());
+        }
+        self.close_open_batch();
+        // Check the data before writing it (the same check a read does).
+        for batch in &self.pending.closed {
+            let bytes = &self.pending.buffer[batch.start..batch.end];
+            assert!(
+                matches!(decode_batch(bytes), Ok(BatchDecode::Complete(b)) if b.bytes.len() == bytes.len()),
+                "a batch about to be written does not decode"
+            );
+        }
+        let closed = std::mem::take(&mut self.pending.closed);
+        let mut buffer = std::mem::take(&mut self.pending.buffer);
+        let mut first = 0;
+        while first < closed.len() {
+            let active_len = self.segments.last().expect("active segment").len;
+            let first_bytes = (closed[first].end - closed[first].start) as u64;
+            if active_len > 0 && active_len + first_bytes > self.config.segment_bytes_max {
+                self.roll()?;
+            }
+            // Take as many batches as fit in the active segment (at least one).
+            let active_len = self.segments.last().expect("active segment").len;
+            let mut last = first;
+            while last + 1 < closed.len()
+                && active_len + (closed[last + 1].end - closed[first].start) as u64
+                    <= self.config.segment_bytes_max
+            {
+                last += 1;
+            }
+            self.write_to_active(&buffer[closed[first].start..closed[last].end])?;
+            let active = self.segments.last_mut().expect("active segment");
+            for batch in &closed[first..=last] {
+                active.summary.merge(&batch.summary);
+            }
+            first = last + 1;
+        }
+        for (id, pending) in self.pending.channels.drain() {
+            let entry = self.channels.get_mut(id);
+            entry.last_seq = pending.seq;
+            entry.head_offset = pending.offset;
+        }
+        // Keep the buffer's capacity for the next loop turn.
+        buffer.clear();
+        self.pending.buffer = buffer;
+        self.pending.records = 0;
+        Ok(())
+    }
+
+    fn write_to_active(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let active = self.segments.last().expect("active segment");
+        let result = if self.fault == Some(Fault::Write) {
+            self.fault = None;
+            Err(std::io::Error::other("injected write fault"))
+        } else {
+            active.file.write_all_at(bytes, active.len)
+        };
+        if let Err(error) = result {
+            let error = StorageError::io("write to", &active.path, error);
+            return Err(self.fail(error));
+        }
+        let active = self.segments.last_mut().expect("active segment");
+        active.len += bytes.len() as u64;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        let active = self.segments.last().expect("active segment");
+        let result = if self.fault == Some(Fault::Sync) {
+            self.fault = None;
+            Err(std::io::Error::other("injected fdatasync fault"))
+        } else {
+            active.file.sync_data()
+        };
+        if let Err(error) = result {
+            let error = StorageError::io("fdatasync", &active.path, error);
+            return Err(self.fail(error));
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one where it ends. The old
+    /// segment is synced first so that recovery never finds a torn tail in a
+    /// segment that is not the last.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        if self.unsynced {
+            self.sync_active()?;
+        }
+        let base = self.flushed_end();
+        let file_path = self.path.join(segment_file_name(base));
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&file_path)
+        {
+            Ok(file) => file,
+            Err(error) => return Err(self.fail(StorageError::io("create", &file_path, error))),
+        };
+        self.directory_unsynced = true;
+        let summary = SegmentSummary::new(self.config.retention.len());
+        self.segments
+            .push(Segment::new(base, file_path, file, 0, summary));
+        Ok(())
+    }
+
+    /// Makes everything flushed durable: `fdatasync` of the active segment,
+    /// and an fsync of the directory if a segment file was created.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        if self.unsynced {
+            self.sync_active()?;
+        }
+        if self.directory_unsynced {
+            if let Err(error) = sync_directory(&self.path) {
+                return Err(self.fail(error));
+            }
+            self.directory_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// The channel's last visible (flushed) seq, 0 if none.
+    pub fn head_seq(&self, channel: &[u8]) -> u64 {
+        self.channels
+            .find(channel)
+            .map_or(0, |id| self.channels.get(id).last_seq)
+    }
+
+    /// The channel's last assigned seq, pending records included.
+    pub fn appended_seq(&self, channel: &[u8]) -> u64 {
+        let Some(id) = self.channels.find(channel) else {
+            return 0;
+        };
+        match self.pending.channels.get(&id) {
+            Some(pending) => pending.seq,
+            None => self.channels.get(id).last_seq,
+        }
+    }
+
+    /// Channels known to the partition.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Bytes of flushed log still on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.flushed_end() - self.log_start
+    }
+}
+
+fn check_config(config: &PartitionConfig) -> Result<(), StorageError> {
+    if config.segment_bytes_max < SEGMENT_BYTES_MAX_MINIMUM {
+        return Err(StorageError::InvalidConfig {
+            detail: format!(
+                "segment_bytes_max = {} is below the minimum {SEGMENT_BYTES_MAX_MINIMUM}",
+                config.segment_bytes_max
+            ),
+        });
+    }
+    if config.record_body_bytes_max > RECORD_BODY_BYTES_LIMIT {
+        return Err(StorageError::InvalidConfig {
+            detail: format!(
+                "record_body_bytes_max = {} is above the limit {RECORD_BODY_BYTES_LIMIT}",
+                config.record_body_bytes_max
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_record(record: &NewRecord<'_>, body_bytes_max: u32) -> Result<(), StorageError> {
+    let too_large = |field, bytes: usize, limit_name, limit: usize| {
+        if bytes > limit {
+            Err(StorageError::TooLarge {
+                field,
+                bytes: bytes as u64,
+                limit_name,
+                limit: limit as u64,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    if record.channel.is_empty() {
+        return Err(StorageError::InvalidRecord {
+            detail: "the channel name is empty",
+        });
+    }
+    too_large(
+        "channel",
+        record.channel.len(),
+        "CHANNEL_BYTES_MAX",
+        CHANNEL_BYTES_MAX,
+    )?;
+    too_large(
+        "sender",
+        record.sender.len(),
+        "SENDER_BYTES_MAX",
+        SENDER_BYTES_MAX,
+    )?;
+    too_large(
+        "client message id",
+        record.client_message_id.len(),
+        "CLIENT_MESSAGE_ID_BYTES_MAX",
+        CLIENT_MESSAGE_ID_BYTES_MAX,
+    )?;
+    too_large(
+        "headers",
+        record.headers.len(),
+        "HEADERS_BYTES_MAX",
+        HEADERS_BYTES_MAX,
+    )?;
+    too_large(
+        "body",
+        record.body.len(),
+        "record_body_bytes_max",
+        body_bytes_max as usize,
+    )?;
+    Ok(())
+}
