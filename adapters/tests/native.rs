@@ -1,0 +1,243 @@
+//! The native protocol over real loopback sockets: the handshake, every
+//! command, bad input closing only the offending connection, and the
+//! slow-consumer policy.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use starling_adapters::client::{Client, ClientError, PublishRequest};
+use starling_adapters::native::NativeProtocol;
+use starling_broker::{Engine, EngineConfig, Listener, LoopbackAuthorizer};
+use starling_protocol::{
+    decode, kind, Decoded, Envelope, ErrorCode, Frame, HistoryQuery, Limits, SubscribeStart,
+};
+
+fn server(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, SocketAddr) {
+    let mut config = EngineConfig {
+        shards: 2,
+        partitions: 4,
+        data_dir: dir.to_path_buf(),
+        ..EngineConfig::default()
+    };
+    tweak(&mut config);
+    let listener = Listener {
+        address: "127.0.0.1:0".parse().unwrap(),
+        protocol: Arc::new(NativeProtocol::new("test", 64 * 1024)),
+    };
+    let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), vec![listener]).unwrap();
+    let address = engine.local_address("native").unwrap();
+    (engine, address)
+}
+
+/// Reads frames from a raw socket until the server closes it; returns them.
+fn read_until_closed(stream: &mut TcpStream) -> Vec<Envelope> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(error) => panic!("read failed: {error}"),
+        }
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Decoded::Complete { envelope, used } = decode(&buffer[at..], &Limits::default()).unwrap() {
+        frames.push(envelope);
+        at += used;
+    }
+    frames
+}
+
+fn hello(stream: &mut TcpStream) {
+    let mut out = BytesMut::new();
+    Envelope {
+        request_id: 1,
+        frame: Frame::Hello {
+            version: 1,
+            client_name: "raw".into(),
+            token: "".into(),
+        },
+    }
+    .encode(&mut out);
+    stream.write_all(&out).unwrap();
+}
+
+fn last_error(frames: &[Envelope]) -> (ErrorCode, String) {
+    match frames.last().map(|e| &e.frame) {
+        Some(Frame::Error { code, message, .. }) => (*code, message.clone()),
+        other => panic!("expected an Error frame last, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_command_over_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, address) = server(dir.path(), |_| {});
+    let mut alice = Client::connect(address, "alice-laptop", "alice").unwrap();
+    assert_eq!(alice.server_name(), "test");
+    let mut bob = Client::connect(address, "bob-phone", "bob").unwrap();
+    assert_eq!(bob.subscribe("general", SubscribeStart::Live).unwrap(), 0);
+
+    let ack = alice.publish("general", kind::MESSAGE, "hello bob").unwrap();
+    assert_eq!(ack.seq, 1);
+    assert!(ack.durable && !ack.duplicate);
+    let (channel, messages) = bob.next_delivery(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(channel, "general");
+    assert_eq!(&messages[0].body[..], b"hello bob");
+    assert_eq!(&messages[0].sender[..], b"alice");
+
+    let reply = PublishRequest {
+        relation: 1,
+        client_message_id: "r-1".into(),
+        ..PublishRequest::new("general", kind::REPLY, "hi alice")
+    };
+    let first = bob.publish_with(reply.clone()).unwrap();
+    let retry = bob.publish_with(reply).unwrap();
+    assert_eq!((first.seq, retry.seq, retry.duplicate), (2, 2, true));
+
+    let page = alice.history("general", HistoryQuery::Last, 10).unwrap();
+    assert_eq!(page.head_seq, 2);
+    assert_eq!(page.messages[1].relation, 1);
+    assert_eq!(page.messages[1].kind, kind::REPLY);
+
+    alice.cursor_set("alice-laptop", "general", 2).unwrap();
+    assert_eq!(alice.cursor_get("alice-laptop", "general").unwrap(), Some(2));
+    assert_eq!(alice.cursor_get("alice-phone", "general").unwrap(), None);
+    alice.ping().unwrap();
+
+    bob.unsubscribe("general").unwrap();
+    match bob.unsubscribe("general") {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::NotSubscribed),
+        other => panic!("{other:?}"),
+    }
+    match alice.publish("general", kind::MESSAGE, vec![0u8; 60 * 1024].as_slice().to_vec()) {
+        Ok(ack) => assert_eq!(ack.seq, 3),
+        Err(error) => panic!("a 60 KiB body fits the 1 MiB body limit: {error}"),
+    }
+}
+
+#[test]
+fn requests_before_hello_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, address) = server(dir.path(), |_| {});
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut out = BytesMut::new();
+    Envelope {
+        request_id: 5,
+        frame: Frame::Ping,
+    }
+    .encode(&mut out);
+    stream.write_all(&out).unwrap();
+    let frames = read_until_closed(&mut stream);
+    let (code, message) = last_error(&frames);
+    assert_eq!(code, ErrorCode::Denied);
+    assert!(message.contains("Hello"), "{message}");
+}
+
+#[test]
+fn malformed_frames_close_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, address) = server(dir.path(), |_| {});
+    let mut good = Client::connect(address, "good", "").unwrap();
+    good.publish("c", kind::MESSAGE, "before").unwrap();
+
+    // An unknown frame type.
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    let mut bad = BytesMut::new();
+    bad.put_u32_le(5);
+    bad.put_u8(0x7f);
+    bad.put_u32_le(9);
+    stream.write_all(&bad).unwrap();
+    let frames = read_until_closed(&mut stream);
+    assert!(matches!(frames[0].frame, Frame::Welcome { .. }));
+    assert_eq!(last_error(&frames).0, ErrorCode::Malformed);
+
+    // A length over the limit is refused before the body is sent.
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    let mut huge = BytesMut::new();
+    huge.put_u32_le(10 * 1024 * 1024);
+    stream.write_all(&huge).unwrap();
+    let (code, message) = last_error(&read_until_closed(&mut stream));
+    assert_eq!(code, ErrorCode::TooLarge);
+    assert!(message.contains("frame_bytes_max"), "{message}");
+
+    // A second Hello.
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    hello(&mut stream);
+    assert_eq!(last_error(&read_until_closed(&mut stream)).0, ErrorCode::Malformed);
+
+    // A server-to-client frame from a client.
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    let mut out = BytesMut::new();
+    Envelope {
+        request_id: 2,
+        frame: Frame::Pong,
+    }
+    .encode(&mut out);
+    stream.write_all(&out).unwrap();
+    assert_eq!(last_error(&read_until_closed(&mut stream)).0, ErrorCode::Malformed);
+
+    // The well-behaved client carries on and nothing acknowledged is lost.
+    assert_eq!(good.publish("c", kind::MESSAGE, "after").unwrap().seq, 2);
+    let page = good.history("c", HistoryQuery::From(1), 10).unwrap();
+    assert_eq!(page.messages.len(), 2);
+}
+
+#[test]
+fn a_slow_consumer_is_disconnected_with_a_reason_and_others_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address) = server(dir.path(), |config| config.outbound_bytes_max = 64 * 1024);
+    // A subscriber that never reads.
+    let mut slow = TcpStream::connect(address).unwrap();
+    slow.set_nodelay(true).unwrap();
+    hello(&mut slow);
+    let mut out = BytesMut::new();
+    Envelope {
+        request_id: 2,
+        frame: Frame::Subscribe {
+            channel: "firehose".into(),
+            start: SubscribeStart::Live,
+        },
+    }
+    .encode(&mut out);
+    slow.write_all(&out).unwrap();
+    let mut fast = Client::connect(address, "fast", "").unwrap();
+    fast.subscribe("firehose", SubscribeStart::Live).unwrap();
+    let mut publisher = Client::connect(address, "publisher", "").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let body = vec![b'x'; 16 * 1024];
+    let total = 400;
+    let mut received = 0;
+    for i in 0..total {
+        publisher.publish("firehose", kind::MESSAGE, body.clone()).unwrap();
+        // The fast subscriber keeps up.
+        while let Some((_, messages)) = fast.next_delivery(Duration::from_millis(1)).unwrap() {
+            received += messages.len();
+        }
+        if engine.metrics().slow_consumer_disconnects.get() > 0 && i > 100 {
+            break;
+        }
+    }
+    assert_eq!(engine.metrics().slow_consumer_disconnects.get(), 1);
+    let published = publisher.history("firehose", HistoryQuery::Last, 1).unwrap().head_seq as usize;
+    while received < published {
+        let (_, messages) = fast.next_delivery(Duration::from_secs(10)).unwrap().expect("fast subscriber gets everything");
+        received += messages.len();
+    }
+    assert_eq!(received, published);
+    // The slow one finds the reason at the end of what was queued for it.
+    let frames = read_until_closed(&mut slow);
+    let (code, message) = last_error(&frames);
+    assert_eq!(code, ErrorCode::SlowConsumer);
+    assert!(message.contains("slow consumer"), "{message}");
+}

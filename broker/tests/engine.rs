@@ -1,0 +1,366 @@
+//! The embedded engine through its public API: publish, subscribe (live,
+//! from a seq, last N) with no gap and no duplicate at the seam, history,
+//! cursors, idempotent publish, ephemeral messages, restart, authorization.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use starling_broker::{
+    Action, Authorizer, BrokerError, Command, Denied, Durability, Engine, EngineConfig,
+    LocalClient, LoopbackAuthorizer, Principal,
+};
+use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
+
+fn config(dir: &std::path::Path) -> EngineConfig {
+    EngineConfig {
+        shards: 2,
+        partitions: 8,
+        data_dir: dir.to_path_buf(),
+        ..EngineConfig::default()
+    }
+}
+
+fn start(config: EngineConfig) -> Engine {
+    Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).expect("engine starts")
+}
+
+fn user(engine: &Engine, name: &str) -> LocalClient {
+    engine.connect(Principal::embedded(name))
+}
+
+/// Receives deliveries of `channel` until `count` messages arrived.
+fn receive(client: &mut LocalClient, channel: &str, count: usize) -> Vec<Message> {
+    let mut received = Vec::new();
+    while received.len() < count {
+        let (name, messages) = client
+            .next_delivery(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("timed out with {} of {count} messages", received.len()));
+        assert_eq!(&*name, channel);
+        received.extend(messages.iter().cloned());
+    }
+    received
+}
+
+fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+fn nothing_more(client: &mut LocalClient) {
+    if let Some((channel, messages)) = client.next_delivery(Duration::from_millis(200)) {
+        panic!("unexpected delivery on {channel}: {:?}", seqs(&messages));
+    }
+}
+
+#[test]
+fn publish_then_live_delivery_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(dir.path()));
+    let mut publisher = user(&engine, "alice");
+    let mut subscriber = user(&engine, "bob");
+    // Enough channels that both shards own some and both clients' shards differ from owners.
+    let channels: Vec<String> = (0..8).map(|i| format!("room-{i}")).collect();
+    for channel in &channels {
+        assert_eq!(subscriber.subscribe(channel, SubscribeStart::Live).unwrap(), 0);
+    }
+    for round in 1..=3u64 {
+        for channel in &channels {
+            let ack = publisher.publish(channel, format!("{channel} #{round}")).unwrap();
+            assert_eq!(ack.seq, round);
+            assert!(ack.durable, "fsync policy acks are durable");
+        }
+    }
+    let mut per_channel: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let mut total = 0;
+    while total < 24 {
+        let (channel, messages) = subscriber.next_delivery(Duration::from_secs(10)).expect("delivery");
+        for message in messages.iter() {
+            assert_eq!(&message.sender[..], b"alice");
+            per_channel.entry(channel.to_string()).or_default().push(message.seq);
+            total += 1;
+        }
+    }
+    for channel in &channels {
+        assert_eq!(per_channel[channel], vec![1, 2, 3], "{channel}");
+    }
+    nothing_more(&mut subscriber);
+}
+
+#[test]
+fn last_n_then_live_has_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(dir.path()));
+    let mut publisher = user(&engine, "alice");
+    for i in 1..=10 {
+        publisher.publish("general", format!("m{i}")).unwrap();
+    }
+    let mut subscriber = user(&engine, "bob");
+    assert_eq!(subscriber.subscribe("general", SubscribeStart::LastN(4)).unwrap(), 10);
+    for i in 11..=15 {
+        publisher.publish("general", format!("m{i}")).unwrap();
+    }
+    let received = receive(&mut subscriber, "general", 9);
+    assert_eq!(seqs(&received), (7..=15).collect::<Vec<_>>());
+    assert_eq!(&received[0].body[..], b"m7");
+    nothing_more(&mut subscriber);
+}
+
+#[test]
+fn catch_up_from_seq_pages_through_a_backlog_while_publishing_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        page_messages_max: 7,
+        ..config(dir.path())
+    });
+    let mut publisher = user(&engine, "alice");
+    for i in 1..=100 {
+        publisher.publish("backlog", format!("m{i}")).unwrap();
+    }
+    let mut subscriber = user(&engine, "bob");
+    subscriber.subscribe("backlog", SubscribeStart::FromSeq(3)).unwrap();
+    // Keep publishing from another thread while the subscriber catches up.
+    let writer = std::thread::spawn(move || {
+        for i in 101..=200 {
+            publisher.publish("backlog", format!("m{i}")).unwrap();
+        }
+    });
+    let received = receive(&mut subscriber, "backlog", 198);
+    writer.join().unwrap();
+    assert_eq!(seqs(&received), (3..=200).collect::<Vec<_>>());
+    for message in &received {
+        assert_eq!(message.body, Bytes::from(format!("m{}", message.seq)));
+    }
+    nothing_more(&mut subscriber);
+}
+
+#[test]
+fn last_n_larger_than_a_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        page_messages_max: 5,
+        ..config(dir.path())
+    });
+    let mut publisher = user(&engine, "alice");
+    for i in 1..=30 {
+        publisher.publish("c", format!("m{i}")).unwrap();
+    }
+    let mut subscriber = user(&engine, "bob");
+    subscriber.subscribe("c", SubscribeStart::LastN(12)).unwrap();
+    publisher.publish("c", "m31").unwrap();
+    let received = receive(&mut subscriber, "c", 13);
+    assert_eq!(seqs(&received), (19..=31).collect::<Vec<_>>());
+}
+
+#[test]
+fn history_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(dir.path()));
+    let mut client = user(&engine, "alice");
+    for i in 1..=20 {
+        client.publish("h", format!("m{i}")).unwrap();
+    }
+    let (head, page) = client.history("h", HistoryQuery::Last, 5).unwrap();
+    assert_eq!(head, 20);
+    assert_eq!(seqs(&page), vec![16, 17, 18, 19, 20]);
+    let (_, page) = client.history("h", HistoryQuery::Before(16), 5).unwrap();
+    assert_eq!(seqs(&page), vec![11, 12, 13, 14, 15]);
+    let (_, page) = client.history("h", HistoryQuery::From(18), 50).unwrap();
+    assert_eq!(seqs(&page), vec![18, 19, 20]);
+    let (head, page) = client.history("empty", HistoryQuery::Last, 5).unwrap();
+    assert_eq!((head, page.len()), (0, 0));
+}
+
+#[test]
+fn cursors_are_durable_per_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = start(config(dir.path()));
+        let mut client = user(&engine, "alice");
+        assert_eq!(client.cursor_get("alice-phone", "general").unwrap(), 0);
+        client.cursor_set("alice-phone", "general", 41).unwrap();
+        client.cursor_set("alice-phone", "general", 42).unwrap();
+        client.cursor_set("alice-laptop", "general", 7).unwrap();
+        assert_eq!(client.cursor_get("alice-phone", "general").unwrap(), 42);
+        engine.shutdown();
+    }
+    let engine = start(config(dir.path()));
+    let mut client = user(&engine, "alice");
+    assert_eq!(client.cursor_get("alice-phone", "general").unwrap(), 42);
+    assert_eq!(client.cursor_get("alice-laptop", "general").unwrap(), 7);
+    assert_eq!(client.cursor_get("alice-laptop", "random").unwrap(), 0);
+}
+
+fn publish_with_id(client: &mut LocalClient, channel: &str, id: &str, body: &str) -> starling_broker::Published {
+    client
+        .publish_command(Command::Publish {
+            channel: channel.to_string(),
+            ephemeral: false,
+            kind: kind::MESSAGE,
+            client_message_id: Bytes::from(id.to_string()),
+            relation: 0,
+            headers: Bytes::new(),
+            body: Bytes::from(body.to_string()),
+        })
+        .unwrap()
+}
+
+#[test]
+fn idempotent_publish_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = start(config(dir.path()));
+        let mut client = user(&engine, "alice");
+        let first = publish_with_id(&mut client, "g", "msg-1", "hello");
+        let other = publish_with_id(&mut client, "g", "msg-2", "again");
+        let retry = publish_with_id(&mut client, "g", "msg-1", "hello");
+        assert_eq!((first.seq, other.seq), (1, 2));
+        assert_eq!(retry.seq, 1);
+        assert!(retry.duplicate && !first.duplicate);
+        // Another sender may use the same id.
+        let mut bob = user(&engine, "bob");
+        assert_eq!(publish_with_id(&mut bob, "g", "msg-1", "bob's").seq, 3);
+        engine.shutdown();
+    }
+    let engine = start(config(dir.path()));
+    let mut client = user(&engine, "alice");
+    let retry = publish_with_id(&mut client, "g", "msg-2", "again");
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, 2);
+    let (head, _) = client.history("g", HistoryQuery::Last, 10).unwrap();
+    assert_eq!(head, 3);
+}
+
+#[test]
+fn ephemeral_messages_are_delivered_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(dir.path()));
+    let mut subscriber = user(&engine, "bob");
+    subscriber.subscribe("typing", SubscribeStart::Live).unwrap();
+    let mut publisher = user(&engine, "alice");
+    let ack = publisher
+        .publish_command(Command::Publish {
+            channel: "typing".into(),
+            ephemeral: true,
+            kind: kind::TYPING,
+            client_message_id: Bytes::new(),
+            relation: 0,
+            headers: Bytes::new(),
+            body: Bytes::from_static(b"alice is typing"),
+        })
+        .unwrap();
+    assert_eq!(ack.seq, 0);
+    assert!(!ack.durable);
+    let received = receive(&mut subscriber, "typing", 1);
+    assert_eq!((received[0].seq, received[0].kind), (0, kind::TYPING));
+    let (head, page) = publisher.history("typing", HistoryQuery::Last, 10).unwrap();
+    assert_eq!((head, page.len()), (0, 0));
+}
+
+#[test]
+fn restart_keeps_history_and_continues_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = start(config(dir.path()));
+        let mut client = user(&engine, "alice");
+        for i in 1..=5 {
+            client.publish("persist", format!("m{i}")).unwrap();
+        }
+        engine.shutdown();
+    }
+    // A different shard count: channels move between shards, data does not.
+    let engine = start(EngineConfig {
+        shards: 1,
+        partitions: 99,
+        ..config(dir.path())
+    });
+    assert_eq!(engine.routing().partitions, 8, "the stored partition count wins");
+    let mut client = user(&engine, "alice");
+    assert_eq!(client.publish("persist", "m6").unwrap().seq, 6);
+    let (_, page) = client.history("persist", HistoryQuery::From(1), 10).unwrap();
+    assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(&page[4].body[..], b"m5");
+}
+
+#[test]
+fn invalid_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        body_bytes_max: 1000,
+        ..config(dir.path())
+    });
+    let mut client = user(&engine, "alice");
+    match client.publish("$cursor/x/y", "sneaky") {
+        Err(BrokerError::InvalidArgument(text)) => assert!(text.contains("reserved"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    match client.publish("big", vec![0u8; 1001]) {
+        Err(BrokerError::TooLarge { size: 1001, limit: 1000, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(client.publish("", "x"), Err(BrokerError::InvalidArgument(_))));
+    client.subscribe("dup", SubscribeStart::Live).unwrap();
+    assert!(matches!(
+        client.subscribe("dup", SubscribeStart::Live),
+        Err(BrokerError::AlreadySubscribed(_))
+    ));
+    assert!(matches!(client.unsubscribe("never"), Err(BrokerError::NotSubscribed(_))));
+    client.unsubscribe("dup").unwrap();
+    // Nothing was stored by the refused requests.
+    assert_eq!(client.publish("big", "fits").unwrap().seq, 1);
+}
+
+struct ReadOnly;
+
+impl Authorizer for ReadOnly {
+    fn authenticate(&self, _: &str, token: &str, address: Option<std::net::SocketAddr>) -> Result<Principal, Denied> {
+        LoopbackAuthorizer.authenticate("", token, address)
+    }
+
+    fn authorize(&self, principal: &Principal, action: Action, channel: &str) -> Result<(), Denied> {
+        if action == Action::Publish && &*principal.user != "admin" {
+            Err(Denied(format!("{} may not publish to {channel}", principal.user)))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn the_authorizer_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path()), Arc::new(ReadOnly), Vec::new()).unwrap();
+    let mut guest = user(&engine, "guest");
+    match guest.publish("news", "hi") {
+        Err(BrokerError::Denied(text)) => assert!(text.contains("guest may not publish"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    guest.subscribe("news", SubscribeStart::Live).unwrap();
+    let mut admin = user(&engine, "admin");
+    assert_eq!(admin.publish("news", "hi").unwrap().seq, 1);
+    assert_eq!(receive(&mut guest, "news", 1)[0].seq, 1);
+    assert_eq!(engine.metrics().denied.get(), 1);
+}
+
+#[test]
+fn durability_policies_say_what_they_promise() {
+    for (durability, durable) in [(Durability::Fsync, true), (Durability::None, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = start(EngineConfig {
+            durability,
+            ..config(dir.path())
+        });
+        let mut client = user(&engine, "alice");
+        assert_eq!(client.publish("d", "x").unwrap().durable, durable, "{durability:?}");
+    }
+}
+
+#[test]
+fn a_second_engine_cannot_open_a_locked_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = start(config(dir.path()));
+    let error = match Engine::start(config(dir.path()), Arc::new(LoopbackAuthorizer), Vec::new()) {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("a second engine opened a locked directory"),
+    };
+    assert!(error.contains("locked"), "{error}");
+}
