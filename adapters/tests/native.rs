@@ -34,7 +34,9 @@ fn server(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> (Engi
 
 /// Reads frames from a raw socket until the server closes it; returns them.
 fn read_until_closed(stream: &mut TcpStream) -> Vec<Envelope> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -47,7 +49,9 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<Envelope> {
     }
     let mut frames = Vec::new();
     let mut at = 0;
-    while let Decoded::Complete { envelope, used } = decode(&buffer[at..], &Limits::default()).unwrap() {
+    while let Decoded::Complete { envelope, used } =
+        decode(&buffer[at..], &Limits::default()).unwrap()
+    {
         frames.push(envelope);
         at += used;
     }
@@ -84,7 +88,9 @@ fn every_command_over_a_socket() {
     let mut bob = Client::connect(address, "bob-phone", "bob").unwrap();
     assert_eq!(bob.subscribe("general", SubscribeStart::Live).unwrap(), 0);
 
-    let ack = alice.publish("general", kind::MESSAGE, "hello bob").unwrap();
+    let ack = alice
+        .publish("general", kind::MESSAGE, "hello bob")
+        .unwrap();
     assert_eq!(ack.seq, 1);
     assert!(ack.durable && !ack.duplicate);
     let (channel, messages) = bob.next_delivery(Duration::from_secs(10)).unwrap().unwrap();
@@ -107,7 +113,10 @@ fn every_command_over_a_socket() {
     assert_eq!(page.messages[1].kind, kind::REPLY);
 
     alice.cursor_set("alice-laptop", "general", 2).unwrap();
-    assert_eq!(alice.cursor_get("alice-laptop", "general").unwrap(), Some(2));
+    assert_eq!(
+        alice.cursor_get("alice-laptop", "general").unwrap(),
+        Some(2)
+    );
     assert_eq!(alice.cursor_get("alice-phone", "general").unwrap(), None);
     alice.ping().unwrap();
 
@@ -116,7 +125,11 @@ fn every_command_over_a_socket() {
         Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::NotSubscribed),
         other => panic!("{other:?}"),
     }
-    match alice.publish("general", kind::MESSAGE, vec![0u8; 60 * 1024].as_slice().to_vec()) {
+    match alice.publish(
+        "general",
+        kind::MESSAGE,
+        vec![0u8; 60 * 1024].as_slice().to_vec(),
+    ) {
         Ok(ack) => assert_eq!(ack.seq, 3),
         Err(error) => panic!("a 60 KiB body fits the 1 MiB body limit: {error}"),
     }
@@ -173,7 +186,10 @@ fn malformed_frames_close_only_that_connection() {
     let mut stream = TcpStream::connect(address).unwrap();
     hello(&mut stream);
     hello(&mut stream);
-    assert_eq!(last_error(&read_until_closed(&mut stream)).0, ErrorCode::Malformed);
+    assert_eq!(
+        last_error(&read_until_closed(&mut stream)).0,
+        ErrorCode::Malformed
+    );
 
     // A server-to-client frame from a client.
     let mut stream = TcpStream::connect(address).unwrap();
@@ -185,7 +201,10 @@ fn malformed_frames_close_only_that_connection() {
     }
     .encode(&mut out);
     stream.write_all(&out).unwrap();
-    assert_eq!(last_error(&read_until_closed(&mut stream)).0, ErrorCode::Malformed);
+    assert_eq!(
+        last_error(&read_until_closed(&mut stream)).0,
+        ErrorCode::Malformed
+    );
 
     // The well-behaved client carries on and nothing acknowledged is lost.
     assert_eq!(good.publish("c", kind::MESSAGE, "after").unwrap().seq, 2);
@@ -219,7 +238,9 @@ fn a_slow_consumer_is_disconnected_with_a_reason_and_others_carry_on() {
     let total = 400;
     let mut received = 0;
     for i in 0..total {
-        publisher.publish("firehose", kind::MESSAGE, body.clone()).unwrap();
+        publisher
+            .publish("firehose", kind::MESSAGE, body.clone())
+            .unwrap();
         // The fast subscriber keeps up.
         while let Some((_, messages)) = fast.next_delivery(Duration::from_millis(1)).unwrap() {
             received += messages.len();
@@ -229,9 +250,15 @@ fn a_slow_consumer_is_disconnected_with_a_reason_and_others_carry_on() {
         }
     }
     assert_eq!(engine.metrics().slow_consumer_disconnects.get(), 1);
-    let published = publisher.history("firehose", HistoryQuery::Last, 1).unwrap().head_seq as usize;
+    let published = publisher
+        .history("firehose", HistoryQuery::Last, 1)
+        .unwrap()
+        .head_seq as usize;
     while received < published {
-        let (_, messages) = fast.next_delivery(Duration::from_secs(10)).unwrap().expect("fast subscriber gets everything");
+        let (_, messages) = fast
+            .next_delivery(Duration::from_secs(10))
+            .unwrap()
+            .expect("fast subscriber gets everything");
         received += messages.len();
     }
     assert_eq!(received, published);

@@ -26,10 +26,15 @@ fn append_flush(c: &mut Criterion) {
     for sync in [false, true] {
         for batch in [1usize, 64, 1024] {
             let dir = tempfile::tempdir().unwrap();
-            let (mut partition, _) = Partition::open(dir.path(), 0, PartitionConfig::default()).unwrap();
+            let (mut partition, _) =
+                Partition::open(dir.path(), 0, PartitionConfig::default()).unwrap();
             let mut next = 0usize;
             group.throughput(Throughput::Elements(batch as u64));
-            let name = if sync { "append_flush_sync" } else { "append_flush" };
+            let name = if sync {
+                "append_flush_sync"
+            } else {
+                "append_flush"
+            };
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
                 b.iter(|| {
                     for _ in 0..batch {

@@ -61,11 +61,16 @@ fn publish_then_live_delivery_across_shards() {
     // Enough channels that both shards own some and both clients' shards differ from owners.
     let channels: Vec<String> = (0..8).map(|i| format!("room-{i}")).collect();
     for channel in &channels {
-        assert_eq!(subscriber.subscribe(channel, SubscribeStart::Live).unwrap(), 0);
+        assert_eq!(
+            subscriber.subscribe(channel, SubscribeStart::Live).unwrap(),
+            0
+        );
     }
     for round in 1..=3u64 {
         for channel in &channels {
-            let ack = publisher.publish(channel, format!("{channel} #{round}")).unwrap();
+            let ack = publisher
+                .publish(channel, format!("{channel} #{round}"))
+                .unwrap();
             assert_eq!(ack.seq, round);
             assert!(ack.durable, "fsync policy acks are durable");
         }
@@ -73,10 +78,15 @@ fn publish_then_live_delivery_across_shards() {
     let mut per_channel: std::collections::HashMap<String, Vec<u64>> = Default::default();
     let mut total = 0;
     while total < 24 {
-        let (channel, messages) = subscriber.next_delivery(Duration::from_secs(10)).expect("delivery");
+        let (channel, messages) = subscriber
+            .next_delivery(Duration::from_secs(10))
+            .expect("delivery");
         for message in messages.iter() {
             assert_eq!(&message.sender[..], b"alice");
-            per_channel.entry(channel.to_string()).or_default().push(message.seq);
+            per_channel
+                .entry(channel.to_string())
+                .or_default()
+                .push(message.seq);
             total += 1;
         }
     }
@@ -95,7 +105,12 @@ fn last_n_then_live_has_no_gap_and_no_duplicate() {
         publisher.publish("general", format!("m{i}")).unwrap();
     }
     let mut subscriber = user(&engine, "bob");
-    assert_eq!(subscriber.subscribe("general", SubscribeStart::LastN(4)).unwrap(), 10);
+    assert_eq!(
+        subscriber
+            .subscribe("general", SubscribeStart::LastN(4))
+            .unwrap(),
+        10
+    );
     for i in 11..=15 {
         publisher.publish("general", format!("m{i}")).unwrap();
     }
@@ -117,7 +132,9 @@ fn catch_up_from_seq_pages_through_a_backlog_while_publishing_continues() {
         publisher.publish("backlog", format!("m{i}")).unwrap();
     }
     let mut subscriber = user(&engine, "bob");
-    subscriber.subscribe("backlog", SubscribeStart::FromSeq(3)).unwrap();
+    subscriber
+        .subscribe("backlog", SubscribeStart::FromSeq(3))
+        .unwrap();
     // Keep publishing from another thread while the subscriber catches up.
     let writer = std::thread::spawn(move || {
         for i in 101..=200 {
@@ -145,7 +162,9 @@ fn last_n_larger_than_a_page() {
         publisher.publish("c", format!("m{i}")).unwrap();
     }
     let mut subscriber = user(&engine, "bob");
-    subscriber.subscribe("c", SubscribeStart::LastN(12)).unwrap();
+    subscriber
+        .subscribe("c", SubscribeStart::LastN(12))
+        .unwrap();
     publisher.publish("c", "m31").unwrap();
     let received = receive(&mut subscriber, "c", 13);
     assert_eq!(seqs(&received), (19..=31).collect::<Vec<_>>());
@@ -190,7 +209,12 @@ fn cursors_are_durable_per_consumer() {
     assert_eq!(client.cursor_get("alice-laptop", "random").unwrap(), 0);
 }
 
-fn publish_with_id(client: &mut LocalClient, channel: &str, id: &str, body: &str) -> starling_broker::Published {
+fn publish_with_id(
+    client: &mut LocalClient,
+    channel: &str,
+    id: &str,
+    body: &str,
+) -> starling_broker::Published {
     client
         .publish_command(Command::Publish {
             channel: channel.to_string(),
@@ -235,7 +259,9 @@ fn ephemeral_messages_are_delivered_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let engine = start(config(dir.path()));
     let mut subscriber = user(&engine, "bob");
-    subscriber.subscribe("typing", SubscribeStart::Live).unwrap();
+    subscriber
+        .subscribe("typing", SubscribeStart::Live)
+        .unwrap();
     let mut publisher = user(&engine, "alice");
     let ack = publisher
         .publish_command(Command::Publish {
@@ -273,10 +299,16 @@ fn restart_keeps_history_and_continues_seqs() {
         partitions: 99,
         ..config(dir.path())
     });
-    assert_eq!(engine.routing().partitions, 8, "the stored partition count wins");
+    assert_eq!(
+        engine.routing().partitions,
+        8,
+        "the stored partition count wins"
+    );
     let mut client = user(&engine, "alice");
     assert_eq!(client.publish("persist", "m6").unwrap().seq, 6);
-    let (_, page) = client.history("persist", HistoryQuery::From(1), 10).unwrap();
+    let (_, page) = client
+        .history("persist", HistoryQuery::From(1), 10)
+        .unwrap();
     assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(&page[4].body[..], b"m5");
 }
@@ -294,16 +326,26 @@ fn invalid_requests_get_clear_errors() {
         other => panic!("{other:?}"),
     }
     match client.publish("big", vec![0u8; 1001]) {
-        Err(BrokerError::TooLarge { size: 1001, limit: 1000, .. }) => {}
+        Err(BrokerError::TooLarge {
+            size: 1001,
+            limit: 1000,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
-    assert!(matches!(client.publish("", "x"), Err(BrokerError::InvalidArgument(_))));
+    assert!(matches!(
+        client.publish("", "x"),
+        Err(BrokerError::InvalidArgument(_))
+    ));
     client.subscribe("dup", SubscribeStart::Live).unwrap();
     assert!(matches!(
         client.subscribe("dup", SubscribeStart::Live),
         Err(BrokerError::AlreadySubscribed(_))
     ));
-    assert!(matches!(client.unsubscribe("never"), Err(BrokerError::NotSubscribed(_))));
+    assert!(matches!(
+        client.unsubscribe("never"),
+        Err(BrokerError::NotSubscribed(_))
+    ));
     client.unsubscribe("dup").unwrap();
     // Nothing was stored by the refused requests.
     assert_eq!(client.publish("big", "fits").unwrap().seq, 1);
@@ -312,13 +354,26 @@ fn invalid_requests_get_clear_errors() {
 struct ReadOnly;
 
 impl Authorizer for ReadOnly {
-    fn authenticate(&self, _: &str, token: &str, address: Option<std::net::SocketAddr>) -> Result<Principal, Denied> {
+    fn authenticate(
+        &self,
+        _: &str,
+        token: &str,
+        address: Option<std::net::SocketAddr>,
+    ) -> Result<Principal, Denied> {
         LoopbackAuthorizer.authenticate("", token, address)
     }
 
-    fn authorize(&self, principal: &Principal, action: Action, channel: &str) -> Result<(), Denied> {
+    fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        channel: &str,
+    ) -> Result<(), Denied> {
         if action == Action::Publish && &*principal.user != "admin" {
-            Err(Denied(format!("{} may not publish to {channel}", principal.user)))
+            Err(Denied(format!(
+                "{} may not publish to {channel}",
+                principal.user
+            )))
         } else {
             Ok(())
         }
@@ -350,7 +405,11 @@ fn durability_policies_say_what_they_promise() {
             ..config(dir.path())
         });
         let mut client = user(&engine, "alice");
-        assert_eq!(client.publish("d", "x").unwrap().durable, durable, "{durability:?}");
+        assert_eq!(
+            client.publish("d", "x").unwrap().durable,
+            durable,
+            "{durability:?}"
+        );
     }
 }
 

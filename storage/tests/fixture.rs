@@ -61,7 +61,10 @@ const FIXTURE_HEX: &str = "
 ";
 
 fn fixture() -> Vec<u8> {
-    let hex: String = FIXTURE_HEX.lines().filter_map(|line| line.split_whitespace().next()).collect();
+    let hex: String = FIXTURE_HEX
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
@@ -103,7 +106,10 @@ fn write_two_records(dir: &std::path::Path) -> Vec<u8> {
 fn writer_produces_the_frozen_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = write_two_records(dir.path());
-    let hex: Vec<String> = bytes.chunks(16).map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect();
+    let hex: Vec<String> = bytes
+        .chunks(16)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .collect();
     assert_eq!(bytes, fixture(), "written bytes:\n{}", hex.join("\n"));
 }
 
@@ -115,7 +121,9 @@ fn frozen_bytes_open_and_read_back() {
     std::fs::write(partition_dir.join("00000000000000000000.seg"), fixture()).unwrap();
 
     let bytes = fixture();
-    let Ok(BatchDecode::Complete(batch)) = decode_batch(&bytes) else { panic!("fixture does not decode") };
+    let Ok(BatchDecode::Complete(batch)) = decode_batch(&bytes) else {
+        panic!("fixture does not decode")
+    };
     assert_eq!(batch.header.record_count, 2);
     assert_eq!(batch.header.timestamp_max_ms, 1_700_000_000_005);
 
@@ -125,7 +133,10 @@ fn frozen_bytes_open_and_read_back() {
     assert_eq!(page.head_seq, 2);
     let second = &page.records[1];
     assert_eq!((second.seq, second.kind, second.relation), (2, 2, 1));
-    assert_eq!((&second.sender[..], &second.headers[..], &second.body[..]), (&b"bob"[..], &b"h=1"[..], &b"hi!"[..]));
+    assert_eq!(
+        (&second.sender[..], &second.headers[..], &second.body[..]),
+        (&b"bob"[..], &b"h=1"[..], &b"hi!"[..])
+    );
     assert_eq!(&page.records[0].client_message_id[..], b"m1");
     assert_eq!(page.records[0].offset, 64);
 }

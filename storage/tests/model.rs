@@ -46,7 +46,11 @@ fn check(partition: &Partition, model: &Model, rng: &mut Rng) {
         let name = channel_name(index);
         let flushed = records.iter().filter(|r| r.flush.is_some()).count() as u64;
         assert_eq!(partition.head_seq(name.as_bytes()), flushed, "{name}");
-        assert_eq!(partition.appended_seq(name.as_bytes()), records.len() as u64, "{name}");
+        assert_eq!(
+            partition.appended_seq(name.as_bytes()),
+            records.len() as u64,
+            "{name}"
+        );
         let page = partition.read_from(name.as_bytes(), 1, usize::MAX).unwrap();
         assert_eq!(page.records.len() as u64, flushed, "{name}");
         for (i, record) in page.records.iter().enumerate() {
@@ -60,7 +64,11 @@ fn check(partition: &Partition, model: &Model, rng: &mut Rng) {
             let expected_end = at - 1;
             let expected_start = expected_end.saturating_sub(limit as u64 - 1).max(1);
             let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
-            let expected: Vec<u64> = if expected_end == 0 { vec![] } else { (expected_start..=expected_end).collect() };
+            let expected: Vec<u64> = if expected_end == 0 {
+                vec![]
+            } else {
+                (expected_start..=expected_end).collect()
+            };
             assert_eq!(seqs, expected, "{name} read_before({at}, {limit})");
         }
     }
@@ -88,7 +96,9 @@ fn run(seed: u64, operations: usize) {
                 let len = rng.below(len_max) as usize;
                 let body: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                 let name = channel_name(index);
-                let appended = partition.append(&new_record(&name, &body, step as u64)).unwrap();
+                let appended = partition
+                    .append(&new_record(&name, &body, step as u64))
+                    .unwrap();
                 model.channels[index].push(ModelRecord { body, flush: None });
                 assert_eq!(appended.seq, model.channels[index].len() as u64);
             }
@@ -128,15 +138,26 @@ fn run(seed: u64, operations: usize) {
                 let floor = model.synced_end.saturating_sub(base).min(len);
                 let cut = floor + rng.below(len - floor + 1);
                 crash_truncate_last_segment(dir.path(), cut);
-                let survivors = model.flush_ends.iter().filter(|&&end| end <= base + cut).count();
+                let survivors = model
+                    .flush_ends
+                    .iter()
+                    .filter(|&&end| end <= base + cut)
+                    .count();
                 model.keep_flushes(survivors);
                 model.synced_end = model.synced_end.min(base + cut);
                 let reopened = open(dir.path(), config.clone());
                 partition = reopened.0;
-                assert!(model.synced_end <= partition.size_bytes(), "seed {seed}: lost synced data");
+                assert!(
+                    model.synced_end <= partition.size_bytes(),
+                    "seed {seed}: lost synced data"
+                );
             }
             _ => {
-                partition.set_read_mode(if rng.below(2) == 0 { ReadMode::Mmap } else { ReadMode::Pread });
+                partition.set_read_mode(if rng.below(2) == 0 {
+                    ReadMode::Mmap
+                } else {
+                    ReadMode::Pread
+                });
                 check(&partition, &model, &mut rng);
             }
         }

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::{Sender, TrySendError};
@@ -27,6 +28,8 @@ const READ_BYTES_PER_TURN: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Buffers handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
+/// How long a connection closed with a reason may take to receive it.
+pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 pub(crate) struct Connection {
     pub generation: u32,
@@ -55,6 +58,9 @@ pub(crate) struct SocketConn {
     input: BytesMut,
     output: VecDeque<Bytes>,
     pub output_bytes: usize,
+    /// The front of `output` is partly written (so it must be finished
+    /// before anything else, or the client sees half a frame).
+    front_partial: bool,
     scratch: BytesMut,
 }
 
@@ -117,6 +123,7 @@ impl Shard {
                 input: BytesMut::with_capacity(READ_CHUNK),
                 output: VecDeque::new(),
                 output_bytes: 0,
+                front_partial: false,
                 scratch: BytesMut::new(),
             }),
             subscriptions: Vec::new(),
@@ -261,6 +268,8 @@ impl Shard {
             log::debug!("shard {}: closing connection: {reason}", self.id);
             if let Some(connection) = self.connections[slot as usize].as_mut() {
                 connection.closing = true;
+                let deadline = Instant::now() + CLOSE_LINGER;
+                self.lingering.push((slot, connection.generation, deadline));
             }
         } else if peer_closed {
             self.close_connection(slot, None);
@@ -536,13 +545,85 @@ impl Shard {
             }
         }
         for slot in to_close {
-            self.close_connection(slot, None);
+            self.finish_close(slot);
         }
     }
 
-    /// Closes connection `slot`. With a reason, the session gets to send a last
-    /// word first (best effort: the socket is not waited for).
+    /// Closes connection `slot`. With a reason, the session gets to send a
+    /// last word: what was queued and not yet started is dropped (the client
+    /// resumes from its last seq), the last word is queued, and the
+    /// connection stays open, reading nothing, until that is written or
+    /// [`CLOSE_LINGER`] has passed.
     pub(crate) fn close_connection(&mut self, slot: u32, reason: Option<(ErrorCode, String)>) {
+        let Some(connection) = self
+            .connections
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_mut())
+        else {
+            return;
+        };
+        let linger = match (&mut connection.kind, &reason) {
+            (ConnKind::Socket(socket), Some((code, reason))) => {
+                let keep = usize::from(socket.front_partial);
+                while socket.output.len() > keep {
+                    let dropped = socket.output.pop_back().expect("length checked");
+                    socket.output_bytes -= dropped.len();
+                }
+                socket
+                    .session
+                    .on_server_close(*code, reason, &mut socket.scratch);
+                let bytes = socket.scratch.split().freeze();
+                socket.output_bytes += bytes.len();
+                socket.output.push_back(bytes);
+                let _ = write_queued(socket);
+                !socket.output.is_empty()
+            }
+            (ConnKind::Local { events }, Some((_, reason))) => {
+                let _ = events.try_send(LocalEvent::Closed {
+                    reason: reason.clone(),
+                });
+                false
+            }
+            _ => false,
+        };
+        let subscriptions = std::mem::take(&mut connection.subscriptions);
+        if linger {
+            connection.closing = true;
+            self.lingering
+                .push((slot, connection.generation, Instant::now() + CLOSE_LINGER));
+        }
+        for channel in subscriptions {
+            self.remove_subscriber(&channel, slot);
+        }
+        if !linger {
+            self.finish_close(slot);
+        }
+    }
+
+    /// Closes lingering connections whose time is up.
+    pub(super) fn close_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.lingering.retain(|&(slot, generation, deadline)| {
+            if deadline <= now {
+                due.push((slot, generation));
+                false
+            } else {
+                true
+            }
+        });
+        for (slot, generation) in due {
+            if self.generations[slot as usize] == generation {
+                self.finish_close(slot);
+            }
+        }
+    }
+
+    /// Deregisters and drops connection `slot` now.
+    fn finish_close(&mut self, slot: u32) {
         let Some(mut connection) = self
             .connections
             .get_mut(slot as usize)
@@ -550,25 +631,9 @@ impl Shard {
         else {
             return;
         };
-        match &mut connection.kind {
-            ConnKind::Socket(socket) => {
-                if let Some((code, reason)) = &reason {
-                    socket
-                        .session
-                        .on_server_close(*code, reason, &mut socket.scratch);
-                    let bytes = socket.scratch.split().freeze();
-                    socket.output_bytes += bytes.len();
-                    socket.output.push_back(bytes);
-                    let _ = write_queued(socket);
-                }
-                let _ = self.poll.registry().deregister(&mut socket.stream);
-                let _ = socket.stream.shutdown(std::net::Shutdown::Both);
-            }
-            ConnKind::Local { events } => {
-                if let Some((_, reason)) = reason {
-                    let _ = events.try_send(LocalEvent::Closed { reason });
-                }
-            }
+        if let ConnKind::Socket(socket) = &mut connection.kind {
+            let _ = self.poll.registry().deregister(&mut socket.stream);
+            let _ = socket.stream.shutdown(std::net::Shutdown::Both);
         }
         for channel in std::mem::take(&mut connection.subscriptions) {
             self.remove_subscriber(&channel, slot);
@@ -608,8 +673,10 @@ fn write_queued(socket: &mut SocketConn) -> io::Result<usize> {
                     if written >= front.len() {
                         written -= front.len();
                         socket.output.pop_front();
+                        socket.front_partial = false;
                     } else {
                         front.advance(written);
+                        socket.front_partial = true;
                         written = 0;
                     }
                 }

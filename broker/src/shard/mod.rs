@@ -61,6 +61,9 @@ pub(crate) struct Shard {
     /// Connections with bytes still to write or to read.
     dirty: Vec<u32>,
     read_again: Vec<u32>,
+    /// Connections closed with a reason, waiting for it to be written:
+    /// (slot, generation, deadline).
+    lingering: Vec<(u32, u32, Instant)>,
     now_ms: u64,
     last_timestamp_ms: u64,
     shutting_down: bool,
@@ -90,6 +93,7 @@ impl Shard {
             wake_pending: vec![false; shards],
             dirty: Vec::new(),
             read_again: Vec::new(),
+            lingering: Vec::new(),
             now_ms: wall_clock_ms(),
             last_timestamp_ms: 0,
             shutting_down: false,
@@ -134,6 +138,7 @@ impl Shard {
             self.write_dirty();
             self.send_overflow();
             self.tick_timers(&mut last_retention);
+            self.close_lingering();
             if self.shutting_down {
                 self.finish_shutdown();
                 return;
