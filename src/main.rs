@@ -379,6 +379,7 @@ fn partition_dirs(data_dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn log_verify(data_dir: &Path) -> Result<()> {
     let mut failed = false;
+    let mut out = std::io::stdout().lock();
     for dir in partition_dirs(data_dir)? {
         match starling_storage::verify_partition_dir(&dir) {
             Ok(report) => {
@@ -389,7 +390,8 @@ fn log_verify(data_dir: &Path) -> Result<()> {
                     ),
                     None => String::new(),
                 };
-                println!(
+                writeln!(
+                    out,
                     "{}: ok: {} segments, {} batches, {} records, {} channels, {} bytes{tail}",
                     dir.display(),
                     report.segments,
@@ -397,11 +399,11 @@ fn log_verify(data_dir: &Path) -> Result<()> {
                     report.records,
                     report.channels,
                     report.bytes
-                );
+                )?;
             }
             Err(error) => {
                 failed = true;
-                println!("{}: CORRUPT: {error}", dir.display());
+                writeln!(out, "{}: CORRUPT: {error}", dir.display())?;
             }
         }
     }

@@ -358,8 +358,7 @@ fn open_partitions(
     let mut partitions = HashMap::new();
     for id in shared.routing.partitions_of_shard(shard) {
         let started = Instant::now();
-        let path = data_dir.partition_path(id);
-        let (log, report) = Partition::open(&path, id, partition_config.clone())?;
+        let (log, report) = Partition::open(data_dir.path(), id, partition_config.clone())?;
         log::info!(
             "partition {id}: recovered {} records of {} channels in {} segments in {} ms{}",
             report.records,

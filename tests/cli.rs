@@ -1,0 +1,132 @@
+//! The `starling` binary's commands, run as a user would.
+
+mod common;
+
+use std::fs;
+
+use common::{run, Server};
+
+#[test]
+fn config_default_is_valid_toml_with_honest_defaults() {
+    let (ok, stdout, _) = run(&["config", "default"], &[]);
+    assert!(ok);
+    let value: toml::Value = toml::from_str(&stdout).expect("valid TOML");
+    assert_eq!(value["engine"]["durability"].as_str(), Some("fsync"));
+    assert_eq!(value["native"]["address"].as_str(), Some("127.0.0.1:7400"));
+}
+
+#[test]
+fn a_non_loopback_listener_needs_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, stderr) = run(
+        &["serve"],
+        &[
+            ("STARLING_NATIVE_ADDRESS", "0.0.0.0:0"),
+            ("STARLING_ENGINE_DATA_DIR", data.to_str().unwrap()),
+        ],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    assert!(stderr.contains("authentication"), "{stderr}");
+}
+
+#[test]
+fn bad_configuration_is_named() {
+    let (ok, _, stderr) = run(&["serve"], &[("STARLING_ENGINE_DURABILITY", "sometimes")]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("durability") || stderr.contains("sometimes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pub_sub_history_and_offline_log_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let address = server.address.to_string();
+    let env = [("STARLING_SERVER", address.as_str())];
+
+    let (ok, stdout, stderr) = run(
+        &["pub", "general", "first-marker-AAAA", "second", "--id", "x"],
+        &env,
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("seq=1") && stdout.contains("seq=2"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&["pub", "general", "first-marker-AAAA", "--id", "x"], &env);
+    assert!(ok);
+    assert!(
+        stdout.contains("seq=1") && stdout.contains("duplicate=true"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&["pub", "general", "third"], &env);
+    assert!(ok && stdout.contains("seq=3"), "{stdout}");
+
+    let (ok, stdout, _) = run(&["history", "general", "--limit", "2"], &env);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains("general\t3\tanonymous\tthird"), "{stdout}");
+
+    let (ok, stdout, _) = run(&["sub", "general", "--from", "2", "--count", "2"], &env);
+    assert!(ok);
+    assert_eq!(
+        stdout,
+        "general\t2\tanonymous\tsecond\ngeneral\t3\tanonymous\tthird\n"
+    );
+
+    assert!(
+        server.terminate().success(),
+        "SIGTERM stops the server cleanly"
+    );
+
+    let data_arg = data.to_str().unwrap();
+    let (ok, stdout, stderr) = run(&["log", "verify", data_arg], &[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("ok:"), "{stdout}");
+    let (ok, stdout, _) = run(&["log", "inspect", data_arg, "--channel", "general"], &[]);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(
+        stdout.contains("seq=1") && stdout.contains("first-marker-AAAA"),
+        "{stdout}"
+    );
+
+    // Flip one byte inside the first (not the last) batch: corruption, not a torn tail.
+    let mut corrupted = None;
+    for partition in fs::read_dir(data.join("partitions")).unwrap() {
+        for file in fs::read_dir(partition.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let mut bytes = fs::read(&path).unwrap();
+            if let Some(at) = bytes.windows(4).position(|w| w == b"AAAA") {
+                bytes[at] ^= 0x01;
+                fs::write(&path, &bytes).unwrap();
+                corrupted = Some(path);
+            }
+        }
+    }
+    let corrupted = corrupted.expect("the marker is in a segment file");
+    let (ok, stdout, stderr) = run(&["log", "verify", data_arg], &[]);
+    assert!(!ok, "verify fails on corruption");
+    let name = corrupted.file_name().unwrap().to_str().unwrap();
+    assert!(
+        stdout.contains("CORRUPT") && stdout.contains(name),
+        "{stdout}"
+    );
+    assert!(stderr.contains("corruption found"), "{stderr}");
+
+    // The server refuses to start on it rather than dropping data.
+    let (ok, _, stderr) = run(
+        &["serve"],
+        &[
+            ("STARLING_ENGINE_DATA_DIR", data_arg),
+            ("STARLING_NATIVE_ADDRESS", "127.0.0.1:0"),
+        ],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("corrupt"), "{stderr}");
+}

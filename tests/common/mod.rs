@@ -1,0 +1,103 @@
+//! Helpers to run the real `starling` binary in tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_starling");
+
+/// A `starling serve` process on a free loopback port.
+pub struct Server {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts the server on `data_dir` and waits until it listens.
+    pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .env("STARLING_ENGINE_DATA_DIR", data_dir)
+            .env("STARLING_ENGINE_SHARDS", "2")
+            .env("STARLING_NATIVE_ADDRESS", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("starling serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (address_tx, address_rx) = mpsc::channel();
+        let (log_tx, log) = mpsc::channel();
+        // Drain stderr for the life of the process so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("address=").nth(1) {
+                    if line.contains("listening: protocol=native") {
+                        let address = rest.trim_end_matches('"').to_string();
+                        let _ = address_tx.send(address);
+                    }
+                }
+                let _ = log_tx.send(line);
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address.parse().expect("a socket address in the log"),
+            Err(_) => {
+                let _ = child.kill();
+                let lines: Vec<String> = log.try_iter().collect();
+                panic!("the server did not start listening:\n{}", lines.join("\n"));
+            }
+        };
+        Server {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        self.child.wait().expect("reap the server");
+    }
+
+    /// Asks for a graceful stop with SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().expect("reap the server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `args` and returns (success, stdout, stderr).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(BINARY);
+    command.args(args).stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
