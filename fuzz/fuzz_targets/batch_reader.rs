@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use starling_storage::{decode_batch, inspect_partition_dir, verify_partition_dir, Partition, PartitionConfig};
+use starling_storage::{
+    decode_batch, inspect_partition_dir, verify_partition_dir, Partition, PartitionConfig,
+};
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
@@ -14,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode_batch(data);
 
     let run = RUN.fetch_add(1, Ordering::Relaxed);
-    let root = std::env::temp_dir().join(format!("starling-fuzz-batch-reader-{}-{run}", std::process::id()));
+    let root = std::env::temp_dir().join(format!(
+        "starling-fuzz-batch-reader-{}-{run}",
+        std::process::id()
+    ));
     let partition_dir = root.join("partitions").join("00000");
     std::fs::create_dir_all(&partition_dir).unwrap();
     std::fs::write(partition_dir.join("00000000000000000000.seg"), data).unwrap();

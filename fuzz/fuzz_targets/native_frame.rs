@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let mut input = data;
     // Decode the input as a stream: every frame in turn, as a connection's read loop would.
     while let Ok(Decoded::Complete { envelope, used }) = decode(input, &limits) {
-        assert!(used <= input.len() && used >= 9, "used {used} of {}", input.len());
+        assert!(
+            used <= input.len() && used >= 9,
+            "used {used} of {}",
+            input.len()
+        );
         input = &input[used..];
 
         envelope
