@@ -532,8 +532,15 @@ pub struct ClientWriter {
 
 impl ClientWriter {
     /// Sends any frame. Checks it is encodable and within the server's `frame_bytes_max` first;
-    /// on failure nothing is sent.
+    /// on failure nothing is sent. Frames queued with [`ClientWriter::queue`] go first.
     pub fn send(&mut self, envelope: &Envelope) -> Result<(), ClientError> {
+        self.queue(envelope)?;
+        self.flush()
+    }
+
+    /// Encodes a frame into the send buffer without writing it, so that many frames leave in
+    /// one write; [`ClientWriter::flush`] writes them. Checked like [`ClientWriter::send`].
+    pub fn queue(&mut self, envelope: &Envelope) -> Result<(), ClientError> {
         envelope.validate().map_err(ClientError::InvalidRequest)?;
         let length = envelope.encoded_len() - LENGTH_BYTES;
         if length > self.frame_bytes_max as usize {
@@ -542,10 +549,30 @@ impl ClientWriter {
                 frame_bytes_max: self.frame_bytes_max,
             });
         }
-        self.buffer.clear();
         envelope.encode(&mut self.buffer);
-        self.stream.write_all(&self.buffer)?;
         Ok(())
+    }
+
+    /// Writes every queued frame.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.buffer.is_empty() {
+            let written = self.stream.write_all(&self.buffer);
+            self.buffer.clear();
+            written?;
+        }
+        Ok(())
+    }
+
+    /// Queues a publish with `request_id` (see [`ClientWriter::queue`]).
+    pub fn queue_publish(
+        &mut self,
+        request_id: u32,
+        request: &PublishRequest,
+    ) -> Result<(), ClientError> {
+        self.queue(&Envelope {
+            request_id,
+            frame: request.to_frame(),
+        })
     }
 
     /// Sends a publish with `request_id`; its `PublishAck` (or `Error`) carries the same id.

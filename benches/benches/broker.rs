@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_queue::ArrayQueue;
-use starling_broker::{Durability, Engine, EngineConfig, LocalClient, LoopbackAuthorizer, Principal};
+use starling_broker::{
+    Durability, Engine, EngineConfig, LocalClient, LoopbackAuthorizer, Principal,
+};
 use starling_protocol::SubscribeStart;
 
 /// Round trip of one message through two bounded lock-free queues between
@@ -70,13 +72,17 @@ fn publish_deliver(c: &mut Criterion) {
         let mut subscriber = engine.connect(Principal::embedded("subscriber"));
         for (label, owned) in [("same_shard", true), ("cross_shard", false)] {
             let channel = channel_owned(&engine, 0, owned);
-            subscriber.subscribe(&channel, SubscribeStart::Live).unwrap();
+            subscriber
+                .subscribe(&channel, SubscribeStart::Live)
+                .unwrap();
             let body = vec![b'x'; 256];
             let name = format!("{durability:?}/{label}").to_lowercase();
             group.bench_function(name, |b| {
                 b.iter(|| {
                     publisher.publish(&channel, body.clone()).unwrap();
-                    subscriber.next_delivery(Duration::from_secs(5)).expect("delivered")
+                    subscriber
+                        .next_delivery(Duration::from_secs(5))
+                        .expect("delivered")
                 })
             });
         }

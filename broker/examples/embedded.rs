@@ -38,7 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let (head, page) = alice.history("general", HistoryQuery::Last, 50)?;
-    println!("history of general: {} message(s), head seq {head}", page.len());
+    println!(
+        "history of general: {} message(s), head seq {head}",
+        page.len()
+    );
 
     drop((alice, bob));
     engine.shutdown();

@@ -80,7 +80,8 @@ pub(crate) enum ShardMsg {
         request_id: u32,
         reply_as: ReplyAs,
         channel: Arc<str>,
-        sender: Arc<str>,
+        /// The publishing user's name.
+        sender: Bytes,
         ephemeral: bool,
         kind: u8,
         client_message_id: Bytes,

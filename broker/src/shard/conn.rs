@@ -34,6 +34,8 @@ pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(5);
 pub(crate) struct Connection {
     pub generation: u32,
     pub principal: Option<Principal>,
+    /// The principal's user name as it is stored in records, made once.
+    pub sender: Option<Bytes>,
     pub kind: ConnKind,
     /// Channels this connection subscribes to (for cleanup on close).
     pub subscriptions: Vec<Arc<str>>,
@@ -61,7 +63,28 @@ pub(crate) struct SocketConn {
     /// The front of `output` is partly written (so it must be finished
     /// before anything else, or the client sees half a frame).
     front_partial: bool,
+    /// Small frames (replies) encoded since the last write; they leave as one
+    /// buffer. Anything queued after them flushes them into `output` first,
+    /// so frames keep their order.
     scratch: BytesMut,
+}
+
+impl SocketConn {
+    /// Moves the encoded replies in `scratch` to the end of `output`.
+    fn seal_scratch(&mut self) {
+        if !self.scratch.is_empty() {
+            let bytes = self.scratch.split().freeze();
+            self.output_bytes += bytes.len();
+            self.output.push_back(bytes);
+        }
+    }
+
+    /// Queues an encoded frame (or frames) after everything queued before.
+    fn push_output(&mut self, bytes: Bytes) {
+        self.seal_scratch();
+        self.output_bytes += bytes.len();
+        self.output.push_back(bytes);
+    }
 }
 
 impl Shard {
@@ -115,6 +138,7 @@ impl Shard {
         let connection = Connection {
             generation: 0,
             principal: None,
+            sender: None,
             kind: ConnKind::Socket(SocketConn {
                 stream,
                 peer,
@@ -165,6 +189,7 @@ impl Shard {
         let connection = Connection {
             generation: 0,
             principal: Some(principal),
+            sender: None,
             kind: ConnKind::Local { events },
             subscriptions: Vec::new(),
             inflight: 0,
@@ -240,9 +265,8 @@ impl Shard {
             }
             self.shared.metrics.bytes_in.add(read_total as u64);
             if !socket.input.is_empty() {
-                let mut out = BytesMut::new();
                 let mut context = SessionContext::new(
-                    &mut out,
+                    &mut socket.scratch,
                     &mut commands,
                     &mut connection.principal,
                     &*self.shared.authorizer,
@@ -250,10 +274,6 @@ impl Shard {
                 );
                 if let Err(reason) = socket.session.on_input(&mut socket.input, &mut context) {
                     close = Some(reason.reason);
-                }
-                if !out.is_empty() {
-                    socket.output_bytes += out.len();
-                    socket.output.push_back(out.freeze());
                 }
             }
             if more && close.is_none() && !peer_closed {
@@ -318,6 +338,12 @@ impl Shard {
             return;
         }
         let page_max = self.shared.config.page_messages_max;
+        let sender = self.connections[slot as usize]
+            .as_mut()
+            .expect("checked above")
+            .sender
+            .get_or_insert_with(|| Bytes::copy_from_slice(principal.user.as_bytes()))
+            .clone();
         match command {
             Command::Publish {
                 channel,
@@ -334,7 +360,7 @@ impl Shard {
                     request_id,
                     reply_as: ReplyAs::Plain,
                     channel: Arc::from(channel),
-                    sender: principal.user.clone(),
+                    sender: sender.clone(),
                     ephemeral,
                     kind,
                     client_message_id,
@@ -376,7 +402,7 @@ impl Shard {
                     request_id,
                     reply_as: ReplyAs::Cursor,
                     channel: Arc::from(cursor),
-                    sender: principal.user.clone(),
+                    sender: sender.clone(),
                     ephemeral: false,
                     kind: kind::CURSOR,
                     client_message_id: Bytes::new(),
@@ -435,9 +461,6 @@ impl Shard {
                 socket
                     .session
                     .on_reply(request_id, &reply, &mut socket.scratch);
-                let bytes = socket.scratch.split().freeze();
-                socket.output_bytes += bytes.len();
-                socket.output.push_back(bytes);
             }
             ConnKind::Local { events } => {
                 slow = matches!(
@@ -474,8 +497,7 @@ impl Shard {
                 if socket.output_bytes + encoded.len() > bound {
                     true
                 } else {
-                    socket.output_bytes += encoded.len();
-                    socket.output.push_back(encoded);
+                    socket.push_output(encoded);
                     false
                 }
             }
@@ -564,6 +586,7 @@ impl Shard {
         };
         let linger = match (&mut connection.kind, &reason) {
             (ConnKind::Socket(socket), Some((code, reason))) => {
+                socket.scratch.clear();
                 let keep = usize::from(socket.front_partial);
                 while socket.output.len() > keep {
                     let dropped = socket.output.pop_back().expect("length checked");
@@ -572,9 +595,7 @@ impl Shard {
                 socket
                     .session
                     .on_server_close(*code, reason, &mut socket.scratch);
-                let bytes = socket.scratch.split().freeze();
-                socket.output_bytes += bytes.len();
-                socket.output.push_back(bytes);
+                socket.seal_scratch();
                 let _ = write_queued(socket);
                 !socket.output.is_empty()
             }
@@ -652,6 +673,7 @@ impl Shard {
 /// Writes queued buffers with `writev` until done or the socket would block;
 /// returns the bytes written.
 fn write_queued(socket: &mut SocketConn) -> io::Result<usize> {
+    socket.seal_scratch();
     let mut written_total = 0;
     while !socket.output.is_empty() {
         let slices: Vec<IoSlice<'_>> = socket

@@ -21,7 +21,7 @@ pub(super) struct PublishRequest {
     pub request_id: u32,
     pub reply_as: ReplyAs,
     pub channel: Arc<str>,
-    pub sender: Arc<str>,
+    pub sender: Bytes,
     pub ephemeral: bool,
     pub kind: u8,
     pub client_message_id: Bytes,
@@ -217,7 +217,7 @@ impl Shard {
                 offset: 0,
                 timestamp_ms,
                 kind: request.kind,
-                sender: Bytes::copy_from_slice(request.sender.as_bytes()),
+                sender: request.sender,
                 client_message_id: request.client_message_id,
                 relation: request.relation,
                 headers: request.headers,
@@ -242,7 +242,7 @@ impl Shard {
         let key = (!request.client_message_id.is_empty()).then(|| {
             Dedupe::key(
                 request.channel.as_bytes(),
-                request.sender.as_bytes(),
+                &request.sender,
                 &request.client_message_id,
             )
         });
@@ -262,7 +262,7 @@ impl Shard {
             channel: request.channel.as_bytes(),
             timestamp_ms,
             kind: request.kind,
-            sender: request.sender.as_bytes(),
+            sender: &request.sender,
             client_message_id: &request.client_message_id,
             relation: request.relation,
             headers: &request.headers,
@@ -299,12 +299,15 @@ impl Shard {
             timestamp_ms,
             duplicate: false,
         });
+        // Every stored message joins the turn's fan-out, even without
+        // subscribers yet: one may register interest later in this turn, and
+        // its catch-up cannot read records that are still pending.
         let message = Message {
             seq: appended.seq,
             offset: appended.offset,
             timestamp_ms,
             kind: request.kind,
-            sender: Bytes::copy_from_slice(request.sender.as_bytes()),
+            sender: request.sender,
             client_message_id: request.client_message_id,
             relation: request.relation,
             headers: request.headers,
@@ -315,41 +318,83 @@ impl Shard {
 
     /// Group commit: one write and (per policy) one fdatasync per partition for
     /// everything appended this turn, then acknowledgements, then fan-out.
+    ///
+    /// The fdatasyncs of a turn run in parallel (one scoped thread per
+    /// partition beyond the first): concurrent fdatasyncs on one file system
+    /// share journal commits, so a shard with many busy partitions pays about
+    /// one sync per turn instead of one per partition.
     pub(super) fn end_turn(&mut self) {
         let durability = self.shared.config.durability;
         let interval = Duration::from_millis(self.shared.config.interval_ms);
-        let ids: Vec<u32> = self.partitions.keys().copied().collect();
-        for id in ids {
+        let mut ids: Vec<u32> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| !p.acks.is_empty() || !p.fanout.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        ids.sort_unstable();
+
+        // Phase 1: write each partition's pending batch.
+        let mut to_sync: Vec<u32> = Vec::new();
+        for &id in &ids {
             let partition = self.partitions.get_mut(&id).expect("listed above");
-            if partition.acks.is_empty() && partition.fanout.is_empty() {
+            if partition.failed.is_some() || partition.log.pending_records() == 0 {
                 continue;
             }
-            let mut durable = match durability {
-                Durability::Fsync => true,
-                Durability::Interval | Durability::None => !partition.unsynced,
-            };
-            if partition.failed.is_none() && partition.log.pending_records() > 0 {
-                let result = partition.log.flush().and_then(|()| {
-                    let sync_now = match durability {
-                        Durability::Fsync => true,
-                        Durability::Interval => partition.last_sync.elapsed() >= interval,
-                        Durability::None => false,
-                    };
-                    if sync_now {
-                        partition.log.sync()?;
-                        partition.last_sync = Instant::now();
-                        partition.unsynced = false;
-                        self.shared.metrics.fsyncs.add(1);
-                    } else {
-                        partition.unsynced = true;
-                    }
-                    Ok(sync_now)
-                });
-                match result {
-                    Ok(synced) => durable = synced,
-                    Err(error) => partition.fail(&error),
-                }
+            if let Err(error) = partition.log.flush() {
+                partition.fail(&error);
+                continue;
             }
+            partition.unsynced = true;
+            let sync_now = match durability {
+                Durability::Fsync => true,
+                Durability::Interval => partition.last_sync.elapsed() >= interval,
+                Durability::None => false,
+            };
+            if sync_now {
+                to_sync.push(id);
+            }
+        }
+
+        // Phase 2: fdatasync them, concurrently when there are several.
+        let mut logs: Vec<&mut OwnedPartition> = self
+            .partitions
+            .iter_mut()
+            .filter(|(id, _)| to_sync.contains(id))
+            .map(|(_, p)| p)
+            .collect();
+        let results: Vec<Result<(), StorageError>> = match logs.as_mut_slice() {
+            [] => Vec::new(),
+            [only] => vec![only.log.sync()],
+            [first, rest @ ..] => std::thread::scope(|scope| {
+                let handles: Vec<_> = rest
+                    .iter_mut()
+                    .map(|p| scope.spawn(move || p.log.sync()))
+                    .collect();
+                let mut results = vec![first.log.sync()];
+                results.extend(handles.into_iter().map(|h| h.join().expect("sync thread")));
+                results
+            }),
+        };
+        let now = Instant::now();
+        for (partition, result) in logs.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    partition.unsynced = false;
+                    partition.last_sync = now;
+                    self.shared.metrics.fsyncs.add(1);
+                }
+                Err(error) => partition.fail(&error),
+            }
+        }
+
+        // Phase 3: acknowledge and fan out.
+        for id in ids {
+            let partition = self.partitions.get_mut(&id).expect("listed above");
+            let durable = !partition.unsynced;
             let failed = partition
                 .failed
                 .is_some()
