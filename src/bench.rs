@@ -60,6 +60,12 @@ pub struct BenchArgs {
     /// Channel name prefix, so runs do not mix.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// After publishing, read "the last --history-limit messages" of this many
+    /// random channels (one request at a time) and report the latency.
+    #[arg(long, default_value_t = 0)]
+    history_queries: u64,
+    #[arg(long, default_value_t = 50)]
+    history_limit: u32,
 }
 
 struct Stamp {
@@ -151,25 +157,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .context("a subscriber thread died before subscribing")??;
     }
 
-    let sent_total = Arc::new(AtomicU64::new(0));
     let rate_each = args.rate as f64 / args.publishers as f64;
     let mut publisher_threads = Vec::new();
     let start_ns = epoch.elapsed().as_nanos() as u64 + 50_000_000;
     for p in 0..args.publishers {
         let args = args.clone();
         let channels = channels.clone();
-        let sent_total = sent_total.clone();
         let handle = spawn(format!("bench-pub-{p}"), move || {
-            publisher(
-                address,
-                p,
-                &args,
-                &channels,
-                rate_each,
-                epoch,
-                start_ns,
-                &sent_total,
-            )
+            publisher(address, p, &args, &channels, rate_each, epoch, start_ns)
         })?;
         publisher_threads.push(handle);
     }
@@ -207,6 +202,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             all.add(one).expect("same histogram bounds");
         }
     }
+    let history = if args.history_queries > 0 {
+        Some(history_queries(
+            address,
+            &args,
+            &channels,
+            &published.last_seq,
+        )?)
+    } else {
+        None
+    };
     let ack_latency = published.latency_us.expect("set above");
     let delivery_latency = delivered.latency_us.expect("set above");
     let ok = published.errors == 0
@@ -257,6 +262,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "lost": delivered.lost,
         "duplicated": delivered.duplicated,
         "out_of_order": delivered.out_of_order,
+        "history": history.as_ref().map(|(queries, latency)| serde_json::json!({
+            "queries": queries,
+            "limit": args.history_limit,
+            "latency_us": quantiles(latency),
+        })),
         "ok": ok,
     });
     println!("{summary}");
@@ -264,6 +274,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("the run found errors, losses, duplicates or reordering (see the summary)");
     }
     Ok(())
+}
+
+/// Reads the last `history_limit` messages of random channels, one request
+/// at a time; checks each page ends at the channel's last acknowledged seq.
+fn history_queries(
+    address: SocketAddr,
+    args: &BenchArgs,
+    channels: &[String],
+    last_seq: &HashMap<usize, u64>,
+) -> Result<(u64, Histogram<u64>)> {
+    let mut client = Client::connect(address, "bench-history", "")
+        .with_context(|| format!("cannot connect to {address} for history queries"))?;
+    let mut latency = histogram();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    for _ in 0..args.history_queries {
+        // xorshift64: cheap, seeded, good enough to pick channels.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let channel = (state % channels.len() as u64) as usize;
+        let started = Instant::now();
+        let page = client.history(
+            &channels[channel],
+            starling_protocol::HistoryQuery::Last,
+            args.history_limit,
+        )?;
+        latency.saturating_record(started.elapsed().as_micros() as u64);
+        let expected = last_seq.get(&channel).copied().unwrap_or(0);
+        if page.messages.last().map_or(0, |m| m.seq) < expected {
+            bail!(
+                "history of {} ends before its last acknowledged seq {expected}",
+                channels[channel]
+            );
+        }
+    }
+    eprintln!(
+        "history: {} queries of the last {}: p50 {} us p99 {} us",
+        args.history_queries,
+        args.history_limit,
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99)
+    );
+    Ok((args.history_queries, latency))
 }
 
 fn spawn<T: Send + 'static>(
@@ -286,7 +339,6 @@ fn publisher(
     rate: f64,
     epoch: Instant,
     start_ns: u64,
-    sent_total: &AtomicU64,
 ) -> Result<PublisherResult> {
     let client = Client::connect(address, &format!("bench-pub-{id}"), "")
         .with_context(|| format!("publisher {id} cannot connect to {address}"))?;
@@ -382,7 +434,6 @@ fn publisher(
             sent += 1;
         }
         writer.flush()?;
-        sent_total.store(sent, Ordering::Relaxed);
     }
     finished_sending.store(sent, Ordering::Release);
     let mut result = reader_thread.join().expect("ack reader panicked")?;

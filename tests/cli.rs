@@ -130,3 +130,42 @@ fn pub_sub_history_and_offline_log_tools() {
     assert!(!ok);
     assert!(stderr.contains("corrupt"), "{stderr}");
 }
+
+#[test]
+fn bench_checks_delivery_and_prints_a_json_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let address = server.address.to_string();
+    let (ok, stdout, stderr) = run(
+        &[
+            "bench",
+            "--server",
+            &address,
+            "--publishers",
+            "2",
+            "--subscribers",
+            "3",
+            "--channels",
+            "4",
+            "--rate",
+            "2000",
+            "--duration-s",
+            "1",
+            "--history-queries",
+            "20",
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("JSON");
+    assert_eq!(summary["ok"], true);
+    assert_eq!(summary["sent"], 2000);
+    assert_eq!(summary["acked"], 2000);
+    // Every message reaches the one subscriber of its channel (3 subscribers share 4 channels).
+    assert_eq!(summary["delivered"], 2000);
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["duplicated"], 0);
+    assert_eq!(summary["history"]["queries"], 20);
+    assert!(summary["ack_latency_us"]["p99"].as_u64().unwrap() > 0);
+}
