@@ -35,6 +35,15 @@ pub struct ConnRef {
     pub generation: u32,
 }
 
+/// One subscription: its connection and a number unique on that shard, so a
+/// page meant for an earlier subscription to the same channel (unsubscribed
+/// and subscribed again) is recognised and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubRef {
+    pub conn: ConnRef,
+    pub id: u64,
+}
+
 /// How the owner of a channel should phrase a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReplyAs {
@@ -98,7 +107,7 @@ pub(crate) enum ShardMsg {
     },
     /// To the channel's owner: the next catch-up page of a subscription.
     Fetch {
-        subscriber: ConnRef,
+        subscriber: SubRef,
         channel: Arc<str>,
         start: FetchStart,
     },
@@ -120,7 +129,7 @@ pub(crate) enum ShardMsg {
     /// From an owner: a catch-up page. `complete` means the page reaches the
     /// channel's head as it was when read; live deliveries continue after it.
     Page {
-        subscriber: ConnRef,
+        subscriber: SubRef,
         channel: Arc<str>,
         result: Result<Vec<Message>, BrokerError>,
         head_seq: u64,

@@ -423,3 +423,34 @@ fn a_second_engine_cannot_open_a_locked_data_directory() {
     };
     assert!(error.contains("locked"), "{error}");
 }
+
+#[test]
+fn resubscribing_does_not_mix_in_pages_of_the_earlier_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        page_messages_max: 3,
+        ..config(dir.path())
+    });
+    let mut publisher = user(&engine, "alice");
+    for i in 1..=30 {
+        publisher.publish("re", format!("m{i}")).unwrap();
+    }
+    let mut subscriber = user(&engine, "bob");
+    subscriber
+        .subscribe("re", SubscribeStart::FromSeq(1))
+        .unwrap();
+    subscriber.unsubscribe("re").unwrap();
+    // Drop whatever the first subscription delivered before it ended.
+    while subscriber
+        .next_delivery(Duration::from_millis(200))
+        .is_some()
+    {}
+    assert_eq!(
+        subscriber.subscribe("re", SubscribeStart::Live).unwrap(),
+        30
+    );
+    nothing_more(&mut subscriber);
+    publisher.publish("re", "m31").unwrap();
+    assert_eq!(seqs(&receive(&mut subscriber, "re", 1)), vec![31]);
+    nothing_more(&mut subscriber);
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll, Token};
 
 use crate::engine::EngineShared;
-use crate::mailbox::{ConnRef, ShardMsg};
+use crate::mailbox::{ShardMsg, SubRef};
 
 use conn::Connection;
 pub(crate) use owner::OwnedPartition;
@@ -52,7 +52,8 @@ pub(crate) struct Shard {
     subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
     /// Subscriptions waiting for room in their connection's queue before the
     /// next catch-up page is fetched.
-    fetch_wanted: Vec<(Arc<str>, ConnRef)>,
+    fetch_wanted: Vec<(Arc<str>, SubRef)>,
+    next_subscription_id: u64,
     /// Messages this shard sends to itself, handled in the same turn.
     self_queue: VecDeque<ShardMsg>,
     /// Per destination shard: messages that did not fit its inbox yet.
@@ -88,6 +89,7 @@ impl Shard {
             free_slots: Vec::new(),
             subscriptions: HashMap::new(),
             fetch_wanted: Vec::new(),
+            next_subscription_id: 0,
             self_queue: VecDeque::new(),
             overflow: (0..shards).map(|_| VecDeque::new()).collect(),
             wake_pending: vec![false; shards],

@@ -13,7 +13,7 @@ use starling_storage::{NewRecord, Partition, ReadPage, Record, StorageError};
 use super::Shard;
 use crate::command::{BrokerError, Reply};
 use crate::config::{Durability, EngineConfig};
-use crate::mailbox::{ConnRef, FetchStart, ReplyAs, ShardMsg};
+use crate::mailbox::{ConnRef, FetchStart, ReplyAs, ShardMsg, SubRef};
 
 /// A publish routed to this shard because it owns the channel.
 pub(super) struct PublishRequest {
@@ -471,12 +471,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn owner_fetch(
-        &mut self,
-        subscriber: ConnRef,
-        channel: Arc<str>,
-        start: FetchStart,
-    ) {
+    pub(super) fn owner_fetch(&mut self, subscriber: SubRef, channel: Arc<str>, start: FetchStart) {
         let page_max = self.shared.config.page_messages_max as usize;
         let partition = self.owned_partition(&channel);
         let id = partition.log.id();
@@ -526,7 +521,7 @@ impl Shard {
             head_seq,
             complete,
         };
-        self.send(subscriber.shard, page);
+        self.send(subscriber.conn.shard, page);
     }
 
     pub(super) fn owner_read(

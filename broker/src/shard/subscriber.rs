@@ -17,10 +17,10 @@ use super::conn::ConnKind;
 use super::Shard;
 use crate::command::{BrokerError, Reply};
 use crate::engine::LocalEvent;
-use crate::mailbox::{ConnRef, FetchStart, ShardMsg};
+use crate::mailbox::{FetchStart, ShardMsg, SubRef};
 
 pub(crate) struct Subscriber {
-    pub conn: ConnRef,
+    pub subscription: SubRef,
     /// The subscribe request, answered when the first page arrives.
     pub request_id: u32,
     pub answered: bool,
@@ -39,6 +39,11 @@ impl Shard {
         start: SubscribeStart,
     ) {
         let conn = self.conn_ref(slot);
+        self.next_subscription_id += 1;
+        let subscription = SubRef {
+            conn,
+            id: self.next_subscription_id,
+        };
         let connection = self.connections[slot as usize]
             .as_mut()
             .expect("subscribe comes from a live connection");
@@ -51,7 +56,7 @@ impl Shard {
         let subscribers = self.subscriptions.entry(channel.clone()).or_default();
         let first_here = subscribers.is_empty();
         subscribers.push(Subscriber {
-            conn,
+            subscription,
             request_id,
             answered: false,
             next_seq: 1,
@@ -72,7 +77,7 @@ impl Shard {
             SubscribeStart::LastN(n) => FetchStart::Last(n),
         };
         let fetch = ShardMsg::Fetch {
-            subscriber: conn,
+            subscriber: subscription,
             channel,
             start,
         };
@@ -104,7 +109,7 @@ impl Shard {
         let Some(subscribers) = self.subscriptions.get_mut(channel) else {
             return;
         };
-        subscribers.retain(|s| s.conn.slot != slot);
+        subscribers.retain(|s| s.subscription.conn.slot != slot);
         if subscribers.is_empty() {
             self.subscriptions.remove(channel);
             let owner = self.shared.routing.shard_of(channel);
@@ -116,25 +121,26 @@ impl Shard {
             self.send(owner, interest);
         }
         self.fetch_wanted
-            .retain(|(c, conn)| !(conn.slot == slot && c == channel));
+            .retain(|(c, sub)| !(sub.conn.slot == slot && c == channel));
     }
 
-    fn find_subscriber(&mut self, channel: &str, conn: ConnRef) -> Option<&mut Subscriber> {
+    fn find_subscriber(&mut self, channel: &str, subscription: SubRef) -> Option<&mut Subscriber> {
         self.subscriptions
             .get_mut(channel)?
             .iter_mut()
-            .find(|s| s.conn == conn)
+            .find(|s| s.subscription == subscription)
     }
 
     pub(super) fn subscriber_page(
         &mut self,
-        conn: ConnRef,
+        subscription: SubRef,
         channel: Arc<str>,
         result: Result<Vec<Message>, BrokerError>,
         head_seq: u64,
         complete: bool,
     ) {
-        let Some(subscriber) = self.find_subscriber(&channel, conn) else {
+        let conn = subscription.conn;
+        let Some(subscriber) = self.find_subscriber(&channel, subscription) else {
             return;
         };
         let request_id = subscriber.request_id;
@@ -164,7 +170,7 @@ impl Shard {
             subscriber.live = true;
         } else {
             subscriber.next_seq = fresh.last().map_or(next_seq, |m| m.seq + 1);
-            self.fetch_wanted.push((channel.clone(), conn));
+            self.fetch_wanted.push((channel.clone(), subscription));
         }
         if first_page {
             self.reply(conn, request_id, Reply::Subscribed { head_seq });
@@ -182,8 +188,8 @@ impl Shard {
         }
         let bound = self.shared.config.outbound_bytes_max / 2;
         let wanted = std::mem::take(&mut self.fetch_wanted);
-        for (channel, conn) in wanted {
-            let Some(connection) = self.connection(conn) else {
+        for (channel, subscription) in wanted {
+            let Some(connection) = self.connection(subscription.conn) else {
                 continue;
             };
             let room = match &connection.kind {
@@ -191,10 +197,10 @@ impl Shard {
                 ConnKind::Local { events } => events.len() < crate::engine::LOCAL_EVENTS_MAX / 2,
             };
             if !room {
-                self.fetch_wanted.push((channel, conn));
+                self.fetch_wanted.push((channel, subscription));
                 continue;
             }
-            let Some(subscriber) = self.find_subscriber(&channel, conn) else {
+            let Some(subscriber) = self.find_subscriber(&channel, subscription) else {
                 continue;
             };
             let start = FetchStart::From(subscriber.next_seq);
@@ -202,7 +208,7 @@ impl Shard {
             self.send(
                 owner,
                 ShardMsg::Fetch {
-                    subscriber: conn,
+                    subscriber: subscription,
                     channel,
                     start,
                 },
@@ -236,7 +242,7 @@ impl Shard {
                         subscriber.next_seq = subscriber.next_seq.max(last + 1);
                     }
                     if !own.is_empty() {
-                        targets.push((subscriber.conn.slot, Some(Arc::from(own))));
+                        targets.push((subscriber.subscription.conn.slot, Some(Arc::from(own))));
                     }
                 }
                 _ => {
@@ -250,7 +256,7 @@ impl Shard {
                         }
                         subscriber.next_seq = last + 1;
                     }
-                    targets.push((subscriber.conn.slot, None));
+                    targets.push((subscriber.subscription.conn.slot, None));
                 }
             }
         }
