@@ -399,14 +399,16 @@ impl Shard {
                 .failed
                 .is_some()
                 .then(|| partition.storage_failed());
-            let acks = std::mem::take(&mut partition.acks);
+            // The buffers go back to the partition afterwards, so a busy
+            // partition does not regrow them every turn.
+            let mut acks = std::mem::take(&mut partition.acks);
             let mut fanout = std::mem::take(&mut partition.fanout);
             if failed.is_some() {
                 // Nothing of a failed write is acknowledged or delivered.
                 fanout.retain(|(_, message)| message.seq == 0);
             }
             self.shared.metrics.messages_in.add(acks.len() as u64);
-            for ack in acks {
+            for ack in acks.drain(..) {
                 let reply = match (&failed, ack.reply_as) {
                     (Some(error), _) if !ack.duplicate => Reply::Error(error.clone()),
                     (_, ReplyAs::Cursor) => Reply::CursorAck,
@@ -420,19 +422,22 @@ impl Shard {
                 };
                 self.reply(ack.to, ack.request_id, reply);
             }
-            self.fan_out(fanout);
+            self.fan_out(&mut fanout);
+            let partition = self.partitions.get_mut(&id).expect("listed above");
+            partition.acks = acks;
+            partition.fanout = fanout;
         }
     }
 
     /// Sends this turn's messages, grouped per channel, once to every shard
     /// that has subscribers of the channel.
-    fn fan_out(&mut self, fanout: Vec<(Arc<str>, Message)>) {
+    fn fan_out(&mut self, fanout: &mut Vec<(Arc<str>, Message)>) {
         if fanout.is_empty() {
             return;
         }
         let mut order: Vec<(Arc<str>, Vec<Message>)> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
-        for (channel, message) in fanout {
+        for (channel, message) in fanout.drain(..) {
             if !self.interest.contains_key(&channel) {
                 continue;
             }
