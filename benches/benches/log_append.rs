@@ -1,8 +1,12 @@
 //! Storage write and read costs: append + flush of 256-byte records in
-//! batches of 1, 64 and 1024, with and without fdatasync, and `read_last(50)`.
+//! batches of 1, 64 and 1024, with and without fdatasync, `read_last(50)`,
+//! and `open` of a partition with 200 MB of log and 100k channels (full scan
+//! against checkpoint).
+
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use starling_storage::{NewRecord, Partition, PartitionConfig};
+use starling_storage::{NewRecord, Partition, PartitionConfig, PartitionOptions};
 
 const BODY_BYTES: usize = 256;
 
@@ -78,5 +82,66 @@ fn read_last(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, append_flush, read_last);
+/// Reopening a partition with 200 MB of log in 16 MiB segments and 100k
+/// channels: a full scan, from the checkpoint after a clean close (nothing to
+/// scan), and from the checkpoint of the last roll after a crash (the active
+/// segment is scanned).
+fn open(c: &mut Criterion) {
+    const LOG_BYTES: u64 = 200 * 1024 * 1024;
+    const CHANNELS: usize = 100_000;
+    let body = vec![0x5a; BODY_BYTES];
+    let config = PartitionConfig {
+        segment_bytes_max: 16 * 1024 * 1024,
+        ..PartitionConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut partition, _) = Partition::open(dir.path(), 0, config.clone()).unwrap();
+        let mut next = 0usize;
+        while partition.size_bytes() < LOG_BYTES {
+            for _ in 0..1024 {
+                let name = format!("room-{:08}", next % CHANNELS);
+                next += 1;
+                partition.append(&record(name.as_bytes(), &body)).unwrap();
+            }
+            partition.flush().unwrap();
+        }
+        partition.sync().unwrap();
+        partition.wait_for_background();
+        // Leaves the checkpoint of the last roll, not one at the very end.
+        partition.simulate_crash();
+    }
+    let mut group = c.benchmark_group("open");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    for (name, use_checkpoint, clean) in [
+        ("full_scan", false, false),
+        ("checkpoint_after_crash", true, false),
+        ("checkpoint_after_close", true, true),
+    ] {
+        let options = PartitionOptions {
+            use_checkpoint,
+            ..PartitionOptions::default()
+        };
+        if clean {
+            // A clean close writes a checkpoint at the end of the log.
+            let (partition, _) =
+                Partition::open_with(dir.path(), 0, config.clone(), options.clone()).unwrap();
+            drop(partition);
+        }
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (partition, report) =
+                    Partition::open_with(dir.path(), 0, config.clone(), options.clone()).unwrap();
+                assert_eq!(report.checkpoint_position.is_some(), use_checkpoint);
+                assert_eq!(partition.channel_count(), CHANNELS);
+                // No close checkpoint, so every run sees the same directory.
+                partition.simulate_crash();
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, append_flush, read_last, open);
 criterion_main!(benches);

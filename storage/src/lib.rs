@@ -20,8 +20,15 @@
 //! - After a failed write or fsync the partition refuses every further
 //!   append, flush and sync with [`StorageError::Failed`] until reopened: it
 //!   never acknowledges after a failed fsync.
-//! - Recovery truncates only a torn tail of the last segment; corruption
-//!   anywhere else is an error naming the file and byte offset.
+//! - Recovery removes (truncates or zeroes) only a torn tail of the last
+//!   segment; corruption anywhere else is an error naming the file and byte
+//!   offset. Zero bytes after the last batch of a segment are a clean end:
+//!   segments are preallocated (zero-filled by a background thread) so that
+//!   `fdatasync` never commits a file-size change.
+//! - Open loads the newest checkpoint of the channel table (written at every
+//!   segment roll, on a clean close and by retention, from the partition's
+//!   background thread) and scans only the log after it; without a usable
+//!   one it scans everything. Dropping a `Partition` syncs and checkpoints.
 //!
 //! # Bytes on disk
 //!
@@ -61,6 +68,7 @@ mod read;
 mod retention;
 mod scan;
 mod segment;
+mod worker;
 
 use bytes::Bytes;
 
@@ -102,6 +110,31 @@ impl Default for PartitionConfig {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             record_body_bytes_max: RECORD_BODY_BYTES_MAX_DEFAULT,
             retention: Vec::new(),
+        }
+    }
+}
+
+/// How a partition runs, apart from its log settings (kept out of
+/// [`PartitionConfig`] so that adding one does not change how the broker
+/// builds its configuration).
+#[derive(Clone, Debug)]
+pub struct PartitionOptions {
+    /// Keep a zero-filled, fsynced spare segment of `segment_bytes_max`
+    /// bytes ready (prepared by the partition's background thread) and use
+    /// it at the next roll, so that `fdatasync` after an append never has to
+    /// commit a file-size change. Costs one segment of disk per partition.
+    /// Default true.
+    pub preallocate: bool,
+    /// Start recovery from the newest valid checkpoint (default true);
+    /// false scans the whole log (for comparisons and tests).
+    pub use_checkpoint: bool,
+}
+
+impl Default for PartitionOptions {
+    fn default() -> Self {
+        PartitionOptions {
+            preallocate: true,
+            use_checkpoint: true,
         }
     }
 }

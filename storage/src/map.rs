@@ -8,8 +8,9 @@
 //!   lock on its partition directory for its whole life, so no other starling
 //!   process opens the files for writing;
 //! - the partition only ever *appends* to a segment past the mapped length
-//!   (bytes inside the map are never rewritten), and it truncates a file only
-//!   during recovery, before any map of it exists;
+//!   (bytes inside the map are never rewritten; a preallocated segment's zero
+//!   tail beyond the logical end is never mapped), and it truncates or zeroes
+//!   a torn tail only during recovery, before any map of it exists;
 //! - retention unlinks whole files, which leaves existing maps valid.
 //!
 //! Mapped bytes are handed out behind an `Arc<SegmentMap>` (see

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::channel_table::{ChannelId, ChannelTable};
-use crate::checkpoint::{read_checkpoint, sync_directory};
+use crate::checkpoint::{sync_directory, Checkpoint, CheckpointState, CHECKPOINT_VERSION};
 use crate::data_dir::{lock_directory, partition_path};
 use crate::format::{
     self, begin_batch, decode_batch, finish_batch, skip_target, BatchDecode, BatchMeta,
@@ -19,16 +19,19 @@ use crate::format::{
 };
 use crate::map::SegmentMap;
 use crate::retention::rule_for;
-use crate::scan::{apply_record, scan_segment};
-use crate::segment::{list_segments, segment_file_name, ReadMode, Segment, SegmentSummary};
-use crate::{Appended, NewRecord, PartitionConfig, StorageError, SEGMENT_BYTES_MAX_MINIMUM};
+use crate::scan::{apply_record, find_log_start, load_channels, scan_segment, LogStart};
+use crate::segment::{segment_file_name, ReadMode, Segment, SegmentSummary};
+use crate::worker::{tidy_spares, CheckpointJob, Worker};
+use crate::{
+    Appended, NewRecord, PartitionConfig, PartitionOptions, StorageError, SEGMENT_BYTES_MAX_MINIMUM,
+};
 
 /// What recovery found when a partition was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Segment files in the partition.
     pub segments: usize,
-    /// Valid batches scanned.
+    /// Valid batches scanned (those after the checkpoint position).
     pub batches: u64,
     /// Records in them.
     pub records: u64,
@@ -38,6 +41,11 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// The file and byte position where a torn tail was cut.
     pub truncated_at: Option<(std::path::PathBuf, u64)>,
+    /// The stream position of the checkpoint recovery started from (`None`:
+    /// the whole log was scanned).
+    pub checkpoint_position: Option<u64>,
+    /// Bytes of segment files read by the scan.
+    pub scanned_bytes: u64,
 }
 
 /// A failure to inject, for tests of the failed state (here and in the
@@ -134,164 +142,359 @@ pub struct Partition {
     pub(crate) channels: ChannelTable,
     pub(crate) pending: Pending,
     /// Flushed bytes of the active segment not yet fdatasync'ed.
-    unsynced: bool,
+    pub(crate) unsynced: bool,
     /// A segment file was created and the directory not yet fsync'ed.
     directory_unsynced: bool,
     /// The first write or sync failure; set forever once set.
     failed: Option<String>,
     fault: Option<Fault>,
     pub(crate) verified: RefCell<VerifiedBatches>,
+    /// Stream position of the last flushed batch (`NO_OFFSET` if unknown).
+    last_batch: u64,
+    /// (log_start, position) of the last checkpoint written or loaded, so a
+    /// close with nothing new writes none.
+    pub(crate) checkpointed: Option<(u64, u64)>,
+    /// Dropped by `simulate_crash`: no sync, no checkpoint.
+    crashed: bool,
+    /// Prepares spare segments and writes checkpoints.
+    pub(crate) worker: Worker,
+    /// The worker was asked for a spare for the next roll (reset at a roll).
+    spare_requested: bool,
+}
+
+/// What a recovery pass rebuilt.
+struct Recovered {
+    segments: Vec<Segment>,
+    channels: ChannelTable,
+    report: RecoveryReport,
+    last_batch: u64,
+}
+
+/// Rebuilds the segments and the channel table of a partition directory.
+///
+/// With a checkpoint (`fast`), its table and summaries are loaded and only
+/// the log after its position is scanned: the segments entirely before it
+/// are not read at all. Without one, every segment is scanned from
+/// `log_start`, starting from the channels of `checkpoint` that have no
+/// record left in the log. Only the last segment may be modified (a torn
+/// tail removed), and only once everything else has been checked.
+fn recover(
+    path: &Path,
+    listed: &[(u64, PathBuf)],
+    log_start: u64,
+    config: &PartitionConfig,
+    checkpoint: Option<&Checkpoint>,
+    fast: bool,
+) -> Result<Recovered, StorageError> {
+    let rules = config.retention.len();
+    let mut channels = ChannelTable::new();
+    let mut summaries: HashMap<u64, SegmentSummary> = HashMap::new();
+    let mut start = log_start;
+    let mut last_batch = NO_OFFSET;
+    match checkpoint {
+        Some(checkpoint) if fast => {
+            load_channels(&mut channels, checkpoint, u64::MAX);
+            summaries.extend(checkpoint.segments.iter().cloned());
+            start = checkpoint.position;
+            if start > log_start {
+                check_checkpoint_end(listed, checkpoint)?;
+                last_batch = checkpoint.last_batch;
+            }
+        }
+        Some(checkpoint) => load_channels(&mut channels, checkpoint, log_start),
+        None => {}
+    }
+    let mut report = RecoveryReport {
+        segments: listed.len(),
+        checkpoint_position: fast.then_some(start),
+        ..RecoveryReport::default()
+    };
+    let mut segments = Vec::with_capacity(listed.len());
+    let mut expected_base = log_start;
+    for (index, (base, file_path)) in listed.iter().enumerate() {
+        let base = *base;
+        if base != expected_base {
+            return Err(StorageError::Inconsistent {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "segment {} should start at stream position {expected_base} (where the previous one ends)",
+                    file_path.display()
+                ),
+            });
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file_path)
+            .map_err(|e| StorageError::io("open", file_path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| StorageError::io("stat", file_path, e))?
+            .len();
+        let next_base = listed.get(index + 1).map(|(next, _)| *next);
+        let summary = match summaries.remove(&base) {
+            Some(summary) if summary.rule_timestamp_max_ms.len() == rules => summary,
+            _ if base < start => {
+                return Err(StorageError::Inconsistent {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "the checkpoint has no summary of segment {}",
+                        file_path.display()
+                    ),
+                })
+            }
+            _ => SegmentSummary::new(rules),
+        };
+        if let Some(next) = next_base.filter(|&next| next <= start) {
+            // Entirely before the checkpoint position: sealed, verified when
+            // it was written, not read now (reads still check every CRC).
+            let len = next
+                .checked_sub(base)
+                .filter(|&len| len <= file_len)
+                .ok_or_else(|| StorageError::Inconsistent {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "segment {} has {file_len} bytes but the next one starts {} bytes after it",
+                        file_path.display(),
+                        next.wrapping_sub(base)
+                    ),
+                })?;
+            segments.push(Segment::new(base, file_path.clone(), file, len, summary));
+            expected_base = next;
+            continue;
+        }
+        let from = start.saturating_sub(base);
+        let is_last = next_base.is_none();
+        let mut summary = summary;
+        let scan = {
+            let map = if file_len > 0 {
+                Some(
+                    SegmentMap::map(&file, file_len)
+                        .map_err(|e| StorageError::io("map", file_path, e))?,
+                )
+            } else {
+                None
+            };
+            let mut visit = |position: u64, batch: &format::BatchView<'_>| {
+                for (in_batch, record) in batch.records() {
+                    let offset = base + position + in_batch as u64;
+                    apply_record(&mut channels, log_start, offset, &record).map_err(|detail| {
+                        StorageError::Corrupt {
+                            path: file_path.clone(),
+                            position,
+                            detail,
+                        }
+                    })?;
+                    summary.add(
+                        rule_for(&config.retention, record.channel),
+                        record.timestamp_ms,
+                    );
+                }
+                Ok(())
+            };
+            let data = map.as_ref().map_or(&[][..], |map| map.bytes());
+            scan_segment(data, base, from, file_path, is_last, &mut visit)?
+            // The map is dropped here, before any truncation.
+        };
+        report.batches += scan.batches;
+        report.records += scan.records;
+        report.scanned_bytes += file_len.saturating_sub(from);
+        if let Some(at) = scan.last_batch {
+            last_batch = at;
+        }
+        if let Some(torn_at) = scan.torn_at {
+            let cut = scan.torn_end - torn_at;
+            log::warn!(
+                "{}: removing a torn tail of {cut} bytes at byte {torn_at} (an incomplete write from a crash)",
+                file_path.display()
+            );
+            let result = if scan.torn_end == file_len {
+                file.set_len(torn_at)
+            } else {
+                // A preallocated segment: zero the torn bytes, keep the size.
+                file.write_all_at(&vec![0u8; cut as usize], torn_at)
+            };
+            result
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StorageError::io("remove the torn tail of", file_path, e))?;
+            report.truncated_bytes = cut;
+            report.truncated_at = Some((file_path.clone(), torn_at));
+        }
+        expected_base = base + scan.valid_len;
+        segments.push(Segment::new(
+            base,
+            file_path.clone(),
+            file,
+            scan.valid_len,
+            summary,
+        ));
+    }
+    report.channels = channels.len();
+    Ok(Recovered {
+        segments,
+        channels,
+        report,
+        last_batch,
+    })
+}
+
+/// Checks that the batch the checkpoint names as its last is on disk, valid,
+/// and ends exactly at the checkpoint position.
+fn check_checkpoint_end(
+    listed: &[(u64, PathBuf)],
+    checkpoint: &Checkpoint,
+) -> Result<(), StorageError> {
+    let at = checkpoint.last_batch;
+    let index = listed.partition_point(|(base, _)| *base <= at);
+    let bad = |detail: String| StorageError::Inconsistent {
+        path: PathBuf::new(),
+        detail,
+    };
+    let Some((base, file_path)) = index.checked_sub(1).map(|i| &listed[i]) else {
+        return Err(bad(format!(
+            "the checkpoint's last batch at {at} is not in the log"
+        )));
+    };
+    let file = File::open(file_path).map_err(|e| StorageError::io("open", file_path, e))?;
+    let mut header = [0u8; format::BATCH_HEADER_BYTES];
+    file.read_exact_at(&mut header, at - base)
+        .map_err(|e| StorageError::io("read", file_path, e))?;
+    let batch_bytes = format::BatchHeader::parse(&header)
+        .map_err(|e| bad(format!("the checkpoint's last batch: {e}")))?
+        .batch_bytes;
+    let mut bytes = vec![0u8; batch_bytes as usize];
+    file.read_exact_at(&mut bytes, at - base)
+        .map_err(|e| StorageError::io("read", file_path, e))?;
+    match decode_batch(&bytes) {
+        Ok(BatchDecode::Complete(batch))
+            if batch.header.base_position == at
+                && at + u64::from(batch_bytes) == checkpoint.position =>
+        {
+            Ok(())
+        }
+        _ => Err(bad(format!(
+            "the checkpoint's last batch at {at} is not a valid batch ending at {}",
+            checkpoint.position
+        ))),
+    }
 }
 
 impl Partition {
     /// Opens (creating if needed) partition `partition_id` of the data
-    /// directory `dir`, at `<dir>/partitions/<id as 5 digits>`, and recovers
-    /// it: scans every segment, rebuilds the channel table and truncates a
-    /// torn tail of the last segment. The partition directory is locked
-    /// (`LOCK`) while the partition is open.
+    /// directory `dir`, at `<dir>/partitions/<id as 5 digits>`, with the
+    /// default [`PartitionOptions`], and recovers it (see
+    /// [`Partition::open_with`]).
     pub fn open(
         dir: &Path,
         partition_id: u32,
         config: PartitionConfig,
+    ) -> Result<(Partition, RecoveryReport), StorageError> {
+        Partition::open_with(dir, partition_id, config, PartitionOptions::default())
+    }
+
+    /// Opens (creating if needed) partition `partition_id` of the data
+    /// directory `dir` and recovers it: loads the newest valid checkpoint,
+    /// scans the log after its position (normally the active segment only;
+    /// everything without a usable checkpoint), rebuilds the channel table
+    /// and removes a torn tail of the last segment. The partition directory
+    /// is locked (`LOCK`) while the partition is open.
+    pub fn open_with(
+        dir: &Path,
+        partition_id: u32,
+        config: PartitionConfig,
+        options: PartitionOptions,
     ) -> Result<(Partition, RecoveryReport), StorageError> {
         check_config(&config)?;
         let path = partition_path(dir, partition_id);
         fs::create_dir_all(&path).map_err(|e| StorageError::io("create directory", &path, e))?;
         let lock = lock_directory(&path)?;
 
-        let mut channels = ChannelTable::new();
-        let checkpoint = read_checkpoint(&path)?;
-        let log_start = checkpoint.as_ref().map_or(0, |c| c.log_start);
-        if let Some(checkpoint) = checkpoint {
-            for (name, last_seq, head_offset) in checkpoint.channels {
-                let id = channels.find_or_insert(&name);
-                let entry = channels.get_mut(id);
-                entry.last_seq = last_seq;
-                entry.head_offset = head_offset;
-            }
+        let spare_bytes = options.preallocate.then_some(config.segment_bytes_max);
+        let spare_ready = tidy_spares(&path, spare_bytes)?;
+        let LogStart {
+            checkpoint,
+            log_start,
+            segments: mut listed,
+            released,
+        } = find_log_start(&path)?;
+        // Segments before the log start are left over from a retention run
+        // that wrote its checkpoint and then stopped: finish it.
+        let mut directory_unsynced = false;
+        for file in released {
+            log::info!(
+                "removing {} that retention had already released",
+                file.display()
+            );
+            directory_unsynced |= fs::remove_file(&file).is_ok();
         }
-
-        let mut listed = list_segments(&path)?;
-        // Segments before the checkpoint's log start are left over from a
-        // retention run that wrote its checkpoint and then stopped: finish it.
-        let mut removed_any = false;
-        listed.retain(|(base, file)| {
-            if *base < log_start {
-                log::info!(
-                    "removing {} that retention had already released",
-                    file.display()
-                );
-                removed_any |= fs::remove_file(file).is_ok();
-                false
-            } else {
-                true
-            }
-        });
-        let mut directory_unsynced = removed_any;
-        if let Some((first, _)) = listed.first() {
-            if *first != log_start {
-                return Err(StorageError::Inconsistent {
-                    path,
-                    detail: format!(
-                        "the log should start at stream position {log_start} but the first segment starts at {first}; segment files are missing"
-                    ),
-                });
-            }
-        }
+        let worker = Worker::start(&path, partition_id, spare_bytes, spare_ready)?;
         if listed.is_empty() {
             let file = path.join(segment_file_name(log_start));
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&file)
-                .map_err(|e| StorageError::io("create", &file, e))?;
+            let preallocated = worker.take_spare(&file).unwrap_or_else(|error| {
+                log::warn!("{}: spare segment not used: {error}", path.display());
+                false
+            });
+            if !preallocated {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&file)
+                    .map_err(|e| StorageError::io("create", &file, e))?;
+            }
             listed.push((log_start, file));
             directory_unsynced = true;
         }
 
-        let rules = config.retention.len();
-        let mut report = RecoveryReport {
-            segments: listed.len(),
-            ..RecoveryReport::default()
-        };
-        let mut segments = Vec::with_capacity(listed.len());
-        let mut expected_base = log_start;
-        let last_index = listed.len() - 1;
-        for (index, (base, file_path)) in listed.into_iter().enumerate() {
-            if base != expected_base {
-                return Err(StorageError::Inconsistent {
-                    path,
-                    detail: format!(
-                        "segment {} should start at stream position {expected_base} (where the previous one ends)",
-                        file_path.display()
-                    ),
-                });
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&file_path)
-                .map_err(|e| StorageError::io("open", &file_path, e))?;
-            let file_len = file
-                .metadata()
-                .map_err(|e| StorageError::io("stat", &file_path, e))?
-                .len();
-            let mut summary = SegmentSummary::new(rules);
-            let scan = if file_len == 0 {
-                Default::default()
-            } else {
-                let map = SegmentMap::map(&file, file_len)
-                    .map_err(|e| StorageError::io("map", &file_path, e))?;
-                let mut visit = |position: u64, batch: &format::BatchView<'_>| {
-                    for (in_batch, record) in batch.records() {
-                        let offset = base + position + in_batch as u64;
-                        apply_record(&mut channels, log_start, offset, &record).map_err(
-                            |detail| StorageError::Corrupt {
-                                path: file_path.clone(),
-                                position,
-                                detail,
-                            },
-                        )?;
-                        summary.add(
-                            rule_for(&config.retention, record.channel),
-                            record.timestamp_ms,
-                        );
-                    }
-                    Ok(())
-                };
-                scan_segment(
-                    map.bytes(),
-                    base,
-                    &file_path,
-                    index == last_index,
-                    &mut visit,
-                )?
-                // The map is dropped here, before any truncation.
-            };
-            report.batches += scan.batches;
-            report.records += scan.records;
-            let mut len = file_len;
-            if let Some(torn_at) = scan.torn_at {
-                let cut = file_len - torn_at;
-                log::warn!(
-                    "{}: cutting a torn tail of {cut} bytes at byte {torn_at} (an incomplete write from a crash)",
-                    file_path.display()
+        let prefixes = rule_prefixes(&config);
+        let mut recovered = None;
+        if let Some(checkpoint) = checkpoint.as_ref().filter(|c| {
+            options.use_checkpoint && c.version >= CHECKPOINT_VERSION && c.position >= log_start
+        }) {
+            if checkpoint.prefixes != prefixes {
+                log::info!(
+                    "{}: the retention rules changed since the checkpoint; scanning the whole log",
+                    path.display()
                 );
-                file.set_len(torn_at)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| StorageError::io("truncate torn tail of", &file_path, e))?;
-                report.truncated_bytes = cut;
-                report.truncated_at = Some((file_path.clone(), torn_at));
-                len = torn_at;
+            } else {
+                match recover(&path, &listed, log_start, &config, Some(checkpoint), true) {
+                    Ok(done) => recovered = Some(done),
+                    Err(error) => log::warn!(
+                        "{}: the checkpoint at stream position {} does not match the log ({error}); scanning the whole log",
+                        path.display(),
+                        checkpoint.position
+                    ),
+                }
             }
-            expected_base = base + len;
-            segments.push(Segment::new(base, file_path, file, len, summary));
+        } else if checkpoint.is_none() && log_start == 0 && listed.len() > 1 {
+            log::warn!(
+                "{}: no channel checkpoint; scanning the whole log",
+                path.display()
+            );
         }
+        let Recovered {
+            segments,
+            channels,
+            report,
+            last_batch,
+        } = match recovered {
+            Some(recovered) => recovered,
+            None => recover(
+                &path,
+                &listed,
+                log_start,
+                &config,
+                checkpoint.as_ref(),
+                false,
+            )?,
+        };
         if directory_unsynced {
             sync_directory(&path)?;
         }
-        report.channels = channels.len();
+        let checkpointed = report
+            .checkpoint_position
+            .filter(|_| report.batches == 0 && report.truncated_bytes == 0)
+            .map(|position| (log_start, position));
         let partition = Partition {
             id: partition_id,
             path,
@@ -307,6 +510,11 @@ impl Partition {
             failed: None,
             fault: None,
             verified: RefCell::new(VerifiedBatches::new()),
+            last_batch,
+            checkpointed,
+            crashed: false,
+            worker,
+            spare_requested: false,
         };
         Ok((partition, report))
     }
@@ -523,12 +731,20 @@ impl Partition {
         }
         let closed = std::mem::take(&mut self.pending.closed);
         let mut buffer = std::mem::take(&mut self.pending.buffer);
+        let flush_start = self.flushed_end();
+        // When this flush rolls, the checkpoint written at the roll is the
+        // state before the flush: the table is exact there, and the bytes
+        // before it are in the segment the roll seals.
+        let mut snapshot = (self.segments.last().expect("active segment").len
+            + buffer.len() as u64
+            > self.config.segment_bytes_max)
+            .then(|| self.checkpoint_state());
         let mut first = 0;
         while first < closed.len() {
             let active_len = self.segments.last().expect("active segment").len;
             let first_bytes = (closed[first].end - closed[first].start) as u64;
             if active_len > 0 && active_len + first_bytes > self.config.segment_bytes_max {
-                self.roll()?;
+                self.roll(snapshot.take())?;
             }
             // Take as many batches as fit in the active segment (at least one).
             let active_len = self.segments.last().expect("active segment").len;
@@ -550,6 +766,12 @@ impl Partition {
             let entry = self.channels.get_mut(id);
             entry.last_seq = pending.seq;
             entry.head_offset = pending.offset;
+        }
+        self.last_batch = flush_start + closed.last().expect("records are pending").start as u64;
+        let active_len = self.segments.last().expect("active segment").len;
+        if !self.spare_requested && active_len >= self.config.segment_bytes_max / 2 {
+            self.worker.want_spare();
+            self.spare_requested = true;
         }
         // Keep the buffer's capacity for the next loop turn.
         buffer.clear();
@@ -594,17 +816,25 @@ impl Partition {
 
     /// Seals the active segment and starts a new one where it ends. The old
     /// segment is synced first so that recovery never finds a torn tail in a
-    /// segment that is not the last.
-    fn roll(&mut self) -> Result<(), StorageError> {
+    /// segment that is not the last. The new segment is the spare prepared
+    /// by the background thread (renamed into place) when one is ready, else
+    /// a plain empty file. `snapshot`, taken at the start of the flush, is
+    /// handed to the background thread to be written as the checkpoint.
+    fn roll(&mut self, snapshot: Option<CheckpointState>) -> Result<(), StorageError> {
         if self.unsynced {
             self.sync_active()?;
         }
         let base = self.flushed_end();
         let file_path = self.path.join(segment_file_name(base));
+        let preallocated = self.worker.take_spare(&file_path).unwrap_or_else(|error| {
+            log::warn!("{}: spare segment not used: {error}", self.path.display());
+            false
+        });
+        self.spare_requested = false;
         let file = match OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create_new(!preallocated)
             .open(&file_path)
         {
             Ok(file) => file,
@@ -614,7 +844,51 @@ impl Partition {
         let summary = SegmentSummary::new(self.config.retention.len());
         self.segments
             .push(Segment::new(base, file_path, file, 0, summary));
+        if let Some(state) = snapshot {
+            self.checkpointed = Some((state.log_start, state.position));
+            self.worker.submit(CheckpointJob {
+                state,
+                sync: None,
+                delete: Vec::new(),
+            });
+        }
         Ok(())
+    }
+
+    /// The state a checkpoint at the flushed end would hold. Copies the
+    /// channel table (two `memcpy`s; the encoding happens on the background
+    /// thread).
+    pub(crate) fn checkpoint_state(&self) -> CheckpointState {
+        CheckpointState {
+            log_start: self.log_start,
+            position: self.flushed_end(),
+            last_batch: if self.flushed_end() > self.log_start {
+                self.last_batch
+            } else {
+                NO_OFFSET
+            },
+            prefixes: rule_prefixes(&self.config),
+            segments: self
+                .segments
+                .iter()
+                .map(|segment| (segment.base, segment.summary.clone()))
+                .collect(),
+            channels: self.channels.snapshot(),
+        }
+    }
+
+    /// Waits until the background thread has written the checkpoints and
+    /// deleted the files queued so far, and (with preallocation) has a spare
+    /// segment ready. For tests and benchmarks; nothing needs to wait.
+    pub fn wait_for_background(&self) {
+        self.worker.wait_idle();
+    }
+
+    /// Drops the partition as a crash would: no sync, no checkpoint on
+    /// close, a queued checkpoint is discarded. For tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(mut self) {
+        self.crashed = true;
     }
 
     /// Makes everything flushed durable: `fdatasync` of the active segment,
@@ -660,6 +934,40 @@ impl Partition {
     pub fn size_bytes(&self) -> u64 {
         self.flushed_end() - self.log_start
     }
+}
+
+impl Drop for Partition {
+    /// A clean close: syncs what was flushed (pending records are dropped)
+    /// and writes a checkpoint at the flushed end unless one is there
+    /// already, then stops the background thread.
+    fn drop(&mut self) {
+        let clean = self.failed.is_none() && !self.crashed;
+        if clean {
+            match self.sync() {
+                Ok(()) => {
+                    let position = (self.log_start, self.flushed_end());
+                    if self.checkpointed != Some(position) {
+                        self.worker.submit(CheckpointJob {
+                            state: self.checkpoint_state(),
+                            sync: None,
+                            delete: Vec::new(),
+                        });
+                    }
+                }
+                Err(error) => log::warn!("partition {}: no checkpoint on close: {error}", self.id),
+            }
+        }
+        self.worker.stop(self.crashed);
+    }
+}
+
+/// The retention-rule prefixes, whose order the segment summaries follow.
+pub(crate) fn rule_prefixes(config: &PartitionConfig) -> Vec<Vec<u8>> {
+    config
+        .retention
+        .iter()
+        .map(|rule| rule.prefix.as_bytes().to_vec())
+        .collect()
 }
 
 fn check_config(config: &PartitionConfig) -> Result<(), StorageError> {

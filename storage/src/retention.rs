@@ -1,9 +1,7 @@
 //! Retention: deleting whole sealed segments from the oldest end.
 
-use std::fs;
-
-use crate::checkpoint::{encode_checkpoint, sync_directory, write_checkpoint};
 use crate::segment::Segment;
+use crate::worker::CheckpointJob;
 use crate::{Partition, RetentionRule, StorageError};
 
 /// What [`Partition::apply_retention`] did.
@@ -66,9 +64,12 @@ impl Partition {
     /// match no rule are kept forever, and so is any segment holding one of
     /// their records. The active segment is never deleted.
     ///
-    /// Before deleting, the state of the channels whose every record goes
-    /// away is written to a checkpoint, so their seqs keep counting after a
-    /// restart. Reads stop cleanly at the new start of the log.
+    /// The segments leave the partition at once (reads stop cleanly at the
+    /// new start of the log); the background thread writes a checkpoint
+    /// (so the seqs of channels whose every record goes away keep counting
+    /// after a restart) and then deletes the files
+    /// ([`Partition::wait_for_background`] waits for it). Sizes are logical
+    /// bytes (the zero tail of a preallocated segment is not counted).
     pub fn apply_retention(&mut self, now_ms: u64) -> Result<RetentionReport, StorageError> {
         let mut size_bytes = self.size_bytes();
         let mut delete = 0;
@@ -91,26 +92,44 @@ impl Partition {
             return Ok(report);
         }
         let log_start = self.segments[delete].base;
-        let gone = self
-            .channels
-            .iter()
-            .filter(|(_, entry)| entry.last_seq > 0 && entry.head_offset < log_start)
-            .map(|(name, entry)| (name, entry.last_seq, entry.head_offset));
-        let checkpoint = encode_checkpoint(log_start, gone);
-        write_checkpoint(&self.path, &checkpoint)?;
-        for segment in self.segments.drain(..delete) {
-            fs::remove_file(&segment.path)
-                .map_err(|e| StorageError::io("delete", &segment.path, e))?;
-            log::info!(
-                "retention deleted {} ({} bytes)",
-                segment.path.display(),
-                segment.len
-            );
+        // The checkpoint lists every channel as of the flushed end (so the
+        // seqs of channels whose every record goes away keep counting); the
+        // background thread syncs the active segment if needed, writes it,
+        // and only then deletes the files. Until then the files stay on
+        // disk, and a crash leaves a consistent older state.
+        let deleted: Vec<Segment> = self.segments.drain(..delete).collect();
+        self.log_start = log_start;
+        let sync = if self.unsynced {
+            let active = self
+                .segments
+                .last()
+                .expect("the active segment is never deleted");
+            match active.file.try_clone() {
+                Ok(file) => Some(file),
+                Err(error) => {
+                    return Err(StorageError::io(
+                        "duplicate the handle of",
+                        &active.path,
+                        error,
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let state = self.checkpoint_state();
+        self.checkpointed = Some((state.log_start, state.position));
+        let mut paths = Vec::with_capacity(deleted.len());
+        for segment in deleted {
             report.segments_deleted += 1;
             report.bytes_deleted += segment.len;
+            paths.push(segment.path);
         }
-        sync_directory(&self.path)?;
-        self.log_start = log_start;
+        self.worker.submit(CheckpointJob {
+            state,
+            sync,
+            delete: paths,
+        });
         report.log_start = log_start;
         Ok(report)
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::channel_table::ChannelTable;
-use crate::checkpoint::read_checkpoint;
+use crate::checkpoint::{read_checkpoints, Checkpoint};
 use crate::format::{
     decode_batch, BatchDecode, BatchView, RecordView, BATCH_HEADER_BYTES, BATCH_MAGIC, NO_OFFSET,
 };
@@ -23,25 +23,66 @@ use crate::{Record, StorageError};
 /// What scanning one segment found.
 #[derive(Debug, Default)]
 pub(crate) struct SegmentScan {
-    /// Length of the valid prefix (all of it unless there is a torn tail).
+    /// The logical end of the segment (a file position): the end of the
+    /// last valid batch. Zero bytes may follow it.
     pub valid_len: u64,
     pub batches: u64,
     pub records: u64,
     /// Where a torn tail starts, if there is one.
     pub torn_at: Option<u64>,
+    /// Just past the last nonzero byte of the torn tail.
+    pub torn_end: u64,
+    /// Stream position of the last valid batch scanned.
+    pub last_batch: Option<u64>,
 }
 
-/// Scans the segment whose bytes are `data`. `visit` sees every valid batch
-/// with its position in the file.
+/// Whether every byte is zero.
+pub(crate) fn is_all_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// The position just past the last nonzero byte (0 if all are zero).
+fn nonzero_end(data: &[u8]) -> usize {
+    let mut end = data.len();
+    for chunk in data.rchunks(4096) {
+        if let Some(at) = chunk.iter().rposition(|&b| b != 0) {
+            return end - chunk.len() + at + 1;
+        }
+        end -= chunk.len();
+    }
+    0
+}
+
+/// Scans the segment whose bytes are `data` (the whole file) from file
+/// position `start` (a batch boundary). `visit` sees every valid batch with
+/// its position in the file.
+///
+/// The logical end is the end of the last valid batch. After it: only zero
+/// bytes is a clean end (a preallocated segment, or one rolled before it
+/// filled up); nonzero bytes followed by a valid batch, or nonzero bytes in
+/// a segment that is not the last, are corruption; nonzero bytes with no
+/// valid batch after them in the last segment are a torn tail.
 pub(crate) fn scan_segment(
     data: &[u8],
     base: u64,
+    start: u64,
     path: &Path,
     is_last: bool,
     visit: &mut dyn FnMut(u64, &BatchView<'_>) -> Result<(), StorageError>,
 ) -> Result<SegmentScan, StorageError> {
     let mut scan = SegmentScan::default();
-    let mut position = 0usize;
+    if start > data.len() as u64 {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            position: start,
+            detail: format!(
+                "the checkpoint says the log goes on at byte {start} but the file has {} bytes",
+                data.len()
+            ),
+        });
+    }
+    let mut position = start as usize;
     while position < data.len() {
         let problem = match decode_batch(&data[position..]) {
             Ok(BatchDecode::Complete(batch)) => {
@@ -59,6 +100,7 @@ pub(crate) fn scan_segment(
                 visit(position as u64, &batch)?;
                 scan.batches += 1;
                 scan.records += u64::from(batch.header.record_count);
+                scan.last_batch = Some(expected);
                 position += batch.bytes.len();
                 continue;
             }
@@ -66,6 +108,17 @@ pub(crate) fn scan_segment(
                 "batch cut short by the end of the file".to_string()
             }
             Err(error) => error.to_string(),
+        };
+        let rest = &data[position..];
+        if is_all_zero(rest) {
+            // A clean zero tail: the logical end of the segment.
+            break;
+        }
+        let problem = if rest[0] == 0 {
+            let first = rest.iter().position(|&b| b != 0).unwrap_or(0) + position;
+            format!("nonzero byte at {first} in the zero tail after the last batch")
+        } else {
+            problem
         };
         let next_valid = find_valid_batch(data, position + 1, base);
         if !is_last || next_valid.is_some() {
@@ -82,9 +135,10 @@ pub(crate) fn scan_segment(
             });
         }
         scan.torn_at = Some(position as u64);
+        scan.torn_end = (position + nonzero_end(rest)) as u64;
         break;
     }
-    scan.valid_len = scan.torn_at.unwrap_or(data.len() as u64);
+    scan.valid_len = scan.torn_at.unwrap_or(position as u64);
     Ok(scan)
 }
 
@@ -93,11 +147,21 @@ fn find_valid_batch(data: &[u8], from: usize, base: u64) -> Option<usize> {
     if data.len() < BATCH_HEADER_BYTES {
         return None;
     }
-    (from..=data.len() - BATCH_HEADER_BYTES).find(|&at| {
-        data[at..at + 4] == BATCH_MAGIC
+    let last = data.len() - BATCH_HEADER_BYTES;
+    let mut at = from;
+    while at <= last {
+        // Jump to the next byte that can start the magic.
+        let skip = data[at..=last].iter().position(|&b| b == BATCH_MAGIC[0])?;
+        at += skip;
+        if data[at..at + 4] == BATCH_MAGIC
             && matches!(decode_batch(&data[at..]),
                 Ok(BatchDecode::Complete(batch)) if batch.header.base_position == base + at as u64)
-    })
+        {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
 }
 
 /// Checks a record against what the channel table knows and advances the
@@ -173,11 +237,100 @@ pub struct VerifyReport {
     pub records: u64,
     /// Distinct channels seen (including those only in the checkpoint).
     pub channels: usize,
-    /// Bytes of valid batches.
+    /// Bytes of valid batches (logical bytes: zero tails not counted).
     pub bytes: u64,
-    /// A torn tail that opening the partition would truncate: file, byte
-    /// position, and bytes that would be cut.
+    /// A torn tail that opening the partition would remove: file, byte
+    /// position, and bytes that would be cut or zeroed (up to the last
+    /// nonzero byte; zero bytes after the last batch are not data).
     pub would_truncate: Option<(PathBuf, u64, u64)>,
+}
+
+/// Where the log of a partition directory starts, and the checkpoint that
+/// says so.
+pub(crate) struct LogStart {
+    /// The newest valid checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+    pub log_start: u64,
+    /// Segments still in the log, sorted.
+    pub segments: Vec<(u64, PathBuf)>,
+    /// Segment files before the log start: retention wrote its checkpoint
+    /// and stopped before deleting them.
+    pub released: Vec<PathBuf>,
+}
+
+/// Loads the newest valid checkpoint and lists the segments. Damaged
+/// checkpoint files are logged and skipped; the log start must match the
+/// first segment unless the newest checkpoint was damaged and an older one
+/// covers the segments that are gone.
+pub(crate) fn find_log_start(path: &Path) -> Result<LogStart, StorageError> {
+    let loaded = read_checkpoints(path)?;
+    for (file, detail) in &loaded.damaged {
+        log::warn!(
+            "{}: damaged channel checkpoint ignored ({detail}); recovering from an older one or from the log",
+            file.display()
+        );
+    }
+    let checkpoint = loaded.newest;
+    let mut log_start = checkpoint.as_ref().map_or(0, |c| c.log_start);
+    let (released, segments): (Vec<_>, Vec<_>) = list_segments(path)?
+        .into_iter()
+        .partition(|(base, _)| *base < log_start);
+    if let Some(&(first, _)) = segments.first() {
+        if first != log_start {
+            let covered = !loaded.damaged.is_empty()
+                && checkpoint
+                    .as_ref()
+                    .is_some_and(|c| c.log_start < first && first <= c.position);
+            if covered {
+                log::warn!(
+                    "{}: the log starts at {first}, after the start {log_start} of the newest valid checkpoint, which covers it",
+                    path.display()
+                );
+                log_start = first;
+            } else if let Some((file, detail)) = loaded.damaged.first() {
+                return Err(StorageError::Corrupt {
+                    path: file.clone(),
+                    position: 0,
+                    detail: format!(
+                        "channel checkpoint: {detail}, and the log starts at stream position {first}, so the state of the channels before it is lost"
+                    ),
+                });
+            } else {
+                return Err(StorageError::Inconsistent {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "the log should start at stream position {log_start} but the first segment starts at {first}; segment files are missing"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(LogStart {
+        checkpoint,
+        log_start,
+        segments,
+        released: released.into_iter().map(|(_, file)| file).collect(),
+    })
+}
+
+/// Loads into `table` the channels of `checkpoint` whose newest record lies
+/// before `before` (all of them for `before == u64::MAX`).
+pub(crate) fn load_channels(table: &mut ChannelTable, checkpoint: &Checkpoint, before: u64) {
+    if before == u64::MAX {
+        table.reserve(
+            checkpoint.channel_count as usize,
+            checkpoint.channel_name_bytes(),
+        );
+    }
+    for (name, last_seq, head_offset) in checkpoint.channels() {
+        if last_seq == 0 || (before != u64::MAX && head_offset >= before) {
+            continue;
+        }
+        let id = table.find_or_insert(name);
+        let entry = table.get_mut(id);
+        entry.last_seq = last_seq;
+        entry.head_offset = head_offset;
+    }
 }
 
 /// Offline, read-only scan of a partition directory that calls `visit` with
@@ -187,41 +340,29 @@ fn scan_directory(
     visit: &mut dyn FnMut(&RecordView<'_>, u64),
 ) -> Result<VerifyReport, StorageError> {
     let mut table = ChannelTable::new();
-    let checkpoint = read_checkpoint(path)?;
-    let log_start = checkpoint.as_ref().map_or(0, |c| c.log_start);
+    let LogStart {
+        checkpoint,
+        log_start,
+        segments,
+        ..
+    } = find_log_start(path)?;
     if let Some(checkpoint) = &checkpoint {
-        for (name, last_seq, head_offset) in &checkpoint.channels {
-            let id = table.find_or_insert(name);
-            let entry = table.get_mut(id);
-            entry.last_seq = *last_seq;
-            entry.head_offset = *head_offset;
-        }
+        // Only the channels with nothing left in the log; the scan rebuilds
+        // the others.
+        load_channels(&mut table, checkpoint, log_start);
     }
-    let segments: Vec<_> = list_segments(path)?
-        .into_iter()
-        .filter(|(base, _)| *base >= log_start)
-        .collect();
     let mut report = VerifyReport {
         segments: segments.len(),
         ..VerifyReport::default()
     };
-    let mut expected_base = segments.first().map(|(base, _)| *base);
-    if let Some(first) = expected_base {
-        if first != log_start {
-            return Err(StorageError::Inconsistent {
-                path: path.to_path_buf(),
-                detail: format!("the log should start at stream position {log_start} but the first segment starts at {first}"),
-            });
-        }
-    }
+    let mut expected_base = log_start;
     for (index, (base, file)) in segments.iter().enumerate() {
-        if Some(*base) != expected_base {
+        if *base != expected_base {
             return Err(StorageError::Inconsistent {
                 path: path.to_path_buf(),
                 detail: format!(
-                    "segment {} should start at stream position {} (the end of the previous one)",
+                    "segment {} should start at stream position {expected_base} (the end of the previous one)",
                     file.display(),
-                    expected_base.unwrap_or(0)
                 ),
             });
         }
@@ -241,14 +382,14 @@ fn scan_directory(
             }
             Ok(())
         };
-        let scan = scan_segment(&data, *base, file, is_last, &mut visit_batch)?;
+        let scan = scan_segment(&data, *base, 0, file, is_last, &mut visit_batch)?;
         report.batches += scan.batches;
         report.records += scan.records;
         report.bytes += scan.valid_len;
         if let Some(torn_at) = scan.torn_at {
-            report.would_truncate = Some((file.clone(), torn_at, data.len() as u64 - torn_at));
+            report.would_truncate = Some((file.clone(), torn_at, scan.torn_end - torn_at));
         }
-        expected_base = Some(base + data.len() as u64);
+        expected_base = base + scan.valid_len;
     }
     report.channels = table.len();
     Ok(report)

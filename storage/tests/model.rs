@@ -74,7 +74,18 @@ fn check(partition: &Partition, model: &Model, rng: &mut Rng) {
     }
 }
 
-fn run(seed: u64, operations: usize) {
+/// How often the interesting paths ran, so the test shows it covers them.
+#[derive(Debug, Default)]
+struct Stats {
+    reopens: usize,
+    from_checkpoint: usize,
+    crashes: usize,
+    crash_from_checkpoint: usize,
+    torn: usize,
+    preallocated: usize,
+}
+
+fn run(seed: u64, operations: usize, stats: &mut Stats) {
     let dir = tempfile::tempdir().unwrap();
     let config = PartitionConfig {
         segment_bytes_max: 8192,
@@ -121,23 +132,35 @@ fn run(seed: u64, operations: usize) {
                 model.synced_end = partition.size_bytes();
             }
             88..=91 => {
+                // A clean close syncs what was flushed.
+                model.synced_end = partition.size_bytes();
                 drop(partition);
                 model.drop_pending();
                 let reopened = open(dir.path(), config.clone());
                 partition = reopened.0;
                 assert_eq!(reopened.1.truncated_bytes, 0, "seed {seed} step {step}");
+                stats.reopens += 1;
+                stats.from_checkpoint += usize::from(reopened.1.checkpoint_position.is_some());
             }
             92..=95 => {
                 // Crash: drop pending and cut the last segment somewhere at or
-                // after its synced length.
-                drop(partition);
+                // after its synced length: the file ends there, or (as in a
+                // preallocated segment) the bytes after it are zeros.
+                if rng.below(2) == 0 {
+                    partition.wait_for_background();
+                }
+                partition.simulate_crash();
                 model.drop_pending();
                 let last = segment_files(dir.path()).pop().unwrap();
                 let base: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-                let len = std::fs::metadata(&last).unwrap().len();
+                let len = logical_len(&last);
                 let floor = model.synced_end.saturating_sub(base).min(len);
                 let cut = floor + rng.below(len - floor + 1);
-                crash_truncate_last_segment(dir.path(), cut);
+                if rng.below(2) == 0 {
+                    crash_truncate_last_segment(dir.path(), cut);
+                } else {
+                    crash_zero_last_segment_from(dir.path(), cut);
+                }
                 let survivors = model
                     .flush_ends
                     .iter()
@@ -147,6 +170,13 @@ fn run(seed: u64, operations: usize) {
                 model.synced_end = model.synced_end.min(base + cut);
                 let reopened = open(dir.path(), config.clone());
                 partition = reopened.0;
+                stats.crashes += 1;
+                stats.crash_from_checkpoint +=
+                    usize::from(reopened.1.checkpoint_position.is_some());
+                stats.torn += usize::from(reopened.1.truncated_bytes > 0);
+                let last = segment_files(dir.path()).pop().unwrap();
+                stats.preallocated +=
+                    usize::from(std::fs::metadata(&last).unwrap().len() > logical_len(&last));
                 assert!(
                     model.synced_end <= partition.size_bytes(),
                     "seed {seed}: lost synced data"
@@ -167,7 +197,12 @@ fn run(seed: u64, operations: usize) {
 
 #[test]
 fn log_matches_the_reference_model() {
+    let mut stats = Stats::default();
     for seed in 1..=24 {
-        run(seed, 400);
+        run(seed, 400, &mut stats);
     }
+    eprintln!("{stats:?}");
+    assert!(stats.from_checkpoint > stats.reopens / 2, "{stats:?}");
+    assert!(stats.crash_from_checkpoint > 0, "{stats:?}");
+    assert!(stats.torn > 0 && stats.preallocated > 0, "{stats:?}");
 }

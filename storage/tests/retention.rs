@@ -40,6 +40,8 @@ fn retention_by_age_deletes_old_segments_and_reads_stop_at_the_boundary() {
     assert_eq!(partition.apply_retention(1000).unwrap().segments_deleted, 0);
     let report = partition.apply_retention(3000).unwrap();
     assert!(report.segments_deleted > 0);
+    // The files go once the background thread has written the checkpoint.
+    partition.wait_for_background();
     assert_eq!(
         segment_files(dir.path()).len(),
         segments_before - report.segments_deleted

@@ -4,7 +4,10 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use starling_storage::{NewRecord, Partition, PartitionConfig, RecoveryReport};
+use starling_storage::{
+    decode_batch, format::BatchDecode, NewRecord, Partition, PartitionConfig, PartitionOptions,
+    RecoveryReport,
+};
 
 /// A tiny deterministic generator (xorshift64*), so a failing seed reproduces.
 pub struct Rng(u64);
@@ -26,6 +29,34 @@ impl Rng {
 
 pub fn open(dir: &Path, config: PartitionConfig) -> (Partition, RecoveryReport) {
     Partition::open(dir, 0, config).expect("open partition")
+}
+
+/// Opens without preallocation: segments are plain files that grow.
+pub fn open_plain(dir: &Path, config: PartitionConfig) -> (Partition, RecoveryReport) {
+    Partition::open_with(
+        dir,
+        0,
+        config,
+        PartitionOptions {
+            preallocate: false,
+            ..PartitionOptions::default()
+        },
+    )
+    .expect("open partition")
+}
+
+/// Opens with a full scan of the log (the checkpoint is ignored).
+pub fn open_full_scan(dir: &Path, config: PartitionConfig) -> (Partition, RecoveryReport) {
+    Partition::open_with(
+        dir,
+        0,
+        config,
+        PartitionOptions {
+            use_checkpoint: false,
+            ..PartitionOptions::default()
+        },
+    )
+    .expect("open partition")
 }
 
 pub fn small_segments() -> PartitionConfig {
@@ -93,10 +124,45 @@ pub fn crash_truncate_last_segment(data_dir: &Path, len: u64) {
         .unwrap();
 }
 
+/// What a crash leaves in a preallocated segment: the bytes from `from` on
+/// never reached the disk and read as the zeros written in advance.
+pub fn crash_zero_last_segment_from(data_dir: &Path, from: u64) {
+    let last = segment_files(data_dir).pop().unwrap();
+    let mut bytes = fs::read(&last).unwrap();
+    bytes[from as usize..].fill(0);
+    fs::write(&last, bytes).unwrap();
+}
+
+/// The logical length of a segment file: the end of its last valid batch
+/// (zero bytes may follow).
+pub fn logical_len(file: &Path) -> u64 {
+    let bytes = fs::read(file).unwrap();
+    let mut at = 0;
+    while let Ok(BatchDecode::Complete(batch)) = decode_batch(&bytes[at..]) {
+        at += batch.bytes.len();
+    }
+    at as u64
+}
+
+/// The logical length of the last segment.
 pub fn last_segment_len(data_dir: &Path) -> u64 {
+    logical_len(&segment_files(data_dir).pop().unwrap())
+}
+
+/// The length of the last segment file.
+pub fn last_segment_file_len(data_dir: &Path) -> u64 {
     fs::metadata(segment_files(data_dir).pop().unwrap())
         .unwrap()
         .len()
+}
+
+/// Bytes a torn tail starting at `from` spans: up to the last nonzero byte
+/// (zero bytes after the last batch are not data).
+pub fn torn_bytes(bytes: &[u8], from: u64) -> u64 {
+    bytes[from as usize..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |at| at as u64 + 1)
 }
 
 /// Flips one bit of a file.
