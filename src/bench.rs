@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// out among the subscribers.
     #[arg(long, default_value_t = 0)]
     subscribers: usize,
+    /// Threads that read the subscriber connections (each runs a mio poll
+    /// loop over its share of them).
+    #[arg(long, default_value_t = 2)]
+    subscriber_threads: usize,
     /// Channels the publishers write to, round-robin.
     #[arg(long, default_value_t = 1)]
     channels: usize,
@@ -130,28 +134,41 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let epoch = Instant::now();
 
-    // Subscribers first, so they see every message.
+    // Subscribers first, so they see every message. Subscriber i takes
+    // channel i mod channels when there are at least as many subscribers as
+    // channels; otherwise the channels are dealt out among them.
     let targets: Arc<Mutex<Option<HashMap<usize, u64>>>> = Arc::new(Mutex::new(None));
+    let assignments: Vec<Vec<usize>> = (0..args.subscribers)
+        .map(|i| {
+            if args.subscribers >= args.channels {
+                vec![i % args.channels]
+            } else {
+                (0..args.channels)
+                    .filter(|c| c % args.subscribers == i)
+                    .collect()
+            }
+        })
+        .collect();
+    let pools = args.subscriber_threads.clamp(1, args.subscribers.max(1));
     let mut subscriber_threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
-    for i in 0..args.subscribers {
-        let mine: Vec<usize> = if args.subscribers >= args.channels {
-            vec![i % args.channels]
-        } else {
-            (0..args.channels)
-                .filter(|c| c % args.subscribers == i)
-                .collect()
-        };
+    for pool in 0..pools.min(args.subscribers) {
+        let mine: Vec<Vec<usize>> = assignments
+            .iter()
+            .skip(pool)
+            .step_by(pools)
+            .cloned()
+            .collect();
         let channels = channels.clone();
         let targets = targets.clone();
         let ready = ready_tx.clone();
-        let handle = spawn(format!("bench-sub-{i}"), move || {
-            subscriber(address, &channels, mine, epoch, &targets, ready)
+        let handle = spawn(format!("bench-sub-{pool}"), move || {
+            subscriber_pool(address, &channels, mine, epoch, &targets, ready)
         })?;
         subscriber_threads.push(handle);
     }
     drop(ready_tx);
-    for _ in 0..args.subscribers {
+    for _ in 0..subscriber_threads.len() {
         ready_rx
             .recv()
             .context("a subscriber thread died before subscribing")??;
@@ -441,25 +458,57 @@ fn publisher(
     Ok(result)
 }
 
-fn subscriber(
+/// One connection of a subscriber pool.
+struct SubscriberConn {
+    stream: mio::net::TcpStream,
+    buffer: BytesMut,
+    /// Channel name → (channel index, next expected seq).
+    next: HashMap<String, (usize, u64)>,
+    open: bool,
+}
+
+/// Connects and subscribes every subscriber of `assignments` (one connection
+/// each), then reads them all with one mio poll loop and checks every
+/// delivery: each channel's seqs arrive once, in order, from the head at
+/// subscribe time to the last acknowledged seq.
+fn subscriber_pool(
     address: SocketAddr,
     channels: &[String],
-    mine: Vec<usize>,
+    assignments: Vec<Vec<usize>>,
     epoch: Instant,
     targets: &Mutex<Option<HashMap<usize, u64>>>,
     ready: std::sync::mpsc::Sender<Result<()>>,
 ) -> Result<SubscriberResult> {
-    let setup = || -> Result<(Client, HashMap<String, (usize, u64)>)> {
-        let mut client = Client::connect(address, "bench-sub", "")
-            .with_context(|| format!("subscriber cannot connect to {address}"))?;
-        let mut next = HashMap::new();
-        for &channel in &mine {
-            let head = client.subscribe(&channels[channel], SubscribeStart::Live)?;
-            next.insert(channels[channel].clone(), (channel, head + 1));
+    let setup = || -> Result<(mio::Poll, Vec<SubscriberConn>)> {
+        let poll = mio::Poll::new().context("cannot create a poll")?;
+        let mut conns = Vec::new();
+        for (index, mine) in assignments.iter().enumerate() {
+            let mut client = Client::connect(address, "bench-sub", "")
+                .with_context(|| format!("subscriber cannot connect to {address}"))?;
+            let mut next = HashMap::new();
+            for &channel in mine {
+                let head = client.subscribe(&channels[channel], SubscribeStart::Live)?;
+                next.insert(channels[channel].clone(), (channel, head + 1));
+            }
+            let (_writer, reader) = client.into_split();
+            let (stream, buffer, pending) = reader.into_parts();
+            if !pending.is_empty() {
+                bail!("a delivery arrived before the run started");
+            }
+            stream.set_nonblocking(true)?;
+            let mut stream = mio::net::TcpStream::from_std(stream);
+            poll.registry()
+                .register(&mut stream, mio::Token(index), mio::Interest::READABLE)?;
+            conns.push(SubscriberConn {
+                stream,
+                buffer,
+                next,
+                open: true,
+            });
         }
-        Ok((client, next))
+        Ok((poll, conns))
     };
-    let (client, mut next) = match setup() {
+    let (mut poll, mut conns) = match setup() {
         Ok(state) => {
             let _ = ready.send(Ok(()));
             state
@@ -469,59 +518,98 @@ fn subscriber(
             return Err(error);
         }
     };
-    let (_writer, mut reader) = client.into_split();
     let mut result = SubscriberResult {
         latency_us: Some(histogram()),
         ..SubscriberResult::default()
     };
-    let histogram = result.latency_us.as_mut().expect("set above");
+    let mut histogram = result.latency_us.take().expect("set above");
+    let limits = starling_protocol::Limits {
+        frame_bytes_max: u32::MAX,
+    };
+    let mut events = mio::Events::with_capacity(1024);
     let mut last_progress = Instant::now();
     loop {
         // Once publishers are done, stop when every channel reached its last acked seq.
         if let Some(targets) = targets.lock().expect("targets lock").as_ref() {
-            let complete = next
-                .values()
-                .all(|(channel, next_seq)| *next_seq > targets.get(channel).copied().unwrap_or(0));
+            let complete = conns.iter().all(|conn| {
+                conn.next.values().all(|(channel, next_seq)| {
+                    *next_seq > targets.get(channel).copied().unwrap_or(0)
+                })
+            });
             if complete {
                 break;
             }
             if last_progress.elapsed() > DRAIN_TIMEOUT {
-                for (channel, next_seq) in next.values() {
-                    let target = targets.get(channel).copied().unwrap_or(0);
-                    result.lost += (target + 1).saturating_sub(*next_seq);
+                for conn in &conns {
+                    for (channel, next_seq) in conn.next.values() {
+                        let target = targets.get(channel).copied().unwrap_or(0);
+                        result.lost += (target + 1).saturating_sub(*next_seq);
+                    }
                 }
                 break;
             }
         }
-        let Some(envelope) = reader.read_envelope(Duration::from_millis(50))? else {
-            continue;
-        };
-        let Frame::Deliver { channel, messages } = envelope.frame else {
-            if let Frame::Error { message, .. } = envelope.frame {
-                bail!("subscriber got an error from the server: {message}");
+        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        for event in events.iter() {
+            let conn = &mut conns[event.token().0];
+            if !conn.open {
+                continue;
             }
-            continue;
-        };
-        last_progress = Instant::now();
-        let now_ns = epoch.elapsed().as_nanos() as u64;
-        let Some((_, next_seq)) = next.get_mut(&channel) else {
-            continue;
-        };
-        for message in &messages {
-            result.delivered += 1;
-            if message.seq == *next_seq {
-                *next_seq += 1;
-            } else if message.seq < *next_seq {
-                result.duplicated += 1;
-            } else {
-                result.lost += message.seq - *next_seq;
-                result.out_of_order += 1;
-                *next_seq = message.seq + 1;
+            // Read everything available (edge-triggered).
+            loop {
+                let start = conn.buffer.len();
+                conn.buffer.resize(start + 64 * 1024, 0);
+                match std::io::Read::read(&mut conn.stream, &mut conn.buffer[start..]) {
+                    Ok(0) => {
+                        conn.buffer.truncate(start);
+                        conn.open = false;
+                        bail!("the server closed a subscriber connection");
+                    }
+                    Ok(n) => conn.buffer.truncate(start + n),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        conn.buffer.truncate(start);
+                        break;
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
+                        conn.buffer.truncate(start);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
-            if let Some(intended_ns) = intended_ns_of(&message.body) {
-                histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+            let now_ns = epoch.elapsed().as_nanos() as u64;
+            while let starling_protocol::Decoded::Complete { envelope, used } =
+                starling_protocol::decode(&conn.buffer, &limits)?
+            {
+                bytes::Buf::advance(&mut conn.buffer, used);
+                let (channel, messages) = match envelope.frame {
+                    Frame::Deliver { channel, messages } => (channel, messages),
+                    Frame::Error { message, .. } => {
+                        bail!("subscriber got an error from the server: {message}")
+                    }
+                    _ => continue,
+                };
+                last_progress = Instant::now();
+                let Some((_, next_seq)) = conn.next.get_mut(&channel) else {
+                    continue;
+                };
+                for message in &messages {
+                    result.delivered += 1;
+                    if message.seq == *next_seq {
+                        *next_seq += 1;
+                    } else if message.seq < *next_seq {
+                        result.duplicated += 1;
+                    } else {
+                        result.lost += message.seq - *next_seq;
+                        result.out_of_order += 1;
+                        *next_seq = message.seq + 1;
+                    }
+                    if let Some(intended_ns) = intended_ns_of(&message.body) {
+                        histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+                    }
+                }
             }
         }
     }
+    result.latency_us = Some(histogram);
     Ok(result)
 }

@@ -12,22 +12,12 @@ use starling_broker::EngineConfig;
 /// Prefix of environment variables that override single settings.
 pub const ENV_PREFIX: &str = "STARLING_";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub engine: EngineConfig,
     pub native: NativeConfig,
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            engine: EngineConfig::default(),
-            native: NativeConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 /// The native binary protocol listener.

@@ -618,6 +618,12 @@ pub struct ClientReader {
 }
 
 impl ClientReader {
+    /// Takes the reader apart for use with an event loop: the socket, the bytes received but not
+    /// yet decoded, and the envelopes already decoded (which come first).
+    pub fn into_parts(self) -> (TcpStream, BytesMut, VecDeque<Envelope>) {
+        (self.stream, self.buffer, self.pending)
+    }
+
     fn new(stream: TcpStream) -> ClientReader {
         ClientReader {
             stream,

@@ -360,11 +360,16 @@ fn open_partitions(
         let started = Instant::now();
         let (log, report) = Partition::open(data_dir.path(), id, partition_config.clone())?;
         log::info!(
-            "partition {id}: recovered {} records of {} channels in {} segments in {} ms{}",
-            report.records,
+            "partition {id}: opened {} channels in {} segments in {} ms ({}; scanned {} bytes, {} records){}",
             report.channels,
             report.segments,
             started.elapsed().as_millis(),
+            match report.checkpoint_position {
+                Some(position) => format!("from the checkpoint at stream position {position}"),
+                None => "full scan".to_string(),
+            },
+            report.scanned_bytes,
+            report.records,
             match &report.truncated_at {
                 Some((file, at)) => format!(
                     "; truncated a torn tail of {} bytes at byte {at} of {}",

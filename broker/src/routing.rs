@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn every_partition_has_exactly_one_shard() {
         let routing = Routing::new(16, 3);
-        let mut seen = vec![0; 16];
+        let mut seen = [0; 16];
         for shard in 0..3 {
             for p in routing.partitions_of_shard(shard) {
                 seen[p as usize] += 1;

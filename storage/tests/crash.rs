@@ -205,6 +205,8 @@ fn write_into_preallocated(dir: &std::path::Path) -> (u64, u64) {
         append(&mut partition, "a", turn);
         append(&mut partition, "b", turn);
         partition.flush().unwrap();
+        // The spare is asked for at half full; let it be ready before the roll.
+        partition.wait_for_background();
         turn += 1;
     }
     assert_eq!(last_segment_file_len(dir), 64 * 1024, "preallocated");
