@@ -19,7 +19,9 @@ use crate::format::{
 };
 use crate::map::SegmentMap;
 use crate::retention::rule_for;
-use crate::scan::{apply_record, find_log_start, load_channels, scan_segment, LogStart};
+use crate::scan::{
+    apply_record, find_log_start, load_channels, scan_segment, LogStart, SegmentScan,
+};
 use crate::segment::{segment_file_name, ReadMode, Segment, SegmentSummary};
 use crate::worker::{tidy_spares, CheckpointJob, Worker};
 use crate::{
@@ -185,6 +187,7 @@ fn recover(
     config: &PartitionConfig,
     checkpoint: Option<&Checkpoint>,
     fast: bool,
+    clean_end: Option<CleanEnd>,
 ) -> Result<Recovered, StorageError> {
     let rules = config.retention.len();
     let mut channels = ChannelTable::new();
@@ -293,7 +296,23 @@ fn recover(
                 Ok(())
             };
             let data = map.as_ref().map_or(&[][..], |map| map.bytes());
-            scan_segment(data, base, from, file_path, is_last, &mut visit)?
+            let untouched = clean_end.is_some_and(|clean| {
+                clean.position == start
+                    && clean.file_bytes == file_len
+                    && file.metadata().ok().map(|m| modified_ns(&m)) == Some(clean.modified_ns)
+            });
+            if fast && is_last && untouched && start >= base {
+                // The last run closed cleanly exactly at the checkpoint, and
+                // nothing has written since: the bytes after it are the zero
+                // tail that run found and kept. Reading them (up to a whole
+                // segment) would only slow the start down.
+                SegmentScan {
+                    valid_len: from,
+                    ..SegmentScan::default()
+                }
+            } else {
+                scan_segment(data, base, from, file_path, is_last, &mut visit)?
+            }
             // The map is dropped here, before any truncation.
         };
         report.batches += scan.batches;
@@ -409,6 +428,7 @@ impl Partition {
         fs::create_dir_all(&path).map_err(|e| StorageError::io("create directory", &path, e))?;
         let lock = lock_directory(&path)?;
 
+        let clean_end = take_clean_marker(&path)?;
         let spare_bytes = options.preallocate.then_some(config.segment_bytes_max);
         let spare_ready = tidy_spares(&path, spare_bytes)?;
         let LogStart {
@@ -457,7 +477,15 @@ impl Partition {
                     path.display()
                 );
             } else {
-                match recover(&path, &listed, log_start, &config, Some(checkpoint), true) {
+                match recover(
+                    &path,
+                    &listed,
+                    log_start,
+                    &config,
+                    Some(checkpoint),
+                    true,
+                    clean_end,
+                ) {
                     Ok(done) => recovered = Some(done),
                     Err(error) => log::warn!(
                         "{}: the checkpoint at stream position {} does not match the log ({error}); scanning the whole log",
@@ -486,6 +514,7 @@ impl Partition {
                 &config,
                 checkpoint.as_ref(),
                 false,
+                None,
             )?,
         };
         if directory_unsynced {
@@ -958,7 +987,66 @@ impl Drop for Partition {
             }
         }
         self.worker.stop(self.crashed);
+        if clean && self.failed.is_none() {
+            let last = &self.segments.last().expect("active segment").path;
+            if let Err(error) = write_clean_marker(&self.path, self.flushed_end(), last) {
+                log::warn!("partition {}: no clean-close marker: {error}", self.id);
+            }
+        }
     }
+}
+
+/// The file a clean close leaves: where the log ends, and the size and
+/// modification time of the last segment file then. The next open trusts the
+/// checkpoint at that position without re-reading the zero tail after it if
+/// the file is unchanged, and deletes the marker before anything can write.
+const CLEAN_MARKER: &str = "CLEAN";
+
+/// What the clean-close marker says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CleanEnd {
+    position: u64,
+    file_bytes: u64,
+    modified_ns: u128,
+}
+
+fn modified_ns(metadata: &fs::Metadata) -> u128 {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn write_clean_marker(dir: &Path, position: u64, last_segment: &Path) -> std::io::Result<()> {
+    let metadata = fs::metadata(last_segment)?;
+    let text = format!("{position} {} {}\n", metadata.len(), modified_ns(&metadata));
+    let path = dir.join(CLEAN_MARKER);
+    let mut file = fs::File::create(&path)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    file.sync_all()?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Reads and removes the clean-close marker.
+fn take_clean_marker(dir: &Path) -> Result<Option<CleanEnd>, StorageError> {
+    let path = dir.join(CLEAN_MARKER);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(StorageError::io("read", &path, error)),
+    };
+    fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+    sync_directory(dir)?;
+    let mut fields = text.split_whitespace().map(str::parse::<u128>);
+    Ok(match (fields.next(), fields.next(), fields.next()) {
+        (Some(Ok(position)), Some(Ok(file_bytes)), Some(Ok(modified_ns))) => Some(CleanEnd {
+            position: position as u64,
+            file_bytes: file_bytes as u64,
+            modified_ns,
+        }),
+        _ => None,
+    })
 }
 
 /// The retention-rule prefixes, whose order the segment summaries follow.

@@ -583,3 +583,39 @@ fn random_damage_never_panics() {
         }
     }
 }
+
+/// A clean close leaves a marker that lets the next open skip re-reading the
+/// zero tail; the open removes it at once, so a crash after it is recovered
+/// by a scan as usual.
+#[test]
+fn a_clean_close_lets_the_next_open_skip_the_tail_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = partition_dir(dir.path()).join("CLEAN");
+    {
+        let (mut partition, _) = open(dir.path(), preallocated());
+        for turn in 0..5 {
+            append(&mut partition, "a", turn);
+            partition.flush().unwrap();
+        }
+    }
+    assert!(marker.exists(), "a clean close leaves the marker");
+    let (mut partition, report) = open(dir.path(), preallocated());
+    assert!(
+        !marker.exists(),
+        "open removes the marker before anything is written"
+    );
+    assert_eq!(report.scanned_bytes, 0, "{report:?}");
+    check_channel(&partition, "a");
+    append(&mut partition, "a", 9);
+    partition.flush().unwrap();
+    partition.sync().unwrap();
+    partition.simulate_crash();
+    assert!(!marker.exists(), "a crash leaves no marker");
+    let (partition, report) = open(dir.path(), preallocated());
+    assert!(
+        report.scanned_bytes > 0,
+        "after a crash the tail is scanned: {report:?}"
+    );
+    assert_eq!(partition.head_seq(b"a"), 6);
+    check_channel(&partition, "a");
+}
