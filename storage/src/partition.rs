@@ -269,6 +269,7 @@ fn recover(
         let from = start.saturating_sub(base);
         let is_last = next_base.is_none();
         let mut summary = summary;
+        let skipped;
         let scan = {
             let map = if file_len > 0 {
                 Some(
@@ -301,7 +302,8 @@ fn recover(
                     && clean.file_bytes == file_len
                     && file.metadata().ok().map(|m| modified_ns(&m)) == Some(clean.modified_ns)
             });
-            if fast && is_last && untouched && start >= base {
+            skipped = fast && is_last && untouched && start >= base;
+            if skipped {
                 // The last run closed cleanly exactly at the checkpoint, and
                 // nothing has written since: the bytes after it are the zero
                 // tail that run found and kept. Reading them (up to a whole
@@ -317,7 +319,9 @@ fn recover(
         };
         report.batches += scan.batches;
         report.records += scan.records;
-        report.scanned_bytes += file_len.saturating_sub(from);
+        if !skipped {
+            report.scanned_bytes += file_len.saturating_sub(from);
+        }
         if let Some(at) = scan.last_batch {
             last_batch = at;
         }
