@@ -68,6 +68,7 @@ mod read;
 mod retention;
 mod scan;
 mod segment;
+mod sync;
 mod worker;
 
 use bytes::Bytes;
@@ -81,6 +82,7 @@ pub use partition::{Partition, RecoveryReport};
 pub use retention::RetentionReport;
 pub use scan::{inspect_partition_dir, verify_partition_dir, VerifyReport};
 pub use segment::ReadMode;
+pub use sync::SyncBatch;
 
 /// Default for [`PartitionConfig::segment_bytes_max`]: 128 MiB.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;

@@ -924,6 +924,37 @@ impl Partition {
         self.crashed = true;
     }
 
+    /// The file descriptor to fdatasync for [`Partition::sync`], when there
+    /// is flushed data to sync and no injected fault; `None` otherwise.
+    #[cfg(feature = "io-uring")]
+    pub(crate) fn fdatasync_target(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        (self.failed.is_none() && self.unsynced && self.fault.is_none()).then(|| {
+            self.segments
+                .last()
+                .expect("active segment")
+                .file
+                .as_raw_fd()
+        })
+    }
+
+    /// Completes a [`Partition::sync`] whose fdatasync was done elsewhere
+    /// (an io_uring submission) with `result`.
+    #[cfg(feature = "io-uring")]
+    pub(crate) fn finish_fdatasync(
+        &mut self,
+        result: std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        if let Err(error) = result {
+            let active = self.segments.last().expect("active segment");
+            let error = StorageError::io("fdatasync", &active.path, error);
+            return Err(self.fail(error));
+        }
+        self.unsynced = false;
+        self.sync()
+    }
+
     /// Makes everything flushed durable: `fdatasync` of the active segment,
     /// and an fsync of the directory if a segment file was created.
     pub fn sync(&mut self) -> Result<(), StorageError> {

@@ -67,6 +67,8 @@ pub(crate) struct Shard {
     lingering: Vec<(u32, u32, Instant)>,
     now_ms: u64,
     last_timestamp_ms: u64,
+    /// Overlaps the fdatasyncs of one turn.
+    sync_batch: starling_storage::SyncBatch,
     shutting_down: bool,
 }
 
@@ -98,6 +100,7 @@ impl Shard {
             lingering: Vec::new(),
             now_ms: wall_clock_ms(),
             last_timestamp_ms: 0,
+            sync_batch: starling_storage::SyncBatch::new(),
             shutting_down: false,
         }
     }

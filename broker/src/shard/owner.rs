@@ -319,10 +319,10 @@ impl Shard {
     /// Group commit: one write and (per policy) one fdatasync per partition for
     /// everything appended this turn, then acknowledgements, then fan-out.
     ///
-    /// The fdatasyncs of a turn run in parallel (one scoped thread per
-    /// partition beyond the first): concurrent fdatasyncs on one file system
-    /// share journal commits, so a shard with many busy partitions pays about
-    /// one sync per turn instead of one per partition.
+    /// The fdatasyncs of a turn overlap (`SyncBatch`: one io_uring
+    /// submission, or one thread per partition): concurrent fdatasyncs share
+    /// the device and journal commits, so a shard with many busy partitions
+    /// waits about as long as for one.
     pub(super) fn end_turn(&mut self) {
         let durability = self.shared.config.durability;
         let interval = Duration::from_millis(self.shared.config.interval_ms);
@@ -359,25 +359,17 @@ impl Shard {
             }
         }
 
-        // Phase 2: fdatasync them, concurrently when there are several.
+        // Phase 2: fdatasync them, overlapped when there are several (one
+        // io_uring submission, or one thread per partition).
         let mut logs: Vec<&mut OwnedPartition> = self
             .partitions
             .iter_mut()
             .filter(|(id, _)| to_sync.contains(id))
             .map(|(_, p)| p)
             .collect();
-        let results: Vec<Result<(), StorageError>> = match logs.as_mut_slice() {
-            [] => Vec::new(),
-            [only] => vec![only.log.sync()],
-            [first, rest @ ..] => std::thread::scope(|scope| {
-                let handles: Vec<_> = rest
-                    .iter_mut()
-                    .map(|p| scope.spawn(move || p.log.sync()))
-                    .collect();
-                let mut results = vec![first.log.sync()];
-                results.extend(handles.into_iter().map(|h| h.join().expect("sync thread")));
-                results
-            }),
+        let results = {
+            let mut partitions: Vec<&mut Partition> = logs.iter_mut().map(|p| &mut p.log).collect();
+            self.sync_batch.sync_all(&mut partitions)
         };
         let now = Instant::now();
         for (partition, result) in logs.into_iter().zip(results) {
