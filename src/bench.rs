@@ -23,8 +23,8 @@ use starling_protocol::{kind, Frame, SubscribeStart};
 /// Thread stack for the many bench threads: they hold little.
 const BENCH_THREAD_STACK_BYTES: usize = 256 * 1024;
 /// Bytes at the start of each body: publisher id, message index, intended
-/// send time.
-const STAMP_BYTES: usize = 24;
+/// send time, actual send time.
+const STAMP_BYTES: usize = 32;
 /// How long subscribers may take after the last ack to receive everything.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,6 +76,7 @@ struct Stamp {
     publisher: u64,
     index: u64,
     intended_ns: u64,
+    sent_ns: u64,
 }
 
 fn stamp_body(stamp: &Stamp, size: usize) -> Bytes {
@@ -83,14 +84,33 @@ fn stamp_body(stamp: &Stamp, size: usize) -> Bytes {
     body.put_u64_le(stamp.publisher);
     body.put_u64_le(stamp.index);
     body.put_u64_le(stamp.intended_ns);
+    body.put_u64_le(stamp.sent_ns);
     body.resize(size, b'x');
     body.freeze()
 }
 
 /// The intended send time stamped into a body (see [`stamp_body`]).
 fn intended_ns_of(body: &[u8]) -> Option<u64> {
-    let bytes = body.get(16..STAMP_BYTES)?;
+    let bytes = body.get(16..24)?;
     Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+/// The actual send time stamped into a body.
+fn sent_ns_of(body: &[u8]) -> Option<u64> {
+    let bytes = body.get(24..STAMP_BYTES)?;
+    Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+/// Asks the kernel to wake this thread's sleeps on time (1 ns of timer
+/// slack instead of 50 µs), so a late load generator does not pass its own
+/// lateness off as server latency.
+fn tighten_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and changes only
+    // the calling thread's timer slack; no memory is passed.
+    let result = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    if result != 0 {
+        log::debug!("PR_SET_TIMERSLACK failed; sleeps may wake up to 50 us late");
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -113,7 +133,10 @@ struct SubscriberResult {
     lost: u64,
     duplicated: u64,
     out_of_order: u64,
+    /// From the intended send time (includes any lateness of the sender).
     latency_us: Option<Histogram<u64>>,
+    /// From the actual send time (the server and the network only).
+    from_send_us: Option<Histogram<u64>>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -207,6 +230,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let mut delivered = SubscriberResult {
         latency_us: Some(histogram()),
+        from_send_us: Some(histogram()),
         ..SubscriberResult::default()
     };
     for handle in subscriber_threads {
@@ -216,6 +240,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         delivered.duplicated += result.duplicated;
         delivered.out_of_order += result.out_of_order;
         if let (Some(all), Some(one)) = (delivered.latency_us.as_mut(), result.latency_us) {
+            all.add(one).expect("same histogram bounds");
+        }
+        if let (Some(all), Some(one)) = (delivered.from_send_us.as_mut(), result.from_send_us) {
             all.add(one).expect("same histogram bounds");
         }
     }
@@ -231,6 +258,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let ack_latency = published.latency_us.expect("set above");
     let delivery_latency = delivered.latency_us.expect("set above");
+    let delivery_from_send = delivered.from_send_us.expect("set above");
     let ok = published.errors == 0
         && published.acked == published.sent
         && delivered.lost == 0
@@ -276,6 +304,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "delivered_per_s": delivered.delivered as f64 / publish_elapsed,
         "ack_latency_us": quantiles(&ack_latency),
         "delivery_latency_us": quantiles(&delivery_latency),
+        "delivery_latency_from_send_us": quantiles(&delivery_from_send),
         "lost": delivered.lost,
         "duplicated": delivered.duplicated,
         "out_of_order": delivered.out_of_order,
@@ -343,7 +372,10 @@ fn spawn<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name)
         .stack_size(BENCH_THREAD_STACK_BYTES)
-        .spawn(body)
+        .spawn(move || {
+            tighten_timer_slack();
+            body()
+        })
         .context("cannot start a bench thread")
 }
 
@@ -437,12 +469,14 @@ fn publisher(
             continue;
         }
         let burst_end = due.min(sent + room).max(sent + 1);
+        let sent_ns = epoch.elapsed().as_nanos() as u64;
         while sent < burst_end {
             let channel = (id + sent as usize * args.publishers) % channels.len();
             let stamp = Stamp {
                 publisher: id as u64,
                 index: sent,
                 intended_ns: intended_ns(sent),
+                sent_ns,
             };
             let body = stamp_body(&stamp, args.size);
             let request = PublishRequest::new(channels[channel].clone(), kind::MESSAGE, body);
@@ -518,11 +552,9 @@ fn subscriber_pool(
             return Err(error);
         }
     };
-    let mut result = SubscriberResult {
-        latency_us: Some(histogram()),
-        ..SubscriberResult::default()
-    };
-    let mut histogram = result.latency_us.take().expect("set above");
+    let mut result = SubscriberResult::default();
+    let mut from_intended = histogram();
+    let mut from_send = histogram();
     let limits = starling_protocol::Limits {
         frame_bytes_max: u32::MAX,
     };
@@ -604,12 +636,16 @@ fn subscriber_pool(
                         *next_seq = message.seq + 1;
                     }
                     if let Some(intended_ns) = intended_ns_of(&message.body) {
-                        histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+                        from_intended.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+                    }
+                    if let Some(sent_ns) = sent_ns_of(&message.body) {
+                        from_send.saturating_record(now_ns.saturating_sub(sent_ns) / 1000);
                     }
                 }
             }
         }
     }
-    result.latency_us = Some(histogram);
+    result.latency_us = Some(from_intended);
+    result.from_send_us = Some(from_send);
     Ok(result)
 }
