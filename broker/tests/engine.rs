@@ -414,6 +414,33 @@ fn durability_policies_say_what_they_promise() {
 }
 
 #[test]
+fn the_interval_policy_acknowledges_before_syncing_and_syncs_soon_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        durability: Durability::Interval,
+        interval_ms: 1000,
+        ..config(dir.path())
+    });
+    let mut client = user(&engine, "alice");
+    // Two quick writes: at most the first finds the interval already
+    // elapsed; the second is acknowledged before any fdatasync covers it.
+    client.publish("i", "first").unwrap();
+    let second = client.publish("i", "second").unwrap();
+    assert!(!second.durable, "an interval ack is not durable yet");
+    let synced_at_ack = engine.metrics().fsyncs.get();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.metrics().fsyncs.get() == synced_at_ack {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interval timer never synced"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, page) = client.history("i", HistoryQuery::Last, 10).unwrap();
+    assert_eq!(seqs(&page), vec![1, 2]);
+}
+
+#[test]
 fn a_second_engine_cannot_open_a_locked_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let _engine = start(config(dir.path()));
