@@ -1,6 +1,6 @@
 //! Starting and stopping the engine, listeners, and the in-process client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use crate::mailbox::{ConnRef, Inbox, ShardMsg};
 use crate::metrics::Metrics;
 use crate::routing::Routing;
 use crate::session::Protocol;
-use crate::shard::{wall_clock_ms, OwnedPartition, Shard};
+use crate::shard::{wall_clock_ms, OwnedPartition, PartitionTable, Shard};
 
 /// Events queued to one in-process client before it counts as a slow
 /// consumer. An embedded client reads in its own thread; 64 Ki events give
@@ -339,7 +339,7 @@ fn open_partitions(
     shared: &EngineShared,
     data_dir: &DataDir,
     shard: usize,
-) -> Result<HashMap<u32, OwnedPartition>, StorageError> {
+) -> Result<PartitionTable, StorageError> {
     let config = &shared.config;
     let partition_config = PartitionConfig {
         segment_bytes_max: config.segment_bytes_max,
@@ -355,7 +355,7 @@ fn open_partitions(
             .collect(),
     };
     let now_ms = wall_clock_ms();
-    let mut partitions = HashMap::new();
+    let mut partitions = PartitionTable::default();
     for id in shared.routing.partitions_of_shard(shard) {
         let started = Instant::now();
         let (log, report) = Partition::open(data_dir.path(), id, partition_config.clone())?;

@@ -89,6 +89,8 @@ pub(crate) enum ShardMsg {
         request_id: u32,
         reply_as: ReplyAs,
         channel: Arc<str>,
+        /// The channel's partition, computed once where the command arrived.
+        partition: u32,
         /// The publishing user's name.
         sender: Bytes,
         ephemeral: bool,

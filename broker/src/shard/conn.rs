@@ -354,12 +354,14 @@ impl Shard {
                 headers,
                 body,
             } => {
-                let owner = self.shared.routing.shard_of(&channel);
+                let partition = self.shared.routing.partition_of(&channel);
+                let owner = self.shared.routing.shard_of_partition(partition);
                 let message = ShardMsg::Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Plain,
                     channel: Arc::from(channel),
+                    partition,
                     sender: sender.clone(),
                     ephemeral,
                     kind,
@@ -396,12 +398,14 @@ impl Shard {
                 seq,
             } => {
                 let cursor = cursor_channel(&consumer, &channel);
-                let owner = self.shared.routing.shard_of(&cursor);
+                let partition = self.shared.routing.partition_of(&cursor);
+                let owner = self.shared.routing.shard_of_partition(partition);
                 let message = ShardMsg::Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Cursor,
                     channel: Arc::from(cursor),
+                    partition,
                     sender: sender.clone(),
                     ephemeral: false,
                     kind: kind::CURSOR,

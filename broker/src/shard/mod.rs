@@ -25,7 +25,7 @@ use crate::engine::EngineShared;
 use crate::mailbox::{ShardMsg, SubRef};
 
 use conn::Connection;
-pub(crate) use owner::OwnedPartition;
+pub(crate) use owner::{OwnedPartition, PartitionTable};
 use subscriber::Subscriber;
 
 /// The waker's token; connection `slot` uses `Token(slot + 1)`.
@@ -41,7 +41,7 @@ pub(crate) struct Shard {
     poll: Poll,
     shared: Arc<EngineShared>,
     /// Log partitions this shard owns, by partition id.
-    partitions: HashMap<u32, OwnedPartition>,
+    partitions: PartitionTable,
     /// Owner side: which shards have subscribers of a channel (bit = shard).
     interest: HashMap<Arc<str>, u64>,
     /// Connection slots; a slot index is stable while the connection lives.
@@ -77,7 +77,7 @@ impl Shard {
         id: usize,
         poll: Poll,
         shared: Arc<EngineShared>,
-        partitions: HashMap<u32, OwnedPartition>,
+        partitions: PartitionTable,
     ) -> Shard {
         let shards = shared.routing.shards;
         Shard {
@@ -204,6 +204,7 @@ impl Shard {
                 request_id,
                 reply_as,
                 channel,
+                partition,
                 sender,
                 ephemeral,
                 kind,
@@ -217,6 +218,7 @@ impl Shard {
                     request_id,
                     reply_as,
                     channel,
+                    partition,
                     sender,
                     ephemeral,
                     kind,

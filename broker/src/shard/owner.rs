@@ -21,6 +21,7 @@ pub(super) struct PublishRequest {
     pub request_id: u32,
     pub reply_as: ReplyAs,
     pub channel: Arc<str>,
+    pub partition: u32,
     pub sender: Bytes,
     pub ephemeral: bool,
     pub kind: u8,
@@ -210,7 +211,14 @@ impl Shard {
     pub(super) fn owner_publish(&mut self, request: PublishRequest) {
         let timestamp_ms = self.next_timestamp_ms();
         let now_ms = self.now_ms;
-        let partition = self.owned_partition(&request.channel);
+        debug_assert_eq!(
+            request.partition,
+            self.shared.routing.partition_of(&request.channel)
+        );
+        let partition = self
+            .partitions
+            .get_mut(&request.partition)
+            .expect("a publish is routed to the shard that owns its partition");
         if request.ephemeral {
             let message = Message {
                 seq: 0,
@@ -603,5 +611,45 @@ impl Shard {
         } else {
             Duration::from_millis(self.shared.config.retention_check_ms)
         }
+    }
+}
+
+/// The partitions a shard owns, indexed by partition id: a lookup per
+/// publish is an index, not a hash.
+#[derive(Default)]
+pub(crate) struct PartitionTable {
+    slots: Vec<Option<(u32, OwnedPartition)>>,
+}
+
+impl PartitionTable {
+    pub(crate) fn insert(&mut self, id: u32, partition: OwnedPartition) {
+        let index = id as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots[index] = Some((id, partition));
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &u32) -> Option<&mut OwnedPartition> {
+        self.slots
+            .get_mut(*id as usize)
+            .and_then(|slot| slot.as_mut())
+            .map(|(_, partition)| partition)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&u32, &OwnedPartition)> {
+        self.slots.iter().flatten().map(|(id, p)| (id, p))
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&u32, &mut OwnedPartition)> {
+        self.slots.iter_mut().flatten().map(|(id, p)| (&*id, p))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &OwnedPartition> {
+        self.iter().map(|(_, p)| p)
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut OwnedPartition> {
+        self.iter_mut().map(|(_, p)| p)
     }
 }
