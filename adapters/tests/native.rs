@@ -268,3 +268,38 @@ fn a_slow_consumer_is_disconnected_with_a_reason_and_others_carry_on() {
     assert_eq!(code, ErrorCode::SlowConsumer);
     assert!(message.contains("slow consumer"), "{message}");
 }
+
+#[test]
+fn requests_sent_before_end_of_stream_are_still_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, address) = server(dir.path(), |_| {});
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    let mut out = BytesMut::new();
+    for request_id in 2..12 {
+        Envelope {
+            request_id,
+            frame: Frame::Publish {
+                ephemeral: false,
+                kind: kind::MESSAGE,
+                channel: "eof".into(),
+                client_message_id: Default::default(),
+                relation: 0,
+                headers: Default::default(),
+                body: format!("m{request_id}").into(),
+            },
+        }
+        .encode(&mut out);
+    }
+    stream.write_all(&out).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let frames = read_until_closed(&mut stream);
+    let acks: Vec<u64> = frames
+        .iter()
+        .filter_map(|e| match e.frame {
+            Frame::PublishAck { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, (1..=10).collect::<Vec<_>>(), "{frames:?}");
+}

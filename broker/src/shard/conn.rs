@@ -45,6 +45,9 @@ pub(crate) struct Connection {
     pub read_paused: bool,
     /// The connection closes once its queued bytes are written.
     pub closing: bool,
+    /// The peer finished sending (end of stream): the connection closes once
+    /// every accepted request is answered and written.
+    pub peer_done: bool,
 }
 
 pub(crate) enum ConnKind {
@@ -154,6 +157,7 @@ impl Shard {
             inflight: 0,
             read_paused: false,
             closing: false,
+            peer_done: false,
         };
         let slot = self.allocate_slot(connection);
         let registry = self.poll.registry();
@@ -195,6 +199,7 @@ impl Shard {
             inflight: 0,
             read_paused: false,
             closing: false,
+            peer_done: false,
         };
         let slot = self.allocate_slot(connection);
         // The client may have given up waiting; then it detaches when dropped.
@@ -292,7 +297,14 @@ impl Shard {
                 self.lingering.push((slot, connection.generation, deadline));
             }
         } else if peer_closed {
-            self.close_connection(slot, None);
+            // Answer what was asked before the end of stream (a client may
+            // send, shut down its side and then read), then close.
+            if let Some(connection) = self.connections[slot as usize].as_mut() {
+                connection.closing = true;
+                connection.peer_done = true;
+                let deadline = Instant::now() + CLOSE_LINGER;
+                self.lingering.push((slot, connection.generation, deadline));
+            }
         }
     }
 
@@ -566,7 +578,8 @@ impl Shard {
                     continue;
                 }
             }
-            if connection.closing && socket.output.is_empty() {
+            let answered = !connection.peer_done || connection.inflight == 0;
+            if connection.closing && socket.output.is_empty() && answered {
                 to_close.push(slot);
             }
         }
