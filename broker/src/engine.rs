@@ -25,7 +25,7 @@ use crate::mailbox::{ConnRef, Inbox, ShardMsg};
 use crate::metrics::Metrics;
 use crate::routing::Routing;
 use crate::session::Protocol;
-use crate::shard::{wall_clock_ms, OwnedPartition, PartitionTable, Shard};
+use crate::shard::{OwnedPartition, PartitionTable, Shard};
 
 /// Events queued to one in-process client before it counts as a slow
 /// consumer. An embedded client reads in its own thread; 64 Ki events give
@@ -353,8 +353,9 @@ fn open_partitions(
                 max_bytes: r.max_bytes,
             })
             .collect(),
+        idempotency_window_ms: config.dedupe_window_ms,
+        idempotency_entries_max: config.dedupe_entries_max,
     };
-    let now_ms = wall_clock_ms();
     let mut partitions = PartitionTable::default();
     for id in shared.routing.partitions_of_shard(shard) {
         let started = Instant::now();
@@ -379,7 +380,7 @@ fn open_partitions(
                 None => String::new(),
             }
         );
-        partitions.insert(id, OwnedPartition::new(log, config, now_ms)?);
+        partitions.insert(id, OwnedPartition::new(log));
     }
     Ok(partitions)
 }

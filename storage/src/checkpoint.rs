@@ -43,15 +43,21 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use crate::channel_table::ChannelSnapshot;
 use crate::format::NO_OFFSET;
+use crate::idempotency::Original;
 use crate::segment::SegmentSummary;
 use crate::StorageError;
 
 const CHECKPOINT_MAGIC: [u8; 4] = *b"STRC";
 const VERSION_1: u8 = 1;
 /// The version this code writes.
-pub(crate) const CHECKPOINT_VERSION: u8 = 2;
+pub(crate) const CHECKPOINT_VERSION: u8 = 3;
+/// Version 2 (no idempotency keys) is still read; opening from it scans the
+/// whole log, which rebuilds the keys.
+const VERSION_2: u8 = 2;
 const V1_HEADER_BYTES: usize = 32;
 const V2_HEADER_BYTES: usize = 64;
 pub(crate) const CHECKPOINT_FILE_NAME: &str = "channels.checkpoint";
@@ -71,6 +77,8 @@ pub(crate) struct CheckpointState {
     /// `position` summarizes its bytes before it).
     pub segments: Vec<(u64, SegmentSummary)>,
     pub channels: ChannelSnapshot,
+    /// Idempotency keys of records before `position`, oldest first.
+    pub idempotency: Vec<(Arc<[u8]>, Original)>,
 }
 
 /// A loaded, checksummed checkpoint.
@@ -82,6 +90,9 @@ pub(crate) struct Checkpoint {
     pub prefixes: Vec<Vec<u8>>,
     pub segments: Vec<(u64, SegmentSummary)>,
     pub channel_count: u64,
+    /// Idempotency keys of records before `position`, oldest first (empty
+    /// before version 3).
+    pub idempotency: Vec<(Arc<[u8]>, Original)>,
     bytes: Vec<u8>,
     channels_at: usize,
 }
@@ -155,6 +166,14 @@ pub(crate) fn encode_checkpoint(state: &CheckpointState) -> Vec<u8> {
         bytes.extend_from_slice(&head_offset.to_le_bytes());
         count += 1;
     }
+    for (key, original) in &state.idempotency {
+        bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(&original.seq.to_le_bytes());
+        bytes.extend_from_slice(&original.offset.to_le_bytes());
+        bytes.extend_from_slice(&original.timestamp_ms.to_le_bytes());
+    }
+    bytes[56..64].copy_from_slice(&(state.idempotency.len() as u64).to_le_bytes());
     bytes[0..4].copy_from_slice(&CHECKPOINT_MAGIC);
     bytes[4] = CHECKPOINT_VERSION;
     bytes[16..24].copy_from_slice(&state.log_start.to_le_bytes());
@@ -249,7 +268,7 @@ fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> 
         return Err((0, "bad magic or short header"));
     }
     let version = bytes[4];
-    if version != VERSION_1 && version != CHECKPOINT_VERSION {
+    if version != VERSION_1 && version != VERSION_2 && version != CHECKPOINT_VERSION {
         return Err((4, "unsupported version"));
     }
     if bytes[5..8] != [0, 0, 0] || bytes[12..16] != [0, 0, 0, 0] {
@@ -267,7 +286,7 @@ fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> 
         if bytes.len() < V2_HEADER_BYTES {
             return Err((0, "short header"));
         }
-        if bytes[56..64] != [0; 8] {
+        if version == VERSION_2 && bytes[56..64] != [0; 8] {
             return Err((56, "reserved bytes are not zero"));
         }
         (
@@ -282,7 +301,7 @@ fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> 
     }
     let mut prefixes = Vec::new();
     let mut segments = Vec::new();
-    if version == CHECKPOINT_VERSION {
+    if version >= VERSION_2 {
         let segment_count = u32_at(&bytes, 48);
         let prefix_count = u32_at(&bytes, 52) as usize;
         for _ in 0..prefix_count {
@@ -323,6 +342,21 @@ fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> 
         bytes.get(at + 2..at + 2 + len + 16).ok_or(short(at))?;
         at += 2 + len + 16;
     }
+    let mut idempotency = Vec::new();
+    if version >= CHECKPOINT_VERSION {
+        for _ in 0..u64_at(&bytes, 56) {
+            let len = bytes.get(at..at + 2).ok_or(short(at))?;
+            let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+            let entry = bytes.get(at + 2..at + 2 + len + 24).ok_or(short(at))?;
+            let original = Original {
+                seq: u64_at(entry, len),
+                offset: u64_at(entry, len + 8),
+                timestamp_ms: u64_at(entry, len + 16),
+            };
+            idempotency.push((Arc::from(&entry[..len]), original));
+            at += 2 + len + 24;
+        }
+    }
     if at != bytes.len() {
         return Err((at as u64, "trailing bytes after the last entry"));
     }
@@ -334,6 +368,7 @@ fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> 
         prefixes,
         segments,
         channel_count,
+        idempotency,
         bytes,
         channels_at,
     })
@@ -362,6 +397,14 @@ mod tests {
             prefixes: vec![b"dm/".to_vec(), b"".to_vec()],
             segments: vec![(8192, summary)],
             channels: table.snapshot(),
+            idempotency: vec![(
+                crate::idempotency::key(b"general", b"alice", b"msg-1"),
+                Original {
+                    seq: 9,
+                    offset: 8500,
+                    timestamp_ms: 77,
+                },
+            )],
         };
         let bytes = encode_checkpoint(&state);
         let decoded = decode_checkpoint(bytes.clone()).unwrap();
@@ -380,6 +423,7 @@ mod tests {
             channels,
             vec![(&b"a"[..], 3, 100), (&b"general"[..], 9, 4000)]
         );
+        assert_eq!(decoded.idempotency, state.idempotency);
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x10;
@@ -438,6 +482,7 @@ mod tests {
                 prefixes: Vec::new(),
                 segments: Vec::new(),
                 channels: snapshot,
+                idempotency: Vec::new(),
             };
             let started = std::time::Instant::now();
             let bytes = encode_checkpoint(&state);

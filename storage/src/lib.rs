@@ -62,6 +62,7 @@ mod checkpoint;
 mod data_dir;
 mod error;
 pub mod format;
+mod idempotency;
 mod map;
 mod partition;
 mod read;
@@ -104,7 +105,19 @@ pub struct PartitionConfig {
     /// Retention rules; the longest matching channel-name prefix wins and a
     /// channel that matches no rule is kept forever.
     pub retention: Vec<RetentionRule>,
+    /// How long a (channel, sender, client message id) is remembered: an
+    /// `append` with a key seen within this many milliseconds (of record
+    /// timestamps) returns the original instead of appending.
+    pub idempotency_window_ms: u64,
+    /// At most this many keys are remembered; the oldest go first. 0 turns
+    /// idempotency off.
+    pub idempotency_entries_max: usize,
 }
+
+/// Default for [`PartitionConfig::idempotency_window_ms`]: two minutes.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 120_000;
+/// Default for [`PartitionConfig::idempotency_entries_max`].
+pub const IDEMPOTENCY_ENTRIES_MAX_DEFAULT: usize = 1_000_000;
 
 impl Default for PartitionConfig {
     fn default() -> Self {
@@ -112,6 +125,8 @@ impl Default for PartitionConfig {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             record_body_bytes_max: RECORD_BODY_BYTES_MAX_DEFAULT,
             retention: Vec::new(),
+            idempotency_window_ms: IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            idempotency_entries_max: IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
         }
     }
 }
@@ -184,6 +199,12 @@ pub struct Appended {
     pub seq: u64,
     /// The record's partition-stream byte position.
     pub offset: u64,
+    /// The record's timestamp.
+    pub timestamp_ms: u64,
+    /// True when the record's (channel, sender, client message id) was seen
+    /// within the idempotency window: nothing was appended, and `seq`,
+    /// `offset` and `timestamp_ms` are the original record's.
+    pub duplicate: bool,
 }
 
 /// A stored record. Its byte fields may share a memory map of the segment

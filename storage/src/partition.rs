@@ -17,6 +17,7 @@ use crate::format::{
     RecordFields, RecordHead, BATCH_BYTES_SOFT_MAX, CHANNEL_BYTES_MAX, CLIENT_MESSAGE_ID_BYTES_MAX,
     HEADERS_BYTES_MAX, NO_OFFSET, RECORD_BODY_BYTES_LIMIT, RECORD_HEADER_BYTES, SENDER_BYTES_MAX,
 };
+use crate::idempotency::{self, IdempotencyIndex, Original};
 use crate::map::SegmentMap;
 use crate::retention::rule_for;
 use crate::scan::{
@@ -160,6 +161,8 @@ pub struct Partition {
     crashed: bool,
     /// Prepares spare segments and writes checkpoints.
     pub(crate) worker: Worker,
+    /// Keys of recent records with a client message id.
+    idempotency: IdempotencyIndex,
     /// The worker was asked for a spare for the next roll (reset at a roll).
     spare_requested: bool,
 }
@@ -168,6 +171,7 @@ pub struct Partition {
 struct Recovered {
     segments: Vec<Segment>,
     channels: ChannelTable,
+    idempotency: IdempotencyIndex,
     report: RecoveryReport,
     last_batch: u64,
 }
@@ -191,12 +195,17 @@ fn recover(
 ) -> Result<Recovered, StorageError> {
     let rules = config.retention.len();
     let mut channels = ChannelTable::new();
+    let mut idempotency =
+        IdempotencyIndex::new(config.idempotency_window_ms, config.idempotency_entries_max);
     let mut summaries: HashMap<u64, SegmentSummary> = HashMap::new();
     let mut start = log_start;
     let mut last_batch = NO_OFFSET;
     match checkpoint {
         Some(checkpoint) if fast => {
             load_channels(&mut channels, checkpoint, u64::MAX);
+            for (key, original) in &checkpoint.idempotency {
+                idempotency.insert(key.clone(), *original);
+            }
             summaries.extend(checkpoint.segments.iter().cloned());
             start = checkpoint.position;
             if start > log_start {
@@ -282,6 +291,19 @@ fn recover(
             let mut visit = |position: u64, batch: &format::BatchView<'_>| {
                 for (in_batch, record) in batch.records() {
                     let offset = base + position + in_batch as u64;
+                    if !record.client_message_id.is_empty() {
+                        let key = idempotency::key(
+                            record.channel,
+                            record.sender,
+                            record.client_message_id,
+                        );
+                        let original = Original {
+                            seq: record.seq,
+                            offset,
+                            timestamp_ms: record.timestamp_ms,
+                        };
+                        idempotency.insert(key, original);
+                    }
                     apply_record(&mut channels, log_start, offset, &record).map_err(|detail| {
                         StorageError::Corrupt {
                             path: file_path.clone(),
@@ -356,6 +378,7 @@ fn recover(
     Ok(Recovered {
         segments,
         channels,
+        idempotency,
         report,
         last_batch,
     })
@@ -507,6 +530,7 @@ impl Partition {
         let Recovered {
             segments,
             channels,
+            idempotency,
             report,
             last_batch,
         } = match recovered {
@@ -537,6 +561,7 @@ impl Partition {
             segments,
             log_start,
             channels,
+            idempotency,
             pending: Pending::default(),
             unsynced: false,
             directory_unsynced: false,
@@ -603,6 +628,19 @@ impl Partition {
     pub fn append(&mut self, record: &NewRecord<'_>) -> Result<Appended, StorageError> {
         self.check_not_failed()?;
         check_record(record, self.config.record_body_bytes_max)?;
+        let key = (!record.client_message_id.is_empty() && self.config.idempotency_entries_max > 0)
+            .then(|| idempotency::key(record.channel, record.sender, record.client_message_id));
+        if let Some(original) = key
+            .as_ref()
+            .and_then(|key| self.idempotency.get(key, record.timestamp_ms))
+        {
+            return Ok(Appended {
+                seq: original.seq,
+                offset: original.offset,
+                timestamp_ms: original.timestamp_ms,
+                duplicate: true,
+            });
+        }
         let id = self.channels.find_or_insert(record.channel);
         let previous = match self.pending.channels.get(&id) {
             Some(pending) => *pending,
@@ -664,7 +702,20 @@ impl Partition {
             .channels
             .insert(id, PendingChannel { seq, offset });
         self.pending.records += 1;
-        Ok(Appended { seq, offset })
+        if let Some(key) = key {
+            let original = Original {
+                seq,
+                offset,
+                timestamp_ms: record.timestamp_ms,
+            };
+            self.idempotency.insert(key, original);
+        }
+        Ok(Appended {
+            seq,
+            offset,
+            timestamp_ms: record.timestamp_ms,
+            duplicate: false,
+        })
     }
 
     /// The offset of the channel's record with seq `skip_target(seq)`, found
@@ -907,6 +958,14 @@ impl Partition {
                 .map(|segment| (segment.base, segment.summary.clone()))
                 .collect(),
             channels: self.channels.snapshot(),
+            // Only keys of records before the checkpoint position: pending
+            // ones may never reach the disk.
+            idempotency: self
+                .idempotency
+                .snapshot()
+                .into_iter()
+                .filter(|(_, original)| original.offset < self.flushed_end())
+                .collect(),
         }
     }
 

@@ -87,17 +87,53 @@ impl Drop for Server {
     }
 }
 
-/// Runs the binary with `args` and returns (success, stdout, stderr).
+/// Longest a command run by a test may take before it is killed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs the binary with `args` and returns (success, stdout, stderr). A
+/// command that does not finish within two minutes is killed and fails the
+/// test, rather than hanging it.
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(BINARY);
-    command.args(args).stdin(Stdio::null());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = command.output().expect("the binary runs");
+    let mut child = command.spawn().expect("the binary runs");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut text).ok();
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).ok();
+        text
+    });
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`starling {}` did not finish within {COMMAND_TIMEOUT:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        status.success(),
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
     )
 }

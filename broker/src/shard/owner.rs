@@ -2,7 +2,7 @@
 //! commit, acknowledgements, idempotent publish, history reads, catch-up
 //! pages and live fan-out to the shards that have subscribers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use starling_storage::{NewRecord, Partition, ReadPage, Record, StorageError};
 
 use super::Shard;
 use crate::command::{BrokerError, Reply};
-use crate::config::{Durability, EngineConfig};
+use crate::config::Durability;
 use crate::mailbox::{ConnRef, FetchStart, ReplyAs, ShardMsg, SubRef};
 
 /// A publish routed to this shard because it owns the channel.
@@ -41,79 +41,10 @@ struct PendingAck {
     duplicate: bool,
 }
 
-/// The idempotency window of one partition: (channel, sender, client message
-/// id) → the original's seq. Bounded in age and in entries.
-struct Dedupe {
-    entries: HashMap<Arc<[u8]>, DedupeEntry>,
-    order: VecDeque<(Arc<[u8]>, u64)>,
-    window_ms: u64,
-    entries_max: usize,
-}
-
-#[derive(Clone, Copy)]
-struct DedupeEntry {
-    seq: u64,
-    offset: u64,
-    timestamp_ms: u64,
-}
-
-impl Dedupe {
-    fn key(channel: &[u8], sender: &[u8], client_message_id: &[u8]) -> Arc<[u8]> {
-        let mut key =
-            Vec::with_capacity(channel.len() + sender.len() + client_message_id.len() + 4);
-        // Lengths keep ("ab","c") and ("a","bc") apart.
-        key.extend_from_slice(&(channel.len() as u16).to_le_bytes());
-        key.extend_from_slice(channel);
-        key.extend_from_slice(&(sender.len() as u16).to_le_bytes());
-        key.extend_from_slice(sender);
-        key.extend_from_slice(client_message_id);
-        Arc::from(key)
-    }
-
-    fn get(&self, key: &[u8], now_ms: u64) -> Option<DedupeEntry> {
-        self.entries
-            .get(key)
-            .filter(|e| now_ms.saturating_sub(e.timestamp_ms) <= self.window_ms)
-            .copied()
-    }
-
-    fn insert(&mut self, key: Arc<[u8]>, entry: DedupeEntry, now_ms: u64) {
-        self.expire(now_ms);
-        while self.order.len() >= self.entries_max {
-            self.evict_front();
-        }
-        self.order.push_back((key.clone(), entry.timestamp_ms));
-        self.entries.insert(key, entry);
-    }
-
-    fn expire(&mut self, now_ms: u64) {
-        while let Some((_, timestamp_ms)) = self.order.front() {
-            if now_ms.saturating_sub(*timestamp_ms) <= self.window_ms {
-                break;
-            }
-            self.evict_front();
-        }
-    }
-
-    fn evict_front(&mut self) {
-        if let Some((key, timestamp_ms)) = self.order.pop_front() {
-            // A newer entry under the same key stays.
-            if self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.timestamp_ms == timestamp_ms)
-            {
-                self.entries.remove(&key);
-            }
-        }
-    }
-}
-
 /// A log partition and the work of the current turn on it.
 pub(crate) struct OwnedPartition {
     pub log: Partition,
     failed: Option<String>,
-    dedupe: Dedupe,
     acks: Vec<PendingAck>,
     fanout: Vec<(Arc<str>, Message)>,
     last_sync: Instant,
@@ -122,47 +53,16 @@ pub(crate) struct OwnedPartition {
 }
 
 impl OwnedPartition {
-    /// Wraps an opened partition and rebuilds its idempotency window from the
-    /// newest records of the log.
-    pub(crate) fn new(
-        log: Partition,
-        config: &EngineConfig,
-        now_ms: u64,
-    ) -> Result<OwnedPartition, StorageError> {
-        let mut dedupe = Dedupe {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            window_ms: config.dedupe_window_ms,
-            entries_max: config.dedupe_entries_max.max(1),
-        };
-        let since = now_ms.saturating_sub(config.dedupe_window_ms);
-        let mut recent: Vec<(Arc<[u8]>, DedupeEntry)> = Vec::new();
-        log.for_each_since(since, |record: &Record| {
-            if !record.client_message_id.is_empty() {
-                let key = Dedupe::key(&record.channel, &record.sender, &record.client_message_id);
-                let entry = DedupeEntry {
-                    seq: record.seq,
-                    offset: record.offset,
-                    timestamp_ms: record.timestamp_ms,
-                };
-                recent.push((key, entry));
-            }
-        })?;
-        recent.sort_by_key(|(_, entry)| entry.offset);
-        for (key, entry) in recent {
-            if !dedupe.entries.contains_key(&key) {
-                dedupe.insert(key, entry, now_ms);
-            }
-        }
-        Ok(OwnedPartition {
+    /// Wraps an opened partition.
+    pub(crate) fn new(log: Partition) -> OwnedPartition {
+        OwnedPartition {
             log,
             failed: None,
-            dedupe,
             acks: Vec::new(),
             fanout: Vec::new(),
             last_sync: Instant::now(),
             unsynced: false,
-        })
+        }
     }
 
     fn storage_failed(&self) -> BrokerError {
@@ -210,7 +110,6 @@ impl Shard {
 
     pub(super) fn owner_publish(&mut self, request: PublishRequest) {
         let timestamp_ms = self.next_timestamp_ms();
-        let now_ms = self.now_ms;
         debug_assert_eq!(
             request.partition,
             self.shared.routing.partition_of(&request.channel)
@@ -247,25 +146,6 @@ impl Shard {
             self.reply(request.from, request.request_id, Reply::Error(error));
             return;
         }
-        let key = (!request.client_message_id.is_empty()).then(|| {
-            Dedupe::key(
-                request.channel.as_bytes(),
-                &request.sender,
-                &request.client_message_id,
-            )
-        });
-        if let Some(original) = key.as_ref().and_then(|k| partition.dedupe.get(k, now_ms)) {
-            partition.acks.push(PendingAck {
-                to: request.from,
-                request_id: request.request_id,
-                reply_as: request.reply_as,
-                seq: original.seq,
-                offset: original.offset,
-                timestamp_ms: original.timestamp_ms,
-                duplicate: true,
-            });
-            return;
-        }
         let record = NewRecord {
             channel: request.channel.as_bytes(),
             timestamp_ms,
@@ -290,23 +170,19 @@ impl Shard {
                 return;
             }
         };
-        if let Some(key) = key {
-            let entry = DedupeEntry {
-                seq: appended.seq,
-                offset: appended.offset,
-                timestamp_ms,
-            };
-            partition.dedupe.insert(key, entry, now_ms);
-        }
         partition.acks.push(PendingAck {
             to: request.from,
             request_id: request.request_id,
             reply_as: request.reply_as,
             seq: appended.seq,
             offset: appended.offset,
-            timestamp_ms,
-            duplicate: false,
+            timestamp_ms: appended.timestamp_ms,
+            duplicate: appended.duplicate,
         });
+        if appended.duplicate {
+            // A retry: answered with the original, nothing new to deliver.
+            return;
+        }
         // Every stored message joins the turn's fan-out, even without
         // subscribers yet: one may register interest later in this turn, and
         // its catch-up cannot read records that are still pending.
