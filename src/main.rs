@@ -189,9 +189,23 @@ fn main() {
         Command::Bench(args) => bench::run(args),
     };
     if let Err(error) = result {
-        eprintln!("starling: error: {error:#}");
+        eprintln!("starling: error: {}", describe(&error));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message before it already contains.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn serve(config_file: Option<&Path>) -> Result<()> {

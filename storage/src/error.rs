@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// An operating-system call failed.
-    #[error("failed to {operation} {path}: {source}")]
+    #[error("failed to {operation} {path}: {source}; check that the path exists, that this user may write it, and that the disk has room")]
     Io {
         /// What was being done, e.g. "write to".
         operation: &'static str,
