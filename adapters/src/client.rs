@@ -70,6 +70,8 @@ pub enum ClientError {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// The server says retrying may succeed.
+        temporary: bool,
     },
     /// No reply arrived in time. The connection stays usable; a late reply is discarded.
     #[error("no reply to {request} within {waited_ms} ms")]
@@ -426,8 +428,16 @@ impl Client {
             };
             match envelope.frame {
                 Frame::Deliver { channel, messages } => return Ok(Some((channel, messages))),
-                Frame::Error { code, message, .. } if envelope.request_id == 0 => {
-                    return Err(ClientError::Server { code, message })
+                Frame::Error {
+                    code,
+                    message,
+                    temporary,
+                } if envelope.request_id == 0 => {
+                    return Err(ClientError::Server {
+                        code,
+                        message,
+                        temporary,
+                    })
                 }
                 other => log::warn!(
                     "discarding a {} frame for request {} that arrived after its call gave up",
@@ -495,10 +505,19 @@ impl Client {
                     self.deliveries.push_back((channel, messages));
                 }
                 Envelope {
-                    frame: Frame::Error { code, message, .. },
+                    frame:
+                        Frame::Error {
+                            code,
+                            message,
+                            temporary,
+                        },
                     request_id: id,
                 } if id == request_id || id == 0 => {
-                    return Err(ClientError::Server { code, message });
+                    return Err(ClientError::Server {
+                        code,
+                        message,
+                        temporary,
+                    });
                 }
                 Envelope { request_id: id, frame } if id == request_id => {
                     return Ok((request_id, frame));
@@ -898,7 +917,7 @@ mod tests {
         });
         let mut client = Client::connect(address, "tester", "").expect("connect");
         match client.history("missing", HistoryQuery::From(1), 10) {
-            Err(ClientError::Server { code, message }) => {
+            Err(ClientError::Server { code, message, .. }) => {
                 assert_eq!(code, ErrorCode::NotFound);
                 assert_eq!(message, "no such channel");
             }

@@ -654,11 +654,24 @@ impl LocalClient {
     }
 }
 
+/// How long a dropped in-process client waits for room in its shard's inbox
+/// to say it is gone. A running shard drains its inbox every turn; a stopped
+/// one never will, and then the detach does not matter.
+const DETACH_WAIT: Duration = Duration::from_millis(200);
+
 impl Drop for LocalClient {
     fn drop(&mut self) {
         let inbox = &self.shared.inboxes[self.conn.shard];
-        // A shard that has stopped no longer drains its inbox; don't wait on it.
-        let _ = inbox.queue.push(ShardMsg::DetachLocal { conn: self.conn });
+        let deadline = Instant::now() + DETACH_WAIT;
+        let mut message = ShardMsg::DetachLocal { conn: self.conn };
+        while let Err(back) = inbox.queue.push(message) {
+            if Instant::now() > deadline {
+                log::warn!("an in-process client could not detach: its shard's inbox stayed full");
+                return;
+            }
+            message = back;
+            std::thread::sleep(Duration::from_micros(50));
+        }
         inbox.wake();
     }
 }
