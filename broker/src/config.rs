@@ -91,7 +91,7 @@ impl Default for EngineConfig {
             segment_bytes_max: 128 * 1024 * 1024,
             body_bytes_max: 1024 * 1024,
             dedupe_window_ms: 120_000,
-            dedupe_entries_max: 1_000_000,
+            dedupe_entries_max: starling_storage::IDEMPOTENCY_ENTRIES_MAX_DEFAULT,
             outbound_bytes_max: 8 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             inflight_requests_max: 4096,

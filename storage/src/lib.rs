@@ -116,8 +116,11 @@ pub struct PartitionConfig {
 
 /// Default for [`PartitionConfig::idempotency_window_ms`]: two minutes.
 pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 120_000;
-/// Default for [`PartitionConfig::idempotency_entries_max`].
-pub const IDEMPOTENCY_ENTRIES_MAX_DEFAULT: usize = 1_000_000;
+/// Default for [`PartitionConfig::idempotency_entries_max`]. The keys are
+/// copied into every checkpoint (at each segment roll), so this bounds that
+/// copy to a few MB: 100k keys per partition cover a two-minute window at
+/// about 800 keyed messages/s per partition.
+pub const IDEMPOTENCY_ENTRIES_MAX_DEFAULT: usize = 100_000;
 
 impl Default for PartitionConfig {
     fn default() -> Self {
