@@ -58,18 +58,20 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<Envelope> {
     frames
 }
 
-fn hello(stream: &mut TcpStream) {
+/// Encodes one frame and writes it to a raw socket.
+fn send(stream: &mut TcpStream, request_id: u32, frame: Frame) {
     let mut out = BytesMut::new();
-    Envelope {
-        request_id: 1,
-        frame: Frame::Hello {
-            version: 1,
-            client_name: "raw".into(),
-            token: "".into(),
-        },
-    }
-    .encode(&mut out);
+    Envelope { request_id, frame }.encode(&mut out);
     stream.write_all(&out).unwrap();
+}
+
+fn hello(stream: &mut TcpStream) {
+    let hello = Frame::Hello {
+        version: 1,
+        client_name: "raw".into(),
+        token: "".into(),
+    };
+    send(stream, 1, hello);
 }
 
 fn last_error(frames: &[Envelope]) -> (ErrorCode, String) {
@@ -140,13 +142,7 @@ fn requests_before_hello_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_engine, address) = server(dir.path(), |_| {});
     let mut stream = TcpStream::connect(address).unwrap();
-    let mut out = BytesMut::new();
-    Envelope {
-        request_id: 5,
-        frame: Frame::Ping,
-    }
-    .encode(&mut out);
-    stream.write_all(&out).unwrap();
+    send(&mut stream, 5, Frame::Ping);
     let frames = read_until_closed(&mut stream);
     let (code, message) = last_error(&frames);
     assert_eq!(code, ErrorCode::Denied);
@@ -194,13 +190,7 @@ fn malformed_frames_close_only_that_connection() {
     // A server-to-client frame from a client.
     let mut stream = TcpStream::connect(address).unwrap();
     hello(&mut stream);
-    let mut out = BytesMut::new();
-    Envelope {
-        request_id: 2,
-        frame: Frame::Pong,
-    }
-    .encode(&mut out);
-    stream.write_all(&out).unwrap();
+    send(&mut stream, 2, Frame::Pong);
     assert_eq!(
         last_error(&read_until_closed(&mut stream)).0,
         ErrorCode::Malformed
@@ -220,16 +210,14 @@ fn a_slow_consumer_is_disconnected_with_a_reason_and_others_carry_on() {
     let mut slow = TcpStream::connect(address).unwrap();
     slow.set_nodelay(true).unwrap();
     hello(&mut slow);
-    let mut out = BytesMut::new();
-    Envelope {
-        request_id: 2,
-        frame: Frame::Subscribe {
+    send(
+        &mut slow,
+        2,
+        Frame::Subscribe {
             channel: "firehose".into(),
             start: SubscribeStart::Live,
         },
-    }
-    .encode(&mut out);
-    slow.write_all(&out).unwrap();
+    );
     let mut fast = Client::connect(address, "fast", "").unwrap();
     fast.subscribe("firehose", SubscribeStart::Live).unwrap();
     let mut publisher = Client::connect(address, "publisher", "").unwrap();
