@@ -188,7 +188,12 @@ impl Session for NativeSession {
         }
     }
 
-    fn on_reply(&mut self, request_id: u32, reply: &Reply, out: &mut BytesMut) {
+    fn on_reply(
+        &mut self,
+        request_id: u32,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
         let frame = match reply {
             Reply::Published {
                 seq,
@@ -220,7 +225,8 @@ impl Session for NativeSession {
             Reply::Cursor { seq } => Frame::CursorValue { seq: *seq },
             Reply::Error(error) => broker_error_frame(error),
         };
-        write(out, request_id, frame);
+        write(context.out(), request_id, frame);
+        Ok(())
     }
 
     fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {

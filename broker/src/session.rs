@@ -4,12 +4,15 @@
 //! whole surface an adapter sees, so the broker never branches on a protocol.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use starling_protocol::Message;
 
 use crate::auth::{Authorizer, Denied, Principal};
 use crate::command::{Command, Reply};
+use crate::metrics::Metrics;
 
 /// A wire protocol served on a listener.
 pub trait Protocol: Send + Sync + 'static {
@@ -40,8 +43,25 @@ pub trait Session: Send {
         input: &mut BytesMut,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close>;
-    /// Encodes the reply to request `request_id` into `out`.
-    fn on_reply(&mut self, request_id: u32, reply: &Reply, out: &mut BytesMut);
+    /// Handles the reply to request `request_id`: encodes it into
+    /// [`SessionContext::out`], and may submit follow-up requests (an adapter
+    /// operation that takes several broker requests continues here).
+    /// Returning `Err` closes the connection as for [`Session::on_input`].
+    fn on_reply(
+        &mut self,
+        request_id: u32,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close>;
+    /// Called at or after the deadline last asked for with
+    /// [`SessionContext::set_timer`] (keep-alive, read timeouts). The shard
+    /// keeps one timer per connection and may call this early when the
+    /// session asked for a later deadline than one already armed, so the
+    /// session checks its own deadlines and re-arms.
+    fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let _ = context;
+        Ok(())
+    }
     /// Encodes a last word to the client before the server closes the
     /// connection for `reason` (slow consumer, shutdown, …).
     fn on_server_close(
@@ -59,6 +79,10 @@ pub struct SessionContext<'a> {
     pub(crate) principal: &'a mut Option<Principal>,
     pub(crate) authorizer: &'a dyn Authorizer,
     pub(crate) peer: SocketAddr,
+    pub(crate) now: Instant,
+    pub(crate) timer: Option<Instant>,
+    pub(crate) protocol: Option<Arc<dyn Protocol>>,
+    pub(crate) metrics: &'a Metrics,
 }
 
 impl<'a> SessionContext<'a> {
@@ -69,6 +93,7 @@ impl<'a> SessionContext<'a> {
         principal: &'a mut Option<Principal>,
         authorizer: &'a dyn Authorizer,
         peer: SocketAddr,
+        metrics: &'a Metrics,
     ) -> SessionContext<'a> {
         SessionContext {
             out,
@@ -76,7 +101,45 @@ impl<'a> SessionContext<'a> {
             principal,
             authorizer,
             peer,
+            now: Instant::now(),
+            timer: None,
+            protocol: None,
+            metrics,
         }
+    }
+
+    /// The time of this event, as the shard saw it (sessions take their
+    /// clock from here, not from the system, so tests can drive them).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sets the time of this event (for tests that drive a session).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Asks for [`Session::on_timer`] at `deadline`. Of several requests in
+    /// one call the earliest wins.
+    pub fn set_timer(&mut self, deadline: Instant) {
+        self.timer = Some(self.timer.map_or(deadline, |armed| armed.min(deadline)));
+    }
+
+    /// The deadline asked for during this call, if any.
+    pub fn timer(&self) -> Option<Instant> {
+        self.timer
+    }
+
+    /// From now on, deliveries to this connection are encoded by `protocol`
+    /// (a connection that upgrades, such as HTTP to WebSocket, switches the
+    /// wire format of what it is sent).
+    pub fn set_protocol(&mut self, protocol: Arc<dyn Protocol>) {
+        self.protocol = Some(protocol);
+    }
+
+    /// The engine's counters (for metrics endpoints).
+    pub fn metrics(&self) -> &Metrics {
+        self.metrics
     }
 
     /// Bytes to send to the client, in order.

@@ -2,6 +2,7 @@
 //! in-process clients fed through a channel. Reading, writing, command
 //! routing and closing live here.
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
 use crate::config::SlowConsumerPolicy;
 use crate::engine::LocalEvent;
 use crate::mailbox::{ConnRef, ReplyAs, ShardMsg};
-use crate::session::{Protocol, Session, SessionContext};
+use crate::session::{Close, Protocol, Session, SessionContext};
 
 /// Bytes read from one socket per turn before other connections get a turn.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
@@ -70,6 +71,8 @@ pub(crate) struct SocketConn {
     /// buffer. Anything queued after them flushes them into `output` first,
     /// so frames keep their order.
     scratch: BytesMut,
+    /// The deadline of the session's armed timer (see `Shard::timers`).
+    timer_at: Option<Instant>,
 }
 
 impl SocketConn {
@@ -152,6 +155,7 @@ impl Shard {
                 output_bytes: 0,
                 front_partial: false,
                 scratch: BytesMut::new(),
+                timer_at: None,
             }),
             subscriptions: Vec::new(),
             inflight: 0,
@@ -207,8 +211,6 @@ impl Shard {
     }
 
     pub(super) fn read_connection(&mut self, slot: u32) {
-        let mut commands = Vec::new();
-        let mut close: Option<String> = None;
         let mut peer_closed = false;
         {
             let Some(connection) = self
@@ -269,34 +271,20 @@ impl Shard {
                 }
             }
             self.shared.metrics.bytes_in.add(read_total as u64);
-            if !socket.input.is_empty() {
-                let mut context = SessionContext::new(
-                    &mut socket.scratch,
-                    &mut commands,
-                    &mut connection.principal,
-                    &*self.shared.authorizer,
-                    socket.peer,
-                );
-                if let Err(reason) = socket.session.on_input(&mut socket.input, &mut context) {
-                    close = Some(reason.reason);
-                }
-            }
-            if more && close.is_none() && !peer_closed {
+            if more && !peer_closed {
                 self.read_again.push(slot);
             }
         }
         self.mark_dirty(slot);
-        for (request_id, command) in commands {
-            self.handle_command(slot, request_id, command);
-        }
-        if let Some(reason) = close {
-            log::debug!("shard {}: closing connection: {reason}", self.id);
-            if let Some(connection) = self.connections[slot as usize].as_mut() {
-                connection.closing = true;
-                let deadline = Instant::now() + CLOSE_LINGER;
-                self.lingering.push((slot, connection.generation, deadline));
-            }
-        } else if peer_closed {
+        let has_input = matches!(
+            self.connections[slot as usize].as_ref().map(|c| &c.kind),
+            Some(ConnKind::Socket(socket)) if !socket.input.is_empty()
+        );
+        let closed = has_input
+            && !self.with_session(slot, |session, input, context| {
+                session.on_input(input, context)
+            });
+        if !closed && peer_closed {
             // Answer what was asked before the end of stream (a client may
             // send, shut down its side and then read), then close.
             if let Some(connection) = self.connections[slot as usize].as_mut() {
@@ -306,6 +294,121 @@ impl Shard {
                 self.lingering.push((slot, connection.generation, deadline));
             }
         }
+    }
+
+    /// Runs one callback of connection `slot`'s session, then carries out
+    /// what the session asked for: a timer, a protocol switch, requests, and
+    /// closing. Returns false when the session closed the connection.
+    pub(super) fn with_session(
+        &mut self,
+        slot: u32,
+        call: impl FnOnce(
+            &mut dyn Session,
+            &mut BytesMut,
+            &mut SessionContext<'_>,
+        ) -> Result<(), Close>,
+    ) -> bool {
+        let mut commands = Vec::new();
+        let (result, timer) = {
+            let Some(connection) = self
+                .connections
+                .get_mut(slot as usize)
+                .and_then(|c| c.as_mut())
+            else {
+                return false;
+            };
+            let ConnKind::Socket(socket) = &mut connection.kind else {
+                return true;
+            };
+            let mut context = SessionContext::new(
+                &mut socket.scratch,
+                &mut commands,
+                &mut connection.principal,
+                &*self.shared.authorizer,
+                socket.peer,
+                &self.shared.metrics,
+            );
+            let result = call(&mut *socket.session, &mut socket.input, &mut context);
+            let timer = context.timer;
+            if let Some(protocol) = context.protocol.take() {
+                socket.protocol = protocol;
+            }
+            (result, timer)
+        };
+        if let Some(deadline) = timer {
+            self.arm_timer(slot, deadline);
+        }
+        self.mark_dirty(slot);
+        for (request_id, command) in commands {
+            self.handle_command(slot, request_id, command);
+        }
+        match result {
+            Ok(()) => true,
+            Err(close) => {
+                log::debug!("shard {}: closing connection: {}", self.id, close.reason);
+                if let Some(connection) = self.connections[slot as usize].as_mut() {
+                    if !connection.closing {
+                        connection.closing = true;
+                        let deadline = Instant::now() + CLOSE_LINGER;
+                        self.lingering.push((slot, connection.generation, deadline));
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Arms connection `slot`'s timer for `deadline`, unless an earlier one
+    /// is armed (that one fires first and the session re-arms).
+    fn arm_timer(&mut self, slot: u32, deadline: Instant) {
+        let generation = self.generations[slot as usize];
+        let Some(ConnKind::Socket(socket)) = self.connections[slot as usize]
+            .as_mut()
+            .map(|c| &mut c.kind)
+        else {
+            return;
+        };
+        if socket.timer_at.is_some_and(|armed| armed <= deadline) {
+            return;
+        }
+        socket.timer_at = Some(deadline);
+        self.timers.push(Reverse((deadline, slot, generation)));
+    }
+
+    /// Calls the sessions whose timers are due.
+    pub(super) fn fire_session_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            if self.generations[slot as usize] != generation {
+                continue;
+            }
+            let Some(connection) = self.connections[slot as usize].as_mut() else {
+                continue;
+            };
+            if connection.closing {
+                continue;
+            }
+            let ConnKind::Socket(socket) = &mut connection.kind else {
+                continue;
+            };
+            // A stale entry: the timer was re-armed earlier than this one.
+            if socket.timer_at != Some(deadline) {
+                continue;
+            }
+            socket.timer_at = None;
+            self.with_session(slot, |session, _, context| session.on_timer(context));
+        }
+    }
+
+    /// How long until the next session timer is due, if one is armed.
+    pub(super) fn next_session_timer(&self) -> Option<Duration> {
+        self.timers
+            .peek()
+            .map(|Reverse((deadline, _, _))| deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Authorizes and routes one command of connection `slot`.
@@ -471,20 +574,20 @@ impl Shard {
         if resume {
             connection.read_paused = false;
         }
-        let mut slow = false;
-        match &mut connection.kind {
-            ConnKind::Socket(socket) => {
-                socket
-                    .session
-                    .on_reply(request_id, &reply, &mut socket.scratch);
+        let slow = match &mut connection.kind {
+            ConnKind::Socket(_) => {
+                // Even a closing connection encodes its replies: a peer that
+                // ended its stream still gets the answers it asked for.
+                self.with_session(to.slot, |session, _, context| {
+                    session.on_reply(request_id, &reply, context)
+                });
+                false
             }
-            ConnKind::Local { events } => {
-                slow = matches!(
-                    events.try_send(LocalEvent::Reply { request_id, reply }),
-                    Err(TrySendError::Full(_))
-                );
-            }
-        }
+            ConnKind::Local { events } => matches!(
+                events.try_send(LocalEvent::Reply { request_id, reply }),
+                Err(TrySendError::Full(_))
+            ),
+        };
         if resume {
             self.read_again.push(to.slot);
         }

@@ -15,7 +15,8 @@ mod conn;
 mod owner;
 mod subscriber;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +66,9 @@ pub(crate) struct Shard {
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
+    /// Session timers: (deadline, slot, generation), earliest first. An entry
+    /// whose connection re-armed or closed is skipped when it comes up.
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     now_ms: u64,
     last_timestamp_ms: u64,
     /// Overlaps the fdatasyncs of one turn.
@@ -98,6 +102,7 @@ impl Shard {
             dirty: Vec::new(),
             read_again: Vec::new(),
             lingering: Vec::new(),
+            timers: BinaryHeap::new(),
             now_ms: wall_clock_ms(),
             last_timestamp_ms: 0,
             sync_batch: starling_storage::SyncBatch::new(),
@@ -113,7 +118,8 @@ impl Shard {
             let timeout = if self.has_immediate_work() {
                 Some(Duration::ZERO)
             } else {
-                Some(self.next_timer().min(IDLE_POLL))
+                let session_timer = self.next_session_timer().unwrap_or(IDLE_POLL);
+                Some(self.next_timer().min(IDLE_POLL).min(session_timer))
             };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() != std::io::ErrorKind::Interrupted {
@@ -140,6 +146,7 @@ impl Shard {
             self.drain_inbox();
             self.end_turn();
             self.request_fetches();
+            self.fire_session_timers();
             self.write_dirty();
             self.send_overflow();
             self.tick_timers(&mut last_retention);
