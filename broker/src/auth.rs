@@ -6,6 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The role of [`Principal::system`].
+pub const SYSTEM_ROLE: &str = "$system";
+
 /// Who is asking: a user, the roles they hold and where they connect from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -23,6 +26,23 @@ impl Principal {
             roles: Arc::from(Vec::new()),
             address: None,
         }
+    }
+
+    /// The principal of the server's own in-process components (the chat
+    /// adapter's channel bookkeeping): the only principal that may append to
+    /// reserved (`$`) channels. Its role name starts with `$`, which no
+    /// authorizer may hand to a client.
+    pub fn system(user: &str) -> Principal {
+        Principal {
+            user: Arc::from(user),
+            roles: Arc::from(vec![Arc::from(SYSTEM_ROLE)]),
+            address: None,
+        }
+    }
+
+    /// True for [`Principal::system`] principals.
+    pub fn is_system(&self) -> bool {
+        self.address.is_none() && self.roles.iter().any(|role| &**role == SYSTEM_ROLE)
     }
 
     /// True when the principal connects from a loopback address or in process.

@@ -143,7 +143,10 @@ impl BrokerError {
 
 /// Checks the shape of a command before it is routed (sizes, names, reserved
 /// channels). Limits come from the engine configuration.
-pub fn validate(command: &Command, body_bytes_max: u32) -> Result<(), BrokerError> {
+/// `system` says the request comes from [`crate::Principal::system`], which may
+/// append to reserved channels (other than cursors, which have their own
+/// commands).
+pub fn validate(command: &Command, body_bytes_max: u32, system: bool) -> Result<(), BrokerError> {
     check_channel_name(command.channel())?;
     match command {
         Command::Publish {
@@ -153,7 +156,8 @@ pub fn validate(command: &Command, body_bytes_max: u32) -> Result<(), BrokerErro
             body,
             ..
         } => {
-            if channel.starts_with(RESERVED_PREFIX) {
+            let cursor = channel.starts_with(CURSOR_PREFIX);
+            if channel.starts_with(RESERVED_PREFIX) && (!system || cursor) {
                 return Err(BrokerError::InvalidArgument(format!(
                     "channel {channel:?} is reserved: names starting with '{RESERVED_PREFIX}' belong to the server"
                 )));
@@ -206,7 +210,10 @@ fn check_size(what: &'static str, size: usize, limit: usize) -> Result<(), Broke
     }
 }
 
+/// Where cursors are stored.
+pub const CURSOR_PREFIX: &str = "$cursor/";
+
 /// The reserved channel that stores the cursor of `consumer` on `channel`.
 pub fn cursor_channel(consumer: &str, channel: &str) -> String {
-    format!("{RESERVED_PREFIX}cursor/{consumer}/{channel}")
+    format!("{CURSOR_PREFIX}{consumer}/{channel}")
 }

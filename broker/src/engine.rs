@@ -24,7 +24,7 @@ use crate::config::EngineConfig;
 use crate::mailbox::{ConnRef, Inbox, ShardMsg};
 use crate::metrics::Metrics;
 use crate::routing::Routing;
-use crate::session::Protocol;
+use crate::session::{Protocol, SessionEvent};
 use crate::shard::{OwnedPartition, PartitionTable, Shard};
 
 /// Events queued to one in-process client before it counts as a slow
@@ -69,6 +69,21 @@ pub(crate) struct EngineShared {
 pub struct Listener {
     pub address: SocketAddr,
     pub protocol: Arc<dyn Protocol>,
+}
+
+/// Sends events from other threads to sessions (see
+/// [`crate::Session::on_event`]).
+#[derive(Clone)]
+pub struct Notifier {
+    shared: Arc<EngineShared>,
+}
+
+impl Notifier {
+    /// Hands `event` to the session of `conn`. Dropped without a word if the
+    /// connection has closed. Blocks briefly while the shard's inbox is full.
+    pub fn notify(&self, conn: ConnRef, event: SessionEvent) {
+        self.shared.inboxes[conn.shard].send_blocking(ShardMsg::Notify { conn, event });
+    }
 }
 
 /// A running engine. Dropping it shuts it down.
@@ -213,6 +228,14 @@ impl Engine {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, a)| *a)
+    }
+
+    /// A handle that threads outside the event loops use to send events to
+    /// connections' sessions.
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The engine's counters.

@@ -27,11 +27,11 @@ pub mod routing;
 pub mod session;
 mod shard;
 
-pub use auth::{Action, Authorizer, Denied, LoopbackAuthorizer, Principal};
+pub use auth::{Action, Authorizer, Denied, LoopbackAuthorizer, Principal, SYSTEM_ROLE};
 pub use command::{BrokerError, Command, Reply};
 pub use config::{Durability, EngineConfig, RetentionConfig, SlowConsumerPolicy};
-pub use engine::{Engine, EngineError, Listener, LocalClient, LocalEvent, Published};
+pub use engine::{Engine, EngineError, Listener, LocalClient, LocalEvent, Notifier, Published};
 pub use mailbox::ConnRef;
 pub use metrics::Metrics;
 pub use routing::Routing;
-pub use session::{Close, Protocol, Session, SessionContext};
+pub use session::{Close, Protocol, Session, SessionContext, SessionEvent};

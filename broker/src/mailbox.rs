@@ -18,7 +18,7 @@ use starling_protocol::{HistoryQuery, Message};
 use crate::auth::Principal;
 use crate::command::{BrokerError, Command, Reply};
 use crate::engine::LocalEvent;
-use crate::session::Protocol;
+use crate::session::{Protocol, SessionEvent};
 
 /// Messages one inbox holds. One loop turn drains the inbox, so this bounds the
 /// work another core can hand over per turn: 64 Ki entries is a few MB of
@@ -141,6 +141,12 @@ pub(crate) enum ShardMsg {
     Deliver {
         channel: Arc<str>,
         messages: Arc<[Message]>,
+    },
+    /// From a thread outside the loops (an adapter's worker): an event for
+    /// one connection's session.
+    Notify {
+        conn: ConnRef,
+        event: SessionEvent,
     },
     Shutdown,
 }

@@ -3,6 +3,7 @@
 //! only turns bytes into [`Command`]s and replies into bytes. This is the
 //! whole surface an adapter sees, so the broker never branches on a protocol.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use starling_protocol::Message;
 
 use crate::auth::{Authorizer, Denied, Principal};
 use crate::command::{Command, Reply};
+use crate::mailbox::ConnRef;
 use crate::metrics::Metrics;
 
 /// A wire protocol served on a listener.
@@ -25,6 +27,11 @@ pub trait Protocol: Send + Sync + 'static {
     /// subscriber of that protocol, so it must not depend on session state.
     fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes;
 }
+
+/// Something a thread outside the event loops hands to one session through a
+/// [`crate::Notifier`] (for example the result of an adapter's slow
+/// operation). The session downcasts it to the type it expects.
+pub type SessionEvent = Box<dyn Any + Send>;
 
 /// Why a session asks the shard to close its connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +69,16 @@ pub trait Session: Send {
         let _ = context;
         Ok(())
     }
+    /// Handles an event sent to this connection through a
+    /// [`crate::Notifier`]. Returning `Err` closes the connection.
+    fn on_event(
+        &mut self,
+        event: SessionEvent,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let _ = (event, context);
+        Ok(())
+    }
     /// Encodes a last word to the client before the server closes the
     /// connection for `reason` (slow consumer, shutdown, …).
     fn on_server_close(
@@ -83,6 +100,7 @@ pub struct SessionContext<'a> {
     pub(crate) timer: Option<Instant>,
     pub(crate) protocol: Option<Arc<dyn Protocol>>,
     pub(crate) metrics: &'a Metrics,
+    pub(crate) conn: Option<ConnRef>,
 }
 
 impl<'a> SessionContext<'a> {
@@ -105,7 +123,14 @@ impl<'a> SessionContext<'a> {
             timer: None,
             protocol: None,
             metrics,
+            conn: None,
         }
+    }
+
+    /// This connection, as a [`crate::Notifier`] addresses it. `None` only in
+    /// tests that drive a session without a shard.
+    pub fn conn(&self) -> Option<ConnRef> {
+        self.conn
     }
 
     /// The time of this event, as the shard saw it (sessions take their

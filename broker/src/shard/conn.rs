@@ -309,6 +309,7 @@ impl Shard {
         ) -> Result<(), Close>,
     ) -> bool {
         let mut commands = Vec::new();
+        let conn = self.conn_ref(slot);
         let (result, timer) = {
             let Some(connection) = self
                 .connections
@@ -328,6 +329,7 @@ impl Shard {
                 socket.peer,
                 &self.shared.metrics,
             );
+            context.conn = Some(conn);
             let result = call(&mut *socket.session, &mut socket.input, &mut context);
             let timer = context.timer;
             if let Some(protocol) = context.protocol.take() {
@@ -428,7 +430,11 @@ impl Shard {
             );
             return;
         };
-        if let Err(error) = validate(&command, self.shared.config.body_bytes_max) {
+        if let Err(error) = validate(
+            &command,
+            self.shared.config.body_bytes_max,
+            principal.is_system(),
+        ) {
             self.reply(from, request_id, Reply::Error(error));
             return;
         }

@@ -263,6 +263,13 @@ impl Shard {
                 complete,
             } => self.subscriber_page(subscriber, channel, result, head_seq, complete),
             ShardMsg::Deliver { channel, messages } => self.subscriber_deliver(&channel, &messages),
+            ShardMsg::Notify { conn, event } => {
+                if self.connection(conn).is_some() {
+                    self.with_session(conn.slot, |session, _, context| {
+                        session.on_event(event, context)
+                    });
+                }
+            }
             ShardMsg::Shutdown => self.shutting_down = true,
         }
     }
