@@ -17,7 +17,40 @@ pub const ENV_PREFIX: &str = "STARLING_";
 pub struct Config {
     pub engine: EngineConfig,
     pub native: NativeConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
+}
+
+/// The HTTP listener: the web client, the JSON API, the chat WebSocket,
+/// health and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where to listen. Loopback by default; any other address needs
+    /// authentication to be configured.
+    pub address: SocketAddr,
+    /// Largest request head (request line and headers).
+    pub header_bytes_max: usize,
+    /// Most header fields in one request.
+    pub headers_max: usize,
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// Largest WebSocket message (and frame) a client may send.
+    pub websocket_message_bytes_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        let http = starling_adapters::http::request::HttpLimits::default();
+        let ws = starling_adapters::ws::WsLimits::default();
+        HttpConfig {
+            address: "127.0.0.1:8080".parse().expect("valid address"),
+            header_bytes_max: http.header_bytes_max,
+            headers_max: http.headers_max,
+            body_bytes_max: http.body_bytes_max,
+            websocket_message_bytes_max: ws.message_bytes_max,
+        }
+    }
 }
 
 /// The native binary protocol listener.

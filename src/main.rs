@@ -25,7 +25,11 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use starling_adapters::client::{Client, PublishRequest};
+use starling_adapters::chat::ChatService;
+use starling_adapters::http::request::HttpLimits;
+use starling_adapters::http::server::HttpProtocol;
 use starling_adapters::native::NativeProtocol;
+use starling_adapters::ws::WsLimits;
 use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
 
@@ -211,28 +215,53 @@ fn describe(error: &anyhow::Error) -> String {
 fn serve(config_file: Option<&Path>) -> Result<()> {
     let config = Config::load(config_file, std::env::vars())?;
     logger::init(&config.log.level)?;
-    if !is_loopback(&config.native.address) {
-        bail!(
-            "native.address {} is not a loopback address, and authentication is not configured; \
-             Starling serves other addresses only with authentication (see docs/SECURITY.md), \
-             or listen on 127.0.0.1",
-            config.native.address
-        );
+    for (setting, address) in [
+        ("native.address", config.native.address),
+        ("http.address", config.http.address),
+    ] {
+        if !is_loopback(&address) {
+            bail!(
+                "{setting} {address} is not a loopback address, and authentication is not configured; \
+                 Starling serves other addresses only with authentication (see docs/SECURITY.md), \
+                 or listen on 127.0.0.1"
+            );
+        }
     }
     let native = Arc::new(NativeProtocol::new(
         "starling",
         config.native.frame_bytes_max,
     ));
-    let listeners = vec![Listener {
-        address: config.native.address,
-        protocol: native,
-    }];
+    let http_limits = HttpLimits {
+        header_bytes_max: config.http.header_bytes_max,
+        headers_max: config.http.headers_max,
+        body_bytes_max: config.http.body_bytes_max,
+        ..HttpLimits::default()
+    };
+    let ws_limits = WsLimits {
+        message_bytes_max: config.http.websocket_message_bytes_max,
+        frame_bytes_max: config.http.websocket_message_bytes_max,
+    };
+    let http = Arc::new(HttpProtocol::new(http_limits, ws_limits));
+    let chat_slot = http.chat_slot();
+    let ready = http.ready_flag();
+    let listeners = vec![
+        Listener {
+            address: config.native.address,
+            protocol: native,
+        },
+        Listener {
+            address: config.http.address,
+            protocol: http,
+        },
+    ];
     let engine = Engine::start(
         config.engine.clone(),
         Arc::new(LoopbackAuthorizer),
         listeners,
     )
     .context("cannot start the engine")?;
+    let _ = chat_slot.set(ChatService::start(&engine, "starling"));
+    ready.store(true, Ordering::Relaxed);
     let routing = engine.routing();
     for (name, address) in engine.local_addresses() {
         log::info!("listening: protocol={name} address={address}");

@@ -10,5 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chat;
 pub mod client;
+pub mod http;
 pub mod native;
+pub mod ws;

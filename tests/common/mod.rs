@@ -14,7 +14,10 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_starling");
 /// A `starling serve` process on a free loopback port.
 pub struct Server {
     pub child: Child,
+    /// The native listener.
     pub address: SocketAddr,
+    /// The HTTP listener (web client, API, WebSocket).
+    pub http: SocketAddr,
     pub log: mpsc::Receiver<String>,
 }
 
@@ -27,6 +30,7 @@ impl Server {
             .env("STARLING_ENGINE_DATA_DIR", data_dir)
             .env("STARLING_ENGINE_SHARDS", "2")
             .env("STARLING_NATIVE_ADDRESS", "127.0.0.1:0")
+            .env("STARLING_HTTP_ADDRESS", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -42,25 +46,39 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("address=").nth(1) {
+                    let address = rest.trim_end_matches('"').to_string();
                     if line.contains("listening: protocol=native") {
-                        let address = rest.trim_end_matches('"').to_string();
-                        let _ = address_tx.send(address);
+                        let _ = address_tx.send(("native", address));
+                    } else if line.contains("listening: protocol=http") {
+                        let _ = address_tx.send(("http", address));
                     }
                 }
                 let _ = log_tx.send(line);
             }
         });
-        let address = match address_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(address) => address.parse().expect("a socket address in the log"),
-            Err(_) => {
-                let _ = child.kill();
-                let lines: Vec<String> = log.try_iter().collect();
-                panic!("the server did not start listening:\n{}", lines.join("\n"));
+        let mut native = None;
+        let mut http = None;
+        while native.is_none() || http.is_none() {
+            match address_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((name, address)) => {
+                    let address: SocketAddr = address.parse().expect("a socket address in the log");
+                    if name == "native" {
+                        native = Some(address);
+                    } else {
+                        http = Some(address);
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let lines: Vec<String> = log.try_iter().collect();
+                    panic!("the server did not start listening:\n{}", lines.join("\n"));
+                }
             }
-        };
+        }
         Server {
             child,
-            address,
+            address: native.expect("loop ends with both"),
+            http: http.expect("loop ends with both"),
             log,
         }
     }

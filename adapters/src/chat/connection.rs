@@ -1,0 +1,499 @@
+//! One chat connection's state, the same for WebSocket and HTTP: turns
+//! requests into broker commands or worker jobs, and broker replies and
+//! worker results into JSON answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use starling_broker::{Command, Reply, SessionContext, SessionEvent};
+use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
+
+use super::json::{message_value, ChatError, Request, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
+use super::model::{check_user_name, Presence};
+use super::worker::{Done, Job, Outcome, Work};
+use super::ChatService;
+
+/// Longest reaction (an emoji or a short code).
+pub const EMOJI_BYTES_MAX: usize = 64;
+
+/// An answer to the client's request `id`.
+pub type Response = (u64, Result<Value, ChatError>);
+
+/// What a pending broker request answers.
+enum Shape {
+    /// `{seq, timestamp_ms, durable, duplicate}`
+    Published,
+    /// A reply in a thread: index it, then answer as `Published`.
+    Reply { channel: String, root: u64 },
+    Subscribed { channel: String, since: Option<u64> },
+    /// `{}`
+    Empty,
+    History,
+    /// A side request whose reply nobody waits for (the ephemeral `read`
+    /// notice after a read marker moved).
+    Ignore,
+}
+
+pub struct ChatConnection {
+    service: Arc<ChatService>,
+    user: Option<Arc<str>>,
+    next_request_id: u32,
+    /// Broker request id → (client request id, what to answer).
+    pending: HashMap<u32, (u64, Shape)>,
+    /// Requests waiting for their channel's state to be loaded.
+    parked: HashMap<u64, Request>,
+    /// Whether this connection makes its user online (a chat client's
+    /// WebSocket does; a bot's HTTP requests do not).
+    shows_presence: bool,
+}
+
+impl ChatConnection {
+    /// A connection of a chat client: while it is open, its user is online.
+    pub fn new(service: Arc<ChatService>) -> ChatConnection {
+        ChatConnection::with_presence(service, true)
+    }
+
+    fn with_presence(service: Arc<ChatService>, shows_presence: bool) -> ChatConnection {
+        ChatConnection {
+            service,
+            user: None,
+            next_request_id: 1,
+            pending: HashMap::new(),
+            parked: HashMap::new(),
+            shows_presence,
+        }
+    }
+
+    /// A connection that acts for a user without making them online (the
+    /// HTTP API).
+    pub fn without_presence(service: Arc<ChatService>) -> ChatConnection {
+        ChatConnection::with_presence(service, false)
+    }
+
+    /// The signed-in user.
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    pub fn service(&self) -> &Arc<ChatService> {
+        &self.service
+    }
+
+    /// Handles request `id`. Answers that are ready now are pushed to
+    /// `responses`; the others follow from [`ChatConnection::on_reply`] or
+    /// [`ChatConnection::on_event`].
+    pub fn request(
+        &mut self,
+        id: u64,
+        request: Request,
+        context: &mut SessionContext<'_>,
+        responses: &mut Vec<Response>,
+    ) {
+        match self.dispatch(id, request, context) {
+            Ok(Some(value)) => responses.push((id, Ok(value))),
+            Ok(None) => {}
+            Err(error) => responses.push((id, Err(error))),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        id: u64,
+        request: Request,
+        context: &mut SessionContext<'_>,
+    ) -> Result<Option<Value>, ChatError> {
+        if let Request::Connect { token, client } = &request {
+            return self.connect(token, client.as_deref(), context).map(Some);
+        }
+        let Some(user) = self.user.clone() else {
+            return Err(ChatError::new(
+                "unauthenticated",
+                "send `connect` with a token before anything else",
+            ));
+        };
+        if let Some(channel) = request.channel() {
+            if channel.starts_with('$') {
+                return Err(ChatError::invalid(format!(
+                    "channel {channel:?} is reserved: names starting with '$' belong to the server"
+                )));
+            }
+        }
+        // Requests on a channel need its state (private channels admit only
+        // members); when it is not cached, a worker loads it first.
+        let fast = matches!(
+            request,
+            Request::Publish { .. }
+                | Request::React { .. }
+                | Request::Typing { .. }
+                | Request::Subscribe { .. }
+                | Request::History { .. }
+                | Request::Read { .. }
+        );
+        if fast {
+            let channel = request.channel().expect("fast requests name a channel");
+            match self.service.meta(channel) {
+                Some(meta) if !meta.admits(&user) => {
+                    return Err(ChatError::denied(format!(
+                        "you are not a member of {channel:?}; ask a member to invite you"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    let work = Work::Resolve {
+                        channel: channel.to_string(),
+                    };
+                    self.to_worker(id, &user, work, context)?;
+                    self.parked.insert(id, request);
+                    return Ok(None);
+                }
+            }
+        }
+        match request {
+            Request::Connect { .. } => unreachable!("handled above"),
+            Request::Ping {} => Ok(Some(json!({}))),
+            Request::Publish {
+                channel,
+                text,
+                client_id,
+                reply_to,
+            } => {
+                let shape = match reply_to {
+                    Some(root) => Shape::Reply {
+                        channel: channel.clone(),
+                        root,
+                    },
+                    None => Shape::Published,
+                };
+                let command = publish(
+                    channel,
+                    if reply_to.is_some() {
+                        kind::REPLY
+                    } else {
+                        kind::MESSAGE
+                    },
+                    reply_to.unwrap_or(0),
+                    text.into(),
+                    client_id,
+                    false,
+                );
+                self.submit(id, command, shape, context);
+                Ok(None)
+            }
+            Request::React {
+                channel,
+                seq,
+                emoji,
+                remove,
+            } => {
+                if emoji.is_empty() || emoji.len() > EMOJI_BYTES_MAX {
+                    return Err(ChatError::invalid(format!(
+                        "a reaction is 1 to {EMOJI_BYTES_MAX} bytes"
+                    )));
+                }
+                let kind = if remove {
+                    kind::REACTION_REMOVE
+                } else {
+                    kind::REACTION_ADD
+                };
+                let command = publish(channel, kind, seq, emoji.into(), None, false);
+                self.submit(id, command, Shape::Published, context);
+                Ok(None)
+            }
+            Request::Typing { channel } => {
+                let command = publish(channel, kind::TYPING, 0, Bytes::new(), None, true);
+                self.submit(id, command, Shape::Empty, context);
+                Ok(None)
+            }
+            Request::Subscribe {
+                channel,
+                since,
+                last,
+            } => {
+                let start = match (since, last) {
+                    (Some(_), Some(_)) => {
+                        return Err(ChatError::invalid(
+                            "give `since` or `last`, not both",
+                        ))
+                    }
+                    (Some(since), None) => SubscribeStart::FromSeq(since + 1),
+                    (None, Some(last)) => SubscribeStart::LastN(u64::from(last)),
+                    (None, None) => SubscribeStart::Live,
+                };
+                let command = Command::Subscribe {
+                    channel: channel.clone(),
+                    start,
+                };
+                self.submit(id, command, Shape::Subscribed { channel, since }, context);
+                Ok(None)
+            }
+            Request::Unsubscribe { channel } => {
+                self.submit(id, Command::Unsubscribe { channel }, Shape::Empty, context);
+                Ok(None)
+            }
+            Request::History {
+                channel,
+                before,
+                after,
+                limit,
+            } => {
+                let query = match (before, after) {
+                    (Some(_), Some(_)) => {
+                        return Err(ChatError::invalid(
+                            "give `before` or `after`, not both",
+                        ))
+                    }
+                    (Some(before), None) => HistoryQuery::Before(before),
+                    (None, Some(after)) => HistoryQuery::From(after + 1),
+                    (None, None) => HistoryQuery::Last,
+                };
+                let limit = limit
+                    .unwrap_or(HISTORY_LIMIT_DEFAULT)
+                    .clamp(1, HISTORY_LIMIT_MAX);
+                let command = Command::History {
+                    channel,
+                    query,
+                    limit,
+                };
+                self.submit(id, command, Shape::History, context);
+                Ok(None)
+            }
+            Request::Read { channel, seq } => {
+                let cursor = Command::CursorSet {
+                    consumer: user.to_string(),
+                    channel: channel.clone(),
+                    seq,
+                };
+                self.submit(id, cursor, Shape::Empty, context);
+                let notice = publish(channel, kind::CURSOR, seq, Bytes::new(), None, true);
+                self.submit(0, notice, Shape::Ignore, context);
+                Ok(None)
+            }
+            Request::Presence { status } => {
+                let status = match status.as_str() {
+                    "online" => Presence::Online,
+                    "away" => Presence::Away,
+                    other => {
+                        return Err(ChatError::invalid(format!(
+                            "presence {other:?} is not one of \"online\", \"away\""
+                        )))
+                    }
+                };
+                // Answered at once; the change is recorded in the background.
+                self.service.presence_changed(&user, status);
+                Ok(Some(json!({})))
+            }
+            other => self
+                .to_worker(id, &user, Work::Request(other), context)
+                .map(|()| None),
+        }
+    }
+
+    fn connect(
+        &mut self,
+        token: &str,
+        client: Option<&str>,
+        context: &mut SessionContext<'_>,
+    ) -> Result<Value, ChatError> {
+        if self.user.is_some() {
+            return Err(ChatError::invalid("this connection is already connected"));
+        }
+        check_user_name(token).map_err(ChatError::denied)?;
+        let principal = context
+            .authenticate(client.unwrap_or("chat"), token)
+            .map_err(|denied| ChatError::denied(denied.0))?;
+        let user = principal.user.clone();
+        self.user = Some(user.clone());
+        if self.shows_presence {
+            self.service.connection_opened(&user);
+        }
+        Ok(json!({
+            "user": &*user,
+            "server": self.service.server_name,
+            "protocol": 1,
+            "heartbeat_s": super::HEARTBEAT_S,
+        }))
+    }
+
+    fn to_worker(
+        &mut self,
+        id: u64,
+        user: &Arc<str>,
+        work: Work,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), ChatError> {
+        let Some(conn) = context.conn() else {
+            return Err(ChatError::internal(
+                "this connection cannot receive worker results",
+            ));
+        };
+        self.service.submit(Job {
+            conn: Some(conn),
+            id,
+            user: user.clone(),
+            work,
+        })
+    }
+
+    fn submit(&mut self, id: u64, command: Command, shape: Shape, context: &mut SessionContext<'_>) {
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        self.pending.insert(request_id, (id, shape));
+        context.submit(request_id, command);
+    }
+
+    /// Handles the broker's reply to one of this connection's commands.
+    pub fn on_reply(
+        &mut self,
+        request_id: u32,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+        responses: &mut Vec<Response>,
+    ) {
+        let Some((id, shape)) = self.pending.remove(&request_id) else {
+            return;
+        };
+        if let Reply::Error(error) = reply {
+            if !matches!(shape, Shape::Ignore) {
+                responses.push((id, Err(error.clone().into())));
+            }
+            return;
+        }
+        let value = match (shape, reply) {
+            (Shape::Ignore, _) => return,
+            (Shape::Empty, _) => json!({}),
+            (Shape::Published, Reply::Published { .. }) => published_value(reply),
+            (Shape::Reply { channel, root }, Reply::Published { seq, .. }) => {
+                let user = self.user.clone().expect("replies come after connect");
+                let work = Work::IndexReply {
+                    channel,
+                    root,
+                    reply_seq: *seq,
+                    published: published_value(reply),
+                };
+                if let Err(error) = self.to_worker(id, &user, work, context) {
+                    responses.push((id, Err(error)));
+                }
+                return;
+            }
+            (Shape::Subscribed { channel, since }, Reply::Subscribed { head_seq }) => {
+                json!({
+                    "channel": channel,
+                    "head_seq": head_seq,
+                    // The log keeps everything until retention removes it; a
+                    // client ahead of the head has seqs this server lost.
+                    "recovered": since.is_none_or(|since| since <= *head_seq),
+                })
+            }
+            (
+                Shape::History,
+                Reply::History {
+                    channel,
+                    head_seq,
+                    messages,
+                },
+            ) => {
+                let messages: Vec<Value> = messages.iter().map(message_value).collect();
+                json!({ "channel": &**channel, "head_seq": head_seq, "messages": messages })
+            }
+            (_, other) => {
+                responses.push((
+                    id,
+                    Err(ChatError::internal(format!("unexpected broker reply {other:?}"))),
+                ));
+                return;
+            }
+        };
+        responses.push((id, Ok(value)));
+    }
+
+    /// Handles a worker's result for this connection.
+    pub fn on_event(
+        &mut self,
+        event: SessionEvent,
+        context: &mut SessionContext<'_>,
+        responses: &mut Vec<Response>,
+    ) {
+        let Ok(done) = event.downcast::<Done>() else {
+            return;
+        };
+        let Done { id, outcome } = *done;
+        match outcome {
+            Err(error) => {
+                self.parked.remove(&id);
+                responses.push((id, Err(error)));
+            }
+            Ok(Outcome::Value(value)) => responses.push((id, Ok(value))),
+            Ok(Outcome::Publish(commands)) => {
+                let mut shape = Some(Shape::Published);
+                for command in commands {
+                    let shape = shape.take().unwrap_or(Shape::Ignore);
+                    self.submit(id, command, shape, context);
+                }
+            }
+            Ok(Outcome::Retry) => {
+                if let Some(request) = self.parked.remove(&id) {
+                    self.request(id, request, context, responses);
+                }
+            }
+        }
+    }
+
+    /// The connection closed: the user may go offline.
+    pub fn on_closed(&mut self) {
+        if let Some(user) = self.user.take() {
+            if self.shows_presence {
+                self.service.connection_closed(&user);
+            }
+        }
+    }
+}
+
+impl Drop for ChatConnection {
+    fn drop(&mut self) {
+        self.on_closed();
+    }
+}
+
+fn publish(
+    channel: String,
+    kind: u8,
+    relation: u64,
+    body: Bytes,
+    client_id: Option<String>,
+    ephemeral: bool,
+) -> Command {
+    Command::Publish {
+        channel,
+        ephemeral,
+        kind,
+        client_message_id: client_id.map(Bytes::from).unwrap_or_default(),
+        relation,
+        headers: Bytes::new(),
+        body,
+    }
+}
+
+fn published_value(reply: &Reply) -> Value {
+    match reply {
+        Reply::Published {
+            seq,
+            timestamp_ms,
+            durable,
+            duplicate,
+            ..
+        } => json!({
+            "seq": seq,
+            "timestamp_ms": timestamp_ms,
+            "durable": durable,
+            "duplicate": duplicate,
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// The JSON pushes for a delivery (used by the protocols' shared encoding).
+pub fn delivery_texts(channel: &str, messages: &[Message]) -> Vec<String> {
+    super::json::message_pushes(channel, messages)
+}

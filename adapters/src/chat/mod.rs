@@ -1,0 +1,195 @@
+//! The chat layer behind the WebSocket JSON protocol and the HTTP API: chat
+//! semantics (channels with members, edits, reactions, threads, read markers,
+//! presence) expressed as ordinary log records, so every protocol sees the
+//! same conversation.
+//!
+//! ```text
+//!  session (core loop) ──fast requests──▶ broker commands (publish, subscribe, history, …)
+//!        │  └──slow requests (several reads, channel changes)──▶ ChatService worker
+//!        │                                                          │ blocking LocalClient
+//!        ◀────────────── Notifier: Done { outcome } ─────────────────┘
+//! ```
+//!
+//! Requests that are one broker command (publish, react, typing, subscribe,
+//! history, read) stay on the connection's core. Requests that need several
+//! reads or change channel state run on a small pool of worker threads, each
+//! with an in-process client acting as the server's system principal; a
+//! channel's changes always go to the same worker, so they are serialised.
+//! Records a user authors (edits, deletes, presence) are handed back to the
+//! session and published under the user's own principal.
+//!
+//! Channel state is cached in memory ([`ChatService::meta`]): folded from the
+//! log on first use and updated by the worker that changes it.
+
+pub mod connection;
+pub mod json;
+pub mod model;
+mod worker;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use starling_broker::{ConnRef, Engine, Notifier, Principal};
+
+pub use connection::{ChatConnection, Response};
+pub use json::{ChatError, Request};
+pub use model::ChannelMeta;
+
+use worker::{Job, Work};
+
+/// The user name of the chat layer's system principal (records it appends to
+/// reserved channels carry it as sender).
+pub const SYSTEM_USER: &str = "$server";
+/// Worker threads. Slow requests are rare next to messages; two keep one
+/// blocked read from holding up the rest.
+pub const WORKERS: usize = 2;
+/// Jobs queued per worker before new slow requests are refused as
+/// temporarily unavailable (a burst of sign-ins fits easily).
+pub const WORKER_QUEUE_MAX: usize = 4096;
+/// Channel states kept in memory. When the cache is full it is emptied and
+/// refilled from the log on use: a simple bound that keeps a deployment with
+/// millions of direct channels from growing without limit.
+pub const META_CACHE_MAX: usize = 100_000;
+/// Seconds between the server's keep-alive pings.
+pub const HEARTBEAT_S: u64 = 30;
+
+/// Shared by every chat connection of the process.
+pub struct ChatService {
+    cache: RwLock<HashMap<String, Arc<ChannelMeta>>>,
+    workers: Vec<Sender<Job>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    notifier: Notifier,
+    /// Open chat connections per user, for presence.
+    online: Mutex<HashMap<String, usize>>,
+    pub server_name: String,
+}
+
+impl ChatService {
+    /// Starts the workers on a running engine.
+    pub fn start(engine: &Engine, server_name: &str) -> Arc<ChatService> {
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..WORKERS {
+            let (sender, receiver) = crossbeam_channel::bounded(WORKER_QUEUE_MAX);
+            senders.push(sender);
+            receivers.push(receiver);
+        }
+        let service = Arc::new(ChatService {
+            cache: RwLock::new(HashMap::new()),
+            workers: senders,
+            handles: Mutex::new(Vec::new()),
+            notifier: engine.notifier(),
+            online: Mutex::new(HashMap::new()),
+            server_name: server_name.to_string(),
+        });
+        let mut handles = Vec::new();
+        for (index, receiver) in receivers.into_iter().enumerate() {
+            let client = engine.connect(Principal::system(SYSTEM_USER));
+            // The worker holds only a weak reference, so dropping the last
+            // protocol that uses the service stops the workers.
+            let weak = Arc::downgrade(&service);
+            let handle = std::thread::Builder::new()
+                .name(format!("starling-chat-{index}"))
+                .spawn(move || worker::run(weak, client, receiver))
+                .expect("the chat worker thread starts");
+            handles.push(handle);
+        }
+        *service.handles.lock() = handles;
+        service
+    }
+
+    /// The cached state of `channel`, if it is cached.
+    pub fn meta(&self, channel: &str) -> Option<Arc<ChannelMeta>> {
+        self.cache.read().get(channel).cloned()
+    }
+
+    fn cache_meta(&self, channel: &str, meta: ChannelMeta) -> Arc<ChannelMeta> {
+        let meta = Arc::new(meta);
+        let mut cache = self.cache.write();
+        if cache.len() >= META_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(channel.to_string(), meta.clone());
+        meta
+    }
+
+    /// Queues slow work. Work on one channel always goes to the same worker.
+    fn submit(&self, job: Job) -> Result<(), json::ChatError> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        job.work.route_key().hash(&mut hasher);
+        let index = (hasher.finish() % self.workers.len() as u64) as usize;
+        match self.workers[index].try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(json::ChatError::unavailable(
+                "the server is busy with channel changes; retry in a moment",
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(json::ChatError::unavailable(
+                "the server is shutting down; reconnect later",
+            )),
+        }
+    }
+
+    fn notify(&self, conn: ConnRef, done: worker::Done) {
+        self.notifier.notify(conn, Box::new(done));
+    }
+
+    /// Counts a signed-in connection of `user`; the first one makes the user
+    /// online.
+    pub(crate) fn connection_opened(&self, user: &str) {
+        let first = {
+            let mut online = self.online.lock();
+            let count = online.entry(user.to_string()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.presence_changed(user, model::Presence::Online);
+        }
+    }
+
+    /// The reverse of [`ChatService::connection_opened`]; the last one makes
+    /// the user offline.
+    pub(crate) fn connection_closed(&self, user: &str) {
+        let last = {
+            let mut online = self.online.lock();
+            match online.get_mut(user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    online.remove(user);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.presence_changed(user, model::Presence::Offline);
+        }
+    }
+
+    pub(crate) fn presence_changed(&self, user: &str, status: model::Presence) {
+        let job = Job {
+            conn: None,
+            id: 0,
+            user: Arc::from(user),
+            work: Work::Presence { status },
+        };
+        if let Err(error) = self.submit(job) {
+            log::warn!("chat: presence of {user:?} not recorded: {}", error.message);
+        }
+    }
+}
+
+impl Drop for ChatService {
+    fn drop(&mut self) {
+        // Closing the queues ends the workers; they are not joined here
+        // because the last reference may be dropped on a worker itself.
+        self.workers.clear();
+    }
+}

@@ -1,0 +1,667 @@
+//! The chat workers: requests that need several reads of the log or change a
+//! channel's state, run as plain sequential code over a blocking in-process
+//! client. Results go back to the connection's session as a [`Done`] event.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use serde::Serialize;
+use serde_json::{json, Value};
+use starling_broker::{BrokerError, Command, ConnRef, LocalClient};
+use starling_protocol::{kind, HistoryQuery, Message};
+
+use super::json::{message_value, ChatError, Request, THREAD_LIMIT_DEFAULT};
+use super::model::{
+    check_channel_id, check_user_name, direct_channel_id, meta_channel, presence_channel,
+    thread_channel, user_channel, ChannelEvent, ChannelMeta, DirectoryEvent, MembershipEvent,
+    Presence, PresenceChange, Visibility, CHANNEL_TEXT_BYTES_MAX, DIRECTORY_CHANNEL,
+    DIRECT_USERS_MAX,
+};
+use super::ChatService;
+
+/// Records read per history request while loading a whole reserved channel.
+const LOAD_PAGE: u32 = 500;
+/// Unread messages counted per channel; more show as "99+" anyway.
+const UNREAD_COUNT_MAX: u32 = 100;
+
+pub(crate) struct Job {
+    /// The connection to answer; `None` for work nobody waits for.
+    pub conn: Option<ConnRef>,
+    /// The client's request id.
+    pub id: u64,
+    pub user: Arc<str>,
+    pub work: Work,
+}
+
+pub(crate) enum Work {
+    /// A request the session does not handle itself.
+    Request(Request),
+    /// Load `channel`'s state into the cache, then let the session retry.
+    Resolve { channel: String },
+    /// Index reply `reply_seq` of thread `root` in `channel`.
+    IndexReply {
+        channel: String,
+        root: u64,
+        reply_seq: u64,
+        published: Value,
+    },
+    Presence { status: Presence },
+}
+
+impl Work {
+    /// Work on one channel goes to one worker, so changes of a channel are
+    /// applied one after the other.
+    pub fn route_key(&self) -> String {
+        match self {
+            Work::Request(Request::Direct { users }) => users.join("+"),
+            Work::Request(request) => request.channel().unwrap_or_default().to_string(),
+            Work::Resolve { channel } | Work::IndexReply { channel, .. } => channel.clone(),
+            Work::Presence { .. } => String::new(),
+        }
+    }
+}
+
+/// The result of a job, sent to the session.
+pub struct Done {
+    pub id: u64,
+    pub outcome: std::result::Result<Outcome, ChatError>,
+}
+
+pub enum Outcome {
+    /// The answer.
+    Value(Value),
+    /// Publish these as the user; answer with the first one's result.
+    Publish(Vec<Command>),
+    /// The channel's state is cached now; run the request again.
+    Retry,
+}
+
+pub(crate) fn run(service: Weak<ChatService>, client: LocalClient, jobs: Receiver<Job>) {
+    let mut worker = Worker { client };
+    while let Ok(job) = jobs.recv() {
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        let outcome = worker.handle(&service, &job.user, job.work);
+        if let Some(conn) = job.conn {
+            service.notify(conn, Done {
+                id: job.id,
+                outcome,
+            });
+        } else if let Err(error) = outcome {
+            log::warn!("chat: background work for {:?} failed: {}", job.user, error.message);
+        }
+    }
+}
+
+struct Worker {
+    client: LocalClient,
+}
+
+type Result<T> = std::result::Result<T, ChatError>;
+
+impl Worker {
+    fn handle(&mut self, service: &ChatService, user: &str, work: Work) -> Result<Outcome> {
+        match work {
+            Work::Request(request) => self.request(service, user, request),
+            Work::Resolve { channel } => {
+                self.meta(service, &channel)?;
+                Ok(Outcome::Retry)
+            }
+            Work::IndexReply {
+                channel,
+                root,
+                reply_seq,
+                published,
+            } => {
+                // The client message id makes a retried reply (whose first
+                // index entry did land) append no second entry.
+                self.append_with_id(
+                    &thread_channel(&channel, root),
+                    kind::REPLY,
+                    reply_seq,
+                    Bytes::new(),
+                    Bytes::from(format!("r{reply_seq}")),
+                )?;
+                Ok(Outcome::Value(published))
+            }
+            Work::Presence { status } => {
+                let change = PresenceChange {
+                    user: user.to_string(),
+                    status,
+                };
+                let body = Bytes::from(serde_json::to_vec(&change).expect("serializes"));
+                self.append(&presence_channel(user), kind::PRESENCE, 0, body.clone())?;
+                for channel in self.channel_list(user)? {
+                    self.client
+                        .publish_command(Command::Publish {
+                            channel,
+                            ephemeral: true,
+                            kind: kind::PRESENCE,
+                            client_message_id: Bytes::new(),
+                            relation: 0,
+                            headers: Bytes::new(),
+                            body: body.clone(),
+                        })
+                        .map_err(ChatError::from)?;
+                }
+                Ok(Outcome::Value(Value::Null))
+            }
+        }
+    }
+
+    fn request(&mut self, service: &ChatService, user: &str, request: Request) -> Result<Outcome> {
+        let value = match request {
+            Request::Edit {
+                channel,
+                seq,
+                text,
+                client_id,
+            } => {
+                self.admitted(service, &channel, user)?;
+                let original = self.record(&channel, seq)?;
+                if original.sender != user.as_bytes() {
+                    return Err(ChatError::denied(format!(
+                        "message {seq} of {channel:?} was sent by someone else; only its sender may edit it"
+                    )));
+                }
+                editable(&original, &channel)?;
+                return Ok(Outcome::Publish(vec![Command::Publish {
+                    channel,
+                    ephemeral: false,
+                    kind: kind::EDIT,
+                    client_message_id: client_id.map(Bytes::from).unwrap_or_default(),
+                    relation: seq,
+                    headers: Bytes::new(),
+                    body: Bytes::from(text),
+                }]));
+            }
+            Request::Delete {
+                channel,
+                seq,
+                client_id,
+            } => {
+                let meta = self.admitted(service, &channel, user)?;
+                let original = self.record(&channel, seq)?;
+                if original.sender != user.as_bytes() && meta.owner != user {
+                    return Err(ChatError::denied(format!(
+                        "message {seq} of {channel:?} was sent by someone else; only its sender or the channel owner may delete it"
+                    )));
+                }
+                editable(&original, &channel)?;
+                return Ok(Outcome::Publish(vec![Command::Publish {
+                    channel,
+                    ephemeral: false,
+                    kind: kind::DELETE,
+                    client_message_id: client_id.map(Bytes::from).unwrap_or_default(),
+                    relation: seq,
+                    headers: Bytes::new(),
+                    body: Bytes::new(),
+                }]));
+            }
+            Request::Thread {
+                channel,
+                root,
+                limit,
+            } => {
+                self.admitted(service, &channel, user)?;
+                let limit = limit.unwrap_or(THREAD_LIMIT_DEFAULT).clamp(1, LOAD_PAGE);
+                let (_, index) =
+                    self.history(&thread_channel(&channel, root), HistoryQuery::From(1), limit)?;
+                let mut replies = Vec::new();
+                for entry in index {
+                    let reply = self.record(&channel, entry.relation)?;
+                    replies.push(message_value(&reply));
+                }
+                json!({ "channel": channel, "root": root, "messages": replies })
+            }
+            Request::ReadBy { channel, seq } => {
+                let meta = self.admitted(service, &channel, user)?;
+                let mut readers = Vec::new();
+                let others: Vec<&String> =
+                    meta.members.iter().filter(|m| m.as_str() != user).collect();
+                for member in &others {
+                    let read = self.client.cursor_get(member, &channel)?;
+                    if read >= seq {
+                        readers.push(member.to_string());
+                    }
+                }
+                json!({ "read": readers.len(), "of": others.len(), "users": readers })
+            }
+            Request::ChannelCreate {
+                channel,
+                name,
+                visibility,
+                topic,
+                members,
+            } => {
+                check_channel_id(&channel).map_err(ChatError::invalid)?;
+                let visibility = visibility.unwrap_or_default();
+                if visibility == Visibility::Direct {
+                    return Err(ChatError::invalid(
+                        "direct channels are made with `direct`, not `channel_create`",
+                    ));
+                }
+                let meta = self.meta(service, &channel)?;
+                if meta.exists {
+                    return Err(ChatError::new(
+                        "already_exists",
+                        format!("channel {channel:?} already exists; pick another id or join it"),
+                    ));
+                }
+                let mut all: BTreeSet<String> = BTreeSet::new();
+                all.insert(user.to_string());
+                for member in members {
+                    check_user_name(&member).map_err(ChatError::invalid)?;
+                    all.insert(member);
+                }
+                let name = name.unwrap_or_else(|| channel.clone());
+                check_text("name", &name)?;
+                let topic = topic.unwrap_or_default();
+                check_text("topic", &topic)?;
+                let event = ChannelEvent::Created {
+                    name,
+                    visibility,
+                    topic,
+                    owner: user.to_string(),
+                    members: all.iter().cloned().collect(),
+                };
+                let meta = self.change(service, &channel, user, meta, event)?;
+                for member in &all {
+                    self.membership(member, &channel, true)?;
+                }
+                if visibility == Visibility::Public {
+                    let entry = DirectoryEvent::Created {
+                        channel: channel.clone(),
+                    };
+                    self.append(DIRECTORY_CHANNEL, kind::CHANNEL_EVENT, 0, to_body(&entry))?;
+                }
+                self.info(&channel, &meta)?
+            }
+            Request::Direct { users } => {
+                let mut all: BTreeSet<String> = BTreeSet::new();
+                for other in users {
+                    check_user_name(&other).map_err(ChatError::invalid)?;
+                    all.insert(other);
+                }
+                all.insert(user.to_string());
+                if all.len() < 2 || all.len() > DIRECT_USERS_MAX + 1 {
+                    return Err(ChatError::invalid(format!(
+                        "a direct channel has 1 to {DIRECT_USERS_MAX} other users"
+                    )));
+                }
+                let channel = direct_channel_id(&all);
+                let meta = self.meta(service, &channel)?;
+                let meta = if meta.exists {
+                    meta
+                } else {
+                    let event = ChannelEvent::Created {
+                        name: all.iter().cloned().collect::<Vec<_>>().join(", "),
+                        visibility: Visibility::Direct,
+                        topic: String::new(),
+                        owner: user.to_string(),
+                        members: all.iter().cloned().collect(),
+                    };
+                    let meta = self.change(service, &channel, user, meta, event)?;
+                    for member in &all {
+                        self.membership(member, &channel, true)?;
+                    }
+                    meta
+                };
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelRename { channel, name } => {
+                check_text("name", &name)?;
+                let meta = self.member_of(service, &channel, user)?;
+                let meta = self.change(service, &channel, user, meta, ChannelEvent::Renamed { name })?;
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelTopic { channel, topic } => {
+                check_text("topic", &topic)?;
+                let meta = self.member_of(service, &channel, user)?;
+                let meta = self.change(service, &channel, user, meta, ChannelEvent::Topic { topic })?;
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelInvite {
+                channel,
+                user: invited,
+            } => {
+                check_user_name(&invited).map_err(ChatError::invalid)?;
+                let meta = self.member_of(service, &channel, user)?;
+                if meta.visibility == Visibility::Direct {
+                    return Err(ChatError::invalid(
+                        "a direct channel's members are fixed; start a new direct channel instead",
+                    ));
+                }
+                let meta = if meta.is_member(&invited) {
+                    meta
+                } else {
+                    let event = ChannelEvent::MemberAdded {
+                        user: invited.clone(),
+                    };
+                    let meta = self.change(service, &channel, user, meta, event)?;
+                    self.membership(&invited, &channel, true)?;
+                    meta
+                };
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelRemove {
+                channel,
+                user: removed,
+            } => {
+                let meta = self.existing(service, &channel)?;
+                if meta.owner != user {
+                    return Err(ChatError::denied(format!(
+                        "only the owner of {channel:?} ({}) may remove members",
+                        meta.owner
+                    )));
+                }
+                if !meta.is_member(&removed) {
+                    return Err(ChatError::not_found(format!(
+                        "{removed:?} is not a member of {channel:?}"
+                    )));
+                }
+                let event = ChannelEvent::MemberRemoved {
+                    user: removed.clone(),
+                };
+                let meta = self.change(service, &channel, user, meta, event)?;
+                self.membership(&removed, &channel, false)?;
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelJoin { channel } => {
+                let meta = self.existing(service, &channel)?;
+                if meta.visibility != Visibility::Public && !meta.is_member(user) {
+                    return Err(ChatError::denied(format!(
+                        "{channel:?} is not public; a member has to invite you"
+                    )));
+                }
+                let meta = if meta.is_member(user) {
+                    meta
+                } else {
+                    let event = ChannelEvent::MemberAdded {
+                        user: user.to_string(),
+                    };
+                    let meta = self.change(service, &channel, user, meta, event)?;
+                    self.membership(user, &channel, true)?;
+                    meta
+                };
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelLeave { channel } => {
+                let meta = self.member_of(service, &channel, user)?;
+                let event = ChannelEvent::MemberRemoved {
+                    user: user.to_string(),
+                };
+                let meta = self.change(service, &channel, user, meta, event)?;
+                self.membership(user, &channel, false)?;
+                self.info(&channel, &meta)?
+            }
+            Request::ChannelInfo { channel } => {
+                let meta = self.admitted(service, &channel, user)?;
+                self.info(&channel, &meta)?
+            }
+            Request::Members { channel } => {
+                let meta = self.admitted(service, &channel, user)?;
+                let mut members = Vec::new();
+                for member in &meta.members {
+                    members.push(json!({ "user": member, "presence": self.presence(member)? }));
+                }
+                json!({ "channel": channel, "members": members })
+            }
+            Request::Channels {} => {
+                let mut channels = Vec::new();
+                for channel in self.channel_list(user)? {
+                    let meta = self.meta(service, &channel)?;
+                    let (head_seq, last) = self.history(&channel, HistoryQuery::Last, 1)?;
+                    let read_seq = self.client.cursor_get(user, &channel)?;
+                    let unread = if head_seq > read_seq {
+                        let (_, after) = self.history(
+                            &channel,
+                            HistoryQuery::From(read_seq + 1),
+                            UNREAD_COUNT_MAX,
+                        )?;
+                        after
+                            .iter()
+                            .filter(|m| {
+                                (m.kind == kind::MESSAGE || m.kind == kind::REPLY)
+                                    && m.sender != user.as_bytes()
+                            })
+                            .count()
+                    } else {
+                        0
+                    };
+                    let members: Vec<&String> = meta.members.iter().collect();
+                    channels.push(json!({
+                        "channel": channel,
+                        "name": meta.name,
+                        "visibility": meta.visibility,
+                        "topic": meta.topic,
+                        "members": members,
+                        "head_seq": head_seq,
+                        "read_seq": read_seq,
+                        "unread": unread,
+                        "last_message": last.first().map(message_value),
+                    }));
+                }
+                json!({ "channels": channels })
+            }
+            Request::Directory {} => {
+                let mut channels = Vec::new();
+                let mut seen = BTreeSet::new();
+                for record in self.load_all(DIRECTORY_CHANNEL)? {
+                    let Ok(DirectoryEvent::Created { channel }) =
+                        serde_json::from_slice::<DirectoryEvent>(&record.body)
+                    else {
+                        continue;
+                    };
+                    if !seen.insert(channel.clone()) {
+                        continue;
+                    }
+                    let meta = self.meta(service, &channel)?;
+                    if meta.visibility == Visibility::Public {
+                        channels.push(json!({
+                            "channel": channel,
+                            "name": meta.name,
+                            "topic": meta.topic,
+                            "members": meta.members.len(),
+                        }));
+                    }
+                }
+                json!({ "channels": channels })
+            }
+            other => {
+                return Err(ChatError::internal(format!(
+                    "request {other:?} is not handled by the chat workers"
+                )))
+            }
+        };
+        Ok(Outcome::Value(value))
+    }
+
+    /// The channel's state (cached, or folded from the log and cached).
+    fn meta(&mut self, service: &ChatService, channel: &str) -> Result<Arc<ChannelMeta>> {
+        if let Some(meta) = service.meta(channel) {
+            return Ok(meta);
+        }
+        let records = self.load_all(&meta_channel(channel))?;
+        Ok(service.cache_meta(channel, ChannelMeta::fold(channel, &records)))
+    }
+
+    /// The state of a channel `user` may read and write.
+    fn admitted(&mut self, service: &ChatService, channel: &str, user: &str) -> Result<Arc<ChannelMeta>> {
+        let meta = self.meta(service, channel)?;
+        if meta.admits(user) {
+            Ok(meta)
+        } else {
+            Err(not_member(channel))
+        }
+    }
+
+    /// The state of a channel created with `channel_create` or `direct`.
+    fn existing(&mut self, service: &ChatService, channel: &str) -> Result<Arc<ChannelMeta>> {
+        let meta = self.meta(service, channel)?;
+        if meta.exists {
+            Ok(meta)
+        } else {
+            Err(ChatError::not_found(format!(
+                "channel {channel:?} does not exist; create it with `channel_create`"
+            )))
+        }
+    }
+
+    /// The state of a channel `user` is a member of.
+    fn member_of(&mut self, service: &ChatService, channel: &str, user: &str) -> Result<Arc<ChannelMeta>> {
+        let meta = self.existing(service, channel)?;
+        if meta.is_member(user) {
+            Ok(meta)
+        } else {
+            Err(not_member(channel))
+        }
+    }
+
+    /// Appends `event` to the channel's state (the record that counts), then
+    /// a copy into the channel for its subscribers, and updates the cache.
+    fn change(
+        &mut self,
+        service: &ChatService,
+        channel: &str,
+        user: &str,
+        meta: Arc<ChannelMeta>,
+        event: ChannelEvent,
+    ) -> Result<Arc<ChannelMeta>> {
+        self.append(&meta_channel(channel), kind::CHANNEL_EVENT, 0, to_body(&event))?;
+        let mut next = (*meta).clone();
+        next.apply(&event);
+        let meta = service.cache_meta(channel, next);
+        let mut shown = serde_json::to_value(&event).expect("serializes");
+        shown["by"] = Value::String(user.to_string());
+        self.append(channel, kind::CHANNEL_EVENT, 0, to_body(&shown))?;
+        Ok(meta)
+    }
+
+    fn membership(&mut self, user: &str, channel: &str, joined: bool) -> Result<()> {
+        let channel = channel.to_string();
+        let event = if joined {
+            MembershipEvent::Joined { channel }
+        } else {
+            MembershipEvent::Left { channel }
+        };
+        self.append(&user_channel(user), kind::CHANNEL_EVENT, 0, to_body(&event))
+    }
+
+    fn channel_list(&mut self, user: &str) -> Result<Vec<String>> {
+        let records = self.load_all(&user_channel(user))?;
+        Ok(super::model::fold_channel_list(&records))
+    }
+
+    fn presence(&mut self, user: &str) -> Result<Presence> {
+        let (_, last) = self.history(&presence_channel(user), HistoryQuery::Last, 1)?;
+        Ok(last
+            .first()
+            .and_then(|record| serde_json::from_slice::<PresenceChange>(&record.body).ok())
+            .map_or(Presence::Offline, |change| change.status))
+    }
+
+    fn info(&mut self, channel: &str, meta: &ChannelMeta) -> Result<Value> {
+        let (head_seq, _) = self.history(channel, HistoryQuery::Last, 1)?;
+        Ok(json!({
+            "channel": channel,
+            "name": meta.name,
+            "visibility": meta.visibility,
+            "topic": meta.topic,
+            "owner": meta.owner,
+            "members": meta.members,
+            "head_seq": head_seq,
+        }))
+    }
+
+    /// The record `seq` of `channel`.
+    fn record(&mut self, channel: &str, seq: u64) -> Result<Message> {
+        let (_, messages) = self.history(channel, HistoryQuery::From(seq), 1)?;
+        messages
+            .into_iter()
+            .find(|m| m.seq == seq)
+            .ok_or_else(|| ChatError::not_found(format!("channel {channel:?} has no message {seq}")))
+    }
+
+    fn history(&mut self, channel: &str, query: HistoryQuery, limit: u32) -> Result<(u64, Vec<Message>)> {
+        Ok(self.client.history(channel, query, limit)?)
+    }
+
+    /// Every record of a (small, reserved) channel, oldest first.
+    fn load_all(&mut self, channel: &str) -> Result<Vec<Message>> {
+        let mut records = Vec::new();
+        let mut next = 1;
+        loop {
+            let (head_seq, page) = self.history(channel, HistoryQuery::From(next), LOAD_PAGE)?;
+            let Some(last) = page.last() else {
+                return Ok(records);
+            };
+            next = last.seq + 1;
+            records.extend(page);
+            if next > head_seq {
+                return Ok(records);
+            }
+        }
+    }
+
+    fn append(&mut self, channel: &str, kind: u8, relation: u64, body: Bytes) -> Result<()> {
+        self.append_with_id(channel, kind, relation, body, Bytes::new())
+    }
+
+    fn append_with_id(
+        &mut self,
+        channel: &str,
+        kind: u8,
+        relation: u64,
+        body: Bytes,
+        client_message_id: Bytes,
+    ) -> Result<()> {
+        self.client
+            .publish_command(Command::Publish {
+                channel: channel.to_string(),
+                ephemeral: false,
+                kind,
+                client_message_id,
+                relation,
+                headers: Bytes::new(),
+                body,
+            })
+            .map(|_| ())
+            .map_err(|error: BrokerError| error.into())
+    }
+}
+
+fn to_body(value: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("chat events serialize"))
+}
+
+fn not_member(channel: &str) -> ChatError {
+    ChatError::denied(format!(
+        "you are not a member of {channel:?}; ask a member to invite you"
+    ))
+}
+
+fn check_text(what: &str, text: &str) -> Result<()> {
+    if text.len() > CHANNEL_TEXT_BYTES_MAX {
+        return Err(ChatError::invalid(format!(
+            "the {what} is {} bytes; at most {CHANNEL_TEXT_BYTES_MAX} are allowed",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Only messages and replies can be edited or deleted.
+fn editable(original: &Message, channel: &str) -> Result<()> {
+    if original.kind == kind::MESSAGE || original.kind == kind::REPLY {
+        Ok(())
+    } else {
+        Err(ChatError::invalid(format!(
+            "record {} of {channel:?} is not a message; only messages can be edited or deleted",
+            original.seq
+        )))
+    }
+}
