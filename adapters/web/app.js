@@ -49,6 +49,21 @@ const USER_KEY = 'starling.user';
 
 const $ = (id) => document.getElementById(id);
 
+// Line icons (24x24, stroked): emoji glyphs depend on fonts a server machine may lack.
+const ICONS = {
+  smile: '<circle cx="12" cy="12" r="9"/><path d="M8.5 14a4.5 4.5 0 0 0 7 0M9 9.5h.01M15 9.5h.01"/>',
+  reply: '<path d="M20 11.5a7.5 7.5 0 0 1-10.9 6.7L4 19.5l1.3-4.6A7.5 7.5 0 1 1 20 11.5z"/>',
+  edit: '<path d="M4 20h4L19 9a2.1 2.1 0 0 0-4-4L4 16v4zM13.5 6.5l4 4"/>',
+  trash: '<path d="M4 7h16M10 11v6M14 11v6M6 7l1 13h10l1-13M9 7V4h6v3"/>',
+  users: '<circle cx="9" cy="8" r="3.5"/><path d="M2.5 20a6.5 6.5 0 0 1 13 0M16 4.5a3.5 3.5 0 0 1 0 7M18 14a6.5 6.5 0 0 1 3.5 6"/>',
+};
+function icon(name) {
+  const el = document.createElement('span');
+  el.className = 'icon';
+  el.innerHTML = `<svg viewBox="0 0 24 24" width="16" height="16" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true">${ICONS[name]}</svg>`;
+  return el;
+}
+
 // ---------------------------------------------------------------------------------------------
 // State
 // ---------------------------------------------------------------------------------------------
@@ -137,7 +152,9 @@ function avatar(name, size = '') {
     initials(name));
 }
 
-const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
+/** Short time for the narrow gutter of grouped messages: "4:10" (no AM/PM). */
+const fmtShort = (ms) => fmtTime(ms).replace(/\s*[AaPp]\.?[Mm]\.?$/, '');
 const fmtFull = (ms) => new Date(ms).toLocaleString();
 const dayKey = (ms) => new Date(ms).toDateString();
 function dayLabel(ms) {
@@ -293,11 +310,12 @@ async function resync() {
   // `$chat/user/<me>` announces channels we are added to; if the server does not allow
   // reading it, the periodic `channels {}` poll does the same job more slowly.
   request('subscribe', { channel: `$chat/user/${state.me}` }).catch(() => {});
-  for (const ch of state.channels.values()) if (ch !== cur()) subscribe(ch);
+  // A channel opened before but not loaded yet subscribes after its first history page instead.
+  for (const ch of state.channels.values()) if (ch.loaded || ch !== cur()) subscribe(ch);
   const ch = cur() || pickInitialChannel();
   if (ch) {
     if (ch.id !== state.current) openChannel(ch.id);
-    else { ensureLoaded(ch).then(() => { refreshInfo(ch); scheduleRead(); scheduleReadBy(); }); }
+    else { ensureLoaded(ch).then(() => { refreshInfo(ch); scheduleRead(); scheduleReadBy(true); }); }
   }
   for (const ch of state.channels.values()) if (ch.direct) refreshMembers(ch);
   for (const p of state.pending.values()) if (p.status !== 'failed' && p.seq == null) deliver(p);
@@ -803,7 +821,7 @@ function renderHeader() {
   }
   const n = ch.members ? ch.members.length : 0;
   count.hidden = !n;
-  count.textContent = `👤 ${n}`;
+  count.replaceChildren(icon('users'), String(n));
   count.title = `${n} member${n === 1 ? '' : 's'}`;
   renderMembersPopover(ch);
 }
@@ -944,8 +962,9 @@ function eventRow(m) {
     member_added: ev.user === by ? `${ev.user} joined` : `${by} added ${ev.user}`,
     member_removed: ev.user === by ? `${ev.user} left` : `${by} removed ${ev.user}`,
   }[ev.type] || `${by} changed the channel`;
-  return h('div', { class: 'event', testid: `event-${m.seq}`, title: fmtFull(m.timestamp_ms) },
-    h('span', { class: 'event-time' }, fmtTime(m.timestamp_ms)), text);
+  return h('div', { class: 'msg event', testid: `event-${m.seq}` },
+    h('div', { class: 'msg-gutter' }, h('time', { class: 'gutter-time', title: fmtFull(m.timestamp_ms) }, fmtShort(m.timestamp_ms))),
+    h('div', { class: 'msg-body' }, text));
 }
 
 /** testid helper: rows in the thread pane get a "thread-" prefix (the root: "thread-root-"). */
@@ -992,7 +1011,7 @@ function buildMessageRow(ch, m, f, reactions, opts) {
         class: `chip${mine ? ' mine' : ''}`, testid: tid(`reaction-${seq}-${emoji}`), title: users.join(', '),
         dataset: { action: 'toggle-reaction', seq, emoji, mine: mine ? '1' : '' },
       }, h('span', { class: 'chip-emoji' }, emoji), h('span', { class: 'chip-count' }, String(users.length)));
-    }), h('button', { class: 'chip add', title: 'Add reaction', dataset: { action: 'picker', seq } }, '☺+')));
+    }), h('button', { class: 'chip add', title: 'Add reaction', dataset: { action: 'picker', seq } }, icon('smile'), '+')));
   }
   if (opts.where === 'main' && f.replies.length) {
     const last = f.replies[f.replies.length - 1];
@@ -1007,17 +1026,17 @@ function buildMessageRow(ch, m, f, reactions, opts) {
       `✓ Read by ${opts.readBy.read}`));
   }
   const actions = f.deleted || opts.editing ? null : h('div', { class: 'msg-actions' },
-    h('button', { testid: tid(`action-react-${seq}`), title: 'Add reaction', dataset: { action: 'picker', seq } }, '☺'),
-    opts.where === 'main' ? h('button', { testid: tid(`action-reply-${seq}`), title: 'Reply in thread', dataset: { action: 'thread', seq } }, '💬') : null,
-    own ? h('button', { testid: tid(`action-edit-${seq}`), title: 'Edit', dataset: { action: 'edit', seq } }, '✎') : null,
-    canDelete ? h('button', { testid: tid(`action-delete-${seq}`), title: 'Delete', dataset: { action: 'delete', seq } }, '🗑') : null);
+    h('button', { testid: tid(`action-react-${seq}`), title: 'Add reaction', dataset: { action: 'picker', seq } }, icon('smile')),
+    opts.where === 'main' ? h('button', { testid: tid(`action-reply-${seq}`), title: 'Reply in thread', dataset: { action: 'thread', seq } }, icon('reply')) : null,
+    own ? h('button', { testid: tid(`action-edit-${seq}`), title: 'Edit', dataset: { action: 'edit', seq } }, icon('edit')) : null,
+    canDelete ? h('button', { testid: tid(`action-delete-${seq}`), class: 'danger', title: 'Delete', dataset: { action: 'delete', seq } }, icon('trash')) : null);
   const picker = opts.picker ? h('div', { class: 'emoji-picker', testid: tid('emoji-picker') },
     EMOJI.map((e) => h('button', { testid: tid(`emoji-${e}`), title: e, dataset: { action: 'react', seq, emoji: e } }, e))) : null;
   return h('div', {
     class: `msg${opts.cont ? ' cont' : ''}${own ? ' own' : ''}${opts.picker ? ' picking' : ''}`,
     testid: tid(`message-${seq}`), dataset: { seq },
   },
-  h('div', { class: 'msg-gutter' }, opts.cont ? h('time', { class: 'gutter-time', title: fmtFull(m.timestamp_ms) }, fmtTime(m.timestamp_ms)) : avatar(m.sender)),
+  h('div', { class: 'msg-gutter' }, opts.cont ? h('time', { class: 'gutter-time', title: fmtFull(m.timestamp_ms) }, fmtShort(m.timestamp_ms)) : avatar(m.sender)),
   h('div', { class: 'msg-body' }, body), actions, picker);
 }
 

@@ -23,6 +23,7 @@ const BOB = process.env.BOB || 'bob';
 
 let passed = 0;
 let browser = null;
+let alice = null, bob = null;
 const profileDir = mkdtempSync(path.join(tmpdir(), 'starling-browser-'));
 const pageErrors = [];
 
@@ -104,8 +105,8 @@ async function main() {
   });
   const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const alice = await ctxA.newPage();
-  const bob = await ctxB.newPage();
+  alice = await ctxA.newPage();
+  bob = await ctxB.newPage();
   for (const [who, page] of [[ALICE, alice], [BOB, bob]]) {
     page.on('pageerror', (e) => pageErrors.push(`${who}: ${e.message}`));
     page.on('console', (m) => { if (m.type() === 'error') console.log(`  [${who} console] ${m.text()}`); });
@@ -251,12 +252,6 @@ async function main() {
     assert.deepEqual(pageErrors, []);
   });
 
-  if (SHOTS) {
-    mkdirSync(SHOTS, { recursive: true });
-    await alice.screenshot({ path: path.join(SHOTS, 'alice.png') });
-    await bob.screenshot({ path: path.join(SHOTS, 'bob.png') });
-    console.log(`screenshots in ${SHOTS}`);
-  }
 }
 
 let failed = 0;
@@ -267,6 +262,12 @@ try {
   console.error(`FAIL: ${e.message}`);
   if (pageErrors.length) console.error(`page errors:\n  ${pageErrors.join('\n  ')}`);
 } finally {
+  if (SHOTS && alice && bob) {  // the final pages, also when a step failed
+    mkdirSync(SHOTS, { recursive: true });
+    await alice.screenshot({ path: path.join(SHOTS, 'alice.png') }).catch(() => {});
+    await bob.screenshot({ path: path.join(SHOTS, 'bob.png') }).catch(() => {});
+    console.log(`screenshots in ${SHOTS}`);
+  }
   if (browser) await browser.close().catch(() => {});
   cleanup();
   clearTimeout(overall);

@@ -155,3 +155,155 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         err.join().expect("stderr reader"),
     )
 }
+
+/// A chat WebSocket client for tests: requests with ids, pushes kept aside.
+pub struct ChatClient {
+    pub socket: tungstenite::WebSocket<std::net::TcpStream>,
+    next_id: u64,
+    pub pushes: std::collections::VecDeque<serde_json::Value>,
+}
+
+/// Longest a test waits for one frame.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ChatClient {
+    /// Opens `ws://address/ws` without signing in.
+    pub fn open(address: SocketAddr) -> ChatClient {
+        let stream = std::net::TcpStream::connect(address).expect("connect to the HTTP listener");
+        stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
+        let url = format!("ws://{address}/ws");
+        let (socket, response) = tungstenite::client(url.as_str(), stream).expect("WebSocket handshake");
+        assert_eq!(response.status(), 101);
+        ChatClient {
+            socket,
+            next_id: 1,
+            pushes: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Opens a WebSocket and signs in as `user`.
+    pub fn connect(address: SocketAddr, user: &str) -> ChatClient {
+        let mut client = ChatClient::open(address);
+        let reply = client.ok(serde_json::json!({"type": "connect", "token": user}));
+        assert_eq!(reply["user"], user);
+        client
+    }
+
+    /// The next JSON frame from the server.
+    pub fn frame(&mut self) -> serde_json::Value {
+        loop {
+            match self.socket.read().expect("a frame from the server") {
+                tungstenite::Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("the server sends JSON")
+                }
+                tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Sends `request` (an object without `id`) and returns the whole reply
+    /// envelope; pushes that arrive first are kept in `pushes`.
+    pub fn send(&mut self, mut request: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        request["id"] = serde_json::json!(id);
+        self.socket
+            .send(tungstenite::Message::text(request.to_string()))
+            .expect("send a request");
+        loop {
+            let frame = self.frame();
+            if frame.get("push").is_some() {
+                self.pushes.push_back(frame);
+            } else if frame["id"] == id {
+                return frame;
+            } else {
+                panic!("reply to an unknown request: {frame}");
+            }
+        }
+    }
+
+    /// Sends `request` and returns its `result`, failing on an error reply.
+    pub fn ok(&mut self, request: serde_json::Value) -> serde_json::Value {
+        let reply = self.send(request.clone());
+        assert!(reply.get("error").is_none(), "{request} failed: {reply}");
+        reply["result"].clone()
+    }
+
+    /// Sends `request` and returns its error code, failing on success.
+    pub fn error(&mut self, request: serde_json::Value) -> String {
+        let reply = self.send(request.clone());
+        let Some(code) = reply["error"]["code"].as_str() else {
+            panic!("{request} should have failed: {reply}");
+        };
+        code.to_string()
+    }
+
+    /// The next `message` push (from those kept, then from the socket).
+    pub fn next_message(&mut self) -> serde_json::Value {
+        loop {
+            let frame = match self.pushes.pop_front() {
+                Some(frame) => frame,
+                None => self.frame(),
+            };
+            if frame["push"] == "message" {
+                return frame;
+            }
+        }
+    }
+
+    /// The next `message` push of `kind` on `channel`, skipping others.
+    pub fn next_of_kind(&mut self, channel: &str, kind: &str) -> serde_json::Value {
+        loop {
+            let frame = self.next_message();
+            if frame["channel"] == channel && frame["message"]["kind"] == kind {
+                return frame["message"].clone();
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a new connection: `(status, headers, body)`.
+pub fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, String, serde_json::Value) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let (status, head, body) = raw_http(address, request.as_bytes());
+    let json = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    };
+    (status, head, json)
+}
+
+/// Sends raw bytes and reads until the server closes: `(status, head, body)`.
+pub fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
+    stream.write_all(request).expect("send the request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read the response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head_len = head.len() + 4;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = response.get(head_len..).unwrap_or_default().to_vec();
+    (status, head.to_string(), body)
+}

@@ -162,12 +162,12 @@ impl Worker {
             } => {
                 self.admitted(service, &channel, user)?;
                 let original = self.record(&channel, seq)?;
+                editable(&original, &channel)?;
                 if original.sender != user.as_bytes() {
                     return Err(ChatError::denied(format!(
                         "message {seq} of {channel:?} was sent by someone else; only its sender may edit it"
                     )));
                 }
-                editable(&original, &channel)?;
                 return Ok(Outcome::Publish(vec![Command::Publish {
                     channel,
                     ephemeral: false,
@@ -185,12 +185,12 @@ impl Worker {
             } => {
                 let meta = self.admitted(service, &channel, user)?;
                 let original = self.record(&channel, seq)?;
+                editable(&original, &channel)?;
                 if original.sender != user.as_bytes() && meta.owner != user {
                     return Err(ChatError::denied(format!(
                         "message {seq} of {channel:?} was sent by someone else; only its sender or the channel owner may delete it"
                     )));
                 }
-                editable(&original, &channel)?;
                 return Ok(Outcome::Publish(vec![Command::Publish {
                     channel,
                     ephemeral: false,

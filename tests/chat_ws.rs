@@ -1,0 +1,440 @@
+//! The JSON chat protocol over a real WebSocket to the real binary: every
+//! command, its error replies, and the close codes of bad frames.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use common::{ChatClient, Server};
+use serde_json::json;
+use starling_adapters::client::Client;
+use starling_protocol::SubscribeStart;
+
+fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    (dir, server)
+}
+
+#[test]
+fn connect_comes_first_and_names_the_user() {
+    let (_dir, server) = server();
+    let mut client = ChatClient::open(server.http);
+    assert_eq!(
+        client.error(json!({"type": "publish", "channel": "general", "text": "hi"})),
+        "unauthenticated"
+    );
+    assert_eq!(client.error(json!({"type": "connect", "token": "$server"})), "denied");
+    let welcome = client.ok(json!({"type": "connect", "token": "alice"}));
+    assert_eq!(welcome["user"], "alice");
+    assert_eq!(welcome["protocol"], 1);
+    assert!(welcome["heartbeat_s"].as_u64().unwrap() > 0);
+    assert_eq!(client.error(json!({"type": "connect", "token": "bob"})), "invalid_argument");
+    assert_eq!(client.ok(json!({"type": "ping"})), json!({}));
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_connection_stays() {
+    let (_dir, server) = server();
+    let mut client = ChatClient::connect(server.http, "alice");
+    client
+        .socket
+        .send(tungstenite::Message::text("this is not json"))
+        .unwrap();
+    let reply = client.frame();
+    assert_eq!(reply["id"], 0);
+    assert_eq!(reply["error"]["code"], "malformed");
+    assert_eq!(client.error(json!({"type": "publish", "channel": "x"})), "malformed");
+    assert_eq!(client.error(json!({"type": "teleport"})), "malformed");
+    assert_eq!(
+        client.error(json!({"type": "history", "channel": "$chat/user/bob"})),
+        "invalid_argument"
+    );
+    assert_eq!(
+        client.error(json!({"type": "subscribe", "channel": "x", "since": 1, "last": 2})),
+        "invalid_argument"
+    );
+    // Still serving.
+    let published = client.ok(json!({"type": "publish", "channel": "x", "text": "still here"}));
+    assert_eq!(published["seq"], 1);
+}
+
+#[test]
+fn publish_is_idempotent_and_subscribers_get_it_live() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let subscribed = bob.ok(json!({"type": "subscribe", "channel": "general"}));
+    assert_eq!(subscribed["head_seq"], 0);
+    let first = alice.ok(json!({"type": "publish", "channel": "general", "text": "hello", "client_id": "m-1"}));
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(first["durable"], true);
+    let retry = alice.ok(json!({"type": "publish", "channel": "general", "text": "hello", "client_id": "m-1"}));
+    assert_eq!(retry["seq"], 1);
+    assert_eq!(retry["duplicate"], true);
+    let push = bob.next_message();
+    assert_eq!(push["channel"], "general");
+    assert_eq!(push["message"]["seq"], 1);
+    assert_eq!(push["message"]["text"], "hello");
+    assert_eq!(push["message"]["sender"], "alice");
+    assert_eq!(push["message"]["client_id"], "m-1");
+    alice.ok(json!({"type": "publish", "channel": "general", "text": "second"}));
+    // The retry appended nothing: the next push is seq 2.
+    assert_eq!(bob.next_message()["message"]["seq"], 2);
+    bob.ok(json!({"type": "unsubscribe", "channel": "general"}));
+    assert_eq!(bob.error(json!({"type": "unsubscribe", "channel": "general"})), "not_subscribed");
+}
+
+#[test]
+fn subscribe_since_recovers_exactly_what_was_missed() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    for n in 1..=5 {
+        alice.ok(json!({"type": "publish", "channel": "room", "text": format!("m{n}")}));
+    }
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let subscribed = bob.ok(json!({"type": "subscribe", "channel": "room", "since": 2}));
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["head_seq"], 5);
+    alice.ok(json!({"type": "publish", "channel": "room", "text": "m6"}));
+    let seqs: Vec<u64> = (0..4)
+        .map(|_| bob.next_of_kind("room", "message")["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![3, 4, 5, 6]);
+    // A client that claims seqs the server never had is told it did not recover.
+    let mut carol = ChatClient::connect(server.http, "carol");
+    let ahead = carol.ok(json!({"type": "subscribe", "channel": "room", "since": 99}));
+    assert_eq!(ahead["recovered"], false);
+    // `last` then live.
+    let mut dave = ChatClient::connect(server.http, "dave");
+    dave.ok(json!({"type": "subscribe", "channel": "room", "last": 2}));
+    assert_eq!(dave.next_of_kind("room", "message")["seq"], 5);
+    assert_eq!(dave.next_of_kind("room", "message")["seq"], 6);
+}
+
+#[test]
+fn history_pages_forward_and_back() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    for n in 1..=10 {
+        alice.ok(json!({"type": "publish", "channel": "log", "text": format!("m{n}")}));
+    }
+    let seqs = |page: &serde_json::Value| -> Vec<u64> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let last = alice.ok(json!({"type": "history", "channel": "log", "limit": 3}));
+    assert_eq!(seqs(&last), vec![8, 9, 10]);
+    assert_eq!(last["head_seq"], 10);
+    let before = alice.ok(json!({"type": "history", "channel": "log", "before": 8, "limit": 3}));
+    assert_eq!(seqs(&before), vec![5, 6, 7]);
+    let after = alice.ok(json!({"type": "history", "channel": "log", "after": 8}));
+    assert_eq!(seqs(&after), vec![9, 10]);
+    let default = alice.ok(json!({"type": "history", "channel": "log"}));
+    assert_eq!(seqs(&default).len(), 10);
+}
+
+#[test]
+fn edits_deletes_reactions_and_threads() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    alice.ok(json!({"type": "channel_create", "channel": "team", "members": ["bob"]}));
+    let root = alice.ok(json!({"type": "publish", "channel": "team", "text": "lunch?"}))["seq"]
+        .as_u64()
+        .unwrap();
+    bob.ok(json!({"type": "subscribe", "channel": "team"}));
+
+    assert_eq!(
+        bob.error(json!({"type": "edit", "channel": "team", "seq": root, "text": "no"})),
+        "denied"
+    );
+    assert_eq!(
+        alice.error(json!({"type": "edit", "channel": "team", "seq": 999, "text": "x"})),
+        "not_found"
+    );
+    let edit = alice.ok(json!({"type": "edit", "channel": "team", "seq": root, "text": "lunch at 12?"}));
+    let pushed = bob.next_of_kind("team", "edit");
+    assert_eq!(pushed["seq"], edit["seq"]);
+    assert_eq!(pushed["relation"], root);
+    assert_eq!(pushed["text"], "lunch at 12?");
+
+    alice.ok(json!({"type": "react", "channel": "team", "seq": root, "emoji": "👍"}));
+    let reaction = bob.next_of_kind("team", "reaction_add");
+    assert_eq!((reaction["relation"].as_u64(), reaction["text"].as_str()), (Some(root), Some("👍")));
+    alice.ok(json!({"type": "react", "channel": "team", "seq": root, "emoji": "👍", "remove": true}));
+    assert_eq!(bob.next_of_kind("team", "reaction_remove")["text"], "👍");
+    assert_eq!(
+        alice.error(json!({"type": "react", "channel": "team", "seq": root, "emoji": ""})),
+        "invalid_argument"
+    );
+
+    let reply1 = bob.ok(json!({"type": "publish", "channel": "team", "text": "yes", "reply_to": root}));
+    let reply2 = alice.ok(json!({"type": "publish", "channel": "team", "text": "ok", "reply_to": root, "client_id": "r2"}));
+    // A retried reply is indexed once.
+    alice.ok(json!({"type": "publish", "channel": "team", "text": "ok", "reply_to": root, "client_id": "r2"}));
+    alice.ok(json!({"type": "publish", "channel": "team", "text": "unrelated"}));
+    let thread = alice.ok(json!({"type": "thread", "channel": "team", "root": root}));
+    let replies: Vec<(u64, String)> = thread["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        replies,
+        vec![
+            (reply1["seq"].as_u64().unwrap(), "yes".to_string()),
+            (reply2["seq"].as_u64().unwrap(), "ok".to_string())
+        ]
+    );
+
+    assert_eq!(bob.error(json!({"type": "delete", "channel": "team", "seq": root})), "denied");
+    alice.ok(json!({"type": "delete", "channel": "team", "seq": root}));
+    assert_eq!(bob.next_of_kind("team", "delete")["relation"], root);
+    // The original stays in the log.
+    let history = alice.ok(json!({"type": "history", "channel": "team", "after": root - 1, "limit": 1}));
+    assert_eq!(history["messages"][0]["text"], "lunch?");
+    // Only messages can be edited.
+    let event_seq = 1;
+    assert_eq!(
+        alice.error(json!({"type": "edit", "channel": "team", "seq": event_seq, "text": "x"})),
+        "invalid_argument"
+    );
+}
+
+#[test]
+fn private_channels_admit_only_members() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let mut eve = ChatClient::connect(server.http, "eve");
+    let info = alice.ok(json!({"type": "channel_create", "channel": "hr", "visibility": "private", "name": "HR", "topic": "people"}));
+    assert_eq!(info["visibility"], "private");
+    assert_eq!(info["owner"], "alice");
+    assert_eq!(info["members"], json!(["alice"]));
+    assert_eq!(
+        alice.error(json!({"type": "channel_create", "channel": "hr"})),
+        "already_exists"
+    );
+    assert_eq!(
+        alice.error(json!({"type": "channel_create", "channel": "Bad Name"})),
+        "invalid_argument"
+    );
+    for request in [
+        json!({"type": "publish", "channel": "hr", "text": "hi"}),
+        json!({"type": "subscribe", "channel": "hr"}),
+        json!({"type": "history", "channel": "hr"}),
+        json!({"type": "typing", "channel": "hr"}),
+        json!({"type": "channel_join", "channel": "hr"}),
+        json!({"type": "members", "channel": "hr"}),
+        json!({"type": "channel_info", "channel": "hr"}),
+        json!({"type": "channel_rename", "channel": "hr", "name": "x"}),
+    ] {
+        assert_eq!(eve.error(request.clone()), "denied", "{request}");
+    }
+    alice.ok(json!({"type": "channel_invite", "channel": "hr", "user": "bob"}));
+    bob.ok(json!({"type": "publish", "channel": "hr", "text": "thanks"}));
+    let renamed = bob.ok(json!({"type": "channel_rename", "channel": "hr", "name": "People"}));
+    assert_eq!(renamed["name"], "People");
+    let topic = bob.ok(json!({"type": "channel_topic", "channel": "hr", "topic": "hiring"}));
+    assert_eq!(topic["topic"], "hiring");
+    assert_eq!(bob.error(json!({"type": "channel_remove", "channel": "hr", "user": "alice"})), "denied");
+    alice.ok(json!({"type": "channel_remove", "channel": "hr", "user": "bob"}));
+    assert_eq!(bob.error(json!({"type": "publish", "channel": "hr", "text": "hello?"})), "denied");
+    // The channel's own log shows what happened.
+    let history = alice.ok(json!({"type": "history", "channel": "hr"}));
+    let events: Vec<String> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["kind"] == "channel_event")
+        .map(|m| serde_json::from_str::<serde_json::Value>(m["text"].as_str().unwrap()).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(events, vec!["created", "member_added", "renamed", "topic", "member_removed"]);
+}
+
+#[test]
+fn public_channels_directory_join_and_leave() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    alice.ok(json!({"type": "channel_create", "channel": "random", "topic": "anything"}));
+    alice.ok(json!({"type": "channel_create", "channel": "secret", "visibility": "private"}));
+    let directory = bob.ok(json!({"type": "directory"}));
+    assert_eq!(directory["channels"].as_array().unwrap().len(), 1);
+    assert_eq!(directory["channels"][0]["channel"], "random");
+    assert_eq!(bob.error(json!({"type": "channel_join", "channel": "nope"})), "not_found");
+    let joined = bob.ok(json!({"type": "channel_join", "channel": "random"}));
+    assert_eq!(joined["members"], json!(["alice", "bob"]));
+    let channels = bob.ok(json!({"type": "channels"}));
+    assert_eq!(channels["channels"][0]["channel"], "random");
+    bob.ok(json!({"type": "channel_leave", "channel": "random"}));
+    assert_eq!(bob.ok(json!({"type": "channels"}))["channels"], json!([]));
+    assert_eq!(bob.error(json!({"type": "channel_leave", "channel": "random"})), "denied");
+}
+
+#[test]
+fn direct_channels_are_found_again() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let first = alice.ok(json!({"type": "direct", "users": ["bob"]}));
+    assert_eq!(first["channel"], "dm/alice+bob");
+    assert_eq!(first["visibility"], "direct");
+    let again = bob.ok(json!({"type": "direct", "users": ["alice"]}));
+    assert_eq!(again["channel"], "dm/alice+bob");
+    assert_eq!(bob.error(json!({"type": "direct", "users": []})), "invalid_argument");
+    assert_eq!(
+        alice.error(json!({"type": "channel_invite", "channel": "dm/alice+bob", "user": "eve"})),
+        "invalid_argument"
+    );
+    let mut eve = ChatClient::connect(server.http, "eve");
+    assert_eq!(eve.error(json!({"type": "history", "channel": "dm/alice+bob"})), "denied");
+}
+
+#[test]
+fn read_markers_unread_counts_and_read_by() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    alice.ok(json!({"type": "channel_create", "channel": "ops", "members": ["bob", "carol"]}));
+    let mut last = 0;
+    for n in 1..=3 {
+        last = alice.ok(json!({"type": "publish", "channel": "ops", "text": format!("m{n}")}))["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    bob.ok(json!({"type": "publish", "channel": "ops", "text": "mine"}));
+    let channels = bob.ok(json!({"type": "channels"}));
+    let ops = &channels["channels"][0];
+    assert_eq!(ops["unread"], 3, "{ops}");
+    assert_eq!(ops["read_seq"], 0);
+    assert_eq!(ops["last_message"]["text"], "mine");
+
+    alice.ok(json!({"type": "subscribe", "channel": "ops"}));
+    bob.ok(json!({"type": "read", "channel": "ops", "seq": last}));
+    let notice = alice.next_of_kind("ops", "read");
+    assert_eq!((notice["sender"].as_str(), notice["relation"].as_u64()), (Some("bob"), Some(last)));
+    let channels = bob.ok(json!({"type": "channels"}));
+    assert_eq!(channels["channels"][0]["unread"], 0);
+    assert_eq!(channels["channels"][0]["read_seq"], last);
+    let read_by = alice.ok(json!({"type": "read_by", "channel": "ops", "seq": last}));
+    assert_eq!(read_by, json!({"read": 1, "of": 2, "users": ["bob"]}));
+}
+
+#[test]
+fn typing_and_presence_are_ephemeral() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    alice.ok(json!({"type": "channel_create", "channel": "desk", "members": ["bob"]}));
+    alice.ok(json!({"type": "subscribe", "channel": "desk"}));
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let online = alice.next_of_kind("desk", "presence");
+    assert_eq!(online["seq"], 0);
+    let change: serde_json::Value = serde_json::from_str(online["text"].as_str().unwrap()).unwrap();
+    assert_eq!(change, json!({"user": "bob", "status": "online"}));
+    bob.ok(json!({"type": "typing", "channel": "desk"}));
+    let typing = alice.next_of_kind("desk", "typing");
+    assert_eq!((typing["seq"].as_u64(), typing["sender"].as_str()), (Some(0), Some("bob")));
+    bob.ok(json!({"type": "presence", "status": "away"}));
+    assert_eq!(bob.error(json!({"type": "presence", "status": "asleep"})), "invalid_argument");
+    let away = alice.next_of_kind("desk", "presence");
+    assert!(away["text"].as_str().unwrap().contains("away"));
+    let members = alice.ok(json!({"type": "members", "channel": "desk"}));
+    assert_eq!(
+        members["members"],
+        json!([{"user": "alice", "presence": "online"}, {"user": "bob", "presence": "away"}])
+    );
+    drop(bob);
+    let offline = alice.next_of_kind("desk", "presence");
+    assert!(offline["text"].as_str().unwrap().contains("offline"));
+    // Nothing of this was stored in the channel.
+    let history = alice.ok(json!({"type": "history", "channel": "desk"}));
+    assert!(history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["kind"] == "channel_event"));
+}
+
+#[test]
+fn native_and_websocket_clients_share_channels() {
+    let (_dir, server) = server();
+    let mut native = Client::connect(server.address, "test", "carol").unwrap();
+    native.subscribe("bridge", SubscribeStart::Live).unwrap();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    alice.ok(json!({"type": "subscribe", "channel": "bridge"}));
+    alice.ok(json!({"type": "publish", "channel": "bridge", "text": "from the web"}));
+    let (channel, messages) = native
+        .next_delivery(std::time::Duration::from_secs(20))
+        .unwrap()
+        .expect("a delivery");
+    assert_eq!(channel, "bridge");
+    assert_eq!(&messages[0].body[..], b"from the web");
+    assert_eq!(&messages[0].sender[..], b"alice");
+    native.publish("bridge", starling_protocol::kind::MESSAGE, &b"from native"[..]).unwrap();
+    let pushed = alice.next_of_kind("bridge", "message");
+    let pushed = if pushed["text"] == "from the web" {
+        alice.next_of_kind("bridge", "message")
+    } else {
+        pushed
+    };
+    assert_eq!((pushed["text"].as_str(), pushed["sender"].as_str()), (Some("from native"), Some("carol")));
+    // A binary body reaches the web as base64.
+    native.publish("bridge", starling_protocol::kind::MESSAGE, &[0xffu8, 0x00][..]).unwrap();
+    assert_eq!(alice.next_of_kind("bridge", "message")["body_base64"], "/wA=");
+}
+
+/// Sends raw WebSocket bytes after a handshake and returns the close code.
+fn close_code_after(server: &Server, frame: &[u8]) -> u16 {
+    let client = ChatClient::open(server.http);
+    let mut stream: TcpStream = client.socket.into_inner();
+    stream.write_all(frame).unwrap();
+    let mut socket = tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => return u16::from(frame.code),
+            Ok(_) => {}
+            Err(error) => panic!("expected a close frame, got {error}"),
+        }
+    }
+}
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x80 | opcode];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else if payload.len() <= 65535 {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[test]
+fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("STARLING_HTTP_WEBSOCKET_MESSAGE_BYTES_MAX", "4096")]);
+    assert_eq!(close_code_after(&server, &masked(0x1, &[0xc3, 0x28])), 1007);
+    assert_eq!(close_code_after(&server, &masked(0x2, b"binary")), 1003);
+    assert_eq!(close_code_after(&server, &masked(0x1, &[b'a'; 5000])), 1009);
+    // Unmasked client frame.
+    assert_eq!(close_code_after(&server, &[0x81, 0x01, b'a']), 1002);
+    // Reserved opcode.
+    assert_eq!(close_code_after(&server, &masked(0x3, b"")), 1002);
+    let mut alice = ChatClient::connect(server.http, "alice");
+    alice.ok(json!({"type": "ping"}));
+}
