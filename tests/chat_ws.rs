@@ -25,12 +25,18 @@ fn connect_comes_first_and_names_the_user() {
         client.error(json!({"type": "publish", "channel": "general", "text": "hi"})),
         "unauthenticated"
     );
-    assert_eq!(client.error(json!({"type": "connect", "token": "$server"})), "denied");
+    assert_eq!(
+        client.error(json!({"type": "connect", "token": "$server"})),
+        "denied"
+    );
     let welcome = client.ok(json!({"type": "connect", "token": "alice"}));
     assert_eq!(welcome["user"], "alice");
     assert_eq!(welcome["protocol"], 1);
     assert!(welcome["heartbeat_s"].as_u64().unwrap() > 0);
-    assert_eq!(client.error(json!({"type": "connect", "token": "bob"})), "invalid_argument");
+    assert_eq!(
+        client.error(json!({"type": "connect", "token": "bob"})),
+        "invalid_argument"
+    );
     assert_eq!(client.ok(json!({"type": "ping"})), json!({}));
 }
 
@@ -45,7 +51,10 @@ fn bad_requests_get_errors_and_the_connection_stays() {
     let reply = client.frame();
     assert_eq!(reply["id"], 0);
     assert_eq!(reply["error"]["code"], "malformed");
-    assert_eq!(client.error(json!({"type": "publish", "channel": "x"})), "malformed");
+    assert_eq!(
+        client.error(json!({"type": "publish", "channel": "x"})),
+        "malformed"
+    );
     assert_eq!(client.error(json!({"type": "teleport"})), "malformed");
     assert_eq!(
         client.error(json!({"type": "history", "channel": "$chat/user/bob"})),
@@ -67,11 +76,13 @@ fn publish_is_idempotent_and_subscribers_get_it_live() {
     let mut bob = ChatClient::connect(server.http, "bob");
     let subscribed = bob.ok(json!({"type": "subscribe", "channel": "general"}));
     assert_eq!(subscribed["head_seq"], 0);
-    let first = alice.ok(json!({"type": "publish", "channel": "general", "text": "hello", "client_id": "m-1"}));
+    let first = alice
+        .ok(json!({"type": "publish", "channel": "general", "text": "hello", "client_id": "m-1"}));
     assert_eq!(first["seq"], 1);
     assert_eq!(first["duplicate"], false);
     assert_eq!(first["durable"], true);
-    let retry = alice.ok(json!({"type": "publish", "channel": "general", "text": "hello", "client_id": "m-1"}));
+    let retry = alice
+        .ok(json!({"type": "publish", "channel": "general", "text": "hello", "client_id": "m-1"}));
     assert_eq!(retry["seq"], 1);
     assert_eq!(retry["duplicate"], true);
     let push = bob.next_message();
@@ -84,7 +95,10 @@ fn publish_is_idempotent_and_subscribers_get_it_live() {
     // The retry appended nothing: the next push is seq 2.
     assert_eq!(bob.next_message()["message"]["seq"], 2);
     bob.ok(json!({"type": "unsubscribe", "channel": "general"}));
-    assert_eq!(bob.error(json!({"type": "unsubscribe", "channel": "general"})), "not_subscribed");
+    assert_eq!(
+        bob.error(json!({"type": "unsubscribe", "channel": "general"})),
+        "not_subscribed"
+    );
 }
 
 #[test]
@@ -159,7 +173,8 @@ fn edits_deletes_reactions_and_threads() {
         alice.error(json!({"type": "edit", "channel": "team", "seq": 999, "text": "x"})),
         "not_found"
     );
-    let edit = alice.ok(json!({"type": "edit", "channel": "team", "seq": root, "text": "lunch at 12?"}));
+    let edit =
+        alice.ok(json!({"type": "edit", "channel": "team", "seq": root, "text": "lunch at 12?"}));
     let pushed = bob.next_of_kind("team", "edit");
     assert_eq!(pushed["seq"], edit["seq"]);
     assert_eq!(pushed["relation"], root);
@@ -167,15 +182,21 @@ fn edits_deletes_reactions_and_threads() {
 
     alice.ok(json!({"type": "react", "channel": "team", "seq": root, "emoji": "👍"}));
     let reaction = bob.next_of_kind("team", "reaction_add");
-    assert_eq!((reaction["relation"].as_u64(), reaction["text"].as_str()), (Some(root), Some("👍")));
-    alice.ok(json!({"type": "react", "channel": "team", "seq": root, "emoji": "👍", "remove": true}));
+    assert_eq!(
+        (reaction["relation"].as_u64(), reaction["text"].as_str()),
+        (Some(root), Some("👍"))
+    );
+    alice.ok(
+        json!({"type": "react", "channel": "team", "seq": root, "emoji": "👍", "remove": true}),
+    );
     assert_eq!(bob.next_of_kind("team", "reaction_remove")["text"], "👍");
     assert_eq!(
         alice.error(json!({"type": "react", "channel": "team", "seq": root, "emoji": ""})),
         "invalid_argument"
     );
 
-    let reply1 = bob.ok(json!({"type": "publish", "channel": "team", "text": "yes", "reply_to": root}));
+    let reply1 =
+        bob.ok(json!({"type": "publish", "channel": "team", "text": "yes", "reply_to": root}));
     let reply2 = alice.ok(json!({"type": "publish", "channel": "team", "text": "ok", "reply_to": root, "client_id": "r2"}));
     // A retried reply is indexed once.
     alice.ok(json!({"type": "publish", "channel": "team", "text": "ok", "reply_to": root, "client_id": "r2"}));
@@ -185,7 +206,12 @@ fn edits_deletes_reactions_and_threads() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["seq"].as_u64().unwrap(), m["text"].as_str().unwrap().to_string()))
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["text"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         replies,
@@ -195,11 +221,15 @@ fn edits_deletes_reactions_and_threads() {
         ]
     );
 
-    assert_eq!(bob.error(json!({"type": "delete", "channel": "team", "seq": root})), "denied");
+    assert_eq!(
+        bob.error(json!({"type": "delete", "channel": "team", "seq": root})),
+        "denied"
+    );
     alice.ok(json!({"type": "delete", "channel": "team", "seq": root}));
     assert_eq!(bob.next_of_kind("team", "delete")["relation"], root);
     // The original stays in the log.
-    let history = alice.ok(json!({"type": "history", "channel": "team", "after": root - 1, "limit": 1}));
+    let history =
+        alice.ok(json!({"type": "history", "channel": "team", "after": root - 1, "limit": 1}));
     assert_eq!(history["messages"][0]["text"], "lunch?");
     // Only messages can be edited.
     let event_seq = 1;
@@ -245,9 +275,15 @@ fn private_channels_admit_only_members() {
     assert_eq!(renamed["name"], "People");
     let topic = bob.ok(json!({"type": "channel_topic", "channel": "hr", "topic": "hiring"}));
     assert_eq!(topic["topic"], "hiring");
-    assert_eq!(bob.error(json!({"type": "channel_remove", "channel": "hr", "user": "alice"})), "denied");
+    assert_eq!(
+        bob.error(json!({"type": "channel_remove", "channel": "hr", "user": "alice"})),
+        "denied"
+    );
     alice.ok(json!({"type": "channel_remove", "channel": "hr", "user": "bob"}));
-    assert_eq!(bob.error(json!({"type": "publish", "channel": "hr", "text": "hello?"})), "denied");
+    assert_eq!(
+        bob.error(json!({"type": "publish", "channel": "hr", "text": "hello?"})),
+        "denied"
+    );
     // The channel's own log shows what happened.
     let history = alice.ok(json!({"type": "history", "channel": "hr"}));
     let events: Vec<String> = history["messages"]
@@ -255,9 +291,23 @@ fn private_channels_admit_only_members() {
         .unwrap()
         .iter()
         .filter(|m| m["kind"] == "channel_event")
-        .map(|m| serde_json::from_str::<serde_json::Value>(m["text"].as_str().unwrap()).unwrap()["type"].as_str().unwrap().to_string())
+        .map(|m| {
+            serde_json::from_str::<serde_json::Value>(m["text"].as_str().unwrap()).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(events, vec!["created", "member_added", "renamed", "topic", "member_removed"]);
+    assert_eq!(
+        events,
+        vec![
+            "created",
+            "member_added",
+            "renamed",
+            "topic",
+            "member_removed"
+        ]
+    );
 }
 
 #[test]
@@ -270,14 +320,20 @@ fn public_channels_directory_join_and_leave() {
     let directory = bob.ok(json!({"type": "directory"}));
     assert_eq!(directory["channels"].as_array().unwrap().len(), 1);
     assert_eq!(directory["channels"][0]["channel"], "random");
-    assert_eq!(bob.error(json!({"type": "channel_join", "channel": "nope"})), "not_found");
+    assert_eq!(
+        bob.error(json!({"type": "channel_join", "channel": "nope"})),
+        "not_found"
+    );
     let joined = bob.ok(json!({"type": "channel_join", "channel": "random"}));
     assert_eq!(joined["members"], json!(["alice", "bob"]));
     let channels = bob.ok(json!({"type": "channels"}));
     assert_eq!(channels["channels"][0]["channel"], "random");
     bob.ok(json!({"type": "channel_leave", "channel": "random"}));
     assert_eq!(bob.ok(json!({"type": "channels"}))["channels"], json!([]));
-    assert_eq!(bob.error(json!({"type": "channel_leave", "channel": "random"})), "denied");
+    assert_eq!(
+        bob.error(json!({"type": "channel_leave", "channel": "random"})),
+        "denied"
+    );
 }
 
 #[test]
@@ -290,13 +346,19 @@ fn direct_channels_are_found_again() {
     assert_eq!(first["visibility"], "direct");
     let again = bob.ok(json!({"type": "direct", "users": ["alice"]}));
     assert_eq!(again["channel"], "dm/alice+bob");
-    assert_eq!(bob.error(json!({"type": "direct", "users": []})), "invalid_argument");
+    assert_eq!(
+        bob.error(json!({"type": "direct", "users": []})),
+        "invalid_argument"
+    );
     assert_eq!(
         alice.error(json!({"type": "channel_invite", "channel": "dm/alice+bob", "user": "eve"})),
         "invalid_argument"
     );
     let mut eve = ChatClient::connect(server.http, "eve");
-    assert_eq!(eve.error(json!({"type": "history", "channel": "dm/alice+bob"})), "denied");
+    assert_eq!(
+        eve.error(json!({"type": "history", "channel": "dm/alice+bob"})),
+        "denied"
+    );
 }
 
 #[test]
@@ -307,7 +369,8 @@ fn read_markers_unread_counts_and_read_by() {
     alice.ok(json!({"type": "channel_create", "channel": "ops", "members": ["bob", "carol"]}));
     let mut last = 0;
     for n in 1..=3 {
-        last = alice.ok(json!({"type": "publish", "channel": "ops", "text": format!("m{n}")}))["seq"]
+        last = alice.ok(json!({"type": "publish", "channel": "ops", "text": format!("m{n}")}))
+            ["seq"]
             .as_u64()
             .unwrap();
     }
@@ -321,7 +384,10 @@ fn read_markers_unread_counts_and_read_by() {
     alice.ok(json!({"type": "subscribe", "channel": "ops"}));
     bob.ok(json!({"type": "read", "channel": "ops", "seq": last}));
     let notice = alice.next_of_kind("ops", "read");
-    assert_eq!((notice["sender"].as_str(), notice["relation"].as_u64()), (Some("bob"), Some(last)));
+    assert_eq!(
+        (notice["sender"].as_str(), notice["relation"].as_u64()),
+        (Some("bob"), Some(last))
+    );
     let channels = bob.ok(json!({"type": "channels"}));
     assert_eq!(channels["channels"][0]["unread"], 0);
     assert_eq!(channels["channels"][0]["read_seq"], last);
@@ -342,9 +408,15 @@ fn typing_and_presence_are_ephemeral() {
     assert_eq!(change, json!({"user": "bob", "status": "online"}));
     bob.ok(json!({"type": "typing", "channel": "desk"}));
     let typing = alice.next_of_kind("desk", "typing");
-    assert_eq!((typing["seq"].as_u64(), typing["sender"].as_str()), (Some(0), Some("bob")));
+    assert_eq!(
+        (typing["seq"].as_u64(), typing["sender"].as_str()),
+        (Some(0), Some("bob"))
+    );
     bob.ok(json!({"type": "presence", "status": "away"}));
-    assert_eq!(bob.error(json!({"type": "presence", "status": "asleep"})), "invalid_argument");
+    assert_eq!(
+        bob.error(json!({"type": "presence", "status": "asleep"})),
+        "invalid_argument"
+    );
     let away = alice.next_of_kind("desk", "presence");
     assert!(away["text"].as_str().unwrap().contains("away"));
     let members = alice.ok(json!({"type": "members", "channel": "desk"}));
@@ -379,17 +451,35 @@ fn native_and_websocket_clients_share_channels() {
     assert_eq!(channel, "bridge");
     assert_eq!(&messages[0].body[..], b"from the web");
     assert_eq!(&messages[0].sender[..], b"alice");
-    native.publish("bridge", starling_protocol::kind::MESSAGE, &b"from native"[..]).unwrap();
+    native
+        .publish(
+            "bridge",
+            starling_protocol::kind::MESSAGE,
+            &b"from native"[..],
+        )
+        .unwrap();
     let pushed = alice.next_of_kind("bridge", "message");
     let pushed = if pushed["text"] == "from the web" {
         alice.next_of_kind("bridge", "message")
     } else {
         pushed
     };
-    assert_eq!((pushed["text"].as_str(), pushed["sender"].as_str()), (Some("from native"), Some("carol")));
+    assert_eq!(
+        (pushed["text"].as_str(), pushed["sender"].as_str()),
+        (Some("from native"), Some("carol"))
+    );
     // A binary body reaches the web as base64.
-    native.publish("bridge", starling_protocol::kind::MESSAGE, &[0xffu8, 0x00][..]).unwrap();
-    assert_eq!(alice.next_of_kind("bridge", "message")["body_base64"], "/wA=");
+    native
+        .publish(
+            "bridge",
+            starling_protocol::kind::MESSAGE,
+            &[0xffu8, 0x00][..],
+        )
+        .unwrap();
+    assert_eq!(
+        alice.next_of_kind("bridge", "message")["body_base64"],
+        "/wA="
+    );
 }
 
 /// Sends raw WebSocket bytes after a handshake and returns the close code.
@@ -397,7 +487,8 @@ fn close_code_after(server: &Server, frame: &[u8]) -> u16 {
     let client = ChatClient::open(server.http);
     let mut stream: TcpStream = client.socket.into_inner();
     stream.write_all(frame).unwrap();
-    let mut socket = tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
+    let mut socket =
+        tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
     loop {
         match socket.read() {
             Ok(tungstenite::Message::Close(Some(frame))) => return u16::from(frame.code),
@@ -427,7 +518,10 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[("STARLING_HTTP_WEBSOCKET_MESSAGE_BYTES_MAX", "4096")]);
+    let server = Server::start(
+        dir.path(),
+        &[("STARLING_HTTP_WEBSOCKET_MESSAGE_BYTES_MAX", "4096")],
+    );
     assert_eq!(close_code_after(&server, &masked(0x1, &[0xc3, 0x28])), 1007);
     assert_eq!(close_code_after(&server, &masked(0x2, b"binary")), 1003);
     assert_eq!(close_code_after(&server, &masked(0x1, &[b'a'; 5000])), 1009);

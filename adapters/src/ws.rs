@@ -164,7 +164,9 @@ impl WsFraming {
                         ),
                         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
                             CloseCode::Size,
-                            format!("message of {size} bytes is over the limit of {max_size} bytes"),
+                            format!(
+                                "message of {size} bytes is over the limit of {max_size} bytes"
+                            ),
                         ),
                         WsError::Capacity(other) => (CloseCode::Size, other.to_string()),
                         other => (CloseCode::Protocol, format!("protocol error: {other}")),
@@ -267,7 +269,10 @@ mod tests {
         frame
     }
 
-    fn feed(framing: &mut WsFraming, bytes: &[u8]) -> (Vec<WsMessage>, BytesMut, Result<(), WsClosed>) {
+    fn feed(
+        framing: &mut WsFraming,
+        bytes: &[u8],
+    ) -> (Vec<WsMessage>, BytesMut, Result<(), WsClosed>) {
         let mut input = BytesMut::from(bytes);
         let mut out = BytesMut::new();
         let mut messages = Vec::new();
@@ -359,7 +364,10 @@ mod tests {
     #[test]
     fn client_close_is_echoed() {
         let mut framing = WsFraming::server(WsLimits::default());
-        let (_, out, result) = feed(&mut framing, &client_frame(0x8, &1000u16.to_be_bytes(), true));
+        let (_, out, result) = feed(
+            &mut framing,
+            &client_frame(0x8, &1000u16.to_be_bytes(), true),
+        );
         assert!(result.is_err());
         assert_eq!(close_code_of(&out), 1000);
     }

@@ -831,7 +831,7 @@ function renderMembersPopover(ch) {
   pop.hidden = !state.membersOpen;
   if (!state.membersOpen) return;
   const members = [...(ch.members || [])].sort();
-  const inviteInput = h('input', { class: 'input', testid: 'invite-input', placeholder: 'Add someone by user name' });
+  const inviteInput = h('input', { class: 'input', testid: 'invite-input', placeholder: 'User name' });
   const invite = async (e) => {
     e.preventDefault();
     const user = inviteInput.value.trim();

@@ -154,7 +154,7 @@ impl Engine {
             routing,
             authorizer,
             inboxes,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(shards),
         });
 
         // Each shard recovers its own partitions in its own thread, so a

@@ -18,6 +18,58 @@ impl Counter {
     }
 }
 
+/// Upper bounds (µs) of the latency histograms' buckets: from a fast
+/// fdatasync on NVMe to a stalled disk.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+
+/// A latency histogram with fixed buckets: one relaxed add per observation.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or under each bound of [`LATENCY_BUCKETS_US`], then
+    /// over the last one.
+    buckets: [Counter; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: Counter,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, value_us: u64) {
+        let index = LATENCY_BUCKETS_US
+            .iter()
+            .position(|bound| value_us <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[index].add(1);
+        self.sum_us.add(value_us);
+    }
+
+    /// Cumulative counts per bound (the last is +Inf), and the sum in µs.
+    pub fn snapshot(&self) -> (Vec<(Option<u64>, u64)>, u64) {
+        let mut total = 0;
+        let mut cumulative = Vec::with_capacity(self.buckets.len());
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            total += bucket.get();
+            cumulative.push((LATENCY_BUCKETS_US.get(index).copied(), total));
+        }
+        (cumulative, self.sum_us.get())
+    }
+}
+
+/// A value that goes up and down (a queue depth), set by its owner.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The engine's counters; exported by the front ends (Prometheus, `$SYS`).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -33,9 +85,25 @@ pub struct Metrics {
     pub denied: Counter,
     pub slow_consumer_disconnects: Counter,
     pub deliveries_dropped: Counter,
+    /// Time of one turn's group commit: writing the batches and, under the
+    /// `fsync` policy, fdatasyncing them (what a publisher's ack waits for).
+    pub commit_latency: Histogram,
+    /// Per shard: messages waiting in its inbox at the end of its last turn.
+    pub inbox_depth: Vec<Gauge>,
+    /// Per shard: messages it holds for full inboxes of other shards.
+    pub overflow_depth: Vec<Gauge>,
 }
 
 impl Metrics {
+    /// Counters for an engine of `shards` shards.
+    pub fn new(shards: usize) -> Metrics {
+        Metrics {
+            inbox_depth: (0..shards).map(|_| Gauge::default()).collect(),
+            overflow_depth: (0..shards).map(|_| Gauge::default()).collect(),
+            ..Metrics::default()
+        }
+    }
+
     /// Name and value of every counter, for exporters.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![

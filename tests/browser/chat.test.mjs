@@ -87,6 +87,29 @@ async function send(page, message, composer = 'composer') {
   await byId(page, composer).press('Enter');
 }
 
+/** Runs requests over a separate, raw protocol session opened from `page` (sequentially);
+ * returns the replies, after checking that none is an error. */
+async function rawSession(page, user, requests) {
+  const replies = await page.evaluate(async ({ user, requests }) => {
+    const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = () => reject(new Error('WebSocket error')); });
+    const waiting = new Map();
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      if (m.id && waiting.has(m.id)) { waiting.get(m.id)(m); waiting.delete(m.id); }
+    };
+    let id = 1;
+    const call = (req) => new Promise((resolve) => { const i = id++; waiting.set(i, resolve); ws.send(JSON.stringify({ id: i, ...req })); });
+    const out = [await call({ type: 'connect', token: user })];
+    for (const r of requests) out.push(await call(r));
+    ws.close();
+    return out;
+  }, { user, requests });
+  const bad = replies.map((r, i) => [i === 0 ? { type: 'connect' } : requests[i - 1], r]).filter(([, r]) => r.error || !r.result);
+  assert.equal(bad.length, 0, `raw session: ${JSON.stringify(bad[0])}`);
+  return replies;
+}
+
 async function signIn(page, user) {
   await page.goto(BASE);
   await byId(page, 'login-name').fill(user);
@@ -246,6 +269,28 @@ async function main() {
     assert.equal(await countText(bob, ''), before + 4, 'bob has every message exactly once');
     assert.equal(await countText(bob, ''), await countText(alice, ''), 'bob and alice show the same messages');
     assert.equal(await countText(alice, 'Written while offline'), 1, 'the retried send was not duplicated');
+  });
+
+  await step('scroll-back: bob loads older pages of a 70-message channel, each message once', async () => {
+    const ch = `history-${suffix}`;
+    const pad = (i) => String(i).padStart(3, '0');
+    const reqs = [{ type: 'channel_create', channel: ch, members: [BOB] }];
+    for (let i = 1; i <= 70; i++) reqs.push({ type: 'publish', channel: ch, text: `Bulk #${pad(i)}`, client_id: `bulk-${suffix}-${i}` });
+    await rawSession(alice, ALICE, reqs);
+    await bob.reload();  // also: signed in again automatically, channel list from `channels {}`
+    await until('bob signed in after reload', async () => (await text(bob, 'me-name')) === BOB);
+    await until('the channel in bob\'s sidebar', () => visible(bob, `channel-item-${ch}`));
+    assert.equal(await text(bob, `unread-${ch}`), '70', 'unread badge for 70 messages');
+    await byId(bob, `channel-item-${ch}`).click();
+    await until('the newest message', async () => (await countText(bob, 'Bulk #070')) === 1);
+    assert.equal(await countText(bob, 'Bulk #001'), 0, 'the first page must not hold the oldest message');
+    await until('the oldest message after scrolling up', async () => {
+      await bob.evaluate(() => { document.querySelector('[data-testid="message-list"]').scrollTop = 0; });
+      return (await countText(bob, 'Bulk #001')) === 1;
+    });
+    await until('all 70 exactly once', async () => (await countText(bob, 'Bulk #')) === 70);
+    await until('the start of the channel', () => visible(bob, 'channel-start'));
+    await byId(bob, `channel-item-${CHANNEL}`).click();
   });
 
   await step('no uncaught page errors', async () => {

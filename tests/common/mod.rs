@@ -172,7 +172,8 @@ impl ChatClient {
         let stream = std::net::TcpStream::connect(address).expect("connect to the HTTP listener");
         stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
         let url = format!("ws://{address}/ws");
-        let (socket, response) = tungstenite::client(url.as_str(), stream).expect("WebSocket handshake");
+        let (socket, response) =
+            tungstenite::client(url.as_str(), stream).expect("WebSocket handshake");
         assert_eq!(response.status(), 101);
         ChatClient {
             socket,
@@ -271,7 +272,8 @@ pub fn http(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> (u16, String, serde_json::Value) {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
@@ -295,7 +297,9 @@ pub fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
     stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
     stream.write_all(request).expect("send the request");
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read the response");
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let head_len = head.len() + 4;

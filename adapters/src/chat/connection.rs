@@ -26,8 +26,14 @@ enum Shape {
     /// `{seq, timestamp_ms, durable, duplicate}`
     Published,
     /// A reply in a thread: index it, then answer as `Published`.
-    Reply { channel: String, root: u64 },
-    Subscribed { channel: String, since: Option<u64> },
+    Reply {
+        channel: String,
+        root: u64,
+    },
+    Subscribed {
+        channel: String,
+        since: Option<u64>,
+    },
     /// `{}`
     Empty,
     History,
@@ -144,7 +150,7 @@ impl ChatConnection {
                     let work = Work::Resolve {
                         channel: channel.to_string(),
                     };
-                    self.to_worker(id, &user, work, context)?;
+                    self.send_to_worker(id, &user, work, context)?;
                     self.parked.insert(id, request);
                     return Ok(None);
                 }
@@ -213,9 +219,7 @@ impl ChatConnection {
             } => {
                 let start = match (since, last) {
                     (Some(_), Some(_)) => {
-                        return Err(ChatError::invalid(
-                            "give `since` or `last`, not both",
-                        ))
+                        return Err(ChatError::invalid("give `since` or `last`, not both"))
                     }
                     (Some(since), None) => SubscribeStart::FromSeq(since + 1),
                     (None, Some(last)) => SubscribeStart::LastN(u64::from(last)),
@@ -240,9 +244,7 @@ impl ChatConnection {
             } => {
                 let query = match (before, after) {
                     (Some(_), Some(_)) => {
-                        return Err(ChatError::invalid(
-                            "give `before` or `after`, not both",
-                        ))
+                        return Err(ChatError::invalid("give `before` or `after`, not both"))
                     }
                     (Some(before), None) => HistoryQuery::Before(before),
                     (None, Some(after)) => HistoryQuery::From(after + 1),
@@ -285,7 +287,7 @@ impl ChatConnection {
                 Ok(Some(json!({})))
             }
             other => self
-                .to_worker(id, &user, Work::Request(other), context)
+                .send_to_worker(id, &user, Work::Request(other), context)
                 .map(|()| None),
         }
     }
@@ -316,7 +318,7 @@ impl ChatConnection {
         }))
     }
 
-    fn to_worker(
+    fn send_to_worker(
         &mut self,
         id: u64,
         user: &Arc<str>,
@@ -336,7 +338,13 @@ impl ChatConnection {
         })
     }
 
-    fn submit(&mut self, id: u64, command: Command, shape: Shape, context: &mut SessionContext<'_>) {
+    fn submit(
+        &mut self,
+        id: u64,
+        command: Command,
+        shape: Shape,
+        context: &mut SessionContext<'_>,
+    ) {
         let request_id = self.next_request_id;
         self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
         self.pending.insert(request_id, (id, shape));
@@ -372,7 +380,7 @@ impl ChatConnection {
                     reply_seq: *seq,
                     published: published_value(reply),
                 };
-                if let Err(error) = self.to_worker(id, &user, work, context) {
+                if let Err(error) = self.send_to_worker(id, &user, work, context) {
                     responses.push((id, Err(error)));
                 }
                 return;
@@ -400,7 +408,9 @@ impl ChatConnection {
             (_, other) => {
                 responses.push((
                     id,
-                    Err(ChatError::internal(format!("unexpected broker reply {other:?}"))),
+                    Err(ChatError::internal(format!(
+                        "unexpected broker reply {other:?}"
+                    ))),
                 ));
                 return;
             }

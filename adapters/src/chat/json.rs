@@ -255,8 +255,12 @@ impl From<BrokerError> for ChatError {
 /// Splits a request envelope into its id and request. An envelope without a
 /// usable id gets id 0 in the error reply.
 pub fn parse_request(text: &str) -> Result<(u64, Request), (u64, ChatError)> {
-    let mut value: Value = serde_json::from_str(text)
-        .map_err(|error| (0, ChatError::malformed(format!("the frame is not JSON: {error}"))))?;
+    let mut value: Value = serde_json::from_str(text).map_err(|error| {
+        (
+            0,
+            ChatError::malformed(format!("the frame is not JSON: {error}")),
+        )
+    })?;
     let Some(object) = value.as_object_mut() else {
         return Err((0, ChatError::malformed("a request must be a JSON object")));
     };

@@ -278,8 +278,18 @@ mod tests {
                     members: vec![],
                 },
             ),
-            record(4, &ChannelEvent::Renamed { name: "People".into() }),
-            record(5, &ChannelEvent::MemberRemoved { user: "alice".into() }),
+            record(
+                4,
+                &ChannelEvent::Renamed {
+                    name: "People".into(),
+                },
+            ),
+            record(
+                5,
+                &ChannelEvent::MemberRemoved {
+                    user: "alice".into(),
+                },
+            ),
         ];
         let meta = ChannelMeta::fold("hr", &records);
         assert!(meta.exists);
@@ -301,11 +311,36 @@ mod tests {
     #[test]
     fn channel_list_folds_joins_and_leaves() {
         let records = vec![
-            record(1, &MembershipEvent::Joined { channel: "a".into() }),
-            record(2, &MembershipEvent::Joined { channel: "b".into() }),
-            record(3, &MembershipEvent::Left { channel: "a".into() }),
-            record(4, &MembershipEvent::Joined { channel: "b".into() }),
-            record(5, &MembershipEvent::Joined { channel: "a".into() }),
+            record(
+                1,
+                &MembershipEvent::Joined {
+                    channel: "a".into(),
+                },
+            ),
+            record(
+                2,
+                &MembershipEvent::Joined {
+                    channel: "b".into(),
+                },
+            ),
+            record(
+                3,
+                &MembershipEvent::Left {
+                    channel: "a".into(),
+                },
+            ),
+            record(
+                4,
+                &MembershipEvent::Joined {
+                    channel: "b".into(),
+                },
+            ),
+            record(
+                5,
+                &MembershipEvent::Joined {
+                    channel: "a".into(),
+                },
+            ),
         ];
         assert_eq!(fold_channel_list(&records), vec!["b", "a"]);
     }

@@ -39,7 +39,9 @@ pub(crate) enum Work {
     /// A request the session does not handle itself.
     Request(Request),
     /// Load `channel`'s state into the cache, then let the session retry.
-    Resolve { channel: String },
+    Resolve {
+        channel: String,
+    },
     /// Index reply `reply_seq` of thread `root` in `channel`.
     IndexReply {
         channel: String,
@@ -47,7 +49,9 @@ pub(crate) enum Work {
         reply_seq: u64,
         published: Value,
     },
-    Presence { status: Presence },
+    Presence {
+        status: Presence,
+    },
 }
 
 impl Work {
@@ -86,12 +90,19 @@ pub(crate) fn run(service: Weak<ChatService>, client: LocalClient, jobs: Receive
         };
         let outcome = worker.handle(&service, &job.user, job.work);
         if let Some(conn) = job.conn {
-            service.notify(conn, Done {
-                id: job.id,
-                outcome,
-            });
+            service.notify(
+                conn,
+                Done {
+                    id: job.id,
+                    outcome,
+                },
+            );
         } else if let Err(error) = outcome {
-            log::warn!("chat: background work for {:?} failed: {}", job.user, error.message);
+            log::warn!(
+                "chat: background work for {:?} failed: {}",
+                job.user,
+                error.message
+            );
         }
     }
 }
@@ -208,8 +219,11 @@ impl Worker {
             } => {
                 self.admitted(service, &channel, user)?;
                 let limit = limit.unwrap_or(THREAD_LIMIT_DEFAULT).clamp(1, LOAD_PAGE);
-                let (_, index) =
-                    self.history(&thread_channel(&channel, root), HistoryQuery::From(1), limit)?;
+                let (_, index) = self.history(
+                    &thread_channel(&channel, root),
+                    HistoryQuery::From(1),
+                    limit,
+                )?;
                 let mut replies = Vec::new();
                 for entry in index {
                     let reply = self.record(&channel, entry.relation)?;
@@ -315,13 +329,20 @@ impl Worker {
             Request::ChannelRename { channel, name } => {
                 check_text("name", &name)?;
                 let meta = self.member_of(service, &channel, user)?;
-                let meta = self.change(service, &channel, user, meta, ChannelEvent::Renamed { name })?;
+                let meta = self.change(
+                    service,
+                    &channel,
+                    user,
+                    meta,
+                    ChannelEvent::Renamed { name },
+                )?;
                 self.info(&channel, &meta)?
             }
             Request::ChannelTopic { channel, topic } => {
                 check_text("topic", &topic)?;
                 let meta = self.member_of(service, &channel, user)?;
-                let meta = self.change(service, &channel, user, meta, ChannelEvent::Topic { topic })?;
+                let meta =
+                    self.change(service, &channel, user, meta, ChannelEvent::Topic { topic })?;
                 self.info(&channel, &meta)?
             }
             Request::ChannelInvite {
@@ -490,7 +511,12 @@ impl Worker {
     }
 
     /// The state of a channel `user` may read and write.
-    fn admitted(&mut self, service: &ChatService, channel: &str, user: &str) -> Result<Arc<ChannelMeta>> {
+    fn admitted(
+        &mut self,
+        service: &ChatService,
+        channel: &str,
+        user: &str,
+    ) -> Result<Arc<ChannelMeta>> {
         let meta = self.meta(service, channel)?;
         if meta.admits(user) {
             Ok(meta)
@@ -512,7 +538,12 @@ impl Worker {
     }
 
     /// The state of a channel `user` is a member of.
-    fn member_of(&mut self, service: &ChatService, channel: &str, user: &str) -> Result<Arc<ChannelMeta>> {
+    fn member_of(
+        &mut self,
+        service: &ChatService,
+        channel: &str,
+        user: &str,
+    ) -> Result<Arc<ChannelMeta>> {
         let meta = self.existing(service, channel)?;
         if meta.is_member(user) {
             Ok(meta)
@@ -531,7 +562,12 @@ impl Worker {
         meta: Arc<ChannelMeta>,
         event: ChannelEvent,
     ) -> Result<Arc<ChannelMeta>> {
-        self.append(&meta_channel(channel), kind::CHANNEL_EVENT, 0, to_body(&event))?;
+        self.append(
+            &meta_channel(channel),
+            kind::CHANNEL_EVENT,
+            0,
+            to_body(&event),
+        )?;
         let mut next = (*meta).clone();
         next.apply(&event);
         let meta = service.cache_meta(channel, next);
@@ -580,13 +616,17 @@ impl Worker {
     /// The record `seq` of `channel`.
     fn record(&mut self, channel: &str, seq: u64) -> Result<Message> {
         let (_, messages) = self.history(channel, HistoryQuery::From(seq), 1)?;
-        messages
-            .into_iter()
-            .find(|m| m.seq == seq)
-            .ok_or_else(|| ChatError::not_found(format!("channel {channel:?} has no message {seq}")))
+        messages.into_iter().find(|m| m.seq == seq).ok_or_else(|| {
+            ChatError::not_found(format!("channel {channel:?} has no message {seq}"))
+        })
     }
 
-    fn history(&mut self, channel: &str, query: HistoryQuery, limit: u32) -> Result<(u64, Vec<Message>)> {
+    fn history(
+        &mut self,
+        channel: &str,
+        query: HistoryQuery,
+        limit: u32,
+    ) -> Result<(u64, Vec<Message>)> {
         Ok(self.client.history(channel, query, limit)?)
     }
 

@@ -20,9 +20,7 @@ use starling_broker::{Close, Protocol, Reply, Session, SessionContext, SessionEv
 use starling_protocol::{ErrorCode, Message};
 
 use super::request::{HttpLimits, Method, Request, RequestParser};
-use super::response::{
-    write_chunk, write_chunked_head, write_error, write_response, Response,
-};
+use super::response::{write_chunk, write_chunked_head, write_error, write_response, Response};
 use crate::chat::json::{message_pushes, parse_request, reply_text, write_message};
 use crate::chat::{ChatConnection, ChatError, ChatService, HEARTBEAT_S};
 use crate::ws::{close_code, derive_accept_key, text_frame, WsFraming, WsLimits, WsMessage};
@@ -148,7 +146,7 @@ impl Protocol for EventStreamProtocol {
             // Ephemeral messages have no seq and so no id: a client resuming
             // with Last-Event-ID resumes after the last stored record.
             if message.seq > 0 {
-                let _ = write!(events, "id: {}\n", message.seq);
+                let _ = writeln!(events, "id: {}", message.seq);
             }
             events.push_str("event: message\ndata: ");
             write_message(message, &mut events);
@@ -162,7 +160,7 @@ impl Protocol for EventStreamProtocol {
 
 enum Mode {
     Http,
-    WebSocket(WsFraming),
+    WebSocket(Box<WsFraming>),
     Events,
 }
 
@@ -353,7 +351,13 @@ impl HttpSession {
                     break;
                 }
                 Err(error) => {
-                    write_error(context.out(), error.status, "bad_request", &error.message, false);
+                    write_error(
+                        context.out(),
+                        error.status,
+                        "bad_request",
+                        &error.message,
+                        false,
+                    );
                     return Err(close(&format!("bad HTTP request: {}", error.message)));
                 }
             };
@@ -416,7 +420,10 @@ impl HttpSession {
             context.out(),
             404,
             "not_found",
-            &format!("no route for {} {path}; see /v1/openapi.json", request.method.as_str()),
+            &format!(
+                "no route for {} {path}; see /v1/openapi.json",
+                request.method.as_str()
+            ),
             keep_alive,
         );
         if keep_alive {
@@ -427,7 +434,11 @@ impl HttpSession {
     }
 
     /// `GET /ws`: the WebSocket handshake (RFC 6455 section 4.2).
-    fn upgrade(&mut self, request: &Request, context: &mut SessionContext<'_>) -> Result<(), Close> {
+    fn upgrade(
+        &mut self,
+        request: &Request,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
         let refuse = |out: &mut BytesMut, status: u16, message: &str| {
             write_error(out, status, "bad_request", message, false);
             Err(close(message))
@@ -458,7 +469,9 @@ impl HttpSession {
         let Some(key) = request.header("sec-websocket-key") else {
             return refuse(context.out(), 400, "Sec-WebSocket-Key is missing");
         };
-        let decoded_len = data_encoding::BASE64.decode(key.as_bytes()).map(|k| k.len());
+        let decoded_len = data_encoding::BASE64
+            .decode(key.as_bytes())
+            .map(|k| k.len());
         if decoded_len != Ok(16) {
             return refuse(
                 context.out(),
@@ -478,7 +491,7 @@ impl HttpSession {
             response = response.with_header("Sec-WebSocket-Protocol", "starling.chat.v1");
         }
         write_response(context.out(), &response, true, false);
-        self.mode = Mode::WebSocket(WsFraming::server(self.ws_limits));
+        self.mode = Mode::WebSocket(Box::new(WsFraming::server(self.ws_limits)));
         self.chat = Some(ChatConnection::new(service));
         context.set_protocol(self.websocket.clone());
         self.arm_timer(context);
@@ -569,7 +582,12 @@ impl HttpSession {
     }
 
     /// The subscription of an event stream is in place: send the head.
-    fn start_events(&mut self, channel: &str, subscribed: &Value, context: &mut SessionContext<'_>) {
+    fn start_events(
+        &mut self,
+        channel: &str,
+        subscribed: &Value,
+        context: &mut SessionContext<'_>,
+    ) {
         write_chunked_head(
             context.out(),
             200,
@@ -598,7 +616,13 @@ impl HttpSession {
     ) -> Result<(), Close> {
         let keep_alive = request.keep_alive;
         let fail = |out: &mut BytesMut, error: ChatError| {
-            write_error(out, error.http_status(), error.code, &error.message, keep_alive);
+            write_error(
+                out,
+                error.http_status(),
+                error.code,
+                &error.message,
+                keep_alive,
+            );
             if keep_alive {
                 Ok(())
             } else {
@@ -701,7 +725,9 @@ fn body_object(request: &Request) -> Result<Map<String, Value>, ChatError> {
     }
     match serde_json::from_slice::<Value>(&request.body) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(ChatError::malformed("the request body must be a JSON object")),
+        Ok(_) => Err(ChatError::malformed(
+            "the request body must be a JSON object",
+        )),
         Err(error) => Err(ChatError::malformed(format!(
             "the request body is not JSON: {error}"
         ))),
@@ -712,7 +738,9 @@ fn query_u64(request: &Request, name: &str) -> Result<Option<Value>, ChatError> 
     match request.query_value(name) {
         None => Ok(None),
         Some(text) => text.parse::<u64>().map(|n| Some(json!(n))).map_err(|_| {
-            ChatError::invalid(format!("query parameter `{name}` must be a number, got {text:?}"))
+            ChatError::invalid(format!(
+                "query parameter `{name}` must be a number, got {text:?}"
+            ))
         }),
     }
 }
@@ -921,6 +949,36 @@ fn prometheus_text(metrics: &starling_broker::Metrics) -> Bytes {
     let open = get("connections_opened").saturating_sub(get("connections_closed"));
     let _ = writeln!(text, "# TYPE starling_connections gauge");
     let _ = writeln!(text, "starling_connections {open}");
+    let (buckets, sum_us) = metrics.commit_latency.snapshot();
+    let _ = writeln!(
+        text,
+        "# HELP starling_commit_latency_seconds group commit (write and, under fsync, fdatasync) per loop turn"
+    );
+    let _ = writeln!(text, "# TYPE starling_commit_latency_seconds histogram");
+    let mut count = 0;
+    for (bound, cumulative) in buckets {
+        let le = bound.map_or("+Inf".to_string(), |us| format!("{}", us as f64 / 1e6));
+        let _ = writeln!(
+            text,
+            "starling_commit_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+        count = cumulative;
+    }
+    let _ = writeln!(
+        text,
+        "starling_commit_latency_seconds_sum {}",
+        sum_us as f64 / 1e6
+    );
+    let _ = writeln!(text, "starling_commit_latency_seconds_count {count}");
+    for (name, gauges) in [
+        ("inbox_depth", &metrics.inbox_depth),
+        ("overflow_depth", &metrics.overflow_depth),
+    ] {
+        let _ = writeln!(text, "# TYPE starling_{name} gauge");
+        for (shard, gauge) in gauges.iter().enumerate() {
+            let _ = writeln!(text, "starling_{name}{{shard=\"{shard}\"}} {}", gauge.get());
+        }
+    }
     Bytes::from(text)
 }
 
@@ -947,7 +1005,10 @@ mod tests {
         };
         let bytes = protocol.encode_delivery("general", &[message]);
         let text = std::str::from_utf8(&bytes).unwrap();
-        assert!(text.contains("id: 4\nevent: message\ndata: {\"seq\":4,"), "{text}");
+        assert!(
+            text.contains("id: 4\nevent: message\ndata: {\"seq\":4,"),
+            "{text}"
+        );
         assert!(text.ends_with("\n\n\r\n"), "{text:?}");
     }
 }

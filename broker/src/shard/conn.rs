@@ -302,11 +302,7 @@ impl Shard {
     pub(super) fn with_session(
         &mut self,
         slot: u32,
-        call: impl FnOnce(
-            &mut dyn Session,
-            &mut BytesMut,
-            &mut SessionContext<'_>,
-        ) -> Result<(), Close>,
+        call: impl FnOnce(&mut dyn Session, &mut BytesMut, &mut SessionContext<'_>) -> Result<(), Close>,
     ) -> bool {
         let mut commands = Vec::new();
         let conn = self.conn_ref(slot);

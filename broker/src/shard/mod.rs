@@ -149,6 +149,7 @@ impl Shard {
             self.fire_session_timers();
             self.write_dirty();
             self.send_overflow();
+            self.report_depths();
             self.tick_timers(&mut last_retention);
             self.close_lingering();
             if self.shutting_down {
@@ -156,6 +157,15 @@ impl Shard {
                 return;
             }
         }
+    }
+
+    /// Publishes this shard's queue depths for the metrics endpoints.
+    fn report_depths(&self) {
+        let metrics = &self.shared.metrics;
+        let inbox = self.shared.inboxes[self.id].queue.len() + self.self_queue.len();
+        metrics.inbox_depth[self.id].set(inbox as u64);
+        let overflow: usize = self.overflow.iter().map(VecDeque::len).sum();
+        metrics.overflow_depth[self.id].set(overflow as u64);
     }
 
     fn has_immediate_work(&self) -> bool {

@@ -220,6 +220,7 @@ impl Shard {
             return;
         }
         ids.sort_unstable();
+        let commit_started = Instant::now();
 
         // Phase 1: write each partition's pending batch.
         let mut to_sync: Vec<u32> = Vec::new();
@@ -265,6 +266,11 @@ impl Shard {
                 }
                 Err(error) => partition.fail(&error),
             }
+        }
+
+        if !to_sync.is_empty() || durability != Durability::Fsync {
+            let commit_us = commit_started.elapsed().as_micros() as u64;
+            self.shared.metrics.commit_latency.observe_us(commit_us);
         }
 
         // Phase 3: acknowledge and fan out.

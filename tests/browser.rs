@@ -1,0 +1,62 @@
+//! The web client in a real headless Chromium, driven by playwright-core
+//! (`tests/browser/chat.test.mjs`): two users chat through the real server,
+//! and one of them loses the network and recovers what it missed.
+//!
+//! Needs Debian's `chromium` and `npm ci --prefix tests/browser`; `.ci/run`
+//! installs both.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+
+/// Longest the browser script may run before it is killed.
+const BROWSER_TEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[test]
+fn two_users_chat_in_chromium() {
+    let chromium = Path::new("/usr/bin/chromium");
+    let playwright =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/playwright-core");
+    assert!(
+        chromium.exists() && playwright.exists(),
+        "the browser test needs Debian's chromium (/usr/bin/chromium) and playwright-core \
+         (`npm ci --prefix tests/browser`); `.ci/run` installs both"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let screenshots = dir.path().join("screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let mut child = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/chat.test.mjs"))
+        .env("STARLING_URL", format!("http://{}", server.http))
+        .env("STARLING_SCREENSHOTS", &screenshots)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > BROWSER_TEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the browser test did not finish within {BROWSER_TEST_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.success(),
+        "the browser test failed ({status}):\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+}
