@@ -37,6 +37,10 @@ pub struct HttpConfig {
     pub body_bytes_max: usize,
     /// Largest WebSocket message (and frame) a client may send.
     pub websocket_message_bytes_max: usize,
+    /// How long a started request may take to arrive (then 408).
+    pub request_read_timeout_ms: u64,
+    /// How long an idle keep-alive connection stays open.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +53,8 @@ impl Default for HttpConfig {
             headers_max: http.headers_max,
             body_bytes_max: http.body_bytes_max,
             websocket_message_bytes_max: ws.message_bytes_max,
+            request_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }

@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use starling_adapters::chat::ChatService;
 use starling_adapters::client::{Client, PublishRequest};
 use starling_adapters::http::request::HttpLimits;
-use starling_adapters::http::server::HttpProtocol;
+use starling_adapters::http::server::{HttpProtocol, HttpTimeouts};
 use starling_adapters::native::NativeProtocol;
 use starling_adapters::ws::WsLimits;
 use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer};
@@ -241,7 +241,11 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         message_bytes_max: config.http.websocket_message_bytes_max,
         frame_bytes_max: config.http.websocket_message_bytes_max,
     };
-    let http = Arc::new(HttpProtocol::new(http_limits, ws_limits));
+    let timeouts = HttpTimeouts {
+        request_read: Duration::from_millis(config.http.request_read_timeout_ms),
+        idle: Duration::from_millis(config.http.idle_timeout_ms),
+    };
+    let http = Arc::new(HttpProtocol::new(http_limits, ws_limits, timeouts));
     let chat_slot = http.chat_slot();
     let ready = http.ready_flag();
     let listeners = vec![

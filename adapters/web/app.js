@@ -42,7 +42,7 @@ const GROUP_GAP_MS = 5 * 60 * 1000;   // messages of one sender closer than this
 const TYPING_SEND_MS = 3000;          // send `typing` at most this often
 const TYPING_SHOW_MS = 5000;          // show "x is typing…" this long after a push
 const AWAY_AFTER_MS = 30000;          // hidden tab for this long => presence "away"
-const CHANNEL_POLL_MS = 15000;        // refresh `channels {}` (no push announces new channels)
+const CHANNEL_POLL_MS = 10000;        // refresh `channels {}`: no push says we were added to one
 const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 5000;
 const EFFECT_KINDS = new Set(['edit', 'delete', 'reaction_add', 'reaction_remove', 'reply']);
 const USER_KEY = 'starling.user';
@@ -97,6 +97,7 @@ function newChan(id) {
     loaded: false, loading: false, loadingOlder: false, atStart: false,
     typing: new Map(),   // user -> expiry (ms)
     newMarker: null,     // read seq when the channel was opened ("New" divider)
+    adoptedAt: Date.now(),
     readBy: null,        // {seq, read, of, users} for our newest message
     readByFor: 0,        // seq of the read_by request in flight / done
   };
@@ -225,11 +226,12 @@ function openSocket() {
   if (ws) {  // an attempt still in progress is abandoned (its handlers check sock === ws)
     const old = ws;
     ws = null;
+    failInflight();
     try { old.close(); } catch { /* ignore */ }
   }
   const sock = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
   ws = sock;
-  sock.onopen = () => sock === ws && onOpen();
+  sock.onopen = () => sock === ws && onOpen(sock);
   sock.onmessage = (ev) => sock === ws && onFrame(ev.data);
   sock.onclose = () => sock === ws && onClosed();
   sock.onerror = () => {};  // a close event follows
@@ -243,15 +245,17 @@ function dropSocket() {
   onClosed();
 }
 
-async function onOpen() {
+async function onOpen(sock) {
   let session;
   try {
     session = await request('connect', { token: state.me, client: 'starling-web' });
   } catch (e) {
+    if (sock !== ws) return;  // superseded by a newer attempt
     if (['unauthenticated', 'denied', 'invalid_argument'].includes(e.code)) signOut(`Sign-in failed: ${errText(e)}`);
     else dropSocket();
     return;
   }
+  if (sock !== ws) return;
   state.connected = true;
   backoff = BACKOFF_MIN_MS;
   $('reconnecting').hidden = true;
@@ -274,15 +278,21 @@ function onFrame(data) {
   else call.resolve(msg.result || {});
 }
 
+/** Fails every unanswered request: its reply can no longer come. */
+function failInflight() {
+  const calls = [...inflight.values()];
+  inflight.clear();
+  for (const call of calls) {
+    clearTimeout(call.timer);
+    call.reject(mkErr('disconnected', 'connection lost', true));
+  }
+}
+
 function onClosed() {
   ws = null;
   state.connected = false;
   clearInterval(heartbeatTimer);
-  for (const call of inflight.values()) {
-    clearTimeout(call.timer);
-    call.reject(mkErr('disconnected', 'connection lost', true));
-  }
-  inflight.clear();
+  failInflight();
   for (const ch of state.channels.values()) { ch.subscribed = false; ch.subscribing = false; }
   if (!state.me) return;  // signed out
   $('reconnecting').hidden = false;
@@ -307,9 +317,6 @@ function startHeartbeat(seconds) {
 /** After every (re)connect: reload the channel list, re-subscribe, resend pending messages. */
 async function resync() {
   await refreshChannels();
-  // `$chat/user/<me>` announces channels we are added to; if the server does not allow
-  // reading it, the periodic `channels {}` poll does the same job more slowly.
-  request('subscribe', { channel: `$chat/user/${state.me}` }).catch(() => {});
   // A channel opened before but not loaded yet subscribes after its first history page instead.
   for (const ch of state.channels.values()) if (ch.loaded || ch !== cur()) subscribe(ch);
   const ch = cur() || pickInitialChannel();
@@ -351,6 +358,7 @@ function applyInfo(info) {
 }
 
 async function refreshChannels() {
+  const asked = Date.now();
   let r;
   try { r = await request('channels'); } catch { return; }
   const seen = new Set();
@@ -372,7 +380,9 @@ async function refreshChannels() {
     if (fresh && state.connected) subscribe(ch);
     if (fresh && ch.direct) refreshMembers(ch);
   }
-  for (const id of [...state.channels.keys()]) if (!seen.has(id)) forgetChannel(id);
+  // Gone from the list: we left or were removed. (A channel adopted after the request was
+  // sent may simply be missing from this answer.)
+  for (const [id, ch] of [...state.channels]) if (!seen.has(id) && ch.adoptedAt < asked) forgetChannel(id);
   invalidate('sidebar', 'header');
 }
 
@@ -551,10 +561,6 @@ function applyChannelEvent(ch, m) {
 function onPush(p) {
   if (p.push !== 'message' || !p.message) return;
   const m = p.message;
-  if (p.channel && p.channel.startsWith('$chat/user/')) {
-    scheduleChannelRefresh();  // we joined or left a channel somewhere
-    return;
-  }
   const ch = state.channels.get(p.channel);
   switch (m.kind) {
     case 'presence':
@@ -585,12 +591,6 @@ function onPush(p) {
     scheduleRead();
     if (m.sender === state.me) scheduleReadBy();
   }
-}
-
-let channelRefreshTimer = null;
-function scheduleChannelRefresh() {
-  clearTimeout(channelRefreshTimer);
-  channelRefreshTimer = setTimeout(refreshChannels, 300);
 }
 
 function setPresence(user, status) {
@@ -1063,9 +1063,15 @@ function renderThread() {
   if (!root) return;
   $('thread-channel').textContent = ch.direct ? displayName(ch) : `#${displayName(ch)}`;
   const f = fold(ch, root);
-  const nodes = [h('div', { class: 'thread-root', testid: 'thread-root' }, messageRow(ch, root, { where: 'root', cont: false }))];
+  // Cached wrapper: re-creating it would move the root row and lose focus while editing it.
+  const wrap = cachedRow(`thread-root-${root.seq}`, '', () => h('div', { class: 'thread-root', testid: 'thread-root' }));
+  const rootRow = messageRow(ch, root, { where: 'root', cont: false });
+  if (wrap.firstChild !== rootRow) wrap.replaceChildren(rootRow);
+  const nodes = [wrap];
   const replies = (ch.effects.get(root.seq) || []).filter((e) => e.kind === 'reply');
-  nodes.push(h('div', { class: 'thread-sep' }, h('span', {}, `${f.replies.length} ${f.replies.length === 1 ? 'reply' : 'replies'}`)));
+  const n = f.replies.length;
+  nodes.push(cachedRow(`thread-sep-${root.seq}`, String(n), () =>
+    h('div', { class: 'thread-sep' }, h('span', {}, `${n} ${n === 1 ? 'reply' : 'replies'}`))));
   let prev = null;
   for (const r of replies) {
     const cont = prev && prev.sender === r.sender && r.timestamp_ms - prev.timestamp_ms < GROUP_GAP_MS;
@@ -1141,6 +1147,7 @@ const userList = (s) => s.split(/[\s,]+/).map((u) => u.trim().replace(/^@/, ''))
 
 async function adoptChannel(info) {
   const ch = applyInfo(info);
+  ch.adoptedAt = Date.now();
   if (!ch.loaded) ch.highSeq = 0;
   openChannel(ch.id);
   if (ch.direct) refreshMembers(ch);

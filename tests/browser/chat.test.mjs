@@ -291,6 +291,7 @@ async function main() {
     await until('all 70 exactly once', async () => (await countText(bob, 'Bulk #')) === 70);
     await until('the start of the channel', () => visible(bob, 'channel-start'));
     await byId(bob, `channel-item-${CHANNEL}`).click();
+    await until('"Read by 1" under bob\'s message written offline', async () => (await text(bob, 'read-by'))?.includes('Read by 1'));
   });
 
   await step('no uncaught page errors', async () => {

@@ -17,8 +17,9 @@ pub const HISTORY_LIMIT_MAX: u32 = 500;
 /// Default page of `thread`.
 pub const THREAD_LIMIT_DEFAULT: u32 = 100;
 
-/// One request, after the envelope's `id` was taken off.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// One request, after the envelope's `id` was taken off. It serializes back
+/// to the same JSON shape (the fuzzer checks decode → encode → decode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Connect {
@@ -286,6 +287,14 @@ pub fn parse_request(text: &str) -> Result<(u64, Request), (u64, ChatError)> {
         )
     })?;
     Ok((id, request))
+}
+
+/// The request as a JSON text with its `id` (decoding it gives back `id` and
+/// `request`).
+pub fn request_text(id: u64, request: &Request) -> String {
+    let mut value = serde_json::to_value(request).expect("a request serializes");
+    value["id"] = json!(id);
+    value.to_string()
 }
 
 /// `{"id":…,"result":…}`

@@ -25,11 +25,24 @@ use crate::chat::json::{message_pushes, parse_request, reply_text, write_message
 use crate::chat::{ChatConnection, ChatError, ChatService, HEARTBEAT_S};
 use crate::ws::{close_code, derive_accept_key, text_frame, WsFraming, WsLimits, WsMessage};
 
-/// How long a client may take to send a request's head and body once it has
-/// started.
-pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an idle keep-alive connection stays open.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connections may take and stay idle.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpTimeouts {
+    /// How long a client may take to send a request's head and body once it
+    /// has started (slow-header clients are answered 408 and closed).
+    pub request_read: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub idle: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> HttpTimeouts {
+        HttpTimeouts {
+            request_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
 /// A WebSocket that sends nothing (not even a pong) for this many heartbeats
 /// is closed.
 pub const HEARTBEATS_MISSED_MAX: u32 = 3;
@@ -47,6 +60,7 @@ pub struct HttpProtocol {
     chat: Arc<OnceLock<Arc<ChatService>>>,
     limits: HttpLimits,
     ws_limits: WsLimits,
+    timeouts: HttpTimeouts,
     ready: Arc<AtomicBool>,
     websocket: Arc<dyn Protocol>,
     events: Arc<dyn Protocol>,
@@ -55,11 +69,12 @@ pub struct HttpProtocol {
 impl HttpProtocol {
     /// The chat service is set once the engine runs ([`HttpProtocol::chat_slot`]);
     /// until then chat requests are answered "unavailable".
-    pub fn new(limits: HttpLimits, ws_limits: WsLimits) -> HttpProtocol {
+    pub fn new(limits: HttpLimits, ws_limits: WsLimits, timeouts: HttpTimeouts) -> HttpProtocol {
         HttpProtocol {
             chat: Arc::new(OnceLock::new()),
             limits,
             ws_limits,
+            timeouts,
             ready: Arc::new(AtomicBool::new(false)),
             websocket: Arc::new(ChatWebSocketProtocol),
             events: Arc::new(EventStreamProtocol),
@@ -87,6 +102,7 @@ impl Protocol for HttpProtocol {
             chat_slot: self.chat.clone(),
             parser: RequestParser::new(self.limits),
             ws_limits: self.ws_limits,
+            timeouts: self.timeouts,
             ready: self.ready.clone(),
             websocket: self.websocket.clone(),
             events: self.events.clone(),
@@ -179,6 +195,7 @@ pub struct HttpSession {
     chat_slot: Arc<OnceLock<Arc<ChatService>>>,
     parser: RequestParser,
     ws_limits: WsLimits,
+    timeouts: HttpTimeouts,
     ready: Arc<AtomicBool>,
     websocket: Arc<dyn Protocol>,
     events: Arc<dyn Protocol>,
@@ -250,7 +267,7 @@ impl Session for HttpSession {
         match &mut self.mode {
             Mode::Http => {
                 if let Some(started) = self.request_started {
-                    if now.duration_since(started) >= REQUEST_READ_TIMEOUT {
+                    if now.duration_since(started) >= self.timeouts.request_read {
                         write_error(
                             context.out(),
                             408,
@@ -261,7 +278,7 @@ impl Session for HttpSession {
                         return Err(close("request read timeout"));
                     }
                 } else if self.in_flight.is_none()
-                    && now.duration_since(self.last_activity) >= IDLE_TIMEOUT
+                    && now.duration_since(self.last_activity) >= self.timeouts.idle
                 {
                     return Err(close("idle keep-alive connection"));
                 }
@@ -322,8 +339,8 @@ impl HttpSession {
         let now = context.now();
         let deadline = match self.mode {
             Mode::Http => match self.request_started {
-                Some(started) => started + REQUEST_READ_TIMEOUT,
-                None => self.last_activity + IDLE_TIMEOUT,
+                Some(started) => started + self.timeouts.request_read,
+                None => self.last_activity + self.timeouts.idle,
             },
             Mode::WebSocket(_) => now + Duration::from_secs(HEARTBEAT_S),
             Mode::Events => now + SSE_KEEPALIVE,
