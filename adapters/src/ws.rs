@@ -43,7 +43,7 @@ impl Default for WsLimits {
 /// Bytes tungstenite reads from the session's input at a time. Small, because
 /// it allocates this much per connection up front and the input is already
 /// in memory.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 512;
 
 /// A data message from the client.
 #[derive(Debug, PartialEq, Eq)]

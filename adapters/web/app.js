@@ -300,7 +300,7 @@ function onClosed() {
     reconnectTimer = setTimeout(openSocket, backoff);
     backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
   }
-  invalidate('messages', 'thread');
+  invalidate('messages', 'thread', 'sidebar');
 }
 
 /** The server closes connections silent for three heartbeats; a ping that gets no answer
@@ -407,13 +407,26 @@ async function subscribe(ch) {
   try {
     const r = await request('subscribe', { channel: ch.id, since: ch.highSeq });
     ch.subscribed = true;
-    if (r.recovered === false) toast(`Some older messages of ${displayName(ch)} are no longer available.`, 'info');
+    if (r.recovered === false) forgetHeld(ch, r.head_seq || 0);
   } catch (e) {
     if (e.code === 'already_subscribed') ch.subscribed = true;
     else if (e.code !== 'disconnected') toast(`Could not subscribe to ${displayName(ch)}: ${errText(e)}`);
   } finally {
     ch.subscribing = false;
   }
+}
+
+/** The server does not have what we hold (`recovered: false`: e.g. its data was replaced):
+ * drop our copy of the channel and load it again from the server's head. */
+function forgetHeld(ch, head) {
+  Object.assign(ch, { records: new Map(), effects: new Map(), sorted: null, highSeq: head, loaded: false, atStart: false, readBy: null, readByFor: 0 });
+  if (ch.id === state.current) {
+    rowCache.clear();
+    stickToBottom = true;
+    toast(`${displayName(ch)} was reloaded: the server no longer has some messages this page showed.`, 'info');
+    ensureLoaded(ch);
+  }
+  invalidate('messages', 'thread');
 }
 
 /** First open of a channel: the last page of history, then subscribe from its end. */
@@ -563,9 +576,14 @@ function onPush(p) {
   const m = p.message;
   const ch = state.channels.get(p.channel);
   switch (m.kind) {
-    case 'presence':
-      setPresence(m.sender, m.text);
+    case 'presence': {
+      // Sent by "$server" with text {"user": "bob", "status": "away"}.
+      let ev = null;
+      try { ev = JSON.parse(m.text || ''); } catch { /* not JSON */ }
+      if (ev && typeof ev === 'object') setPresence(ev.user, ev.status);
+      else setPresence(m.sender, m.text);  // plain form: sender = user, text = status
       return;
+    }
     case 'typing':
       if (ch && m.sender !== state.me) {
         ch.typing.set(m.sender, Date.now() + TYPING_SHOW_MS);
@@ -777,8 +795,9 @@ function presenceDot(user, testid) {
 function renderSidebar() {
   $('me-name').textContent = state.me;
   const myDot = $('me-dot');
-  myDot.className = `dot ${state.myStatus}`;
-  myDot.dataset.status = state.myStatus;
+  const mine = state.connected ? state.myStatus : 'offline';
+  myDot.className = `dot ${mine}`;
+  myDot.dataset.status = mine;
   const item = (ch) => {
     const unread = isReading(ch) ? 0 : ch.unread;
     const peers = ch.direct ? dmPeers(ch) : [];
@@ -1195,7 +1214,9 @@ async function directoryDialog() {
     list.replaceChildren(...(shown.length ? shown.map((c) => {
       const member = state.channels.has(c.channel);
       return h('li', { class: 'directory-item', testid: `directory-item-${c.channel}` },
-        h('div', {}, h('div', { class: 'dir-name' }, `# ${c.name || c.channel}`), c.topic ? h('div', { class: 'muted small' }, c.topic) : null),
+        h('div', {}, h('div', { class: 'dir-name' }, `# ${c.name || c.channel}`),
+          h('div', { class: 'muted small' }, [typeof c.members === 'number' ? `${c.members} member${c.members === 1 ? '' : 's'}` : null, c.topic]
+            .filter(Boolean).join(' · '))),
         h('button', {
           class: `btn ${member ? '' : 'primary'}`, testid: `directory-join-${c.channel}`,
           onclick: async () => {

@@ -251,14 +251,21 @@ async function main() {
 
   await step('network drop: bob misses nothing and duplicates nothing after reconnecting', async () => {
     const before = await countText(bob, '');
+    // Alice keeps her members list open: only presence pushes can change bob's dot in it.
+    await byId(alice, 'member-count').click();
+    const bobDot = () => byId(alice, `presence-${BOB}`).getAttribute('data-status');
+    await until('bob online in alice\'s members list', async () => (await bobDot()) === 'online');
     await ctxB.setOffline(true);
     await until('bob\'s "Reconnecting…" banner', () => visible(bob, 'reconnecting'));
+    await until('bob offline for alice (presence push)', async () => (await bobDot()) === 'offline');
     for (let i = 1; i <= 3; i++) await send(alice, `While bob was away ${i}`);
     await until('alice has the 3 messages', async () => (await countText(alice, 'While bob was away')) === 3);
     await send(bob, 'Written while offline');  // pending; must be delivered once, after the reconnect
     await new Promise((r) => setTimeout(r, 1000));
     await ctxB.setOffline(false);
     await until('the banner is gone', async () => !(await visible(bob, 'reconnecting')), 20000);
+    await until('bob online again for alice (presence push)', async () => (await bobDot()) === 'online');
+    await byId(alice, 'member-count').click();
     for (let i = 1; i <= 3; i++) {
       await until(`bob has "While bob was away ${i}" exactly once`, async () => (await countText(bob, `While bob was away ${i}`)) === 1);
     }

@@ -150,7 +150,7 @@ impl Shard {
                 peer,
                 session,
                 protocol,
-                input: BytesMut::with_capacity(READ_CHUNK),
+                input: BytesMut::new(),
                 output: VecDeque::new(),
                 output_bytes: 0,
                 front_partial: false,
@@ -230,6 +230,9 @@ impl Shard {
             let ConnKind::Socket(socket) = &mut connection.kind else {
                 return;
             };
+            if socket.input.capacity() == 0 {
+                socket.input = std::mem::take(&mut self.spare_input);
+            }
             let mut read_total = 0;
             let mut more = false;
             loop {
@@ -284,6 +287,7 @@ impl Shard {
             && !self.with_session(slot, |session, input, context| {
                 session.on_input(input, context)
             });
+        self.recycle_input(slot);
         if !closed && peer_closed {
             // Answer what was asked before the end of stream (a client may
             // send, shut down its side and then read), then close.
@@ -292,6 +296,24 @@ impl Shard {
                 connection.peer_done = true;
                 let deadline = Instant::now() + CLOSE_LINGER;
                 self.lingering.push((slot, connection.generation, deadline));
+            }
+        }
+    }
+
+    /// Takes back the read buffer of connection `slot` when it holds no
+    /// partial frame.
+    fn recycle_input(&mut self, slot: u32) {
+        if let Some(Connection {
+            kind: ConnKind::Socket(socket),
+            ..
+        }) = self.connections.get_mut(slot as usize).and_then(|c| c.as_mut())
+        {
+            if socket.input.is_empty() && socket.input.capacity() > 0 {
+                let mut buffer = std::mem::take(&mut socket.input);
+                buffer.clear();
+                if buffer.capacity() > self.spare_input.capacity() {
+                    self.spare_input = buffer;
+                }
             }
         }
     }
@@ -672,7 +694,14 @@ impl Shard {
                 continue;
             };
             match write_queued(socket) {
-                Ok(written) => self.shared.metrics.bytes_out.add(written as u64),
+                Ok(written) => {
+                    self.shared.metrics.bytes_out.add(written as u64);
+                    // Everything went out: let go of the reply buffer's
+                    // memory, so an idle connection holds none.
+                    if socket.output.is_empty() && socket.scratch.capacity() > 0 {
+                        socket.scratch = BytesMut::new();
+                    }
+                }
                 Err(error) => {
                     log::debug!(
                         "shard {}: write to {} failed: {error}",

@@ -20,6 +20,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use mio::{Events, Poll, Token};
 
 use crate::engine::EngineShared;
@@ -63,6 +64,10 @@ pub(crate) struct Shard {
     /// Connections with bytes still to write or to read.
     dirty: Vec<u32>,
     read_again: Vec<u32>,
+    /// The read buffer lent to whichever connection reads next. A connection
+    /// keeps a buffer only while it holds a partial frame, so an idle
+    /// connection holds none (idle connections are most of them).
+    pub(crate) spare_input: BytesMut,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -101,6 +106,7 @@ impl Shard {
             wake_pending: vec![false; shards],
             dirty: Vec::new(),
             read_again: Vec::new(),
+            spare_input: BytesMut::new(),
             lingering: Vec::new(),
             timers: BinaryHeap::new(),
             now_ms: wall_clock_ms(),
