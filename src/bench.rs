@@ -6,6 +6,11 @@
 //! load down (no coordinated omission). Subscribers check what they receive:
 //! every seq from their starting head to the last acknowledged one, exactly
 //! once, in order per channel. The last line printed is a JSON summary.
+//!
+//! Subscribers speak the native protocol, or with `--subscriber-protocol
+//! websocket` the JSON chat protocol over WebSocket (publishers stay native);
+//! `starling bench idle` holds idle WebSocket connections and reports the
+//! server's memory per connection (both in `bench_ws.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::bench_ws;
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
@@ -26,10 +32,28 @@ const BENCH_THREAD_STACK_BYTES: usize = 256 * 1024;
 /// send time, actual send time.
 const STAMP_BYTES: usize = 32;
 /// How long subscribers may take after the last ack to receive everything.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriberProtocol {
+    /// The native protocol, at `--server`.
+    Native,
+    /// The JSON chat protocol over WebSocket, at `--http-server`.
+    Websocket,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum BenchCommand {
+    /// Hold many idle WebSocket connections and report the server's
+    /// resident memory per connection.
+    Idle(bench_ws::IdleArgs),
+}
 
 #[derive(clap::Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Address of the server's native listener.
     #[arg(long, default_value = "127.0.0.1:7400")]
     server: String,
@@ -70,6 +94,20 @@ pub struct BenchArgs {
     history_queries: u64,
     #[arg(long, default_value_t = 50)]
     history_limit: u32,
+    /// What the subscribers speak (publishers always speak the native protocol).
+    #[arg(long, value_enum, default_value_t = SubscriberProtocol::Native)]
+    subscriber_protocol: SubscriberProtocol,
+    /// Address of the server's HTTP listener (WebSocket subscribers connect
+    /// to ws://ADDRESS/ws).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_server: String,
+    /// WebSocket subscribers opened (and answered) before the next batch.
+    #[arg(long, default_value_t = 100)]
+    connect_batch: usize,
+    /// Bind WebSocket subscriber sockets to 127.0.0.2, 127.0.0.3, …
+    /// round-robin (for more than ~28,000 connections); 0: don't bind.
+    #[arg(long, default_value_t = 0)]
+    source_addresses: usize,
 }
 
 struct Stamp {
@@ -90,13 +128,13 @@ fn stamp_body(stamp: &Stamp, size: usize) -> Bytes {
 }
 
 /// The intended send time stamped into a body (see [`stamp_body`]).
-fn intended_ns_of(body: &[u8]) -> Option<u64> {
+pub(crate) fn intended_ns_of(body: &[u8]) -> Option<u64> {
     let bytes = body.get(16..24)?;
     Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
 }
 
 /// The actual send time stamped into a body.
-fn sent_ns_of(body: &[u8]) -> Option<u64> {
+pub(crate) fn sent_ns_of(body: &[u8]) -> Option<u64> {
     let bytes = body.get(24..STAMP_BYTES)?;
     Some(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
 }
@@ -113,7 +151,7 @@ fn tighten_timer_slack() {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -128,18 +166,21 @@ struct PublisherResult {
 }
 
 #[derive(Default)]
-struct SubscriberResult {
-    delivered: u64,
-    lost: u64,
-    duplicated: u64,
-    out_of_order: u64,
+pub(crate) struct SubscriberResult {
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) out_of_order: u64,
     /// From the intended send time (includes any lateness of the sender).
-    latency_us: Option<Histogram<u64>>,
+    pub(crate) latency_us: Option<Histogram<u64>>,
     /// From the actual send time (the server and the network only).
-    from_send_us: Option<Histogram<u64>>,
+    pub(crate) from_send_us: Option<Histogram<u64>>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Idle(idle)) = args.command {
+        return bench_ws::idle(idle);
+    }
     if args.size < STAMP_BYTES {
         bail!("--size must be at least {STAMP_BYTES} bytes (the latency stamp)");
     }
@@ -155,6 +196,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|i| format!("{}-{}-{i}", args.prefix, std::process::id()))
             .collect(),
     );
+    let ws_target = match args.subscriber_protocol {
+        SubscriberProtocol::Native => None,
+        SubscriberProtocol::Websocket => Some(bench_ws::WsTarget::new(
+            &format!("ws://{}/ws", args.http_server),
+            args.source_addresses,
+        )?),
+    };
+    // One descriptor per subscriber and publisher, and some to spare.
+    bench_ws::raise_open_file_limit((args.subscribers + 2 * args.publishers + 64) as u64)?;
     let epoch = Instant::now();
 
     // Subscribers first, so they see every message. Subscriber i takes
@@ -176,17 +226,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut subscriber_threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
     for pool in 0..pools.min(args.subscribers) {
-        let mine: Vec<Vec<usize>> = assignments
+        let mine: Vec<(usize, Vec<usize>)> = assignments
             .iter()
+            .cloned()
+            .enumerate()
             .skip(pool)
             .step_by(pools)
-            .cloned()
             .collect();
         let channels = channels.clone();
         let targets = targets.clone();
         let ready = ready_tx.clone();
-        let handle = spawn(format!("bench-sub-{pool}"), move || {
-            subscriber_pool(address, &channels, mine, epoch, &targets, ready)
+        let ws_target = ws_target.clone();
+        let batch = args.connect_batch;
+        let prefix = format!("{}-{}", args.prefix, std::process::id());
+        let handle = spawn(format!("bench-sub-{pool}"), move || match ws_target {
+            None => {
+                let mine = mine.into_iter().map(|(_, channels)| channels).collect();
+                subscriber_pool(address, &channels, mine, epoch, &targets, ready)
+            }
+            Some(target) => bench_ws::subscriber_pool(
+                target, batch, &prefix, &channels, mine, epoch, &targets, ready,
+            ),
         })?;
         subscriber_threads.push(handle);
     }
@@ -290,6 +350,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let summary = serde_json::json!({
         "tool": "starling-bench",
         "protocol": "native",
+        "subscriber_protocol": match args.subscriber_protocol {
+            SubscriberProtocol::Native => "native",
+            SubscriberProtocol::Websocket => "websocket",
+        },
         "publishers": args.publishers,
         "subscribers": args.subscribers,
         "channels": args.channels,
@@ -365,7 +429,7 @@ fn history_queries(
     Ok((args.history_queries, latency))
 }
 
-fn spawn<T: Send + 'static>(
+pub(crate) fn spawn<T: Send + 'static>(
     name: String,
     body: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<JoinHandle<Result<T>>> {

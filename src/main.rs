@@ -11,6 +11,7 @@
 //! ```
 
 mod bench;
+mod bench_ws;
 mod config;
 mod logger;
 

@@ -10,16 +10,17 @@
 // client holds (or the head seq from `channels {}` when it holds nothing yet). Opening a
 // channel fetches `history {limit: 50}` first; scrolling to the top fetches `history {before}`.
 // After a reconnect every channel is re-subscribed with `since` = highest seq held, so the server
-// replays exactly what was missed; records are deduplicated by seq anyway.
+// replays exactly what was missed; records are deduplicated by seq anyway. Nothing pushes
+// "you were added to a channel", so `channels {}` is also polled every CHANNEL_POLL_MS.
 //
 // data-testid reference (stable ids for tests; <id> is a channel id, <seq> a channel seq,
 // <user> a user name, <cid> a client_id):
 //   login-form, login-name, login-submit, login-error
-//   me-name, my-presence, sign-out, reconnecting (present only while reconnecting), toast
+//   me-name, my-presence, sign-out, reconnecting (visible only while reconnecting), toast
 //   channel-list, dm-list, new-channel, new-dm, browse-channels
 //   channel-item-<id>, unread-<id> (badge, only when unread > 0; text "99+" at >= 100)
 //   dm-presence-<user> (dot in the direct-message list; data-status="online|away|offline")
-//   channel-header, channel-title, channel-topic, topic-input
+//   channel-header, channel-title, channel-topic, topic-input, header-presence (direct channels)
 //   member-count, members-popover, member-<user>, presence-<user> (dot, data-status),
 //   invite-input, invite-submit, leave-channel
 //   message-list, message-<seq>, message-text-<seq>, edited-<seq>, event-<seq> (channel events),
@@ -30,10 +31,11 @@
 //   pending-<cid>, retry-<cid>, discard-<cid>, load-older, channel-start, new-marker
 //   typing ("alice is typing…"; empty when nobody types), composer, send
 //   thread-pane, thread-close, thread-root, thread-messages, thread-composer, thread-send;
-//     inside the thread pane the message ids above are prefixed with "thread-"
+//     inside the thread pane the message ids above are prefixed with "thread-" for replies
 //     (thread-message-<seq>, thread-message-text-<seq>, thread-reaction-<seq>-<emoji>, ...)
-//   modal, modal-error, new-channel-name, new-channel-id, new-channel-topic, new-channel-private,
-//   new-channel-members, new-channel-submit, new-dm-users, new-dm-submit, directory-filter,
+//     and with "thread-root-" for the root message shown at the top of the pane
+//   modal, modal-error, modal-cancel, new-channel-name, new-channel-id, new-channel-topic,
+//   new-channel-private, new-channel-members, new-channel-submit, new-dm-users, new-dm-submit, directory-filter,
 //   directory-item-<id>, directory-join-<id>, confirm-ok, confirm-cancel
 
 const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
@@ -995,7 +997,7 @@ function messageRow(ch, m, opts) {
   const picker = state.picker && state.picker.seq === m.seq && state.picker.where === opts.where;
   const reactions = [...f.reactions].map(([e, users]) => [e, [...users].sort()]);
   const sig = JSON.stringify([f.text, f.edited, f.deleted, reactions, f.replies.length, opts.cont, editing, picker,
-    opts.readBy && [opts.readBy.read, opts.readBy.users]]);
+    opts.readBy && [opts.readBy.read, opts.readBy.users], ch.owner === state.me]);
   return cachedRow(`${opts.where}-${m.seq}`, sig, () => buildMessageRow(ch, m, f, reactions, { ...opts, editing, picker }));
 }
 

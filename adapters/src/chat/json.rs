@@ -226,7 +226,7 @@ impl ChatError {
             "unauthenticated" => 401,
             "denied" => 403,
             "not_found" => 404,
-            "already_subscribed" => 409,
+            "already_subscribed" | "already_exists" => 409,
             "too_large" => 413,
             "unavailable" | "storage_failed" => 503,
             _ => 500,

@@ -112,7 +112,6 @@ impl Protocol for HttpProtocol {
             in_flight: None,
             request_started: None,
             last_activity: Instant::now(),
-            timer_armed: false,
         })
     }
 
@@ -207,7 +206,6 @@ pub struct HttpSession {
     in_flight: Option<InFlight>,
     request_started: Option<Instant>,
     last_activity: Instant,
-    timer_armed: bool,
 }
 
 /// Client request ids of HTTP requests (one at a time per connection).
@@ -262,7 +260,6 @@ impl Session for HttpSession {
     }
 
     fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
-        self.timer_armed = false;
         let now = context.now();
         match &mut self.mode {
             Mode::Http => {
@@ -346,7 +343,6 @@ impl HttpSession {
             Mode::Events => now + SSE_KEEPALIVE,
         };
         context.set_timer(deadline.max(now));
-        self.timer_armed = true;
     }
 
     fn chat_service(&self) -> Result<Arc<ChatService>, ChatError> {
@@ -381,9 +377,9 @@ impl HttpSession {
             self.request_started = None;
             self.route(request, context)?;
         }
-        if !self.timer_armed {
-            self.arm_timer(context);
-        }
+        // The shard keeps the earliest deadline asked for, so this also
+        // shortens an idle deadline to a request's read deadline.
+        self.arm_timer(context);
         Ok(())
     }
 
@@ -433,16 +429,11 @@ impl HttpSession {
             let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
             return self.api(&request, segments, context);
         }
-        write_error(
-            context.out(),
-            404,
-            "not_found",
-            &format!(
-                "no route for {} {path}; see /v1/openapi.json",
-                request.method.as_str()
-            ),
-            keep_alive,
-        );
+        let error = ChatError::not_found(format!(
+            "no route for {} {path}; see /v1/openapi.json",
+            request.method.as_str()
+        ));
+        send_error(context.out(), &error, keep_alive, head_only);
         if keep_alive {
             Ok(())
         } else {
@@ -632,20 +623,27 @@ impl HttpSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let keep_alive = request.keep_alive;
+        let head_only = request.method == Method::Head;
         let fail = |out: &mut BytesMut, error: ChatError| {
-            write_error(
-                out,
-                error.http_status(),
-                error.code,
-                &error.message,
-                keep_alive,
-            );
+            send_error(out, &error, keep_alive, head_only);
             if keep_alive {
                 Ok(())
             } else {
                 Err(close("the client asked to close"))
             }
         };
+        // Who asks comes first: an unauthenticated request learns nothing
+        // about routes or bodies.
+        let token = bearer_token(request);
+        if token.is_none() {
+            return fail(
+                context.out(),
+                ChatError::new(
+                    "unauthenticated",
+                    "send `Authorization: Bearer <token>` with every request",
+                ),
+            );
+        }
         let (chat_request, status, events_channel) = match api_request(request, &segments) {
             Ok(mapped) => mapped,
             Err(error) => return fail(context.out(), error),
@@ -654,7 +652,6 @@ impl HttpSession {
             Ok(service) => service,
             Err(error) => return fail(context.out(), error),
         };
-        let token = bearer_token(request);
         let chat = self
             .chat
             .get_or_insert_with(|| ChatConnection::without_presence(service));
@@ -716,14 +713,19 @@ fn respond(out: &mut BytesMut, in_flight: &InFlight, result: Result<Value, ChatE
             in_flight.keep_alive,
             in_flight.head_only,
         ),
-        Err(error) => write_error(
-            out,
-            error.http_status(),
-            error.code,
-            &error.message,
-            in_flight.keep_alive,
-        ),
+        Err(error) => send_error(out, &error, in_flight.keep_alive, in_flight.head_only),
     }
+}
+
+/// The JSON error answer of a route (no body for HEAD).
+fn send_error(out: &mut BytesMut, error: &ChatError, keep_alive: bool, head_only: bool) {
+    let body = json!({ "error": error });
+    write_response(
+        out,
+        &Response::json(error.http_status(), &body),
+        keep_alive,
+        head_only,
+    );
 }
 
 fn bearer_token(request: &Request) -> Option<&str> {

@@ -306,7 +306,10 @@ impl Shard {
         if let Some(Connection {
             kind: ConnKind::Socket(socket),
             ..
-        }) = self.connections.get_mut(slot as usize).and_then(|c| c.as_mut())
+        }) = self
+            .connections
+            .get_mut(slot as usize)
+            .and_then(|c| c.as_mut())
         {
             if socket.input.is_empty() && socket.input.capacity() > 0 {
                 let mut buffer = std::mem::take(&mut socket.input);

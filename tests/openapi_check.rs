@@ -1,0 +1,87 @@
+//! The OpenAPI document checked against the running server by schemathesis
+//! (a property-based API tester from PyPI): generated requests for every
+//! route must get no server error (5xx), only documented status codes and
+//! content types, and bodies that match the documented schemas.
+//!
+//! Needs schemathesis: `.ci/run` installs it into `target/ci-venv`; elsewhere
+//! set `STARLING_SCHEMATHESIS` to its executable.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+
+/// Longest the tester may run (it also gets a time budget of its own).
+const TESTER_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn schemathesis() -> PathBuf {
+    if let Ok(path) = std::env::var("STARLING_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/schemathesis");
+    assert!(
+        venv.exists(),
+        "this test needs schemathesis: run `.ci/run`, or `python3 -m venv target/ci-venv && \
+         target/ci-venv/bin/pip install schemathesis`, or set STARLING_SCHEMATHESIS"
+    );
+    venv
+}
+
+#[test]
+fn openapi_document_matches_the_server() {
+    let tester = schemathesis();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = format!("http://{}", server.http);
+    let mut child = Command::new(&tester)
+        .args([
+            "run",
+            &format!("{base}/v1/openapi.json"),
+            "--url",
+            &base,
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--header",
+            "Authorization: Bearer schemathesis",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "40",
+            "--max-time",
+            "150",
+            "--seed",
+            "1",
+            "--workers",
+            "2",
+            "--no-color",
+        ])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("schemathesis runs");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > TESTER_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("schemathesis did not finish within {TESTER_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.success(),
+        "schemathesis found problems ({status}):\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+}
