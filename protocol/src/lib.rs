@@ -7,6 +7,10 @@
 //! advance ([`Envelope::encoded_len`], [`deliver_encoded_len`]). Limits ([`Limits`]) are checked
 //! from the length prefix, before a frame's body is buffered.
 //!
+//! The [`mqtt`] module holds the MQTT 3.1.1 and 5.0 codec spoken by the MQTT adapter, built on the
+//! same contract: [`mqtt::decode`] answers a complete packet, "need more" or an [`mqtt::MqttError`]
+//! that names the reason code to send back.
+//!
 //! # Frame layout
 //!
 //! Every integer is fixed-width little-endian.
@@ -54,6 +58,7 @@ mod encode;
 mod error;
 mod frame;
 mod message;
+pub mod mqtt;
 
 pub use decode::{decode, Decoded};
 pub use encode::{deliver_encoded_len, encode_deliver};
