@@ -51,7 +51,12 @@ fn openapi_document_matches_the_server() {
             "--max-examples",
             "40",
             "--max-time",
-            "150",
+            "90",
+            // Path parameters (channel ids) have a pattern that rejects
+            // most random strings; that is a property of the generator's
+            // input, not of the server.
+            "--suppress-health-check",
+            "filter_too_much",
             "--seed",
             "1",
             "--workers",
