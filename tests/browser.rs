@@ -28,7 +28,8 @@ fn two_users_chat_in_chromium() {
     );
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let screenshots = dir.path().join("screenshots");
+    // Kept after the run as test artifacts (under target/, which CI keeps).
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
     let mut child = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/chat.test.mjs"))
@@ -58,5 +59,5 @@ fn two_users_chat_in_chromium() {
         status.success(),
         "the browser test failed ({status}):\n{stdout}\n{stderr}"
     );
-    println!("{stdout}");
+    println!("{stdout}\nscreenshots: {}", screenshots.display());
 }
