@@ -532,3 +532,23 @@ fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     let mut alice = ChatClient::connect(server.http, "alice");
     alice.ok(json!({"type": "ping"}));
 }
+
+#[test]
+fn users_may_follow_their_own_channel_list() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    bob.ok(json!({"type": "subscribe", "channel": "$chat/user/bob"}));
+    assert_eq!(
+        bob.error(json!({"type": "subscribe", "channel": "$chat/user/alice"})),
+        "invalid_argument"
+    );
+    assert_eq!(
+        bob.error(json!({"type": "publish", "channel": "$chat/user/bob", "text": "x"})),
+        "invalid_argument"
+    );
+    alice.ok(json!({"type": "direct", "users": ["bob"]}));
+    let joined = bob.next_of_kind("$chat/user/bob", "channel_event");
+    let event: serde_json::Value = serde_json::from_str(joined["text"].as_str().unwrap()).unwrap();
+    assert_eq!(event, json!({"type": "joined", "channel": "dm/alice+bob"}));
+}

@@ -11,7 +11,7 @@ use starling_broker::{Command, Reply, SessionContext, SessionEvent};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
 
 use super::json::{message_value, ChatError, Request, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
-use super::model::{check_user_name, Presence};
+use super::model::{check_user_name, user_channel, Presence};
 use super::worker::{Done, Job, Outcome, Work};
 use super::ChatService;
 
@@ -120,7 +120,17 @@ impl ChatConnection {
             ));
         };
         if let Some(channel) = request.channel() {
-            if channel.starts_with('$') {
+            // A user may follow their own channel list (to hear at once when
+            // someone adds them to a channel); every other `$` channel
+            // belongs to the server.
+            let own_list = channel == user_channel(&user)
+                && matches!(
+                    request,
+                    Request::Subscribe { .. }
+                        | Request::Unsubscribe { .. }
+                        | Request::History { .. }
+                );
+            if channel.starts_with('$') && !own_list {
                 return Err(ChatError::invalid(format!(
                     "channel {channel:?} is reserved: names starting with '$' belong to the server"
                 )));
