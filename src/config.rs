@@ -18,7 +18,28 @@ pub struct Config {
     pub engine: EngineConfig,
     pub native: NativeConfig,
     pub http: HttpConfig,
+    pub mqtt: MqttConfig,
     pub log: LogConfig,
+}
+
+/// The MQTT 3.1.1/5 listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Where to listen. Loopback by default; any other address needs
+    /// authentication to be configured.
+    pub address: SocketAddr,
+    /// Largest packet a client may send (the v5 Maximum Packet Size).
+    pub packet_bytes_max: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            address: "127.0.0.1:1883".parse().expect("valid address"),
+            packet_bytes_max: starling_protocol::mqtt::PACKET_BYTES_MAX_DEFAULT,
+        }
+    }
 }
 
 /// The HTTP listener: the web client, the JSON API, the chat WebSocket,

@@ -29,9 +29,11 @@ use starling_adapters::chat::ChatService;
 use starling_adapters::client::{Client, PublishRequest};
 use starling_adapters::http::request::HttpLimits;
 use starling_adapters::http::server::{HttpProtocol, HttpTimeouts};
+use starling_adapters::mqtt::MqttProtocol;
 use starling_adapters::native::NativeProtocol;
 use starling_adapters::ws::WsLimits;
 use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer};
+use starling_protocol::mqtt::MqttLimits;
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
 
 use crate::config::Config;
@@ -219,6 +221,7 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     for (setting, address) in [
         ("native.address", config.native.address),
         ("http.address", config.http.address),
+        ("mqtt.address", config.mqtt.address),
     ] {
         if !is_loopback(&address) {
             bail!(
@@ -257,6 +260,12 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         Listener {
             address: config.http.address,
             protocol: http,
+        },
+        Listener {
+            address: config.mqtt.address,
+            protocol: Arc::new(MqttProtocol::new(MqttLimits {
+                packet_bytes_max: config.mqtt.packet_bytes_max,
+            })),
         },
     ];
     let engine = Engine::start(

@@ -13,5 +13,6 @@
 pub mod chat;
 pub mod client;
 pub mod http;
+pub mod mqtt;
 pub mod native;
 pub mod ws;

@@ -69,6 +69,12 @@ pub trait Session: Send {
         let _ = context;
         Ok(())
     }
+    /// The connection is closing (whoever closed it). Requests submitted here
+    /// are carried out, but their replies go nowhere: this is for last
+    /// actions such as publishing an MQTT will.
+    fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        let _ = context;
+    }
     /// Handles an event sent to this connection through a
     /// [`crate::Notifier`]. Returning `Err` closes the connection.
     fn on_event(

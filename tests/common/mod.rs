@@ -18,6 +18,8 @@ pub struct Server {
     pub address: SocketAddr,
     /// The HTTP listener (web client, API, WebSocket).
     pub http: SocketAddr,
+    /// The MQTT listener.
+    pub mqtt: SocketAddr,
     pub log: mpsc::Receiver<String>,
 }
 
@@ -31,6 +33,7 @@ impl Server {
             .env("STARLING_ENGINE_SHARDS", "2")
             .env("STARLING_NATIVE_ADDRESS", "127.0.0.1:0")
             .env("STARLING_HTTP_ADDRESS", "127.0.0.1:0")
+            .env("STARLING_MQTT_ADDRESS", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -51,6 +54,8 @@ impl Server {
                         let _ = address_tx.send(("native", address));
                     } else if line.contains("listening: protocol=http") {
                         let _ = address_tx.send(("http", address));
+                    } else if line.contains("listening: protocol=mqtt") {
+                        let _ = address_tx.send(("mqtt", address));
                     }
                 }
                 let _ = log_tx.send(line);
@@ -58,14 +63,15 @@ impl Server {
         });
         let mut native = None;
         let mut http = None;
-        while native.is_none() || http.is_none() {
+        let mut mqtt = None;
+        while native.is_none() || http.is_none() || mqtt.is_none() {
             match address_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok((name, address)) => {
                     let address: SocketAddr = address.parse().expect("a socket address in the log");
-                    if name == "native" {
-                        native = Some(address);
-                    } else {
-                        http = Some(address);
+                    match name {
+                        "native" => native = Some(address),
+                        "http" => http = Some(address),
+                        _ => mqtt = Some(address),
                     }
                 }
                 Err(_) => {
@@ -79,6 +85,7 @@ impl Server {
             child,
             address: native.expect("loop ends with both"),
             http: http.expect("loop ends with both"),
+            mqtt: mqtt.expect("loop ends with all three"),
             log,
         }
     }

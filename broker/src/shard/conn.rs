@@ -799,6 +799,10 @@ impl Shard {
 
     /// Deregisters and drops connection `slot` now.
     fn finish_close(&mut self, slot: u32) {
+        self.with_session(slot, |session, _, context| {
+            session.on_closed(context);
+            Ok(())
+        });
         let Some(mut connection) = self
             .connections
             .get_mut(slot as usize)

@@ -1,0 +1,726 @@
+//! The MQTT 3.1.1 and 5.0 front end: MQTT packets in, broker commands out.
+//! A topic is a channel of the same name, so what an MQTT client publishes
+//! to `general` is a chat message of `general`, and the other way round.
+//!
+//! What this first version does: CONNECT (both versions; user name and
+//! password go to the authorizer; server-assigned client ids; keep-alive),
+//! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
+//! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
+//! (deliveries go out at QoS 0), PINGREQ, DISCONNECT, and the will message.
+//! Not yet: wildcard and shared subscriptions (refused with their v5 reason
+//! codes), retained messages, persistent sessions, outbound QoS 1 and 2,
+//! topic aliases, will delay. Bad input closes only its own connection, with
+//! a v5 DISCONNECT that carries the reason code.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use starling_broker::{BrokerError, Close, Command, Protocol, Reply, Session, SessionContext};
+use starling_protocol::mqtt::{
+    decode, decode_connect, ConnAck, Connect, Decoded, Disconnect, MqttError, MqttLimits, Packet,
+    Properties, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, SubAck, UnsubAck, Will,
+};
+use starling_protocol::{kind, ErrorCode, Message};
+
+/// Longest client id the server assigns or accepts.
+const CLIENT_ID_BYTES_MAX: usize = 256;
+/// QoS 2 messages a client may have between PUBREC and PUBREL (the v5
+/// Receive Maximum the server announces).
+pub const RECEIVE_MAXIMUM: u16 = 1024;
+
+/// The MQTT listener's protocol.
+pub struct MqttProtocol {
+    limits: MqttLimits,
+    v311: Arc<dyn Protocol>,
+    v5: Arc<dyn Protocol>,
+}
+
+impl MqttProtocol {
+    pub fn new(limits: MqttLimits) -> MqttProtocol {
+        MqttProtocol {
+            limits,
+            v311: Arc::new(MqttDeliveries {
+                version: ProtocolVersion::V311,
+            }),
+            v5: Arc::new(MqttDeliveries {
+                version: ProtocolVersion::V5,
+            }),
+        }
+    }
+}
+
+impl Protocol for MqttProtocol {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn new_session(&self, peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(MqttSession {
+            limits: self.limits,
+            peer,
+            v311: self.v311.clone(),
+            v5: self.v5.clone(),
+            state: None,
+        })
+    }
+
+    fn encode_delivery(&self, _channel: &str, _messages: &[Message]) -> Bytes {
+        // Before CONNECT nothing is subscribed; afterwards the session's
+        // version decides the encoding (see `MqttDeliveries`).
+        Bytes::new()
+    }
+}
+
+/// Deliveries as QoS 0 PUBLISH packets of one version, encoded once and
+/// shared by every subscriber of that version on a core.
+struct MqttDeliveries {
+    version: ProtocolVersion,
+}
+
+impl Protocol for MqttDeliveries {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn new_session(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        unreachable!("MQTT sessions start from MqttProtocol")
+    }
+
+    fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes {
+        let mut out = BytesMut::new();
+        for message in messages {
+            // Chat bookkeeping (typing, read notices, presence) is not an
+            // application message for MQTT subscribers.
+            if matches!(message.kind, kind::TYPING | kind::CURSOR | kind::PRESENCE) {
+                continue;
+            }
+            let packet = Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: channel.to_string(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: message.body.clone(),
+            });
+            packet.encode(self.version, &mut out);
+        }
+        out.freeze()
+    }
+}
+
+/// What a pending broker request answers.
+enum Pending {
+    /// A QoS 0 publish: nobody waits.
+    Fire,
+    PubAck(u16),
+    PubRec(u16),
+    /// One filter of a SUBSCRIBE (packet id, index of the filter).
+    Subscribe(u16, usize),
+    Unsubscribe(u16, usize),
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
+struct Collecting {
+    codes: Vec<Option<ReasonCode>>,
+}
+
+struct Connected {
+    version: ProtocolVersion,
+    client_id: String,
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    will: Option<Will>,
+    next_request_id: u32,
+    pending: HashMap<u32, Pending>,
+    subscribes: HashMap<u16, Collecting>,
+    unsubscribes: HashMap<u16, Collecting>,
+    /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
+    /// stored): a retransmitted PUBLISH with one of them is not stored again.
+    qos2_received: HashSet<u16>,
+}
+
+pub struct MqttSession {
+    limits: MqttLimits,
+    peer: SocketAddr,
+    v311: Arc<dyn Protocol>,
+    v5: Arc<dyn Protocol>,
+    state: Option<Connected>,
+}
+
+fn close(reason: impl Into<String>) -> Close {
+    Close {
+        reason: reason.into(),
+    }
+}
+
+impl Session for MqttSession {
+    fn on_input(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        loop {
+            // The decoder refuses an oversized packet as soon as its fixed
+            // header is in, before the body is buffered.
+            let decoded = match &self.state {
+                None => decode_connect(input, &self.limits),
+                Some(state) => decode(input, state.version, &self.limits),
+            };
+            let (packet, used) = match decoded {
+                Ok(Decoded::Complete { packet, used }) => (packet, used),
+                Ok(Decoded::NeedMore { .. }) => return Ok(()),
+                Err(error) => {
+                    let reason = error.reason_code();
+                    return self.refuse(reason, &error.to_string(), &error, context);
+                }
+            };
+            input.advance(used);
+            if let Some(state) = self.state.as_mut() {
+                state.last_packet = context.now();
+            }
+            self.handle(packet, context)?;
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        request_id: u32,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        let Some(pending) = state.pending.remove(&request_id) else {
+            return Ok(());
+        };
+        let version = state.version;
+        let error = match reply {
+            Reply::Error(error) => Some(error),
+            _ => None,
+        };
+        match pending {
+            Pending::Fire => {
+                if let Some(error) = error {
+                    log::debug!("mqtt {}: QoS 0 publish refused: {error}", self.peer);
+                }
+            }
+            Pending::PubAck(packet_id) | Pending::PubRec(packet_id) => {
+                let qos2 = matches!(pending, Pending::PubRec(_));
+                let reason = match error {
+                    None => ReasonCode::Success,
+                    Some(error) => {
+                        if qos2 {
+                            state.qos2_received.remove(&packet_id);
+                        }
+                        if version == ProtocolVersion::V311 {
+                            // v3.1.1 has no way to refuse a publish but to
+                            // close the connection.
+                            return Err(close(format!("publish refused: {error}")));
+                        }
+                        publish_reason(error)
+                    }
+                };
+                let response = PublishResponse {
+                    packet_id,
+                    reason_code: reason,
+                    properties: reason_string(version, error),
+                };
+                let packet = if qos2 {
+                    Packet::PubRec(response)
+                } else {
+                    Packet::PubAck(response)
+                };
+                packet.encode(version, context.out());
+            }
+            Pending::Subscribe(packet_id, index) => {
+                let granted = match error {
+                    None | Some(BrokerError::AlreadySubscribed(_)) => {
+                        ReasonCode::granted(QoS::AtMostOnce)
+                    }
+                    Some(BrokerError::Denied(_)) => ReasonCode::NotAuthorized,
+                    Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
+                    Some(_) => ReasonCode::UnspecifiedError,
+                };
+                if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                    collecting.codes[index] = Some(granted);
+                    if collecting.codes.iter().all(Option::is_some) {
+                        let collecting = state.subscribes.remove(&packet_id).expect("present");
+                        Packet::SubAck(SubAck {
+                            packet_id,
+                            reason_codes: collecting.codes.into_iter().flatten().collect(),
+                            properties: Properties::default(),
+                        })
+                        .encode(version, context.out());
+                    }
+                }
+            }
+            Pending::Unsubscribe(packet_id, index) => {
+                let code = match error {
+                    None => ReasonCode::Success,
+                    Some(BrokerError::NotSubscribed(_)) => ReasonCode::NoSubscriptionExisted,
+                    Some(_) => ReasonCode::UnspecifiedError,
+                };
+                if let Some(collecting) = state.unsubscribes.get_mut(&packet_id) {
+                    collecting.codes[index] = Some(code);
+                    if collecting.codes.iter().all(Option::is_some) {
+                        let collecting = state.unsubscribes.remove(&packet_id).expect("present");
+                        Packet::UnsubAck(UnsubAck {
+                            packet_id,
+                            reason_codes: collecting.codes.into_iter().flatten().collect(),
+                            properties: Properties::default(),
+                        })
+                        .encode(version, context.out());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let Some(state) = self.state.as_ref() else {
+            return Ok(());
+        };
+        let Some(keep_alive) = state.keep_alive else {
+            return Ok(());
+        };
+        // The spec's grace: one and a half keep-alive periods.
+        let deadline = state.last_packet + keep_alive + keep_alive / 2;
+        if context.now() >= deadline {
+            let version = state.version;
+            disconnect(version, ReasonCode::KeepAliveTimeout, context.out());
+            return Err(close("keep-alive timeout"));
+        }
+        context.set_timer(deadline);
+        Ok(())
+    }
+
+    fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {
+        if let Some(state) = self.state.as_ref() {
+            let reason_code = match code {
+                ErrorCode::SlowConsumer => ReasonCode::QuotaExceeded,
+                ErrorCode::Unavailable => ReasonCode::ServerShuttingDown,
+                _ => ReasonCode::UnspecifiedError,
+            };
+            if state.version == ProtocolVersion::V5 {
+                let mut properties = Properties::default();
+                properties.reason_string = Some(cut(reason));
+                Packet::Disconnect(Disconnect {
+                    reason_code,
+                    properties,
+                })
+                .encode(ProtocolVersion::V5, out);
+            }
+        }
+    }
+
+    fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        // The will is published when the connection ends without a
+        // DISCONNECT (which clears it).
+        if let Some(will) = self.state.as_mut().and_then(|state| state.will.take()) {
+            context.submit(
+                0,
+                Command::Publish {
+                    channel: will.topic,
+                    ephemeral: false,
+                    kind: kind::MESSAGE,
+                    client_message_id: Bytes::new(),
+                    relation: 0,
+                    headers: Bytes::new(),
+                    body: will.payload,
+                },
+            );
+        }
+    }
+}
+
+impl MqttSession {
+    /// Closes the connection for bad input: a v5 client is told why with a
+    /// DISCONNECT reason code; a v3.1.1 client just loses the connection, as
+    /// that version says.
+    fn refuse(
+        &mut self,
+        reason_code: ReasonCode,
+        reason: &str,
+        error: &MqttError,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        match (&self.state, error) {
+            (None, MqttError::UnsupportedProtocolVersion { .. }) => {
+                // The CONNACK for an unknown version is in the v3.1.1 shape.
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: ReasonCode::UnsupportedProtocolVersion,
+                    properties: Properties::default(),
+                })
+                .encode(ProtocolVersion::V311, context.out());
+            }
+            (Some(state), _) => {
+                disconnect_with(state.version, reason_code, reason, context.out());
+            }
+            _ => {}
+        }
+        Err(close(format!("MQTT: {reason}")))
+    }
+
+    /// Closes the connection for a protocol violation the decoder cannot
+    /// see (it depends on the session's state).
+    fn violation(
+        &mut self,
+        reason_code: ReasonCode,
+        reason: &str,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        if let Some(state) = &self.state {
+            disconnect_with(state.version, reason_code, reason, context.out());
+        }
+        Err(close(format!("MQTT: {reason}")))
+    }
+
+    fn handle(&mut self, packet: Packet, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            let Packet::Connect(connect) = packet else {
+                return Err(close("the first packet was not CONNECT"));
+            };
+            return self.connect(*connect, context);
+        };
+        let version = state.version;
+        match packet {
+            Packet::Connect(_) => self.violation(
+                ReasonCode::ProtocolError,
+                "a second CONNECT on one connection is a protocol error",
+                context,
+            ),
+            Packet::Publish(publish) => self.publish(publish, context),
+            Packet::PubRel(response) => {
+                let known = state.qos2_received.remove(&response.packet_id);
+                let reason = if known || version == ProtocolVersion::V311 {
+                    ReasonCode::Success
+                } else {
+                    // After a reconnect the id may be gone; completing is
+                    // still right, and v5 says why.
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                Packet::PubComp(PublishResponse {
+                    packet_id: response.packet_id,
+                    reason_code: reason,
+                    properties: Properties::default(),
+                })
+                .encode(version, context.out());
+                Ok(())
+            }
+            // Outbound messages are QoS 0, so no acknowledgement is expected;
+            // a stray one is ignored.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
+            Packet::Subscribe(subscribe) => {
+                let packet_id = subscribe.packet_id;
+                let mut codes = vec![None; subscribe.filters.len()];
+                let mut commands = Vec::new();
+                for (index, (filter, _options)) in subscribe.filters.into_iter().enumerate() {
+                    if filter.starts_with("$share/") {
+                        codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
+                    } else if filter.contains(['+', '#']) {
+                        codes[index] = Some(ReasonCode::WildcardSubscriptionsNotSupported);
+                    } else {
+                        commands.push((index, filter));
+                    }
+                }
+                state.subscribes.insert(packet_id, Collecting { codes });
+                for (index, filter) in commands {
+                    let request_id = next_request(state, Pending::Subscribe(packet_id, index));
+                    context.submit(
+                        request_id,
+                        Command::Subscribe {
+                            channel: filter,
+                            start: starling_protocol::SubscribeStart::Live,
+                        },
+                    );
+                }
+                self.finish_subscribe(packet_id, context);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                let packet_id = unsubscribe.packet_id;
+                let codes = vec![None; unsubscribe.filters.len()];
+                state.unsubscribes.insert(packet_id, Collecting { codes });
+                for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
+                    let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
+                    context.submit(request_id, Command::Unsubscribe { channel: filter });
+                }
+                Ok(())
+            }
+            Packet::PingReq => {
+                Packet::PingResp.encode(version, context.out());
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                // A normal DISCONNECT discards the will; v5's "disconnect
+                // with will message" keeps it.
+                if disconnect.reason_code != ReasonCode::DisconnectWithWillMessage {
+                    state.will = None;
+                }
+                Err(close("the client disconnected"))
+            }
+            Packet::Auth(_) => self.violation(
+                ReasonCode::BadAuthenticationMethod,
+                "extended authentication (AUTH) is not supported",
+                context,
+            ),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                let reason = format!("{:?} is sent by servers, not clients", packet.packet_type());
+                self.violation(ReasonCode::ProtocolError, &reason, context)
+            }
+        }
+    }
+
+    /// Sends the SUBACK at once when no filter needed the broker.
+    fn finish_subscribe(&mut self, packet_id: u16, context: &mut SessionContext<'_>) {
+        let state = self.state.as_mut().expect("connected");
+        if let Some(collecting) = state.subscribes.get(&packet_id) {
+            if collecting.codes.iter().all(Option::is_some) {
+                let collecting = state.subscribes.remove(&packet_id).expect("present");
+                Packet::SubAck(SubAck {
+                    packet_id,
+                    reason_codes: collecting.codes.into_iter().flatten().collect(),
+                    properties: Properties::default(),
+                })
+                .encode(state.version, context.out());
+            }
+        }
+    }
+
+    fn connect(&mut self, connect: Connect, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let version = connect.protocol;
+        let refuse = |code: ReasonCode, reason: &str, out: &mut BytesMut| {
+            let mut properties = Properties::default();
+            if version == ProtocolVersion::V5 {
+                properties.reason_string = Some(cut(reason));
+            }
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties,
+            })
+            .encode(version, out);
+            Err(close(format!("CONNECT refused: {reason}")))
+        };
+        let mut client_id = connect.client_id.clone();
+        let mut assigned = None;
+        if client_id.is_empty() {
+            if version == ProtocolVersion::V311 && !connect.clean_start {
+                return refuse(
+                    ReasonCode::ClientIdentifierNotValid,
+                    "an empty client id needs clean session",
+                    context.out(),
+                );
+            }
+            client_id = format!("starling-{:016x}", random_id());
+            assigned = Some(client_id.clone());
+        }
+        if client_id.len() > CLIENT_ID_BYTES_MAX {
+            return refuse(
+                ReasonCode::ClientIdentifierNotValid,
+                "the client id is longer than 256 bytes",
+                context.out(),
+            );
+        }
+        // The password is the token when there is one; otherwise the user
+        // name stands for it (on a loopback server it is the user's name).
+        let token = match (&connect.password, &connect.username) {
+            (Some(password), _) => String::from_utf8_lossy(password).into_owned(),
+            (None, Some(username)) => username.clone(),
+            (None, None) => String::new(),
+        };
+        if let Err(denied) = context.authenticate(&client_id, &token) {
+            let code = if connect.username.is_some() {
+                ReasonCode::BadUserNameOrPassword
+            } else {
+                ReasonCode::NotAuthorized
+            };
+            return refuse(code, &denied.0, context.out());
+        }
+        let keep_alive = match connect.keep_alive_s {
+            0 => None,
+            seconds => Some(Duration::from_secs(u64::from(seconds))),
+        };
+        let mut properties = Properties::default();
+        if version == ProtocolVersion::V5 {
+            properties.assigned_client_identifier = assigned;
+            properties.retain_available = Some(false);
+            properties.wildcard_subscription_available = Some(false);
+            properties.shared_subscription_available = Some(false);
+            properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
+            properties.receive_maximum = Some(RECEIVE_MAXIMUM);
+        }
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties,
+        })
+        .encode(version, context.out());
+        context.set_protocol(match version {
+            ProtocolVersion::V311 => self.v311.clone(),
+            ProtocolVersion::V5 => self.v5.clone(),
+        });
+        let now = context.now();
+        if let Some(keep_alive) = keep_alive {
+            context.set_timer(now + keep_alive + keep_alive / 2);
+        }
+        self.state = Some(Connected {
+            version,
+            client_id,
+            keep_alive,
+            last_packet: now,
+            will: connect.will,
+            next_request_id: 1,
+            pending: HashMap::new(),
+            subscribes: HashMap::new(),
+            unsubscribes: HashMap::new(),
+            qos2_received: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    fn publish(&mut self, publish: Publish, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let state = self.state.as_mut().expect("connected");
+        let version = state.version;
+        if publish.properties.topic_alias.is_some() {
+            disconnect_with(
+                version,
+                ReasonCode::TopicAliasInvalid,
+                "topic aliases are not supported (Topic Alias Maximum is 0)",
+                context.out(),
+            );
+            return Err(close("MQTT: a topic alias was sent"));
+        }
+        if publish.topic.starts_with('$') {
+            disconnect_with(
+                version,
+                ReasonCode::TopicNameInvalid,
+                "topics starting with '$' belong to the server",
+                context.out(),
+            );
+            return Err(close("publish to a '$' topic"));
+        }
+        let pending = match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => Pending::Fire,
+            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id),
+            (QoS::ExactlyOnce, Some(id)) => {
+                if state.qos2_received.contains(&id) {
+                    // A retransmission of a message already stored (or being
+                    // stored): acknowledge again, store nothing.
+                    if !state
+                        .pending
+                        .values()
+                        .any(|p| matches!(p, Pending::PubRec(p) if *p == id))
+                    {
+                        Packet::PubRec(PublishResponse::success(id)).encode(version, context.out());
+                    }
+                    return Ok(());
+                }
+                if state.qos2_received.len() >= usize::from(RECEIVE_MAXIMUM) {
+                    disconnect_with(
+                        version,
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "more QoS 2 messages in flight than the Receive Maximum",
+                        context.out(),
+                    );
+                    return Err(close("receive maximum exceeded"));
+                }
+                state.qos2_received.insert(id);
+                Pending::PubRec(id)
+            }
+            (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
+        };
+        let request_id = next_request(state, pending);
+        let _ = &state.client_id;
+        context.submit(
+            request_id,
+            Command::Publish {
+                channel: publish.topic,
+                ephemeral: false,
+                kind: kind::MESSAGE,
+                client_message_id: Bytes::new(),
+                relation: 0,
+                headers: Bytes::new(),
+                body: publish.payload,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn next_request(state: &mut Connected, pending: Pending) -> u32 {
+    let request_id = state.next_request_id;
+    state.next_request_id = state.next_request_id.wrapping_add(1).max(1);
+    state.pending.insert(request_id, pending);
+    request_id
+}
+
+/// The v5 reason code for a refused publish.
+fn publish_reason(error: &BrokerError) -> ReasonCode {
+    match error {
+        BrokerError::Denied(_) => ReasonCode::NotAuthorized,
+        BrokerError::InvalidArgument(_) => ReasonCode::TopicNameInvalid,
+        BrokerError::TooLarge { .. } => ReasonCode::PacketTooLarge,
+        BrokerError::ShuttingDown => ReasonCode::ServerShuttingDown,
+        _ => ReasonCode::ImplementationSpecificError,
+    }
+}
+
+fn reason_string(version: ProtocolVersion, error: Option<&BrokerError>) -> Properties {
+    let mut properties = Properties::default();
+    if let (ProtocolVersion::V5, Some(error)) = (version, error) {
+        properties.reason_string = Some(cut(&error.to_string()));
+    }
+    properties
+}
+
+fn disconnect(version: ProtocolVersion, reason_code: ReasonCode, out: &mut BytesMut) {
+    disconnect_with(version, reason_code, "", out);
+}
+
+fn disconnect_with(
+    version: ProtocolVersion,
+    reason_code: ReasonCode,
+    reason: &str,
+    out: &mut BytesMut,
+) {
+    if version == ProtocolVersion::V5 {
+        let mut properties = Properties::default();
+        if !reason.is_empty() {
+            properties.reason_string = Some(cut(reason));
+        }
+        Packet::Disconnect(Disconnect {
+            reason_code,
+            properties,
+        })
+        .encode(version, out);
+    }
+}
+
+/// Reason strings are for people; keep them short.
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(256);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// A client id the server assigns: unique enough within a process run.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

@@ -1,0 +1,453 @@
+//! The MQTT front end with real clients (`mosquitto_pub`/`mosquitto_sub`
+//! from Debian's mosquitto-clients) and raw packets for bad input: each bad
+//! packet closes its own connection with the right v5 reason code, and the
+//! server carries on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::{ChatClient, Server};
+use serde_json::json;
+use starling_protocol::mqtt::{
+    decode, Connect, Decoded, MqttLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, Will,
+};
+
+fn server(env: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), env);
+    (dir, server)
+}
+
+fn mosquitto(program: &str, address: SocketAddr, args: &[&str]) -> std::process::Child {
+    assert!(
+        Command::new(program)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok(),
+        "{program} is missing: install Debian's mosquitto-clients (`.ci/run` does)"
+    );
+    Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &address.port().to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the mosquitto client runs")
+}
+
+/// Runs a client to completion (killed after 20 s) and returns its output.
+fn finish(child: std::process::Child) -> (bool, String) {
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(watchdog);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Starts `mosquitto_sub` with debug output and waits until the server has
+/// acknowledged its subscription; returns the child and its message lines.
+fn subscriber(
+    address: SocketAddr,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    // Line-buffered, so the debug line about the SUBACK arrives when it
+    // happens, not when the client exits.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p"])
+        .arg(address.port().to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stdbuf and mosquitto_sub run (install mosquitto-clients)");
+    let stdout = child.stdout.take().expect("piped");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("received SUBACK") {
+                let _ = ready_tx.send(());
+            } else if !line.starts_with("Client ") && !line.starts_with("Subscribed") {
+                let _ = lines_tx.send(line);
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(20))
+        .expect("mosquitto_sub got its SUBACK");
+    (child, lines)
+}
+
+/// The next `count` message lines of a subscriber.
+fn received(lines: &std::sync::mpsc::Receiver<String>, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a message line")
+        })
+        .collect()
+}
+
+fn history_texts(server: &Server, channel: &str) -> Vec<String> {
+    let mut client = ChatClient::connect(server.http, "reader");
+    let page = client.ok(json!({"type": "history", "channel": channel, "limit": 100}));
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn mosquitto_clients_publish_and_subscribe_in_both_versions() {
+    let (_dir, server) = server(&[]);
+    for version in ["mqttv311", "mqttv5"] {
+        let topic = format!("room-{version}");
+        let (subscriber, lines) = subscriber(
+            server.mqtt,
+            &[
+                "-t", &topic, "-V", version, "-u", "bob", "-C", "3", "-W", "20",
+            ],
+        );
+        for qos in ["0", "1", "2"] {
+            let publisher = mosquitto(
+                "mosquitto_pub",
+                server.mqtt,
+                &[
+                    "-t",
+                    &topic,
+                    "-m",
+                    &format!("qos {qos}"),
+                    "-q",
+                    qos,
+                    "-V",
+                    version,
+                    "-u",
+                    "alice",
+                ],
+            );
+            let (ok, output) = finish(publisher);
+            assert!(ok, "mosquitto_pub {version} qos {qos} failed: {output}");
+        }
+        assert_eq!(
+            received(&lines, 3),
+            vec!["qos 0", "qos 1", "qos 2"],
+            "{version}"
+        );
+        let (ok, output) = finish(subscriber);
+        assert!(ok, "mosquitto_sub {version} failed: {output}");
+        // Stored in the log, with the user name as sender.
+        assert_eq!(
+            history_texts(&server, &topic),
+            vec!["qos 0", "qos 1", "qos 2"]
+        );
+    }
+}
+
+#[test]
+fn mqtt_and_websocket_see_the_same_channel() {
+    let (_dir, server) = server(&[]);
+    let mut alice = ChatClient::connect(server.http, "alice");
+    alice.ok(json!({"type": "subscribe", "channel": "bridge"}));
+    let (first, first_lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t", "bridge", "-V", "mqttv5", "-u", "bob", "-C", "1", "-W", "20",
+        ],
+    );
+    // MQTT in, WebSocket out.
+    let (ok, output) = finish(mosquitto(
+        "mosquitto_pub",
+        server.mqtt,
+        &["-t", "bridge", "-m", "from mqtt", "-q", "1", "-u", "carol"],
+    ));
+    assert!(ok, "{output}");
+    let pushed = alice.next_of_kind("bridge", "message");
+    assert_eq!(
+        (pushed["text"].as_str(), pushed["sender"].as_str()),
+        (Some("from mqtt"), Some("carol"))
+    );
+    // And the MQTT subscriber got it too; then WebSocket in, MQTT out.
+    assert_eq!(received(&first_lines, 1), vec!["from mqtt"]);
+    let (ok, output) = finish(first);
+    assert!(ok, "{output}");
+    let (second, second_lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t", "bridge", "-V", "mqttv311", "-u", "bob", "-C", "1", "-W", "20",
+        ],
+    );
+    alice.ok(json!({"type": "publish", "channel": "bridge", "text": "from the web"}));
+    assert_eq!(received(&second_lines, 1), vec!["from the web"]);
+    let (ok, output) = finish(second);
+    assert!(ok, "{output}");
+}
+
+/// A raw MQTT connection for bad-input tests.
+struct Raw {
+    stream: TcpStream,
+    version: ProtocolVersion,
+    buffer: BytesMut,
+}
+
+impl Raw {
+    fn open(address: SocketAddr, version: ProtocolVersion) -> Raw {
+        let stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw {
+            stream,
+            version,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn connect(
+        address: SocketAddr,
+        version: ProtocolVersion,
+        keep_alive_s: u16,
+        will: Option<Will>,
+    ) -> Raw {
+        let mut raw = Raw::open(address, version);
+        raw.send(&Packet::Connect(Box::new(Connect {
+            protocol: version,
+            clean_start: true,
+            keep_alive_s,
+            client_id: "raw".into(),
+            will,
+            username: Some("raw".into()),
+            password: None,
+            properties: Properties::default(),
+        })));
+        match raw.next() {
+            Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason_code, ReasonCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next packet, or `None` once the server closed the connection.
+    fn next(&mut self) -> Option<Packet> {
+        loop {
+            let limits = MqttLimits::default();
+            if let Ok(Decoded::Complete { packet, used }) =
+                decode(&self.buffer, self.version, &limits)
+            {
+                let _ = self.buffer.split_to(used);
+                return Some(packet);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(error) => panic!("reading from the server: {error}"),
+            }
+        }
+    }
+
+    /// Expects a DISCONNECT with `code`, then the end of the connection.
+    fn expect_disconnect(&mut self, code: ReasonCode) {
+        match self.next() {
+            Some(Packet::Disconnect(disconnect)) => assert_eq!(disconnect.reason_code, code),
+            other => panic!("expected DISCONNECT {code:?}, got {other:?}"),
+        }
+        assert!(
+            self.next().is_none(),
+            "the connection stays open after DISCONNECT"
+        );
+    }
+}
+
+fn publish(topic: &str, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id: None,
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+#[test]
+fn bad_packets_close_their_connection_with_reason_codes() {
+    let (_dir, server) = server(&[("STARLING_MQTT_PACKET_BYTES_MAX", "1024")]);
+    let v5 = ProtocolVersion::V5;
+
+    // A packet before CONNECT: closed without a word.
+    let mut raw = Raw::open(server.mqtt, v5);
+    raw.send_raw(&[0xc0, 0x00]); // PINGREQ
+    assert!(raw.next().is_none());
+
+    // A second CONNECT: protocol error.
+    let mut raw = Raw::connect(server.mqtt, v5, 0, None);
+    raw.send(&Packet::Connect(Box::new(Connect {
+        protocol: v5,
+        clean_start: true,
+        keep_alive_s: 0,
+        client_id: "again".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })));
+    raw.expect_disconnect(ReasonCode::ProtocolError);
+
+    // A wildcard in a PUBLISH topic: topic name invalid (written by hand,
+    // since the encoder refuses to produce it).
+    let mut raw = Raw::connect(server.mqtt, v5, 0, None);
+    raw.send_raw(&[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'+', 0x00]);
+    raw.expect_disconnect(ReasonCode::TopicNameInvalid);
+
+    // Invalid UTF-8 in a topic: malformed packet.
+    let mut raw = Raw::connect(server.mqtt, v5, 0, None);
+    raw.send_raw(&[0x30, 0x06, 0x00, 0x03, b'a', 0xff, b'b', 0x00]);
+    raw.expect_disconnect(ReasonCode::MalformedPacket);
+
+    // A packet over the maximum size, refused from its fixed header alone.
+    let mut raw = Raw::connect(server.mqtt, v5, 0, None);
+    raw.send_raw(&[0x30, 0x80, 0x10]); // remaining length 2048, body never sent
+    raw.expect_disconnect(ReasonCode::PacketTooLarge);
+
+    // A malformed remaining length (five bytes).
+    let mut raw = Raw::connect(server.mqtt, v5, 0, None);
+    raw.send_raw(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    raw.expect_disconnect(ReasonCode::MalformedPacket);
+
+    // A v3.1.1 client is closed without a DISCONNECT (that version has none
+    // from the server).
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V311, 0, None);
+    raw.send_raw(&[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'#', 0x00]);
+    assert!(raw.next().is_none());
+
+    // An unsupported protocol level: CONNACK 0x01 (v3.1.1 shape), closed.
+    let mut raw = Raw::open(server.mqtt, ProtocolVersion::V311);
+    raw.send_raw(&[
+        0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x07, 0x02, 0x00, 0x3c, 0x00, 0x00,
+    ]);
+    match raw.next() {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason_code.to_v311_connect_return_code() as u8, 1)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(raw.next().is_none());
+
+    // Through all of this the server kept serving.
+    let mut raw = Raw::connect(server.mqtt, v5, 0, None);
+    raw.send(&Packet::PingReq);
+    assert_eq!(raw.next(), Some(Packet::PingResp));
+    raw.send(&publish("steady", b"still here"));
+    raw.send(&Packet::Disconnect(Default::default()));
+    assert!(raw.next().is_none());
+    assert_eq!(history_texts(&server, "steady"), vec!["still here"]);
+}
+
+#[test]
+fn will_is_published_when_a_client_vanishes_not_when_it_disconnects() {
+    let (_dir, server) = server(&[]);
+    let will = |payload: &'static [u8]| Will {
+        topic: "status".into(),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    };
+    let mut polite = Raw::connect(
+        server.mqtt,
+        ProtocolVersion::V5,
+        0,
+        Some(will(b"polite gone")),
+    );
+    polite.send(&Packet::Disconnect(Default::default()));
+    assert!(polite.next().is_none());
+    let vanished = Raw::connect(
+        server.mqtt,
+        ProtocolVersion::V311,
+        0,
+        Some(will(b"vanished")),
+    );
+    drop(vanished);
+    // The will is appended when the server notices the end of the connection.
+    let mut texts = Vec::new();
+    for _ in 0..200 {
+        texts = history_texts(&server, "status");
+        if !texts.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(texts, vec!["vanished"]);
+}
+
+#[test]
+fn keep_alive_timeout_disconnects() {
+    let (_dir, server) = server(&[]);
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 1, None);
+    // Silent for more than one and a half keep-alive periods.
+    raw.expect_disconnect(ReasonCode::KeepAliveTimeout);
+}
+
+#[test]
+fn wildcard_and_shared_subscriptions_are_refused_with_their_reason_codes() {
+    let (_dir, server) = server(&[]);
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    raw.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
+        packet_id: 7,
+        filters: vec![
+            ("exact".into(), Default::default()),
+            ("a/+".into(), Default::default()),
+            ("$share/g/b".into(), Default::default()),
+        ],
+        properties: Properties::default(),
+    }));
+    match raw.next() {
+        Some(Packet::SubAck(ack)) => {
+            assert_eq!(ack.packet_id, 7);
+            assert_eq!(
+                ack.reason_codes,
+                vec![
+                    ReasonCode::Success,
+                    ReasonCode::WildcardSubscriptionsNotSupported,
+                    ReasonCode::SharedSubscriptionsNotSupported
+                ]
+            );
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
