@@ -307,15 +307,7 @@ impl Session for MqttSession {
                 ErrorCode::Unavailable => ReasonCode::ServerShuttingDown,
                 _ => ReasonCode::UnspecifiedError,
             };
-            if state.version == ProtocolVersion::V5 {
-                let mut properties = Properties::default();
-                properties.reason_string = Some(cut(reason));
-                Packet::Disconnect(Disconnect {
-                    reason_code,
-                    properties,
-                })
-                .encode(ProtocolVersion::V5, out);
-            }
+            disconnect_with(state.version, reason_code, reason, out);
         }
     }
 
