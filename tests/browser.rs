@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
 
@@ -31,7 +31,7 @@ fn two_users_chat_in_chromium() {
     // Kept after the run as test artifacts (under target/, which CI keeps).
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/chat.test.mjs"))
         .env("STARLING_URL", format!("http://{}", server.http))
         .env("STARLING_SCREENSHOTS", &screenshots)
@@ -40,21 +40,8 @@ fn two_users_chat_in_chromium() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("node runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > BROWSER_TEST_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the browser test did not finish within {BROWSER_TEST_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, stdout, stderr) =
+        common::wait_with_timeout(child, BROWSER_TEST_TIMEOUT, "the browser test");
     assert!(
         status.success(),
         "the browser test failed ({status}):\n{stdout}\n{stderr}"

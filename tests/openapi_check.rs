@@ -10,7 +10,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
 
@@ -36,7 +36,7 @@ fn openapi_document_matches_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let base = format!("http://{}", server.http);
-    let mut child = Command::new(&tester)
+    let child = Command::new(&tester)
         .args([
             "run",
             &format!("{base}/v1/openapi.json"),
@@ -69,21 +69,7 @@ fn openapi_document_matches_the_server() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("schemathesis runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > TESTER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("schemathesis did not finish within {TESTER_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, stdout, stderr) = common::wait_with_timeout(child, TESTER_TIMEOUT, "schemathesis");
     assert!(
         status.success(),
         "schemathesis found problems ({status}):\n{stdout}\n{stderr}"

@@ -246,17 +246,15 @@ impl Session for MqttSession {
                     Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
-                if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
-                    collecting.codes[index] = Some(granted);
-                    if collecting.codes.iter().all(Option::is_some) {
-                        let collecting = state.subscribes.remove(&packet_id).expect("present");
-                        Packet::SubAck(SubAck {
-                            packet_id,
-                            reason_codes: collecting.codes.into_iter().flatten().collect(),
-                            properties: Properties::default(),
-                        })
-                        .encode(version, context.out());
-                    }
+                if let Some(reason_codes) =
+                    collect(&mut state.subscribes, packet_id, index, granted)
+                {
+                    Packet::SubAck(SubAck {
+                        packet_id,
+                        reason_codes,
+                        properties: Properties::default(),
+                    })
+                    .encode(version, context.out());
                 }
             }
             Pending::Unsubscribe(packet_id, index) => {
@@ -265,17 +263,14 @@ impl Session for MqttSession {
                     Some(BrokerError::NotSubscribed(_)) => ReasonCode::NoSubscriptionExisted,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
-                if let Some(collecting) = state.unsubscribes.get_mut(&packet_id) {
-                    collecting.codes[index] = Some(code);
-                    if collecting.codes.iter().all(Option::is_some) {
-                        let collecting = state.unsubscribes.remove(&packet_id).expect("present");
-                        Packet::UnsubAck(UnsubAck {
-                            packet_id,
-                            reason_codes: collecting.codes.into_iter().flatten().collect(),
-                            properties: Properties::default(),
-                        })
-                        .encode(version, context.out());
-                    }
+                if let Some(reason_codes) = collect(&mut state.unsubscribes, packet_id, index, code)
+                {
+                    Packet::UnsubAck(UnsubAck {
+                        packet_id,
+                        reason_codes,
+                        properties: Properties::default(),
+                    })
+                    .encode(version, context.out());
                 }
             }
         }
@@ -473,16 +468,18 @@ impl MqttSession {
     /// Sends the SUBACK at once when no filter needed the broker.
     fn finish_subscribe(&mut self, packet_id: u16, context: &mut SessionContext<'_>) {
         let state = self.state.as_mut().expect("connected");
-        if let Some(collecting) = state.subscribes.get(&packet_id) {
-            if collecting.codes.iter().all(Option::is_some) {
-                let collecting = state.subscribes.remove(&packet_id).expect("present");
-                Packet::SubAck(SubAck {
-                    packet_id,
-                    reason_codes: collecting.codes.into_iter().flatten().collect(),
-                    properties: Properties::default(),
-                })
-                .encode(state.version, context.out());
-            }
+        let complete = state
+            .subscribes
+            .get(&packet_id)
+            .is_some_and(|c| c.codes.iter().all(Option::is_some));
+        if complete {
+            let codes = state.subscribes.remove(&packet_id).expect("present").codes;
+            Packet::SubAck(SubAck {
+                packet_id,
+                reason_codes: codes.into_iter().flatten().collect(),
+                properties: Properties::default(),
+            })
+            .encode(state.version, context.out());
         }
     }
 
@@ -644,6 +641,24 @@ impl MqttSession {
             },
         );
         Ok(())
+    }
+}
+
+/// Records the reason code of filter `index` of SUBSCRIBE or UNSUBSCRIBE
+/// `packet_id`; returns every filter's code once all are in.
+fn collect(
+    collecting: &mut HashMap<u16, Collecting>,
+    packet_id: u16,
+    index: usize,
+    code: ReasonCode,
+) -> Option<Vec<ReasonCode>> {
+    let entry = collecting.get_mut(&packet_id)?;
+    entry.codes[index] = Some(code);
+    if entry.codes.iter().all(Option::is_some) {
+        let entry = collecting.remove(&packet_id)?;
+        Some(entry.codes.into_iter().flatten().collect())
+    } else {
+        None
     }
 }
 

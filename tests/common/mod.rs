@@ -318,3 +318,30 @@ pub fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
     let body = response.get(head_len..).unwrap_or_default().to_vec();
     (status, head.to_string(), body)
 }
+
+/// Waits for `child` at most `timeout` (then kills it and fails the test) and
+/// returns its exit status, stdout and stderr.
+pub fn wait_with_timeout(
+    mut child: std::process::Child,
+    timeout: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, String, String) {
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = child.wait_with_output().expect("collect the output");
+    (
+        status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
