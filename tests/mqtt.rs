@@ -424,7 +424,51 @@ fn keep_alive_timeout_disconnects() {
 }
 
 #[test]
-fn wildcard_and_shared_subscriptions_are_refused_with_their_reason_codes() {
+fn wildcard_subscriptions_receive_every_matching_topic_once() {
+    let (_dir, server) = server(&[]);
+    let (subscriber, lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t",
+            "sensors/#",
+            "-t",
+            "sensors/+/temp",
+            "-V",
+            "mqttv5",
+            "-u",
+            "bob",
+            "-C",
+            "3",
+            "-W",
+            "20",
+            "-v",
+        ],
+    );
+    for (topic, message) in [
+        ("sensors/hall/temp", "21"),
+        ("lights/hall", "on"),
+        ("sensors", "root"),
+        ("sensors/door", "open"),
+    ] {
+        let (ok, output) = finish(mosquitto(
+            "mosquitto_pub",
+            server.mqtt,
+            &["-t", topic, "-m", message, "-q", "1", "-u", "alice"],
+        ));
+        assert!(ok, "{output}");
+    }
+    // Matching two filters, sensors/hall/temp still arrives once per
+    // connection; lights/hall matches neither.
+    assert_eq!(
+        received(&lines, 3),
+        vec!["sensors/hall/temp 21", "sensors root", "sensors/door open"]
+    );
+    let (ok, output) = finish(subscriber);
+    assert!(ok, "{output}");
+}
+
+#[test]
+fn shared_subscriptions_are_refused_with_their_reason_code() {
     let (_dir, server) = server(&[]);
     let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
     raw.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
@@ -443,7 +487,7 @@ fn wildcard_and_shared_subscriptions_are_refused_with_their_reason_codes() {
                 ack.reason_codes,
                 vec![
                     ReasonCode::Success,
-                    ReasonCode::WildcardSubscriptionsNotSupported,
+                    ReasonCode::Success,
                     ReasonCode::SharedSubscriptionsNotSupported
                 ]
             );

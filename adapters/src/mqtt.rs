@@ -6,9 +6,9 @@
 //! password go to the authorizer; server-assigned client ids; keep-alive),
 //! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
 //! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
-//! (deliveries go out at QoS 0), PINGREQ, DISCONNECT, and the will message.
-//! Not yet: wildcard and shared subscriptions (refused with their v5 reason
-//! codes), retained messages, persistent sessions, outbound QoS 1 and 2,
+//! and to filters with `+` and `#` (deliveries go out at QoS 0), PINGREQ,
+//! DISCONNECT, and the will message. Not yet: shared subscriptions (refused
+//! with their v5 reason code), retained messages, persistent sessions, outbound QoS 1 and 2,
 //! topic aliases, will delay. Bad input closes only its own connection, with
 //! a v5 DISCONNECT that carries the reason code.
 
@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use starling_broker::{BrokerError, Close, Command, Protocol, Reply, Session, SessionContext};
+use starling_broker::{
+    pattern, BrokerError, Close, Command, Protocol, Reply, Session, SessionContext,
+};
 use starling_protocol::mqtt::{
     decode, decode_connect, ConnAck, Connect, Decoded, Disconnect, MqttError, MqttLimits, Packet,
     Properties, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, SubAck, UnsubAck, Will,
@@ -411,8 +413,6 @@ impl MqttSession {
                 for (index, (filter, _options)) in subscribe.filters.into_iter().enumerate() {
                     if filter.starts_with("$share/") {
                         codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
-                    } else if filter.contains(['+', '#']) {
-                        codes[index] = Some(ReasonCode::WildcardSubscriptionsNotSupported);
                     } else {
                         commands.push((index, filter));
                     }
@@ -420,13 +420,17 @@ impl MqttSession {
                 state.subscribes.insert(packet_id, Collecting { codes });
                 for (index, filter) in commands {
                     let request_id = next_request(state, Pending::Subscribe(packet_id, index));
-                    context.submit(
-                        request_id,
+                    // A filter with wildcards is a broker channel pattern
+                    // as it stands (the same rules).
+                    let command = if pattern::is_pattern(&filter) {
+                        Command::SubscribePattern { pattern: filter }
+                    } else {
                         Command::Subscribe {
                             channel: filter,
                             start: starling_protocol::SubscribeStart::Live,
-                        },
-                    );
+                        }
+                    };
+                    context.submit(request_id, command);
                 }
                 self.finish_subscribe(packet_id, context);
                 Ok(())
@@ -437,7 +441,12 @@ impl MqttSession {
                 state.unsubscribes.insert(packet_id, Collecting { codes });
                 for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
                     let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
-                    context.submit(request_id, Command::Unsubscribe { channel: filter });
+                    let command = if pattern::is_pattern(&filter) {
+                        Command::UnsubscribePattern { pattern: filter }
+                    } else {
+                        Command::Unsubscribe { channel: filter }
+                    };
+                    context.submit(request_id, command);
                 }
                 Ok(())
             }
@@ -541,7 +550,6 @@ impl MqttSession {
         if version == ProtocolVersion::V5 {
             properties.assigned_client_identifier = assigned;
             properties.retain_available = Some(false);
-            properties.wildcard_subscription_available = Some(false);
             properties.shared_subscription_available = Some(false);
             properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);

@@ -40,6 +40,14 @@ pub enum Command {
     Unsubscribe {
         channel: String,
     },
+    /// Live messages of every channel matching `pattern` (see
+    /// [`crate::pattern`]), from the moment the reply arrives; no catch-up.
+    SubscribePattern {
+        pattern: String,
+    },
+    UnsubscribePattern {
+        pattern: String,
+    },
     History {
         channel: String,
         query: HistoryQuery,
@@ -63,6 +71,8 @@ impl Command {
             Command::Publish { channel, .. }
             | Command::Subscribe { channel, .. }
             | Command::Unsubscribe { channel }
+            | Command::SubscribePattern { pattern: channel }
+            | Command::UnsubscribePattern { pattern: channel }
             | Command::History { channel, .. }
             | Command::CursorSet { channel, .. }
             | Command::CursorGet { channel, .. } => channel,
@@ -147,6 +157,10 @@ impl BrokerError {
 /// append to reserved channels (other than cursors, which have their own
 /// commands).
 pub fn validate(command: &Command, body_bytes_max: u32, system: bool) -> Result<(), BrokerError> {
+    if let Command::SubscribePattern { pattern } | Command::UnsubscribePattern { pattern } = command
+    {
+        return crate::pattern::validate(pattern);
+    }
     check_channel_name(command.channel())?;
     match command {
         Command::Publish {

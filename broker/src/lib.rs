@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 mod mailbox;
 pub mod metrics;
+pub mod pattern;
 pub mod routing;
 pub mod session;
 mod shard;

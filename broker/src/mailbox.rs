@@ -107,6 +107,21 @@ pub(crate) enum ShardMsg {
         shard: usize,
         on: bool,
     },
+    /// To every shard: shard `shard` gained (or lost) a subscription to the
+    /// channels matching `pattern`. With `ack`, the receiver answers
+    /// `PatternReady` once it counts the subscription, so the subscriber is
+    /// told "subscribed" only when every owner will deliver to it.
+    PatternInterest {
+        pattern: Arc<str>,
+        shard: usize,
+        on: bool,
+        ack: Option<(ConnRef, u32)>,
+    },
+    /// To a pattern subscriber's shard: one owner counts the subscription.
+    PatternReady {
+        to: ConnRef,
+        request_id: u32,
+    },
     /// To the channel's owner: the next catch-up page of a subscription.
     Fetch {
         subscriber: SubRef,

@@ -481,3 +481,55 @@ fn resubscribing_does_not_mix_in_pages_of_the_earlier_subscription() {
     assert_eq!(seqs(&receive(&mut subscriber, "re", 1)), vec![31]);
     nothing_more(&mut subscriber);
 }
+
+#[test]
+fn pattern_subscriptions_get_every_matching_channel_on_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(dir.path()));
+    let mut publisher = user(&engine, "alice");
+    let mut subscriber = user(&engine, "bob");
+    let subscribe = |client: &mut LocalClient, pattern: &str| {
+        client.request(Command::SubscribePattern {
+            pattern: pattern.to_string(),
+        })
+    };
+    assert!(matches!(
+        subscribe(&mut subscriber, "rooms/#/x"),
+        Err(BrokerError::InvalidArgument(_))
+    ));
+    subscribe(&mut subscriber, "rooms/+").unwrap();
+    assert!(matches!(
+        subscribe(&mut subscriber, "rooms/+"),
+        Err(BrokerError::AlreadySubscribed(_))
+    ));
+    // Channels spread over both shards' partitions; the reply came after
+    // every shard counted the subscription, so nothing published now is
+    // missed.
+    let names: Vec<String> = (0..20).map(|i| format!("rooms/{i}")).collect();
+    for name in &names {
+        publisher.publish(name, Bytes::from_static(b"hi")).unwrap();
+    }
+    publisher.publish("rooms/1/deeper", Bytes::new()).unwrap();
+    publisher.publish("other", Bytes::new()).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < names.len() {
+        let (channel, messages) = subscriber
+            .next_delivery(Duration::from_secs(10))
+            .expect("a delivery");
+        assert_eq!(messages.len(), 1, "{channel}");
+        seen.push(channel.to_string());
+    }
+    seen.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    nothing_more(&mut subscriber);
+
+    subscriber
+        .request(Command::UnsubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    publisher.publish("rooms/1", Bytes::new()).unwrap();
+    nothing_more(&mut subscriber);
+}

@@ -40,6 +40,8 @@ pub(crate) struct Connection {
     pub kind: ConnKind,
     /// Channels this connection subscribes to (for cleanup on close).
     pub subscriptions: Vec<Arc<str>>,
+    /// Channel patterns this connection subscribes to.
+    pub patterns: Vec<Arc<str>>,
     /// Requests accepted and not yet answered.
     pub inflight: usize,
     /// Reading stopped because `inflight` reached its bound.
@@ -158,6 +160,7 @@ impl Shard {
                 timer_at: None,
             }),
             subscriptions: Vec::new(),
+            patterns: Vec::new(),
             inflight: 0,
             read_paused: false,
             closing: false,
@@ -200,6 +203,7 @@ impl Shard {
             sender: None,
             kind: ConnKind::Local { events },
             subscriptions: Vec::new(),
+            patterns: Vec::new(),
             inflight: 0,
             read_paused: false,
             closing: false,
@@ -461,7 +465,10 @@ impl Shard {
         }
         let action = match &command {
             Command::Publish { .. } => Action::Publish,
-            Command::Subscribe { .. } | Command::Unsubscribe { .. } => Action::Subscribe,
+            Command::Subscribe { .. }
+            | Command::Unsubscribe { .. }
+            | Command::SubscribePattern { .. }
+            | Command::UnsubscribePattern { .. } => Action::Subscribe,
             Command::History { .. } => Action::History,
             Command::CursorSet { .. } => Action::CursorWrite,
             Command::CursorGet { .. } => Action::CursorRead,
@@ -518,6 +525,12 @@ impl Shard {
                 self.subscribe(slot, request_id, Arc::from(channel), start);
             }
             Command::Unsubscribe { channel } => self.unsubscribe(slot, request_id, &channel),
+            Command::SubscribePattern { pattern } => {
+                self.subscribe_pattern(slot, request_id, Arc::from(pattern))
+            }
+            Command::UnsubscribePattern { pattern } => {
+                self.unsubscribe_pattern(slot, request_id, &pattern)
+            }
             Command::History {
                 channel,
                 query,
@@ -762,6 +775,7 @@ impl Shard {
             _ => false,
         };
         let subscriptions = std::mem::take(&mut connection.subscriptions);
+        let patterns = std::mem::take(&mut connection.patterns);
         if linger {
             connection.closing = true;
             self.lingering
@@ -769,6 +783,9 @@ impl Shard {
         }
         for channel in subscriptions {
             self.remove_subscriber(&channel, slot);
+        }
+        for pattern in patterns {
+            self.remove_pattern_subscriber(&pattern, slot);
         }
         if !linger {
             self.finish_close(slot);
@@ -816,6 +833,9 @@ impl Shard {
         }
         for channel in std::mem::take(&mut connection.subscriptions) {
             self.remove_subscriber(&channel, slot);
+        }
+        for pattern in std::mem::take(&mut connection.patterns) {
+            self.remove_pattern_subscriber(&pattern, slot);
         }
         self.shared.metrics.connections_closed.add(1);
         self.release_slot(slot);

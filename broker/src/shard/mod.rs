@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use mio::{Events, Poll, Token};
 
 use crate::engine::EngineShared;
-use crate::mailbox::{ShardMsg, SubRef};
+use crate::mailbox::{ConnRef, ShardMsg, SubRef};
 
 use conn::Connection;
 pub(crate) use owner::{OwnedPartition, PartitionTable};
@@ -50,6 +50,13 @@ pub(crate) struct Shard {
     connections: Vec<Option<Connection>>,
     generations: Vec<u32>,
     free_slots: Vec<u32>,
+    /// Owner side: per pattern, how many subscriptions each shard has.
+    patterns: HashMap<Arc<str>, Vec<u32>>,
+    /// Subscriber side: this shard's pattern subscriptions (pattern, slot).
+    pattern_subscriptions: Vec<(Arc<str>, u32)>,
+    /// Pattern subscriptions waiting for every shard's `PatternReady`:
+    /// (connection, request id) → shards still to answer.
+    pattern_pending: HashMap<(ConnRef, u32), usize>,
     /// Subscriber side: this shard's subscriptions by channel.
     subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
     /// Subscriptions waiting for room in their connection's queue before the
@@ -95,6 +102,9 @@ impl Shard {
             shared,
             partitions,
             interest: HashMap::new(),
+            patterns: HashMap::new(),
+            pattern_subscriptions: Vec::new(),
+            pattern_pending: HashMap::new(),
             connections: Vec::new(),
             generations: Vec::new(),
             free_slots: Vec::new(),
@@ -286,6 +296,13 @@ impl Shard {
                     });
                 }
             }
+            ShardMsg::PatternInterest {
+                pattern,
+                shard,
+                on,
+                ack,
+            } => self.owner_pattern_interest(pattern, shard, on, ack),
+            ShardMsg::PatternReady { to, request_id } => self.pattern_ready(to, request_id),
             ShardMsg::Shutdown => self.shutting_down = true,
         }
     }

@@ -317,22 +317,25 @@ impl Shard {
         if fanout.is_empty() {
             return;
         }
-        let mut order: Vec<(Arc<str>, Vec<Message>)> = Vec::new();
+        let mut order: Vec<(Arc<str>, u64, Vec<Message>)> = Vec::new();
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
         for (channel, message) in fanout.drain(..) {
-            if !self.interest.contains_key(&channel) {
-                continue;
-            }
             match index.get(&channel) {
-                Some(&i) => order[i].1.push(message),
+                Some(&i) => order[i].2.push(message),
                 None => {
+                    let mut shards = self.interest.get(&channel).copied().unwrap_or(0);
+                    if !self.patterns.is_empty() {
+                        shards |= self.pattern_interest(&channel);
+                    }
+                    if shards == 0 {
+                        continue;
+                    }
                     index.insert(channel.clone(), order.len());
-                    order.push((channel, vec![message]));
+                    order.push((channel, shards, vec![message]));
                 }
             }
         }
-        for (channel, messages) in order {
-            let shards = self.interest.get(&channel).copied().unwrap_or(0);
+        for (channel, shards, messages) in order {
             let messages: Arc<[Message]> = Arc::from(messages);
             for shard in 0..self.shared.routing.shards {
                 if shards & (1 << shard) != 0 {
@@ -344,6 +347,48 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Counts (or uncounts) a pattern subscription of `shard`, and answers
+    /// when asked to.
+    pub(super) fn owner_pattern_interest(
+        &mut self,
+        pattern: Arc<str>,
+        shard: usize,
+        on: bool,
+        ack: Option<(ConnRef, u32)>,
+    ) {
+        let shards = self.shared.routing.shards;
+        let counts = self
+            .patterns
+            .entry(pattern.clone())
+            .or_insert_with(|| vec![0; shards]);
+        if on {
+            counts[shard] += 1;
+        } else {
+            counts[shard] = counts[shard].saturating_sub(1);
+        }
+        if counts.iter().all(|count| *count == 0) {
+            self.patterns.remove(&pattern);
+        }
+        if let Some((to, request_id)) = ack {
+            self.send(to.shard, ShardMsg::PatternReady { to, request_id });
+        }
+    }
+
+    /// Shards with pattern subscriptions matching `channel`, as a bitmask.
+    fn pattern_interest(&self, channel: &str) -> u64 {
+        let mut shards = 0u64;
+        for (pattern, counts) in &self.patterns {
+            if crate::pattern::matches(pattern, channel) {
+                for (shard, count) in counts.iter().enumerate() {
+                    if *count > 0 {
+                        shards |= 1 << shard;
+                    }
+                }
+            }
+        }
+        shards
     }
 
     pub(super) fn owner_interest(&mut self, channel: Arc<str>, shard: usize, on: bool) {

@@ -17,7 +17,7 @@ use super::conn::ConnKind;
 use super::Shard;
 use crate::command::{BrokerError, Reply};
 use crate::engine::LocalEvent;
-use crate::mailbox::{FetchStart, ShardMsg, SubRef};
+use crate::mailbox::{ConnRef, FetchStart, ShardMsg, SubRef};
 
 pub(crate) struct Subscriber {
     pub subscription: SubRef,
@@ -124,6 +124,83 @@ impl Shard {
             .retain(|(c, sub)| !(sub.conn.slot == slot && c == channel));
     }
 
+    /// Subscribes connection `slot` to the channels matching `pattern`. The
+    /// reply waits until every shard counts the subscription, so whatever is
+    /// published after the client hears "subscribed" reaches it.
+    pub(super) fn subscribe_pattern(&mut self, slot: u32, request_id: u32, pattern: Arc<str>) {
+        let conn = self.conn_ref(slot);
+        let connection = self.connections[slot as usize]
+            .as_mut()
+            .expect("subscribe comes from a live connection");
+        if connection.patterns.iter().any(|p| **p == *pattern) {
+            let error = BrokerError::AlreadySubscribed(pattern.to_string());
+            self.reply(conn, request_id, Reply::Error(error));
+            return;
+        }
+        connection.patterns.push(pattern.clone());
+        self.pattern_subscriptions.push((pattern.clone(), slot));
+        let shards = self.shared.routing.shards;
+        self.pattern_pending.insert((conn, request_id), shards);
+        for shard in 0..shards {
+            let interest = ShardMsg::PatternInterest {
+                pattern: pattern.clone(),
+                shard: self.id,
+                on: true,
+                ack: Some((conn, request_id)),
+            };
+            self.send(shard, interest);
+        }
+    }
+
+    /// One shard counts a pattern subscription; the last one answers it.
+    pub(super) fn pattern_ready(&mut self, to: ConnRef, request_id: u32) {
+        let Some(remaining) = self.pattern_pending.get_mut(&(to, request_id)) else {
+            return;
+        };
+        *remaining -= 1;
+        if *remaining == 0 {
+            self.pattern_pending.remove(&(to, request_id));
+            if self.connection(to).is_some() {
+                self.deliver_reply(to, request_id, Reply::Subscribed { head_seq: 0 });
+            }
+        }
+    }
+
+    pub(super) fn unsubscribe_pattern(&mut self, slot: u32, request_id: u32, pattern: &str) {
+        let conn = self.conn_ref(slot);
+        let connection = self.connections[slot as usize]
+            .as_mut()
+            .expect("unsubscribe comes from a live connection");
+        let Some(index) = connection.patterns.iter().position(|p| **p == *pattern) else {
+            let error = BrokerError::NotSubscribed(pattern.to_string());
+            self.reply(conn, request_id, Reply::Error(error));
+            return;
+        };
+        let pattern = connection.patterns.swap_remove(index);
+        self.remove_pattern_subscriber(&pattern, slot);
+        self.reply(conn, request_id, Reply::Unsubscribed);
+    }
+
+    /// Forgets connection `slot`'s subscription to `pattern` here and at
+    /// every owner.
+    pub(super) fn remove_pattern_subscriber(&mut self, pattern: &Arc<str>, slot: u32) {
+        let before = self.pattern_subscriptions.len();
+        self.pattern_subscriptions
+            .retain(|(p, s)| !(*s == slot && p == pattern));
+        if self.pattern_subscriptions.len() == before {
+            return;
+        }
+        for shard in 0..self.shared.routing.shards {
+            let interest = ShardMsg::PatternInterest {
+                pattern: pattern.clone(),
+                shard: self.id,
+                on: false,
+                ack: None,
+            };
+            self.send(shard, interest);
+        }
+    }
+
     fn find_subscriber(&mut self, channel: &str, subscription: SubRef) -> Option<&mut Subscriber> {
         self.subscriptions
             .get_mut(channel)?
@@ -220,6 +297,37 @@ impl Shard {
     /// protocol encodes the delivery once; every subscriber that needs exactly
     /// these messages shares those bytes.
     pub(super) fn subscriber_deliver(&mut self, channel: &Arc<str>, messages: &Arc<[Message]>) {
+        let mut delivered: Vec<u32> = Vec::new();
+        self.exact_deliver(channel, messages, &mut delivered);
+        if self.pattern_subscriptions.is_empty() {
+            return;
+        }
+        // Pattern subscribers get each delivery once per connection, and not
+        // again when the same connection subscribes to the channel itself.
+        let mut targets: Vec<u32> = self
+            .pattern_subscriptions
+            .iter()
+            .filter(|(pattern, slot)| {
+                !delivered.contains(slot) && crate::pattern::matches(pattern, channel)
+            })
+            .map(|(_, slot)| *slot)
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let mut encoded: Vec<(usize, Bytes)> = Vec::new();
+        for slot in targets {
+            self.deliver_to(slot, channel, messages.clone(), Some(&mut encoded));
+        }
+    }
+
+    /// Delivery to the subscribers of the channel itself; `delivered` gets
+    /// the connections served.
+    fn exact_deliver(
+        &mut self,
+        channel: &Arc<str>,
+        messages: &Arc<[Message]>,
+        delivered: &mut Vec<u32>,
+    ) {
         let Some(subscribers) = self.subscriptions.get_mut(channel) else {
             return;
         };
@@ -263,6 +371,7 @@ impl Shard {
         // One encoding per protocol for the shared delivery.
         let mut encoded: Vec<(usize, Bytes)> = Vec::new();
         for (slot, own) in targets {
+            delivered.push(slot);
             match own {
                 Some(own) => self.deliver_to(slot, channel, own, None),
                 None => {
