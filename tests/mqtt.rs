@@ -495,3 +495,118 @@ fn shared_subscriptions_are_refused_with_their_reason_code() {
         other => panic!("expected SUBACK, got {other:?}"),
     }
 }
+
+fn subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
+    let options = starling_protocol::mqtt::SubscriptionOptions {
+        qos,
+        ..Default::default()
+    };
+    raw.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
+        packet_id: 1,
+        filters: vec![(filter.into(), options)],
+        properties: Properties::default(),
+    }));
+    match raw.next() {
+        Some(Packet::SubAck(ack)) => assert_eq!(ack.reason_codes, vec![ReasonCode::granted(qos)]),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// The next PUBLISH: (packet id, QoS, payload).
+fn next_publish(raw: &mut Raw) -> (Option<u16>, QoS, Bytes) {
+    match raw.next() {
+        Some(Packet::Publish(publish)) => (publish.packet_id, publish.qos, publish.payload),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+#[test]
+fn outbound_qos1_respects_the_clients_receive_maximum() {
+    let (_dir, server) = server(&[]);
+    let mut raw = Raw::open(server.mqtt, ProtocolVersion::V5);
+    let properties = Properties {
+        receive_maximum: Some(2),
+        ..Properties::default()
+    };
+    raw.send(&Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive_s: 0,
+        client_id: "slow".into(),
+        will: None,
+        username: Some("slow".into()),
+        password: None,
+        properties,
+    })));
+    assert!(matches!(raw.next(), Some(Packet::ConnAck(_))));
+    subscribe(&mut raw, "orders/#", QoS::AtLeastOnce);
+    let mut publisher = ChatClient::connect(server.http, "shop");
+    for n in 1..=5 {
+        publisher
+            .ok(json!({"type": "publish", "channel": "orders/eu", "text": format!("order {n}")}));
+    }
+    // Two in flight, then one more per acknowledgement, in order.
+    let first = next_publish(&mut raw);
+    let second = next_publish(&mut raw);
+    assert_eq!((first.1, &first.2[..]), (QoS::AtLeastOnce, &b"order 1"[..]));
+    assert_eq!(&second.2[..], b"order 2");
+    assert_ne!(first.0, second.0);
+    let mut received = vec![first.2, second.2];
+    let mut to_ack = vec![first.0.unwrap(), second.0.unwrap()];
+    while received.len() < 5 {
+        let packet_id = to_ack.remove(0);
+        raw.send(&Packet::PubAck(
+            starling_protocol::mqtt::PublishResponse::success(packet_id),
+        ));
+        let (id, qos, payload) = next_publish(&mut raw);
+        assert_eq!(qos, QoS::AtLeastOnce);
+        to_ack.push(id.unwrap());
+        received.push(payload);
+    }
+    let texts: Vec<&[u8]> = received.iter().map(|b| &b[..]).collect();
+    assert_eq!(
+        texts,
+        vec![
+            &b"order 1"[..],
+            b"order 2",
+            b"order 3",
+            b"order 4",
+            b"order 5"
+        ]
+    );
+}
+
+#[test]
+fn outbound_qos2_completes_the_four_way_handshake() {
+    let (_dir, server) = server(&[]);
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V311, 0, None);
+    subscribe(&mut raw, "ledger", QoS::ExactlyOnce);
+    let mut publisher = ChatClient::connect(server.http, "bank");
+    publisher.ok(json!({"type": "publish", "channel": "ledger", "text": "credit 10"}));
+    let (id, qos, payload) = next_publish(&mut raw);
+    assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, &b"credit 10"[..]));
+    let id = id.unwrap();
+    raw.send(&Packet::PubRec(
+        starling_protocol::mqtt::PublishResponse::success(id),
+    ));
+    match raw.next() {
+        Some(Packet::PubRel(response)) => assert_eq!(response.packet_id, id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    raw.send(&Packet::PubComp(
+        starling_protocol::mqtt::PublishResponse::success(id),
+    ));
+    raw.send(&Packet::PingReq);
+    assert_eq!(raw.next(), Some(Packet::PingResp));
+    // mosquitto_sub at QoS 2 receives through the same handshake.
+    let (child, lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t", "ledger", "-q", "2", "-V", "mqttv5", "-u", "auditor", "-C", "1", "-W", "20",
+        ],
+    );
+    publisher.ok(json!({"type": "publish", "channel": "ledger", "text": "debit 3"}));
+    assert_eq!(received(&lines, 1), vec!["debit 3"]);
+    let (ok, output) = finish(child);
+    assert!(ok, "{output}");
+}

@@ -6,13 +6,13 @@
 //! password go to the authorizer; server-assigned client ids; keep-alive),
 //! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
 //! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
-//! and to filters with `+` and `#` (deliveries go out at QoS 0), PINGREQ,
-//! DISCONNECT, and the will message. Not yet: shared subscriptions (refused
-//! with their v5 reason code), retained messages, persistent sessions, outbound QoS 1 and 2,
-//! topic aliases, will delay. Bad input closes only its own connection, with
+//! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
+//! client's Receive Maximum, PINGREQ, DISCONNECT, and the will message. Not
+//! yet: shared subscriptions (refused with their v5 reason code), retained
+//! messages, persistent sessions, topic aliases, will delay. Bad input closes only its own connection, with
 //! a v5 DISCONNECT that carries the reason code.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,14 @@ const CLIENT_ID_BYTES_MAX: usize = 256;
 /// QoS 2 messages a client may have between PUBREC and PUBREL (the v5
 /// Receive Maximum the server announces).
 pub const RECEIVE_MAXIMUM: u16 = 1024;
+/// QoS 1 and 2 messages the server sends before it waits for
+/// acknowledgements, at most (a v5 client may ask for fewer with its own
+/// Receive Maximum).
+pub const OUTBOUND_INFLIGHT_MAX: u16 = 1024;
+/// Messages held while the in-flight window is full. A client that falls
+/// this far behind is disconnected (v5: 0x97 quota exceeded) rather than
+/// held in memory without bound.
+pub const HELD_MESSAGES_MAX: usize = 16 * 1024;
 
 /// The MQTT listener's protocol.
 pub struct MqttProtocol {
@@ -93,25 +101,45 @@ impl Protocol for MqttDeliveries {
 
     fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes {
         let mut out = BytesMut::new();
-        for message in messages {
-            // Chat bookkeeping (typing, read notices, presence) is not an
-            // application message for MQTT subscribers.
-            if matches!(message.kind, kind::TYPING | kind::CURSOR | kind::PRESENCE) {
-                continue;
-            }
-            let packet = Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: false,
-                topic: channel.to_string(),
-                packet_id: None,
-                properties: Properties::default(),
-                payload: message.body.clone(),
-            });
-            packet.encode(self.version, &mut out);
+        for message in messages.iter().filter(|m| is_application_message(m)) {
+            publish_packet(channel, message, QoS::AtMostOnce, None).encode(self.version, &mut out);
         }
         out.freeze()
     }
+
+    fn per_connection_delivery(&self) -> bool {
+        // Sessions with QoS 1 or 2 subscriptions number their deliveries.
+        true
+    }
+}
+
+/// Chat bookkeeping (typing, read notices, presence) is not an application
+/// message for MQTT subscribers.
+fn is_application_message(message: &Message) -> bool {
+    !matches!(message.kind, kind::TYPING | kind::CURSOR | kind::PRESENCE)
+}
+
+fn publish_packet(channel: &str, message: &Message, qos: QoS, packet_id: Option<u16>) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: channel.to_string(),
+        packet_id,
+        properties: Properties::default(),
+        payload: message.body.clone(),
+    })
+}
+
+/// Where an outbound QoS 1 or 2 message is in its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outbound {
+    /// QoS 1, sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2, sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// QoS 2, PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
 }
 
 /// What a pending broker request answers.
@@ -120,8 +148,9 @@ enum Pending {
     Fire,
     PubAck(u16),
     PubRec(u16),
-    /// One filter of a SUBSCRIBE (packet id, index of the filter).
-    Subscribe(u16, usize),
+    /// One filter of a SUBSCRIBE (packet id, index of the filter, QoS
+    /// granted when the broker accepts it).
+    Subscribe(u16, usize, QoS),
     Unsubscribe(u16, usize),
 }
 
@@ -143,6 +172,89 @@ struct Connected {
     /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
     /// stored): a retransmitted PUBLISH with one of them is not stored again.
     qos2_received: HashSet<u16>,
+    /// Subscribed filters (topic names or patterns) and their granted QoS.
+    filters: Vec<(String, QoS)>,
+    /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
+    outbound: HashMap<u16, Outbound>,
+    /// The most outbound messages in flight (the client's Receive Maximum,
+    /// capped).
+    window: u16,
+    next_packet_id: u16,
+    /// Messages waiting for room in the window: (topic, message, QoS).
+    held: VecDeque<(Arc<str>, Message, QoS)>,
+}
+
+impl Connected {
+    /// The QoS to deliver `channel` at: the highest granted by a matching
+    /// filter.
+    fn delivery_qos(&self, channel: &str) -> QoS {
+        self.filters
+            .iter()
+            .filter(|(filter, _)| filter == channel || pattern::matches(filter, channel))
+            .map(|(_, qos)| *qos)
+            .max()
+            .unwrap_or(QoS::AtMostOnce)
+    }
+
+    /// A free packet id for an outbound message.
+    fn take_packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.outbound.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+
+    /// Encodes `message` at `qos` into `out`, or holds it when the window is
+    /// full (or others wait before it, to keep the order). Returns false
+    /// when too much is held.
+    fn send_or_hold(
+        &mut self,
+        channel: &Arc<str>,
+        message: &Message,
+        qos: QoS,
+        out: &mut BytesMut,
+    ) -> bool {
+        if qos != QoS::AtMostOnce
+            && (self.outbound.len() >= usize::from(self.window) || !self.held.is_empty())
+        {
+            if self.held.len() >= HELD_MESSAGES_MAX {
+                return false;
+            }
+            self.held.push_back((channel.clone(), message.clone(), qos));
+            return true;
+        }
+        self.send_now(channel, message, qos, out);
+        true
+    }
+
+    fn send_now(&mut self, channel: &str, message: &Message, qos: QoS, out: &mut BytesMut) {
+        let packet_id = match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                let packet_id = self.take_packet_id();
+                let state = if qos == QoS::AtLeastOnce {
+                    Outbound::AwaitPubAck
+                } else {
+                    Outbound::AwaitPubRec
+                };
+                self.outbound.insert(packet_id, state);
+                Some(packet_id)
+            }
+        };
+        publish_packet(channel, message, qos, packet_id).encode(self.version, out);
+    }
+
+    /// Sends held messages, oldest first, while the window has room.
+    fn release_held(&mut self, out: &mut BytesMut) {
+        while self.outbound.len() < usize::from(self.window) {
+            let Some((channel, message, qos)) = self.held.pop_front() else {
+                return;
+            };
+            self.send_now(&channel, &message, qos, out);
+        }
+    }
 }
 
 pub struct MqttSession {
@@ -239,11 +351,9 @@ impl Session for MqttSession {
                 };
                 packet.encode(version, context.out());
             }
-            Pending::Subscribe(packet_id, index) => {
+            Pending::Subscribe(packet_id, index, qos) => {
                 let granted = match error {
-                    None | Some(BrokerError::AlreadySubscribed(_)) => {
-                        ReasonCode::granted(QoS::AtMostOnce)
-                    }
+                    None | Some(BrokerError::AlreadySubscribed(_)) => ReasonCode::granted(qos),
                     Some(BrokerError::Denied(_)) => ReasonCode::NotAuthorized,
                     Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
                     Some(_) => ReasonCode::UnspecifiedError,
@@ -306,6 +416,37 @@ impl Session for MqttSession {
             };
             disconnect_with(state.version, reason_code, reason, out);
         }
+    }
+
+    fn on_delivery(
+        &mut self,
+        channel: &str,
+        messages: &[Message],
+        context: &mut SessionContext<'_>,
+    ) -> Result<Option<Bytes>, Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(None);
+        };
+        let qos = state.delivery_qos(channel);
+        if qos == QoS::AtMostOnce {
+            // The shared QoS 0 encoding serves.
+            return Ok(None);
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        let mut out = BytesMut::new();
+        for message in messages.iter().filter(|m| is_application_message(m)) {
+            if !state.send_or_hold(&channel, message, qos, &mut out) {
+                let version = state.version;
+                disconnect_with(
+                    version,
+                    ReasonCode::QuotaExceeded,
+                    "too many unacknowledged messages; acknowledge what you receive",
+                    context.out(),
+                );
+                return Err(close("MQTT: the client does not acknowledge its messages"));
+            }
+        }
+        Ok(Some(out.freeze()))
     }
 
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
@@ -403,23 +544,61 @@ impl MqttSession {
                 .encode(version, context.out());
                 Ok(())
             }
-            // Outbound messages are QoS 0, so no acknowledgement is expected;
-            // a stray one is ignored.
-            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
+            Packet::PubAck(response) => {
+                if state.outbound.get(&response.packet_id) == Some(&Outbound::AwaitPubAck) {
+                    state.outbound.remove(&response.packet_id);
+                    state.release_held(context.out());
+                }
+                Ok(())
+            }
+            Packet::PubRec(response) => {
+                let packet_id = response.packet_id;
+                let known = state.outbound.get(&packet_id) == Some(&Outbound::AwaitPubRec);
+                if known && response.reason_code.is_error() {
+                    // The client refused the message: the exchange ends here.
+                    state.outbound.remove(&packet_id);
+                    state.release_held(context.out());
+                    return Ok(());
+                }
+                if known {
+                    state.outbound.insert(packet_id, Outbound::AwaitPubComp);
+                }
+                let reason = if known || version == ProtocolVersion::V311 {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                Packet::PubRel(PublishResponse {
+                    packet_id,
+                    reason_code: reason,
+                    properties: Properties::default(),
+                })
+                .encode(version, context.out());
+                Ok(())
+            }
+            Packet::PubComp(response) => {
+                if state.outbound.get(&response.packet_id) == Some(&Outbound::AwaitPubComp) {
+                    state.outbound.remove(&response.packet_id);
+                    state.release_held(context.out());
+                }
+                Ok(())
+            }
             Packet::Subscribe(subscribe) => {
                 let packet_id = subscribe.packet_id;
                 let mut codes = vec![None; subscribe.filters.len()];
                 let mut commands = Vec::new();
-                for (index, (filter, _options)) in subscribe.filters.into_iter().enumerate() {
+                for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
                     if filter.starts_with("$share/") {
                         codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
                     } else {
-                        commands.push((index, filter));
+                        state.filters.retain(|(f, _)| *f != filter);
+                        state.filters.push((filter.clone(), options.qos));
+                        commands.push((index, filter, options.qos));
                     }
                 }
                 state.subscribes.insert(packet_id, Collecting { codes });
-                for (index, filter) in commands {
-                    let request_id = next_request(state, Pending::Subscribe(packet_id, index));
+                for (index, filter, qos) in commands {
+                    let request_id = next_request(state, Pending::Subscribe(packet_id, index, qos));
                     // A filter with wildcards is a broker channel pattern
                     // as it stands (the same rules).
                     let command = if pattern::is_pattern(&filter) {
@@ -440,6 +619,7 @@ impl MqttSession {
                 let codes = vec![None; unsubscribe.filters.len()];
                 state.unsubscribes.insert(packet_id, Collecting { codes });
                 for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
+                    state.filters.retain(|(f, _)| *f != filter);
                     let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
                     let command = if pattern::is_pattern(&filter) {
                         Command::UnsubscribePattern { pattern: filter }
@@ -579,6 +759,15 @@ impl MqttSession {
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
             qos2_received: HashSet::new(),
+            filters: Vec::new(),
+            outbound: HashMap::new(),
+            window: connect
+                .properties
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(OUTBOUND_INFLIGHT_MAX),
+            next_packet_id: 0,
+            held: VecDeque::new(),
         });
         Ok(())
     }

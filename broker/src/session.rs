@@ -26,6 +26,12 @@ pub trait Protocol: Send + Sync + 'static {
     /// this once per protocol per delivery and shares the bytes with every
     /// subscriber of that protocol, so it must not depend on session state.
     fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes;
+    /// True when deliveries must first be offered to each connection's
+    /// [`Session::on_delivery`] (per-connection packet ids and windows, as
+    /// MQTT's QoS 1 and 2 need). False, the default, keeps the shared path.
+    fn per_connection_delivery(&self) -> bool {
+        false
+    }
 }
 
 /// Something a thread outside the event loops hands to one session through a
@@ -68,6 +74,21 @@ pub trait Session: Send {
     fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let _ = context;
         Ok(())
+    }
+    /// Encodes a delivery for this connection alone (asked only when the
+    /// protocol says [`Protocol::per_connection_delivery`]). `None` uses the
+    /// protocol's shared encoding. The bytes count against the connection's
+    /// outbound bound like any delivery.
+    /// Returning `Err` closes the connection (a client that does not
+    /// acknowledge what it was sent).
+    fn on_delivery(
+        &mut self,
+        channel: &str,
+        messages: &[Message],
+        context: &mut SessionContext<'_>,
+    ) -> Result<Option<Bytes>, Close> {
+        let _ = (channel, messages, context);
+        Ok(None)
     }
     /// The connection is closing (whoever closed it). Requests submitted here
     /// are carried out, but their replies go nowhere: this is for last

@@ -394,6 +394,36 @@ impl Shard {
         let Some(connection) = self.connections[slot as usize].as_ref() else {
             return;
         };
+        let own = matches!(
+            &connection.kind,
+            ConnKind::Socket(socket) if socket.protocol.per_connection_delivery()
+        );
+        if own {
+            let mut encoded = None;
+            let open = self.with_session(slot, |session, _, context| {
+                encoded = session.on_delivery(channel, &messages, context)?;
+                Ok(())
+            });
+            if !open {
+                return;
+            }
+            if let Some(bytes) = encoded {
+                if bytes.is_empty() {
+                    // Everything was held back by the session (a full
+                    // in-flight window).
+                    return;
+                }
+                let channel = channel.clone();
+                self.queue_delivery(slot, bytes, move || LocalEvent::Deliver {
+                    channel,
+                    messages,
+                });
+                return;
+            }
+        }
+        let Some(connection) = self.connections[slot as usize].as_ref() else {
+            return;
+        };
         let encoded = match &connection.kind {
             ConnKind::Socket(socket) => {
                 let protocol = &socket.protocol;
