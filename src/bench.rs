@@ -52,8 +52,9 @@ pub enum BenchCommand {
 #[derive(clap::Args, Clone, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Boxed: the idle options would make every `Command` as large as them.
     #[command(subcommand)]
-    command: Option<BenchCommand>,
+    command: Option<Box<BenchCommand>>,
     /// Address of the server's native listener.
     #[arg(long, default_value = "127.0.0.1:7400")]
     server: String,
@@ -108,6 +109,10 @@ pub struct BenchArgs {
     /// round-robin (for more than ~28,000 connections); 0: don't bind.
     #[arg(long, default_value_t = 0)]
     source_addresses: usize,
+    /// Seconds to wait after every subscriber is subscribed before
+    /// publishing (lets the server finish the work of a sign-in storm).
+    #[arg(long, default_value_t = 0)]
+    settle_s: u64,
 }
 
 struct Stamp {
@@ -175,10 +180,13 @@ pub(crate) struct SubscriberResult {
     pub(crate) latency_us: Option<Histogram<u64>>,
     /// From the actual send time (the server and the network only).
     pub(crate) from_send_us: Option<Histogram<u64>>,
+    /// When the last delivery was read, ns since the run's epoch.
+    pub(crate) last_delivery_ns: u64,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if let Some(BenchCommand::Idle(idle)) = args.command {
+    if let Some(command) = args.command {
+        let BenchCommand::Idle(idle) = *command;
         return bench_ws::idle(idle);
     }
     if args.size < STAMP_BYTES {
@@ -257,6 +265,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .context("a subscriber thread died before subscribing")??;
     }
 
+    if args.settle_s > 0 {
+        eprintln!("subscribers ready; settling for {} s", args.settle_s);
+        std::thread::sleep(Duration::from_secs(args.settle_s));
+    }
     let rate_each = args.rate as f64 / args.publishers as f64;
     let mut publisher_threads = Vec::new();
     let start_ns = epoch.elapsed().as_nanos() as u64 + 50_000_000;
@@ -299,6 +311,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         delivered.lost += result.lost;
         delivered.duplicated += result.duplicated;
         delivered.out_of_order += result.out_of_order;
+        delivered.last_delivery_ns = delivered.last_delivery_ns.max(result.last_delivery_ns);
         if let (Some(all), Some(one)) = (delivered.latency_us.as_mut(), result.latency_us) {
             all.add(one).expect("same histogram bounds");
         }
@@ -316,6 +329,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    let delivery_window_s = delivered.last_delivery_ns.saturating_sub(start_ns) as f64 / 1e9;
     let ack_latency = published.latency_us.expect("set above");
     let delivery_latency = delivered.latency_us.expect("set above");
     let delivery_from_send = delivered.from_send_us.expect("set above");
@@ -333,12 +347,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })
     };
     eprintln!(
-        "published {} acked {} ({:.0}/s); delivered {} ({:.0}/s); ack p50 {} us p99 {} us; delivery p50 {} us p99 {} us; lost {} duplicated {} out of order {}",
+        "published {} acked {} ({:.0}/s); delivered {} ({:.0}/s; {:.0}/s up to the last delivery); ack p50 {} us p99 {} us; delivery p50 {} us p99 {} us; lost {} duplicated {} out of order {}",
         published.sent,
         published.acked,
         published.acked as f64 / publish_elapsed,
         delivered.delivered,
         delivered.delivered as f64 / publish_elapsed,
+        delivered.delivered as f64 / delivery_window_s,
         ack_latency.value_at_quantile(0.5),
         ack_latency.value_at_quantile(0.99),
         delivery_latency.value_at_quantile(0.5),
@@ -366,6 +381,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "acked_per_s": published.acked as f64 / publish_elapsed,
         "delivered": delivered.delivered,
         "delivered_per_s": delivered.delivered as f64 / publish_elapsed,
+        // From the first intended send to the last delivery read: lower than
+        // `delivered_per_s` when deliveries lag behind the publishers.
+        "delivery_window_s": delivery_window_s,
+        "delivered_per_s_to_last_delivery": delivered.delivered as f64 / delivery_window_s,
         "ack_latency_us": quantiles(&ack_latency),
         "delivery_latency_us": quantiles(&delivery_latency),
         "delivery_latency_from_send_us": quantiles(&delivery_from_send),
@@ -690,6 +709,7 @@ fn subscriber_pool(
                 };
                 for message in &messages {
                     result.delivered += 1;
+                    result.last_delivery_ns = now_ns;
                     if message.seq == *next_seq {
                         *next_seq += 1;
                     } else if message.seq < *next_seq {

@@ -38,6 +38,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const STAMP_BASE64_CHARS: usize = 44;
 /// MQTT keep-alive of the idle MQTT clients; they send PINGREQ at half of it.
 const MQTT_KEEP_ALIVE_S: u16 = 60;
+/// Pause before resending a sign-in or subscription the server answered
+/// with a temporary error, and how often one request may be retried.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+const RETRIES_MAX: u32 = 300;
 
 /// Where WebSocket clients connect.
 #[derive(Clone, Debug)]
@@ -159,7 +163,7 @@ pub(crate) fn raise_open_file_limit(needed: u64) -> Result<u64> {
             limit.rlim_cur, limit.rlim_max
         );
     }
-    let available = limit.rlim_max as u64;
+    let available: u64 = limit.rlim_max;
     if available < needed {
         bail!(
             "this run needs about {needed} open files but the hard limit (RLIMIT_NOFILE) is \
@@ -191,6 +195,14 @@ struct WsConn {
     next: HashMap<String, (usize, u64)>,
     /// MQTT: bytes of an incomplete packet.
     mqtt_partial: Vec<u8>,
+    /// Chat: requests sent during setup, by id, to resend after a temporary
+    /// error (the server's chat workers refuse work while their queues are
+    /// full).
+    requests: HashMap<u64, String>,
+    /// Chat: ids to resend at `retry_at`, and how many resends so far.
+    retry: Vec<u64>,
+    retry_at: Option<Instant>,
+    retries: u32,
 }
 
 impl WsConn {
@@ -204,6 +216,10 @@ impl WsConn {
             subscribing: HashMap::new(),
             next: HashMap::new(),
             mqtt_partial: Vec::new(),
+            requests: HashMap::new(),
+            retry: Vec::new(),
+            retry_at: None,
+            retries: 0,
         }
     }
 
@@ -297,8 +313,8 @@ struct ChatResult {
     head_seq: Option<u64>,
 }
 
-fn chat_request(id: u64, kind: &str, field: &str, value: &str) -> Message {
-    Message::text(serde_json::json!({ "id": id, "type": kind, field: value }).to_string())
+fn chat_request(id: u64, kind: &str, field: &str, value: &str) -> String {
+    serde_json::json!({ "id": id, "type": kind, field: value }).to_string()
 }
 
 /// Delivery checks of one subscriber pool thread.
@@ -322,8 +338,16 @@ fn on_chat_text(
         serde_json::from_str(text).with_context(|| format!("unexpected text frame {text:?}"))?;
     if let Some(id) = incoming.id {
         if let Some(error) = incoming.error {
+            let temporary = error.get("temporary") == Some(&serde_json::Value::Bool(true));
+            if temporary && conn.requests.contains_key(&id) && conn.retries < RETRIES_MAX {
+                conn.retries += 1;
+                conn.retry.push(id);
+                conn.retry_at = Some(Instant::now() + RETRY_DELAY);
+                return Ok(());
+            }
             bail!("the server refused request {id}: {error}");
         }
+        conn.requests.remove(&id);
         conn.awaiting = conn.awaiting.saturating_sub(1);
         if let Some(channel) = conn.subscribing.remove(&id) {
             let head = incoming.result.and_then(|r| r.head_seq).unwrap_or(0);
@@ -349,6 +373,7 @@ fn on_chat_text(
     checker.last_progress = Instant::now();
     let result = &mut checker.result;
     result.delivered += 1;
+    result.last_delivery_ns = now_ns;
     if message.seq == *next_seq {
         *next_seq += 1;
     } else if message.seq < *next_seq {
@@ -522,12 +547,20 @@ fn open_all(
             )?;
             match spec.speaks {
                 Speaks::Chat => {
-                    conn.send(chat_request(1, "connect", "token", &spec.name))?;
+                    conn.requests
+                        .insert(1, chat_request(1, "connect", "token", &spec.name));
                     for (k, (channel, name)) in spec.subscriptions.iter().enumerate() {
                         let id = 2 + k as u64;
                         conn.subscribing.insert(id, *channel);
                         conn.next.insert(name.clone(), (*channel, 1));
-                        conn.send(chat_request(id, "subscribe", "channel", name))?;
+                        conn.requests
+                            .insert(id, chat_request(id, "subscribe", "channel", name));
+                    }
+                    let mut ids: Vec<u64> = conn.requests.keys().copied().collect();
+                    ids.sort_unstable();
+                    for id in ids {
+                        let text = conn.requests[&id].clone();
+                        conn.send(Message::text(text))?;
                     }
                 }
                 Speaks::Mqtt => {
@@ -540,13 +573,33 @@ fn open_all(
             conn.awaiting = 1 + spec.subscriptions.len();
             conns.push(conn);
         }
-        let started = Instant::now();
-        while conns[first..].iter().any(|conn| conn.awaiting > 0) {
+        let mut started = Instant::now();
+        let mut awaiting: usize = conns[first..].iter().map(|c| c.awaiting).sum();
+        while awaiting > 0 {
+            let now = Instant::now();
+            for conn in conns[first..].iter_mut() {
+                if conn.retry_at.is_some_and(|at| at <= now) {
+                    conn.retry_at = None;
+                    for id in std::mem::take(&mut conn.retry) {
+                        let text = conn.requests[&id].clone();
+                        conn.send(Message::text(text))?;
+                    }
+                }
+            }
+            let still: usize = conns[first..].iter().map(|c| c.awaiting).sum();
+            if still < awaiting {
+                awaiting = still;
+                started = now;
+            }
+            if awaiting == 0 {
+                break;
+            }
             if started.elapsed() > SETUP_TIMEOUT {
                 let waiting = conns[first..].iter().filter(|c| c.awaiting > 0).count();
                 bail!(
-                    "{waiting} connections of a batch got no answer to their sign-in or \
-                     subscription within {SETUP_TIMEOUT:?} ({} connections open before them)",
+                    "{waiting} connections of a batch still wait for answers to their sign-in or \
+                     subscription after {SETUP_TIMEOUT:?} without progress ({} connections \
+                     open before them)",
                     first
                 );
             }
@@ -556,6 +609,13 @@ fn open_all(
                 service(conn, event, epoch, &mut messages, checker.as_deref_mut())?;
             }
         }
+    }
+    let retried: u32 = conns.iter().map(|c| c.retries).sum();
+    if retried > 0 {
+        eprintln!(
+            "{retried} sign-ins or subscriptions were resent after a temporary error \
+             (\"unavailable\")"
+        );
     }
     Ok(conns)
 }

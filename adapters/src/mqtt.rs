@@ -9,8 +9,9 @@
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
 //! client's Receive Maximum, PINGREQ, DISCONNECT, and the will message. Not
 //! yet: shared subscriptions (refused with their v5 reason code), retained
-//! messages, persistent sessions, topic aliases, will delay. Bad input closes only its own connection, with
-//! a v5 DISCONNECT that carries the reason code.
+//! messages, persistent sessions, topic aliases, will delay. Bad input closes
+//! only its own connection, with a v5 DISCONNECT that carries the reason
+//! code. `docs/PROTOCOL.md` has the details.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
