@@ -136,11 +136,11 @@ fn publish_packet(channel: &str, message: &Message, qos: QoS, packet_id: Option<
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outbound {
     /// QoS 1, sent, waiting for PUBACK.
-    AwaitPubAck,
+    Qos1Sent,
     /// QoS 2, sent, waiting for PUBREC.
-    AwaitPubRec,
+    Qos2Sent,
     /// QoS 2, PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
+    Qos2Released,
 }
 
 /// What a pending broker request answers.
@@ -236,9 +236,9 @@ impl Connected {
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 let packet_id = self.take_packet_id();
                 let state = if qos == QoS::AtLeastOnce {
-                    Outbound::AwaitPubAck
+                    Outbound::Qos1Sent
                 } else {
-                    Outbound::AwaitPubRec
+                    Outbound::Qos2Sent
                 };
                 self.outbound.insert(packet_id, state);
                 Some(packet_id)
@@ -546,7 +546,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubAck(response) => {
-                if state.outbound.get(&response.packet_id) == Some(&Outbound::AwaitPubAck) {
+                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos1Sent) {
                     state.outbound.remove(&response.packet_id);
                     state.release_held(context.out());
                 }
@@ -554,7 +554,7 @@ impl MqttSession {
             }
             Packet::PubRec(response) => {
                 let packet_id = response.packet_id;
-                let known = state.outbound.get(&packet_id) == Some(&Outbound::AwaitPubRec);
+                let known = state.outbound.get(&packet_id) == Some(&Outbound::Qos2Sent);
                 if known && response.reason_code.is_error() {
                     // The client refused the message: the exchange ends here.
                     state.outbound.remove(&packet_id);
@@ -562,7 +562,7 @@ impl MqttSession {
                     return Ok(());
                 }
                 if known {
-                    state.outbound.insert(packet_id, Outbound::AwaitPubComp);
+                    state.outbound.insert(packet_id, Outbound::Qos2Released);
                 }
                 let reason = if known || version == ProtocolVersion::V311 {
                     ReasonCode::Success
@@ -578,7 +578,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubComp(response) => {
-                if state.outbound.get(&response.packet_id) == Some(&Outbound::AwaitPubComp) {
+                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos2Released) {
                     state.outbound.remove(&response.packet_id);
                     state.release_held(context.out());
                 }

@@ -11,6 +11,14 @@ use crate::frame::frame_type_name;
 /// the peer sent.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum WireError {
+    /// A message's header block does not follow the header format
+    /// (`crate::headers`).
+    #[error("malformed message headers: {reason}")]
+    MalformedHeaders {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The length prefix announces a frame larger than the configured limit. Reported as soon as the
     /// four length bytes are there, before any of the body is buffered.
     #[error("frame length {length} bytes exceeds frame_bytes_max {frame_bytes_max} bytes")]

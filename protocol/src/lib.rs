@@ -57,6 +57,7 @@ mod decode;
 mod encode;
 mod error;
 mod frame;
+pub mod headers;
 mod message;
 pub mod mqtt;
 

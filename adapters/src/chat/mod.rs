@@ -65,6 +65,10 @@ pub struct ChatService {
     notifier: Notifier,
     /// Open chat connections per user, for presence.
     online: Mutex<HashMap<String, usize>>,
+    /// Presence changes not recorded yet, newest per user, and whether a
+    /// worker job to record them is queued: a sign-in storm of thousands of
+    /// users takes one job, not one per user.
+    presence_pending: Mutex<(HashMap<String, model::Presence>, bool)>,
     pub server_name: String,
 }
 
@@ -84,6 +88,7 @@ impl ChatService {
             handles: Mutex::new(Vec::new()),
             notifier: engine.notifier(),
             online: Mutex::new(HashMap::new()),
+            presence_pending: Mutex::new((HashMap::new(), false)),
             server_name: server_name.to_string(),
         });
         let mut handles = Vec::new();
@@ -174,14 +179,36 @@ impl ChatService {
     }
 
     pub(crate) fn presence_changed(&self, user: &str, status: model::Presence) {
+        let mut pending = self.presence_pending.lock();
+        pending.0.insert(user.to_string(), status);
+        if pending.1 {
+            return;
+        }
         let job = Job {
             conn: None,
             id: 0,
-            user: Arc::from(user),
-            work: Work::Presence { status },
+            user: Arc::from(SYSTEM_USER),
+            work: Work::Presence,
         };
-        if let Err(error) = self.submit(job) {
-            log::warn!("chat: presence of {user:?} not recorded: {}", error.message);
+        match self.submit(job) {
+            Ok(()) => pending.1 = true,
+            Err(error) => log::warn!(
+                "chat: {} presence changes wait: {}",
+                pending.0.len(),
+                error.message
+            ),
+        }
+    }
+
+    /// The presence changes to record now, or `None` (and no job queued any
+    /// more) when there are none.
+    fn take_presence_changes(&self) -> Option<HashMap<String, model::Presence>> {
+        let mut pending = self.presence_pending.lock();
+        if pending.0.is_empty() {
+            pending.1 = false;
+            None
+        } else {
+            Some(std::mem::take(&mut pending.0))
         }
     }
 }

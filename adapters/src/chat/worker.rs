@@ -39,9 +39,7 @@ pub(crate) enum Work {
     /// A request the session does not handle itself.
     Request(Request),
     /// Load `channel`'s state into the cache, then let the session retry.
-    Resolve {
-        channel: String,
-    },
+    Resolve { channel: String },
     /// Index reply `reply_seq` of thread `root` in `channel`.
     IndexReply {
         channel: String,
@@ -49,9 +47,8 @@ pub(crate) enum Work {
         reply_seq: u64,
         published: Value,
     },
-    Presence {
-        status: Presence,
-    },
+    /// Record the pending presence changes (`ChatService::presence_changed`).
+    Presence,
 }
 
 impl Work {
@@ -62,7 +59,7 @@ impl Work {
             Work::Request(Request::Direct { users }) => users.join("+"),
             Work::Request(request) => request.channel().unwrap_or_default().to_string(),
             Work::Resolve { channel } | Work::IndexReply { channel, .. } => channel.clone(),
-            Work::Presence { .. } => String::new(),
+            Work::Presence => String::new(),
         }
     }
 }
@@ -138,25 +135,16 @@ impl Worker {
                 )?;
                 Ok(Outcome::Value(published))
             }
-            Work::Presence { status } => {
-                let change = PresenceChange {
-                    user: user.to_string(),
-                    status,
-                };
-                let body = Bytes::from(serde_json::to_vec(&change).expect("serializes"));
-                self.append(&presence_channel(user), kind::PRESENCE, 0, body.clone())?;
-                for channel in self.channel_list(user)? {
-                    self.client
-                        .publish_command(Command::Publish {
-                            channel,
-                            ephemeral: true,
-                            kind: kind::PRESENCE,
-                            client_message_id: Bytes::new(),
-                            relation: 0,
-                            headers: Bytes::new(),
-                            body: body.clone(),
-                        })
-                        .map_err(ChatError::from)?;
+            Work::Presence => {
+                while let Some(changes) = service.take_presence_changes() {
+                    for (user, status) in changes {
+                        if let Err(error) = self.record_presence(&user, status) {
+                            log::warn!(
+                                "chat: presence of {user:?} not recorded: {}",
+                                error.message
+                            );
+                        }
+                    }
                 }
                 Ok(Outcome::Value(Value::Null))
             }
@@ -499,6 +487,30 @@ impl Worker {
             }
         };
         Ok(Outcome::Value(value))
+    }
+
+    /// Keeps `user`'s new presence in the log and tells their channels.
+    fn record_presence(&mut self, user: &str, status: Presence) -> Result<()> {
+        let change = PresenceChange {
+            user: user.to_string(),
+            status,
+        };
+        let body = Bytes::from(serde_json::to_vec(&change).expect("serializes"));
+        self.append(&presence_channel(user), kind::PRESENCE, 0, body.clone())?;
+        for channel in self.channel_list(user)? {
+            self.client
+                .publish_command(Command::Publish {
+                    channel,
+                    ephemeral: true,
+                    kind: kind::PRESENCE,
+                    client_message_id: Bytes::new(),
+                    relation: 0,
+                    headers: Bytes::new(),
+                    body: body.clone(),
+                })
+                .map_err(ChatError::from)?;
+        }
+        Ok(())
     }
 
     /// The channel's state (cached, or folded from the log and cached).
