@@ -610,3 +610,51 @@ fn outbound_qos2_completes_the_four_way_handshake() {
     let (ok, output) = finish(child);
     assert!(ok, "{output}");
 }
+
+#[test]
+fn v5_message_properties_reach_subscribers_through_the_log() {
+    let (_dir, server) = server(&[]);
+    let mut responder = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut responder, "service/requests", QoS::AtLeastOnce);
+    let mut requester = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    let properties = Properties {
+        response_topic: Some("service/replies/42".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+        content_type: Some("application/json".into()),
+        message_expiry_interval_s: Some(3600),
+        payload_format_indicator: Some(starling_protocol::mqtt::PayloadFormat::Utf8),
+        user_properties: vec![
+            ("trace".into(), "abc".into()),
+            ("trace".into(), "def".into()),
+        ],
+        ..Properties::default()
+    };
+    requester.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "service/requests".into(),
+        packet_id: Some(9),
+        properties: properties.clone(),
+        payload: Bytes::from_static(b"{\"ask\":1}"),
+    }));
+    assert!(matches!(requester.next(), Some(Packet::PubAck(ack)) if ack.packet_id == 9));
+    let delivered = match responder.next() {
+        Some(Packet::Publish(publish)) => publish,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    let got = delivered.properties;
+    assert_eq!(got.response_topic, properties.response_topic);
+    assert_eq!(got.correlation_data, properties.correlation_data);
+    assert_eq!(got.content_type, properties.content_type);
+    assert_eq!(
+        got.payload_format_indicator,
+        properties.payload_format_indicator
+    );
+    assert_eq!(got.user_properties, properties.user_properties);
+    let left = got.message_expiry_interval_s.expect("the expiry travels");
+    assert!((1..=3600).contains(&left), "{left}");
+    // A WebSocket reader of the same channel sees the message too.
+    let texts = history_texts(&server, "service/requests");
+    assert_eq!(texts, vec!["{\"ask\":1}"]);
+}

@@ -22,6 +22,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use starling_broker::{
     pattern, BrokerError, Close, Command, Protocol, Reply, Session, SessionContext,
 };
+use starling_protocol::headers::{decode_headers, encode_headers, name};
+use starling_protocol::mqtt::PayloadFormat;
 use starling_protocol::mqtt::{
     decode, decode_connect, ConnAck, Connect, Decoded, Disconnect, MqttError, MqttLimits, Packet,
     Properties, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, SubAck, UnsubAck, Will,
@@ -102,8 +104,11 @@ impl Protocol for MqttDeliveries {
 
     fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes {
         let mut out = BytesMut::new();
+        let now_ms = wall_clock_ms();
         for message in messages.iter().filter(|m| is_application_message(m)) {
-            publish_packet(channel, message, QoS::AtMostOnce, None).encode(self.version, &mut out);
+            if let Some(packet) = publish_packet(channel, message, QoS::AtMostOnce, None, now_ms) {
+                packet.encode(self.version, &mut out);
+            }
         }
         out.freeze()
     }
@@ -120,16 +125,113 @@ fn is_application_message(message: &Message) -> bool {
     !matches!(message.kind, kind::TYPING | kind::CURSOR | kind::PRESENCE)
 }
 
-fn publish_packet(channel: &str, message: &Message, qos: QoS, packet_id: Option<u16>) -> Packet {
-    Packet::Publish(Publish {
+/// The PUBLISH that delivers `message`, with the v5 properties its
+/// publisher set; `None` when the message has expired.
+fn publish_packet(
+    channel: &str,
+    message: &Message,
+    qos: QoS,
+    packet_id: Option<u16>,
+    now_ms: u64,
+) -> Option<Packet> {
+    let properties = properties_of(&message.headers, now_ms)?;
+    Some(Packet::Publish(Publish {
         dup: false,
         qos,
         retain: false,
         topic: channel.to_string(),
         packet_id,
-        properties: Properties::default(),
+        properties,
         payload: message.body.clone(),
-    })
+    }))
+}
+
+/// The message properties of a v5 PUBLISH, kept with the record as its
+/// header block (so they reach subscribers of any protocol, and MQTT
+/// subscribers as properties). The expiry interval becomes an absolute
+/// time.
+fn headers_of(properties: &Properties, now_ms: u64) -> Bytes {
+    let mut headers: Vec<(String, Bytes)> = Vec::new();
+    if let Some(format) = properties.payload_format_indicator {
+        headers.push((name::PAYLOAD_FORMAT.into(), Bytes::from(vec![format as u8])));
+    }
+    if let Some(expiry_s) = properties.message_expiry_interval_s {
+        let expires_at_ms = now_ms + u64::from(expiry_s) * 1000;
+        let value = Bytes::copy_from_slice(&expires_at_ms.to_le_bytes());
+        headers.push((name::EXPIRES_AT_MS.into(), value));
+    }
+    if let Some(content_type) = &properties.content_type {
+        headers.push((name::CONTENT_TYPE.into(), Bytes::from(content_type.clone())));
+    }
+    if let Some(topic) = &properties.response_topic {
+        headers.push((name::RESPONSE_TOPIC.into(), Bytes::from(topic.clone())));
+    }
+    if let Some(data) = &properties.correlation_data {
+        headers.push((name::CORRELATION_DATA.into(), data.clone()));
+    }
+    for (key, value) in &properties.user_properties {
+        headers.push((
+            format!("{}{key}", name::USER_PREFIX),
+            Bytes::from(value.clone()),
+        ));
+    }
+    encode_headers(&headers)
+}
+
+/// The v5 properties of a delivery from the record's header block; `None`
+/// once the message has expired. Headers that are not MQTT's are left out,
+/// and so is a block that does not parse (it was written by another front
+/// end, and the message still goes out).
+fn properties_of(headers: &Bytes, now_ms: u64) -> Option<Properties> {
+    let mut properties = Properties::default();
+    let Ok(headers) = decode_headers(headers) else {
+        return Some(properties);
+    };
+    for (key, value) in headers {
+        match key.as_str() {
+            name::PAYLOAD_FORMAT => {
+                properties.payload_format_indicator = match value.first() {
+                    Some(1) => Some(PayloadFormat::Utf8),
+                    Some(0) => Some(PayloadFormat::Unspecified),
+                    _ => None,
+                };
+            }
+            name::EXPIRES_AT_MS => {
+                let Ok(bytes) = <[u8; 8]>::try_from(&value[..]) else {
+                    continue;
+                };
+                let expires_at_ms = u64::from_le_bytes(bytes);
+                if expires_at_ms <= now_ms {
+                    return None;
+                }
+                // What is left, rounded up, as MQTT 5 asks.
+                let left_s = (expires_at_ms - now_ms).div_ceil(1000);
+                properties.message_expiry_interval_s = Some(left_s.min(u64::from(u32::MAX)) as u32);
+            }
+            name::CONTENT_TYPE => properties.content_type = String::from_utf8(value.to_vec()).ok(),
+            name::RESPONSE_TOPIC => {
+                properties.response_topic = String::from_utf8(value.to_vec()).ok()
+            }
+            name::CORRELATION_DATA => properties.correlation_data = Some(value),
+            other => {
+                if let (Some(user_key), Ok(text)) = (
+                    other.strip_prefix(name::USER_PREFIX),
+                    String::from_utf8(value.to_vec()),
+                ) {
+                    properties
+                        .user_properties
+                        .push((user_key.to_string(), text));
+                }
+            }
+        }
+    }
+    Some(properties)
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Where an outbound QoS 1 or 2 message is in its handshake.
@@ -230,7 +332,12 @@ impl Connected {
         true
     }
 
+    /// Sends `message` now, numbered when its QoS needs it; a message that
+    /// expired while it waited is dropped.
     fn send_now(&mut self, channel: &str, message: &Message, qos: QoS, out: &mut BytesMut) {
+        let Some(properties) = properties_of(&message.headers, wall_clock_ms()) else {
+            return;
+        };
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
@@ -244,7 +351,16 @@ impl Connected {
                 Some(packet_id)
             }
         };
-        publish_packet(channel, message, qos, packet_id).encode(self.version, out);
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: channel.to_string(),
+            packet_id,
+            properties,
+            payload: message.body.clone(),
+        })
+        .encode(self.version, out);
     }
 
     /// Sends held messages, oldest first, while the window has room.
@@ -462,7 +578,7 @@ impl Session for MqttSession {
                     kind: kind::MESSAGE,
                     client_message_id: Bytes::new(),
                     relation: 0,
-                    headers: Bytes::new(),
+                    headers: headers_of(&will.properties, wall_clock_ms()),
                     body: will.payload,
                 },
             );
@@ -834,7 +950,7 @@ impl MqttSession {
                 kind: kind::MESSAGE,
                 client_message_id: Bytes::new(),
                 relation: 0,
-                headers: Bytes::new(),
+                headers: headers_of(&publish.properties, wall_clock_ms()),
                 body: publish.payload,
             },
         );
