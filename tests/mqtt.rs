@@ -658,3 +658,70 @@ fn v5_message_properties_reach_subscribers_through_the_log() {
     let texts = history_texts(&server, "service/requests");
     assert_eq!(texts, vec!["{\"ask\":1}"]);
 }
+
+#[test]
+fn retained_messages_are_kept_in_the_log_across_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for (topic, message) in [
+        ("status/door", "open"),
+        ("status/window", "shut"),
+        ("status/fan", "on"),
+    ] {
+        let (ok, output) = finish(mosquitto(
+            "mosquitto_pub",
+            server.mqtt,
+            &["-t", topic, "-m", message, "-r", "-q", "1", "-u", "alice"],
+        ));
+        assert!(ok, "{output}");
+    }
+    // A retained message with an empty payload clears the topic's.
+    let (ok, output) = finish(mosquitto(
+        "mosquitto_pub",
+        server.mqtt,
+        &["-t", "status/fan", "-n", "-r", "-q", "1", "-u", "alice"],
+    ));
+    assert!(ok, "{output}");
+    server.kill();
+    // After a SIGKILL and a restart on the same data, new subscribers get
+    // the retained messages, flagged as retained.
+    let server = Server::start(dir.path(), &[]);
+    let mut exact = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut exact, "status/door", QoS::AtLeastOnce);
+    match exact.next() {
+        Some(Packet::Publish(publish)) => {
+            assert!(publish.retain);
+            assert_eq!(
+                (&publish.topic[..], &publish.payload[..]),
+                ("status/door", &b"open"[..])
+            );
+            assert_eq!(publish.qos, QoS::AtLeastOnce);
+        }
+        other => panic!("expected the retained PUBLISH, got {other:?}"),
+    }
+    let (subscriber, lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t", "status/#", "-V", "mqttv311", "-u", "bob", "-C", "2", "-W", "20", "-v",
+        ],
+    );
+    let mut got = received(&lines, 2);
+    got.sort();
+    assert_eq!(got, vec!["status/door open", "status/window shut"]);
+    let (ok, output) = finish(subscriber);
+    assert!(ok, "{output}");
+    // Retain handling 2: nothing is sent on subscribe.
+    let mut quiet = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    let options = starling_protocol::mqtt::SubscriptionOptions {
+        retain_handling: starling_protocol::mqtt::RetainHandling::DoNotSend,
+        ..Default::default()
+    };
+    quiet.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
+        packet_id: 3,
+        filters: vec![("status/door".into(), options)],
+        properties: Properties::default(),
+    }));
+    assert!(matches!(quiet.next(), Some(Packet::SubAck(_))));
+    quiet.send(&Packet::PingReq);
+    assert_eq!(quiet.next(), Some(Packet::PingResp));
+}

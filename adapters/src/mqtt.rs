@@ -26,9 +26,10 @@ use starling_protocol::headers::{decode_headers, encode_headers, name};
 use starling_protocol::mqtt::PayloadFormat;
 use starling_protocol::mqtt::{
     decode, decode_connect, ConnAck, Connect, Decoded, Disconnect, MqttError, MqttLimits, Packet,
-    Properties, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, SubAck, UnsubAck, Will,
+    Properties, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, RetainHandling, SubAck,
+    UnsubAck, Will,
 };
-use starling_protocol::{kind, ErrorCode, Message};
+use starling_protocol::{kind, ErrorCode, HistoryQuery, Message};
 
 /// Longest client id the server assigns or accepts.
 const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -255,11 +256,27 @@ enum Pending {
     /// granted when the broker accepts it).
     Subscribe(u16, usize, QoS),
     Unsubscribe(u16, usize),
+    /// The retained copy of a topic was stored (index it when it is the
+    /// topic's first).
+    Retained(String),
+    /// A page of the retained-topic index, read for a wildcard filter.
+    RetainedIndex {
+        filter: String,
+        qos: QoS,
+    },
+    /// The retained message of a topic, read for a new subscription.
+    RetainedRead {
+        topic: String,
+        qos: QoS,
+    },
 }
 
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
 struct Collecting {
     codes: Vec<Option<ReasonCode>>,
+    /// Filters whose retained messages to send once the SUBACK is out:
+    /// (filter, granted QoS).
+    retained: Vec<(String, QoS)>,
 }
 
 struct Connected {
@@ -284,7 +301,9 @@ struct Connected {
     window: u16,
     next_packet_id: u16,
     /// Messages waiting for room in the window: (topic, message, QoS).
-    held: VecDeque<(Arc<str>, Message, QoS)>,
+    /// Messages waiting for room in the window: (topic, message, QoS,
+    /// retain flag).
+    held: VecDeque<(Arc<str>, Message, QoS, bool)>,
 }
 
 impl Connected {
@@ -317,6 +336,7 @@ impl Connected {
         channel: &Arc<str>,
         message: &Message,
         qos: QoS,
+        retain: bool,
         out: &mut BytesMut,
     ) -> bool {
         if qos != QoS::AtMostOnce
@@ -325,16 +345,24 @@ impl Connected {
             if self.held.len() >= HELD_MESSAGES_MAX {
                 return false;
             }
-            self.held.push_back((channel.clone(), message.clone(), qos));
+            self.held
+                .push_back((channel.clone(), message.clone(), qos, retain));
             return true;
         }
-        self.send_now(channel, message, qos, out);
+        self.send_now(channel, message, qos, retain, out);
         true
     }
 
     /// Sends `message` now, numbered when its QoS needs it; a message that
     /// expired while it waited is dropped.
-    fn send_now(&mut self, channel: &str, message: &Message, qos: QoS, out: &mut BytesMut) {
+    fn send_now(
+        &mut self,
+        channel: &str,
+        message: &Message,
+        qos: QoS,
+        retain: bool,
+        out: &mut BytesMut,
+    ) {
         let Some(properties) = properties_of(&message.headers, wall_clock_ms()) else {
             return;
         };
@@ -354,7 +382,7 @@ impl Connected {
         Packet::Publish(Publish {
             dup: false,
             qos,
-            retain: false,
+            retain,
             topic: channel.to_string(),
             packet_id,
             properties,
@@ -366,10 +394,10 @@ impl Connected {
     /// Sends held messages, oldest first, while the window has room.
     fn release_held(&mut self, out: &mut BytesMut) {
         while self.outbound.len() < usize::from(self.window) {
-            let Some((channel, message, qos)) = self.held.pop_front() else {
+            let Some((channel, message, qos, retain)) = self.held.pop_front() else {
                 return;
             };
-            self.send_now(&channel, &message, qos, out);
+            self.send_now(&channel, &message, qos, retain, out);
         }
     }
 }
@@ -437,7 +465,11 @@ impl Session for MqttSession {
         match pending {
             Pending::Fire => {
                 if let Some(error) = error {
-                    log::debug!("mqtt {}: QoS 0 publish refused: {error}", self.peer);
+                    log::debug!(
+                        "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
+                        self.peer,
+                        state.client_id
+                    );
                 }
             }
             Pending::PubAck(packet_id) | Pending::PubRec(packet_id) => {
@@ -475,15 +507,8 @@ impl Session for MqttSession {
                     Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
-                if let Some(reason_codes) =
-                    collect(&mut state.subscribes, packet_id, index, granted)
-                {
-                    Packet::SubAck(SubAck {
-                        packet_id,
-                        reason_codes,
-                        properties: Properties::default(),
-                    })
-                    .encode(version, context.out());
+                if let Some(done) = collect(&mut state.subscribes, packet_id, index, granted) {
+                    send_suback(state, packet_id, done, context);
                 }
             }
             Pending::Unsubscribe(packet_id, index) => {
@@ -492,14 +517,73 @@ impl Session for MqttSession {
                     Some(BrokerError::NotSubscribed(_)) => ReasonCode::NoSubscriptionExisted,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
-                if let Some(reason_codes) = collect(&mut state.unsubscribes, packet_id, index, code)
-                {
+                if let Some(done) = collect(&mut state.unsubscribes, packet_id, index, code) {
                     Packet::UnsubAck(UnsubAck {
                         packet_id,
-                        reason_codes,
+                        reason_codes: done.codes.into_iter().flatten().collect(),
                         properties: Properties::default(),
                     })
                     .encode(version, context.out());
+                }
+            }
+            Pending::Retained(topic) => {
+                // The topic's first retained message: list it in the index
+                // that wildcard subscriptions read (the client message id
+                // keeps a retried append from listing it twice).
+                if let Reply::Published { seq: 1, .. } = reply {
+                    let request_id = next_request(state, Pending::Fire);
+                    context.submit_as_server(
+                        request_id,
+                        Command::Publish {
+                            channel: RETAINED_INDEX.to_string(),
+                            ephemeral: false,
+                            kind: kind::MESSAGE,
+                            client_message_id: Bytes::from(topic.clone()),
+                            relation: 0,
+                            headers: Bytes::new(),
+                            body: Bytes::from(topic),
+                        },
+                    );
+                } else if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {}: retained message of {topic:?} not kept: {error}",
+                        self.peer
+                    );
+                }
+            }
+            Pending::RetainedIndex { filter, qos } => {
+                if let Reply::History {
+                    head_seq, messages, ..
+                } = reply
+                {
+                    let mut topics: Vec<String> = messages
+                        .iter()
+                        .filter_map(|m| std::str::from_utf8(&m.body).ok())
+                        .filter(|topic| pattern::matches(&filter, topic))
+                        .map(str::to_string)
+                        .collect();
+                    topics.sort();
+                    topics.dedup();
+                    for topic in topics {
+                        read_retained(state, topic, qos, context);
+                    }
+                    if let Some(last) = messages.last() {
+                        if last.seq < *head_seq {
+                            read_retained_index(state, filter, qos, last.seq + 1, context);
+                        }
+                    }
+                }
+            }
+            Pending::RetainedRead { topic, qos } => {
+                if let Reply::History { messages, .. } = reply {
+                    if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
+                        let topic: Arc<str> = Arc::from(topic);
+                        if !state.send_or_hold(&topic, message, qos, true, context.out()) {
+                            return Err(close(
+                                "MQTT: the client does not acknowledge its messages",
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -552,7 +636,7 @@ impl Session for MqttSession {
         let channel: Arc<str> = Arc::from(channel);
         let mut out = BytesMut::new();
         for message in messages.iter().filter(|m| is_application_message(m)) {
-            if !state.send_or_hold(&channel, message, qos, &mut out) {
+            if !state.send_or_hold(&channel, message, qos, false, &mut out) {
                 let version = state.version;
                 disconnect_with(
                     version,
@@ -704,16 +788,26 @@ impl MqttSession {
                 let packet_id = subscribe.packet_id;
                 let mut codes = vec![None; subscribe.filters.len()];
                 let mut commands = Vec::new();
+                let mut wants_retained = Vec::new();
                 for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
                     if filter.starts_with("$share/") {
                         codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
                     } else {
                         state.filters.retain(|(f, _)| *f != filter);
                         state.filters.push((filter.clone(), options.qos));
+                        if options.retain_handling != RetainHandling::DoNotSend {
+                            wants_retained.push((filter.clone(), options.qos));
+                        }
                         commands.push((index, filter, options.qos));
                     }
                 }
-                state.subscribes.insert(packet_id, Collecting { codes });
+                state.subscribes.insert(
+                    packet_id,
+                    Collecting {
+                        codes,
+                        retained: wants_retained,
+                    },
+                );
                 for (index, filter, qos) in commands {
                     let request_id = next_request(state, Pending::Subscribe(packet_id, index, qos));
                     // A filter with wildcards is a broker channel pattern
@@ -734,7 +828,13 @@ impl MqttSession {
             Packet::Unsubscribe(unsubscribe) => {
                 let packet_id = unsubscribe.packet_id;
                 let codes = vec![None; unsubscribe.filters.len()];
-                state.unsubscribes.insert(packet_id, Collecting { codes });
+                state.unsubscribes.insert(
+                    packet_id,
+                    Collecting {
+                        codes,
+                        retained: Vec::new(),
+                    },
+                );
                 for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
                     state.filters.retain(|(f, _)| *f != filter);
                     let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
@@ -779,13 +879,8 @@ impl MqttSession {
             .get(&packet_id)
             .is_some_and(|c| c.codes.iter().all(Option::is_some));
         if complete {
-            let codes = state.subscribes.remove(&packet_id).expect("present").codes;
-            Packet::SubAck(SubAck {
-                packet_id,
-                reason_codes: codes.into_iter().flatten().collect(),
-                properties: Properties::default(),
-            })
-            .encode(state.version, context.out());
+            let done = state.subscribes.remove(&packet_id).expect("present");
+            send_suback(state, packet_id, done, context);
         }
     }
 
@@ -846,7 +941,6 @@ impl MqttSession {
         let mut properties = Properties::default();
         if version == ProtocolVersion::V5 {
             properties.assigned_client_identifier = assigned;
-            properties.retain_available = Some(false);
             properties.shared_subscription_available = Some(false);
             properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
@@ -940,8 +1034,25 @@ impl MqttSession {
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
+        let headers = headers_of(&publish.properties, wall_clock_ms());
+        if publish.retain {
+            // The topic's retained message is kept in the log beside it (an
+            // empty payload clears it), so it survives a restart.
+            let request_id = next_request(state, Pending::Retained(publish.topic.clone()));
+            context.submit_as_server(
+                request_id,
+                Command::Publish {
+                    channel: retained_channel(&publish.topic),
+                    ephemeral: false,
+                    kind: kind::MESSAGE,
+                    client_message_id: Bytes::new(),
+                    relation: 0,
+                    headers: headers.clone(),
+                    body: publish.payload.clone(),
+                },
+            );
+        }
         let request_id = next_request(state, pending);
-        let _ = &state.client_id;
         context.submit(
             request_id,
             Command::Publish {
@@ -950,7 +1061,7 @@ impl MqttSession {
                 kind: kind::MESSAGE,
                 client_message_id: Bytes::new(),
                 relation: 0,
-                headers: headers_of(&publish.properties, wall_clock_ms()),
+                headers,
                 body: publish.payload,
             },
         );
@@ -965,15 +1076,82 @@ fn collect(
     packet_id: u16,
     index: usize,
     code: ReasonCode,
-) -> Option<Vec<ReasonCode>> {
+) -> Option<Collecting> {
     let entry = collecting.get_mut(&packet_id)?;
     entry.codes[index] = Some(code);
     if entry.codes.iter().all(Option::is_some) {
-        let entry = collecting.remove(&packet_id)?;
-        Some(entry.codes.into_iter().flatten().collect())
+        collecting.remove(&packet_id)
     } else {
         None
     }
+}
+
+/// Where a topic's retained message is kept: its last record (an empty body
+/// means none).
+fn retained_channel(topic: &str) -> String {
+    format!("$retained/{topic}")
+}
+
+/// The index of topics that have (or had) a retained message, one record
+/// each, for wildcard subscriptions.
+const RETAINED_INDEX: &str = "$retained";
+
+/// Sends the SUBACK of a completed SUBSCRIBE, then asks for the retained
+/// messages of the filters granted (so they follow the SUBACK).
+fn send_suback(
+    state: &mut Connected,
+    packet_id: u16,
+    done: Collecting,
+    context: &mut SessionContext<'_>,
+) {
+    let codes: Vec<ReasonCode> = done.codes.into_iter().flatten().collect();
+    Packet::SubAck(SubAck {
+        packet_id,
+        reason_codes: codes,
+        properties: Properties::default(),
+    })
+    .encode(state.version, context.out());
+    for (filter, qos) in done.retained {
+        if pattern::is_pattern(&filter) {
+            read_retained_index(state, filter, qos, 1, context);
+        } else {
+            read_retained(state, filter, qos, context);
+        }
+    }
+}
+
+fn read_retained(state: &mut Connected, topic: String, qos: QoS, context: &mut SessionContext<'_>) {
+    let channel = retained_channel(&topic);
+    let request_id = next_request(state, Pending::RetainedRead { topic, qos });
+    context.submit(
+        request_id,
+        Command::History {
+            channel,
+            query: HistoryQuery::Last,
+            limit: 1,
+        },
+    );
+}
+
+/// Records read per page of the retained-topic index.
+const RETAINED_INDEX_PAGE: u32 = 500;
+
+fn read_retained_index(
+    state: &mut Connected,
+    filter: String,
+    qos: QoS,
+    from: u64,
+    context: &mut SessionContext<'_>,
+) {
+    let request_id = next_request(state, Pending::RetainedIndex { filter, qos });
+    context.submit(
+        request_id,
+        Command::History {
+            channel: RETAINED_INDEX.to_string(),
+            query: HistoryQuery::From(from),
+            limit: RETAINED_INDEX_PAGE,
+        },
+    );
 }
 
 fn next_request(state: &mut Connected, pending: Pending) -> u32 {

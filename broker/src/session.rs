@@ -128,6 +128,7 @@ pub struct SessionContext<'a> {
     pub(crate) protocol: Option<Arc<dyn Protocol>>,
     pub(crate) metrics: &'a Metrics,
     pub(crate) conn: Option<ConnRef>,
+    pub(crate) server_commands: Vec<(u32, Command)>,
 }
 
 impl<'a> SessionContext<'a> {
@@ -151,6 +152,7 @@ impl<'a> SessionContext<'a> {
             protocol: None,
             metrics,
             conn: None,
+            server_commands: Vec::new(),
         }
     }
 
@@ -203,6 +205,15 @@ impl<'a> SessionContext<'a> {
     /// [`Session::on_reply`] with the same `request_id`.
     pub fn submit(&mut self, request_id: u32, command: Command) {
         self.commands.push((request_id, command));
+    }
+
+    /// Hands the broker a request made on the server's own behalf (as the
+    /// system principal `$server`), for an adapter's bookkeeping in reserved
+    /// `$` channels (MQTT retained messages). Only adapter code can call
+    /// this; no client request reaches it. The reply comes back through
+    /// [`Session::on_reply`] like any other.
+    pub fn submit_as_server(&mut self, request_id: u32, command: Command) {
+        self.server_commands.push((request_id, command));
     }
 
     /// Checks the client's credentials and, if they are good, makes the

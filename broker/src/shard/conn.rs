@@ -23,6 +23,9 @@ use crate::engine::LocalEvent;
 use crate::mailbox::{ConnRef, ReplyAs, ShardMsg};
 use crate::session::{Close, Protocol, Session, SessionContext};
 
+/// The user name of requests an adapter makes on the server's behalf.
+pub(crate) const SERVER_USER: &str = "$server";
+
 /// Bytes read from one socket per turn before other connections get a turn.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
 /// Smallest free space kept in a connection's input buffer before a read.
@@ -48,8 +51,9 @@ pub(crate) struct Connection {
     pub read_paused: bool,
     /// The connection closes once its queued bytes are written.
     pub closing: bool,
-    /// The peer finished sending (end of stream): the connection closes once
-    /// every accepted request is answered and written.
+    /// Nothing more will be read (the peer ended its stream, or the session
+    /// ended the connection): the connection closes once every accepted
+    /// request is answered and written.
     pub peer_done: bool,
 }
 
@@ -335,7 +339,7 @@ impl Shard {
     ) -> bool {
         let mut commands = Vec::new();
         let conn = self.conn_ref(slot);
-        let (result, timer) = {
+        let (result, timer, server_commands) = {
             let Some(connection) = self
                 .connections
                 .get_mut(slot as usize)
@@ -360,7 +364,8 @@ impl Shard {
             if let Some(protocol) = context.protocol.take() {
                 socket.protocol = protocol;
             }
-            (result, timer)
+            let server_commands = std::mem::take(&mut context.server_commands);
+            (result, timer, server_commands)
         };
         if let Some(deadline) = timer {
             self.arm_timer(slot, deadline);
@@ -369,6 +374,9 @@ impl Shard {
         for (request_id, command) in commands {
             self.handle_command(slot, request_id, command);
         }
+        for (request_id, command) in server_commands {
+            self.handle_command_as(slot, request_id, command, true);
+        }
         match result {
             Ok(()) => true,
             Err(close) => {
@@ -376,6 +384,11 @@ impl Shard {
                 if let Some(connection) = self.connections[slot as usize].as_mut() {
                     if !connection.closing {
                         connection.closing = true;
+                        // Nothing more is read, and the session still gets
+                        // the answers to what it already asked (an MQTT
+                        // client's last retained message, its will) before
+                        // the connection goes, within the linger time.
+                        connection.peer_done = true;
                         let deadline = Instant::now() + CLOSE_LINGER;
                         self.lingering.push((slot, connection.generation, deadline));
                     }
@@ -440,12 +453,23 @@ impl Shard {
 
     /// Authorizes and routes one command of connection `slot`.
     pub(super) fn handle_command(&mut self, slot: u32, request_id: u32, command: Command) {
+        self.handle_command_as(slot, request_id, command, false);
+    }
+
+    /// As [`Shard::handle_command`]; with `as_server`, the command acts as
+    /// the system principal (see `SessionContext::submit_as_server`).
+    fn handle_command_as(&mut self, slot: u32, request_id: u32, command: Command, as_server: bool) {
         let from = self.conn_ref(slot);
         let Some(connection) = self.connections[slot as usize].as_mut() else {
             return;
         };
         connection.inflight += 1;
-        let Some(principal) = connection.principal.clone() else {
+        let principal = if as_server {
+            Some(Principal::system(SERVER_USER))
+        } else {
+            connection.principal.clone()
+        };
+        let Some(principal) = principal else {
             self.reply(
                 from,
                 request_id,
@@ -487,12 +511,16 @@ impl Shard {
             return;
         }
         let page_max = self.shared.config.page_messages_max;
-        let sender = self.connections[slot as usize]
-            .as_mut()
-            .expect("checked above")
-            .sender
-            .get_or_insert_with(|| Bytes::copy_from_slice(principal.user.as_bytes()))
-            .clone();
+        let sender = if as_server {
+            Bytes::from_static(SERVER_USER.as_bytes())
+        } else {
+            self.connections[slot as usize]
+                .as_mut()
+                .expect("checked above")
+                .sender
+                .get_or_insert_with(|| Bytes::copy_from_slice(principal.user.as_bytes()))
+                .clone()
+        };
         match command {
             Command::Publish {
                 channel,
