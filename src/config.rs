@@ -31,6 +31,8 @@ pub struct MqttConfig {
     pub address: SocketAddr,
     /// Largest packet a client may send (the v5 Maximum Packet Size).
     pub packet_bytes_max: u32,
+    /// Seconds between `$SYS/broker/…` updates (0 turns them off).
+    pub sys_interval_s: u64,
 }
 
 impl Default for MqttConfig {
@@ -38,6 +40,7 @@ impl Default for MqttConfig {
         MqttConfig {
             address: "127.0.0.1:1883".parse().expect("valid address"),
             packet_bytes_max: starling_protocol::mqtt::PACKET_BYTES_MAX_DEFAULT,
+            sys_interval_s: 10,
         }
     }
 }

@@ -31,6 +31,7 @@ use starling_adapters::http::request::HttpLimits;
 use starling_adapters::http::server::{HttpProtocol, HttpTimeouts};
 use starling_adapters::mqtt::MqttProtocol;
 use starling_adapters::native::NativeProtocol;
+use starling_adapters::sys_topics::SysTopics;
 use starling_adapters::ws::WsLimits;
 use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer};
 use starling_protocol::mqtt::MqttLimits;
@@ -275,6 +276,8 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     )
     .context("cannot start the engine")?;
     let _ = chat_slot.set(ChatService::start(&engine, "starling"));
+    let sys_topics = (config.mqtt.sys_interval_s > 0)
+        .then(|| SysTopics::start(&engine, Duration::from_secs(config.mqtt.sys_interval_s)));
     ready.store(true, Ordering::Relaxed);
     let routing = engine.routing();
     for (name, address) in engine.local_addresses() {
@@ -296,6 +299,7 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     log::info!("shutting down: writing and syncing what is pending");
+    drop(sys_topics);
     engine.shutdown();
     log::info!("stopped");
     Ok(())

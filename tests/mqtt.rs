@@ -725,3 +725,45 @@ fn retained_messages_are_kept_in_the_log_across_a_sigkill() {
     quiet.send(&Packet::PingReq);
     assert_eq!(quiet.next(), Some(Packet::PingResp));
 }
+
+#[test]
+fn sys_topics_report_broker_statistics() {
+    let (_dir, server) = server(&[("STARLING_MQTT_SYS_INTERVAL_S", "1")]);
+    let (child, lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t",
+            "$SYS/broker/clients/connected",
+            "-t",
+            "$SYS/broker/version",
+            "-u",
+            "ops",
+            "-C",
+            "2",
+            "-W",
+            "20",
+            "-v",
+        ],
+    );
+    let mut got = received(&lines, 2);
+    got.sort();
+    assert!(
+        got[0].starts_with("$SYS/broker/clients/connected "),
+        "{got:?}"
+    );
+    let connected: u64 = got[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        connected >= 1,
+        "the subscriber itself is connected: {got:?}"
+    );
+    assert!(
+        got[1].starts_with("$SYS/broker/version starling "),
+        "{got:?}"
+    );
+    let (ok, output) = finish(child);
+    assert!(ok, "{output}");
+    // `#` does not reach `$SYS`, as MQTT requires.
+    let (everything, all_lines) = subscriber(server.mqtt, &["-t", "#", "-u", "ops", "-W", "3"]);
+    let _ = finish(everything);
+    assert!(all_lines.try_recv().is_err());
+}

@@ -15,4 +15,5 @@ pub mod client;
 pub mod http;
 pub mod mqtt;
 pub mod native;
+pub mod sys_topics;
 pub mod ws;

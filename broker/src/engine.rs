@@ -71,6 +71,20 @@ pub struct Listener {
     pub protocol: Arc<dyn Protocol>,
 }
 
+/// The engine's counters, owned (see [`Engine::metrics_handle`]).
+#[derive(Clone)]
+pub struct MetricsHandle {
+    shared: Arc<EngineShared>,
+}
+
+impl std::ops::Deref for MetricsHandle {
+    type Target = Metrics;
+
+    fn deref(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+}
+
 /// Sends events from other threads to sessions (see
 /// [`crate::Session::on_event`]).
 #[derive(Clone)]
@@ -234,6 +248,13 @@ impl Engine {
     /// connections' sessions.
     pub fn notifier(&self) -> Notifier {
         Notifier {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The engine's counters, for a thread that outlives this borrow.
+    pub fn metrics_handle(&self) -> MetricsHandle {
+        MetricsHandle {
             shared: self.shared.clone(),
         }
     }

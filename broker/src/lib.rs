@@ -31,7 +31,9 @@ mod shard;
 pub use auth::{Action, Authorizer, Denied, LoopbackAuthorizer, Principal, SYSTEM_ROLE};
 pub use command::{BrokerError, Command, Reply};
 pub use config::{Durability, EngineConfig, RetentionConfig, SlowConsumerPolicy};
-pub use engine::{Engine, EngineError, Listener, LocalClient, LocalEvent, Notifier, Published};
+pub use engine::{
+    Engine, EngineError, Listener, LocalClient, LocalEvent, MetricsHandle, Notifier, Published,
+};
 pub use mailbox::ConnRef;
 pub use metrics::Metrics;
 pub use routing::Routing;

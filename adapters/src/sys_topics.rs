@@ -1,0 +1,108 @@
+//! `$SYS/broker/…`: the engine's counters published as ephemeral messages
+//! every few seconds, for MQTT monitoring tools (and any subscriber of those
+//! channels). Names follow Mosquitto's, so existing dashboards work.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use starling_broker::{Command, Engine, LocalClient, Metrics, MetricsHandle, Principal};
+use starling_protocol::kind;
+
+/// Publishes the `$SYS` topics until dropped.
+pub struct SysTopics {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SysTopics {
+    /// Starts publishing every `interval` on a thread of its own (an
+    /// in-process client acting as the system principal).
+    pub fn start(engine: &Engine, interval: Duration) -> SysTopics {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = engine.connect(Principal::system("$server"));
+        let metrics = engine.metrics_handle();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("starling-sys".into())
+            .spawn(move || run(client, &metrics, interval, &flag))
+            .expect("the $SYS thread starts");
+        SysTopics {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SysTopics {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The topics and their values now.
+pub fn sys_values(metrics: &Metrics, started: Instant) -> Vec<(&'static str, String)> {
+    let counters = metrics.snapshot();
+    let get = |name: &str| {
+        counters
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    let connected = get("connections_opened").saturating_sub(get("connections_closed"));
+    vec![
+        (
+            "$SYS/broker/version",
+            format!("starling {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "$SYS/broker/uptime",
+            format!("{} seconds", started.elapsed().as_secs()),
+        ),
+        ("$SYS/broker/clients/connected", connected.to_string()),
+        (
+            "$SYS/broker/messages/received",
+            get("messages_in").to_string(),
+        ),
+        (
+            "$SYS/broker/messages/sent",
+            get("deliveries_out").to_string(),
+        ),
+        ("$SYS/broker/bytes/received", get("bytes_in").to_string()),
+        ("$SYS/broker/bytes/sent", get("bytes_out").to_string()),
+        ("$SYS/broker/store/fsyncs", get("fsyncs").to_string()),
+    ]
+}
+
+fn run(mut client: LocalClient, metrics: &MetricsHandle, interval: Duration, stop: &AtomicBool) {
+    let started = Instant::now();
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            // Short sleeps, so a shutdown is not held up by the interval.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        next += interval;
+        for (topic, value) in sys_values(metrics, started) {
+            let published = client.publish_command(Command::Publish {
+                channel: topic.to_string(),
+                ephemeral: true,
+                kind: kind::MESSAGE,
+                client_message_id: Bytes::new(),
+                relation: 0,
+                headers: Bytes::new(),
+                body: Bytes::from(value),
+            });
+            if let Err(error) = published {
+                log::debug!("$SYS: stopping: {error}");
+                return;
+            }
+        }
+    }
+}
