@@ -250,7 +250,17 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         request_read: Duration::from_millis(config.http.request_read_timeout_ms),
         idle: Duration::from_millis(config.http.idle_timeout_ms),
     };
-    let http = Arc::new(HttpProtocol::new(http_limits, ws_limits, timeouts));
+    let mqtt = Arc::new(MqttProtocol::new(MqttLimits {
+        packet_bytes_max: config.mqtt.packet_bytes_max,
+    }));
+    // MQTT over WebSocket (subprotocol `mqtt`) at /mqtt on the HTTP port.
+    let http = Arc::new(
+        HttpProtocol::new(http_limits, ws_limits, timeouts).with_tunnel(
+            "/mqtt",
+            "mqtt",
+            mqtt.clone(),
+        ),
+    );
     let chat_slot = http.chat_slot();
     let ready = http.ready_flag();
     let listeners = vec![
@@ -264,9 +274,7 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         },
         Listener {
             address: config.mqtt.address,
-            protocol: Arc::new(MqttProtocol::new(MqttLimits {
-                packet_bytes_max: config.mqtt.packet_bytes_max,
-            })),
+            protocol: mqtt,
         },
     ];
     let engine = Engine::start(

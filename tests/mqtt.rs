@@ -767,3 +767,84 @@ fn sys_topics_report_broker_statistics() {
     let _ = finish(everything);
     assert!(all_lines.try_recv().is_err());
 }
+
+#[test]
+fn mqtt_over_websocket_at_slash_mqtt() {
+    let (_dir, server) = server(&[]);
+    // A WebSocket client offering the `mqtt` subprotocol, speaking MQTT 5
+    // in binary frames split at odd places.
+    let stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/mqtt",
+        server.http
+    ))
+    .unwrap();
+    let mut request = request;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut socket, response) = tungstenite::client(request, stream).expect("handshake");
+    assert_eq!(
+        response.headers().get("Sec-WebSocket-Protocol").unwrap(),
+        "mqtt"
+    );
+    let mut packets = BytesMut::new();
+    Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive_s: 0,
+        client_id: "web".into(),
+        will: None,
+        username: Some("web".into()),
+        password: None,
+        properties: Properties::default(),
+    }))
+    .encode(ProtocolVersion::V5, &mut packets);
+    Packet::Subscribe(starling_protocol::mqtt::Subscribe {
+        packet_id: 1,
+        filters: vec![("ws/+".into(), Default::default())],
+        properties: Properties::default(),
+    })
+    .encode(ProtocolVersion::V5, &mut packets);
+    let (first, second) = packets.split_at(5);
+    socket
+        .send(tungstenite::Message::binary(first.to_vec()))
+        .unwrap();
+    socket
+        .send(tungstenite::Message::binary(second.to_vec()))
+        .unwrap();
+    let mut received = BytesMut::new();
+    let mut next_packet = |socket: &mut tungstenite::WebSocket<TcpStream>| loop {
+        if let Ok(Decoded::Complete { packet, used }) =
+            decode(&received, ProtocolVersion::V5, &MqttLimits::default())
+        {
+            let _ = received.split_to(used);
+            return packet;
+        }
+        match socket.read().expect("a frame") {
+            tungstenite::Message::Binary(bytes) => received.extend_from_slice(&bytes),
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    };
+    assert!(matches!(next_packet(&mut socket), Packet::ConnAck(_)));
+    assert!(matches!(next_packet(&mut socket), Packet::SubAck(_)));
+    // A message from the chat side arrives as a PUBLISH in a binary frame.
+    let mut chat = ChatClient::connect(server.http, "alice");
+    chat.ok(json!({"type": "publish", "channel": "ws/lobby", "text": "hello over ws"}));
+    match next_packet(&mut socket) {
+        Packet::Publish(publish) => {
+            assert_eq!(publish.topic, "ws/lobby");
+            assert_eq!(&publish.payload[..], b"hello over ws");
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    // Without the subprotocol the upgrade is refused.
+    let (status, _, _) = common::raw_http(
+        server.http,
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(status, 400);
+}

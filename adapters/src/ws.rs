@@ -228,6 +228,20 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// Appends one unmasked (server) binary frame carrying `payload`.
+pub fn binary_frame(payload: &[u8], out: &mut BytesMut) {
+    let frame = Frame::message(
+        Bytes::copy_from_slice(payload),
+        OpCode::Data(Data::Binary),
+        true,
+    );
+    out.reserve(frame.len());
+    let mut writer = out.writer();
+    frame
+        .format(&mut writer)
+        .expect("writing to memory cannot fail");
+}
+
 /// Appends one unmasked (server) text frame carrying `payload`, which must
 /// be UTF-8. Deliveries are encoded with this once and shared by every
 /// subscriber, which works because server frames carry no per-connection

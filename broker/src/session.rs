@@ -191,6 +191,13 @@ impl<'a> SessionContext<'a> {
         self.protocol = Some(protocol);
     }
 
+    /// Takes back a protocol switch asked for during this call (a session
+    /// that wraps another, such as a WebSocket tunnel, wraps the switch of
+    /// the inner one and sets it again).
+    pub fn take_protocol_switch(&mut self) -> Option<Arc<dyn Protocol>> {
+        self.protocol.take()
+    }
+
     /// The engine's counters (for metrics endpoints).
     pub fn metrics(&self) -> &Metrics {
         self.metrics

@@ -5,3 +5,4 @@
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod tunnel;

@@ -21,6 +21,7 @@ use starling_protocol::{ErrorCode, Message};
 
 use super::request::{HttpLimits, Method, Request, RequestParser};
 use super::response::{write_chunk, write_chunked_head, write_error, write_response, Response};
+use super::tunnel::Tunnel;
 use crate::chat::json::{message_pushes, parse_request, reply_text, write_message};
 use crate::chat::{ChatConnection, ChatError, ChatService, HEARTBEAT_S};
 use crate::ws::{close_code, derive_accept_key, text_frame, WsFraming, WsLimits, WsMessage};
@@ -64,6 +65,7 @@ pub struct HttpProtocol {
     ready: Arc<AtomicBool>,
     websocket: Arc<dyn Protocol>,
     events: Arc<dyn Protocol>,
+    tunnels: Vec<TunnelRoute>,
 }
 
 impl HttpProtocol {
@@ -78,7 +80,24 @@ impl HttpProtocol {
             ready: Arc::new(AtomicBool::new(false)),
             websocket: Arc::new(ChatWebSocketProtocol),
             events: Arc::new(EventStreamProtocol),
+            tunnels: Vec::new(),
         }
+    }
+
+    /// Serves `protocol` in WebSocket binary frames at `path` (the client
+    /// must offer `subprotocol`), as MQTT over WebSocket at `/mqtt`.
+    pub fn with_tunnel(
+        mut self,
+        path: &'static str,
+        subprotocol: &'static str,
+        protocol: Arc<dyn Protocol>,
+    ) -> HttpProtocol {
+        self.tunnels.push(TunnelRoute {
+            path,
+            subprotocol,
+            protocol,
+        });
+        self
     }
 
     /// Where the chat service goes once the engine is started.
@@ -106,6 +125,8 @@ impl Protocol for HttpProtocol {
             ready: self.ready.clone(),
             websocket: self.websocket.clone(),
             events: self.events.clone(),
+            tunnels: self.tunnels.clone(),
+            peer: _peer,
             buffer: BytesMut::new(),
             mode: Mode::Http,
             chat: None,
@@ -177,6 +198,17 @@ enum Mode {
     Http,
     WebSocket(Box<WsFraming>),
     Events,
+    /// Another protocol in WebSocket binary frames (MQTT at `/mqtt`).
+    Tunnel(Box<Tunnel>),
+}
+
+/// A protocol served in WebSocket binary frames at a path of the HTTP
+/// listener.
+#[derive(Clone)]
+struct TunnelRoute {
+    path: &'static str,
+    subprotocol: &'static str,
+    protocol: Arc<dyn Protocol>,
 }
 
 /// The HTTP request being answered.
@@ -198,6 +230,8 @@ pub struct HttpSession {
     ready: Arc<AtomicBool>,
     websocket: Arc<dyn Protocol>,
     events: Arc<dyn Protocol>,
+    tunnels: Vec<TunnelRoute>,
+    peer: SocketAddr,
     /// Received bytes not parsed yet (HTTP mode answers one request at a
     /// time, so what follows waits here).
     buffer: BytesMut,
@@ -231,6 +265,7 @@ impl Session for HttpSession {
                 input.clear();
                 Ok(())
             }
+            Mode::Tunnel(ref mut tunnel) => tunnel.on_input(input, context),
         }
     }
 
@@ -240,6 +275,9 @@ impl Session for HttpSession {
         reply: &Reply,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
+        if let Mode::Tunnel(tunnel) = &mut self.mode {
+            return tunnel.on_reply(request_id, reply, context);
+        }
         let mut responses = Vec::new();
         if let Some(chat) = self.chat.as_mut() {
             chat.on_reply(request_id, reply, context, &mut responses);
@@ -252,6 +290,9 @@ impl Session for HttpSession {
         event: SessionEvent,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
+        if let Mode::Tunnel(tunnel) = &mut self.mode {
+            return tunnel.on_event(event, context);
+        }
         let mut responses = Vec::new();
         if let Some(chat) = self.chat.as_mut() {
             chat.on_event(event, context, &mut responses);
@@ -259,9 +300,29 @@ impl Session for HttpSession {
         self.answer(responses, context)
     }
 
+    fn on_delivery(
+        &mut self,
+        channel: &str,
+        messages: &[Message],
+        context: &mut SessionContext<'_>,
+    ) -> Result<Option<Bytes>, Close> {
+        match &mut self.mode {
+            Mode::Tunnel(tunnel) => tunnel.on_delivery(channel, messages, context),
+            _ => Ok(None),
+        }
+    }
+
+    fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        if let Mode::Tunnel(tunnel) = &mut self.mode {
+            tunnel.on_closed(context);
+        }
+    }
+
     fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let now = context.now();
         match &mut self.mode {
+            // The tunnelled protocol keeps its own time (MQTT keep-alive).
+            Mode::Tunnel(tunnel) => return tunnel.on_timer(context),
             Mode::Http => {
                 if let Some(started) = self.request_started {
                     if now.duration_since(started) >= self.timeouts.request_read {
@@ -300,8 +361,9 @@ impl Session for HttpSession {
         Ok(())
     }
 
-    fn on_server_close(&mut self, _code: ErrorCode, reason: &str, out: &mut BytesMut) {
+    fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {
         match &mut self.mode {
+            Mode::Tunnel(tunnel) => tunnel.on_server_close(code, reason, out),
             Mode::WebSocket(framing) => {
                 let code = if reason.starts_with("slow consumer") {
                     close_code::POLICY_VIOLATION
@@ -341,6 +403,8 @@ impl HttpSession {
             },
             Mode::WebSocket(_) => now + Duration::from_secs(HEARTBEAT_S),
             Mode::Events => now + SSE_KEEPALIVE,
+            // The inner session arms its own timers.
+            Mode::Tunnel(_) => return,
         };
         context.set_timer(deadline.max(now));
     }
@@ -425,6 +489,9 @@ impl HttpSession {
         if path == "/ws" {
             return self.upgrade(&request, context);
         }
+        if let Some(route) = self.tunnels.iter().find(|t| t.path == path).cloned() {
+            return self.upgrade_tunnel(&request, route, context);
+        }
         if let Some(rest) = path.strip_prefix("/v1/") {
             let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
             return self.api(&request, segments, context);
@@ -441,12 +508,12 @@ impl HttpSession {
         }
     }
 
-    /// `GET /ws`: the WebSocket handshake (RFC 6455 section 4.2).
-    fn upgrade(
-        &mut self,
-        request: &Request,
+    /// Checks a WebSocket handshake (RFC 6455 section 4.2) and returns the
+    /// client's key, or writes the refusal and returns the close.
+    fn check_handshake<'r>(
+        request: &'r Request,
         context: &mut SessionContext<'_>,
-    ) -> Result<(), Close> {
+    ) -> Result<&'r str, Close> {
         let refuse = |out: &mut BytesMut, status: u16, message: &str| {
             write_error(out, status, "bad_request", message, false);
             Err(close(message))
@@ -487,6 +554,54 @@ impl HttpSession {
                 "Sec-WebSocket-Key must be 16 bytes in base64",
             );
         }
+        Ok(key)
+    }
+
+    /// `GET /mqtt` and the like: a protocol in WebSocket binary frames.
+    fn upgrade_tunnel(
+        &mut self,
+        request: &Request,
+        route: TunnelRoute,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let key = Self::check_handshake(request, context)?;
+        if !request.header_has_token("sec-websocket-protocol", route.subprotocol) {
+            let message = format!(
+                "{} needs the WebSocket subprotocol {:?} (Sec-WebSocket-Protocol)",
+                route.path, route.subprotocol
+            );
+            write_error(context.out(), 400, "bad_request", &message, false);
+            return Err(close(&message));
+        }
+        let response = Response::new(101)
+            .with_header("Upgrade", "websocket")
+            .with_header("Connection", "Upgrade")
+            .with_header("Sec-WebSocket-Accept", derive_accept_key(key.as_bytes()))
+            .with_header("Sec-WebSocket-Protocol", route.subprotocol);
+        write_response(context.out(), &response, true, false);
+        let inner = route.protocol.new_session(self.peer);
+        self.mode = Mode::Tunnel(Box::new(Tunnel::new(inner, self.ws_limits)));
+        context.set_protocol(Arc::new(super::tunnel::TunnelDeliveries::new(
+            route.protocol.clone(),
+        )));
+        let mut rest = std::mem::take(&mut self.buffer);
+        match &mut self.mode {
+            Mode::Tunnel(tunnel) if !rest.is_empty() => tunnel.on_input(&mut rest, context),
+            _ => Ok(()),
+        }
+    }
+
+    /// `GET /ws`: the chat WebSocket.
+    fn upgrade(
+        &mut self,
+        request: &Request,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let refuse = |out: &mut BytesMut, status: u16, message: &str| {
+            write_error(out, status, "bad_request", message, false);
+            Err(close(message))
+        };
+        let key = Self::check_handshake(request, context)?;
         let service = match self.chat_service() {
             Ok(service) => service,
             Err(error) => return refuse(context.out(), 503, &error.message),
@@ -569,7 +684,7 @@ impl HttpSession {
                 }
                 Ok(())
             }
-            Mode::Events => Ok(()),
+            Mode::Events | Mode::Tunnel(_) => Ok(()),
             Mode::Http => {
                 for (id, result) in responses {
                     let Some(in_flight) = self.in_flight.take_if(|f| f.id == id) else {
