@@ -848,3 +848,157 @@ fn mqtt_over_websocket_at_slash_mqtt() {
     );
     assert_eq!(status, 400);
 }
+
+/// Connects `client_id`, with or without clean start; returns the
+/// connection and whether the server had a session.
+fn connect_session(
+    address: SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+    clean: bool,
+) -> (Raw, bool) {
+    let mut raw = Raw::open(address, version);
+    raw.send(&Packet::Connect(Box::new(Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive_s: 0,
+        client_id: client_id.into(),
+        will: None,
+        username: Some("worker".into()),
+        password: None,
+        properties: Properties::default(),
+    })));
+    match raw.next() {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason_code, ReasonCode::Success);
+            (raw, ack.session_present)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn publish_acked(server: &Server, topic: &str, texts: &[String], qos: QoS) {
+    let mut publisher = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    for (index, text) in texts.iter().enumerate() {
+        let packet_id = index as u16 + 1;
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            packet_id: Some(packet_id),
+            properties: Properties::default(),
+            payload: Bytes::from(text.clone()),
+        }));
+        match (qos, publisher.next()) {
+            (QoS::AtLeastOnce, Some(Packet::PubAck(ack))) => assert_eq!(ack.packet_id, packet_id),
+            (QoS::ExactlyOnce, Some(Packet::PubRec(rec))) => {
+                assert_eq!(rec.packet_id, packet_id);
+                publisher.send(&Packet::PubRel(
+                    starling_protocol::mqtt::PublishResponse::success(packet_id),
+                ));
+                assert!(matches!(publisher.next(), Some(Packet::PubComp(_))));
+            }
+            (_, other) => panic!("expected the acknowledgement, got {other:?}"),
+        }
+    }
+    publisher.send(&Packet::Disconnect(Default::default()));
+}
+
+#[test]
+fn persistent_session_gets_offline_messages_from_the_log_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (mut worker, present) =
+        connect_session(server.mqtt, ProtocolVersion::V311, "durable", false);
+    assert!(!present);
+    subscribe(&mut worker, "jobs", QoS::AtLeastOnce);
+    worker.send(&Packet::Disconnect(Default::default()));
+    assert!(worker.next().is_none());
+
+    let jobs: Vec<String> = (0..10).map(|i| format!("job {i}")).collect();
+    publish_acked(&server, "jobs", &jobs, QoS::AtLeastOnce);
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    let (mut worker, present) =
+        connect_session(server.mqtt, ProtocolVersion::V311, "durable", false);
+    assert!(present, "the session survived the SIGKILL");
+    let mut got = Vec::new();
+    while got.len() < jobs.len() {
+        let (id, qos, payload) = next_publish(&mut worker);
+        assert_eq!(qos, QoS::AtLeastOnce);
+        worker.send(&Packet::PubAck(
+            starling_protocol::mqtt::PublishResponse::success(id.unwrap()),
+        ));
+        got.push(String::from_utf8(payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, jobs, "every acknowledged job, once, in order");
+    worker.send(&Packet::PingReq);
+    assert_eq!(worker.next(), Some(Packet::PingResp));
+    worker.send(&Packet::Disconnect(Default::default()));
+    assert!(worker.next().is_none());
+
+    // What was acknowledged is not sent again; only what came since.
+    let more: Vec<String> = (10..13).map(|i| format!("job {i}")).collect();
+    publish_acked(&server, "jobs", &more, QoS::AtLeastOnce);
+    let (mut worker, present) =
+        connect_session(server.mqtt, ProtocolVersion::V311, "durable", false);
+    assert!(present);
+    let mut got = Vec::new();
+    while got.len() < more.len() {
+        let (id, _, payload) = next_publish(&mut worker);
+        worker.send(&Packet::PubAck(
+            starling_protocol::mqtt::PublishResponse::success(id.unwrap()),
+        ));
+        got.push(String::from_utf8(payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, more);
+    worker.send(&Packet::PingReq);
+    assert_eq!(worker.next(), Some(Packet::PingResp));
+
+    // A clean start forgets the session.
+    worker.send(&Packet::Disconnect(Default::default()));
+    let (_fresh, present) = connect_session(server.mqtt, ProtocolVersion::V5, "durable", true);
+    assert!(!present);
+}
+
+#[test]
+fn qos2_delivery_is_exactly_once_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, _) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger", false);
+    subscribe(&mut ledger, "payments", QoS::ExactlyOnce);
+    let payments: Vec<String> = (0..3).map(|i| format!("payment {i}")).collect();
+    publish_acked(&server, "payments", &payments, QoS::ExactlyOnce);
+    // The first two go through PUBREC/PUBREL; the third is received but
+    // not acknowledged when the server dies.
+    let mut ids = Vec::new();
+    for expected in &payments {
+        let (id, qos, payload) = next_publish(&mut ledger);
+        assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, expected.as_bytes()));
+        ids.push(id.unwrap());
+    }
+    for id in &ids[..2] {
+        ledger.send(&Packet::PubRec(
+            starling_protocol::mqtt::PublishResponse::success(*id),
+        ));
+        match ledger.next() {
+            Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, *id),
+            other => panic!("expected PUBREL, got {other:?}"),
+        }
+    }
+    server.kill();
+    drop(ledger);
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, present) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger", false);
+    assert!(present);
+    let (_, _, payload) = next_publish(&mut ledger);
+    assert_eq!(
+        &payload[..],
+        b"payment 2",
+        "only the unacknowledged one comes again"
+    );
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp), "and nothing else");
+}

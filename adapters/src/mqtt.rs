@@ -7,9 +7,10 @@
 //! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
 //! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
-//! client's Receive Maximum, PINGREQ, DISCONNECT, and the will message. Not
-//! yet: shared subscriptions (refused with their v5 reason code), retained
-//! messages, persistent sessions, topic aliases, will delay. Bad input closes
+//! client's Receive Maximum, retained messages and persistent sessions kept in
+//! the log, PINGREQ, DISCONNECT, and the will message. Not yet: shared
+//! subscriptions (refused with their v5 reason code), session takeover and
+//! expiry, topic aliases, will delay. Bad input closes
 //! only its own connection, with a v5 DISCONNECT that carries the reason
 //! code. `docs/PROTOCOL.md` has the details.
 
@@ -254,7 +255,7 @@ enum Pending {
     PubRec(u16),
     /// One filter of a SUBSCRIBE (packet id, index of the filter, QoS
     /// granted when the broker accepts it).
-    Subscribe(u16, usize, QoS),
+    Subscribe(u16, usize, QoS, String),
     Unsubscribe(u16, usize),
     /// The retained copy of a topic was stored (index it when it is the
     /// topic's first).
@@ -269,6 +270,14 @@ enum Pending {
         topic: String,
         qos: QoS,
     },
+    /// A page of the session's records, read before the CONNACK.
+    SessionRead,
+    /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
+    PubRelAfter(u16),
+    /// The cursor of a restored subscription.
+    RestoreCursor {
+        topic: String,
+    },
 }
 
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
@@ -277,6 +286,8 @@ struct Collecting {
     /// Filters whose retained messages to send once the SUBACK is out:
     /// (filter, granted QoS).
     retained: Vec<(String, QoS)>,
+    /// Filters the broker accepted (recorded in a persistent session).
+    granted: Vec<(String, QoS)>,
 }
 
 struct Connected {
@@ -304,6 +315,21 @@ struct Connected {
     /// Messages waiting for room in the window: (topic, message, QoS,
     /// retain flag).
     held: VecDeque<(Arc<str>, Message, QoS, bool)>,
+    /// The session outlives the connection: subscriptions are recorded in
+    /// `$mqtt/session/<client id>` and delivery positions in cursors.
+    persistent: bool,
+    /// The CONNACK waits for the session's state to be read; packets that
+    /// arrive meanwhile wait here.
+    restoring: bool,
+    waiting_input: BytesMut,
+    connack_properties: Properties,
+    /// Session records read so far while restoring.
+    session_records: Vec<Message>,
+    /// Outbound stored messages in flight, by packet id: (topic, seq), for
+    /// the cursors of a persistent session.
+    positions: HashMap<u16, (Arc<str>, u64)>,
+    /// The last cursor written per topic.
+    cursors: HashMap<Arc<str>, u64>,
 }
 
 impl Connected {
@@ -376,6 +402,10 @@ impl Connected {
                     Outbound::Qos2Sent
                 };
                 self.outbound.insert(packet_id, state);
+                if self.persistent && message.seq > 0 {
+                    self.positions
+                        .insert(packet_id, (Arc::from(channel), message.seq));
+                }
                 Some(packet_id)
             }
         };
@@ -389,6 +419,66 @@ impl Connected {
             payload: message.body.clone(),
         })
         .encode(self.version, out);
+    }
+
+    /// The client took responsibility for outbound message `packet_id`
+    /// (PUBACK, or PUBREC for QoS 2): in a persistent session, move the
+    /// topic's cursor up to the highest seq below which nothing is still in
+    /// flight or held.
+    /// Returns the request id of the cursor write, when there is one.
+    fn acknowledged(&mut self, packet_id: u16, context: &mut SessionContext<'_>) -> Option<u32> {
+        let (channel, seq) = self.positions.remove(&packet_id)?;
+        let lowest_open = self
+            .positions
+            .values()
+            .filter(|(c, _)| *c == channel)
+            .map(|(_, s)| *s)
+            .chain(
+                self.held
+                    .iter()
+                    .filter(|(c, m, _, _)| *c == channel && m.seq > 0)
+                    .map(|(_, m, _, _)| m.seq),
+            )
+            .min();
+        let cursor = match lowest_open {
+            Some(open) if open < seq => open - 1,
+            _ => seq,
+        };
+        let written = self.cursors.get(&channel).copied().unwrap_or(0);
+        if cursor <= written {
+            return None;
+        }
+        self.cursors.insert(channel.clone(), cursor);
+        let request_id = next_request(self, Pending::Fire);
+        context.submit(
+            request_id,
+            Command::CursorSet {
+                consumer: session_consumer(&self.client_id),
+                channel: channel.to_string(),
+                seq: cursor,
+            },
+        );
+        Some(request_id)
+    }
+
+    /// Records a change of a persistent session's subscriptions.
+    fn record(&mut self, event: serde_json::Value, context: &mut SessionContext<'_>) {
+        if !self.persistent {
+            return;
+        }
+        let request_id = next_request(self, Pending::Fire);
+        context.submit_as_server(
+            request_id,
+            Command::Publish {
+                channel: session_channel(&self.client_id),
+                ephemeral: false,
+                kind: kind::MESSAGE,
+                client_message_id: Bytes::new(),
+                relation: 0,
+                headers: Bytes::new(),
+                body: Bytes::from(event.to_string()),
+            },
+        );
     }
 
     /// Sends held messages, oldest first, while the window has room.
@@ -422,27 +512,7 @@ impl Session for MqttSession {
         input: &mut BytesMut,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
-        loop {
-            // The decoder refuses an oversized packet as soon as its fixed
-            // header is in, before the body is buffered.
-            let decoded = match &self.state {
-                None => decode_connect(input, &self.limits),
-                Some(state) => decode(input, state.version, &self.limits),
-            };
-            let (packet, used) = match decoded {
-                Ok(Decoded::Complete { packet, used }) => (packet, used),
-                Ok(Decoded::NeedMore { .. }) => return Ok(()),
-                Err(error) => {
-                    let reason = error.reason_code();
-                    return self.refuse(reason, &error.to_string(), &error, context);
-                }
-            };
-            input.advance(used);
-            if let Some(state) = self.state.as_mut() {
-                state.last_packet = context.now();
-            }
-            self.handle(packet, context)?;
-        }
+        self.process(input, context)
     }
 
     fn on_reply(
@@ -500,7 +570,33 @@ impl Session for MqttSession {
                 };
                 packet.encode(version, context.out());
             }
-            Pending::Subscribe(packet_id, index, qos) => {
+            Pending::Subscribe(packet_id, index, qos, filter) => {
+                if error.is_none() {
+                    // A persistent session's stored subscriptions start at
+                    // the head: after a reconnect they resume from there.
+                    if let Reply::Subscribed { head_seq } = reply {
+                        if state.persistent && qos != QoS::AtMostOnce {
+                            let channel: Arc<str> = Arc::from(filter.as_str());
+                            if let std::collections::hash_map::Entry::Vacant(entry) =
+                                state.cursors.entry(channel)
+                            {
+                                entry.insert(*head_seq);
+                                let request_id = next_request(state, Pending::Fire);
+                                context.submit(
+                                    request_id,
+                                    Command::CursorSet {
+                                        consumer: session_consumer(&state.client_id),
+                                        channel: filter.clone(),
+                                        seq: *head_seq,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                        collecting.granted.push((filter, qos));
+                    }
+                }
                 let granted = match error {
                     None | Some(BrokerError::AlreadySubscribed(_)) => ReasonCode::granted(qos),
                     Some(BrokerError::Denied(_)) => ReasonCode::NotAuthorized,
@@ -525,6 +621,65 @@ impl Session for MqttSession {
                     })
                     .encode(version, context.out());
                 }
+            }
+            Pending::PubRelAfter(packet_id) => {
+                if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {}: a session cursor was not stored: {error}",
+                        self.peer
+                    );
+                }
+                Packet::PubRel(PublishResponse::success(packet_id)).encode(version, context.out());
+            }
+            Pending::SessionRead => {
+                let Reply::History {
+                    head_seq, messages, ..
+                } = reply
+                else {
+                    let reason = format!("the session could not be read: {reply:?}");
+                    let mut properties = Properties::default();
+                    if version == ProtocolVersion::V5 {
+                        properties.reason_string = Some(cut(&reason));
+                    }
+                    Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::ServerUnavailable,
+                        properties,
+                    })
+                    .encode(version, context.out());
+                    return Err(close(reason));
+                };
+                state.session_records.extend(messages.iter().cloned());
+                if let Some(last) = messages.last() {
+                    if last.seq < *head_seq {
+                        let request_id = next_request(state, Pending::SessionRead);
+                        context.submit(
+                            request_id,
+                            Command::History {
+                                channel: session_channel(&state.client_id),
+                                query: HistoryQuery::From(last.seq + 1),
+                                limit: SESSION_PAGE,
+                            },
+                        );
+                        return Ok(());
+                    }
+                }
+                return self.resume(context);
+            }
+            Pending::RestoreCursor { topic } => {
+                let seq = match reply {
+                    Reply::Cursor { seq } => *seq,
+                    _ => 0,
+                };
+                state.cursors.insert(Arc::from(topic.as_str()), seq);
+                let request_id = next_request(state, Pending::Fire);
+                context.submit(
+                    request_id,
+                    Command::Subscribe {
+                        channel: topic,
+                        start: starling_protocol::SubscribeStart::FromSeq(seq + 1),
+                    },
+                );
             }
             Pending::Retained(topic) => {
                 // The topic's first retained message: list it in the index
@@ -671,6 +826,43 @@ impl Session for MqttSession {
 }
 
 impl MqttSession {
+    /// Handles the complete packets at the front of `input`. While a
+    /// resumed session's state is read, packets wait.
+    fn process(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        loop {
+            if let Some(state) = self.state.as_mut() {
+                if state.restoring {
+                    state.waiting_input.extend_from_slice(input);
+                    input.clear();
+                    return Ok(());
+                }
+            }
+            // The decoder refuses an oversized packet as soon as its fixed
+            // header is in, before the body is buffered.
+            let decoded = match &self.state {
+                None => decode_connect(input, &self.limits),
+                Some(state) => decode(input, state.version, &self.limits),
+            };
+            let (packet, used) = match decoded {
+                Ok(Decoded::Complete { packet, used }) => (packet, used),
+                Ok(Decoded::NeedMore { .. }) => return Ok(()),
+                Err(error) => {
+                    let reason = error.reason_code();
+                    return self.refuse(reason, &error.to_string(), &error, context);
+                }
+            };
+            input.advance(used);
+            if let Some(state) = self.state.as_mut() {
+                state.last_packet = context.now();
+            }
+            self.handle(packet, context)?;
+        }
+    }
+
     /// Closes the connection for bad input: a v5 client is told why with a
     /// DISCONNECT reason code; a v3.1.1 client just loses the connection, as
     /// that version says.
@@ -748,6 +940,7 @@ impl MqttSession {
             Packet::PubAck(response) => {
                 if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos1Sent) {
                     state.outbound.remove(&response.packet_id);
+                    let _ = state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
                 }
                 Ok(())
@@ -763,6 +956,15 @@ impl MqttSession {
                 }
                 if known {
                     state.outbound.insert(packet_id, Outbound::Qos2Released);
+                    // In a persistent session the PUBREL waits for the
+                    // cursor to be durable: after a crash the message is
+                    // not sent again (exactly once).
+                    if let Some(request_id) = state.acknowledged(packet_id, context) {
+                        state
+                            .pending
+                            .insert(request_id, Pending::PubRelAfter(packet_id));
+                        return Ok(());
+                    }
                 }
                 let reason = if known || version == ProtocolVersion::V311 {
                     ReasonCode::Success
@@ -806,10 +1008,14 @@ impl MqttSession {
                     Collecting {
                         codes,
                         retained: wants_retained,
+                        granted: Vec::new(),
                     },
                 );
                 for (index, filter, qos) in commands {
-                    let request_id = next_request(state, Pending::Subscribe(packet_id, index, qos));
+                    let request_id = next_request(
+                        state,
+                        Pending::Subscribe(packet_id, index, qos, filter.clone()),
+                    );
                     // A filter with wildcards is a broker channel pattern
                     // as it stands (the same rules).
                     let command = if pattern::is_pattern(&filter) {
@@ -833,10 +1039,15 @@ impl MqttSession {
                     Collecting {
                         codes,
                         retained: Vec::new(),
+                        granted: Vec::new(),
                     },
                 );
                 for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
                     state.filters.retain(|(f, _)| *f != filter);
+                    state.record(
+                        serde_json::json!({"type": "unsubscribe", "filter": filter}),
+                        context,
+                    );
                     let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
                     let command = if pattern::is_pattern(&filter) {
                         Command::UnsubscribePattern { pattern: filter }
@@ -869,6 +1080,56 @@ impl MqttSession {
                 self.violation(ReasonCode::ProtocolError, &reason, context)
             }
         }
+    }
+
+    /// The session's records are read: answer the CONNACK, subscribe again
+    /// (topics with QoS 1 or 2 from their cursors, so what was published
+    /// while the client was away comes from the log), then handle the
+    /// packets that waited.
+    fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let state = self.state.as_mut().expect("connected");
+        let records = std::mem::take(&mut state.session_records);
+        let filters = fold_session(&records);
+        Packet::ConnAck(ConnAck {
+            session_present: !records.is_empty(),
+            reason_code: ReasonCode::Success,
+            properties: std::mem::take(&mut state.connack_properties),
+        })
+        .encode(state.version, context.out());
+        state.restoring = false;
+        for (filter, qos) in filters {
+            state.filters.push((filter.clone(), qos));
+            if pattern::is_pattern(&filter) {
+                let request_id = next_request(state, Pending::Fire);
+                context.submit(request_id, Command::SubscribePattern { pattern: filter });
+            } else if qos == QoS::AtMostOnce {
+                let request_id = next_request(state, Pending::Fire);
+                context.submit(
+                    request_id,
+                    Command::Subscribe {
+                        channel: filter,
+                        start: starling_protocol::SubscribeStart::Live,
+                    },
+                );
+            } else {
+                let consumer = session_consumer(&state.client_id);
+                let request_id = next_request(
+                    state,
+                    Pending::RestoreCursor {
+                        topic: filter.clone(),
+                    },
+                );
+                context.submit(
+                    request_id,
+                    Command::CursorGet {
+                        consumer,
+                        channel: filter,
+                    },
+                );
+            }
+        }
+        let mut waiting = std::mem::take(&mut state.waiting_input);
+        self.process(&mut waiting, context)
     }
 
     /// Sends the SUBACK at once when no filter needed the broker.
@@ -945,12 +1206,22 @@ impl MqttSession {
             properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
         }
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            reason_code: ReasonCode::Success,
-            properties,
-        })
-        .encode(version, context.out());
+        // The session outlives the connection when the client resumes one
+        // (clean start off) or, in v5, asks for a session expiry.
+        let persistent = !connect.clean_start
+            || connect
+                .properties
+                .session_expiry_interval_s
+                .is_some_and(|seconds| seconds > 0);
+        let restoring = !connect.clean_start;
+        if !restoring {
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: std::mem::take(&mut properties),
+            })
+            .encode(version, context.out());
+        }
         context.set_protocol(match version {
             ProtocolVersion::V311 => self.v311.clone(),
             ProtocolVersion::V5 => self.v5.clone(),
@@ -979,7 +1250,30 @@ impl MqttSession {
                 .min(OUTBOUND_INFLIGHT_MAX),
             next_packet_id: 0,
             held: VecDeque::new(),
+            persistent,
+            restoring,
+            waiting_input: BytesMut::new(),
+            connack_properties: properties,
+            session_records: Vec::new(),
+            positions: HashMap::new(),
+            cursors: HashMap::new(),
         });
+        let state = self.state.as_mut().expect("just set");
+        if restoring {
+            // The CONNACK says whether a session was found: read it first.
+            let request_id = next_request(state, Pending::SessionRead);
+            context.submit(
+                request_id,
+                Command::History {
+                    channel: session_channel(&state.client_id),
+                    query: HistoryQuery::From(1),
+                    limit: SESSION_PAGE,
+                },
+            );
+        } else if persistent {
+            // A clean start that keeps its session: forget the old one.
+            state.record(serde_json::json!({"type": "start"}), context);
+        }
         Ok(())
     }
 
@@ -1086,6 +1380,43 @@ fn collect(
     }
 }
 
+/// Where a persistent session's subscriptions are recorded.
+fn session_channel(client_id: &str) -> String {
+    format!("$mqtt/session/{client_id}")
+}
+
+/// The cursor consumer of a persistent session (cursor consumer names may
+/// not hold `/`).
+fn session_consumer(client_id: &str) -> String {
+    format!("mqtt.{}", client_id.replace('%', "%25").replace('/', "%2F"))
+}
+
+/// A session's subscriptions: its records folded in order (`start` clears).
+fn fold_session(records: &[Message]) -> Vec<(String, QoS)> {
+    let mut filters: Vec<(String, QoS)> = Vec::new();
+    for record in records {
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
+            continue;
+        };
+        let filter = event["filter"].as_str().unwrap_or_default().to_string();
+        match event["type"].as_str() {
+            Some("start") => filters.clear(),
+            Some("subscribe") => {
+                let qos = match event["qos"].as_u64() {
+                    Some(2) => QoS::ExactlyOnce,
+                    Some(1) => QoS::AtLeastOnce,
+                    _ => QoS::AtMostOnce,
+                };
+                filters.retain(|(f, _)| *f != filter);
+                filters.push((filter, qos));
+            }
+            Some("unsubscribe") => filters.retain(|(f, _)| *f != filter),
+            _ => {}
+        }
+    }
+    filters
+}
+
 /// Where a topic's retained message is kept: its last record (an empty body
 /// means none).
 fn retained_channel(topic: &str) -> String {
@@ -1105,6 +1436,10 @@ fn send_suback(
     context: &mut SessionContext<'_>,
 ) {
     let codes: Vec<ReasonCode> = done.codes.into_iter().flatten().collect();
+    for (filter, qos) in &done.granted {
+        let event = serde_json::json!({"type": "subscribe", "filter": filter, "qos": *qos as u8});
+        state.record(event, context);
+    }
     Packet::SubAck(SubAck {
         packet_id,
         reason_codes: codes,
@@ -1135,6 +1470,8 @@ fn read_retained(state: &mut Connected, topic: String, qos: QoS, context: &mut S
 
 /// Records read per page of the retained-topic index.
 const RETAINED_INDEX_PAGE: u32 = 500;
+/// Records read per page of a session's records.
+const SESSION_PAGE: u32 = 500;
 
 fn read_retained_index(
     state: &mut Connected,
