@@ -1,0 +1,192 @@
+//! CONNECT: sign-in, keep-alive, and resuming a persistent session from
+//! its records in the log.
+
+use super::*;
+
+impl MqttSession {
+    pub(super) fn connect(
+        &mut self,
+        connect: Connect,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let version = connect.protocol;
+        let refuse = |code: ReasonCode, reason: &str, out: &mut BytesMut| {
+            let mut properties = Properties::default();
+            if version == ProtocolVersion::V5 {
+                properties.reason_string = Some(cut(reason));
+            }
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties,
+            })
+            .encode(version, out);
+            Err(close(format!("CONNECT refused: {reason}")))
+        };
+        let mut client_id = connect.client_id.clone();
+        let mut assigned = None;
+        if client_id.is_empty() {
+            if version == ProtocolVersion::V311 && !connect.clean_start {
+                return refuse(
+                    ReasonCode::ClientIdentifierNotValid,
+                    "an empty client id needs clean session",
+                    context.out(),
+                );
+            }
+            client_id = format!("starling-{:016x}", random_id());
+            assigned = Some(client_id.clone());
+        }
+        if client_id.len() > CLIENT_ID_BYTES_MAX {
+            return refuse(
+                ReasonCode::ClientIdentifierNotValid,
+                "the client id is longer than 256 bytes",
+                context.out(),
+            );
+        }
+        // The password is the token when there is one; otherwise the user
+        // name stands for it (on a loopback server it is the user's name).
+        let token = match (&connect.password, &connect.username) {
+            (Some(password), _) => String::from_utf8_lossy(password).into_owned(),
+            (None, Some(username)) => username.clone(),
+            (None, None) => String::new(),
+        };
+        if let Err(denied) = context.authenticate(&client_id, &token) {
+            let code = if connect.username.is_some() {
+                ReasonCode::BadUserNameOrPassword
+            } else {
+                ReasonCode::NotAuthorized
+            };
+            return refuse(code, &denied.0, context.out());
+        }
+        let keep_alive = match connect.keep_alive_s {
+            0 => None,
+            seconds => Some(Duration::from_secs(u64::from(seconds))),
+        };
+        let mut properties = Properties::default();
+        if version == ProtocolVersion::V5 {
+            properties.assigned_client_identifier = assigned;
+            properties.shared_subscription_available = Some(false);
+            properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
+            properties.receive_maximum = Some(RECEIVE_MAXIMUM);
+        }
+        // The session outlives the connection when the client resumes one
+        // (clean start off) or, in v5, asks for a session expiry.
+        let persistent = !connect.clean_start
+            || connect
+                .properties
+                .session_expiry_interval_s
+                .is_some_and(|seconds| seconds > 0);
+        let restoring = !connect.clean_start;
+        if !restoring {
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::Success,
+                properties: std::mem::take(&mut properties),
+            })
+            .encode(version, context.out());
+        }
+        context.set_protocol(match version {
+            ProtocolVersion::V311 => self.v311.clone(),
+            ProtocolVersion::V5 => self.v5.clone(),
+        });
+        let now = context.now();
+        if let Some(keep_alive) = keep_alive {
+            context.set_timer(now + keep_alive + keep_alive / 2);
+        }
+        self.state = Some(Connected {
+            version,
+            client_id,
+            keep_alive,
+            last_packet: now,
+            will: connect.will,
+            next_request_id: 1,
+            pending: HashMap::new(),
+            subscribes: HashMap::new(),
+            unsubscribes: HashMap::new(),
+            qos2_received: HashSet::new(),
+            filters: Vec::new(),
+            outbound: HashMap::new(),
+            window: connect
+                .properties
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(OUTBOUND_INFLIGHT_MAX),
+            next_packet_id: 0,
+            held: VecDeque::new(),
+            persistent,
+            restoring,
+            waiting_input: BytesMut::new(),
+            connack_properties: properties,
+            session_records: Vec::new(),
+            positions: HashMap::new(),
+            cursors: HashMap::new(),
+        });
+        let state = self.state.as_mut().expect("just set");
+        if restoring {
+            // The CONNACK says whether a session was found: read it first.
+            let request_id = next_request(state, Pending::SessionRead);
+            context.submit(
+                request_id,
+                Command::History {
+                    channel: session_channel(&state.client_id),
+                    query: HistoryQuery::From(1),
+                    limit: SESSION_PAGE,
+                },
+            );
+        } else if persistent {
+            // A clean start that keeps its session: forget the old one.
+            state.record(serde_json::json!({"type": "start"}), context);
+        }
+        Ok(())
+    }
+
+    /// The session's records are read: answer the CONNACK, subscribe again
+    /// (topics with QoS 1 or 2 from their cursors, so what was published
+    /// while the client was away comes from the log), then handle the
+    /// packets that waited.
+    pub(super) fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let state = self.state.as_mut().expect("connected");
+        let records = std::mem::take(&mut state.session_records);
+        let filters = fold_session(&records);
+        Packet::ConnAck(ConnAck {
+            session_present: !records.is_empty(),
+            reason_code: ReasonCode::Success,
+            properties: std::mem::take(&mut state.connack_properties),
+        })
+        .encode(state.version, context.out());
+        state.restoring = false;
+        for (filter, qos) in filters {
+            state.filters.push((filter.clone(), qos));
+            if pattern::is_pattern(&filter) {
+                let request_id = next_request(state, Pending::Fire);
+                context.submit(request_id, Command::SubscribePattern { pattern: filter });
+            } else if qos == QoS::AtMostOnce {
+                let request_id = next_request(state, Pending::Fire);
+                context.submit(
+                    request_id,
+                    Command::Subscribe {
+                        channel: filter,
+                        start: starling_protocol::SubscribeStart::Live,
+                    },
+                );
+            } else {
+                let consumer = session_consumer(&state.client_id);
+                let request_id = next_request(
+                    state,
+                    Pending::RestoreCursor {
+                        topic: filter.clone(),
+                    },
+                );
+                context.submit(
+                    request_id,
+                    Command::CursorGet {
+                        consumer,
+                        channel: filter,
+                    },
+                );
+            }
+        }
+        let mut waiting = std::mem::take(&mut state.waiting_input);
+        self.process(&mut waiting, context)
+    }
+}

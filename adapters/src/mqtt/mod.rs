@@ -1,0 +1,643 @@
+//! The MQTT 3.1.1 and 5.0 front end: MQTT packets in, broker commands out.
+//! A topic is a channel of the same name, so what an MQTT client publishes
+//! to `general` is a chat message of `general`, and the other way round.
+//!
+//! What this first version does: CONNECT (both versions; user name and
+//! password go to the authorizer; server-assigned client ids; keep-alive),
+//! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
+//! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
+//! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
+//! client's Receive Maximum, retained messages and persistent sessions kept in
+//! the log, PINGREQ, DISCONNECT, and the will message. Not yet: shared
+//! subscriptions (refused with their v5 reason code), session takeover and
+//! expiry, topic aliases, will delay. Bad input closes only its own
+//! connection, with a v5 DISCONNECT that carries the reason code.
+//! `docs/PROTOCOL.md` has the details.
+//!
+//! Files: this one holds the session and the packets it handles itself;
+//! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
+//! client), `replies` (the broker's answers), `outbound` (QoS 1 and 2
+//! deliveries, windows, cursors), `deliveries` (the shared PUBLISH encoding
+//! and message properties), `store` (what is kept in `$` channels).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use starling_broker::{
+    pattern, BrokerError, Close, Command, Protocol, Reply, Session, SessionContext,
+};
+use starling_protocol::headers::{decode_headers, encode_headers, name};
+use starling_protocol::mqtt::PayloadFormat;
+use starling_protocol::mqtt::{
+    decode, decode_connect, ConnAck, Connect, Decoded, Disconnect, MqttError, MqttLimits, Packet,
+    Properties, ProtocolVersion, Publish, PublishResponse, QoS, ReasonCode, RetainHandling, SubAck,
+    UnsubAck, Will,
+};
+use starling_protocol::{kind, ErrorCode, HistoryQuery, Message};
+
+mod connect;
+mod deliveries;
+mod inbound;
+mod outbound;
+mod replies;
+mod store;
+
+use deliveries::{
+    headers_of, is_application_message, properties_of, wall_clock_ms, MqttDeliveries,
+};
+use outbound::Outbound;
+use store::{
+    collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
+    send_suback, session_channel, session_consumer, RETAINED_INDEX, SESSION_PAGE,
+};
+
+/// Longest client id the server assigns or accepts.
+const CLIENT_ID_BYTES_MAX: usize = 256;
+/// QoS 2 messages a client may have between PUBREC and PUBREL (the v5
+/// Receive Maximum the server announces).
+pub const RECEIVE_MAXIMUM: u16 = 1024;
+/// QoS 1 and 2 messages the server sends before it waits for
+/// acknowledgements, at most (a v5 client may ask for fewer with its own
+/// Receive Maximum).
+pub const OUTBOUND_INFLIGHT_MAX: u16 = 1024;
+/// Messages held while the in-flight window is full. A client that falls
+/// this far behind is disconnected (v5: 0x97 quota exceeded) rather than
+/// held in memory without bound.
+pub const HELD_MESSAGES_MAX: usize = 16 * 1024;
+
+/// The MQTT listener's protocol.
+pub struct MqttProtocol {
+    limits: MqttLimits,
+    v311: Arc<dyn Protocol>,
+    v5: Arc<dyn Protocol>,
+}
+
+impl MqttProtocol {
+    pub fn new(limits: MqttLimits) -> MqttProtocol {
+        MqttProtocol {
+            limits,
+            v311: Arc::new(MqttDeliveries {
+                version: ProtocolVersion::V311,
+            }),
+            v5: Arc::new(MqttDeliveries {
+                version: ProtocolVersion::V5,
+            }),
+        }
+    }
+}
+
+impl Protocol for MqttProtocol {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn new_session(&self, peer: SocketAddr) -> Box<dyn Session> {
+        Box::new(MqttSession {
+            limits: self.limits,
+            peer,
+            v311: self.v311.clone(),
+            v5: self.v5.clone(),
+            state: None,
+        })
+    }
+
+    fn encode_delivery(&self, _channel: &str, _messages: &[Message]) -> Bytes {
+        // Before CONNECT nothing is subscribed; afterwards the session's
+        // version decides the encoding (see `MqttDeliveries`).
+        Bytes::new()
+    }
+}
+
+/// What a pending broker request answers.
+enum Pending {
+    /// A QoS 0 publish: nobody waits.
+    Fire,
+    PubAck(u16),
+    PubRec(u16),
+    /// One filter of a SUBSCRIBE (packet id, index of the filter, QoS
+    /// granted when the broker accepts it).
+    Subscribe(u16, usize, QoS, String),
+    Unsubscribe(u16, usize),
+    /// The retained copy of a topic was stored (index it when it is the
+    /// topic's first).
+    Retained(String),
+    /// A page of the retained-topic index, read for a wildcard filter.
+    RetainedIndex {
+        filter: String,
+        qos: QoS,
+    },
+    /// The retained message of a topic, read for a new subscription.
+    RetainedRead {
+        topic: String,
+        qos: QoS,
+    },
+    /// A page of the session's records, read before the CONNACK.
+    SessionRead,
+    /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
+    PubRelAfter(u16),
+    /// The cursor of a restored subscription.
+    RestoreCursor {
+        topic: String,
+    },
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
+struct Collecting {
+    codes: Vec<Option<ReasonCode>>,
+    /// Filters whose retained messages to send once the SUBACK is out:
+    /// (filter, granted QoS).
+    retained: Vec<(String, QoS)>,
+    /// Filters the broker accepted (recorded in a persistent session).
+    granted: Vec<(String, QoS)>,
+}
+
+struct Connected {
+    version: ProtocolVersion,
+    client_id: String,
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    will: Option<Will>,
+    next_request_id: u32,
+    pending: HashMap<u32, Pending>,
+    subscribes: HashMap<u16, Collecting>,
+    unsubscribes: HashMap<u16, Collecting>,
+    /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
+    /// stored): a retransmitted PUBLISH with one of them is not stored again.
+    qos2_received: HashSet<u16>,
+    /// Subscribed filters (topic names or patterns) and their granted QoS.
+    filters: Vec<(String, QoS)>,
+    /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
+    outbound: HashMap<u16, Outbound>,
+    /// The most outbound messages in flight (the client's Receive Maximum,
+    /// capped).
+    window: u16,
+    next_packet_id: u16,
+    /// Messages waiting for room in the window: (topic, message, QoS).
+    /// Messages waiting for room in the window: (topic, message, QoS,
+    /// retain flag).
+    held: VecDeque<(Arc<str>, Message, QoS, bool)>,
+    /// The session outlives the connection: subscriptions are recorded in
+    /// `$mqtt/session/<client id>` and delivery positions in cursors.
+    persistent: bool,
+    /// The CONNACK waits for the session's state to be read; packets that
+    /// arrive meanwhile wait here.
+    restoring: bool,
+    waiting_input: BytesMut,
+    connack_properties: Properties,
+    /// Session records read so far while restoring.
+    session_records: Vec<Message>,
+    /// Outbound stored messages in flight, by packet id: (topic, seq), for
+    /// the cursors of a persistent session.
+    positions: HashMap<u16, (Arc<str>, u64)>,
+    /// The last cursor written per topic.
+    cursors: HashMap<Arc<str>, u64>,
+}
+
+pub struct MqttSession {
+    limits: MqttLimits,
+    peer: SocketAddr,
+    v311: Arc<dyn Protocol>,
+    v5: Arc<dyn Protocol>,
+    state: Option<Connected>,
+}
+
+fn close(reason: impl Into<String>) -> Close {
+    Close {
+        reason: reason.into(),
+    }
+}
+
+impl Session for MqttSession {
+    fn on_input(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        self.process(input, context)
+    }
+
+    fn on_reply(
+        &mut self,
+        request_id: u32,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        self.reply(request_id, reply, context)
+    }
+
+    fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let Some(state) = self.state.as_ref() else {
+            return Ok(());
+        };
+        let Some(keep_alive) = state.keep_alive else {
+            return Ok(());
+        };
+        // The spec's grace: one and a half keep-alive periods.
+        let deadline = state.last_packet + keep_alive + keep_alive / 2;
+        if context.now() >= deadline {
+            let version = state.version;
+            disconnect(version, ReasonCode::KeepAliveTimeout, context.out());
+            return Err(close("keep-alive timeout"));
+        }
+        context.set_timer(deadline);
+        Ok(())
+    }
+
+    fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {
+        if let Some(state) = self.state.as_ref() {
+            let reason_code = match code {
+                ErrorCode::SlowConsumer => ReasonCode::QuotaExceeded,
+                ErrorCode::Unavailable => ReasonCode::ServerShuttingDown,
+                _ => ReasonCode::UnspecifiedError,
+            };
+            disconnect_with(state.version, reason_code, reason, out);
+        }
+    }
+
+    fn on_delivery(
+        &mut self,
+        channel: &str,
+        messages: &[Message],
+        context: &mut SessionContext<'_>,
+    ) -> Result<Option<Bytes>, Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(None);
+        };
+        let qos = state.delivery_qos(channel);
+        if qos == QoS::AtMostOnce {
+            // The shared QoS 0 encoding serves.
+            return Ok(None);
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        let mut out = BytesMut::new();
+        for message in messages.iter().filter(|m| is_application_message(m)) {
+            if !state.send_or_hold(&channel, message, qos, false, &mut out) {
+                let version = state.version;
+                disconnect_with(
+                    version,
+                    ReasonCode::QuotaExceeded,
+                    "too many unacknowledged messages; acknowledge what you receive",
+                    context.out(),
+                );
+                return Err(close("MQTT: the client does not acknowledge its messages"));
+            }
+        }
+        Ok(Some(out.freeze()))
+    }
+
+    fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        // The will is published when the connection ends without a
+        // DISCONNECT (which clears it).
+        if let Some(will) = self.state.as_mut().and_then(|state| state.will.take()) {
+            context.submit(
+                0,
+                Command::Publish {
+                    channel: will.topic,
+                    ephemeral: false,
+                    kind: kind::MESSAGE,
+                    client_message_id: Bytes::new(),
+                    relation: 0,
+                    headers: headers_of(&will.properties, wall_clock_ms()),
+                    body: will.payload,
+                },
+            );
+        }
+    }
+}
+
+impl MqttSession {
+    /// Handles the complete packets at the front of `input`. While a
+    /// resumed session's state is read, packets wait.
+    fn process(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        loop {
+            if let Some(state) = self.state.as_mut() {
+                if state.restoring {
+                    state.waiting_input.extend_from_slice(input);
+                    input.clear();
+                    return Ok(());
+                }
+            }
+            // The decoder refuses an oversized packet as soon as its fixed
+            // header is in, before the body is buffered.
+            let decoded = match &self.state {
+                None => decode_connect(input, &self.limits),
+                Some(state) => decode(input, state.version, &self.limits),
+            };
+            let (packet, used) = match decoded {
+                Ok(Decoded::Complete { packet, used }) => (packet, used),
+                Ok(Decoded::NeedMore { .. }) => return Ok(()),
+                Err(error) => {
+                    let reason = error.reason_code();
+                    return self.refuse(reason, &error.to_string(), &error, context);
+                }
+            };
+            input.advance(used);
+            if let Some(state) = self.state.as_mut() {
+                state.last_packet = context.now();
+            }
+            self.handle(packet, context)?;
+        }
+    }
+
+    /// Closes the connection for bad input: a v5 client is told why with a
+    /// DISCONNECT reason code; a v3.1.1 client just loses the connection, as
+    /// that version says.
+    fn refuse(
+        &mut self,
+        reason_code: ReasonCode,
+        reason: &str,
+        error: &MqttError,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        match (&self.state, error) {
+            (None, MqttError::UnsupportedProtocolVersion { .. }) => {
+                // The CONNACK for an unknown version is in the v3.1.1 shape.
+                Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: ReasonCode::UnsupportedProtocolVersion,
+                    properties: Properties::default(),
+                })
+                .encode(ProtocolVersion::V311, context.out());
+            }
+            (Some(state), _) => {
+                disconnect_with(state.version, reason_code, reason, context.out());
+            }
+            _ => {}
+        }
+        Err(close(format!("MQTT: {reason}")))
+    }
+
+    /// Closes the connection for a protocol violation the decoder cannot
+    /// see (it depends on the session's state).
+    fn violation(
+        &mut self,
+        reason_code: ReasonCode,
+        reason: &str,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        if let Some(state) = &self.state {
+            disconnect_with(state.version, reason_code, reason, context.out());
+        }
+        Err(close(format!("MQTT: {reason}")))
+    }
+
+    fn handle(&mut self, packet: Packet, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            let Packet::Connect(connect) = packet else {
+                return Err(close("the first packet was not CONNECT"));
+            };
+            return self.connect(*connect, context);
+        };
+        let version = state.version;
+        match packet {
+            Packet::Connect(_) => self.violation(
+                ReasonCode::ProtocolError,
+                "a second CONNECT on one connection is a protocol error",
+                context,
+            ),
+            Packet::Publish(publish) => self.publish(publish, context),
+            Packet::PubRel(response) => {
+                let known = state.qos2_received.remove(&response.packet_id);
+                let reason = if known || version == ProtocolVersion::V311 {
+                    ReasonCode::Success
+                } else {
+                    // After a reconnect the id may be gone; completing is
+                    // still right, and v5 says why.
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                Packet::PubComp(PublishResponse {
+                    packet_id: response.packet_id,
+                    reason_code: reason,
+                    properties: Properties::default(),
+                })
+                .encode(version, context.out());
+                Ok(())
+            }
+            Packet::PubAck(response) => {
+                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos1Sent) {
+                    state.outbound.remove(&response.packet_id);
+                    let _ = state.acknowledged(response.packet_id, context);
+                    state.release_held(context.out());
+                }
+                Ok(())
+            }
+            Packet::PubRec(response) => {
+                let packet_id = response.packet_id;
+                let known = state.outbound.get(&packet_id) == Some(&Outbound::Qos2Sent);
+                if known && response.reason_code.is_error() {
+                    // The client refused the message: the exchange ends here.
+                    state.outbound.remove(&packet_id);
+                    state.release_held(context.out());
+                    return Ok(());
+                }
+                if known {
+                    state.outbound.insert(packet_id, Outbound::Qos2Released);
+                    // In a persistent session the PUBREL waits for the
+                    // cursor to be durable: after a crash the message is
+                    // not sent again (exactly once).
+                    if let Some(request_id) = state.acknowledged(packet_id, context) {
+                        state
+                            .pending
+                            .insert(request_id, Pending::PubRelAfter(packet_id));
+                        return Ok(());
+                    }
+                }
+                let reason = if known || version == ProtocolVersion::V311 {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                Packet::PubRel(PublishResponse {
+                    packet_id,
+                    reason_code: reason,
+                    properties: Properties::default(),
+                })
+                .encode(version, context.out());
+                Ok(())
+            }
+            Packet::PubComp(response) => {
+                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos2Released) {
+                    state.outbound.remove(&response.packet_id);
+                    state.release_held(context.out());
+                }
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                let packet_id = subscribe.packet_id;
+                let mut codes = vec![None; subscribe.filters.len()];
+                let mut commands = Vec::new();
+                let mut wants_retained = Vec::new();
+                for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
+                    if filter.starts_with("$share/") {
+                        codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
+                    } else {
+                        state.filters.retain(|(f, _)| *f != filter);
+                        state.filters.push((filter.clone(), options.qos));
+                        if options.retain_handling != RetainHandling::DoNotSend {
+                            wants_retained.push((filter.clone(), options.qos));
+                        }
+                        commands.push((index, filter, options.qos));
+                    }
+                }
+                state.subscribes.insert(
+                    packet_id,
+                    Collecting {
+                        codes,
+                        retained: wants_retained,
+                        granted: Vec::new(),
+                    },
+                );
+                for (index, filter, qos) in commands {
+                    let request_id = next_request(
+                        state,
+                        Pending::Subscribe(packet_id, index, qos, filter.clone()),
+                    );
+                    // A filter with wildcards is a broker channel pattern
+                    // as it stands (the same rules).
+                    let command = if pattern::is_pattern(&filter) {
+                        Command::SubscribePattern { pattern: filter }
+                    } else {
+                        Command::Subscribe {
+                            channel: filter,
+                            start: starling_protocol::SubscribeStart::Live,
+                        }
+                    };
+                    context.submit(request_id, command);
+                }
+                self.finish_subscribe(packet_id, context);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                let packet_id = unsubscribe.packet_id;
+                let codes = vec![None; unsubscribe.filters.len()];
+                state.unsubscribes.insert(
+                    packet_id,
+                    Collecting {
+                        codes,
+                        retained: Vec::new(),
+                        granted: Vec::new(),
+                    },
+                );
+                for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
+                    state.filters.retain(|(f, _)| *f != filter);
+                    state.record(
+                        serde_json::json!({"type": "unsubscribe", "filter": filter}),
+                        context,
+                    );
+                    let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
+                    let command = if pattern::is_pattern(&filter) {
+                        Command::UnsubscribePattern { pattern: filter }
+                    } else {
+                        Command::Unsubscribe { channel: filter }
+                    };
+                    context.submit(request_id, command);
+                }
+                Ok(())
+            }
+            Packet::PingReq => {
+                Packet::PingResp.encode(version, context.out());
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                // A normal DISCONNECT discards the will; v5's "disconnect
+                // with will message" keeps it.
+                if disconnect.reason_code != ReasonCode::DisconnectWithWillMessage {
+                    state.will = None;
+                }
+                Err(close("the client disconnected"))
+            }
+            Packet::Auth(_) => self.violation(
+                ReasonCode::BadAuthenticationMethod,
+                "extended authentication (AUTH) is not supported",
+                context,
+            ),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                let reason = format!("{:?} is sent by servers, not clients", packet.packet_type());
+                self.violation(ReasonCode::ProtocolError, &reason, context)
+            }
+        }
+    }
+
+    /// Sends the SUBACK at once when no filter needed the broker.
+    fn finish_subscribe(&mut self, packet_id: u16, context: &mut SessionContext<'_>) {
+        let state = self.state.as_mut().expect("connected");
+        let complete = state
+            .subscribes
+            .get(&packet_id)
+            .is_some_and(|c| c.codes.iter().all(Option::is_some));
+        if complete {
+            let done = state.subscribes.remove(&packet_id).expect("present");
+            send_suback(state, packet_id, done, context);
+        }
+    }
+}
+
+/// The v5 reason code for a refused publish.
+fn publish_reason(error: &BrokerError) -> ReasonCode {
+    match error {
+        BrokerError::Denied(_) => ReasonCode::NotAuthorized,
+        BrokerError::InvalidArgument(_) => ReasonCode::TopicNameInvalid,
+        BrokerError::TooLarge { .. } => ReasonCode::PacketTooLarge,
+        BrokerError::ShuttingDown => ReasonCode::ServerShuttingDown,
+        _ => ReasonCode::ImplementationSpecificError,
+    }
+}
+
+fn reason_string(version: ProtocolVersion, error: Option<&BrokerError>) -> Properties {
+    let mut properties = Properties::default();
+    if let (ProtocolVersion::V5, Some(error)) = (version, error) {
+        properties.reason_string = Some(cut(&error.to_string()));
+    }
+    properties
+}
+
+fn disconnect(version: ProtocolVersion, reason_code: ReasonCode, out: &mut BytesMut) {
+    disconnect_with(version, reason_code, "", out);
+}
+
+fn disconnect_with(
+    version: ProtocolVersion,
+    reason_code: ReasonCode,
+    reason: &str,
+    out: &mut BytesMut,
+) {
+    if version == ProtocolVersion::V5 {
+        let mut properties = Properties::default();
+        if !reason.is_empty() {
+            properties.reason_string = Some(cut(reason));
+        }
+        Packet::Disconnect(Disconnect {
+            reason_code,
+            properties,
+        })
+        .encode(version, out);
+    }
+}
+
+/// Reason strings are for people; keep them short.
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(256);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// A client id the server assigns: unique enough within a process run.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

@@ -1,0 +1,238 @@
+//! The broker's replies to a session's requests: acknowledgements to the
+//! client, SUBACK and UNSUBACK, retained messages, and the steps of
+//! resuming a persistent session.
+
+use super::*;
+
+impl MqttSession {
+    /// Handles the broker's reply to one of this session's requests.
+    pub(super) fn reply(
+        &mut self,
+        request_id: u32,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        let Some(pending) = state.pending.remove(&request_id) else {
+            return Ok(());
+        };
+        let version = state.version;
+        let error = match reply {
+            Reply::Error(error) => Some(error),
+            _ => None,
+        };
+        match pending {
+            Pending::Fire => {
+                if let Some(error) = error {
+                    log::debug!(
+                        "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
+                        self.peer,
+                        state.client_id
+                    );
+                }
+            }
+            Pending::PubAck(packet_id) | Pending::PubRec(packet_id) => {
+                let qos2 = matches!(pending, Pending::PubRec(_));
+                let reason = match error {
+                    None => ReasonCode::Success,
+                    Some(error) => {
+                        if qos2 {
+                            state.qos2_received.remove(&packet_id);
+                        }
+                        if version == ProtocolVersion::V311 {
+                            // v3.1.1 has no way to refuse a publish but to
+                            // close the connection.
+                            return Err(close(format!("publish refused: {error}")));
+                        }
+                        publish_reason(error)
+                    }
+                };
+                let response = PublishResponse {
+                    packet_id,
+                    reason_code: reason,
+                    properties: reason_string(version, error),
+                };
+                let packet = if qos2 {
+                    Packet::PubRec(response)
+                } else {
+                    Packet::PubAck(response)
+                };
+                packet.encode(version, context.out());
+            }
+            Pending::Subscribe(packet_id, index, qos, filter) => {
+                if error.is_none() {
+                    // A persistent session's stored subscriptions start at
+                    // the head: after a reconnect they resume from there.
+                    if let Reply::Subscribed { head_seq } = reply {
+                        if state.persistent && qos != QoS::AtMostOnce {
+                            let channel: Arc<str> = Arc::from(filter.as_str());
+                            if let std::collections::hash_map::Entry::Vacant(entry) =
+                                state.cursors.entry(channel)
+                            {
+                                entry.insert(*head_seq);
+                                let request_id = next_request(state, Pending::Fire);
+                                context.submit(
+                                    request_id,
+                                    Command::CursorSet {
+                                        consumer: session_consumer(&state.client_id),
+                                        channel: filter.clone(),
+                                        seq: *head_seq,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                        collecting.granted.push((filter, qos));
+                    }
+                }
+                let granted = match error {
+                    None | Some(BrokerError::AlreadySubscribed(_)) => ReasonCode::granted(qos),
+                    Some(BrokerError::Denied(_)) => ReasonCode::NotAuthorized,
+                    Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
+                    Some(_) => ReasonCode::UnspecifiedError,
+                };
+                if let Some(done) = collect(&mut state.subscribes, packet_id, index, granted) {
+                    send_suback(state, packet_id, done, context);
+                }
+            }
+            Pending::Unsubscribe(packet_id, index) => {
+                let code = match error {
+                    None => ReasonCode::Success,
+                    Some(BrokerError::NotSubscribed(_)) => ReasonCode::NoSubscriptionExisted,
+                    Some(_) => ReasonCode::UnspecifiedError,
+                };
+                if let Some(done) = collect(&mut state.unsubscribes, packet_id, index, code) {
+                    Packet::UnsubAck(UnsubAck {
+                        packet_id,
+                        reason_codes: done.codes.into_iter().flatten().collect(),
+                        properties: Properties::default(),
+                    })
+                    .encode(version, context.out());
+                }
+            }
+            Pending::PubRelAfter(packet_id) => {
+                if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {}: a session cursor was not stored: {error}",
+                        self.peer
+                    );
+                }
+                Packet::PubRel(PublishResponse::success(packet_id)).encode(version, context.out());
+            }
+            Pending::SessionRead => {
+                let Reply::History {
+                    head_seq, messages, ..
+                } = reply
+                else {
+                    let reason = format!("the session could not be read: {reply:?}");
+                    let mut properties = Properties::default();
+                    if version == ProtocolVersion::V5 {
+                        properties.reason_string = Some(cut(&reason));
+                    }
+                    Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::ServerUnavailable,
+                        properties,
+                    })
+                    .encode(version, context.out());
+                    return Err(close(reason));
+                };
+                state.session_records.extend(messages.iter().cloned());
+                if let Some(last) = messages.last() {
+                    if last.seq < *head_seq {
+                        let request_id = next_request(state, Pending::SessionRead);
+                        context.submit(
+                            request_id,
+                            Command::History {
+                                channel: session_channel(&state.client_id),
+                                query: HistoryQuery::From(last.seq + 1),
+                                limit: SESSION_PAGE,
+                            },
+                        );
+                        return Ok(());
+                    }
+                }
+                return self.resume(context);
+            }
+            Pending::RestoreCursor { topic } => {
+                let seq = match reply {
+                    Reply::Cursor { seq } => *seq,
+                    _ => 0,
+                };
+                state.cursors.insert(Arc::from(topic.as_str()), seq);
+                let request_id = next_request(state, Pending::Fire);
+                context.submit(
+                    request_id,
+                    Command::Subscribe {
+                        channel: topic,
+                        start: starling_protocol::SubscribeStart::FromSeq(seq + 1),
+                    },
+                );
+            }
+            Pending::Retained(topic) => {
+                // The topic's first retained message: list it in the index
+                // that wildcard subscriptions read (the client message id
+                // keeps a retried append from listing it twice).
+                if let Reply::Published { seq: 1, .. } = reply {
+                    let request_id = next_request(state, Pending::Fire);
+                    context.submit_as_server(
+                        request_id,
+                        Command::Publish {
+                            channel: RETAINED_INDEX.to_string(),
+                            ephemeral: false,
+                            kind: kind::MESSAGE,
+                            client_message_id: Bytes::from(topic.clone()),
+                            relation: 0,
+                            headers: Bytes::new(),
+                            body: Bytes::from(topic),
+                        },
+                    );
+                } else if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {}: retained message of {topic:?} not kept: {error}",
+                        self.peer
+                    );
+                }
+            }
+            Pending::RetainedIndex { filter, qos } => {
+                if let Reply::History {
+                    head_seq, messages, ..
+                } = reply
+                {
+                    let mut topics: Vec<String> = messages
+                        .iter()
+                        .filter_map(|m| std::str::from_utf8(&m.body).ok())
+                        .filter(|topic| pattern::matches(&filter, topic))
+                        .map(str::to_string)
+                        .collect();
+                    topics.sort();
+                    topics.dedup();
+                    for topic in topics {
+                        read_retained(state, topic, qos, context);
+                    }
+                    if let Some(last) = messages.last() {
+                        if last.seq < *head_seq {
+                            read_retained_index(state, filter, qos, last.seq + 1, context);
+                        }
+                    }
+                }
+            }
+            Pending::RetainedRead { topic, qos } => {
+                if let Reply::History { messages, .. } = reply {
+                    if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
+                        let topic: Arc<str> = Arc::from(topic);
+                        if !state.send_or_hold(&topic, message, qos, true, context.out()) {
+                            return Err(close(
+                                "MQTT: the client does not acknowledge its messages",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! What a session keeps in the log: the subscriptions of a persistent
+//! session, retained messages and their index, and the requests that read
+//! them back.
+
+use super::*;
+
+/// Records the reason code of filter `index` of SUBSCRIBE or UNSUBSCRIBE
+/// `packet_id`; returns every filter's code once all are in.
+pub(super) fn collect(
+    collecting: &mut HashMap<u16, Collecting>,
+    packet_id: u16,
+    index: usize,
+    code: ReasonCode,
+) -> Option<Collecting> {
+    let entry = collecting.get_mut(&packet_id)?;
+    entry.codes[index] = Some(code);
+    if entry.codes.iter().all(Option::is_some) {
+        collecting.remove(&packet_id)
+    } else {
+        None
+    }
+}
+
+/// Where a persistent session's subscriptions are recorded.
+pub(super) fn session_channel(client_id: &str) -> String {
+    format!("$mqtt/session/{client_id}")
+}
+
+/// The cursor consumer of a persistent session (cursor consumer names may
+/// not hold `/`).
+pub(super) fn session_consumer(client_id: &str) -> String {
+    format!("mqtt.{}", client_id.replace('%', "%25").replace('/', "%2F"))
+}
+
+/// A session's subscriptions: its records folded in order (`start` clears).
+pub(super) fn fold_session(records: &[Message]) -> Vec<(String, QoS)> {
+    let mut filters: Vec<(String, QoS)> = Vec::new();
+    for record in records {
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
+            continue;
+        };
+        let filter = event["filter"].as_str().unwrap_or_default().to_string();
+        match event["type"].as_str() {
+            Some("start") => filters.clear(),
+            Some("subscribe") => {
+                let qos = match event["qos"].as_u64() {
+                    Some(2) => QoS::ExactlyOnce,
+                    Some(1) => QoS::AtLeastOnce,
+                    _ => QoS::AtMostOnce,
+                };
+                filters.retain(|(f, _)| *f != filter);
+                filters.push((filter, qos));
+            }
+            Some("unsubscribe") => filters.retain(|(f, _)| *f != filter),
+            _ => {}
+        }
+    }
+    filters
+}
+
+/// Where a topic's retained message is kept: its last record (an empty body
+/// means none).
+pub(super) fn retained_channel(topic: &str) -> String {
+    format!("$retained/{topic}")
+}
+
+/// The index of topics that have (or had) a retained message, one record
+/// each, for wildcard subscriptions.
+pub(super) const RETAINED_INDEX: &str = "$retained";
+
+/// Sends the SUBACK of a completed SUBSCRIBE, then asks for the retained
+/// messages of the filters granted (so they follow the SUBACK).
+pub(super) fn send_suback(
+    state: &mut Connected,
+    packet_id: u16,
+    done: Collecting,
+    context: &mut SessionContext<'_>,
+) {
+    let codes: Vec<ReasonCode> = done.codes.into_iter().flatten().collect();
+    for (filter, qos) in &done.granted {
+        let event = serde_json::json!({"type": "subscribe", "filter": filter, "qos": *qos as u8});
+        state.record(event, context);
+    }
+    Packet::SubAck(SubAck {
+        packet_id,
+        reason_codes: codes,
+        properties: Properties::default(),
+    })
+    .encode(state.version, context.out());
+    for (filter, qos) in done.retained {
+        if pattern::is_pattern(&filter) {
+            read_retained_index(state, filter, qos, 1, context);
+        } else {
+            read_retained(state, filter, qos, context);
+        }
+    }
+}
+
+pub(super) fn read_retained(
+    state: &mut Connected,
+    topic: String,
+    qos: QoS,
+    context: &mut SessionContext<'_>,
+) {
+    let channel = retained_channel(&topic);
+    let request_id = next_request(state, Pending::RetainedRead { topic, qos });
+    context.submit(
+        request_id,
+        Command::History {
+            channel,
+            query: HistoryQuery::Last,
+            limit: 1,
+        },
+    );
+}
+
+/// Records read per page of the retained-topic index.
+pub(super) const RETAINED_INDEX_PAGE: u32 = 500;
+/// Records read per page of a session's records.
+pub(super) const SESSION_PAGE: u32 = 500;
+
+pub(super) fn read_retained_index(
+    state: &mut Connected,
+    filter: String,
+    qos: QoS,
+    from: u64,
+    context: &mut SessionContext<'_>,
+) {
+    let request_id = next_request(state, Pending::RetainedIndex { filter, qos });
+    context.submit(
+        request_id,
+        Command::History {
+            channel: RETAINED_INDEX.to_string(),
+            query: HistoryQuery::From(from),
+            limit: RETAINED_INDEX_PAGE,
+        },
+    );
+}
+
+pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {
+    let request_id = state.next_request_id;
+    state.next_request_id = state.next_request_id.wrapping_add(1).max(1);
+    state.pending.insert(request_id, pending);
+    request_id
+}
