@@ -1002,3 +1002,16 @@ fn qos2_delivery_is_exactly_once_across_sigkill() {
     ledger.send(&Packet::PingReq);
     assert_eq!(ledger.next(), Some(Packet::PingResp), "and nothing else");
 }
+
+#[test]
+fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+    let (_dir, server) = server(&[]);
+    let (mut first, _) = connect_session(server.mqtt, ProtocolVersion::V5, "phone", true);
+    let (mut second, _) = connect_session(server.mqtt, ProtocolVersion::V5, "phone", true);
+    first.expect_disconnect(ReasonCode::SessionTakenOver);
+    second.send(&Packet::PingReq);
+    assert_eq!(second.next(), Some(Packet::PingResp));
+    // The newer connection keeps the id: a third takes it from the second.
+    let (_third, _) = connect_session(server.mqtt, ProtocolVersion::V311, "phone", true);
+    second.expect_disconnect(ReasonCode::SessionTakenOver);
+}

@@ -129,6 +129,7 @@ pub struct SessionContext<'a> {
     pub(crate) metrics: &'a Metrics,
     pub(crate) conn: Option<ConnRef>,
     pub(crate) server_commands: Vec<(u32, Command)>,
+    pub(crate) notifications: Vec<(ConnRef, SessionEvent)>,
 }
 
 impl<'a> SessionContext<'a> {
@@ -153,6 +154,7 @@ impl<'a> SessionContext<'a> {
             metrics,
             conn: None,
             server_commands: Vec::new(),
+            notifications: Vec::new(),
         }
     }
 
@@ -189,6 +191,14 @@ impl<'a> SessionContext<'a> {
     /// wire format of what it is sent).
     pub fn set_protocol(&mut self, protocol: Arc<dyn Protocol>) {
         self.protocol = Some(protocol);
+    }
+
+    /// Hands `event` to the session of another connection (on any shard),
+    /// through [`Session::on_event`]; dropped if that connection is gone.
+    /// An MQTT session uses this to close an older connection of the same
+    /// client id.
+    pub fn notify(&mut self, conn: ConnRef, event: SessionEvent) {
+        self.notifications.push((conn, event));
     }
 
     /// Takes back a protocol switch asked for during this call (a session

@@ -58,6 +58,13 @@ impl MqttSession {
             };
             return refuse(code, &denied.0, context.out());
         }
+        // One connection per client id: a newer one takes the session over.
+        if let Some(conn) = context.conn() {
+            let previous = self.clients.lock().insert(client_id.clone(), conn);
+            if let Some(old) = previous.filter(|old| *old != conn) {
+                context.notify(old, Box::new(TakenOver));
+            }
+        }
         let keep_alive = match connect.keep_alive_s {
             0 => None,
             seconds => Some(Duration::from_secs(u64::from(seconds))),

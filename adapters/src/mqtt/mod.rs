@@ -9,8 +9,8 @@
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
 //! client's Receive Maximum, retained messages and persistent sessions kept in
 //! the log, PINGREQ, DISCONNECT, and the will message. Not yet: shared
-//! subscriptions (refused with their v5 reason code), session takeover and
-//! expiry, topic aliases, will delay. Bad input closes only its own
+//! subscriptions (refused with their v5 reason code), session expiry, topic
+//! aliases, will delay. Bad input closes only its own
 //! connection, with a v5 DISCONNECT that carries the reason code.
 //! `docs/PROTOCOL.md` has the details.
 //!
@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use starling_broker::{
-    pattern, BrokerError, Close, Command, Protocol, Reply, Session, SessionContext,
+    pattern, BrokerError, Close, Command, ConnRef, Protocol, Reply, Session, SessionContext,
+    SessionEvent,
 };
 use starling_protocol::headers::{decode_headers, encode_headers, name};
 use starling_protocol::mqtt::PayloadFormat;
@@ -73,7 +74,16 @@ pub struct MqttProtocol {
     limits: MqttLimits,
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
+    clients: Clients,
 }
+
+/// The connection of each connected client id, so a new connection with the
+/// same id takes the session over (the old one is closed with 0x8E). Touched
+/// at CONNECT and close only.
+type Clients = Arc<parking_lot::Mutex<HashMap<String, ConnRef>>>;
+
+/// Sent to an older connection of a client id that connected again.
+struct TakenOver;
 
 impl MqttProtocol {
     pub fn new(limits: MqttLimits) -> MqttProtocol {
@@ -85,6 +95,7 @@ impl MqttProtocol {
             v5: Arc::new(MqttDeliveries {
                 version: ProtocolVersion::V5,
             }),
+            clients: Clients::default(),
         }
     }
 }
@@ -100,6 +111,7 @@ impl Protocol for MqttProtocol {
             peer,
             v311: self.v311.clone(),
             v5: self.v5.clone(),
+            clients: self.clients.clone(),
             state: None,
         })
     }
@@ -201,6 +213,7 @@ pub struct MqttSession {
     peer: SocketAddr,
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
+    clients: Clients,
     state: Option<Connected>,
 }
 
@@ -288,7 +301,32 @@ impl Session for MqttSession {
         Ok(Some(out.freeze()))
     }
 
+    fn on_event(
+        &mut self,
+        event: SessionEvent,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        if event.downcast::<TakenOver>().is_ok() {
+            if let Some(state) = self.state.as_ref() {
+                disconnect_with(
+                    state.version,
+                    ReasonCode::SessionTakenOver,
+                    "another connection with this client id took the session over",
+                    context.out(),
+                );
+            }
+            return Err(close("MQTT: session taken over"));
+        }
+        Ok(())
+    }
+
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        if let (Some(state), Some(conn)) = (self.state.as_ref(), context.conn()) {
+            let mut clients = self.clients.lock();
+            if clients.get(&state.client_id) == Some(&conn) {
+                clients.remove(&state.client_id);
+            }
+        }
         // The will is published when the connection ends without a
         // DISCONNECT (which clears it).
         if let Some(will) = self.state.as_mut().and_then(|state| state.will.take()) {

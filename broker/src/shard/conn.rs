@@ -339,7 +339,7 @@ impl Shard {
     ) -> bool {
         let mut commands = Vec::new();
         let conn = self.conn_ref(slot);
-        let (result, timer, server_commands) = {
+        let (result, timer, server_commands, notifications) = {
             let Some(connection) = self
                 .connections
                 .get_mut(slot as usize)
@@ -365,7 +365,8 @@ impl Shard {
                 socket.protocol = protocol;
             }
             let server_commands = std::mem::take(&mut context.server_commands);
-            (result, timer, server_commands)
+            let notifications = std::mem::take(&mut context.notifications);
+            (result, timer, server_commands, notifications)
         };
         if let Some(deadline) = timer {
             self.arm_timer(slot, deadline);
@@ -376,6 +377,9 @@ impl Shard {
         }
         for (request_id, command) in server_commands {
             self.handle_command_as(slot, request_id, command, true);
+        }
+        for (to, event) in notifications {
+            self.send(to.shard, ShardMsg::Notify { conn: to, event });
         }
         match result {
             Ok(()) => true,
