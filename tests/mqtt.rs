@@ -205,6 +205,9 @@ fn mqtt_and_websocket_see_the_same_channel() {
     assert!(ok, "{output}");
 }
 
+/// Numbers the client ids of raw connections.
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A raw MQTT connection for bad-input tests.
 struct Raw {
     stream: TcpStream,
@@ -236,7 +239,12 @@ impl Raw {
             protocol: version,
             clean_start: true,
             keep_alive_s,
-            client_id: "raw".into(),
+            // A client id of its own: a second connection with the same id
+            // would take the first one's session over.
+            client_id: format!(
+                "raw-{}",
+                NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             will,
             username: Some("raw".into()),
             password: None,
