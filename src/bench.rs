@@ -113,6 +113,27 @@ pub struct BenchArgs {
     /// publishing (lets the server finish the work of a sign-in storm).
     #[arg(long, default_value_t = 0)]
     settle_s: u64,
+    /// Speak MQTT 3.1.1 over TCP for publishers and subscribers, to
+    /// `--mqtt-server` (any broker; see `bench_mqtt.rs`). `--channels` is
+    /// ignored: use `--topics`.
+    #[arg(long)]
+    mqtt: bool,
+    /// Address of the MQTT listener for `--mqtt`.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_server: String,
+    /// Topics the MQTT publishers write to (message k of publisher p goes to
+    /// topic (p + k) mod topics; subscriber i takes topic i mod topics).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// QoS of the MQTT publishes and subscriptions, 0 or 1.
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Unacknowledged QoS 1 publishes one MQTT publisher may have.
+    #[arg(long, default_value_t = 1000)]
+    mqtt_window: usize,
+    /// User name sent in the MQTT CONNECTs (none by default).
+    #[arg(long)]
+    mqtt_username: Option<String>,
 }
 
 struct Stamp {
@@ -188,6 +209,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(command) = args.command {
         let BenchCommand::Idle(idle) = *command;
         return bench_ws::idle(idle);
+    }
+    if args.mqtt {
+        return crate::bench_mqtt::run(crate::bench_mqtt::MqttBench {
+            server: args.mqtt_server,
+            publishers: args.publishers,
+            subscribers: args.subscribers,
+            topics: args.topics,
+            size: args.size,
+            qos: args.qos,
+            rate: args.rate,
+            duration_s: args.duration_s,
+            window: args.mqtt_window,
+            prefix: args.prefix,
+            username: args.mqtt_username,
+        });
     }
     if args.size < STAMP_BYTES {
         bail!("--size must be at least {STAMP_BYTES} bytes (the latency stamp)");

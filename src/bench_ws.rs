@@ -814,10 +814,21 @@ pub struct IdleArgs {
     /// Prefix of user names, channels, topics and MQTT client ids.
     #[arg(long, default_value = "idle")]
     prefix: String,
+    /// Idle MQTT 3.1.1 connections over plain TCP to `--mqtt-server`
+    /// (CONNECT with keep-alive 0, SUBSCRIBE one topic); measured on their
+    /// own, not with `--websocket`/`--mqtt`.
+    #[arg(long, default_value_t = 0)]
+    mqtt_tcp: usize,
+    /// Address of the MQTT listener for `--mqtt-tcp`.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_server: String,
+    /// User name in the `--mqtt-tcp` CONNECTs (none by default).
+    #[arg(long)]
+    mqtt_username: Option<String>,
 }
 
 /// Resident memory of a process, KiB: (VmRSS, RssAnon).
-fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let field = |name: &str| -> Result<u64> {
@@ -839,6 +850,18 @@ struct IdleShared {
 }
 
 pub(crate) fn idle(args: IdleArgs) -> Result<()> {
+    if args.mqtt_tcp > 0 {
+        return crate::bench_mqtt::idle_tcp(
+            &args.mqtt_server,
+            args.mqtt_tcp,
+            args.channels,
+            &args.prefix,
+            args.mqtt_username.as_deref(),
+            args.server_pid,
+            args.settle_s,
+            args.hold_s,
+        );
+    }
     let total = args.websocket + args.mqtt;
     if total == 0 {
         bail!("give --websocket N and/or --mqtt N");

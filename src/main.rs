@@ -11,6 +11,7 @@
 //! ```
 
 mod bench;
+mod bench_mqtt;
 mod bench_ws;
 mod config;
 mod logger;
