@@ -205,6 +205,23 @@ pub(crate) struct SubscriberResult {
     pub(crate) last_delivery_ns: u64,
 }
 
+impl SubscriberResult {
+    /// Adds one subscriber thread's counts and histograms to the run's.
+    pub(crate) fn absorb(&mut self, other: SubscriberResult) {
+        self.delivered += other.delivered;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.out_of_order += other.out_of_order;
+        self.last_delivery_ns = self.last_delivery_ns.max(other.last_delivery_ns);
+        if let (Some(all), Some(one)) = (self.latency_us.as_mut(), other.latency_us) {
+            all.add(one).expect("same histogram bounds");
+        }
+        if let (Some(all), Some(one)) = (self.from_send_us.as_mut(), other.from_send_us) {
+            all.add(one).expect("same histogram bounds");
+        }
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(command) = args.command {
         let BenchCommand::Idle(idle) = *command;
@@ -342,18 +359,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ..SubscriberResult::default()
     };
     for handle in subscriber_threads {
-        let result = handle.join().expect("subscriber thread panicked")?;
-        delivered.delivered += result.delivered;
-        delivered.lost += result.lost;
-        delivered.duplicated += result.duplicated;
-        delivered.out_of_order += result.out_of_order;
-        delivered.last_delivery_ns = delivered.last_delivery_ns.max(result.last_delivery_ns);
-        if let (Some(all), Some(one)) = (delivered.latency_us.as_mut(), result.latency_us) {
-            all.add(one).expect("same histogram bounds");
-        }
-        if let (Some(all), Some(one)) = (delivered.from_send_us.as_mut(), result.from_send_us) {
-            all.add(one).expect("same histogram bounds");
-        }
+        delivered.absorb(handle.join().expect("subscriber thread panicked")?);
     }
     let history = if args.history_queries > 0 {
         Some(history_queries(

@@ -24,7 +24,7 @@ use starling_protocol::mqtt::{
     PublishResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 
-use crate::bench::{histogram, spawn};
+use crate::bench::{histogram, spawn, SubscriberResult};
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
 const STAMP_BYTES: usize = 32;
@@ -150,17 +150,6 @@ struct PublisherResult {
     latency_us: Option<Histogram<u64>>,
 }
 
-#[derive(Default)]
-struct SubscriberResult {
-    delivered: u64,
-    lost: u64,
-    duplicated: u64,
-    out_of_order: u64,
-    latency_us: Option<Histogram<u64>>,
-    from_send_us: Option<Histogram<u64>>,
-    last_delivery_ns: u64,
-}
-
 /// How many of publisher p's first `sent` messages went to `topic`.
 fn expected(p: usize, sent: u64, topic: usize, topics: usize) -> u64 {
     // Message k goes to (p + k) mod topics: the first k with that topic is
@@ -279,18 +268,7 @@ pub fn run(bench: MqttBench) -> Result<()> {
         ..SubscriberResult::default()
     };
     for handle in subscriber_threads {
-        let result = handle.join().expect("subscriber thread panicked")?;
-        delivered.delivered += result.delivered;
-        delivered.lost += result.lost;
-        delivered.duplicated += result.duplicated;
-        delivered.out_of_order += result.out_of_order;
-        delivered.last_delivery_ns = delivered.last_delivery_ns.max(result.last_delivery_ns);
-        if let (Some(all), Some(one)) = (delivered.latency_us.as_mut(), result.latency_us) {
-            all.add(one).expect("same histogram bounds");
-        }
-        if let (Some(all), Some(one)) = (delivered.from_send_us.as_mut(), result.from_send_us) {
-            all.add(one).expect("same histogram bounds");
-        }
+        delivered.absorb(handle.join().expect("subscriber thread panicked")?);
     }
     let delivery_window_s = delivered.last_delivery_ns.saturating_sub(start_ns) as f64 / 1e9;
     let ack_latency = published.latency_us.expect("set above");
