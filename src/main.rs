@@ -454,11 +454,29 @@ fn partition_dirs(data_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// What the shard journals say of each partition directory's unsynced
+/// tail (none for a data directory without journals).
+fn unsynced_tail_of(
+    tails: &std::collections::HashMap<u32, starling_storage::UnsyncedTail>,
+    dir: &Path,
+) -> Option<starling_storage::UnsyncedTail> {
+    let id = dir.file_name()?.to_str()?.parse::<u32>().ok()?;
+    tails.get(&id).copied()
+}
+
+fn journal_tails(
+    data_dir: &Path,
+) -> Result<std::collections::HashMap<u32, starling_storage::UnsyncedTail>> {
+    starling_storage::journal::unsynced_tails(data_dir)
+        .with_context(|| format!("cannot read the shard journals of {}", data_dir.display()))
+}
+
 fn log_verify(data_dir: &Path) -> Result<()> {
     let mut failed = false;
     let mut out = std::io::stdout().lock();
+    let tails = journal_tails(data_dir)?;
     for dir in partition_dirs(data_dir)? {
-        match starling_storage::verify_partition_dir(&dir) {
+        match starling_storage::verify_partition_dir_with(&dir, unsynced_tail_of(&tails, &dir)) {
             Ok(report) => {
                 let tail = match &report.would_truncate {
                     Some((file, at, bytes)) => format!(
@@ -493,17 +511,21 @@ fn log_verify(data_dir: &Path) -> Result<()> {
 fn log_inspect(data_dir: &Path, channel: Option<&str>, limit: Option<u64>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut printed = 0u64;
+    let tails = journal_tails(data_dir)?;
     for dir in partition_dirs(data_dir)? {
         let mut write_error = None;
-        starling_storage::inspect_partition_dir(&dir, |record| {
-            if write_error.is_some() || limit.is_some_and(|limit| printed >= limit) {
-                return;
-            }
-            if channel.is_some_and(|c| c.as_bytes() != &record.channel[..]) {
-                return;
-            }
-            printed += 1;
-            let result = writeln!(
+        starling_storage::inspect_partition_dir_with(
+            &dir,
+            unsynced_tail_of(&tails, &dir),
+            |record| {
+                if write_error.is_some() || limit.is_some_and(|limit| printed >= limit) {
+                    return;
+                }
+                if channel.is_some_and(|c| c.as_bytes() != &record.channel[..]) {
+                    return;
+                }
+                printed += 1;
+                let result = writeln!(
                 out,
                 "offset={} channel={} seq={} ts={} kind={} sender={} id={} relation={} body={:?}",
                 record.offset,
@@ -516,10 +538,11 @@ fn log_inspect(data_dir: &Path, channel: Option<&str>, limit: Option<u64>) -> Re
                 record.relation,
                 String::from_utf8_lossy(&record.body)
             );
-            if let Err(error) = result {
-                write_error = Some(error);
-            }
-        })
+                if let Err(error) = result {
+                    write_error = Some(error);
+                }
+            },
+        )
         .with_context(|| format!("cannot inspect {}", dir.display()))?;
         if let Some(error) = write_error {
             if error.kind() == std::io::ErrorKind::BrokenPipe {

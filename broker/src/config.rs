@@ -60,6 +60,10 @@ pub struct EngineConfig {
     pub durability: Durability,
     /// fdatasync period of the `interval` policy.
     pub interval_ms: u64,
+    /// Size of each of the two files of a shard's journal (see
+    /// docs/STORAGE-FORMAT.md): partition files are synced in the background
+    /// once per this many bytes a shard writes.
+    pub journal_file_bytes: u64,
     pub segment_bytes_max: u64,
     pub body_bytes_max: u32,
     /// How long a (sender, client message id) pair is remembered for
@@ -88,6 +92,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("starling-data"),
             durability: Durability::Fsync,
             interval_ms: 10,
+            journal_file_bytes: starling_storage::journal::JOURNAL_FILE_BYTES_DEFAULT,
             segment_bytes_max: 128 * 1024 * 1024,
             body_bytes_max: 1024 * 1024,
             dedupe_window_ms: 120_000,

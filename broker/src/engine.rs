@@ -1,6 +1,6 @@
 //! Starting and stopping the engine, listeners, and the in-process client.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
@@ -15,7 +15,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mio::net::TcpListener;
 use mio::{Events, Poll, Token, Waker};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
-use starling_storage::{DataDir, Partition, PartitionConfig, RetentionRule, StorageError};
+use starling_storage::journal::PartitionJournal;
+use starling_storage::{
+    DataDir, Journal, Partition, PartitionConfig, PartitionOptions, RetentionRule, StorageError,
+    SyncBatch,
+};
 use thiserror::Error;
 
 use crate::auth::{Authorizer, Principal};
@@ -171,22 +175,73 @@ impl Engine {
             metrics: Metrics::new(shards),
         });
 
+        // The shard journals of the last run: each partition's unsynced tail
+        // and the entries to replay over it. Read before any shard starts,
+        // because the shard count may have changed since.
+        let mut journals = starling_storage::journal::recover_journals(data_dir.path())?;
+        if journals.entry_bytes() > 0 {
+            log::info!(
+                "shard journals of run {}: {} bytes of entries to check against the partitions",
+                journals.run,
+                journals.entry_bytes()
+            );
+        }
+        let run = journals.run.wrapping_add(1).max(1);
+        let generation = journals.generation + 1;
+        let stale_journals = std::mem::take(&mut journals.directories);
+
         // Each shard recovers its own partitions in its own thread, so a
-        // restart reads the log with every core.
+        // restart reads the log with every core. Two rounds: every shard
+        // recovers (replays and syncs its partitions), then, once all have,
+        // each starts its new journal; a journal of the last run is erased
+        // only when no partition needs it any more.
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let mut handles = Vec::new();
+        let mut go_senders = Vec::new();
         for (id, poll) in polls.into_iter().enumerate() {
             let shared = shared.clone();
             let data_dir = data_dir.clone();
             let ready = ready_tx.clone();
+            let (go_tx, go_rx) = crossbeam_channel::bounded::<bool>(1);
+            go_senders.push(go_tx);
+            let replay: HashMap<u32, PartitionJournal> = shared
+                .routing
+                .partitions_of_shard(id)
+                .filter_map(|p| journals.partitions.remove(&p).map(|j| (p, j)))
+                .collect();
             let handle = std::thread::Builder::new()
                 .name(format!("starling-shard-{id}"))
                 .spawn(move || {
-                    let opened = open_partitions(&shared, &data_dir, id);
-                    match opened {
+                    let opened = open_partitions(&shared, &data_dir, id, replay, run);
+                    let partitions = match opened {
                         Ok(partitions) => {
                             let _ = ready.send(Ok(()));
-                            Shard::new(id, poll, shared, partitions).run();
+                            partitions
+                        }
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                            return;
+                        }
+                    };
+                    if go_rx.recv() != Ok(true) {
+                        return;
+                    }
+                    let ends: Vec<(u32, u64)> = partitions
+                        .iter()
+                        .map(|(id, p)| (*id, p.log.end_position()))
+                        .collect();
+                    let journal = Journal::create(
+                        data_dir.path(),
+                        id,
+                        run,
+                        generation,
+                        shared.config.journal_file_bytes,
+                        &ends,
+                    );
+                    match journal {
+                        Ok(journal) => {
+                            let _ = ready.send(Ok(()));
+                            Shard::new(id, poll, shared, partitions, journal).run();
                         }
                         Err(error) => {
                             let _ = ready.send(Err(error));
@@ -197,13 +252,41 @@ impl Engine {
             handles.push(handle);
         }
         drop(ready_tx);
-        let mut failure = None;
-        for _ in 0..shards {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => failure = failure.or(Some(error)),
-                Err(_) => break,
+        let collect = |round: usize| {
+            let mut failure = None;
+            for _ in 0..round {
+                match ready_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => failure = failure.or(Some(error)),
+                    Err(_) => break,
+                }
             }
+            failure
+        };
+        let mut failure = collect(shards);
+        if failure.is_none() {
+            // Every partition is durable up to its end: journals of shards
+            // that no longer exist are not needed.
+            for directory in &stale_journals {
+                let index = directory
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<usize>().ok());
+                if index.is_none_or(|index| index >= shards) {
+                    if let Err(error) = std::fs::remove_dir_all(directory) {
+                        log::warn!(
+                            "cannot remove the old journal {}: {error}",
+                            directory.display()
+                        );
+                    }
+                }
+            }
+        }
+        for go in &go_senders {
+            let _ = go.send(failure.is_none());
+        }
+        if failure.is_none() {
+            failure = collect(shards);
         }
         if let Some(error) = failure {
             for inbox in &shared.inboxes {
@@ -383,6 +466,8 @@ fn open_partitions(
     shared: &EngineShared,
     data_dir: &DataDir,
     shard: usize,
+    mut replay: HashMap<u32, PartitionJournal>,
+    run: u32,
 ) -> Result<PartitionTable, StorageError> {
     let config = &shared.config;
     let partition_config = PartitionConfig {
@@ -403,9 +488,21 @@ fn open_partitions(
     let mut partitions = PartitionTable::default();
     for id in shared.routing.partitions_of_shard(shard) {
         let started = Instant::now();
-        let (log, report) = Partition::open(data_dir.path(), id, partition_config.clone())?;
+        let journal = replay.remove(&id).unwrap_or_default();
+        let options = PartitionOptions {
+            run,
+            unsynced_tail: journal.tail,
+            ..PartitionOptions::default()
+        };
+        let (mut log, report) =
+            Partition::open_with(data_dir.path(), id, partition_config.clone(), options)?;
+        let end_before = log.end_position();
+        let mut replayed = 0;
+        for entry in &journal.entries {
+            replayed += log.replay(entry)?;
+        }
         log::info!(
-            "partition {id}: opened {} channels in {} segments in {} ms ({}; scanned {} bytes, {} records){}",
+            "partition {id}: opened {} channels in {} segments in {} ms ({}; scanned {} bytes, {} records){}{}",
             report.channels,
             report.segments,
             started.elapsed().as_millis(),
@@ -422,9 +519,23 @@ fn open_partitions(
                     file.display()
                 ),
                 None => String::new(),
+            },
+            if replayed > 0 {
+                format!(
+                    "; {replayed} records ({} bytes) written again from the shard journal",
+                    log.end_position() - end_before
+                )
+            } else {
+                String::new()
             }
         );
         partitions.insert(id, OwnedPartition::new(log));
+    }
+    // The new run's journal starts empty: everything recovered or replayed
+    // must be durable in the partitions first.
+    let mut logs: Vec<&mut Partition> = partitions.values_mut().map(|p| &mut p.log).collect();
+    for result in SyncBatch::new().sync_all(&mut logs) {
+        result?;
     }
     Ok(partitions)
 }

@@ -53,7 +53,7 @@ mod batch_field {
     pub const INDEX: usize = 24;
     pub const BASE_POSITION: usize = 32;
     pub const RECORD_COUNT: usize = 40;
-    pub const RESERVED_1: usize = 44;
+    pub const RUN: usize = 44;
     pub const TIMESTAMP_MIN: usize = 48;
     pub const TIMESTAMP_MAX: usize = 56;
 }
@@ -173,6 +173,10 @@ pub struct BatchHeader {
     pub base_position: u64,
     /// Number of records.
     pub record_count: u32,
+    /// The engine run that wrote the batch (the journal's run counter; 0 for
+    /// batches written without a journal). Recovery uses it to tell a batch
+    /// of the last run from a stale one left beyond a crash point.
+    pub run: u32,
     /// Smallest record timestamp.
     pub timestamp_min_ms: u64,
     /// Largest record timestamp.
@@ -195,9 +199,7 @@ impl BatchHeader {
         if flags != 0 {
             return Err(FormatError::UnsupportedFlags(flags));
         }
-        if u16_at(bytes, batch_field::RESERVED_0) != 0
-            || u32_at(bytes, batch_field::RESERVED_1) != 0
-        {
+        if u16_at(bytes, batch_field::RESERVED_0) != 0 {
             return Err(FormatError::ReservedNotZero);
         }
         let batch_bytes = u32_at(bytes, batch_field::BATCH_BYTES);
@@ -212,6 +214,7 @@ impl BatchHeader {
             index: u64_at(bytes, batch_field::INDEX),
             base_position: u64_at(bytes, batch_field::BASE_POSITION),
             record_count: u32_at(bytes, batch_field::RECORD_COUNT),
+            run: u32_at(bytes, batch_field::RUN),
             timestamp_min_ms: u64_at(bytes, batch_field::TIMESTAMP_MIN),
             timestamp_max_ms: u64_at(bytes, batch_field::TIMESTAMP_MAX),
         })
@@ -540,6 +543,7 @@ pub(crate) struct BatchMeta {
     pub index: u64,
     pub base_position: u64,
     pub record_count: u32,
+    pub run: u32,
     pub timestamp_min_ms: u64,
     pub timestamp_max_ms: u64,
 }
@@ -557,7 +561,7 @@ pub(crate) fn finish_batch(batch: &mut [u8], meta: &BatchMeta) {
     put_u64(batch, batch_field::INDEX, meta.index);
     put_u64(batch, batch_field::BASE_POSITION, meta.base_position);
     put_u32(batch, batch_field::RECORD_COUNT, meta.record_count);
-    put_u32(batch, batch_field::RESERVED_1, 0);
+    put_u32(batch, batch_field::RUN, meta.run);
     put_u64(batch, batch_field::TIMESTAMP_MIN, meta.timestamp_min_ms);
     put_u64(batch, batch_field::TIMESTAMP_MAX, meta.timestamp_max_ms);
     let crc = crc32c::crc32c(&batch[batch_field::CRC_START..]);
@@ -603,6 +607,7 @@ mod tests {
             index: 0,
             base_position: 0,
             record_count: records.len() as u32,
+            run: 0,
             timestamp_min_ms: min,
             timestamp_max_ms: max,
         };

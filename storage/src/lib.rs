@@ -63,6 +63,7 @@ mod data_dir;
 mod error;
 pub mod format;
 mod idempotency;
+pub mod journal;
 mod map;
 mod partition;
 mod read;
@@ -77,11 +78,15 @@ use bytes::Bytes;
 pub use data_dir::DataDir;
 pub use error::StorageError;
 pub use format::decode_batch;
+pub use journal::{Journal, JournalRecovery, SyncTarget, UnsyncedTail};
 #[doc(hidden)]
 pub use partition::Fault;
 pub use partition::{Partition, RecoveryReport};
 pub use retention::RetentionReport;
-pub use scan::{inspect_partition_dir, verify_partition_dir, VerifyReport};
+pub use scan::{
+    inspect_partition_dir, inspect_partition_dir_with, verify_partition_dir,
+    verify_partition_dir_with, VerifyReport,
+};
 pub use segment::ReadMode;
 pub use sync::SyncBatch;
 
@@ -148,6 +153,17 @@ pub struct PartitionOptions {
     /// Start recovery from the newest valid checkpoint (default true);
     /// false scans the whole log (for comparisons and tests).
     pub use_checkpoint: bool,
+    /// Stamped on every batch this open writes (the batch header's `run`):
+    /// the engine run, counted by the shard journals. 0 without a journal.
+    pub run: u32,
+    /// What a shard journal says of this partition's unsynced data (see
+    /// [`UnsyncedTail`]). With it, recovery treats everything from
+    /// `durable_end` on as unsynced: the log ends at the first batch there
+    /// that is not a valid batch of `run`, nothing is truncated or zeroed
+    /// (the journal's entries are replayed over it with
+    /// [`Partition::replay`]), and a bad batch before `durable_end` is
+    /// corruption. Without it, the torn-tail rules apply.
+    pub unsynced_tail: Option<UnsyncedTail>,
 }
 
 impl Default for PartitionOptions {
@@ -155,6 +171,8 @@ impl Default for PartitionOptions {
         PartitionOptions {
             preallocate: true,
             use_checkpoint: true,
+            run: 0,
+            unsynced_tail: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::format::{
     HEADERS_BYTES_MAX, NO_OFFSET, RECORD_BODY_BYTES_LIMIT, RECORD_HEADER_BYTES, SENDER_BYTES_MAX,
 };
 use crate::idempotency::{self, IdempotencyIndex, Original};
+use crate::journal::{SyncTarget, UnsyncedTail};
 use crate::map::SegmentMap;
 use crate::retention::rule_for;
 use crate::scan::{
@@ -165,6 +166,17 @@ pub struct Partition {
     idempotency: IdempotencyIndex,
     /// The worker was asked for a spare for the next roll (reset at a roll).
     spare_requested: bool,
+    /// Stamped on every batch written (`PartitionOptions::run`).
+    run: u32,
+}
+
+/// What recovery may take for granted about the last segment.
+#[derive(Clone, Copy)]
+struct Hints {
+    /// The last run closed cleanly (see `take_clean_marker`).
+    clean_end: Option<CleanEnd>,
+    /// A shard journal covers the unsynced tail.
+    tail: Option<UnsyncedTail>,
 }
 
 /// What a recovery pass rebuilt.
@@ -191,8 +203,9 @@ fn recover(
     config: &PartitionConfig,
     checkpoint: Option<&Checkpoint>,
     fast: bool,
-    clean_end: Option<CleanEnd>,
+    hints: Hints,
 ) -> Result<Recovered, StorageError> {
+    let Hints { clean_end, tail } = hints;
     let rules = config.retention.len();
     let mut channels = ChannelTable::new();
     let mut idempotency =
@@ -289,36 +302,27 @@ fn recover(
                 None
             };
             let mut visit = |position: u64, batch: &format::BatchView<'_>| {
-                for (in_batch, record) in batch.records() {
-                    let offset = base + position + in_batch as u64;
-                    if !record.client_message_id.is_empty() {
-                        let key = idempotency::key(
-                            record.channel,
-                            record.sender,
-                            record.client_message_id,
-                        );
-                        let original = Original {
-                            seq: record.seq,
-                            offset,
-                            timestamp_ms: record.timestamp_ms,
-                        };
-                        idempotency.insert(key, original);
-                    }
-                    apply_record(&mut channels, log_start, offset, &record).map_err(|detail| {
-                        StorageError::Corrupt {
-                            path: file_path.clone(),
-                            position,
-                            detail,
-                        }
-                    })?;
-                    summary.add(
-                        rule_for(&config.retention, record.channel),
-                        record.timestamp_ms,
-                    );
-                }
-                Ok(())
+                index_batch(
+                    &mut channels,
+                    &mut idempotency,
+                    &mut summary,
+                    config,
+                    log_start,
+                    base + position,
+                    batch,
+                )
+                .map_err(|detail| StorageError::Corrupt {
+                    path: file_path.clone(),
+                    position,
+                    detail,
+                })
             };
-            let data = map.as_ref().map_or(&[][..], |map| map.bytes());
+            let mut data = map.as_ref().map_or(&[][..], |map| map.bytes());
+            if let (Some(_), Some(next)) = (tail, next_base) {
+                // With a journal, what lies after a sealed segment's end (the
+                // next base) is not data: it may be left from a crash point.
+                data = &data[..(next.saturating_sub(base) as usize).min(data.len())];
+            }
             let untouched = clean_end.is_some_and(|clean| {
                 clean.position == start
                     && clean.file_bytes == file_len
@@ -335,7 +339,15 @@ fn recover(
                     ..SegmentScan::default()
                 }
             } else {
-                scan_segment(data, base, from, file_path, is_last, &mut visit)?
+                scan_segment(
+                    data,
+                    base,
+                    from,
+                    file_path,
+                    is_last,
+                    tail.filter(|_| is_last),
+                    &mut visit,
+                )?
             }
             // The map is dropped here, before any truncation.
         };
@@ -382,6 +394,37 @@ fn recover(
         report,
         last_batch,
     })
+}
+
+/// Adds a valid batch at stream position `at` to the channel table, the
+/// idempotency keys and its segment's summary (recovery and replay).
+fn index_batch(
+    channels: &mut ChannelTable,
+    idempotency: &mut IdempotencyIndex,
+    summary: &mut SegmentSummary,
+    config: &PartitionConfig,
+    log_start: u64,
+    at: u64,
+    batch: &format::BatchView<'_>,
+) -> Result<(), String> {
+    for (in_batch, record) in batch.records() {
+        let offset = at + in_batch as u64;
+        if !record.client_message_id.is_empty() {
+            let key = idempotency::key(record.channel, record.sender, record.client_message_id);
+            let original = Original {
+                seq: record.seq,
+                offset,
+                timestamp_ms: record.timestamp_ms,
+            };
+            idempotency.insert(key, original);
+        }
+        apply_record(channels, log_start, offset, &record)?;
+        summary.add(
+            rule_for(&config.retention, record.channel),
+            record.timestamp_ms,
+        );
+    }
+    Ok(())
 }
 
 /// Checks that the batch the checkpoint names as its last is on disk, valid,
@@ -511,7 +554,10 @@ impl Partition {
                     &config,
                     Some(checkpoint),
                     true,
-                    clean_end,
+                    Hints {
+                        clean_end,
+                        tail: options.unsynced_tail,
+                    },
                 ) {
                     Ok(done) => recovered = Some(done),
                     Err(error) => log::warn!(
@@ -542,7 +588,10 @@ impl Partition {
                 &config,
                 checkpoint.as_ref(),
                 false,
-                None,
+                Hints {
+                    clean_end: None,
+                    tail: options.unsynced_tail,
+                },
             )?,
         };
         if directory_unsynced {
@@ -573,6 +622,7 @@ impl Partition {
             crashed: false,
             worker,
             spare_requested: false,
+            run: options.run,
         };
         Ok((partition, report))
     }
@@ -778,6 +828,7 @@ impl Partition {
             index: 0,
             base_position,
             record_count: open.record_count,
+            run: self.run,
             timestamp_min_ms: open.timestamp_min_ms,
             timestamp_max_ms: open.timestamp_max_ms,
         };
@@ -800,6 +851,13 @@ impl Partition {
     /// segment first if the batch would take the active one past
     /// `segment_bytes_max`; a batch never spans segments.
     pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.flush_with(&mut |_| {})
+    }
+
+    /// [`Partition::flush`], handing `written` the bytes of every positioned
+    /// write (whole batches, consecutive in the stream) once it succeeded:
+    /// the shard journal copies them into its entry.
+    pub fn flush_with(&mut self, written: &mut dyn FnMut(&[u8])) -> Result<(), StorageError> {
         self.check_not_failed()?;
         if self.pending.records == 0 {
             return Ok(());
@@ -839,7 +897,9 @@ impl Partition {
             {
                 last += 1;
             }
-            self.write_to_active(&buffer[closed[first].start..closed[last].end])?;
+            let bytes = &buffer[closed[first].start..closed[last].end];
+            self.write_to_active(bytes)?;
+            written(bytes);
             let active = self.segments.last_mut().expect("active segment");
             for batch in &closed[first..=last] {
                 active.summary.merge(&batch.summary);
@@ -1028,6 +1088,90 @@ impl Partition {
             self.directory_unsynced = false;
         }
         Ok(())
+    }
+
+    /// Applies a shard journal entry after recovery: `payload` is whole
+    /// batches, consecutive in this partition's stream. Batches that end at
+    /// or before the flushed end are already here and skipped; the one that
+    /// starts there and those after it are written (rolling as a flush
+    /// would) and indexed. Nothing may be pending. Returns the records
+    /// written.
+    pub fn replay(&mut self, payload: &[u8]) -> Result<u64, StorageError> {
+        self.check_not_failed()?;
+        assert_eq!(self.pending.records, 0, "replay before any append");
+        let mut written = 0;
+        let mut at = 0;
+        while at < payload.len() {
+            let batch = match decode_batch(&payload[at..]) {
+                Ok(BatchDecode::Complete(batch)) => batch,
+                _ => {
+                    return Err(StorageError::Inconsistent {
+                        path: self.path.clone(),
+                        detail: "a journal entry holds a batch that does not decode".into(),
+                    })
+                }
+            };
+            let bytes = batch.bytes;
+            at += bytes.len();
+            let base = batch.header.base_position;
+            let end = base + bytes.len() as u64;
+            let flushed_end = self.flushed_end();
+            if end <= flushed_end {
+                continue;
+            }
+            if base != flushed_end {
+                return Err(StorageError::Inconsistent {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "the shard journal holds a batch at stream position {base} but the partition's log ends at {flushed_end}: acknowledged data between them is missing"
+                    ),
+                });
+            }
+            let active_len = self.segments.last().expect("active segment").len;
+            if active_len > 0 && active_len + bytes.len() as u64 > self.config.segment_bytes_max {
+                self.roll(None)?;
+            }
+            self.write_to_active(bytes)?;
+            let log_start = self.log_start;
+            let active = self.segments.last_mut().expect("active segment");
+            index_batch(
+                &mut self.channels,
+                &mut self.idempotency,
+                &mut active.summary,
+                &self.config,
+                log_start,
+                base,
+                &batch,
+            )
+            .map_err(|detail| StorageError::Inconsistent {
+                path: self.path.clone(),
+                detail: format!("a batch replayed from the shard journal: {detail}"),
+            })?;
+            self.last_batch = base;
+            written += u64::from(batch.header.record_count);
+        }
+        Ok(written)
+    }
+
+    /// The active segment and the partition directory, for the shard
+    /// journal's background sync after a switch.
+    pub fn sync_target(&self) -> Result<SyncTarget, StorageError> {
+        let active = self.segments.last().expect("active segment");
+        let file = active
+            .file
+            .try_clone()
+            .map_err(|e| StorageError::io("duplicate the descriptor of", &active.path, e))?;
+        Ok(SyncTarget {
+            file,
+            file_path: active.path.clone(),
+            directory: self.path.clone(),
+        })
+    }
+
+    /// Stream position just past the last flushed byte (where the next
+    /// flush writes).
+    pub fn end_position(&self) -> u64 {
+        self.flushed_end()
     }
 
     /// The channel's last visible (flushed) seq, 0 if none.

@@ -17,6 +17,7 @@ use crate::checkpoint::{read_checkpoints, Checkpoint};
 use crate::format::{
     decode_batch, BatchDecode, BatchView, RecordView, BATCH_HEADER_BYTES, BATCH_MAGIC, NO_OFFSET,
 };
+use crate::journal::UnsyncedTail;
 use crate::segment::list_segments;
 use crate::{Record, StorageError};
 
@@ -63,12 +64,20 @@ fn nonzero_end(data: &[u8]) -> usize {
 /// filled up); nonzero bytes followed by a valid batch, or nonzero bytes in
 /// a segment that is not the last, are corruption; nonzero bytes with no
 /// valid batch after them in the last segment are a torn tail.
+///
+/// With `tail` (a shard journal's [`UnsyncedTail`], for the last segment),
+/// bytes from stream position `tail.durable_end` on are unsynced: the
+/// segment's logical end is the first batch there that is not a valid batch
+/// of `tail.run` (a torn write, a hole, a stale batch of an earlier run), and
+/// nothing after it is looked at; a bad batch before `durable_end` is
+/// corruption.
 pub(crate) fn scan_segment(
     data: &[u8],
     base: u64,
     start: u64,
     path: &Path,
     is_last: bool,
+    tail: Option<UnsyncedTail>,
     visit: &mut dyn FnMut(u64, &BatchView<'_>) -> Result<(), StorageError>,
 ) -> Result<SegmentScan, StorageError> {
     let mut scan = SegmentScan::default();
@@ -84,7 +93,18 @@ pub(crate) fn scan_segment(
     }
     let mut position = start as usize;
     while position < data.len() {
+        let unsynced = tail.filter(|tail| base + position as u64 >= tail.durable_end);
         let problem = match decode_batch(&data[position..]) {
+            Ok(BatchDecode::Complete(batch))
+                if unsynced.is_some_and(|tail| {
+                    batch.header.run != tail.run
+                        || batch.header.base_position != base + position as u64
+                }) =>
+            {
+                // A batch of an earlier run, left beyond an earlier crash
+                // point: the log of the last run ends before it.
+                break;
+            }
             Ok(BatchDecode::Complete(batch)) => {
                 let expected = base + position as u64;
                 if batch.header.base_position != expected {
@@ -109,6 +129,20 @@ pub(crate) fn scan_segment(
             }
             Err(error) => error.to_string(),
         };
+        if unsynced.is_some() {
+            // Unsynced territory: the journal replays what was acknowledged.
+            break;
+        }
+        if let Some(tail) = tail {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                position: position as u64,
+                detail: format!(
+                    "{problem} before stream position {}, up to which the shard journal says the partition was durable",
+                    tail.durable_end
+                ),
+            });
+        }
         let rest = &data[position..];
         if is_all_zero(rest) {
             // A clean zero tail: the logical end of the segment.
@@ -337,6 +371,7 @@ pub(crate) fn load_channels(table: &mut ChannelTable, checkpoint: &Checkpoint, b
 /// every valid record in log order. Never modifies a file.
 fn scan_directory(
     path: &Path,
+    tail: Option<UnsyncedTail>,
     visit: &mut dyn FnMut(&RecordView<'_>, u64),
 ) -> Result<VerifyReport, StorageError> {
     let mut table = ChannelTable::new();
@@ -366,8 +401,13 @@ fn scan_directory(
                 ),
             });
         }
-        let data = fs::read(file).map_err(|e| StorageError::io("read", file, e))?;
+        let mut data = fs::read(file).map_err(|e| StorageError::io("read", file, e))?;
         let is_last = index + 1 == segments.len();
+        if let (Some(_), Some((next, _))) = (tail, segments.get(index + 1)) {
+            // With a journal, what lies after a sealed segment's end (the
+            // next base) is not data: it may be left from a crash point.
+            data.truncate(next.saturating_sub(*base) as usize);
+        }
         let mut visit_batch = |position: u64, batch: &BatchView<'_>| {
             for (in_batch, record) in batch.records() {
                 let offset = base + position + in_batch as u64;
@@ -382,7 +422,15 @@ fn scan_directory(
             }
             Ok(())
         };
-        let scan = scan_segment(&data, *base, 0, file, is_last, &mut visit_batch)?;
+        let scan = scan_segment(
+            &data,
+            *base,
+            0,
+            file,
+            is_last,
+            tail.filter(|_| is_last),
+            &mut visit_batch,
+        )?;
         report.batches += scan.batches;
         report.records += scan.records;
         report.bytes += scan.valid_len;
@@ -403,13 +451,35 @@ fn scan_directory(
 /// the file and byte offset. Never modifies a file, takes no lock, maps
 /// nothing (it may run beside a live process).
 pub fn verify_partition_dir(path: &Path) -> Result<VerifyReport, StorageError> {
-    scan_directory(path, &mut |_, _| {})
+    scan_directory(path, None, &mut |_, _| {})
+}
+
+/// [`verify_partition_dir`] for a partition that a shard journal names:
+/// its unsynced tail is checked by the journal's rules (see
+/// [`UnsyncedTail`]), as the engine's recovery does.
+pub fn verify_partition_dir_with(
+    path: &Path,
+    tail: Option<UnsyncedTail>,
+) -> Result<VerifyReport, StorageError> {
+    scan_directory(path, tail, &mut |_, _| {})
 }
 
 /// Offline, read-only: calls `f` with every record of the partition directory
 /// in log order. Fails like [`verify_partition_dir`] on corruption (after
 /// visiting the records before it); a torn tail is skipped.
-pub fn inspect_partition_dir(path: &Path, mut f: impl FnMut(&Record)) -> Result<(), StorageError> {
-    scan_directory(path, &mut |view, offset| f(&record_from_view(view, offset)))?;
+pub fn inspect_partition_dir(path: &Path, f: impl FnMut(&Record)) -> Result<(), StorageError> {
+    inspect_partition_dir_with(path, None, f)
+}
+
+/// [`inspect_partition_dir`] with a shard journal's [`UnsyncedTail`] (see
+/// [`verify_partition_dir_with`]).
+pub fn inspect_partition_dir_with(
+    path: &Path,
+    tail: Option<UnsyncedTail>,
+    mut f: impl FnMut(&Record),
+) -> Result<(), StorageError> {
+    scan_directory(path, tail, &mut |view, offset| {
+        f(&record_from_view(view, offset))
+    })?;
     Ok(())
 }

@@ -7,8 +7,10 @@
 //! 1. poll sockets and the waker;
 //! 2. read ready connections, decode, authorize and route their commands;
 //! 3. drain the inbox (and the shard's own queue of messages to itself);
-//! 4. end the turn: write each partition's pending batch in one write,
-//!    fdatasync per policy (group commit), then acknowledge and fan out;
+//! 4. end the turn: write each partition's pending batch in one write and
+//!    all of them to the shard journal, fdatasync the journal per policy
+//!    (group commit: one fdatasync for the shard), then acknowledge and fan
+//!    out;
 //! 5. write queued bytes to sockets and hand overflow to other shards.
 
 mod conn;
@@ -83,8 +85,11 @@ pub(crate) struct Shard {
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     now_ms: u64,
     last_timestamp_ms: u64,
-    /// Overlaps the fdatasyncs of one turn.
-    sync_batch: starling_storage::SyncBatch,
+    /// The shard journal: one write and one fdatasync per turn for every
+    /// partition of the shard.
+    journal: starling_storage::Journal,
+    /// When the journal was last fdatasync'ed (the `interval` policy).
+    journal_synced_at: Instant,
     shutting_down: bool,
 }
 
@@ -94,6 +99,7 @@ impl Shard {
         poll: Poll,
         shared: Arc<EngineShared>,
         partitions: PartitionTable,
+        journal: starling_storage::Journal,
     ) -> Shard {
         let shards = shared.routing.shards;
         Shard {
@@ -121,7 +127,8 @@ impl Shard {
             timers: BinaryHeap::new(),
             now_ms: wall_clock_ms(),
             last_timestamp_ms: 0,
-            sync_batch: starling_storage::SyncBatch::new(),
+            journal,
+            journal_synced_at: Instant::now(),
             shutting_down: false,
         }
     }

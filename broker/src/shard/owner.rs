@@ -47,9 +47,6 @@ pub(crate) struct OwnedPartition {
     failed: Option<String>,
     acks: Vec<PendingAck>,
     fanout: Vec<(Arc<str>, Message)>,
-    last_sync: Instant,
-    /// Records written but not yet fdatasynced (`interval` and `none`).
-    pub unsynced: bool,
 }
 
 impl OwnedPartition {
@@ -60,8 +57,6 @@ impl OwnedPartition {
             failed: None,
             acks: Vec::new(),
             fanout: Vec::new(),
-            last_sync: Instant::now(),
-            unsynced: false,
         }
     }
 
@@ -73,8 +68,10 @@ impl OwnedPartition {
     }
 
     fn fail(&mut self, error: &StorageError) {
-        log::error!("partition {}: {error}", self.log.id());
-        self.failed = Some(error.to_string());
+        if self.failed.is_none() {
+            log::error!("partition {}: {error}", self.log.id());
+            self.failed = Some(error.to_string());
+        }
     }
 }
 
@@ -200,13 +197,11 @@ impl Shard {
         partition.fanout.push((request.channel, message));
     }
 
-    /// Group commit: one write and (per policy) one fdatasync per partition for
-    /// everything appended this turn, then acknowledgements, then fan-out.
-    ///
-    /// The fdatasyncs of a turn overlap (`SyncBatch`: one io_uring
-    /// submission, or one thread per partition): concurrent fdatasyncs share
-    /// the device and journal commits, so a shard with many busy partitions
-    /// waits about as long as for one.
+    /// Group commit: one write per partition for everything appended this
+    /// turn, the same bytes in one write to the shard journal, and (per
+    /// policy) one fdatasync of the journal for all of them; then
+    /// acknowledgements, then fan-out. Partition files are synced in the
+    /// background when the journal switches files.
     pub(super) fn end_turn(&mut self) {
         let durability = self.shared.config.durability;
         let interval = Duration::from_millis(self.shared.config.interval_ms);
@@ -222,53 +217,45 @@ impl Shard {
         ids.sort_unstable();
         let commit_started = Instant::now();
 
-        // Phase 1: write each partition's pending batch.
-        let mut to_sync: Vec<u32> = Vec::new();
+        // Phase 1: write each partition's pending batches; the journal
+        // copies them into its entries.
+        let journal = &mut self.journal;
         for &id in &ids {
             let partition = self.partitions.get_mut(&id).expect("listed above");
             if partition.failed.is_some() || partition.log.pending_records() == 0 {
                 continue;
             }
-            if let Err(error) = partition.log.flush() {
+            if let Err(error) = partition
+                .log
+                .flush_with(&mut |bytes| journal.add(id, bytes))
+            {
                 partition.fail(&error);
-                continue;
-            }
-            partition.unsynced = true;
-            let sync_now = match durability {
-                Durability::Fsync => true,
-                Durability::Interval => partition.last_sync.elapsed() >= interval,
-                Durability::None => false,
-            };
-            if sync_now {
-                to_sync.push(id);
             }
         }
 
-        // Phase 2: fdatasync them, overlapped when there are several (one
-        // io_uring submission, or one thread per partition).
-        let mut logs: Vec<&mut OwnedPartition> = self
-            .partitions
-            .iter_mut()
-            .filter(|(id, _)| to_sync.contains(id))
-            .map(|(_, p)| p)
-            .collect();
-        let results = {
-            let mut partitions: Vec<&mut Partition> = logs.iter_mut().map(|p| &mut p.log).collect();
-            self.sync_batch.sync_all(&mut partitions)
+        // Phase 2: one journal write and, per policy, one fdatasync.
+        let wrote = journal.has_entries();
+        let mut result = journal.write();
+        let sync_now = match durability {
+            Durability::Fsync => true,
+            Durability::Interval => self.journal_synced_at.elapsed() >= interval,
+            Durability::None => false,
         };
-        let now = Instant::now();
-        for (partition, result) in logs.into_iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    partition.unsynced = false;
-                    partition.last_sync = now;
-                    self.shared.metrics.fsyncs.add(1);
-                }
-                Err(error) => partition.fail(&error),
+        if result.is_ok() && sync_now && journal.unsynced() {
+            result = journal.sync();
+            if result.is_ok() {
+                self.journal_synced_at = Instant::now();
+                self.shared.metrics.fsyncs.add(1);
             }
         }
-
-        if !to_sync.is_empty() || durability != Durability::Fsync {
+        let durable = !journal.unsynced();
+        if let Err(error) = result {
+            // Nothing of this turn is acknowledged, and nothing after it.
+            for partition in self.partitions.values_mut() {
+                partition.fail(&error);
+            }
+        }
+        if wrote && (sync_now || durability != Durability::Fsync) {
             let commit_us = commit_started.elapsed().as_micros() as u64;
             self.shared.metrics.commit_latency.observe_us(commit_us);
         }
@@ -276,7 +263,6 @@ impl Shard {
         // Phase 3: acknowledge and fan out.
         for id in ids {
             let partition = self.partitions.get_mut(&id).expect("listed above");
-            let durable = !partition.unsynced;
             let failed = partition
                 .failed
                 .is_some()
@@ -308,6 +294,37 @@ impl Shard {
             let partition = self.partitions.get_mut(&id).expect("listed above");
             partition.acks = acks;
             partition.fanout = fanout;
+        }
+
+        // Phase 4: when the journal's file is full, move to the other one
+        // (after this turn's acknowledgements: it may wait for the
+        // background sync of the previous switch).
+        if self.journal.wants_switch() {
+            self.switch_journal();
+        }
+    }
+
+    /// Starts the journal's other file, asking its background thread to
+    /// sync every partition's active segment (see `Journal::switch`).
+    fn switch_journal(&mut self) {
+        let mut ends = Vec::new();
+        let mut targets = Vec::new();
+        let mut failure = None;
+        for (id, partition) in self.partitions.iter() {
+            ends.push((*id, partition.log.end_position()));
+            match partition.log.sync_target() {
+                Ok(target) => targets.push(target),
+                Err(error) => failure = Some(error),
+            }
+        }
+        let result = match failure {
+            Some(error) => Err(error),
+            None => self.journal.switch(&ends, targets),
+        };
+        if let Err(error) = result {
+            for partition in self.partitions.values_mut() {
+                partition.fail(&error);
+            }
         }
     }
 
@@ -491,20 +508,18 @@ impl Shard {
     /// Periodic work: `interval` fdatasyncs and retention.
     pub(super) fn tick_timers(&mut self, last_retention: &mut Instant) {
         let config = &self.shared.config;
-        if config.durability == Durability::Interval {
-            let interval = Duration::from_millis(config.interval_ms);
-            for partition in self.partitions.values_mut() {
-                if partition.unsynced
-                    && partition.failed.is_none()
-                    && partition.last_sync.elapsed() >= interval
-                {
-                    match partition.log.sync() {
-                        Ok(()) => {
-                            partition.unsynced = false;
-                            partition.last_sync = Instant::now();
-                            self.shared.metrics.fsyncs.add(1);
-                        }
-                        Err(error) => partition.fail(&error),
+        if config.durability == Durability::Interval
+            && self.journal.unsynced()
+            && self.journal_synced_at.elapsed() >= Duration::from_millis(config.interval_ms)
+        {
+            match self.journal.sync() {
+                Ok(()) => {
+                    self.journal_synced_at = Instant::now();
+                    self.shared.metrics.fsyncs.add(1);
+                }
+                Err(error) => {
+                    for partition in self.partitions.values_mut() {
+                        partition.fail(&error);
                     }
                 }
             }
@@ -531,9 +546,7 @@ impl Shard {
 
     /// How long poll may sleep before a timer is due.
     pub(super) fn next_timer(&self) -> Duration {
-        if self.shared.config.durability == Durability::Interval
-            && self.partitions.values().any(|p| p.unsynced)
-        {
+        if self.shared.config.durability == Durability::Interval && self.journal.unsynced() {
             Duration::from_millis(self.shared.config.interval_ms)
         } else {
             Duration::from_millis(self.shared.config.retention_check_ms)
@@ -570,10 +583,6 @@ impl PartitionTable {
 
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&u32, &mut OwnedPartition)> {
         self.slots.iter_mut().flatten().map(|(id, p)| (&*id, p))
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &OwnedPartition> {
-        self.iter().map(|(_, p)| p)
     }
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut OwnedPartition> {

@@ -1,0 +1,855 @@
+//! The shard journal: one fdatasync per loop turn for every partition a
+//! broker shard owns.
+//!
+//! A turn's batches are written to their partitions' segment files (not
+//! synced) and, as entries, to the shard's journal, which is the only file
+//! synced on the acknowledgement path. A device flush costs the same for one
+//! file as for sixteen, so a shard with many busy partitions pays one flush
+//! per turn instead of one per partition. Partition files are synced in the
+//! background when the journal moves to its other file ([`Journal::switch`]);
+//! until then the journal holds every batch written since their last sync.
+//!
+//! # Files
+//!
+//! `<data dir>/journal/<shard as 3 digits>/{0,1}.journal`. The inactive file
+//! is zero-filled to `file_bytes` by the background thread once the active
+//! one is half full (appending inside a file that already has its blocks
+//! makes `fdatasync` commit no metadata; a new engine's first file grows). One file is active; a switch
+//! makes the other one active with the next generation, after the partition
+//! data its old content covers has been synced. All integers little-endian.
+//!
+//! ```text
+//! file header (padded with zeros to header_bytes, a multiple of 4096)
+//!  0 magic "STRJ"   4 version=1   5 reserved [3]   8 crc32c(12..header_bytes) u32
+//! 12 header_bytes u32   16 generation u64   24 run u32   28 partition_count u32
+//! 32 partition_count × (partition_id u32, reserved u32, durable_end u64)
+//!
+//! entry (back to back after the header)
+//!  0 crc32c(4..24) u32   4 partition_id u32   8 generation u64
+//! 16 payload_bytes u32  20 reserved u32      24 payload: whole record batches
+//!                                               of the partition, consecutive
+//! ```
+//!
+//! `durable_end` is the partition's stream position up to which its segment
+//! files were durable when the file became active: every batch after it is
+//! in this file or the next. `run` counts engine starts; every batch written
+//! in a run carries it (the batch header's `run` field), which lets recovery
+//! tell a batch of the last run from a stale one beyond an earlier crash
+//! point.
+//!
+//! # Recovery
+//!
+//! [`recover_journals`] reads every shard's journal: the file with the
+//! highest valid generation and, when the other one has the generation just
+//! before it, that one first. Entries are read until the first one that is
+//! torn (bad CRC, wrong generation, a batch that does not decode). The first
+//! replayed file's header gives each partition its durable end and run
+//! ([`UnsyncedTail`]); the entries are applied with [`Partition::replay`]
+//! after the partition has been opened.
+//!
+//! [`Partition::replay`]: crate::Partition::replay
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::checkpoint::sync_directory;
+use crate::format::{decode_batch, BatchDecode};
+use crate::StorageError;
+
+/// The directory under the data directory that holds the shard journals.
+pub const JOURNAL_DIRECTORY: &str = "journal";
+/// Default size of each of the two journal files: 64 MiB. A switch, and so a
+/// background sync of the shard's partitions, happens at most once per this
+/// many bytes written by the shard.
+pub const JOURNAL_FILE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The smallest allowed journal file size.
+pub const JOURNAL_FILE_BYTES_MINIMUM: u64 = 64 * 1024;
+
+const HEADER_MAGIC: [u8; 4] = *b"STRJ";
+const HEADER_VERSION: u8 = 1;
+/// Headers are padded to a multiple of this, so entries start on a block.
+const HEADER_ALIGN: usize = 4096;
+const HEADER_FIXED_BYTES: usize = 32;
+const HEADER_PARTITION_BYTES: usize = 16;
+/// Bytes of an entry header.
+pub const ENTRY_HEADER_BYTES: usize = 24;
+/// Zeros are written in pieces of this size when a journal file is created.
+const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Where recovery may find unsynced data of a partition: from stream
+/// position `durable_end` on, the segment files may hold anything (a torn
+/// write, a hole, a stale batch of an earlier run); valid data there is a
+/// batch written in `run`. The journal holds every batch of that run after
+/// `durable_end` that was ever acknowledged as durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnsyncedTail {
+    /// Everything before this stream position is durable in the segments.
+    pub durable_end: u64,
+    /// The run whose batches may follow it.
+    pub run: u32,
+}
+
+fn file_name(index: usize) -> String {
+    format!("{index}.journal")
+}
+
+/// The journal directory of `shard`.
+pub fn journal_path(data_dir: &Path, shard: usize) -> PathBuf {
+    data_dir.join(JOURNAL_DIRECTORY).join(format!("{shard:03}"))
+}
+
+/// A parsed file header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Header {
+    header_bytes: usize,
+    generation: u64,
+    run: u32,
+    partitions: Vec<(u32, u64)>,
+}
+
+fn encode_header(generation: u64, run: u32, partitions: &[(u32, u64)]) -> Vec<u8> {
+    let used = HEADER_FIXED_BYTES + partitions.len() * HEADER_PARTITION_BYTES;
+    let header_bytes = used.div_ceil(HEADER_ALIGN) * HEADER_ALIGN;
+    let mut bytes = vec![0u8; header_bytes];
+    bytes[0..4].copy_from_slice(&HEADER_MAGIC);
+    bytes[4] = HEADER_VERSION;
+    bytes[12..16].copy_from_slice(&(header_bytes as u32).to_le_bytes());
+    bytes[16..24].copy_from_slice(&generation.to_le_bytes());
+    bytes[24..28].copy_from_slice(&run.to_le_bytes());
+    bytes[28..32].copy_from_slice(&(partitions.len() as u32).to_le_bytes());
+    for (i, (id, end)) in partitions.iter().enumerate() {
+        let at = HEADER_FIXED_BYTES + i * HEADER_PARTITION_BYTES;
+        bytes[at..at + 4].copy_from_slice(&id.to_le_bytes());
+        bytes[at + 8..at + 16].copy_from_slice(&end.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&bytes[12..]);
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads and checks the header of a journal file; `None` when it has none
+/// (zeros, a torn header write, another format).
+fn read_header(file: &File) -> std::io::Result<Option<Header>> {
+    let mut first = vec![0u8; HEADER_ALIGN];
+    let read = read_up_to(file, &mut first, 0)?;
+    if read < HEADER_FIXED_BYTES || first[0..4] != HEADER_MAGIC || first[4] != HEADER_VERSION {
+        return Ok(None);
+    }
+    let header_bytes = u32_at(&first, 12) as usize;
+    let count = u32_at(&first, 28) as usize;
+    if !header_bytes.is_multiple_of(HEADER_ALIGN)
+        || header_bytes < HEADER_FIXED_BYTES + count * HEADER_PARTITION_BYTES
+    {
+        return Ok(None);
+    }
+    let mut bytes = first;
+    if header_bytes > HEADER_ALIGN {
+        bytes.resize(header_bytes, 0);
+        if read_up_to(file, &mut bytes[HEADER_ALIGN..], HEADER_ALIGN as u64)?
+            < header_bytes - HEADER_ALIGN
+        {
+            return Ok(None);
+        }
+    } else if read < header_bytes {
+        return Ok(None);
+    }
+    if crc32c::crc32c(&bytes[12..header_bytes]) != u32_at(&bytes, 8) {
+        return Ok(None);
+    }
+    let partitions = (0..count)
+        .map(|i| {
+            let at = HEADER_FIXED_BYTES + i * HEADER_PARTITION_BYTES;
+            (u32_at(&bytes, at), u64_at(&bytes, at + 8))
+        })
+        .collect();
+    Ok(Some(Header {
+        header_bytes,
+        generation: u64_at(&bytes, 16),
+        run: u32_at(&bytes, 24),
+        partitions,
+    }))
+}
+
+/// Reads into `buffer` from `at` until it is full or the file ends; returns
+/// the bytes read.
+fn read_up_to(file: &File, buffer: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buffer.len() {
+        match file.read_at(&mut buffer[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Appends an entry (header and payload) to `buffer`.
+fn encode_entry(buffer: &mut Vec<u8>, partition: u32, generation: u64, payload: &[u8]) {
+    let payload_bytes = u32::try_from(payload.len()).expect("a turn's batches are below 4 GiB");
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0u8; 4]);
+    buffer.extend_from_slice(&partition.to_le_bytes());
+    buffer.extend_from_slice(&generation.to_le_bytes());
+    buffer.extend_from_slice(&payload_bytes.to_le_bytes());
+    buffer.extend_from_slice(&[0u8; 4]);
+    let crc = crc32c::crc32c(&buffer[start + 4..start + ENTRY_HEADER_BYTES]);
+    buffer[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    buffer.extend_from_slice(payload);
+}
+
+/// Whether `payload` is a sequence of whole, valid batches.
+fn payload_is_whole(payload: &[u8]) -> bool {
+    let mut at = 0;
+    while at < payload.len() {
+        match decode_batch(&payload[at..]) {
+            Ok(BatchDecode::Complete(batch)) => at += batch.bytes.len(),
+            _ => return false,
+        }
+    }
+    !payload.is_empty()
+}
+
+/// The entries of one journal file, in order, up to the first torn one.
+fn read_entries(
+    file: &File,
+    header: &Header,
+    mut entry: impl FnMut(u32, Vec<u8>),
+) -> std::io::Result<()> {
+    let mut at = header.header_bytes as u64;
+    let mut head = [0u8; ENTRY_HEADER_BYTES];
+    loop {
+        if read_up_to(file, &mut head, at)? < ENTRY_HEADER_BYTES {
+            return Ok(());
+        }
+        if crc32c::crc32c(&head[4..]) != u32_at(&head, 0) || u64_at(&head, 8) != header.generation {
+            return Ok(());
+        }
+        let partition = u32_at(&head, 4);
+        let mut payload = vec![0u8; u32_at(&head, 16) as usize];
+        let start = at + ENTRY_HEADER_BYTES as u64;
+        if read_up_to(file, &mut payload, start)? < payload.len() || !payload_is_whole(&payload) {
+            return Ok(());
+        }
+        at = start + payload.len() as u64;
+        entry(partition, payload);
+    }
+}
+
+/// What the journals of an earlier run hold for one partition.
+#[derive(Debug, Default)]
+pub struct PartitionJournal {
+    /// Where the partition's unsynced data may start (`None` when no journal
+    /// header names the partition).
+    pub tail: Option<UnsyncedTail>,
+    /// Entry payloads (whole batches) in the order they were written.
+    pub entries: Vec<Vec<u8>>,
+}
+
+/// Everything [`recover_journals`] found.
+#[derive(Debug, Default)]
+pub struct JournalRecovery {
+    /// The highest run any journal header names (0: no journal).
+    pub run: u32,
+    /// The highest generation any journal header names.
+    pub generation: u64,
+    /// Per partition id.
+    pub partitions: HashMap<u32, PartitionJournal>,
+    /// The shard journal directories found.
+    pub directories: Vec<PathBuf>,
+}
+
+impl JournalRecovery {
+    /// Bytes of entry payloads held.
+    pub fn entry_bytes(&self) -> usize {
+        self.partitions
+            .values()
+            .flat_map(|p| p.entries.iter())
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// An entry payload with its (run, generation, order in file), for sorting.
+type TaggedEntry = ((u32, u64, usize), Vec<u8>);
+
+/// Reads the journals of every shard under `data_dir` (see the module
+/// documentation). Read-only.
+pub fn recover_journals(data_dir: &Path) -> Result<JournalRecovery, StorageError> {
+    let root = data_dir.join(JOURNAL_DIRECTORY);
+    let mut recovery = JournalRecovery::default();
+    let listing = match fs::read_dir(&root) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(recovery),
+        Err(error) => return Err(StorageError::io("list", &root, error)),
+    };
+    let mut directories: Vec<PathBuf> = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| StorageError::io("list", &root, e))?;
+        if entry.path().is_dir() {
+            directories.push(entry.path());
+        }
+    }
+    directories.sort();
+    // Per partition: (run, generation) of the header that named it, and
+    // entries tagged with (run, generation, order) for sorting.
+    let mut named: HashMap<u32, (u32, u64, u64)> = HashMap::new();
+    let mut entries: HashMap<u32, Vec<TaggedEntry>> = HashMap::new();
+    for directory in &directories {
+        let mut files = Vec::new();
+        for index in 0..2 {
+            let path = directory.join(file_name(index));
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(StorageError::io("open", &path, error)),
+            };
+            if let Some(header) =
+                read_header(&file).map_err(|e| StorageError::io("read", &path, e))?
+            {
+                files.push((header, file, path));
+            }
+        }
+        files.sort_by_key(|(header, _, _)| header.generation);
+        if files.len() == 2 && files[0].0.generation + 1 != files[1].0.generation {
+            files.remove(0);
+        }
+        for (rank, (header, file, path)) in files.iter().enumerate() {
+            recovery.run = recovery.run.max(header.run);
+            recovery.generation = recovery.generation.max(header.generation);
+            if rank == 0 {
+                for &(id, durable_end) in &header.partitions {
+                    let newer = named.get(&id).is_none_or(|&(run, generation, _)| {
+                        (header.run, header.generation) > (run, generation)
+                    });
+                    if newer {
+                        named.insert(id, (header.run, header.generation, durable_end));
+                    }
+                }
+            }
+            let mut order = 0;
+            read_entries(file, header, |partition, payload| {
+                entries
+                    .entry(partition)
+                    .or_default()
+                    .push(((header.run, header.generation, order), payload));
+                order += 1;
+            })
+            .map_err(|e| StorageError::io("read", path, e))?;
+        }
+    }
+    for (id, (run, _, durable_end)) in named {
+        recovery.partitions.entry(id).or_default().tail = Some(UnsyncedTail { durable_end, run });
+    }
+    for (id, mut list) in entries {
+        list.sort_by_key(|(key, _)| *key);
+        recovery.partitions.entry(id).or_default().entries =
+            list.into_iter().map(|(_, payload)| payload).collect();
+    }
+    recovery.directories = directories;
+    Ok(recovery)
+}
+
+/// Reads the unsynced-tail information of every partition from the
+/// journals under `data_dir`, for offline tools (`verify`, `inspect`).
+pub fn unsynced_tails(data_dir: &Path) -> Result<HashMap<u32, UnsyncedTail>, StorageError> {
+    Ok(recover_journals(data_dir)?
+        .partitions
+        .into_iter()
+        .filter_map(|(id, journal)| journal.tail.map(|tail| (id, tail)))
+        .collect())
+}
+
+/// A partition's active segment and directory, to be synced in the
+/// background when the journal switches files.
+#[derive(Debug)]
+pub struct SyncTarget {
+    /// A duplicate descriptor of the active segment file.
+    pub file: File,
+    /// The segment's path, for error messages.
+    pub file_path: PathBuf,
+    /// The partition directory (a segment file may have been created).
+    pub directory: PathBuf,
+}
+
+/// Work for the journal's background thread.
+enum Job {
+    /// Sync the partitions' active segments and directories.
+    Sync(Vec<SyncTarget>),
+    /// Zero-fill the inactive file from its current length to `bytes`.
+    Prepare {
+        file: File,
+        path: PathBuf,
+        bytes: u64,
+    },
+}
+
+#[derive(Default)]
+struct SyncerState {
+    /// Jobs waiting for the thread: at most one of each kind (a switch
+    /// waits for both before it asks for more).
+    queue: Vec<Job>,
+    /// Jobs asked for and jobs done.
+    requested: u64,
+    finished: u64,
+    error: Option<String>,
+    shutdown: bool,
+}
+
+struct SyncerShared {
+    state: Mutex<SyncerState>,
+    changed: Condvar,
+}
+
+impl SyncerShared {
+    fn lock(&self) -> MutexGuard<'_, SyncerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The journal's background thread: syncs partition files after a switch
+/// and zero-fills the inactive file, so that the event loop waits for
+/// neither.
+struct Syncer {
+    shared: Arc<SyncerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(name: String) -> std::io::Result<Syncer> {
+        let shared = Arc::new(SyncerShared {
+            state: Mutex::new(SyncerState::default()),
+            changed: Condvar::new(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run_syncer(&thread_shared))?;
+        Ok(Syncer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn request(&self, job: Job) {
+        let mut state = self.shared.lock();
+        assert!(state.queue.len() < 2, "at most a sync and a prepare wait");
+        state.queue.push(job);
+        state.requested += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits until every job asked for is done; the first error, if any.
+    fn wait(&self) -> Result<(), String> {
+        let mut state = self.shared.lock();
+        while state.finished < state.requested && state.error.is_none() {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        match &state.error {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_job(job: &Job) -> Result<(), String> {
+    match job {
+        Job::Sync(targets) => {
+            let mut directories: Vec<&Path> = Vec::new();
+            for target in targets {
+                target
+                    .file
+                    .sync_data()
+                    .map_err(|e| StorageError::io("fdatasync", &target.file_path, e).to_string())?;
+                if !directories.contains(&target.directory.as_path()) {
+                    directories.push(&target.directory);
+                }
+            }
+            for directory in directories {
+                sync_directory(directory).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        Job::Prepare { file, path, bytes } => {
+            let len = file
+                .metadata()
+                .map_err(|e| StorageError::io("stat", path, e).to_string())?
+                .len();
+            zero_fill(file, len, *bytes)
+                .map_err(|e| StorageError::io("zero-fill", path, e).to_string())
+        }
+    }
+}
+
+fn run_syncer(shared: &SyncerShared) {
+    let mut state = shared.lock();
+    loop {
+        if !state.queue.is_empty() {
+            let job = state.queue.remove(0);
+            drop(state);
+            // After a shutdown request, a pending zero-fill is skipped (the
+            // file only stays a growing one); syncs still run.
+            let skip = matches!(job, Job::Prepare { .. }) && shared.lock().shutdown;
+            let result = if skip { Ok(()) } else { run_job(&job) };
+            state = shared.lock();
+            state.finished += 1;
+            if let Err(error) = result {
+                state.error.get_or_insert(error);
+            }
+            shared.changed.notify_all();
+            continue;
+        }
+        if state.shutdown {
+            return;
+        }
+        state = shared
+            .changed
+            .wait(state)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// A shard's journal, open for writing. Owned by the shard's event loop.
+pub struct Journal {
+    directory: PathBuf,
+    files: [File; 2],
+    active: usize,
+    generation: u64,
+    run: u32,
+    /// Write position in the active file.
+    position: u64,
+    file_bytes: u64,
+    /// Entries of this turn, written by [`Journal::write`].
+    buffer: Vec<u8>,
+    /// Written and not yet fdatasync'ed.
+    unsynced: bool,
+    /// The inactive file was given to the background thread to zero-fill
+    /// (reset at a switch).
+    prepare_requested: bool,
+    /// The first write or sync failure; set forever once set.
+    failed: Option<String>,
+    syncer: Syncer,
+}
+
+impl Journal {
+    /// Creates (or takes over) the journal of `shard` under `data_dir` for
+    /// a new run. Every partition in `partitions` must be durable up to the
+    /// given stream position: the journal starts empty. The active file gets
+    /// `generation`; the other file's header is erased.
+    pub fn create(
+        data_dir: &Path,
+        shard: usize,
+        run: u32,
+        generation: u64,
+        file_bytes: u64,
+        partitions: &[(u32, u64)],
+    ) -> Result<Journal, StorageError> {
+        if file_bytes < JOURNAL_FILE_BYTES_MINIMUM {
+            return Err(StorageError::InvalidConfig {
+                detail: format!(
+                    "journal_file_bytes = {file_bytes} is below the minimum {JOURNAL_FILE_BYTES_MINIMUM}"
+                ),
+            });
+        }
+        let directory = journal_path(data_dir, shard);
+        fs::create_dir_all(&directory)
+            .map_err(|e| StorageError::io("create directory", &directory, e))?;
+        let open = |index: usize| -> Result<File, StorageError> {
+            let path = directory.join(file_name(index));
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| StorageError::io("open", &path, e))
+        };
+        let files = [open(0)?, open(1)?];
+        sync_directory(&directory)?;
+        // Erase the other file's header first: the new file's entries must
+        // never be replayed after stale ones.
+        let other_path = directory.join(file_name(1));
+        let other_len = files[1]
+            .metadata()
+            .map_err(|e| StorageError::io("stat", &other_path, e))?
+            .len();
+        if other_len > 0 {
+            let erase = vec![0u8; HEADER_ALIGN.min(other_len as usize)];
+            files[1]
+                .write_all_at(&erase, 0)
+                .and_then(|()| files[1].sync_data())
+                .map_err(|e| StorageError::io("erase the header of", &other_path, e))?;
+        }
+        let mut journal = Journal {
+            directory,
+            files,
+            active: 0,
+            generation,
+            run,
+            position: 0,
+            file_bytes,
+            buffer: Vec::new(),
+            unsynced: false,
+            prepare_requested: false,
+            failed: None,
+            syncer: Syncer::start(format!("journal-{shard:03}"))
+                .map_err(|e| StorageError::io("start the journal thread for", data_dir, e))?,
+        };
+        journal.activate(0, generation, partitions)?;
+        Ok(journal)
+    }
+
+    /// The run stamped on every batch written while this journal is open.
+    pub fn run(&self) -> u32 {
+        self.run
+    }
+
+    /// The generation of the active file.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.directory.join(file_name(self.active))
+    }
+
+    fn check_not_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(reason) => Err(StorageError::Failed {
+                partition_id: u32::MAX,
+                reason: format!("shard journal {}: {reason}", self.directory.display()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, error: StorageError) -> StorageError {
+        log::error!(
+            "journal {} stops accepting writes: {error}",
+            self.directory.display()
+        );
+        self.failed = Some(error.to_string());
+        error
+    }
+
+    /// Writes the header of file `index` and makes it the active one.
+    fn activate(
+        &mut self,
+        index: usize,
+        generation: u64,
+        partitions: &[(u32, u64)],
+    ) -> Result<(), StorageError> {
+        let header = encode_header(generation, self.run, partitions);
+        let path = self.directory.join(file_name(index));
+        if let Err(error) = self.files[index]
+            .write_all_at(&header, 0)
+            .and_then(|()| self.files[index].sync_data())
+        {
+            return Err(self.fail(StorageError::io("write the header of", &path, error)));
+        }
+        self.active = index;
+        self.generation = generation;
+        self.position = header.len() as u64;
+        Ok(())
+    }
+
+    /// Adds an entry: `payload` is the whole batches a partition flush just
+    /// wrote to partition `partition`'s segment. Written by the next
+    /// [`Journal::write`].
+    pub fn add(&mut self, partition: u32, payload: &[u8]) {
+        encode_entry(&mut self.buffer, partition, self.generation, payload);
+    }
+
+    /// Whether entries are waiting for [`Journal::write`].
+    pub fn has_entries(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
+    /// Writes the entries added since the last write with one positioned
+    /// write.
+    pub fn write(&mut self) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.files[self.active].write_all_at(&self.buffer, self.position) {
+            let path = self.active_path();
+            return Err(self.fail(StorageError::io("write to", &path, error)));
+        }
+        self.position += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.unsynced = true;
+        if !self.prepare_requested && self.position >= self.file_bytes / 2 {
+            self.prepare_other()?;
+        }
+        Ok(())
+    }
+
+    /// Asks the background thread to zero-fill the inactive file up to
+    /// `file_bytes` if it is shorter (only its end, never its content: it
+    /// may still hold entries that recovery needs). Asked once the active
+    /// file is half full, not at start: a short-lived engine never writes
+    /// the zeros.
+    fn prepare_other(&mut self) -> Result<(), StorageError> {
+        self.prepare_requested = true;
+        let other = 1 - self.active;
+        let path = self.directory.join(file_name(other));
+        let file = match self.files[other].try_clone() {
+            Ok(file) => file,
+            Err(error) => return Err(self.fail(StorageError::io("duplicate", &path, error))),
+        };
+        self.syncer.request(Job::Prepare {
+            file,
+            path,
+            bytes: self.file_bytes,
+        });
+        Ok(())
+    }
+
+    /// Whether written entries wait for [`Journal::sync`].
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Makes every written entry durable (`fdatasync` of the active file).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Err(error) = self.files[self.active].sync_data() {
+            let path = self.active_path();
+            return Err(self.fail(StorageError::io("fdatasync", &path, error)));
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether the active file is full and the journal should
+    /// [`switch`](Journal::switch).
+    pub fn wants_switch(&self) -> bool {
+        self.position >= self.file_bytes
+    }
+
+    /// Moves to the other file. `partitions` are the partitions' flushed
+    /// ends now and `targets` their active segments: the other file's old
+    /// content is no longer needed once the partitions were synced after it
+    /// was written, which the previous switch asked the background thread to
+    /// do (waited for here if it has not finished); this switch asks it to
+    /// sync `targets`, which makes the active file's content redundant by
+    /// the next switch.
+    pub fn switch(
+        &mut self,
+        partitions: &[(u32, u64)],
+        targets: Vec<SyncTarget>,
+    ) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        assert!(
+            self.buffer.is_empty(),
+            "write the turn's entries before a switch"
+        );
+        // The new file's entries must follow durable ones: recovery replays
+        // the old file, then the new one, without a gap.
+        self.sync()?;
+        if let Err(reason) = self.syncer.wait() {
+            self.failed = Some(reason.clone());
+            return Err(StorageError::Failed {
+                partition_id: u32::MAX,
+                reason,
+            });
+        }
+        self.activate(1 - self.active, self.generation + 1, partitions)?;
+        self.prepare_requested = false;
+        self.syncer.request(Job::Sync(targets));
+        Ok(())
+    }
+}
+
+/// Writes zeros from `from` to `to`, then fdatasyncs.
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_are_pinned() {
+        let header = encode_header(7, 3, &[(2, 4096)]);
+        assert_eq!(header.len(), 4096);
+        assert_eq!(&header[0..8], b"STRJ\x01\0\0\0");
+        assert_eq!(u32_at(&header, 12), 4096);
+        assert_eq!(u64_at(&header, 16), 7);
+        assert_eq!(u32_at(&header, 24), 3);
+        assert_eq!(u32_at(&header, 28), 1);
+        assert_eq!(
+            &header[32..48],
+            &[2, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(u32_at(&header, 8), crc32c::crc32c(&header[12..]));
+        assert!(header[48..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn entry_bytes_are_pinned() {
+        let mut buffer = Vec::new();
+        encode_entry(&mut buffer, 5, 9, b"xy");
+        assert_eq!(
+            &buffer[4..],
+            &[5, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'x', b'y']
+        );
+        assert_eq!(u32_at(&buffer, 0), crc32c::crc32c(&buffer[4..24]));
+    }
+
+    #[test]
+    fn a_large_header_spans_blocks() {
+        let partitions: Vec<(u32, u64)> = (0..300).map(|i| (i, u64::from(i) * 10)).collect();
+        let header = encode_header(1, 1, &partitions);
+        assert_eq!(header.len(), 8192);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.journal");
+        fs::write(&path, &header).unwrap();
+        let parsed = read_header(&File::open(&path).unwrap()).unwrap().unwrap();
+        assert_eq!(parsed.partitions, partitions);
+        // A flipped byte anywhere in the header makes it invalid.
+        let mut bad = header.clone();
+        bad[5000] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        assert!(read_header(&File::open(&path).unwrap()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,322 @@
+//! The shard journal: crash images of partitions whose unsynced data was
+//! lost or left stale, repaired from the journal.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use starling_storage::journal::{journal_path, recover_journals, JOURNAL_FILE_BYTES_MINIMUM};
+use starling_storage::{
+    verify_partition_dir_with, Journal, Partition, PartitionConfig, PartitionOptions,
+    RecoveryReport, StorageError, UnsyncedTail,
+};
+
+/// Opens partition 0 the way the engine does after reading the journals.
+fn open_after_journal(
+    dir: &Path,
+    config: PartitionConfig,
+    run: u32,
+) -> Result<(Partition, RecoveryReport, u64), StorageError> {
+    let recovery = recover_journals(dir)?;
+    let journal = recovery.partitions.get(&0);
+    let (mut partition, report) = Partition::open_with(
+        dir,
+        0,
+        config,
+        PartitionOptions {
+            run,
+            unsynced_tail: journal.and_then(|j| j.tail),
+            ..PartitionOptions::default()
+        },
+    )?;
+    let mut replayed = 0;
+    for entry in journal.map(|j| &j.entries[..]).unwrap_or_default() {
+        replayed += partition.replay(entry)?;
+    }
+    partition.sync()?;
+    Ok((partition, report, replayed))
+}
+
+/// One loop turn as the shard runs it: flush into the journal, write, sync.
+fn turn(partition: &mut Partition, journal: &mut Journal, records: &[(&str, u64)]) {
+    for &(channel, timestamp) in records {
+        append(partition, channel, timestamp);
+    }
+    let id = partition.id();
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    journal.write().unwrap();
+    journal.sync().unwrap();
+}
+
+/// Starts run `run` on a fresh or recovered partition: sync, then a new
+/// journal naming its durable end.
+fn start_run(dir: &Path, partition: &mut Partition, run: u32, generation: u64) -> Journal {
+    partition.sync().unwrap();
+    Journal::create(
+        dir,
+        0,
+        run,
+        generation,
+        JOURNAL_FILE_BYTES_MINIMUM,
+        &[(0, partition.end_position())],
+    )
+    .unwrap()
+}
+
+fn open_run(dir: &Path, run: u32) -> Partition {
+    Partition::open_with(
+        dir,
+        0,
+        PartitionConfig::default(),
+        PartitionOptions {
+            run,
+            ..PartitionOptions::default()
+        },
+    )
+    .unwrap()
+    .0
+}
+
+#[test]
+fn lost_unsynced_partition_data_is_replayed_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    turn(&mut partition, &mut journal, &[("a", 1), ("b", 1)]);
+    for t in 2..6 {
+        turn(
+            &mut partition,
+            &mut journal,
+            &[("a", t), ("b", t), ("a", t)],
+        );
+    }
+    let full = partition.end_position();
+    partition.simulate_crash();
+    drop(journal);
+    // A power loss: none of the segment's pages written since the journal
+    // started reached the disk. The journal was fdatasync'ed at every turn.
+    crash_zero_last_segment_from(dir.path(), 0);
+    let (partition, _, replayed) =
+        open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(
+        replayed,
+        2 + 4 * 3,
+        "every journaled record is written again"
+    );
+    assert_eq!(partition.end_position(), full);
+    assert_eq!(partition.head_seq(b"a"), 9);
+    check_channel(&partition, "a");
+    check_channel(&partition, "b");
+}
+
+#[test]
+fn a_hole_in_the_unsynced_tail_is_filled_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    let mut ends = vec![partition.end_position()];
+    for t in 1..6 {
+        turn(&mut partition, &mut journal, &[("a", t), ("b", t)]);
+        ends.push(partition.end_position());
+    }
+    partition.simulate_crash();
+    drop(journal);
+    // The page cache wrote the third turn's batch but not the second's: a
+    // hole followed by a valid batch (the torn-tail rules call that
+    // corruption; the journal knows better).
+    let file = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[ends[1] as usize..ends[2] as usize].fill(0);
+    std::fs::write(&file, &bytes).unwrap();
+    let (partition, report, _) =
+        open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(
+        report.truncated_bytes, 0,
+        "nothing is cut: the journal covers it"
+    );
+    assert_eq!(partition.head_seq(b"a"), 5);
+    check_channel(&partition, "a");
+    check_channel(&partition, "b");
+}
+
+#[test]
+fn a_stale_batch_of_an_earlier_run_ends_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    turn(&mut partition, &mut journal, &[("a", 1)]);
+    let durable = partition.end_position();
+    // Two more turns reach the segment but not the journal (never
+    // acknowledged): the journal loses its last two entries.
+    let journal_end = std::fs::metadata(journal_path(dir.path(), 0).join("0.journal"))
+        .unwrap()
+        .len();
+    turn(&mut partition, &mut journal, &[("a", 2)]);
+    let second = partition.end_position();
+    turn(&mut partition, &mut journal, &[("a", 3)]);
+    partition.simulate_crash();
+    drop(journal);
+    let journal_file = journal_path(dir.path(), 0).join("0.journal");
+    let journal_bytes = std::fs::read(&journal_file).unwrap();
+    std::fs::write(&journal_file, &journal_bytes[..journal_end as usize]).unwrap();
+    // And the second turn's batch is a hole on disk; the third is there.
+    let file = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[durable as usize..second as usize].fill(0);
+    std::fs::write(&file, &bytes).unwrap();
+
+    // Run 2 recovers: the log ends at the hole (the third batch is left on
+    // disk after the logical end), then writes a batch of the same size
+    // where the hole was.
+    let (mut partition, _, _) =
+        open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(partition.head_seq(b"a"), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 2, 2);
+    turn(&mut partition, &mut journal, &[("a", 2)]);
+    assert_eq!(partition.end_position(), second, "same size, same place");
+    partition.simulate_crash();
+    drop(journal);
+
+    // Run 3 recovers: right after run 2's batch lies run 1's third batch,
+    // valid and at the right position; its run tells it apart.
+    let (partition, _, _) = open_after_journal(dir.path(), PartitionConfig::default(), 3).unwrap();
+    assert_eq!(partition.head_seq(b"a"), 2);
+    assert_eq!(partition.end_position(), second);
+    check_channel(&partition, "a");
+    let tail = recover_journals(dir.path()).unwrap().partitions[&0].tail;
+    drop(partition);
+    let verify = verify_partition_dir_with(&partition_dir(dir.path()), tail).unwrap();
+    assert_eq!(verify.records, 2);
+}
+
+#[test]
+fn damage_before_the_durable_end_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    turn_without_journal(&mut partition);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    turn(&mut partition, &mut journal, &[("a", 5)]);
+    partition.simulate_crash();
+    drop(journal);
+    // A bit flip in the first batch, which was synced before the journal
+    // started.
+    let file = segment_files(dir.path()).pop().unwrap();
+    flip_bit(&file, 70, 3);
+    let error = open_after_journal(dir.path(), PartitionConfig::default(), 2)
+        .err()
+        .expect("corruption");
+    assert!(
+        matches!(&error, StorageError::Corrupt { detail, .. } if detail.contains("durable")),
+        "{error}"
+    );
+}
+
+fn turn_without_journal(partition: &mut Partition) {
+    append(partition, "a", 1);
+    append(partition, "a", 2);
+    partition.flush().unwrap();
+    partition.sync().unwrap();
+}
+
+#[test]
+fn a_torn_journal_entry_ends_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    turn(&mut partition, &mut journal, &[("a", 1)]);
+    let journal_file = journal_path(dir.path(), 0).join("0.journal");
+    let first_end = std::fs::metadata(&journal_file).unwrap().len();
+    turn(&mut partition, &mut journal, &[("a", 2)]);
+    turn(&mut partition, &mut journal, &[("a", 3)]);
+    drop(journal);
+    partition.simulate_crash();
+    // Flip a bit in the second entry's payload: it and everything after it
+    // are torn; the first entry stays.
+    flip_bit(&journal_file, first_end + 40, 0);
+    let recovery = recover_journals(dir.path()).unwrap();
+    assert_eq!(recovery.partitions[&0].entries.len(), 1);
+    assert_eq!(recovery.run, 1);
+}
+
+#[test]
+fn switching_files_keeps_both_generations_until_the_partitions_are_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    let start = partition.end_position();
+    let mut t = 0;
+    // Fill the first file past its size, then switch.
+    while !journal.wants_switch() {
+        t += 1;
+        turn(
+            &mut partition,
+            &mut journal,
+            &[("a", t), ("b", t), ("c", t)],
+        );
+    }
+    let switched_at = partition.end_position();
+    let target = partition.sync_target().unwrap();
+    journal.switch(&[(0, switched_at)], vec![target]).unwrap();
+    assert_eq!(journal.generation(), 2);
+    for _ in 0..3 {
+        t += 1;
+        turn(&mut partition, &mut journal, &[("a", t), ("b", t)]);
+    }
+    partition.simulate_crash();
+    drop(journal);
+    let recovery = recover_journals(dir.path()).unwrap();
+    assert_eq!(recovery.generation, 2);
+    // The older file's header gives the durable end: the background sync of
+    // the switch may not have happened.
+    assert_eq!(
+        recovery.partitions[&0].tail,
+        Some(UnsyncedTail {
+            durable_end: start,
+            run: 1
+        })
+    );
+    crash_zero_last_segment_from(dir.path(), 0);
+    let (partition, _, _) = open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(partition.head_seq(b"a"), t);
+    check_channel(&partition, "a");
+    check_channel(&partition, "b");
+    check_channel(&partition, "c");
+}
+
+#[test]
+fn replay_rolls_segments_like_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_segments();
+    let mut partition = Partition::open_with(
+        dir.path(),
+        0,
+        config.clone(),
+        PartitionOptions {
+            run: 1,
+            preallocate: false,
+            ..PartitionOptions::default()
+        },
+    )
+    .unwrap()
+    .0;
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    for t in 1..100 {
+        turn(&mut partition, &mut journal, &[("a", t), ("b", t)]);
+    }
+    let segments = segment_files(dir.path()).len();
+    assert!(segments > 3);
+    partition.simulate_crash();
+    drop(journal);
+    // Lose the newest segment file altogether (its directory entry was not
+    // synced) and zero the one before it from its start.
+    let files = segment_files(dir.path());
+    std::fs::remove_file(files.last().unwrap()).unwrap();
+    let (partition, _, _) = open_after_journal(dir.path(), config, 2).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), segments);
+    assert_eq!(partition.head_seq(b"a"), 99);
+    check_channel(&partition, "a");
+    check_channel(&partition, "b");
+}
