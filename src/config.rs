@@ -19,7 +19,41 @@ pub struct Config {
     pub native: NativeConfig,
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
+}
+
+/// Certificates for the listeners that set `tls = true` (docs/SECURITY.md).
+/// Empty paths are unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM: the server certificate, then its intermediates.
+    pub cert_file: String,
+    /// PEM: its private key.
+    pub key_file: String,
+    /// PEM: CA certificates client certificates must chain to.
+    pub client_ca_file: String,
+    /// `none`, `optional` or `required`.
+    pub client_auth: starling_broker::ClientAuth,
+}
+
+impl TlsConfig {
+    /// The files, when a certificate and key are configured.
+    pub fn files(&self) -> Result<starling_broker::TlsFiles> {
+        if self.cert_file.is_empty() || self.key_file.is_empty() {
+            bail!(
+                "a listener has tls = true but [tls] cert_file and key_file are not both set                  (STARLING_TLS_CERT_FILE, STARLING_TLS_KEY_FILE): give the PEM files of the                  server certificate and its key"
+            );
+        }
+        Ok(starling_broker::TlsFiles {
+            cert_file: self.cert_file.clone().into(),
+            key_file: self.key_file.clone().into(),
+            client_ca_file: (!self.client_ca_file.is_empty())
+                .then(|| self.client_ca_file.clone().into()),
+            client_auth: self.client_auth,
+        })
+    }
 }
 
 /// The MQTT 3.1.1/5 listener.
@@ -29,6 +63,9 @@ pub struct MqttConfig {
     /// Where to listen. Loopback by default; any other address needs
     /// authentication to be configured.
     pub address: SocketAddr,
+    /// Serve MQTT over TLS only (the certificate is in [tls]); 8883 is the
+    /// usual port for it.
+    pub tls: bool,
     /// Largest packet a client may send (the v5 Maximum Packet Size).
     pub packet_bytes_max: u32,
     /// Seconds between `$SYS/broker/…` updates (0 turns them off).
@@ -39,6 +76,7 @@ impl Default for MqttConfig {
     fn default() -> MqttConfig {
         MqttConfig {
             address: "127.0.0.1:1883".parse().expect("valid address"),
+            tls: false,
             packet_bytes_max: starling_protocol::mqtt::PACKET_BYTES_MAX_DEFAULT,
             sys_interval_s: 10,
         }
@@ -53,6 +91,8 @@ pub struct HttpConfig {
     /// Where to listen. Loopback by default; any other address needs
     /// authentication to be configured.
     pub address: SocketAddr,
+    /// Serve HTTPS and WSS only (the certificate is in [tls]).
+    pub tls: bool,
     /// Largest request head (request line and headers).
     pub header_bytes_max: usize,
     /// Most header fields in one request.
@@ -73,6 +113,7 @@ impl Default for HttpConfig {
         let ws = starling_adapters::ws::WsLimits::default();
         HttpConfig {
             address: "127.0.0.1:8080".parse().expect("valid address"),
+            tls: false,
             header_bytes_max: http.header_bytes_max,
             headers_max: http.headers_max,
             body_bytes_max: http.body_bytes_max,
@@ -90,6 +131,8 @@ pub struct NativeConfig {
     /// Where to listen. Loopback by default; any other address needs
     /// authentication to be configured.
     pub address: SocketAddr,
+    /// Serve the native protocol over TLS only (the certificate is in [tls]).
+    pub tls: bool,
     /// Largest frame a client may send.
     pub frame_bytes_max: u32,
 }
@@ -98,6 +141,7 @@ impl Default for NativeConfig {
     fn default() -> NativeConfig {
         NativeConfig {
             address: "127.0.0.1:7400".parse().expect("valid address"),
+            tls: false,
             frame_bytes_max: starling_protocol::FRAME_BYTES_MAX_DEFAULT,
         }
     }

@@ -34,7 +34,7 @@ use starling_adapters::mqtt::MqttProtocol;
 use starling_adapters::native::NativeProtocol;
 use starling_adapters::sys_topics::SysTopics;
 use starling_adapters::ws::WsLimits;
-use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer};
+use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer, TlsAcceptor};
 use starling_protocol::mqtt::MqttLimits;
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
 
@@ -264,18 +264,29 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     );
     let chat_slot = http.chat_slot();
     let ready = http.ready_flag();
+    // One TLS configuration, shared by every listener that asks for TLS.
+    let tls = if config.native.tls || config.http.tls || config.mqtt.tls {
+        let files = config.tls.files()?;
+        Some(TlsAcceptor::new(files).context("cannot set up TLS")?)
+    } else {
+        None
+    };
+    let tls_for = |on: bool| tls.clone().filter(|_| on);
     let listeners = vec![
         Listener {
             address: config.native.address,
             protocol: native,
+            tls: tls_for(config.native.tls),
         },
         Listener {
             address: config.http.address,
             protocol: http,
+            tls: tls_for(config.http.tls),
         },
         Listener {
             address: config.mqtt.address,
             protocol: mqtt,
+            tls: tls_for(config.mqtt.tls),
         },
     ];
     let engine = Engine::start(
@@ -304,14 +315,39 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("cannot install signal handlers")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("cannot install the SIGHUP handler")?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if reload.swap(false, Ordering::Relaxed) {
+            reload_tls(tls.as_deref());
+        }
     }
     log::info!("shutting down: writing and syncing what is pending");
     drop(sys_topics);
     engine.shutdown();
     log::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: read the certificate and key again; new connections use them,
+/// open ones keep theirs.
+fn reload_tls(tls: Option<&TlsAcceptor>) {
+    let Some(tls) = tls else {
+        log::info!("SIGHUP: no listener uses TLS; nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => log::info!(
+            "SIGHUP: reloaded the TLS certificate {} and key {}",
+            tls.files().cert_file.display(),
+            tls.files().key_file.display()
+        ),
+        Err(error) => {
+            log::error!("SIGHUP: TLS reload failed, the old certificate stays in use: {error}")
+        }
+    }
 }
 
 fn connect(server: &ServerArgs, name: &str) -> Result<Client> {

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::routing::Routing;
 use crate::session::{Protocol, SessionEvent};
 use crate::shard::{OwnedPartition, PartitionTable, Shard};
+use crate::tls::TlsAcceptor;
 
 /// Events queued to one in-process client before it counts as a slow
 /// consumer. An embedded client reads in its own thread; 64 Ki events give
@@ -73,6 +74,8 @@ pub(crate) struct EngineShared {
 pub struct Listener {
     pub address: SocketAddr,
     pub protocol: Arc<dyn Protocol>,
+    /// `Some`: the listener speaks TLS only (see [`crate::tls`]).
+    pub tls: Option<Arc<TlsAcceptor>>,
 }
 
 /// The engine's counters, owned (see [`Engine::metrics_handle`]).
@@ -152,11 +155,12 @@ impl Engine {
                     address: listener.address,
                     source,
                 })?;
-            bound.push((
-                TcpListener::from_std(std_listener),
-                local,
-                listener.protocol,
-            ));
+            bound.push(BoundListener {
+                listener: TcpListener::from_std(std_listener),
+                address: local,
+                protocol: listener.protocol,
+                tls: listener.tls,
+            });
         }
 
         let mut polls = Vec::new();
@@ -298,7 +302,10 @@ impl Engine {
             return Err(error.into());
         }
 
-        let local_addresses = bound.iter().map(|(_, a, p)| (p.name(), *a)).collect();
+        let local_addresses = bound
+            .iter()
+            .map(|b| (b.protocol.name(), b.address))
+            .collect();
         let acceptor = if bound.is_empty() {
             None
         } else {
@@ -543,15 +550,27 @@ fn open_partitions(
 /// Token of the acceptor's shutdown waker; listener `i` uses `Token(i + 1)`.
 const ACCEPTOR_WAKER: Token = Token(0);
 
+/// A listening socket, what it serves, and how.
+struct BoundListener {
+    listener: TcpListener,
+    address: SocketAddr,
+    protocol: Arc<dyn Protocol>,
+    tls: Option<Arc<TlsAcceptor>>,
+}
+
 fn start_acceptor(
     shared: Arc<EngineShared>,
-    mut listeners: Vec<(TcpListener, SocketAddr, Arc<dyn Protocol>)>,
+    mut listeners: Vec<BoundListener>,
 ) -> Result<(JoinHandle<()>, Arc<Waker>), EngineError> {
     let mut poll = Poll::new().map_err(EngineError::Poll)?;
     let waker = Arc::new(Waker::new(poll.registry(), ACCEPTOR_WAKER).map_err(EngineError::Poll)?);
-    for (index, (listener, _, _)) in listeners.iter_mut().enumerate() {
+    for (index, bound) in listeners.iter_mut().enumerate() {
         poll.registry()
-            .register(listener, Token(index + 1), mio::Interest::READABLE)
+            .register(
+                &mut bound.listener,
+                Token(index + 1),
+                mio::Interest::READABLE,
+            )
             .map_err(EngineError::Poll)?;
     }
     let handle = std::thread::Builder::new()
@@ -571,17 +590,26 @@ fn start_acceptor(
                     if event.token() == ACCEPTOR_WAKER {
                         return;
                     }
-                    let (listener, _, protocol) = &listeners[event.token().0 - 1];
+                    let bound = &listeners[event.token().0 - 1];
                     loop {
-                        match listener.accept() {
+                        match bound.listener.accept() {
                             Ok((stream, peer)) => {
                                 let _ = stream.set_nodelay(true);
+                                let tls = match bound.tls.as_ref().map(|tls| tls.accept()) {
+                                    None => None,
+                                    Some(Ok(session)) => Some(Box::new(session)),
+                                    Some(Err(error)) => {
+                                        log::warn!("acceptor: no TLS session for {peer}: {error}");
+                                        continue;
+                                    }
+                                };
                                 let shard = next_shard % shared.routing.shards;
                                 next_shard = next_shard.wrapping_add(1);
                                 shared.inboxes[shard].send_blocking(ShardMsg::Accept {
                                     stream,
                                     peer,
-                                    protocol: protocol.clone(),
+                                    protocol: bound.protocol.clone(),
+                                    tls,
                                 });
                             }
                             Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,

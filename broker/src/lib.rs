@@ -27,6 +27,7 @@ pub mod pattern;
 pub mod routing;
 pub mod session;
 mod shard;
+pub mod tls;
 
 pub use auth::{Action, Authorizer, Denied, LoopbackAuthorizer, Principal, SYSTEM_ROLE};
 pub use command::{BrokerError, Command, Reply};
@@ -38,3 +39,4 @@ pub use mailbox::ConnRef;
 pub use metrics::Metrics;
 pub use routing::Routing;
 pub use session::{Close, Protocol, Session, SessionContext, SessionEvent};
+pub use tls::{ClientAuth, TlsAcceptor, TlsError, TlsFiles};

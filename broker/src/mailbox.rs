@@ -68,6 +68,8 @@ pub(crate) enum ShardMsg {
         stream: mio::net::TcpStream,
         peer: SocketAddr,
         protocol: Arc<dyn Protocol>,
+        /// The TLS session of a TLS listener's connection.
+        tls: Option<Box<rustls::ServerConnection>>,
     },
     /// An in-process client joins this shard.
     AttachLocal {

@@ -64,6 +64,9 @@ pub(crate) enum ConnKind {
 
 pub(crate) struct SocketConn {
     stream: TcpStream,
+    /// The TLS session on a TLS listener: reads and writes go through it
+    /// (the session sees only plaintext).
+    tls: Option<Box<rustls::ServerConnection>>,
     peer: SocketAddr,
     session: Box<dyn Session>,
     pub protocol: Arc<dyn Protocol>,
@@ -145,6 +148,7 @@ impl Shard {
         stream: TcpStream,
         peer: SocketAddr,
         protocol: Arc<dyn Protocol>,
+        tls: Option<Box<rustls::ServerConnection>>,
     ) {
         let session = protocol.new_session(peer);
         let connection = Connection {
@@ -153,6 +157,7 @@ impl Shard {
             sender: None,
             kind: ConnKind::Socket(SocketConn {
                 stream,
+                tls,
                 peer,
                 session,
                 protocol,
@@ -252,7 +257,11 @@ impl Shard {
                 let spare = socket.input.capacity() - socket.input.len();
                 let start = socket.input.len();
                 socket.input.resize(start + spare, 0);
-                match socket.stream.read(&mut socket.input[start..]) {
+                match read_plaintext(
+                    &mut socket.stream,
+                    &mut socket.tls,
+                    &mut socket.input[start..],
+                ) {
                     Ok(0) => {
                         socket.input.truncate(start);
                         peer_closed = true;
@@ -860,6 +869,10 @@ impl Shard {
             return;
         };
         if let ConnKind::Socket(socket) = &mut connection.kind {
+            if let Some(tls) = socket.tls.as_mut() {
+                tls.send_close_notify();
+                let _ = tls.write_tls(&mut socket.stream);
+            }
             let _ = self.poll.registry().deregister(&mut socket.stream);
             let _ = socket.stream.shutdown(std::net::Shutdown::Both);
         }
@@ -880,10 +893,79 @@ impl Shard {
     }
 }
 
+/// Reads plaintext into `buffer`: straight from the socket, or through the
+/// TLS session (TLS records are read until the session has plaintext or the
+/// socket would block). `Ok(0)` is the end of the stream.
+fn read_plaintext(
+    stream: &mut TcpStream,
+    tls: &mut Option<Box<rustls::ServerConnection>>,
+    buffer: &mut [u8],
+) -> io::Result<usize> {
+    let Some(tls) = tls else {
+        return stream.read(buffer);
+    };
+    loop {
+        match tls.reader().read(buffer) {
+            Ok(n) => return Ok(n),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        if let Err(error) = tls.process_new_packets() {
+            // Tell the peer why (a TLS alert), then give up on it.
+            let _ = tls.write_tls(stream);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("TLS: {error}"),
+            ));
+        }
+    }
+}
+
+/// Hands queued plaintext to the TLS session and writes its records until
+/// done or the socket would block; returns the bytes written to the socket.
+fn write_queued_tls(socket: &mut SocketConn) -> io::Result<usize> {
+    let tls = socket.tls.as_mut().expect("a TLS connection");
+    let mut written_total = 0;
+    loop {
+        while tls.wants_write() {
+            match tls.write_tls(&mut socket.stream) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed")),
+                Ok(n) => written_total += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(written_total)
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let Some(front) = socket.output.front_mut() else {
+            return Ok(written_total);
+        };
+        let taken = tls.writer().write(front)?;
+        if taken == 0 {
+            return Ok(written_total);
+        }
+        socket.output_bytes -= taken;
+        if taken == front.len() {
+            socket.output.pop_front();
+            socket.front_partial = false;
+        } else {
+            front.advance(taken);
+            socket.front_partial = true;
+        }
+    }
+}
+
 /// Writes queued buffers with `writev` until done or the socket would block;
 /// returns the bytes written.
 fn write_queued(socket: &mut SocketConn) -> io::Result<usize> {
     socket.seal_scratch();
+    if socket.tls.is_some() {
+        return write_queued_tls(socket);
+    }
     let mut written_total = 0;
     while !socket.output.is_empty() {
         let slices: Vec<IoSlice<'_>> = socket

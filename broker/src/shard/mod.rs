@@ -219,7 +219,8 @@ impl Shard {
                 stream,
                 peer,
                 protocol,
-            } => self.accept(stream, peer, protocol),
+                tls,
+            } => self.accept(stream, peer, protocol, tls),
             ShardMsg::AttachLocal {
                 principal,
                 events,
