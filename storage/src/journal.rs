@@ -792,6 +792,37 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Ends the journal after a clean stop: the caller has synced every
+    /// partition up to `partitions`' ends, so no entry is needed any more.
+    /// The other file gets a header naming those ends (and no entries), and
+    /// the active file's header is erased: the next start then treats
+    /// everything before the ends as durable (a damaged batch there is
+    /// corruption, not an unsynced tail).
+    pub fn close(&mut self, partitions: &[(u32, u64)]) -> Result<(), StorageError> {
+        self.check_not_failed()?;
+        self.sync()?;
+        if let Err(reason) = self.syncer.wait() {
+            self.failed = Some(reason.clone());
+            return Err(StorageError::Failed {
+                partition_id: u32::MAX,
+                reason,
+            });
+        }
+        let old = self.active;
+        self.activate(1 - old, self.generation + 1, partitions)?;
+        let path = self.directory.join(file_name(old));
+        let erase = vec![0u8; HEADER_ALIGN];
+        if let Err(error) = self.files[old]
+            .write_all_at(&erase, 0)
+            .and_then(|()| self.files[old].sync_data())
+        {
+            return Err(self.fail(StorageError::io("erase the header of", &path, error)));
+        }
+        Ok(())
+    }
+}
+
 /// Writes zeros from `from` to `to`, then fdatasyncs.
 fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];

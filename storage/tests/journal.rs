@@ -320,3 +320,32 @@ fn replay_rolls_segments_like_a_flush() {
     check_channel(&partition, "a");
     check_channel(&partition, "b");
 }
+
+#[test]
+fn after_a_clean_close_everything_before_the_ends_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    turn(&mut partition, &mut journal, &[("a", 1), ("a", 2)]);
+    partition.sync().unwrap();
+    journal.close(&[(0, partition.end_position())]).unwrap();
+    let end = partition.end_position();
+    drop(partition);
+    drop(journal);
+    let recovery = recover_journals(dir.path()).unwrap();
+    assert_eq!(
+        recovery.partitions[&0].tail,
+        Some(UnsyncedTail {
+            durable_end: end,
+            run: 1
+        })
+    );
+    assert!(recovery.partitions[&0].entries.is_empty());
+    // So a damaged batch is corruption again, not an unsynced tail.
+    let file = segment_files(dir.path()).pop().unwrap();
+    flip_bit(&file, 70, 1);
+    let error = open_after_journal(dir.path(), PartitionConfig::default(), 2)
+        .err()
+        .expect("corruption");
+    assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
+}

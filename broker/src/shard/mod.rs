@@ -369,9 +369,23 @@ impl Shard {
             }
         }
         self.write_dirty();
+        let mut synced = true;
         for partition in self.partitions.values_mut() {
             if let Err(error) = partition.log.sync() {
                 log::error!("shard {}: final sync failed: {error}", self.id);
+                synced = false;
+            }
+        }
+        // Every partition is durable: the journal holds nothing needed, and
+        // the next start checks everything as durable data.
+        if synced {
+            let ends: Vec<(u32, u64)> = self
+                .partitions
+                .iter()
+                .map(|(id, p)| (*id, p.log.end_position()))
+                .collect();
+            if let Err(error) = self.journal.close(&ends) {
+                log::error!("shard {}: closing the journal failed: {error}", self.id);
             }
         }
     }
