@@ -11,12 +11,15 @@
 //!
 //! # Files
 //!
-//! `<data dir>/journal/<shard as 3 digits>/{0,1}.journal`. The inactive file
-//! is zero-filled to `file_bytes` by the background thread once the active
-//! one is half full (appending inside a file that already has its blocks
-//! makes `fdatasync` commit no metadata; a new engine's first file grows). One file is active; a switch
-//! makes the other one active with the next generation, after the partition
-//! data its old content covers has been synced. All integers little-endian.
+//! `<data dir>/journal/<shard as 3 digits>/{0,1}.journal`. One file is
+//! active; a switch makes the other one active with the next generation,
+//! after the partition data its old content covers has been synced. The
+//! inactive file is zero-filled to `file_bytes` by the background thread
+//! once the active one is half full (appending inside a file that already
+//! has its blocks makes `fdatasync` commit no metadata). A new journal's
+//! first file is a plain growing one: the other file is zero-filled at once
+//! and the journal switches to it as soon as it is ready. All integers
+//! little-endian.
 //!
 //! ```text
 //! file header (padded with zeros to header_bytes, a multiple of 4096)
@@ -53,6 +56,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -62,10 +66,10 @@ use crate::StorageError;
 
 /// The directory under the data directory that holds the shard journals.
 pub const JOURNAL_DIRECTORY: &str = "journal";
-/// Default size of each of the two journal files: 64 MiB. A switch, and so a
+/// Default size of each of the two journal files: 32 MiB. A switch, and so a
 /// background sync of the shard's partitions, happens at most once per this
 /// many bytes written by the shard.
-pub const JOURNAL_FILE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const JOURNAL_FILE_BYTES_DEFAULT: u64 = 32 * 1024 * 1024;
 /// The smallest allowed journal file size.
 pub const JOURNAL_FILE_BYTES_MINIMUM: u64 = 64 * 1024;
 
@@ -77,8 +81,11 @@ const HEADER_FIXED_BYTES: usize = 32;
 const HEADER_PARTITION_BYTES: usize = 16;
 /// Bytes of an entry header.
 pub const ENTRY_HEADER_BYTES: usize = 24;
-/// Zeros are written in pieces of this size when a journal file is created.
+/// Zeros are written in pieces of this size, with an `fdatasync` every
+/// [`ZERO_SYNC_EVERY`] bytes, so that the write-back of a whole file never
+/// queues in front of the shard's own `fdatasync` at once.
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
+const ZERO_SYNC_EVERY: u64 = 4 * 1024 * 1024;
 
 /// Where recovery may find unsynced data of a partition: from stream
 /// position `durable_end` on, the segment files may hold anything (a torn
@@ -412,6 +419,9 @@ struct SyncerState {
 struct SyncerShared {
     state: Mutex<SyncerState>,
     changed: Condvar,
+    /// Set on shutdown: a zero-fill in progress stops (the file only stays
+    /// shorter; the next start goes on from its length).
+    abandon: AtomicBool,
 }
 
 impl SyncerShared {
@@ -433,6 +443,7 @@ impl Syncer {
         let shared = Arc::new(SyncerShared {
             state: Mutex::new(SyncerState::default()),
             changed: Condvar::new(),
+            abandon: AtomicBool::new(false),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -471,6 +482,7 @@ impl Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
+        self.shared.abandon.store(true, Ordering::Relaxed);
         self.shared.lock().shutdown = true;
         self.shared.changed.notify_all();
         if let Some(thread) = self.thread.take() {
@@ -479,7 +491,15 @@ impl Drop for Syncer {
     }
 }
 
-fn run_job(job: &Job) -> Result<(), String> {
+/// Whether every job asked for is done (without waiting).
+impl Syncer {
+    fn idle(&self) -> bool {
+        let state = self.shared.lock();
+        state.finished == state.requested
+    }
+}
+
+fn run_job(job: &Job, abandon: &AtomicBool) -> Result<(), String> {
     match job {
         Job::Sync(targets) => {
             let mut directories: Vec<&Path> = Vec::new();
@@ -502,7 +522,7 @@ fn run_job(job: &Job) -> Result<(), String> {
                 .metadata()
                 .map_err(|e| StorageError::io("stat", path, e).to_string())?
                 .len();
-            zero_fill(file, len, *bytes)
+            zero_fill(file, len, *bytes, abandon)
                 .map_err(|e| StorageError::io("zero-fill", path, e).to_string())
         }
     }
@@ -514,10 +534,7 @@ fn run_syncer(shared: &SyncerShared) {
         if !state.queue.is_empty() {
             let job = state.queue.remove(0);
             drop(state);
-            // After a shutdown request, a pending zero-fill is skipped (the
-            // file only stays a growing one); syncs still run.
-            let skip = matches!(job, Job::Prepare { .. }) && shared.lock().shutdown;
-            let result = if skip { Ok(()) } else { run_job(&job) };
+            let result = run_job(&job, &shared.abandon);
             state = shared.lock();
             state.finished += 1;
             if let Err(error) = result {
@@ -553,6 +570,9 @@ pub struct Journal {
     /// The inactive file was given to the background thread to zero-fill
     /// (reset at a switch).
     prepare_requested: bool,
+    /// The active file is a growing one (a new journal): switch to the other
+    /// file as soon as the background thread has zero-filled it.
+    growing: bool,
     /// The first write or sync failure; set forever once set.
     failed: Option<String>,
     syncer: Syncer,
@@ -618,11 +638,23 @@ impl Journal {
             buffer: Vec::new(),
             unsynced: false,
             prepare_requested: false,
+            growing: false,
             failed: None,
             syncer: Syncer::start(format!("journal-{shard:03}"))
                 .map_err(|e| StorageError::io("start the journal thread for", data_dir, e))?,
         };
         journal.activate(0, generation, partitions)?;
+        let active_len = journal.files[0]
+            .metadata()
+            .map_err(|e| StorageError::io("stat", journal.directory.join(file_name(0)), e))?
+            .len();
+        if active_len < file_bytes {
+            // A new journal: its first file grows (an fdatasync then also
+            // commits the file size), so the other one is zero-filled now
+            // and taken as soon as it is ready.
+            journal.growing = true;
+            journal.prepare_other()?;
+        }
         Ok(journal)
     }
 
@@ -715,8 +747,7 @@ impl Journal {
     /// Asks the background thread to zero-fill the inactive file up to
     /// `file_bytes` if it is shorter (only its end, never its content: it
     /// may still hold entries that recovery needs). Asked once the active
-    /// file is half full, not at start: a short-lived engine never writes
-    /// the zeros.
+    /// file is half full, or at the start of a new journal.
     fn prepare_other(&mut self) -> Result<(), StorageError> {
         self.prepare_requested = true;
         let other = 1 - self.active;
@@ -755,7 +786,7 @@ impl Journal {
     /// Whether the active file is full and the journal should
     /// [`switch`](Journal::switch).
     pub fn wants_switch(&self) -> bool {
-        self.position >= self.file_bytes
+        self.position >= self.file_bytes || (self.growing && self.syncer.idle())
     }
 
     /// Moves to the other file. `partitions` are the partitions' flushed
@@ -787,6 +818,7 @@ impl Journal {
         }
         self.activate(1 - self.active, self.generation + 1, partitions)?;
         self.prepare_requested = false;
+        self.growing = false;
         self.syncer.request(Job::Sync(targets));
         Ok(())
     }
@@ -823,14 +855,20 @@ impl Journal {
     }
 }
 
-/// Writes zeros from `from` to `to`, then fdatasyncs.
-fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+/// Writes zeros from `from` to `to`, syncing as it goes.
+fn zero_fill(file: &File, from: u64, to: u64, abandon: &AtomicBool) -> std::io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut at = from;
-    while at < to {
+    let mut unsynced = 0;
+    while at < to && !abandon.load(Ordering::Relaxed) {
         let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
+        unsynced += n as u64;
+        if unsynced >= ZERO_SYNC_EVERY {
+            file.sync_data()?;
+            unsynced = 0;
+        }
     }
     file.sync_all()
 }

@@ -34,6 +34,9 @@ impl Server {
             .env("STARLING_NATIVE_ADDRESS", "127.0.0.1:0")
             .env("STARLING_HTTP_ADDRESS", "127.0.0.1:0")
             .env("STARLING_MQTT_ADDRESS", "127.0.0.1:0")
+            // Small journal files: the tests switch journal files often
+            // (and do not write 32 MiB of zeros per server).
+            .env("STARLING_ENGINE_JOURNAL_FILE_BYTES", "1048576")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
