@@ -1023,3 +1023,99 @@ fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
     let (_third, _) = connect_session(server.mqtt, ProtocolVersion::V311, "phone", true);
     second.expect_disconnect(ReasonCode::SessionTakenOver);
 }
+
+/// Receives `count` PUBLISH packets, keyed by payload: (packet id, DUP).
+fn publishes_by_payload(
+    raw: &mut Raw,
+    count: usize,
+) -> std::collections::HashMap<String, (u16, bool)> {
+    (0..count)
+        .map(|_| match raw.next() {
+            Some(Packet::Publish(publish)) => (
+                String::from_utf8(publish.payload.to_vec()).unwrap(),
+                (publish.packet_id.unwrap(), publish.dup),
+            ),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect()
+}
+
+fn response(packet_id: u16) -> starling_protocol::mqtt::PublishResponse {
+    starling_protocol::mqtt::PublishResponse::success(packet_id)
+}
+
+#[test]
+fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids() {
+    let (_dir, server) = server(&[]);
+    let v311 = ProtocolVersion::V311;
+    let (mut first, _) = connect_session(server.mqtt, v311, "resender", false);
+    subscribe(&mut first, "tasks", QoS::AtLeastOnce);
+    subscribe(&mut first, "transfers", QoS::ExactlyOnce);
+    publish_acked(&server, "tasks", &["task a".into()], QoS::AtLeastOnce);
+    let transfers = ["transfer x".to_string(), "transfer y".to_string()];
+    publish_acked(&server, "transfers", &transfers, QoS::ExactlyOnce);
+    let sent = publishes_by_payload(&mut first, 3);
+    assert!(sent.values().all(|(_, dup)| !dup), "{sent:?}");
+    let (task, _) = sent["task a"];
+    let (x, _) = sent["transfer x"];
+    let (y, _) = sent["transfer y"];
+    // "task a" is not acknowledged, "transfer x" is PUBREC'd (its PUBREL
+    // comes) but not completed, "transfer y" is not acknowledged.
+    first.send(&Packet::PubRec(response(x)));
+    assert_eq!(first.next(), Some(Packet::PubRel(response(x))));
+
+    // The client comes back while the server still holds the first
+    // connection: the second takes the session over with what was in flight.
+    let (mut second, present) = connect_session(server.mqtt, v311, "resender", false);
+    assert!(present);
+    let mut resent_publishes = std::collections::HashMap::new();
+    let mut resent_pubrel = None;
+    for _ in 0..3 {
+        match second.next() {
+            Some(Packet::Publish(publish)) => {
+                assert!(publish.dup, "a resent message has DUP set: {publish:?}");
+                let text = String::from_utf8(publish.payload.to_vec()).unwrap();
+                resent_publishes.insert(text, (publish.packet_id.unwrap(), publish.qos));
+            }
+            Some(Packet::PubRel(rel)) => resent_pubrel = Some(rel.packet_id),
+            other => panic!("expected a resent PUBLISH or PUBREL, got {other:?}"),
+        }
+    }
+    assert_eq!(resent_pubrel, Some(x), "PUBREL again, with its packet id");
+    assert_eq!(resent_publishes["task a"], (task, QoS::AtLeastOnce));
+    assert_eq!(resent_publishes["transfer y"], (y, QoS::ExactlyOnce));
+    assert!(first.next().is_none(), "the first connection was closed");
+    second.send(&Packet::PubAck(response(task)));
+    second.send(&Packet::PubComp(response(x)));
+    second.send(&Packet::PubRec(response(y)));
+    assert_eq!(second.next(), Some(Packet::PubRel(response(y))));
+    second.send(&Packet::PubComp(response(y)));
+    // Nothing comes twice: the log's redelivery skips what the client has.
+    second.send(&Packet::PingReq);
+    assert_eq!(second.next(), Some(Packet::PingResp));
+
+    // Leaving with a message in flight and coming back after the server
+    // closed the connection: the same again.
+    publish_acked(&server, "tasks", &["task b".into()], QoS::AtLeastOnce);
+    let sent = publishes_by_payload(&mut second, 1);
+    let (task_b, _) = sent["task b"];
+    second.send(&Packet::Disconnect(Default::default()));
+    assert!(second.next().is_none());
+    let (mut third, present) = connect_session(server.mqtt, v311, "resender", false);
+    assert!(present);
+    assert_eq!(
+        publishes_by_payload(&mut third, 1)["task b"],
+        (task_b, true)
+    );
+    third.send(&Packet::PubAck(response(task_b)));
+    third.send(&Packet::PingReq);
+    assert_eq!(third.next(), Some(Packet::PingResp));
+    third.send(&Packet::Disconnect(Default::default()));
+    assert!(third.next().is_none());
+
+    // Everything acknowledged: a reconnect gets nothing again.
+    let (mut fourth, present) = connect_session(server.mqtt, v311, "resender", false);
+    assert!(present);
+    fourth.send(&Packet::PingReq);
+    assert_eq!(fourth.next(), Some(Packet::PingResp));
+}

@@ -58,11 +58,14 @@ impl MqttSession {
             };
             return refuse(code, &denied.0, context.out());
         }
-        // One connection per client id: a newer one takes the session over.
+        // One connection per client id: a newer one takes the session over
+        // (and the older one hands its in-flight state over, `parked`).
+        let mut taking_over = false;
         if let Some(conn) = context.conn() {
             let previous = self.clients.lock().insert(client_id.clone(), conn);
             if let Some(old) = previous.filter(|old| *old != conn) {
                 context.notify(old, Box::new(TakenOver));
+                taking_over = true;
             }
         }
         let keep_alive = match connect.keep_alive_s {
@@ -84,6 +87,9 @@ impl MqttSession {
                 .session_expiry_interval_s
                 .is_some_and(|seconds| seconds > 0);
         let restoring = !connect.clean_start;
+        if connect.clean_start {
+            self.forget_parked(&client_id);
+        }
         if !restoring {
             Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -113,6 +119,7 @@ impl MqttSession {
             qos2_received: HashSet::new(),
             filters: Vec::new(),
             outbound: HashMap::new(),
+            next_order: 0,
             window: connect
                 .properties
                 .receive_maximum
@@ -122,11 +129,16 @@ impl MqttSession {
             held: VecDeque::new(),
             persistent,
             restoring,
+            clean_start: connect.clean_start,
+            session_read: false,
+            awaiting_handoff: taking_over && restoring,
+            handed_over: Vec::new(),
             waiting_input: BytesMut::new(),
             connack_properties: properties,
             session_records: Vec::new(),
             positions: HashMap::new(),
             cursors: HashMap::new(),
+            delivered: HashMap::new(),
         });
         let state = self.state.as_mut().expect("just set");
         if restoring {
@@ -162,6 +174,8 @@ impl MqttSession {
         })
         .encode(state.version, context.out());
         state.restoring = false;
+        self.unpark(context);
+        let state = self.state.as_mut().expect("connected");
         for (filter, qos) in filters {
             state.filters.push((filter.clone(), qos));
             if pattern::is_pattern(&filter) {

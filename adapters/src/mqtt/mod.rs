@@ -8,7 +8,9 @@
 //! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
 //! client's Receive Maximum, retained messages and persistent sessions kept in
-//! the log, PINGREQ, DISCONNECT, and the will message. Not yet: shared
+//! the log (with what was in flight resent, with its packet ids and DUP,
+//! when the client comes back), PINGREQ, DISCONNECT, and the will message.
+//! Not yet: shared
 //! subscriptions (refused with their v5 reason code), session expiry, topic
 //! aliases, will delay. Bad input closes only its own
 //! connection, with a v5 DISCONNECT that carries the reason code.
@@ -17,10 +19,11 @@
 //! Files: this one holds the session and the packets it handles itself;
 //! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
 //! client), `replies` (the broker's answers), `outbound` (QoS 1 and 2
-//! deliveries, windows, cursors), `deliveries` (the shared PUBLISH encoding
+//! deliveries, windows, cursors), `parked` (a persistent session's in-flight
+//! state between its connections), `deliveries` (the shared PUBLISH encoding
 //! and message properties), `store` (what is kept in `$` channels).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,13 +46,15 @@ mod connect;
 mod deliveries;
 mod inbound;
 mod outbound;
+mod parked;
 mod replies;
 mod store;
 
 use deliveries::{
     headers_of, is_application_message, properties_of, wall_clock_ms, MqttDeliveries,
 };
-use outbound::Outbound;
+use outbound::{encode_publish, InFlight, Outbound, Outgoing};
+use parked::{Handoff, ParkedSessions};
 use store::{
     collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
     send_suback, session_channel, session_consumer, RETAINED_INDEX, SESSION_PAGE,
@@ -75,6 +80,7 @@ pub struct MqttProtocol {
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
     clients: Clients,
+    parked: ParkedSessions,
 }
 
 /// The connection of each connected client id, so a new connection with the
@@ -96,6 +102,7 @@ impl MqttProtocol {
                 version: ProtocolVersion::V5,
             }),
             clients: Clients::default(),
+            parked: ParkedSessions::default(),
         }
     }
 }
@@ -112,6 +119,7 @@ impl Protocol for MqttProtocol {
             v311: self.v311.clone(),
             v5: self.v5.clone(),
             clients: self.clients.clone(),
+            parked: self.parked.clone(),
             state: None,
         })
     }
@@ -182,21 +190,29 @@ struct Connected {
     /// Subscribed filters (topic names or patterns) and their granted QoS.
     filters: Vec<(String, QoS)>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
-    outbound: HashMap<u16, Outbound>,
+    outbound: HashMap<u16, InFlight>,
+    /// Numbers outbound messages in the order they are sent.
+    next_order: u64,
     /// The most outbound messages in flight (the client's Receive Maximum,
     /// capped).
     window: u16,
     next_packet_id: u16,
-    /// Messages waiting for room in the window: (topic, message, QoS).
-    /// Messages waiting for room in the window: (topic, message, QoS,
-    /// retain flag).
-    held: VecDeque<(Arc<str>, Message, QoS, bool)>,
+    /// Messages waiting for room in the window, in order.
+    held: VecDeque<Outgoing>,
     /// The session outlives the connection: subscriptions are recorded in
     /// `$mqtt/session/<client id>` and delivery positions in cursors.
     persistent: bool,
     /// The CONNACK waits for the session's state to be read; packets that
     /// arrive meanwhile wait here.
     restoring: bool,
+    /// The client asked for a clean start (v3.1.1: clean session).
+    clean_start: bool,
+    /// The session's records are all read.
+    session_read: bool,
+    /// An older connection of the client id is handing its state over.
+    awaiting_handoff: bool,
+    /// What older connections handed over before the CONNACK.
+    handed_over: Vec<parked::Parked>,
     waiting_input: BytesMut,
     connack_properties: Properties,
     /// Session records read so far while restoring.
@@ -206,6 +222,9 @@ struct Connected {
     positions: HashMap<u16, (Arc<str>, u64)>,
     /// The last cursor written per topic.
     cursors: HashMap<Arc<str>, u64>,
+    /// Seqs above the cursor the client was sent, per cursor topic: a
+    /// redelivery from the log skips them.
+    delivered: HashMap<Arc<str>, BTreeSet<u64>>,
 }
 
 pub struct MqttSession {
@@ -214,6 +233,7 @@ pub struct MqttSession {
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
     clients: Clients,
+    parked: ParkedSessions,
     state: Option<Connected>,
 }
 
@@ -287,7 +307,14 @@ impl Session for MqttSession {
         let channel: Arc<str> = Arc::from(channel);
         let mut out = BytesMut::new();
         for message in messages.iter().filter(|m| is_application_message(m)) {
-            if !state.send_or_hold(&channel, message, qos, false, &mut out) {
+            let outgoing = Outgoing {
+                topic: channel.clone(),
+                message: message.clone(),
+                qos,
+                retain: false,
+                subscription_ids: Vec::new(),
+            };
+            if !state.send_or_hold(outgoing, &mut out) {
                 let version = state.version;
                 disconnect_with(
                     version,
@@ -306,6 +333,10 @@ impl Session for MqttSession {
         event: SessionEvent,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
+        let event = match event.downcast::<Handoff>() {
+            Ok(handoff) => return self.on_handoff(*handoff, context),
+            Err(event) => event,
+        };
         if event.downcast::<TakenOver>().is_ok() {
             if let Some(state) = self.state.as_ref() {
                 disconnect_with(
@@ -321,12 +352,7 @@ impl Session for MqttSession {
     }
 
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
-        if let (Some(state), Some(conn)) = (self.state.as_ref(), context.conn()) {
-            let mut clients = self.clients.lock();
-            if clients.get(&state.client_id) == Some(&conn) {
-                clients.remove(&state.client_id);
-            }
-        }
+        self.leave(context);
         // The will is published when the connection ends without a
         // DISCONNECT (which clears it).
         if let Some(will) = self.state.as_mut().and_then(|state| state.will.take()) {
@@ -459,7 +485,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubAck(response) => {
-                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos1Sent) {
+                if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
                     state.outbound.remove(&response.packet_id);
                     let _ = state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
@@ -468,7 +494,7 @@ impl MqttSession {
             }
             Packet::PubRec(response) => {
                 let packet_id = response.packet_id;
-                let known = state.outbound.get(&packet_id) == Some(&Outbound::Qos2Sent);
+                let known = state.outbound_state(packet_id) == Some(Outbound::Qos2Sent);
                 if known && response.reason_code.is_error() {
                     // The client refused the message: the exchange ends here.
                     state.outbound.remove(&packet_id);
@@ -476,7 +502,9 @@ impl MqttSession {
                     return Ok(());
                 }
                 if known {
-                    state.outbound.insert(packet_id, Outbound::Qos2Released);
+                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                        in_flight.state = Outbound::Qos2Released;
+                    }
                     // In a persistent session the PUBREL waits for the
                     // cursor to be durable: after a crash the message is
                     // not sent again (exactly once).
@@ -501,7 +529,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubComp(response) => {
-                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos2Released) {
+                if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
                     state.outbound.remove(&response.packet_id);
                     state.release_held(context.out());
                 }

@@ -155,14 +155,19 @@ impl MqttSession {
                         return Ok(());
                     }
                 }
-                return self.resume(context);
+                state.session_read = true;
+                return self.try_resume(context);
             }
             Pending::RestoreCursor { topic } => {
-                let seq = match reply {
+                let stored = match reply {
                     Reply::Cursor { seq } => *seq,
                     _ => 0,
                 };
-                state.cursors.insert(Arc::from(topic.as_str()), seq);
+                // A message resent from the previous connection may have
+                // been acknowledged (and the cursor moved) meanwhile.
+                let topic_key: Arc<str> = Arc::from(topic.as_str());
+                let seq = stored.max(state.cursors.get(&topic_key).copied().unwrap_or(0));
+                state.cursors.insert(topic_key, seq);
                 let request_id = next_request(state, Pending::Fire);
                 context.submit(
                     request_id,
@@ -223,8 +228,19 @@ impl MqttSession {
             Pending::RetainedRead { topic, qos } => {
                 if let Reply::History { messages, .. } = reply {
                     if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
-                        let topic: Arc<str> = Arc::from(topic);
-                        if !state.send_or_hold(&topic, message, qos, true, context.out()) {
+                        // Its seq is the `$retained` channel's, not the
+                        // topic's: it moves no cursor of the topic.
+                        let outgoing = Outgoing {
+                            topic: Arc::from(topic),
+                            message: Message {
+                                seq: 0,
+                                ..message.clone()
+                            },
+                            qos,
+                            retain: true,
+                            subscription_ids: Vec::new(),
+                        };
+                        if !state.send_or_hold(outgoing, context.out()) {
                             return Err(close(
                                 "MQTT: the client does not acknowledge its messages",
                             ));

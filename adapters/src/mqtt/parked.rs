@@ -1,0 +1,197 @@
+//! What a persistent session's connection leaves for the next connection of
+//! its client id (MQTT 4.4): the QoS 1 and 2 messages in flight, resent with
+//! their packet ids and DUP, and PUBREL again for those the client PUBREC'd;
+//! the QoS 2 packet ids received and waiting for the client's PUBREL; and
+//! which messages of cursor topics the client already has, so that the
+//! redelivery from the log does not send them twice.
+//!
+//! This is kept in memory. After a server restart the log and the cursors
+//! still redeliver what was not acknowledged, but with new packet ids and
+//! without DUP, and a PUBREL that was not completed is not sent again.
+
+use super::*;
+
+/// Parked sessions, by client id. Touched when a persistent session's
+/// connection closes and when its client id connects again, never per
+/// message.
+pub(super) type ParkedSessions = Arc<parking_lot::Mutex<HashMap<String, Parked>>>;
+
+/// Sessions parked at most. Each holds at most a window of messages in
+/// flight and the held ones; past this many, a closing session leaves
+/// nothing (its messages of cursor topics still come back from the log).
+pub const PARKED_SESSIONS_MAX: usize = 100_000;
+
+pub(super) struct Parked {
+    outbound: Vec<(u16, InFlight)>,
+    positions: HashMap<u16, (Arc<str>, u64)>,
+    delivered: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// Held messages that do not come back from the log by themselves.
+    held: Vec<Outgoing>,
+    qos2_received: HashSet<u16>,
+}
+
+impl Parked {
+    fn is_empty(&self) -> bool {
+        self.outbound.is_empty() && self.held.is_empty() && self.qos2_received.is_empty()
+    }
+}
+
+impl Connected {
+    /// Takes what the next connection of this session needs, if there is
+    /// anything.
+    pub(super) fn take_parked(&mut self) -> Option<Parked> {
+        let held = self
+            .held
+            .iter()
+            .filter(|outgoing| !self.is_of_cursor_topic(outgoing))
+            .cloned()
+            .collect();
+        let parked = Parked {
+            outbound: self.outbound.drain().collect(),
+            positions: std::mem::take(&mut self.positions),
+            delivered: std::mem::take(&mut self.delivered),
+            held,
+            qos2_received: std::mem::take(&mut self.qos2_received),
+        };
+        (!parked.is_empty()).then_some(parked)
+    }
+
+    /// Takes up a parked session right after the CONNACK: PUBREL for what
+    /// the client PUBREC'd, then the unacknowledged messages again, in the
+    /// order first sent, with their packet ids and DUP set.
+    pub(super) fn resume_parked(&mut self, parked: Parked, context: &mut SessionContext<'_>) {
+        self.qos2_received.extend(parked.qos2_received);
+        self.positions.extend(parked.positions);
+        for (topic, seqs) in parked.delivered {
+            self.delivered.entry(topic).or_default().extend(seqs);
+        }
+        let mut outbound = parked.outbound;
+        outbound.sort_by_key(|(_, in_flight)| in_flight.order);
+        let now_ms = wall_clock_ms();
+        for (packet_id, mut in_flight) in outbound {
+            if self.outbound.contains_key(&packet_id) {
+                // Two older connections both left this id: keep the first.
+                continue;
+            }
+            self.next_order += 1;
+            in_flight.order = self.next_order;
+            if in_flight.state == Outbound::Qos2Released {
+                Packet::PubRel(PublishResponse::success(packet_id))
+                    .encode(self.version, context.out());
+                self.outbound.insert(packet_id, in_flight);
+                continue;
+            }
+            let outgoing = &in_flight.outgoing;
+            let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
+                // Expired while the client was away: never sent again.
+                let _ = self.acknowledged(packet_id, context);
+                continue;
+            };
+            properties.subscription_identifiers = outgoing.subscription_ids.clone();
+            encode_publish(
+                self.version,
+                outgoing,
+                Some(packet_id),
+                true,
+                properties,
+                context.out(),
+            );
+            self.outbound.insert(packet_id, in_flight);
+        }
+        self.held.extend(parked.held);
+        self.release_held(context.out());
+    }
+}
+
+/// What an older connection of a client id hands the connection that took
+/// its session over: its parked state, or nothing (it was not persistent or
+/// had nothing in flight). The newer connection waits for it before its
+/// CONNACK, so nothing in flight is lost to the race between the two.
+pub(super) struct Handoff(pub(super) Option<Parked>);
+
+impl MqttSession {
+    /// A connection of this client id is closing: its persistent session's
+    /// in-flight state goes to the connection that took the client id over,
+    /// if one did, or else waits in the parked sessions for the next one.
+    /// Decided under the clients lock, so a CONNECT sees either the older
+    /// connection (and waits for its handoff) or its parked state.
+    pub(super) fn leave(&mut self, context: &mut SessionContext<'_>) {
+        let (Some(state), Some(conn)) = (self.state.as_mut(), context.conn()) else {
+            return;
+        };
+        let parked = if state.persistent {
+            state.take_parked()
+        } else {
+            None
+        };
+        let mut clients = self.clients.lock();
+        match clients.get(&state.client_id).copied() {
+            Some(owner) if owner != conn => context.notify(owner, Box::new(Handoff(parked))),
+            owner => {
+                if owner.is_some() {
+                    clients.remove(&state.client_id);
+                }
+                if let Some(parked) = parked {
+                    let mut sessions = self.parked.lock();
+                    if sessions.len() < PARKED_SESSIONS_MAX
+                        || sessions.contains_key(&state.client_id)
+                    {
+                        sessions.insert(state.client_id.clone(), parked);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets what a previous connection of `client_id` left (a clean
+    /// start).
+    pub(super) fn forget_parked(&self, client_id: &str) {
+        self.parked.lock().remove(client_id);
+    }
+
+    /// Takes up what the previous connection handed over (an older
+    /// connection's state that arrives after the CONNACK is resent at once).
+    pub(super) fn on_handoff(
+        &mut self,
+        handoff: Handoff,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        if state.clean_start {
+            // A clean start does not wait, and takes nothing over.
+            return Ok(());
+        }
+        if let Some(parked) = handoff.0 {
+            if state.restoring {
+                state.handed_over.push(parked);
+            } else {
+                state.resume_parked(parked, context);
+            }
+        }
+        state.awaiting_handoff = false;
+        self.try_resume(context)
+    }
+
+    /// Resumes the session once its records are read and the older
+    /// connection (if any) handed its state over.
+    pub(super) fn try_resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        match self.state.as_ref() {
+            Some(state) if state.restoring && state.session_read && !state.awaiting_handoff => {
+                self.resume(context)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Resends what the previous connection of this session left in flight.
+    pub(super) fn unpark(&mut self, context: &mut SessionContext<'_>) {
+        let state = self.state.as_mut().expect("connected");
+        let mut handed_over = std::mem::take(&mut state.handed_over);
+        handed_over.extend(self.parked.lock().remove(&state.client_id));
+        for parked in handed_over {
+            state.resume_parked(parked, context);
+        }
+    }
+}
