@@ -1,6 +1,7 @@
 """MQTT interop with the Eclipse Paho Python client (paho-mqtt 2.x), for
 3.1.1 and 5.0: QoS 0/1/2, v5 properties, retained messages, wills,
-persistent sessions and wildcards against a running Starling.
+persistent sessions, wildcards and v5 subscription options against a
+running Starling.
 
 Usage: python mqtt_paho.py HOST PORT
 Prints one line per check and exits 1 at the first failure.
@@ -15,6 +16,7 @@ import uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 HOST = sys.argv[1]
 PORT = int(sys.argv[2])
@@ -50,10 +52,17 @@ def client(client_id, protocol, clean=True, will=None):
     return c
 
 
-def subscribe(c, topic, qos):
+def subscribe(c, topic, qos, identifier=None):
+    """Subscribes; `qos` is a number or (v5) a SubscribeOptions."""
     done = queue.Queue()
     c.on_subscribe = lambda _c, _u, _mid, codes, _p: done.put(codes)
-    c.subscribe(topic, qos)
+    if isinstance(qos, SubscribeOptions):
+        properties = Properties(PacketTypes.SUBSCRIBE)
+        if identifier is not None:
+            properties.SubscriptionIdentifier = identifier
+        c.subscribe(topic, options=qos, properties=properties)
+    else:
+        c.subscribe(topic, qos)
     codes = done.get(timeout=WAIT_S)
     if any(code.is_failure for code in codes):
         raise AssertionError(f"SUBSCRIBE {topic} refused: {codes}")
@@ -185,6 +194,86 @@ def wildcards_match_levels():
         (f"{base}/hall/temp", "21"), (f"{base}/door/temp", "19")], got
     stop(pub)
     stop(sub)
+
+
+@check
+def v5_no_local_and_subscription_identifiers():
+    base = unique("paho/options")
+    me = client(unique("me"), mqtt.MQTTv5)
+    subscribe(me, f"{base}/chat", SubscribeOptions(qos=1, noLocal=True), identifier=7)
+    subscribe(me, f"{base}/#", SubscribeOptions(qos=0), identifier=8)
+    # My own message matches only through "#" now, which is not no-local.
+    publish(me, f"{base}/chat", "mine", 1)
+    (message,) = receive(me, 1)
+    assert message.payload == b"mine" and message.qos == 0, message
+    assert message.properties.SubscriptionIdentifier == [8], message.properties
+    other = client(unique("other"), mqtt.MQTTv5)
+    publish(other, f"{base}/chat", "theirs", 1)
+    (message,) = receive(me, 1)
+    assert message.payload == b"theirs" and message.qos == 1, message
+    assert sorted(message.properties.SubscriptionIdentifier) == [7, 8], message.properties
+    # Without the "#" subscription my own messages do not come back at all.
+    me.unsubscribe(f"{base}/#")
+    publish(me, f"{base}/chat", "mine again", 1)
+    publish(other, f"{base}/chat", "theirs again", 1)
+    (message,) = receive(me, 1)
+    assert message.payload == b"theirs again", message
+    stop(other)
+    stop(me)
+
+
+@check
+def v5_subscription_options_survive_a_reconnect():
+    topic = unique("paho/kept-options")
+    worker_id = unique("worker")
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    subscribe(worker, topic, SubscribeOptions(qos=1, noLocal=True), identifier=5)
+    stop(worker)
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    assert worker.session_present, "the session was kept"
+    publish(worker, topic, "mine", 1)
+    other = client(unique("other"), mqtt.MQTTv5)
+    publish(other, topic, "theirs", 1)
+    (message,) = receive(worker, 1)
+    assert message.payload == b"theirs", message
+    assert message.properties.SubscriptionIdentifier == [5], message.properties
+    stop(other)
+    stop(worker)
+
+
+@check
+def v5_retain_as_published_and_retain_handling():
+    topic = unique("paho/retain-options")
+    pub = client(unique("pub"), mqtt.MQTTv5)
+    publish(pub, topic, "stored", 1, retain=True)
+    sub = client(unique("sub"), mqtt.MQTTv5)
+    keep_flag = SubscribeOptions(qos=1, retainAsPublished=True,
+                                 retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+    subscribe(sub, topic, keep_flag)
+    (message,) = receive(sub, 1)
+    assert message.retain and message.payload == b"stored", message
+    # Retain handling 1: subscribing again to an existing subscription
+    # sends no retained message; the next message is the live one.
+    subscribe(sub, topic, keep_flag)
+    publish(pub, topic, "live", 1)
+    (message,) = receive(sub, 1)
+    assert message.payload == b"live" and not message.retain, message
+    # Retain-as-published keeps RETAIN on a live retained message; a plain
+    # subscription gets it with RETAIN 0.
+    plain = client(unique("plain"), mqtt.MQTTv5)
+    subscribe(plain, topic, SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+    publish(pub, topic, "stored again", 1, retain=True)
+    (message,) = receive(sub, 1)
+    assert message.retain and message.payload == b"stored again", message
+    (message,) = receive(plain, 1)
+    assert not message.retain and message.payload == b"stored again", message
+    # Retain handling 0 sends it on every subscribe.
+    subscribe(plain, topic, SubscribeOptions(qos=1))
+    (message,) = receive(plain, 1)
+    assert message.retain and message.payload == b"stored again", message
+    stop(plain)
+    stop(sub)
+    stop(pub)
 
 
 def main():

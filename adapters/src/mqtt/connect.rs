@@ -117,7 +117,7 @@ impl MqttSession {
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
             qos2_received: HashSet::new(),
-            filters: Vec::new(),
+            subscriptions: Vec::new(),
             outbound: HashMap::new(),
             next_order: 0,
             window: connect
@@ -176,8 +176,9 @@ impl MqttSession {
         state.restoring = false;
         self.unpark(context);
         let state = self.state.as_mut().expect("connected");
-        for (filter, qos) in filters {
-            state.filters.push((filter.clone(), qos));
+        for subscription in filters {
+            let (filter, qos) = (subscription.filter.clone(), subscription.qos());
+            state.subscriptions.push(subscription);
             if pattern::is_pattern(&filter) {
                 let request_id = next_request(state, Pending::Fire);
                 context.submit(request_id, Command::SubscribePattern { pattern: filter });

@@ -58,7 +58,13 @@ impl MqttSession {
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
-        let headers = headers_of(&publish.properties, wall_clock_ms());
+        let marks = Marks {
+            origin: state
+                .marks_own_publishes()
+                .then_some(state.client_id.as_str()),
+            retained: publish.retain,
+        };
+        let headers = headers_of(&publish.properties, marks, wall_clock_ms());
         if publish.retain {
             // The topic's retained message is kept in the log beside it (an
             // empty payload clears it), so it survives a restart.

@@ -10,15 +10,16 @@
 //! client's Receive Maximum, retained messages and persistent sessions kept in
 //! the log (with what was in flight resent, with its packet ids and DUP,
 //! when the client comes back), PINGREQ, DISCONNECT, and the will message.
-//! Not yet: shared
-//! subscriptions (refused with their v5 reason code), session expiry, topic
-//! aliases, will delay. Bad input closes only its own
+//! v5 subscription options (no-local, retain-as-published, retain handling,
+//! subscription identifiers). Not yet: shared subscriptions (refused with
+//! their v5 reason code), session expiry, topic aliases, will delay. Bad input closes only its own
 //! connection, with a v5 DISCONNECT that carries the reason code.
 //! `docs/PROTOCOL.md` has the details.
 //!
 //! Files: this one holds the session and the packets it handles itself;
 //! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
-//! client), `replies` (the broker's answers), `outbound` (QoS 1 and 2
+//! client), `subscribe` (SUBSCRIBE, UNSUBSCRIBE, subscription options and
+//! how a delivery matches them), `replies` (the broker's answers), `outbound` (QoS 1 and 2
 //! deliveries, windows, cursors), `parked` (a persistent session's in-flight
 //! state between its connections), `deliveries` (the shared PUBLISH encoding
 //! and message properties), `store` (what is kept in `$` channels).
@@ -49,9 +50,11 @@ mod outbound;
 mod parked;
 mod replies;
 mod store;
+mod subscribe;
 
 use deliveries::{
-    headers_of, is_application_message, properties_of, wall_clock_ms, MqttDeliveries,
+    headers_of, is_application_message, mqtt_marks, properties_of, wall_clock_ms, Marks,
+    MqttDeliveries,
 };
 use outbound::{encode_publish, InFlight, Outbound, Outgoing};
 use parked::{Handoff, ParkedSessions};
@@ -59,6 +62,7 @@ use store::{
     collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
     send_suback, session_channel, session_consumer, RETAINED_INDEX, SESSION_PAGE,
 };
+use subscribe::{Route, Subscription};
 
 /// Longest client id the server assigns or accepts.
 const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -137,9 +141,9 @@ enum Pending {
     Fire,
     PubAck(u16),
     PubRec(u16),
-    /// One filter of a SUBSCRIBE (packet id, index of the filter, QoS
-    /// granted when the broker accepts it).
-    Subscribe(u16, usize, QoS, String),
+    /// One filter of a SUBSCRIBE (packet id, index of the filter, the
+    /// subscription made when the broker accepts it).
+    Subscribe(u16, usize, Subscription),
     Unsubscribe(u16, usize),
     /// The retained copy of a topic was stored (index it when it is the
     /// topic's first).
@@ -148,11 +152,13 @@ enum Pending {
     RetainedIndex {
         filter: String,
         qos: QoS,
+        subscription_id: Option<u32>,
     },
     /// The retained message of a topic, read for a new subscription.
     RetainedRead {
         topic: String,
         qos: QoS,
+        subscription_id: Option<u32>,
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
@@ -167,11 +173,12 @@ enum Pending {
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
 struct Collecting {
     codes: Vec<Option<ReasonCode>>,
-    /// Filters whose retained messages to send once the SUBACK is out:
-    /// (filter, granted QoS).
-    retained: Vec<(String, QoS)>,
-    /// Filters the broker accepted (recorded in a persistent session).
-    granted: Vec<(String, QoS)>,
+    /// Subscriptions whose retained messages to send once the SUBACK is
+    /// out.
+    retained: Vec<Subscription>,
+    /// Subscriptions the broker accepted (recorded in a persistent
+    /// session).
+    granted: Vec<Subscription>,
 }
 
 struct Connected {
@@ -187,8 +194,8 @@ struct Connected {
     /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
     /// stored): a retransmitted PUBLISH with one of them is not stored again.
     qos2_received: HashSet<u16>,
-    /// Subscribed filters (topic names or patterns) and their granted QoS.
-    filters: Vec<(String, QoS)>,
+    /// The subscriptions, one per filter (topic name or pattern).
+    subscriptions: Vec<Subscription>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
     outbound: HashMap<u16, InFlight>,
     /// Numbers outbound messages in the order they are sent.
@@ -299,20 +306,14 @@ impl Session for MqttSession {
         let Some(state) = self.state.as_mut() else {
             return Ok(None);
         };
-        let qos = state.delivery_qos(channel);
-        if qos == QoS::AtMostOnce {
-            // The shared QoS 0 encoding serves.
+        if let Route::Shared = state.route(channel) {
             return Ok(None);
         }
         let channel: Arc<str> = Arc::from(channel);
         let mut out = BytesMut::new();
         for message in messages.iter().filter(|m| is_application_message(m)) {
-            let outgoing = Outgoing {
-                topic: channel.clone(),
-                message: message.clone(),
-                qos,
-                retain: false,
-                subscription_ids: Vec::new(),
+            let Some(outgoing) = state.outgoing(&channel, message) else {
+                continue;
             };
             if !state.send_or_hold(outgoing, &mut out) {
                 let version = state.version;
@@ -364,7 +365,14 @@ impl Session for MqttSession {
                     kind: kind::MESSAGE,
                     client_message_id: Bytes::new(),
                     relation: 0,
-                    headers: headers_of(&will.properties, wall_clock_ms()),
+                    headers: headers_of(
+                        &will.properties,
+                        Marks {
+                            origin: None,
+                            retained: will.retain,
+                        },
+                        wall_clock_ms(),
+                    ),
                     body: will.payload,
                 },
             );
@@ -536,75 +544,11 @@ impl MqttSession {
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
-                let packet_id = subscribe.packet_id;
-                let mut codes = vec![None; subscribe.filters.len()];
-                let mut commands = Vec::new();
-                let mut wants_retained = Vec::new();
-                for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
-                    if filter.starts_with("$share/") {
-                        codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
-                    } else {
-                        state.filters.retain(|(f, _)| *f != filter);
-                        state.filters.push((filter.clone(), options.qos));
-                        if options.retain_handling != RetainHandling::DoNotSend {
-                            wants_retained.push((filter.clone(), options.qos));
-                        }
-                        commands.push((index, filter, options.qos));
-                    }
-                }
-                state.subscribes.insert(
-                    packet_id,
-                    Collecting {
-                        codes,
-                        retained: wants_retained,
-                        granted: Vec::new(),
-                    },
-                );
-                for (index, filter, qos) in commands {
-                    let request_id = next_request(
-                        state,
-                        Pending::Subscribe(packet_id, index, qos, filter.clone()),
-                    );
-                    // A filter with wildcards is a broker channel pattern
-                    // as it stands (the same rules).
-                    let command = if pattern::is_pattern(&filter) {
-                        Command::SubscribePattern { pattern: filter }
-                    } else {
-                        Command::Subscribe {
-                            channel: filter,
-                            start: starling_protocol::SubscribeStart::Live,
-                        }
-                    };
-                    context.submit(request_id, command);
-                }
-                self.finish_subscribe(packet_id, context);
+                self.subscribe(subscribe, context);
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
-                let packet_id = unsubscribe.packet_id;
-                let codes = vec![None; unsubscribe.filters.len()];
-                state.unsubscribes.insert(
-                    packet_id,
-                    Collecting {
-                        codes,
-                        retained: Vec::new(),
-                        granted: Vec::new(),
-                    },
-                );
-                for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
-                    state.filters.retain(|(f, _)| *f != filter);
-                    state.record(
-                        serde_json::json!({"type": "unsubscribe", "filter": filter}),
-                        context,
-                    );
-                    let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
-                    let command = if pattern::is_pattern(&filter) {
-                        Command::UnsubscribePattern { pattern: filter }
-                    } else {
-                        Command::Unsubscribe { channel: filter }
-                    };
-                    context.submit(request_id, command);
-                }
+                self.unsubscribe(unsubscribe, context);
                 Ok(())
             }
             Packet::PingReq => {
@@ -628,19 +572,6 @@ impl MqttSession {
                 let reason = format!("{:?} is sent by servers, not clients", packet.packet_type());
                 self.violation(ReasonCode::ProtocolError, &reason, context)
             }
-        }
-    }
-
-    /// Sends the SUBACK at once when no filter needed the broker.
-    fn finish_subscribe(&mut self, packet_id: u16, context: &mut SessionContext<'_>) {
-        let state = self.state.as_mut().expect("connected");
-        let complete = state
-            .subscribes
-            .get(&packet_id)
-            .is_some_and(|c| c.codes.iter().all(Option::is_some));
-        if complete {
-            let done = state.subscribes.remove(&packet_id).expect("present");
-            send_suback(state, packet_id, done, context);
         }
     }
 }

@@ -52,17 +52,6 @@ impl Connected {
             .map(|in_flight| in_flight.state)
     }
 
-    /// The QoS to deliver `channel` at: the highest granted by a matching
-    /// filter.
-    pub(super) fn delivery_qos(&self, channel: &str) -> QoS {
-        self.filters
-            .iter()
-            .filter(|(filter, _)| filter == channel || pattern::matches(filter, channel))
-            .map(|(_, qos)| *qos)
-            .max()
-            .unwrap_or(QoS::AtMostOnce)
-    }
-
     /// A free packet id for an outbound message.
     pub(super) fn take_packet_id(&mut self) -> u16 {
         loop {

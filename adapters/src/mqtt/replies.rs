@@ -61,7 +61,9 @@ impl MqttSession {
                 };
                 packet.encode(version, context.out());
             }
-            Pending::Subscribe(packet_id, index, qos, filter) => {
+            Pending::Subscribe(packet_id, index, subscription) => {
+                let qos = subscription.qos();
+                let filter = subscription.filter.clone();
                 if error.is_none() {
                     // A persistent session's stored subscriptions start at
                     // the head: after a reconnect they resume from there.
@@ -84,9 +86,6 @@ impl MqttSession {
                             }
                         }
                     }
-                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
-                        collecting.granted.push((filter, qos));
-                    }
                 }
                 let granted = match error {
                     None | Some(BrokerError::AlreadySubscribed(_)) => ReasonCode::granted(qos),
@@ -94,6 +93,16 @@ impl MqttSession {
                     Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
+                if granted.is_error() {
+                    // Refused: the session does not have it (nor its
+                    // retained messages).
+                    state.subscriptions.retain(|s| *s != subscription);
+                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                        collecting.retained.retain(|s| *s != subscription);
+                    }
+                } else if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                    collecting.granted.push(subscription);
+                }
                 if let Some(done) = collect(&mut state.subscribes, packet_id, index, granted) {
                     send_suback(state, packet_id, done, context);
                 }
@@ -202,7 +211,11 @@ impl MqttSession {
                     );
                 }
             }
-            Pending::RetainedIndex { filter, qos } => {
+            Pending::RetainedIndex {
+                filter,
+                qos,
+                subscription_id,
+            } => {
                 if let Reply::History {
                     head_seq, messages, ..
                 } = reply
@@ -216,16 +229,21 @@ impl MqttSession {
                     topics.sort();
                     topics.dedup();
                     for topic in topics {
-                        read_retained(state, topic, qos, context);
+                        read_retained(state, topic, qos, subscription_id, context);
                     }
                     if let Some(last) = messages.last() {
                         if last.seq < *head_seq {
-                            read_retained_index(state, filter, qos, last.seq + 1, context);
+                            let from = last.seq + 1;
+                            read_retained_index(state, filter, qos, subscription_id, from, context);
                         }
                     }
                 }
             }
-            Pending::RetainedRead { topic, qos } => {
+            Pending::RetainedRead {
+                topic,
+                qos,
+                subscription_id,
+            } => {
                 if let Reply::History { messages, .. } = reply {
                     if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
                         // Its seq is the `$retained` channel's, not the
@@ -238,7 +256,7 @@ impl MqttSession {
                             },
                             qos,
                             retain: true,
-                            subscription_ids: Vec::new(),
+                            subscription_ids: subscription_id.into_iter().collect(),
                         };
                         if !state.send_or_hold(outgoing, context.out()) {
                             return Err(close(

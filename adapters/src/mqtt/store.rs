@@ -33,29 +33,24 @@ pub(super) fn session_consumer(client_id: &str) -> String {
 }
 
 /// A session's subscriptions: its records folded in order (`start` clears).
-pub(super) fn fold_session(records: &[Message]) -> Vec<(String, QoS)> {
-    let mut filters: Vec<(String, QoS)> = Vec::new();
+pub(super) fn fold_session(records: &[Message]) -> Vec<Subscription> {
+    let mut subscriptions: Vec<Subscription> = Vec::new();
     for record in records {
         let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
             continue;
         };
-        let filter = event["filter"].as_str().unwrap_or_default().to_string();
+        let filter = event["filter"].as_str().unwrap_or_default();
         match event["type"].as_str() {
-            Some("start") => filters.clear(),
+            Some("start") => subscriptions.clear(),
             Some("subscribe") => {
-                let qos = match event["qos"].as_u64() {
-                    Some(2) => QoS::ExactlyOnce,
-                    Some(1) => QoS::AtLeastOnce,
-                    _ => QoS::AtMostOnce,
-                };
-                filters.retain(|(f, _)| *f != filter);
-                filters.push((filter, qos));
+                subscriptions.retain(|s| s.filter != filter);
+                subscriptions.push(Subscription::from_record(&event));
             }
-            Some("unsubscribe") => filters.retain(|(f, _)| *f != filter),
+            Some("unsubscribe") => subscriptions.retain(|s| s.filter != filter),
             _ => {}
         }
     }
-    filters
+    subscriptions
 }
 
 /// Where a topic's retained message is kept: its last record (an empty body
@@ -77,9 +72,8 @@ pub(super) fn send_suback(
     context: &mut SessionContext<'_>,
 ) {
     let codes: Vec<ReasonCode> = done.codes.into_iter().flatten().collect();
-    for (filter, qos) in &done.granted {
-        let event = serde_json::json!({"type": "subscribe", "filter": filter, "qos": *qos as u8});
-        state.record(event, context);
+    for subscription in &done.granted {
+        state.record(subscription.record(), context);
     }
     Packet::SubAck(SubAck {
         packet_id,
@@ -87,11 +81,12 @@ pub(super) fn send_suback(
         properties: Properties::default(),
     })
     .encode(state.version, context.out());
-    for (filter, qos) in done.retained {
-        if pattern::is_pattern(&filter) {
-            read_retained_index(state, filter, qos, 1, context);
+    for subscription in done.retained {
+        let (qos, id) = (subscription.qos(), subscription.id);
+        if pattern::is_pattern(&subscription.filter) {
+            read_retained_index(state, subscription.filter, qos, id, 1, context);
         } else {
-            read_retained(state, filter, qos, context);
+            read_retained(state, subscription.filter, qos, id, context);
         }
     }
 }
@@ -100,10 +95,16 @@ pub(super) fn read_retained(
     state: &mut Connected,
     topic: String,
     qos: QoS,
+    subscription_id: Option<u32>,
     context: &mut SessionContext<'_>,
 ) {
     let channel = retained_channel(&topic);
-    let request_id = next_request(state, Pending::RetainedRead { topic, qos });
+    let pending = Pending::RetainedRead {
+        topic,
+        qos,
+        subscription_id,
+    };
+    let request_id = next_request(state, pending);
     context.submit(
         request_id,
         Command::History {
@@ -123,10 +124,16 @@ pub(super) fn read_retained_index(
     state: &mut Connected,
     filter: String,
     qos: QoS,
+    subscription_id: Option<u32>,
     from: u64,
     context: &mut SessionContext<'_>,
 ) {
-    let request_id = next_request(state, Pending::RetainedIndex { filter, qos });
+    let pending = Pending::RetainedIndex {
+        filter,
+        qos,
+        subscription_id,
+    };
+    let request_id = next_request(state, pending);
     context.submit(
         request_id,
         Command::History {
