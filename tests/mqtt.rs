@@ -1119,3 +1119,131 @@ fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids(
     fourth.send(&Packet::PingReq);
     assert_eq!(fourth.next(), Some(Packet::PingResp));
 }
+
+/// Opens a v5 connection with CONNECT `properties`; returns it and the
+/// CONNACK's properties.
+fn connect_v5_with(
+    address: SocketAddr,
+    client_id: &str,
+    properties: Properties,
+) -> (Raw, Properties) {
+    let mut raw = Raw::open(address, ProtocolVersion::V5);
+    raw.send(&Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive_s: 0,
+        client_id: client_id.into(),
+        will: None,
+        username: Some(client_id.into()),
+        password: None,
+        properties,
+    })));
+    match raw.next() {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason_code, ReasonCode::Success);
+            (raw, ack.properties)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn publish_with_alias(topic: &str, alias: u16, packet_id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id: Some(packet_id),
+        properties: Properties {
+            topic_alias: Some(alias),
+            ..Properties::default()
+        },
+        payload: Bytes::from_static(payload),
+    })
+}
+
+#[test]
+fn topic_aliases_both_ways() {
+    let (_dir, server) = server(&[]);
+    // Inbound: the CONNACK announces the room; an alias set with a topic
+    // stands for it afterwards.
+    let (mut client, connack) = connect_v5_with(server.mqtt, "aliaser", Properties::default());
+    let maximum = connack
+        .topic_alias_maximum
+        .expect("Topic Alias Maximum announced");
+    assert!(maximum >= 1);
+    client.send(&publish_with_alias("fleet/truck-7", 1, 1, b"first"));
+    assert!(matches!(client.next(), Some(Packet::PubAck(ack)) if ack.packet_id == 1));
+    client.send(&publish_with_alias("", 1, 2, b"by alias"));
+    assert!(matches!(client.next(), Some(Packet::PubAck(ack)) if ack.packet_id == 2));
+    assert_eq!(
+        history_texts(&server, "fleet/truck-7"),
+        vec!["first", "by alias"]
+    );
+    // An alias above the maximum: 0x94, topic alias invalid.
+    client.send(&publish_with_alias(
+        "fleet/truck-8",
+        maximum + 1,
+        3,
+        b"too far",
+    ));
+    client.expect_disconnect(ReasonCode::TopicAliasInvalid);
+    // An alias never set, with an empty topic: protocol error.
+    let (mut client, _) = connect_v5_with(server.mqtt, "aliaser", Properties::default());
+    client.send(&publish_with_alias("", 2, 1, b"unknown"));
+    client.expect_disconnect(ReasonCode::ProtocolError);
+
+    // Outbound: a client with room for two aliases gets topics named by
+    // alias after their first PUBLISH; a third topic goes out in full.
+    let room = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    let (mut subscriber, _) = connect_v5_with(server.mqtt, "alias-reader", room);
+    subscribe(&mut subscriber, "fleet/+", QoS::AtLeastOnce);
+    let (mut publisher, _) = connect_v5_with(server.mqtt, "alias-writer", Properties::default());
+    for (packet_id, topic) in [
+        (1, "fleet/a"),
+        (2, "fleet/a"),
+        (3, "fleet/b"),
+        (4, "fleet/c"),
+        (5, "fleet/b"),
+    ] {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: Some(packet_id),
+            properties: Properties::default(),
+            payload: Bytes::from(topic.to_string()),
+        }));
+        assert!(matches!(publisher.next(), Some(Packet::PubAck(_))));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        match subscriber.next() {
+            Some(Packet::Publish(publish)) => {
+                subscriber.send(&Packet::PubAck(response(publish.packet_id.unwrap())));
+                seen.push((
+                    publish.topic,
+                    publish.properties.topic_alias,
+                    String::from_utf8(publish.payload.to_vec()).unwrap(),
+                ));
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let expected = [
+        ("fleet/a", Some(1), "fleet/a"),
+        ("", Some(1), "fleet/a"),
+        ("fleet/b", Some(2), "fleet/b"),
+        ("fleet/c", None, "fleet/c"),
+        ("", Some(2), "fleet/b"),
+    ];
+    let expected: Vec<(String, Option<u16>, String)> = expected
+        .iter()
+        .map(|(topic, alias, text)| (topic.to_string(), *alias, text.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+}

@@ -78,6 +78,7 @@ impl MqttSession {
             properties.shared_subscription_available = Some(false);
             properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
+            properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         }
         // The session outlives the connection when the client resumes one
         // (clean start off) or, in v5, asks for a session expiry.
@@ -118,6 +119,7 @@ impl MqttSession {
             unsubscribes: HashMap::new(),
             qos2_received: HashSet::new(),
             subscriptions: Vec::new(),
+            aliases: TopicAliases::new(connect.properties.topic_alias_maximum),
             outbound: HashMap::new(),
             next_order: 0,
             window: connect

@@ -5,20 +5,15 @@ use super::*;
 impl MqttSession {
     pub(super) fn publish(
         &mut self,
-        publish: Publish,
+        mut publish: Publish,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let version = state.version;
-        if publish.properties.topic_alias.is_some() {
-            disconnect_with(
-                version,
-                ReasonCode::TopicAliasInvalid,
-                "topic aliases are not supported (Topic Alias Maximum is 0)",
-                context.out(),
-            );
-            return Err(close("MQTT: a topic alias was sent"));
+        if let Err((reason_code, reason)) = state.aliases.resolve(&mut publish) {
+            return self.violation(reason_code, &reason, context);
         }
+        let state = self.state.as_mut().expect("connected");
         if publish.topic.starts_with('$') {
             disconnect_with(
                 version,

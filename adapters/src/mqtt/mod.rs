@@ -11,14 +11,15 @@
 //! the log (with what was in flight resent, with its packet ids and DUP,
 //! when the client comes back), PINGREQ, DISCONNECT, and the will message.
 //! v5 subscription options (no-local, retain-as-published, retain handling,
-//! subscription identifiers). Not yet: shared subscriptions (refused with
-//! their v5 reason code), session expiry, topic aliases, will delay. Bad input closes only its own
+//! subscription identifiers), and topic aliases both ways. Not yet: shared
+//! subscriptions (refused with their v5 reason code), session expiry, will
+//! delay. Bad input closes only its own
 //! connection, with a v5 DISCONNECT that carries the reason code.
 //! `docs/PROTOCOL.md` has the details.
 //!
 //! Files: this one holds the session and the packets it handles itself;
 //! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
-//! client), `subscribe` (SUBSCRIBE, UNSUBSCRIBE, subscription options and
+//! client), `aliases` (v5 topic aliases), `subscribe` (SUBSCRIBE, UNSUBSCRIBE, subscription options and
 //! how a delivery matches them), `replies` (the broker's answers), `outbound` (QoS 1 and 2
 //! deliveries, windows, cursors), `parked` (a persistent session's in-flight
 //! state between its connections), `deliveries` (the shared PUBLISH encoding
@@ -43,6 +44,7 @@ use starling_protocol::mqtt::{
 };
 use starling_protocol::{kind, ErrorCode, HistoryQuery, Message};
 
+mod aliases;
 mod connect;
 mod deliveries;
 mod inbound;
@@ -52,11 +54,13 @@ mod replies;
 mod store;
 mod subscribe;
 
+use aliases::TopicAliases;
+pub use aliases::{OUTBOUND_TOPIC_ALIASES_MAX, TOPIC_ALIAS_MAXIMUM};
 use deliveries::{
     headers_of, is_application_message, mqtt_marks, properties_of, wall_clock_ms, Marks,
     MqttDeliveries,
 };
-use outbound::{encode_publish, InFlight, Outbound, Outgoing};
+use outbound::{InFlight, Outbound, Outgoing};
 use parked::{Handoff, ParkedSessions};
 use store::{
     collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
@@ -196,6 +200,8 @@ struct Connected {
     qos2_received: HashSet<u16>,
     /// The subscriptions, one per filter (topic name or pattern).
     subscriptions: Vec<Subscription>,
+    /// v5 topic aliases, both ways.
+    aliases: TopicAliases,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
     outbound: HashMap<u16, InFlight>,
     /// Numbers outbound messages in the order they are sent.

@@ -122,7 +122,7 @@ impl Connected {
                 Some(packet_id)
             }
         };
-        encode_publish(self.version, &outgoing, packet_id, false, properties, out);
+        self.encode_publish(&outgoing, packet_id, false, properties, out);
     }
 
     /// Records where a numbered message of a cursor topic is, so its
@@ -220,24 +220,29 @@ impl Connected {
     }
 }
 
-/// Encodes the PUBLISH of `outgoing` with `properties` (the message's own
-/// and the subscription identifiers).
-pub(super) fn encode_publish(
-    version: ProtocolVersion,
-    outgoing: &Outgoing,
-    packet_id: Option<u16>,
-    dup: bool,
-    properties: Properties,
-    out: &mut BytesMut,
-) {
-    Packet::Publish(Publish {
-        dup,
-        qos: outgoing.qos,
-        retain: outgoing.retain,
-        topic: outgoing.topic.to_string(),
-        packet_id,
-        properties,
-        payload: outgoing.message.body.clone(),
-    })
-    .encode(version, out);
+impl Connected {
+    /// Encodes the PUBLISH of `outgoing` with `properties` (the message's
+    /// own and the subscription identifiers), naming its topic by an alias
+    /// when the client has room for one.
+    pub(super) fn encode_publish(
+        &mut self,
+        outgoing: &Outgoing,
+        packet_id: Option<u16>,
+        dup: bool,
+        mut properties: Properties,
+        out: &mut BytesMut,
+    ) {
+        let (topic, alias) = self.aliases.outbound(&outgoing.topic);
+        properties.topic_alias = alias;
+        Packet::Publish(Publish {
+            dup,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: outgoing.message.body.clone(),
+        })
+        .encode(self.version, out);
+    }
 }

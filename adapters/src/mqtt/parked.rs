@@ -88,14 +88,7 @@ impl Connected {
                 continue;
             };
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
-            encode_publish(
-                self.version,
-                outgoing,
-                Some(packet_id),
-                true,
-                properties,
-                context.out(),
-            );
+            self.encode_publish(outgoing, Some(packet_id), true, properties, context.out());
             self.outbound.insert(packet_id, in_flight);
         }
         self.held.extend(parked.held);
