@@ -1121,19 +1121,21 @@ fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids(
 }
 
 /// Opens a v5 connection with CONNECT `properties`; returns it and the
-/// CONNACK's properties.
-fn connect_v5_with(
+/// CONNACK.
+fn connect_v5(
     address: SocketAddr,
     client_id: &str,
+    clean_start: bool,
     properties: Properties,
-) -> (Raw, Properties) {
+    will: Option<Will>,
+) -> (Raw, starling_protocol::mqtt::ConnAck) {
     let mut raw = Raw::open(address, ProtocolVersion::V5);
     raw.send(&Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
-        clean_start: true,
+        clean_start,
         keep_alive_s: 0,
         client_id: client_id.into(),
-        will: None,
+        will,
         username: Some(client_id.into()),
         password: None,
         properties,
@@ -1141,10 +1143,21 @@ fn connect_v5_with(
     match raw.next() {
         Some(Packet::ConnAck(ack)) => {
             assert_eq!(ack.reason_code, ReasonCode::Success);
-            (raw, ack.properties)
+            (raw, ack)
         }
         other => panic!("expected CONNACK, got {other:?}"),
     }
+}
+
+/// A clean v5 connection with CONNECT `properties`; returns it and the
+/// CONNACK's properties.
+fn connect_v5_with(
+    address: SocketAddr,
+    client_id: &str,
+    properties: Properties,
+) -> (Raw, Properties) {
+    let (raw, ack) = connect_v5(address, client_id, true, properties, None);
+    (raw, ack.properties)
 }
 
 fn publish_with_alias(topic: &str, alias: u16, packet_id: u16, payload: &'static [u8]) -> Packet {
@@ -1246,4 +1259,140 @@ fn topic_aliases_both_ways() {
         .map(|(topic, alias, text)| (topic.to_string(), *alias, text.to_string()))
         .collect();
     assert_eq!(seen, expected);
+}
+
+fn session_expiry(seconds: u32) -> Properties {
+    Properties {
+        session_expiry_interval_s: Some(seconds),
+        ..Properties::default()
+    }
+}
+
+/// Connects `client_id` without clean start; returns the connection and
+/// whether the server had its session.
+fn resume_v5(address: SocketAddr, client_id: &str, expiry_s: u32) -> (Raw, bool) {
+    let (raw, ack) = connect_v5(address, client_id, false, session_expiry(expiry_s), None);
+    (raw, ack.session_present)
+}
+
+fn disconnect_with_expiry(raw: &mut Raw, expiry_s: Option<u32>) {
+    raw.send(&Packet::Disconnect(starling_protocol::mqtt::Disconnect {
+        reason_code: ReasonCode::Success,
+        properties: Properties {
+            session_expiry_interval_s: expiry_s,
+            ..Properties::default()
+        },
+    }));
+    assert!(raw.next().is_none());
+}
+
+#[test]
+fn session_expiry_decides_how_long_a_session_outlives_its_connection() {
+    let (_dir, server) = server(&[]);
+    // Expiry 0 (the default): the session ends with the connection, even
+    // without clean start.
+    let (mut raw, _) = resume_v5(server.mqtt, "brief", 0);
+    subscribe(&mut raw, "expiry/brief", QoS::AtLeastOnce);
+    disconnect_with_expiry(&mut raw, None);
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 3600);
+    assert!(!present, "a session with expiry 0 ended at the disconnect");
+    // Expiry 3600: kept; a DISCONNECT that sets 0 ends it.
+    subscribe(&mut raw, "expiry/brief", QoS::AtLeastOnce);
+    disconnect_with_expiry(&mut raw, None);
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 3600);
+    assert!(present, "kept for an hour");
+    disconnect_with_expiry(&mut raw, Some(0));
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 1);
+    assert!(!present, "DISCONNECT set the expiry to 0");
+
+    // Expiry 1 s: after longer than that, the session and what was
+    // published for it meanwhile are gone.
+    subscribe(&mut raw, "expiry/short", QoS::AtLeastOnce);
+    disconnect_with_expiry(&mut raw, None);
+    std::thread::sleep(Duration::from_millis(2500));
+    publish_acked(
+        &server,
+        "expiry/short",
+        &["too late".into()],
+        QoS::AtLeastOnce,
+    );
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 3600);
+    assert!(!present, "the session expired");
+    raw.send(&Packet::PingReq);
+    assert_eq!(raw.next(), Some(Packet::PingResp), "nothing delivered");
+
+    // A session that was to end with its connection cannot be given a life
+    // at DISCONNECT: protocol error.
+    let (mut raw, _) = connect_v5(server.mqtt, "brief", true, Properties::default(), None);
+    raw.send(&Packet::Disconnect(starling_protocol::mqtt::Disconnect {
+        reason_code: ReasonCode::Success,
+        properties: session_expiry(60),
+    }));
+    raw.expect_disconnect(ReasonCode::ProtocolError);
+}
+
+/// A v5 will on `topic` with a Will Delay Interval.
+fn delayed_will(topic: &str, payload: &'static [u8], delay_s: u32) -> Will {
+    Will {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval_s: Some(delay_s),
+            ..Properties::default()
+        },
+    }
+}
+
+/// The payload of the next PUBLISH, acknowledged.
+fn next_payload(raw: &mut Raw) -> String {
+    let (id, _, payload) = next_publish(raw);
+    if let Some(id) = id {
+        raw.send(&Packet::PubAck(response(id)));
+    }
+    String::from_utf8(payload.to_vec()).unwrap()
+}
+
+#[test]
+fn will_delay_waits_for_a_reconnect_or_the_end_of_the_session() {
+    let (_dir, server) = server(&[]);
+    let (mut watcher, _) = connect_v5_with(server.mqtt, "will-watcher", Properties::default());
+    subscribe(&mut watcher, "presence/#", QoS::AtLeastOnce);
+
+    // The delay passes without a reconnect: the will goes out.
+    let will = delayed_will("presence/a", b"a is gone", 1);
+    let (doomed, _) = connect_v5(server.mqtt, "a", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    assert_eq!(next_payload(&mut watcher), "a is gone");
+
+    // The session ends before the delay: the will goes out then.
+    let will = delayed_will("presence/b", b"b's session ended", 3600);
+    let (doomed, _) = connect_v5(server.mqtt, "b", true, session_expiry(1), Some(will));
+    drop(doomed);
+    assert_eq!(next_payload(&mut watcher), "b's session ended");
+
+    // A reconnect that starts a new session ends the old one: its will
+    // goes out at once.
+    let will = delayed_will("presence/c", b"c started over", 3600);
+    let (doomed, _) = connect_v5(server.mqtt, "c", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let (_c, _) = connect_v5(server.mqtt, "c", true, session_expiry(3600), None);
+    assert_eq!(next_payload(&mut watcher), "c started over");
+
+    // A reconnect to the session within the delay: no will at all (after
+    // the delay, the next message on the topic is an ordinary one).
+    let will = delayed_will("presence/d", b"d is gone", 1);
+    let (doomed, _) = connect_v5(server.mqtt, "d", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let (_d, present) = resume_v5(server.mqtt, "d", 3600);
+    assert!(present);
+    std::thread::sleep(Duration::from_millis(2500));
+    publish_acked(
+        &server,
+        "presence/d",
+        &["d is back".into()],
+        QoS::AtLeastOnce,
+    );
+    assert_eq!(next_payload(&mut watcher), "d is back");
 }

@@ -80,14 +80,19 @@ impl MqttSession {
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
             properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         }
-        // The session outlives the connection when the client resumes one
-        // (clean start off) or, in v5, asks for a session expiry.
-        let persistent = !connect.clean_start
-            || connect
-                .properties
-                .session_expiry_interval_s
-                .is_some_and(|seconds| seconds > 0);
+        // How long the session outlives the connection: v5 says (0 when
+        // absent); v3.1.1's clean session 0 keeps it without end.
+        let session_expiry_s = match version {
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval_s.unwrap_or(0),
+            ProtocolVersion::V311 if connect.clean_start => 0,
+            ProtocolVersion::V311 => u32::MAX,
+        };
+        // The session's records are kept when the client resumes one (clean
+        // start off: at least until the connection ends) or asks for it to
+        // outlive the connection.
+        let persistent = !connect.clean_start || session_expiry_s > 0;
         let restoring = !connect.clean_start;
+        self.reconnected(&client_id, connect.clean_start, context.now());
         if connect.clean_start {
             self.forget_parked(&client_id);
         }
@@ -130,6 +135,7 @@ impl MqttSession {
             next_packet_id: 0,
             held: VecDeque::new(),
             persistent,
+            session_expiry_s,
             restoring,
             clean_start: connect.clean_start,
             session_read: false,
@@ -168,9 +174,19 @@ impl MqttSession {
     pub(super) fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let records = std::mem::take(&mut state.session_records);
-        let filters = fold_session(&records);
+        let stored = fold_session(&records, wall_clock_ms());
+        if !stored.present && !records.is_empty() {
+            // The session ended or expired: what it left is forgotten, and a
+            // new one begins.
+            state.record(serde_json::json!({"type": "start"}), context);
+            state.handed_over.clear();
+            let client_id = state.client_id.clone();
+            self.forget_parked(&client_id);
+        }
+        let state = self.state.as_mut().expect("connected");
+        let filters = stored.subscriptions;
         Packet::ConnAck(ConnAck {
-            session_present: !records.is_empty(),
+            session_present: stored.present,
             reason_code: ReasonCode::Success,
             properties: std::mem::take(&mut state.connack_properties),
         })

@@ -11,9 +11,9 @@
 //! the log (with what was in flight resent, with its packet ids and DUP,
 //! when the client comes back), PINGREQ, DISCONNECT, and the will message.
 //! v5 subscription options (no-local, retain-as-published, retain handling,
-//! subscription identifiers), and topic aliases both ways. Not yet: shared
-//! subscriptions (refused with their v5 reason code), session expiry, will
-//! delay. Bad input closes only its own
+//! subscription identifiers), topic aliases both ways, session expiry and
+//! delayed wills. Not yet: shared subscriptions (refused with their v5
+//! reason code). Bad input closes only its own
 //! connection, with a v5 DISCONNECT that carries the reason code.
 //! `docs/PROTOCOL.md` has the details.
 //!
@@ -21,7 +21,8 @@
 //! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
 //! client), `aliases` (v5 topic aliases), `subscribe` (SUBSCRIBE, UNSUBSCRIBE, subscription options and
 //! how a delivery matches them), `replies` (the broker's answers), `outbound` (QoS 1 and 2
-//! deliveries, windows, cursors), `parked` (a persistent session's in-flight
+//! deliveries, windows, cursors), `expiry` (a session after its connection:
+//! expiry, delayed wills, the keeper thread), `parked` (a persistent session's in-flight
 //! state between its connections), `deliveries` (the shared PUBLISH encoding
 //! and message properties), `store` (what is kept in `$` channels).
 
@@ -47,6 +48,7 @@ use starling_protocol::{kind, ErrorCode, HistoryQuery, Message};
 mod aliases;
 mod connect;
 mod deliveries;
+mod expiry;
 mod inbound;
 mod outbound;
 mod parked;
@@ -60,7 +62,10 @@ use deliveries::{
     headers_of, is_application_message, mqtt_marks, properties_of, wall_clock_ms, Marks,
     MqttDeliveries,
 };
+use expiry::{DelayedWill, SharedTimers};
+pub use expiry::{SessionKeeper, SCHEDULED_MAX};
 use outbound::{InFlight, Outbound, Outgoing};
+pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
 use store::{
     collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
@@ -89,6 +94,7 @@ pub struct MqttProtocol {
     v5: Arc<dyn Protocol>,
     clients: Clients,
     parked: ParkedSessions,
+    timers: SharedTimers,
 }
 
 /// The connection of each connected client id, so a new connection with the
@@ -111,6 +117,7 @@ impl MqttProtocol {
             }),
             clients: Clients::default(),
             parked: ParkedSessions::default(),
+            timers: SharedTimers::default(),
         }
     }
 }
@@ -128,6 +135,7 @@ impl Protocol for MqttProtocol {
             v5: self.v5.clone(),
             clients: self.clients.clone(),
             parked: self.parked.clone(),
+            timers: self.timers.clone(),
             state: None,
         })
     }
@@ -215,6 +223,9 @@ struct Connected {
     /// The session outlives the connection: subscriptions are recorded in
     /// `$mqtt/session/<client id>` and delivery positions in cursors.
     persistent: bool,
+    /// How long the session outlives the connection, in seconds: 0 ends it
+    /// with the connection, `u32::MAX` never (v3.1.1's clean session 0).
+    session_expiry_s: u32,
     /// The CONNACK waits for the session's state to be read; packets that
     /// arrive meanwhile wait here.
     restoring: bool,
@@ -247,6 +258,7 @@ pub struct MqttSession {
     v5: Arc<dyn Protocol>,
     clients: Clients,
     parked: ParkedSessions,
+    timers: SharedTimers,
     state: Option<Connected>,
 }
 
@@ -359,30 +371,9 @@ impl Session for MqttSession {
     }
 
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        // The will (still there when the connection ended without a
+        // DISCONNECT, which clears it) and the session's future.
         self.leave(context);
-        // The will is published when the connection ends without a
-        // DISCONNECT (which clears it).
-        if let Some(will) = self.state.as_mut().and_then(|state| state.will.take()) {
-            context.submit(
-                0,
-                Command::Publish {
-                    channel: will.topic,
-                    ephemeral: false,
-                    kind: kind::MESSAGE,
-                    client_message_id: Bytes::new(),
-                    relation: 0,
-                    headers: headers_of(
-                        &will.properties,
-                        Marks {
-                            origin: None,
-                            retained: will.retain,
-                        },
-                        wall_clock_ms(),
-                    ),
-                    body: will.payload,
-                },
-            );
-        }
     }
 }
 
@@ -566,6 +557,19 @@ impl MqttSession {
                 // with will message" keeps it.
                 if disconnect.reason_code != ReasonCode::DisconnectWithWillMessage {
                     state.will = None;
+                }
+                // v5: the client may change its session's expiry, but not
+                // give a session that was to end with the connection a life.
+                if let Some(expiry_s) = disconnect.properties.session_expiry_interval_s {
+                    if state.session_expiry_s == 0 && expiry_s > 0 {
+                        return self.violation(
+                            ReasonCode::ProtocolError,
+                            "a Session Expiry Interval above 0 in DISCONNECT after 0 in CONNECT \
+                             is a protocol error",
+                            context,
+                        );
+                    }
+                    state.session_expiry_s = expiry_s;
                 }
                 Err(close("the client disconnected"))
             }

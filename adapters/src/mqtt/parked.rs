@@ -98,41 +98,20 @@ impl Connected {
 
 /// What an older connection of a client id hands the connection that took
 /// its session over: its parked state, or nothing (it was not persistent or
-/// had nothing in flight). The newer connection waits for it before its
-/// CONNACK, so nothing in flight is lost to the race between the two.
-pub(super) struct Handoff(pub(super) Option<Parked>);
+/// had nothing in flight), and its will if that was to wait for a delay. The
+/// newer connection waits for it before its CONNACK, so nothing in flight is
+/// lost to the race between the two.
+pub(super) struct Handoff {
+    pub(super) parked: Option<Parked>,
+    pub(super) will: Option<DelayedWill>,
+}
 
 impl MqttSession {
-    /// A connection of this client id is closing: its persistent session's
-    /// in-flight state goes to the connection that took the client id over,
-    /// if one did, or else waits in the parked sessions for the next one.
-    /// Decided under the clients lock, so a CONNECT sees either the older
-    /// connection (and waits for its handoff) or its parked state.
-    pub(super) fn leave(&mut self, context: &mut SessionContext<'_>) {
-        let (Some(state), Some(conn)) = (self.state.as_mut(), context.conn()) else {
-            return;
-        };
-        let parked = if state.persistent {
-            state.take_parked()
-        } else {
-            None
-        };
-        let mut clients = self.clients.lock();
-        match clients.get(&state.client_id).copied() {
-            Some(owner) if owner != conn => context.notify(owner, Box::new(Handoff(parked))),
-            owner => {
-                if owner.is_some() {
-                    clients.remove(&state.client_id);
-                }
-                if let Some(parked) = parked {
-                    let mut sessions = self.parked.lock();
-                    if sessions.len() < PARKED_SESSIONS_MAX
-                        || sessions.contains_key(&state.client_id)
-                    {
-                        sessions.insert(state.client_id.clone(), parked);
-                    }
-                }
-            }
+    /// Keeps `parked` for the next connection of this client id.
+    pub(super) fn park(&self, client_id: &str, parked: Parked) {
+        let mut sessions = self.parked.lock();
+        if sessions.len() < PARKED_SESSIONS_MAX || sessions.contains_key(client_id) {
+            sessions.insert(client_id.to_string(), parked);
         }
     }
 
@@ -149,14 +128,22 @@ impl MqttSession {
         handoff: Handoff,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
-        let Some(state) = self.state.as_mut() else {
+        let Some(state) = self.state.as_ref() else {
             return Ok(());
         };
+        if let Some(will) = handoff.will {
+            // The older connection's session goes on, and its delayed will
+            // with it, unless this connection started a new one.
+            if state.clean_start {
+                self.schedule_will(&state.client_id, Duration::ZERO, will, context);
+            }
+        }
+        let state = self.state.as_mut().expect("connected");
         if state.clean_start {
             // A clean start does not wait, and takes nothing over.
             return Ok(());
         }
-        if let Some(parked) = handoff.0 {
+        if let Some(parked) = handoff.parked {
             if state.restoring {
                 state.handed_over.push(parked);
             } else {

@@ -32,25 +32,53 @@ pub(super) fn session_consumer(client_id: &str) -> String {
     format!("mqtt.{}", client_id.replace('%', "%25").replace('/', "%2F"))
 }
 
-/// A session's subscriptions: its records folded in order (`start` clears).
-pub(super) fn fold_session(records: &[Message]) -> Vec<Subscription> {
-    let mut subscriptions: Vec<Subscription> = Vec::new();
+/// A session as its records say.
+#[derive(Default)]
+pub(super) struct StoredSession {
+    /// There is a session to resume (it exists, has not ended and has not
+    /// expired).
+    pub(super) present: bool,
+    pub(super) subscriptions: Vec<Subscription>,
+}
+
+/// A session's records folded in order: `start` begins a session, `end`
+/// ends it, `subscribe` and `unsubscribe` change it, and `left` (its
+/// connection ended) says until when it lives without one, which `now_ms`
+/// is checked against.
+pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
+    let mut session = StoredSession::default();
+    let mut expires_at_ms = None;
     for record in records {
         let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
             continue;
         };
         let filter = event["filter"].as_str().unwrap_or_default();
+        expires_at_ms = None;
+        session.present = true;
         match event["type"].as_str() {
-            Some("start") => subscriptions.clear(),
+            Some("start") => session.subscriptions.clear(),
+            Some("end") => session = StoredSession::default(),
             Some("subscribe") => {
-                subscriptions.retain(|s| s.filter != filter);
-                subscriptions.push(Subscription::from_record(&event));
+                session.subscriptions.retain(|s| s.filter != filter);
+                session
+                    .subscriptions
+                    .push(Subscription::from_record(&event));
             }
-            Some("unsubscribe") => subscriptions.retain(|s| s.filter != filter),
+            Some("unsubscribe") => session.subscriptions.retain(|s| s.filter != filter),
+            Some("left") => {
+                let expiry_s = event["expiry_s"].as_u64().unwrap_or(u64::from(u32::MAX));
+                if expiry_s != u64::from(u32::MAX) {
+                    let at_ms = event["at_ms"].as_u64().unwrap_or(0);
+                    expires_at_ms = Some(at_ms.saturating_add(expiry_s * 1000));
+                }
+            }
             _ => {}
         }
     }
-    subscriptions
+    if expires_at_ms.is_some_and(|expires_at_ms| expires_at_ms <= now_ms) {
+        return StoredSession::default();
+    }
+    session
 }
 
 /// Where a topic's retained message is kept: its last record (an empty body
