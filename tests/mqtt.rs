@@ -1396,3 +1396,88 @@ fn will_delay_waits_for_a_reconnect_or_the_end_of_the_session() {
     );
     assert_eq!(next_payload(&mut watcher), "d is back");
 }
+
+/// Receives `count` PUBLISH packets, acknowledging each; returns their
+/// "topic payload" lines, sorted.
+fn receive_acked(raw: &mut Raw, count: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..count)
+        .map(|_| match raw.next() {
+            Some(Packet::Publish(publish)) => {
+                if let Some(id) = publish.packet_id {
+                    raw.send(&Packet::PubAck(response(id)));
+                }
+                format!(
+                    "{} {}",
+                    publish.topic,
+                    String::from_utf8_lossy(&publish.payload)
+                )
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn persistent_wildcard_subscriptions_get_offline_messages_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let v311 = ProtocolVersion::V311;
+    // A topic with history from before the subscription.
+    publish_acked(
+        &server,
+        "rooms/old/chat",
+        &["old 0".into()],
+        QoS::AtLeastOnce,
+    );
+    let (mut roamer, _) = connect_session(server.mqtt, v311, "roamer", false);
+    subscribe(&mut roamer, "rooms/+/chat", QoS::AtLeastOnce);
+    publish_acked(&server, "rooms/a/chat", &["a 1".into()], QoS::AtLeastOnce);
+    assert_eq!(receive_acked(&mut roamer, 1), vec!["rooms/a/chat a 1"]);
+    roamer.send(&Packet::Disconnect(Default::default()));
+    assert!(roamer.next().is_none());
+
+    // While it is away: a topic it saw, a new topic, a topic that existed
+    // before, and one its filter does not match.
+    publish_acked(&server, "rooms/a/chat", &["a 2".into()], QoS::AtLeastOnce);
+    publish_acked(&server, "rooms/b/chat", &["b 1".into()], QoS::AtLeastOnce);
+    publish_acked(
+        &server,
+        "rooms/old/chat",
+        &["old 1".into()],
+        QoS::AtLeastOnce,
+    );
+    publish_acked(&server, "rooms/c/notes", &["c 1".into()], QoS::AtLeastOnce);
+    let (mut roamer, present) = connect_session(server.mqtt, v311, "roamer", false);
+    assert!(present);
+    assert_eq!(
+        receive_acked(&mut roamer, 3),
+        vec![
+            "rooms/a/chat a 2",
+            "rooms/b/chat b 1",
+            "rooms/old/chat old 1"
+        ]
+    );
+    roamer.send(&Packet::PingReq);
+    assert_eq!(roamer.next(), Some(Packet::PingResp), "nothing twice");
+    // Live messages still arrive once.
+    publish_acked(&server, "rooms/b/chat", &["b 2".into()], QoS::AtLeastOnce);
+    assert_eq!(receive_acked(&mut roamer, 1), vec!["rooms/b/chat b 2"]);
+    roamer.send(&Packet::Disconnect(Default::default()));
+    assert!(roamer.next().is_none());
+
+    // Across a SIGKILL too.
+    publish_acked(&server, "rooms/a/chat", &["a 3".into()], QoS::AtLeastOnce);
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    publish_acked(&server, "rooms/d/chat", &["d 1".into()], QoS::AtLeastOnce);
+    let (mut roamer, present) = connect_session(server.mqtt, v311, "roamer", false);
+    assert!(present);
+    assert_eq!(
+        receive_acked(&mut roamer, 2),
+        vec!["rooms/a/chat a 3", "rooms/d/chat d 1"]
+    );
+    roamer.send(&Packet::PingReq);
+    assert_eq!(roamer.next(), Some(Packet::PingResp), "nothing twice");
+}

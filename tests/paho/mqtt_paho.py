@@ -181,6 +181,25 @@ def persistent_session_gets_what_was_published_while_away():
 
 
 @check
+def persistent_wildcard_session_gets_what_was_published_while_away():
+    base = unique("paho/away")
+    worker_id = unique("worker")
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    subscribe(worker, f"{base}/+/jobs", 1)
+    stop(worker)
+    pub = client(unique("pub"), mqtt.MQTTv311)
+    publish(pub, f"{base}/eu/jobs", "eu 1", 1)
+    publish(pub, f"{base}/us/jobs", "us 1", 2)
+    publish(pub, f"{base}/us/logs", "not for the worker", 1)
+    stop(pub)
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    assert worker.session_present, "the session was kept"
+    got = sorted((m.topic, m.payload.decode()) for m in receive(worker, 2))
+    assert got == [(f"{base}/eu/jobs", "eu 1"), (f"{base}/us/jobs", "us 1")], got
+    stop(worker)
+
+
+@check
 def wildcards_match_levels():
     base = unique("paho/wild")
     sub = client(unique("sub"), mqtt.MQTTv5)

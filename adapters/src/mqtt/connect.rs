@@ -125,6 +125,8 @@ impl MqttSession {
             qos2_received: HashSet::new(),
             subscriptions: Vec::new(),
             aliases: TopicAliases::new(connect.properties.topic_alias_maximum),
+            wildcard_since_ms: Vec::new(),
+            caught_up: HashSet::new(),
             outbound: HashMap::new(),
             next_order: 0,
             window: connect
@@ -151,14 +153,15 @@ impl MqttSession {
         let state = self.state.as_mut().expect("just set");
         if restoring {
             // The CONNACK says whether a session was found: read it first.
-            let request_id = next_request(state, Pending::SessionRead);
-            context.submit(
-                request_id,
-                Command::History {
-                    channel: session_channel(&state.client_id),
-                    query: HistoryQuery::From(1),
-                    limit: SESSION_PAGE,
-                },
+            let channel = session_channel(&state.client_id);
+            let query = HistoryQuery::From(1);
+            read_history(
+                state,
+                Pending::SessionRead,
+                channel,
+                query,
+                SESSION_PAGE,
+                context,
             );
         } else if persistent {
             // A clean start that keeps its session: forget the old one.
@@ -184,7 +187,7 @@ impl MqttSession {
             self.forget_parked(&client_id);
         }
         let state = self.state.as_mut().expect("connected");
-        let filters = stored.subscriptions;
+        let filters = stored.subscriptions.clone();
         Packet::ConnAck(ConnAck {
             session_present: stored.present,
             reason_code: ReasonCode::Success,
@@ -226,6 +229,7 @@ impl MqttSession {
                 );
             }
         }
+        state.restore_wildcard_topics(&stored, context);
         let mut waiting = std::mem::take(&mut state.waiting_input);
         self.process(&mut waiting, context)
     }

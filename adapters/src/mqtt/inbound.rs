@@ -23,9 +23,10 @@ impl MqttSession {
             );
             return Err(close("publish to a '$' topic"));
         }
+        let topic = publish.topic.clone();
         let pending = match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => Pending::Fire,
-            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id),
+            (QoS::AtMostOnce, _) => Pending::Publish0(topic),
+            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id, topic),
             (QoS::ExactlyOnce, Some(id)) => {
                 if state.qos2_received.contains(&id) {
                     // A retransmission of a message already stored (or being
@@ -33,7 +34,7 @@ impl MqttSession {
                     if !state
                         .pending
                         .values()
-                        .any(|p| matches!(p, Pending::PubRec(p) if *p == id))
+                        .any(|p| matches!(p, Pending::PubRec(p, _) if *p == id))
                     {
                         Packet::PubRec(PublishResponse::success(id)).encode(version, context.out());
                     }
@@ -49,7 +50,7 @@ impl MqttSession {
                     return Err(close("receive maximum exceeded"));
                 }
                 state.qos2_received.insert(id);
-                Pending::PubRec(id)
+                Pending::PubRec(id, topic)
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };

@@ -8,8 +8,8 @@
 //! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
 //! client's Receive Maximum, retained messages and persistent sessions kept in
-//! the log (with what was in flight resent, with its packet ids and DUP,
-//! when the client comes back), PINGREQ, DISCONNECT, and the will message.
+//! the log (also for wildcard filters, and with what was in flight resent,
+//! with its packet ids and DUP, when the client comes back), PINGREQ, DISCONNECT, and the will message.
 //! v5 subscription options (no-local, retain-as-published, retain handling,
 //! subscription identifiers), topic aliases both ways, session expiry and
 //! delayed wills. Not yet: shared subscriptions (refused with their v5
@@ -22,7 +22,8 @@
 //! client), `aliases` (v5 topic aliases), `subscribe` (SUBSCRIBE, UNSUBSCRIBE, subscription options and
 //! how a delivery matches them), `replies` (the broker's answers), `outbound` (QoS 1 and 2
 //! deliveries, windows, cursors), `expiry` (a session after its connection:
-//! expiry, delayed wills, the keeper thread), `parked` (a persistent session's in-flight
+//! expiry, delayed wills, the keeper thread), `offline` (offline messages
+//! for wildcard filters), `parked` (a persistent session's in-flight
 //! state between its connections), `deliveries` (the shared PUBLISH encoding
 //! and message properties), `store` (what is kept in `$` channels).
 
@@ -50,6 +51,7 @@ mod connect;
 mod deliveries;
 mod expiry;
 mod inbound;
+mod offline;
 mod outbound;
 mod parked;
 mod replies;
@@ -64,12 +66,15 @@ use deliveries::{
 };
 use expiry::{DelayedWill, SharedTimers};
 pub use expiry::{SessionKeeper, SCHEDULED_MAX};
+use offline::TOPIC_INDEX;
+pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
 use store::{
-    collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
-    send_suback, session_channel, session_consumer, RETAINED_INDEX, SESSION_PAGE,
+    collect, fold_session, next_request, read_history, read_retained, read_retained_index,
+    retained_channel, send_suback, session_channel, session_consumer, StoredSession,
+    RETAINED_INDEX, SESSION_PAGE,
 };
 use subscribe::{Route, Subscription};
 
@@ -149,10 +154,16 @@ impl Protocol for MqttProtocol {
 
 /// What a pending broker request answers.
 enum Pending {
-    /// A QoS 0 publish: nobody waits.
+    /// Nobody waits (bookkeeping).
     Fire,
-    PubAck(u16),
-    PubRec(u16),
+    /// A client's publish to a topic, answered with PUBACK, PUBREC, or
+    /// nothing (QoS 0); the topic's first message is listed in the topic
+    /// index.
+    PubAck(u16, String),
+    PubRec(u16, String),
+    Publish0(String),
+    /// A packet to send once this request is answered.
+    SendAfter(Box<Packet>),
     /// One filter of a SUBSCRIBE (packet id, index of the filter, the
     /// subscription made when the broker accepts it).
     Subscribe(u16, usize, Subscription),
@@ -179,6 +190,16 @@ enum Pending {
     /// The cursor of a restored subscription.
     RestoreCursor {
         topic: String,
+    },
+    /// A page of the topic index, read for a resumed session's wildcard
+    /// filters.
+    TopicIndex,
+    /// A page of a topic's history, read backwards for where a resumed
+    /// session's offline messages start (`found`: that seq so far).
+    OfflineStart {
+        topic: String,
+        since_ms: u64,
+        found: Option<u64>,
     },
 }
 
@@ -210,6 +231,11 @@ struct Connected {
     subscriptions: Vec<Subscription>,
     /// v5 topic aliases, both ways.
     aliases: TopicAliases,
+    /// The QoS 1 and 2 wildcard filters of a resumed session and when each
+    /// was subscribed (its offline messages start there).
+    wildcard_since_ms: Vec<(String, u64)>,
+    /// Topics subscribed on their own to catch up for wildcard filters.
+    caught_up: HashSet<String>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
     outbound: HashMap<u16, InFlight>,
     /// Numbers outbound messages in the order they are sent.
@@ -333,6 +359,7 @@ impl Session for MqttSession {
             let Some(outgoing) = state.outgoing(&channel, message) else {
                 continue;
             };
+            state.follow_wildcard_topic(&outgoing, context);
             if !state.send_or_hold(outgoing, &mut out) {
                 let version = state.version;
                 disconnect_with(

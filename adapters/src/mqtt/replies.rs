@@ -27,38 +27,32 @@ impl MqttSession {
             Pending::Fire => {
                 if let Some(error) = error {
                     log::debug!(
-                        "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
+                        "mqtt {} (client {:?}): a bookkeeping request failed: {error}",
                         self.peer,
                         state.client_id
                     );
                 }
             }
-            Pending::PubAck(packet_id) | Pending::PubRec(packet_id) => {
-                let qos2 = matches!(pending, Pending::PubRec(_));
-                let reason = match error {
-                    None => ReasonCode::Success,
-                    Some(error) => {
-                        if qos2 {
-                            state.qos2_received.remove(&packet_id);
-                        }
-                        if version == ProtocolVersion::V311 {
-                            // v3.1.1 has no way to refuse a publish but to
-                            // close the connection.
-                            return Err(close(format!("publish refused: {error}")));
-                        }
-                        publish_reason(error)
-                    }
-                };
-                let response = PublishResponse {
-                    packet_id,
-                    reason_code: reason,
-                    properties: reason_string(version, error),
-                };
-                let packet = if qos2 {
-                    Packet::PubRec(response)
-                } else {
-                    Packet::PubAck(response)
-                };
+            Pending::Publish0(topic) => {
+                if let Some(error) = error {
+                    log::debug!(
+                        "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
+                        self.peer,
+                        state.client_id
+                    );
+                }
+                let _ = index_first(state, reply, TOPIC_INDEX, topic, context);
+            }
+            Pending::PubAck(packet_id, topic) => {
+                return self.acknowledge(packet_id, QoS::AtLeastOnce, topic, reply, context);
+            }
+            Pending::PubRec(packet_id, topic) => {
+                return self.acknowledge(packet_id, QoS::ExactlyOnce, topic, reply, context);
+            }
+            Pending::SendAfter(packet) => {
+                if let Some(error) = error {
+                    log::warn!("mqtt {}: a topic was not indexed: {error}", self.peer);
+                }
                 packet.encode(version, context.out());
             }
             Pending::Subscribe(packet_id, index, subscription) => {
@@ -152,15 +146,10 @@ impl MqttSession {
                 state.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
                     if last.seq < *head_seq {
-                        let request_id = next_request(state, Pending::SessionRead);
-                        context.submit(
-                            request_id,
-                            Command::History {
-                                channel: session_channel(&state.client_id),
-                                query: HistoryQuery::From(last.seq + 1),
-                                limit: SESSION_PAGE,
-                            },
-                        );
+                        let channel = session_channel(&state.client_id);
+                        let query = HistoryQuery::From(last.seq + 1);
+                        let pending = Pending::SessionRead;
+                        read_history(state, pending, channel, query, SESSION_PAGE, context);
                         return Ok(());
                     }
                 }
@@ -187,30 +176,20 @@ impl MqttSession {
                 );
             }
             Pending::Retained(topic) => {
-                // The topic's first retained message: list it in the index
-                // that wildcard subscriptions read (the client message id
-                // keeps a retried append from listing it twice).
-                if let Reply::Published { seq: 1, .. } = reply {
-                    let request_id = next_request(state, Pending::Fire);
-                    context.submit_as_server(
-                        request_id,
-                        Command::Publish {
-                            channel: RETAINED_INDEX.to_string(),
-                            ephemeral: false,
-                            kind: kind::MESSAGE,
-                            client_message_id: Bytes::from(topic.clone()),
-                            relation: 0,
-                            headers: Bytes::new(),
-                            body: Bytes::from(topic),
-                        },
-                    );
-                } else if let Some(error) = error {
+                if let Some(error) = error {
                     log::warn!(
                         "mqtt {}: retained message of {topic:?} not kept: {error}",
                         self.peer
                     );
                 }
+                let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
             }
+            Pending::TopicIndex => state.on_topic_index(reply, context),
+            Pending::OfflineStart {
+                topic,
+                since_ms,
+                found,
+            } => state.on_offline_start(topic, since_ms, found, reply, context),
             Pending::RetainedIndex {
                 filter,
                 qos,
@@ -266,6 +245,90 @@ impl MqttSession {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// After the first message of `topic` was stored, lists the topic in
+/// `index` (the client message id keeps a retried append from listing it
+/// twice); returns the request id of that append.
+fn index_first(
+    state: &mut Connected,
+    reply: &Reply,
+    index: &str,
+    topic: String,
+    context: &mut SessionContext<'_>,
+) -> Option<u32> {
+    let Reply::Published { seq: 1, .. } = reply else {
+        return None;
+    };
+    let request_id = next_request(state, Pending::Fire);
+    context.submit_as_server(
+        request_id,
+        Command::Publish {
+            channel: index.to_string(),
+            ephemeral: false,
+            kind: kind::MESSAGE,
+            client_message_id: Bytes::from(topic.clone()),
+            relation: 0,
+            headers: Bytes::new(),
+            body: Bytes::from(topic),
+        },
+    );
+    Some(request_id)
+}
+
+impl MqttSession {
+    /// Answers a stored QoS 1 or 2 publish with PUBACK or PUBREC. The
+    /// answer to a topic's first message waits until the topic is in the
+    /// topic index, so a session that reconnects after the acknowledgement
+    /// finds it.
+    fn acknowledge(
+        &mut self,
+        packet_id: u16,
+        qos: QoS,
+        topic: String,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let state = self.state.as_mut().expect("connected");
+        let version = state.version;
+        let error = match reply {
+            Reply::Error(error) => Some(error),
+            _ => None,
+        };
+        let reason = match error {
+            None => ReasonCode::Success,
+            Some(error) => {
+                if qos == QoS::ExactlyOnce {
+                    state.qos2_received.remove(&packet_id);
+                }
+                if version == ProtocolVersion::V311 {
+                    // v3.1.1 has no way to refuse a publish but to close the
+                    // connection.
+                    return Err(close(format!("publish refused: {error}")));
+                }
+                publish_reason(error)
+            }
+        };
+        let response = PublishResponse {
+            packet_id,
+            reason_code: reason,
+            properties: reason_string(version, error),
+        };
+        let packet = if qos == QoS::ExactlyOnce {
+            Packet::PubRec(response)
+        } else {
+            Packet::PubAck(response)
+        };
+        match index_first(state, reply, TOPIC_INDEX, topic, context) {
+            Some(request_id) => {
+                state
+                    .pending
+                    .insert(request_id, Pending::SendAfter(Box::new(packet)));
+            }
+            None => packet.encode(version, context.out()),
         }
         Ok(())
     }

@@ -39,6 +39,10 @@ pub(super) struct StoredSession {
     /// expired).
     pub(super) present: bool,
     pub(super) subscriptions: Vec<Subscription>,
+    /// When each filter was subscribed (ms since the Unix epoch).
+    pub(super) subscribed_at_ms: HashMap<String, u64>,
+    /// Topics followed with cursors for wildcard filters.
+    pub(super) followed_topics: BTreeSet<String>,
 }
 
 /// A session's records folded in order: `start` begins a session, `end`
@@ -56,15 +60,32 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
         expires_at_ms = None;
         session.present = true;
         match event["type"].as_str() {
-            Some("start") => session.subscriptions.clear(),
+            Some("start") => {
+                session = StoredSession {
+                    present: true,
+                    ..StoredSession::default()
+                }
+            }
             Some("end") => session = StoredSession::default(),
             Some("subscribe") => {
                 session.subscriptions.retain(|s| s.filter != filter);
                 session
                     .subscriptions
                     .push(Subscription::from_record(&event));
+                // Subscribing again to a filter keeps it without a gap.
+                session
+                    .subscribed_at_ms
+                    .entry(filter.to_string())
+                    .or_insert(record.timestamp_ms);
             }
-            Some("unsubscribe") => session.subscriptions.retain(|s| s.filter != filter),
+            Some("unsubscribe") => {
+                session.subscriptions.retain(|s| s.filter != filter);
+                session.subscribed_at_ms.remove(filter);
+            }
+            Some("topic") => {
+                let topic = event["topic"].as_str().unwrap_or_default();
+                session.followed_topics.insert(topic.to_string());
+            }
             Some("left") => {
                 let expiry_s = event["expiry_s"].as_u64().unwrap_or(u64::from(u32::MAX));
                 if expiry_s != u64::from(u32::MAX) {
@@ -132,15 +153,7 @@ pub(super) fn read_retained(
         qos,
         subscription_id,
     };
-    let request_id = next_request(state, pending);
-    context.submit(
-        request_id,
-        Command::History {
-            channel,
-            query: HistoryQuery::Last,
-            limit: 1,
-        },
-    );
+    read_history(state, pending, channel, HistoryQuery::Last, 1, context);
 }
 
 /// Records read per page of the retained-topic index.
@@ -161,13 +174,26 @@ pub(super) fn read_retained_index(
         qos,
         subscription_id,
     };
+    let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
+    read_history(state, pending, channel, query, RETAINED_INDEX_PAGE, context);
+}
+
+/// Reads a page of `channel`'s history; the reply goes to `pending`.
+pub(super) fn read_history(
+    state: &mut Connected,
+    pending: Pending,
+    channel: String,
+    query: HistoryQuery,
+    limit: u32,
+    context: &mut SessionContext<'_>,
+) {
     let request_id = next_request(state, pending);
     context.submit(
         request_id,
         Command::History {
-            channel: RETAINED_INDEX.to_string(),
-            query: HistoryQuery::From(from),
-            limit: RETAINED_INDEX_PAGE,
+            channel,
+            query,
+            limit,
         },
     );
 }

@@ -170,6 +170,13 @@ impl MqttSession {
                 id,
             };
             let existed = state.unsubscribe_filter(&subscription.filter).is_some();
+            if !existed
+                && pattern::is_pattern(&subscription.filter)
+                && options.qos != QoS::AtMostOnce
+            {
+                let since = (subscription.filter.clone(), wall_clock_ms());
+                state.wildcard_since_ms.push(since);
+            }
             state.subscriptions.push(subscription.clone());
             let send_retained = match options.retain_handling {
                 RetainHandling::SendOnSubscribe => true,
@@ -246,5 +253,6 @@ impl MqttSession {
             };
             context.submit(request_id, command);
         }
+        state.drop_caught_up(context);
     }
 }
