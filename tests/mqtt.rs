@@ -475,35 +475,6 @@ fn wildcard_subscriptions_receive_every_matching_topic_once() {
     assert!(ok, "{output}");
 }
 
-#[test]
-fn shared_subscriptions_are_refused_with_their_reason_code() {
-    let (_dir, server) = server(&[]);
-    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
-    raw.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
-        packet_id: 7,
-        filters: vec![
-            ("exact".into(), Default::default()),
-            ("a/+".into(), Default::default()),
-            ("$share/g/b".into(), Default::default()),
-        ],
-        properties: Properties::default(),
-    }));
-    match raw.next() {
-        Some(Packet::SubAck(ack)) => {
-            assert_eq!(ack.packet_id, 7);
-            assert_eq!(
-                ack.reason_codes,
-                vec![
-                    ReasonCode::Success,
-                    ReasonCode::Success,
-                    ReasonCode::SharedSubscriptionsNotSupported
-                ]
-            );
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
-}
-
 fn subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
     let options = starling_protocol::mqtt::SubscriptionOptions {
         qos,
@@ -1480,4 +1451,125 @@ fn persistent_wildcard_subscriptions_get_offline_messages_from_the_log() {
     );
     roamer.send(&Packet::PingReq);
     assert_eq!(roamer.next(), Some(Packet::PingResp), "nothing twice");
+}
+
+/// Reads a connection's PUBLISHes on a thread of its own (acknowledging
+/// them when `ack`), until the connection ends; returns their payloads and
+/// a handle that ends the connection.
+fn read_publishes(mut raw: Raw, ack: bool) -> (std::sync::mpsc::Receiver<String>, TcpStream) {
+    let handle = raw.stream.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Some(packet) = raw.next() {
+            if let Packet::Publish(publish) = packet {
+                if let (true, Some(id)) = (ack, publish.packet_id) {
+                    raw.send(&Packet::PubAck(response(id)));
+                }
+                let text = String::from_utf8(publish.payload.to_vec()).unwrap();
+                if tx.send(text).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// Collects payloads from `members` until every one of `expected` arrived;
+/// returns what each member got.
+fn collect_until(
+    members: &[&std::sync::mpsc::Receiver<String>],
+    expected: &[String],
+) -> Vec<Vec<String>> {
+    let mut got = vec![Vec::new(); members.len()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let missing = |got: &Vec<Vec<String>>| {
+        expected
+            .iter()
+            .any(|text| !got.iter().flatten().any(|g| g == text))
+    };
+    while missing(&got) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not everything arrived: {got:?}"
+        );
+        for (index, member) in members.iter().enumerate() {
+            while let Ok(text) = member.try_recv() {
+                got[index].push(text);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    got
+}
+
+fn texts(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|n| format!("{prefix} {n}")).collect()
+}
+
+#[test]
+fn shared_subscriptions_give_each_message_to_one_member() {
+    let (_dir, server) = server(&[]);
+    // Two v5 members, one v3.1.1 member (accepted, as Mosquitto does), and
+    // an ordinary subscriber of the same filter.
+    let mut members = Vec::new();
+    for version in [
+        ProtocolVersion::V5,
+        ProtocolVersion::V5,
+        ProtocolVersion::V311,
+    ] {
+        let mut raw = Raw::connect(server.mqtt, version, 0, None);
+        subscribe(&mut raw, "$share/workers/jobs/+", QoS::AtLeastOnce);
+        members.push(read_publishes(raw, true));
+    }
+    let mut watcher = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut watcher, "jobs/+", QoS::AtMostOnce);
+    let (watcher, _) = read_publishes(watcher, true);
+    let jobs = texts("job", 0..30);
+    publish_acked(&server, "jobs/a", &jobs[..15], QoS::AtLeastOnce);
+    publish_acked(&server, "jobs/b", &jobs[15..], QoS::AtLeastOnce);
+    let receivers: Vec<_> = members.iter().map(|(rx, _)| rx).collect();
+    let got = collect_until(&receivers, &jobs);
+    let mut all: Vec<&String> = got.iter().flatten().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        got.iter().map(Vec::len).sum::<usize>(),
+        jobs.len(),
+        "each job went to one member: {got:?}"
+    );
+    assert!(
+        got.iter().filter(|g| !g.is_empty()).count() >= 2,
+        "the jobs were spread: {got:?}"
+    );
+    // The ordinary subscription gets every message.
+    assert_eq!(collect_until(&[&watcher], &jobs)[0].len(), jobs.len());
+}
+
+#[test]
+fn shared_subscription_members_can_leave_and_join_without_losing_qos1_messages() {
+    let (_dir, server) = server(&[]);
+    let mut a = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut a, "$share/g/work", QoS::AtLeastOnce);
+    let (a, _) = read_publishes(a, true);
+    // B never acknowledges, then vanishes.
+    let mut b = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut b, "$share/g/work", QoS::AtLeastOnce);
+    let (b, b_socket) = read_publishes(b, false);
+    let first = texts("first", 0..20);
+    publish_acked(&server, "work", &first, QoS::AtLeastOnce);
+    let got = collect_until(&[&a, &b], &first);
+    assert!(!got[1].is_empty(), "B had some: {got:?}");
+    b_socket.shutdown(std::net::Shutdown::Both).unwrap();
+    // What B had and never acknowledged reaches A.
+    let again = collect_until(&[&a], &got[1]);
+    assert!(got[1].iter().all(|text| again[0].contains(text)));
+    // C joins; messages from now on reach A or C, none is lost.
+    let mut c = Raw::connect(server.mqtt, ProtocolVersion::V311, 0, None);
+    subscribe(&mut c, "$share/g/work", QoS::AtLeastOnce);
+    let (c, _) = read_publishes(c, true);
+    let second = texts("second", 0..20);
+    publish_acked(&server, "work", &second, QoS::AtLeastOnce);
+    let got = collect_until(&[&a, &c], &second);
+    assert!(!got[1].is_empty(), "C had some: {got:?}");
 }

@@ -1,7 +1,7 @@
 """MQTT interop with the Eclipse Paho Python client (paho-mqtt 2.x), for
 3.1.1 and 5.0: QoS 0/1/2, v5 properties, retained messages, wills,
-persistent sessions, wildcards and v5 subscription options against a
-running Starling.
+persistent sessions, wildcards, v5 subscription options and shared
+subscriptions against a running Starling.
 
 Usage: python mqtt_paho.py HOST PORT
 Prints one line per check and exits 1 at the first failure.
@@ -293,6 +293,31 @@ def v5_retain_as_published_and_retain_handling():
     stop(plain)
     stop(sub)
     stop(pub)
+
+
+@check
+def shared_subscription_gives_each_message_to_one_member():
+    topic = unique("paho/shared")
+    group = unique("group")
+    members = [client(unique("member"), protocol) for protocol in (mqtt.MQTTv5, mqtt.MQTTv311)]
+    for member in members:
+        subscribe(member, f"$share/{group}/{topic}", 1)
+    pub = client(unique("pub"), mqtt.MQTTv5)
+    for n in range(20):
+        publish(pub, topic, f"task {n}", 1)
+    got = []
+    deadline = time.time() + WAIT_S
+    while len(got) < 20:
+        assert time.time() < deadline, f"only {got} arrived"
+        for member in members:
+            try:
+                got.append(member.inbox.get(timeout=0.1).payload.decode())
+            except queue.Empty:
+                pass
+    assert sorted(got) == sorted(f"task {n}" for n in range(20)), got
+    stop(pub)
+    for member in members:
+        stop(member)
 
 
 def main():

@@ -75,7 +75,6 @@ impl MqttSession {
         let mut properties = Properties::default();
         if version == ProtocolVersion::V5 {
             properties.assigned_client_identifier = assigned;
-            properties.shared_subscription_available = Some(false);
             properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
             properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
@@ -127,6 +126,7 @@ impl MqttSession {
             aliases: TopicAliases::new(connect.properties.topic_alias_maximum),
             wildcard_since_ms: Vec::new(),
             caught_up: HashSet::new(),
+            shares: HashMap::new(),
             outbound: HashMap::new(),
             next_order: 0,
             window: connect
@@ -199,19 +199,16 @@ impl MqttSession {
         let state = self.state.as_mut().expect("connected");
         for subscription in filters {
             let (filter, qos) = (subscription.filter.clone(), subscription.qos());
+            let command = subscribe_command(subscription.topic_filter());
+            let shared = subscription.is_shared();
             state.subscriptions.push(subscription);
-            if pattern::is_pattern(&filter) {
+            if shared {
+                // A share rejoins its group, live.
+                let request_id = next_request(state, Pending::JoinShare(filter));
+                context.submit(request_id, command);
+            } else if pattern::is_pattern(&filter) || qos == QoS::AtMostOnce {
                 let request_id = next_request(state, Pending::Fire);
-                context.submit(request_id, Command::SubscribePattern { pattern: filter });
-            } else if qos == QoS::AtMostOnce {
-                let request_id = next_request(state, Pending::Fire);
-                context.submit(
-                    request_id,
-                    Command::Subscribe {
-                        channel: filter,
-                        start: starling_protocol::SubscribeStart::Live,
-                    },
-                );
+                context.submit(request_id, command);
             } else {
                 let consumer = session_consumer(&state.client_id);
                 let request_id = next_request(

@@ -142,6 +142,12 @@ impl MqttSession {
         let Some(state) = self.state.as_mut() else {
             return;
         };
+        // Its shares go to the other members of their groups first (with
+        // what was not acknowledged).
+        let shares: Vec<String> = state.shares.keys().cloned().collect();
+        for filter in shares {
+            state.leave_share(&self.groups, &filter, context);
+        }
         let conn = context.conn();
         let will = state.will.take();
         let principal = context.principal().cloned();

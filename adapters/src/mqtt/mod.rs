@@ -2,30 +2,31 @@
 //! A topic is a channel of the same name, so what an MQTT client publishes
 //! to `general` is a chat message of `general`, and the other way round.
 //!
-//! What this first version does: CONNECT (both versions; user name and
-//! password go to the authorizer; server-assigned client ids; keep-alive),
-//! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
-//! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
-//! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
-//! client's Receive Maximum, retained messages and persistent sessions kept in
-//! the log (also for wildcard filters, and with what was in flight resent,
-//! with its packet ids and DUP, when the client comes back), PINGREQ, DISCONNECT, and the will message.
-//! v5 subscription options (no-local, retain-as-published, retain handling,
-//! subscription identifiers), topic aliases both ways, session expiry and
-//! delayed wills. Not yet: shared subscriptions (refused with their v5
-//! reason code). Bad input closes only its own
-//! connection, with a v5 DISCONNECT that carries the reason code.
-//! `docs/PROTOCOL.md` has the details.
+//! What it does: CONNECT (both versions; user name and password go to the
+//! authorizer; server-assigned client ids; keep-alive), PUBLISH in at QoS
+//! 0, 1 and 2 (acknowledged once the record is durable under the engine's
+//! policy), SUBSCRIBE and UNSUBSCRIBE to topic names and to filters with
+//! `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
+//! Maximum, retained messages and persistent sessions kept in the log (also
+//! for wildcard filters, and with what was in flight resent, with its
+//! packet ids and DUP, when the client comes back), session expiry,
+//! PINGREQ, DISCONNECT, the will message (and its delay), v5 subscription
+//! options (no-local, retain-as-published, retain handling, subscription
+//! identifiers), topic aliases both ways, and shared subscriptions. Bad
+//! input closes only its own connection, with a v5 DISCONNECT that carries
+//! the reason code. `docs/PROTOCOL.md` has the details.
 //!
 //! Files: this one holds the session and the packets it handles itself;
 //! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
-//! client), `aliases` (v5 topic aliases), `subscribe` (SUBSCRIBE, UNSUBSCRIBE, subscription options and
-//! how a delivery matches them), `replies` (the broker's answers), `outbound` (QoS 1 and 2
-//! deliveries, windows, cursors), `expiry` (a session after its connection:
-//! expiry, delayed wills, the keeper thread), `offline` (offline messages
-//! for wildcard filters), `parked` (a persistent session's in-flight
-//! state between its connections), `deliveries` (the shared PUBLISH encoding
-//! and message properties), `store` (what is kept in `$` channels).
+//! client), `aliases` (v5 topic aliases), `subscribe` (SUBSCRIBE,
+//! UNSUBSCRIBE, subscription options and how a delivery matches them),
+//! `shared` (shared subscriptions), `replies` (the broker's answers),
+//! `outbound` (QoS 1 and 2 deliveries, windows, cursors), `deliveries` (the
+//! shared PUBLISH encoding and message properties), `store` (what is kept
+//! in `$` channels), `offline` (offline messages for wildcard filters),
+//! `parked` (a persistent session's in-flight state between its
+//! connections), `expiry` (a session after its connection: expiry, delayed
+//! wills, the keeper thread).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -55,6 +56,7 @@ mod offline;
 mod outbound;
 mod parked;
 mod replies;
+mod shared;
 mod store;
 mod subscribe;
 
@@ -71,12 +73,14 @@ pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
+use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
+pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
-    collect, fold_session, next_request, read_history, read_retained, read_retained_index,
-    retained_channel, send_suback, session_channel, session_consumer, StoredSession,
-    RETAINED_INDEX, SESSION_PAGE,
+    collect, collect_complete, fold_session, next_request, read_history, read_retained,
+    read_retained_index, retained_channel, send_suback, send_unsuback, session_channel,
+    session_consumer, StoredSession, RETAINED_INDEX, SESSION_PAGE,
 };
-use subscribe::{Route, Subscription};
+use subscribe::{subscribe_command, Route, Subscription};
 
 /// Longest client id the server assigns or accepts.
 const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -100,6 +104,7 @@ pub struct MqttProtocol {
     clients: Clients,
     parked: ParkedSessions,
     timers: SharedTimers,
+    groups: Groups,
 }
 
 /// The connection of each connected client id, so a new connection with the
@@ -123,6 +128,7 @@ impl MqttProtocol {
             clients: Clients::default(),
             parked: ParkedSessions::default(),
             timers: SharedTimers::default(),
+            groups: Groups::default(),
         }
     }
 }
@@ -141,6 +147,7 @@ impl Protocol for MqttProtocol {
             clients: self.clients.clone(),
             parked: self.parked.clone(),
             timers: self.timers.clone(),
+            groups: self.groups.clone(),
             state: None,
         })
     }
@@ -187,6 +194,9 @@ enum Pending {
     SessionRead,
     /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
     PubRelAfter(u16),
+    /// The broker subscription of a shared subscription restored with a
+    /// session is in place: join its group.
+    JoinShare(String),
     /// The cursor of a restored subscription.
     RestoreCursor {
         topic: String,
@@ -236,6 +246,9 @@ struct Connected {
     wildcard_since_ms: Vec<(String, u64)>,
     /// Topics subscribed on their own to catch up for wildcard filters.
     caught_up: HashSet<String>,
+    /// This member's view of the group of each shared subscription, by its
+    /// filter.
+    shares: HashMap<String, ShareView>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
     outbound: HashMap<u16, InFlight>,
     /// Numbers outbound messages in the order they are sent.
@@ -285,6 +298,7 @@ pub struct MqttSession {
     clients: Clients,
     parked: ParkedSessions,
     timers: SharedTimers,
+    groups: Groups,
     state: Option<Connected>,
 }
 
@@ -350,25 +364,22 @@ impl Session for MqttSession {
         let Some(state) = self.state.as_mut() else {
             return Ok(None);
         };
-        if let Route::Shared = state.route(channel) {
+        let mut out = BytesMut::new();
+        // A group's membership may have changed since the last delivery.
+        if !state.refresh_shares(&mut out) {
+            return Err(too_much_held(state.version, context));
+        }
+        if let (Route::Shared, true) = (state.route(channel), out.is_empty()) {
             return Ok(None);
         }
         let channel: Arc<str> = Arc::from(channel);
-        let mut out = BytesMut::new();
         for message in messages.iter().filter(|m| is_application_message(m)) {
             let Some(outgoing) = state.outgoing(&channel, message) else {
                 continue;
             };
             state.follow_wildcard_topic(&outgoing, context);
             if !state.send_or_hold(outgoing, &mut out) {
-                let version = state.version;
-                disconnect_with(
-                    version,
-                    ReasonCode::QuotaExceeded,
-                    "too many unacknowledged messages; acknowledge what you receive",
-                    context.out(),
-                );
-                return Err(close("MQTT: the client does not acknowledge its messages"));
+                return Err(too_much_held(state.version, context));
             }
         }
         Ok(Some(out.freeze()))
@@ -381,6 +392,32 @@ impl Session for MqttSession {
     ) -> Result<(), Close> {
         let event = match event.downcast::<Handoff>() {
             Ok(handoff) => return self.on_handoff(*handoff, context),
+            Err(event) => event,
+        };
+        let event = match event.downcast::<MembershipChanged>() {
+            Ok(_) => {
+                let Some(state) = self.state.as_mut() else {
+                    return Ok(());
+                };
+                if !state.refresh_shares(context.out()) {
+                    return Err(too_much_held(state.version, context));
+                }
+                return Ok(());
+            }
+            Err(event) => event,
+        };
+        let event = match event.downcast::<SharedHandover>() {
+            Ok(handover) => {
+                let Some(state) = self.state.as_mut() else {
+                    return Ok(());
+                };
+                for outgoing in handover.0 {
+                    if !state.send_or_hold(outgoing, context.out()) {
+                        return Err(too_much_held(state.version, context));
+                    }
+                }
+                return Ok(());
+            }
             Err(event) => event,
         };
         if event.downcast::<TakenOver>().is_ok() {
@@ -611,6 +648,18 @@ impl MqttSession {
             }
         }
     }
+}
+
+/// Closes the connection of a client that leaves too many messages
+/// unacknowledged (v5: DISCONNECT 0x97, quota exceeded).
+fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> Close {
+    disconnect_with(
+        version,
+        ReasonCode::QuotaExceeded,
+        "too many unacknowledged messages; acknowledge what you receive",
+        context.out(),
+    );
+    close("MQTT: the client does not acknowledge its messages")
 }
 
 /// The v5 reason code for a refused publish.

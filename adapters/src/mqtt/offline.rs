@@ -48,6 +48,7 @@ impl Connected {
     ) {
         let topic = &outgoing.topic;
         if !self.persistent
+            || outgoing.share.is_some()
             || outgoing.qos == QoS::AtMostOnce
             || outgoing.message.seq == 0
             || self.cursors.contains_key(topic)
@@ -103,7 +104,9 @@ impl Connected {
         self.wildcard_since_ms = self
             .subscriptions
             .iter()
-            .filter(|s| pattern::is_pattern(&s.filter) && s.qos() != QoS::AtMostOnce)
+            .filter(|s| {
+                pattern::is_pattern(&s.filter) && !s.is_shared() && s.qos() != QoS::AtMostOnce
+            })
             .map(|s| {
                 let since_ms = stored.subscribed_at_ms.get(&s.filter).copied();
                 (s.filter.clone(), since_ms.unwrap_or_else(wall_clock_ms))

@@ -24,6 +24,9 @@ pub(super) struct Outgoing {
     pub(super) retain: bool,
     /// The Subscription Identifiers of the matching subscriptions (v5).
     pub(super) subscription_ids: Vec<u32>,
+    /// The shared subscription it goes out through, when only shared ones
+    /// matched (its filter, `$share/<group>/<filter>`).
+    pub(super) share: Option<String>,
 }
 
 /// An outbound QoS 1 or 2 message not yet acknowledged. The message is kept

@@ -58,7 +58,8 @@ impl MqttSession {
             Pending::Subscribe(packet_id, index, subscription) => {
                 let qos = subscription.qos();
                 let filter = subscription.filter.clone();
-                if error.is_none() {
+                let shared = subscription.is_shared();
+                if error.is_none() && !shared {
                     // A persistent session's stored subscriptions start at
                     // the head: after a reconnect they resume from there.
                     if let Reply::Subscribed { head_seq } = reply {
@@ -94,8 +95,13 @@ impl MqttSession {
                     if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
                         collecting.retained.retain(|s| *s != subscription);
                     }
-                } else if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
-                    collecting.granted.push(subscription);
+                } else {
+                    if shared && !state.shares.contains_key(&filter) {
+                        state.join_share(&self.groups, &filter, context);
+                    }
+                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                        collecting.granted.push(subscription);
+                    }
                 }
                 if let Some(done) = collect(&mut state.subscribes, packet_id, index, granted) {
                     send_suback(state, packet_id, done, context);
@@ -108,12 +114,7 @@ impl MqttSession {
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
                 if let Some(done) = collect(&mut state.unsubscribes, packet_id, index, code) {
-                    Packet::UnsubAck(UnsubAck {
-                        packet_id,
-                        reason_codes: done.codes.into_iter().flatten().collect(),
-                        properties: Properties::default(),
-                    })
-                    .encode(version, context.out());
+                    send_unsuback(state, packet_id, done, context);
                 }
             }
             Pending::PubRelAfter(packet_id) => {
@@ -185,6 +186,12 @@ impl MqttSession {
                 let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
             }
             Pending::TopicIndex => state.on_topic_index(reply, context),
+            Pending::JoinShare(filter) => {
+                let joined = matches!(error, None | Some(BrokerError::AlreadySubscribed(_)));
+                if joined && !state.shares.contains_key(&filter) {
+                    state.join_share(&self.groups, &filter, context);
+                }
+            }
             Pending::OfflineStart {
                 topic,
                 since_ms,
@@ -236,11 +243,10 @@ impl MqttSession {
                             qos,
                             retain: true,
                             subscription_ids: subscription_id.into_iter().collect(),
+                            share: None,
                         };
                         if !state.send_or_hold(outgoing, context.out()) {
-                            return Err(close(
-                                "MQTT: the client does not acknowledge its messages",
-                            ));
+                            return Err(too_much_held(version, context));
                         }
                     }
                 }

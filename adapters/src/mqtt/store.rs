@@ -12,13 +12,35 @@ pub(super) fn collect(
     index: usize,
     code: ReasonCode,
 ) -> Option<Collecting> {
-    let entry = collecting.get_mut(&packet_id)?;
-    entry.codes[index] = Some(code);
-    if entry.codes.iter().all(Option::is_some) {
-        collecting.remove(&packet_id)
-    } else {
-        None
-    }
+    collecting.get_mut(&packet_id)?.codes[index] = Some(code);
+    collect_complete(collecting, packet_id)
+}
+
+/// Every filter's code of SUBSCRIBE or UNSUBSCRIBE `packet_id`, once all
+/// are in.
+pub(super) fn collect_complete(
+    collecting: &mut HashMap<u16, Collecting>,
+    packet_id: u16,
+) -> Option<Collecting> {
+    let complete = collecting
+        .get(&packet_id)
+        .is_some_and(|entry| entry.codes.iter().all(Option::is_some));
+    complete.then(|| collecting.remove(&packet_id)).flatten()
+}
+
+/// Sends the UNSUBACK of a completed UNSUBSCRIBE.
+pub(super) fn send_unsuback(
+    state: &Connected,
+    packet_id: u16,
+    done: Collecting,
+    context: &mut SessionContext<'_>,
+) {
+    Packet::UnsubAck(UnsubAck {
+        packet_id,
+        reason_codes: done.codes.into_iter().flatten().collect(),
+        properties: Properties::default(),
+    })
+    .encode(state.version, context.out());
 }
 
 /// Where a persistent session's subscriptions are recorded.

@@ -1,15 +1,18 @@
 //! SUBSCRIBE and UNSUBSCRIBE, the options of each subscription (v5:
 //! no-local, retain-as-published, retain handling, subscription
-//! identifiers), and which subscriptions a delivery goes out through.
+//! identifiers), and which subscriptions a delivery goes out through
+//! (shared subscriptions take only their group's share, `shared`).
 
 use starling_protocol::mqtt::{Subscribe, SubscriptionOptions, Unsubscribe};
 
+use super::shared::{shared_topic_filter, SHARE_PREFIX};
 use super::*;
 
 /// One subscription of a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Subscription {
-    /// A topic name or a filter with wildcards.
+    /// A topic name or a filter with wildcards, or either after
+    /// `$share/<group>/` for a shared subscription.
     pub(super) filter: String,
     pub(super) options: SubscriptionOptions,
     /// The v5 Subscription Identifier, sent back with every matching
@@ -22,8 +25,19 @@ impl Subscription {
         self.options.qos
     }
 
+    /// The filter messages are matched against (a shared subscription's
+    /// without its `$share/<group>/`).
+    pub(super) fn topic_filter(&self) -> &str {
+        shared_topic_filter(&self.filter).unwrap_or(&self.filter)
+    }
+
+    pub(super) fn is_shared(&self) -> bool {
+        self.filter.starts_with(SHARE_PREFIX)
+    }
+
     fn matches(&self, topic: &str) -> bool {
-        self.filter == topic || pattern::matches(&self.filter, topic)
+        let filter = self.topic_filter();
+        filter == topic || pattern::matches(filter, topic)
     }
 
     /// How a persistent session records it.
@@ -85,6 +99,7 @@ impl Connected {
             .filter(|subscription| subscription.matches(channel))
             .all(|subscription| {
                 subscription.qos() == QoS::AtMostOnce
+                    && !subscription.is_shared()
                     && subscription.id.is_none()
                     && !subscription.options.no_local
                     && !subscription.options.retain_as_published
@@ -98,8 +113,10 @@ impl Connected {
 
     /// What `message` of `channel` goes out as: at the highest QoS of the
     /// matching subscriptions, with their identifiers; `None` when only
-    /// no-local subscriptions match a message this client published.
-    pub(super) fn outgoing(&self, channel: &Arc<str>, message: &Message) -> Option<Outgoing> {
+    /// no-local subscriptions match a message this client published, or
+    /// only shared subscriptions whose group gives it to another member
+    /// (which keep it a while, `shared`).
+    pub(super) fn outgoing(&mut self, channel: &Arc<str>, message: &Message) -> Option<Outgoing> {
         let mut matching = self
             .subscriptions
             .iter()
@@ -111,9 +128,21 @@ impl Connected {
         let mut qos = None;
         let mut retain = false;
         let mut subscription_ids = Vec::new();
+        // The shared subscription it goes through, when only shared ones
+        // take it; the one that skipped it, when none takes it.
+        let (mut share, mut unshared, mut skipped) = (None, false, None);
         for subscription in matching {
             if own && subscription.options.no_local {
                 continue;
+            }
+            if let Some(view) = self.shares.get(&subscription.filter) {
+                if !view.owns(channel, message) {
+                    skipped = Some((subscription.filter.clone(), subscription.qos()));
+                    continue;
+                }
+                share = Some(subscription.filter.clone());
+            } else {
+                unshared = true;
             }
             qos = qos.max(Some(subscription.qos()));
             retain |= subscription.options.retain_as_published && was_retained;
@@ -121,13 +150,25 @@ impl Connected {
         }
         subscription_ids.sort_unstable();
         subscription_ids.dedup();
-        Some(Outgoing {
+        let mut outgoing = Outgoing {
             topic: channel.clone(),
             message: message.clone(),
-            qos: qos?,
+            qos: qos.unwrap_or(QoS::AtMostOnce),
             retain,
             subscription_ids,
-        })
+            share: share.filter(|_| !unshared),
+        };
+        if qos.is_none() {
+            if let Some((filter, qos)) = skipped.filter(|(_, qos)| *qos != QoS::AtMostOnce) {
+                outgoing.qos = qos;
+                outgoing.share = Some(filter.clone());
+                if let Some(view) = self.shares.get_mut(&filter) {
+                    view.remember_skipped(outgoing);
+                }
+            }
+            return None;
+        }
+        Some(outgoing)
     }
 
     /// True when this client's publishes must name it, so that its no-local
@@ -156,21 +197,19 @@ impl MqttSession {
             .subscription_identifiers
             .first()
             .copied();
-        let mut codes = vec![None; subscribe.filters.len()];
+        let codes = vec![None; subscribe.filters.len()];
         let mut commands = Vec::new();
         let mut wants_retained = Vec::new();
         for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
-            if filter.starts_with("$share/") {
-                codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
-                continue;
-            }
             let subscription = Subscription {
                 filter,
                 options,
                 id,
             };
             let existed = state.unsubscribe_filter(&subscription.filter).is_some();
+            let shared = subscription.is_shared();
             if !existed
+                && !shared
                 && pattern::is_pattern(&subscription.filter)
                 && options.qos != QoS::AtMostOnce
             {
@@ -178,11 +217,13 @@ impl MqttSession {
                 state.wildcard_since_ms.push(since);
             }
             state.subscriptions.push(subscription.clone());
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendOnSubscribe => true,
-                RetainHandling::SendOnNewSubscribe => !existed,
-                RetainHandling::DoNotSend => false,
-            };
+            // A shared subscription gets no retained messages (MQTT 4.8.2).
+            let send_retained = !shared
+                && match options.retain_handling {
+                    RetainHandling::SendOnSubscribe => true,
+                    RetainHandling::SendOnNewSubscribe => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
             if send_retained {
                 wants_retained.push(subscription.clone());
             }
@@ -197,28 +238,13 @@ impl MqttSession {
             },
         );
         for (index, subscription) in commands {
-            let filter = subscription.filter.clone();
+            let command = subscribe_command(subscription.topic_filter());
             let request_id =
                 next_request(state, Pending::Subscribe(packet_id, index, subscription));
-            // A filter with wildcards is a broker channel pattern as it
-            // stands (the same rules).
-            let command = if pattern::is_pattern(&filter) {
-                Command::SubscribePattern { pattern: filter }
-            } else {
-                Command::Subscribe {
-                    channel: filter,
-                    start: starling_protocol::SubscribeStart::Live,
-                }
-            };
             context.submit(request_id, command);
         }
         // The SUBACK goes at once when no filter needed the broker.
-        let complete = state
-            .subscribes
-            .get(&packet_id)
-            .is_some_and(|c| c.codes.iter().all(Option::is_some));
-        if complete {
-            let done = state.subscribes.remove(&packet_id).expect("present");
+        if let Some(done) = collect_complete(&mut state.subscribes, packet_id) {
             send_suback(state, packet_id, done, context);
         }
     }
@@ -240,19 +266,62 @@ impl MqttSession {
             },
         );
         for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
-            state.unsubscribe_filter(&filter);
+            let removed = state.unsubscribe_filter(&filter);
+            state.leave_share(&self.groups, &filter, context);
             state.record(
                 serde_json::json!({"type": "unsubscribe", "filter": filter}),
                 context,
             );
+            let topic_filter = shared_topic_filter(&filter).unwrap_or(&filter);
+            let still_used = state
+                .subscriptions
+                .iter()
+                .any(|s| s.topic_filter() == topic_filter);
+            if removed.is_some() && still_used {
+                // Another subscription of this session (shared or not)
+                // needs the broker subscription.
+                state
+                    .unsubscribes
+                    .get_mut(&packet_id)
+                    .expect("inserted")
+                    .codes[index] = Some(ReasonCode::Success);
+                continue;
+            }
+            let command = unsubscribe_command(topic_filter);
             let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
-            let command = if pattern::is_pattern(&filter) {
-                Command::UnsubscribePattern { pattern: filter }
-            } else {
-                Command::Unsubscribe { channel: filter }
-            };
             context.submit(request_id, command);
         }
         state.drop_caught_up(context);
+        if let Some(done) = collect_complete(&mut state.unsubscribes, packet_id) {
+            send_unsuback(state, packet_id, done, context);
+        }
+    }
+}
+
+/// The broker subscription of a topic filter: a filter with wildcards is a
+/// broker channel pattern as it stands (the same rules); a topic name is a
+/// channel, live from now.
+pub(super) fn subscribe_command(topic_filter: &str) -> Command {
+    if pattern::is_pattern(topic_filter) {
+        Command::SubscribePattern {
+            pattern: topic_filter.to_string(),
+        }
+    } else {
+        Command::Subscribe {
+            channel: topic_filter.to_string(),
+            start: starling_protocol::SubscribeStart::Live,
+        }
+    }
+}
+
+fn unsubscribe_command(topic_filter: &str) -> Command {
+    if pattern::is_pattern(topic_filter) {
+        Command::UnsubscribePattern {
+            pattern: topic_filter.to_string(),
+        }
+    } else {
+        Command::Unsubscribe {
+            channel: topic_filter.to_string(),
+        }
     }
 }
