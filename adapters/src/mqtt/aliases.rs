@@ -76,3 +76,52 @@ impl TopicAliases {
         (topic.to_string(), Some(next))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &str, alias: Option<u16>) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: None,
+            properties: Properties {
+                topic_alias: alias,
+                ..Properties::default()
+            },
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn inbound_aliases_are_set_used_and_checked() {
+        let mut aliases = TopicAliases::new(None);
+        let mut first = publish("a/b", Some(3));
+        aliases.resolve(&mut first).unwrap();
+        assert_eq!(first.properties.topic_alias, None, "taken off the message");
+        let mut second = publish("", Some(3));
+        aliases.resolve(&mut second).unwrap();
+        assert_eq!(second.topic, "a/b");
+        let unknown = aliases.resolve(&mut publish("", Some(4))).unwrap_err();
+        assert_eq!(unknown.0, ReasonCode::ProtocolError);
+        let too_high = publish("x", Some(TOPIC_ALIAS_MAXIMUM + 1));
+        let error = aliases.resolve(&mut too_high.clone()).unwrap_err();
+        assert_eq!(error.0, ReasonCode::TopicAliasInvalid);
+        let error = aliases.resolve(&mut publish("x", Some(0))).unwrap_err();
+        assert_eq!(error.0, ReasonCode::TopicAliasInvalid);
+    }
+
+    #[test]
+    fn outbound_aliases_fill_the_clients_room_then_send_topics_in_full() {
+        let mut aliases = TopicAliases::new(Some(1));
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert_eq!(aliases.outbound(&a), ("a".to_string(), Some(1)));
+        assert_eq!(aliases.outbound(&a), (String::new(), Some(1)));
+        assert_eq!(aliases.outbound(&b), ("b".to_string(), None));
+        let mut none = TopicAliases::new(None);
+        assert_eq!(none.outbound(&a), ("a".to_string(), None));
+    }
+}

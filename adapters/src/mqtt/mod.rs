@@ -724,3 +724,20 @@ fn random_id() -> u64 {
     );
     hasher.finish()
 }
+
+/// A stored message for unit tests: `body` at `seq` (and offset), stamped
+/// `timestamp_ms`.
+#[cfg(test)]
+fn test_message(seq: u64, timestamp_ms: u64, body: Bytes) -> Message {
+    Message {
+        seq,
+        offset: seq,
+        timestamp_ms,
+        kind: kind::MESSAGE,
+        sender: Bytes::new(),
+        client_message_id: Bytes::new(),
+        relation: 0,
+        headers: Bytes::new(),
+        body,
+    }
+}

@@ -285,3 +285,66 @@ fn tell(members: &[ConnRef], me: Option<ConnRef>, context: &mut SessionContext<'
         context.notify(*member, Box::new(MembershipChanged));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(slot: u32) -> ConnRef {
+        ConnRef {
+            shard: 0,
+            slot,
+            generation: 0,
+        }
+    }
+
+    fn message(seq: u64, timestamp_ms: u64) -> Message {
+        test_message(seq, timestamp_ms, Bytes::new())
+    }
+
+    #[test]
+    fn every_message_has_one_owner_at_its_time() {
+        let group = Group::default();
+        group.join(conn(1), 1_000);
+        group.join(conn(2), 2_000);
+        let timeline = group.timeline.lock().clone();
+        for seq in 0..100 {
+            // Before the second member joined, the first has everything.
+            assert_eq!(
+                owner_at(&timeline, "t", &message(seq, 1_500)),
+                Some(conn(1))
+            );
+        }
+        let owners: Vec<_> = (0..100)
+            .map(|seq| owner_at(&timeline, "t", &message(seq, 2_500)).unwrap())
+            .collect();
+        assert!(owners.contains(&conn(1)) && owners.contains(&conn(2)));
+    }
+
+    #[test]
+    fn a_member_that_leaves_owns_nothing_from_the_lookback_on() {
+        let group = Group::default();
+        group.join(conn(1), 1_000);
+        group.join(conn(2), 1_000);
+        let left_at = 100_000;
+        let remaining = group.leave(conn(2), left_at);
+        assert_eq!(remaining, vec![conn(1)]);
+        let timeline = group.timeline.lock().clone();
+        let since = left_at - SHARED_LEAVE_LOOKBACK_MS;
+        for seq in 0..50 {
+            let owner = owner_at(&timeline, "t", &message(seq, since + seq));
+            assert_eq!(owner, Some(conn(1)));
+        }
+        // Earlier messages keep the owners they had.
+        let earlier: Vec<_> = (0..50)
+            .map(|seq| owner_at(&timeline, "t", &message(seq, since - 1)).unwrap())
+            .collect();
+        assert!(earlier.contains(&conn(2)));
+    }
+
+    #[test]
+    fn shared_filters_are_split_from_their_group() {
+        assert_eq!(shared_topic_filter("$share/g/a/+"), Some("a/+"));
+        assert_eq!(shared_topic_filter("a/+"), None);
+    }
+}

@@ -226,3 +226,46 @@ pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {
     state.pending.insert(request_id, pending);
     request_id
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, timestamp_ms: u64, event: serde_json::Value) -> Message {
+        test_message(seq, timestamp_ms, Bytes::from(event.to_string()))
+    }
+
+    #[test]
+    fn a_session_is_present_until_it_ends_or_expires() {
+        use serde_json::json;
+        let subscribed = record(
+            1,
+            10,
+            json!({"type": "subscribe", "filter": "a/+", "qos": 1}),
+        );
+        let left = record(
+            2,
+            20,
+            json!({"type": "left", "at_ms": 1_000, "expiry_s": 60}),
+        );
+        let records = vec![subscribed.clone(), left.clone()];
+        let kept = fold_session(&records, 60_999);
+        assert!(kept.present);
+        assert_eq!(kept.subscriptions.len(), 1);
+        assert_eq!(kept.subscribed_at_ms.get("a/+"), Some(&10));
+        assert!(!fold_session(&records, 61_000).present, "expired");
+        let forever = record(
+            2,
+            20,
+            json!({"type": "left", "at_ms": 0, "expiry_s": u32::MAX}),
+        );
+        assert!(fold_session(&[subscribed.clone(), forever], u64::MAX).present);
+        let ended = record(3, 30, json!({"type": "end"}));
+        assert!(!fold_session(&[subscribed.clone(), ended], 0).present);
+        // A later connection that did not leave yet (a crash) never expires.
+        let again = record(3, 30, json!({"type": "topic", "topic": "a/b"}));
+        let stored = fold_session(&[subscribed, left, again], u64::MAX);
+        assert!(stored.present);
+        assert!(stored.followed_topics.contains("a/b"));
+    }
+}
