@@ -123,10 +123,8 @@ impl MqttSession {
             unsubscribes: HashMap::new(),
             qos2_received: HashSet::new(),
             subscriptions: Vec::new(),
-            aliases: TopicAliases::new(connect.properties.topic_alias_maximum),
-            wildcard_since_ms: Vec::new(),
-            caught_up: HashSet::new(),
-            shares: HashMap::new(),
+            client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+            extras: None,
             outbound: HashMap::new(),
             next_order: 0,
             window: connect
@@ -142,13 +140,11 @@ impl MqttSession {
             clean_start: connect.clean_start,
             session_read: false,
             awaiting_handoff: taking_over && restoring,
-            handed_over: Vec::new(),
             waiting_input: BytesMut::new(),
             connack_properties: properties,
             session_records: Vec::new(),
             positions: HashMap::new(),
             cursors: HashMap::new(),
-            delivered: HashMap::new(),
         });
         let state = self.state.as_mut().expect("just set");
         if restoring {
@@ -182,7 +178,9 @@ impl MqttSession {
             // The session ended or expired: what it left is forgotten, and a
             // new one begins.
             state.record(serde_json::json!({"type": "start"}), context);
-            state.handed_over.clear();
+            if let Some(extras) = state.extras.as_mut() {
+                extras.handed_over.clear();
+            }
             let client_id = state.client_id.clone();
             self.forget_parked(&client_id);
         }

@@ -144,7 +144,11 @@ impl MqttSession {
         };
         // Its shares go to the other members of their groups first (with
         // what was not acknowledged).
-        let shares: Vec<String> = state.shares.keys().cloned().collect();
+        let shares: Vec<String> = state
+            .extras
+            .as_ref()
+            .map(|extras| extras.shares.keys().cloned().collect())
+            .unwrap_or_default();
         for filter in shares {
             state.leave_share(&self.groups, &filter, context);
         }

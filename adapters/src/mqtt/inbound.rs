@@ -10,8 +10,10 @@ impl MqttSession {
     ) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let version = state.version;
-        if let Err((reason_code, reason)) = state.aliases.resolve(&mut publish) {
-            return self.violation(reason_code, &reason, context);
+        if publish.properties.topic_alias.is_some() {
+            if let Err((reason_code, reason)) = state.extras().aliases.resolve(&mut publish) {
+                return self.violation(reason_code, &reason, context);
+            }
         }
         let state = self.state.as_mut().expect("connected");
         if publish.topic.starts_with('$') {

@@ -239,16 +239,11 @@ struct Connected {
     qos2_received: HashSet<u16>,
     /// The subscriptions, one per filter (topic name or pattern).
     subscriptions: Vec<Subscription>,
-    /// v5 topic aliases, both ways.
-    aliases: TopicAliases,
-    /// The QoS 1 and 2 wildcard filters of a resumed session and when each
-    /// was subscribed (its offline messages start there).
-    wildcard_since_ms: Vec<(String, u64)>,
-    /// Topics subscribed on their own to catch up for wildcard filters.
-    caught_up: HashSet<String>,
-    /// This member's view of the group of each shared subscription, by its
-    /// filter.
-    shares: HashMap<String, ShareView>,
+    /// The Topic Alias Maximum the client announced (0: none).
+    client_topic_alias_maximum: u16,
+    /// What only some sessions use, allocated when first needed (an idle
+    /// connection stays small).
+    extras: Option<Box<Extras>>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
     outbound: HashMap<u16, InFlight>,
     /// Numbers outbound messages in the order they are sent.
@@ -274,8 +269,6 @@ struct Connected {
     session_read: bool,
     /// An older connection of the client id is handing its state over.
     awaiting_handoff: bool,
-    /// What older connections handed over before the CONNACK.
-    handed_over: Vec<parked::Parked>,
     waiting_input: BytesMut,
     connack_properties: Properties,
     /// Session records read so far while restoring.
@@ -285,9 +278,47 @@ struct Connected {
     positions: HashMap<u16, (Arc<str>, u64)>,
     /// The last cursor written per topic.
     cursors: HashMap<Arc<str>, u64>,
+}
+
+/// The parts of a session's state that only some sessions use.
+struct Extras {
+    /// v5 topic aliases, both ways.
+    aliases: TopicAliases,
+    /// The QoS 1 and 2 wildcard filters of a resumed session and when each
+    /// was subscribed (its offline messages start there).
+    wildcard_since_ms: Vec<(String, u64)>,
+    /// Topics subscribed on their own to catch up for wildcard filters.
+    caught_up: HashSet<String>,
+    /// This member's view of the group of each shared subscription, by its
+    /// filter.
+    shares: HashMap<String, ShareView>,
+    /// What older connections handed over before the CONNACK.
+    handed_over: Vec<parked::Parked>,
     /// Seqs above the cursor the client was sent, per cursor topic: a
     /// redelivery from the log skips them.
     delivered: HashMap<Arc<str>, BTreeSet<u64>>,
+}
+
+impl Connected {
+    /// The session's extras, allocated now if they were not.
+    fn extras(&mut self) -> &mut Extras {
+        let client_maximum = self.client_topic_alias_maximum;
+        self.extras.get_or_insert_with(|| {
+            Box::new(Extras {
+                aliases: TopicAliases::new(Some(client_maximum)),
+                wildcard_since_ms: Vec::new(),
+                caught_up: HashSet::new(),
+                shares: HashMap::new(),
+                handed_over: Vec::new(),
+                delivered: HashMap::new(),
+            })
+        })
+    }
+
+    /// This member's view of the group of shared subscription `filter`.
+    fn share(&self, filter: &str) -> Option<&ShareView> {
+        self.extras.as_ref()?.shares.get(filter)
+    }
 }
 
 pub struct MqttSession {

@@ -31,11 +31,19 @@ impl Connected {
             // A topic subscription of its own catches it up.
             return None;
         }
-        self.wildcard_since_ms
+        self.extras
+            .as_ref()?
+            .wildcard_since_ms
             .iter()
             .filter(|(filter, _)| pattern::matches(filter, topic))
             .map(|(_, since_ms)| *since_ms)
             .min()
+    }
+
+    fn is_caught_up(&self, topic: &str) -> bool {
+        self.extras
+            .as_ref()
+            .is_some_and(|extras| extras.caught_up.contains(topic))
     }
 
     /// A QoS 1 or 2 message reached this persistent session through its
@@ -82,7 +90,7 @@ impl Connected {
     /// Subscribes to `topic` from `seq` on (catch-up, then live) for a
     /// wildcard filter.
     fn catch_up(&mut self, topic: String, seq: u64, context: &mut SessionContext<'_>) {
-        self.caught_up.insert(topic.clone());
+        self.extras().caught_up.insert(topic.clone());
         let request_id = next_request(self, Pending::Fire);
         context.submit(
             request_id,
@@ -101,7 +109,7 @@ impl Connected {
         stored: &StoredSession,
         context: &mut SessionContext<'_>,
     ) {
-        self.wildcard_since_ms = self
+        let wildcard_since_ms: Vec<(String, u64)> = self
             .subscriptions
             .iter()
             .filter(|s| {
@@ -112,12 +120,13 @@ impl Connected {
                 (s.filter.clone(), since_ms.unwrap_or_else(wall_clock_ms))
             })
             .collect();
-        if self.wildcard_since_ms.is_empty() {
+        if wildcard_since_ms.is_empty() {
             return;
         }
+        self.extras().wildcard_since_ms = wildcard_since_ms;
         for topic in &stored.followed_topics {
             if self.wildcard_since(topic).is_some() {
-                self.caught_up.insert(topic.to_string());
+                self.extras().caught_up.insert(topic.to_string());
                 let pending = Pending::RestoreCursor {
                     topic: topic.to_string(),
                 };
@@ -159,7 +168,7 @@ impl Connected {
             let Ok(topic) = std::str::from_utf8(&message.body) else {
                 continue;
             };
-            if self.caught_up.contains(topic)
+            if self.is_caught_up(topic)
                 || self.cursors.contains_key(topic)
                 || self.cursors.len() >= WILDCARD_TOPICS_MAX
             {
@@ -168,7 +177,7 @@ impl Connected {
             let Some(since_ms) = self.wildcard_since(topic) else {
                 continue;
             };
-            self.caught_up.insert(topic.to_string());
+            self.extras().caught_up.insert(topic.to_string());
             self.read_offline_start(
                 topic.to_string(),
                 since_ms,
@@ -231,7 +240,7 @@ impl Connected {
                     self.start_following(topic.clone(), start, context);
                     self.catch_up(topic, start, context);
                 } else {
-                    self.caught_up.remove(&topic);
+                    self.extras().caught_up.remove(&topic);
                 }
             }
         }
@@ -240,9 +249,17 @@ impl Connected {
     /// The client unsubscribed a filter: topic subscriptions made to catch
     /// up for wildcard filters that no longer match anything go too.
     pub(super) fn drop_caught_up(&mut self, context: &mut SessionContext<'_>) {
-        self.wildcard_since_ms
-            .retain(|(filter, _)| self.subscriptions.iter().any(|s| s.filter == *filter));
-        let orphans: Vec<String> = self
+        let Some(extras) = self.extras.as_mut() else {
+            return;
+        };
+        let subscriptions = &self.subscriptions;
+        extras
+            .wildcard_since_ms
+            .retain(|(filter, _)| subscriptions.iter().any(|s| s.filter == *filter));
+        let Some(extras) = self.extras.as_ref() else {
+            return;
+        };
+        let orphans: Vec<String> = extras
             .caught_up
             .iter()
             .filter(|topic| self.wildcard_since(topic).is_none())
@@ -250,7 +267,7 @@ impl Connected {
             .cloned()
             .collect();
         for topic in orphans {
-            self.caught_up.remove(&topic);
+            self.extras().caught_up.remove(&topic);
             self.cursors.remove(topic.as_str());
             let request_id = next_request(self, Pending::Fire);
             context.submit(request_id, Command::Unsubscribe { channel: topic });

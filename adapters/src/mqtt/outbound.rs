@@ -93,9 +93,12 @@ impl Connected {
     }
 
     fn already_delivered(&self, outgoing: &Outgoing) -> bool {
-        self.delivered
-            .get(&outgoing.topic)
-            .is_some_and(|seqs| seqs.contains(&outgoing.message.seq))
+        self.extras.as_ref().is_some_and(|extras| {
+            extras
+                .delivered
+                .get(&outgoing.topic)
+                .is_some_and(|seqs| seqs.contains(&outgoing.message.seq))
+        })
     }
 
     /// Sends `outgoing` now, numbered when its QoS needs it; a message that
@@ -138,7 +141,11 @@ impl Connected {
         let seq = outgoing.message.seq;
         self.positions
             .insert(packet_id, (outgoing.topic.clone(), seq));
-        let delivered = self.delivered.entry(outgoing.topic.clone()).or_default();
+        let delivered = self
+            .extras()
+            .delivered
+            .entry(outgoing.topic.clone())
+            .or_default();
         if delivered.len() < DELIVERED_ABOVE_CURSOR_MAX {
             delivered.insert(seq);
         }
@@ -176,7 +183,8 @@ impl Connected {
             return None;
         }
         self.cursors.insert(channel.clone(), cursor);
-        if let Some(delivered) = self.delivered.get_mut(&channel) {
+        let extras = self.extras.as_mut();
+        if let Some(delivered) = extras.and_then(|extras| extras.delivered.get_mut(&channel)) {
             // What the cursor passed is never sent from the log again.
             *delivered = delivered.split_off(&(cursor + 1));
         }
@@ -235,7 +243,11 @@ impl Connected {
         mut properties: Properties,
         out: &mut BytesMut,
     ) {
-        let (topic, alias) = self.aliases.outbound(&outgoing.topic);
+        let (topic, alias) = if self.client_topic_alias_maximum > 0 {
+            self.extras().aliases.outbound(&outgoing.topic)
+        } else {
+            (outgoing.topic.to_string(), None)
+        };
         properties.topic_alias = alias;
         Packet::Publish(Publish {
             dup,

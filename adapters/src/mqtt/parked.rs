@@ -49,7 +49,11 @@ impl Connected {
         let parked = Parked {
             outbound: self.outbound.drain().collect(),
             positions: std::mem::take(&mut self.positions),
-            delivered: std::mem::take(&mut self.delivered),
+            delivered: self
+                .extras
+                .as_mut()
+                .map(|extras| std::mem::take(&mut extras.delivered))
+                .unwrap_or_default(),
             held,
             qos2_received: std::mem::take(&mut self.qos2_received),
         };
@@ -63,7 +67,11 @@ impl Connected {
         self.qos2_received.extend(parked.qos2_received);
         self.positions.extend(parked.positions);
         for (topic, seqs) in parked.delivered {
-            self.delivered.entry(topic).or_default().extend(seqs);
+            self.extras()
+                .delivered
+                .entry(topic)
+                .or_default()
+                .extend(seqs);
         }
         let mut outbound = parked.outbound;
         outbound.sort_by_key(|(_, in_flight)| in_flight.order);
@@ -145,7 +153,7 @@ impl MqttSession {
         }
         if let Some(parked) = handoff.parked {
             if state.restoring {
-                state.handed_over.push(parked);
+                state.extras().handed_over.push(parked);
             } else {
                 state.resume_parked(parked, context);
             }
@@ -168,7 +176,11 @@ impl MqttSession {
     /// Resends what the previous connection of this session left in flight.
     pub(super) fn unpark(&mut self, context: &mut SessionContext<'_>) {
         let state = self.state.as_mut().expect("connected");
-        let mut handed_over = std::mem::take(&mut state.handed_over);
+        let mut handed_over = state
+            .extras
+            .as_mut()
+            .map(|extras| std::mem::take(&mut extras.handed_over))
+            .unwrap_or_default();
         handed_over.extend(self.parked.lock().remove(&state.client_id));
         for parked in handed_over {
             state.resume_parked(parked, context);

@@ -96,7 +96,7 @@ impl MqttSession {
                         collecting.retained.retain(|s| *s != subscription);
                     }
                 } else {
-                    if shared && !state.shares.contains_key(&filter) {
+                    if shared && state.share(&filter).is_none() {
                         state.join_share(&self.groups, &filter, context);
                     }
                     if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
@@ -188,7 +188,7 @@ impl MqttSession {
             Pending::TopicIndex => state.on_topic_index(reply, context),
             Pending::JoinShare(filter) => {
                 let joined = matches!(error, None | Some(BrokerError::AlreadySubscribed(_)));
-                if joined && !state.shares.contains_key(&filter) {
+                if joined && state.share(&filter).is_none() {
                     state.join_share(&self.groups, &filter, context);
                 }
             }

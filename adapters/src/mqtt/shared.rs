@@ -214,7 +214,7 @@ impl Connected {
             timeline: group.timeline.lock().clone(),
             skipped: VecDeque::new(),
         };
-        self.shares.insert(filter.to_string(), view);
+        self.extras().shares.insert(filter.to_string(), view);
         tell(&members, me, context);
     }
 
@@ -226,7 +226,11 @@ impl Connected {
         filter: &str,
         context: &mut SessionContext<'_>,
     ) {
-        let Some(view) = self.shares.remove(filter) else {
+        let Some(view) = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.shares.remove(filter))
+        else {
             return;
         };
         let Some(me) = view.me else {
@@ -266,10 +270,10 @@ impl Connected {
     /// Takes up membership changes of this session's groups: sends what is
     /// now this member's. Returns false when too much is held.
     pub(super) fn refresh_shares(&mut self, out: &mut BytesMut) -> bool {
-        if self.shares.is_empty() {
+        let Some(extras) = self.extras.as_mut() else {
             return true;
-        }
-        let mine: Vec<Outgoing> = self
+        };
+        let mine: Vec<Outgoing> = extras
             .shares
             .values_mut()
             .flat_map(|view| view.refresh())

@@ -135,7 +135,7 @@ impl Connected {
             if own && subscription.options.no_local {
                 continue;
             }
-            if let Some(view) = self.shares.get(&subscription.filter) {
+            if let Some(view) = self.share(&subscription.filter) {
                 if !view.owns(channel, message) {
                     skipped = Some((subscription.filter.clone(), subscription.qos()));
                     continue;
@@ -162,7 +162,8 @@ impl Connected {
             if let Some((filter, qos)) = skipped.filter(|(_, qos)| *qos != QoS::AtMostOnce) {
                 outgoing.qos = qos;
                 outgoing.share = Some(filter.clone());
-                if let Some(view) = self.shares.get_mut(&filter) {
+                let extras = self.extras.as_mut();
+                if let Some(view) = extras.and_then(|extras| extras.shares.get_mut(&filter)) {
                     view.remember_skipped(outgoing);
                 }
             }
@@ -214,7 +215,7 @@ impl MqttSession {
                 && options.qos != QoS::AtMostOnce
             {
                 let since = (subscription.filter.clone(), wall_clock_ms());
-                state.wildcard_since_ms.push(since);
+                state.extras().wildcard_since_ms.push(since);
             }
             state.subscriptions.push(subscription.clone());
             // A shared subscription gets no retained messages (MQTT 4.8.2).
