@@ -285,7 +285,7 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         },
         Listener {
             address: config.mqtt.address,
-            protocol: mqtt,
+            protocol: mqtt.clone(),
             tls: tls_for(config.mqtt.tls),
         },
     ];
@@ -296,6 +296,8 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     )
     .context("cannot start the engine")?;
     let _ = chat_slot.set(ChatService::start(&engine, "starling"));
+    // MQTT's delayed wills and the end of expired sessions.
+    let mqtt_keeper = mqtt.start_keeper(&engine);
     let sys_topics = (config.mqtt.sys_interval_s > 0)
         .then(|| SysTopics::start(&engine, Duration::from_secs(config.mqtt.sys_interval_s)));
     ready.store(true, Ordering::Relaxed);
@@ -326,6 +328,7 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     }
     log::info!("shutting down: writing and syncing what is pending");
     drop(sys_topics);
+    drop(mqtt_keeper);
     engine.shutdown();
     log::info!("stopped");
     Ok(())

@@ -475,35 +475,6 @@ fn wildcard_subscriptions_receive_every_matching_topic_once() {
     assert!(ok, "{output}");
 }
 
-#[test]
-fn shared_subscriptions_are_refused_with_their_reason_code() {
-    let (_dir, server) = server(&[]);
-    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
-    raw.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
-        packet_id: 7,
-        filters: vec![
-            ("exact".into(), Default::default()),
-            ("a/+".into(), Default::default()),
-            ("$share/g/b".into(), Default::default()),
-        ],
-        properties: Properties::default(),
-    }));
-    match raw.next() {
-        Some(Packet::SubAck(ack)) => {
-            assert_eq!(ack.packet_id, 7);
-            assert_eq!(
-                ack.reason_codes,
-                vec![
-                    ReasonCode::Success,
-                    ReasonCode::Success,
-                    ReasonCode::SharedSubscriptionsNotSupported
-                ]
-            );
-        }
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
-}
-
 fn subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
     let options = starling_protocol::mqtt::SubscriptionOptions {
         qos,
@@ -1022,4 +993,583 @@ fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
     // The newer connection keeps the id: a third takes it from the second.
     let (_third, _) = connect_session(server.mqtt, ProtocolVersion::V311, "phone", true);
     second.expect_disconnect(ReasonCode::SessionTakenOver);
+}
+
+/// Receives `count` PUBLISH packets, keyed by payload: (packet id, DUP).
+fn publishes_by_payload(
+    raw: &mut Raw,
+    count: usize,
+) -> std::collections::HashMap<String, (u16, bool)> {
+    (0..count)
+        .map(|_| match raw.next() {
+            Some(Packet::Publish(publish)) => (
+                String::from_utf8(publish.payload.to_vec()).unwrap(),
+                (publish.packet_id.unwrap(), publish.dup),
+            ),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect()
+}
+
+fn response(packet_id: u16) -> starling_protocol::mqtt::PublishResponse {
+    starling_protocol::mqtt::PublishResponse::success(packet_id)
+}
+
+#[test]
+fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids() {
+    let (_dir, server) = server(&[]);
+    let v311 = ProtocolVersion::V311;
+    let (mut first, _) = connect_session(server.mqtt, v311, "resender", false);
+    subscribe(&mut first, "tasks", QoS::AtLeastOnce);
+    subscribe(&mut first, "transfers", QoS::ExactlyOnce);
+    publish_acked(&server, "tasks", &["task a".into()], QoS::AtLeastOnce);
+    let transfers = ["transfer x".to_string(), "transfer y".to_string()];
+    publish_acked(&server, "transfers", &transfers, QoS::ExactlyOnce);
+    let sent = publishes_by_payload(&mut first, 3);
+    assert!(sent.values().all(|(_, dup)| !dup), "{sent:?}");
+    let (task, _) = sent["task a"];
+    let (x, _) = sent["transfer x"];
+    let (y, _) = sent["transfer y"];
+    // "task a" is not acknowledged, "transfer x" is PUBREC'd (its PUBREL
+    // comes) but not completed, "transfer y" is not acknowledged.
+    first.send(&Packet::PubRec(response(x)));
+    assert_eq!(first.next(), Some(Packet::PubRel(response(x))));
+
+    // The client comes back while the server still holds the first
+    // connection: the second takes the session over with what was in flight.
+    let (mut second, present) = connect_session(server.mqtt, v311, "resender", false);
+    assert!(present);
+    let mut resent_publishes = std::collections::HashMap::new();
+    let mut resent_pubrel = None;
+    for _ in 0..3 {
+        match second.next() {
+            Some(Packet::Publish(publish)) => {
+                assert!(publish.dup, "a resent message has DUP set: {publish:?}");
+                let text = String::from_utf8(publish.payload.to_vec()).unwrap();
+                resent_publishes.insert(text, (publish.packet_id.unwrap(), publish.qos));
+            }
+            Some(Packet::PubRel(rel)) => resent_pubrel = Some(rel.packet_id),
+            other => panic!("expected a resent PUBLISH or PUBREL, got {other:?}"),
+        }
+    }
+    assert_eq!(resent_pubrel, Some(x), "PUBREL again, with its packet id");
+    assert_eq!(resent_publishes["task a"], (task, QoS::AtLeastOnce));
+    assert_eq!(resent_publishes["transfer y"], (y, QoS::ExactlyOnce));
+    assert!(first.next().is_none(), "the first connection was closed");
+    second.send(&Packet::PubAck(response(task)));
+    second.send(&Packet::PubComp(response(x)));
+    second.send(&Packet::PubRec(response(y)));
+    assert_eq!(second.next(), Some(Packet::PubRel(response(y))));
+    second.send(&Packet::PubComp(response(y)));
+    // Nothing comes twice: the log's redelivery skips what the client has.
+    second.send(&Packet::PingReq);
+    assert_eq!(second.next(), Some(Packet::PingResp));
+
+    // Leaving with a message in flight and coming back after the server
+    // closed the connection: the same again.
+    publish_acked(&server, "tasks", &["task b".into()], QoS::AtLeastOnce);
+    let sent = publishes_by_payload(&mut second, 1);
+    let (task_b, _) = sent["task b"];
+    second.send(&Packet::Disconnect(Default::default()));
+    assert!(second.next().is_none());
+    let (mut third, present) = connect_session(server.mqtt, v311, "resender", false);
+    assert!(present);
+    assert_eq!(
+        publishes_by_payload(&mut third, 1)["task b"],
+        (task_b, true)
+    );
+    third.send(&Packet::PubAck(response(task_b)));
+    third.send(&Packet::PingReq);
+    assert_eq!(third.next(), Some(Packet::PingResp));
+    third.send(&Packet::Disconnect(Default::default()));
+    assert!(third.next().is_none());
+
+    // Everything acknowledged: a reconnect gets nothing again.
+    let (mut fourth, present) = connect_session(server.mqtt, v311, "resender", false);
+    assert!(present);
+    fourth.send(&Packet::PingReq);
+    assert_eq!(fourth.next(), Some(Packet::PingResp));
+}
+
+/// Opens a v5 connection with CONNECT `properties`; returns it and the
+/// CONNACK.
+fn connect_v5(
+    address: SocketAddr,
+    client_id: &str,
+    clean_start: bool,
+    properties: Properties,
+    will: Option<Will>,
+) -> (Raw, starling_protocol::mqtt::ConnAck) {
+    let mut raw = Raw::open(address, ProtocolVersion::V5);
+    raw.send(&Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start,
+        keep_alive_s: 0,
+        client_id: client_id.into(),
+        will,
+        username: Some(client_id.into()),
+        password: None,
+        properties,
+    })));
+    match raw.next() {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason_code, ReasonCode::Success);
+            (raw, ack)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// A clean v5 connection with CONNECT `properties`; returns it and the
+/// CONNACK's properties.
+fn connect_v5_with(
+    address: SocketAddr,
+    client_id: &str,
+    properties: Properties,
+) -> (Raw, Properties) {
+    let (raw, ack) = connect_v5(address, client_id, true, properties, None);
+    (raw, ack.properties)
+}
+
+fn publish_with_alias(topic: &str, alias: u16, packet_id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id: Some(packet_id),
+        properties: Properties {
+            topic_alias: Some(alias),
+            ..Properties::default()
+        },
+        payload: Bytes::from_static(payload),
+    })
+}
+
+#[test]
+fn topic_aliases_both_ways() {
+    let (_dir, server) = server(&[]);
+    // Inbound: the CONNACK announces the room; an alias set with a topic
+    // stands for it afterwards.
+    let (mut client, connack) = connect_v5_with(server.mqtt, "aliaser", Properties::default());
+    let maximum = connack
+        .topic_alias_maximum
+        .expect("Topic Alias Maximum announced");
+    assert!(maximum >= 1);
+    client.send(&publish_with_alias("fleet/truck-7", 1, 1, b"first"));
+    assert!(matches!(client.next(), Some(Packet::PubAck(ack)) if ack.packet_id == 1));
+    client.send(&publish_with_alias("", 1, 2, b"by alias"));
+    assert!(matches!(client.next(), Some(Packet::PubAck(ack)) if ack.packet_id == 2));
+    assert_eq!(
+        history_texts(&server, "fleet/truck-7"),
+        vec!["first", "by alias"]
+    );
+    // An alias above the maximum: 0x94, topic alias invalid.
+    client.send(&publish_with_alias(
+        "fleet/truck-8",
+        maximum + 1,
+        3,
+        b"too far",
+    ));
+    client.expect_disconnect(ReasonCode::TopicAliasInvalid);
+    // An alias never set, with an empty topic: protocol error.
+    let (mut client, _) = connect_v5_with(server.mqtt, "aliaser", Properties::default());
+    client.send(&publish_with_alias("", 2, 1, b"unknown"));
+    client.expect_disconnect(ReasonCode::ProtocolError);
+
+    // Outbound: a client with room for two aliases gets topics named by
+    // alias after their first PUBLISH; a third topic goes out in full.
+    let room = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    let (mut subscriber, _) = connect_v5_with(server.mqtt, "alias-reader", room);
+    subscribe(&mut subscriber, "fleet/+", QoS::AtLeastOnce);
+    let (mut publisher, _) = connect_v5_with(server.mqtt, "alias-writer", Properties::default());
+    for (packet_id, topic) in [
+        (1, "fleet/a"),
+        (2, "fleet/a"),
+        (3, "fleet/b"),
+        (4, "fleet/c"),
+        (5, "fleet/b"),
+    ] {
+        publisher.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: Some(packet_id),
+            properties: Properties::default(),
+            payload: Bytes::from(topic.to_string()),
+        }));
+        assert!(matches!(publisher.next(), Some(Packet::PubAck(_))));
+    }
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        match subscriber.next() {
+            Some(Packet::Publish(publish)) => {
+                subscriber.send(&Packet::PubAck(response(publish.packet_id.unwrap())));
+                seen.push((
+                    publish.topic,
+                    publish.properties.topic_alias,
+                    String::from_utf8(publish.payload.to_vec()).unwrap(),
+                ));
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let expected = [
+        ("fleet/a", Some(1), "fleet/a"),
+        ("", Some(1), "fleet/a"),
+        ("fleet/b", Some(2), "fleet/b"),
+        ("fleet/c", None, "fleet/c"),
+        ("", Some(2), "fleet/b"),
+    ];
+    let expected: Vec<(String, Option<u16>, String)> = expected
+        .iter()
+        .map(|(topic, alias, text)| (topic.to_string(), *alias, text.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+fn session_expiry(seconds: u32) -> Properties {
+    Properties {
+        session_expiry_interval_s: Some(seconds),
+        ..Properties::default()
+    }
+}
+
+/// Connects `client_id` without clean start; returns the connection and
+/// whether the server had its session.
+fn resume_v5(address: SocketAddr, client_id: &str, expiry_s: u32) -> (Raw, bool) {
+    let (raw, ack) = connect_v5(address, client_id, false, session_expiry(expiry_s), None);
+    (raw, ack.session_present)
+}
+
+fn disconnect_with_expiry(raw: &mut Raw, expiry_s: Option<u32>) {
+    raw.send(&Packet::Disconnect(starling_protocol::mqtt::Disconnect {
+        reason_code: ReasonCode::Success,
+        properties: Properties {
+            session_expiry_interval_s: expiry_s,
+            ..Properties::default()
+        },
+    }));
+    assert!(raw.next().is_none());
+}
+
+#[test]
+fn session_expiry_decides_how_long_a_session_outlives_its_connection() {
+    let (_dir, server) = server(&[]);
+    // Expiry 0 (the default): the session ends with the connection, even
+    // without clean start.
+    let (mut raw, _) = resume_v5(server.mqtt, "brief", 0);
+    subscribe(&mut raw, "expiry/brief", QoS::AtLeastOnce);
+    disconnect_with_expiry(&mut raw, None);
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 3600);
+    assert!(!present, "a session with expiry 0 ended at the disconnect");
+    // Expiry 3600: kept; a DISCONNECT that sets 0 ends it.
+    subscribe(&mut raw, "expiry/brief", QoS::AtLeastOnce);
+    disconnect_with_expiry(&mut raw, None);
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 3600);
+    assert!(present, "kept for an hour");
+    disconnect_with_expiry(&mut raw, Some(0));
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 1);
+    assert!(!present, "DISCONNECT set the expiry to 0");
+
+    // Expiry 1 s: after longer than that, the session and what was
+    // published for it meanwhile are gone.
+    subscribe(&mut raw, "expiry/short", QoS::AtLeastOnce);
+    disconnect_with_expiry(&mut raw, None);
+    std::thread::sleep(Duration::from_millis(2500));
+    publish_acked(
+        &server,
+        "expiry/short",
+        &["too late".into()],
+        QoS::AtLeastOnce,
+    );
+    let (mut raw, present) = resume_v5(server.mqtt, "brief", 3600);
+    assert!(!present, "the session expired");
+    raw.send(&Packet::PingReq);
+    assert_eq!(raw.next(), Some(Packet::PingResp), "nothing delivered");
+
+    // A session that was to end with its connection cannot be given a life
+    // at DISCONNECT: protocol error.
+    let (mut raw, _) = connect_v5(server.mqtt, "brief", true, Properties::default(), None);
+    raw.send(&Packet::Disconnect(starling_protocol::mqtt::Disconnect {
+        reason_code: ReasonCode::Success,
+        properties: session_expiry(60),
+    }));
+    raw.expect_disconnect(ReasonCode::ProtocolError);
+}
+
+/// A v5 will on `topic` with a Will Delay Interval.
+fn delayed_will(topic: &str, payload: &'static [u8], delay_s: u32) -> Will {
+    Will {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval_s: Some(delay_s),
+            ..Properties::default()
+        },
+    }
+}
+
+/// The payload of the next PUBLISH, acknowledged.
+fn next_payload(raw: &mut Raw) -> String {
+    let (id, _, payload) = next_publish(raw);
+    if let Some(id) = id {
+        raw.send(&Packet::PubAck(response(id)));
+    }
+    String::from_utf8(payload.to_vec()).unwrap()
+}
+
+#[test]
+fn will_delay_waits_for_a_reconnect_or_the_end_of_the_session() {
+    let (_dir, server) = server(&[]);
+    let (mut watcher, _) = connect_v5_with(server.mqtt, "will-watcher", Properties::default());
+    subscribe(&mut watcher, "presence/#", QoS::AtLeastOnce);
+
+    // The delay passes without a reconnect: the will goes out.
+    let will = delayed_will("presence/a", b"a is gone", 1);
+    let (doomed, _) = connect_v5(server.mqtt, "a", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    assert_eq!(next_payload(&mut watcher), "a is gone");
+
+    // The session ends before the delay: the will goes out then.
+    let will = delayed_will("presence/b", b"b's session ended", 3600);
+    let (doomed, _) = connect_v5(server.mqtt, "b", true, session_expiry(1), Some(will));
+    drop(doomed);
+    assert_eq!(next_payload(&mut watcher), "b's session ended");
+
+    // A reconnect that starts a new session ends the old one: its will
+    // goes out at once.
+    let will = delayed_will("presence/c", b"c started over", 3600);
+    let (doomed, _) = connect_v5(server.mqtt, "c", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let (_c, _) = connect_v5(server.mqtt, "c", true, session_expiry(3600), None);
+    assert_eq!(next_payload(&mut watcher), "c started over");
+
+    // A reconnect to the session within the delay: no will at all (after
+    // the delay, the next message on the topic is an ordinary one).
+    let will = delayed_will("presence/d", b"d is gone", 1);
+    let (doomed, _) = connect_v5(server.mqtt, "d", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let (_d, present) = resume_v5(server.mqtt, "d", 3600);
+    assert!(present);
+    std::thread::sleep(Duration::from_millis(2500));
+    publish_acked(
+        &server,
+        "presence/d",
+        &["d is back".into()],
+        QoS::AtLeastOnce,
+    );
+    assert_eq!(next_payload(&mut watcher), "d is back");
+}
+
+/// Receives `count` PUBLISH packets, acknowledging each; returns their
+/// "topic payload" lines, sorted.
+fn receive_acked(raw: &mut Raw, count: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..count)
+        .map(|_| match raw.next() {
+            Some(Packet::Publish(publish)) => {
+                if let Some(id) = publish.packet_id {
+                    raw.send(&Packet::PubAck(response(id)));
+                }
+                format!(
+                    "{} {}",
+                    publish.topic,
+                    String::from_utf8_lossy(&publish.payload)
+                )
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn persistent_wildcard_subscriptions_get_offline_messages_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let v311 = ProtocolVersion::V311;
+    // A topic with history from before the subscription.
+    publish_acked(
+        &server,
+        "rooms/old/chat",
+        &["old 0".into()],
+        QoS::AtLeastOnce,
+    );
+    let (mut roamer, _) = connect_session(server.mqtt, v311, "roamer", false);
+    subscribe(&mut roamer, "rooms/+/chat", QoS::AtLeastOnce);
+    publish_acked(&server, "rooms/a/chat", &["a 1".into()], QoS::AtLeastOnce);
+    assert_eq!(receive_acked(&mut roamer, 1), vec!["rooms/a/chat a 1"]);
+    roamer.send(&Packet::Disconnect(Default::default()));
+    assert!(roamer.next().is_none());
+
+    // While it is away: a topic it saw, a new topic, a topic that existed
+    // before, and one its filter does not match.
+    publish_acked(&server, "rooms/a/chat", &["a 2".into()], QoS::AtLeastOnce);
+    publish_acked(&server, "rooms/b/chat", &["b 1".into()], QoS::AtLeastOnce);
+    publish_acked(
+        &server,
+        "rooms/old/chat",
+        &["old 1".into()],
+        QoS::AtLeastOnce,
+    );
+    publish_acked(&server, "rooms/c/notes", &["c 1".into()], QoS::AtLeastOnce);
+    let (mut roamer, present) = connect_session(server.mqtt, v311, "roamer", false);
+    assert!(present);
+    assert_eq!(
+        receive_acked(&mut roamer, 3),
+        vec![
+            "rooms/a/chat a 2",
+            "rooms/b/chat b 1",
+            "rooms/old/chat old 1"
+        ]
+    );
+    roamer.send(&Packet::PingReq);
+    assert_eq!(roamer.next(), Some(Packet::PingResp), "nothing twice");
+    // Live messages still arrive once.
+    publish_acked(&server, "rooms/b/chat", &["b 2".into()], QoS::AtLeastOnce);
+    assert_eq!(receive_acked(&mut roamer, 1), vec!["rooms/b/chat b 2"]);
+    roamer.send(&Packet::Disconnect(Default::default()));
+    assert!(roamer.next().is_none());
+
+    // Across a SIGKILL too.
+    publish_acked(&server, "rooms/a/chat", &["a 3".into()], QoS::AtLeastOnce);
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    publish_acked(&server, "rooms/d/chat", &["d 1".into()], QoS::AtLeastOnce);
+    let (mut roamer, present) = connect_session(server.mqtt, v311, "roamer", false);
+    assert!(present);
+    assert_eq!(
+        receive_acked(&mut roamer, 2),
+        vec!["rooms/a/chat a 3", "rooms/d/chat d 1"]
+    );
+    roamer.send(&Packet::PingReq);
+    assert_eq!(roamer.next(), Some(Packet::PingResp), "nothing twice");
+}
+
+/// Reads a connection's PUBLISHes on a thread of its own (acknowledging
+/// them when `ack`), until the connection ends; returns their payloads and
+/// a handle that ends the connection.
+fn read_publishes(mut raw: Raw, ack: bool) -> (std::sync::mpsc::Receiver<String>, TcpStream) {
+    let handle = raw.stream.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Some(packet) = raw.next() {
+            if let Packet::Publish(publish) = packet {
+                if let (true, Some(id)) = (ack, publish.packet_id) {
+                    raw.send(&Packet::PubAck(response(id)));
+                }
+                let text = String::from_utf8(publish.payload.to_vec()).unwrap();
+                if tx.send(text).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// Collects payloads from `members` until every one of `expected` arrived;
+/// returns what each member got.
+fn collect_until(
+    members: &[&std::sync::mpsc::Receiver<String>],
+    expected: &[String],
+) -> Vec<Vec<String>> {
+    let mut got = vec![Vec::new(); members.len()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let missing = |got: &Vec<Vec<String>>| {
+        expected
+            .iter()
+            .any(|text| !got.iter().flatten().any(|g| g == text))
+    };
+    while missing(&got) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not everything arrived: {got:?}"
+        );
+        for (index, member) in members.iter().enumerate() {
+            while let Ok(text) = member.try_recv() {
+                got[index].push(text);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    got
+}
+
+fn texts(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|n| format!("{prefix} {n}")).collect()
+}
+
+#[test]
+fn shared_subscriptions_give_each_message_to_one_member() {
+    let (_dir, server) = server(&[]);
+    // Two v5 members, one v3.1.1 member (accepted, as Mosquitto does), and
+    // an ordinary subscriber of the same filter.
+    let mut members = Vec::new();
+    for version in [
+        ProtocolVersion::V5,
+        ProtocolVersion::V5,
+        ProtocolVersion::V311,
+    ] {
+        let mut raw = Raw::connect(server.mqtt, version, 0, None);
+        subscribe(&mut raw, "$share/workers/jobs/+", QoS::AtLeastOnce);
+        members.push(read_publishes(raw, true));
+    }
+    let mut watcher = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut watcher, "jobs/+", QoS::AtMostOnce);
+    let (watcher, _) = read_publishes(watcher, true);
+    let jobs = texts("job", 0..30);
+    publish_acked(&server, "jobs/a", &jobs[..15], QoS::AtLeastOnce);
+    publish_acked(&server, "jobs/b", &jobs[15..], QoS::AtLeastOnce);
+    let receivers: Vec<_> = members.iter().map(|(rx, _)| rx).collect();
+    let got = collect_until(&receivers, &jobs);
+    let mut all: Vec<&String> = got.iter().flatten().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        got.iter().map(Vec::len).sum::<usize>(),
+        jobs.len(),
+        "each job went to one member: {got:?}"
+    );
+    assert!(
+        got.iter().filter(|g| !g.is_empty()).count() >= 2,
+        "the jobs were spread: {got:?}"
+    );
+    // The ordinary subscription gets every message.
+    assert_eq!(collect_until(&[&watcher], &jobs)[0].len(), jobs.len());
+}
+
+#[test]
+fn shared_subscription_members_can_leave_and_join_without_losing_qos1_messages() {
+    let (_dir, server) = server(&[]);
+    let mut a = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut a, "$share/g/work", QoS::AtLeastOnce);
+    let (a, _) = read_publishes(a, true);
+    // B never acknowledges, then vanishes.
+    let mut b = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut b, "$share/g/work", QoS::AtLeastOnce);
+    let (b, b_socket) = read_publishes(b, false);
+    let first = texts("first", 0..20);
+    publish_acked(&server, "work", &first, QoS::AtLeastOnce);
+    let got = collect_until(&[&a, &b], &first);
+    assert!(!got[1].is_empty(), "B had some: {got:?}");
+    b_socket.shutdown(std::net::Shutdown::Both).unwrap();
+    // What B had and never acknowledged reaches A.
+    let again = collect_until(&[&a], &got[1]);
+    assert!(got[1].iter().all(|text| again[0].contains(text)));
+    // C joins; messages from now on reach A or C, none is lost.
+    let mut c = Raw::connect(server.mqtt, ProtocolVersion::V311, 0, None);
+    subscribe(&mut c, "$share/g/work", QoS::AtLeastOnce);
+    let (c, _) = read_publishes(c, true);
+    let second = texts("second", 0..20);
+    publish_acked(&server, "work", &second, QoS::AtLeastOnce);
+    let got = collect_until(&[&a, &c], &second);
+    assert!(!got[1].is_empty(), "C had some: {got:?}");
 }

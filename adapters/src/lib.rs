@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod background;
 pub mod chat;
 pub mod client;
 pub mod http;

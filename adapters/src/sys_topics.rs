@@ -3,44 +3,29 @@
 //! channels). Names follow Mosquitto's, so existing dashboards work.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use starling_broker::{Command, Engine, LocalClient, Metrics, MetricsHandle, Principal};
 use starling_protocol::kind;
 
+use crate::background::Background;
+
 /// Publishes the `$SYS` topics until dropped.
 pub struct SysTopics {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl SysTopics {
     /// Starts publishing every `interval` on a thread of its own (an
     /// in-process client acting as the system principal).
     pub fn start(engine: &Engine, interval: Duration) -> SysTopics {
-        let stop = Arc::new(AtomicBool::new(false));
         let client = engine.connect(Principal::system("$server"));
         let metrics = engine.metrics_handle();
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("starling-sys".into())
-            .spawn(move || run(client, &metrics, interval, &flag))
-            .expect("the $SYS thread starts");
         SysTopics {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SysTopics {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            _thread: Background::spawn("starling-sys", move |stop| {
+                run(client, &metrics, interval, stop)
+            }),
         }
     }
 }

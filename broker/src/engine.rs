@@ -107,6 +107,45 @@ impl Notifier {
     }
 }
 
+/// Connects in-process clients from threads outside the event loops (see
+/// [`Engine::connector`]).
+#[derive(Clone)]
+pub struct Connector {
+    shared: Arc<EngineShared>,
+    next_shard: Arc<AtomicUsize>,
+}
+
+impl Connector {
+    /// A client inside this process, acting as `principal`, as
+    /// [`Engine::connect`] makes. Blocks until a shard attached it.
+    pub fn connect(&self, principal: Principal) -> LocalClient {
+        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shared.routing.shards;
+        attach_local(&self.shared, shard, principal)
+    }
+}
+
+/// Attaches an in-process client acting as `principal` to `shard`.
+fn attach_local(shared: &Arc<EngineShared>, shard: usize, principal: Principal) -> LocalClient {
+    let (events_tx, events) = crossbeam_channel::bounded(LOCAL_EVENTS_MAX);
+    let (attached_tx, attached) = crossbeam_channel::bounded(1);
+    shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
+        principal,
+        events: events_tx,
+        attached: attached_tx,
+    });
+    let conn = attached
+        .recv()
+        .expect("a running shard attaches a local client");
+    LocalClient {
+        shared: shared.clone(),
+        conn,
+        events,
+        next_request_id: 1,
+        deliveries: VecDeque::new(),
+        closed: None,
+    }
+}
+
 /// A running engine. Dropping it shuts it down.
 pub struct Engine {
     shared: Arc<EngineShared>,
@@ -364,23 +403,16 @@ impl Engine {
     pub fn connect(&self, principal: Principal) -> LocalClient {
         let shard =
             self.next_local_shard.fetch_add(1, Ordering::Relaxed) % self.shared.routing.shards;
-        let (events_tx, events) = crossbeam_channel::bounded(LOCAL_EVENTS_MAX);
-        let (attached_tx, attached) = crossbeam_channel::bounded(1);
-        self.shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
-            principal,
-            events: events_tx,
-            attached: attached_tx,
-        });
-        let conn = attached
-            .recv()
-            .expect("a running shard attaches a local client");
-        LocalClient {
+        attach_local(&self.shared, shard, principal)
+    }
+
+    /// A handle that threads outside the event loops use to connect
+    /// in-process clients later, as any principal (an adapter's timers, such
+    /// as MQTT's delayed will messages, which are published as their user).
+    pub fn connector(&self) -> Connector {
+        Connector {
             shared: self.shared.clone(),
-            conn,
-            events,
-            next_request_id: 1,
-            deliveries: VecDeque::new(),
-            closed: None,
+            next_shard: Arc::new(AtomicUsize::new(0)),
         }
     }
 

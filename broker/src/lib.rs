@@ -33,7 +33,8 @@ pub use auth::{Action, Authorizer, Denied, LoopbackAuthorizer, Principal, SYSTEM
 pub use command::{BrokerError, Command, Reply};
 pub use config::{Durability, EngineConfig, RetentionConfig, SlowConsumerPolicy};
 pub use engine::{
-    Engine, EngineError, Listener, LocalClient, LocalEvent, MetricsHandle, Notifier, Published,
+    Connector, Engine, EngineError, Listener, LocalClient, LocalEvent, MetricsHandle, Notifier,
+    Published,
 };
 pub use mailbox::ConnRef;
 pub use metrics::Metrics;

@@ -1,6 +1,7 @@
 """MQTT interop with the Eclipse Paho Python client (paho-mqtt 2.x), for
 3.1.1 and 5.0: QoS 0/1/2, v5 properties, retained messages, wills,
-persistent sessions and wildcards against a running Starling.
+persistent sessions, wildcards, v5 subscription options and shared
+subscriptions against a running Starling.
 
 Usage: python mqtt_paho.py HOST PORT
 Prints one line per check and exits 1 at the first failure.
@@ -15,6 +16,7 @@ import uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 HOST = sys.argv[1]
 PORT = int(sys.argv[2])
@@ -50,10 +52,17 @@ def client(client_id, protocol, clean=True, will=None):
     return c
 
 
-def subscribe(c, topic, qos):
+def subscribe(c, topic, qos, identifier=None):
+    """Subscribes; `qos` is a number or (v5) a SubscribeOptions."""
     done = queue.Queue()
     c.on_subscribe = lambda _c, _u, _mid, codes, _p: done.put(codes)
-    c.subscribe(topic, qos)
+    if isinstance(qos, SubscribeOptions):
+        properties = Properties(PacketTypes.SUBSCRIBE)
+        if identifier is not None:
+            properties.SubscriptionIdentifier = identifier
+        c.subscribe(topic, options=qos, properties=properties)
+    else:
+        c.subscribe(topic, qos)
     codes = done.get(timeout=WAIT_S)
     if any(code.is_failure for code in codes):
         raise AssertionError(f"SUBSCRIBE {topic} refused: {codes}")
@@ -172,6 +181,25 @@ def persistent_session_gets_what_was_published_while_away():
 
 
 @check
+def persistent_wildcard_session_gets_what_was_published_while_away():
+    base = unique("paho/away")
+    worker_id = unique("worker")
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    subscribe(worker, f"{base}/+/jobs", 1)
+    stop(worker)
+    pub = client(unique("pub"), mqtt.MQTTv311)
+    publish(pub, f"{base}/eu/jobs", "eu 1", 1)
+    publish(pub, f"{base}/us/jobs", "us 1", 2)
+    publish(pub, f"{base}/us/logs", "not for the worker", 1)
+    stop(pub)
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    assert worker.session_present, "the session was kept"
+    got = sorted((m.topic, m.payload.decode()) for m in receive(worker, 2))
+    assert got == [(f"{base}/eu/jobs", "eu 1"), (f"{base}/us/jobs", "us 1")], got
+    stop(worker)
+
+
+@check
 def wildcards_match_levels():
     base = unique("paho/wild")
     sub = client(unique("sub"), mqtt.MQTTv5)
@@ -185,6 +213,111 @@ def wildcards_match_levels():
         (f"{base}/hall/temp", "21"), (f"{base}/door/temp", "19")], got
     stop(pub)
     stop(sub)
+
+
+@check
+def v5_no_local_and_subscription_identifiers():
+    base = unique("paho/options")
+    me = client(unique("me"), mqtt.MQTTv5)
+    subscribe(me, f"{base}/chat", SubscribeOptions(qos=1, noLocal=True), identifier=7)
+    subscribe(me, f"{base}/#", SubscribeOptions(qos=0), identifier=8)
+    # My own message matches only through "#" now, which is not no-local.
+    publish(me, f"{base}/chat", "mine", 1)
+    (message,) = receive(me, 1)
+    assert message.payload == b"mine" and message.qos == 0, message
+    assert message.properties.SubscriptionIdentifier == [8], message.properties
+    other = client(unique("other"), mqtt.MQTTv5)
+    publish(other, f"{base}/chat", "theirs", 1)
+    (message,) = receive(me, 1)
+    assert message.payload == b"theirs" and message.qos == 1, message
+    assert sorted(message.properties.SubscriptionIdentifier) == [7, 8], message.properties
+    # Without the "#" subscription my own messages do not come back at all.
+    me.unsubscribe(f"{base}/#")
+    publish(me, f"{base}/chat", "mine again", 1)
+    publish(other, f"{base}/chat", "theirs again", 1)
+    (message,) = receive(me, 1)
+    assert message.payload == b"theirs again", message
+    stop(other)
+    stop(me)
+
+
+@check
+def v5_subscription_options_survive_a_reconnect():
+    topic = unique("paho/kept-options")
+    worker_id = unique("worker")
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    subscribe(worker, topic, SubscribeOptions(qos=1, noLocal=True), identifier=5)
+    stop(worker)
+    worker = client(worker_id, mqtt.MQTTv5, clean=False)
+    assert worker.session_present, "the session was kept"
+    publish(worker, topic, "mine", 1)
+    other = client(unique("other"), mqtt.MQTTv5)
+    publish(other, topic, "theirs", 1)
+    (message,) = receive(worker, 1)
+    assert message.payload == b"theirs", message
+    assert message.properties.SubscriptionIdentifier == [5], message.properties
+    stop(other)
+    stop(worker)
+
+
+@check
+def v5_retain_as_published_and_retain_handling():
+    topic = unique("paho/retain-options")
+    pub = client(unique("pub"), mqtt.MQTTv5)
+    publish(pub, topic, "stored", 1, retain=True)
+    sub = client(unique("sub"), mqtt.MQTTv5)
+    keep_flag = SubscribeOptions(qos=1, retainAsPublished=True,
+                                 retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+    subscribe(sub, topic, keep_flag)
+    (message,) = receive(sub, 1)
+    assert message.retain and message.payload == b"stored", message
+    # Retain handling 1: subscribing again to an existing subscription
+    # sends no retained message; the next message is the live one.
+    subscribe(sub, topic, keep_flag)
+    publish(pub, topic, "live", 1)
+    (message,) = receive(sub, 1)
+    assert message.payload == b"live" and not message.retain, message
+    # Retain-as-published keeps RETAIN on a live retained message; a plain
+    # subscription gets it with RETAIN 0.
+    plain = client(unique("plain"), mqtt.MQTTv5)
+    subscribe(plain, topic, SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+    publish(pub, topic, "stored again", 1, retain=True)
+    (message,) = receive(sub, 1)
+    assert message.retain and message.payload == b"stored again", message
+    (message,) = receive(plain, 1)
+    assert not message.retain and message.payload == b"stored again", message
+    # Retain handling 0 sends it on every subscribe.
+    subscribe(plain, topic, SubscribeOptions(qos=1))
+    (message,) = receive(plain, 1)
+    assert message.retain and message.payload == b"stored again", message
+    stop(plain)
+    stop(sub)
+    stop(pub)
+
+
+@check
+def shared_subscription_gives_each_message_to_one_member():
+    topic = unique("paho/shared")
+    group = unique("group")
+    members = [client(unique("member"), protocol) for protocol in (mqtt.MQTTv5, mqtt.MQTTv311)]
+    for member in members:
+        subscribe(member, f"$share/{group}/{topic}", 1)
+    pub = client(unique("pub"), mqtt.MQTTv5)
+    for n in range(20):
+        publish(pub, topic, f"task {n}", 1)
+    got = []
+    deadline = time.time() + WAIT_S
+    while len(got) < 20:
+        assert time.time() < deadline, f"only {got} arrived"
+        for member in members:
+            try:
+                got.append(member.inbox.get(timeout=0.1).payload.decode())
+            except queue.Empty:
+                pass
+    assert sorted(got) == sorted(f"task {n}" for n in range(20)), got
+    stop(pub)
+    for member in members:
+        stop(member)
 
 
 def main():

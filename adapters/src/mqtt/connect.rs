@@ -58,11 +58,14 @@ impl MqttSession {
             };
             return refuse(code, &denied.0, context.out());
         }
-        // One connection per client id: a newer one takes the session over.
+        // One connection per client id: a newer one takes the session over
+        // (and the older one hands its in-flight state over, `parked`).
+        let mut taking_over = false;
         if let Some(conn) = context.conn() {
             let previous = self.clients.lock().insert(client_id.clone(), conn);
             if let Some(old) = previous.filter(|old| *old != conn) {
                 context.notify(old, Box::new(TakenOver));
+                taking_over = true;
             }
         }
         let keep_alive = match connect.keep_alive_s {
@@ -72,18 +75,26 @@ impl MqttSession {
         let mut properties = Properties::default();
         if version == ProtocolVersion::V5 {
             properties.assigned_client_identifier = assigned;
-            properties.shared_subscription_available = Some(false);
             properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
+            properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         }
-        // The session outlives the connection when the client resumes one
-        // (clean start off) or, in v5, asks for a session expiry.
-        let persistent = !connect.clean_start
-            || connect
-                .properties
-                .session_expiry_interval_s
-                .is_some_and(|seconds| seconds > 0);
+        // How long the session outlives the connection: v5 says (0 when
+        // absent); v3.1.1's clean session 0 keeps it without end.
+        let session_expiry_s = match version {
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval_s.unwrap_or(0),
+            ProtocolVersion::V311 if connect.clean_start => 0,
+            ProtocolVersion::V311 => u32::MAX,
+        };
+        // The session's records are kept when the client resumes one (clean
+        // start off: at least until the connection ends) or asks for it to
+        // outlive the connection.
+        let persistent = !connect.clean_start || session_expiry_s > 0;
         let restoring = !connect.clean_start;
+        self.reconnected(&client_id, connect.clean_start, context.now());
+        if connect.clean_start {
+            self.forget_parked(&client_id);
+        }
         if !restoring {
             Packet::ConnAck(ConnAck {
                 session_present: false,
@@ -111,8 +122,11 @@ impl MqttSession {
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
             qos2_received: HashSet::new(),
-            filters: Vec::new(),
+            subscriptions: Vec::new(),
+            client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+            extras: None,
             outbound: HashMap::new(),
+            next_order: 0,
             window: connect
                 .properties
                 .receive_maximum
@@ -121,7 +135,11 @@ impl MqttSession {
             next_packet_id: 0,
             held: VecDeque::new(),
             persistent,
+            session_expiry_s,
             restoring,
+            clean_start: connect.clean_start,
+            session_read: false,
+            awaiting_handoff: taking_over && restoring,
             waiting_input: BytesMut::new(),
             connack_properties: properties,
             session_records: Vec::new(),
@@ -131,14 +149,15 @@ impl MqttSession {
         let state = self.state.as_mut().expect("just set");
         if restoring {
             // The CONNACK says whether a session was found: read it first.
-            let request_id = next_request(state, Pending::SessionRead);
-            context.submit(
-                request_id,
-                Command::History {
-                    channel: session_channel(&state.client_id),
-                    query: HistoryQuery::From(1),
-                    limit: SESSION_PAGE,
-                },
+            let channel = session_channel(&state.client_id);
+            let query = HistoryQuery::From(1);
+            read_history(
+                state,
+                Pending::SessionRead,
+                channel,
+                query,
+                SESSION_PAGE,
+                context,
             );
         } else if persistent {
             // A clean start that keeps its session: forget the old one.
@@ -154,28 +173,40 @@ impl MqttSession {
     pub(super) fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let records = std::mem::take(&mut state.session_records);
-        let filters = fold_session(&records);
+        let stored = fold_session(&records, wall_clock_ms());
+        if !stored.present && !records.is_empty() {
+            // The session ended or expired: what it left is forgotten, and a
+            // new one begins.
+            state.record(serde_json::json!({"type": "start"}), context);
+            if let Some(extras) = state.extras.as_mut() {
+                extras.handed_over.clear();
+            }
+            let client_id = state.client_id.clone();
+            self.forget_parked(&client_id);
+        }
+        let state = self.state.as_mut().expect("connected");
+        let filters = stored.subscriptions.clone();
         Packet::ConnAck(ConnAck {
-            session_present: !records.is_empty(),
+            session_present: stored.present,
             reason_code: ReasonCode::Success,
             properties: std::mem::take(&mut state.connack_properties),
         })
         .encode(state.version, context.out());
         state.restoring = false;
-        for (filter, qos) in filters {
-            state.filters.push((filter.clone(), qos));
-            if pattern::is_pattern(&filter) {
+        self.unpark(context);
+        let state = self.state.as_mut().expect("connected");
+        for subscription in filters {
+            let (filter, qos) = (subscription.filter.clone(), subscription.qos());
+            let command = subscribe_command(subscription.topic_filter());
+            let shared = subscription.is_shared();
+            state.subscriptions.push(subscription);
+            if shared {
+                // A share rejoins its group, live.
+                let request_id = next_request(state, Pending::JoinShare(filter));
+                context.submit(request_id, command);
+            } else if pattern::is_pattern(&filter) || qos == QoS::AtMostOnce {
                 let request_id = next_request(state, Pending::Fire);
-                context.submit(request_id, Command::SubscribePattern { pattern: filter });
-            } else if qos == QoS::AtMostOnce {
-                let request_id = next_request(state, Pending::Fire);
-                context.submit(
-                    request_id,
-                    Command::Subscribe {
-                        channel: filter,
-                        start: starling_protocol::SubscribeStart::Live,
-                    },
-                );
+                context.submit(request_id, command);
             } else {
                 let consumer = session_consumer(&state.client_id);
                 let request_id = next_request(
@@ -193,6 +224,7 @@ impl MqttSession {
                 );
             }
         }
+        state.restore_wildcard_topics(&stored, context);
         let mut waiting = std::mem::take(&mut state.waiting_input);
         self.process(&mut waiting, context)
     }

@@ -63,12 +63,51 @@ pub(super) fn publish_packet(
     }))
 }
 
+/// Header naming the MQTT client id that published a message. Written only
+/// while that client has a no-local subscription, which is the only reader.
+const ORIGIN_CLIENT: &str = "mqtt.client";
+/// Header of a message published with RETAIN (one byte, 1), for
+/// subscriptions with retain-as-published.
+const RETAINED: &str = "mqtt.retain";
+
+/// What MQTT itself notes about a publish, beside its properties.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Marks<'a> {
+    /// The publishing client, when its no-local subscriptions need to know.
+    pub(super) origin: Option<&'a str>,
+    /// Published with RETAIN.
+    pub(super) retained: bool,
+}
+
+/// The marks of a stored message: (publishing client id, published with
+/// RETAIN).
+pub(super) fn mqtt_marks(headers: &Bytes) -> (Option<Bytes>, bool) {
+    let mut marks = (None, false);
+    if headers.is_empty() {
+        return marks;
+    }
+    for (key, value) in decode_headers(headers).unwrap_or_default() {
+        match key.as_str() {
+            ORIGIN_CLIENT => marks.0 = Some(value),
+            RETAINED => marks.1 = value.first() == Some(&1),
+            _ => {}
+        }
+    }
+    marks
+}
+
 /// The message properties of a v5 PUBLISH, kept with the record as its
 /// header block (so they reach subscribers of any protocol, and MQTT
-/// subscribers as properties). The expiry interval becomes an absolute
-/// time.
-pub(super) fn headers_of(properties: &Properties, now_ms: u64) -> Bytes {
+/// subscribers as properties), and the MQTT marks. The expiry interval
+/// becomes an absolute time.
+pub(super) fn headers_of(properties: &Properties, marks: Marks<'_>, now_ms: u64) -> Bytes {
     let mut headers: Vec<(String, Bytes)> = Vec::new();
+    if let Some(origin) = marks.origin {
+        headers.push((ORIGIN_CLIENT.into(), Bytes::from(origin.to_string())));
+    }
+    if marks.retained {
+        headers.push((RETAINED.into(), Bytes::from_static(&[1])));
+    }
     if let Some(format) = properties.payload_format_indicator {
         headers.push((name::PAYLOAD_FORMAT.into(), Bytes::from(vec![format as u8])));
     }

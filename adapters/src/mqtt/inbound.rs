@@ -5,20 +5,17 @@ use super::*;
 impl MqttSession {
     pub(super) fn publish(
         &mut self,
-        publish: Publish,
+        mut publish: Publish,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let version = state.version;
         if publish.properties.topic_alias.is_some() {
-            disconnect_with(
-                version,
-                ReasonCode::TopicAliasInvalid,
-                "topic aliases are not supported (Topic Alias Maximum is 0)",
-                context.out(),
-            );
-            return Err(close("MQTT: a topic alias was sent"));
+            if let Err((reason_code, reason)) = state.extras().aliases.resolve(&mut publish) {
+                return self.violation(reason_code, &reason, context);
+            }
         }
+        let state = self.state.as_mut().expect("connected");
         if publish.topic.starts_with('$') {
             disconnect_with(
                 version,
@@ -28,9 +25,10 @@ impl MqttSession {
             );
             return Err(close("publish to a '$' topic"));
         }
+        let topic = publish.topic.clone();
         let pending = match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => Pending::Fire,
-            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id),
+            (QoS::AtMostOnce, _) => Pending::Publish0(topic),
+            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id, topic),
             (QoS::ExactlyOnce, Some(id)) => {
                 if state.qos2_received.contains(&id) {
                     // A retransmission of a message already stored (or being
@@ -38,7 +36,7 @@ impl MqttSession {
                     if !state
                         .pending
                         .values()
-                        .any(|p| matches!(p, Pending::PubRec(p) if *p == id))
+                        .any(|p| matches!(p, Pending::PubRec(p, _) if *p == id))
                     {
                         Packet::PubRec(PublishResponse::success(id)).encode(version, context.out());
                     }
@@ -54,11 +52,17 @@ impl MqttSession {
                     return Err(close("receive maximum exceeded"));
                 }
                 state.qos2_received.insert(id);
-                Pending::PubRec(id)
+                Pending::PubRec(id, topic)
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
-        let headers = headers_of(&publish.properties, wall_clock_ms());
+        let marks = Marks {
+            origin: state
+                .marks_own_publishes()
+                .then_some(state.client_id.as_str()),
+            retained: publish.retain,
+        };
+        let headers = headers_of(&publish.properties, marks, wall_clock_ms());
         if publish.retain {
             // The topic's retained message is kept in the log beside it (an
             // empty payload clears it), so it survives a restart.

@@ -2,25 +2,33 @@
 //! A topic is a channel of the same name, so what an MQTT client publishes
 //! to `general` is a chat message of `general`, and the other way round.
 //!
-//! What this first version does: CONNECT (both versions; user name and
-//! password go to the authorizer; server-assigned client ids; keep-alive),
-//! PUBLISH in at QoS 0, 1 and 2 (acknowledged once the record is durable
-//! under the engine's policy), SUBSCRIBE and UNSUBSCRIBE to topic names
-//! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the
-//! client's Receive Maximum, retained messages and persistent sessions kept in
-//! the log, PINGREQ, DISCONNECT, and the will message. Not yet: shared
-//! subscriptions (refused with their v5 reason code), session expiry, topic
-//! aliases, will delay. Bad input closes only its own
-//! connection, with a v5 DISCONNECT that carries the reason code.
-//! `docs/PROTOCOL.md` has the details.
+//! What it does: CONNECT (both versions; user name and password go to the
+//! authorizer; server-assigned client ids; keep-alive), PUBLISH in at QoS
+//! 0, 1 and 2 (acknowledged once the record is durable under the engine's
+//! policy), SUBSCRIBE and UNSUBSCRIBE to topic names and to filters with
+//! `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
+//! Maximum, retained messages and persistent sessions kept in the log (also
+//! for wildcard filters, and with what was in flight resent, with its
+//! packet ids and DUP, when the client comes back), session expiry,
+//! PINGREQ, DISCONNECT, the will message (and its delay), v5 subscription
+//! options (no-local, retain-as-published, retain handling, subscription
+//! identifiers), topic aliases both ways, and shared subscriptions. Bad
+//! input closes only its own connection, with a v5 DISCONNECT that carries
+//! the reason code. `docs/PROTOCOL.md` has the details.
 //!
 //! Files: this one holds the session and the packets it handles itself;
 //! `connect` (CONNECT, resuming a session), `inbound` (PUBLISH from the
-//! client), `replies` (the broker's answers), `outbound` (QoS 1 and 2
-//! deliveries, windows, cursors), `deliveries` (the shared PUBLISH encoding
-//! and message properties), `store` (what is kept in `$` channels).
+//! client), `aliases` (v5 topic aliases), `subscribe` (SUBSCRIBE,
+//! UNSUBSCRIBE, subscription options and how a delivery matches them),
+//! `shared` (shared subscriptions), `replies` (the broker's answers),
+//! `outbound` (QoS 1 and 2 deliveries, windows, cursors), `deliveries` (the
+//! shared PUBLISH encoding and message properties), `store` (what is kept
+//! in `$` channels), `offline` (offline messages for wildcard filters),
+//! `parked` (a persistent session's in-flight state between its
+//! connections), `expiry` (a session after its connection: expiry, delayed
+//! wills, the keeper thread).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,21 +47,40 @@ use starling_protocol::mqtt::{
 };
 use starling_protocol::{kind, ErrorCode, HistoryQuery, Message};
 
+mod aliases;
 mod connect;
 mod deliveries;
+mod expiry;
 mod inbound;
+mod offline;
 mod outbound;
+mod parked;
 mod replies;
+mod shared;
 mod store;
+mod subscribe;
 
+use aliases::TopicAliases;
+pub use aliases::{OUTBOUND_TOPIC_ALIASES_MAX, TOPIC_ALIAS_MAXIMUM};
 use deliveries::{
-    headers_of, is_application_message, properties_of, wall_clock_ms, MqttDeliveries,
+    headers_of, is_application_message, mqtt_marks, properties_of, wall_clock_ms, Marks,
+    MqttDeliveries,
 };
-use outbound::Outbound;
+use expiry::{DelayedWill, SharedTimers};
+pub use expiry::{SessionKeeper, SCHEDULED_MAX};
+use offline::TOPIC_INDEX;
+pub use offline::WILDCARD_TOPICS_MAX;
+use outbound::{InFlight, Outbound, Outgoing};
+pub use parked::PARKED_SESSIONS_MAX;
+use parked::{Handoff, ParkedSessions};
+use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
+pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
-    collect, fold_session, next_request, read_retained, read_retained_index, retained_channel,
-    send_suback, session_channel, session_consumer, RETAINED_INDEX, SESSION_PAGE,
+    collect, collect_complete, fold_session, next_request, read_history, read_retained,
+    read_retained_index, retained_channel, send_suback, send_unsuback, session_channel,
+    session_consumer, StoredSession, RETAINED_INDEX, SESSION_PAGE,
 };
+use subscribe::{subscribe_command, Route, Subscription};
 
 /// Longest client id the server assigns or accepts.
 const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -75,6 +102,9 @@ pub struct MqttProtocol {
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
     clients: Clients,
+    parked: ParkedSessions,
+    timers: SharedTimers,
+    groups: Groups,
 }
 
 /// The connection of each connected client id, so a new connection with the
@@ -96,6 +126,9 @@ impl MqttProtocol {
                 version: ProtocolVersion::V5,
             }),
             clients: Clients::default(),
+            parked: ParkedSessions::default(),
+            timers: SharedTimers::default(),
+            groups: Groups::default(),
         }
     }
 }
@@ -112,6 +145,9 @@ impl Protocol for MqttProtocol {
             v311: self.v311.clone(),
             v5: self.v5.clone(),
             clients: self.clients.clone(),
+            parked: self.parked.clone(),
+            timers: self.timers.clone(),
+            groups: self.groups.clone(),
             state: None,
         })
     }
@@ -125,13 +161,19 @@ impl Protocol for MqttProtocol {
 
 /// What a pending broker request answers.
 enum Pending {
-    /// A QoS 0 publish: nobody waits.
+    /// Nobody waits (bookkeeping).
     Fire,
-    PubAck(u16),
-    PubRec(u16),
-    /// One filter of a SUBSCRIBE (packet id, index of the filter, QoS
-    /// granted when the broker accepts it).
-    Subscribe(u16, usize, QoS, String),
+    /// A client's publish to a topic, answered with PUBACK, PUBREC, or
+    /// nothing (QoS 0); the topic's first message is listed in the topic
+    /// index.
+    PubAck(u16, String),
+    PubRec(u16, String),
+    Publish0(String),
+    /// A packet to send once this request is answered.
+    SendAfter(Box<Packet>),
+    /// One filter of a SUBSCRIBE (packet id, index of the filter, the
+    /// subscription made when the broker accepts it).
+    Subscribe(u16, usize, Subscription),
     Unsubscribe(u16, usize),
     /// The retained copy of a topic was stored (index it when it is the
     /// topic's first).
@@ -140,30 +182,46 @@ enum Pending {
     RetainedIndex {
         filter: String,
         qos: QoS,
+        subscription_id: Option<u32>,
     },
     /// The retained message of a topic, read for a new subscription.
     RetainedRead {
         topic: String,
         qos: QoS,
+        subscription_id: Option<u32>,
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
     /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
     PubRelAfter(u16),
+    /// The broker subscription of a shared subscription restored with a
+    /// session is in place: join its group.
+    JoinShare(String),
     /// The cursor of a restored subscription.
     RestoreCursor {
         topic: String,
+    },
+    /// A page of the topic index, read for a resumed session's wildcard
+    /// filters.
+    TopicIndex,
+    /// A page of a topic's history, read backwards for where a resumed
+    /// session's offline messages start (`found`: that seq so far).
+    OfflineStart {
+        topic: String,
+        since_ms: u64,
+        found: Option<u64>,
     },
 }
 
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
 struct Collecting {
     codes: Vec<Option<ReasonCode>>,
-    /// Filters whose retained messages to send once the SUBACK is out:
-    /// (filter, granted QoS).
-    retained: Vec<(String, QoS)>,
-    /// Filters the broker accepted (recorded in a persistent session).
-    granted: Vec<(String, QoS)>,
+    /// Subscriptions whose retained messages to send once the SUBACK is
+    /// out.
+    retained: Vec<Subscription>,
+    /// Subscriptions the broker accepted (recorded in a persistent
+    /// session).
+    granted: Vec<Subscription>,
 }
 
 struct Connected {
@@ -179,24 +237,38 @@ struct Connected {
     /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
     /// stored): a retransmitted PUBLISH with one of them is not stored again.
     qos2_received: HashSet<u16>,
-    /// Subscribed filters (topic names or patterns) and their granted QoS.
-    filters: Vec<(String, QoS)>,
+    /// The subscriptions, one per filter (topic name or pattern).
+    subscriptions: Vec<Subscription>,
+    /// The Topic Alias Maximum the client announced (0: none).
+    client_topic_alias_maximum: u16,
+    /// What only some sessions use, allocated when first needed (an idle
+    /// connection stays small).
+    extras: Option<Box<Extras>>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
-    outbound: HashMap<u16, Outbound>,
+    outbound: HashMap<u16, InFlight>,
+    /// Numbers outbound messages in the order they are sent.
+    next_order: u64,
     /// The most outbound messages in flight (the client's Receive Maximum,
     /// capped).
     window: u16,
     next_packet_id: u16,
-    /// Messages waiting for room in the window: (topic, message, QoS).
-    /// Messages waiting for room in the window: (topic, message, QoS,
-    /// retain flag).
-    held: VecDeque<(Arc<str>, Message, QoS, bool)>,
+    /// Messages waiting for room in the window, in order.
+    held: VecDeque<Outgoing>,
     /// The session outlives the connection: subscriptions are recorded in
     /// `$mqtt/session/<client id>` and delivery positions in cursors.
     persistent: bool,
+    /// How long the session outlives the connection, in seconds: 0 ends it
+    /// with the connection, `u32::MAX` never (v3.1.1's clean session 0).
+    session_expiry_s: u32,
     /// The CONNACK waits for the session's state to be read; packets that
     /// arrive meanwhile wait here.
     restoring: bool,
+    /// The client asked for a clean start (v3.1.1: clean session).
+    clean_start: bool,
+    /// The session's records are all read.
+    session_read: bool,
+    /// An older connection of the client id is handing its state over.
+    awaiting_handoff: bool,
     waiting_input: BytesMut,
     connack_properties: Properties,
     /// Session records read so far while restoring.
@@ -208,12 +280,56 @@ struct Connected {
     cursors: HashMap<Arc<str>, u64>,
 }
 
+/// The parts of a session's state that only some sessions use.
+struct Extras {
+    /// v5 topic aliases, both ways.
+    aliases: TopicAliases,
+    /// The QoS 1 and 2 wildcard filters of a resumed session and when each
+    /// was subscribed (its offline messages start there).
+    wildcard_since_ms: Vec<(String, u64)>,
+    /// Topics subscribed on their own to catch up for wildcard filters.
+    caught_up: HashSet<String>,
+    /// This member's view of the group of each shared subscription, by its
+    /// filter.
+    shares: HashMap<String, ShareView>,
+    /// What older connections handed over before the CONNACK.
+    handed_over: Vec<parked::Parked>,
+    /// Seqs above the cursor the client was sent, per cursor topic: a
+    /// redelivery from the log skips them.
+    delivered: HashMap<Arc<str>, BTreeSet<u64>>,
+}
+
+impl Connected {
+    /// The session's extras, allocated now if they were not.
+    fn extras(&mut self) -> &mut Extras {
+        let client_maximum = self.client_topic_alias_maximum;
+        self.extras.get_or_insert_with(|| {
+            Box::new(Extras {
+                aliases: TopicAliases::new(Some(client_maximum)),
+                wildcard_since_ms: Vec::new(),
+                caught_up: HashSet::new(),
+                shares: HashMap::new(),
+                handed_over: Vec::new(),
+                delivered: HashMap::new(),
+            })
+        })
+    }
+
+    /// This member's view of the group of shared subscription `filter`.
+    fn share(&self, filter: &str) -> Option<&ShareView> {
+        self.extras.as_ref()?.shares.get(filter)
+    }
+}
+
 pub struct MqttSession {
     limits: MqttLimits,
     peer: SocketAddr,
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
     clients: Clients,
+    parked: ParkedSessions,
+    timers: SharedTimers,
+    groups: Groups,
     state: Option<Connected>,
 }
 
@@ -279,23 +395,22 @@ impl Session for MqttSession {
         let Some(state) = self.state.as_mut() else {
             return Ok(None);
         };
-        let qos = state.delivery_qos(channel);
-        if qos == QoS::AtMostOnce {
-            // The shared QoS 0 encoding serves.
+        let mut out = BytesMut::new();
+        // A group's membership may have changed since the last delivery.
+        if !state.refresh_shares(&mut out) {
+            return Err(too_much_held(state.version, context));
+        }
+        if let (Route::Shared, true) = (state.route(channel), out.is_empty()) {
             return Ok(None);
         }
         let channel: Arc<str> = Arc::from(channel);
-        let mut out = BytesMut::new();
         for message in messages.iter().filter(|m| is_application_message(m)) {
-            if !state.send_or_hold(&channel, message, qos, false, &mut out) {
-                let version = state.version;
-                disconnect_with(
-                    version,
-                    ReasonCode::QuotaExceeded,
-                    "too many unacknowledged messages; acknowledge what you receive",
-                    context.out(),
-                );
-                return Err(close("MQTT: the client does not acknowledge its messages"));
+            let Some(outgoing) = state.outgoing(&channel, message) else {
+                continue;
+            };
+            state.follow_wildcard_topic(&outgoing, context);
+            if !state.send_or_hold(outgoing, &mut out) {
+                return Err(too_much_held(state.version, context));
             }
         }
         Ok(Some(out.freeze()))
@@ -306,6 +421,36 @@ impl Session for MqttSession {
         event: SessionEvent,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
+        let event = match event.downcast::<Handoff>() {
+            Ok(handoff) => return self.on_handoff(*handoff, context),
+            Err(event) => event,
+        };
+        let event = match event.downcast::<MembershipChanged>() {
+            Ok(_) => {
+                let Some(state) = self.state.as_mut() else {
+                    return Ok(());
+                };
+                if !state.refresh_shares(context.out()) {
+                    return Err(too_much_held(state.version, context));
+                }
+                return Ok(());
+            }
+            Err(event) => event,
+        };
+        let event = match event.downcast::<SharedHandover>() {
+            Ok(handover) => {
+                let Some(state) = self.state.as_mut() else {
+                    return Ok(());
+                };
+                for outgoing in handover.0 {
+                    if !state.send_or_hold(outgoing, context.out()) {
+                        return Err(too_much_held(state.version, context));
+                    }
+                }
+                return Ok(());
+            }
+            Err(event) => event,
+        };
         if event.downcast::<TakenOver>().is_ok() {
             if let Some(state) = self.state.as_ref() {
                 disconnect_with(
@@ -321,28 +466,9 @@ impl Session for MqttSession {
     }
 
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
-        if let (Some(state), Some(conn)) = (self.state.as_ref(), context.conn()) {
-            let mut clients = self.clients.lock();
-            if clients.get(&state.client_id) == Some(&conn) {
-                clients.remove(&state.client_id);
-            }
-        }
-        // The will is published when the connection ends without a
-        // DISCONNECT (which clears it).
-        if let Some(will) = self.state.as_mut().and_then(|state| state.will.take()) {
-            context.submit(
-                0,
-                Command::Publish {
-                    channel: will.topic,
-                    ephemeral: false,
-                    kind: kind::MESSAGE,
-                    client_message_id: Bytes::new(),
-                    relation: 0,
-                    headers: headers_of(&will.properties, wall_clock_ms()),
-                    body: will.payload,
-                },
-            );
-        }
+        // The will (still there when the connection ended without a
+        // DISCONNECT, which clears it) and the session's future.
+        self.leave(context);
     }
 }
 
@@ -459,7 +585,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubAck(response) => {
-                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos1Sent) {
+                if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
                     state.outbound.remove(&response.packet_id);
                     let _ = state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
@@ -468,7 +594,7 @@ impl MqttSession {
             }
             Packet::PubRec(response) => {
                 let packet_id = response.packet_id;
-                let known = state.outbound.get(&packet_id) == Some(&Outbound::Qos2Sent);
+                let known = state.outbound_state(packet_id) == Some(Outbound::Qos2Sent);
                 if known && response.reason_code.is_error() {
                     // The client refused the message: the exchange ends here.
                     state.outbound.remove(&packet_id);
@@ -476,7 +602,9 @@ impl MqttSession {
                     return Ok(());
                 }
                 if known {
-                    state.outbound.insert(packet_id, Outbound::Qos2Released);
+                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                        in_flight.state = Outbound::Qos2Released;
+                    }
                     // In a persistent session the PUBREL waits for the
                     // cursor to be durable: after a crash the message is
                     // not sent again (exactly once).
@@ -501,82 +629,18 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubComp(response) => {
-                if state.outbound.get(&response.packet_id) == Some(&Outbound::Qos2Released) {
+                if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
                     state.outbound.remove(&response.packet_id);
                     state.release_held(context.out());
                 }
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
-                let packet_id = subscribe.packet_id;
-                let mut codes = vec![None; subscribe.filters.len()];
-                let mut commands = Vec::new();
-                let mut wants_retained = Vec::new();
-                for (index, (filter, options)) in subscribe.filters.into_iter().enumerate() {
-                    if filter.starts_with("$share/") {
-                        codes[index] = Some(ReasonCode::SharedSubscriptionsNotSupported);
-                    } else {
-                        state.filters.retain(|(f, _)| *f != filter);
-                        state.filters.push((filter.clone(), options.qos));
-                        if options.retain_handling != RetainHandling::DoNotSend {
-                            wants_retained.push((filter.clone(), options.qos));
-                        }
-                        commands.push((index, filter, options.qos));
-                    }
-                }
-                state.subscribes.insert(
-                    packet_id,
-                    Collecting {
-                        codes,
-                        retained: wants_retained,
-                        granted: Vec::new(),
-                    },
-                );
-                for (index, filter, qos) in commands {
-                    let request_id = next_request(
-                        state,
-                        Pending::Subscribe(packet_id, index, qos, filter.clone()),
-                    );
-                    // A filter with wildcards is a broker channel pattern
-                    // as it stands (the same rules).
-                    let command = if pattern::is_pattern(&filter) {
-                        Command::SubscribePattern { pattern: filter }
-                    } else {
-                        Command::Subscribe {
-                            channel: filter,
-                            start: starling_protocol::SubscribeStart::Live,
-                        }
-                    };
-                    context.submit(request_id, command);
-                }
-                self.finish_subscribe(packet_id, context);
+                self.subscribe(subscribe, context);
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
-                let packet_id = unsubscribe.packet_id;
-                let codes = vec![None; unsubscribe.filters.len()];
-                state.unsubscribes.insert(
-                    packet_id,
-                    Collecting {
-                        codes,
-                        retained: Vec::new(),
-                        granted: Vec::new(),
-                    },
-                );
-                for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
-                    state.filters.retain(|(f, _)| *f != filter);
-                    state.record(
-                        serde_json::json!({"type": "unsubscribe", "filter": filter}),
-                        context,
-                    );
-                    let request_id = next_request(state, Pending::Unsubscribe(packet_id, index));
-                    let command = if pattern::is_pattern(&filter) {
-                        Command::UnsubscribePattern { pattern: filter }
-                    } else {
-                        Command::Unsubscribe { channel: filter }
-                    };
-                    context.submit(request_id, command);
-                }
+                self.unsubscribe(unsubscribe, context);
                 Ok(())
             }
             Packet::PingReq => {
@@ -588,6 +652,19 @@ impl MqttSession {
                 // with will message" keeps it.
                 if disconnect.reason_code != ReasonCode::DisconnectWithWillMessage {
                     state.will = None;
+                }
+                // v5: the client may change its session's expiry, but not
+                // give a session that was to end with the connection a life.
+                if let Some(expiry_s) = disconnect.properties.session_expiry_interval_s {
+                    if state.session_expiry_s == 0 && expiry_s > 0 {
+                        return self.violation(
+                            ReasonCode::ProtocolError,
+                            "a Session Expiry Interval above 0 in DISCONNECT after 0 in CONNECT \
+                             is a protocol error",
+                            context,
+                        );
+                    }
+                    state.session_expiry_s = expiry_s;
                 }
                 Err(close("the client disconnected"))
             }
@@ -602,19 +679,18 @@ impl MqttSession {
             }
         }
     }
+}
 
-    /// Sends the SUBACK at once when no filter needed the broker.
-    fn finish_subscribe(&mut self, packet_id: u16, context: &mut SessionContext<'_>) {
-        let state = self.state.as_mut().expect("connected");
-        let complete = state
-            .subscribes
-            .get(&packet_id)
-            .is_some_and(|c| c.codes.iter().all(Option::is_some));
-        if complete {
-            let done = state.subscribes.remove(&packet_id).expect("present");
-            send_suback(state, packet_id, done, context);
-        }
-    }
+/// Closes the connection of a client that leaves too many messages
+/// unacknowledged (v5: DISCONNECT 0x97, quota exceeded).
+fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> Close {
+    disconnect_with(
+        version,
+        ReasonCode::QuotaExceeded,
+        "too many unacknowledged messages; acknowledge what you receive",
+        context.out(),
+    );
+    close("MQTT: the client does not acknowledge its messages")
 }
 
 /// The v5 reason code for a refused publish.
@@ -678,4 +754,21 @@ fn random_id() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     hasher.finish()
+}
+
+/// A stored message for unit tests: `body` at `seq` (and offset), stamped
+/// `timestamp_ms`.
+#[cfg(test)]
+fn test_message(seq: u64, timestamp_ms: u64, body: Bytes) -> Message {
+    Message {
+        seq,
+        offset: seq,
+        timestamp_ms,
+        kind: kind::MESSAGE,
+        sender: Bytes::new(),
+        client_message_id: Bytes::new(),
+        relation: 0,
+        headers: Bytes::new(),
+        body,
+    }
 }

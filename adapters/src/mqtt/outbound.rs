@@ -15,16 +15,44 @@ pub(super) enum Outbound {
     Qos2Released,
 }
 
+/// One message on its way to this client: what a PUBLISH is made of.
+#[derive(Clone, Debug)]
+pub(super) struct Outgoing {
+    pub(super) topic: Arc<str>,
+    pub(super) message: Message,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    /// The Subscription Identifiers of the matching subscriptions (v5).
+    pub(super) subscription_ids: Vec<u32>,
+    /// The shared subscription it goes out through, when only shared ones
+    /// matched (its filter, `$share/<group>/<filter>`).
+    pub(super) share: Option<String>,
+}
+
+/// An outbound QoS 1 or 2 message not yet acknowledged. The message is kept
+/// so that a persistent session resends it, with its packet id and DUP, when
+/// the client comes back (MQTT 4.4).
+#[derive(Clone, Debug)]
+pub(super) struct InFlight {
+    pub(super) state: Outbound,
+    /// When it was sent, to resend in the same order.
+    pub(super) order: u64,
+    pub(super) outgoing: Outgoing,
+}
+
+/// Seqs of a persistent session's cursor topics above the cursor that the
+/// client was sent, at most this many per connection: a redelivery from the
+/// log after a reconnect skips them. A client that leaves one message
+/// unacknowledged while thousands after it are acknowledged stops being
+/// recorded here; after a reconnect it may then receive some of those again.
+const DELIVERED_ABOVE_CURSOR_MAX: usize = HELD_MESSAGES_MAX;
+
 impl Connected {
-    /// The QoS to deliver `channel` at: the highest granted by a matching
-    /// filter.
-    pub(super) fn delivery_qos(&self, channel: &str) -> QoS {
-        self.filters
-            .iter()
-            .filter(|(filter, _)| filter == channel || pattern::matches(filter, channel))
-            .map(|(_, qos)| *qos)
-            .max()
-            .unwrap_or(QoS::AtMostOnce)
+    /// The state of outbound message `packet_id`, if it is in flight.
+    pub(super) fn outbound_state(&self, packet_id: u16) -> Option<Outbound> {
+        self.outbound
+            .get(&packet_id)
+            .map(|in_flight| in_flight.state)
     }
 
     /// A free packet id for an outbound message.
@@ -37,71 +65,90 @@ impl Connected {
         }
     }
 
-    /// Encodes `message` at `qos` into `out`, or holds it when the window is
-    /// full (or others wait before it, to keep the order). Returns false
-    /// when too much is held.
-    pub(super) fn send_or_hold(
-        &mut self,
-        channel: &Arc<str>,
-        message: &Message,
-        qos: QoS,
-        retain: bool,
-        out: &mut BytesMut,
-    ) -> bool {
-        if qos != QoS::AtMostOnce
+    /// True when `outgoing` comes from a topic whose cursor this session
+    /// keeps: it is sent again from the log after a reconnect.
+    pub(super) fn is_of_cursor_topic(&self, outgoing: &Outgoing) -> bool {
+        self.persistent && outgoing.message.seq > 0 && self.cursors.contains_key(&outgoing.topic)
+    }
+
+    /// Encodes `outgoing` into `out`, or holds it when the window is full
+    /// (or others wait before it, to keep the order). A message of a cursor
+    /// topic that the client already has (redelivered from the log after a
+    /// reconnect) is skipped. Returns false when too much is held.
+    pub(super) fn send_or_hold(&mut self, outgoing: Outgoing, out: &mut BytesMut) -> bool {
+        if outgoing.qos != QoS::AtMostOnce && self.already_delivered(&outgoing) {
+            return true;
+        }
+        if outgoing.qos != QoS::AtMostOnce
             && (self.outbound.len() >= usize::from(self.window) || !self.held.is_empty())
         {
             if self.held.len() >= HELD_MESSAGES_MAX {
                 return false;
             }
-            self.held
-                .push_back((channel.clone(), message.clone(), qos, retain));
+            self.held.push_back(outgoing);
             return true;
         }
-        self.send_now(channel, message, qos, retain, out);
+        self.send_now(outgoing, out);
         true
     }
 
-    /// Sends `message` now, numbered when its QoS needs it; a message that
+    fn already_delivered(&self, outgoing: &Outgoing) -> bool {
+        self.extras.as_ref().is_some_and(|extras| {
+            extras
+                .delivered
+                .get(&outgoing.topic)
+                .is_some_and(|seqs| seqs.contains(&outgoing.message.seq))
+        })
+    }
+
+    /// Sends `outgoing` now, numbered when its QoS needs it; a message that
     /// expired while it waited is dropped.
-    pub(super) fn send_now(
-        &mut self,
-        channel: &str,
-        message: &Message,
-        qos: QoS,
-        retain: bool,
-        out: &mut BytesMut,
-    ) {
-        let Some(properties) = properties_of(&message.headers, wall_clock_ms()) else {
+    pub(super) fn send_now(&mut self, outgoing: Outgoing, out: &mut BytesMut) {
+        let Some(mut properties) = properties_of(&outgoing.message.headers, wall_clock_ms()) else {
             return;
         };
-        let packet_id = match qos {
+        properties.subscription_identifiers = outgoing.subscription_ids.clone();
+        let packet_id = match outgoing.qos {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 let packet_id = self.take_packet_id();
-                let state = if qos == QoS::AtLeastOnce {
+                self.track(packet_id, &outgoing);
+                let state = if outgoing.qos == QoS::AtLeastOnce {
                     Outbound::Qos1Sent
                 } else {
                     Outbound::Qos2Sent
                 };
-                self.outbound.insert(packet_id, state);
-                if self.persistent && message.seq > 0 {
-                    self.positions
-                        .insert(packet_id, (Arc::from(channel), message.seq));
-                }
+                self.next_order += 1;
+                let in_flight = InFlight {
+                    state,
+                    order: self.next_order,
+                    outgoing: outgoing.clone(),
+                };
+                self.outbound.insert(packet_id, in_flight);
                 Some(packet_id)
             }
         };
-        Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain,
-            topic: channel.to_string(),
-            packet_id,
-            properties,
-            payload: message.body.clone(),
-        })
-        .encode(self.version, out);
+        self.encode_publish(&outgoing, packet_id, false, properties, out);
+    }
+
+    /// Records where a numbered message of a cursor topic is, so its
+    /// acknowledgement moves the cursor and a reconnect does not send it
+    /// twice.
+    pub(super) fn track(&mut self, packet_id: u16, outgoing: &Outgoing) {
+        if !self.is_of_cursor_topic(outgoing) {
+            return;
+        }
+        let seq = outgoing.message.seq;
+        self.positions
+            .insert(packet_id, (outgoing.topic.clone(), seq));
+        let delivered = self
+            .extras()
+            .delivered
+            .entry(outgoing.topic.clone())
+            .or_default();
+        if delivered.len() < DELIVERED_ABOVE_CURSOR_MAX {
+            delivered.insert(seq);
+        }
     }
 
     /// The client took responsibility for outbound message `packet_id`
@@ -123,8 +170,8 @@ impl Connected {
             .chain(
                 self.held
                     .iter()
-                    .filter(|(c, m, _, _)| *c == channel && m.seq > 0)
-                    .map(|(_, m, _, _)| m.seq),
+                    .filter(|held| held.topic == channel && held.message.seq > 0)
+                    .map(|held| held.message.seq),
             )
             .min();
         let cursor = match lowest_open {
@@ -136,6 +183,11 @@ impl Connected {
             return None;
         }
         self.cursors.insert(channel.clone(), cursor);
+        let extras = self.extras.as_mut();
+        if let Some(delivered) = extras.and_then(|extras| extras.delivered.get_mut(&channel)) {
+            // What the cursor passed is never sent from the log again.
+            *delivered = delivered.split_off(&(cursor + 1));
+        }
         let request_id = next_request(self, Pending::Fire);
         context.submit(
             request_id,
@@ -171,10 +223,41 @@ impl Connected {
     /// Sends held messages, oldest first, while the window has room.
     pub(super) fn release_held(&mut self, out: &mut BytesMut) {
         while self.outbound.len() < usize::from(self.window) {
-            let Some((channel, message, qos, retain)) = self.held.pop_front() else {
+            let Some(outgoing) = self.held.pop_front() else {
                 return;
             };
-            self.send_now(&channel, &message, qos, retain, out);
+            self.send_now(outgoing, out);
         }
+    }
+}
+
+impl Connected {
+    /// Encodes the PUBLISH of `outgoing` with `properties` (the message's
+    /// own and the subscription identifiers), naming its topic by an alias
+    /// when the client has room for one.
+    pub(super) fn encode_publish(
+        &mut self,
+        outgoing: &Outgoing,
+        packet_id: Option<u16>,
+        dup: bool,
+        mut properties: Properties,
+        out: &mut BytesMut,
+    ) {
+        let (topic, alias) = if self.client_topic_alias_maximum > 0 {
+            self.extras().aliases.outbound(&outgoing.topic)
+        } else {
+            (outgoing.topic.to_string(), None)
+        };
+        properties.topic_alias = alias;
+        Packet::Publish(Publish {
+            dup,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: outgoing.message.body.clone(),
+        })
+        .encode(self.version, out);
     }
 }

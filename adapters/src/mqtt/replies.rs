@@ -27,42 +27,39 @@ impl MqttSession {
             Pending::Fire => {
                 if let Some(error) = error {
                     log::debug!(
-                        "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
+                        "mqtt {} (client {:?}): a bookkeeping request failed: {error}",
                         self.peer,
                         state.client_id
                     );
                 }
             }
-            Pending::PubAck(packet_id) | Pending::PubRec(packet_id) => {
-                let qos2 = matches!(pending, Pending::PubRec(_));
-                let reason = match error {
-                    None => ReasonCode::Success,
-                    Some(error) => {
-                        if qos2 {
-                            state.qos2_received.remove(&packet_id);
-                        }
-                        if version == ProtocolVersion::V311 {
-                            // v3.1.1 has no way to refuse a publish but to
-                            // close the connection.
-                            return Err(close(format!("publish refused: {error}")));
-                        }
-                        publish_reason(error)
-                    }
-                };
-                let response = PublishResponse {
-                    packet_id,
-                    reason_code: reason,
-                    properties: reason_string(version, error),
-                };
-                let packet = if qos2 {
-                    Packet::PubRec(response)
-                } else {
-                    Packet::PubAck(response)
-                };
+            Pending::Publish0(topic) => {
+                if let Some(error) = error {
+                    log::debug!(
+                        "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
+                        self.peer,
+                        state.client_id
+                    );
+                }
+                let _ = index_first(state, reply, TOPIC_INDEX, topic, context);
+            }
+            Pending::PubAck(packet_id, topic) => {
+                return self.acknowledge(packet_id, QoS::AtLeastOnce, topic, reply, context);
+            }
+            Pending::PubRec(packet_id, topic) => {
+                return self.acknowledge(packet_id, QoS::ExactlyOnce, topic, reply, context);
+            }
+            Pending::SendAfter(packet) => {
+                if let Some(error) = error {
+                    log::warn!("mqtt {}: a topic was not indexed: {error}", self.peer);
+                }
                 packet.encode(version, context.out());
             }
-            Pending::Subscribe(packet_id, index, qos, filter) => {
-                if error.is_none() {
+            Pending::Subscribe(packet_id, index, subscription) => {
+                let qos = subscription.qos();
+                let filter = subscription.filter.clone();
+                let shared = subscription.is_shared();
+                if error.is_none() && !shared {
                     // A persistent session's stored subscriptions start at
                     // the head: after a reconnect they resume from there.
                     if let Reply::Subscribed { head_seq } = reply {
@@ -84,9 +81,6 @@ impl MqttSession {
                             }
                         }
                     }
-                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
-                        collecting.granted.push((filter, qos));
-                    }
                 }
                 let granted = match error {
                     None | Some(BrokerError::AlreadySubscribed(_)) => ReasonCode::granted(qos),
@@ -94,6 +88,21 @@ impl MqttSession {
                     Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
+                if granted.is_error() {
+                    // Refused: the session does not have it (nor its
+                    // retained messages).
+                    state.subscriptions.retain(|s| *s != subscription);
+                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                        collecting.retained.retain(|s| *s != subscription);
+                    }
+                } else {
+                    if shared && state.share(&filter).is_none() {
+                        state.join_share(&self.groups, &filter, context);
+                    }
+                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                        collecting.granted.push(subscription);
+                    }
+                }
                 if let Some(done) = collect(&mut state.subscribes, packet_id, index, granted) {
                     send_suback(state, packet_id, done, context);
                 }
@@ -105,12 +114,7 @@ impl MqttSession {
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
                 if let Some(done) = collect(&mut state.unsubscribes, packet_id, index, code) {
-                    Packet::UnsubAck(UnsubAck {
-                        packet_id,
-                        reason_codes: done.codes.into_iter().flatten().collect(),
-                        properties: Properties::default(),
-                    })
-                    .encode(version, context.out());
+                    send_unsuback(state, packet_id, done, context);
                 }
             }
             Pending::PubRelAfter(packet_id) => {
@@ -143,26 +147,26 @@ impl MqttSession {
                 state.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
                     if last.seq < *head_seq {
-                        let request_id = next_request(state, Pending::SessionRead);
-                        context.submit(
-                            request_id,
-                            Command::History {
-                                channel: session_channel(&state.client_id),
-                                query: HistoryQuery::From(last.seq + 1),
-                                limit: SESSION_PAGE,
-                            },
-                        );
+                        let channel = session_channel(&state.client_id);
+                        let query = HistoryQuery::From(last.seq + 1);
+                        let pending = Pending::SessionRead;
+                        read_history(state, pending, channel, query, SESSION_PAGE, context);
                         return Ok(());
                     }
                 }
-                return self.resume(context);
+                state.session_read = true;
+                return self.try_resume(context);
             }
             Pending::RestoreCursor { topic } => {
-                let seq = match reply {
+                let stored = match reply {
                     Reply::Cursor { seq } => *seq,
                     _ => 0,
                 };
-                state.cursors.insert(Arc::from(topic.as_str()), seq);
+                // A message resent from the previous connection may have
+                // been acknowledged (and the cursor moved) meanwhile.
+                let topic_key: Arc<str> = Arc::from(topic.as_str());
+                let seq = stored.max(state.cursors.get(&topic_key).copied().unwrap_or(0));
+                state.cursors.insert(topic_key, seq);
                 let request_id = next_request(state, Pending::Fire);
                 context.submit(
                     request_id,
@@ -173,31 +177,31 @@ impl MqttSession {
                 );
             }
             Pending::Retained(topic) => {
-                // The topic's first retained message: list it in the index
-                // that wildcard subscriptions read (the client message id
-                // keeps a retried append from listing it twice).
-                if let Reply::Published { seq: 1, .. } = reply {
-                    let request_id = next_request(state, Pending::Fire);
-                    context.submit_as_server(
-                        request_id,
-                        Command::Publish {
-                            channel: RETAINED_INDEX.to_string(),
-                            ephemeral: false,
-                            kind: kind::MESSAGE,
-                            client_message_id: Bytes::from(topic.clone()),
-                            relation: 0,
-                            headers: Bytes::new(),
-                            body: Bytes::from(topic),
-                        },
-                    );
-                } else if let Some(error) = error {
+                if let Some(error) = error {
                     log::warn!(
                         "mqtt {}: retained message of {topic:?} not kept: {error}",
                         self.peer
                     );
                 }
+                let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
             }
-            Pending::RetainedIndex { filter, qos } => {
+            Pending::TopicIndex => state.on_topic_index(reply, context),
+            Pending::JoinShare(filter) => {
+                let joined = matches!(error, None | Some(BrokerError::AlreadySubscribed(_)));
+                if joined && state.share(&filter).is_none() {
+                    state.join_share(&self.groups, &filter, context);
+                }
+            }
+            Pending::OfflineStart {
+                topic,
+                since_ms,
+                found,
+            } => state.on_offline_start(topic, since_ms, found, reply, context),
+            Pending::RetainedIndex {
+                filter,
+                qos,
+                subscription_id,
+            } => {
                 if let Reply::History {
                     head_seq, messages, ..
                 } = reply
@@ -211,27 +215,126 @@ impl MqttSession {
                     topics.sort();
                     topics.dedup();
                     for topic in topics {
-                        read_retained(state, topic, qos, context);
+                        read_retained(state, topic, qos, subscription_id, context);
                     }
                     if let Some(last) = messages.last() {
                         if last.seq < *head_seq {
-                            read_retained_index(state, filter, qos, last.seq + 1, context);
+                            let from = last.seq + 1;
+                            read_retained_index(state, filter, qos, subscription_id, from, context);
                         }
                     }
                 }
             }
-            Pending::RetainedRead { topic, qos } => {
+            Pending::RetainedRead {
+                topic,
+                qos,
+                subscription_id,
+            } => {
                 if let Reply::History { messages, .. } = reply {
                     if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
-                        let topic: Arc<str> = Arc::from(topic);
-                        if !state.send_or_hold(&topic, message, qos, true, context.out()) {
-                            return Err(close(
-                                "MQTT: the client does not acknowledge its messages",
-                            ));
+                        // Its seq is the `$retained` channel's, not the
+                        // topic's: it moves no cursor of the topic.
+                        let outgoing = Outgoing {
+                            topic: Arc::from(topic),
+                            message: Message {
+                                seq: 0,
+                                ..message.clone()
+                            },
+                            qos,
+                            retain: true,
+                            subscription_ids: subscription_id.into_iter().collect(),
+                            share: None,
+                        };
+                        if !state.send_or_hold(outgoing, context.out()) {
+                            return Err(too_much_held(version, context));
                         }
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// After the first message of `topic` was stored, lists the topic in
+/// `index` (the client message id keeps a retried append from listing it
+/// twice); returns the request id of that append.
+fn index_first(
+    state: &mut Connected,
+    reply: &Reply,
+    index: &str,
+    topic: String,
+    context: &mut SessionContext<'_>,
+) -> Option<u32> {
+    let Reply::Published { seq: 1, .. } = reply else {
+        return None;
+    };
+    let request_id = next_request(state, Pending::Fire);
+    context.submit_as_server(
+        request_id,
+        Command::Publish {
+            channel: index.to_string(),
+            ephemeral: false,
+            kind: kind::MESSAGE,
+            client_message_id: Bytes::from(topic.clone()),
+            relation: 0,
+            headers: Bytes::new(),
+            body: Bytes::from(topic),
+        },
+    );
+    Some(request_id)
+}
+
+impl MqttSession {
+    /// Answers a stored QoS 1 or 2 publish with PUBACK or PUBREC. The
+    /// answer to a topic's first message waits until the topic is in the
+    /// topic index, so a session that reconnects after the acknowledgement
+    /// finds it.
+    fn acknowledge(
+        &mut self,
+        packet_id: u16,
+        qos: QoS,
+        topic: String,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let state = self.state.as_mut().expect("connected");
+        let version = state.version;
+        let error = match reply {
+            Reply::Error(error) => Some(error),
+            _ => None,
+        };
+        let reason = match error {
+            None => ReasonCode::Success,
+            Some(error) => {
+                if qos == QoS::ExactlyOnce {
+                    state.qos2_received.remove(&packet_id);
+                }
+                if version == ProtocolVersion::V311 {
+                    // v3.1.1 has no way to refuse a publish but to close the
+                    // connection.
+                    return Err(close(format!("publish refused: {error}")));
+                }
+                publish_reason(error)
+            }
+        };
+        let response = PublishResponse {
+            packet_id,
+            reason_code: reason,
+            properties: reason_string(version, error),
+        };
+        let packet = if qos == QoS::ExactlyOnce {
+            Packet::PubRec(response)
+        } else {
+            Packet::PubAck(response)
+        };
+        match index_first(state, reply, TOPIC_INDEX, topic, context) {
+            Some(request_id) => {
+                state
+                    .pending
+                    .insert(request_id, Pending::SendAfter(Box::new(packet)));
+            }
+            None => packet.encode(version, context.out()),
         }
         Ok(())
     }

@@ -12,13 +12,35 @@ pub(super) fn collect(
     index: usize,
     code: ReasonCode,
 ) -> Option<Collecting> {
-    let entry = collecting.get_mut(&packet_id)?;
-    entry.codes[index] = Some(code);
-    if entry.codes.iter().all(Option::is_some) {
-        collecting.remove(&packet_id)
-    } else {
-        None
-    }
+    collecting.get_mut(&packet_id)?.codes[index] = Some(code);
+    collect_complete(collecting, packet_id)
+}
+
+/// Every filter's code of SUBSCRIBE or UNSUBSCRIBE `packet_id`, once all
+/// are in.
+pub(super) fn collect_complete(
+    collecting: &mut HashMap<u16, Collecting>,
+    packet_id: u16,
+) -> Option<Collecting> {
+    let complete = collecting
+        .get(&packet_id)
+        .is_some_and(|entry| entry.codes.iter().all(Option::is_some));
+    complete.then(|| collecting.remove(&packet_id)).flatten()
+}
+
+/// Sends the UNSUBACK of a completed UNSUBSCRIBE.
+pub(super) fn send_unsuback(
+    state: &Connected,
+    packet_id: u16,
+    done: Collecting,
+    context: &mut SessionContext<'_>,
+) {
+    Packet::UnsubAck(UnsubAck {
+        packet_id,
+        reason_codes: done.codes.into_iter().flatten().collect(),
+        properties: Properties::default(),
+    })
+    .encode(state.version, context.out());
 }
 
 /// Where a persistent session's subscriptions are recorded.
@@ -32,30 +54,74 @@ pub(super) fn session_consumer(client_id: &str) -> String {
     format!("mqtt.{}", client_id.replace('%', "%25").replace('/', "%2F"))
 }
 
-/// A session's subscriptions: its records folded in order (`start` clears).
-pub(super) fn fold_session(records: &[Message]) -> Vec<(String, QoS)> {
-    let mut filters: Vec<(String, QoS)> = Vec::new();
+/// A session as its records say.
+#[derive(Default)]
+pub(super) struct StoredSession {
+    /// There is a session to resume (it exists, has not ended and has not
+    /// expired).
+    pub(super) present: bool,
+    pub(super) subscriptions: Vec<Subscription>,
+    /// When each filter was subscribed (ms since the Unix epoch).
+    pub(super) subscribed_at_ms: HashMap<String, u64>,
+    /// Topics followed with cursors for wildcard filters.
+    pub(super) followed_topics: BTreeSet<String>,
+}
+
+/// A session's records folded in order: `start` begins a session, `end`
+/// ends it, `subscribe` and `unsubscribe` change it, and `left` (its
+/// connection ended) says until when it lives without one, which `now_ms`
+/// is checked against.
+pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
+    let mut session = StoredSession::default();
+    let mut expires_at_ms = None;
     for record in records {
         let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
             continue;
         };
-        let filter = event["filter"].as_str().unwrap_or_default().to_string();
+        let filter = event["filter"].as_str().unwrap_or_default();
+        expires_at_ms = None;
+        session.present = true;
         match event["type"].as_str() {
-            Some("start") => filters.clear(),
-            Some("subscribe") => {
-                let qos = match event["qos"].as_u64() {
-                    Some(2) => QoS::ExactlyOnce,
-                    Some(1) => QoS::AtLeastOnce,
-                    _ => QoS::AtMostOnce,
-                };
-                filters.retain(|(f, _)| *f != filter);
-                filters.push((filter, qos));
+            Some("start") => {
+                session = StoredSession {
+                    present: true,
+                    ..StoredSession::default()
+                }
             }
-            Some("unsubscribe") => filters.retain(|(f, _)| *f != filter),
+            Some("end") => session = StoredSession::default(),
+            Some("subscribe") => {
+                session.subscriptions.retain(|s| s.filter != filter);
+                session
+                    .subscriptions
+                    .push(Subscription::from_record(&event));
+                // Subscribing again to a filter keeps it without a gap.
+                session
+                    .subscribed_at_ms
+                    .entry(filter.to_string())
+                    .or_insert(record.timestamp_ms);
+            }
+            Some("unsubscribe") => {
+                session.subscriptions.retain(|s| s.filter != filter);
+                session.subscribed_at_ms.remove(filter);
+            }
+            Some("topic") => {
+                let topic = event["topic"].as_str().unwrap_or_default();
+                session.followed_topics.insert(topic.to_string());
+            }
+            Some("left") => {
+                let expiry_s = event["expiry_s"].as_u64().unwrap_or(u64::from(u32::MAX));
+                if expiry_s != u64::from(u32::MAX) {
+                    let at_ms = event["at_ms"].as_u64().unwrap_or(0);
+                    expires_at_ms = Some(at_ms.saturating_add(expiry_s * 1000));
+                }
+            }
             _ => {}
         }
     }
-    filters
+    if expires_at_ms.is_some_and(|expires_at_ms| expires_at_ms <= now_ms) {
+        return StoredSession::default();
+    }
+    session
 }
 
 /// Where a topic's retained message is kept: its last record (an empty body
@@ -77,9 +143,8 @@ pub(super) fn send_suback(
     context: &mut SessionContext<'_>,
 ) {
     let codes: Vec<ReasonCode> = done.codes.into_iter().flatten().collect();
-    for (filter, qos) in &done.granted {
-        let event = serde_json::json!({"type": "subscribe", "filter": filter, "qos": *qos as u8});
-        state.record(event, context);
+    for subscription in &done.granted {
+        state.record(subscription.record(), context);
     }
     Packet::SubAck(SubAck {
         packet_id,
@@ -87,11 +152,12 @@ pub(super) fn send_suback(
         properties: Properties::default(),
     })
     .encode(state.version, context.out());
-    for (filter, qos) in done.retained {
-        if pattern::is_pattern(&filter) {
-            read_retained_index(state, filter, qos, 1, context);
+    for subscription in done.retained {
+        let (qos, id) = (subscription.qos(), subscription.id);
+        if pattern::is_pattern(&subscription.filter) {
+            read_retained_index(state, subscription.filter, qos, id, 1, context);
         } else {
-            read_retained(state, filter, qos, context);
+            read_retained(state, subscription.filter, qos, id, context);
         }
     }
 }
@@ -100,18 +166,16 @@ pub(super) fn read_retained(
     state: &mut Connected,
     topic: String,
     qos: QoS,
+    subscription_id: Option<u32>,
     context: &mut SessionContext<'_>,
 ) {
     let channel = retained_channel(&topic);
-    let request_id = next_request(state, Pending::RetainedRead { topic, qos });
-    context.submit(
-        request_id,
-        Command::History {
-            channel,
-            query: HistoryQuery::Last,
-            limit: 1,
-        },
-    );
+    let pending = Pending::RetainedRead {
+        topic,
+        qos,
+        subscription_id,
+    };
+    read_history(state, pending, channel, HistoryQuery::Last, 1, context);
 }
 
 /// Records read per page of the retained-topic index.
@@ -123,16 +187,35 @@ pub(super) fn read_retained_index(
     state: &mut Connected,
     filter: String,
     qos: QoS,
+    subscription_id: Option<u32>,
     from: u64,
     context: &mut SessionContext<'_>,
 ) {
-    let request_id = next_request(state, Pending::RetainedIndex { filter, qos });
+    let pending = Pending::RetainedIndex {
+        filter,
+        qos,
+        subscription_id,
+    };
+    let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
+    read_history(state, pending, channel, query, RETAINED_INDEX_PAGE, context);
+}
+
+/// Reads a page of `channel`'s history; the reply goes to `pending`.
+pub(super) fn read_history(
+    state: &mut Connected,
+    pending: Pending,
+    channel: String,
+    query: HistoryQuery,
+    limit: u32,
+    context: &mut SessionContext<'_>,
+) {
+    let request_id = next_request(state, pending);
     context.submit(
         request_id,
         Command::History {
-            channel: RETAINED_INDEX.to_string(),
-            query: HistoryQuery::From(from),
-            limit: RETAINED_INDEX_PAGE,
+            channel,
+            query,
+            limit,
         },
     );
 }
@@ -142,4 +225,47 @@ pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {
     state.next_request_id = state.next_request_id.wrapping_add(1).max(1);
     state.pending.insert(request_id, pending);
     request_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, timestamp_ms: u64, event: serde_json::Value) -> Message {
+        test_message(seq, timestamp_ms, Bytes::from(event.to_string()))
+    }
+
+    #[test]
+    fn a_session_is_present_until_it_ends_or_expires() {
+        use serde_json::json;
+        let subscribed = record(
+            1,
+            10,
+            json!({"type": "subscribe", "filter": "a/+", "qos": 1}),
+        );
+        let left = record(
+            2,
+            20,
+            json!({"type": "left", "at_ms": 1_000, "expiry_s": 60}),
+        );
+        let records = vec![subscribed.clone(), left.clone()];
+        let kept = fold_session(&records, 60_999);
+        assert!(kept.present);
+        assert_eq!(kept.subscriptions.len(), 1);
+        assert_eq!(kept.subscribed_at_ms.get("a/+"), Some(&10));
+        assert!(!fold_session(&records, 61_000).present, "expired");
+        let forever = record(
+            2,
+            20,
+            json!({"type": "left", "at_ms": 0, "expiry_s": u32::MAX}),
+        );
+        assert!(fold_session(&[subscribed.clone(), forever], u64::MAX).present);
+        let ended = record(3, 30, json!({"type": "end"}));
+        assert!(!fold_session(&[subscribed.clone(), ended], 0).present);
+        // A later connection that did not leave yet (a crash) never expires.
+        let again = record(3, 30, json!({"type": "topic", "topic": "a/b"}));
+        let stored = fold_session(&[subscribed, left, again], u64::MAX);
+        assert!(stored.present);
+        assert!(stored.followed_topics.contains("a/b"));
+    }
 }

@@ -1,0 +1,276 @@
+//! Offline messages for the wildcard filters of a persistent session. The
+//! broker's pattern subscriptions are live only, so the session keeps, per
+//! topic, what a topic subscription would: once a QoS 1 or 2 message of a
+//! topic reaches it through a wildcard filter, the topic is recorded
+//! (`topic` in the session's records) and gets a cursor. On a reconnect,
+//! those topics resume from their cursors, and topics the session never saw
+//! are found in the index of topics (`$mqtt/topics`, each topic listed at
+//! its first message published over MQTT): their messages since the filter
+//! was subscribed are sent from the log.
+
+use super::*;
+
+/// Every topic published to over MQTT, listed once, at its first message.
+pub(super) const TOPIC_INDEX: &str = "$mqtt/topics";
+/// Topics a session follows through its wildcard filters with cursors, at
+/// most. Past this, further topics reach it live only (no offline messages),
+/// which bounds the session's cursors and records.
+pub const WILDCARD_TOPICS_MAX: usize = 10_000;
+/// Records read per page of the topic index.
+const TOPIC_INDEX_PAGE: u32 = 500;
+/// Messages read per page while looking for where a topic's offline
+/// messages start.
+const OFFLINE_START_PAGE: u32 = 100;
+
+impl Connected {
+    /// The QoS 1 and 2 wildcard filters that match `topic`, and the earliest
+    /// time one of them was subscribed, if any matches.
+    fn wildcard_since(&self, topic: &str) -> Option<u64> {
+        let exact = self.subscriptions.iter().any(|s| s.filter == topic);
+        if exact {
+            // A topic subscription of its own catches it up.
+            return None;
+        }
+        self.extras
+            .as_ref()?
+            .wildcard_since_ms
+            .iter()
+            .filter(|(filter, _)| pattern::matches(filter, topic))
+            .map(|(_, since_ms)| *since_ms)
+            .min()
+    }
+
+    fn is_caught_up(&self, topic: &str) -> bool {
+        self.extras
+            .as_ref()
+            .is_some_and(|extras| extras.caught_up.contains(topic))
+    }
+
+    /// A QoS 1 or 2 message reached this persistent session through its
+    /// wildcard filters only: from now on the topic's position is kept, so
+    /// a reconnect catches up from here.
+    pub(super) fn follow_wildcard_topic(
+        &mut self,
+        outgoing: &Outgoing,
+        context: &mut SessionContext<'_>,
+    ) {
+        let topic = &outgoing.topic;
+        if !self.persistent
+            || outgoing.share.is_some()
+            || outgoing.qos == QoS::AtMostOnce
+            || outgoing.message.seq == 0
+            || self.cursors.contains_key(topic)
+            || self.cursors.len() >= WILDCARD_TOPICS_MAX
+        {
+            return;
+        }
+        self.start_following(topic.to_string(), outgoing.message.seq, context);
+    }
+
+    /// Keeps the position of `topic` from `first_seq` on: a cursor just
+    /// before it and a record that the session follows the topic.
+    fn start_following(&mut self, topic: String, first_seq: u64, context: &mut SessionContext<'_>) {
+        let cursor = first_seq - 1;
+        self.cursors.insert(Arc::from(topic.as_str()), cursor);
+        self.record(
+            serde_json::json!({"type": "topic", "topic": topic}),
+            context,
+        );
+        let request_id = next_request(self, Pending::Fire);
+        context.submit(
+            request_id,
+            Command::CursorSet {
+                consumer: session_consumer(&self.client_id),
+                channel: topic,
+                seq: cursor,
+            },
+        );
+    }
+
+    /// Subscribes to `topic` from `seq` on (catch-up, then live) for a
+    /// wildcard filter.
+    fn catch_up(&mut self, topic: String, seq: u64, context: &mut SessionContext<'_>) {
+        self.extras().caught_up.insert(topic.clone());
+        let request_id = next_request(self, Pending::Fire);
+        context.submit(
+            request_id,
+            Command::Subscribe {
+                channel: topic,
+                start: starling_protocol::SubscribeStart::FromSeq(seq),
+            },
+        );
+    }
+
+    /// After the session's subscriptions are restored: the topics it
+    /// followed resume from their cursors, and the topic index is read for
+    /// those it never saw.
+    pub(super) fn restore_wildcard_topics(
+        &mut self,
+        stored: &StoredSession,
+        context: &mut SessionContext<'_>,
+    ) {
+        let wildcard_since_ms: Vec<(String, u64)> = self
+            .subscriptions
+            .iter()
+            .filter(|s| {
+                pattern::is_pattern(&s.filter) && !s.is_shared() && s.qos() != QoS::AtMostOnce
+            })
+            .map(|s| {
+                let since_ms = stored.subscribed_at_ms.get(&s.filter).copied();
+                (s.filter.clone(), since_ms.unwrap_or_else(wall_clock_ms))
+            })
+            .collect();
+        if wildcard_since_ms.is_empty() {
+            return;
+        }
+        self.extras().wildcard_since_ms = wildcard_since_ms;
+        for topic in &stored.followed_topics {
+            if self.wildcard_since(topic).is_some() {
+                self.extras().caught_up.insert(topic.to_string());
+                let pending = Pending::RestoreCursor {
+                    topic: topic.to_string(),
+                };
+                let request_id = next_request(self, pending);
+                context.submit(
+                    request_id,
+                    Command::CursorGet {
+                        consumer: session_consumer(&self.client_id),
+                        channel: topic.to_string(),
+                    },
+                );
+            }
+        }
+        self.read_topic_index(1, context);
+    }
+
+    fn read_topic_index(&mut self, from: u64, context: &mut SessionContext<'_>) {
+        let (channel, query) = (TOPIC_INDEX.to_string(), HistoryQuery::From(from));
+        read_history(
+            self,
+            Pending::TopicIndex,
+            channel,
+            query,
+            TOPIC_INDEX_PAGE,
+            context,
+        );
+    }
+
+    /// A page of the topic index: find where the offline messages of each
+    /// new matching topic start.
+    pub(super) fn on_topic_index(&mut self, reply: &Reply, context: &mut SessionContext<'_>) {
+        let Reply::History {
+            head_seq, messages, ..
+        } = reply
+        else {
+            return;
+        };
+        for message in messages {
+            let Ok(topic) = std::str::from_utf8(&message.body) else {
+                continue;
+            };
+            if self.is_caught_up(topic)
+                || self.cursors.contains_key(topic)
+                || self.cursors.len() >= WILDCARD_TOPICS_MAX
+            {
+                continue;
+            }
+            let Some(since_ms) = self.wildcard_since(topic) else {
+                continue;
+            };
+            self.extras().caught_up.insert(topic.to_string());
+            self.read_offline_start(
+                topic.to_string(),
+                since_ms,
+                None,
+                HistoryQuery::Last,
+                context,
+            );
+        }
+        if let Some(last) = messages.last() {
+            if last.seq < *head_seq {
+                self.read_topic_index(last.seq + 1, context);
+            }
+        }
+    }
+
+    fn read_offline_start(
+        &mut self,
+        topic: String,
+        since_ms: u64,
+        found: Option<u64>,
+        query: HistoryQuery,
+        context: &mut SessionContext<'_>,
+    ) {
+        let pending = Pending::OfflineStart {
+            topic: topic.clone(),
+            since_ms,
+            found,
+        };
+        read_history(self, pending, topic, query, OFFLINE_START_PAGE, context);
+    }
+
+    /// A page of a topic's history, read backwards from its end: its first
+    /// message published after `since_ms` is where the session's offline
+    /// messages start. `found` is that message in the pages read so far.
+    pub(super) fn on_offline_start(
+        &mut self,
+        topic: String,
+        since_ms: u64,
+        found: Option<u64>,
+        reply: &Reply,
+        context: &mut SessionContext<'_>,
+    ) {
+        let Reply::History { messages, .. } = reply else {
+            return;
+        };
+        // Strictly later: a message in the very millisecond of the
+        // subscription was published before it, or reached the session live
+        // (and then its topic is followed already).
+        let first_new = messages.iter().find(|m| m.timestamp_ms > since_ms);
+        let whole_page_new = messages.first().is_some_and(|m| m.timestamp_ms > since_ms);
+        let found = first_new.map(|m| m.seq).or(found);
+        match (whole_page_new, messages.first()) {
+            (true, Some(first)) if first.seq > 1 => {
+                // The offline messages may start further back.
+                let query = HistoryQuery::Before(first.seq);
+                self.read_offline_start(topic, since_ms, found, query, context);
+            }
+            _ => {
+                if let Some(start) = found {
+                    self.start_following(topic.clone(), start, context);
+                    self.catch_up(topic, start, context);
+                } else {
+                    self.extras().caught_up.remove(&topic);
+                }
+            }
+        }
+    }
+
+    /// The client unsubscribed a filter: topic subscriptions made to catch
+    /// up for wildcard filters that no longer match anything go too.
+    pub(super) fn drop_caught_up(&mut self, context: &mut SessionContext<'_>) {
+        let Some(extras) = self.extras.as_mut() else {
+            return;
+        };
+        let subscriptions = &self.subscriptions;
+        extras
+            .wildcard_since_ms
+            .retain(|(filter, _)| subscriptions.iter().any(|s| s.filter == *filter));
+        let Some(extras) = self.extras.as_ref() else {
+            return;
+        };
+        let orphans: Vec<String> = extras
+            .caught_up
+            .iter()
+            .filter(|topic| self.wildcard_since(topic).is_none())
+            .filter(|topic| !self.subscriptions.iter().any(|s| s.filter == **topic))
+            .cloned()
+            .collect();
+        for topic in orphans {
+            self.extras().caught_up.remove(&topic);
+            self.cursors.remove(topic.as_str());
+            let request_id = next_request(self, Pending::Fire);
+            context.submit(request_id, Command::Unsubscribe { channel: topic });
+        }
+    }
+}

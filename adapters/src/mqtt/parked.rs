@@ -1,0 +1,189 @@
+//! What a persistent session's connection leaves for the next connection of
+//! its client id (MQTT 4.4): the QoS 1 and 2 messages in flight, resent with
+//! their packet ids and DUP, and PUBREL again for those the client PUBREC'd;
+//! the QoS 2 packet ids received and waiting for the client's PUBREL; and
+//! which messages of cursor topics the client already has, so that the
+//! redelivery from the log does not send them twice.
+//!
+//! This is kept in memory. After a server restart the log and the cursors
+//! still redeliver what was not acknowledged, but with new packet ids and
+//! without DUP, and a PUBREL that was not completed is not sent again.
+
+use super::*;
+
+/// Parked sessions, by client id. Touched when a persistent session's
+/// connection closes and when its client id connects again, never per
+/// message.
+pub(super) type ParkedSessions = Arc<parking_lot::Mutex<HashMap<String, Parked>>>;
+
+/// Sessions parked at most. Each holds at most a window of messages in
+/// flight and the held ones; past this many, a closing session leaves
+/// nothing (its messages of cursor topics still come back from the log).
+pub const PARKED_SESSIONS_MAX: usize = 100_000;
+
+pub(super) struct Parked {
+    outbound: Vec<(u16, InFlight)>,
+    positions: HashMap<u16, (Arc<str>, u64)>,
+    delivered: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// Held messages that do not come back from the log by themselves.
+    held: Vec<Outgoing>,
+    qos2_received: HashSet<u16>,
+}
+
+impl Parked {
+    fn is_empty(&self) -> bool {
+        self.outbound.is_empty() && self.held.is_empty() && self.qos2_received.is_empty()
+    }
+}
+
+impl Connected {
+    /// Takes what the next connection of this session needs, if there is
+    /// anything.
+    pub(super) fn take_parked(&mut self) -> Option<Parked> {
+        let held = self
+            .held
+            .iter()
+            .filter(|outgoing| !self.is_of_cursor_topic(outgoing))
+            .cloned()
+            .collect();
+        let parked = Parked {
+            outbound: self.outbound.drain().collect(),
+            positions: std::mem::take(&mut self.positions),
+            delivered: self
+                .extras
+                .as_mut()
+                .map(|extras| std::mem::take(&mut extras.delivered))
+                .unwrap_or_default(),
+            held,
+            qos2_received: std::mem::take(&mut self.qos2_received),
+        };
+        (!parked.is_empty()).then_some(parked)
+    }
+
+    /// Takes up a parked session right after the CONNACK: PUBREL for what
+    /// the client PUBREC'd, then the unacknowledged messages again, in the
+    /// order first sent, with their packet ids and DUP set.
+    pub(super) fn resume_parked(&mut self, parked: Parked, context: &mut SessionContext<'_>) {
+        self.qos2_received.extend(parked.qos2_received);
+        self.positions.extend(parked.positions);
+        for (topic, seqs) in parked.delivered {
+            self.extras()
+                .delivered
+                .entry(topic)
+                .or_default()
+                .extend(seqs);
+        }
+        let mut outbound = parked.outbound;
+        outbound.sort_by_key(|(_, in_flight)| in_flight.order);
+        let now_ms = wall_clock_ms();
+        for (packet_id, mut in_flight) in outbound {
+            if self.outbound.contains_key(&packet_id) {
+                // Two older connections both left this id: keep the first.
+                continue;
+            }
+            self.next_order += 1;
+            in_flight.order = self.next_order;
+            if in_flight.state == Outbound::Qos2Released {
+                Packet::PubRel(PublishResponse::success(packet_id))
+                    .encode(self.version, context.out());
+                self.outbound.insert(packet_id, in_flight);
+                continue;
+            }
+            let outgoing = &in_flight.outgoing;
+            let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
+                // Expired while the client was away: never sent again.
+                let _ = self.acknowledged(packet_id, context);
+                continue;
+            };
+            properties.subscription_identifiers = outgoing.subscription_ids.clone();
+            self.encode_publish(outgoing, Some(packet_id), true, properties, context.out());
+            self.outbound.insert(packet_id, in_flight);
+        }
+        self.held.extend(parked.held);
+        self.release_held(context.out());
+    }
+}
+
+/// What an older connection of a client id hands the connection that took
+/// its session over: its parked state, or nothing (it was not persistent or
+/// had nothing in flight), and its will if that was to wait for a delay. The
+/// newer connection waits for it before its CONNACK, so nothing in flight is
+/// lost to the race between the two.
+pub(super) struct Handoff {
+    pub(super) parked: Option<Parked>,
+    pub(super) will: Option<DelayedWill>,
+}
+
+impl MqttSession {
+    /// Keeps `parked` for the next connection of this client id.
+    pub(super) fn park(&self, client_id: &str, parked: Parked) {
+        let mut sessions = self.parked.lock();
+        if sessions.len() < PARKED_SESSIONS_MAX || sessions.contains_key(client_id) {
+            sessions.insert(client_id.to_string(), parked);
+        }
+    }
+
+    /// Forgets what a previous connection of `client_id` left (a clean
+    /// start).
+    pub(super) fn forget_parked(&self, client_id: &str) {
+        self.parked.lock().remove(client_id);
+    }
+
+    /// Takes up what the previous connection handed over (an older
+    /// connection's state that arrives after the CONNACK is resent at once).
+    pub(super) fn on_handoff(
+        &mut self,
+        handoff: Handoff,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(state) = self.state.as_ref() else {
+            return Ok(());
+        };
+        if let Some(will) = handoff.will {
+            // The older connection's session goes on, and its delayed will
+            // with it, unless this connection started a new one.
+            if state.clean_start {
+                self.schedule_will(&state.client_id, Duration::ZERO, will, context);
+            }
+        }
+        let state = self.state.as_mut().expect("connected");
+        if state.clean_start {
+            // A clean start does not wait, and takes nothing over.
+            return Ok(());
+        }
+        if let Some(parked) = handoff.parked {
+            if state.restoring {
+                state.extras().handed_over.push(parked);
+            } else {
+                state.resume_parked(parked, context);
+            }
+        }
+        state.awaiting_handoff = false;
+        self.try_resume(context)
+    }
+
+    /// Resumes the session once its records are read and the older
+    /// connection (if any) handed its state over.
+    pub(super) fn try_resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        match self.state.as_ref() {
+            Some(state) if state.restoring && state.session_read && !state.awaiting_handoff => {
+                self.resume(context)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Resends what the previous connection of this session left in flight.
+    pub(super) fn unpark(&mut self, context: &mut SessionContext<'_>) {
+        let state = self.state.as_mut().expect("connected");
+        let mut handed_over = state
+            .extras
+            .as_mut()
+            .map(|extras| std::mem::take(&mut extras.handed_over))
+            .unwrap_or_default();
+        handed_over.extend(self.parked.lock().remove(&state.client_id));
+        for parked in handed_over {
+            state.resume_parked(parked, context);
+        }
+    }
+}
