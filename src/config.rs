@@ -20,6 +20,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
     pub tls: TlsConfig,
+    pub auth: starling_broker::security::AuthConfig,
     pub log: LogConfig,
 }
 

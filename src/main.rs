@@ -15,6 +15,7 @@ mod bench_mqtt;
 mod bench_ws;
 mod config;
 mod logger;
+mod users;
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -29,12 +30,16 @@ use clap::{Parser, Subcommand};
 use starling_adapters::chat::ChatService;
 use starling_adapters::client::{Client, PublishRequest};
 use starling_adapters::http::request::HttpLimits;
+use starling_adapters::http::security::SecurityApi;
 use starling_adapters::http::server::{HttpProtocol, HttpTimeouts};
 use starling_adapters::mqtt::MqttProtocol;
 use starling_adapters::native::NativeProtocol;
 use starling_adapters::sys_topics::SysTopics;
 use starling_adapters::ws::WsLimits;
-use starling_broker::{auth::is_loopback, Engine, Listener, LoopbackAuthorizer, TlsAcceptor};
+use starling_broker::security::{SecurityAuthorizer, SecurityService};
+use starling_broker::{
+    auth::is_loopback, Authorizer, Engine, Listener, LoopbackAuthorizer, TlsAcceptor,
+};
 use starling_protocol::mqtt::MqttLimits;
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
 
@@ -131,6 +136,12 @@ enum Command {
     },
     /// Open-loop load generator: publishers, subscribers, latency, loss and order checks.
     Bench(bench::BenchArgs),
+    /// Manage users on a stopped server's data directory (a running server
+    /// takes the same changes through its admin API).
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +207,7 @@ fn main() {
             } => log_inspect(&data_dir, channel.as_deref(), limit),
         },
         Command::Bench(args) => bench::run(args),
+        Command::User { command } => users::run(command),
     };
     if let Err(error) = result {
         eprintln!("starling: error: {}", describe(&error));
@@ -225,7 +237,7 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         ("http.address", config.http.address),
         ("mqtt.address", config.mqtt.address),
     ] {
-        if !is_loopback(&address) {
+        if !is_loopback(&address) && !config.auth.enabled {
             bail!(
                 "{setting} {address} is not a loopback address, and authentication is not configured; \
                  Starling serves other addresses only with authentication (see docs/SECURITY.md), \
@@ -263,7 +275,20 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         ),
     );
     let chat_slot = http.chat_slot();
+    let security_slot = http.security_slot();
     let ready = http.ready_flag();
+    let security = if config.auth.enabled {
+        Some(
+            SecurityAuthorizer::new(&config.auth)
+                .context("the [auth] configuration is not valid")?,
+        )
+    } else {
+        None
+    };
+    let authorizer: Arc<dyn Authorizer> = match &security {
+        Some(security) => security.clone(),
+        None => Arc::new(LoopbackAuthorizer),
+    };
     // One TLS configuration, shared by every listener that asks for TLS.
     let tls = if config.native.tls || config.http.tls || config.mqtt.tls {
         let files = config.tls.files()?;
@@ -289,12 +314,27 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
             tls: tls_for(config.mqtt.tls),
         },
     ];
-    let engine = Engine::start(
-        config.engine.clone(),
-        Arc::new(LoopbackAuthorizer),
-        listeners,
-    )
-    .context("cannot start the engine")?;
+    let engine = Engine::start(config.engine.clone(), authorizer, listeners)
+        .context("cannot start the engine")?;
+    if let Some(authorizer) = security {
+        let client = engine.connect(SecurityService::principal());
+        let service = SecurityService::start(
+            authorizer,
+            config.auth.clone(),
+            client,
+            Some(engine.notifier()),
+        )
+        .context("cannot load the users and sessions")?;
+        let users = service.list_users().len();
+        let _ = security_slot.set(SecurityApi::start(Arc::new(service), engine.notifier()));
+        log::info!(
+            "authentication is on: {users} users, {} roles",
+            config.auth.roles.len()
+        );
+        if users == 0 {
+            log::warn!("there are no users yet: add one with `starling user add NAME --role ROLE` while the server is stopped");
+        }
+    }
     let _ = chat_slot.set(ChatService::start(&engine, "starling"));
     // MQTT's delayed wills and the end of expired sessions.
     let mqtt_keeper = mqtt.start_keeper(&engine);

@@ -16,6 +16,10 @@ pub struct Principal {
     pub roles: Arc<[Arc<str>]>,
     /// `None` for in-process (embedded) clients.
     pub address: Option<SocketAddr>,
+    /// The id of the sign-in session the principal came from (the hex
+    /// SHA-256 of its token), when there is one: revoking the session closes
+    /// its connections.
+    pub session: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -25,6 +29,7 @@ impl Principal {
             user: Arc::from(user),
             roles: Arc::from(Vec::new()),
             address: None,
+            session: None,
         }
     }
 
@@ -37,6 +42,7 @@ impl Principal {
             user: Arc::from(user),
             roles: Arc::from(vec![Arc::from(SYSTEM_ROLE)]),
             address: None,
+            session: None,
         }
     }
 
@@ -127,6 +133,7 @@ impl Authorizer for LoopbackAuthorizer {
             user: Arc::from(if token.is_empty() { "anonymous" } else { token }),
             roles: Arc::from(Vec::new()),
             address,
+            session: None,
         };
         if principal.is_local() {
             Ok(principal)

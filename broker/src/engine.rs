@@ -105,6 +105,37 @@ impl Notifier {
     pub fn notify(&self, conn: ConnRef, event: SessionEvent) {
         self.shared.inboxes[conn.shard].send_blocking(ShardMsg::Notify { conn, event });
     }
+
+    /// Closes, on every shard, the connections whose principal matches,
+    /// telling each client `reason` (a revoked session, a disabled user).
+    pub fn close_connections(&self, matching: ConnectionMatch, reason: &str) {
+        let reason: Arc<str> = Arc::from(reason);
+        for inbox in &self.shared.inboxes {
+            inbox.send_blocking(ShardMsg::CloseMatching {
+                matching: matching.clone(),
+                reason: reason.clone(),
+            });
+        }
+    }
+}
+
+/// Which connections [`Notifier::close_connections`] closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionMatch {
+    /// Every connection of this user.
+    User(Arc<str>),
+    /// Every connection signed in with this session (its id).
+    Session(Arc<str>),
+}
+
+impl ConnectionMatch {
+    /// Whether `principal` is matched.
+    pub fn matches(&self, principal: &Principal) -> bool {
+        match self {
+            ConnectionMatch::User(user) => principal.user == *user,
+            ConnectionMatch::Session(id) => principal.session.as_ref() == Some(id),
+        }
+    }
 }
 
 /// Connects in-process clients from threads outside the event loops (see

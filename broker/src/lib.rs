@@ -25,6 +25,7 @@ mod mailbox;
 pub mod metrics;
 pub mod pattern;
 pub mod routing;
+pub mod security;
 pub mod session;
 mod shard;
 pub mod tls;

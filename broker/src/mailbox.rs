@@ -64,6 +64,11 @@ pub(crate) enum FetchStart {
 /// Work for a shard.
 pub(crate) enum ShardMsg {
     /// A connection accepted for this shard.
+    /// Close the connections whose principal matches (revocation).
+    CloseMatching {
+        matching: crate::engine::ConnectionMatch,
+        reason: Arc<str>,
+    },
     Accept {
         stream: mio::net::TcpStream,
         peer: SocketAddr,

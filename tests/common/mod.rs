@@ -26,9 +26,15 @@ pub struct Server {
 impl Server {
     /// Starts the server on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        Server::start_with(data_dir, &[], extra_env)
+    }
+
+    /// [`Server::start`] with more arguments for `serve` (`--config FILE`).
+    pub fn start_with(data_dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(BINARY);
         command
             .arg("serve")
+            .args(args)
             .env("STARLING_ENGINE_DATA_DIR", data_dir)
             .env("STARLING_ENGINE_SHARDS", "2")
             .env("STARLING_NATIVE_ADDRESS", "127.0.0.1:0")

@@ -311,11 +311,11 @@ impl ChatConnection {
         if self.user.is_some() {
             return Err(ChatError::invalid("this connection is already connected"));
         }
-        check_user_name(token).map_err(ChatError::denied)?;
         let principal = context
             .authenticate(client.unwrap_or("chat"), token)
             .map_err(|denied| ChatError::denied(denied.0))?;
         let user = principal.user.clone();
+        check_user_name(&user).map_err(ChatError::denied)?;
         self.user = Some(user.clone());
         if self.shows_presence {
             self.service.connection_opened(&user);

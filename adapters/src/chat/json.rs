@@ -228,6 +228,7 @@ impl ChatError {
             "not_found" => 404,
             "already_subscribed" | "already_exists" => 409,
             "too_large" => 413,
+            "rate_limited" => 429,
             "unavailable" | "storage_failed" => 503,
             _ => 500,
         }

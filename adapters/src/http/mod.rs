@@ -4,5 +4,6 @@
 
 pub mod request;
 pub mod response;
+pub mod security;
 pub mod server;
 pub mod tunnel;

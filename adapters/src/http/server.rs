@@ -21,6 +21,7 @@ use starling_protocol::{ErrorCode, Message};
 
 use super::request::{HttpLimits, Method, Request, RequestParser};
 use super::response::{write_chunk, write_chunked_head, write_error, write_response, Response};
+use super::security::{SecurityApi, SecurityDone};
 use super::tunnel::Tunnel;
 use crate::chat::json::{message_pushes, parse_request, reply_text, write_message};
 use crate::chat::{ChatConnection, ChatError, ChatService, HEARTBEAT_S};
@@ -59,6 +60,7 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// Shared state of the HTTP listener.
 pub struct HttpProtocol {
     chat: Arc<OnceLock<Arc<ChatService>>>,
+    security: Arc<OnceLock<Arc<SecurityApi>>>,
     limits: HttpLimits,
     ws_limits: WsLimits,
     timeouts: HttpTimeouts,
@@ -74,6 +76,7 @@ impl HttpProtocol {
     pub fn new(limits: HttpLimits, ws_limits: WsLimits, timeouts: HttpTimeouts) -> HttpProtocol {
         HttpProtocol {
             chat: Arc::new(OnceLock::new()),
+            security: Arc::new(OnceLock::new()),
             limits,
             ws_limits,
             timeouts,
@@ -105,6 +108,13 @@ impl HttpProtocol {
         self.chat.clone()
     }
 
+    /// Where the security routes go once the engine is started with
+    /// authentication on; without them `/v1/auth` and `/v1/admin` answer
+    /// "not found".
+    pub fn security_slot(&self) -> Arc<OnceLock<Arc<SecurityApi>>> {
+        self.security.clone()
+    }
+
     /// Set once the server is ready to serve (`/readyz`).
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
         self.ready.clone()
@@ -119,6 +129,8 @@ impl Protocol for HttpProtocol {
     fn new_session(&self, _peer: SocketAddr) -> Box<dyn Session> {
         Box::new(HttpSession {
             chat_slot: self.chat.clone(),
+            security_slot: self.security.clone(),
+            token: None,
             parser: RequestParser::new(self.limits),
             ws_limits: self.ws_limits,
             timeouts: self.timeouts,
@@ -224,6 +236,9 @@ struct InFlight {
 
 pub struct HttpSession {
     chat_slot: Arc<OnceLock<Arc<ChatService>>>,
+    security_slot: Arc<OnceLock<Arc<SecurityApi>>>,
+    /// The bearer token this connection's chat requests signed in with.
+    token: Option<String>,
     parser: RequestParser,
     ws_limits: WsLimits,
     timeouts: HttpTimeouts,
@@ -293,6 +308,10 @@ impl Session for HttpSession {
         if let Mode::Tunnel(tunnel) = &mut self.mode {
             return tunnel.on_event(event, context);
         }
+        let event = match event.downcast::<SecurityDone>() {
+            Ok(done) => return self.answer(vec![(HTTP_REQUEST_ID, done.result)], context),
+            Err(event) => event,
+        };
         let mut responses = Vec::new();
         if let Some(chat) = self.chat.as_mut() {
             chat.on_event(event, context, &mut responses);
@@ -747,6 +766,9 @@ impl HttpSession {
                 Err(close("the client asked to close"))
             }
         };
+        if matches!(segments.first().map(String::as_str), Some("auth" | "admin")) {
+            return self.security(request, &segments, context);
+        }
         // Who asks comes first: an unauthenticated request learns nothing
         // about routes or bodies.
         let token = bearer_token(request);
@@ -780,7 +802,7 @@ impl HttpSession {
                     ),
                 )
             }
-            (Some(user), Some(token)) if **user != *token => {
+            (Some(_), Some(token)) if self.token.as_deref() != Some(token) => {
                 return fail(
                     context.out(),
                     ChatError::invalid(
@@ -804,6 +826,7 @@ impl HttpSession {
                     };
                     return fail(context.out(), error);
                 }
+                self.token = Some(token.to_string());
             }
         }
         self.in_flight = Some(InFlight {
@@ -817,6 +840,58 @@ impl HttpSession {
         let chat = self.chat.as_mut().expect("set above");
         chat.request(HTTP_REQUEST_ID, chat_request, context, &mut responses);
         self.answer(responses, context)
+    }
+}
+
+impl HttpSession {
+    /// `/v1/auth/…` and `/v1/admin/…`: handed to the security worker.
+    fn security(
+        &mut self,
+        request: &Request,
+        segments: &[String],
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let keep_alive = request.keep_alive;
+        let routed = match self.security_slot.get() {
+            None => Err(ChatError::not_found(
+                "authentication is not configured on this server ([auth] enabled = false)",
+            )),
+            Some(api) => api
+                .route(
+                    request.method == Method::Post,
+                    request.method == Method::Delete,
+                    segments,
+                    || body_object(request),
+                    bearer_token(request),
+                    self.peer,
+                )
+                .and_then(|(op, status)| {
+                    let conn = context
+                        .conn()
+                        .ok_or_else(|| ChatError::internal("no connection to answer"))?;
+                    api.submit(conn, op).map(|()| status)
+                }),
+        };
+        match routed {
+            Ok(status) => {
+                self.in_flight = Some(InFlight {
+                    id: HTTP_REQUEST_ID,
+                    keep_alive,
+                    head_only: false,
+                    status,
+                    events_channel: None,
+                });
+                Ok(())
+            }
+            Err(error) => {
+                send_error(context.out(), &error, keep_alive, false);
+                if keep_alive {
+                    Ok(())
+                } else {
+                    Err(close("the client asked to close"))
+                }
+            }
+        }
     }
 }
 

@@ -833,6 +833,29 @@ impl Shard {
         }
     }
 
+    /// Closes every connection whose principal `matching` matches, with
+    /// `reason` as the last word (a revoked session, a disabled user).
+    pub(super) fn close_matching(
+        &mut self,
+        matching: &crate::engine::ConnectionMatch,
+        reason: &str,
+    ) {
+        let slots: Vec<u32> = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.as_ref()
+                    .and_then(|c| c.principal.as_ref())
+                    .is_some_and(|p| matching.matches(p))
+            })
+            .map(|(slot, _)| slot as u32)
+            .collect();
+        for slot in slots {
+            self.close_connection(slot, Some((ErrorCode::Denied, reason.to_string())));
+        }
+    }
+
     /// Closes lingering connections whose time is up.
     pub(super) fn close_lingering(&mut self) {
         if self.lingering.is_empty() {

@@ -215,6 +215,7 @@ impl Shard {
 
     fn handle_message(&mut self, message: ShardMsg) {
         match message {
+            ShardMsg::CloseMatching { matching, reason } => self.close_matching(&matching, &reason),
             ShardMsg::Accept {
                 stream,
                 peer,

@@ -1,0 +1,178 @@
+//! The authorizer used once authentication is on: a session token names a
+//! session, the session a user, the user's roles what they may do.
+//!
+//! `authenticate` takes the state's read lock once per sign-in of a
+//! connection; `authorize` takes no lock at all (the user's roles travel in
+//! the [`Principal`], the role definitions are fixed at start). A change of a
+//! user's roles, a disabled user, a changed password or a revoked session
+//! closes the user's connections (`Engine::close_connections`), so nothing
+//! keeps running on stale rights.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::roles::Role;
+use super::store::{token_id, AuthState};
+use super::{AuthConfig, SecurityError};
+use crate::auth::{Action, Authorizer, Denied, Principal};
+
+/// Enforces users, sessions and roles (see the module documentation).
+pub struct SecurityAuthorizer {
+    state: Arc<RwLock<AuthState>>,
+    roles: HashMap<String, Role>,
+    idle_ms: u64,
+    /// The state was loaded from the log; until then every sign-in waits.
+    loaded: AtomicBool,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SecurityAuthorizer {
+    /// Checks the configured roles.
+    pub fn new(config: &AuthConfig) -> Result<Arc<SecurityAuthorizer>, SecurityError> {
+        let mut roles = HashMap::new();
+        for role in &config.roles {
+            let checked = Role::new(role)?;
+            if roles.insert(role.name.clone(), checked).is_some() {
+                return Err(SecurityError::Invalid(format!(
+                    "role {:?} is defined twice",
+                    role.name
+                )));
+            }
+        }
+        Ok(Arc::new(SecurityAuthorizer {
+            state: Arc::new(RwLock::new(AuthState::default())),
+            roles,
+            idle_ms: config.session_idle_timeout_s.saturating_mul(1000),
+            loaded: AtomicBool::new(false),
+        }))
+    }
+
+    /// The folded users and sessions (written by the security service).
+    pub fn state(&self) -> &Arc<RwLock<AuthState>> {
+        &self.state
+    }
+
+    /// The configured roles.
+    pub fn roles(&self) -> &HashMap<String, Role> {
+        &self.roles
+    }
+
+    /// Marks the state as loaded: sign-ins are served from now on.
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether one of the principal's roles, counted from its address, has
+    /// `admin`.
+    pub fn is_admin(&self, principal: &Principal) -> bool {
+        principal.is_system() || self.applicable_roles(principal).any(|role| role.admin)
+    }
+
+    fn applicable_roles<'a>(&'a self, principal: &'a Principal) -> impl Iterator<Item = &'a Role> {
+        let address = principal.address.map(|a| a.ip());
+        principal
+            .roles
+            .iter()
+            .filter_map(|name| self.roles.get(&**name))
+            .filter(move |role| role.applies_from(address))
+    }
+
+    /// Resolves a token to a principal, or says why not.
+    pub fn principal_for(
+        &self,
+        token: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return Err(Denied(
+                "the server is still loading its users; try again in a moment".into(),
+            ));
+        }
+        if token.is_empty() {
+            return Err(Denied(
+                "authentication is on: sign in (POST /v1/auth/sign-in) and present the session token"
+                    .into(),
+            ));
+        }
+        let id = token_id(token);
+        let now = now_ms();
+        let state = self.state.read();
+        let Some(session) = state.sessions.get(&id) else {
+            return Err(Denied(
+                "unknown, expired or revoked session token; sign in again".into(),
+            ));
+        };
+        let idle = now.saturating_sub(session.last_used_ms.load(Ordering::Relaxed));
+        if now >= session.expires_ms || idle >= self.idle_ms {
+            return Err(Denied("the session has expired; sign in again".into()));
+        }
+        let Some(user) = state.users.get(&session.user) else {
+            return Err(Denied("the session's user no longer exists".into()));
+        };
+        if user.disabled {
+            return Err(Denied(format!("user {} is disabled", session.user)));
+        }
+        let needs_totp = user
+            .roles
+            .iter()
+            .filter_map(|name| self.roles.get(name))
+            .any(|role| role.require_totp);
+        if needs_totp && !session.mfa {
+            return Err(Denied(format!(
+                "a role of {} requires a TOTP code at sign-in; sign in again with one",
+                session.user
+            )));
+        }
+        session.last_used_ms.store(now, Ordering::Relaxed);
+        Ok(Principal {
+            user: Arc::from(session.user.as_str()),
+            roles: user.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
+            address,
+            session: Some(Arc::from(id.as_str())),
+        })
+    }
+}
+
+impl Authorizer for SecurityAuthorizer {
+    fn authenticate(
+        &self,
+        _client_name: &str,
+        token: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        self.principal_for(token, address)
+    }
+
+    fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        channel: &str,
+    ) -> Result<(), Denied> {
+        // The server's own components, and in-process clients of the
+        // embedding program, are the program itself.
+        if principal.is_system() || principal.address.is_none() {
+            return Ok(());
+        }
+        if self
+            .applicable_roles(principal)
+            .any(|role| role.allows(&principal.user, action, channel))
+        {
+            return Ok(());
+        }
+        Err(Denied(format!(
+            "{} may not {action} {channel}: none of their roles allows it from this address",
+            principal.user
+        )))
+    }
+}

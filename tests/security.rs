@@ -1,0 +1,424 @@
+//! Authentication on: users made with `starling user`, sign-in over HTTP,
+//! session tokens on every protocol, roles on channel patterns, revocation
+//! that closes open connections, TOTP codes that work once, sign-in
+//! throttling that cannot lock a user out, and role allow-lists.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{http, ChatClient, Server, BINARY};
+use serde_json::{json, Value};
+use starling_adapters::client::Client;
+use starling_broker::security::totp;
+use starling_protocol::{kind, ErrorCode, SubscribeStart};
+
+const ADMIN_PASSWORD: &str = "root password 123";
+const MEMBER_PASSWORD: &str = "member password 1";
+
+/// Writes the configuration (roles) and makes the users offline, as an
+/// operator bootstraps a server.
+fn setup(dir: &Path, admin_allow_from: &str) -> PathBuf {
+    let config = dir.join("starling.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r##"
+[engine]
+data_dir = "{data}"
+[auth]
+enabled = true
+throttle_failures_per_account = 3
+throttle_failures_per_address = 6
+[[auth.roles]]
+name = "admin"
+admin = true
+publish = ["#"]
+subscribe = ["#"]
+history = ["#"]
+allow_from = [{admin_allow_from}]
+[[auth.roles]]
+name = "member"
+publish = ["team/#"]
+subscribe = ["team/#", "$chat/user/{{user}}"]
+history = ["team/#"]
+"##,
+            data = dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    for (user, role, password) in [
+        ("root", "admin", ADMIN_PASSWORD),
+        ("alice", "member", MEMBER_PASSWORD),
+        ("bob", "member", MEMBER_PASSWORD),
+    ] {
+        let mut child = Command::new(BINARY)
+            .args(["user", "add", user, "--role", role, "--config"])
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    config
+}
+
+fn start(dir: &Path, config: &Path) -> Server {
+    Server::start_with(
+        &dir.join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    )
+}
+
+fn sign_in(server: &Server, user: &str, password: &str, code: Option<&str>) -> (u16, Value) {
+    let mut body = json!({"user": user, "password": password});
+    if let Some(code) = code {
+        body["totp"] = json!(code);
+    }
+    let (status, _, value) = http(server.http, "POST", "/v1/auth/sign-in", None, Some(&body));
+    (status, value)
+}
+
+fn token(server: &Server, user: &str, password: &str) -> String {
+    let (status, value) = sign_in(server, user, password, None);
+    assert_eq!(status, 200, "{value}");
+    value["token"].as_str().unwrap().to_string()
+}
+
+/// `curl` from a chosen loopback source address.
+fn curl_from(source: &str, args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--interface",
+            source,
+        ])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+fn mosquitto_pub(server: &Server, token: &str, topic: &str) -> String {
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args([
+            "-V", "mqttv5", "-u", "x", "-P", token, "-t", topic, "-m", "hi", "-q", "1", "-d",
+        ])
+        .output()
+        .expect("mosquitto_pub runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn denied_means_denied_on_every_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    assert_eq!(sign_in(&server, "alice", "wrong password!", None).0, 401);
+
+    // Native.
+    let mut native = Client::connect(server.address, "test", &alice).unwrap();
+    native
+        .publish("team/red", kind::MESSAGE, "allowed")
+        .unwrap();
+    let error = native
+        .publish("general", kind::MESSAGE, "not allowed")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("may not publish general"),
+        "{error}"
+    );
+    for bad in ["", "not-a-token"] {
+        assert!(Client::connect(server.address, "test", bad).is_err());
+    }
+
+    // WebSocket chat.
+    let mut chat = ChatClient::open(server.http);
+    let reply = chat.send(json!({"type": "connect", "token": alice}));
+    assert_eq!(reply["result"]["user"], "alice", "{reply}");
+    let denied = chat.error(json!({"type": "publish", "channel": "general", "text": "x"}));
+    assert!(denied.contains("denied"), "{denied}");
+    let mut stranger = ChatClient::open(server.http);
+    let denied = stranger.error(json!({"type": "connect", "token": "not-a-token"}));
+    assert!(denied.contains("denied"), "{denied}");
+
+    // MQTT: PUBACK 0x87 (not authorized) for a forbidden topic, CONNACK
+    // refusal for a bad token.
+    assert!(mosquitto_pub(&server, &alice, "team/red").contains("PUBACK (Mid: 1, RC:0)"));
+    assert!(mosquitto_pub(&server, &alice, "general").contains("RC:135"));
+    let refused = mosquitto_pub(&server, "not-a-token", "team/red");
+    assert!(
+        refused.contains("CONNACK") && !refused.contains("PUBACK"),
+        "{refused}"
+    );
+
+    // HTTP: no token 401, a member on the admin API 403, history of a
+    // channel no role allows 403.
+    let (status, _, _) = http(
+        server.http,
+        "GET",
+        "/v1/channels/team%2Fred/messages",
+        None,
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, _, _) = http(server.http, "GET", "/v1/admin/users", Some(&alice), None);
+    assert_eq!(status, 403);
+    let (status, _, body) = http(
+        server.http,
+        "GET",
+        "/v1/channels/general/messages",
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = http(
+        server.http,
+        "GET",
+        "/v1/channels/team%2Fred/messages",
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Reads the WebSocket until the server closes it (or the test gives up).
+fn closed_by_server(chat: &mut ChatClient) -> bool {
+    chat.socket
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    loop {
+        match chat.socket.read() {
+            Ok(tungstenite::Message::Close(_)) => return true,
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(error))
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn revoked_sessions_and_disabled_users_lose_their_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let root = token(&server, "root", ADMIN_PASSWORD);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let alice_other = token(&server, "alice", MEMBER_PASSWORD);
+
+    // Alice's native subscriber, her WebSocket, and an MQTT subscriber.
+    let mut native = Client::connect(server.address, "test", &alice).unwrap();
+    native.subscribe("team/red", SubscribeStart::Live).unwrap();
+    let mut chat = ChatClient::open(server.http);
+    chat.ok(json!({"type": "connect", "token": alice_other}));
+    let mut mqtt = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args([
+            "-u", "alice", "-P", &alice, "-t", "team/red", "-V", "mqttv5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        mqtt.try_wait().unwrap().is_none(),
+        "mosquitto_sub is connected"
+    );
+
+    // Sign-out of one session closes the connections of that session only.
+    let (status, _, body) = http(server.http, "POST", "/v1/auth/sign-out", Some(&alice), None);
+    assert_eq!(status, 200, "{body}");
+    match native.next_delivery(Duration::from_secs(20)) {
+        Err(starling_adapters::client::ClientError::Server { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::Denied);
+            assert!(message.contains("revoked"), "{message}");
+        }
+        other => panic!("the native connection is closed with a reason: {other:?}"),
+    }
+    let (status, _, stderr) =
+        common::wait_with_timeout(mqtt, Duration::from_secs(20), "mosquitto_sub");
+    // It ends by itself (not killed by the timeout): the server closed the
+    // connection and refuses the revoked token when it tries again.
+    assert!(
+        status.code().is_some(),
+        "mosquitto_sub was cut off: {stderr}"
+    );
+    assert!(
+        Client::connect(server.address, "test", &alice).is_err(),
+        "the token is dead"
+    );
+    // The other session still works ...
+    let reply = chat.send(json!({"type": "ping"}));
+    assert!(reply.get("result").is_some(), "{reply}");
+
+    // ... until an administrator disables the user.
+    let (status, _, body) = http(
+        server.http,
+        "POST",
+        "/v1/admin/users/alice/disable",
+        Some(&root),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(closed_by_server(&mut chat), "the WebSocket is closed");
+    assert_eq!(sign_in(&server, "alice", MEMBER_PASSWORD, None).0, 401);
+    // A new password for bob ends bob's sessions too.
+    let bob = token(&server, "bob", MEMBER_PASSWORD);
+    let mut bob_native = Client::connect(server.address, "test", &bob).unwrap();
+    bob_native
+        .subscribe("team/blue", SubscribeStart::Live)
+        .unwrap();
+    let body = json!({"password": "a brand new password"});
+    let (status, _, _) = http(
+        server.http,
+        "POST",
+        "/v1/admin/users/bob/password",
+        Some(&root),
+        Some(&body),
+    );
+    assert_eq!(status, 200);
+    assert!(bob_native.next_delivery(Duration::from_secs(20)).is_err());
+    assert!(Client::connect(server.address, "test", &bob).is_err());
+    assert_eq!(sign_in(&server, "bob", "a brand new password", None).0, 200);
+}
+
+#[test]
+fn totp_codes_work_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let (status, _, body) = http(
+        server.http,
+        "POST",
+        "/v1/auth/totp/enroll",
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let uri = body["otpauth_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/Starling:alice?secret="),
+        "{uri}"
+    );
+    let secret_text = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let secret = totp::secret_from_base32(secret_text).unwrap();
+    let now_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let code_now = || format!("{:06}", totp::code_at(&secret, now_s() / totp::TOTP_STEP_S));
+    let confirm = json!({"code": code_now()});
+    let (status, _, body) = http(
+        server.http,
+        "POST",
+        "/v1/auth/totp/confirm",
+        Some(&alice),
+        Some(&confirm),
+    );
+    assert_eq!(status, 200, "{body}");
+    // From now on a code is needed, and each works once: the confirmation
+    // used the current step, so the next sign-in needs the next step's code.
+    let (status, body) = sign_in(&server, "alice", MEMBER_PASSWORD, None);
+    assert_eq!(status, 401, "{body}");
+    let replayed = confirm["code"].as_str().unwrap();
+    let (status, _) = sign_in(&server, "alice", MEMBER_PASSWORD, Some(replayed));
+    assert_eq!(status, 401, "a used code is refused");
+    let next = format!(
+        "{:06}",
+        totp::code_at(&secret, now_s() / totp::TOTP_STEP_S + 1)
+    );
+    let (status, body) = sign_in(&server, "alice", MEMBER_PASSWORD, Some(&next));
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = sign_in(&server, "alice", MEMBER_PASSWORD, Some(&next));
+    assert_eq!(status, 401, "the same code twice is refused");
+}
+
+#[test]
+fn throttled_sign_ins_do_not_lock_the_user_out_from_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let url = format!("http://{}/v1/auth/sign-in", server.http);
+    let attempt = |source: &str, password: &str| {
+        let body = json!({"user": "alice", "password": password}).to_string();
+        curl_from(source, &["-X", "POST", "-d", &body, &url])
+    };
+    // An attacker at 127.0.0.3 guesses until throttled.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(attempt("127.0.0.3", "guess guess guess").0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let (status, body) = attempt("127.0.0.3", MEMBER_PASSWORD);
+    assert_eq!(status, 429, "even the right password waits there: {body}");
+    assert!(body.contains("try again in"), "{body}");
+    // Alice, from her own address, signs in at once.
+    let (status, body) = attempt("127.0.0.4", MEMBER_PASSWORD);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn role_allow_lists_hold_for_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), r#""127.0.0.5/32", "2001:db8::/32""#);
+    let server = start(dir.path(), &config);
+    let body = json!({"user": "root", "password": ADMIN_PASSWORD}).to_string();
+    let url = format!("http://{}", server.http);
+    let (status, text) = curl_from(
+        "127.0.0.1",
+        &["-X", "POST", "-d", &body, &format!("{url}/v1/auth/sign-in")],
+    );
+    assert_eq!(status, 200, "{text}");
+    let root: Value = serde_json::from_str(&text).unwrap();
+    let bearer = format!("Authorization: Bearer {}", root["token"].as_str().unwrap());
+    let users = format!("{url}/v1/admin/users");
+    let (status, text) = curl_from("127.0.0.1", &["-H", &bearer, &users]);
+    assert_eq!(
+        status, 403,
+        "the admin role does not count from 127.0.0.1: {text}"
+    );
+    let (status, text) = curl_from("127.0.0.5", &["-H", &bearer, &users]);
+    assert_eq!(status, 200, "{text}");
+    let listed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(listed["users"].as_array().unwrap().len(), 3);
+    // Spoofing the forwarded address from an untrusted peer changes nothing.
+    let (status, _) = curl_from(
+        "127.0.0.1",
+        &["-H", &bearer, "-H", "X-Forwarded-For: 127.0.0.5", &users],
+    );
+    assert_eq!(status, 403);
+}
