@@ -336,7 +336,7 @@ impl SecurityService {
     ) -> Result<SignedIn, SecurityError> {
         let now = now_ms();
         let window_s = self.config.throttle_window_s;
-        {
+        let waiting = {
             let throttle = self.throttle.lock();
             let by_address = throttle
                 .by_address
@@ -348,7 +348,7 @@ impl SecurityService {
                 .get(&(user.to_string(), address))
                 .copied()
                 .unwrap_or_default();
-            let wait = wait_s(
+            wait_s(
                 &by_address,
                 self.config.throttle_failures_per_address,
                 window_s,
@@ -359,12 +359,15 @@ impl SecurityService {
                 self.config.throttle_failures_per_account,
                 window_s,
                 now,
-            ));
-            if let Some(retry_after_s) = wait {
-                return Err(SecurityError::Throttled { retry_after_s });
-            }
-        }
-        let result = self.check_credentials(user, password, totp_code, now);
+            ))
+        };
+        // While throttled the password is not even checked, and the attempt
+        // counts as a failure: an attacker who keeps trying keeps waiting,
+        // longer each time.
+        let result = match waiting {
+            Some(retry_after_s) => Err(SecurityError::Throttled { retry_after_s }),
+            None => self.check_credentials(user, password, totp_code, now),
+        };
         if result.is_err() {
             let mut throttle = self.throttle.lock();
             record_failure(
