@@ -24,9 +24,10 @@ pub enum AuditCommand {
     Verify {
         /// The audit directory, or a data directory holding `audit/`.
         dir: PathBuf,
-        /// The public key (`.pub` file written by keygen, or 32 raw bytes).
-        #[arg(long)]
-        public_key: PathBuf,
+        /// The public key (`.pub` file written by keygen, or 32 raw bytes);
+        /// repeat it for a log whose signing key was rotated.
+        #[arg(long, required = true)]
+        public_key: Vec<PathBuf>,
         /// Fail unless signed checkpoints cover at least this many entries
         /// (the last signed seq noted from an earlier verify or export).
         #[arg(long)]
@@ -72,19 +73,26 @@ fn audit_dir(dir: &Path) -> PathBuf {
     }
 }
 
-fn verify(dir: &Path, public_key: &Path, expect_signed: Option<u64>) -> Result<()> {
-    let key = audit::load_verifying_key(public_key)?;
-    let report = audit::verify_audit_dir(dir, &key, expect_signed)
+fn verify(dir: &Path, public_keys: &[PathBuf], expect_signed: Option<u64>) -> Result<()> {
+    let keys = public_keys
+        .iter()
+        .map(|path| audit::load_verifying_key(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key_ids: Vec<String> = keys
+        .iter()
+        .map(|key| audit::hex(&audit::key_id(key)))
+        .collect();
+    let report = audit::verify_audit_dir(dir, &keys, expect_signed)
         .with_context(|| format!("{}: verification FAILED", dir.display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{}: ok: {} segments, {} entries, {} checkpoints checked (key id {})",
+        "{}: ok: {} segments, {} entries, {} checkpoints checked (key ids {})",
         dir.display(),
         report.segments,
         report.entries,
         report.checkpoints,
-        audit::hex(&audit::key_id(&key))
+        key_ids.join(", ")
     )?;
     match &report.last_signed_at {
         Some((file, position)) => writeln!(

@@ -72,16 +72,17 @@ impl AuditSigner {
     }
 }
 
-/// Checks a checkpoint's key id and signature against `key`.
-pub fn verify_checkpoint(key: &VerifyingKey, checkpoint: &Checkpoint) -> Result<(), String> {
-    let expected = key_id(key);
-    if checkpoint.key_id != expected {
+/// Checks a checkpoint's signature with the one of `keys` whose id it
+/// names (several keys: a log whose signing key was rotated).
+pub fn verify_checkpoint(keys: &[VerifyingKey], checkpoint: &Checkpoint) -> Result<(), String> {
+    let Some(key) = keys.iter().find(|key| key_id(key) == checkpoint.key_id) else {
+        let given: Vec<String> = keys.iter().map(|key| hex(&key_id(key))).collect();
         return Err(format!(
-            "signed by another key (key id {}, the given public key has id {})",
+            "signed by another key (key id {}; the given public keys have ids {})",
             hex(&checkpoint.key_id),
-            hex(&expected)
+            given.join(", ")
         ));
-    }
+    };
     let signature = ed25519_dalek::Signature::from_bytes(&checkpoint.signature);
     key.verify_strict(&checkpoint.signed_message(), &signature)
         .map_err(|_| "the signature does not verify".to_string())

@@ -306,6 +306,15 @@ fn walk(
     visit: &mut dyn FnMut(Visit<'_>) -> Result<(), AuditError>,
 ) -> Result<Walk, AuditError> {
     let segments = list_segments(dir)?;
+    if segments.is_empty() {
+        // An opened log always has its first segment.
+        return Err(AuditError::Truncated {
+            detail: format!(
+                "{} holds no audit segment files (*.audit): it is not an audit log directory, or every segment was deleted",
+                dir.display()
+            ),
+        });
+    }
     let mut state = Some(ChainState::genesis());
     let mut walk = Walk::default();
     for (index, (first_seq, path)) in segments.iter().enumerate() {
@@ -366,7 +375,8 @@ pub struct AuditVerifyReport {
     pub head_seq: Option<u64>,
 }
 
-/// Checks a whole audit directory with the public key: every record's
+/// Checks a whole audit directory with the public keys (one, or the old and
+/// new keys of a rotation; each checkpoint names its key's id): every record's
 /// checksum, seq and hash link, every checkpoint's signature, `HEAD`
 /// against the log, and (if given) that signed checkpoints cover at least
 /// `expect_signed_seq` entries. Reads only; needs no lock.
@@ -374,12 +384,15 @@ pub struct AuditVerifyReport {
 /// The first problem is the error, naming the file and byte offset.
 pub fn verify_audit_dir(
     dir: &Path,
-    key: &VerifyingKey,
+    keys: &[VerifyingKey],
     expect_signed_seq: Option<u64>,
 ) -> Result<AuditVerifyReport, AuditError> {
+    // HEAD is read first: on a running log it can then only lag what the
+    // walk reads, never lead it.
+    let head = read_head(dir)?;
     let walk = walk(dir, &mut |v| match v.record {
         AuditRecord::Checkpoint(checkpoint) => {
-            verify_checkpoint(key, &checkpoint).map_err(|detail| AuditError::BadSignature {
+            verify_checkpoint(keys, &checkpoint).map_err(|detail| AuditError::BadSignature {
                 path: v.path.to_path_buf(),
                 position: v.position,
                 seq: checkpoint.seq,
@@ -392,10 +405,9 @@ pub fn verify_audit_dir(
         Some((path, position)) => format!("byte {position} of {}", path.display()),
         None => "no segment files".into(),
     };
-    let head = read_head(dir)?;
     let head_path = dir.join(HEAD_FILE_NAME);
     if let Some((checkpoint, hash)) = &head {
-        verify_checkpoint(key, checkpoint).map_err(|detail| AuditError::BadSignature {
+        verify_checkpoint(keys, checkpoint).map_err(|detail| AuditError::BadSignature {
             path: head_path.clone(),
             position: 0,
             seq: checkpoint.seq,
@@ -426,7 +438,9 @@ pub fn verify_audit_dir(
                 ),
             });
         }
-    } else if walk.checkpoints > 0 {
+    } else if walk.checkpoints > 0 && read_head(dir)?.is_none() {
+        // (A HEAD that appeared during the walk was written by a running
+        // log's first checkpoint.)
         return Err(AuditError::Truncated {
             detail: format!(
                 "{} is missing although the log has {} checkpoints; it was deleted, perhaps to hide a cut at the end of the log (the log ends at {end})",

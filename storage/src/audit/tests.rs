@@ -167,10 +167,10 @@ fn audit_checkpoint_bytes_are_pinned() {
     assert_eq!(bytes, expected);
     assert_eq!(bytes.len(), CHECKPOINT_BYTES);
     assert_eq!(
-        verify_checkpoint(&signer().verifying_key(), &checkpoint),
+        verify_checkpoint(&[signer().verifying_key()], &checkpoint),
         Ok(())
     );
-    let error = verify_checkpoint(&other_signer().verifying_key(), &checkpoint).unwrap_err();
+    let error = verify_checkpoint(&[other_signer().verifying_key()], &checkpoint).unwrap_err();
     assert!(error.contains("signed by another key"), "{error}");
 }
 
@@ -222,7 +222,7 @@ fn audit_append_gives_gap_free_seqs_and_checkpoints_verify() {
     assert_eq!(seqs, (6..=12).map(AuditSeq).collect::<Vec<_>>());
     assert_eq!(log.last_signed_seq(), 12);
     log.close().unwrap();
-    let report = verify_audit_dir(dir.path(), &signer().verifying_key(), None).unwrap();
+    let report = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap();
     assert_eq!(
         (report.entries, report.checkpoints, report.last_signed_seq),
         (12, 3, 12)
@@ -253,7 +253,7 @@ fn audit_reopen_continues_the_chain_and_drop_signs() {
     assert_eq!(log.last_signed_seq(), 3);
     assert_eq!(log.append(&sample_entry(4)).unwrap(), AuditSeq(4));
     log.close().unwrap();
-    let report = verify_audit_dir(dir.path(), &signer().verifying_key(), Some(4)).unwrap();
+    let report = verify_audit_dir(dir.path(), &[signer().verifying_key()], Some(4)).unwrap();
     assert_eq!((report.entries, report.checkpoints), (4, 2));
 }
 
@@ -280,7 +280,7 @@ fn audit_torn_tail_is_truncated_at_open_and_unsigned_entries_are_signed() {
     let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
     file.write_all(&tail[..cut]).unwrap();
     drop(file);
-    let error = verify_audit_dir(dir.path(), &signer().verifying_key(), None).unwrap_err();
+    let error = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap_err();
     assert!(matches!(error, AuditError::Truncated { .. }), "{error}");
 
     let (log, recovery) = AuditLog::open(dir.path(), signer(), config(100)).unwrap();
@@ -296,7 +296,7 @@ fn audit_torn_tail_is_truncated_at_open_and_unsigned_entries_are_signed() {
     assert_eq!(recovery.unsigned_entries_signed, 2);
     assert_eq!((log.last_seq(), log.last_signed_seq()), (4, 4));
     drop(log);
-    let report = verify_audit_dir(dir.path(), &signer().verifying_key(), None).unwrap();
+    let report = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap();
     assert_eq!((report.entries, report.checkpoints), (4, 2));
 }
 
@@ -339,7 +339,7 @@ fn audit_segments_roll_sealed_by_checkpoints() {
     let (mut log, _) = AuditLog::open(dir.path(), signer(), config).unwrap();
     log.append(&sample_entry(101)).unwrap();
     log.close().unwrap();
-    let report = verify_audit_dir(dir.path(), &signer().verifying_key(), None).unwrap();
+    let report = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap();
     assert!(report.segments >= 3, "{report:?}");
     assert_eq!(report.entries, 101);
     assert_eq!(report.checkpoints, report.segments + 1);
@@ -433,9 +433,45 @@ fn audit_checkpoints_of_another_key_fail_verification() {
     let (mut log, _) = AuditLog::open(dir.path(), other_signer(), config(100)).unwrap();
     log.append(&sample_entry(1)).unwrap();
     log.close().unwrap();
-    let error = verify_audit_dir(dir.path(), &signer().verifying_key(), None).unwrap_err();
+    let error = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap_err();
     assert!(
         matches!(&error, AuditError::BadSignature { seq: 1, detail, .. } if detail.contains("another key")),
         "{error}"
+    );
+}
+
+#[test]
+fn audit_rotated_keys_verify_with_both_public_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = AuditLog::open(dir.path(), other_signer(), config(100)).unwrap();
+    log.append(&sample_entry(1)).unwrap();
+    log.close().unwrap();
+    let (mut log, _) = AuditLog::open(dir.path(), signer(), config(100)).unwrap();
+    log.append(&sample_entry(2)).unwrap();
+    log.close().unwrap();
+    let both = [other_signer().verifying_key(), signer().verifying_key()];
+    let report = verify_audit_dir(dir.path(), &both, None).unwrap();
+    assert_eq!((report.entries, report.checkpoints), (2, 2));
+    let error = verify_audit_dir(dir.path(), &both[1..], None).unwrap_err();
+    assert!(
+        matches!(&error, AuditError::BadSignature { seq: 1, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn audit_verify_of_a_directory_without_segments_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap_err();
+    assert!(
+        error.to_string().contains("no audit segment files"),
+        "{error}"
+    );
+    // A log just opened has its first segment and verifies.
+    drop(AuditLog::open(dir.path(), signer(), config(100)).unwrap());
+    let report = verify_audit_dir(dir.path(), &[signer().verifying_key()], None).unwrap();
+    assert_eq!(
+        (report.segments, report.entries, report.head_seq),
+        (1, 0, None)
     );
 }
