@@ -136,14 +136,9 @@ impl AuditLog {
                             detail: "the last segment's header is damaged (segments are created whole, by rename)".into(),
                         });
                 };
-                if let Some((position, torn_bytes)) = scan.torn {
-                    log::warn!(
-                            "audit log: truncating a torn tail of {torn_bytes} bytes at byte {position} of {} (a write interrupted by a crash; never acknowledged)",
-                            path.display()
-                        );
-                    truncate_file(&path, position)?;
-                    recovery.truncated = Some((path.clone(), position, torn_bytes));
-                }
+                recovery.truncated = scan
+                    .torn
+                    .map(|(position, torn_bytes)| (path.clone(), position, torn_bytes));
                 // Without a checkpoint of its own, the newest checkpoint
                 // is the one that sealed the segment before: its hash is
                 // in the header.
@@ -167,6 +162,14 @@ impl AuditLog {
         };
         let head = read_head(dir)?;
         check_head(dir, head.as_ref(), &chain, last_checkpoint.as_ref())?;
+        // Only now, when nothing else is wrong, is the torn tail removed.
+        if let Some((path, position, torn_bytes)) = &recovery.truncated {
+            log::warn!(
+                "audit log: truncating a torn tail of {torn_bytes} bytes at byte {position} of {} (a write interrupted by a crash; never acknowledged)",
+                path.display()
+            );
+            truncate_file(path, *position)?;
+        }
         let segment = OpenOptions::new()
             .write(true)
             .open(&segment_path)

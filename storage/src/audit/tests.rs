@@ -353,19 +353,22 @@ fn audit_head_ahead_of_the_log_refuses_open() {
         .unwrap();
     log.close().unwrap();
     let segment = first_segment(dir.path());
-    // Cut after entry 3: entry 4 and the checkpoint covering it are gone.
+    // Cut inside entry 4: it and the checkpoint covering it are gone.
     let (fourth_at, _) = records_of(&segment)[4];
+    let cut = fourth_at as u64 + 10;
     OpenOptions::new()
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(fourth_at as u64)
+        .set_len(cut)
         .unwrap();
     let error = AuditLog::open(dir.path(), signer(), config(2)).unwrap_err();
     assert!(
         matches!(&error, AuditError::Truncated { detail } if detail.contains("up to seq 4")),
         "{error}"
     );
+    // The evidence is left as it was: not even the torn tail is removed.
+    assert_eq!(fs::metadata(&segment).unwrap().len(), cut);
 }
 
 #[test]
