@@ -7,9 +7,11 @@
 //! starling sub CHANNEL [--from S|--last N] print deliveries
 //! starling history CHANNEL [--before S|--from S] [--limit N]
 //! starling log verify DIR | log inspect DIR   offline checks of a data directory
+//! starling audit keygen|verify|export     the audit log's key, checks and JSON-lines export
 //! starling bench [...]                    open-loop load generator
 //! ```
 
+mod audit;
 mod bench;
 mod bench_mqtt;
 mod bench_ws;
@@ -134,6 +136,11 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// The audit log: signing key, offline verification, JSON-lines export.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Open-loop load generator: publishers, subscribers, latency, loss and order checks.
     Bench(bench::BenchArgs),
     /// Manage users on a stopped server's data directory (a running server
@@ -206,6 +213,7 @@ fn main() {
                 limit,
             } => log_inspect(&data_dir, channel.as_deref(), limit),
         },
+        Command::Audit { command } => audit::run(command),
         Command::Bench(args) => bench::run(args),
         Command::User { command } => users::run(command),
     };

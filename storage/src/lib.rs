@@ -57,6 +57,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod audit;
 mod channel_table;
 mod checkpoint;
 mod data_dir;
