@@ -38,7 +38,7 @@ use starling_adapters::mqtt::MqttProtocol;
 use starling_adapters::native::NativeProtocol;
 use starling_adapters::sys_topics::SysTopics;
 use starling_adapters::ws::WsLimits;
-use starling_broker::security::{SecurityAuthorizer, SecurityService};
+use starling_broker::security::{AuditWriter, SecurityAuthorizer, SecurityService};
 use starling_broker::{
     auth::is_loopback, Authorizer, Engine, Listener, LoopbackAuthorizer, TlsAcceptor,
 };
@@ -324,13 +324,17 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     ];
     let engine = Engine::start(config.engine.clone(), authorizer, listeners)
         .context("cannot start the engine")?;
+    let mut audit_to_close = None;
     if let Some(authorizer) = security {
         let client = engine.connect(SecurityService::principal());
+        let audit = audit_writer(&config)?;
+        audit_to_close = audit.clone();
         let service = SecurityService::start(
             authorizer,
             config.auth.clone(),
             client,
             Some(engine.notifier()),
+            audit,
         )
         .context("cannot load the users and sessions")?;
         let users = service.list_users().len();
@@ -378,8 +382,25 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     drop(sys_topics);
     drop(mqtt_keeper);
     engine.shutdown();
+    if let Some(audit) = audit_to_close {
+        audit.close();
+    }
     log::info!("stopped");
     Ok(())
+}
+
+/// The audit log writer when `[auth] audit_key_file` is set.
+fn audit_writer(config: &Config) -> Result<Option<Arc<AuditWriter>>> {
+    if config.auth.audit_key_file.is_empty() {
+        if config.auth.enabled {
+            log::warn!("[auth] audit_key_file is not set: sign-ins and changes are not audited");
+        }
+        return Ok(None);
+    }
+    let dir = config.engine.data_dir.join("audit");
+    AuditWriter::start(&dir, Path::new(&config.auth.audit_key_file))
+        .map(Some)
+        .context("cannot open the audit log")
 }
 
 /// SIGHUP: read the certificate and key again; new connections use them,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use starling_broker::security::{SecurityAuthorizer, SecurityService};
+use starling_broker::security::{Actor, SecurityAuthorizer, SecurityService};
 use starling_broker::{Engine, EngineError, LoopbackAuthorizer};
 use starling_storage::StorageError;
 
@@ -95,8 +95,9 @@ fn with_service<T>(
         ),
         Err(error) => return Err(error).context("cannot open the data directory"),
     };
+    let audit = crate::audit_writer(&config)?;
     let client = engine.connect(SecurityService::principal());
-    let result = SecurityService::start(authorizer, config.auth.clone(), client, None)
+    let result = SecurityService::start(authorizer, config.auth.clone(), client, None, audit)
         .context("cannot load the users")
         .and_then(|service| f(&service));
     engine.shutdown();
@@ -112,7 +113,7 @@ pub fn run(command: UserCommand) -> Result<()> {
         } => {
             let password = read_password()?;
             with_service(config.as_deref(), |service| {
-                service.add_user(&user, &password, &roles)?;
+                service.add_user(&Actor::command_line(), &user, &password, &roles)?;
                 println!("added user {user} with roles {roles:?}");
                 Ok(())
             })
@@ -120,18 +121,18 @@ pub fn run(command: UserCommand) -> Result<()> {
         UserCommand::Passwd { user, config } => {
             let password = read_password()?;
             with_service(config.as_deref(), |service| {
-                service.set_password(&user, &password)?;
+                service.set_password(&Actor::command_line(), &user, &password)?;
                 println!("set the password of {user}; their sessions ended");
                 Ok(())
             })
         }
         UserCommand::Disable { user, config } => with_service(config.as_deref(), |service| {
-            service.set_disabled(&user, true)?;
+            service.set_disabled(&Actor::command_line(), &user, true)?;
             println!("disabled {user}; their sessions ended");
             Ok(())
         }),
         UserCommand::Enable { user, config } => with_service(config.as_deref(), |service| {
-            service.set_disabled(&user, false)?;
+            service.set_disabled(&Actor::command_line(), &user, false)?;
             println!("enabled {user}");
             Ok(())
         }),
@@ -140,7 +141,7 @@ pub fn run(command: UserCommand) -> Result<()> {
             roles,
             config,
         } => with_service(config.as_deref(), |service| {
-            service.set_roles(&user, &roles)?;
+            service.set_roles(&Actor::command_line(), &user, &roles)?;
             println!("{user} now has roles {roles:?}");
             Ok(())
         }),

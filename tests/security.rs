@@ -19,10 +19,13 @@ use starling_protocol::{kind, ErrorCode, SubscribeStart};
 const ADMIN_PASSWORD: &str = "root password 123";
 const MEMBER_PASSWORD: &str = "member password 1";
 
-/// Writes the configuration (roles) and makes the users offline, as an
-/// operator bootstraps a server.
+/// Writes the configuration (roles, the audit key) and makes the users
+/// offline, as an operator bootstraps a server.
 fn setup(dir: &Path, admin_allow_from: &str) -> PathBuf {
     let config = dir.join("starling.toml");
+    let key = dir.join("audit.key");
+    let (ok, out, err) = common::run(&["audit", "keygen", "--out", key.to_str().unwrap()], &[]);
+    assert!(ok, "{out}{err}");
     std::fs::write(
         &config,
         format!(
@@ -31,6 +34,7 @@ fn setup(dir: &Path, admin_allow_from: &str) -> PathBuf {
 data_dir = "{data}"
 [auth]
 enabled = true
+audit_key_file = "{key}"
 throttle_failures_per_account = 3
 throttle_failures_per_address = 6
 [[auth.roles]]
@@ -46,7 +50,8 @@ publish = ["team/#"]
 subscribe = ["team/#", "$chat/user/{{user}}"]
 history = ["team/#"]
 "##,
-            data = dir.join("data").display()
+            data = dir.join("data").display(),
+            key = key.display()
         ),
     )
     .unwrap();
@@ -421,4 +426,86 @@ fn role_allow_lists_hold_for_the_admin_api() {
         &["-H", &bearer, "-H", "X-Forwarded-For: 127.0.0.5", &users],
     );
     assert_eq!(status, 403);
+}
+
+#[test]
+fn sign_ins_changes_and_denials_are_in_the_verifiable_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    assert_eq!(sign_in(&server, "alice", "wrong password!", None).0, 401);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let root = token(&server, "root", ADMIN_PASSWORD);
+    let mut native = Client::connect(server.address, "test", &alice).unwrap();
+    assert!(native.publish("general", kind::MESSAGE, "no").is_err());
+    let (status, _, _) = http(
+        server.http,
+        "POST",
+        "/v1/admin/users/bob/disable",
+        Some(&root),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        server.terminate().success(),
+        "a clean stop signs the audit log"
+    );
+
+    let audit = dir.path().join("data").join("audit");
+    let public = format!("{}.pub", dir.path().join("audit.key").display());
+    let (ok, out, err) = common::run(
+        &[
+            "audit",
+            "verify",
+            audit.to_str().unwrap(),
+            "--public-key",
+            &public,
+        ],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = common::run(&["audit", "export", audit.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    let entries: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|entry: &Value| entry["record"] == "entry")
+        .collect();
+    let has = |kind: &str, actor: &str, target: &str| {
+        entries.iter().any(|e| {
+            e["kind"] == kind
+                && e["actor"].as_str().unwrap().starts_with(actor)
+                && e["target"].as_str().unwrap().starts_with(target)
+        })
+    };
+    // The users made with `starling user add` are there too.
+    assert!(has("user_changed", "cli", "alice"), "{out}");
+    assert!(has("sign_in_failed", "alice", "alice"), "{out}");
+    assert!(has("sign_in_succeeded", "alice", "alice"), "{out}");
+    assert!(has("token_issued", "root", ""), "{out}");
+    assert!(has("user_changed", "root", "bob"), "{out}");
+    assert!(has("token_revoked", "root", "bob"), "{out}");
+    assert!(has("request_denied", "alice", "general"), "{out}");
+
+    // And an edited entry is caught.
+    let segment = std::fs::read_dir(&audit)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "audit"))
+        .expect("an audit segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"alice,").unwrap_or(200);
+    bytes[at] ^= 0x20;
+    std::fs::write(&segment, bytes).unwrap();
+    let (ok, out, err) = common::run(
+        &[
+            "audit",
+            "verify",
+            audit.to_str().unwrap(),
+            "--public-key",
+            &public,
+        ],
+        &[],
+    );
+    assert!(!ok, "tampering detected: {out}{err}");
 }

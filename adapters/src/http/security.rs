@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Map, Value};
-use starling_broker::security::{SecurityError, SecurityService};
+use starling_broker::security::{Actor, SecurityError, SecurityService};
 use starling_broker::{ConnRef, Notifier};
 
 use crate::chat::ChatError;
@@ -82,6 +82,7 @@ pub(crate) enum Op {
 
 struct Job {
     conn: ConnRef,
+    by: Actor,
     op: Op,
 }
 
@@ -149,8 +150,12 @@ impl SecurityApi {
         body: impl FnOnce() -> Result<Map<String, Value>, ChatError>,
         token: Option<&str>,
         peer: std::net::SocketAddr,
-    ) -> Result<(Op, u16), ChatError> {
+    ) -> Result<(Op, u16, Actor), ChatError> {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let mut by = Actor {
+            user: String::new(),
+            source: peer.to_string(),
+        };
         let authorizer = self.service.authorizer();
         let holder = || {
             let token = token.ok_or_else(|| {
@@ -166,7 +171,7 @@ impl SecurityApi {
         let admin = || {
             let principal = holder()?;
             if authorizer.is_admin(&principal) {
-                Ok(())
+                Ok(principal.user.to_string())
             } else {
                 Err(ChatError::denied(format!(
                     "{} has no admin role that counts from this address",
@@ -188,25 +193,27 @@ impl SecurityApi {
                 )
             }
             (true, _, ["auth", "sign-out"]) => {
-                holder()?;
+                by.user = holder()?.user.to_string();
                 let token = token.unwrap_or_default().to_string();
                 (Op::SignOut { token }, 200)
             }
             (true, _, ["auth", "totp", "enroll"]) => {
                 let user = holder()?.user.to_string();
+                by.user = user.clone();
                 (Op::TotpEnroll { user }, 200)
             }
             (true, _, ["auth", "totp", "confirm"]) => {
                 let user = holder()?.user.to_string();
+                by.user = user.clone();
                 let code = string(&body()?, "code")?;
                 (Op::TotpConfirm { user, code }, 200)
             }
             (false, false, ["admin", "users"]) => {
-                admin()?;
+                by.user = admin()?;
                 (Op::ListUsers, 200)
             }
             (true, _, ["admin", "users"]) => {
-                admin()?;
+                by.user = admin()?;
                 let body = body()?;
                 (
                     Op::AddUser {
@@ -218,7 +225,7 @@ impl SecurityApi {
                 )
             }
             (true, _, ["admin", "users", user, action]) => {
-                admin()?;
+                by.user = admin()?;
                 let user = user.to_string();
                 let op = match *action {
                     "password" => Op::SetPassword {
@@ -246,7 +253,7 @@ impl SecurityApi {
                 (op, 200)
             }
             (_, true, ["admin", "sessions", id]) => {
-                admin()?;
+                by.user = admin()?;
                 (Op::RevokeSession { id: id.to_string() }, 200)
             }
             _ => {
@@ -255,13 +262,13 @@ impl SecurityApi {
                 ))
             }
         };
-        Ok(op)
+        Ok((op.0, op.1, by))
     }
 
     /// Hands an operation to the worker; the answer arrives as a
     /// [`SecurityDone`] event of `conn`.
-    pub(crate) fn submit(&self, conn: ConnRef, op: Op) -> Result<(), ChatError> {
-        match self.jobs.try_send(Job { conn, op }) {
+    pub(crate) fn submit(&self, conn: ConnRef, by: Actor, op: Op) -> Result<(), ChatError> {
+        match self.jobs.try_send(Job { conn, by, op }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ChatError::unavailable(
                 "too many sign-in and admin requests are waiting; try again shortly",
@@ -273,7 +280,7 @@ impl SecurityApi {
     }
 }
 
-fn execute(service: &SecurityService, op: Op) -> Result<Value, SecurityError> {
+fn execute(service: &SecurityService, by: &Actor, op: Op) -> Result<Value, SecurityError> {
     let done = |_| json!({});
     match op {
         Op::SignIn {
@@ -284,27 +291,27 @@ fn execute(service: &SecurityService, op: Op) -> Result<Value, SecurityError> {
         } => service
             .sign_in(&user, &password, totp.as_deref(), address)
             .map(|signed| json!(signed)),
-        Op::SignOut { token } => service.sign_out(&token).map(done),
+        Op::SignOut { token } => service.sign_out(by, &token).map(done),
         Op::TotpEnroll { user } => service
-            .totp_enroll(&user)
+            .totp_enroll(by, &user)
             .map(|uri| json!({ "otpauth_uri": uri })),
-        Op::TotpConfirm { user, code } => service.totp_confirm(&user, &code).map(done),
+        Op::TotpConfirm { user, code } => service.totp_confirm(by, &user, &code).map(done),
         Op::ListUsers => Ok(json!({ "users": service.list_users() })),
         Op::AddUser {
             user,
             password,
             roles,
-        } => service.add_user(&user, &password, &roles).map(done),
-        Op::SetPassword { user, password } => service.set_password(&user, &password).map(done),
-        Op::SetDisabled { user, disabled } => service.set_disabled(&user, disabled).map(done),
-        Op::SetRoles { user, roles } => service.set_roles(&user, &roles).map(done),
-        Op::RevokeSession { id } => service.revoke_session(&id).map(done),
+        } => service.add_user(by, &user, &password, &roles).map(done),
+        Op::SetPassword { user, password } => service.set_password(by, &user, &password).map(done),
+        Op::SetDisabled { user, disabled } => service.set_disabled(by, &user, disabled).map(done),
+        Op::SetRoles { user, roles } => service.set_roles(by, &user, &roles).map(done),
+        Op::RevokeSession { id } => service.revoke_session(by, &id).map(done),
     }
 }
 
 fn run(service: Arc<SecurityService>, jobs: Receiver<Job>, notifier: Notifier) {
-    for Job { conn, op } in jobs {
-        let result = execute(&service, op).map_err(chat_error);
+    for Job { conn, by, op } in jobs {
+        let result = execute(&service, &by, op).map_err(chat_error);
         notifier.notify(conn, Box::new(SecurityDone { result }));
     }
 }

@@ -865,11 +865,11 @@ impl HttpSession {
                     bearer_token(request),
                     self.peer,
                 )
-                .and_then(|(op, status)| {
+                .and_then(|(op, status, by)| {
                     let conn = context
                         .conn()
                         .ok_or_else(|| ChatError::internal("no connection to answer"))?;
-                    api.submit(conn, op).map(|()| status)
+                    api.submit(conn, by, op).map(|()| status)
                 }),
         };
         match routed {

@@ -11,10 +11,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
+use starling_storage::audit::{AuditEntry, AuditKind};
+
+use super::audit::AuditWriter;
 use super::roles::Role;
 use super::store::{token_id, AuthState};
 use super::{AuthConfig, SecurityError};
@@ -27,6 +30,8 @@ pub struct SecurityAuthorizer {
     idle_ms: u64,
     /// The state was loaded from the log; until then every sign-in waits.
     loaded: AtomicBool,
+    /// Denied requests are recorded here (without waiting).
+    audit: OnceLock<Arc<AuditWriter>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -54,6 +59,7 @@ impl SecurityAuthorizer {
             roles,
             idle_ms: config.session_idle_timeout_s.saturating_mul(1000),
             loaded: AtomicBool::new(false),
+            audit: OnceLock::new(),
         }))
     }
 
@@ -65,6 +71,24 @@ impl SecurityAuthorizer {
     /// The configured roles.
     pub fn roles(&self) -> &HashMap<String, Role> {
         &self.roles
+    }
+
+    /// Records denied requests in `audit` from now on.
+    pub fn set_audit(&self, audit: Arc<AuditWriter>) {
+        let _ = self.audit.set(audit);
+    }
+
+    fn audit_denial(&self, user: &str, address: Option<SocketAddr>, target: &str, detail: &str) {
+        if let Some(audit) = self.audit.get() {
+            let source = address.map_or_else(|| "local".to_string(), |a| a.to_string());
+            audit.record_later(AuditEntry::new(
+                AuditKind::RequestDenied,
+                user,
+                source,
+                target,
+                detail,
+            ));
+        }
     }
 
     /// Marks the state as loaded: sign-ins are served from now on.
@@ -146,11 +170,13 @@ impl SecurityAuthorizer {
 impl Authorizer for SecurityAuthorizer {
     fn authenticate(
         &self,
-        _client_name: &str,
+        client_name: &str,
         token: &str,
         address: Option<SocketAddr>,
     ) -> Result<Principal, Denied> {
-        self.principal_for(token, address)
+        self.principal_for(token, address).inspect_err(|denied| {
+            self.audit_denial("", address, client_name, &format!("sign-in: {}", denied.0));
+        })
     }
 
     fn authorize(
@@ -170,6 +196,12 @@ impl Authorizer for SecurityAuthorizer {
         {
             return Ok(());
         }
+        self.audit_denial(
+            &principal.user,
+            principal.address,
+            channel,
+            &action.to_string(),
+        );
         Err(Denied(format!(
             "{} may not {action} {channel}: none of their roles allows it from this address",
             principal.user

@@ -14,6 +14,7 @@
 //!  Hello / CONNECT / connect / Bearer ─▶ SecurityAuthorizer (SHA-256 of the token → session → user → roles)
 //! ```
 
+pub mod audit;
 pub mod authorizer;
 pub mod password;
 pub mod roles;
@@ -24,9 +25,10 @@ pub mod totp;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use audit::AuditWriter;
 pub use authorizer::SecurityAuthorizer;
 pub use roles::{Role, RoleConfig};
-pub use service::SecurityService;
+pub use service::{Actor, SecurityService};
 pub use store::{AuthState, AUTH_SESSIONS_CHANNEL, AUTH_USERS_CHANNEL};
 
 /// Failures of the security layer; the text is shown to the client or
@@ -72,6 +74,9 @@ pub struct AuthConfig {
     /// before that pair has to wait (the account stays open from elsewhere).
     pub throttle_failures_per_account: u32,
     pub throttle_window_s: u64,
+    /// The Ed25519 key (PEM, from `starling audit keygen`) that signs the
+    /// audit log's checkpoints; empty: no audit log (a warning at start).
+    pub audit_key_file: String,
     pub roles: Vec<RoleConfig>,
 }
 
@@ -85,6 +90,7 @@ impl Default for AuthConfig {
             throttle_failures_per_address: 20,
             throttle_failures_per_account: 5,
             throttle_window_s: 15 * 60,
+            audit_key_file: String::new(),
             roles: Vec::new(),
         }
     }

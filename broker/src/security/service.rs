@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use starling_protocol::{kind, HistoryQuery};
 
+use super::audit::AuditWriter;
 use super::authorizer::now_ms;
 use super::password::{hash_password, verify_password};
 use super::store::{
@@ -26,6 +27,7 @@ use super::totp;
 use super::{check_user_name, AuthConfig, SecurityAuthorizer, SecurityError};
 use crate::engine::{ConnectionMatch, Notifier};
 use crate::{LocalClient, Principal};
+use starling_storage::audit::AuditKind;
 
 /// Records read per history request while loading.
 const LOAD_PAGE: u32 = 1000;
@@ -33,6 +35,25 @@ const LOAD_PAGE: u32 = 1000;
 /// beyond it the oldest entries are forgotten (a flood of addresses cannot
 /// grow memory without bound).
 const THROTTLE_ENTRIES_MAX: usize = 100_000;
+
+/// Who asks for a change, for the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The user (or `cli` for `starling user`).
+    pub user: String,
+    /// Where from (an address, or `local`).
+    pub source: String,
+}
+
+impl Actor {
+    /// The operator at the command line of the server machine.
+    pub fn command_line() -> Actor {
+        Actor {
+            user: "cli".into(),
+            source: "local".into(),
+        }
+    }
+}
 
 /// What a successful sign-in returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -113,6 +134,8 @@ pub struct SecurityService {
     throttle: Mutex<Throttle>,
     /// Closes connections whose rights were taken away (`None` offline).
     notifier: Option<Notifier>,
+    /// Where every sign-in and change is recorded before it is answered.
+    audit: Option<Arc<AuditWriter>>,
 }
 
 fn internal(error: impl std::fmt::Display) -> SecurityError {
@@ -128,13 +151,18 @@ impl SecurityService {
         config: AuthConfig,
         client: LocalClient,
         notifier: Option<Notifier>,
+        audit: Option<Arc<AuditWriter>>,
     ) -> Result<SecurityService, SecurityError> {
+        if let Some(audit) = &audit {
+            authorizer.set_audit(audit.clone());
+        }
         let service = SecurityService {
             authorizer,
             config,
             client: Mutex::new(client),
             throttle: Mutex::new(Throttle::default()),
             notifier,
+            audit,
         };
         service.load()?;
         service.authorizer.set_loaded();
@@ -208,6 +236,20 @@ impl SecurityService {
         self.write(AUTH_SESSIONS_CHANNEL, body)
     }
 
+    /// Records an entry durably (when there is an audit log).
+    fn audit(
+        &self,
+        kind: AuditKind,
+        by: &Actor,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), SecurityError> {
+        match &self.audit {
+            Some(audit) => audit.note(kind, &by.user, &by.source, target, detail),
+            None => Ok(()),
+        }
+    }
+
     fn close(&self, matching: ConnectionMatch, reason: &str) {
         if let Some(notifier) = &self.notifier {
             notifier.close_connections(matching, reason);
@@ -238,6 +280,7 @@ impl SecurityService {
     /// Creates a user.
     pub fn add_user(
         &self,
+        by: &Actor,
         user: &str,
         password: &str,
         roles: &[String],
@@ -258,48 +301,80 @@ impl SecurityService {
             totp_last_step: 0,
             changed_ms: now_ms(),
         };
-        self.write_user(user, &state)
+        self.write_user(user, &state)?;
+        self.audit(
+            AuditKind::UserChanged,
+            by,
+            user,
+            &format!("added roles={}", roles.join(",")),
+        )
     }
 
     /// Ends every session of `user` and closes their connections.
-    fn revoke_user(&self, user: &str, reason: &str) -> Result<(), SecurityError> {
+    fn revoke_user(&self, by: &Actor, user: &str, reason: &str) -> Result<(), SecurityError> {
         self.write_session(&SessionRecord::RevokeUser {
             user: user.to_string(),
             before_ms: now_ms() + 1,
         })?;
+        self.audit(
+            AuditKind::TokenRevoked,
+            by,
+            user,
+            &format!("every session: {reason}"),
+        )?;
         self.close(ConnectionMatch::User(Arc::from(user)), reason);
         Ok(())
     }
 
     /// Sets a new password; every session of the user ends.
-    pub fn set_password(&self, user: &str, password: &str) -> Result<(), SecurityError> {
+    pub fn set_password(
+        &self,
+        by: &Actor,
+        user: &str,
+        password: &str,
+    ) -> Result<(), SecurityError> {
         let mut state = self.user(user)?;
         state.password_hash = hash_password(password)?;
         state.changed_ms = now_ms();
         self.write_user(user, &state)?;
-        self.revoke_user(user, "the password was changed; sign in again")
+        self.audit(AuditKind::UserChanged, by, user, "new password")?;
+        self.revoke_user(by, user, "the password was changed; sign in again")
     }
 
     /// Disables or enables a user; disabling ends every session.
-    pub fn set_disabled(&self, user: &str, disabled: bool) -> Result<(), SecurityError> {
+    pub fn set_disabled(
+        &self,
+        by: &Actor,
+        user: &str,
+        disabled: bool,
+    ) -> Result<(), SecurityError> {
         let mut state = self.user(user)?;
         state.disabled = disabled;
         state.changed_ms = now_ms();
         self.write_user(user, &state)?;
+        let what = if disabled { "disabled" } else { "enabled" };
+        self.audit(AuditKind::UserChanged, by, user, what)?;
         if disabled {
-            self.revoke_user(user, "the user was disabled")?;
+            self.revoke_user(by, user, "the user was disabled")?;
         }
         Ok(())
     }
 
     /// Replaces a user's roles; open connections close (their rights were
     /// fixed when they signed in), sessions stay valid.
-    pub fn set_roles(&self, user: &str, roles: &[String]) -> Result<(), SecurityError> {
+    pub fn set_roles(&self, by: &Actor, user: &str, roles: &[String]) -> Result<(), SecurityError> {
         self.check_roles(roles)?;
         let mut state = self.user(user)?;
+        let before = state.roles.join(",");
         state.roles = roles.to_vec();
         state.changed_ms = now_ms();
         self.write_user(user, &state)?;
+        self.audit(
+            AuditKind::PermissionChanged,
+            by,
+            user,
+            &format!("roles {before} -> {}", roles.join(",")),
+        )?;
         self.close(
             ConnectionMatch::User(Arc::from(user)),
             "the user's roles changed; reconnect",
@@ -368,7 +443,12 @@ impl SecurityService {
             Some(retry_after_s) => Err(SecurityError::Throttled { retry_after_s }),
             None => self.check_credentials(user, password, totp_code, now),
         };
-        if result.is_err() {
+        let by = Actor {
+            user: user.to_string(),
+            source: address.to_string(),
+        };
+        if let Err(error) = &result {
+            self.audit(AuditKind::SignInFailed, &by, user, &error.to_string())?;
             let mut throttle = self.throttle.lock();
             record_failure(
                 throttle.by_address.entry(address).or_default(),
@@ -396,6 +476,18 @@ impl SecurityService {
             expires_ms,
             mfa,
         })?;
+        self.audit(
+            AuditKind::SignInSucceeded,
+            &by,
+            user,
+            if mfa { "with TOTP" } else { "password" },
+        )?;
+        self.audit(
+            AuditKind::TokenIssued,
+            &by,
+            &token_id(&token)[..16],
+            &format!("expires_ms={expires_ms}"),
+        )?;
         Ok(SignedIn {
             user: user.to_string(),
             token,
@@ -443,17 +535,23 @@ impl SecurityService {
     }
 
     /// Ends the session of `token` and closes its connections.
-    pub fn sign_out(&self, token: &str) -> Result<(), SecurityError> {
-        self.revoke_session(&token_id(token))
+    pub fn sign_out(&self, by: &Actor, token: &str) -> Result<(), SecurityError> {
+        self.revoke_session(by, &token_id(token))
     }
 
     /// Ends session `id` (the hex SHA-256 of its token) and closes its
     /// connections.
-    pub fn revoke_session(&self, id: &str) -> Result<(), SecurityError> {
+    pub fn revoke_session(&self, by: &Actor, id: &str) -> Result<(), SecurityError> {
         if !self.authorizer.state().read().sessions.contains_key(id) {
             return Err(SecurityError::NotFound("no such session".into()));
         }
         self.write_session(&SessionRecord::Revoke { id: id.to_string() })?;
+        self.audit(
+            AuditKind::TokenRevoked,
+            by,
+            &id[..16.min(id.len())],
+            "one session",
+        )?;
         self.close(
             ConnectionMatch::Session(Arc::from(id)),
             "the session was revoked; sign in again",
@@ -463,17 +561,18 @@ impl SecurityService {
 
     /// Starts TOTP enrolment: a new secret, pending until a code confirms
     /// it. Returns the `otpauth://` URI to show as a QR code.
-    pub fn totp_enroll(&self, user: &str) -> Result<String, SecurityError> {
+    pub fn totp_enroll(&self, by: &Actor, user: &str) -> Result<String, SecurityError> {
         let mut state = self.user(user)?;
         let secret = totp::new_secret();
         state.totp_pending = Some(totp::secret_base32(&secret));
         state.changed_ms = now_ms();
         self.write_user(user, &state)?;
+        self.audit(AuditKind::UserChanged, by, user, "TOTP enrolment started")?;
         Ok(totp::otpauth_uri(&self.config.totp_issuer, user, &secret))
     }
 
     /// Confirms enrolment with a code of the pending secret.
-    pub fn totp_confirm(&self, user: &str, code: &str) -> Result<(), SecurityError> {
+    pub fn totp_confirm(&self, by: &Actor, user: &str, code: &str) -> Result<(), SecurityError> {
         let mut state = self.user(user)?;
         let pending = state
             .totp_pending
@@ -485,7 +584,8 @@ impl SecurityService {
         state.totp_secret = state.totp_pending.take();
         state.totp_last_step = step;
         state.changed_ms = now_ms();
-        self.write_user(user, &state)
+        self.write_user(user, &state)?;
+        self.audit(AuditKind::UserChanged, by, user, "TOTP second factor on")
     }
 
     /// The authorizer this service feeds.
