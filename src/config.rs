@@ -67,6 +67,9 @@ pub struct MqttConfig {
     /// Serve MQTT over TLS only (the certificate is in [tls]); 8883 is the
     /// usual port for it.
     pub tls: bool,
+    /// When not empty, only clients from these networks (CIDRs) may
+    /// connect; others are closed at once.
+    pub allow_from: Vec<String>,
     /// Largest packet a client may send (the v5 Maximum Packet Size).
     pub packet_bytes_max: u32,
     /// Seconds between `$SYS/broker/…` updates (0 turns them off).
@@ -78,6 +81,7 @@ impl Default for MqttConfig {
         MqttConfig {
             address: "127.0.0.1:1883".parse().expect("valid address"),
             tls: false,
+            allow_from: Vec::new(),
             packet_bytes_max: starling_protocol::mqtt::PACKET_BYTES_MAX_DEFAULT,
             sys_interval_s: 10,
         }
@@ -94,6 +98,13 @@ pub struct HttpConfig {
     pub address: SocketAddr,
     /// Serve HTTPS and WSS only (the certificate is in [tls]).
     pub tls: bool,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: from them, the
+    /// client is the last address in the header that is not a trusted
+    /// proxy. From anyone else the header is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// When not empty, only clients from these networks (CIDRs) may
+    /// connect; others are closed at once.
+    pub allow_from: Vec<String>,
     /// Largest request head (request line and headers).
     pub header_bytes_max: usize,
     /// Most header fields in one request.
@@ -115,6 +126,8 @@ impl Default for HttpConfig {
         HttpConfig {
             address: "127.0.0.1:8080".parse().expect("valid address"),
             tls: false,
+            allow_from: Vec::new(),
+            trusted_proxies: Vec::new(),
             header_bytes_max: http.header_bytes_max,
             headers_max: http.headers_max,
             body_bytes_max: http.body_bytes_max,
@@ -134,6 +147,9 @@ pub struct NativeConfig {
     pub address: SocketAddr,
     /// Serve the native protocol over TLS only (the certificate is in [tls]).
     pub tls: bool,
+    /// When not empty, only clients from these networks (CIDRs) may
+    /// connect; others are closed at once.
+    pub allow_from: Vec<String>,
     /// Largest frame a client may send.
     pub frame_bytes_max: u32,
 }
@@ -143,6 +159,7 @@ impl Default for NativeConfig {
         NativeConfig {
             address: "127.0.0.1:7400".parse().expect("valid address"),
             tls: false,
+            allow_from: Vec::new(),
             frame_bytes_max: starling_protocol::FRAME_BYTES_MAX_DEFAULT,
         }
     }

@@ -276,11 +276,15 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     }));
     // MQTT over WebSocket (subprotocol `mqtt`) at /mqtt on the HTTP port.
     let http = Arc::new(
-        HttpProtocol::new(http_limits, ws_limits, timeouts).with_tunnel(
-            "/mqtt",
-            "mqtt",
-            mqtt.clone(),
-        ),
+        HttpProtocol::new(http_limits, ws_limits, timeouts)
+            .with_tunnel("/mqtt", "mqtt", mqtt.clone())
+            .with_trusted_proxies(
+                starling_broker::security::roles::parse_networks(
+                    "http.trusted_proxies",
+                    &config.http.trusted_proxies,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
     );
     let chat_slot = http.chat_slot();
     let security_slot = http.security_slot();
@@ -305,21 +309,28 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         None
     };
     let tls_for = |on: bool| tls.clone().filter(|_| on);
+    let networks = |setting: &str, list: &[String]| {
+        starling_broker::security::roles::parse_networks(setting, list)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
     let listeners = vec![
         Listener {
             address: config.native.address,
             protocol: native,
             tls: tls_for(config.native.tls),
+            allow_from: networks("native.allow_from", &config.native.allow_from)?,
         },
         Listener {
             address: config.http.address,
             protocol: http,
             tls: tls_for(config.http.tls),
+            allow_from: networks("http.allow_from", &config.http.allow_from)?,
         },
         Listener {
             address: config.mqtt.address,
             protocol: mqtt.clone(),
             tls: tls_for(config.mqtt.tls),
+            allow_from: networks("mqtt.allow_from", &config.mqtt.allow_from)?,
         },
     ];
     let engine = Engine::start(config.engine.clone(), authorizer, listeners)

@@ -509,3 +509,114 @@ fn sign_ins_changes_and_denials_are_in_the_verifiable_audit_log() {
     );
     assert!(!ok, "tampering detected: {out}{err}");
 }
+
+#[test]
+fn a_trusted_proxy_forwards_the_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), r#""127.0.0.5/32""#);
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[("STARLING_HTTP_TRUSTED_PROXIES", r#"["127.0.0.7/32"]"#)],
+    );
+    let root = token(&server, "root", ADMIN_PASSWORD);
+    let bearer = format!("Authorization: Bearer {root}");
+    let users = format!("http://{}/v1/admin/users", server.http);
+    let forwarded = "X-Forwarded-For: 198.51.100.1, 127.0.0.5";
+    // From the trusted proxy, the forwarded client counts ...
+    let (status, text) = curl_from("127.0.0.7", &["-H", &bearer, "-H", forwarded, &users]);
+    assert_eq!(status, 200, "{text}");
+    // ... from anyone else it does not.
+    let (status, _) = curl_from("127.0.0.1", &["-H", &bearer, "-H", forwarded, &users]);
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn listener_allow_lists_and_connection_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            (
+                "STARLING_HTTP_ALLOW_FROM",
+                r#"["127.0.0.9/32", "10.0.0.0/8"]"#,
+            ),
+            ("STARLING_ENGINE_CONNECTIONS_PER_ADDRESS_MAX", "3"),
+        ],
+    );
+    let url = format!("http://{}/healthz", server.http);
+    let (status, _) = curl_from("127.0.0.9", &[&url]);
+    assert_eq!(status, 200);
+    let (status, _) = curl_from("127.0.0.1", &[&url]);
+    assert_eq!(status, 0, "closed before any answer");
+    // Three native connections from one address, not four.
+    let open: Vec<Client> = (0..3)
+        .map(|_| Client::connect(server.address, "test", "alice").unwrap())
+        .collect();
+    assert!(Client::connect(server.address, "test", "alice").is_err());
+    drop(open);
+    // Closing frees the places (the server notices the closes shortly).
+    let reopened = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        Client::connect(server.address, "test", "alice").is_ok()
+    });
+    assert!(reopened);
+}
+
+#[test]
+fn publish_rate_limits_per_connection_and_per_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            (
+                "STARLING_ENGINE_PUBLISH_MESSAGES_PER_S_PER_CONNECTION",
+                "20",
+            ),
+            ("STARLING_ENGINE_PUBLISH_MESSAGES_PER_S_PER_USER", "30"),
+        ],
+    );
+    // One connection sends 100 at once: about a second's worth passes, the
+    // rest is refused as temporary, with the limit named.
+    let mut native = Client::connect(server.address, "test", "alice").unwrap();
+    let results: Vec<_> = (0..100)
+        .map(|i| native.publish("room", kind::MESSAGE, format!("m{i}")))
+        .collect();
+    let refused: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(refused.len() >= 50, "{} refused", refused.len());
+    assert!(
+        refused[0].contains("messages/s per connection"),
+        "{}",
+        refused[0]
+    );
+    // The user's other connections share the user's budget.
+    let mut second = Client::connect(server.address, "test", "alice").unwrap();
+    let refused_for_user = (0..100)
+        .filter_map(|i| second.publish("room", kind::MESSAGE, format!("n{i}")).err())
+        .map(|e| e.to_string())
+        .find(|e| e.contains("per user"));
+    assert!(refused_for_user.is_some());
+    // MQTT: a refused QoS 1 publish gets PUBACK 0x97 (quota exceeded).
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args([
+            "-V", "mqttv5", "-u", "carol", "-t", "room", "-q", "1", "-d", "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            let mut stdin = child.stdin.take().unwrap();
+            for i in 0..100 {
+                writeln!(stdin, "line {i}").unwrap();
+            }
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("RC:151"), "{text}");
+}

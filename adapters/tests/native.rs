@@ -27,6 +27,7 @@ fn server(dir: &std::path::Path, tweak: impl FnOnce(&mut EngineConfig)) -> (Engi
         address: "127.0.0.1:0".parse().unwrap(),
         protocol: Arc::new(NativeProtocol::new("test", 64 * 1024)),
         tls: None,
+        allow_from: Vec::new(),
     };
     let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), vec![listener]).unwrap();
     let address = engine.local_address("native").unwrap();

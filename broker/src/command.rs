@@ -129,6 +129,8 @@ pub enum BrokerError {
     StorageFailed { partition: u32, reason: String },
     #[error("the server is shutting down; reconnect to another node or retry later")]
     ShuttingDown,
+    #[error("rate limit: {0}; slow down and retry")]
+    RateLimited(String),
 }
 
 impl BrokerError {
@@ -142,12 +144,16 @@ impl BrokerError {
             BrokerError::NotSubscribed(_) => ErrorCode::NotSubscribed,
             BrokerError::StorageFailed { .. } => ErrorCode::StorageFailed,
             BrokerError::ShuttingDown => ErrorCode::Unavailable,
+            BrokerError::RateLimited(_) => ErrorCode::RateLimited,
         }
     }
 
     /// True when the same request may succeed if retried later.
     pub fn temporary(&self) -> bool {
-        matches!(self, BrokerError::ShuttingDown)
+        matches!(
+            self,
+            BrokerError::ShuttingDown | BrokerError::RateLimited(_)
+        )
     }
 }
 

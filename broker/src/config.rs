@@ -82,6 +82,16 @@ pub struct EngineConfig {
     pub retention: Vec<RetentionConfig>,
     /// How often retention runs.
     pub retention_check_ms: u64,
+    /// Abuse limits (0 = off; docs/SECURITY.md): publishes per second and
+    /// bytes of message bodies per second, per connection and per user.
+    pub publish_messages_per_s_per_connection: u64,
+    pub publish_bytes_per_s_per_connection: u64,
+    pub publish_messages_per_s_per_user: u64,
+    pub publish_bytes_per_s_per_user: u64,
+    /// Connections one address may have open at once (0 = no limit).
+    pub connections_per_address_max: u32,
+    /// New connections one address may open per second (0 = no limit).
+    pub new_connections_per_s_per_address: u64,
 }
 
 impl Default for EngineConfig {
@@ -103,11 +113,33 @@ impl Default for EngineConfig {
             page_messages_max: 1000,
             retention: Vec::new(),
             retention_check_ms: 60_000,
+            publish_messages_per_s_per_connection: 0,
+            publish_bytes_per_s_per_connection: 0,
+            publish_messages_per_s_per_user: 0,
+            publish_bytes_per_s_per_user: 0,
+            connections_per_address_max: 0,
+            new_connections_per_s_per_address: 0,
         }
     }
 }
 
 impl EngineConfig {
+    /// The publish limits of one connection.
+    pub fn connection_limits(&self) -> crate::limits::RateLimits {
+        crate::limits::RateLimits {
+            messages_per_s: self.publish_messages_per_s_per_connection,
+            bytes_per_s: self.publish_bytes_per_s_per_connection,
+        }
+    }
+
+    /// The publish limits of one user, over all their connections.
+    pub fn user_limits(&self) -> crate::limits::RateLimits {
+        crate::limits::RateLimits {
+            messages_per_s: self.publish_messages_per_s_per_user,
+            bytes_per_s: self.publish_bytes_per_s_per_user,
+        }
+    }
+
     /// The shard count after resolving 0 to the number of cores.
     pub fn resolved_shards(&self) -> usize {
         if self.shards > 0 {

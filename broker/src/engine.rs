@@ -68,6 +68,10 @@ pub(crate) struct EngineShared {
     pub authorizer: Arc<dyn Authorizer>,
     pub inboxes: Vec<Inbox>,
     pub metrics: Metrics,
+    /// Per-user publish limiters (looked up once per connection).
+    pub user_limiters: crate::limits::UserLimiters,
+    /// Connections per address (the acceptor counts, shards uncount).
+    pub address_limits: crate::limits::AddressLimits,
 }
 
 /// A protocol served on an address.
@@ -76,6 +80,9 @@ pub struct Listener {
     pub protocol: Arc<dyn Protocol>,
     /// `Some`: the listener speaks TLS only (see [`crate::tls`]).
     pub tls: Option<Arc<TlsAcceptor>>,
+    /// When not empty, only connections from these networks are accepted
+    /// (IPv4-mapped IPv6 peers count as IPv4); others are closed at once.
+    pub allow_from: Vec<ipnet::IpNet>,
 }
 
 /// The engine's counters, owned (see [`Engine::metrics_handle`]).
@@ -230,6 +237,7 @@ impl Engine {
                 address: local,
                 protocol: listener.protocol,
                 tls: listener.tls,
+                allow_from: listener.allow_from,
             });
         }
 
@@ -241,12 +249,15 @@ impl Engine {
             inboxes.push(Inbox::new(waker));
             polls.push(poll);
         }
+        let address_limits = crate::limits::AddressLimits::new(&config);
         let shared = Arc::new(EngineShared {
             config,
             routing,
             authorizer,
             inboxes,
             metrics: Metrics::new(shards),
+            user_limiters: crate::limits::UserLimiters::default(),
+            address_limits,
         });
 
         // The shard journals of the last run: each partition's unsynced tail
@@ -619,6 +630,7 @@ struct BoundListener {
     address: SocketAddr,
     protocol: Arc<dyn Protocol>,
     tls: Option<Arc<TlsAcceptor>>,
+    allow_from: Vec<ipnet::IpNet>,
 }
 
 fn start_acceptor(
@@ -657,12 +669,31 @@ fn start_acceptor(
                     loop {
                         match bound.listener.accept() {
                             Ok((stream, peer)) => {
+                                if !bound.allow_from.is_empty()
+                                    && !crate::security::roles::address_in(
+                                        &bound.allow_from,
+                                        peer.ip(),
+                                    )
+                                {
+                                    shared.metrics.denied.add(1);
+                                    log::debug!(
+                                        "acceptor: {peer} is not in the allow-list of {}",
+                                        bound.address
+                                    );
+                                    continue;
+                                }
+                                if let Err(why) = shared.address_limits.admit(peer.ip()) {
+                                    shared.metrics.denied.add(1);
+                                    log::warn!("acceptor: refused a connection: {why}");
+                                    continue;
+                                }
                                 let _ = stream.set_nodelay(true);
                                 let tls = match bound.tls.as_ref().map(|tls| tls.accept()) {
                                     None => None,
                                     Some(Ok(session)) => Some(Box::new(session)),
                                     Some(Err(error)) => {
                                         log::warn!("acceptor: no TLS session for {peer}: {error}");
+                                        shared.address_limits.closed(peer.ip());
                                         continue;
                                     }
                                 };

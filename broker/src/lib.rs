@@ -21,6 +21,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod engine;
+pub mod limits;
 mod mailbox;
 pub mod metrics;
 pub mod pattern;

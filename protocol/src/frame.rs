@@ -163,11 +163,14 @@ pub enum ErrorCode {
     Internal = 11,
     /// A field holds a value the server does not accept.
     InvalidArgument = 12,
+    /// The connection or user sends faster than the configured rate limit
+    /// (temporary: slow down and retry).
+    RateLimited = 13,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Malformed,
         ErrorCode::Denied,
         ErrorCode::NotFound,
@@ -180,6 +183,7 @@ impl ErrorCode {
         ErrorCode::Unsupported,
         ErrorCode::Internal,
         ErrorCode::InvalidArgument,
+        ErrorCode::RateLimited,
     ];
 
     /// The code for a wire value, or `None` for a value this version does not know.
@@ -209,6 +213,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "Unsupported",
             ErrorCode::Internal => "Internal",
             ErrorCode::InvalidArgument => "InvalidArgument",
+            ErrorCode::RateLimited => "RateLimited",
         }
     }
 }

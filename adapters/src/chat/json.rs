@@ -245,6 +245,7 @@ impl From<BrokerError> for ChatError {
             BrokerError::NotSubscribed(_) => "not_subscribed",
             BrokerError::StorageFailed { .. } => "storage_failed",
             BrokerError::ShuttingDown => "unavailable",
+            BrokerError::RateLimited(_) => "rate_limited",
         };
         ChatError {
             code,

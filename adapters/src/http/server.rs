@@ -61,6 +61,7 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 pub struct HttpProtocol {
     chat: Arc<OnceLock<Arc<ChatService>>>,
     security: Arc<OnceLock<Arc<SecurityApi>>>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
     limits: HttpLimits,
     ws_limits: WsLimits,
     timeouts: HttpTimeouts,
@@ -77,6 +78,7 @@ impl HttpProtocol {
         HttpProtocol {
             chat: Arc::new(OnceLock::new()),
             security: Arc::new(OnceLock::new()),
+            trusted_proxies: Arc::from(Vec::new()),
             limits,
             ws_limits,
             timeouts,
@@ -100,6 +102,13 @@ impl HttpProtocol {
             subprotocol,
             protocol,
         });
+        self
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (for the client address
+    /// of sign-in throttling and role allow-lists of the security routes).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> HttpProtocol {
+        self.trusted_proxies = Arc::from(proxies);
         self
     }
 
@@ -130,6 +139,7 @@ impl Protocol for HttpProtocol {
         Box::new(HttpSession {
             chat_slot: self.chat.clone(),
             security_slot: self.security.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
             token: None,
             parser: RequestParser::new(self.limits),
             ws_limits: self.ws_limits,
@@ -237,6 +247,7 @@ struct InFlight {
 pub struct HttpSession {
     chat_slot: Arc<OnceLock<Arc<ChatService>>>,
     security_slot: Arc<OnceLock<Arc<SecurityApi>>>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The bearer token this connection's chat requests signed in with.
     token: Option<String>,
     parser: RequestParser,
@@ -863,7 +874,7 @@ impl HttpSession {
                     segments,
                     || body_object(request),
                     bearer_token(request),
-                    self.peer,
+                    client_address(self.peer, &self.trusted_proxies, request),
                 )
                 .and_then(|(op, status, by)| {
                     let conn = context
@@ -893,6 +904,27 @@ impl HttpSession {
             }
         }
     }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the
+/// last address of `X-Forwarded-For` that is not a trusted proxy itself.
+fn client_address(peer: SocketAddr, trusted: &[ipnet::IpNet], request: &Request) -> SocketAddr {
+    use starling_broker::security::roles::address_in;
+    if trusted.is_empty() || !address_in(trusted, peer.ip()) {
+        return peer;
+    }
+    let Some(forwarded) = request.header("x-forwarded-for") else {
+        return peer;
+    };
+    let hops: Vec<std::net::IpAddr> = forwarded
+        .split(',')
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.iter()
+        .rev()
+        .find(|ip| !address_in(trusted, **ip))
+        .or(hops.first())
+        .map_or(peer, |ip| SocketAddr::new(*ip, 0))
 }
 
 fn respond(out: &mut BytesMut, in_flight: &InFlight, result: Result<Value, ChatError>) {

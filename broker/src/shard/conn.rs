@@ -55,6 +55,15 @@ pub(crate) struct Connection {
     /// ended the connection): the connection closes once every accepted
     /// request is answered and written.
     pub peer_done: bool,
+    /// Publish rate limiters, made at the first publish when limits are on
+    /// (an idle connection holds none).
+    pub limiters: Option<Box<Limiters>>,
+}
+
+/// A connection's publish limiters.
+pub(crate) struct Limiters {
+    connection: crate::limits::ConnectionLimiter,
+    user: Arc<crate::limits::UserLimiter>,
 }
 
 pub(crate) enum ConnKind {
@@ -174,6 +183,7 @@ impl Shard {
             read_paused: false,
             closing: false,
             peer_done: false,
+            limiters: None,
         };
         let slot = self.allocate_slot(connection);
         let registry = self.poll.registry();
@@ -191,6 +201,7 @@ impl Shard {
                     "shard {}: cannot register connection from {peer}: {error}",
                     self.id
                 );
+                self.shared.address_limits.closed(peer.ip());
                 self.release_slot(slot);
                 return;
             }
@@ -217,6 +228,7 @@ impl Shard {
             read_paused: false,
             closing: false,
             peer_done: false,
+            limiters: None,
         };
         let slot = self.allocate_slot(connection);
         // The client may have given up waiting; then it detaches when dropped.
@@ -522,6 +534,19 @@ impl Shard {
                 Reply::Error(BrokerError::Denied(denied.0)),
             );
             return;
+        }
+        if let (Command::Publish { body, .. }, false) =
+            (&command, as_server || principal.is_system())
+        {
+            if let Err(why) = self.admit_publish(slot, &principal, body.len() as u64) {
+                self.shared.metrics.denied.add(1);
+                self.reply(
+                    from,
+                    request_id,
+                    Reply::Error(BrokerError::RateLimited(why)),
+                );
+                return;
+            }
         }
         let page_max = self.shared.config.page_messages_max;
         let sender = if as_server {
@@ -833,6 +858,31 @@ impl Shard {
         }
     }
 
+    /// Applies the publish rate limits of connection `slot` and its user.
+    fn admit_publish(
+        &mut self,
+        slot: u32,
+        principal: &Principal,
+        bytes: u64,
+    ) -> Result<(), String> {
+        let config = &self.shared.config;
+        let (per_connection, per_user) = (config.connection_limits(), config.user_limits());
+        if per_connection.is_off() && per_user.is_off() {
+            return Ok(());
+        }
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return Ok(());
+        };
+        let limiters = connection.limiters.get_or_insert_with(|| {
+            Box::new(Limiters {
+                connection: crate::limits::ConnectionLimiter::new(),
+                user: self.shared.user_limiters.get(&principal.user),
+            })
+        });
+        limiters.connection.admit(per_connection, bytes)?;
+        limiters.user.admit(per_user, bytes)
+    }
+
     /// Closes every connection whose principal `matching` matches, with
     /// `reason` as the last word (a revoked session, a disabled user).
     pub(super) fn close_matching(
@@ -892,6 +942,7 @@ impl Shard {
             return;
         };
         if let ConnKind::Socket(socket) = &mut connection.kind {
+            self.shared.address_limits.closed(socket.peer.ip());
             if let Some(tls) = socket.tls.as_mut() {
                 tls.send_close_notify();
                 let _ = tls.write_tls(&mut socket.stream);
