@@ -620,3 +620,139 @@ fn publish_rate_limits_per_connection_and_per_user() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("RC:151"), "{text}");
 }
+
+/// A JWT signed with the PEM private key at `key` (`alg`: EdDSA or RS256).
+fn jwt(key: &Path, alg: jsonwebtoken::Algorithm, claims: &Value) -> String {
+    let pem = std::fs::read(key).unwrap();
+    let encoding = match alg {
+        jsonwebtoken::Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap(),
+        _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), claims, &encoding).unwrap()
+}
+
+#[test]
+fn signed_tokens_of_an_identity_provider() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (alg, genpkey) in [
+        (
+            jsonwebtoken::Algorithm::EdDSA,
+            &["-algorithm", "ed25519"][..],
+        ),
+        (
+            jsonwebtoken::Algorithm::RS256,
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = setup(dir.path(), "");
+        for name in ["idp", "other"] {
+            let key = format!("{name}.key");
+            let mut args = vec!["genpkey"];
+            args.extend_from_slice(genpkey);
+            args.extend_from_slice(&["-out", &key]);
+            let ok = Command::new("openssl")
+                .args(&args)
+                .current_dir(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let ok = Command::new("openssl")
+                .args([
+                    "pkey",
+                    "-in",
+                    &key,
+                    "-pubout",
+                    "-out",
+                    &format!("{name}.pub"),
+                ])
+                .current_dir(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let public = path_string(&dir.path().join("idp.pub"));
+        let server = Server::start_with(
+            &dir.path().join("data"),
+            &["--config", config.to_str().unwrap()],
+            &[
+                ("STARLING_AUTH_JWT_PUBLIC_KEY_FILE", public.as_str()),
+                ("STARLING_AUTH_JWT_ISSUER", "https://idp.example"),
+            ],
+        );
+        let claims = |sub: &str, exp: u64, iss: &str| json!({"sub": sub, "roles": ["member"], "exp": exp, "iss": iss});
+        let good = jwt(
+            &dir.path().join("idp.key"),
+            alg,
+            &claims("dave", now + 600, "https://idp.example"),
+        );
+        let mut native = Client::connect(server.address, "test", &good).unwrap();
+        native
+            .publish("team/red", kind::MESSAGE, "from the idp")
+            .unwrap();
+        assert!(native.publish("general", kind::MESSAGE, "no").is_err());
+        let (status, _, _) = http(
+            server.http,
+            "GET",
+            "/v1/channels/team%2Fred/messages",
+            Some(&good),
+            None,
+        );
+        assert_eq!(status, 200);
+        for (why, bad) in [
+            (
+                "expired",
+                jwt(
+                    &dir.path().join("idp.key"),
+                    alg,
+                    &claims("dave", now - 600, "https://idp.example"),
+                ),
+            ),
+            (
+                "another key",
+                jwt(
+                    &dir.path().join("other.key"),
+                    alg,
+                    &claims("dave", now + 600, "https://idp.example"),
+                ),
+            ),
+            (
+                "another issuer",
+                jwt(
+                    &dir.path().join("idp.key"),
+                    alg,
+                    &claims("dave", now + 600, "https://evil.example"),
+                ),
+            ),
+        ] {
+            assert!(
+                Client::connect(server.address, "test", &bad).is_err(),
+                "{why} refused"
+            );
+        }
+        // A disabled local user of the same name is refused, token or not.
+        let alice = jwt(
+            &dir.path().join("idp.key"),
+            alg,
+            &claims("alice", now + 600, "https://idp.example"),
+        );
+        assert!(Client::connect(server.address, "test", &alice).is_ok());
+        let root = token(&server, "root", ADMIN_PASSWORD);
+        let (status, _, _) = http(
+            server.http,
+            "POST",
+            "/v1/admin/users/alice/disable",
+            Some(&root),
+            None,
+        );
+        assert_eq!(status, 200);
+        assert!(Client::connect(server.address, "test", &alice).is_err());
+    }
+}
+
+fn path_string(path: &Path) -> String {
+    path.to_str().unwrap().to_string()
+}

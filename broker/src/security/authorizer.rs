@@ -18,6 +18,7 @@ use parking_lot::RwLock;
 use starling_storage::audit::{AuditEntry, AuditKind};
 
 use super::audit::AuditWriter;
+use super::jwt::{looks_like_jwt, JwtVerifier};
 use super::roles::Role;
 use super::store::{token_id, AuthState};
 use super::{AuthConfig, SecurityError};
@@ -32,6 +33,8 @@ pub struct SecurityAuthorizer {
     loaded: AtomicBool,
     /// Denied requests are recorded here (without waiting).
     audit: OnceLock<Arc<AuditWriter>>,
+    /// Checks signed tokens of an external identity provider.
+    jwt: Option<JwtVerifier>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -54,7 +57,17 @@ impl SecurityAuthorizer {
                 )));
             }
         }
+        let jwt = if config.jwt_public_key_file.is_empty() {
+            None
+        } else {
+            Some(JwtVerifier::from_file(
+                std::path::Path::new(&config.jwt_public_key_file),
+                &config.jwt_issuer,
+                &config.jwt_audience,
+            )?)
+        };
         Ok(Arc::new(SecurityAuthorizer {
+            jwt,
             state: Arc::new(RwLock::new(AuthState::default())),
             roles,
             idle_ms: config.session_idle_timeout_s.saturating_mul(1000),
@@ -128,6 +141,9 @@ impl SecurityAuthorizer {
                     .into(),
             ));
         }
+        if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(token)) {
+            return self.principal_from_jwt(jwt, token, address);
+        }
         let id = token_id(token);
         let now = now_ms();
         let state = self.state.read();
@@ -163,6 +179,50 @@ impl SecurityAuthorizer {
             roles: user.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
             address,
             session: Some(Arc::from(id.as_str())),
+        })
+    }
+}
+
+impl SecurityAuthorizer {
+    fn principal_from_jwt(
+        &self,
+        jwt: &JwtVerifier,
+        token: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        let claims = jwt.verify(token).map_err(Denied)?;
+        super::check_user_name(&claims.sub).map_err(|e| Denied(e.to_string()))?;
+        if let Some(role) = claims.roles.iter().find(|r| !self.roles.contains_key(*r)) {
+            return Err(Denied(format!(
+                "the signed token names role {role:?}, which this server does not define"
+            )));
+        }
+        let state = self.state.read();
+        if state
+            .users
+            .get(&claims.sub)
+            .is_some_and(|user| user.disabled)
+        {
+            return Err(Denied(format!("user {} is disabled", claims.sub)));
+        }
+        if claims
+            .roles
+            .iter()
+            .filter_map(|name| self.roles.get(name))
+            .any(|role| role.require_totp)
+        {
+            return Err(Denied(
+                "a role in the signed token requires a TOTP sign-in; the identity provider's token cannot prove one"
+                    .into(),
+            ));
+        }
+        Ok(Principal {
+            user: Arc::from(claims.sub.as_str()),
+            roles: claims.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
+            address,
+            session: Some(Arc::from(
+                format!("jwt:{}", &token_id(token)[..32]).as_str(),
+            )),
         })
     }
 }

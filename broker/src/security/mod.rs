@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod authorizer;
+pub mod jwt;
 pub mod password;
 pub mod roles;
 pub mod service;
@@ -77,6 +78,13 @@ pub struct AuthConfig {
     /// The Ed25519 key (PEM, from `starling audit keygen`) that signs the
     /// audit log's checkpoints; empty: no audit log (a warning at start).
     pub audit_key_file: String,
+    /// PEM public key (Ed25519 or RSA) of an external identity provider:
+    /// JWTs it signs are accepted as tokens. Empty: none are.
+    pub jwt_public_key_file: String,
+    /// Required `iss` of such tokens (empty: not checked).
+    pub jwt_issuer: String,
+    /// Required `aud` of such tokens (empty: not checked).
+    pub jwt_audience: String,
     pub roles: Vec<RoleConfig>,
 }
 
@@ -91,6 +99,9 @@ impl Default for AuthConfig {
             throttle_failures_per_account: 5,
             throttle_window_s: 15 * 60,
             audit_key_file: String::new(),
+            jwt_public_key_file: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
             roles: Vec::new(),
         }
     }
