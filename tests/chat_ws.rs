@@ -516,6 +516,87 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn frames_split_anywhere_and_fragmented_arrive_whole() {
+    let (_dir, server) = server();
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    // The handshake and the first bytes of a frame in one write, the rest
+    // of the frame after the upgrade.
+    let connect = masked(0x1, br#"{"id":1,"type":"connect","token":"alice"}"#);
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.http
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&connect[..5]);
+    stream.write_all(&bytes).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        std::io::Read::read_exact(&mut stream, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(&connect[5..]).unwrap();
+    // A 100 KB publish in three fragments cut inside two-byte characters,
+    // a ping between them, every frame written in two pieces.
+    let text = "\u{e9}".repeat(50_000);
+    let request = json!({"id": 2, "type": "publish", "channel": "general", "text": text});
+    let request = request.to_string().into_bytes();
+    let (first, rest) = request.split_at(33_333);
+    let (second, third) = rest.split_at(33_333);
+    let fragment = |opcode: u8, payload: &[u8], fin: bool| {
+        let mut frame = masked(opcode, payload);
+        if !fin {
+            frame[0] &= 0x7f;
+        }
+        frame
+    };
+    for frame in [
+        fragment(0x1, first, false),
+        masked(0x9, b"p"),
+        fragment(0x0, second, false),
+        fragment(0x0, third, true),
+    ] {
+        let (a, b) = frame.split_at(frame.len() / 2);
+        stream.write_all(a).unwrap();
+        stream.flush().unwrap();
+        stream.write_all(b).unwrap();
+    }
+    let mut socket =
+        tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
+    let (mut ponged, mut replies) = (false, Vec::new());
+    while replies.len() < 2 {
+        match socket.read().unwrap() {
+            tungstenite::Message::Pong(payload) => {
+                assert_eq!(&payload[..], b"p");
+                ponged = true;
+            }
+            tungstenite::Message::Text(reply) => {
+                let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+                assert!(reply.get("error").is_none(), "{reply}");
+                replies.push(reply);
+            }
+            _ => {}
+        }
+    }
+    assert!(ponged);
+    replies.sort_by_key(|reply| reply["id"].as_u64());
+    assert_eq!(replies[0]["result"]["user"], "alice");
+    assert_eq!(replies[1]["result"]["seq"], 1);
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let history = bob.ok(json!({"type": "history", "channel": "general"}));
+    assert_eq!(history["messages"][0]["text"], text);
+}
+
+#[test]
 fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
@@ -529,6 +610,13 @@ fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     assert_eq!(close_code_after(&server, &[0x81, 0x01, b'a']), 1002);
     // Reserved opcode.
     assert_eq!(close_code_after(&server, &masked(0x3, b"")), 1002);
+    // A continuation frame with nothing to continue.
+    assert_eq!(close_code_after(&server, &masked(0x0, b"x")), 1002);
+    // A frame over the limit is refused from its header.
+    assert_eq!(
+        close_code_after(&server, &masked(0x1, &[b'a'; 5000])[..8]),
+        1009
+    );
     let mut alice = ChatClient::connect(server.http, "alice");
     alice.ok(json!({"type": "ping"}));
 }

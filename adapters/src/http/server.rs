@@ -196,7 +196,8 @@ impl Protocol for EventStreamProtocol {
 
 enum Mode {
     Http,
-    WebSocket(Box<WsFraming>),
+    /// The framing is a few words, so it is kept inline.
+    WebSocket(WsFraming),
     Events,
     /// Another protocol in WebSocket binary frames (MQTT at `/mqtt`).
     Tunnel(Box<Tunnel>),
@@ -258,14 +259,18 @@ impl Session for HttpSession {
                 input.clear();
                 self.serve_http(context)
             }
-            Mode::WebSocket(_) => self.serve_websocket(input, context),
             Mode::Events => {
                 // An event stream only sends; whatever the client sends is
                 // ignored.
                 input.clear();
                 Ok(())
             }
-            Mode::Tunnel(ref mut tunnel) => tunnel.on_input(input, context),
+            Mode::WebSocket(_) | Mode::Tunnel(_) if !self.buffer.is_empty() => {
+                self.buffer.extend_from_slice(input);
+                input.clear();
+                self.serve_buffered_frames(context)
+            }
+            Mode::WebSocket(_) | Mode::Tunnel(_) => self.serve_frames(input, context),
         }
     }
 
@@ -584,11 +589,7 @@ impl HttpSession {
         context.set_protocol(Arc::new(super::tunnel::TunnelDeliveries::new(
             route.protocol.clone(),
         )));
-        let mut rest = std::mem::take(&mut self.buffer);
-        match &mut self.mode {
-            Mode::Tunnel(tunnel) if !rest.is_empty() => tunnel.on_input(&mut rest, context),
-            _ => Ok(()),
-        }
+        self.serve_buffered_frames(context)
     }
 
     /// `GET /ws`: the chat WebSocket.
@@ -614,16 +615,39 @@ impl HttpSession {
             response = response.with_header("Sec-WebSocket-Protocol", "starling.chat.v1");
         }
         write_response(context.out(), &response, true, false);
-        self.mode = Mode::WebSocket(Box::new(WsFraming::server(self.ws_limits)));
+        self.mode = Mode::WebSocket(WsFraming::server(self.ws_limits));
         self.chat = Some(ChatConnection::new(service));
         context.set_protocol(self.websocket.clone());
         self.arm_timer(context);
-        // Frames the client sent right behind its handshake.
-        let mut rest = std::mem::take(&mut self.buffer);
-        if rest.is_empty() {
-            Ok(())
-        } else {
-            self.serve_websocket(&mut rest, context)
+        self.serve_buffered_frames(context)
+    }
+
+    /// Serves the frames in `buffer`: those the client sent right behind
+    /// its upgrade request, and what follows while they end in a partial
+    /// frame. A partial frame stays in `buffer`; once it is empty, frames
+    /// are served from the shard's input, which keeps partial frames itself.
+    fn serve_buffered_frames(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut buffered = std::mem::take(&mut self.buffer);
+        let result = self.serve_frames(&mut buffered, context);
+        if !buffered.is_empty() {
+            self.buffer = buffered;
+        }
+        result
+    }
+
+    /// Serves WebSocket frames from `input`, leaving a partial one there.
+    fn serve_frames(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        match &mut self.mode {
+            Mode::Tunnel(tunnel) => tunnel.on_input(input, context),
+            Mode::WebSocket(_) => self.serve_websocket(input, context),
+            Mode::Http | Mode::Events => Ok(()),
         }
     }
 
