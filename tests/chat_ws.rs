@@ -129,6 +129,84 @@ fn subscribe_since_recovers_exactly_what_was_missed() {
 }
 
 #[test]
+fn subscribe_since_reports_records_removed_by_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    // One partition of small segments, and a rule that expires every
+    // sealed segment holding only `old…` records at the next check (a
+    // segment holding a record no rule covers is kept).
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("STARLING_ENGINE_PARTITIONS", "1"),
+            ("STARLING_ENGINE_SEGMENT_BYTES_MAX", "4096"),
+            (
+                "STARLING_ENGINE_RETENTION",
+                r#"[{prefix = "old", max_age_ms = 1}]"#,
+            ),
+            ("STARLING_ENGINE_RETENTION_CHECK_MS", "50"),
+            ("STARLING_LOG_LEVEL", "debug"),
+        ],
+    );
+    let mut native = Client::connect(server.address, "test", "carol").unwrap();
+    for n in 1..=60 {
+        let body = format!("{n:03} {}", "x".repeat(150));
+        native
+            .publish("old", starling_protocol::kind::MESSAGE, body)
+            .unwrap();
+    }
+    // A record no rule covers: from here on the active segment is never
+    // deleted, whatever the chat writes to the partition later.
+    native
+        .publish("keep", starling_protocol::kind::MESSAGE, &b"kept"[..])
+        .unwrap();
+    // The server logs a marker after those writes (a client's close
+    // reason), then two retention runs; the second comes a check period
+    // after the first, so every segment sealed by the writes has expired
+    // and is gone.
+    let mut marker = ChatClient::open(server.http);
+    marker
+        .socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "retention-marker".into(),
+        }))
+        .unwrap();
+    let next_line_with = |text: &str| loop {
+        let line = server
+            .log
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the server logs {text:?}"));
+        if line.contains(text) {
+            break;
+        }
+    };
+    next_line_with("retention-marker");
+    next_line_with("retention: RetentionReport");
+    next_line_with("retention: RetentionReport");
+    let page = native
+        .history("old", starling_protocol::HistoryQuery::From(1), 1)
+        .unwrap();
+    let first_kept = page.messages.first().expect("some records are kept").seq;
+    assert!(first_kept > 2, "sealed segments were deleted");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let mut subscribe = |since: u64| {
+        let subscribed = bob.ok(json!({"type": "subscribe", "channel": "old", "since": since}));
+        assert_eq!(subscribed["head_seq"], 60);
+        let first = bob.next_of_kind("old", "message")["seq"].as_u64();
+        bob.ok(json!({"type": "unsubscribe", "channel": "old"}));
+        bob.pushes.clear();
+        (subscribed["recovered"].as_bool().unwrap(), first.unwrap())
+    };
+    // Missed records were removed: not recovered; the catch-up starts at
+    // the oldest record kept.
+    assert_eq!(subscribe(0), (false, first_kept));
+    assert_eq!(subscribe(first_kept - 2), (false, first_kept));
+    // Everything missed is still there.
+    assert_eq!(subscribe(first_kept - 1), (true, first_kept));
+    assert_eq!(subscribe(first_kept), (true, first_kept + 1));
+}
+
+#[test]
 fn history_pages_forward_and_back() {
     let (_dir, server) = server();
     let mut alice = ChatClient::connect(server.http, "alice");

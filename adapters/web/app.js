@@ -418,14 +418,15 @@ async function subscribe(ch) {
   }
 }
 
-/** The server does not have what we hold (`recovered: false`: e.g. its data was replaced):
- * drop our copy of the channel and load it again from the server's head. */
+/** The server cannot send exactly what we missed (`recovered: false`: retention removed some
+ * of it, or its data was replaced): drop our copy of the channel and load it again from the
+ * server's head. */
 function forgetHeld(ch, head) {
   Object.assign(ch, { records: new Map(), effects: new Map(), sorted: null, highSeq: head, loaded: false, atStart: false, readBy: null, readByFor: 0 });
   if (ch.id === state.current) {
     rowCache.clear();
     stickToBottom = true;
-    toast(`${displayName(ch)} was reloaded: the server no longer has some messages this page showed.`, 'info');
+    toast(`${displayName(ch)} was reloaded: the server no longer has some of the messages in between.`, 'info');
     ensureLoaded(ch);
   }
   invalidate('messages', 'thread');
