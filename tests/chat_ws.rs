@@ -675,6 +675,34 @@ fn frames_split_anywhere_and_fragmented_arrive_whole() {
 }
 
 #[test]
+fn permessage_deflate_is_not_offered() {
+    let (_dir, server) = server();
+    let stream = TcpStream::connect(server.http).unwrap();
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws",
+        server.http
+    ))
+    .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    let (mut socket, response) = tungstenite::client(request, stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().get("Sec-WebSocket-Extensions").is_none());
+    // Uncompressed frames, as without the offer.
+    let connect = json!({"id": 1, "type": "connect", "token": "alice"});
+    socket
+        .send(tungstenite::Message::text(connect.to_string()))
+        .unwrap();
+    let reply = socket.read().unwrap().into_text().unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["result"]["user"], "alice");
+}
+
+#[test]
 fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
