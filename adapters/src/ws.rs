@@ -18,7 +18,7 @@
 
 use std::io::{self, Cursor, Write};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
@@ -182,15 +182,15 @@ impl WsFraming {
             if input.len() < total {
                 return Ok(());
             }
-            let frame = input.split_to(total);
-            let masked = &frame[header_bytes..];
-            match header.opcode {
+            let masked = &input[header_bytes..total];
+            let message = match header.opcode {
                 OpCode::Control(Control::Ping) => {
                     let mut payload = Vec::new();
                     unmask_into(header, masked, &mut payload);
                     write_frame(Frame::pong(payload), out);
+                    None
                 }
-                OpCode::Control(Control::Pong) => {}
+                OpCode::Control(Control::Pong) => None,
                 OpCode::Control(Control::Close) => {
                     let mut payload = Vec::new();
                     unmask_into(header, masked, &mut payload);
@@ -199,11 +199,11 @@ impl WsFraming {
                 OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                     unreachable!("FrameHeader::parse refuses reserved opcodes")
                 }
-                OpCode::Data(data) => {
-                    if let Some(message) = self.data_frame(header, data, masked, out)? {
-                        on_message(message, out)?;
-                    }
-                }
+                OpCode::Data(data) => self.data_frame(header, data, masked, out)?,
+            };
+            input.advance(total);
+            if let Some(message) = message {
+                on_message(message, out)?;
             }
         }
     }
