@@ -406,6 +406,7 @@ impl ChatConnection {
         let Some((id, shape)) = self.pending.remove(&request_id) else {
             return;
         };
+        release_if_empty(&mut self.pending);
         if let Reply::Error(error) = reply {
             if !matches!(shape, Shape::Ignore) {
                 responses.push((id, Err(error.clone().into())));
@@ -499,6 +500,7 @@ impl ChatConnection {
         match outcome {
             Err(error) => {
                 self.parked.remove(&id);
+                release_if_empty(&mut self.parked);
                 responses.push((id, Err(error)));
             }
             Ok(Outcome::Value(value)) => responses.push((id, Ok(value))),
@@ -511,6 +513,7 @@ impl ChatConnection {
             }
             Ok(Outcome::Retry) => {
                 if let Some(request) = self.parked.remove(&id) {
+                    release_if_empty(&mut self.parked);
                     self.request(id, request, context, responses);
                 }
             }
@@ -530,6 +533,14 @@ impl ChatConnection {
 impl Drop for ChatConnection {
     fn drop(&mut self) {
         self.on_closed();
+    }
+}
+
+/// Frees the table of an idle connection: a hash map keeps its buckets
+/// when emptied, and most connections sit idle between a few requests.
+fn release_if_empty<K, V>(table: &mut HashMap<K, V>) {
+    if table.is_empty() && table.capacity() > 0 {
+        *table = HashMap::new();
     }
 }
 

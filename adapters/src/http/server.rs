@@ -58,8 +58,15 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Shared state of the HTTP listener.
 pub struct HttpProtocol {
-    chat: Arc<OnceLock<Arc<ChatService>>>,
     limits: HttpLimits,
+    shared: Arc<Shared>,
+}
+
+/// What every session of the listener reads and none changes: one
+/// allocation for all of them, not a copy in each (an idle connection's
+/// memory is what limits how many a server holds).
+struct Shared {
+    chat: Arc<OnceLock<Arc<ChatService>>>,
     ws_limits: WsLimits,
     timeouts: HttpTimeouts,
     ready: Arc<AtomicBool>,
@@ -73,14 +80,16 @@ impl HttpProtocol {
     /// until then chat requests are answered "unavailable".
     pub fn new(limits: HttpLimits, ws_limits: WsLimits, timeouts: HttpTimeouts) -> HttpProtocol {
         HttpProtocol {
-            chat: Arc::new(OnceLock::new()),
             limits,
-            ws_limits,
-            timeouts,
-            ready: Arc::new(AtomicBool::new(false)),
-            websocket: Arc::new(ChatWebSocketProtocol),
-            events: Arc::new(EventStreamProtocol),
-            tunnels: Vec::new(),
+            shared: Arc::new(Shared {
+                chat: Arc::new(OnceLock::new()),
+                ws_limits,
+                timeouts,
+                ready: Arc::new(AtomicBool::new(false)),
+                websocket: Arc::new(ChatWebSocketProtocol),
+                events: Arc::new(EventStreamProtocol),
+                tunnels: Vec::new(),
+            }),
         }
     }
 
@@ -92,7 +101,9 @@ impl HttpProtocol {
         subprotocol: &'static str,
         protocol: Arc<dyn Protocol>,
     ) -> HttpProtocol {
-        self.tunnels.push(TunnelRoute {
+        let shared = Arc::get_mut(&mut self.shared)
+            .expect("tunnels are added before the listener makes sessions");
+        shared.tunnels.push(TunnelRoute {
             path,
             subprotocol,
             protocol,
@@ -102,12 +113,12 @@ impl HttpProtocol {
 
     /// Where the chat service goes once the engine is started.
     pub fn chat_slot(&self) -> Arc<OnceLock<Arc<ChatService>>> {
-        self.chat.clone()
+        self.shared.chat.clone()
     }
 
     /// Set once the server is ready to serve (`/readyz`).
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
-        self.ready.clone()
+        self.shared.ready.clone()
     }
 }
 
@@ -118,14 +129,8 @@ impl Protocol for HttpProtocol {
 
     fn new_session(&self, _peer: SocketAddr) -> Box<dyn Session> {
         Box::new(HttpSession {
-            chat_slot: self.chat.clone(),
+            shared: self.shared.clone(),
             parser: RequestParser::new(self.limits),
-            ws_limits: self.ws_limits,
-            timeouts: self.timeouts,
-            ready: self.ready.clone(),
-            websocket: self.websocket.clone(),
-            events: self.events.clone(),
-            tunnels: self.tunnels.clone(),
             peer: _peer,
             buffer: BytesMut::new(),
             mode: Mode::Http,
@@ -224,14 +229,8 @@ struct InFlight {
 }
 
 pub struct HttpSession {
-    chat_slot: Arc<OnceLock<Arc<ChatService>>>,
+    shared: Arc<Shared>,
     parser: RequestParser,
-    ws_limits: WsLimits,
-    timeouts: HttpTimeouts,
-    ready: Arc<AtomicBool>,
-    websocket: Arc<dyn Protocol>,
-    events: Arc<dyn Protocol>,
-    tunnels: Vec<TunnelRoute>,
     peer: SocketAddr,
     /// Received bytes not parsed yet (HTTP mode answers one request at a
     /// time, so what follows waits here).
@@ -330,7 +329,7 @@ impl Session for HttpSession {
             Mode::Tunnel(tunnel) => return tunnel.on_timer(context),
             Mode::Http => {
                 if let Some(started) = self.request_started {
-                    if now.duration_since(started) >= self.timeouts.request_read {
+                    if now.duration_since(started) >= self.shared.timeouts.request_read {
                         write_error(
                             context.out(),
                             408,
@@ -341,7 +340,7 @@ impl Session for HttpSession {
                         return Err(close("request read timeout"));
                     }
                 } else if self.in_flight.is_none()
-                    && now.duration_since(self.last_activity) >= self.timeouts.idle
+                    && now.duration_since(self.last_activity) >= self.shared.timeouts.idle
                 {
                     return Err(close("idle keep-alive connection"));
                 }
@@ -403,8 +402,8 @@ impl HttpSession {
         let now = context.now();
         let deadline = match self.mode {
             Mode::Http => match self.request_started {
-                Some(started) => started + self.timeouts.request_read,
-                None => self.last_activity + self.timeouts.idle,
+                Some(started) => started + self.shared.timeouts.request_read,
+                None => self.last_activity + self.shared.timeouts.idle,
             },
             Mode::WebSocket(_) => now + Duration::from_secs(HEARTBEAT_S),
             Mode::Events => now + SSE_KEEPALIVE,
@@ -415,7 +414,8 @@ impl HttpSession {
     }
 
     fn chat_service(&self) -> Result<Arc<ChatService>, ChatError> {
-        self.chat_slot
+        self.shared
+            .chat
             .get()
             .cloned()
             .ok_or_else(|| ChatError::unavailable("the server is starting; retry in a moment"))
@@ -471,7 +471,7 @@ impl HttpSession {
             (true, "/app.css") => Some(static_file(APP_CSS, "text/css; charset=utf-8")),
             (true, "/v1/openapi.json") => Some(static_file(OPENAPI_JSON, "application/json")),
             (true, "/healthz") => Some(Response::json(200, &json!({ "status": "ok" }))),
-            (true, "/readyz") => Some(if self.ready.load(Ordering::Relaxed) {
+            (true, "/readyz") => Some(if self.shared.ready.load(Ordering::Relaxed) {
                 Response::json(200, &json!({ "status": "ready" }))
             } else {
                 Response::json(503, &json!({ "status": "starting" }))
@@ -494,7 +494,7 @@ impl HttpSession {
         if path == "/ws" {
             return self.upgrade(&request, context);
         }
-        if let Some(route) = self.tunnels.iter().find(|t| t.path == path).cloned() {
+        if let Some(route) = self.shared.tunnels.iter().find(|t| t.path == path).cloned() {
             return self.upgrade_tunnel(&request, route, context);
         }
         if let Some(rest) = path.strip_prefix("/v1/") {
@@ -585,7 +585,7 @@ impl HttpSession {
             .with_header("Sec-WebSocket-Protocol", route.subprotocol);
         write_response(context.out(), &response, true, false);
         let inner = route.protocol.new_session(self.peer);
-        self.mode = Mode::Tunnel(Box::new(Tunnel::new(inner, self.ws_limits)));
+        self.mode = Mode::Tunnel(Box::new(Tunnel::new(inner, self.shared.ws_limits)));
         context.set_protocol(Arc::new(super::tunnel::TunnelDeliveries::new(
             route.protocol.clone(),
         )));
@@ -615,9 +615,9 @@ impl HttpSession {
             response = response.with_header("Sec-WebSocket-Protocol", "starling.chat.v1");
         }
         write_response(context.out(), &response, true, false);
-        self.mode = Mode::WebSocket(WsFraming::server(self.ws_limits));
+        self.mode = Mode::WebSocket(WsFraming::server(self.shared.ws_limits));
         self.chat = Some(ChatConnection::new(service));
-        context.set_protocol(self.websocket.clone());
+        context.set_protocol(self.shared.websocket.clone());
         self.arm_timer(context);
         self.serve_buffered_frames(context)
     }
@@ -750,7 +750,7 @@ impl HttpSession {
         write_chunk(context.out(), text.as_bytes());
         let _ = channel;
         self.mode = Mode::Events;
-        context.set_protocol(self.events.clone());
+        context.set_protocol(self.shared.events.clone());
         self.arm_timer(context);
     }
 
