@@ -129,6 +129,84 @@ fn subscribe_since_recovers_exactly_what_was_missed() {
 }
 
 #[test]
+fn subscribe_since_reports_records_removed_by_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    // One partition of small segments, and a rule that expires every
+    // sealed segment holding only `old…` records at the next check (a
+    // segment holding a record no rule covers is kept).
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("STARLING_ENGINE_PARTITIONS", "1"),
+            ("STARLING_ENGINE_SEGMENT_BYTES_MAX", "4096"),
+            (
+                "STARLING_ENGINE_RETENTION",
+                r#"[{prefix = "old", max_age_ms = 1}]"#,
+            ),
+            ("STARLING_ENGINE_RETENTION_CHECK_MS", "50"),
+            ("STARLING_LOG_LEVEL", "debug"),
+        ],
+    );
+    let mut native = Client::connect(server.address, "test", "carol").unwrap();
+    for n in 1..=60 {
+        let body = format!("{n:03} {}", "x".repeat(150));
+        native
+            .publish("old", starling_protocol::kind::MESSAGE, body)
+            .unwrap();
+    }
+    // A record no rule covers: from here on the active segment is never
+    // deleted, whatever the chat writes to the partition later.
+    native
+        .publish("keep", starling_protocol::kind::MESSAGE, &b"kept"[..])
+        .unwrap();
+    // The server logs a marker after those writes (a client's close
+    // reason), then two retention runs; the second comes a check period
+    // after the first, so every segment sealed by the writes has expired
+    // and is gone.
+    let mut marker = ChatClient::open(server.http);
+    marker
+        .socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "retention-marker".into(),
+        }))
+        .unwrap();
+    let next_line_with = |text: &str| loop {
+        let line = server
+            .log
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the server logs {text:?}"));
+        if line.contains(text) {
+            break;
+        }
+    };
+    next_line_with("retention-marker");
+    next_line_with("retention: RetentionReport");
+    next_line_with("retention: RetentionReport");
+    let page = native
+        .history("old", starling_protocol::HistoryQuery::From(1), 1)
+        .unwrap();
+    let first_kept = page.messages.first().expect("some records are kept").seq;
+    assert!(first_kept > 2, "sealed segments were deleted");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let mut subscribe = |since: u64| {
+        let subscribed = bob.ok(json!({"type": "subscribe", "channel": "old", "since": since}));
+        assert_eq!(subscribed["head_seq"], 60);
+        let first = bob.next_of_kind("old", "message")["seq"].as_u64();
+        bob.ok(json!({"type": "unsubscribe", "channel": "old"}));
+        bob.pushes.clear();
+        (subscribed["recovered"].as_bool().unwrap(), first.unwrap())
+    };
+    // Missed records were removed: not recovered; the catch-up starts at
+    // the oldest record kept.
+    assert_eq!(subscribe(0), (false, first_kept));
+    assert_eq!(subscribe(first_kept - 2), (false, first_kept));
+    // Everything missed is still there.
+    assert_eq!(subscribe(first_kept - 1), (true, first_kept));
+    assert_eq!(subscribe(first_kept), (true, first_kept + 1));
+}
+
+#[test]
 fn history_pages_forward_and_back() {
     let (_dir, server) = server();
     let mut alice = ChatClient::connect(server.http, "alice");
@@ -516,6 +594,115 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn frames_split_anywhere_and_fragmented_arrive_whole() {
+    let (_dir, server) = server();
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    // The handshake and the first bytes of a frame in one write, the rest
+    // of the frame after the upgrade.
+    let connect = masked(0x1, br#"{"id":1,"type":"connect","token":"alice"}"#);
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.http
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&connect[..5]);
+    stream.write_all(&bytes).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        std::io::Read::read_exact(&mut stream, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(&connect[5..]).unwrap();
+    // A 100 KB publish in three fragments cut inside two-byte characters,
+    // a ping between them, every frame written in two pieces.
+    let text = "\u{e9}".repeat(50_000);
+    let request = json!({"id": 2, "type": "publish", "channel": "general", "text": text});
+    let request = request.to_string().into_bytes();
+    let (first, rest) = request.split_at(33_333);
+    let (second, third) = rest.split_at(33_333);
+    let fragment = |opcode: u8, payload: &[u8], fin: bool| {
+        let mut frame = masked(opcode, payload);
+        if !fin {
+            frame[0] &= 0x7f;
+        }
+        frame
+    };
+    for frame in [
+        fragment(0x1, first, false),
+        masked(0x9, b"p"),
+        fragment(0x0, second, false),
+        fragment(0x0, third, true),
+    ] {
+        let (a, b) = frame.split_at(frame.len() / 2);
+        stream.write_all(a).unwrap();
+        stream.flush().unwrap();
+        stream.write_all(b).unwrap();
+    }
+    let mut socket =
+        tungstenite::WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
+    let (mut ponged, mut replies) = (false, Vec::new());
+    while replies.len() < 2 {
+        match socket.read().unwrap() {
+            tungstenite::Message::Pong(payload) => {
+                assert_eq!(&payload[..], b"p");
+                ponged = true;
+            }
+            tungstenite::Message::Text(reply) => {
+                let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+                assert!(reply.get("error").is_none(), "{reply}");
+                replies.push(reply);
+            }
+            _ => {}
+        }
+    }
+    assert!(ponged);
+    replies.sort_by_key(|reply| reply["id"].as_u64());
+    assert_eq!(replies[0]["result"]["user"], "alice");
+    assert_eq!(replies[1]["result"]["seq"], 1);
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let history = bob.ok(json!({"type": "history", "channel": "general"}));
+    assert_eq!(history["messages"][0]["text"], text);
+}
+
+#[test]
+fn permessage_deflate_is_not_offered() {
+    let (_dir, server) = server();
+    let stream = TcpStream::connect(server.http).unwrap();
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws",
+        server.http
+    ))
+    .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    let (mut socket, response) = tungstenite::client(request, stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().get("Sec-WebSocket-Extensions").is_none());
+    // Uncompressed frames, as without the offer.
+    let connect = json!({"id": 1, "type": "connect", "token": "alice"});
+    socket
+        .send(tungstenite::Message::text(connect.to_string()))
+        .unwrap();
+    let reply = socket.read().unwrap().into_text().unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["result"]["user"], "alice");
+}
+
+#[test]
 fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
@@ -529,6 +716,13 @@ fn bad_frames_close_with_rfc_codes_and_the_server_carries_on() {
     assert_eq!(close_code_after(&server, &[0x81, 0x01, b'a']), 1002);
     // Reserved opcode.
     assert_eq!(close_code_after(&server, &masked(0x3, b"")), 1002);
+    // A continuation frame with nothing to continue.
+    assert_eq!(close_code_after(&server, &masked(0x0, b"x")), 1002);
+    // A frame over the limit is refused from its header.
+    assert_eq!(
+        close_code_after(&server, &masked(0x1, &[b'a'; 5000])[..8]),
+        1009
+    );
     let mut alice = ChatClient::connect(server.http, "alice");
     alice.ok(json!({"type": "ping"}));
 }

@@ -10,8 +10,10 @@
 // client holds (or the head seq from `channels {}` when it holds nothing yet). Opening a
 // channel fetches `history {limit: 50}` first; scrolling to the top fetches `history {before}`.
 // After a reconnect every channel is re-subscribed with `since` = highest seq held, so the server
-// replays exactly what was missed; records are deduplicated by seq anyway. Nothing pushes
-// "you were added to a channel", so `channels {}` is also polled every CHANNEL_POLL_MS.
+// replays exactly what was missed; records are deduplicated by seq anyway. The client also
+// follows its own channel list, `$chat/user/<me>`: the server appends a `joined` or `left`
+// event there whenever the user is added to or leaves a channel (whoever did it), and each one
+// makes the client reload `channels {}`. Nothing is polled.
 //
 // data-testid reference (stable ids for tests; <id> is a channel id, <seq> a channel seq,
 // <user> a user name, <cid> a client_id):
@@ -44,7 +46,6 @@ const GROUP_GAP_MS = 5 * 60 * 1000;   // messages of one sender closer than this
 const TYPING_SEND_MS = 3000;          // send `typing` at most this often
 const TYPING_SHOW_MS = 5000;          // show "x is typing…" this long after a push
 const AWAY_AFTER_MS = 30000;          // hidden tab for this long => presence "away"
-const CHANNEL_POLL_MS = 10000;        // refresh `channels {}`: no push says we were added to one
 const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 5000;
 const EFFECT_KINDS = new Set(['edit', 'delete', 'reaction_add', 'reaction_remove', 'reply']);
 const USER_KEY = 'starling.user';
@@ -200,7 +201,7 @@ let ws = null;
 let nextId = 1;
 const inflight = new Map();  // request id -> {resolve, reject, timer}
 let backoff = BACKOFF_MIN_MS;
-let reconnectTimer = null, heartbeatTimer = null, pollTimer = null;
+let reconnectTimer = null, heartbeatTimer = null;
 
 const mkErr = (code, message, temporary) => Object.assign(new Error(message), { code, temporary });
 
@@ -316,8 +317,10 @@ function startHeartbeat(seconds) {
   }, seconds * 1000);
 }
 
-/** After every (re)connect: reload the channel list, re-subscribe, resend pending messages. */
+/** After every (re)connect: follow the channel list and reload it, re-subscribe, resend
+ * pending messages. */
 async function resync() {
+  await followChannelList();  // first, so that no change after the reload goes unnoticed
   await refreshChannels();
   // A channel opened before but not loaded yet subscribes after its first history page instead.
   for (const ch of state.channels.values()) if (ch.loaded || ch !== cur()) subscribe(ch);
@@ -329,8 +332,6 @@ async function resync() {
   for (const ch of state.channels.values()) if (ch.direct) refreshMembers(ch);
   for (const p of state.pending.values()) if (p.status !== 'failed' && p.seq == null) deliver(p);
   if (document.hidden) setMyPresence('away');
-  clearInterval(pollTimer);
-  pollTimer = setInterval(() => state.connected && refreshChannels(), CHANNEL_POLL_MS);
   invalidate('all');
 }
 
@@ -357,6 +358,35 @@ function applyInfo(info) {
     ch.infoSeq = Math.max(ch.infoSeq, info.head_seq || 0);
   }
   return ch;
+}
+
+/** Our own channel list's stream: `joined` / `left` events (docs/PROTOCOL.md, "Channel records"). */
+const myListChannel = () => `$chat/user/${state.me}`;
+
+/** Subscribes (live) to our channel list's stream; its events arrive in onPush. */
+async function followChannelList() {
+  try {
+    await request('subscribe', { channel: myListChannel() });
+  } catch (e) {
+    if (e.code !== 'already_subscribed' && e.code !== 'disconnected') {
+      toast(`Channels you are added to will show after a reload: ${errText(e)}`);
+    }
+  }
+}
+
+let listReload = null, listStale = false;
+
+/** A `joined` or `left` event arrived: reload `channels {}`, once for a burst of events (an
+ * event during a reload asks for one more, so the last answer has seen every event). */
+function channelListChanged() {
+  listStale = true;
+  if (listReload) return;
+  listReload = (async () => {
+    while (listStale && state.connected) {
+      listStale = false;
+      await refreshChannels();
+    }
+  })().finally(() => { listReload = null; });
 }
 
 async function refreshChannels() {
@@ -418,14 +448,15 @@ async function subscribe(ch) {
   }
 }
 
-/** The server does not have what we hold (`recovered: false`: e.g. its data was replaced):
- * drop our copy of the channel and load it again from the server's head. */
+/** The server cannot send exactly what we missed (`recovered: false`: retention removed some
+ * of it, or its data was replaced): drop our copy of the channel and load it again from the
+ * server's head. */
 function forgetHeld(ch, head) {
   Object.assign(ch, { records: new Map(), effects: new Map(), sorted: null, highSeq: head, loaded: false, atStart: false, readBy: null, readByFor: 0 });
   if (ch.id === state.current) {
     rowCache.clear();
     stickToBottom = true;
-    toast(`${displayName(ch)} was reloaded: the server no longer has some messages this page showed.`, 'info');
+    toast(`${displayName(ch)} was reloaded: the server no longer has some of the messages in between.`, 'info');
     ensureLoaded(ch);
   }
   invalidate('messages', 'thread');
@@ -576,6 +607,10 @@ function applyChannelEvent(ch, m) {
 function onPush(p) {
   if (p.push !== 'message' || !p.message) return;
   const m = p.message;
+  if (p.channel === myListChannel()) {
+    if (m.kind === 'channel_event') channelListChanged();
+    return;
+  }
   const ch = state.channels.get(p.channel);
   switch (m.kind) {
     case 'presence': {
@@ -1354,7 +1389,6 @@ function signIn(name) {
 function signOut(error) {
   state.me = null;
   localStorage.removeItem(USER_KEY);
-  clearInterval(pollTimer);
   clearTimeout(reconnectTimer);
   reconnectTimer = null;
   const old = ws;

@@ -110,6 +110,10 @@ async function rawSession(page, user, requests) {
   return replies;
 }
 
+function parseFrame(payload) {
+  try { return JSON.parse(payload); } catch { return null; }
+}
+
 async function signIn(page, user) {
   await page.goto(BASE);
   await byId(page, 'login-name').fill(user);
@@ -134,6 +138,12 @@ async function main() {
     page.on('pageerror', (e) => pageErrors.push(`${who}: ${e.message}`));
     page.on('console', (m) => { if (m.type() === 'error') console.log(`  [${who} console] ${m.text()}`); });
   }
+  // Bob's WebSocket traffic, in order: what his client asks and what the server pushes.
+  const bobFrames = [];
+  bob.on('websocket', (ws) => {
+    ws.on('framesent', (f) => bobFrames.push({ sent: true, json: parseFrame(f.payload) }));
+    ws.on('framereceived', (f) => bobFrames.push({ sent: false, json: parseFrame(f.payload) }));
+  });
 
   await step('both users sign in; the name is remembered across a reload', async () => {
     await signIn(alice, ALICE);
@@ -168,6 +178,28 @@ async function main() {
     await until('the direct channel in bob\'s sidebar', () => visible(bob, `channel-item-${dm}`));
     await until('alice\'s presence dot = online', async () =>
       (await byId(bob, `dm-presence-${ALICE}`).getAttribute('data-status')) === 'online');
+  });
+
+  await step('channels alice adds bob to appear in his sidebar at once, driven by his channel-list stream', async () => {
+    const created = `secret-${suffix}`, invited = `invited-${suffix}`;
+    const from = bobFrames.length;
+    await rawSession(alice, ALICE, [
+      { type: 'channel_create', channel: created, visibility: 'private', members: [BOB] },
+      { type: 'channel_create', channel: invited, visibility: 'private' },
+      { type: 'channel_invite', channel: invited, user: BOB },
+    ]);
+    await until('the created channel in bob\'s sidebar', () => visible(bob, `channel-item-${created}`));
+    await until('the channel he was invited to in bob\'s sidebar', () => visible(bob, `channel-item-${invited}`));
+    // No polling: bob's client asked for its channel list only after the server pushed a
+    // `joined` event on $chat/user/bob.
+    const frames = bobFrames.slice(from);
+    const joined = frames.findIndex((f) => !f.sent && f.json?.channel === `$chat/user/${BOB}` && f.json?.message?.kind === 'channel_event');
+    const asked = frames.findIndex((f) => f.sent && f.json?.type === 'channels');
+    assert.ok(joined >= 0, 'a joined event was pushed to bob');
+    assert.ok(asked > joined, `bob asked for his channels (frame ${asked}) after the push (frame ${joined})`);
+    // Removal shows too.
+    await rawSession(alice, ALICE, [{ type: 'channel_remove', channel: invited, user: BOB }]);
+    await until('the channel bob was removed from leaves his sidebar', async () => (await byId(bob, `channel-item-${invited}`).count()) === 0);
   });
 
   let first;

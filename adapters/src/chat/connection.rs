@@ -30,9 +30,17 @@ enum Shape {
         channel: String,
         root: u64,
     },
+    /// The first record kept after `since`, read before subscribing with
+    /// `since`: retention may have removed what the client missed.
+    RecoveryProbe {
+        channel: String,
+        since: u64,
+    },
     Subscribed {
         channel: String,
         since: Option<u64>,
+        /// Records after `since` were removed by retention.
+        removed: bool,
     },
     /// `{}`
     Empty,
@@ -231,15 +239,20 @@ impl ChatConnection {
                     (Some(_), Some(_)) => {
                         return Err(ChatError::invalid("give `since` or `last`, not both"))
                     }
-                    (Some(since), None) => SubscribeStart::FromSeq(since + 1),
+                    (Some(since), None) => {
+                        // Subscribes once the probe answers (`on_reply`).
+                        let probe = Command::History {
+                            channel: channel.clone(),
+                            query: HistoryQuery::From(since + 1),
+                            limit: 1,
+                        };
+                        self.submit(id, probe, Shape::RecoveryProbe { channel, since }, context);
+                        return Ok(None);
+                    }
                     (None, Some(last)) => SubscribeStart::LastN(u64::from(last)),
                     (None, None) => SubscribeStart::Live,
                 };
-                let command = Command::Subscribe {
-                    channel: channel.clone(),
-                    start,
-                };
-                self.submit(id, command, Shape::Subscribed { channel, since }, context);
+                self.subscribe(id, channel, start, None, false, context);
                 Ok(None)
             }
             Request::Unsubscribe { channel } => {
@@ -348,6 +361,27 @@ impl ChatConnection {
         })
     }
 
+    fn subscribe(
+        &mut self,
+        id: u64,
+        channel: String,
+        start: SubscribeStart,
+        since: Option<u64>,
+        removed: bool,
+        context: &mut SessionContext<'_>,
+    ) {
+        let command = Command::Subscribe {
+            channel: channel.clone(),
+            start,
+        };
+        let shape = Shape::Subscribed {
+            channel,
+            since,
+            removed,
+        };
+        self.submit(id, command, shape, context);
+    }
+
     fn submit(
         &mut self,
         id: u64,
@@ -372,6 +406,7 @@ impl ChatConnection {
         let Some((id, shape)) = self.pending.remove(&request_id) else {
             return;
         };
+        release_if_empty(&mut self.pending);
         if let Reply::Error(error) = reply {
             if !matches!(shape, Shape::Ignore) {
                 responses.push((id, Err(error.clone().into())));
@@ -395,13 +430,36 @@ impl ChatConnection {
                 }
                 return;
             }
-            (Shape::Subscribed { channel, since }, Reply::Subscribed { head_seq }) => {
+            (
+                Shape::RecoveryProbe { channel, since },
+                Reply::History {
+                    head_seq, messages, ..
+                },
+            ) => {
+                // Seqs have no gaps, so a first record kept past `since + 1`
+                // means retention removed the ones between. The catch-up
+                // then starts at the oldest record kept.
+                let first_kept = messages.first().map(|message| message.seq);
+                let removed = *head_seq > since && first_kept != Some(since + 1);
+                let start = SubscribeStart::FromSeq(since + 1);
+                self.subscribe(id, channel, start, Some(since), removed, context);
+                return;
+            }
+            (
+                Shape::Subscribed {
+                    channel,
+                    since,
+                    removed,
+                },
+                Reply::Subscribed { head_seq },
+            ) => {
                 json!({
                     "channel": channel,
                     "head_seq": head_seq,
-                    // The log keeps everything until retention removes it; a
-                    // client ahead of the head has seqs this server lost.
-                    "recovered": since.is_none_or(|since| since <= *head_seq),
+                    // Not what the client missed: records removed by
+                    // retention, or a client ahead of the head (it has seqs
+                    // this server lost).
+                    "recovered": !removed && since.is_none_or(|since| since <= *head_seq),
                 })
             }
             (
@@ -442,6 +500,7 @@ impl ChatConnection {
         match outcome {
             Err(error) => {
                 self.parked.remove(&id);
+                release_if_empty(&mut self.parked);
                 responses.push((id, Err(error)));
             }
             Ok(Outcome::Value(value)) => responses.push((id, Ok(value))),
@@ -454,6 +513,7 @@ impl ChatConnection {
             }
             Ok(Outcome::Retry) => {
                 if let Some(request) = self.parked.remove(&id) {
+                    release_if_empty(&mut self.parked);
                     self.request(id, request, context, responses);
                 }
             }
@@ -473,6 +533,14 @@ impl ChatConnection {
 impl Drop for ChatConnection {
     fn drop(&mut self) {
         self.on_closed();
+    }
+}
+
+/// Frees the table of an idle connection: a hash map keeps its buckets
+/// when emptied, and most connections sit idle between a few requests.
+fn release_if_empty<K, V>(table: &mut HashMap<K, V>) {
+    if table.is_empty() && table.capacity() > 0 {
+        *table = HashMap::new();
     }
 }
 

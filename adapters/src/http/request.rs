@@ -218,10 +218,15 @@ enum State {
     /// Waiting for a complete head at the front of the input.
     Head(LineScan),
     /// The head was parsed and removed from the input; the body is the next `body_bytes` bytes.
-    FixedBody { request: Request, body_bytes: usize },
+    /// (The request is boxed here and below so that the parser, which every connection keeps,
+    /// is small while it waits for a head.)
+    FixedBody {
+        request: Box<Request>,
+        body_bytes: usize,
+    },
     /// The head was parsed and removed from the input; the chunks decoded so far are in `body`.
     Chunked {
-        request: Request,
+        request: Box<Request>,
         body: BytesMut,
         step: ChunkStep,
     },
@@ -303,13 +308,13 @@ impl RequestParser {
                         }
                         Framing::Length(body_bytes) => {
                             self.state = State::FixedBody {
-                                request,
+                                request: Box::new(request),
                                 body_bytes,
                             }
                         }
                         Framing::Chunked => {
                             self.state = State::Chunked {
-                                request,
+                                request: Box::new(request),
                                 body: BytesMut::new(),
                                 step: ChunkStep::SizeLine(LineScan::default()),
                             }
@@ -327,7 +332,7 @@ impl RequestParser {
                         unreachable!("the state was matched as FixedBody above");
                     };
                     request.body = input.split_to(body_bytes).freeze();
-                    return Ok(Some(request));
+                    return Ok(Some(*request));
                 }
                 State::Chunked { body, step, .. } => {
                     if !decode_chunks(input, body, step, &self.limits)? {
@@ -340,7 +345,7 @@ impl RequestParser {
                         unreachable!("the state was matched as Chunked above");
                     };
                     request.body = body.freeze();
-                    return Ok(Some(request));
+                    return Ok(Some(*request));
                 }
             }
         }

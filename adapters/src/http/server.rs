@@ -59,10 +59,17 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Shared state of the HTTP listener.
 pub struct HttpProtocol {
+    limits: HttpLimits,
+    shared: Arc<Shared>,
+}
+
+/// What every session of the listener reads and none changes: one
+/// allocation for all of them, not a copy in each (an idle connection's
+/// memory is what limits how many a server holds).
+struct Shared {
     chat: Arc<OnceLock<Arc<ChatService>>>,
     security: Arc<OnceLock<Arc<SecurityApi>>>,
-    trusted_proxies: Arc<[ipnet::IpNet]>,
-    limits: HttpLimits,
+    trusted_proxies: Vec<ipnet::IpNet>,
     ws_limits: WsLimits,
     timeouts: HttpTimeouts,
     ready: Arc<AtomicBool>,
@@ -76,16 +83,18 @@ impl HttpProtocol {
     /// until then chat requests are answered "unavailable".
     pub fn new(limits: HttpLimits, ws_limits: WsLimits, timeouts: HttpTimeouts) -> HttpProtocol {
         HttpProtocol {
-            chat: Arc::new(OnceLock::new()),
-            security: Arc::new(OnceLock::new()),
-            trusted_proxies: Arc::from(Vec::new()),
             limits,
-            ws_limits,
-            timeouts,
-            ready: Arc::new(AtomicBool::new(false)),
-            websocket: Arc::new(ChatWebSocketProtocol),
-            events: Arc::new(EventStreamProtocol),
-            tunnels: Vec::new(),
+            shared: Arc::new(Shared {
+                chat: Arc::new(OnceLock::new()),
+                security: Arc::new(OnceLock::new()),
+                trusted_proxies: Vec::new(),
+                ws_limits,
+                timeouts,
+                ready: Arc::new(AtomicBool::new(false)),
+                websocket: Arc::new(ChatWebSocketProtocol),
+                events: Arc::new(EventStreamProtocol),
+                tunnels: Vec::new(),
+            }),
         }
     }
 
@@ -97,7 +106,9 @@ impl HttpProtocol {
         subprotocol: &'static str,
         protocol: Arc<dyn Protocol>,
     ) -> HttpProtocol {
-        self.tunnels.push(TunnelRoute {
+        let shared = Arc::get_mut(&mut self.shared)
+            .expect("tunnels are added before the listener makes sessions");
+        shared.tunnels.push(TunnelRoute {
             path,
             subprotocol,
             protocol,
@@ -108,25 +119,27 @@ impl HttpProtocol {
     /// Believes `X-Forwarded-For` from these proxies (for the client address
     /// of sign-in throttling and role allow-lists of the security routes).
     pub fn with_trusted_proxies(mut self, proxies: Vec<ipnet::IpNet>) -> HttpProtocol {
-        self.trusted_proxies = Arc::from(proxies);
+        Arc::get_mut(&mut self.shared)
+            .expect("proxies are set before the listener makes sessions")
+            .trusted_proxies = proxies;
         self
     }
 
     /// Where the chat service goes once the engine is started.
     pub fn chat_slot(&self) -> Arc<OnceLock<Arc<ChatService>>> {
-        self.chat.clone()
+        self.shared.chat.clone()
     }
 
     /// Where the security routes go once the engine is started with
     /// authentication on; without them `/v1/auth` and `/v1/admin` answer
     /// "not found".
     pub fn security_slot(&self) -> Arc<OnceLock<Arc<SecurityApi>>> {
-        self.security.clone()
+        self.shared.security.clone()
     }
 
     /// Set once the server is ready to serve (`/readyz`).
     pub fn ready_flag(&self) -> Arc<AtomicBool> {
-        self.ready.clone()
+        self.shared.ready.clone()
     }
 }
 
@@ -137,17 +150,9 @@ impl Protocol for HttpProtocol {
 
     fn new_session(&self, _peer: SocketAddr) -> Box<dyn Session> {
         Box::new(HttpSession {
-            chat_slot: self.chat.clone(),
-            security_slot: self.security.clone(),
-            trusted_proxies: self.trusted_proxies.clone(),
+            shared: self.shared.clone(),
             token: None,
             parser: RequestParser::new(self.limits),
-            ws_limits: self.ws_limits,
-            timeouts: self.timeouts,
-            ready: self.ready.clone(),
-            websocket: self.websocket.clone(),
-            events: self.events.clone(),
-            tunnels: self.tunnels.clone(),
             peer: _peer,
             buffer: BytesMut::new(),
             mode: Mode::Http,
@@ -218,7 +223,8 @@ impl Protocol for EventStreamProtocol {
 
 enum Mode {
     Http,
-    WebSocket(Box<WsFraming>),
+    /// The framing is a few words, so it is kept inline.
+    WebSocket(WsFraming),
     Events,
     /// Another protocol in WebSocket binary frames (MQTT at `/mqtt`).
     Tunnel(Box<Tunnel>),
@@ -245,18 +251,10 @@ struct InFlight {
 }
 
 pub struct HttpSession {
-    chat_slot: Arc<OnceLock<Arc<ChatService>>>,
-    security_slot: Arc<OnceLock<Arc<SecurityApi>>>,
-    trusted_proxies: Arc<[ipnet::IpNet]>,
+    shared: Arc<Shared>,
     /// The bearer token this connection's chat requests signed in with.
-    token: Option<String>,
+    token: Option<Box<str>>,
     parser: RequestParser,
-    ws_limits: WsLimits,
-    timeouts: HttpTimeouts,
-    ready: Arc<AtomicBool>,
-    websocket: Arc<dyn Protocol>,
-    events: Arc<dyn Protocol>,
-    tunnels: Vec<TunnelRoute>,
     peer: SocketAddr,
     /// Received bytes not parsed yet (HTTP mode answers one request at a
     /// time, so what follows waits here).
@@ -284,14 +282,18 @@ impl Session for HttpSession {
                 input.clear();
                 self.serve_http(context)
             }
-            Mode::WebSocket(_) => self.serve_websocket(input, context),
             Mode::Events => {
                 // An event stream only sends; whatever the client sends is
                 // ignored.
                 input.clear();
                 Ok(())
             }
-            Mode::Tunnel(ref mut tunnel) => tunnel.on_input(input, context),
+            Mode::WebSocket(_) | Mode::Tunnel(_) if !self.buffer.is_empty() => {
+                self.buffer.extend_from_slice(input);
+                input.clear();
+                self.serve_buffered_frames(context)
+            }
+            Mode::WebSocket(_) | Mode::Tunnel(_) => self.serve_frames(input, context),
         }
     }
 
@@ -355,7 +357,7 @@ impl Session for HttpSession {
             Mode::Tunnel(tunnel) => return tunnel.on_timer(context),
             Mode::Http => {
                 if let Some(started) = self.request_started {
-                    if now.duration_since(started) >= self.timeouts.request_read {
+                    if now.duration_since(started) >= self.shared.timeouts.request_read {
                         write_error(
                             context.out(),
                             408,
@@ -366,7 +368,7 @@ impl Session for HttpSession {
                         return Err(close("request read timeout"));
                     }
                 } else if self.in_flight.is_none()
-                    && now.duration_since(self.last_activity) >= self.timeouts.idle
+                    && now.duration_since(self.last_activity) >= self.shared.timeouts.idle
                 {
                     return Err(close("idle keep-alive connection"));
                 }
@@ -428,8 +430,8 @@ impl HttpSession {
         let now = context.now();
         let deadline = match self.mode {
             Mode::Http => match self.request_started {
-                Some(started) => started + self.timeouts.request_read,
-                None => self.last_activity + self.timeouts.idle,
+                Some(started) => started + self.shared.timeouts.request_read,
+                None => self.last_activity + self.shared.timeouts.idle,
             },
             Mode::WebSocket(_) => now + Duration::from_secs(HEARTBEAT_S),
             Mode::Events => now + SSE_KEEPALIVE,
@@ -440,7 +442,8 @@ impl HttpSession {
     }
 
     fn chat_service(&self) -> Result<Arc<ChatService>, ChatError> {
-        self.chat_slot
+        self.shared
+            .chat
             .get()
             .cloned()
             .ok_or_else(|| ChatError::unavailable("the server is starting; retry in a moment"))
@@ -496,7 +499,7 @@ impl HttpSession {
             (true, "/app.css") => Some(static_file(APP_CSS, "text/css; charset=utf-8")),
             (true, "/v1/openapi.json") => Some(static_file(OPENAPI_JSON, "application/json")),
             (true, "/healthz") => Some(Response::json(200, &json!({ "status": "ok" }))),
-            (true, "/readyz") => Some(if self.ready.load(Ordering::Relaxed) {
+            (true, "/readyz") => Some(if self.shared.ready.load(Ordering::Relaxed) {
                 Response::json(200, &json!({ "status": "ready" }))
             } else {
                 Response::json(503, &json!({ "status": "starting" }))
@@ -519,7 +522,7 @@ impl HttpSession {
         if path == "/ws" {
             return self.upgrade(&request, context);
         }
-        if let Some(route) = self.tunnels.iter().find(|t| t.path == path).cloned() {
+        if let Some(route) = self.shared.tunnels.iter().find(|t| t.path == path).cloned() {
             return self.upgrade_tunnel(&request, route, context);
         }
         if let Some(rest) = path.strip_prefix("/v1/") {
@@ -610,15 +613,11 @@ impl HttpSession {
             .with_header("Sec-WebSocket-Protocol", route.subprotocol);
         write_response(context.out(), &response, true, false);
         let inner = route.protocol.new_session(self.peer);
-        self.mode = Mode::Tunnel(Box::new(Tunnel::new(inner, self.ws_limits)));
+        self.mode = Mode::Tunnel(Box::new(Tunnel::new(inner, self.shared.ws_limits)));
         context.set_protocol(Arc::new(super::tunnel::TunnelDeliveries::new(
             route.protocol.clone(),
         )));
-        let mut rest = std::mem::take(&mut self.buffer);
-        match &mut self.mode {
-            Mode::Tunnel(tunnel) if !rest.is_empty() => tunnel.on_input(&mut rest, context),
-            _ => Ok(()),
-        }
+        self.serve_buffered_frames(context)
     }
 
     /// `GET /ws`: the chat WebSocket.
@@ -644,16 +643,39 @@ impl HttpSession {
             response = response.with_header("Sec-WebSocket-Protocol", "starling.chat.v1");
         }
         write_response(context.out(), &response, true, false);
-        self.mode = Mode::WebSocket(Box::new(WsFraming::server(self.ws_limits)));
+        self.mode = Mode::WebSocket(WsFraming::server(self.shared.ws_limits));
         self.chat = Some(ChatConnection::new(service));
-        context.set_protocol(self.websocket.clone());
+        context.set_protocol(self.shared.websocket.clone());
         self.arm_timer(context);
-        // Frames the client sent right behind its handshake.
-        let mut rest = std::mem::take(&mut self.buffer);
-        if rest.is_empty() {
-            Ok(())
-        } else {
-            self.serve_websocket(&mut rest, context)
+        self.serve_buffered_frames(context)
+    }
+
+    /// Serves the frames in `buffer`: those the client sent right behind
+    /// its upgrade request, and what follows while they end in a partial
+    /// frame. A partial frame stays in `buffer`; once it is empty, frames
+    /// are served from the shard's input, which keeps partial frames itself.
+    fn serve_buffered_frames(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut buffered = std::mem::take(&mut self.buffer);
+        let result = self.serve_frames(&mut buffered, context);
+        if !buffered.is_empty() {
+            self.buffer = buffered;
+        }
+        result
+    }
+
+    /// Serves WebSocket frames from `input`, leaving a partial one there.
+    fn serve_frames(
+        &mut self,
+        input: &mut BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        match &mut self.mode {
+            Mode::Tunnel(tunnel) => tunnel.on_input(input, context),
+            Mode::WebSocket(_) => self.serve_websocket(input, context),
+            Mode::Http | Mode::Events => Ok(()),
         }
     }
 
@@ -756,7 +778,7 @@ impl HttpSession {
         write_chunk(context.out(), text.as_bytes());
         let _ = channel;
         self.mode = Mode::Events;
-        context.set_protocol(self.events.clone());
+        context.set_protocol(self.shared.events.clone());
         self.arm_timer(context);
     }
 
@@ -837,7 +859,7 @@ impl HttpSession {
                     };
                     return fail(context.out(), error);
                 }
-                self.token = Some(token.to_string());
+                self.token = Some(Box::from(token));
             }
         }
         self.in_flight = Some(InFlight {
@@ -863,7 +885,7 @@ impl HttpSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let keep_alive = request.keep_alive;
-        let routed = match self.security_slot.get() {
+        let routed = match self.shared.security.get() {
             None => Err(ChatError::not_found(
                 "authentication is not configured on this server ([auth] enabled = false)",
             )),
@@ -874,7 +896,7 @@ impl HttpSession {
                     segments,
                     || body_object(request),
                     bearer_token(request),
-                    client_address(self.peer, &self.trusted_proxies, request),
+                    client_address(self.peer, &self.shared.trusted_proxies, request),
                 )
                 .and_then(|(op, status, by)| {
                     let conn = context
