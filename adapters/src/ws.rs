@@ -631,6 +631,82 @@ mod tests {
         assert_eq!(&out[..], &[0x8a, 1, b'p']);
     }
 
+    /// Feeds `pieces` one after another to a new connection: what it
+    /// delivered, what it sent, and how it ended.
+    fn feed_pieces(
+        limits: WsLimits,
+        pieces: &[&[u8]],
+    ) -> (Vec<WsMessage>, BytesMut, Result<(), WsClosed>) {
+        let mut framing = WsFraming::server(limits);
+        let (mut input, mut out, mut messages) = (BytesMut::new(), BytesMut::new(), Vec::new());
+        for piece in pieces {
+            input.extend_from_slice(piece);
+            let result = framing.receive(&mut input, &mut out, |m, _| {
+                messages.push(m);
+                Ok(())
+            });
+            if result.is_err() {
+                return (messages, out, result);
+            }
+        }
+        (messages, out, Ok(()))
+    }
+
+    #[test]
+    fn any_split_gives_what_the_whole_gives() {
+        // Seeded streams of client frames of every opcode, fragmented or
+        // not, some over the limits, some with garbage between them: cut
+        // anywhere, they must give the same messages, bytes and end.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let (mut codes, mut delivered) = (std::collections::BTreeSet::new(), 0);
+        for _ in 0..300 {
+            let mut stream = Vec::new();
+            for _ in 0..1 + random(4) {
+                if random(8) == 0 {
+                    stream.extend((0..1 + random(6)).map(|_| random(256) as u8));
+                    continue;
+                }
+                let opcode = [0x0, 0x1, 0x1, 0x2, 0x8, 0x9, 0xa][random(7)];
+                let mut payload: Vec<u8> = (0..random(130))
+                    .map(|_| match random(3) {
+                        0 => random(256) as u8,
+                        _ => b'a' + random(26) as u8,
+                    })
+                    .collect();
+                if opcode == 0x8 && random(2) == 0 {
+                    payload = b"\x03\xe8bye".to_vec();
+                }
+                stream.extend(client_frame(opcode, &payload, random(3) > 0));
+            }
+            let whole = feed_pieces(SMALL, &[&stream]);
+            delivered += whole.0.len();
+            if let Err(closed) = &whole.2 {
+                codes.insert(closed.code);
+            }
+            for split in 0..=stream.len() {
+                let (front, back) = stream.split_at(split);
+                assert_eq!(
+                    feed_pieces(SMALL, &[front, back]),
+                    whole,
+                    "{stream:?} at {split}"
+                );
+            }
+        }
+        // The streams reach every outcome.
+        let expected = [None, Some(1002), Some(1007), Some(1009)];
+        assert!(
+            expected.iter().all(|code| codes.contains(code)),
+            "{codes:?}"
+        );
+        assert!(delivered > 0);
+    }
+
     #[test]
     fn partial_frame_stays_in_input() {
         let frame = client_frame(0x1, b"hello", true);
