@@ -44,6 +44,7 @@ use starling_broker::{
 };
 use starling_protocol::mqtt::MqttLimits;
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
+use starling_storage::audit::{AuditEntry, AuditKind};
 
 use crate::config::Config;
 
@@ -386,7 +387,19 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if reload.swap(false, Ordering::Relaxed) {
-            reload_tls(tls.as_deref());
+            let outcome = reload_tls(tls.as_deref());
+            if let Some(audit) = &audit_to_close {
+                let entry = AuditEntry::new(
+                    AuditKind::ConfigurationChanged,
+                    "operator",
+                    "SIGHUP",
+                    "tls",
+                    outcome,
+                );
+                if let Err(error) = audit.record(entry) {
+                    log::error!("the TLS reload could not be audited: {error}");
+                }
+            }
         }
     }
     log::info!("shutting down: writing and syncing what is pending");
@@ -415,20 +428,24 @@ fn audit_writer(config: &Config) -> Result<Option<Arc<AuditWriter>>> {
 }
 
 /// SIGHUP: read the certificate and key again; new connections use them,
-/// open ones keep theirs.
-fn reload_tls(tls: Option<&TlsAcceptor>) {
+/// open ones keep theirs. Returns what happened, for the audit log.
+fn reload_tls(tls: Option<&TlsAcceptor>) -> String {
     let Some(tls) = tls else {
         log::info!("SIGHUP: no listener uses TLS; nothing to reload");
-        return;
+        return "no TLS listener; nothing reloaded".into();
     };
     match tls.reload() {
-        Ok(()) => log::info!(
-            "SIGHUP: reloaded the TLS certificate {} and key {}",
-            tls.files().cert_file.display(),
-            tls.files().key_file.display()
-        ),
+        Ok(()) => {
+            log::info!(
+                "SIGHUP: reloaded the TLS certificate {} and key {}",
+                tls.files().cert_file.display(),
+                tls.files().key_file.display()
+            );
+            format!("reloaded {}", tls.files().cert_file.display())
+        }
         Err(error) => {
-            log::error!("SIGHUP: TLS reload failed, the old certificate stays in use: {error}")
+            log::error!("SIGHUP: TLS reload failed, the old certificate stays in use: {error}");
+            format!("reload failed: {error}")
         }
     }
 }
