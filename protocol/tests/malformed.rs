@@ -255,7 +255,7 @@ fn out_of_range_enumerations_are_rejected() {
             ..
         }
     ));
-    for code in [0u16, 13, 0xFFFF] {
+    for code in [0u16, 14, 0xFFFF] {
         let error = [&code.to_le_bytes()[..], &[0], &[0, 0]].concat();
         assert_eq!(
             decode_error(&raw_frame(frame_type::ERROR, &error)),
@@ -495,7 +495,8 @@ fn error_codes_map_both_ways() {
         assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(*code));
     }
     assert_eq!(ErrorCode::from_u16(0), None);
-    assert_eq!(ErrorCode::from_u16(13), None);
+    assert_eq!(ErrorCode::from_u16(14), None);
     assert_eq!(ErrorCode::InvalidArgument as u16, 12);
+    assert_eq!(ErrorCode::RateLimited as u16, 13);
     assert_eq!(ErrorCode::SlowConsumer.to_string(), "SlowConsumer (5)");
 }
