@@ -607,6 +607,7 @@ fn publish_rate_limits_per_connection_and_per_user() {
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .and_then(|mut child| {
             let mut stdin = child.stdin.take().unwrap();
