@@ -30,18 +30,14 @@ fn schemathesis() -> PathBuf {
     venv
 }
 
-#[test]
-fn openapi_document_matches_the_server() {
-    let tester = schemathesis();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let base = format!("http://{}", server.http);
-    let child = Command::new(&tester)
+/// Runs schemathesis once against `base`: (success, stdout, stderr).
+fn run_tester(tester: &PathBuf, base: &str, seed: &str) -> (bool, String, String) {
+    let child = Command::new(tester)
         .args([
             "run",
             &format!("{base}/v1/openapi.json"),
             "--url",
-            &base,
+            base,
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             "--header",
@@ -58,7 +54,7 @@ fn openapi_document_matches_the_server() {
             "--suppress-health-check",
             "filter_too_much",
             "--seed",
-            "1",
+            seed,
             "--workers",
             "2",
             "--no-color",
@@ -70,9 +66,31 @@ fn openapi_document_matches_the_server() {
         .spawn()
         .expect("schemathesis runs");
     let (status, stdout, stderr) = common::wait_with_timeout(child, TESTER_TIMEOUT, "schemathesis");
-    assert!(
-        status.success(),
-        "schemathesis found problems ({status}):\n{stdout}\n{stderr}"
-    );
+    (status.success(), stdout, stderr)
+}
+
+/// Whether a failed run found nothing about the server: no FAILURES
+/// section, only errors inside the tester itself (its generator has been
+/// seen to fail with "Runtime Error … Index out of range" in hypothesis's
+/// optimiser).
+fn only_tester_errors(stdout: &str) -> bool {
+    !stdout.contains("FAILURES")
+        && stdout.contains("Runtime Error")
+        && stdout.contains("hypothesis")
+}
+
+#[test]
+fn openapi_document_matches_the_server() {
+    let tester = schemathesis();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let base = format!("http://{}", server.http);
+    let (mut ok, mut stdout, mut stderr) = run_tester(&tester, &base, "1");
+    if !ok && only_tester_errors(&stdout) {
+        // The tester broke, not the server: once more with another seed.
+        eprintln!("schemathesis failed inside itself; running it again:\n{stdout}");
+        (ok, stdout, stderr) = run_tester(&tester, &base, "2");
+    }
+    assert!(ok, "schemathesis found problems:\n{stdout}\n{stderr}");
     println!("{stdout}");
 }
