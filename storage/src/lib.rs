@@ -61,6 +61,7 @@ pub mod audit;
 mod channel_table;
 mod checkpoint;
 mod data_dir;
+pub mod encryption;
 mod error;
 pub mod format;
 mod idempotency;
@@ -77,6 +78,7 @@ mod worker;
 use bytes::Bytes;
 
 pub use data_dir::DataDir;
+pub use encryption::KeyRing;
 pub use error::StorageError;
 pub use format::decode_batch;
 pub use journal::{Journal, JournalRecovery, SyncTarget, UnsyncedTail};
@@ -85,8 +87,8 @@ pub use partition::Fault;
 pub use partition::{Partition, RecoveryReport};
 pub use retention::RetentionReport;
 pub use scan::{
-    inspect_partition_dir, inspect_partition_dir_with, verify_partition_dir,
-    verify_partition_dir_with, VerifyReport,
+    inspect_partition_dir, inspect_partition_dir_keyed, inspect_partition_dir_with,
+    verify_partition_dir, verify_partition_dir_keyed, verify_partition_dir_with, VerifyReport,
 };
 pub use segment::ReadMode;
 pub use sync::SyncBatch;
@@ -165,6 +167,11 @@ pub struct PartitionOptions {
     /// [`Partition::replay`]), and a bad batch before `durable_end` is
     /// corruption. Without it, the torn-tail rules apply.
     pub unsynced_tail: Option<UnsyncedTail>,
+    /// Encryption at rest: the keys that open encrypted batches, and (its
+    /// current key id) the key new batches are sealed with. `None`: batches
+    /// are written plain, and an encrypted batch is an error naming its key
+    /// id. Sealing needs a nonzero `run` (it is part of the nonce).
+    pub keys: Option<std::sync::Arc<KeyRing>>,
 }
 
 impl Default for PartitionOptions {
@@ -174,6 +181,7 @@ impl Default for PartitionOptions {
             use_checkpoint: true,
             run: 0,
             unsynced_tail: None,
+            keys: None,
         }
     }
 }

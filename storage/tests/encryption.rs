@@ -1,0 +1,562 @@
+//! Encryption at rest through the public API: round trips, key rotation,
+//! wrong and missing keys, damage with a recomputed CRC, mixed partitions,
+//! crashes and journal replay.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use starling_storage::format::{BatchDecode, BatchHeader, BATCH_HEADER_BYTES};
+use starling_storage::journal::{journal_path, recover_journals, JOURNAL_FILE_BYTES_MINIMUM};
+use starling_storage::{
+    decode_batch, inspect_partition_dir_keyed, verify_partition_dir, verify_partition_dir_keyed,
+    Journal, KeyRing, Partition, PartitionConfig, PartitionOptions, RecoveryReport, StorageError,
+};
+
+const KEY_1: [u8; 32] = [0x11; 32];
+const KEY_2: [u8; 32] = [0x22; 32];
+
+fn ring(keys: &[(u16, [u8; 32])], current: Option<u16>) -> Arc<KeyRing> {
+    Arc::new(KeyRing::from_keys(keys.iter().copied(), current).unwrap())
+}
+
+fn open_keyed(
+    dir: &Path,
+    config: PartitionConfig,
+    run: u32,
+    keys: Option<Arc<KeyRing>>,
+) -> Result<(Partition, RecoveryReport), StorageError> {
+    Partition::open_with(
+        dir,
+        0,
+        config,
+        PartitionOptions {
+            run,
+            keys,
+            ..PartitionOptions::default()
+        },
+    )
+}
+
+/// Writes `turns` turns sealed with key 1 in run 1 and closes.
+fn write_with_key_1(dir: &Path, turns: u64) {
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) = open_keyed(dir, small_segments(), 1, Some(keys)).unwrap();
+    write_turns(&mut partition, turns, 1_000);
+}
+
+/// Opens ignoring the checkpoint: every batch is scanned (and opened).
+fn open_full_scan_keyed(
+    dir: &Path,
+    run: u32,
+    keys: Arc<KeyRing>,
+) -> Result<(Partition, RecoveryReport), StorageError> {
+    Partition::open_with(
+        dir,
+        0,
+        small_segments(),
+        PartitionOptions {
+            run,
+            keys: Some(keys),
+            use_checkpoint: false,
+            ..PartitionOptions::default()
+        },
+    )
+}
+
+/// Appends `turns` turns of records to channels a, b and c (one flush each).
+fn write_turns(partition: &mut Partition, turns: u64, first_timestamp: u64) {
+    for turn in 0..turns {
+        for channel in ["a", "b", "a", "c"] {
+            append(partition, channel, first_timestamp + turn);
+        }
+        partition.flush().unwrap();
+    }
+}
+
+fn check_all(partition: &Partition) {
+    for channel in ["a", "b", "c"] {
+        check_channel(partition, channel);
+    }
+}
+
+/// The stored bytes of every file under `dir` (segments, journals,
+/// checkpoints) that holds `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Every batch of a segment file: (position, header).
+fn batches(file: &Path) -> Vec<(usize, BatchHeader)> {
+    let bytes = fs::read(file).unwrap();
+    let mut at = 0;
+    let mut found = Vec::new();
+    while let Ok(BatchDecode::Complete(batch)) = decode_batch(&bytes[at..]) {
+        found.push((at, batch.header));
+        at += batch.bytes.len();
+    }
+    found
+}
+
+#[test]
+fn encrypted_round_trip_across_segments_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) =
+        open_keyed(dir.path(), small_segments(), 1, Some(keys.clone())).unwrap();
+    write_turns(&mut partition, 40, 1_000);
+    assert!(segment_files(dir.path()).len() > 3, "several segments");
+    check_all(&partition);
+    // Pages inside and across batches, every kind of read.
+    let page = partition.read_before(b"a", 30, 7).unwrap();
+    let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (23..30).collect::<Vec<_>>());
+    let page = partition.read_last(b"c", 3).unwrap();
+    assert_eq!(page.records.last().unwrap().body, body_for("c", 40));
+    let mut since = 0;
+    partition
+        .for_each_since(1_030, |record| {
+            assert_eq!(
+                record.body,
+                body_for(std::str::from_utf8(&record.channel).unwrap(), record.seq)
+            );
+            since += 1;
+        })
+        .unwrap();
+    assert_eq!(since, 10 * 4);
+    drop(partition);
+
+    for file in segment_files(dir.path()) {
+        for (_, header) in batches(&file) {
+            assert!(header.is_encrypted());
+            assert_eq!(header.key_id, 1);
+            assert_eq!(header.run, 1);
+        }
+    }
+    assert!(files_containing(&dir.path().join("partitions"), b"a#1:").is_empty());
+    // Channel names are inside the records, but the checkpoint holds them.
+    let holders = files_containing(&dir.path().join("partitions"), b"\x01\x00a");
+    assert!(holders
+        .iter()
+        .all(|p| p.to_string_lossy().contains("checkpoint")));
+
+    // A reopen after a clean close, and one with a full scan.
+    let (partition, _) = open_keyed(dir.path(), small_segments(), 2, Some(keys.clone())).unwrap();
+    check_all(&partition);
+    drop(partition);
+    let (partition, report) = open_full_scan_keyed(dir.path(), 3, keys.clone()).unwrap();
+    assert_eq!(report.records, 160);
+    check_all(&partition);
+    drop(partition);
+
+    let verified =
+        verify_partition_dir_keyed(&partition_dir(dir.path()), None, Some(&keys)).unwrap();
+    assert_eq!(verified.records, 160);
+    assert_eq!(verified.encrypted_batches, 40);
+    assert_eq!(verified.unauthenticated_batches, 0);
+    assert_eq!(verified.channels, 3);
+    let unkeyed = verify_partition_dir(&partition_dir(dir.path())).unwrap();
+    assert_eq!(unkeyed.batches, 40);
+    assert_eq!(unkeyed.unauthenticated_batches, 40);
+    let mut bodies = 0;
+    inspect_partition_dir_keyed(&partition_dir(dir.path()), None, Some(&keys), |record| {
+        assert_eq!(
+            record.body,
+            body_for(std::str::from_utf8(&record.channel).unwrap(), record.seq)
+        );
+        bodies += 1;
+    })
+    .unwrap();
+    assert_eq!(bodies, 160);
+}
+
+#[test]
+fn a_flipped_ciphertext_byte_with_a_recomputed_crc_is_an_authentication_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) =
+        open_keyed(dir.path(), small_segments(), 1, Some(keys.clone())).unwrap();
+    write_turns(&mut partition, 3, 1_000);
+    drop(partition);
+    let file = segment_files(dir.path()).remove(0);
+    let (second, header) = batches(&file)[1];
+    let mut bytes = fs::read(&file).unwrap();
+    // The body of the first record of the second batch, with the CRC redone:
+    // only authentication can tell.
+    let at = second + BATCH_HEADER_BYTES + 70;
+    bytes[at] ^= 0x01;
+    let end = second + header.batch_bytes as usize;
+    let crc = crc32c_of(&bytes[second + 12..end]);
+    bytes[second + 8..second + 12].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&file, &bytes).unwrap();
+
+    // The CRC-only verify cannot see it; the keyed one names it.
+    verify_partition_dir(&partition_dir(dir.path())).unwrap();
+    let error =
+        verify_partition_dir_keyed(&partition_dir(dir.path()), None, Some(&keys)).unwrap_err();
+    let expected = format!("the batch at byte {second} of {}", file.display());
+    match &error {
+        StorageError::Authentication {
+            partition_id: 0,
+            position,
+            key_id: 1,
+            ..
+        } if *position == second as u64 => {}
+        other => panic!("{other}"),
+    }
+    assert!(error.to_string().contains(&expected), "{error}");
+
+    // A reopen after a clean close reads the last batch only: it opens, and
+    // the read of the damaged batch is the error, never garbage.
+    let (partition, _) = open_keyed(dir.path(), small_segments(), 2, Some(keys.clone())).unwrap();
+    let error = partition.read_from(b"a", 1, 100).unwrap_err();
+    assert!(
+        matches!(error, StorageError::Authentication { key_id: 1, .. }),
+        "{error}"
+    );
+    drop(partition);
+    // A full scan at open meets it too.
+    let error = open_full_scan_keyed(dir.path(), 3, keys)
+        .err()
+        .expect("the open is refused");
+    assert!(error.is_key_error(), "{error}");
+}
+
+fn crc32c_of(bytes: &[u8]) -> u32 {
+    // CRC32C (Castagnoli), bitwise: the test does not need a fast one.
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_wrong_or_missing_key_is_a_clear_error_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_with_key_1(dir.path(), 3);
+    let file = segment_files(dir.path()).pop().unwrap();
+    let last = batches(&file).pop().unwrap().0;
+
+    let wrong = ring(&[(1, KEY_2)], Some(1));
+    let error = open_keyed(dir.path(), small_segments(), 2, Some(wrong))
+        .err()
+        .expect("the open is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "partition 0: the batch at byte {last} of {} fails authentication with key id 1",
+            file.display()
+        )),
+        "{message}"
+    );
+
+    let error = open_keyed(dir.path(), small_segments(), 2, None)
+        .err()
+        .expect("the open is refused");
+    assert!(
+        matches!(
+            &error,
+            StorageError::UnknownKey {
+                key_id: 1,
+                key_file: None,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("no encryption key file is configured"),
+        "{error}"
+    );
+
+    let other_id = ring(&[(2, KEY_1)], Some(2));
+    let error = open_keyed(dir.path(), small_segments(), 2, Some(other_id))
+        .err()
+        .expect("the open is refused");
+    assert!(
+        matches!(error, StorageError::UnknownKey { key_id: 1, .. }),
+        "{error}"
+    );
+
+    // None of these opens changed anything: the right key still reads all.
+    let (partition, _) = open_keyed(
+        dir.path(),
+        small_segments(),
+        2,
+        Some(ring(&[(1, KEY_1)], None)),
+    )
+    .unwrap();
+    check_all(&partition);
+}
+
+#[test]
+fn key_rotation_keeps_old_batches_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    write_with_key_1(dir.path(), 5);
+    // A restart with key 2 as the current one; key 1 stays in the file.
+    let both = ring(&[(1, KEY_1), (2, KEY_2)], Some(2));
+    let (mut partition, _) =
+        open_keyed(dir.path(), small_segments(), 2, Some(both.clone())).unwrap();
+    write_turns(&mut partition, 5, 2_000);
+    check_all(&partition);
+    drop(partition);
+    let key_ids: Vec<u16> = segment_files(dir.path())
+        .iter()
+        .flat_map(|file| batches(file))
+        .map(|(_, header)| header.key_id)
+        .collect();
+    assert_eq!(key_ids, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    let (partition, _) = open_keyed(dir.path(), small_segments(), 3, Some(both)).unwrap();
+    check_all(&partition);
+    drop(partition);
+
+    // Key 1 removed too early: the open (which reads the last batch) works,
+    // a read of an old batch names the missing key id.
+    let (partition, _) = open_keyed(
+        dir.path(),
+        small_segments(),
+        4,
+        Some(ring(&[(2, KEY_2)], Some(2))),
+    )
+    .unwrap();
+    let error = partition.read_from(b"a", 1, 100).unwrap_err();
+    assert!(
+        matches!(error, StorageError::UnknownKey { key_id: 1, .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("add the key with id 1"),
+        "{error}"
+    );
+    let page = partition.read_last(b"b", 5).unwrap();
+    assert_eq!(page.records.len(), 5);
+}
+
+#[test]
+fn a_partition_can_turn_encryption_on_and_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut partition, _) = open_keyed(dir.path(), small_segments(), 1, None).unwrap();
+    write_turns(&mut partition, 4, 1_000);
+    drop(partition);
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) =
+        open_keyed(dir.path(), small_segments(), 2, Some(keys.clone())).unwrap();
+    check_all(&partition);
+    write_turns(&mut partition, 4, 2_000);
+    check_all(&partition);
+    drop(partition);
+    // Off again: plain batches, with the key ring still there to read.
+    let (mut partition, _) = open_keyed(
+        dir.path(),
+        small_segments(),
+        3,
+        Some(ring(&[(1, KEY_1)], None)),
+    )
+    .unwrap();
+    write_turns(&mut partition, 4, 3_000);
+    check_all(&partition);
+    drop(partition);
+    let encrypted: Vec<bool> = segment_files(dir.path())
+        .iter()
+        .flat_map(|file| batches(file))
+        .map(|(_, header)| header.is_encrypted())
+        .collect();
+    assert_eq!(encrypted.iter().filter(|&&e| e).count(), 4);
+    assert_eq!(encrypted.len(), 12);
+    let report = verify_partition_dir_keyed(&partition_dir(dir.path()), None, Some(&keys)).unwrap();
+    assert_eq!((report.records, report.encrypted_batches), (48, 4));
+    let report = verify_partition_dir(&partition_dir(dir.path())).unwrap();
+    assert_eq!(report.unauthenticated_batches, 4);
+    let (partition, _) = open_full_scan_keyed(dir.path(), 4, keys).unwrap();
+    check_all(&partition);
+}
+
+#[test]
+fn sealing_needs_a_run_that_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let error = open_keyed(dir.path(), small_segments(), 0, Some(keys.clone()))
+        .err()
+        .expect("the open is refused");
+    assert!(
+        error.to_string().contains("needs the engine run"),
+        "{error}"
+    );
+    let (mut partition, _) =
+        open_keyed(dir.path(), small_segments(), 5, Some(keys.clone())).unwrap();
+    write_turns(&mut partition, 2, 1_000);
+    drop(partition);
+    let error = open_keyed(dir.path(), small_segments(), 5, Some(keys.clone()))
+        .err()
+        .expect("the open is refused");
+    assert!(
+        error.to_string().contains("not later than run 5"),
+        "{error}"
+    );
+    open_keyed(dir.path(), small_segments(), 6, Some(keys)).unwrap();
+}
+
+#[test]
+fn a_torn_encrypted_batch_is_cut_at_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) = Partition::open_with(
+        dir.path(),
+        0,
+        PartitionConfig::default(),
+        PartitionOptions {
+            run: 1,
+            keys: Some(keys.clone()),
+            preallocate: false,
+            ..PartitionOptions::default()
+        },
+    )
+    .unwrap();
+    write_turns(&mut partition, 3, 1_000);
+    partition.sync().unwrap();
+    let full = partition.end_position();
+    partition.simulate_crash();
+    let image = fs::read(segment_files(dir.path()).pop().unwrap()).unwrap();
+    let last = batches(&segment_files(dir.path()).pop().unwrap())
+        .pop()
+        .unwrap()
+        .0 as u64;
+    for cut in last + 1..full {
+        let case = tempfile::tempdir().unwrap();
+        let target = partition_dir(case.path());
+        fs::create_dir_all(&target).unwrap();
+        let name = segment_files(dir.path()).pop().unwrap();
+        fs::write(
+            target.join(name.file_name().unwrap()),
+            &image[..cut as usize],
+        )
+        .unwrap();
+        let (partition, report) = open_keyed(
+            case.path(),
+            PartitionConfig::default(),
+            2,
+            Some(keys.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            report.truncated_bytes,
+            torn_bytes(&image[..cut as usize], last),
+            "cut at {cut}"
+        );
+        assert_eq!(partition.end_position(), last);
+        assert_eq!(partition.head_seq(b"a"), 4);
+        check_all(&partition);
+    }
+}
+
+#[test]
+fn journal_replay_writes_encrypted_batches_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) = open_keyed(
+        dir.path(),
+        PartitionConfig::default(),
+        1,
+        Some(keys.clone()),
+    )
+    .unwrap();
+    partition.sync().unwrap();
+    let mut journal = Journal::create(
+        dir.path(),
+        0,
+        1,
+        1,
+        JOURNAL_FILE_BYTES_MINIMUM,
+        &[(0, partition.end_position())],
+    )
+    .unwrap();
+    for t in 0..5 {
+        for channel in ["a", "b", "a", "c"] {
+            append(&mut partition, channel, 1_000 + t);
+        }
+        partition
+            .flush_with(&mut |bytes| journal.add(0, bytes))
+            .unwrap();
+        journal.write().unwrap();
+        journal.sync().unwrap();
+    }
+    let full = partition.end_position();
+    partition.simulate_crash();
+    drop(journal);
+    crash_zero_last_segment_from(dir.path(), 0);
+    assert!(files_containing(&journal_path(dir.path(), 0), b"a#1:").is_empty());
+
+    let recovery = recover_journals(dir.path()).unwrap();
+    let entries = &recovery.partitions[&0];
+    let (mut partition, _) = Partition::open_with(
+        dir.path(),
+        0,
+        PartitionConfig::default(),
+        PartitionOptions {
+            run: 2,
+            keys: Some(keys.clone()),
+            unsynced_tail: entries.tail,
+            ..PartitionOptions::default()
+        },
+    )
+    .unwrap();
+    let mut replayed = 0;
+    for entry in &entries.entries {
+        replayed += partition.replay(entry).unwrap();
+    }
+    assert_eq!(replayed, 20);
+    assert_eq!(partition.end_position(), full);
+    check_all(&partition);
+    drop(partition);
+
+    // The same replay with the wrong key is refused, naming the key id.
+    crash_zero_last_segment_from(dir.path(), 0);
+    fs::remove_file(partition_dir(dir.path()).join("channels.checkpoint")).ok();
+    fs::remove_file(partition_dir(dir.path()).join("channels.checkpoint.previous")).ok();
+    let (mut partition, _) = Partition::open_with(
+        dir.path(),
+        0,
+        PartitionConfig::default(),
+        PartitionOptions {
+            run: 3,
+            keys: Some(ring(&[(1, KEY_2)], Some(1))),
+            unsynced_tail: entries.tail,
+            ..PartitionOptions::default()
+        },
+    )
+    .unwrap();
+    let error = partition.replay(&entries.entries[0]).unwrap_err();
+    assert!(
+        matches!(error, StorageError::Authentication { key_id: 1, .. }),
+        "{error}"
+    );
+}
