@@ -157,6 +157,13 @@ impl Partition {
             }
         };
         if head.seq != expected_seq {
+            if self.keys.is_none() {
+                // Without keys the header read may be ciphertext: an
+                // encrypted batch there is a missing key (verify_batch says
+                // which), not a broken pointer.
+                let batch_position = self.batch_start(segment, position)?;
+                self.verify_batch(segment, batch_position)?;
+            }
             return Err(corrupt(
                 segment,
                 position,
