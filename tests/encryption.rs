@@ -145,6 +145,20 @@ fn encrypted_data_directory_end_to_end() {
     assert!(server.terminate().success());
     assert_not_stored(&data, SECRET);
 
+    // After clean stops the channel checkpoints exist, sealed too: no file
+    // of the data directory names a channel or holds a message.
+    for file in files_under(&data, &[""]) {
+        let bytes = fs::read(&file).unwrap();
+        for needle in [SECRET, "random-room"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle:?} is readable in {}",
+                file.display()
+            );
+        }
+    }
+    assert!(!files_under(&data, &["channels.checkpoint"]).is_empty());
+
     // Run 4 reads both keys' batches.
     let server = Server::start(&data, &key_env(key_file, "2"));
     assert_eq!(history(&server, "general"), expected);
@@ -193,7 +207,7 @@ fn encrypted_data_directory_end_to_end() {
         stderr.contains("fails authentication with key id 2") && stderr.contains("partition "),
         "{stderr}"
     );
-    assert!(stderr.contains(".seg"), "{stderr}");
+    assert!(stderr.contains("channels.checkpoint"), "{stderr}");
     // No key file at all.
     let stderr = refused_start(&data, &[]);
     assert!(

@@ -27,6 +27,10 @@
 //!   header moved to another place, another key id, length or timestamp
 //!   range fails authentication.
 //!
+//! A partition that seals its batches seals its channel checkpoints too
+//! (they hold channel names and idempotency keys): the plain checkpoint
+//! file is wrapped in an envelope, see [`KeyRing::seal_checkpoint`].
+//!
 //! Keys come from a key file (`id hex-key` lines, see [`KeyRing::load`]);
 //! new batches use the current key id, every key in the file can open old
 //! batches.
@@ -232,6 +236,165 @@ impl KeyRing {
     }
 }
 
+/// The first bytes of a sealed checkpoint file.
+pub(crate) const SEALED_CHECKPOINT_MAGIC: [u8; 4] = *b"STRE";
+/// The plaintext, authenticated part of a sealed checkpoint.
+const SEALED_CHECKPOINT_HEADER_BYTES: usize = 56;
+
+/// Why a sealed checkpoint could not be opened.
+pub(crate) enum CheckpointOpenFailure {
+    /// Damaged (torn or flipped bytes: the CRC or the layout is wrong) at
+    /// this byte, like a damaged plain checkpoint.
+    Damaged(u64, &'static str),
+    /// The key is missing or wrong.
+    Key(OpenFailure),
+}
+
+/// The plaintext fields of a sealed checkpoint header (readable without a
+/// key: `log verify` needs to know where the log starts).
+pub(crate) struct SealedCheckpointHeader {
+    pub key_id: u16,
+    pub log_start: u64,
+    pub position: u64,
+}
+
+impl SealedCheckpointHeader {
+    /// Parses and CRC-checks a sealed checkpoint's header.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<SealedCheckpointHeader, CheckpointOpenFailure> {
+        let damaged = |at, detail| Err(CheckpointOpenFailure::Damaged(at, detail));
+        if bytes.len() < SEALED_CHECKPOINT_HEADER_BYTES + TAG_BYTES
+            || bytes[0..4] != SEALED_CHECKPOINT_MAGIC
+        {
+            return damaged(0, "bad magic or short sealed checkpoint");
+        }
+        if bytes[4] != 1 || bytes[5] != 0 || bytes[12..16] != [0; 4] {
+            return damaged(4, "unsupported sealed checkpoint version or reserved bytes");
+        }
+        let stored = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&bytes[12..]) != stored {
+            return damaged(8, "checksum mismatch");
+        }
+        let key_id = u16::from_le_bytes([bytes[6], bytes[7]]);
+        if key_id == 0 {
+            return damaged(6, "sealed checkpoint with key id 0");
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Ok(SealedCheckpointHeader {
+            key_id,
+            log_start: u64_at(16),
+            position: u64_at(24),
+        })
+    }
+}
+
+impl KeyRing {
+    /// Wraps an encoded plain checkpoint (`plain`, whose bytes 16..32 are
+    /// its log start and position) in the sealed envelope, with the current
+    /// key and a random nonce:
+    ///
+    /// ```text
+    ///  0  4  magic "STRE"          16  8  log_start (plaintext)
+    ///  4  1  version 1             24  8  position (plaintext)
+    ///  5  1  reserved 0            32 24  nonce (random)
+    ///  6  2  key_id                56  …  ciphertext of the plain checkpoint
+    ///  8  4  crc32c of 12..end    end-16  tag
+    /// 12  4  reserved 0
+    /// ```
+    ///
+    /// The associated data is bytes 0..56 with the CRC zeroed, followed by
+    /// the partition id (u32): a checkpoint moved to another partition does
+    /// not open. Checkpoints are rewritten at every roll with changing
+    /// content and no position of their own, so their nonce is random
+    /// (192 bits: a collision is not a concern) and stored.
+    pub(crate) fn seal_checkpoint(&self, partition_id: u32, plain: &[u8]) -> Vec<u8> {
+        let key_id = self.current.expect("sealing needs a current key id");
+        let cipher = self
+            .keys
+            .get(&key_id)
+            .expect("the current key is in the ring");
+        let mut sealed = vec![0u8; SEALED_CHECKPOINT_HEADER_BYTES];
+        sealed[0..4].copy_from_slice(&SEALED_CHECKPOINT_MAGIC);
+        sealed[4] = 1;
+        sealed[6..8].copy_from_slice(&key_id.to_le_bytes());
+        sealed[16..32].copy_from_slice(&plain[16..32]);
+        getrandom::fill(&mut sealed[32..56]).expect("the operating system gives random bytes");
+        let associated = checkpoint_associated_data(&sealed, partition_id);
+        let nonce = *XNonce::from_slice(&sealed[32..56]);
+        sealed.extend_from_slice(plain);
+        let tag = cipher
+            .encrypt_in_place_detached(
+                &nonce,
+                &associated,
+                &mut sealed[SEALED_CHECKPOINT_HEADER_BYTES..],
+            )
+            .expect("a checkpoint is far below the cipher's message limit");
+        sealed.extend_from_slice(&tag);
+        let crc = crc32c::crc32c(&sealed[12..]);
+        sealed[8..12].copy_from_slice(&crc.to_le_bytes());
+        sealed
+    }
+
+    /// Opens a sealed checkpoint: the plain checkpoint bytes.
+    pub(crate) fn open_checkpoint(
+        &self,
+        partition_id: u32,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CheckpointOpenFailure> {
+        let header = SealedCheckpointHeader::parse(sealed)?;
+        let cipher = self
+            .keys
+            .get(&header.key_id)
+            .ok_or(CheckpointOpenFailure::Key(OpenFailure::UnknownKey(
+                header.key_id,
+            )))?;
+        let end = sealed.len() - TAG_BYTES;
+        let mut plain = sealed[SEALED_CHECKPOINT_HEADER_BYTES..end].to_vec();
+        cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&sealed[32..56]),
+                &checkpoint_associated_data(sealed, partition_id),
+                &mut plain,
+                Tag::from_slice(&sealed[end..]),
+            )
+            .map_err(|_| CheckpointOpenFailure::Key(OpenFailure::Authentication(header.key_id)))?;
+        Ok(plain)
+    }
+}
+
+fn checkpoint_associated_data(sealed: &[u8], partition_id: u32) -> [u8; 60] {
+    let mut associated = [0u8; 60];
+    associated[..SEALED_CHECKPOINT_HEADER_BYTES]
+        .copy_from_slice(&sealed[..SEALED_CHECKPOINT_HEADER_BYTES]);
+    associated[8..12].fill(0);
+    associated[56..60].copy_from_slice(&partition_id.to_le_bytes());
+    associated
+}
+
+/// The storage error for a batch or checkpoint that could not be opened.
+pub(crate) fn key_error(
+    failure: OpenFailure,
+    keys: Option<&KeyRing>,
+    partition_id: u32,
+    path: &Path,
+    position: u64,
+) -> StorageError {
+    match failure {
+        OpenFailure::UnknownKey(key_id) => StorageError::UnknownKey {
+            partition_id,
+            path: path.to_path_buf(),
+            position,
+            key_id,
+            key_file: keys.map(|k| k.source.clone()),
+        },
+        OpenFailure::Authentication(key_id) => StorageError::Authentication {
+            partition_id,
+            path: path.to_path_buf(),
+            position,
+            key_id,
+        },
+    }
+}
+
 /// The nonce of a batch: `partition_id u32 | run u32 | base_position u64 |
 /// term u64`, little-endian (see the module documentation for why it never
 /// repeats for a key).
@@ -302,21 +465,7 @@ pub(crate) fn decrypt_batch(
             Err(failure) => failure,
         },
     };
-    Err(match failure {
-        OpenFailure::UnknownKey(key_id) => StorageError::UnknownKey {
-            partition_id,
-            path: path.to_path_buf(),
-            position,
-            key_id,
-            key_file: keys.map(|k| k.source.clone()),
-        },
-        OpenFailure::Authentication(key_id) => StorageError::Authentication {
-            partition_id,
-            path: path.to_path_buf(),
-            position,
-            key_id,
-        },
-    })
+    Err(key_error(failure, keys, partition_id, path, position))
 }
 
 /// The view of a batch's records: the batch itself when plain, else its
@@ -498,5 +647,69 @@ mod pinned {
         assert_eq!(other.open(7, &batch), Err(OpenFailure::Authentication(1)));
         let without = KeyRing::from_keys([(2, test_key())], None).unwrap();
         assert_eq!(without.open(7, &batch), Err(OpenFailure::UnknownKey(1)));
+    }
+}
+
+#[cfg(test)]
+mod sealed_checkpoint {
+    use super::*;
+
+    fn failure(result: Result<Vec<u8>, CheckpointOpenFailure>) -> Option<OpenFailure> {
+        match result {
+            Err(CheckpointOpenFailure::Key(failure)) => Some(failure),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_refusal() {
+        let ring = KeyRing::from_keys([(4, [1u8; KEY_BYTES])], Some(4)).unwrap();
+        // A stand-in for an encoded checkpoint: bytes 16..32 are its log
+        // start and position.
+        let mut plain = vec![0u8; 100];
+        plain[16..24].copy_from_slice(&8192u64.to_le_bytes());
+        plain[24..32].copy_from_slice(&9000u64.to_le_bytes());
+        plain[64..].copy_from_slice(&[b'g'; 36]);
+        let sealed = ring.seal_checkpoint(3, &plain);
+        assert_eq!(sealed.len(), 56 + 100 + TAG_BYTES);
+        assert!(!sealed.windows(36).any(|w| w == [b'g'; 36]));
+        let header = SealedCheckpointHeader::parse(&sealed).ok().unwrap();
+        assert_eq!(
+            (header.key_id, header.log_start, header.position),
+            (4, 8192, 9000)
+        );
+        assert_eq!(ring.open_checkpoint(3, &sealed).ok().unwrap(), plain);
+        // Random nonces: sealing again gives other bytes.
+        assert_ne!(ring.seal_checkpoint(3, &plain), sealed);
+
+        assert_eq!(
+            failure(ring.open_checkpoint(2, &sealed)),
+            Some(OpenFailure::Authentication(4))
+        );
+        let other = KeyRing::from_keys([(4, [2u8; KEY_BYTES])], None).unwrap();
+        assert_eq!(
+            failure(other.open_checkpoint(3, &sealed)),
+            Some(OpenFailure::Authentication(4))
+        );
+        let without = KeyRing::from_keys([(5, [1u8; KEY_BYTES])], None).unwrap();
+        assert_eq!(
+            failure(without.open_checkpoint(3, &sealed)),
+            Some(OpenFailure::UnknownKey(4))
+        );
+        for at in [20, 40, 60, sealed.len() - 1] {
+            let mut changed = sealed.clone();
+            changed[at] ^= 0x10;
+            assert!(matches!(
+                ring.open_checkpoint(3, &changed),
+                Err(CheckpointOpenFailure::Damaged(8, _))
+            ));
+            let crc = crc32c::crc32c(&changed[12..]);
+            changed[8..12].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(
+                failure(ring.open_checkpoint(3, &changed)),
+                Some(OpenFailure::Authentication(4)),
+                "byte {at}"
+            );
+        }
     }
 }

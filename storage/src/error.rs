@@ -91,7 +91,7 @@ pub enum StorageError {
 
     /// A batch is encrypted with a key id that the key ring does not hold.
     #[error(
-        "partition {partition_id}: the batch at byte {position} of {path} is encrypted with key id {key_id}, {}; add the key with id {key_id} to the key file (after a rotation, old keys must stay in it while batches use them)",
+        "partition {partition_id}: the sealed data (batch or checkpoint) at byte {position} of {path} is encrypted with key id {key_id}, {}; add the key with id {key_id} to the key file (after a rotation, old keys must stay in it while batches use them)",
         match key_file {
             Some(file) => format!("which the key file {} does not hold", file.display()),
             None => "but no encryption key file is configured".to_string(),
@@ -113,7 +113,7 @@ pub enum StorageError {
     /// A batch failed authentication: the key with its id is not the key
     /// that wrote it, or its bytes were changed (and the CRC recomputed).
     #[error(
-        "partition {partition_id}: the batch at byte {position} of {path} fails authentication with key id {key_id}: the key with that id in the key file is not the one that encrypted it, or the batch was altered; check the key file (a wrong key never yields data), else restore this partition from a replica or backup"
+        "partition {partition_id}: the sealed data (batch or checkpoint) at byte {position} of {path} fails authentication with key id {key_id}: the key with that id in the key file is not the one that encrypted it, or the data was altered; check the key file (a wrong key never yields data), else restore this partition from a replica or backup"
     )]
     Authentication {
         /// The partition.

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::channel_table::{ChannelId, ChannelTable};
-use crate::checkpoint::{sync_directory, Checkpoint, CheckpointState, CHECKPOINT_VERSION};
+use crate::checkpoint::{
+    sync_directory, Checkpoint, CheckpointState, Unsealing, CHECKPOINT_VERSION,
+};
 use crate::data_dir::{lock_directory, partition_path};
 use crate::encryption::{readable, KeyRing};
 use crate::format::{
@@ -568,7 +570,14 @@ impl Partition {
             log_start,
             segments: mut listed,
             released,
-        } = find_log_start(&path)?;
+        } = find_log_start(
+            &path,
+            Unsealing {
+                keys,
+                partition_id,
+                required: true,
+            },
+        )?;
         // Segments before the log start are left over from a retention run
         // that wrote its checkpoint and then stopped: finish it.
         let mut directory_unsynced = false;
@@ -1151,6 +1160,12 @@ impl Partition {
                 .into_iter()
                 .filter(|(_, original)| original.offset < self.flushed_end())
                 .collect(),
+            // A partition that seals its batches seals its checkpoints.
+            sealing: self
+                .keys
+                .clone()
+                .filter(|keys| keys.current().is_some())
+                .map(|keys| (keys, self.id)),
         }
     }
 

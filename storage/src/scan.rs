@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::channel_table::ChannelTable;
-use crate::checkpoint::{read_checkpoints, Checkpoint};
+use crate::checkpoint::{read_checkpoints, Checkpoint, Unsealing};
 use crate::encryption::{readable, KeyRing};
 use crate::format::{
     decode_batch, BatchDecode, BatchView, RecordView, BATCH_HEADER_BYTES, BATCH_MAGIC, NO_OFFSET,
@@ -304,8 +304,11 @@ pub(crate) struct LogStart {
 /// checkpoint files are logged and skipped; the log start must match the
 /// first segment unless the newest checkpoint was damaged and an older one
 /// covers the segments that are gone.
-pub(crate) fn find_log_start(path: &Path) -> Result<LogStart, StorageError> {
-    let loaded = read_checkpoints(path)?;
+pub(crate) fn find_log_start(
+    path: &Path,
+    unsealing: Unsealing<'_>,
+) -> Result<LogStart, StorageError> {
+    let loaded = read_checkpoints(path, unsealing)?;
     for (file, detail) in &loaded.damaged {
         log::warn!(
             "{}: damaged channel checkpoint ignored ({detail}); recovering from an older one or from the log",
@@ -395,7 +398,16 @@ fn scan_directory(
         log_start,
         segments,
         ..
-    } = find_log_start(path)?;
+    } = find_log_start(
+        path,
+        Unsealing {
+            keys,
+            // A directory name that is no partition id opens no sealed
+            // checkpoint (the id is authenticated with it).
+            partition_id: partition_id.unwrap_or(u32::MAX),
+            required: false,
+        },
+    )?;
     if let Some(checkpoint) = &checkpoint {
         // Only the channels with nothing left in the log; the scan rebuilds
         // the others.

@@ -183,11 +183,11 @@ fn encrypted_round_trip_across_segments_and_reopen() {
         }
     }
     assert!(files_containing(&dir.path().join("partitions"), b"a#1:").is_empty());
-    // Channel names are inside the records, but the checkpoint holds them.
-    let holders = files_containing(&dir.path().join("partitions"), b"\x01\x00a");
-    assert!(holders
-        .iter()
-        .all(|p| p.to_string_lossy().contains("checkpoint")));
+    // Channel names are inside the records, and the checkpoints that list
+    // them are sealed too.
+    assert!(files_containing(&dir.path().join("partitions"), b"\x01\x00a").is_empty());
+    let checkpoint = fs::read(partition_dir(dir.path()).join("channels.checkpoint")).unwrap();
+    assert_eq!(&checkpoint[..4], b"STRE");
 
     // A reopen after a clean close, and one with a full scan.
     let (partition, _) = open_keyed(dir.path(), small_segments(), 2, Some(keys.clone())).unwrap();
@@ -241,7 +241,7 @@ fn a_flipped_ciphertext_byte_with_a_recomputed_crc_is_an_authentication_error() 
     verify_partition_dir(&partition_dir(dir.path())).unwrap();
     let error =
         verify_partition_dir_keyed(&partition_dir(dir.path()), None, Some(&keys)).unwrap_err();
-    let expected = format!("the batch at byte {second} of {}", file.display());
+    let expected = format!("at byte {second} of {}", file.display());
     match &error {
         StorageError::Authentication {
             partition_id: 0,
@@ -289,21 +289,47 @@ fn crc32c_of(bytes: &[u8]) -> u32 {
 fn a_wrong_or_missing_key_is_a_clear_error_at_open() {
     let dir = tempfile::tempdir().unwrap();
     write_with_key_1(dir.path(), 3);
-    let file = segment_files(dir.path()).pop().unwrap();
-    let last = batches(&file).pop().unwrap().0;
-
     let wrong = ring(&[(1, KEY_2)], Some(1));
-    let error = open_keyed(dir.path(), small_segments(), 2, Some(wrong))
+    let error = open_keyed(dir.path(), small_segments(), 2, Some(wrong.clone()))
         .err()
         .expect("the open is refused");
     let message = error.to_string();
+    let checkpoint = partition_dir(dir.path()).join("channels.checkpoint");
     assert!(
         message.contains(&format!(
-            "partition 0: the batch at byte {last} of {} fails authentication with key id 1",
-            file.display()
+            "partition 0: the sealed data (batch or checkpoint) at byte 0 of {} fails authentication with key id 1",
+            checkpoint.display()
         )),
         "{message}"
     );
+    // Without checkpoints the first batch scanned says it.
+    let saved = dir.path().join("saved");
+    fs::create_dir(&saved).unwrap();
+    for name in ["channels.checkpoint", "channels.checkpoint.previous"] {
+        let from = partition_dir(dir.path()).join(name);
+        if from.exists() {
+            fs::rename(&from, saved.join(name)).unwrap();
+        }
+    }
+    let error = open_keyed(dir.path(), small_segments(), 2, Some(wrong))
+        .err()
+        .expect("the open is refused");
+    let first = segment_files(dir.path()).remove(0);
+    assert!(
+        error.to_string().contains(&format!(
+            "at byte 0 of {} fails authentication with key id 1",
+            first.display()
+        )),
+        "{error}"
+    );
+    for entry in fs::read_dir(&saved).unwrap() {
+        let entry = entry.unwrap();
+        fs::rename(
+            entry.path(),
+            partition_dir(dir.path()).join(entry.file_name()),
+        )
+        .unwrap();
+    }
 
     let error = open_keyed(dir.path(), small_segments(), 2, None)
         .err()
