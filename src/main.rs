@@ -161,10 +161,20 @@ enum ConfigCommand {
 #[derive(Subcommand)]
 enum LogCommand {
     /// Check every batch checksum and structure; exit 1 on corruption.
-    Verify { data_dir: PathBuf },
-    /// Print records in log order.
+    /// With --key-file, also authenticate encrypted batches and check their
+    /// records; without it they get the checksum and header checks only.
+    Verify {
+        data_dir: PathBuf,
+        /// The encryption key file ([engine] encryption_key_file).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print records in log order (encrypted ones need --key-file).
     Inspect {
         data_dir: PathBuf,
+        /// The encryption key file ([engine] encryption_key_file).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         /// Only this channel.
         #[arg(long)]
         channel: Option<String>,
@@ -207,12 +217,13 @@ fn main() {
             limit,
         } => history(&server, &channel, before, from, limit),
         Command::Log { command } => match command {
-            LogCommand::Verify { data_dir } => log_verify(&data_dir),
+            LogCommand::Verify { data_dir, key_file } => log_verify(&data_dir, key_file.as_deref()),
             LogCommand::Inspect {
                 data_dir,
+                key_file,
                 channel,
                 limit,
-            } => log_inspect(&data_dir, channel.as_deref(), limit),
+            } => log_inspect(&data_dir, key_file.as_deref(), channel.as_deref(), limit),
         },
         Command::Audit { command } => audit::run(command),
         Command::Bench(args) => bench::run(args),
@@ -607,12 +618,23 @@ fn journal_tails(
         .with_context(|| format!("cannot read the shard journals of {}", data_dir.display()))
 }
 
-fn log_verify(data_dir: &Path) -> Result<()> {
+/// The key ring of `--key-file` (no current key: the tools only read).
+fn key_ring(key_file: Option<&Path>) -> Result<Option<starling_storage::KeyRing>> {
+    key_file
+        .map(|path| starling_storage::KeyRing::load(path, None))
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn log_verify(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
     let mut failed = false;
+    let mut unauthenticated = 0;
     let mut out = std::io::stdout().lock();
     let tails = journal_tails(data_dir)?;
+    let keys = key_ring(key_file)?;
     for dir in partition_dirs(data_dir)? {
-        match starling_storage::verify_partition_dir_with(&dir, unsynced_tail_of(&tails, &dir)) {
+        let tail = unsynced_tail_of(&tails, &dir);
+        match starling_storage::verify_partition_dir_keyed(&dir, tail, keys.as_ref()) {
             Ok(report) => {
                 let tail = match &report.would_truncate {
                     Some((file, at, bytes)) => format!(
@@ -621,9 +643,19 @@ fn log_verify(data_dir: &Path) -> Result<()> {
                     ),
                     None => String::new(),
                 };
+                let sealed = match (report.encrypted_batches, report.unauthenticated_batches) {
+                    (0, _) => String::new(),
+                    (encrypted, 0) => format!(" ({encrypted} encrypted, authenticated)"),
+                    (encrypted, skipped) => {
+                        unauthenticated += skipped;
+                        format!(
+                            " ({encrypted} encrypted; {skipped} NOT authenticated: no --key-file, so only their checksums and headers were checked)"
+                        )
+                    }
+                };
                 writeln!(
                     out,
-                    "{}: ok: {} segments, {} batches, {} records, {} channels, {} bytes{tail}",
+                    "{}: ok: {} segments, {} batches{sealed}, {} records, {} channels, {} bytes{tail}",
                     dir.display(),
                     report.segments,
                     report.batches,
@@ -641,18 +673,31 @@ fn log_verify(data_dir: &Path) -> Result<()> {
     if failed {
         bail!("corruption found; see the lines marked CORRUPT above");
     }
+    if unauthenticated > 0 {
+        writeln!(
+            out,
+            "could not authenticate {unauthenticated} encrypted batches: give the key file with --key-file to check them and their records"
+        )?;
+    }
     Ok(())
 }
 
-fn log_inspect(data_dir: &Path, channel: Option<&str>, limit: Option<u64>) -> Result<()> {
+fn log_inspect(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+    channel: Option<&str>,
+    limit: Option<u64>,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut printed = 0u64;
     let tails = journal_tails(data_dir)?;
+    let keys = key_ring(key_file)?;
     for dir in partition_dirs(data_dir)? {
         let mut write_error = None;
-        starling_storage::inspect_partition_dir_with(
+        let report = starling_storage::inspect_partition_dir_keyed(
             &dir,
             unsynced_tail_of(&tails, &dir),
+            keys.as_ref(),
             |record| {
                 if write_error.is_some() || limit.is_some_and(|limit| printed >= limit) {
                     return;
@@ -680,6 +725,13 @@ fn log_inspect(data_dir: &Path, channel: Option<&str>, limit: Option<u64>) -> Re
             },
         )
         .with_context(|| format!("cannot inspect {}", dir.display()))?;
+        if report.unauthenticated_batches > 0 {
+            eprintln!(
+                "{}: {} encrypted batches not shown (and no record after the first of them): give the key file with --key-file",
+                dir.display(),
+                report.unauthenticated_batches
+            );
+        }
         if let Some(error) = write_error {
             if error.kind() == std::io::ErrorKind::BrokenPipe {
                 return Ok(());

@@ -92,6 +92,14 @@ pub struct EngineConfig {
     pub connections_per_address_max: u32,
     /// New connections one address may open per second (0 = no limit).
     pub new_connections_per_s_per_address: u64,
+    /// Encryption at rest: a file of `ID HEX-KEY` lines (key ids 1 to
+    /// 65535, 32-byte keys as 64 hex digits); "" = no keys. Every key in it
+    /// can read the batches it sealed; keep a key while batches use it.
+    pub encryption_key_file: String,
+    /// The key id new batches are sealed with (XChaCha20-Poly1305); 0 =
+    /// write plain batches (those sealed earlier stay readable with the key
+    /// file). Rotation: add a key to the file, set this to its id, restart.
+    pub encryption_key_id: u16,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +127,8 @@ impl Default for EngineConfig {
             publish_bytes_per_s_per_user: 0,
             connections_per_address_max: 0,
             new_connections_per_s_per_address: 0,
+            encryption_key_file: String::new(),
+            encryption_key_id: 0,
         }
     }
 }
@@ -138,6 +148,27 @@ impl EngineConfig {
             messages_per_s: self.publish_messages_per_s_per_user,
             bytes_per_s: self.publish_bytes_per_s_per_user,
         }
+    }
+
+    /// The key ring of `encryption_key_file` with `encryption_key_id` as its
+    /// current key (`None` when no key file is set).
+    pub fn key_ring(
+        &self,
+    ) -> Result<Option<starling_storage::KeyRing>, starling_storage::StorageError> {
+        let current = (self.encryption_key_id != 0).then_some(self.encryption_key_id);
+        if self.encryption_key_file.is_empty() {
+            return match current {
+                Some(id) => Err(starling_storage::StorageError::KeyFile {
+                    path: PathBuf::new(),
+                    detail: format!(
+                        "encryption_key_id = {id} is set but encryption_key_file is not"
+                    ),
+                }),
+                None => Ok(None),
+            };
+        }
+        let path = PathBuf::from(&self.encryption_key_file);
+        starling_storage::KeyRing::load(&path, current).map(Some)
     }
 
     /// The shard count after resolving 0 to the number of cores.

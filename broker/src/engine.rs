@@ -72,6 +72,8 @@ pub(crate) struct EngineShared {
     pub user_limiters: crate::limits::UserLimiters,
     /// Connections per address (the acceptor counts, shards uncount).
     pub address_limits: crate::limits::AddressLimits,
+    /// Encryption at rest (`encryption_key_file`), shared by every partition.
+    pub keys: Option<Arc<starling_storage::KeyRing>>,
 }
 
 /// A protocol served on an address.
@@ -209,6 +211,18 @@ impl Engine {
             return Err(EngineError::TooManyShards { shards });
         }
         let data_dir = Arc::new(DataDir::open(&config.data_dir)?);
+        let keys = config.key_ring()?.map(Arc::new);
+        if let Some(keys) = &keys {
+            log::info!(
+                "encryption at rest: key ids {:?} from {}; new batches {}",
+                keys.key_ids(),
+                config.encryption_key_file,
+                match keys.current() {
+                    Some(id) => format!("sealed with key id {id}"),
+                    None => "written plain (encryption_key_id = 0)".to_string(),
+                }
+            );
+        }
         let partitions = fixed_partition_count(data_dir.path(), config.partitions)?;
         let routing = Routing::new(partitions, shards);
 
@@ -258,6 +272,7 @@ impl Engine {
             metrics: Metrics::new(shards),
             user_limiters: crate::limits::UserLimiters::default(),
             address_limits,
+            keys,
         });
 
         // The shard journals of the last run: each partition's unsynced tail
@@ -573,6 +588,7 @@ fn open_partitions(
         let options = PartitionOptions {
             run,
             unsynced_tail: journal.tail,
+            keys: shared.keys.clone(),
             ..PartitionOptions::default()
         };
         let (mut log, report) =

@@ -46,6 +46,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::channel_table::ChannelSnapshot;
+use crate::encryption::{
+    key_error, CheckpointOpenFailure, KeyRing, OpenFailure, SealedCheckpointHeader,
+    SEALED_CHECKPOINT_MAGIC,
+};
 use crate::format::NO_OFFSET;
 use crate::idempotency::Original;
 use crate::segment::SegmentSummary;
@@ -79,6 +83,9 @@ pub(crate) struct CheckpointState {
     pub channels: ChannelSnapshot,
     /// Idempotency keys of records before `position`, oldest first.
     pub idempotency: Vec<(Arc<[u8]>, Original)>,
+    /// Seal the file with this key ring's current key, for this partition
+    /// (see `KeyRing::seal_checkpoint`).
+    pub sealing: Option<(Arc<KeyRing>, u32)>,
 }
 
 /// A loaded, checksummed checkpoint.
@@ -95,6 +102,11 @@ pub(crate) struct Checkpoint {
     pub idempotency: Vec<(Arc<[u8]>, Original)>,
     bytes: Vec<u8>,
     channels_at: usize,
+    /// A sealed checkpoint that could not be opened (no key ring, an unknown
+    /// key id or a failed tag): only its plaintext log start and position
+    /// are known, and it is used like a version 1 checkpoint without
+    /// channels. An open refuses it if it is the newest.
+    unopened: Option<OpenFailure>,
 }
 
 impl Checkpoint {
@@ -222,15 +234,30 @@ pub(crate) struct LoadedCheckpoints {
     pub damaged: Vec<(PathBuf, String)>,
 }
 
+/// How [`read_checkpoints`] opens sealed checkpoints.
+#[derive(Clone, Copy)]
+pub(crate) struct Unsealing<'a> {
+    pub keys: Option<&'a KeyRing>,
+    pub partition_id: u32,
+    /// Without keys: a sealed checkpoint is an error (`true`, an open) or is
+    /// loaded with its plaintext header only (`false`, `log verify`).
+    pub required: bool,
+}
+
 /// Reads every checkpoint file of a partition directory (the current one,
 /// the previous one, and a complete temporary one left by a crash between
 /// its fsync and its rename) and picks the valid one with the highest
-/// position.
-pub(crate) fn read_checkpoints(dir: &Path) -> Result<LoadedCheckpoints, StorageError> {
+/// position. A sealed one that fails authentication or whose key id is
+/// unknown is an error (a temporary one is skipped: it may be torn).
+pub(crate) fn read_checkpoints(
+    dir: &Path,
+    unsealing: Unsealing<'_>,
+) -> Result<LoadedCheckpoints, StorageError> {
     let mut loaded = LoadedCheckpoints {
         newest: None,
         damaged: Vec::new(),
     };
+    let mut newest_path = PathBuf::new();
     for name in [
         CHECKPOINT_TEMPORARY_NAME,
         CHECKPOINT_FILE_NAME,
@@ -242,7 +269,12 @@ pub(crate) fn read_checkpoints(dir: &Path) -> Result<LoadedCheckpoints, StorageE
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(StorageError::io("read", &path, e)),
         };
-        match decode_checkpoint(bytes) {
+        let decoded = if bytes.starts_with(&SEALED_CHECKPOINT_MAGIC) {
+            open_sealed(bytes, unsealing.keys, unsealing.partition_id)
+        } else {
+            decode_checkpoint(bytes)
+        };
+        match decoded {
             Ok(checkpoint) => {
                 if loaded
                     .newest
@@ -250,6 +282,7 @@ pub(crate) fn read_checkpoints(dir: &Path) -> Result<LoadedCheckpoints, StorageE
                     .is_none_or(|newest| checkpoint.position > newest.position)
                 {
                     loaded.newest = Some(checkpoint);
+                    newest_path = path;
                 }
             }
             // A temporary file that does not decode was never renamed into
@@ -260,7 +293,66 @@ pub(crate) fn read_checkpoints(dir: &Path) -> Result<LoadedCheckpoints, StorageE
                 .push((path, format!("{detail} at byte {position}"))),
         }
     }
+    let unopened = loaded.newest.as_ref().and_then(|c| c.unopened);
+    if let Some(failure) = unopened.filter(|_| unsealing.required) {
+        return Err(key_error(
+            failure,
+            unsealing.keys,
+            unsealing.partition_id,
+            &newest_path,
+            0,
+        ));
+    }
     Ok(loaded)
+}
+
+/// Opens (or, without keys and if allowed, only reads the header of) a
+/// sealed checkpoint.
+fn open_sealed(
+    bytes: Vec<u8>,
+    keys: Option<&KeyRing>,
+    partition_id: u32,
+) -> Result<Checkpoint, (u64, &'static str)> {
+    let header = match SealedCheckpointHeader::parse(&bytes) {
+        Ok(header) => header,
+        Err(CheckpointOpenFailure::Damaged(at, detail)) => return Err((at, detail)),
+        Err(CheckpointOpenFailure::Key(_)) => unreachable!("the header needs no key"),
+    };
+    let opened = match keys {
+        None => Err(OpenFailure::UnknownKey(header.key_id)),
+        Some(keys) => match keys.open_checkpoint(partition_id, &bytes) {
+            Ok(plain) => Ok(plain),
+            Err(CheckpointOpenFailure::Key(failure)) => Err(failure),
+            Err(CheckpointOpenFailure::Damaged(at, detail)) => return Err((at, detail)),
+        },
+    };
+    let plain = match opened {
+        Ok(plain) => plain,
+        Err(failure) => {
+            return Ok(Checkpoint {
+                version: VERSION_1,
+                log_start: header.log_start,
+                // For picking the newest file; a version 1 checkpoint is never
+                // the start of a fast recovery.
+                position: header.position,
+                last_batch: NO_OFFSET,
+                prefixes: Vec::new(),
+                segments: Vec::new(),
+                channel_count: 0,
+                idempotency: Vec::new(),
+                bytes: Vec::new(),
+                channels_at: 0,
+                unopened: Some(failure),
+            });
+        }
+    };
+    // Authenticated: the plain checkpoint is what the writer made. Its
+    // header must agree with the envelope's plaintext copy.
+    let checkpoint = decode_checkpoint(plain)?;
+    if (checkpoint.log_start, checkpoint.position) != (header.log_start, header.position) {
+        return Err((16, "sealed checkpoint's header does not match its contents"));
+    }
+    Ok(checkpoint)
 }
 
 fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> {
@@ -371,12 +463,20 @@ fn decode_checkpoint(bytes: Vec<u8>) -> Result<Checkpoint, (u64, &'static str)> 
         idempotency,
         bytes,
         channels_at,
+        unopened: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No keys: as for a partition that never sealed anything.
+    const PLAIN: Unsealing<'static> = Unsealing {
+        keys: None,
+        partition_id: 0,
+        required: true,
+    };
     use crate::channel_table::ChannelTable;
 
     #[test]
@@ -397,6 +497,7 @@ mod tests {
             prefixes: vec![b"dm/".to_vec(), b"".to_vec()],
             segments: vec![(8192, summary)],
             channels: table.snapshot(),
+            sealing: None,
             idempotency: vec![(
                 crate::idempotency::key(b"general", b"alice", b"msg-1"),
                 Original {
@@ -483,6 +584,7 @@ mod tests {
                 segments: Vec::new(),
                 channels: snapshot,
                 idempotency: Vec::new(),
+                sealing: None,
             };
             let started = std::time::Instant::now();
             let bytes = encode_checkpoint(&state);
@@ -491,7 +593,7 @@ mod tests {
             write_checkpoint(dir.path(), &bytes).unwrap();
             let write_time = started.elapsed();
             let started = std::time::Instant::now();
-            let loaded = read_checkpoints(dir.path()).unwrap().newest.unwrap();
+            let loaded = read_checkpoints(dir.path(), PLAIN).unwrap().newest.unwrap();
             let read_time = started.elapsed();
             let mut reloaded = ChannelTable::new();
             crate::scan::load_channels(&mut reloaded, &loaded, u64::MAX);

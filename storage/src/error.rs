@@ -80,6 +80,52 @@ pub enum StorageError {
         detail: String,
     },
 
+    /// The encryption key file cannot be used.
+    #[error("encryption key file {path}: {detail}; fix the file ([engine] encryption_key_file: one `ID HEX-KEY` line per key, 64 hex digits) or the configured encryption_key_id")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// A batch is encrypted with a key id that the key ring does not hold.
+    #[error(
+        "partition {partition_id}: the sealed data (batch or checkpoint) at byte {position} of {path} is encrypted with key id {key_id}, {}; add the key with id {key_id} to the key file (after a rotation, old keys must stay in it while batches use them)",
+        match key_file {
+            Some(file) => format!("which the key file {} does not hold", file.display()),
+            None => "but no encryption key file is configured".to_string(),
+        }
+    )]
+    UnknownKey {
+        /// The partition.
+        partition_id: u32,
+        /// The segment or journal file.
+        path: PathBuf,
+        /// Byte position of the batch in that file.
+        position: u64,
+        /// The batch's key id.
+        key_id: u16,
+        /// The key file in use, if any.
+        key_file: Option<PathBuf>,
+    },
+
+    /// A batch failed authentication: the key with its id is not the key
+    /// that wrote it, or its bytes were changed (and the CRC recomputed).
+    #[error(
+        "partition {partition_id}: the sealed data (batch or checkpoint) at byte {position} of {path} fails authentication with key id {key_id}: the key with that id in the key file is not the one that encrypted it, or the data was altered; check the key file (a wrong key never yields data), else restore this partition from a replica or backup"
+    )]
+    Authentication {
+        /// The partition.
+        partition_id: u32,
+        /// The segment or journal file.
+        path: PathBuf,
+        /// Byte position of the batch in that file.
+        position: u64,
+        /// The batch's key id.
+        key_id: u16,
+    },
+
     /// A write or fsync failed earlier; the partition accepts no more writes.
     #[error(
         "partition {partition_id} stopped accepting writes after an earlier failure ({reason}); nothing after that failure was acknowledged; fix the cause (disk full, I/O error) and reopen the partition"
@@ -93,6 +139,16 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether this is a key problem (a batch encrypted with an unknown key
+    /// id, or one that fails authentication): reading the log another way
+    /// cannot help, the key file must be fixed.
+    pub fn is_key_error(&self) -> bool {
+        matches!(
+            self,
+            StorageError::UnknownKey { .. } | StorageError::Authentication { .. }
+        )
+    }
+
     pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         StorageError::Io {
             operation,

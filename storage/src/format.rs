@@ -21,6 +21,14 @@ pub const BATCH_HEADER_BYTES: usize = 64;
 pub const RECORD_HEADER_BYTES: usize = 64;
 /// Stands for "no record" in a back-pointer or skip pointer.
 pub const NO_OFFSET: u64 = u64::MAX;
+/// Batch flag bit 1: the records region is ciphertext followed by a
+/// [`TAG_BYTES`] authentication tag, and bytes 6..8 hold the key id (see
+/// `crate::encryption`).
+pub const FLAG_ENCRYPTED: u8 = 0b10;
+/// The flags this code knows.
+const FLAGS_KNOWN: u8 = FLAG_ENCRYPTED;
+/// Length of the Poly1305 tag at the end of an encrypted batch.
+pub const TAG_BYTES: usize = 16;
 
 /// Longest channel name, in bytes.
 pub const CHANNEL_BYTES_MAX: usize = 1024;
@@ -40,11 +48,12 @@ pub const RECORD_BODY_BYTES_LIMIT: u32 = 256 * 1024 * 1024;
 pub const BATCH_BYTES_SOFT_MAX: usize = 4 * 1024 * 1024;
 
 /// Byte positions of the batch header fields.
-mod batch_field {
+pub(crate) mod batch_field {
     pub const MAGIC: usize = 0;
     pub const VERSION: usize = 4;
     pub const FLAGS: usize = 5;
-    pub const RESERVED_0: usize = 6;
+    /// Reserved (zero) in a plain batch; the key id in an encrypted one.
+    pub const KEY_ID: usize = 6;
     pub const CRC: usize = 8;
     /// The CRC covers everything from here to the end of the batch.
     pub const CRC_START: usize = 12;
@@ -110,6 +119,8 @@ fn put_u64(bytes: &mut [u8], at: usize, value: u64) {
 pub enum FormatError {
     /// The first four bytes are not [`BATCH_MAGIC`].
     BadMagic,
+    /// The batch is marked encrypted but its key id is 0.
+    NoKeyId,
     /// A format version this code does not know.
     UnsupportedVersion(u8),
     /// Flags (compression, encryption) this code does not support.
@@ -141,6 +152,7 @@ impl fmt::Display for FormatError {
             FormatError::BadMagic => write!(f, "bad batch magic (not a starling batch)"),
             FormatError::UnsupportedVersion(v) => write!(f, "unsupported batch format version {v}"),
             FormatError::UnsupportedFlags(v) => write!(f, "unsupported batch flags {v:#04x}"),
+            FormatError::NoKeyId => write!(f, "encrypted batch with key id 0"),
             FormatError::ReservedNotZero => write!(f, "reserved batch header field is not zero"),
             FormatError::BatchTooShort(n) => {
                 write!(f, "batch length {n} is shorter than a batch header")
@@ -159,8 +171,11 @@ impl fmt::Display for FormatError {
 /// The fixed header of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchHeader {
-    /// Flags: reserved for compression and encryption, zero now.
+    /// Flags: bit 1 ([`FLAG_ENCRYPTED`]) marks an encrypted batch; bit 0 is
+    /// reserved for compression.
     pub flags: u8,
+    /// The id of the key that encrypted the batch (0 for a plain batch).
+    pub key_id: u16,
     /// CRC32C of every byte after the CRC field.
     pub crc: u32,
     /// Total length of the batch including this header.
@@ -184,6 +199,11 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
+    /// Whether the records region is ciphertext and tag.
+    pub fn is_encrypted(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
+    }
+
     /// Parses a batch header without checking the CRC. `bytes` must hold at
     /// least [`BATCH_HEADER_BYTES`].
     pub fn parse(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
@@ -196,18 +216,25 @@ impl BatchHeader {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let flags = bytes[batch_field::FLAGS];
-        if flags != 0 {
+        if flags & !FLAGS_KNOWN != 0 {
             return Err(FormatError::UnsupportedFlags(flags));
         }
-        if u16_at(bytes, batch_field::RESERVED_0) != 0 {
+        let key_id = u16_at(bytes, batch_field::KEY_ID);
+        let encrypted = flags & FLAG_ENCRYPTED != 0;
+        if !encrypted && key_id != 0 {
             return Err(FormatError::ReservedNotZero);
         }
+        if encrypted && key_id == 0 {
+            return Err(FormatError::NoKeyId);
+        }
         let batch_bytes = u32_at(bytes, batch_field::BATCH_BYTES);
-        if (batch_bytes as usize) < BATCH_HEADER_BYTES {
+        let header_bytes = BATCH_HEADER_BYTES + if encrypted { TAG_BYTES } else { 0 };
+        if (batch_bytes as usize) < header_bytes {
             return Err(FormatError::BatchTooShort(batch_bytes));
         }
         Ok(BatchHeader {
             flags,
+            key_id,
             crc: u32_at(bytes, batch_field::CRC),
             batch_bytes,
             term: u64_at(bytes, batch_field::TERM),
@@ -236,18 +263,35 @@ pub enum BatchDecode<'a> {
 }
 
 /// A decoded, verified batch borrowing its bytes.
+///
+/// For an encrypted batch, [`decode_batch`] checks the header and the CRC of
+/// the stored bytes only: its records are ciphertext. The view of its
+/// decrypted *image* (the header followed by the plaintext records, without
+/// the tag, as `crate::encryption` makes it) is the one whose records can be
+/// read.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchView<'a> {
     /// The parsed header.
     pub header: BatchHeader,
-    /// The whole batch, header included.
+    /// The whole batch, header included (for an encrypted batch: as stored,
+    /// or its decrypted image).
     pub bytes: &'a [u8],
 }
 
 impl<'a> BatchView<'a> {
+    /// Whether this is an encrypted batch as stored (ciphertext and tag),
+    /// whose records cannot be read before it is decrypted.
+    pub fn is_sealed(&self) -> bool {
+        self.header.is_encrypted() && self.bytes.len() == self.header.batch_bytes as usize
+    }
+
     /// The records of the batch, in order, with their positions inside the
-    /// batch.
+    /// batch. Panics on a sealed batch (decrypt it first).
     pub fn records(&self) -> RecordIter<'a> {
+        assert!(
+            !self.is_sealed(),
+            "the records of an encrypted batch are read from its decrypted image"
+        );
         RecordIter {
             bytes: self.bytes,
             position: BATCH_HEADER_BYTES,
@@ -278,7 +322,9 @@ impl<'a> Iterator for RecordIter<'a> {
 }
 
 /// Decodes the batch that starts at `bytes[0]`: checks magic, version, flags,
-/// length, CRC32C and that the records fill the batch exactly.
+/// length, CRC32C and that the records fill the batch exactly (for an
+/// encrypted batch, whose records are ciphertext, that is checked on the
+/// decrypted image by [`check_image`]).
 pub fn decode_batch(bytes: &[u8]) -> Result<BatchDecode<'_>, FormatError> {
     if bytes.len() >= 4 && bytes[..4] != BATCH_MAGIC {
         return Err(FormatError::BadMagic);
@@ -301,8 +347,31 @@ pub fn decode_batch(bytes: &[u8]) -> Result<BatchDecode<'_>, FormatError> {
             computed,
         });
     }
-    check_records(&header, bytes)?;
+    if !header.is_encrypted() {
+        check_records(&header, bytes)?;
+    }
     Ok(BatchDecode::Complete(BatchView { header, bytes }))
+}
+
+/// Checks the decrypted image of an encrypted batch (its stored header
+/// followed by the plaintext records, [`TAG_BYTES`] shorter than the stored
+/// batch): that the records fill it exactly and agree with the header.
+pub fn check_image(image: &[u8]) -> Result<BatchView<'_>, FormatError> {
+    if image.len() < BATCH_HEADER_BYTES {
+        return Err(FormatError::BatchTooShort(image.len() as u32));
+    }
+    let header = BatchHeader::parse(image)?;
+    if !header.is_encrypted() || header.batch_bytes as usize != image.len() + TAG_BYTES {
+        return Err(FormatError::BadRecord {
+            position: 0,
+            detail: "the decrypted image does not match its header",
+        });
+    }
+    check_records(&header, image)?;
+    Ok(BatchView {
+        header,
+        bytes: image,
+    })
 }
 
 /// Checks that the records of a batch fill it exactly and agree with the
@@ -546,6 +615,10 @@ pub(crate) struct BatchMeta {
     pub run: u32,
     pub timestamp_min_ms: u64,
     pub timestamp_max_ms: u64,
+    /// 0: a plain batch. Otherwise the batch is encrypted with this key id:
+    /// its last [`TAG_BYTES`] bytes are the room for the tag, and
+    /// `crate::encryption` seals it (the CRC written here is replaced then).
+    pub key_id: u16,
 }
 
 /// Fills in the header of the batch occupying `batch` (header + records) and
@@ -554,8 +627,8 @@ pub(crate) fn finish_batch(batch: &mut [u8], meta: &BatchMeta) {
     let batch_bytes = u32::try_from(batch.len()).expect("a batch is smaller than 4 GiB");
     batch[batch_field::MAGIC..batch_field::MAGIC + 4].copy_from_slice(&BATCH_MAGIC);
     batch[batch_field::VERSION] = FORMAT_VERSION;
-    batch[batch_field::FLAGS] = 0;
-    put_u16(batch, batch_field::RESERVED_0, 0);
+    batch[batch_field::FLAGS] = if meta.key_id == 0 { 0 } else { FLAG_ENCRYPTED };
+    put_u16(batch, batch_field::KEY_ID, meta.key_id);
     put_u32(batch, batch_field::BATCH_BYTES, batch_bytes);
     put_u64(batch, batch_field::TERM, meta.term);
     put_u64(batch, batch_field::INDEX, meta.index);
@@ -564,6 +637,12 @@ pub(crate) fn finish_batch(batch: &mut [u8], meta: &BatchMeta) {
     put_u32(batch, batch_field::RUN, meta.run);
     put_u64(batch, batch_field::TIMESTAMP_MIN, meta.timestamp_min_ms);
     put_u64(batch, batch_field::TIMESTAMP_MAX, meta.timestamp_max_ms);
+    write_crc(batch);
+}
+
+/// Computes and stores the CRC of a whole batch (after sealing, over the
+/// stored ciphertext).
+pub(crate) fn write_crc(batch: &mut [u8]) {
     let crc = crc32c::crc32c(&batch[batch_field::CRC_START..]);
     put_u32(batch, batch_field::CRC, crc);
 }
@@ -610,6 +689,7 @@ mod tests {
             run: 0,
             timestamp_min_ms: min,
             timestamp_max_ms: max,
+            key_id: 0,
         };
         finish_batch(&mut buffer[start..], &meta);
         buffer

@@ -40,14 +40,18 @@
 //! ```text
 //! batch header (64 bytes)                      record (64-byte header + fields)
 //!  0 magic "STRL"        4 version=1            0 record_bytes u32   4 batch_distance u32
-//!  5 flags=0             6 reserved u16         8 seq u64           16 previous_offset u64
+//!  5 flags (2=encrypted) 6 key_id u16 (0=plain) 8 seq u64           16 previous_offset u64
 //!  8 crc32c(12..end) u32 12 batch_bytes u32    24 skip_offset u64   32 timestamp_ms u64
 //! 16 term u64           24 index u64           40 relation u64      48 kind u8  49 flags=0
 //! 32 base_position u64  40 record_count u32    50 channel_bytes u16 52 sender_bytes u16
-//! 44 reserved u32       48 timestamp_min u64   54 client_message_id_bytes u16
+//! 44 run u32            48 timestamp_min u64   54 client_message_id_bytes u16
 //! 56 timestamp_max u64  64 records...          56 headers_bytes u32 60 body_bytes u32
 //!                                              64 channel | sender | client_message_id | headers | body
 //! ```
+//!
+//! An encrypted batch (see [`encryption`]) keeps this header in plaintext;
+//! its records region is XChaCha20-Poly1305 ciphertext followed by a 16-byte
+//! tag, and the CRC covers the stored bytes.
 //!
 //! Each record points back to the previous record of its channel and to the
 //! record with seq `seq - lowbit(seq)` (a skip pointer), so "from seq S" and
@@ -61,6 +65,7 @@ pub mod audit;
 mod channel_table;
 mod checkpoint;
 mod data_dir;
+pub mod encryption;
 mod error;
 pub mod format;
 mod idempotency;
@@ -77,6 +82,7 @@ mod worker;
 use bytes::Bytes;
 
 pub use data_dir::DataDir;
+pub use encryption::KeyRing;
 pub use error::StorageError;
 pub use format::decode_batch;
 pub use journal::{Journal, JournalRecovery, SyncTarget, UnsyncedTail};
@@ -85,8 +91,8 @@ pub use partition::Fault;
 pub use partition::{Partition, RecoveryReport};
 pub use retention::RetentionReport;
 pub use scan::{
-    inspect_partition_dir, inspect_partition_dir_with, verify_partition_dir,
-    verify_partition_dir_with, VerifyReport,
+    inspect_partition_dir, inspect_partition_dir_keyed, inspect_partition_dir_with,
+    verify_partition_dir, verify_partition_dir_keyed, verify_partition_dir_with, VerifyReport,
 };
 pub use segment::ReadMode;
 pub use sync::SyncBatch;
@@ -165,6 +171,11 @@ pub struct PartitionOptions {
     /// [`Partition::replay`]), and a bad batch before `durable_end` is
     /// corruption. Without it, the torn-tail rules apply.
     pub unsynced_tail: Option<UnsyncedTail>,
+    /// Encryption at rest: the keys that open encrypted batches, and (its
+    /// current key id) the key new batches are sealed with. `None`: batches
+    /// are written plain, and an encrypted batch is an error naming its key
+    /// id. Sealing needs a nonzero `run` (it is part of the nonce).
+    pub keys: Option<std::sync::Arc<KeyRing>>,
 }
 
 impl Default for PartitionOptions {
@@ -174,6 +185,7 @@ impl Default for PartitionOptions {
             use_checkpoint: true,
             run: 0,
             unsynced_tail: None,
+            keys: None,
         }
     }
 }

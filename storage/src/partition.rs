@@ -8,14 +8,19 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::channel_table::{ChannelId, ChannelTable};
-use crate::checkpoint::{sync_directory, Checkpoint, CheckpointState, CHECKPOINT_VERSION};
+use crate::checkpoint::{
+    sync_directory, Checkpoint, CheckpointState, Unsealing, CHECKPOINT_VERSION,
+};
 use crate::data_dir::{lock_directory, partition_path};
+use crate::encryption::{readable, KeyRing};
 use crate::format::{
     self, begin_batch, decode_batch, finish_batch, skip_target, BatchDecode, BatchMeta,
     RecordFields, RecordHead, BATCH_BYTES_SOFT_MAX, CHANNEL_BYTES_MAX, CLIENT_MESSAGE_ID_BYTES_MAX,
     HEADERS_BYTES_MAX, NO_OFFSET, RECORD_BODY_BYTES_LIMIT, RECORD_HEADER_BYTES, SENDER_BYTES_MAX,
+    TAG_BYTES,
 };
 use crate::idempotency::{self, IdempotencyIndex, Original};
 use crate::journal::{SyncTarget, UnsyncedTail};
@@ -128,6 +133,39 @@ impl VerifiedBatches {
     }
 }
 
+/// The most recently decrypted batches of an encrypted partition (stream
+/// position, image), so a page of reads in one batch decrypts it once.
+pub(crate) struct DecryptedBatches {
+    batches: [(u64, Option<bytes::Bytes>); DECRYPTED_BATCHES_CACHED],
+    next: usize,
+}
+
+/// Fewer than [`VERIFIED_BATCHES_CACHED`]: an image is a copy of up to
+/// `BATCH_BYTES_SOFT_MAX` (4 MiB) bytes, so this bounds the cache at 16 MiB
+/// per partition, and a page of history rarely spans more batches.
+const DECRYPTED_BATCHES_CACHED: usize = 4;
+
+impl DecryptedBatches {
+    fn new() -> DecryptedBatches {
+        DecryptedBatches {
+            batches: std::array::from_fn(|_| (NO_OFFSET, None)),
+            next: 0,
+        }
+    }
+
+    pub(crate) fn get(&self, position: u64) -> Option<bytes::Bytes> {
+        self.batches
+            .iter()
+            .find(|(at, _)| *at == position)
+            .and_then(|(_, image)| image.clone())
+    }
+
+    pub(crate) fn insert(&mut self, position: u64, image: bytes::Bytes) {
+        self.batches[self.next] = (position, Some(image));
+        self.next = (self.next + 1) % DECRYPTED_BATCHES_CACHED;
+    }
+}
+
 /// One log partition: its segment files, its channel table and the pending
 /// batch. Owned by one broker thread.
 pub struct Partition {
@@ -168,15 +206,23 @@ pub struct Partition {
     spare_requested: bool,
     /// Stamped on every batch written (`PartitionOptions::run`).
     run: u32,
+    /// Encryption at rest (`PartitionOptions::keys`): reads find batches
+    /// through the segments' batch indexes and decrypt sealed ones; flushes
+    /// seal new batches when the ring has a current key id.
+    pub(crate) keys: Option<Arc<KeyRing>>,
+    pub(crate) decrypted: RefCell<DecryptedBatches>,
 }
 
-/// What recovery may take for granted about the last segment.
+/// What recovery may take for granted about the last segment, and how it
+/// opens encrypted batches.
 #[derive(Clone, Copy)]
-struct Hints {
+struct Hints<'a> {
     /// The last run closed cleanly (see `take_clean_marker`).
     clean_end: Option<CleanEnd>,
     /// A shard journal covers the unsynced tail.
     tail: Option<UnsyncedTail>,
+    keys: Option<&'a KeyRing>,
+    partition_id: u32,
 }
 
 /// What a recovery pass rebuilt.
@@ -203,9 +249,14 @@ fn recover(
     config: &PartitionConfig,
     checkpoint: Option<&Checkpoint>,
     fast: bool,
-    hints: Hints,
+    hints: Hints<'_>,
 ) -> Result<Recovered, StorageError> {
-    let Hints { clean_end, tail } = hints;
+    let Hints {
+        clean_end,
+        tail,
+        keys,
+        partition_id,
+    } = hints;
     let rules = config.retention.len();
     let mut channels = ChannelTable::new();
     let mut idempotency =
@@ -222,7 +273,7 @@ fn recover(
             summaries.extend(checkpoint.segments.iter().cloned());
             start = checkpoint.position;
             if start > log_start {
-                check_checkpoint_end(listed, checkpoint)?;
+                check_checkpoint_end(listed, checkpoint, keys, partition_id)?;
                 last_batch = checkpoint.last_batch;
             }
         }
@@ -302,6 +353,8 @@ fn recover(
                 None
             };
             let mut visit = |position: u64, batch: &format::BatchView<'_>| {
+                let mut image = None;
+                let batch = readable(keys, partition_id, batch, &mut image, file_path, position)?;
                 index_batch(
                     &mut channels,
                     &mut idempotency,
@@ -309,7 +362,7 @@ fn recover(
                     config,
                     log_start,
                     base + position,
-                    batch,
+                    &batch,
                 )
                 .map_err(|detail| StorageError::Corrupt {
                     path: file_path.clone(),
@@ -432,6 +485,8 @@ fn index_batch(
 fn check_checkpoint_end(
     listed: &[(u64, PathBuf)],
     checkpoint: &Checkpoint,
+    keys: Option<&KeyRing>,
+    partition_id: u32,
 ) -> Result<(), StorageError> {
     let at = checkpoint.last_batch;
     let index = listed.partition_point(|(base, _)| *base <= at);
@@ -459,6 +514,9 @@ fn check_checkpoint_end(
             if batch.header.base_position == at
                 && at + u64::from(batch_bytes) == checkpoint.position =>
         {
+            // The open reads nothing else of a cleanly closed log: opening
+            // its last batch is what proves the key file right at start.
+            readable(keys, partition_id, &batch, &mut None, file_path, at - base)?;
             Ok(())
         }
         _ => Err(bad(format!(
@@ -494,6 +552,12 @@ impl Partition {
         options: PartitionOptions,
     ) -> Result<(Partition, RecoveryReport), StorageError> {
         check_config(&config)?;
+        let keys = options.keys.as_deref();
+        if keys.and_then(KeyRing::current).is_some() && options.run == 0 {
+            return Err(StorageError::InvalidConfig {
+                detail: "encrypting batches needs the engine run (PartitionOptions::run, from the shard journal), which is part of every nonce; it is 0".into(),
+            });
+        }
         let path = partition_path(dir, partition_id);
         fs::create_dir_all(&path).map_err(|e| StorageError::io("create directory", &path, e))?;
         let lock = lock_directory(&path)?;
@@ -506,7 +570,14 @@ impl Partition {
             log_start,
             segments: mut listed,
             released,
-        } = find_log_start(&path)?;
+        } = find_log_start(
+            &path,
+            Unsealing {
+                keys,
+                partition_id,
+                required: true,
+            },
+        )?;
         // Segments before the log start are left over from a retention run
         // that wrote its checkpoint and then stopped: finish it.
         let mut directory_unsynced = false;
@@ -557,9 +628,13 @@ impl Partition {
                     Hints {
                         clean_end,
                         tail: options.unsynced_tail,
+                        keys,
+                        partition_id,
                     },
                 ) {
                     Ok(done) => recovered = Some(done),
+                    // Scanning the whole log would meet the same batch.
+                    Err(error) if error.is_key_error() => return Err(error),
                     Err(error) => log::warn!(
                         "{}: the checkpoint at stream position {} does not match the log ({error}); scanning the whole log",
                         path.display(),
@@ -591,6 +666,8 @@ impl Partition {
                 Hints {
                     clean_end: None,
                     tail: options.unsynced_tail,
+                    keys,
+                    partition_id,
                 },
             )?,
         };
@@ -623,8 +700,46 @@ impl Partition {
             worker,
             spare_requested: false,
             run: options.run,
+            keys: options.keys.clone(),
+            decrypted: RefCell::new(DecryptedBatches::new()),
         };
+        partition.check_run_grows()?;
         Ok((partition, report))
+    }
+
+    /// The key id new batches are sealed with, if any.
+    fn sealing_key_id(&self) -> Option<u16> {
+        self.keys.as_deref().and_then(KeyRing::current)
+    }
+
+    /// A nonce must never repeat for a key: with sealing on, this open's run
+    /// must be later than the run of the log's last batch (a run counter
+    /// that went back, as after deleting the shard journals, would seal a
+    /// rewritten position with a nonce used before).
+    fn check_run_grows(&self) -> Result<(), StorageError> {
+        if self.sealing_key_id().is_none() || self.last_batch == NO_OFFSET {
+            return Ok(());
+        }
+        let Some(segment) = self.segment_for(self.last_batch) else {
+            return Ok(());
+        };
+        let position = self.last_batch - segment.base;
+        let chunk = segment.read(position, format::BATCH_HEADER_BYTES, ReadMode::Pread)?;
+        let header =
+            format::BatchHeader::parse(chunk.as_slice()).map_err(|e| StorageError::Corrupt {
+                path: segment.path.clone(),
+                position,
+                detail: e.to_string(),
+            })?;
+        if header.run >= self.run {
+            return Err(StorageError::InvalidConfig {
+                detail: format!(
+                    "partition {}: this open's engine run {} is not later than run {} of the last batch in the log; encrypted batches need a run counter that only grows (keep the shard journals)",
+                    self.id, self.run, header.run
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The partition id.
@@ -823,6 +938,14 @@ impl Partition {
             return;
         };
         let base_position = self.flushed_end() + open.start as u64;
+        let key_id = self.sealing_key_id().unwrap_or(0);
+        if key_id != 0 {
+            // Room for the tag: records appended after this batch get their
+            // offsets past it.
+            self.pending
+                .buffer
+                .resize(self.pending.buffer.len() + TAG_BYTES, 0);
+        }
         let meta = BatchMeta {
             term: 0,
             index: 0,
@@ -831,6 +954,7 @@ impl Partition {
             run: self.run,
             timestamp_min_ms: open.timestamp_min_ms,
             timestamp_max_ms: open.timestamp_max_ms,
+            key_id,
         };
         let end = self.pending.buffer.len();
         finish_batch(&mut self.pending.buffer[open.start..end], &meta);
@@ -863,9 +987,19 @@ impl Partition {
             return Ok(());
         }
         self.close_open_batch();
-        // Check the data before writing it (the same check a read does).
+        // Check the data before writing it (the same check a read does);
+        // seal encrypted batches only now, as pending records are read
+        // (skip pointers of later appends) from the plain buffer.
         for batch in &self.pending.closed {
-            let bytes = &self.pending.buffer[batch.start..batch.end];
+            let bytes = &mut self.pending.buffer[batch.start..batch.end];
+            let sealed = format::BatchHeader::parse(bytes).is_ok_and(|h| h.is_encrypted());
+            if let Some(keys) = self.keys.as_deref().filter(|_| sealed) {
+                assert!(
+                    format::check_image(&bytes[..bytes.len() - TAG_BYTES]).is_ok(),
+                    "a batch about to be sealed does not decode"
+                );
+                keys.seal(self.id, bytes);
+            }
             assert!(
                 matches!(decode_batch(bytes), Ok(BatchDecode::Complete(b)) if b.bytes.len() == bytes.len()),
                 "a batch about to be written does not decode"
@@ -1026,6 +1160,12 @@ impl Partition {
                 .into_iter()
                 .filter(|(_, original)| original.offset < self.flushed_end())
                 .collect(),
+            // A partition that seals its batches seals its checkpoints.
+            sealing: self
+                .keys
+                .clone()
+                .filter(|keys| keys.current().is_some())
+                .map(|keys| (keys, self.id)),
         }
     }
 
@@ -1112,6 +1252,7 @@ impl Partition {
                 }
             };
             let bytes = batch.bytes;
+            let in_payload = at as u64;
             at += bytes.len();
             let base = batch.header.base_position;
             let end = base + bytes.len() as u64;
@@ -1131,6 +1272,16 @@ impl Partition {
             if active_len > 0 && active_len + bytes.len() as u64 > self.config.segment_bytes_max {
                 self.roll(None)?;
             }
+            let mut image = None;
+            let journal = self.path.join("(shard journal entry)");
+            let view = readable(
+                self.keys.as_deref(),
+                self.id,
+                &batch,
+                &mut image,
+                &journal,
+                in_payload,
+            )?;
             self.write_to_active(bytes)?;
             let log_start = self.log_start;
             let active = self.segments.last_mut().expect("active segment");
@@ -1141,7 +1292,7 @@ impl Partition {
                 &self.config,
                 log_start,
                 base,
-                &batch,
+                &view,
             )
             .map_err(|detail| StorageError::Inconsistent {
                 path: self.path.clone(),

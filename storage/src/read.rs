@@ -5,11 +5,19 @@
 //! its batch checked (cached for the last few batches); the headers of the
 //! records merely hopped over are checked for the expected seq only, which
 //! keeps a search at O(log² n) small reads.
+//!
+//! With encryption at rest (a key ring), a record's header may be
+//! ciphertext, so the batch holding an offset is found through the
+//! segment's batch index (the batch starts, found by walking the plain batch
+//! headers once) and an encrypted batch is read from its decrypted image
+//! (cached for the last few batches). Plain batches are still read straight
+//! from the map.
 
 use bytes::Bytes;
 
+use crate::encryption::decrypt_batch;
 use crate::format::{
-    decode_batch, skip_target, BatchDecode, BatchHeader, RecordHead, RecordView,
+    decode_batch, skip_target, BatchDecode, BatchHeader, BatchView, RecordHead, RecordView,
     BATCH_HEADER_BYTES, NO_OFFSET, RECORD_HEADER_BYTES,
 };
 use crate::segment::Segment;
@@ -63,10 +71,45 @@ pub(crate) fn record_from_shared(
     }
 }
 
+/// The whole batch `bytes` at `batch_position` of `segment`, decoded and
+/// checked to sit at its place.
+fn decoded<'a>(
+    segment: &Segment,
+    batch_position: u64,
+    bytes: &'a [u8],
+) -> Result<BatchView<'a>, StorageError> {
+    match decode_batch(bytes) {
+        Ok(BatchDecode::Complete(batch))
+            if batch.header.base_position == segment.base + batch_position =>
+        {
+            Ok(batch)
+        }
+        Ok(BatchDecode::Complete(_)) => Err(corrupt(
+            segment,
+            batch_position,
+            "batch base position is wrong".to_string(),
+        )),
+        Ok(BatchDecode::Incomplete { .. }) => Err(corrupt(
+            segment,
+            batch_position,
+            "batch cut short".to_string(),
+        )),
+        Err(e) => Err(corrupt(segment, batch_position, e.to_string())),
+    }
+}
+
+/// The view of a decrypted image (checked when it was decrypted); `None`
+/// for the bytes of a plain batch.
+fn decode_image(bytes: &[u8]) -> Option<BatchView<'_>> {
+    let header = BatchHeader::parse(bytes).ok()?;
+    (header.is_encrypted() && bytes.len() < header.batch_bytes as usize)
+        .then(|| crate::format::check_image(bytes).expect("checked when decrypted"))
+}
+
 impl Partition {
     /// The flushed segment holding stream position `offset`, or `None` when
     /// retention has deleted it.
-    fn segment_for(&self, offset: u64) -> Option<&Segment> {
+    pub(crate) fn segment_for(&self, offset: u64) -> Option<&Segment> {
         if offset < self.log_start || offset == NO_OFFSET {
             return None;
         }
@@ -90,9 +133,37 @@ impl Partition {
             .segment_for(offset)
             .expect("callers check that the record is still in the log");
         let position = offset - segment.base;
-        let chunk = segment.read(position, RECORD_HEADER_BYTES, self.read_mode)?;
-        let head = RecordHead::parse(chunk.as_slice());
+        let mut image = None;
+        if self.keys.is_some() {
+            let batch_position = self.batch_start(segment, position)?;
+            image = self
+                .verify_batch(segment, batch_position)?
+                .map(|image| (image, (position - batch_position) as usize));
+        }
+        let head = match image {
+            Some((image, at)) if at + RECORD_HEADER_BYTES <= image.len() => {
+                RecordHead::parse(&image[at..])
+            }
+            Some(_) => {
+                return Err(corrupt(
+                    segment,
+                    position,
+                    "a channel pointer leads into the end of a batch".to_string(),
+                ))
+            }
+            None => {
+                let chunk = segment.read(position, RECORD_HEADER_BYTES, self.read_mode)?;
+                RecordHead::parse(chunk.as_slice())
+            }
+        };
         if head.seq != expected_seq {
+            if self.keys.is_none() {
+                // Without keys the header read may be ciphertext: an
+                // encrypted batch there is a missing key (verify_batch says
+                // which), not a broken pointer.
+                let batch_position = self.batch_start(segment, position)?;
+                self.verify_batch(segment, batch_position)?;
+            }
             return Err(corrupt(
                 segment,
                 position,
@@ -105,37 +176,75 @@ impl Partition {
         Ok(head)
     }
 
-    /// Checks the CRC of the batch at `batch_position` of `segment` unless it
-    /// was checked recently.
-    fn verify_batch(&self, segment: &Segment, batch_position: u64) -> Result<(), StorageError> {
+    /// The position in `segment` of the batch holding byte `position`, from
+    /// the segment's batch index (extended by walking batch headers as far
+    /// as needed).
+    fn batch_start(&self, segment: &Segment, position: u64) -> Result<u64, StorageError> {
+        let mut index = segment.batch_starts.borrow_mut();
+        while index.indexed_to <= position && index.indexed_to < segment.len {
+            let at = index.indexed_to;
+            let chunk = segment.read(at, BATCH_HEADER_BYTES, self.read_mode)?;
+            let header = BatchHeader::parse(chunk.as_slice())
+                .map_err(|e| corrupt(segment, at, e.to_string()))?;
+            index.starts.push(at);
+            index.indexed_to = at + u64::from(header.batch_bytes);
+        }
+        let found = index.starts.partition_point(|&start| start <= position);
+        match found.checked_sub(1) {
+            Some(i) if position < index.indexed_to => Ok(index.starts[i]),
+            _ => Err(corrupt(
+                segment,
+                position,
+                "a pointer leads past the segment's last batch".to_string(),
+            )),
+        }
+    }
+
+    /// Checks the batch at `batch_position` of `segment` unless it was
+    /// checked recently: its CRC, and for an encrypted batch its
+    /// authentication tag. Returns the decrypted image of an encrypted batch
+    /// (`None` for a plain one, read from the map).
+    fn verify_batch(
+        &self,
+        segment: &Segment,
+        batch_position: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
         let stream_position = segment.base + batch_position;
         if self.verified.borrow().contains(stream_position) {
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(image) = self.decrypted.borrow().get(stream_position) {
+            return Ok(Some(image));
         }
         let chunk = segment.read(batch_position, BATCH_HEADER_BYTES, self.read_mode)?;
         let header = BatchHeader::parse(chunk.as_slice())
             .map_err(|e| corrupt(segment, batch_position, e.to_string()))?;
         let chunk = segment.read(batch_position, header.batch_bytes as usize, self.read_mode)?;
-        match decode_batch(chunk.as_slice()) {
-            Ok(BatchDecode::Complete(batch)) if batch.header.base_position == stream_position => {}
-            Ok(BatchDecode::Complete(_)) => {
-                return Err(corrupt(
-                    segment,
-                    batch_position,
-                    "batch base position is wrong".to_string(),
-                ))
-            }
-            Ok(BatchDecode::Incomplete { .. }) => {
-                return Err(corrupt(
-                    segment,
-                    batch_position,
-                    "batch cut short".to_string(),
-                ))
-            }
-            Err(e) => return Err(corrupt(segment, batch_position, e.to_string())),
+        let batch = decoded(segment, batch_position, chunk.as_slice())?;
+        if batch.is_sealed() {
+            let image = Bytes::from(self.decrypt(segment, batch_position, &batch)?);
+            self.decrypted
+                .borrow_mut()
+                .insert(stream_position, image.clone());
+            return Ok(Some(image));
         }
         self.verified.borrow_mut().insert(stream_position);
-        Ok(())
+        Ok(None)
+    }
+
+    fn decrypt(
+        &self,
+        segment: &Segment,
+        batch_position: u64,
+        batch: &BatchView<'_>,
+    ) -> Result<Vec<u8>, StorageError> {
+        decrypt_batch(
+            self.keys.as_deref(),
+            self.id,
+            batch,
+            &segment.path,
+            batch_position,
+        )
     }
 
     /// Loads the whole record at `offset`, checking its batch CRC, its seq
@@ -157,9 +266,14 @@ impl Partition {
                     "record's batch distance points before the file".to_string(),
                 )
             })?;
-        self.verify_batch(segment, batch_position)?;
-        let chunk = segment.read(position, head.record_bytes as usize, self.read_mode)?;
-        let view = RecordView::parse(chunk.as_slice())
+        let (bytes, start) = match self.verify_batch(segment, batch_position)? {
+            Some(image) => (image, (position - batch_position) as usize),
+            None => {
+                let chunk = segment.read(position, head.record_bytes as usize, self.read_mode)?;
+                (chunk.into_bytes(), 0)
+            }
+        };
+        let view = RecordView::parse(&bytes[start..])
             .map_err(|e| corrupt(segment, batch_position, e.to_string()))?;
         if view.channel != channel {
             return Err(corrupt(
@@ -171,10 +285,7 @@ impl Partition {
                 ),
             ));
         }
-        // The view borrows the chunk; parse again from the shared bytes.
-        let bytes = chunk.into_bytes();
-        let view = RecordView::parse(&bytes).expect("parsed above");
-        Ok((record_from_shared(&bytes, 0, &view, at.offset), head))
+        Ok((record_from_shared(&bytes, start, &view, at.offset), head))
     }
 
     /// From the record `start`, walks towards seq `target` (≤ start.seq)
@@ -342,23 +453,16 @@ impl Partition {
                     .map_err(|e| corrupt(segment, position, e.to_string()))?;
                 let batch_bytes = u64::from(header.batch_bytes);
                 if header.timestamp_max_ms >= since_timestamp_ms {
-                    let bytes = segment
+                    let mut bytes = segment
                         .read(position, header.batch_bytes as usize, self.read_mode)?
                         .into_bytes();
-                    let batch = match decode_batch(&bytes) {
-                        Ok(BatchDecode::Complete(batch))
-                            if batch.header.base_position == segment.base + position =>
-                        {
-                            batch
-                        }
-                        Ok(_) => {
-                            return Err(corrupt(
-                                segment,
-                                position,
-                                "batch is cut short or misplaced".to_string(),
-                            ))
-                        }
-                        Err(e) => return Err(corrupt(segment, position, e.to_string())),
+                    let batch = decoded(segment, position, &bytes)?;
+                    if batch.is_sealed() {
+                        bytes = Bytes::from(self.decrypt(segment, position, &batch)?);
+                    }
+                    let batch = match decode_image(&bytes) {
+                        Some(batch) => batch,
+                        None => decoded(segment, position, &bytes)?,
                     };
                     for (in_batch, view) in batch.records() {
                         if view.timestamp_ms >= since_timestamp_ms {

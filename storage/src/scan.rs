@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::channel_table::ChannelTable;
-use crate::checkpoint::{read_checkpoints, Checkpoint};
+use crate::checkpoint::{read_checkpoints, Checkpoint, Unsealing};
+use crate::encryption::{readable, KeyRing};
 use crate::format::{
     decode_batch, BatchDecode, BatchView, RecordView, BATCH_HEADER_BYTES, BATCH_MAGIC, NO_OFFSET,
 };
@@ -273,6 +274,13 @@ pub struct VerifyReport {
     pub channels: usize,
     /// Bytes of valid batches (logical bytes: zero tails not counted).
     pub bytes: u64,
+    /// Encrypted batches among `batches`.
+    pub encrypted_batches: u64,
+    /// Encrypted batches whose CRC and header were checked but that could
+    /// not be authenticated (no key ring was given): their records were not
+    /// read, and the channel chains were not checked from the first of them
+    /// on.
+    pub unauthenticated_batches: u64,
     /// A torn tail that opening the partition would remove: file, byte
     /// position, and bytes that would be cut or zeroed (up to the last
     /// nonzero byte; zero bytes after the last batch are not data).
@@ -296,8 +304,11 @@ pub(crate) struct LogStart {
 /// checkpoint files are logged and skipped; the log start must match the
 /// first segment unless the newest checkpoint was damaged and an older one
 /// covers the segments that are gone.
-pub(crate) fn find_log_start(path: &Path) -> Result<LogStart, StorageError> {
-    let loaded = read_checkpoints(path)?;
+pub(crate) fn find_log_start(
+    path: &Path,
+    unsealing: Unsealing<'_>,
+) -> Result<LogStart, StorageError> {
+    let loaded = read_checkpoints(path, unsealing)?;
     for (file, detail) in &loaded.damaged {
         log::warn!(
             "{}: damaged channel checkpoint ignored ({detail}); recovering from an older one or from the log",
@@ -372,15 +383,31 @@ pub(crate) fn load_channels(table: &mut ChannelTable, checkpoint: &Checkpoint, b
 fn scan_directory(
     path: &Path,
     tail: Option<UnsyncedTail>,
+    keys: Option<&KeyRing>,
     visit: &mut dyn FnMut(&RecordView<'_>, u64),
 ) -> Result<VerifyReport, StorageError> {
+    // The nonce of an encrypted batch holds its partition id: the directory
+    // name (5 digits).
+    let partition_id = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.parse::<u32>().ok());
     let mut table = ChannelTable::new();
     let LogStart {
         checkpoint,
         log_start,
         segments,
         ..
-    } = find_log_start(path)?;
+    } = find_log_start(
+        path,
+        Unsealing {
+            keys,
+            // A directory name that is no partition id opens no sealed
+            // checkpoint (the id is authenticated with it).
+            partition_id: partition_id.unwrap_or(u32::MAX),
+            required: false,
+        },
+    )?;
     if let Some(checkpoint) = &checkpoint {
         // Only the channels with nothing left in the log; the scan rebuilds
         // the others.
@@ -391,6 +418,7 @@ fn scan_directory(
         ..VerifyReport::default()
     };
     let mut expected_base = log_start;
+    let (mut encrypted, mut unauthenticated) = (0u64, 0u64);
     for (index, (base, file)) in segments.iter().enumerate() {
         if *base != expected_base {
             return Err(StorageError::Inconsistent {
@@ -409,6 +437,29 @@ fn scan_directory(
             data.truncate(next.saturating_sub(*base) as usize);
         }
         let mut visit_batch = |position: u64, batch: &BatchView<'_>| {
+            if batch.is_sealed() {
+                encrypted += 1;
+                if keys.is_none() {
+                    // CRC and header checked; the records cannot be read, so
+                    // the channel chains cannot be followed past here.
+                    unauthenticated += 1;
+                    return Ok(());
+                }
+            }
+            if unauthenticated > 0 {
+                return Ok(());
+            }
+            let partition_id = partition_id.ok_or_else(|| StorageError::Inconsistent {
+                path: path.to_path_buf(),
+                detail:
+                    "an encrypted batch needs the partition id, and the directory name is not one"
+                        .into(),
+            });
+            let mut image = None;
+            let batch = match batch.is_sealed() {
+                true => readable(keys, partition_id?, batch, &mut image, file, position)?,
+                false => *batch,
+            };
             for (in_batch, record) in batch.records() {
                 let offset = base + position + in_batch as u64;
                 apply_record(&mut table, log_start, offset, &record).map_err(|detail| {
@@ -440,6 +491,8 @@ fn scan_directory(
         expected_base = base + scan.valid_len;
     }
     report.channels = table.len();
+    report.encrypted_batches = encrypted;
+    report.unauthenticated_batches = unauthenticated;
     Ok(report)
 }
 
@@ -451,7 +504,7 @@ fn scan_directory(
 /// the file and byte offset. Never modifies a file, takes no lock, maps
 /// nothing (it may run beside a live process).
 pub fn verify_partition_dir(path: &Path) -> Result<VerifyReport, StorageError> {
-    scan_directory(path, None, &mut |_, _| {})
+    scan_directory(path, None, None, &mut |_, _| {})
 }
 
 /// [`verify_partition_dir`] for a partition that a shard journal names:
@@ -461,7 +514,19 @@ pub fn verify_partition_dir_with(
     path: &Path,
     tail: Option<UnsyncedTail>,
 ) -> Result<VerifyReport, StorageError> {
-    scan_directory(path, tail, &mut |_, _| {})
+    scan_directory(path, tail, None, &mut |_, _| {})
+}
+
+/// [`verify_partition_dir_with`] that also authenticates encrypted batches
+/// with `keys` (and checks their records and channel chains). Without keys,
+/// encrypted batches get the CRC and header checks only and are counted in
+/// [`VerifyReport::unauthenticated_batches`].
+pub fn verify_partition_dir_keyed(
+    path: &Path,
+    tail: Option<UnsyncedTail>,
+    keys: Option<&KeyRing>,
+) -> Result<VerifyReport, StorageError> {
+    scan_directory(path, tail, keys, &mut |_, _| {})
 }
 
 /// Offline, read-only: calls `f` with every record of the partition directory
@@ -476,10 +541,22 @@ pub fn inspect_partition_dir(path: &Path, f: impl FnMut(&Record)) -> Result<(), 
 pub fn inspect_partition_dir_with(
     path: &Path,
     tail: Option<UnsyncedTail>,
-    mut f: impl FnMut(&Record),
+    f: impl FnMut(&Record),
 ) -> Result<(), StorageError> {
-    scan_directory(path, tail, &mut |view, offset| {
+    inspect_partition_dir_keyed(path, tail, None, f).map(|_| ())
+}
+
+/// [`inspect_partition_dir_with`] that decrypts encrypted batches with
+/// `keys`. Without keys, the records of encrypted batches (and every record
+/// after the first of them) are not visited; the report says how many
+/// batches that was.
+pub fn inspect_partition_dir_keyed(
+    path: &Path,
+    tail: Option<UnsyncedTail>,
+    keys: Option<&KeyRing>,
+    mut f: impl FnMut(&Record),
+) -> Result<VerifyReport, StorageError> {
+    scan_directory(path, tail, keys, &mut |view, offset| {
         f(&record_from_view(view, offset))
-    })?;
-    Ok(())
+    })
 }

@@ -147,6 +147,21 @@ pub(crate) struct Segment {
     /// bytes beyond it. Old maps live on in the `Record`s that use them.
     map: RefCell<Option<Arc<SegmentMap>>>,
     pub summary: SegmentSummary,
+    /// Where its batches start, found on demand (only reads of a partition
+    /// with a key ring use it).
+    pub batch_starts: RefCell<BatchStarts>,
+}
+
+/// The batch starts of a segment up to `indexed_to`, found by walking the
+/// batch headers from the start of the file. An encrypted record's header is
+/// ciphertext, so this (not the record's `batch_distance`) leads a read from
+/// a record offset to its batch. 8 bytes per batch, built lazily: a segment
+/// nobody reads costs nothing.
+#[derive(Debug, Default)]
+pub(crate) struct BatchStarts {
+    pub starts: Vec<u64>,
+    /// The end of the last batch indexed (a file position).
+    pub indexed_to: u64,
 }
 
 impl Segment {
@@ -164,6 +179,7 @@ impl Segment {
             len,
             map: RefCell::new(None),
             summary,
+            batch_starts: RefCell::new(BatchStarts::default()),
         }
     }
 

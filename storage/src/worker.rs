@@ -262,7 +262,10 @@ fn run_checkpoint(dir: &Path, job: CheckpointJob) -> Result<(), (StorageError, V
         // Segment files created since the last directory fsync must exist
         // after a crash if the checkpoint does.
         sync_directory(dir)?;
-        let bytes = encode_checkpoint(&state);
+        let mut bytes = encode_checkpoint(&state);
+        if let Some((keys, partition_id)) = &state.sealing {
+            bytes = keys.seal_checkpoint(*partition_id, &bytes);
+        }
         write_checkpoint(dir, &bytes)?;
         Ok(bytes.len())
     })();
