@@ -453,16 +453,17 @@ fn sign_ins_changes_and_denials_are_in_the_verifiable_audit_log() {
 
     let audit = dir.path().join("data").join("audit");
     let public = format!("{}.pub", dir.path().join("audit.key").display());
-    let (ok, out, err) = common::run(
-        &[
+    let verify = || {
+        let args = [
             "audit",
             "verify",
             audit.to_str().unwrap(),
             "--public-key",
             &public,
-        ],
-        &[],
-    );
+        ];
+        common::run(&args, &[])
+    };
+    let (ok, out, err) = verify();
     assert!(ok, "{out}{err}");
     let (ok, out, err) = common::run(&["audit", "export", audit.to_str().unwrap()], &[]);
     assert!(ok, "{err}");
@@ -497,16 +498,7 @@ fn sign_ins_changes_and_denials_are_in_the_verifiable_audit_log() {
     let at = bytes.windows(6).position(|w| w == b"alice,").unwrap_or(200);
     bytes[at] ^= 0x20;
     std::fs::write(&segment, bytes).unwrap();
-    let (ok, out, err) = common::run(
-        &[
-            "audit",
-            "verify",
-            audit.to_str().unwrap(),
-            "--public-key",
-            &public,
-        ],
-        &[],
-    );
+    let (ok, out, err) = verify();
     assert!(!ok, "tampering detected: {out}{err}");
 }
 
