@@ -125,11 +125,17 @@ impl Role {
             .iter()
             .flat_map(|list| list.iter())
             .any(|pattern_text| {
-                let pattern_text = pattern_text.replace("{user}", user);
+                // Only patterns naming `{user}` are rewritten: the check
+                // runs for every request and allocates nothing otherwise.
+                let pattern_text: std::borrow::Cow<'_, str> = if pattern_text.contains("{user}") {
+                    pattern_text.replace("{user}", user).into()
+                } else {
+                    pattern_text.as_str().into()
+                };
                 if pattern::is_pattern(&pattern_text) {
                     pattern::matches(&pattern_text, channel)
                 } else {
-                    pattern_text == channel
+                    *pattern_text == *channel
                 }
             })
     }
