@@ -89,6 +89,11 @@ pub const ENTRY_HEADER_BYTES: usize = 24;
 /// queues in front of the shard's own `fdatasync` at once.
 const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
 const ZERO_SYNC_EVERY: u64 = 4 * 1024 * 1024;
+/// Partitions' write-back is started (not waited for) each time the journal
+/// has taken this fraction of its file since the last time: the switch's
+/// background sync then finds little left to write, so it does not queue a
+/// file's worth of data in front of the shard's own `fdatasync` at once.
+const TRICKLE_PARTS: u64 = 8;
 
 /// Where recovery may find unsynced data of a partition: from stream
 /// position `durable_end` on, the segment files may hold anything (a torn
@@ -412,6 +417,9 @@ struct SyncerState {
     /// Jobs waiting for the thread: at most one of each kind (a switch
     /// waits for both before it asks for more).
     queue: Vec<Job>,
+    /// Files whose write-back to start, after the queued jobs (a newer set
+    /// replaces one that has not started; nobody waits for it).
+    trickle: Option<Vec<SyncTarget>>,
     /// Jobs asked for and jobs done.
     requested: u64,
     finished: u64,
@@ -463,6 +471,13 @@ impl Syncer {
         assert!(state.queue.len() < 2, "at most a sync and a prepare wait");
         state.queue.push(job);
         state.requested += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// Asks for the write-back of `targets` to be started, without waiting.
+    fn request_trickle(&self, targets: Vec<SyncTarget>) {
+        let mut state = self.shared.lock();
+        state.trickle = Some(targets);
         self.shared.changed.notify_all();
     }
 
@@ -546,6 +561,17 @@ fn run_syncer(shared: &SyncerShared) {
             shared.changed.notify_all();
             continue;
         }
+        if let Some(targets) = state.trickle.take() {
+            drop(state);
+            for target in &targets {
+                // Only a hint: the switch's fdatasync reports real failures.
+                if let Err(error) = crate::sync::start_write_back(&target.file) {
+                    log::debug!("write-back of {}: {error}", target.file_path.display());
+                }
+            }
+            state = shared.lock();
+            continue;
+        }
         if state.shutdown {
             return;
         }
@@ -576,6 +602,8 @@ pub struct Journal {
     /// The active file is a growing one (a new journal): switch to the other
     /// file as soon as the background thread has zero-filled it.
     growing: bool,
+    /// Write position when the partitions' write-back was last started.
+    trickled_at: u64,
     /// The first write or sync failure; set forever once set.
     failed: Option<String>,
     syncer: Syncer,
@@ -642,6 +670,7 @@ impl Journal {
             unsynced: false,
             prepare_requested: false,
             growing: false,
+            trickled_at: 0,
             failed: None,
             syncer: Syncer::start(format!("journal-{shard:03}"))
                 .map_err(|e| StorageError::io("start the journal thread for", data_dir, e))?,
@@ -712,6 +741,7 @@ impl Journal {
         self.active = index;
         self.generation = generation;
         self.position = header.len() as u64;
+        self.trickled_at = self.position;
         Ok(())
     }
 
@@ -784,6 +814,24 @@ impl Journal {
         }
         self.unsynced = false;
         Ok(())
+    }
+
+    /// Whether the partitions' write-back should be started
+    /// ([`Journal::trickle`]): an eighth of a file was written since the
+    /// last time.
+    pub fn wants_trickle(&self) -> bool {
+        self.position - self.trickled_at >= self.file_bytes / TRICKLE_PARTS
+    }
+
+    /// Asks the background thread to start the write-back of `targets`
+    /// (the partitions' active segments) without waiting for it
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the data written since
+    /// the last switch then reaches the disk a piece at a time instead of
+    /// all at the next switch, whose partition sync would otherwise stall
+    /// the shard's next `fdatasync` for as long as that write takes.
+    pub fn trickle(&mut self, targets: Vec<SyncTarget>) {
+        self.trickled_at = self.position;
+        self.syncer.request_trickle(targets);
     }
 
     /// Whether the active file is full and the journal should

@@ -287,6 +287,53 @@ fn switching_files_keeps_both_generations_until_the_partitions_are_synced() {
 }
 
 #[test]
+fn write_back_started_between_switches_changes_nothing_recovery_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    let mut t = 0;
+    let mut trickles = 0;
+    let mut switches = 0;
+    // Past two switches (the first file of a new journal is left early),
+    // starting the write-back whenever the journal asks.
+    while switches < 2 {
+        t += 1;
+        turn(&mut partition, &mut journal, &[("a", t), ("b", t)]);
+        if journal.wants_switch() {
+            let end = partition.end_position();
+            let target = partition.sync_target().unwrap();
+            journal.switch(&[(0, end)], vec![target]).unwrap();
+            switches += 1;
+        } else if journal.wants_trickle() {
+            journal.trickle(vec![partition.sync_target().unwrap()]);
+            assert!(
+                !journal.wants_trickle(),
+                "asked again only after more writes"
+            );
+            trickles += 1;
+        }
+    }
+    // An eighth of a file at a time: seven times in the full file.
+    assert!(trickles >= 7, "write-back started {trickles} times");
+    for _ in 0..3 {
+        t += 1;
+        turn(&mut partition, &mut journal, &[("a", t), ("b", t)]);
+    }
+    partition.simulate_crash();
+    drop(journal);
+    // Everything the switches did not sync is lost (one segment: its file
+    // offsets are stream positions).
+    let tail = recover_journals(dir.path()).unwrap().partitions[&0].tail;
+    crash_zero_last_segment_from(dir.path(), tail.unwrap().durable_end);
+    let (partition, _, replayed) =
+        open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert!(replayed > 0, "the lost tail came back from the journal");
+    assert_eq!(partition.head_seq(b"a"), t);
+    check_channel(&partition, "a");
+    check_channel(&partition, "b");
+}
+
+#[test]
 fn replay_rolls_segments_like_a_flush() {
     let dir = tempfile::tempdir().unwrap();
     let config = small_segments();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use starling_protocol::{HistoryQuery, Message};
-use starling_storage::{NewRecord, Partition, ReadPage, Record, StorageError};
+use starling_storage::{NewRecord, Partition, ReadPage, Record, StorageError, SyncTarget};
 
 use super::Shard;
 use crate::command::{BrokerError, Reply};
@@ -301,26 +301,41 @@ impl Shard {
         // background sync of the previous switch).
         if self.journal.wants_switch() {
             self.switch_journal();
+        } else if self.journal.wants_trickle() {
+            self.trickle_journal();
+        }
+    }
+
+    /// The active segments of every partition, for the journal's background
+    /// thread.
+    fn sync_targets(&self) -> Result<Vec<SyncTarget>, StorageError> {
+        self.partitions
+            .iter()
+            .map(|(_, partition)| partition.log.sync_target())
+            .collect()
+    }
+
+    /// Starts the partitions' write-back in the background (see
+    /// `Journal::trickle`). A failure to list the files only skips it: the
+    /// next switch syncs them and reports any error.
+    fn trickle_journal(&mut self) {
+        match self.sync_targets() {
+            Ok(targets) => self.journal.trickle(targets),
+            Err(error) => log::warn!("cannot start the partitions' write-back: {error}"),
         }
     }
 
     /// Starts the journal's other file, asking its background thread to
     /// sync every partition's active segment (see `Journal::switch`).
     fn switch_journal(&mut self) {
-        let mut ends = Vec::new();
-        let mut targets = Vec::new();
-        let mut failure = None;
-        for (id, partition) in self.partitions.iter() {
-            ends.push((*id, partition.log.end_position()));
-            match partition.log.sync_target() {
-                Ok(target) => targets.push(target),
-                Err(error) => failure = Some(error),
-            }
-        }
-        let result = match failure {
-            Some(error) => Err(error),
-            None => self.journal.switch(&ends, targets),
-        };
+        let ends: Vec<(u32, u64)> = self
+            .partitions
+            .iter()
+            .map(|(id, partition)| (*id, partition.log.end_position()))
+            .collect();
+        let result = self
+            .sync_targets()
+            .and_then(|targets| self.journal.switch(&ends, targets));
         if let Err(error) = result {
             for partition in self.partitions.values_mut() {
                 partition.fail(&error);
