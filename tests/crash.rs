@@ -159,40 +159,10 @@ fn acknowledged_messages_survive_sigkill() {
 /// the durable end the shard journal records, any may be lost (here: each
 /// with probability 1/2, as zeros), so holes sit before written pages.
 fn drop_unsynced_pages(data_dir: &std::path::Path, rng: &mut Rng) -> u64 {
-    const PAGE: u64 = 4096;
-    let tails = starling_storage::journal::unsynced_tails(data_dir).unwrap();
-    let mut dropped = 0;
-    for (id, tail) in tails {
-        let dir = data_dir.join("partitions").join(format!("{id:05}"));
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let Some(base) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let mut bytes = std::fs::read(&path).unwrap();
-            let from = tail.durable_end.saturating_sub(base) as usize;
-            if from >= bytes.len() {
-                continue;
-            }
-            // The page holding the durable end keeps its durable bytes.
-            let mut at = from;
-            while at < bytes.len() {
-                let page_end = ((at as u64 / PAGE + 1) * PAGE).min(bytes.len() as u64) as usize;
-                if rng.next().is_multiple_of(2) && bytes[at..page_end].iter().any(|&b| b != 0) {
-                    bytes[at..page_end].fill(0);
-                    dropped += 1;
-                }
-                at = page_end;
-            }
-            std::fs::write(&path, bytes).unwrap();
-        }
-    }
-    dropped
+    starling_storage::crash_image::lose_unsynced_partition_pages(data_dir, &mut || {
+        rng.next().is_multiple_of(2)
+    })
+    .unwrap()
 }
 
 #[test]

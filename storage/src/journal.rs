@@ -797,6 +797,12 @@ impl Journal {
         Ok(())
     }
 
+    /// The active file and the position the next write goes to (crash
+    /// tests lose what lies beyond the last synced position).
+    pub fn active_file(&self) -> (PathBuf, u64) {
+        (self.active_path(), self.position)
+    }
+
     /// Whether written entries wait for [`Journal::sync`].
     pub fn unsynced(&self) -> bool {
         self.unsynced

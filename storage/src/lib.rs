@@ -64,6 +64,7 @@
 pub mod audit;
 mod channel_table;
 mod checkpoint;
+pub mod crash_image;
 mod data_dir;
 pub mod encryption;
 mod error;

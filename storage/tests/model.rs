@@ -103,9 +103,7 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
         match rng.below(100) {
             0..=59 => {
                 let index = rng.below(channel_count as u64) as usize;
-                let len_max = if rng.below(20) == 0 { 3000 } else { 200 };
-                let len = rng.below(len_max) as usize;
-                let body: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                let body = rng.body(20, 3000);
                 let name = channel_name(index);
                 let appended = partition
                     .append(&new_record(&name, &body, step as u64))

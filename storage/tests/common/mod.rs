@@ -25,6 +25,17 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// A random body: mostly short, one in `large_one_in` up to
+    /// `large_bytes_max` bytes (to cross pages and segment ends).
+    pub fn body(&mut self, large_one_in: u64, large_bytes_max: u64) -> Vec<u8> {
+        let len_max = if self.below(large_one_in) == 0 {
+            large_bytes_max
+        } else {
+            200
+        };
+        let len = self.below(len_max) as usize;
+        (0..len).map(|_| self.next() as u8).collect()
+    }
 }
 
 pub fn open(dir: &Path, config: PartitionConfig) -> (Partition, RecoveryReport) {
