@@ -1573,3 +1573,147 @@ fn shared_subscription_members_can_leave_and_join_without_losing_qos1_messages()
     let got = collect_until(&[&a, &c], &second);
     assert!(!got[1].is_empty(), "C had some: {got:?}");
 }
+
+/// Two topics whose channels the server's default routing (16 partitions, 2
+/// shards in tests) puts on different shards, so their records become
+/// durable in different loop turns.
+fn topics_on_two_shards(prefix: &str) -> [String; 2] {
+    let routing = starling_broker::Routing::new(16, 2);
+    let first = format!("{prefix}/0");
+    let other = (1..)
+        .map(|n| format!("{prefix}/{n}"))
+        .find(|topic| routing.shard_of(topic) != routing.shard_of(&first))
+        .expect("some topic lives on the other shard");
+    [first, other]
+}
+
+/// Publishes `qos_of(i)` messages `0..count` alternating between the two
+/// topics in one write, then checks that the acknowledgements come back in
+/// the order the PUBLISH packets were sent (MQTT 4.6). Returns the packet
+/// ids of the QoS 2 messages, in order.
+fn acks_come_in_publish_order(
+    raw: &mut Raw,
+    topics: &[String; 2],
+    count: u16,
+    qos_of: impl Fn(u16) -> QoS,
+) -> Vec<u16> {
+    let mut bytes = BytesMut::new();
+    let mut expected = Vec::new();
+    for i in 0..count {
+        let qos = qos_of(i);
+        let packet_id = (qos != QoS::AtMostOnce).then_some(i + 1);
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topics[usize::from(i % 2)].clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("message {i}")),
+        })
+        .encode(raw.version, &mut bytes);
+        if let Some(packet_id) = packet_id {
+            expected.push((qos, packet_id));
+        }
+    }
+    raw.send_raw(&bytes);
+    let acks: Vec<(QoS, u16)> = expected
+        .iter()
+        .map(|_| match raw.next() {
+            Some(Packet::PubAck(ack)) => (QoS::AtLeastOnce, ack.packet_id),
+            Some(Packet::PubRec(rec)) => (QoS::ExactlyOnce, rec.packet_id),
+            other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, expected, "acknowledgements in publish order");
+    expected
+        .into_iter()
+        .filter(|(qos, _)| *qos == QoS::ExactlyOnce)
+        .map(|(_, packet_id)| packet_id)
+        .collect()
+}
+
+#[test]
+fn acknowledgements_keep_the_order_of_the_publishes_across_shards() {
+    let (_dir, server) = server(&[]);
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let topics = topics_on_two_shards(&format!("order-{version:?}"));
+        let mut raw = Raw::connect(server.mqtt, version, 0, None);
+        // QoS 1 only, then QoS 0, 1 and 2 mixed (QoS 0 has no answer).
+        acks_come_in_publish_order(&mut raw, &topics, 400, |_| QoS::AtLeastOnce);
+        let qos2 = acks_come_in_publish_order(&mut raw, &topics, 400, |i| match i % 4 {
+            0 => QoS::AtMostOnce,
+            1 | 2 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        });
+        for packet_id in qos2 {
+            raw.send(&Packet::PubRel(
+                starling_protocol::mqtt::PublishResponse::success(packet_id),
+            ));
+            match raw.next() {
+                Some(Packet::PubComp(comp)) => assert_eq!(comp.packet_id, packet_id),
+                other => panic!("expected PUBCOMP, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A QoS 1 or 2 PUBLISH of `payload` to `topic`.
+fn publish_numbered(topic: &str, qos: QoS, packet_id: u16, dup: bool, payload: &str) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: Some(packet_id),
+        properties: Properties::default(),
+        payload: Bytes::from(payload.to_string()),
+    })
+}
+
+#[test]
+fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledgements() {
+    let (_dir, server) = server(&[]);
+    let topics = topics_on_two_shards("places");
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    let mut bytes = BytesMut::new();
+    for packet in [
+        publish_numbered(&topics[0], QoS::AtLeastOnce, 1, false, "one"),
+        publish_numbered(&topics[1], QoS::ExactlyOnce, 2, false, "two"),
+        // The broker refuses control characters in channel names.
+        publish_numbered("places/\u{1}", QoS::AtLeastOnce, 3, false, "refused"),
+        // A retransmission while the original is being stored: the
+        // original's PUBREC answers both.
+        publish_numbered(&topics[1], QoS::ExactlyOnce, 2, true, "two"),
+        publish_numbered(&topics[0], QoS::AtLeastOnce, 4, false, "four"),
+    ] {
+        packet.encode(raw.version, &mut bytes);
+    }
+    raw.send_raw(&bytes);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(match raw.next() {
+            Some(Packet::PubAck(ack)) => ("PUBACK", ack.packet_id, ack.reason_code),
+            Some(Packet::PubRec(rec)) => ("PUBREC", rec.packet_id, rec.reason_code),
+            other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+        });
+    }
+    assert_eq!(
+        answers,
+        vec![
+            ("PUBACK", 1, ReasonCode::Success),
+            ("PUBREC", 2, ReasonCode::Success),
+            ("PUBACK", 3, ReasonCode::TopicNameInvalid),
+            ("PUBACK", 4, ReasonCode::Success),
+        ]
+    );
+    raw.send(&Packet::PubRel(
+        starling_protocol::mqtt::PublishResponse::success(2),
+    ));
+    assert!(matches!(raw.next(), Some(Packet::PubComp(comp)) if comp.packet_id == 2));
+    assert_eq!(
+        history_texts(&server, &topics[1]),
+        vec!["two"],
+        "stored once"
+    );
+}

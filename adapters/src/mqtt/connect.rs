@@ -122,6 +122,7 @@ impl MqttSession {
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
             qos2_received: HashSet::new(),
+            acks: AckQueue::default(),
             subscriptions: Vec::new(),
             client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
             extras: None,

@@ -26,33 +26,48 @@ impl MqttSession {
             return Err(close("publish to a '$' topic"));
         }
         let topic = publish.topic.clone();
+        if publish.qos != QoS::AtMostOnce {
+            if let Some(reason) = state.over_receive_maximum(&publish) {
+                disconnect_with(
+                    version,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    reason,
+                    context.out(),
+                );
+                return Err(close(reason));
+            }
+        }
         let pending = match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => Pending::Publish0(topic),
-            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id, topic),
-            (QoS::ExactlyOnce, Some(id)) => {
-                if state.qos2_received.contains(&id) {
+            (QoS::AtLeastOnce, Some(packet_id)) => Pending::Acknowledge {
+                qos: QoS::AtLeastOnce,
+                packet_id,
+                topic,
+                arrival: state.acks.reserve(QoS::AtLeastOnce),
+            },
+            (QoS::ExactlyOnce, Some(packet_id)) => {
+                if state.qos2_received.contains(&packet_id) {
                     // A retransmission of a message already stored (or being
-                    // stored): acknowledge again, store nothing.
-                    if !state
-                        .pending
-                        .values()
-                        .any(|p| matches!(p, Pending::PubRec(p, _) if *p == id))
-                    {
-                        Packet::PubRec(PublishResponse::success(id)).encode(version, context.out());
+                    // stored): acknowledge again, store nothing. While it is
+                    // being stored, the original's PUBREC answers both.
+                    let storing = state.pending.values().any(|p| {
+                        matches!(p, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: p, .. }
+                            if *p == packet_id)
+                    });
+                    if !storing {
+                        let arrival = state.acks.reserve(QoS::ExactlyOnce);
+                        let packet = Packet::PubRec(PublishResponse::success(packet_id));
+                        state.acks.answer(arrival, packet, version, context.out());
                     }
                     return Ok(());
                 }
-                if state.qos2_received.len() >= usize::from(RECEIVE_MAXIMUM) {
-                    disconnect_with(
-                        version,
-                        ReasonCode::ReceiveMaximumExceeded,
-                        "more QoS 2 messages in flight than the Receive Maximum",
-                        context.out(),
-                    );
-                    return Err(close("receive maximum exceeded"));
+                state.qos2_received.insert(packet_id);
+                Pending::Acknowledge {
+                    qos: QoS::ExactlyOnce,
+                    packet_id,
+                    topic,
+                    arrival: state.acks.reserve(QoS::ExactlyOnce),
                 }
-                state.qos2_received.insert(id);
-                Pending::PubRec(id, topic)
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
@@ -94,5 +109,144 @@ impl MqttSession {
             },
         );
         Ok(())
+    }
+}
+
+/// Publishes waiting for their acknowledgement on one connection, at most.
+/// A client has at most one unanswered publish per packet id, so a client
+/// that keeps the protocol stays below this; the bound keeps one that does
+/// not from growing the queue without end.
+pub const ACKS_WAITING_MAX: usize = u16::MAX as usize;
+
+/// The answers to a connection's QoS 1 and 2 publishes (PUBACK, PUBREC),
+/// written in the order the PUBLISH packets arrived (MQTT 4.6) whatever
+/// order their records become durable in: channels on different shards
+/// become durable in different loop turns. Each publish takes a place when
+/// it arrives; an answer is written once every earlier one is.
+#[derive(Default)]
+pub(super) struct AckQueue {
+    /// The arrival number of the front place.
+    front: u64,
+    /// The places, in arrival order: the answer, once known.
+    places: VecDeque<Option<Packet>>,
+    /// QoS 1 publishes among them (v5's Receive Maximum counts them with the
+    /// QoS 2 messages not yet released).
+    qos1_waiting: usize,
+}
+
+impl AckQueue {
+    /// Takes the next place, for a publish at `qos` (1 or 2); returns its
+    /// arrival number.
+    pub(super) fn reserve(&mut self, qos: QoS) -> u64 {
+        if qos == QoS::AtLeastOnce {
+            self.qos1_waiting += 1;
+        }
+        self.places.push_back(None);
+        self.front + self.places.len() as u64 - 1
+    }
+
+    /// Puts the answer to the publish at `arrival` in its place and writes
+    /// every answer at the front that is known.
+    pub(super) fn answer(
+        &mut self,
+        arrival: u64,
+        packet: Packet,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
+        let index = arrival
+            .checked_sub(self.front)
+            .and_then(|index| usize::try_from(index).ok())
+            .expect("an answered place is still waiting");
+        let place = &mut self.places[index];
+        assert!(place.is_none(), "a publish is answered once");
+        *place = Some(packet);
+        while let Some(Some(_)) = self.places.front() {
+            let packet = self.places.pop_front().flatten().expect("checked above");
+            self.front += 1;
+            if matches!(packet, Packet::PubAck(_)) {
+                self.qos1_waiting -= 1;
+            }
+            packet.encode(version, out);
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.places.len()
+    }
+}
+
+impl Connected {
+    /// Why a new QoS 1 or 2 `publish` is one too many, if it is: in v5 the
+    /// Receive Maximum the server announced counts QoS 1 messages until
+    /// their PUBACK and QoS 2 messages until their PUBREL; v3.1.1 has no
+    /// such count for QoS 1, so only the QoS 2 messages and the queue's
+    /// bound limit it.
+    fn over_receive_maximum(&self, publish: &Publish) -> Option<&'static str> {
+        let retransmission = publish.qos == QoS::ExactlyOnce
+            && publish
+                .packet_id
+                .is_some_and(|id| self.qos2_received.contains(&id));
+        if retransmission {
+            return None;
+        }
+        let receive_maximum = usize::from(RECEIVE_MAXIMUM);
+        let in_flight = match (self.version, publish.qos) {
+            (ProtocolVersion::V5, _) => self.acks.qos1_waiting + self.qos2_received.len(),
+            (ProtocolVersion::V311, QoS::ExactlyOnce) => self.qos2_received.len(),
+            (ProtocolVersion::V311, _) => 0,
+        };
+        if in_flight >= receive_maximum {
+            return Some(
+                "more QoS 1 and 2 messages in flight than the Receive Maximum; wait for their \
+                 acknowledgements",
+            );
+        }
+        (self.acks.len() >= ACKS_WAITING_MAX)
+            .then_some("more than 65,535 publishes wait for their acknowledgement; wait for them")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn puback(packet_id: u16) -> Packet {
+        Packet::PubAck(PublishResponse::success(packet_id))
+    }
+
+    #[test]
+    fn answers_go_out_in_arrival_order() {
+        let mut acks = AckQueue::default();
+        let first = acks.reserve(QoS::AtLeastOnce);
+        let second = acks.reserve(QoS::ExactlyOnce);
+        let third = acks.reserve(QoS::AtLeastOnce);
+        let mut out = BytesMut::new();
+        let version = ProtocolVersion::V5;
+        acks.answer(third, puback(3), version, &mut out);
+        acks.answer(
+            second,
+            Packet::PubRec(PublishResponse::success(2)),
+            version,
+            &mut out,
+        );
+        assert!(out.is_empty(), "the first answer is not known yet");
+        assert_eq!((acks.len(), acks.qos1_waiting), (3, 2));
+        acks.answer(first, puback(1), version, &mut out);
+        let mut expected = BytesMut::new();
+        for packet in [
+            puback(1),
+            Packet::PubRec(PublishResponse::success(2)),
+            puback(3),
+        ] {
+            packet.encode(version, &mut expected);
+        }
+        assert_eq!(out, expected);
+        assert_eq!((acks.len(), acks.qos1_waiting), (0, 0));
+        // Later places go on numbering from there.
+        let fourth = acks.reserve(QoS::AtLeastOnce);
+        out.clear();
+        acks.answer(fourth, puback(4), version, &mut out);
+        assert!(!out.is_empty());
     }
 }

@@ -68,6 +68,8 @@ use deliveries::{
 };
 use expiry::{DelayedWill, SharedTimers};
 pub use expiry::{SessionKeeper, SCHEDULED_MAX};
+use inbound::AckQueue;
+pub use inbound::ACKS_WAITING_MAX;
 use offline::TOPIC_INDEX;
 pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
@@ -163,14 +165,20 @@ impl Protocol for MqttProtocol {
 enum Pending {
     /// Nobody waits (bookkeeping).
     Fire,
-    /// A client's publish to a topic, answered with PUBACK, PUBREC, or
-    /// nothing (QoS 0); the topic's first message is listed in the topic
-    /// index.
-    PubAck(u16, String),
-    PubRec(u16, String),
+    /// A client's QoS 1 or 2 publish to a topic, answered with PUBACK or
+    /// PUBREC (QoS 0 ones are `Publish0`); the topic's first message is
+    /// listed in the topic index. `arrival` is the publish's place in the
+    /// connection's acknowledgement queue.
+    Acknowledge {
+        qos: QoS,
+        packet_id: u16,
+        topic: String,
+        arrival: u64,
+    },
     Publish0(String),
-    /// A packet to send once this request is answered.
-    SendAfter(Box<Packet>),
+    /// The acknowledgement of the publish at `arrival`, to queue once this
+    /// request (the listing of its topic) is answered.
+    AckAfter(u64, Box<Packet>),
     /// One filter of a SUBSCRIBE (packet id, index of the filter, the
     /// subscription made when the broker accepts it).
     Subscribe(u16, usize, Subscription),
@@ -237,6 +245,8 @@ struct Connected {
     /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
     /// stored): a retransmitted PUBLISH with one of them is not stored again.
     qos2_received: HashSet<u16>,
+    /// PUBACK and PUBREC, written in the order the publishes arrived.
+    acks: AckQueue,
     /// The subscriptions, one per filter (topic name or pattern).
     subscriptions: Vec<Subscription>,
     /// The Topic Alias Maximum the client announced (0: none).

@@ -43,17 +43,17 @@ impl MqttSession {
                 }
                 let _ = index_first(state, reply, TOPIC_INDEX, topic, context);
             }
-            Pending::PubAck(packet_id, topic) => {
-                return self.acknowledge(packet_id, QoS::AtLeastOnce, topic, reply, context);
-            }
-            Pending::PubRec(packet_id, topic) => {
-                return self.acknowledge(packet_id, QoS::ExactlyOnce, topic, reply, context);
-            }
-            Pending::SendAfter(packet) => {
+            Pending::Acknowledge {
+                qos,
+                packet_id,
+                topic,
+                arrival,
+            } => return self.acknowledge(packet_id, qos, topic, arrival, reply, context),
+            Pending::AckAfter(arrival, packet) => {
                 if let Some(error) = error {
                     log::warn!("mqtt {}: a topic was not indexed: {error}", self.peer);
                 }
-                packet.encode(version, context.out());
+                state.acks.answer(arrival, *packet, version, context.out());
             }
             Pending::Subscribe(packet_id, index, subscription) => {
                 let qos = subscription.qos();
@@ -286,7 +286,8 @@ fn index_first(
 }
 
 impl MqttSession {
-    /// Answers a stored QoS 1 or 2 publish with PUBACK or PUBREC. The
+    /// Answers a stored QoS 1 or 2 publish with PUBACK or PUBREC, in its
+    /// place among the connection's acknowledgements (`arrival`). The
     /// answer to a topic's first message waits until the topic is in the
     /// topic index, so a session that reconnects after the acknowledgement
     /// finds it.
@@ -295,6 +296,7 @@ impl MqttSession {
         packet_id: u16,
         qos: QoS,
         topic: String,
+        arrival: u64,
         reply: &Reply,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
@@ -332,9 +334,9 @@ impl MqttSession {
             Some(request_id) => {
                 state
                     .pending
-                    .insert(request_id, Pending::SendAfter(Box::new(packet)));
+                    .insert(request_id, Pending::AckAfter(arrival, Box::new(packet)));
             }
-            None => packet.encode(version, context.out()),
+            None => state.acks.answer(arrival, packet, version, context.out()),
         }
         Ok(())
     }
