@@ -1717,3 +1717,71 @@ fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledge
         "stored once"
     );
 }
+
+/// Sends `packet` and expects the answer `expected` names (PUBREC, PUBCOMP)
+/// for `packet_id`, with `reason`.
+fn exchange(raw: &mut Raw, packet: Packet, expected: &str, packet_id: u16, reason: ReasonCode) {
+    raw.send(&packet);
+    let answer = match raw.next() {
+        Some(Packet::PubRec(rec)) => ("PUBREC", rec.packet_id, rec.reason_code),
+        Some(Packet::PubComp(comp)) => ("PUBCOMP", comp.packet_id, comp.reason_code),
+        other => panic!("expected {expected}, got {other:?}"),
+    };
+    assert_eq!(answer, (expected, packet_id, reason));
+}
+
+fn pubrel(packet_id: u16) -> Packet {
+    Packet::PubRel(starling_protocol::mqtt::PublishResponse::success(packet_id))
+}
+
+#[test]
+fn inbound_qos2_is_exactly_once_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "ledger/in";
+    let qos2 = QoS::ExactlyOnce;
+    let success = ReasonCode::Success;
+    let (mut payer, _) = connect_session(server.mqtt, ProtocolVersion::V5, "payer", false);
+    // 7 and 9 are stored and not released when the server dies; 8 is
+    // released.
+    let pay_1 = publish_numbered(topic, qos2, 7, false, "pay 1");
+    exchange(&mut payer, pay_1, "PUBREC", 7, success);
+    let pay_2 = publish_numbered(topic, qos2, 8, false, "pay 2");
+    exchange(&mut payer, pay_2, "PUBREC", 8, success);
+    exchange(&mut payer, pubrel(8), "PUBCOMP", 8, success);
+    let pay_3 = publish_numbered(topic, qos2, 9, false, "pay 3");
+    exchange(&mut payer, pay_3, "PUBREC", 9, success);
+    server.kill();
+    drop(payer);
+
+    let server = Server::start(dir.path(), &[]);
+    let mut watcher = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut watcher, topic, QoS::AtLeastOnce);
+    let (mut payer, present) = connect_session(server.mqtt, ProtocolVersion::V5, "payer", false);
+    assert!(present, "the session survived the SIGKILL");
+    // The client did not see the PUBREC of 7 and sends the PUBLISH again
+    // (DUP): it is not stored again, and its PUBREL is known.
+    let again = publish_numbered(topic, qos2, 7, true, "pay 1");
+    exchange(&mut payer, again, "PUBREC", 7, success);
+    exchange(&mut payer, pubrel(7), "PUBCOMP", 7, success);
+    // The client saw the PUBREC of 9: it sends PUBREL only.
+    exchange(&mut payer, pubrel(9), "PUBCOMP", 9, success);
+    // A released id used again is a new message.
+    let pay_4 = publish_numbered(topic, qos2, 8, false, "pay 4");
+    exchange(&mut payer, pay_4, "PUBREC", 8, success);
+    exchange(&mut payer, pubrel(8), "PUBCOMP", 8, success);
+    // And an id never used is unknown (v5 says so in the PUBCOMP).
+    let unknown = ReasonCode::PacketIdentifierNotFound;
+    exchange(&mut payer, pubrel(10), "PUBCOMP", 10, unknown);
+
+    let (id, _, payload) = next_publish(&mut watcher);
+    assert_eq!(&payload[..], b"pay 4", "the retransmission reached nobody");
+    watcher.send(&Packet::PubAck(
+        starling_protocol::mqtt::PublishResponse::success(id.unwrap()),
+    ));
+    assert_eq!(
+        history_texts(&server, topic),
+        vec!["pay 1", "pay 2", "pay 3", "pay 4"],
+        "each message in the log once"
+    );
+}

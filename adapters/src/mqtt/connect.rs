@@ -121,7 +121,10 @@ impl MqttSession {
             pending: HashMap::new(),
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
-            qos2_received: HashSet::new(),
+            qos2_received: HashMap::new(),
+            next_received_key: random_id(),
+            received_read: !restoring,
+            restored_received: Vec::new(),
             acks: AckQueue::default(),
             subscriptions: Vec::new(),
             client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -160,9 +163,14 @@ impl MqttSession {
                 SESSION_PAGE,
                 context,
             );
+            let channel = received_channel(&state.client_id);
+            let pending = Pending::ReceivedRead;
+            read_history(state, pending, channel, HistoryQuery::Last, 1, context);
         } else if persistent {
-            // A clean start that keeps its session: forget the old one.
+            // A clean start that keeps its session: forget the old one (and
+            // the QoS 2 packet ids it noted).
             state.record(serde_json::json!({"type": "start"}), context);
+            state.note_received(Pending::Fire, context);
         }
         Ok(())
     }
@@ -174,7 +182,17 @@ impl MqttSession {
     pub(super) fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let records = std::mem::take(&mut state.session_records);
-        let stored = fold_session(&records, wall_clock_ms());
+        let mut stored = fold_session(&records, wall_clock_ms());
+        let noted = std::mem::take(&mut state.restored_received);
+        // A session that only received QoS 2 messages has no records but
+        // its note (its server was killed while it was connected).
+        stored.present |= records.is_empty() && !noted.is_empty();
+        if stored.present {
+            state.restore_received(noted);
+        } else if !noted.is_empty() {
+            // Those of a session that ended or expired are forgotten.
+            state.note_received(Pending::Fire, context);
+        }
         if !stored.present && !records.is_empty() {
             // The session ended or expired: what it left is forgotten, and a
             // new one begins.

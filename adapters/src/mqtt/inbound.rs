@@ -37,51 +37,112 @@ impl MqttSession {
                 return Err(close(reason));
             }
         }
-        let pending = match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => Pending::Publish0(topic),
-            (QoS::AtLeastOnce, Some(packet_id)) => Pending::Acknowledge {
-                qos: QoS::AtLeastOnce,
-                packet_id,
-                topic,
-                arrival: state.acks.reserve(QoS::AtLeastOnce),
-            },
+        let (pending, key) = match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => (Pending::Publish0(topic), None),
+            (QoS::AtLeastOnce, Some(packet_id)) => {
+                let arrival = state.acks.reserve(QoS::AtLeastOnce);
+                (
+                    acknowledge(QoS::AtLeastOnce, packet_id, topic, arrival),
+                    None,
+                )
+            }
             (QoS::ExactlyOnce, Some(packet_id)) => {
-                if state.qos2_received.contains(&packet_id) {
-                    // A retransmission of a message already stored (or being
-                    // stored): acknowledge again, store nothing. While it is
-                    // being stored, the original's PUBREC answers both.
-                    let storing = state.pending.values().any(|p| {
-                        matches!(p, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: p, .. }
-                            if *p == packet_id)
-                    });
-                    if !storing {
-                        let arrival = state.acks.reserve(QoS::ExactlyOnce);
-                        let packet = Packet::PubRec(PublishResponse::success(packet_id));
-                        state.acks.answer(arrival, packet, version, context.out());
-                    }
+                let known = state.qos2_received.get(&packet_id).copied();
+                if known.is_some() && state.storing(packet_id) {
+                    // A retransmission while the original is being stored:
+                    // the original's PUBREC answers both.
                     return Ok(());
                 }
-                state.qos2_received.insert(packet_id);
-                Pending::Acknowledge {
-                    qos: QoS::ExactlyOnce,
-                    packet_id,
-                    topic,
-                    arrival: state.acks.reserve(QoS::ExactlyOnce),
+                let arrival = state.acks.reserve(QoS::ExactlyOnce);
+                let pending = acknowledge(QoS::ExactlyOnce, packet_id, topic, arrival);
+                match known {
+                    Some(Received { stored: true, .. }) => {
+                        // A retransmission of a message stored: acknowledge
+                        // again, store nothing.
+                        let packet = Packet::PubRec(PublishResponse::success(packet_id));
+                        state.acks.answer(arrival, packet, version, context.out());
+                        return Ok(());
+                    }
+                    // Received before a restart, or by an older connection
+                    // that did not see it stored: stored again under the same
+                    // key, which the broker answers with the original when it
+                    // has it.
+                    Some(Received { key, stored: false }) => (pending, key),
+                    None => {
+                        let key = state.persistent.then(|| state.new_received_key());
+                        let received = Received { key, stored: false };
+                        state.qos2_received.insert(packet_id, received);
+                        if key.is_some() {
+                            // A persistent session notes the packet id before
+                            // it stores the message (`received`).
+                            let headers = state.publish_headers(&publish);
+                            let deferred = Deferred {
+                                publish,
+                                headers,
+                                pending,
+                                key,
+                            };
+                            state.note_received(Pending::Noted(Box::new(deferred)), context);
+                            return Ok(());
+                        }
+                        (pending, None)
+                    }
                 }
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
+        let headers = state.publish_headers(&publish);
+        state.store(publish, headers, pending, key, context);
+        Ok(())
+    }
+}
+
+fn acknowledge(qos: QoS, packet_id: u16, topic: String, arrival: u64) -> Pending {
+    Pending::Acknowledge {
+        qos,
+        packet_id,
+        topic,
+        arrival,
+    }
+}
+
+/// A client's publish whose storing waits for a request (the note of its
+/// QoS 2 packet id).
+pub(super) struct Deferred {
+    pub(super) publish: Publish,
+    pub(super) headers: Bytes,
+    /// What answers the store.
+    pub(super) pending: Pending,
+    pub(super) key: Option<u64>,
+}
+
+impl Connected {
+    /// The header block of a client's publish.
+    fn publish_headers(&self, publish: &Publish) -> Bytes {
         let marks = Marks {
-            origin: state
+            origin: self
                 .marks_own_publishes()
-                .then_some(state.client_id.as_str()),
+                .then_some(self.client_id.as_str()),
             retained: publish.retain,
         };
-        let headers = headers_of(&publish.properties, marks, wall_clock_ms());
+        headers_of(&publish.properties, marks, wall_clock_ms())
+    }
+
+    /// Appends a client's publish to its topic (under the idempotency `key`
+    /// of a QoS 2 message of a persistent session), and its retained copy;
+    /// `pending` answers the append.
+    pub(super) fn store(
+        &mut self,
+        publish: Publish,
+        headers: Bytes,
+        pending: Pending,
+        key: Option<u64>,
+        context: &mut SessionContext<'_>,
+    ) {
         if publish.retain {
             // The topic's retained message is kept in the log beside it (an
             // empty payload clears it), so it survives a restart.
-            let request_id = next_request(state, Pending::Retained(publish.topic.clone()));
+            let request_id = next_request(self, Pending::Retained(publish.topic.clone()));
             context.submit_as_server(
                 request_id,
                 Command::Publish {
@@ -95,20 +156,19 @@ impl MqttSession {
                 },
             );
         }
-        let request_id = next_request(state, pending);
+        let request_id = next_request(self, pending);
         context.submit(
             request_id,
             Command::Publish {
                 channel: publish.topic,
                 ephemeral: false,
                 kind: kind::MESSAGE,
-                client_message_id: Bytes::new(),
+                client_message_id: key.map(received_message_id).unwrap_or_default(),
                 relation: 0,
                 headers,
                 body: publish.payload,
             },
         );
-        Ok(())
     }
 }
 
@@ -186,7 +246,7 @@ impl Connected {
         let retransmission = publish.qos == QoS::ExactlyOnce
             && publish
                 .packet_id
-                .is_some_and(|id| self.qos2_received.contains(&id));
+                .is_some_and(|id| self.qos2_received.contains_key(&id));
         if retransmission {
             return None;
         }

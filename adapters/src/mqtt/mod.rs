@@ -5,7 +5,8 @@
 //! What it does: CONNECT (both versions; user name and password go to the
 //! authorizer; server-assigned client ids; keep-alive), PUBLISH in at QoS
 //! 0, 1 and 2 (acknowledged once the record is durable under the engine's
-//! policy), SUBSCRIBE and UNSUBSCRIBE to topic names and to filters with
+//! policy, in the order the publishes arrived; QoS 2 exactly once also
+//! across a restart), SUBSCRIBE and UNSUBSCRIBE to topic names and to filters with
 //! `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
 //! Maximum, retained messages and persistent sessions kept in the log (also
 //! for wildcard filters, and with what was in flight resent, with its
@@ -25,8 +26,9 @@
 //! shared PUBLISH encoding and message properties), `store` (what is kept
 //! in `$` channels), `offline` (offline messages for wildcard filters),
 //! `parked` (a persistent session's in-flight state between its
-//! connections), `expiry` (a session after its connection: expiry, delayed
-//! wills, the keeper thread).
+//! connections), `received` (inbound QoS 2 packet ids noted in the log, for
+//! exactly once across a restart), `expiry` (a session after its
+//! connection: expiry, delayed wills, the keeper thread).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -55,6 +57,7 @@ mod inbound;
 mod offline;
 mod outbound;
 mod parked;
+mod received;
 mod replies;
 mod shared;
 mod store;
@@ -68,13 +71,14 @@ use deliveries::{
 };
 use expiry::{DelayedWill, SharedTimers};
 pub use expiry::{SessionKeeper, SCHEDULED_MAX};
-use inbound::AckQueue;
 pub use inbound::ACKS_WAITING_MAX;
+use inbound::{AckQueue, Deferred};
 use offline::TOPIC_INDEX;
 pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
+use received::{read_note, received_channel, received_message_id, Received};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
@@ -202,6 +206,14 @@ enum Pending {
     SessionRead,
     /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
     PubRelAfter(u16),
+    /// A persistent session noted a new QoS 2 packet id: store the message.
+    Noted(Box<Deferred>),
+    /// A persistent session noted the release of a QoS 2 packet id: send
+    /// PUBCOMP.
+    PubCompAfter(u16),
+    /// The last note of a resumed session's received QoS 2 packet ids, read
+    /// before the CONNACK.
+    ReceivedRead,
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
@@ -242,9 +254,15 @@ struct Connected {
     pending: HashMap<u32, Pending>,
     subscribes: HashMap<u16, Collecting>,
     unsubscribes: HashMap<u16, Collecting>,
-    /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
-    /// stored): a retransmitted PUBLISH with one of them is not stored again.
-    qos2_received: HashSet<u16>,
+    /// QoS 2 packet ids received, waiting for PUBREL (`received`): a
+    /// retransmitted PUBLISH with one of them is not stored twice.
+    qos2_received: HashMap<u16, Received>,
+    /// The key of the last QoS 2 message received (they count up from a
+    /// random number per connection).
+    next_received_key: u64,
+    /// The noted QoS 2 packet ids of the session being resumed, once read.
+    received_read: bool,
+    restored_received: Vec<(u16, u64)>,
     /// PUBACK and PUBREC, written in the order the publishes arrived.
     acks: AckQueue,
     /// The subscriptions, one per filter (topic name or pattern).
@@ -577,23 +595,7 @@ impl MqttSession {
                 context,
             ),
             Packet::Publish(publish) => self.publish(publish, context),
-            Packet::PubRel(response) => {
-                let known = state.qos2_received.remove(&response.packet_id);
-                let reason = if known || version == ProtocolVersion::V311 {
-                    ReasonCode::Success
-                } else {
-                    // After a reconnect the id may be gone; completing is
-                    // still right, and v5 says why.
-                    ReasonCode::PacketIdentifierNotFound
-                };
-                Packet::PubComp(PublishResponse {
-                    packet_id: response.packet_id,
-                    reason_code: reason,
-                    properties: Properties::default(),
-                })
-                .encode(version, context.out());
-                Ok(())
-            }
+            Packet::PubRel(response) => self.release(response.packet_id, context),
             Packet::PubAck(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
                     state.outbound.remove(&response.packet_id);

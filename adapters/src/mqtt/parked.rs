@@ -7,7 +7,9 @@
 //!
 //! This is kept in memory. After a server restart the log and the cursors
 //! still redeliver what was not acknowledged, but with new packet ids and
-//! without DUP, and a PUBREL that was not completed is not sent again.
+//! without DUP, and a PUBREL that was not completed is not sent again. The
+//! received QoS 2 packet ids of a persistent session are also in the log
+//! (`received`); what is parked is newer and wins.
 
 use super::*;
 
@@ -27,7 +29,7 @@ pub(super) struct Parked {
     delivered: HashMap<Arc<str>, BTreeSet<u64>>,
     /// Held messages that do not come back from the log by themselves.
     held: Vec<Outgoing>,
-    qos2_received: HashSet<u16>,
+    qos2_received: HashMap<u16, Received>,
 }
 
 impl Parked {
@@ -166,7 +168,12 @@ impl MqttSession {
     /// connection (if any) handed its state over.
     pub(super) fn try_resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         match self.state.as_ref() {
-            Some(state) if state.restoring && state.session_read && !state.awaiting_handoff => {
+            Some(state)
+                if state.restoring
+                    && state.session_read
+                    && state.received_read
+                    && !state.awaiting_handoff =>
+            {
                 self.resume(context)
             }
             _ => Ok(()),

@@ -126,23 +126,61 @@ impl MqttSession {
                 }
                 Packet::PubRel(PublishResponse::success(packet_id)).encode(version, context.out());
             }
+            Pending::Noted(deferred) => {
+                let Deferred {
+                    publish,
+                    headers,
+                    pending,
+                    key,
+                } = *deferred;
+                if error.is_some() {
+                    // Not noted, so not stored: the publish is refused.
+                    let Pending::Acknowledge {
+                        qos,
+                        packet_id,
+                        topic,
+                        arrival,
+                    } = pending
+                    else {
+                        unreachable!("a noted publish is acknowledged")
+                    };
+                    return self.acknowledge(packet_id, qos, topic, arrival, reply, context);
+                }
+                state.store(publish, headers, pending, key, context);
+            }
+            Pending::PubCompAfter(packet_id) => {
+                if let Some(error) = error {
+                    // Without the note, the id would still count as received
+                    // after a restart: the client must release it again.
+                    let reason = format!(
+                        "the release of QoS 2 packet id {packet_id} was not stored ({error}); \
+                         connect again and send PUBREL again"
+                    );
+                    disconnect_with(
+                        version,
+                        ReasonCode::UnspecifiedError,
+                        &reason,
+                        context.out(),
+                    );
+                    return Err(close(reason));
+                }
+                Packet::PubComp(PublishResponse::success(packet_id)).encode(version, context.out());
+            }
+            Pending::ReceivedRead => {
+                let Reply::History { messages, .. } = reply else {
+                    return Err(session_unreadable(version, reply, context));
+                };
+                let noted = messages.last().map(|note| read_note(&note.body));
+                state.restored_received = noted.unwrap_or_default();
+                state.received_read = true;
+                return self.try_resume(context);
+            }
             Pending::SessionRead => {
                 let Reply::History {
                     head_seq, messages, ..
                 } = reply
                 else {
-                    let reason = format!("the session could not be read: {reply:?}");
-                    let mut properties = Properties::default();
-                    if version == ProtocolVersion::V5 {
-                        properties.reason_string = Some(cut(&reason));
-                    }
-                    Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        reason_code: ReasonCode::ServerUnavailable,
-                        properties,
-                    })
-                    .encode(version, context.out());
-                    return Err(close(reason));
+                    return Err(session_unreadable(version, reply, context));
                 };
                 state.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
@@ -256,6 +294,26 @@ impl MqttSession {
     }
 }
 
+/// Refuses the CONNACK of a session whose records could not be read.
+fn session_unreadable(
+    version: ProtocolVersion,
+    reply: &Reply,
+    context: &mut SessionContext<'_>,
+) -> Close {
+    let reason = format!("the session could not be read: {reply:?}; connect again");
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.reason_string = Some(cut(&reason));
+    }
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: ReasonCode::ServerUnavailable,
+        properties,
+    })
+    .encode(version, context.out());
+    close(reason)
+}
+
 /// After the first message of `topic` was stored, lists the topic in
 /// `index` (the client message id keeps a retried append from listing it
 /// twice); returns the request id of that append.
@@ -307,10 +365,21 @@ impl MqttSession {
             _ => None,
         };
         let reason = match error {
-            None => ReasonCode::Success,
+            None => {
+                if qos == QoS::ExactlyOnce {
+                    if let Some(received) = state.qos2_received.get_mut(&packet_id) {
+                        received.stored = true;
+                    }
+                }
+                ReasonCode::Success
+            }
             Some(error) => {
                 if qos == QoS::ExactlyOnce {
-                    state.qos2_received.remove(&packet_id);
+                    let refused = state.qos2_received.remove(&packet_id);
+                    if refused.is_some_and(|received| received.key.is_some()) {
+                        // The exchange ends here: the id is new again.
+                        state.note_received(Pending::Fire, context);
+                    }
                 }
                 if version == ProtocolVersion::V311 {
                     // v3.1.1 has no way to refuse a publish but to close the
