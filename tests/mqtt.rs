@@ -565,13 +565,7 @@ fn outbound_qos2_completes_the_four_way_handshake() {
     let (id, qos, payload) = next_publish(&mut raw);
     assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, &b"credit 10"[..]));
     let id = id.unwrap();
-    raw.send(&Packet::PubRec(
-        starling_protocol::mqtt::PublishResponse::success(id),
-    ));
-    match raw.next() {
-        Some(Packet::PubRel(response)) => assert_eq!(response.packet_id, id),
-        other => panic!("expected PUBREL, got {other:?}"),
-    }
+    pubrec_then_pubrel(&mut raw, id);
     raw.send(&Packet::PubComp(
         starling_protocol::mqtt::PublishResponse::success(id),
     ));
@@ -959,19 +953,24 @@ fn qos2_delivery_is_exactly_once_across_sigkill() {
         ids.push(id.unwrap());
     }
     for id in &ids[..2] {
-        ledger.send(&Packet::PubRec(
-            starling_protocol::mqtt::PublishResponse::success(*id),
-        ));
-        match ledger.next() {
-            Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, *id),
-            other => panic!("expected PUBREL, got {other:?}"),
-        }
+        pubrec_then_pubrel(&mut ledger, *id);
     }
     server.kill();
     drop(ledger);
     let server = Server::start(dir.path(), &[]);
     let (mut ledger, present) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger", false);
     assert!(present);
+    // The two released ones get their PUBREL again (MQTT 4.4), in order,
+    // not their PUBLISH.
+    for id in &ids[..2] {
+        match ledger.next() {
+            Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, *id),
+            other => panic!("expected PUBREL again, got {other:?}"),
+        }
+        ledger.send(&Packet::PubComp(
+            starling_protocol::mqtt::PublishResponse::success(*id),
+        ));
+    }
     let (_, _, payload) = next_publish(&mut ledger);
     assert_eq!(
         &payload[..],
@@ -1015,6 +1014,16 @@ fn response(packet_id: u16) -> starling_protocol::mqtt::PublishResponse {
     starling_protocol::mqtt::PublishResponse::success(packet_id)
 }
 
+/// Sends PUBREC for outbound QoS 2 message `packet_id` and expects its
+/// PUBREL.
+fn pubrec_then_pubrel(raw: &mut Raw, packet_id: u16) {
+    raw.send(&Packet::PubRec(response(packet_id)));
+    match raw.next() {
+        Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, packet_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+}
+
 #[test]
 fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids() {
     let (_dir, server) = server(&[]);
@@ -1032,8 +1041,7 @@ fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids(
     let (y, _) = sent["transfer y"];
     // "task a" is not acknowledged, "transfer x" is PUBREC'd (its PUBREL
     // comes) but not completed, "transfer y" is not acknowledged.
-    first.send(&Packet::PubRec(response(x)));
-    assert_eq!(first.next(), Some(Packet::PubRel(response(x))));
+    pubrec_then_pubrel(&mut first, x);
 
     // The client comes back while the server still holds the first
     // connection: the second takes the session over with what was in flight.
@@ -1058,8 +1066,7 @@ fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids(
     assert!(first.next().is_none(), "the first connection was closed");
     second.send(&Packet::PubAck(response(task)));
     second.send(&Packet::PubComp(response(x)));
-    second.send(&Packet::PubRec(response(y)));
-    assert_eq!(second.next(), Some(Packet::PubRel(response(y))));
+    pubrec_then_pubrel(&mut second, y);
     second.send(&Packet::PubComp(response(y)));
     // Nothing comes twice: the log's redelivery skips what the client has.
     second.send(&Packet::PingReq);
@@ -1784,4 +1791,54 @@ fn inbound_qos2_is_exactly_once_across_sigkill() {
         vec!["pay 1", "pay 2", "pay 3", "pay 4"],
         "each message in the log once"
     );
+}
+
+#[test]
+fn outbound_pubrel_is_sent_again_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "ledger/out";
+    let (mut ledger, _) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger-out", false);
+    subscribe(&mut ledger, topic, QoS::ExactlyOnce);
+    publish_acked(&server, topic, &["pay 1".to_string()], QoS::AtLeastOnce);
+    let (id, qos, payload) = next_publish(&mut ledger);
+    assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, &b"pay 1"[..]));
+    let id = id.unwrap();
+    pubrec_then_pubrel(&mut ledger, id);
+    // The server dies before the client's PUBCOMP.
+    server.kill();
+    drop(ledger);
+
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, present) =
+        connect_session(server.mqtt, ProtocolVersion::V5, "ledger-out", false);
+    assert!(present, "the session survived the SIGKILL");
+    match ledger.next() {
+        Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, id, "PUBREL again, same id"),
+        other => panic!("expected PUBREL again, not the message, got {other:?}"),
+    }
+    ledger.send(&Packet::PubComp(
+        starling_protocol::mqtt::PublishResponse::success(id),
+    ));
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp), "and nothing else");
+    // Completed: a later restart sends nothing again, and new messages go
+    // on.
+    publish_acked(&server, topic, &["pay 2".to_string()], QoS::AtLeastOnce);
+    let (next_id, _, payload) = next_publish(&mut ledger);
+    assert_eq!(&payload[..], b"pay 2");
+    pubrec_then_pubrel(&mut ledger, next_id.unwrap());
+    ledger.send(&Packet::PubComp(
+        starling_protocol::mqtt::PublishResponse::success(next_id.unwrap()),
+    ));
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp));
+    server.kill();
+    drop(ledger);
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, present) =
+        connect_session(server.mqtt, ProtocolVersion::V5, "ledger-out", false);
+    assert!(present);
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp), "nothing to resend");
 }

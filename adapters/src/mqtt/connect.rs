@@ -123,8 +123,8 @@ impl MqttSession {
             unsubscribes: HashMap::new(),
             qos2_received: HashMap::new(),
             next_received_key: random_id(),
-            received_read: !restoring,
-            restored_received: Vec::new(),
+            qos2_read: !restoring,
+            restored_note: Note::default(),
             acks: AckQueue::default(),
             subscriptions: Vec::new(),
             client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
@@ -163,14 +163,14 @@ impl MqttSession {
                 SESSION_PAGE,
                 context,
             );
-            let channel = received_channel(&state.client_id);
-            let pending = Pending::ReceivedRead;
+            let channel = qos2_channel(&state.client_id);
+            let pending = Pending::Qos2Read;
             read_history(state, pending, channel, HistoryQuery::Last, 1, context);
         } else if persistent {
             // A clean start that keeps its session: forget the old one (and
             // the QoS 2 packet ids it noted).
             state.record(serde_json::json!({"type": "start"}), context);
-            state.note_received(Pending::Fire, context);
+            state.note_qos2(Pending::Fire, context);
         }
         Ok(())
     }
@@ -183,15 +183,15 @@ impl MqttSession {
         let state = self.state.as_mut().expect("connected");
         let records = std::mem::take(&mut state.session_records);
         let mut stored = fold_session(&records, wall_clock_ms());
-        let noted = std::mem::take(&mut state.restored_received);
-        // A session that only received QoS 2 messages has no records but
+        let noted = std::mem::take(&mut state.restored_note);
+        // A session that only exchanged QoS 2 messages has no records but
         // its note (its server was killed while it was connected).
         stored.present |= records.is_empty() && !noted.is_empty();
         if stored.present {
-            state.restore_received(noted);
+            state.restore_received(&noted);
         } else if !noted.is_empty() {
             // Those of a session that ended or expired are forgotten.
-            state.note_received(Pending::Fire, context);
+            state.note_qos2(Pending::Fire, context);
         }
         if !stored.present && !records.is_empty() {
             // The session ended or expired: what it left is forgotten, and a
@@ -213,6 +213,10 @@ impl MqttSession {
         .encode(state.version, context.out());
         state.restoring = false;
         self.unpark(context);
+        if stored.present {
+            let state = self.state.as_mut().expect("connected");
+            state.restore_released(&noted, context.out());
+        }
         let state = self.state.as_mut().expect("connected");
         for subscription in filters {
             let (filter, qos) = (subscription.filter.clone(), subscription.qos());

@@ -82,7 +82,7 @@ impl MqttSession {
                                 pending,
                                 key,
                             };
-                            state.note_received(Pending::Noted(Box::new(deferred)), context);
+                            state.note_qos2(Pending::Noted(Box::new(deferred)), context);
                             return Ok(());
                         }
                         (pending, None)

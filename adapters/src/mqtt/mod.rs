@@ -26,8 +26,8 @@
 //! shared PUBLISH encoding and message properties), `store` (what is kept
 //! in `$` channels), `offline` (offline messages for wildcard filters),
 //! `parked` (a persistent session's in-flight state between its
-//! connections), `received` (inbound QoS 2 packet ids noted in the log, for
-//! exactly once across a restart), `expiry` (a session after its
+//! connections), `qos2` (QoS 2 packet ids noted in the log, for exactly
+//! once across a restart), `expiry` (a session after its
 //! connection: expiry, delayed wills, the keeper thread).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -57,7 +57,7 @@ mod inbound;
 mod offline;
 mod outbound;
 mod parked;
-mod received;
+mod qos2;
 mod replies;
 mod shared;
 mod store;
@@ -78,7 +78,7 @@ pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
-use received::{read_note, received_channel, received_message_id, Received};
+use qos2::{qos2_channel, received_message_id, Note, Received};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
@@ -204,16 +204,17 @@ enum Pending {
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
-    /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
+    /// A write an outbound QoS 2 message's PUBREL waits for (the cursor past
+    /// it, the note of its release) is durable: send PUBREL after the last.
     PubRelAfter(u16),
     /// A persistent session noted a new QoS 2 packet id: store the message.
     Noted(Box<Deferred>),
     /// A persistent session noted the release of a QoS 2 packet id: send
     /// PUBCOMP.
     PubCompAfter(u16),
-    /// The last note of a resumed session's received QoS 2 packet ids, read
-    /// before the CONNACK.
-    ReceivedRead,
+    /// The last note of a resumed session's QoS 2 state, read before the
+    /// CONNACK.
+    Qos2Read,
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
@@ -260,9 +261,9 @@ struct Connected {
     /// The key of the last QoS 2 message received (they count up from a
     /// random number per connection).
     next_received_key: u64,
-    /// The noted QoS 2 packet ids of the session being resumed, once read.
-    received_read: bool,
-    restored_received: Vec<(u16, u64)>,
+    /// The noted QoS 2 state of the session being resumed, once read.
+    qos2_read: bool,
+    restored_note: Note,
     /// PUBACK and PUBREC, written in the order the publishes arrived.
     acks: AckQueue,
     /// The subscriptions, one per filter (topic name or pattern).
@@ -614,16 +615,30 @@ impl MqttSession {
                     return Ok(());
                 }
                 if known {
-                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
-                        in_flight.state = Outbound::Qos2Released;
-                    }
                     // In a persistent session the PUBREL waits for the
-                    // cursor to be durable: after a crash the message is
-                    // not sent again (exactly once).
+                    // cursor and the note of the release to be durable:
+                    // after a crash the message is not sent again, and
+                    // the PUBREL is (exactly once).
+                    let mut writes_waiting = 0;
                     if let Some(request_id) = state.acknowledged(packet_id, context) {
                         state
                             .pending
                             .insert(request_id, Pending::PubRelAfter(packet_id));
+                        writes_waiting += 1;
+                    }
+                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                        in_flight.state = Outbound::Qos2Released;
+                        // Never sent again: only its packet id matters now.
+                        in_flight.outgoing = None;
+                    }
+                    if state.persistent {
+                        state.note_qos2(Pending::PubRelAfter(packet_id), context);
+                        writes_waiting += 1;
+                    }
+                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                        in_flight.writes_waiting = writes_waiting;
+                    }
+                    if writes_waiting > 0 {
                         return Ok(());
                     }
                 }
@@ -643,6 +658,9 @@ impl MqttSession {
             Packet::PubComp(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
                     state.outbound.remove(&response.packet_id);
+                    if state.persistent {
+                        state.note_qos2(Pending::Fire, context);
+                    }
                     state.release_held(context.out());
                 }
                 Ok(())

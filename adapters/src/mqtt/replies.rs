@@ -120,11 +120,18 @@ impl MqttSession {
             Pending::PubRelAfter(packet_id) => {
                 if let Some(error) = error {
                     log::warn!(
-                        "mqtt {}: a session cursor was not stored: {error}",
+                        "mqtt {}: a session cursor or QoS 2 note was not stored: {error}",
                         self.peer
                     );
                 }
-                Packet::PubRel(PublishResponse::success(packet_id)).encode(version, context.out());
+                let Some(in_flight) = state.outbound.get_mut(&packet_id) else {
+                    return Ok(());
+                };
+                in_flight.writes_waiting = in_flight.writes_waiting.saturating_sub(1);
+                if in_flight.writes_waiting == 0 {
+                    let packet = Packet::PubRel(PublishResponse::success(packet_id));
+                    packet.encode(version, context.out());
+                }
             }
             Pending::Noted(deferred) => {
                 let Deferred {
@@ -166,13 +173,13 @@ impl MqttSession {
                 }
                 Packet::PubComp(PublishResponse::success(packet_id)).encode(version, context.out());
             }
-            Pending::ReceivedRead => {
+            Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
                     return Err(session_unreadable(version, reply, context));
                 };
-                let noted = messages.last().map(|note| read_note(&note.body));
-                state.restored_received = noted.unwrap_or_default();
-                state.received_read = true;
+                let noted = messages.last().map(|note| Note::read(&note.body));
+                state.restored_note = noted.unwrap_or_default();
+                state.qos2_read = true;
                 return self.try_resume(context);
             }
             Pending::SessionRead => {
@@ -378,7 +385,7 @@ impl MqttSession {
                     let refused = state.qos2_received.remove(&packet_id);
                     if refused.is_some_and(|received| received.key.is_some()) {
                         // The exchange ends here: the id is new again.
-                        state.note_received(Pending::Fire, context);
+                        state.note_qos2(Pending::Fire, context);
                     }
                 }
                 if version == ProtocolVersion::V311 {
