@@ -6,8 +6,8 @@
 //! authorizer; server-assigned client ids; keep-alive), PUBLISH in at QoS
 //! 0, 1 and 2 (acknowledged once the record is durable under the engine's
 //! policy, in the order the publishes arrived; QoS 2 exactly once also
-//! across a restart), SUBSCRIBE and UNSUBSCRIBE to topic names and to filters with
-//! `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
+//! across a restart, both ways), SUBSCRIBE and UNSUBSCRIBE to topic names
+//! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
 //! Maximum, retained messages and persistent sessions kept in the log (also
 //! for wildcard filters, and with what was in flight resent, with its
 //! packet ids and DUP, when the client comes back), session expiry,
@@ -27,8 +27,8 @@
 //! in `$` channels), `offline` (offline messages for wildcard filters),
 //! `parked` (a persistent session's in-flight state between its
 //! connections), `qos2` (QoS 2 packet ids noted in the log, for exactly
-//! once across a restart), `expiry` (a session after its
-//! connection: expiry, delayed wills, the keeper thread).
+//! once across a restart), `expiry` (a session after its connection:
+//! expiry, delayed wills, the keeper thread).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

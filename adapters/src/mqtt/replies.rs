@@ -175,7 +175,7 @@ impl MqttSession {
             }
             Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
-                    return Err(session_unreadable(version, reply, context));
+                    return session_unreadable(state, reply, context);
                 };
                 let noted = messages.last().map(|note| Note::read(&note.body));
                 state.restored_note = noted.unwrap_or_default();
@@ -187,7 +187,7 @@ impl MqttSession {
                     head_seq, messages, ..
                 } = reply
                 else {
-                    return Err(session_unreadable(version, reply, context));
+                    return session_unreadable(state, reply, context);
                 };
                 state.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
@@ -301,15 +301,20 @@ impl MqttSession {
     }
 }
 
-/// Refuses the CONNACK of a session whose records could not be read.
+/// Refuses the CONNACK of a session whose records (or QoS 2 note) could
+/// not be read; once, though both reads may fail.
 fn session_unreadable(
-    version: ProtocolVersion,
+    state: &mut Connected,
     reply: &Reply,
     context: &mut SessionContext<'_>,
-) -> Close {
+) -> Result<(), Close> {
+    if !state.restoring {
+        return Ok(());
+    }
+    state.restoring = false;
     let reason = format!("the session could not be read: {reply:?}; connect again");
     let mut properties = Properties::default();
-    if version == ProtocolVersion::V5 {
+    if state.version == ProtocolVersion::V5 {
         properties.reason_string = Some(cut(&reason));
     }
     Packet::ConnAck(ConnAck {
@@ -317,8 +322,8 @@ fn session_unreadable(
         reason_code: ReasonCode::ServerUnavailable,
         properties,
     })
-    .encode(version, context.out());
-    close(reason)
+    .encode(state.version, context.out());
+    Err(close(reason))
 }
 
 /// After the first message of `topic` was stored, lists the topic in
