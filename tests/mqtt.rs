@@ -1842,3 +1842,116 @@ fn outbound_pubrel_is_sent_again_after_sigkill() {
     ledger.send(&Packet::PingReq);
     assert_eq!(ledger.next(), Some(Packet::PingResp), "nothing to resend");
 }
+
+/// The types of the records of `client_id`'s MQTT session, once `done`
+/// says they are complete (polled: the server writes them after the
+/// connection's end, which the client does not see).
+fn session_records_until(
+    server: &Server,
+    client_id: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The native protocol reads reserved channels (the chat one does not).
+    let mut client = starling_adapters::client::Client::connect(server.address, "reader", "")
+        .expect("a native connection");
+    loop {
+        let channel = format!("$mqtt/session/{client_id}");
+        let page = client
+            .history(&channel, starling_protocol::HistoryQuery::From(1), 100)
+            .expect("the session's records");
+        let types: Vec<String> = page
+            .messages
+            .iter()
+            .map(|m| {
+                let record: serde_json::Value = serde_json::from_slice(&m.body).unwrap_or_default();
+                let will = if record["will"].is_object() {
+                    "+will"
+                } else {
+                    ""
+                };
+                format!("{}{will}", record["type"].as_str().unwrap_or_default())
+            })
+            .collect();
+        if done(&types) {
+            return types;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session records of {client_id:?} did not become complete: {types:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The texts of `channel` once there are `count` (polled, as above).
+fn history_once(server: &Server, channel: &str, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let texts = history_texts(server, channel);
+        if texts.len() >= count {
+            return texts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{channel} has {texts:?}, not {count} messages"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_delayed_will_pending_at_a_sigkill_goes_out_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let will = delayed_will("presence/e", b"e is gone", 2);
+    let (doomed, _) = connect_v5(server.mqtt, "e", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let last_is =
+        |wanted: &'static str| move |types: &[String]| types.last().is_some_and(|t| t == wanted);
+    session_records_until(&server, "e", last_is("left+will"));
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(history_once(&server, "presence/e", 1), vec!["e is gone"]);
+    // Recorded as sent, so a later restart does not send it again.
+    let types = session_records_until(&server, "e", last_is("will-sent"));
+    assert_eq!(types, vec!["start", "left+will", "will-sent"]);
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    let (_e, present) = resume_v5(server.mqtt, "e", 3600);
+    assert!(present, "sending the will did not end the session");
+}
+
+#[test]
+fn a_session_resumed_after_a_sigkill_cancels_its_delayed_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let delay = Duration::from_secs(4);
+    let will = delayed_will("presence/f", b"f is gone", delay.as_secs() as u32);
+    let (doomed, _) = connect_v5(server.mqtt, "f", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let left_at = std::time::Instant::now();
+    let last_is =
+        |wanted: &'static str| move |types: &[String]| types.last().is_some_and(|t| t == wanted);
+    session_records_until(&server, "f", last_is("left+will"));
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    let (_f, present) = resume_v5(server.mqtt, "f", 3600);
+    assert!(present);
+    session_records_until(&server, "f", last_is("back"));
+    // Past the will's time, the next message on its topic is an ordinary
+    // one.
+    std::thread::sleep(
+        (left_at + delay + Duration::from_secs(1))
+            .saturating_duration_since(std::time::Instant::now()),
+    );
+    publish_acked(
+        &server,
+        "presence/f",
+        &["f is back".into()],
+        QoS::AtLeastOnce,
+    );
+    assert_eq!(history_once(&server, "presence/f", 1), vec!["f is back"]);
+}

@@ -204,6 +204,11 @@ impl MqttSession {
             self.forget_parked(&client_id);
         }
         let state = self.state.as_mut().expect("connected");
+        if stored.will_pending {
+            // Resumed before its delayed will was due: it never goes out,
+            // also not after a restart.
+            state.record(serde_json::json!({"type": "back"}), context);
+        }
         let filters = stored.subscriptions.clone();
         Packet::ConnAck(ConnAck {
             session_present: stored.present,

@@ -28,7 +28,8 @@
 //! `parked` (a persistent session's in-flight state between its
 //! connections), `qos2` (QoS 2 packet ids noted in the log, for exactly
 //! once across a restart), `expiry` (a session after its connection:
-//! expiry, delayed wills, the keeper thread).
+//! expiry, delayed wills, the keeper thread), `wills` (delayed wills in the
+//! log, taken up again after a restart).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ mod replies;
 mod shared;
 mod store;
 mod subscribe;
+mod wills;
 
 use aliases::TopicAliases;
 pub use aliases::{OUTBOUND_TOPIC_ALIASES_MAX, TOPIC_ALIAS_MAXIMUM};
@@ -87,6 +89,7 @@ use store::{
     session_consumer, StoredSession, RETAINED_INDEX, SESSION_PAGE,
 };
 use subscribe::{subscribe_command, Route, Subscription};
+use wills::StoredWill;
 
 /// Longest client id the server assigns or accepts.
 const CLIENT_ID_BYTES_MAX: usize = 256;
