@@ -565,13 +565,7 @@ fn outbound_qos2_completes_the_four_way_handshake() {
     let (id, qos, payload) = next_publish(&mut raw);
     assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, &b"credit 10"[..]));
     let id = id.unwrap();
-    raw.send(&Packet::PubRec(
-        starling_protocol::mqtt::PublishResponse::success(id),
-    ));
-    match raw.next() {
-        Some(Packet::PubRel(response)) => assert_eq!(response.packet_id, id),
-        other => panic!("expected PUBREL, got {other:?}"),
-    }
+    pubrec_then_pubrel(&mut raw, id);
     raw.send(&Packet::PubComp(
         starling_protocol::mqtt::PublishResponse::success(id),
     ));
@@ -959,19 +953,24 @@ fn qos2_delivery_is_exactly_once_across_sigkill() {
         ids.push(id.unwrap());
     }
     for id in &ids[..2] {
-        ledger.send(&Packet::PubRec(
-            starling_protocol::mqtt::PublishResponse::success(*id),
-        ));
-        match ledger.next() {
-            Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, *id),
-            other => panic!("expected PUBREL, got {other:?}"),
-        }
+        pubrec_then_pubrel(&mut ledger, *id);
     }
     server.kill();
     drop(ledger);
     let server = Server::start(dir.path(), &[]);
     let (mut ledger, present) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger", false);
     assert!(present);
+    // The two released ones get their PUBREL again (MQTT 4.4), in order,
+    // not their PUBLISH.
+    for id in &ids[..2] {
+        match ledger.next() {
+            Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, *id),
+            other => panic!("expected PUBREL again, got {other:?}"),
+        }
+        ledger.send(&Packet::PubComp(
+            starling_protocol::mqtt::PublishResponse::success(*id),
+        ));
+    }
     let (_, _, payload) = next_publish(&mut ledger);
     assert_eq!(
         &payload[..],
@@ -1015,6 +1014,16 @@ fn response(packet_id: u16) -> starling_protocol::mqtt::PublishResponse {
     starling_protocol::mqtt::PublishResponse::success(packet_id)
 }
 
+/// Sends PUBREC for outbound QoS 2 message `packet_id` and expects its
+/// PUBREL.
+fn pubrec_then_pubrel(raw: &mut Raw, packet_id: u16) {
+    raw.send(&Packet::PubRec(response(packet_id)));
+    match raw.next() {
+        Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, packet_id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+}
+
 #[test]
 fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids() {
     let (_dir, server) = server(&[]);
@@ -1032,8 +1041,7 @@ fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids(
     let (y, _) = sent["transfer y"];
     // "task a" is not acknowledged, "transfer x" is PUBREC'd (its PUBREL
     // comes) but not completed, "transfer y" is not acknowledged.
-    first.send(&Packet::PubRec(response(x)));
-    assert_eq!(first.next(), Some(Packet::PubRel(response(x))));
+    pubrec_then_pubrel(&mut first, x);
 
     // The client comes back while the server still holds the first
     // connection: the second takes the session over with what was in flight.
@@ -1058,8 +1066,7 @@ fn reconnect_resends_unacknowledged_messages_with_dup_and_pubrel_with_their_ids(
     assert!(first.next().is_none(), "the first connection was closed");
     second.send(&Packet::PubAck(response(task)));
     second.send(&Packet::PubComp(response(x)));
-    second.send(&Packet::PubRec(response(y)));
-    assert_eq!(second.next(), Some(Packet::PubRel(response(y))));
+    pubrec_then_pubrel(&mut second, y);
     second.send(&Packet::PubComp(response(y)));
     // Nothing comes twice: the log's redelivery skips what the client has.
     second.send(&Packet::PingReq);
@@ -1572,4 +1579,379 @@ fn shared_subscription_members_can_leave_and_join_without_losing_qos1_messages()
     publish_acked(&server, "work", &second, QoS::AtLeastOnce);
     let got = collect_until(&[&a, &c], &second);
     assert!(!got[1].is_empty(), "C had some: {got:?}");
+}
+
+/// Two topics whose channels the server's default routing (16 partitions, 2
+/// shards in tests) puts on different shards, so their records become
+/// durable in different loop turns.
+fn topics_on_two_shards(prefix: &str) -> [String; 2] {
+    let routing = starling_broker::Routing::new(16, 2);
+    let first = format!("{prefix}/0");
+    let other = (1..)
+        .map(|n| format!("{prefix}/{n}"))
+        .find(|topic| routing.shard_of(topic) != routing.shard_of(&first))
+        .expect("some topic lives on the other shard");
+    [first, other]
+}
+
+/// Publishes `qos_of(i)` messages `0..count` alternating between the two
+/// topics in one write, then checks that the acknowledgements come back in
+/// the order the PUBLISH packets were sent (MQTT 4.6). Returns the packet
+/// ids of the QoS 2 messages, in order.
+fn acks_come_in_publish_order(
+    raw: &mut Raw,
+    topics: &[String; 2],
+    count: u16,
+    qos_of: impl Fn(u16) -> QoS,
+) -> Vec<u16> {
+    let mut bytes = BytesMut::new();
+    let mut expected = Vec::new();
+    for i in 0..count {
+        let qos = qos_of(i);
+        let packet_id = (qos != QoS::AtMostOnce).then_some(i + 1);
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topics[usize::from(i % 2)].clone(),
+            packet_id,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("message {i}")),
+        })
+        .encode(raw.version, &mut bytes);
+        if let Some(packet_id) = packet_id {
+            expected.push((qos, packet_id));
+        }
+    }
+    raw.send_raw(&bytes);
+    let acks: Vec<(QoS, u16)> = expected
+        .iter()
+        .map(|_| match raw.next() {
+            Some(Packet::PubAck(ack)) => (QoS::AtLeastOnce, ack.packet_id),
+            Some(Packet::PubRec(rec)) => (QoS::ExactlyOnce, rec.packet_id),
+            other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, expected, "acknowledgements in publish order");
+    expected
+        .into_iter()
+        .filter(|(qos, _)| *qos == QoS::ExactlyOnce)
+        .map(|(_, packet_id)| packet_id)
+        .collect()
+}
+
+#[test]
+fn acknowledgements_keep_the_order_of_the_publishes_across_shards() {
+    let (_dir, server) = server(&[]);
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let topics = topics_on_two_shards(&format!("order-{version:?}"));
+        let mut raw = Raw::connect(server.mqtt, version, 0, None);
+        // QoS 1 only, then QoS 0, 1 and 2 mixed (QoS 0 has no answer).
+        acks_come_in_publish_order(&mut raw, &topics, 400, |_| QoS::AtLeastOnce);
+        let qos2 = acks_come_in_publish_order(&mut raw, &topics, 400, |i| match i % 4 {
+            0 => QoS::AtMostOnce,
+            1 | 2 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        });
+        for packet_id in qos2 {
+            raw.send(&Packet::PubRel(
+                starling_protocol::mqtt::PublishResponse::success(packet_id),
+            ));
+            match raw.next() {
+                Some(Packet::PubComp(comp)) => assert_eq!(comp.packet_id, packet_id),
+                other => panic!("expected PUBCOMP, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A QoS 1 or 2 PUBLISH of `payload` to `topic`.
+fn publish_numbered(topic: &str, qos: QoS, packet_id: u16, dup: bool, payload: &str) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: Some(packet_id),
+        properties: Properties::default(),
+        payload: Bytes::from(payload.to_string()),
+    })
+}
+
+#[test]
+fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledgements() {
+    let (_dir, server) = server(&[]);
+    let topics = topics_on_two_shards("places");
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    let mut bytes = BytesMut::new();
+    for packet in [
+        publish_numbered(&topics[0], QoS::AtLeastOnce, 1, false, "one"),
+        publish_numbered(&topics[1], QoS::ExactlyOnce, 2, false, "two"),
+        // The broker refuses control characters in channel names.
+        publish_numbered("places/\u{1}", QoS::AtLeastOnce, 3, false, "refused"),
+        // A retransmission while the original is being stored: the
+        // original's PUBREC answers both.
+        publish_numbered(&topics[1], QoS::ExactlyOnce, 2, true, "two"),
+        publish_numbered(&topics[0], QoS::AtLeastOnce, 4, false, "four"),
+    ] {
+        packet.encode(raw.version, &mut bytes);
+    }
+    raw.send_raw(&bytes);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(match raw.next() {
+            Some(Packet::PubAck(ack)) => ("PUBACK", ack.packet_id, ack.reason_code),
+            Some(Packet::PubRec(rec)) => ("PUBREC", rec.packet_id, rec.reason_code),
+            other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+        });
+    }
+    assert_eq!(
+        answers,
+        vec![
+            ("PUBACK", 1, ReasonCode::Success),
+            ("PUBREC", 2, ReasonCode::Success),
+            ("PUBACK", 3, ReasonCode::TopicNameInvalid),
+            ("PUBACK", 4, ReasonCode::Success),
+        ]
+    );
+    raw.send(&Packet::PubRel(
+        starling_protocol::mqtt::PublishResponse::success(2),
+    ));
+    assert!(matches!(raw.next(), Some(Packet::PubComp(comp)) if comp.packet_id == 2));
+    assert_eq!(
+        history_texts(&server, &topics[1]),
+        vec!["two"],
+        "stored once"
+    );
+}
+
+/// Sends `packet` and expects the answer `expected` names (PUBREC, PUBCOMP)
+/// for `packet_id`, with `reason`.
+fn exchange(raw: &mut Raw, packet: Packet, expected: &str, packet_id: u16, reason: ReasonCode) {
+    raw.send(&packet);
+    let answer = match raw.next() {
+        Some(Packet::PubRec(rec)) => ("PUBREC", rec.packet_id, rec.reason_code),
+        Some(Packet::PubComp(comp)) => ("PUBCOMP", comp.packet_id, comp.reason_code),
+        other => panic!("expected {expected}, got {other:?}"),
+    };
+    assert_eq!(answer, (expected, packet_id, reason));
+}
+
+fn pubrel(packet_id: u16) -> Packet {
+    Packet::PubRel(starling_protocol::mqtt::PublishResponse::success(packet_id))
+}
+
+#[test]
+fn inbound_qos2_is_exactly_once_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "ledger/in";
+    let qos2 = QoS::ExactlyOnce;
+    let success = ReasonCode::Success;
+    let (mut payer, _) = connect_session(server.mqtt, ProtocolVersion::V5, "payer", false);
+    // 7 and 9 are stored and not released when the server dies; 8 is
+    // released.
+    let pay_1 = publish_numbered(topic, qos2, 7, false, "pay 1");
+    exchange(&mut payer, pay_1, "PUBREC", 7, success);
+    let pay_2 = publish_numbered(topic, qos2, 8, false, "pay 2");
+    exchange(&mut payer, pay_2, "PUBREC", 8, success);
+    exchange(&mut payer, pubrel(8), "PUBCOMP", 8, success);
+    let pay_3 = publish_numbered(topic, qos2, 9, false, "pay 3");
+    exchange(&mut payer, pay_3, "PUBREC", 9, success);
+    server.kill();
+    drop(payer);
+
+    let server = Server::start(dir.path(), &[]);
+    let mut watcher = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    subscribe(&mut watcher, topic, QoS::AtLeastOnce);
+    let (mut payer, present) = connect_session(server.mqtt, ProtocolVersion::V5, "payer", false);
+    assert!(present, "the session survived the SIGKILL");
+    // The client did not see the PUBREC of 7 and sends the PUBLISH again
+    // (DUP): it is not stored again, and its PUBREL is known.
+    let again = publish_numbered(topic, qos2, 7, true, "pay 1");
+    exchange(&mut payer, again, "PUBREC", 7, success);
+    exchange(&mut payer, pubrel(7), "PUBCOMP", 7, success);
+    // The client saw the PUBREC of 9: it sends PUBREL only.
+    exchange(&mut payer, pubrel(9), "PUBCOMP", 9, success);
+    // A released id used again is a new message.
+    let pay_4 = publish_numbered(topic, qos2, 8, false, "pay 4");
+    exchange(&mut payer, pay_4, "PUBREC", 8, success);
+    exchange(&mut payer, pubrel(8), "PUBCOMP", 8, success);
+    // And an id never used is unknown (v5 says so in the PUBCOMP).
+    let unknown = ReasonCode::PacketIdentifierNotFound;
+    exchange(&mut payer, pubrel(10), "PUBCOMP", 10, unknown);
+
+    let (id, _, payload) = next_publish(&mut watcher);
+    assert_eq!(&payload[..], b"pay 4", "the retransmission reached nobody");
+    watcher.send(&Packet::PubAck(
+        starling_protocol::mqtt::PublishResponse::success(id.unwrap()),
+    ));
+    assert_eq!(
+        history_texts(&server, topic),
+        vec!["pay 1", "pay 2", "pay 3", "pay 4"],
+        "each message in the log once"
+    );
+}
+
+#[test]
+fn outbound_pubrel_is_sent_again_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "ledger/out";
+    let (mut ledger, _) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger-out", false);
+    subscribe(&mut ledger, topic, QoS::ExactlyOnce);
+    publish_acked(&server, topic, &["pay 1".to_string()], QoS::AtLeastOnce);
+    let (id, qos, payload) = next_publish(&mut ledger);
+    assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, &b"pay 1"[..]));
+    let id = id.unwrap();
+    pubrec_then_pubrel(&mut ledger, id);
+    // The server dies before the client's PUBCOMP.
+    server.kill();
+    drop(ledger);
+
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, present) =
+        connect_session(server.mqtt, ProtocolVersion::V5, "ledger-out", false);
+    assert!(present, "the session survived the SIGKILL");
+    match ledger.next() {
+        Some(Packet::PubRel(rel)) => assert_eq!(rel.packet_id, id, "PUBREL again, same id"),
+        other => panic!("expected PUBREL again, not the message, got {other:?}"),
+    }
+    ledger.send(&Packet::PubComp(
+        starling_protocol::mqtt::PublishResponse::success(id),
+    ));
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp), "and nothing else");
+    // Completed: a later restart sends nothing again, and new messages go
+    // on.
+    publish_acked(&server, topic, &["pay 2".to_string()], QoS::AtLeastOnce);
+    let (next_id, _, payload) = next_publish(&mut ledger);
+    assert_eq!(&payload[..], b"pay 2");
+    pubrec_then_pubrel(&mut ledger, next_id.unwrap());
+    ledger.send(&Packet::PubComp(
+        starling_protocol::mqtt::PublishResponse::success(next_id.unwrap()),
+    ));
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp));
+    server.kill();
+    drop(ledger);
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, present) =
+        connect_session(server.mqtt, ProtocolVersion::V5, "ledger-out", false);
+    assert!(present);
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp), "nothing to resend");
+}
+
+/// The types of the records of `client_id`'s MQTT session, once `done`
+/// says they are complete (polled: the server writes them after the
+/// connection's end, which the client does not see).
+fn session_records_until(
+    server: &Server,
+    client_id: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The native protocol reads reserved channels (the chat one does not).
+    let mut client = starling_adapters::client::Client::connect(server.address, "reader", "")
+        .expect("a native connection");
+    loop {
+        let channel = format!("$mqtt/session/{client_id}");
+        let page = client
+            .history(&channel, starling_protocol::HistoryQuery::From(1), 100)
+            .expect("the session's records");
+        let types: Vec<String> = page
+            .messages
+            .iter()
+            .map(|m| {
+                let record: serde_json::Value = serde_json::from_slice(&m.body).unwrap_or_default();
+                let will = if record["will"].is_object() {
+                    "+will"
+                } else {
+                    ""
+                };
+                format!("{}{will}", record["type"].as_str().unwrap_or_default())
+            })
+            .collect();
+        if done(&types) {
+            return types;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session records of {client_id:?} did not become complete: {types:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The texts of `channel` once there are `count` (polled, as above).
+fn history_once(server: &Server, channel: &str, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let texts = history_texts(server, channel);
+        if texts.len() >= count {
+            return texts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{channel} has {texts:?}, not {count} messages"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_delayed_will_pending_at_a_sigkill_goes_out_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let will = delayed_will("presence/e", b"e is gone", 2);
+    let (doomed, _) = connect_v5(server.mqtt, "e", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let last_is =
+        |wanted: &'static str| move |types: &[String]| types.last().is_some_and(|t| t == wanted);
+    session_records_until(&server, "e", last_is("left+will"));
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(history_once(&server, "presence/e", 1), vec!["e is gone"]);
+    // Recorded as sent, so a later restart does not send it again.
+    let types = session_records_until(&server, "e", last_is("will-sent"));
+    assert_eq!(types, vec!["start", "left+will", "will-sent"]);
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    let (_e, present) = resume_v5(server.mqtt, "e", 3600);
+    assert!(present, "sending the will did not end the session");
+}
+
+#[test]
+fn a_session_resumed_after_a_sigkill_cancels_its_delayed_will() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let delay = Duration::from_secs(4);
+    let will = delayed_will("presence/f", b"f is gone", delay.as_secs() as u32);
+    let (doomed, _) = connect_v5(server.mqtt, "f", true, session_expiry(3600), Some(will));
+    drop(doomed);
+    let left_at = std::time::Instant::now();
+    let last_is =
+        |wanted: &'static str| move |types: &[String]| types.last().is_some_and(|t| t == wanted);
+    session_records_until(&server, "f", last_is("left+will"));
+    server.kill();
+
+    let server = Server::start(dir.path(), &[]);
+    let (_f, present) = resume_v5(server.mqtt, "f", 3600);
+    assert!(present);
+    session_records_until(&server, "f", last_is("back"));
+    // Past the will's time, the next message on its topic is an ordinary
+    // one.
+    std::thread::sleep(
+        (left_at + delay + Duration::from_secs(1))
+            .saturating_duration_since(std::time::Instant::now()),
+    );
+    publish_acked(
+        &server,
+        "presence/f",
+        &["f is back".into()],
+        QoS::AtLeastOnce,
+    );
+    assert_eq!(history_once(&server, "presence/f", 1), vec!["f is back"]);
 }

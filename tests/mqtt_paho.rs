@@ -28,15 +28,15 @@ fn python() -> PathBuf {
     venv
 }
 
-#[test]
-fn paho_clients_in_both_versions() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+/// Runs the Paho script against `server` (only `phase`, when given) and
+/// returns its output; fails the test when a check failed.
+fn run_script(server: &Server, phase: Option<&str>) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/paho/mqtt_paho.py");
     let child = Command::new(python())
         .arg(script)
         .arg(server.mqtt.ip().to_string())
         .arg(server.mqtt.port().to_string())
+        .args(phase)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -48,5 +48,22 @@ fn paho_clients_in_both_versions() {
         status.success(),
         "paho checks failed ({status}):\n{stdout}\n{stderr}"
     );
-    println!("{stdout}");
+    stdout
+}
+
+#[test]
+fn paho_clients_in_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    println!("{}", run_script(&server, None));
+}
+
+#[test]
+fn paho_persistent_sessions_get_acknowledged_messages_once_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    run_script(&server, Some("before-kill"));
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    println!("{}", run_script(&server, Some("after-kill")));
 }

@@ -3,8 +3,10 @@
 persistent sessions, wildcards, v5 subscription options and shared
 subscriptions against a running Starling.
 
-Usage: python mqtt_paho.py HOST PORT
-Prints one line per check and exits 1 at the first failure.
+Usage: python mqtt_paho.py HOST PORT [PHASE]
+Prints one line per check and exits 1 if one failed. With PHASE
+(`before-kill`, `after-kill`) it runs only that half of the SIGKILL check:
+the test kills and restarts the server between the two.
 """
 
 import queue
@@ -181,6 +183,35 @@ def persistent_session_gets_what_was_published_while_away():
 
 
 @check
+def persistent_sessions_exchange_qos2_exactly_once():
+    # Both sides keep sessions, so their QoS 2 packet ids are noted in the
+    # log ($mqtt/qos2/<client id>); many messages in flight at once, in
+    # order, each once, also across the subscriber's reconnect.
+    for protocol in (mqtt.MQTTv311, mqtt.MQTTv5):
+        topic = unique("paho/qos2")
+        sub_id = unique("ledger")
+        sub = client(sub_id, protocol, clean=False)
+        subscribe(sub, topic, 2)
+        pub = client(unique("payer"), protocol, clean=False)
+        infos = [pub.publish(topic, f"pay {n}", qos=2) for n in range(20)]
+        for info in infos:
+            info.wait_for_publish(timeout=WAIT_S)
+            assert info.is_published(), "a QoS 2 publish was not completed"
+        got = receive(sub, 20)
+        assert [m.payload.decode() for m in got] == [f"pay {n}" for n in range(20)], got
+        stop(sub)
+        for n in range(20, 23):
+            publish(pub, topic, f"pay {n}", 2)
+        sub = client(sub_id, protocol, clean=False)
+        assert sub.session_present, "the session was kept"
+        publish(pub, topic, "last", 2)
+        got = receive(sub, 4)
+        assert [m.payload.decode() for m in got] == ["pay 20", "pay 21", "pay 22", "last"], got
+        stop(pub)
+        stop(sub)
+
+
+@check
 def persistent_wildcard_session_gets_what_was_published_while_away():
     base = unique("paho/away")
     worker_id = unique("worker")
@@ -320,8 +351,55 @@ def shared_subscription_gives_each_message_to_one_member():
         stop(member)
 
 
+# The persistent sessions of the SIGKILL check, by protocol (fixed ids: the
+# second phase resumes what the first left on a fresh server's data).
+KILL_SESSIONS = {mqtt.MQTTv311: "paho-kill-311", mqtt.MQTTv5: "paho-kill-5"}
+
+
+def before_kill():
+    """Persistent sessions subscribe at QoS 1 and 2 and go away; messages are
+    published to them and acknowledged; then the server is killed."""
+    for protocol, client_id in KILL_SESSIONS.items():
+        worker = client(client_id, protocol, clean=False)
+        subscribe(worker, f"{client_id}/q1", 1)
+        subscribe(worker, f"{client_id}/q2", 2)
+        stop(worker)
+        pub = client(unique("pub"), protocol)
+        for n in range(3):
+            publish(pub, f"{client_id}/q1", f"q1 {n}", 1)
+            publish(pub, f"{client_id}/q2", f"q2 {n}", 2)
+        stop(pub)
+
+
+def after_kill():
+    """After the restart: every acknowledged message comes, each once."""
+    for protocol, client_id in KILL_SESSIONS.items():
+        worker = client(client_id, protocol, clean=False)
+        assert worker.session_present, "the session survived the SIGKILL"
+        got = receive(worker, 6)
+        by_topic = {}
+        for message in got:
+            by_topic.setdefault(message.topic, []).append((message.payload.decode(), message.qos))
+        assert by_topic == {
+            f"{client_id}/q1": [(f"q1 {n}", 1) for n in range(3)],
+            f"{client_id}/q2": [(f"q2 {n}", 2) for n in range(3)],
+        }, got
+        # Nothing comes twice: the next message is a new one.
+        pub = client(unique("pub"), protocol)
+        publish(pub, f"{client_id}/q2", "last", 2)
+        (last,) = receive(worker, 1)
+        assert last.payload == b"last", last.payload
+        stop(pub)
+        stop(worker)
+
+
+PHASES = {"before-kill": before_kill, "after-kill": after_kill}
+
+
 def main():
     failed = 0
+    if len(sys.argv) > 3:
+        CHECKS[:] = [PHASES[sys.argv[3]]]
     for number, function in enumerate(CHECKS, 1):
         started = time.time()
         try:

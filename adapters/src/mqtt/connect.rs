@@ -121,7 +121,11 @@ impl MqttSession {
             pending: HashMap::new(),
             subscribes: HashMap::new(),
             unsubscribes: HashMap::new(),
-            qos2_received: HashSet::new(),
+            qos2_received: HashMap::new(),
+            next_received_key: random_id(),
+            qos2_read: !restoring,
+            restored_note: Note::default(),
+            acks: AckQueue::default(),
             subscriptions: Vec::new(),
             client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
             extras: None,
@@ -159,9 +163,14 @@ impl MqttSession {
                 SESSION_PAGE,
                 context,
             );
+            let channel = qos2_channel(&state.client_id);
+            let pending = Pending::Qos2Read;
+            read_history(state, pending, channel, HistoryQuery::Last, 1, context);
         } else if persistent {
-            // A clean start that keeps its session: forget the old one.
+            // A clean start that keeps its session: forget the old one (and
+            // the QoS 2 packet ids it noted).
             state.record(serde_json::json!({"type": "start"}), context);
+            state.note_qos2(Pending::Fire, context);
         }
         Ok(())
     }
@@ -173,7 +182,17 @@ impl MqttSession {
     pub(super) fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
         let records = std::mem::take(&mut state.session_records);
-        let stored = fold_session(&records, wall_clock_ms());
+        let mut stored = fold_session(&records, wall_clock_ms());
+        let noted = std::mem::take(&mut state.restored_note);
+        // A session that only exchanged QoS 2 messages has no records but
+        // its note (its server was killed while it was connected).
+        stored.present |= records.is_empty() && !noted.is_empty();
+        if stored.present {
+            state.restore_received(&noted);
+        } else if !noted.is_empty() {
+            // Those of a session that ended or expired are forgotten.
+            state.note_qos2(Pending::Fire, context);
+        }
         if !stored.present && !records.is_empty() {
             // The session ended or expired: what it left is forgotten, and a
             // new one begins.
@@ -185,6 +204,11 @@ impl MqttSession {
             self.forget_parked(&client_id);
         }
         let state = self.state.as_mut().expect("connected");
+        if stored.will_pending {
+            // Resumed before its delayed will was due: it never goes out,
+            // also not after a restart.
+            state.record(serde_json::json!({"type": "back"}), context);
+        }
         let filters = stored.subscriptions.clone();
         Packet::ConnAck(ConnAck {
             session_present: stored.present,
@@ -194,6 +218,10 @@ impl MqttSession {
         .encode(state.version, context.out());
         state.restoring = false;
         self.unpark(context);
+        if stored.present {
+            let state = self.state.as_mut().expect("connected");
+            state.restore_released(&noted, context.out());
+        }
         let state = self.state.as_mut().expect("connected");
         for subscription in filters {
             let (filter, qos) = (subscription.filter.clone(), subscription.qos());

@@ -8,16 +8,18 @@
 //! whether it has expired; nothing needs writing at the moment of expiry.
 //! A thread of its own ([`SessionKeeper`]) does what cannot wait for a
 //! reconnect: it publishes due wills (as their user) and frees the
-//! in-memory state of expired sessions. Both are in memory only: after a
-//! restart, a pending delayed will is not published.
+//! in-memory state of expired sessions. What it waits for is in memory; a
+//! delayed will is also in the session's `left` record, from which the
+//! keeper takes it up again after a restart (`wills`).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use starling_broker::{Connector, Engine, Principal};
+use starling_broker::{Connector, Engine, LocalClient, Principal};
 
 use crate::background::Background;
 
+use super::wills::{load_wills, record_will_sent, still_pending};
 use super::*;
 
 /// Sessions and delayed wills the keeper waits for, each at most. Past this,
@@ -80,9 +82,19 @@ impl<T> Schedule<T> {
 
 /// A will waiting for its delay (or its session's end).
 pub(super) struct DelayedWill {
-    will: Will,
+    source: WillSource,
     /// Whose connection it was: the will is published as this user.
     principal: Principal,
+}
+
+/// Where a delayed will comes from.
+enum WillSource {
+    /// A connection of this process left it; `recorded` when its session's
+    /// `left` record carries it (the keeper then records that it went out).
+    Connection { will: Box<Will>, recorded: bool },
+    /// Read from the log after a restart: published only if its session's
+    /// records still say it is pending when it is due.
+    Log(StoredWill),
 }
 
 /// What the keeper waits for, shared by the sessions of the listener.
@@ -171,7 +183,11 @@ impl MqttSession {
             let mut delayed = None;
             match (will, principal) {
                 (Some((will, delay)), Some(principal)) if !delay.is_zero() => {
-                    delayed = Some(DelayedWill { will, principal });
+                    let source = WillSource::Connection {
+                        will: Box::new(will),
+                        recorded: false,
+                    };
+                    delayed = Some(DelayedWill { source, principal });
                 }
                 (Some((will, _)), _) => context.submit(0, will_command(will)),
                 (None, _) => {}
@@ -187,17 +203,30 @@ impl MqttSession {
             clients.remove(&state.client_id);
         }
         let client_id = state.client_id.clone();
+        // A will that waits is kept in the session's `left` record, so a
+        // restart does not lose it.
+        let stored_will = match (&will, &principal) {
+            (Some((will, delay)), Some(principal)) if !delay.is_zero() && state.persistent => {
+                let due_ms = wall_clock_ms().saturating_add(delay.as_millis() as u64);
+                Some(StoredWill::of(will, principal, due_ms))
+            }
+            _ => None,
+        };
         if state.persistent {
             if end.is_some_and(|end| end.is_zero()) {
                 // The session ends with its connection.
                 state.record(serde_json::json!({"type": "end"}), context);
                 self.forget_parked(&client_id);
             } else {
-                let left = serde_json::json!({
+                let mut left = serde_json::json!({
                     "type": "left",
                     "at_ms": wall_clock_ms(),
                     "expiry_s": state.session_expiry_s,
                 });
+                if let Some(stored_will) = &stored_will {
+                    left["will"] = stored_will.to_json();
+                    state.index_will(context);
+                }
                 state.record(left, context);
                 if let Some(parked) = state.take_parked() {
                     self.park(&client_id, parked);
@@ -211,8 +240,15 @@ impl MqttSession {
         if let Some((will, delay)) = will {
             match principal {
                 Some(principal) if !delay.is_zero() => {
-                    let delayed = DelayedWill { will, principal };
-                    self.schedule_will(&client_id, delay, delayed, context);
+                    let recorded = stored_will.is_some();
+                    let will = Box::new(will);
+                    let source = WillSource::Connection { will, recorded };
+                    let delayed = DelayedWill { source, principal };
+                    let scheduled = self.schedule_will(&client_id, delay, delayed, context);
+                    if let (false, true, Some(state)) = (scheduled, recorded, self.state.as_mut()) {
+                        // Published at once: a restart must not again.
+                        state.record(serde_json::json!({"type": "will-sent"}), context);
+                    }
                 }
                 _ => context.submit(0, will_command(will)),
             }
@@ -220,17 +256,21 @@ impl MqttSession {
     }
 
     /// Publishes `delayed` after `delay` (from the keeper's thread); at once
-    /// from this connection when too many wait.
+    /// from this connection when too many wait. Returns false then.
     pub(super) fn schedule_will(
         &self,
         client_id: &str,
         delay: Duration,
         delayed: DelayedWill,
         context: &mut SessionContext<'_>,
-    ) {
+    ) -> bool {
         let due = context.now() + delay;
-        if let Err(delayed) = self.timers.lock().wills.insert(client_id, due, delayed) {
-            context.submit(0, will_command(delayed.will));
+        match self.timers.lock().wills.insert(client_id, due, delayed) {
+            Ok(()) => true,
+            Err(delayed) => {
+                context.submit(0, delayed.command());
+                false
+            }
         }
     }
 
@@ -262,6 +302,9 @@ impl MqttProtocol {
 }
 
 fn keep(connector: &Connector, timers: &SharedTimers, parked: &ParkedSessions, stop: &AtomicBool) {
+    // Reads and records wills in the sessions' `$` channels.
+    let mut system = connector.connect(Principal::system("$mqtt-keeper"));
+    restore_wills(connector, &mut system, timers);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(KEEPER_TICK);
         let now = Instant::now();
@@ -276,11 +319,67 @@ fn keep(connector: &Connector, timers: &SharedTimers, parked: &ParkedSessions, s
             }
         }
         for (client_id, delayed) in wills {
-            // Published as the will's user, with that user's permissions.
-            let mut client = connector.connect(delayed.principal);
-            if let Err(error) = client.publish_command(will_command(delayed.will)) {
-                log::warn!("mqtt: the delayed will of {client_id:?} was refused: {error}");
+            publish_will(connector, &mut system, &client_id, delayed);
+        }
+    }
+}
+
+impl DelayedWill {
+    /// The broker command that publishes it.
+    fn command(self) -> Command {
+        match self.source {
+            WillSource::Connection { will, .. } => will_command(*will),
+            WillSource::Log(stored) => stored.command(),
+        }
+    }
+}
+
+/// Publishes a due will as its user, with that user's permissions, and
+/// records that it went out when its session's records carry it. A will
+/// read from the log goes out only if the records still say it is pending.
+fn publish_will(
+    connector: &Connector,
+    system: &mut LocalClient,
+    client_id: &str,
+    delayed: DelayedWill,
+) {
+    let recorded = match &delayed.source {
+        WillSource::Connection { recorded, .. } => *recorded,
+        WillSource::Log(stored) => {
+            if !still_pending(system, client_id, stored) {
+                return;
             }
+            true
+        }
+    };
+    let mut client = connector.connect(delayed.principal.clone());
+    match client.publish_command(delayed.command()) {
+        Ok(_) if recorded => record_will_sent(system, client_id),
+        Ok(_) => {}
+        Err(error) => log::warn!("mqtt: the delayed will of {client_id:?} was refused: {error}"),
+    }
+}
+
+/// Takes up the delayed wills that were pending when the server last
+/// stopped: each waits again for when it is due (a will whose time passed
+/// goes out now), unless a connection of this process already left a newer
+/// one.
+fn restore_wills(connector: &Connector, system: &mut LocalClient, timers: &SharedTimers) {
+    let now = Instant::now();
+    let now_ms = wall_clock_ms();
+    for (client_id, due_ms, stored) in load_wills(system) {
+        let due = now + Duration::from_millis(due_ms.saturating_sub(now_ms));
+        let delayed = DelayedWill {
+            principal: stored.principal(),
+            source: WillSource::Log(stored),
+        };
+        let mut timers_now = timers.lock();
+        if timers_now.wills.items.contains_key(&client_id) {
+            continue;
+        }
+        if let Err(delayed) = timers_now.wills.insert(&client_id, due, delayed) {
+            drop(timers_now);
+            publish_will(connector, system, &client_id, delayed);
         }
     }
 }

@@ -26,47 +26,123 @@ impl MqttSession {
             return Err(close("publish to a '$' topic"));
         }
         let topic = publish.topic.clone();
-        let pending = match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => Pending::Publish0(topic),
-            (QoS::AtLeastOnce, Some(id)) => Pending::PubAck(id, topic),
-            (QoS::ExactlyOnce, Some(id)) => {
-                if state.qos2_received.contains(&id) {
-                    // A retransmission of a message already stored (or being
-                    // stored): acknowledge again, store nothing.
-                    if !state
-                        .pending
-                        .values()
-                        .any(|p| matches!(p, Pending::PubRec(p, _) if *p == id))
-                    {
-                        Packet::PubRec(PublishResponse::success(id)).encode(version, context.out());
-                    }
+        if publish.qos != QoS::AtMostOnce {
+            if let Some(reason) = state.over_receive_maximum(&publish) {
+                disconnect_with(
+                    version,
+                    ReasonCode::ReceiveMaximumExceeded,
+                    reason,
+                    context.out(),
+                );
+                return Err(close(reason));
+            }
+        }
+        let (pending, key) = match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => (Pending::Publish0(topic), None),
+            (QoS::AtLeastOnce, Some(packet_id)) => {
+                let arrival = state.acks.reserve(QoS::AtLeastOnce);
+                (
+                    acknowledge(QoS::AtLeastOnce, packet_id, topic, arrival),
+                    None,
+                )
+            }
+            (QoS::ExactlyOnce, Some(packet_id)) => {
+                let known = state.qos2_received.get(&packet_id).copied();
+                if known.is_some() && state.storing(packet_id) {
+                    // A retransmission while the original is being stored:
+                    // the original's PUBREC answers both.
                     return Ok(());
                 }
-                if state.qos2_received.len() >= usize::from(RECEIVE_MAXIMUM) {
-                    disconnect_with(
-                        version,
-                        ReasonCode::ReceiveMaximumExceeded,
-                        "more QoS 2 messages in flight than the Receive Maximum",
-                        context.out(),
-                    );
-                    return Err(close("receive maximum exceeded"));
+                let arrival = state.acks.reserve(QoS::ExactlyOnce);
+                let pending = acknowledge(QoS::ExactlyOnce, packet_id, topic, arrival);
+                match known {
+                    Some(Received { stored: true, .. }) => {
+                        // A retransmission of a message stored: acknowledge
+                        // again, store nothing.
+                        let packet = Packet::PubRec(PublishResponse::success(packet_id));
+                        state.acks.answer(arrival, packet, version, context.out());
+                        return Ok(());
+                    }
+                    // Received before a restart, or by an older connection
+                    // that did not see it stored: stored again under the same
+                    // key, which the broker answers with the original when it
+                    // has it.
+                    Some(Received { key, stored: false }) => (pending, key),
+                    None => {
+                        let key = state.persistent.then(|| state.new_received_key());
+                        let received = Received { key, stored: false };
+                        state.qos2_received.insert(packet_id, received);
+                        if key.is_some() {
+                            // A persistent session notes the packet id before
+                            // it stores the message (`received`).
+                            let headers = state.publish_headers(&publish);
+                            let deferred = Deferred {
+                                publish,
+                                headers,
+                                pending,
+                                key,
+                            };
+                            state.note_qos2(Pending::Noted(Box::new(deferred)), context);
+                            return Ok(());
+                        }
+                        (pending, None)
+                    }
                 }
-                state.qos2_received.insert(id);
-                Pending::PubRec(id, topic)
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
+        let headers = state.publish_headers(&publish);
+        state.store(publish, headers, pending, key, context);
+        Ok(())
+    }
+}
+
+fn acknowledge(qos: QoS, packet_id: u16, topic: String, arrival: u64) -> Pending {
+    Pending::Acknowledge {
+        qos,
+        packet_id,
+        topic,
+        arrival,
+    }
+}
+
+/// A client's publish whose storing waits for a request (the note of its
+/// QoS 2 packet id).
+pub(super) struct Deferred {
+    pub(super) publish: Publish,
+    pub(super) headers: Bytes,
+    /// What answers the store.
+    pub(super) pending: Pending,
+    pub(super) key: Option<u64>,
+}
+
+impl Connected {
+    /// The header block of a client's publish.
+    fn publish_headers(&self, publish: &Publish) -> Bytes {
         let marks = Marks {
-            origin: state
+            origin: self
                 .marks_own_publishes()
-                .then_some(state.client_id.as_str()),
+                .then_some(self.client_id.as_str()),
             retained: publish.retain,
         };
-        let headers = headers_of(&publish.properties, marks, wall_clock_ms());
+        headers_of(&publish.properties, marks, wall_clock_ms())
+    }
+
+    /// Appends a client's publish to its topic (under the idempotency `key`
+    /// of a QoS 2 message of a persistent session), and its retained copy;
+    /// `pending` answers the append.
+    pub(super) fn store(
+        &mut self,
+        publish: Publish,
+        headers: Bytes,
+        pending: Pending,
+        key: Option<u64>,
+        context: &mut SessionContext<'_>,
+    ) {
         if publish.retain {
             // The topic's retained message is kept in the log beside it (an
             // empty payload clears it), so it survives a restart.
-            let request_id = next_request(state, Pending::Retained(publish.topic.clone()));
+            let request_id = next_request(self, Pending::Retained(publish.topic.clone()));
             context.submit_as_server(
                 request_id,
                 Command::Publish {
@@ -80,19 +156,157 @@ impl MqttSession {
                 },
             );
         }
-        let request_id = next_request(state, pending);
+        let request_id = next_request(self, pending);
         context.submit(
             request_id,
             Command::Publish {
                 channel: publish.topic,
                 ephemeral: false,
                 kind: kind::MESSAGE,
-                client_message_id: Bytes::new(),
+                client_message_id: key.map(received_message_id).unwrap_or_default(),
                 relation: 0,
                 headers,
                 body: publish.payload,
             },
         );
-        Ok(())
+    }
+}
+
+/// Publishes waiting for their acknowledgement on one connection, at most.
+/// A client has at most one unanswered publish per packet id, so a client
+/// that keeps the protocol stays below this; the bound keeps one that does
+/// not from growing the queue without end.
+pub const ACKS_WAITING_MAX: usize = u16::MAX as usize;
+
+/// The answers to a connection's QoS 1 and 2 publishes (PUBACK, PUBREC),
+/// written in the order the PUBLISH packets arrived (MQTT 4.6) whatever
+/// order their records become durable in: channels on different shards
+/// become durable in different loop turns. Each publish takes a place when
+/// it arrives; an answer is written once every earlier one is.
+#[derive(Default)]
+pub(super) struct AckQueue {
+    /// The arrival number of the front place.
+    front: u64,
+    /// The places, in arrival order: the answer, once known.
+    places: VecDeque<Option<Packet>>,
+    /// QoS 1 publishes among them (v5's Receive Maximum counts them with the
+    /// QoS 2 messages not yet released).
+    qos1_waiting: usize,
+}
+
+impl AckQueue {
+    /// Takes the next place, for a publish at `qos` (1 or 2); returns its
+    /// arrival number.
+    pub(super) fn reserve(&mut self, qos: QoS) -> u64 {
+        if qos == QoS::AtLeastOnce {
+            self.qos1_waiting += 1;
+        }
+        self.places.push_back(None);
+        self.front + self.places.len() as u64 - 1
+    }
+
+    /// Puts the answer to the publish at `arrival` in its place and writes
+    /// every answer at the front that is known.
+    pub(super) fn answer(
+        &mut self,
+        arrival: u64,
+        packet: Packet,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
+        let index = arrival
+            .checked_sub(self.front)
+            .and_then(|index| usize::try_from(index).ok())
+            .expect("an answered place is still waiting");
+        let place = &mut self.places[index];
+        assert!(place.is_none(), "a publish is answered once");
+        *place = Some(packet);
+        while let Some(Some(_)) = self.places.front() {
+            let packet = self.places.pop_front().flatten().expect("checked above");
+            self.front += 1;
+            if matches!(packet, Packet::PubAck(_)) {
+                self.qos1_waiting -= 1;
+            }
+            packet.encode(version, out);
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.places.len()
+    }
+}
+
+impl Connected {
+    /// Why a new QoS 1 or 2 `publish` is one too many, if it is: in v5 the
+    /// Receive Maximum the server announced counts QoS 1 messages until
+    /// their PUBACK and QoS 2 messages until their PUBREL; v3.1.1 has no
+    /// such count for QoS 1, so only the QoS 2 messages and the queue's
+    /// bound limit it.
+    fn over_receive_maximum(&self, publish: &Publish) -> Option<&'static str> {
+        let retransmission = publish.qos == QoS::ExactlyOnce
+            && publish
+                .packet_id
+                .is_some_and(|id| self.qos2_received.contains_key(&id));
+        if retransmission {
+            return None;
+        }
+        let receive_maximum = usize::from(RECEIVE_MAXIMUM);
+        let in_flight = match (self.version, publish.qos) {
+            (ProtocolVersion::V5, _) => self.acks.qos1_waiting + self.qos2_received.len(),
+            (ProtocolVersion::V311, QoS::ExactlyOnce) => self.qos2_received.len(),
+            (ProtocolVersion::V311, _) => 0,
+        };
+        if in_flight >= receive_maximum {
+            return Some(
+                "more QoS 1 and 2 messages in flight than the Receive Maximum; wait for their \
+                 acknowledgements",
+            );
+        }
+        (self.acks.len() >= ACKS_WAITING_MAX)
+            .then_some("more than 65,535 publishes wait for their acknowledgement; wait for them")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn puback(packet_id: u16) -> Packet {
+        Packet::PubAck(PublishResponse::success(packet_id))
+    }
+
+    #[test]
+    fn answers_go_out_in_arrival_order() {
+        let mut acks = AckQueue::default();
+        let first = acks.reserve(QoS::AtLeastOnce);
+        let second = acks.reserve(QoS::ExactlyOnce);
+        let third = acks.reserve(QoS::AtLeastOnce);
+        let mut out = BytesMut::new();
+        let version = ProtocolVersion::V5;
+        acks.answer(third, puback(3), version, &mut out);
+        acks.answer(
+            second,
+            Packet::PubRec(PublishResponse::success(2)),
+            version,
+            &mut out,
+        );
+        assert!(out.is_empty(), "the first answer is not known yet");
+        assert_eq!((acks.len(), acks.qos1_waiting), (3, 2));
+        acks.answer(first, puback(1), version, &mut out);
+        let mut expected = BytesMut::new();
+        for packet in [
+            puback(1),
+            Packet::PubRec(PublishResponse::success(2)),
+            puback(3),
+        ] {
+            packet.encode(version, &mut expected);
+        }
+        assert_eq!(out, expected);
+        assert_eq!((acks.len(), acks.qos1_waiting), (0, 0));
+        // Later places go on numbering from there.
+        let fourth = acks.reserve(QoS::AtLeastOnce);
+        out.clear();
+        acks.answer(fourth, puback(4), version, &mut out);
+        assert!(!out.is_empty());
     }
 }

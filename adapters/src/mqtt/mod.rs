@@ -5,8 +5,9 @@
 //! What it does: CONNECT (both versions; user name and password go to the
 //! authorizer; server-assigned client ids; keep-alive), PUBLISH in at QoS
 //! 0, 1 and 2 (acknowledged once the record is durable under the engine's
-//! policy), SUBSCRIBE and UNSUBSCRIBE to topic names and to filters with
-//! `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
+//! policy, in the order the publishes arrived; QoS 2 exactly once also
+//! across a restart, both ways), SUBSCRIBE and UNSUBSCRIBE to topic names
+//! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
 //! Maximum, retained messages and persistent sessions kept in the log (also
 //! for wildcard filters, and with what was in flight resent, with its
 //! packet ids and DUP, when the client comes back), session expiry,
@@ -25,8 +26,10 @@
 //! shared PUBLISH encoding and message properties), `store` (what is kept
 //! in `$` channels), `offline` (offline messages for wildcard filters),
 //! `parked` (a persistent session's in-flight state between its
-//! connections), `expiry` (a session after its connection: expiry, delayed
-//! wills, the keeper thread).
+//! connections), `qos2` (QoS 2 packet ids noted in the log, for exactly
+//! once across a restart), `expiry` (a session after its connection:
+//! expiry, delayed wills, the keeper thread), `wills` (delayed wills in the
+//! log, taken up again after a restart).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -55,10 +58,12 @@ mod inbound;
 mod offline;
 mod outbound;
 mod parked;
+mod qos2;
 mod replies;
 mod shared;
 mod store;
 mod subscribe;
+mod wills;
 
 use aliases::TopicAliases;
 pub use aliases::{OUTBOUND_TOPIC_ALIASES_MAX, TOPIC_ALIAS_MAXIMUM};
@@ -68,11 +73,14 @@ use deliveries::{
 };
 use expiry::{DelayedWill, SharedTimers};
 pub use expiry::{SessionKeeper, SCHEDULED_MAX};
+pub use inbound::ACKS_WAITING_MAX;
+use inbound::{AckQueue, Deferred};
 use offline::TOPIC_INDEX;
 pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
+use qos2::{qos2_channel, received_message_id, Note, Received};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
@@ -81,6 +89,7 @@ use store::{
     session_consumer, StoredSession, RETAINED_INDEX, SESSION_PAGE,
 };
 use subscribe::{subscribe_command, Route, Subscription};
+use wills::StoredWill;
 
 /// Longest client id the server assigns or accepts.
 const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -163,14 +172,20 @@ impl Protocol for MqttProtocol {
 enum Pending {
     /// Nobody waits (bookkeeping).
     Fire,
-    /// A client's publish to a topic, answered with PUBACK, PUBREC, or
-    /// nothing (QoS 0); the topic's first message is listed in the topic
-    /// index.
-    PubAck(u16, String),
-    PubRec(u16, String),
+    /// A client's QoS 1 or 2 publish to a topic, answered with PUBACK or
+    /// PUBREC (QoS 0 ones are `Publish0`); the topic's first message is
+    /// listed in the topic index. `arrival` is the publish's place in the
+    /// connection's acknowledgement queue.
+    Acknowledge {
+        qos: QoS,
+        packet_id: u16,
+        topic: String,
+        arrival: u64,
+    },
     Publish0(String),
-    /// A packet to send once this request is answered.
-    SendAfter(Box<Packet>),
+    /// The acknowledgement of the publish at `arrival`, to queue once this
+    /// request (the listing of its topic) is answered.
+    AckAfter(u64, Box<Packet>),
     /// One filter of a SUBSCRIBE (packet id, index of the filter, the
     /// subscription made when the broker accepts it).
     Subscribe(u16, usize, Subscription),
@@ -192,8 +207,17 @@ enum Pending {
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
-    /// The cursor past an outbound QoS 2 message is durable: send PUBREL.
+    /// A write an outbound QoS 2 message's PUBREL waits for (the cursor past
+    /// it, the note of its release) is durable: send PUBREL after the last.
     PubRelAfter(u16),
+    /// A persistent session noted a new QoS 2 packet id: store the message.
+    Noted(Box<Deferred>),
+    /// A persistent session noted the release of a QoS 2 packet id: send
+    /// PUBCOMP.
+    PubCompAfter(u16),
+    /// The last note of a resumed session's QoS 2 state, read before the
+    /// CONNACK.
+    Qos2Read,
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
@@ -234,9 +258,17 @@ struct Connected {
     pending: HashMap<u32, Pending>,
     subscribes: HashMap<u16, Collecting>,
     unsubscribes: HashMap<u16, Collecting>,
-    /// QoS 2 packet ids received and stored, waiting for PUBREL (or being
-    /// stored): a retransmitted PUBLISH with one of them is not stored again.
-    qos2_received: HashSet<u16>,
+    /// QoS 2 packet ids received, waiting for PUBREL (`received`): a
+    /// retransmitted PUBLISH with one of them is not stored twice.
+    qos2_received: HashMap<u16, Received>,
+    /// The key of the last QoS 2 message received (they count up from a
+    /// random number per connection).
+    next_received_key: u64,
+    /// The noted QoS 2 state of the session being resumed, once read.
+    qos2_read: bool,
+    restored_note: Note,
+    /// PUBACK and PUBREC, written in the order the publishes arrived.
+    acks: AckQueue,
     /// The subscriptions, one per filter (topic name or pattern).
     subscriptions: Vec<Subscription>,
     /// The Topic Alias Maximum the client announced (0: none).
@@ -567,23 +599,7 @@ impl MqttSession {
                 context,
             ),
             Packet::Publish(publish) => self.publish(publish, context),
-            Packet::PubRel(response) => {
-                let known = state.qos2_received.remove(&response.packet_id);
-                let reason = if known || version == ProtocolVersion::V311 {
-                    ReasonCode::Success
-                } else {
-                    // After a reconnect the id may be gone; completing is
-                    // still right, and v5 says why.
-                    ReasonCode::PacketIdentifierNotFound
-                };
-                Packet::PubComp(PublishResponse {
-                    packet_id: response.packet_id,
-                    reason_code: reason,
-                    properties: Properties::default(),
-                })
-                .encode(version, context.out());
-                Ok(())
-            }
+            Packet::PubRel(response) => self.release(response.packet_id, context),
             Packet::PubAck(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
                     state.outbound.remove(&response.packet_id);
@@ -602,16 +618,30 @@ impl MqttSession {
                     return Ok(());
                 }
                 if known {
-                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
-                        in_flight.state = Outbound::Qos2Released;
-                    }
                     // In a persistent session the PUBREL waits for the
-                    // cursor to be durable: after a crash the message is
-                    // not sent again (exactly once).
+                    // cursor and the note of the release to be durable:
+                    // after a crash the message is not sent again, and
+                    // the PUBREL is (exactly once).
+                    let mut writes_waiting = 0;
                     if let Some(request_id) = state.acknowledged(packet_id, context) {
                         state
                             .pending
                             .insert(request_id, Pending::PubRelAfter(packet_id));
+                        writes_waiting += 1;
+                    }
+                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                        in_flight.state = Outbound::Qos2Released;
+                        // Never sent again: only its packet id matters now.
+                        in_flight.outgoing = None;
+                    }
+                    if state.persistent {
+                        state.note_qos2(Pending::PubRelAfter(packet_id), context);
+                        writes_waiting += 1;
+                    }
+                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                        in_flight.writes_waiting = writes_waiting;
+                    }
+                    if writes_waiting > 0 {
                         return Ok(());
                     }
                 }
@@ -631,6 +661,9 @@ impl MqttSession {
             Packet::PubComp(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
                     state.outbound.remove(&response.packet_id);
+                    if state.persistent {
+                        state.note_qos2(Pending::Fire, context);
+                    }
                     state.release_held(context.out());
                 }
                 Ok(())

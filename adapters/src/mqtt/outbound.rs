@@ -32,12 +32,18 @@ pub(super) struct Outgoing {
 /// An outbound QoS 1 or 2 message not yet acknowledged. The message is kept
 /// so that a persistent session resends it, with its packet id and DUP, when
 /// the client comes back (MQTT 4.4).
+///
+/// INVARIANT: `outgoing` is `None` only in state `Qos2Released` (the
+/// PUBLISH is never sent again; a released packet id restored from the log
+/// after a restart has no message).
 #[derive(Clone, Debug)]
 pub(super) struct InFlight {
     pub(super) state: Outbound,
     /// When it was sent, to resend in the same order.
     pub(super) order: u64,
-    pub(super) outgoing: Outgoing,
+    pub(super) outgoing: Option<Outgoing>,
+    /// Writes the PUBREL still waits for (`Pending::PubRelAfter`).
+    pub(super) writes_waiting: u8,
 }
 
 /// Seqs of a persistent session's cursor topics above the cursor that the
@@ -122,7 +128,8 @@ impl Connected {
                 let in_flight = InFlight {
                     state,
                     order: self.next_order,
-                    outgoing: outgoing.clone(),
+                    outgoing: Some(outgoing.clone()),
+                    writes_waiting: 0,
                 };
                 self.outbound.insert(packet_id, in_flight);
                 Some(packet_id)

@@ -7,7 +7,10 @@
 //!
 //! This is kept in memory. After a server restart the log and the cursors
 //! still redeliver what was not acknowledged, but with new packet ids and
-//! without DUP, and a PUBREL that was not completed is not sent again.
+//! without DUP. The QoS 2 packet ids of a persistent session (received and
+//! not released, released and not completed) are also in the log (`qos2`),
+//! so PUBREL is sent again after a restart too; what is parked is newer and
+//! wins.
 
 use super::*;
 
@@ -27,7 +30,7 @@ pub(super) struct Parked {
     delivered: HashMap<Arc<str>, BTreeSet<u64>>,
     /// Held messages that do not come back from the log by themselves.
     held: Vec<Outgoing>,
-    qos2_received: HashSet<u16>,
+    qos2_received: HashMap<u16, Received>,
 }
 
 impl Parked {
@@ -89,7 +92,10 @@ impl Connected {
                 self.outbound.insert(packet_id, in_flight);
                 continue;
             }
-            let outgoing = &in_flight.outgoing;
+            let outgoing = in_flight
+                .outgoing
+                .as_ref()
+                .expect("only a released message has no PUBLISH");
             let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
                 // Expired while the client was away: never sent again.
                 let _ = self.acknowledged(packet_id, context);
@@ -166,7 +172,12 @@ impl MqttSession {
     /// connection (if any) handed its state over.
     pub(super) fn try_resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         match self.state.as_ref() {
-            Some(state) if state.restoring && state.session_read && !state.awaiting_handoff => {
+            Some(state)
+                if state.restoring
+                    && state.session_read
+                    && state.qos2_read
+                    && !state.awaiting_handoff =>
+            {
                 self.resume(context)
             }
             _ => Ok(()),

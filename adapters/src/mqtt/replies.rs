@@ -43,17 +43,17 @@ impl MqttSession {
                 }
                 let _ = index_first(state, reply, TOPIC_INDEX, topic, context);
             }
-            Pending::PubAck(packet_id, topic) => {
-                return self.acknowledge(packet_id, QoS::AtLeastOnce, topic, reply, context);
-            }
-            Pending::PubRec(packet_id, topic) => {
-                return self.acknowledge(packet_id, QoS::ExactlyOnce, topic, reply, context);
-            }
-            Pending::SendAfter(packet) => {
+            Pending::Acknowledge {
+                qos,
+                packet_id,
+                topic,
+                arrival,
+            } => return self.acknowledge(packet_id, qos, topic, arrival, reply, context),
+            Pending::AckAfter(arrival, packet) => {
                 if let Some(error) = error {
                     log::warn!("mqtt {}: a topic was not indexed: {error}", self.peer);
                 }
-                packet.encode(version, context.out());
+                state.acks.answer(arrival, *packet, version, context.out());
             }
             Pending::Subscribe(packet_id, index, subscription) => {
                 let qos = subscription.qos();
@@ -120,29 +120,74 @@ impl MqttSession {
             Pending::PubRelAfter(packet_id) => {
                 if let Some(error) = error {
                     log::warn!(
-                        "mqtt {}: a session cursor was not stored: {error}",
+                        "mqtt {}: a session cursor or QoS 2 note was not stored: {error}",
                         self.peer
                     );
                 }
-                Packet::PubRel(PublishResponse::success(packet_id)).encode(version, context.out());
+                let Some(in_flight) = state.outbound.get_mut(&packet_id) else {
+                    return Ok(());
+                };
+                in_flight.writes_waiting = in_flight.writes_waiting.saturating_sub(1);
+                if in_flight.writes_waiting == 0 {
+                    let packet = Packet::PubRel(PublishResponse::success(packet_id));
+                    packet.encode(version, context.out());
+                }
+            }
+            Pending::Noted(deferred) => {
+                let Deferred {
+                    publish,
+                    headers,
+                    pending,
+                    key,
+                } = *deferred;
+                if error.is_some() {
+                    // Not noted, so not stored: the publish is refused.
+                    let Pending::Acknowledge {
+                        qos,
+                        packet_id,
+                        topic,
+                        arrival,
+                    } = pending
+                    else {
+                        unreachable!("a noted publish is acknowledged")
+                    };
+                    return self.acknowledge(packet_id, qos, topic, arrival, reply, context);
+                }
+                state.store(publish, headers, pending, key, context);
+            }
+            Pending::PubCompAfter(packet_id) => {
+                if let Some(error) = error {
+                    // Without the note, the id would still count as received
+                    // after a restart: the client must release it again.
+                    let reason = format!(
+                        "the release of QoS 2 packet id {packet_id} was not stored ({error}); \
+                         connect again and send PUBREL again"
+                    );
+                    disconnect_with(
+                        version,
+                        ReasonCode::UnspecifiedError,
+                        &reason,
+                        context.out(),
+                    );
+                    return Err(close(reason));
+                }
+                Packet::PubComp(PublishResponse::success(packet_id)).encode(version, context.out());
+            }
+            Pending::Qos2Read => {
+                let Reply::History { messages, .. } = reply else {
+                    return session_unreadable(state, reply, context);
+                };
+                let noted = messages.last().map(|note| Note::read(&note.body));
+                state.restored_note = noted.unwrap_or_default();
+                state.qos2_read = true;
+                return self.try_resume(context);
             }
             Pending::SessionRead => {
                 let Reply::History {
                     head_seq, messages, ..
                 } = reply
                 else {
-                    let reason = format!("the session could not be read: {reply:?}");
-                    let mut properties = Properties::default();
-                    if version == ProtocolVersion::V5 {
-                        properties.reason_string = Some(cut(&reason));
-                    }
-                    Packet::ConnAck(ConnAck {
-                        session_present: false,
-                        reason_code: ReasonCode::ServerUnavailable,
-                        properties,
-                    })
-                    .encode(version, context.out());
-                    return Err(close(reason));
+                    return session_unreadable(state, reply, context);
                 };
                 state.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
@@ -256,6 +301,31 @@ impl MqttSession {
     }
 }
 
+/// Refuses the CONNACK of a session whose records (or QoS 2 note) could
+/// not be read; once, though both reads may fail.
+fn session_unreadable(
+    state: &mut Connected,
+    reply: &Reply,
+    context: &mut SessionContext<'_>,
+) -> Result<(), Close> {
+    if !state.restoring {
+        return Ok(());
+    }
+    state.restoring = false;
+    let reason = format!("the session could not be read: {reply:?}; connect again");
+    let mut properties = Properties::default();
+    if state.version == ProtocolVersion::V5 {
+        properties.reason_string = Some(cut(&reason));
+    }
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: ReasonCode::ServerUnavailable,
+        properties,
+    })
+    .encode(state.version, context.out());
+    Err(close(reason))
+}
+
 /// After the first message of `topic` was stored, lists the topic in
 /// `index` (the client message id keeps a retried append from listing it
 /// twice); returns the request id of that append.
@@ -286,7 +356,8 @@ fn index_first(
 }
 
 impl MqttSession {
-    /// Answers a stored QoS 1 or 2 publish with PUBACK or PUBREC. The
+    /// Answers a stored QoS 1 or 2 publish with PUBACK or PUBREC, in its
+    /// place among the connection's acknowledgements (`arrival`). The
     /// answer to a topic's first message waits until the topic is in the
     /// topic index, so a session that reconnects after the acknowledgement
     /// finds it.
@@ -295,6 +366,7 @@ impl MqttSession {
         packet_id: u16,
         qos: QoS,
         topic: String,
+        arrival: u64,
         reply: &Reply,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
@@ -305,10 +377,21 @@ impl MqttSession {
             _ => None,
         };
         let reason = match error {
-            None => ReasonCode::Success,
+            None => {
+                if qos == QoS::ExactlyOnce {
+                    if let Some(received) = state.qos2_received.get_mut(&packet_id) {
+                        received.stored = true;
+                    }
+                }
+                ReasonCode::Success
+            }
             Some(error) => {
                 if qos == QoS::ExactlyOnce {
-                    state.qos2_received.remove(&packet_id);
+                    let refused = state.qos2_received.remove(&packet_id);
+                    if refused.is_some_and(|received| received.key.is_some()) {
+                        // The exchange ends here: the id is new again.
+                        state.note_qos2(Pending::Fire, context);
+                    }
                 }
                 if version == ProtocolVersion::V311 {
                     // v3.1.1 has no way to refuse a publish but to close the
@@ -332,9 +415,9 @@ impl MqttSession {
             Some(request_id) => {
                 state
                     .pending
-                    .insert(request_id, Pending::SendAfter(Box::new(packet)));
+                    .insert(request_id, Pending::AckAfter(arrival, Box::new(packet)));
             }
-            None => packet.encode(version, context.out()),
+            None => state.acks.answer(arrival, packet, version, context.out()),
         }
         Ok(())
     }

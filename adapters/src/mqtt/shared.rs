@@ -254,7 +254,7 @@ impl Connected {
             .outbound
             .values()
             .filter(|in_flight| in_flight.state != Outbound::Qos2Released)
-            .map(|in_flight| &in_flight.outgoing)
+            .filter_map(|in_flight| in_flight.outgoing.as_ref())
             .chain(self.held.iter())
             .filter(|outgoing| outgoing.share.as_deref() == Some(filter));
         for outgoing in unacknowledged {

@@ -65,6 +65,9 @@ pub(super) struct StoredSession {
     pub(super) subscribed_at_ms: HashMap<String, u64>,
     /// Topics followed with cursors for wildcard filters.
     pub(super) followed_topics: BTreeSet<String>,
+    /// Its last connection left a delayed will that is still pending (a
+    /// resume cancels it, and records that).
+    pub(super) will_pending: bool,
 }
 
 /// A session's records folded in order: `start` begins a session, `end`
@@ -79,8 +82,15 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             continue;
         };
         let filter = event["filter"].as_str().unwrap_or_default();
+        if event["type"] == "will-sent" {
+            // Written by the keeper while the client is away: it changes
+            // neither whether the session is there nor when it expires.
+            session.will_pending = false;
+            continue;
+        }
         expires_at_ms = None;
         session.present = true;
+        session.will_pending = false;
         match event["type"].as_str() {
             Some("start") => {
                 session = StoredSession {
@@ -109,6 +119,7 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                 session.followed_topics.insert(topic.to_string());
             }
             Some("left") => {
+                session.will_pending = event["will"].is_object();
                 let expiry_s = event["expiry_s"].as_u64().unwrap_or(u64::from(u32::MAX));
                 if expiry_s != u64::from(u32::MAX) {
                     let at_ms = event["at_ms"].as_u64().unwrap_or(0);
