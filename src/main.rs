@@ -14,6 +14,7 @@
 mod audit;
 mod bench;
 mod bench_mqtt;
+mod bench_tls;
 mod bench_ws;
 mod config;
 mod logger;
@@ -143,7 +144,7 @@ enum Command {
         command: audit::AuditCommand,
     },
     /// Open-loop load generator: publishers, subscribers, latency, loss and order checks.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Manage users on a stopped server's data directory (a running server
     /// takes the same changes through its admin API).
     User {
@@ -226,7 +227,7 @@ fn main() {
             } => log_inspect(&data_dir, key_file.as_deref(), channel.as_deref(), limit),
         },
         Command::Audit { command } => audit::run(command),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::User { command } => users::run(command),
     };
     if let Err(error) = result {

@@ -442,3 +442,55 @@ fn client_certificates_when_required() {
     );
     assert!(refused(Some((stranger.0.as_path(), stranger.1.as_path()))));
 }
+
+#[test]
+fn bench_over_tls_delivers_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificate(dir.path(), "server", "serverAuth");
+    let server = start_tls_server(dir.path(), &[]);
+    let ca = path(dir.path(), "server-ca.pem");
+    let address = server.address.to_string();
+    // 2 publishers × 1,000 messages over 4 channels, each channel read by
+    // one of 2 subscribers, all over TLS.
+    let summary = common::bench(&[
+        "--server",
+        &address,
+        "--tls",
+        "--tls-ca",
+        &ca,
+        "--publishers",
+        "2",
+        "--subscribers",
+        "2",
+        "--channels",
+        "4",
+        "--rate",
+        "2000",
+        "--duration-s",
+        "1",
+    ]);
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["tls"], true, "{summary}");
+    assert_eq!(summary["acked"], 2000, "{summary}");
+    assert_eq!(summary["delivered"], 2000, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+
+    // A CA that did not sign the server's certificate: refused, saying so.
+    make_certificate(dir.path(), "other", "serverAuth");
+    let other_ca = path(dir.path(), "other-ca.pem");
+    let (ok, _, stderr) = common::run(
+        &[
+            "bench",
+            "--server",
+            &address,
+            "--tls",
+            "--tls-ca",
+            &other_ca,
+            "--duration-s",
+            "1",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+}

@@ -121,6 +121,14 @@ impl Drop for Server {
     }
 }
 
+/// Runs `starling bench` with `args`, checks it succeeded and returns its
+/// JSON summary (the last line it prints).
+pub fn bench(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = run(&[&["bench"], args].concat(), &[]);
+    assert!(ok, "starling bench {args:?} failed:\n{stderr}\n{stdout}");
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("JSON")
+}
+
 /// Longest a command run by a test may take before it is killed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
