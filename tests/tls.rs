@@ -381,14 +381,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     for (from, to) in [("renewed.pem", "server.pem"), ("renewed.key", "server.key")] {
         std::fs::copy(dir.path().join(from), dir.path().join(to)).unwrap();
     }
-    let status = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let line = std::iter::from_fn(|| server.log.recv_timeout(Duration::from_secs(20)).ok())
-        .find(|line| line.contains("SIGHUP"))
-        .expect("the server logs the reload");
+    let line = server.sighup_and_wait_for("SIGHUP");
     assert!(line.contains("reloaded the TLS certificate"), "{line}");
 
     // New connections get the renewed certificate ...
