@@ -11,20 +11,27 @@
 //! websocket` the JSON chat protocol over WebSocket (publishers stay native);
 //! `starling bench idle` holds idle WebSocket connections and reports the
 //! server's memory per connection (both in `bench_ws.rs`).
+//!
+//! With `--tls` every native connection speaks TLS (`bench_tls.rs`). A
+//! publisher is then one pacing thread, as in the plain case, plus one
+//! thread that drives the TLS session in both directions; the timing, the
+//! ack accounting and the delivery checks are the same code in both modes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::bench_tls::{self, Answers, ReadOutcome, TlsClient, Wire};
 use crate::bench_ws;
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use starling_adapters::client::{Client, PublishRequest};
-use starling_protocol::{kind, Frame, SubscribeStart};
+use starling_adapters::client::{Client, ClientReader, ClientWriter, PublishRequest};
+use starling_protocol::{kind, Envelope, Frame, SubscribeStart};
 
 /// Thread stack for the many bench threads: they hold little.
 const BENCH_THREAD_STACK_BYTES: usize = 256 * 1024;
@@ -134,6 +141,22 @@ pub struct BenchArgs {
     /// User name sent in the MQTT CONNECTs (none by default).
     #[arg(long)]
     mqtt_username: Option<String>,
+    /// Speak TLS to the native listener (publishers and native subscribers).
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// PEM file of the CA certificates to trust for `--tls`.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (DNS name or IP address);
+    /// default: the IP address of `--server`.
+    #[arg(long)]
+    tls_server_name: Option<String>,
+    /// PEM client certificate (then its intermediates) to present with `--tls`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 struct Stamp {
@@ -227,6 +250,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let BenchCommand::Idle(idle) = *command;
         return bench_ws::idle(idle);
     }
+    if args.tls && (args.mqtt || args.subscriber_protocol == SubscriberProtocol::Websocket) {
+        bail!("--tls speaks TLS to the native listener only; it cannot be combined with --mqtt or --subscriber-protocol websocket");
+    }
+    if args.tls && args.history_queries > 0 {
+        bail!("--history-queries runs over plain TCP only; leave it out with --tls");
+    }
     if args.mqtt {
         return crate::bench_mqtt::run(crate::bench_mqtt::MqttBench {
             server: args.mqtt_server,
@@ -252,6 +281,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .server
         .parse()
         .with_context(|| format!("--server {:?} is not an address", args.server))?;
+    let tls = match (&args.tls_ca, args.tls) {
+        (Some(ca_file), true) => Some(TlsClient::new(
+            ca_file,
+            args.tls_server_name.as_deref(),
+            address,
+            args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+        )?),
+        _ => None,
+    };
     let channels: Arc<Vec<String>> = Arc::new(
         (0..args.channels)
             .map(|i| format!("{}-{}-{i}", args.prefix, std::process::id()))
@@ -298,12 +336,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let targets = targets.clone();
         let ready = ready_tx.clone();
         let ws_target = ws_target.clone();
+        let tls = tls.clone();
         let batch = args.connect_batch;
         let prefix = format!("{}-{}", args.prefix, std::process::id());
         let handle = spawn(format!("bench-sub-{pool}"), move || match ws_target {
             None => {
                 let mine = mine.into_iter().map(|(_, channels)| channels).collect();
-                subscriber_pool(address, &channels, mine, epoch, &targets, ready)
+                let target = Target { address, tls };
+                subscriber_pool(&target, &channels, mine, epoch, &targets, ready)
             }
             Some(target) => bench_ws::subscriber_pool(
                 target, batch, &prefix, &channels, mine, epoch, &targets, ready,
@@ -328,8 +368,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for p in 0..args.publishers {
         let args = args.clone();
         let channels = channels.clone();
+        let tls = tls.clone();
         let handle = spawn(format!("bench-pub-{p}"), move || {
-            publisher(address, p, &args, &channels, rate_each, epoch, start_ns)
+            let target = Target { address, tls };
+            publisher(&target, p, &args, &channels, rate_each, epoch, start_ns)
         })?;
         publisher_threads.push(handle);
     }
@@ -407,6 +449,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let summary = serde_json::json!({
         "tool": "starling-bench",
         "protocol": "native",
+        "tls": args.tls,
         "subscriber_protocol": match args.subscriber_protocol {
             SubscriberProtocol::Native => "native",
             SubscriberProtocol::Websocket => "websocket",
@@ -504,9 +547,132 @@ pub(crate) fn spawn<T: Send + 'static>(
         .context("cannot start a bench thread")
 }
 
+/// Where the native connections go.
+#[derive(Clone)]
+struct Target {
+    address: SocketAddr,
+    /// `Some` with `--tls`.
+    tls: Option<TlsClient>,
+}
+
+/// Where a publisher's pacing thread puts its bursts.
+enum PublishSink {
+    /// Plain TCP: the pacing thread writes the socket itself.
+    Plain(ClientWriter),
+    /// TLS: each burst goes to the thread that drives the session.
+    Tls {
+        buffer: BytesMut,
+        bursts: mpsc::Sender<Bytes>,
+        waker: Arc<mio::Waker>,
+    },
+}
+
+impl PublishSink {
+    fn queue(&mut self, envelope: &Envelope) -> Result<()> {
+        match self {
+            PublishSink::Plain(writer) => writer.queue(envelope)?,
+            PublishSink::Tls { buffer, .. } => {
+                envelope.validate()?;
+                envelope.encode(buffer);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            PublishSink::Plain(writer) => writer.flush()?,
+            PublishSink::Tls {
+                buffer,
+                bursts,
+                waker,
+            } => {
+                if bursts.send(buffer.split().freeze()).is_err() {
+                    bail!("the TLS connection thread stopped");
+                }
+                waker.wake()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A publisher's answers as they arrive: request id k+1 answers message k.
+struct AckTally {
+    id: usize,
+    publishers: usize,
+    channel_count: usize,
+    start_ns: u64,
+    interval_ns: f64,
+    epoch: Instant,
+    /// Answers so far, for the pacing thread's window.
+    acked: Arc<AtomicU64>,
+    /// Messages sent, once the pacing thread is done (`u64::MAX` until then).
+    finished_sending: Arc<AtomicU64>,
+    answered: u64,
+    last_progress: Instant,
+    result: PublisherResult,
+}
+
+impl Answers for AckTally {
+    /// Whether every message sent has been answered; an error when no answer
+    /// came for [`DRAIN_TIMEOUT`].
+    fn finished(&self) -> Result<bool> {
+        let sent = self.finished_sending.load(Ordering::Acquire);
+        if self.answered >= sent {
+            return Ok(true);
+        }
+        if self.last_progress.elapsed() > DRAIN_TIMEOUT {
+            bail!(
+                "publisher {}: no ack for {DRAIN_TIMEOUT:?}; {} of {sent} answered",
+                self.id,
+                self.answered
+            );
+        }
+        Ok(false)
+    }
+
+    fn on_envelope(&mut self, envelope: Envelope) {
+        self.last_progress = Instant::now();
+        let index = u64::from(envelope.request_id.wrapping_sub(1));
+        match envelope.frame {
+            Frame::PublishAck { seq, .. } => {
+                self.result.acked += 1;
+                let intended_ns = self.start_ns + (index as f64 * self.interval_ns) as u64;
+                let now_ns = self.epoch.elapsed().as_nanos() as u64;
+                if let Some(histogram) = self.result.latency_us.as_mut() {
+                    histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
+                }
+                let channel = (self.id + index as usize * self.publishers) % self.channel_count;
+                let last = self.result.last_seq.entry(channel).or_insert(0);
+                *last = (*last).max(seq);
+            }
+            Frame::Error { message, .. } => {
+                self.result.errors += 1;
+                log::warn!("publish failed: {message}");
+            }
+            _ => return,
+        }
+        self.answered += 1;
+        self.acked.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl AckTally {
+    /// Reads a plain connection's answers until every message is answered.
+    fn read_plain(mut self, mut reader: ClientReader) -> Result<PublisherResult> {
+        while !self.finished()? {
+            if let Some(envelope) = reader.read_envelope(Duration::from_millis(100))? {
+                self.on_envelope(envelope);
+            }
+        }
+        Ok(self.result)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn publisher(
-    address: SocketAddr,
+    target: &Target,
     id: usize,
     args: &BenchArgs,
     channels: &[String],
@@ -514,112 +680,113 @@ fn publisher(
     epoch: Instant,
     start_ns: u64,
 ) -> Result<PublisherResult> {
-    let client = Client::connect(address, &format!("bench-pub-{id}"), "")
-        .with_context(|| format!("publisher {id} cannot connect to {address}"))?;
-    let (mut writer, mut reader) = client.into_split();
+    let address = target.address;
+    let name = format!("bench-pub-{id}");
     let total = (rate * args.duration_s as f64).round() as u64;
     let interval_ns = 1e9 / rate;
     let window = args.window.max(1) as u64;
     let acked = Arc::new(AtomicU64::new(0));
     let finished_sending = Arc::new(AtomicU64::new(u64::MAX));
-
-    // The ack reader: request id k+1 answers message k.
-    let reader_acked = acked.clone();
-    let reader_finished = finished_sending.clone();
-    let channel_count = channels.len();
-    let publishers = args.publishers;
-    let reader_thread = spawn(format!("bench-ack-{id}"), move || {
-        let mut result = PublisherResult {
+    let mut tally = AckTally {
+        id,
+        publishers: args.publishers,
+        channel_count: channels.len(),
+        start_ns,
+        interval_ns,
+        epoch,
+        acked: acked.clone(),
+        finished_sending: finished_sending.clone(),
+        answered: 0,
+        last_progress: Instant::now(),
+        result: PublisherResult {
             latency_us: Some(histogram()),
             ..PublisherResult::default()
-        };
-        let histogram = result.latency_us.as_mut().expect("set above");
-        let mut answered = 0u64;
-        let mut last_progress = Instant::now();
-        loop {
-            let sent = reader_finished.load(Ordering::Acquire);
-            if answered >= sent {
-                break;
-            }
-            if last_progress.elapsed() > DRAIN_TIMEOUT {
-                bail!(
-                    "publisher {id}: no ack for {DRAIN_TIMEOUT:?}; {answered} of {sent} answered"
-                );
-            }
-            let Some(envelope) = reader.read_envelope(Duration::from_millis(100))? else {
-                continue;
-            };
-            last_progress = Instant::now();
-            let index = u64::from(envelope.request_id.wrapping_sub(1));
-            match envelope.frame {
-                Frame::PublishAck { seq, .. } => {
-                    answered += 1;
-                    result.acked += 1;
-                    reader_acked.fetch_add(1, Ordering::Release);
-                    let intended_ns = start_ns + (index as f64 * interval_ns) as u64;
-                    let now_ns = epoch.elapsed().as_nanos() as u64;
-                    histogram.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
-                    let channel = (id + index as usize * publishers) % channel_count;
-                    let last = result.last_seq.entry(channel).or_insert(0);
-                    *last = (*last).max(seq);
-                }
-                Frame::Error { message, .. } => {
-                    answered += 1;
-                    result.errors += 1;
-                    reader_acked.fetch_add(1, Ordering::Release);
-                    log::warn!("publish failed: {message}");
-                }
-                _ => {}
-            }
+        },
+    };
+    let connect_error = || format!("publisher {id} cannot connect to {address}");
+    let (mut sink, answers) = match &target.tls {
+        None => {
+            let client = Client::connect(address, &name, "").with_context(connect_error)?;
+            let (writer, reader) = client.into_split();
+            let answers = spawn(format!("bench-ack-{id}"), move || tally.read_plain(reader))?;
+            (PublishSink::Plain(writer), answers)
         }
-        Ok(result)
-    })?;
+        Some(tls) => {
+            let (wire, buffer) = tls
+                .connect(address, &name)
+                .with_context(connect_error)?
+                .into_wire()?;
+            let poll = mio::Poll::new().context("cannot create a poll")?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), bench_tls::WAKER)?);
+            let (bursts, receiver) = mpsc::channel();
+            let answers = spawn(format!("bench-tls-{id}"), move || {
+                bench_tls::drive_publisher(poll, wire, buffer, receiver, &mut tally)
+                    .with_context(|| format!("publisher {id}"))?;
+                Ok(tally.result)
+            })?;
+            let sink = PublishSink::Tls {
+                buffer: BytesMut::new(),
+                bursts,
+                waker,
+            };
+            (sink, answers)
+        }
+    };
 
     // Every message due by now leaves in one write: the sender sleeps until
     // the next one is due and then catches up in a burst, so the load stays
     // open-loop without spinning (the bench shares the machine with the server).
     let mut sent = 0u64;
-    while sent < total {
-        let intended_ns = |index: u64| start_ns + (index as f64 * interval_ns) as u64;
-        let now_ns = epoch.elapsed().as_nanos() as u64;
-        let next_ns = intended_ns(sent);
-        if now_ns < next_ns {
-            std::thread::sleep(Duration::from_nanos(next_ns - now_ns));
-            continue;
+    let sending = (|| -> Result<()> {
+        while sent < total {
+            let intended_ns = |index: u64| start_ns + (index as f64 * interval_ns) as u64;
+            let now_ns = epoch.elapsed().as_nanos() as u64;
+            let next_ns = intended_ns(sent);
+            if now_ns < next_ns {
+                std::thread::sleep(Duration::from_nanos(next_ns - now_ns));
+                continue;
+            }
+            let due = (((now_ns - start_ns) as f64 / interval_ns) as u64 + 1).min(total);
+            let room = window.saturating_sub(sent - acked.load(Ordering::Acquire));
+            if room == 0 {
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            let burst_end = due.min(sent + room).max(sent + 1);
+            let sent_ns = epoch.elapsed().as_nanos() as u64;
+            while sent < burst_end {
+                let channel = (id + sent as usize * args.publishers) % channels.len();
+                let stamp = Stamp {
+                    publisher: id as u64,
+                    index: sent,
+                    intended_ns: intended_ns(sent),
+                    sent_ns,
+                };
+                let body = stamp_body(&stamp, args.size);
+                let request = PublishRequest::new(channels[channel].clone(), kind::MESSAGE, body);
+                // Request ids start at 1; 0 is for server pushes.
+                sink.queue(&Envelope {
+                    request_id: (sent as u32).wrapping_add(1),
+                    frame: request.to_frame(),
+                })?;
+                sent += 1;
+            }
+            sink.flush()?;
         }
-        let due = (((now_ns - start_ns) as f64 / interval_ns) as u64 + 1).min(total);
-        let room = window.saturating_sub(sent - acked.load(Ordering::Acquire));
-        if room == 0 {
-            std::thread::sleep(Duration::from_micros(50));
-            continue;
-        }
-        let burst_end = due.min(sent + room).max(sent + 1);
-        let sent_ns = epoch.elapsed().as_nanos() as u64;
-        while sent < burst_end {
-            let channel = (id + sent as usize * args.publishers) % channels.len();
-            let stamp = Stamp {
-                publisher: id as u64,
-                index: sent,
-                intended_ns: intended_ns(sent),
-                sent_ns,
-            };
-            let body = stamp_body(&stamp, args.size);
-            let request = PublishRequest::new(channels[channel].clone(), kind::MESSAGE, body);
-            // Request ids start at 1; 0 is for server pushes.
-            writer.queue_publish((sent as u32).wrapping_add(1), &request)?;
-            sent += 1;
-        }
-        writer.flush()?;
-    }
+        Ok(())
+    })();
     finished_sending.store(sent, Ordering::Release);
-    let mut result = reader_thread.join().expect("ack reader panicked")?;
+    let answered = answers.join().expect("ack reader panicked");
+    // A connection that failed stops the sender too; its error says why.
+    let mut result = answered?;
+    sending?;
     result.sent = sent;
     Ok(result)
 }
 
 /// One connection of a subscriber pool.
 struct SubscriberConn {
-    stream: mio::net::TcpStream,
+    wire: Wire,
     buffer: BytesMut,
     /// Channel name → (channel index, next expected seq).
     next: HashMap<String, (usize, u64)>,
@@ -631,7 +798,7 @@ struct SubscriberConn {
 /// delivery: each channel's seqs arrive once, in order, from the head at
 /// subscribe time to the last acknowledged seq.
 fn subscriber_pool(
-    address: SocketAddr,
+    target: &Target,
     channels: &[String],
     assignments: Vec<Vec<usize>>,
     epoch: Instant,
@@ -641,25 +808,47 @@ fn subscriber_pool(
     let setup = || -> Result<(mio::Poll, Vec<SubscriberConn>)> {
         let poll = mio::Poll::new().context("cannot create a poll")?;
         let mut conns = Vec::new();
+        let address = target.address;
+        let connect_error = || format!("subscriber cannot connect to {address}");
         for (index, mine) in assignments.iter().enumerate() {
-            let mut client = Client::connect(address, "bench-sub", "")
-                .with_context(|| format!("subscriber cannot connect to {address}"))?;
             let mut next = HashMap::new();
-            for &channel in mine {
-                let head = client.subscribe(&channels[channel], SubscribeStart::Live)?;
-                next.insert(channels[channel].clone(), (channel, head + 1));
-            }
-            let (_writer, reader) = client.into_split();
-            let (stream, buffer, pending) = reader.into_parts();
-            if !pending.is_empty() {
-                bail!("a delivery arrived before the run started");
-            }
-            stream.set_nonblocking(true)?;
-            let mut stream = mio::net::TcpStream::from_std(stream);
+            let (mut wire, buffer) = match &target.tls {
+                None => {
+                    let mut client =
+                        Client::connect(address, "bench-sub", "").with_context(connect_error)?;
+                    for &channel in mine {
+                        let head = client.subscribe(&channels[channel], SubscribeStart::Live)?;
+                        next.insert(channels[channel].clone(), (channel, head + 1));
+                    }
+                    let (_writer, reader) = client.into_split();
+                    let (stream, buffer, pending) = reader.into_parts();
+                    if !pending.is_empty() {
+                        bail!("a delivery arrived before the run started");
+                    }
+                    stream.set_nonblocking(true)?;
+                    (Wire::Plain(mio::net::TcpStream::from_std(stream)), buffer)
+                }
+                Some(tls) => {
+                    let mut setup = tls
+                        .connect(address, "bench-sub")
+                        .with_context(connect_error)?;
+                    for &channel in mine {
+                        let subscribe = Frame::Subscribe {
+                            channel: channels[channel].clone(),
+                            start: SubscribeStart::Live,
+                        };
+                        let Frame::Subscribed { head_seq } = setup.call(subscribe)? else {
+                            bail!("the server did not answer Subscribe with Subscribed");
+                        };
+                        next.insert(channels[channel].clone(), (channel, head_seq + 1));
+                    }
+                    setup.into_wire()?
+                }
+            };
             poll.registry()
-                .register(&mut stream, mio::Token(index), mio::Interest::READABLE)?;
+                .register(wire.socket(), mio::Token(index), mio::Interest::READABLE)?;
             conns.push(SubscriberConn {
-                stream,
+                wire,
                 buffer,
                 next,
                 open: true,
@@ -680,9 +869,6 @@ fn subscriber_pool(
     let mut result = SubscriberResult::default();
     let mut from_intended = histogram();
     let mut from_send = histogram();
-    let limits = starling_protocol::Limits {
-        frame_bytes_max: u32::MAX,
-    };
     let mut events = mio::Events::with_capacity(1024);
     let mut last_progress = Instant::now();
     loop {
@@ -713,31 +899,12 @@ fn subscriber_pool(
                 continue;
             }
             // Read everything available (edge-triggered).
-            loop {
-                let start = conn.buffer.len();
-                conn.buffer.resize(start + 64 * 1024, 0);
-                match std::io::Read::read(&mut conn.stream, &mut conn.buffer[start..]) {
-                    Ok(0) => {
-                        conn.buffer.truncate(start);
-                        conn.open = false;
-                        bail!("the server closed a subscriber connection");
-                    }
-                    Ok(n) => conn.buffer.truncate(start + n),
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                        conn.buffer.truncate(start);
-                        break;
-                    }
-                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
-                        conn.buffer.truncate(start);
-                    }
-                    Err(error) => return Err(error.into()),
-                }
+            if conn.wire.read_available(&mut conn.buffer)? == ReadOutcome::Closed {
+                conn.open = false;
+                bail!("the server closed a subscriber connection");
             }
             let now_ns = epoch.elapsed().as_nanos() as u64;
-            while let starling_protocol::Decoded::Complete { envelope, used } =
-                starling_protocol::decode(&conn.buffer, &limits)?
-            {
-                bytes::Buf::advance(&mut conn.buffer, used);
+            while let Some(envelope) = bench_tls::next_envelope(&mut conn.buffer)? {
                 let (channel, messages) = match envelope.frame {
                     Frame::Deliver { channel, messages } => (channel, messages),
                     Frame::Error { message, .. } => {

@@ -37,6 +37,9 @@ pub struct TlsConfig {
     pub client_ca_file: String,
     /// `none`, `optional` or `required`.
     pub client_auth: starling_broker::ClientAuth,
+    /// `none` or `cn`: a client that gives no token signs in as the user
+    /// its verified certificate's subject CN names.
+    pub client_cert_user: starling_broker::ClientCertUser,
 }
 
 impl TlsConfig {
@@ -53,6 +56,7 @@ impl TlsConfig {
             client_ca_file: (!self.client_ca_file.is_empty())
                 .then(|| self.client_ca_file.clone().into()),
             client_auth: self.client_auth,
+            client_cert_user: self.client_cert_user,
         })
     }
 }

@@ -14,8 +14,10 @@
 mod audit;
 mod bench;
 mod bench_mqtt;
+mod bench_tls;
 mod bench_ws;
 mod config;
+mod config_audit;
 mod logger;
 mod users;
 
@@ -143,7 +145,7 @@ enum Command {
         command: audit::AuditCommand,
     },
     /// Open-loop load generator: publishers, subscribers, latency, loss and order checks.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Manage users on a stopped server's data directory (a running server
     /// takes the same changes through its admin API).
     User {
@@ -226,7 +228,7 @@ fn main() {
             } => log_inspect(&data_dir, key_file.as_deref(), channel.as_deref(), limit),
         },
         Command::Audit { command } => audit::run(command),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::User { command } => users::run(command),
     };
     if let Err(error) = result {
@@ -345,12 +347,21 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
             allow_from: networks("mqtt.allow_from", &config.mqtt.allow_from)?,
         },
     ];
+    // Before the listeners open: a SIGHUP (whose default action ends the
+    // process) sent as soon as the server is seen listening must reload,
+    // not kill it. The flag is acted on in the loop at the end.
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("cannot install the SIGHUP handler")?;
     let engine = Engine::start(config.engine.clone(), authorizer, listeners)
         .context("cannot start the engine")?;
     let mut audit_to_close = None;
     if let Some(authorizer) = security {
         let client = engine.connect(SecurityService::principal());
         let audit = audit_writer(&config)?;
+        if let Some(audit) = &audit {
+            config_audit::record_start(audit, &config)?;
+        }
         audit_to_close = audit.clone();
         let service = SecurityService::start(
             authorizer,
@@ -376,6 +387,13 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     let sys_topics = (config.mqtt.sys_interval_s > 0)
         .then(|| SysTopics::start(&engine, Duration::from_secs(config.mqtt.sys_interval_s)));
     ready.store(true, Ordering::Relaxed);
+    // Before "listening" is logged: whoever waits for it may stop the
+    // server at once, and must get a clean stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
     let routing = engine.routing();
     for (name, address) in engine.local_addresses() {
         log::info!("listening: protocol={name} address={address}");
@@ -387,14 +405,6 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         config.engine.data_dir.display(),
         config.engine.durability
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .context("cannot install the SIGHUP handler")?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if reload.swap(false, Ordering::Relaxed) {
@@ -410,6 +420,8 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
                 if let Err(error) = audit.record(entry) {
                     log::error!("the TLS reload could not be audited: {error}");
                 }
+                let reloaded = Config::load(config_file, std::env::vars());
+                config_audit::record_reload(audit, &config, reloaded);
             }
         }
     }
@@ -452,7 +464,13 @@ fn reload_tls(tls: Option<&TlsAcceptor>) -> String {
                 tls.files().cert_file.display(),
                 tls.files().key_file.display()
             );
-            format!("reloaded {}", tls.files().cert_file.display())
+            // The certificate is public; its digest tells the renewals apart.
+            let certificate = std::fs::read(&tls.files().cert_file).unwrap_or_default();
+            format!(
+                "reloaded {} (sha256 {})",
+                tls.files().cert_file.display(),
+                config_audit::sha256_hex(&certificate)
+            )
         }
         Err(error) => {
             log::error!("SIGHUP: TLS reload failed, the old certificate stays in use: {error}");

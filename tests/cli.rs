@@ -145,29 +145,22 @@ fn bench_checks_delivery_and_prints_a_json_summary() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let address = server.address.to_string();
-    let (ok, stdout, stderr) = run(
-        &[
-            "bench",
-            "--server",
-            &address,
-            "--publishers",
-            "2",
-            "--subscribers",
-            "3",
-            "--channels",
-            "4",
-            "--rate",
-            "2000",
-            "--duration-s",
-            "1",
-            "--history-queries",
-            "20",
-        ],
-        &[],
-    );
-    assert!(ok, "{stderr}");
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("JSON");
+    let summary = common::bench(&[
+        "--server",
+        &address,
+        "--publishers",
+        "2",
+        "--subscribers",
+        "3",
+        "--channels",
+        "4",
+        "--rate",
+        "2000",
+        "--duration-s",
+        "1",
+        "--history-queries",
+        "20",
+    ]);
     assert_eq!(summary["ok"], true);
     assert_eq!(summary["sent"], 2000);
     assert_eq!(summary["acked"], 2000);

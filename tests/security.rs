@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{http, ChatClient, Server, BINARY};
+use common::{http, ChatClient, Server};
 use serde_json::{json, Value};
 use starling_adapters::client::Client;
 use starling_broker::security::totp;
@@ -22,6 +22,19 @@ const MEMBER_PASSWORD: &str = "member password 1";
 /// Writes the configuration (roles, the audit key) and makes the users
 /// offline, as an operator bootstraps a server.
 fn setup(dir: &Path, admin_allow_from: &str) -> PathBuf {
+    let config = write_config(dir, admin_allow_from);
+    for (user, role, password) in [
+        ("root", "admin", ADMIN_PASSWORD),
+        ("alice", "member", MEMBER_PASSWORD),
+        ("bob", "member", MEMBER_PASSWORD),
+    ] {
+        common::add_user(&config, user, role, password);
+    }
+    config
+}
+
+/// Writes the configuration (roles, the audit key) without users.
+fn write_config(dir: &Path, admin_allow_from: &str) -> PathBuf {
     let config = dir.join("starling.toml");
     let key = dir.join("audit.key");
     let (ok, out, err) = common::run(&["audit", "keygen", "--out", key.to_str().unwrap()], &[]);
@@ -55,23 +68,6 @@ history = ["team/#"]
         ),
     )
     .unwrap();
-    for (user, role, password) in [
-        ("root", "admin", ADMIN_PASSWORD),
-        ("alice", "member", MEMBER_PASSWORD),
-        ("bob", "member", MEMBER_PASSWORD),
-    ] {
-        let mut child = Command::new(BINARY)
-            .args(["user", "add", user, "--role", role, "--config"])
-            .arg(&config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{output:?}");
-    }
     config
 }
 
@@ -748,4 +744,82 @@ fn signed_tokens_of_an_identity_provider() {
 
 fn path_string(path: &Path) -> String {
     path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn configuration_changes_are_in_the_verifiable_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // No users: their password hashes would only slow the other tests.
+    let config = write_config(dir.path(), "");
+    let config_arg = ["--config", config.to_str().unwrap()];
+    let data = dir.path().join("data");
+    let server = start(dir.path(), &config);
+    assert!(server.terminate().success());
+
+    // A setting changed by the environment, then one in the file while the
+    // server runs (SIGHUP re-reads it; it takes effect at the next start).
+    let server = Server::start_with(
+        &data,
+        &config_arg,
+        &[("STARLING_AUTH_SESSION_IDLE_TIMEOUT_S", "600")],
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "throttle_failures_per_account = 3",
+            "throttle_failures_per_account = 4",
+        ),
+    )
+    .unwrap();
+    let line = server.sighup_and_wait_for("SIGHUP: the configuration changed");
+    assert!(
+        line.contains("auth.throttle_failures_per_account"),
+        "{line}"
+    );
+    assert!(server.terminate().success());
+
+    let audit = data.join("audit");
+    let public = format!("{}.pub", dir.path().join("audit.key").display());
+    let (ok, out, err) = common::run(
+        &[
+            "audit",
+            "verify",
+            audit.to_str().unwrap(),
+            "--public-key",
+            &public,
+        ],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = common::run(&["audit", "export", audit.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    let changes: Vec<(String, Value)> = out
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|entry| entry["kind"] == "configuration_changed" && entry["target"] == "config")
+        .map(|entry| {
+            let detail = serde_json::from_str(entry["detail"].as_str().unwrap()).unwrap();
+            (entry["source"].as_str().unwrap().to_string(), detail)
+        })
+        .collect();
+    let sources: Vec<&str> = changes.iter().map(|(source, _)| source.as_str()).collect();
+    assert_eq!(sources, ["start", "start", "SIGHUP"], "{out}");
+    let (first, second, reload) = (&changes[0].1, &changes[1].1, &changes[2].1);
+    assert_eq!(first["previous_digest"], Value::Null, "{first}");
+    assert_eq!(first["changed"], json!([]), "{first}");
+    assert_eq!(second["previous_digest"], first["digest"], "{second}");
+    assert_ne!(second["digest"], first["digest"], "{second}");
+    assert_eq!(
+        second["changed"],
+        json!(["auth.session_idle_timeout_s"]),
+        "{second}"
+    );
+    assert_eq!(reload["previous_digest"], second["digest"], "{reload}");
+    assert_eq!(
+        reload["changed"],
+        json!(["auth.throttle_failures_per_account"]),
+        "{reload}"
+    );
+    assert_eq!(reload["applied"], false, "{reload}");
 }

@@ -381,14 +381,7 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
     for (from, to) in [("renewed.pem", "server.pem"), ("renewed.key", "server.key")] {
         std::fs::copy(dir.path().join(from), dir.path().join(to)).unwrap();
     }
-    let status = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let line = std::iter::from_fn(|| server.log.recv_timeout(Duration::from_secs(20)).ok())
-        .find(|line| line.contains("SIGHUP"))
-        .expect("the server logs the reload");
+    let line = server.sighup_and_wait_for("SIGHUP");
     assert!(line.contains("reloaded the TLS certificate"), "{line}");
 
     // New connections get the renewed certificate ...
@@ -441,4 +434,254 @@ fn client_certificates_when_required() {
         dir.path().join("stranger.key"),
     );
     assert!(refused(Some((stranger.0.as_path(), stranger.1.as_path()))));
+}
+
+#[test]
+fn bench_over_tls_delivers_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificate(dir.path(), "server", "serverAuth");
+    let server = start_tls_server(dir.path(), &[]);
+    let ca = path(dir.path(), "server-ca.pem");
+    let address = server.address.to_string();
+    // 2 publishers × 1,000 messages over 4 channels, each channel read by
+    // one of 2 subscribers, all over TLS.
+    let summary = common::bench(&[
+        "--server",
+        &address,
+        "--tls",
+        "--tls-ca",
+        &ca,
+        "--publishers",
+        "2",
+        "--subscribers",
+        "2",
+        "--channels",
+        "4",
+        "--rate",
+        "2000",
+        "--duration-s",
+        "1",
+    ]);
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["tls"], true, "{summary}");
+    assert_eq!(summary["acked"], 2000, "{summary}");
+    assert_eq!(summary["delivered"], 2000, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+
+    // A CA that did not sign the server's certificate: refused, saying so.
+    make_certificate(dir.path(), "other", "serverAuth");
+    let other_ca = path(dir.path(), "other-ca.pem");
+    let (ok, _, stderr) = common::run(
+        &[
+            "bench",
+            "--server",
+            &address,
+            "--tls",
+            "--tls-ca",
+            &other_ca,
+            "--duration-s",
+            "1",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+}
+
+/// Sends a native `Hello` with an empty token on `stream` and returns the
+/// answer, then (when welcomed) publishes to each of `channels` and returns
+/// whether each was acknowledged.
+fn native_hello_and_publish<S: Read + Write>(
+    stream: &mut S,
+    channels: &[&str],
+) -> (Frame, Vec<bool>) {
+    let mut input = Vec::new();
+    let mut exchange = |stream: &mut S, request_id: u32, frame: Frame| {
+        let mut out = BytesMut::new();
+        Envelope { request_id, frame }.encode(&mut out);
+        stream.write_all(&out).unwrap();
+        stream.flush().unwrap();
+        loop {
+            if let Decoded::Complete { envelope, used } =
+                decode(&input, &Limits::default()).unwrap()
+            {
+                input.drain(..used);
+                return envelope.frame;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(n) if n > 0 => input.extend_from_slice(&chunk[..n]),
+                other => panic!("the server closed before answering: {other:?}"),
+            }
+        }
+    };
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "cert-test".into(),
+        token: String::new(),
+    };
+    let answer = exchange(stream, 1, hello);
+    let mut acknowledged = Vec::new();
+    if matches!(answer, Frame::Welcome { .. }) {
+        for (index, channel) in channels.iter().enumerate() {
+            let publish = starling_adapters::client::PublishRequest::new(
+                *channel,
+                starling_protocol::kind::MESSAGE,
+                "by certificate",
+            )
+            .to_frame();
+            let reply = exchange(stream, index as u32 + 2, publish);
+            acknowledged.push(matches!(reply, Frame::PublishAck { .. }));
+        }
+    }
+    (answer, acknowledged)
+}
+
+#[test]
+fn client_certificates_sign_in_as_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificate(dir.path(), "server", "serverAuth");
+    // alice and bob are users (bob disabled); mallory is not. Their CAs
+    // together are the client CA file.
+    let mut client_cas = String::new();
+    for name in ["alice", "bob", "mallory"] {
+        make_certificate(dir.path(), name, "clientAuth");
+        client_cas
+            .push_str(&std::fs::read_to_string(dir.path().join(format!("{name}-ca.pem"))).unwrap());
+    }
+    std::fs::write(dir.path().join("clients-ca.pem"), client_cas).unwrap();
+    let config = dir.path().join("starling.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r##"
+[engine]
+data_dir = "{data}"
+[native]
+tls = true
+[http]
+tls = true
+[mqtt]
+tls = true
+[tls]
+cert_file = "{dir}/server.pem"
+key_file = "{dir}/server.key"
+client_auth = "required"
+client_ca_file = "{dir}/clients-ca.pem"
+client_cert_user = "cn"
+[auth]
+enabled = true
+[[auth.roles]]
+name = "member"
+publish = ["team/#"]
+subscribe = ["team/#"]
+history = ["team/#"]
+"##,
+            data = dir.path().join("data").display(),
+            dir = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    for user in ["alice", "bob"] {
+        common::add_user(&config, user, "member", "a long enough password");
+    }
+    let (ok, out, err) = common::run(&["user", "disable", "bob", "--config", config_arg], &[]);
+    assert!(ok, "{out}{err}");
+    let server = Server::start_with(&dir.path().join("data"), &["--config", config_arg], &[]);
+    let ca = dir.path().join("server-ca.pem");
+    let client = |name: &str| {
+        (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        )
+    };
+    let connect = |address: SocketAddr, name: &str| {
+        let (cert, key) = client(name);
+        tls_connect(address, &ca, Some((cert.as_path(), key.as_path()))).unwrap()
+    };
+
+    // Native: alice's certificate signs her in with her roles, no token.
+    let mut stream = connect(server.address, "alice");
+    let (answer, acknowledged) = native_hello_and_publish(&mut stream, &["team/room", "general"]);
+    assert!(matches!(answer, Frame::Welcome { .. }), "{answer:?}");
+    assert_eq!(
+        acknowledged,
+        [true, false],
+        "team/# is allowed, general is not"
+    );
+    // A certificate of a disabled user, or of nobody known: no identity.
+    for (name, reason) in [("bob", "disabled"), ("mallory", "not a user")] {
+        let mut stream = connect(server.address, name);
+        let (answer, _) = native_hello_and_publish(&mut stream, &[]);
+        let Frame::Error { message, .. } = &answer else {
+            panic!("{name} was let in: {answer:?}");
+        };
+        assert!(message.contains(reason), "{name}: {message}");
+    }
+
+    // WebSocket chat (WSS): `connect` without a token is alice.
+    let chat_connect = |name: &str| {
+        let stream = connect(server.http, name);
+        let (mut socket, _) =
+            tungstenite::client(format!("wss://localhost:{}/ws", server.http.port()), stream)
+                .expect("WebSocket handshake over TLS");
+        socket
+            .send(tungstenite::Message::text(
+                r#"{"type":"connect","id":1,"token":""}"#,
+            ))
+            .unwrap();
+        socket.read().unwrap().into_text().unwrap().to_string()
+    };
+    let reply = chat_connect("alice");
+    assert!(reply.contains("\"user\":\"alice\""), "{reply}");
+    let reply = chat_connect("mallory");
+    assert!(reply.contains("\"error\""), "{reply}");
+
+    // MQTT over TLS with mosquitto, no user name or password.
+    let mosquitto_pub = |name: &str| {
+        let (cert, key) = client(name);
+        Command::new("mosquitto_pub")
+            .args([
+                "--cafile",
+                ca.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+            ])
+            .args(["--key", key.to_str().unwrap(), "-h", "127.0.0.1"])
+            .args(["-p", &server.mqtt.port().to_string(), "-t", "team/mqtt"])
+            .args(["-m", "by certificate", "-q", "1"])
+            .output()
+            .unwrap()
+    };
+    let output = mosquitto_pub("alice");
+    assert!(output.status.success(), "{output:?}");
+    let output = mosquitto_pub("mallory");
+    assert!(!output.status.success(), "{output:?}");
+
+    // The bench presents a certificate too.
+    let (cert, key) = client("alice");
+    let summary = common::bench(&[
+        "--server",
+        &server.address.to_string(),
+        "--tls",
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--prefix",
+        "team/bench",
+        "--publishers",
+        "1",
+        "--subscribers",
+        "1",
+        "--rate",
+        "100",
+        "--duration-s",
+        "1",
+    ]);
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["delivered"], 100, "{summary}");
 }

@@ -108,6 +108,20 @@ pub trait Authorizer: Send + Sync + 'static {
         address: Option<SocketAddr>,
     ) -> Result<Principal, Denied>;
 
+    /// Turns a verified client certificate that names `user` (the client
+    /// gave no token) into a principal. The default refuses: an authorizer
+    /// trusts certificates only if it says so.
+    fn authenticate_certificate(
+        &self,
+        _client_name: &str,
+        user: &str,
+        _address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        Err(Denied(format!(
+            "the client certificate names {user}, but this server does not sign in users by certificate; send a token"
+        )))
+    }
+
     /// Allows or refuses `action` on `channel`.
     fn authorize(&self, principal: &Principal, action: Action, channel: &str)
         -> Result<(), Denied>;
@@ -140,6 +154,17 @@ impl Authorizer for LoopbackAuthorizer {
         } else {
             Err(Denied(NOT_CONFIGURED.to_string()))
         }
+    }
+
+    /// As with a token: the name is taken as given, and only loopback
+    /// clients are served.
+    fn authenticate_certificate(
+        &self,
+        client_name: &str,
+        user: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        self.authenticate(client_name, user, address)
     }
 
     fn authorize(&self, principal: &Principal, _: Action, _: &str) -> Result<(), Denied> {

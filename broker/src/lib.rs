@@ -42,4 +42,4 @@ pub use mailbox::ConnRef;
 pub use metrics::Metrics;
 pub use routing::Routing;
 pub use session::{Close, Protocol, Session, SessionContext, SessionEvent};
-pub use tls::{ClientAuth, TlsAcceptor, TlsError, TlsFiles};
+pub use tls::{ClientAuth, ClientCertUser, TlsAcceptor, TlsError, TlsFiles};

@@ -74,7 +74,7 @@ pub(crate) enum ShardMsg {
         peer: SocketAddr,
         protocol: Arc<dyn Protocol>,
         /// The TLS session of a TLS listener's connection.
-        tls: Option<Box<rustls::ServerConnection>>,
+        tls: Option<Box<crate::tls::TlsSession>>,
     },
     /// An in-process client joins this shard.
     AttachLocal {

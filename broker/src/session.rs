@@ -123,6 +123,9 @@ pub struct SessionContext<'a> {
     pub(crate) principal: &'a mut Option<Principal>,
     pub(crate) authorizer: &'a dyn Authorizer,
     pub(crate) peer: SocketAddr,
+    /// The user named by the client's verified TLS certificate, when the
+    /// listener maps certificates to users (`[tls] client_cert_user`).
+    pub(crate) certificate_user: Option<Arc<str>>,
     pub(crate) now: Instant,
     pub(crate) timer: Option<Instant>,
     pub(crate) protocol: Option<Arc<dyn Protocol>>,
@@ -148,6 +151,7 @@ impl<'a> SessionContext<'a> {
             principal,
             authorizer,
             peer,
+            certificate_user: None,
             now: Instant::now(),
             timer: None,
             protocol: None,
@@ -234,12 +238,26 @@ impl<'a> SessionContext<'a> {
     }
 
     /// Checks the client's credentials and, if they are good, makes the
-    /// resulting principal the connection's.
+    /// resulting principal the connection's. Without a token, a verified
+    /// client certificate that names a user stands for one (see
+    /// [`Authorizer::authenticate_certificate`]); a token always wins.
     pub fn authenticate(&mut self, client_name: &str, token: &str) -> Result<&Principal, Denied> {
-        let principal = self
-            .authorizer
-            .authenticate(client_name, token, Some(self.peer))?;
+        let principal = match &self.certificate_user {
+            Some(user) if token.is_empty() => {
+                self.authorizer
+                    .authenticate_certificate(client_name, user, Some(self.peer))?
+            }
+            _ => self
+                .authorizer
+                .authenticate(client_name, token, Some(self.peer))?,
+        };
         Ok(self.principal.insert(principal))
+    }
+
+    /// Sets the user a client certificate names (for tests of adapters
+    /// that drive a session without a shard).
+    pub fn set_certificate_user(&mut self, user: Option<&str>) {
+        self.certificate_user = user.map(Arc::from);
     }
 
     /// The connection's principal, once authenticated.

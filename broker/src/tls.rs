@@ -52,6 +52,28 @@ impl fmt::Display for ClientAuth {
     }
 }
 
+/// Which user a verified client certificate signs in as, when the client
+/// gives no token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertUser {
+    /// None: a certificate only admits the connection; the client signs in
+    /// with a token as without one.
+    #[default]
+    None,
+    /// The certificate's subject common name (CN) is the user name.
+    Cn,
+}
+
+impl fmt::Display for ClientCertUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientCertUser::None => "none",
+            ClientCertUser::Cn => "cn",
+        })
+    }
+}
+
 /// Where a listener's certificate, key and client CAs come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -62,6 +84,7 @@ pub struct TlsFiles {
     /// PEM: CA certificates that client certificates must chain to.
     pub client_ca_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    pub client_cert_user: ClientCertUser,
 }
 
 /// Why a TLS configuration could not be built.
@@ -77,6 +100,8 @@ pub enum TlsError {
     Empty { what: &'static str, path: PathBuf },
     #[error("client_auth = \"{client_auth}\" needs tls.client_ca_file, the CA certificates that client certificates must chain to")]
     NoClientCa { client_auth: ClientAuth },
+    #[error("client_cert_user = \"{client_cert_user}\" needs client certificates: set tls.client_auth to \"optional\" or \"required\"")]
+    NoClientCertificates { client_cert_user: ClientCertUser },
     #[error(
         "the TLS configuration is not usable ({0}); check that the key belongs to the certificate"
     )]
@@ -117,6 +142,11 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    if files.client_auth == ClientAuth::None && files.client_cert_user != ClientCertUser::None {
+        return Err(TlsError::NoClientCertificates {
+            client_cert_user: files.client_cert_user,
+        });
+    }
     let builder = match files.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         client_auth => {
@@ -186,10 +216,196 @@ impl TlsAcceptor {
     }
 
     /// A server-side TLS session for a new connection.
-    pub(crate) fn accept(&self) -> Result<ServerConnection, rustls::Error> {
+    pub(crate) fn accept(&self) -> Result<TlsSession, rustls::Error> {
         let config = Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()));
         let mut connection = ServerConnection::new(config)?;
         connection.set_buffer_limit(Some(TLS_PLAINTEXT_BUFFER_BYTES));
-        Ok(connection)
+        Ok(TlsSession {
+            connection,
+            client_cert_user: self.files.client_cert_user,
+            certificate_user: None,
+        })
+    }
+}
+
+/// The TLS session of one connection, and how its client certificate
+/// names a user. It derefs to the rustls session.
+pub(crate) struct TlsSession {
+    connection: ServerConnection,
+    client_cert_user: ClientCertUser,
+    /// What [`TlsSession::certificate_user`] found: `None` until the
+    /// handshake is done (the certificate is read once).
+    certificate_user: Option<Option<Arc<str>>>,
+}
+
+impl TlsSession {
+    /// The user the client's certificate names, once the handshake is
+    /// done: only a certificate rustls verified against the client CAs is
+    /// there to ask, and only with `client_cert_user` other than `none`.
+    pub(crate) fn certificate_user(&mut self) -> Option<Arc<str>> {
+        if self.client_cert_user == ClientCertUser::None || self.connection.is_handshaking() {
+            return None;
+        }
+        self.certificate_user
+            .get_or_insert_with(|| {
+                let certificate = self.connection.peer_certificates()?.first()?;
+                match self.client_cert_user {
+                    ClientCertUser::None => None,
+                    ClientCertUser::Cn => subject_common_name(certificate).map(Arc::from),
+                }
+            })
+            .clone()
+    }
+}
+
+impl std::ops::Deref for TlsSession {
+    type Target = ServerConnection;
+    fn deref(&self) -> &ServerConnection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for TlsSession {
+    fn deref_mut(&mut self) -> &mut ServerConnection {
+        &mut self.connection
+    }
+}
+
+/// One DER element of `input`: (tag, content, what follows). `None` when
+/// it does not parse (definite lengths of up to 4 bytes only, as X.509 uses).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(count)?;
+        let length = bytes
+            .iter()
+            .fold(0usize, |length, byte| length << 8 | usize::from(*byte));
+        (length, rest)
+    };
+    let (content, rest) = rest.split_at_checked(length)?;
+    Some((tag, content, rest))
+}
+
+const DER_SEQUENCE: u8 = 0x30;
+const DER_SET: u8 = 0x31;
+const DER_OID: u8 = 0x06;
+/// The optional `[0] EXPLICIT Version` at the start of a TBSCertificate.
+const DER_VERSION: u8 = 0xa0;
+/// id-at-commonName, 2.5.4.3.
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+
+/// The subject common name (CN) of a DER X.509 certificate: `None` when it
+/// has none, more than one, or one that is not a UTF8String,
+/// PrintableString or IA5String.
+pub fn subject_common_name(certificate: &[u8]) -> Option<String> {
+    let (DER_SEQUENCE, certificate, _) = der_element(certificate)? else {
+        return None;
+    };
+    let (DER_SEQUENCE, tbs, _) = der_element(certificate)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    if der_element(rest)?.0 == DER_VERSION {
+        rest = der_element(rest)?.2;
+    }
+    // serialNumber, signature, issuer, validity; then subject.
+    for _ in 0..4 {
+        rest = der_element(rest)?.2;
+    }
+    let (DER_SEQUENCE, mut names, _) = der_element(rest)? else {
+        return None;
+    };
+    let mut found = None;
+    while !names.is_empty() {
+        let (DER_SET, mut attributes, next) = der_element(names)? else {
+            return None;
+        };
+        while !attributes.is_empty() {
+            let (DER_SEQUENCE, attribute, next) = der_element(attributes)? else {
+                return None;
+            };
+            let (DER_OID, oid, value) = der_element(attribute)? else {
+                return None;
+            };
+            if oid == OID_COMMON_NAME {
+                let (tag, text, _) = der_element(value)?;
+                // UTF8String, PrintableString, IA5String.
+                if !matches!(tag, 0x0c | 0x13 | 0x16) || found.is_some() {
+                    return None;
+                }
+                found = Some(std::str::from_utf8(text).ok()?.to_owned());
+            }
+            attributes = next;
+        }
+        names = next;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `openssl req -x509 -newkey ec -subj SUBJECT`, for three subjects.
+    const WITH_CN: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBozCCAUmgAwIBAgIUdX/6B1q/fBcN2lU+fU3PP0PKP0UwCgYIKoZIzj0EAwIw\n\
+JzEVMBMGA1UECgwMRXhhbXBsZSBDb3JwMQ4wDAYDVQQDDAVhbGljZTAeFw0yNjEx\n\
+MjgxMDIwMzVaFw0yNjExMjkxMDIwMzVaMCcxFTATBgNVBAoMDEV4YW1wbGUgQ29y\n\
+cDEOMAwGA1UEAwwFYWxpY2UwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARiZAGD\n\
+Vbdanuhba2eek2aFdkp0yQmIb8/JvIijRu7MzMc3RkK+GOC3VH9JMBLV8RSNYFul\n\
+pJT3dlW7EVDdbE2bo1MwUTAdBgNVHQ4EFgQU3IuLYE62xVTtAq3nusA9SO0oJ+4w\n\
+HwYDVR0jBBgwFoAU3IuLYE62xVTtAq3nusA9SO0oJ+4wDwYDVR0TAQH/BAUwAwEB\n\
+/zAKBggqhkjOPQQDAgNIADBFAiAbmxsY+0DhdXrsYJBpW1d3CdOFYLHySvkkWkvS\n\
+97xRuQIhAMMAJv1l3WIShgF7j1JTwTAE0ss1TMF1y6xUAc7JgAPH\n\
+-----END CERTIFICATE-----";
+    const WITHOUT_CN: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBgzCCASmgAwIBAgIUGBM9zqfm5/zwDCcISRxT04z/fVcwCgYIKoZIzj0EAwIw\n\
+FzEVMBMGA1UECgwMRXhhbXBsZSBDb3JwMB4XDTI2MTEyODEwMjAzNVoXDTI2MTEy\n\
+OTEwMjAzNVowFzEVMBMGA1UECgwMRXhhbXBsZSBDb3JwMFkwEwYHKoZIzj0CAQYI\n\
+KoZIzj0DAQcDQgAEYdB5lhxpze5uJzxyKESWRw1HoX8BF9KpztaBeLiEmqFUZVCx\n\
+kFNN6/688VkAhVZ9kmlCIlDW+CM5F9+TWrF/P6NTMFEwHQYDVR0OBBYEFPReH0f2\n\
+QKwTiSEsq/FVMYTpRvNoMB8GA1UdIwQYMBaAFPReH0f2QKwTiSEsq/FVMYTpRvNo\n\
+MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhAN+BBAF2EmrYe6xv\n\
+D2/j9QICmQpU4oHDP4huptpC+1HHAiBcC1v/jvH6vSfVmYcLoUadXTy50xPDkb5t\n\
+c/lNWtN3NA==\n\
+-----END CERTIFICATE-----";
+    const TWO_CNS: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBkTCCATegAwIBAgIUW8m7aHM0r+TSVU5Gcbi6beMkawQwCgYIKoZIzj0EAwIw\n\
+HjEOMAwGA1UEAwwFYWxpY2UxDDAKBgNVBAMMA2JvYjAeFw0yNjExMjgxMDIwMzVa\n\
+Fw0yNjExMjkxMDIwMzVaMB4xDjAMBgNVBAMMBWFsaWNlMQwwCgYDVQQDDANib2Iw\n\
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARaDpl4YwBO1P+vmnMfGKIALSve84Gf\n\
+L+1upCuvbACbJIK4r5a4nJXnJ8xSJkvnweuUTgdL77PLkx0beCgOjwDNo1MwUTAd\n\
+BgNVHQ4EFgQU6haW80DuMcUpyDAzPkacJM7RjaYwHwYDVR0jBBgwFoAU6haW80Du\n\
+McUpyDAzPkacJM7RjaYwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBF\n\
+AiBfFaYysSkkkRfIG3aeAQI+WltT+A8yXemGSJGI5OwCSQIhAIJV46QCX9xDCVs6\n\
+QA99914iQK6SdVAbdxL1ElT2Xr72\n\
+-----END CERTIFICATE-----";
+
+    fn common_name(pem: &str) -> Option<String> {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        subject_common_name(&der)
+    }
+
+    #[test]
+    fn the_subject_common_name_is_read_from_the_certificate() {
+        assert_eq!(common_name(WITH_CN).as_deref(), Some("alice"));
+        assert_eq!(common_name(WITHOUT_CN), None);
+        // Two names: ambiguous, so none.
+        assert_eq!(common_name(TWO_CNS), None);
+    }
+
+    #[test]
+    fn truncated_certificates_name_nobody() {
+        let der = CertificateDer::from_pem_slice(WITH_CN.as_bytes()).unwrap();
+        for length in 0..der.len() {
+            assert_eq!(subject_common_name(&der[..length]), None, "{length} bytes");
+        }
     }
 }

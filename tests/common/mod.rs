@@ -121,6 +121,50 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Sends SIGHUP and returns the first log line after it that contains
+    /// `needle` (panics if none comes within 20 s).
+    pub fn sighup_and_wait_for(&self, needle: &str) -> String {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::iter::from_fn(|| self.log.recv_timeout(Duration::from_secs(20)).ok())
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("the server logged no line with {needle:?} after SIGHUP"))
+    }
+}
+
+/// Adds `user` with `role` and `password` to the data directory of
+/// `config` with `starling user add`, as an operator does while the server
+/// is stopped.
+pub fn add_user(config: &Path, user: &str, role: &str, password: &str) {
+    let mut child = Command::new(BINARY)
+        .args(["user", "add", user, "--role", role, "--config"])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{password}\n").as_bytes(),
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+/// Runs `starling bench` with `args`, checks it succeeded and returns its
+/// JSON summary (the last line it prints).
+pub fn bench(args: &[&str]) -> serde_json::Value {
+    let (ok, stdout, stderr) = run(&[&["bench"], args].concat(), &[]);
+    assert!(ok, "starling bench {args:?} failed:\n{stderr}\n{stdout}");
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("JSON")
+}
+
 /// Longest a command run by a test may take before it is killed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -227,6 +227,42 @@ impl SecurityAuthorizer {
     }
 }
 
+impl SecurityAuthorizer {
+    /// A user named by a verified client certificate: they must exist and
+    /// be enabled, and a certificate cannot stand in for a TOTP code.
+    fn principal_from_certificate(
+        &self,
+        name: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        let state = self.state.read();
+        let Some(user) = state.users.get(name) else {
+            return Err(Denied(format!(
+                "the client certificate names {name:?}, who is not a user of this server"
+            )));
+        };
+        if user.disabled {
+            return Err(Denied(format!("user {name} is disabled")));
+        }
+        if user
+            .roles
+            .iter()
+            .filter_map(|role| self.roles.get(role))
+            .any(|role| role.require_totp)
+        {
+            return Err(Denied(format!(
+                "a role of {name} requires a TOTP sign-in, which a certificate cannot prove; sign in with a password and code"
+            )));
+        }
+        Ok(Principal {
+            user: Arc::from(name),
+            roles: user.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
+            address,
+            session: None,
+        })
+    }
+}
+
 impl Authorizer for SecurityAuthorizer {
     fn authenticate(
         &self,
@@ -237,6 +273,23 @@ impl Authorizer for SecurityAuthorizer {
         self.principal_for(token, address).inspect_err(|denied| {
             self.audit_denial("", address, client_name, &format!("sign-in: {}", denied.0));
         })
+    }
+
+    fn authenticate_certificate(
+        &self,
+        client_name: &str,
+        user: &str,
+        address: Option<SocketAddr>,
+    ) -> Result<Principal, Denied> {
+        self.principal_from_certificate(user, address)
+            .inspect_err(|denied| {
+                self.audit_denial(
+                    user,
+                    address,
+                    client_name,
+                    &format!("certificate sign-in: {}", denied.0),
+                );
+            })
     }
 
     fn authorize(

@@ -75,7 +75,7 @@ pub(crate) struct SocketConn {
     stream: TcpStream,
     /// The TLS session on a TLS listener: reads and writes go through it
     /// (the session sees only plaintext).
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<crate::tls::TlsSession>>,
     peer: SocketAddr,
     session: Box<dyn Session>,
     pub protocol: Arc<dyn Protocol>,
@@ -157,7 +157,7 @@ impl Shard {
         stream: TcpStream,
         peer: SocketAddr,
         protocol: Arc<dyn Protocol>,
-        tls: Option<Box<rustls::ServerConnection>>,
+        tls: Option<Box<crate::tls::TlsSession>>,
     ) {
         let session = protocol.new_session(peer);
         let connection = Connection {
@@ -380,6 +380,7 @@ impl Shard {
                 &self.shared.metrics,
             );
             context.conn = Some(conn);
+            context.certificate_user = socket.tls.as_mut().and_then(|tls| tls.certificate_user());
             let result = call(&mut *socket.session, &mut socket.input, &mut context);
             let timer = context.timer;
             if let Some(protocol) = context.protocol.take() {
@@ -972,7 +973,7 @@ impl Shard {
 /// socket would block). `Ok(0)` is the end of the stream.
 fn read_plaintext(
     stream: &mut TcpStream,
-    tls: &mut Option<Box<rustls::ServerConnection>>,
+    tls: &mut Option<Box<crate::tls::TlsSession>>,
     buffer: &mut [u8],
 ) -> io::Result<usize> {
     let Some(tls) = tls else {
