@@ -271,80 +271,29 @@ impl std::ops::DerefMut for TlsSession {
     }
 }
 
-/// One DER element of `input`: (tag, content, what follows). `None` when
-/// it does not parse (definite lengths of up to 4 bytes only, as X.509 uses).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (length, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at_checked(count)?;
-        let length = bytes
-            .iter()
-            .fold(0usize, |length, byte| length << 8 | usize::from(*byte));
-        (length, rest)
-    };
-    let (content, rest) = rest.split_at_checked(length)?;
-    Some((tag, content, rest))
-}
-
-const DER_SEQUENCE: u8 = 0x30;
-const DER_SET: u8 = 0x31;
-const DER_OID: u8 = 0x06;
-/// The optional `[0] EXPLICIT Version` at the start of a TBSCertificate.
-const DER_VERSION: u8 = 0xa0;
-/// id-at-commonName, 2.5.4.3.
-const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-
 /// The subject common name (CN) of a DER X.509 certificate: `None` when it
-/// has none, more than one, or one that is not a UTF8String,
-/// PrintableString or IA5String.
+/// does not parse, or has no CN, more than one, or one that is not a
+/// UTF8String, PrintableString or IA5String.
 pub fn subject_common_name(certificate: &[u8]) -> Option<String> {
-    let (DER_SEQUENCE, certificate, _) = der_element(certificate)? else {
-        return None;
-    };
-    let (DER_SEQUENCE, tbs, _) = der_element(certificate)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    if der_element(rest)?.0 == DER_VERSION {
-        rest = der_element(rest)?.2;
-    }
-    // serialNumber, signature, issuer, validity; then subject.
-    for _ in 0..4 {
-        rest = der_element(rest)?.2;
-    }
-    let (DER_SEQUENCE, mut names, _) = der_element(rest)? else {
-        return None;
-    };
+    use x509_cert::der::{Decode, Tag, Tagged};
+    let certificate = x509_cert::Certificate::from_der(certificate).ok()?;
     let mut found = None;
-    while !names.is_empty() {
-        let (DER_SET, mut attributes, next) = der_element(names)? else {
-            return None;
-        };
-        while !attributes.is_empty() {
-            let (DER_SEQUENCE, attribute, next) = der_element(attributes)? else {
-                return None;
-            };
-            let (DER_OID, oid, value) = der_element(attribute)? else {
-                return None;
-            };
-            if oid == OID_COMMON_NAME {
-                let (tag, text, _) = der_element(value)?;
-                // UTF8String, PrintableString, IA5String.
-                if !matches!(tag, 0x0c | 0x13 | 0x16) || found.is_some() {
-                    return None;
-                }
-                found = Some(std::str::from_utf8(text).ok()?.to_owned());
+    for name in certificate.tbs_certificate.subject.0.iter() {
+        for attribute in name.0.iter() {
+            if attribute.oid != x509_cert::der::oid::db::rfc4519::CN {
+                continue;
             }
-            attributes = next;
+            let text = match attribute.value.tag() {
+                Tag::Utf8String | Tag::PrintableString | Tag::Ia5String => {
+                    std::str::from_utf8(attribute.value.value()).ok()?
+                }
+                _ => return None,
+            };
+            if found.is_some() {
+                return None;
+            }
+            found = Some(text.to_owned());
         }
-        names = next;
     }
     found
 }
