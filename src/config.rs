@@ -35,6 +35,8 @@ pub struct TlsConfig {
     pub key_file: String,
     /// PEM: CA certificates client certificates must chain to.
     pub client_ca_file: String,
+    /// PEM: revocation lists (CRLs) of those CAs; reread on SIGHUP.
+    pub client_crl_file: String,
     /// `none`, `optional` or `required`.
     pub client_auth: starling_broker::ClientAuth,
     /// `none` or `cn`: a client that gives no token signs in as the user
@@ -55,6 +57,8 @@ impl TlsConfig {
             key_file: self.key_file.clone().into(),
             client_ca_file: (!self.client_ca_file.is_empty())
                 .then(|| self.client_ca_file.clone().into()),
+            client_crl_file: (!self.client_crl_file.is_empty())
+                .then(|| self.client_crl_file.clone().into()),
             client_auth: self.client_auth,
             client_cert_user: self.client_cert_user,
         })

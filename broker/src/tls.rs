@@ -20,7 +20,7 @@ use rustls::crypto::ring as provider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -83,6 +83,9 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
     /// PEM: CA certificates that client certificates must chain to.
     pub client_ca_file: Option<PathBuf>,
+    /// PEM: certificate revocation lists of those CAs; a client
+    /// certificate they list is refused at the handshake.
+    pub client_crl_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
     pub client_cert_user: ClientCertUser,
 }
@@ -160,7 +163,21 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
                     .add(certificate)
                     .map_err(|e| pem_error("CA certificates", path, e))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(path) = &files.client_crl_file {
+                let crls = CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| pem_error("revocation lists", path, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| pem_error("revocation lists", path, e))?;
+                if crls.is_empty() {
+                    return Err(TlsError::Empty {
+                        what: "revocation lists (X509 CRL)",
+                        path: path.clone(),
+                    });
+                }
+                verifier = verifier.with_crls(crls);
+            }
             let verifier = if client_auth == ClientAuth::Optional {
                 verifier.allow_unauthenticated()
             } else {
