@@ -139,3 +139,66 @@ fn garbage_from_some_clients_loses_nothing_acknowledged_by_others() {
     assert_eq!(stored, acknowledged);
     assert_eq!(stored, (1..=20).collect::<Vec<u64>>());
 }
+
+/// Whether the server closes `stream` (end of stream or a reset) before
+/// `deadline_s` seconds pass; bytes it sends first (a reason) are read.
+fn closed_by_server(stream: &mut TcpStream, deadline_s: u64) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(deadline_s)))
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn connections_that_never_identify_themselves_are_closed() {
+    let (_dir, server) = server(&[("STARLING_ENGINE_HANDSHAKE_TIMEOUT_MS", "400")]);
+    // An MQTT client that connects (keep-alive 0: no timer of its own) is
+    // identified and stays.
+    let mut identified = TcpStream::connect(server.mqtt).unwrap();
+    identified
+        .write_all(&[
+            0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x00,
+        ])
+        .unwrap();
+    let mut connack = [0u8; 4];
+    identified.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    // Silent clients on every listener, and one that sends half an MQTT
+    // CONNECT, are closed (the deadline is generous: the server has 400 ms).
+    for (name, address, bytes) in [
+        ("native", server.address, &b""[..]),
+        ("mqtt", server.mqtt, &b""[..]),
+        (
+            "mqtt, half a CONNECT",
+            server.mqtt,
+            &[0x10u8, 0x0c, 0x00][..],
+        ),
+        ("http", server.http, &b""[..]),
+    ] {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.write_all(bytes).unwrap();
+        assert!(closed_by_server(&mut stream, 30), "{name} stayed open");
+    }
+    // The identified client is still served after the deadline passed.
+    identified.write_all(&[0xc0, 0x00]).unwrap();
+    let mut pingresp = [0u8; 2];
+    identified.read_exact(&mut pingresp).unwrap();
+    assert_eq!(pingresp, [0xd0, 0x00]);
+    let (_, _, metrics) = raw_http(
+        server.http,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(
+        metrics.contains("starling_handshake_timeouts_total 4"),
+        "{metrics}"
+    );
+}

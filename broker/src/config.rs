@@ -90,6 +90,11 @@ pub struct EngineConfig {
     pub publish_bytes_per_s_per_user: u64,
     /// Connections one address may have open at once (0 = no limit).
     pub connections_per_address_max: u32,
+    /// A connection that has neither identified itself (a native Hello, an
+    /// MQTT CONNECT, a signed-in WebSocket) nor started a request its
+    /// protocol times (an HTTP request) this long after it was accepted —
+    /// including one whose TLS handshake never finishes — is closed.
+    pub handshake_timeout_ms: u64,
     /// New connections one address may open per second (0 = no limit).
     pub new_connections_per_s_per_address: u64,
     /// Encryption at rest: a file of `ID HEX-KEY` lines (key ids 1 to
@@ -126,6 +131,7 @@ impl Default for EngineConfig {
             publish_messages_per_s_per_user: 0,
             publish_bytes_per_s_per_user: 0,
             connections_per_address_max: 0,
+            handshake_timeout_ms: 10_000,
             new_connections_per_s_per_address: 0,
             encryption_key_file: String::new(),
             encryption_key_id: 0,

@@ -85,6 +85,9 @@ pub struct Metrics {
     pub denied: Counter,
     pub slow_consumer_disconnects: Counter,
     pub deliveries_dropped: Counter,
+    /// Connections closed because they did not identify themselves in
+    /// time (`handshake_timeout_ms`).
+    pub handshake_timeouts: Counter,
     /// Time of one turn's group commit: writing the batches and, under the
     /// `fsync` policy, fdatasyncing them (what a publisher's ack waits for).
     pub commit_latency: Histogram,
@@ -120,6 +123,7 @@ impl Metrics {
                 self.slow_consumer_disconnects.get(),
             ),
             ("deliveries_dropped", self.deliveries_dropped.get()),
+            ("handshake_timeouts", self.handshake_timeouts.get()),
         ]
     }
 }

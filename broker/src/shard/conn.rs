@@ -207,8 +207,64 @@ impl Shard {
             }
         }
         self.shared.metrics.connections_opened.add(1);
+        let deadline =
+            Instant::now() + Duration::from_millis(self.shared.config.handshake_timeout_ms);
+        self.handshakes
+            .push_back((deadline, slot, self.generations[slot as usize]));
         // Bytes may already be waiting; edge-triggered polling would not say so again.
         self.read_again.push(slot);
+    }
+
+    /// Closes the connections whose handshake deadline passed while they had
+    /// neither a principal (they never identified themselves) nor a session
+    /// timer (their protocol times nothing of theirs yet): a client that
+    /// connects and says nothing, or never finishes its TLS handshake,
+    /// would otherwise hold its slot for ever.
+    pub(super) fn close_unidentified(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, slot, generation)) = self.handshakes.front() {
+            if deadline > now {
+                break;
+            }
+            self.handshakes.pop_front();
+            if self.generations[slot as usize] != generation {
+                continue;
+            }
+            let Some(connection) = self.connections[slot as usize].as_ref() else {
+                continue;
+            };
+            let ConnKind::Socket(socket) = &connection.kind else {
+                continue;
+            };
+            if connection.principal.is_some() || socket.timer_at.is_some() || connection.closing {
+                continue;
+            }
+            let timeout_ms = self.shared.config.handshake_timeout_ms;
+            log::debug!(
+                "shard {}: closing the connection from {}: no handshake within {timeout_ms} ms",
+                self.id,
+                socket.peer
+            );
+            self.shared.metrics.handshake_timeouts.add(1);
+            self.close_connection(
+                slot,
+                Some((
+                    ErrorCode::Unavailable,
+                    format!(
+                        "no handshake within {timeout_ms} ms of connecting (engine.handshake_timeout_ms)"
+                    ),
+                )),
+            );
+        }
+    }
+
+    /// How long until the next handshake deadline ([`Duration::MAX`]: none).
+    pub(super) fn next_handshake_deadline(&self) -> Duration {
+        self.handshakes
+            .front()
+            .map_or(Duration::MAX, |(deadline, _, _)| {
+                deadline.saturating_duration_since(Instant::now())
+            })
     }
 
     pub(super) fn attach_local(

@@ -80,6 +80,9 @@ pub(crate) struct Shard {
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
+    /// Accepted connections and when they must have identified themselves
+    /// (`handshake_timeout_ms` after their accept, so in deadline order).
+    handshakes: VecDeque<(Instant, u32, u32)>,
     /// Session timers: (deadline, slot, generation), earliest first. An entry
     /// whose connection re-armed or closed is skipped when it comes up.
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
@@ -138,6 +141,7 @@ impl Shard {
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
             lingering: Vec::new(),
+            handshakes: VecDeque::new(),
             timers: BinaryHeap::new(),
             now_ms: wall_clock_ms(),
             last_timestamp_ms: 0,
@@ -158,7 +162,10 @@ impl Shard {
             let timeout = if self.has_immediate_work() {
                 Some(Duration::ZERO)
             } else {
-                let session_timer = self.next_session_timer().unwrap_or(IDLE_POLL);
+                let session_timer = self
+                    .next_session_timer()
+                    .unwrap_or(IDLE_POLL)
+                    .min(self.next_handshake_deadline());
                 Some(self.next_timer().min(IDLE_POLL).min(session_timer))
             };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
@@ -187,6 +194,7 @@ impl Shard {
             self.end_turn();
             self.request_fetches();
             self.fire_session_timers();
+            self.close_unidentified();
             self.write_dirty();
             self.send_overflow();
             self.report_depths();
