@@ -424,82 +424,48 @@ struct SyncerState {
     requested: u64,
     finished: u64,
     error: Option<String>,
+    shutdown: bool,
 }
 
-/// State shared between a shard and one of its journal's threads, with a
-/// condition variable for its changes.
-struct Shared<S> {
-    state: Mutex<S>,
+struct SyncerShared {
+    state: Mutex<SyncerState>,
     changed: Condvar,
-    /// Set when the journal is dropped: the thread ends once its queued
-    /// work is done, and long work in progress (a zero-fill) stops early
-    /// (the file only stays shorter; the next start goes on from its
-    /// length).
-    shutdown: AtomicBool,
+    /// Set on shutdown: a zero-fill in progress stops (the file only stays
+    /// shorter; the next start goes on from its length).
+    abandon: AtomicBool,
 }
 
-impl<S> Shared<S> {
-    fn lock(&self) -> MutexGuard<'_, S> {
+impl SyncerShared {
+    fn lock(&self) -> MutexGuard<'_, SyncerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait<'a>(&self, guard: MutexGuard<'a, S>) -> MutexGuard<'a, S> {
-        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shutdown.load(Ordering::Relaxed)
-    }
-}
-
-/// One of a journal's threads and the state it shares with the shard;
-/// stopped and joined when dropped.
-struct Worker<S> {
-    shared: Arc<Shared<S>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl<S: Default + Send + 'static> Worker<S> {
-    fn start(
-        name: String,
-        run: impl FnOnce(&Shared<S>) + Send + 'static,
-    ) -> std::io::Result<Worker<S>> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(S::default()),
-            changed: Condvar::new(),
-            shutdown: AtomicBool::new(false),
-        });
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(&thread_shared))?;
-        Ok(Worker {
-            shared,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl<S> Drop for Worker<S> {
-    fn drop(&mut self) {
-        {
-            // Set under the lock, so the thread cannot miss the wake-up.
-            let _state = self.shared.lock();
-            self.shared.shutdown.store(true, Ordering::Relaxed);
-        }
-        self.shared.changed.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
 /// The journal's background thread: syncs partition files after a switch
 /// and zero-fills the inactive file, so that the event loop waits for
 /// neither.
-type Syncer = Worker<SyncerState>;
+struct Syncer {
+    shared: Arc<SyncerShared>,
+    thread: Option<JoinHandle<()>>,
+}
 
 impl Syncer {
+    fn start(name: String) -> std::io::Result<Syncer> {
+        let shared = Arc::new(SyncerShared {
+            state: Mutex::new(SyncerState::default()),
+            changed: Condvar::new(),
+            abandon: AtomicBool::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run_syncer(&thread_shared))?;
+        Ok(Syncer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
     fn request(&self, job: Job) {
         let mut state = self.shared.lock();
         assert!(state.queue.len() < 2, "at most a sync and a prepare wait");
@@ -519,15 +485,32 @@ impl Syncer {
     fn wait(&self) -> Result<(), String> {
         let mut state = self.shared.lock();
         while state.finished < state.requested && state.error.is_none() {
-            state = self.shared.wait(state);
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
         }
         match &state.error {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
     }
+}
 
-    /// Whether every job asked for is done (without waiting).
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.shared.abandon.store(true, Ordering::Relaxed);
+        self.shared.lock().shutdown = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Whether every job asked for is done (without waiting).
+impl Syncer {
     fn idle(&self) -> bool {
         let state = self.shared.lock();
         state.finished == state.requested
@@ -563,13 +546,13 @@ fn run_job(job: &Job, abandon: &AtomicBool) -> Result<(), String> {
     }
 }
 
-fn run_syncer(shared: &Shared<SyncerState>) {
+fn run_syncer(shared: &SyncerShared) {
     let mut state = shared.lock();
     loop {
         if !state.queue.is_empty() {
             let job = state.queue.remove(0);
             drop(state);
-            let result = run_job(&job, &shared.shutdown);
+            let result = run_job(&job, &shared.abandon);
             state = shared.lock();
             state.finished += 1;
             if let Err(error) = result {
@@ -589,79 +572,13 @@ fn run_syncer(shared: &Shared<SyncerState>) {
             state = shared.lock();
             continue;
         }
-        if shared.shutting_down() {
+        if state.shutdown {
             return;
         }
-        state = shared.wait(state);
-    }
-}
-
-/// Wakes the journal's owner when a commit finishes (the shard's event
-/// loop: its `mio::Waker`; the storage layer knows no event loop).
-pub type CommitNotify = Arc<dyn Fn() + Send + Sync>;
-
-#[derive(Default)]
-struct CommitState {
-    /// The file to fdatasync, and its path for errors.
-    job: Option<(File, PathBuf)>,
-    /// The outcome of the last job, until taken.
-    done: Option<Result<(), String>>,
-}
-
-/// The journal's commit thread: runs the acknowledgement path's fdatasync
-/// while the event loop goes on reading, routing and appending (group
-/// commit with one commit in flight). Separate from the [`Syncer`], whose
-/// partition syncs and zero-fills may take long.
-type Committer = Worker<CommitState>;
-
-impl Committer {
-    fn request(&self, file: File, path: PathBuf) {
-        let mut state = self.shared.lock();
-        assert!(
-            state.job.is_none() && state.done.is_none(),
-            "one commit in flight at a time"
-        );
-        state.job = Some((file, path));
-        self.shared.changed.notify_all();
-    }
-
-    /// The outcome of the commit in flight, if it has finished.
-    fn try_take(&self) -> Option<Result<(), String>> {
-        self.shared.lock().done.take()
-    }
-
-    /// Waits for the commit in flight to finish.
-    fn take(&self) -> Result<(), String> {
-        let mut state = self.shared.lock();
-        loop {
-            if let Some(done) = state.done.take() {
-                return done;
-            }
-            state = self.shared.wait(state);
-        }
-    }
-}
-
-fn run_committer(shared: &Shared<CommitState>, notify: &(dyn Fn() + Send + Sync)) {
-    let mut state = shared.lock();
-    loop {
-        if let Some((file, path)) = state.job.take() {
-            drop(state);
-            let result = file
-                .sync_data()
-                .map_err(|e| StorageError::io("fdatasync", &path, e).to_string());
-            state = shared.lock();
-            state.done = Some(result);
-            shared.changed.notify_all();
-            drop(state);
-            notify();
-            state = shared.lock();
-            continue;
-        }
-        if shared.shutting_down() {
-            return;
-        }
-        state = shared.wait(state);
+        state = shared
+            .changed
+            .wait(state)
+            .unwrap_or_else(|e| e.into_inner());
     }
 }
 
@@ -682,10 +599,6 @@ pub struct Journal {
     /// The inactive file was given to the background thread to zero-fill
     /// (reset at a switch).
     prepare_requested: bool,
-    /// The commit thread, started by the first [`Journal::begin_sync`].
-    committer: Option<Committer>,
-    /// A commit runs on the commit thread ([`Journal::begin_sync`]).
-    commit_in_flight: bool,
     /// The active file is a growing one (a new journal): switch to the other
     /// file as soon as the background thread has zero-filled it.
     growing: bool,
@@ -756,12 +669,10 @@ impl Journal {
             buffer: Vec::new(),
             unsynced: false,
             prepare_requested: false,
-            committer: None,
-            commit_in_flight: false,
             growing: false,
             trickled_at: 0,
             failed: None,
-            syncer: Syncer::start(format!("journal-{shard:03}"), run_syncer)
+            syncer: Syncer::start(format!("journal-{shard:03}"))
                 .map_err(|e| StorageError::io("start the journal thread for", data_dir, e))?,
         };
         journal.activate(0, generation, partitions)?;
@@ -897,10 +808,8 @@ impl Journal {
         self.unsynced
     }
 
-    /// Makes every written entry durable (`fdatasync` of the active file),
-    /// after waiting for a commit in flight.
+    /// Makes every written entry durable (`fdatasync` of the active file).
     pub fn sync(&mut self) -> Result<(), StorageError> {
-        self.wait_commit()?;
         self.check_not_failed()?;
         if !self.unsynced {
             return Ok(());
@@ -911,99 +820,6 @@ impl Journal {
         }
         self.unsynced = false;
         Ok(())
-    }
-
-    /// Starts making every entry written so far durable on the commit
-    /// thread and returns at once; [`Journal::finish_commit`] tells when it
-    /// is done, and `notify` is called then. Entries written meanwhile wait
-    /// for the next commit. Returns whether a commit was started (nothing
-    /// unsynced: none). At most one commit is in flight.
-    pub fn begin_sync(&mut self, notify: &CommitNotify) -> Result<bool, StorageError> {
-        self.check_not_failed()?;
-        assert!(!self.commit_in_flight, "one commit in flight at a time");
-        if !self.unsynced {
-            return Ok(false);
-        }
-        let path = self.active_path();
-        let file = match self.files[self.active].try_clone() {
-            Ok(file) => file,
-            Err(error) => return Err(self.fail(StorageError::io("duplicate", &path, error))),
-        };
-        if self.committer.is_none() {
-            let name = format!(
-                "commit-{}",
-                self.directory
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-            );
-            let notify = Arc::clone(notify);
-            match Committer::start(name, move |shared| run_committer(shared, &*notify)) {
-                Ok(committer) => self.committer = Some(committer),
-                Err(error) => {
-                    let directory = self.directory.clone();
-                    return Err(self.fail(StorageError::io(
-                        "start the commit thread for",
-                        directory,
-                        error,
-                    )));
-                }
-            }
-        }
-        self.committer
-            .as_ref()
-            .expect("started above")
-            .request(file, path);
-        self.commit_in_flight = true;
-        self.unsynced = false;
-        Ok(true)
-    }
-
-    /// Whether a commit started by [`Journal::begin_sync`] has not been
-    /// collected by [`Journal::finish_commit`] yet.
-    pub fn commit_in_flight(&self) -> bool {
-        self.commit_in_flight
-    }
-
-    /// The outcome of the commit in flight if it has finished (without
-    /// waiting); `None` while it runs or when none is in flight. A failure
-    /// stops the journal like a failed [`Journal::sync`].
-    pub fn finish_commit(&mut self) -> Option<Result<(), StorageError>> {
-        if !self.commit_in_flight {
-            return None;
-        }
-        let done = self.committer.as_ref()?.try_take()?;
-        Some(self.collect_commit(done))
-    }
-
-    /// Waits for the commit in flight, if any.
-    pub fn wait_commit(&mut self) -> Result<(), StorageError> {
-        if !self.commit_in_flight {
-            return Ok(());
-        }
-        let done = self
-            .committer
-            .as_ref()
-            .expect("a commit in flight has a thread")
-            .take();
-        self.collect_commit(done)
-    }
-
-    fn collect_commit(&mut self, done: Result<(), String>) -> Result<(), StorageError> {
-        self.commit_in_flight = false;
-        match done {
-            Ok(()) => Ok(()),
-            Err(reason) => {
-                log::error!(
-                    "journal {} stops accepting writes: {reason}",
-                    self.directory.display()
-                );
-                self.failed = Some(reason.clone());
-                Err(StorageError::Failed {
-                    partition_id: u32::MAX,
-                    reason,
-                })
-            }
-        }
     }
 
     /// Whether the partitions' write-back should be started

@@ -11,11 +11,10 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use common::*;
 use starling_storage::crash_image::{lose_pages_from, lose_unsynced_partition_pages};
-use starling_storage::journal::{recover_journals, CommitNotify, JOURNAL_FILE_BYTES_MINIMUM};
+use starling_storage::journal::{recover_journals, JOURNAL_FILE_BYTES_MINIMUM};
 use starling_storage::{Journal, Partition, PartitionConfig, PartitionOptions};
 
 const PARTITIONS: u32 = 3;
@@ -26,9 +25,6 @@ enum State {
     Pending,
     /// Written to the segment and the journal, not synced: may be lost.
     Written,
-    /// Written, and a commit covering it is in flight on the journal's
-    /// commit thread: may still be lost.
-    Committing,
     /// Its turn's journal sync finished: acknowledged, must survive.
     Acked,
 }
@@ -47,8 +43,6 @@ struct Shard {
     model: Vec<Vec<ModelRecord>>,
     /// Where the journal's synced bytes end (file, position).
     journal_synced: Option<(std::path::PathBuf, u64)>,
-    /// Where the commit in flight makes them end.
-    commit_covers: Option<(std::path::PathBuf, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +54,6 @@ struct Stats {
     partition_pages_lost: u64,
     journal_pages_lost: u64,
     replayed_records: u64,
-    commits: usize,
     unacked_lost: usize,
     unacked_kept: usize,
 }
@@ -127,55 +120,6 @@ impl Shard {
     /// acknowledges everything written so far; then switch files or start
     /// the write-back when the journal asks.
     fn turn(&mut self, sync: bool, stats: &mut Stats) {
-        self.write_turn();
-        if sync {
-            self.settle();
-            self.journal.sync().unwrap();
-            self.journal_synced = Some(self.journal.active_file());
-            self.synced(State::Written);
-        }
-        self.switch_or_trickle(stats);
-    }
-
-    /// A turn whose fdatasync runs on the journal's commit thread, as the
-    /// broker runs `fsync`; it is collected by a later turn (`settle`), or
-    /// a power loss comes first.
-    fn turn_with_commit(&mut self, stats: &mut Stats) {
-        self.settle();
-        self.write_turn();
-        let notify: CommitNotify = Arc::new(|| {});
-        if self.journal.begin_sync(&notify).unwrap() {
-            stats.commits += 1;
-            self.commit_covers = Some(self.journal.active_file());
-            for records in &mut self.model {
-                for record in records.iter_mut().filter(|r| r.state == State::Written) {
-                    record.state = State::Committing;
-                }
-            }
-        }
-    }
-
-    /// Collects a commit in flight: what it covered is acknowledged.
-    fn settle(&mut self) {
-        if self.journal.commit_in_flight() {
-            self.journal.wait_commit().unwrap();
-            self.journal_synced = self.commit_covers.take();
-            self.synced(State::Committing);
-        }
-    }
-
-    /// Marks records in `state` acknowledged.
-    fn synced(&mut self, state: State) {
-        for records in &mut self.model {
-            for record in records.iter_mut().filter(|r| r.state == state) {
-                record.state = State::Acked;
-            }
-        }
-    }
-
-    /// Writes every partition's pending records, the same bytes to the
-    /// journal.
-    fn write_turn(&mut self) {
         let journal = &mut self.journal;
         for partition in &mut self.partitions {
             let id = partition.id();
@@ -189,13 +133,14 @@ impl Shard {
                 record.state = State::Written;
             }
         }
-    }
-
-    /// Switches files or starts the write-back when the journal asks (never
-    /// with a commit in flight, like the broker).
-    fn switch_or_trickle(&mut self, stats: &mut Stats) {
-        if self.journal.commit_in_flight() {
-            return;
+        if sync {
+            journal.sync().unwrap();
+            self.journal_synced = Some(journal.active_file());
+            for records in &mut self.model {
+                for record in records.iter_mut().filter(|r| r.state == State::Written) {
+                    record.state = State::Acked;
+                }
+            }
         }
         if self.journal.wants_switch() {
             let targets = self
@@ -208,7 +153,11 @@ impl Shard {
                 .unwrap();
             // A switch syncs the journal first.
             self.journal_synced = Some(self.journal.active_file());
-            self.synced(State::Written);
+            for records in &mut self.model {
+                for record in records.iter_mut().filter(|r| r.state == State::Written) {
+                    record.state = State::Acked;
+                }
+            }
             stats.switches += 1;
         } else if self.journal.wants_trickle() {
             let targets = self
@@ -230,7 +179,6 @@ impl Shard {
             mut model,
             ..
         } = self;
-        journal.wait_commit().unwrap();
         for partition in &mut partitions {
             partition.sync().unwrap();
         }
@@ -251,7 +199,6 @@ impl Shard {
             run,
             model,
             journal_synced: None,
-            commit_covers: None,
         }
     }
 
@@ -264,7 +211,6 @@ impl Shard {
             mut model,
             journal_synced,
             run,
-            ..
         } = self;
         let (journal_file, _) = journal.active_file();
         drop(journal);
@@ -315,7 +261,6 @@ impl Shard {
             run: new_run,
             model,
             journal_synced: None,
-            commit_covers: None,
         };
         shard.check(seed);
         stats.crashes += 1;
@@ -363,7 +308,6 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
         run,
         model: (0..channels).map(|_| Vec::new()).collect(),
         journal_synced: None,
-        commit_covers: None,
     };
     for step in 0..operations {
         match rng.below(100) {
@@ -381,8 +325,7 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
                 });
                 assert_eq!(appended.seq, shard.model[index].len() as u64);
             }
-            60..=71 => shard.turn(true, stats),
-            72..=81 => shard.turn_with_commit(stats),
+            60..=81 => shard.turn(true, stats),
             82..=89 => shard.turn(false, stats),
             90..=91 => shard = shard.clean_restart(dir.path(), stats),
             92..=96 => shard = shard.crash_and_restart(dir.path(), &mut rng, seed, stats),
@@ -406,7 +349,7 @@ fn acknowledged_records_survive_power_losses_that_lose_unsynced_pages() {
         stats.partition_pages_lost > 0 && stats.journal_pages_lost > 0,
         "{stats:?}"
     );
-    assert!(stats.replayed_records > 0 && stats.commits > 0, "{stats:?}");
+    assert!(stats.replayed_records > 0, "{stats:?}");
     assert!(
         stats.unacked_lost > 0 && stats.unacked_kept > 0,
         "{stats:?}"

@@ -93,12 +93,6 @@ pub(crate) struct Shard {
     journal: starling_storage::Journal,
     /// When the journal was last fdatasync'ed (the `interval` policy).
     journal_synced_at: Instant,
-    /// The commit in flight on the journal's commit thread (`fsync`).
-    commit: Option<owner::Commit>,
-    /// Wakes this shard's loop when a commit finishes.
-    commit_notify: starling_storage::journal::CommitNotify,
-    /// Reads of the log that wait for the commit in flight.
-    deferred_reads: Vec<ShardMsg>,
     shutting_down: bool,
 }
 
@@ -111,14 +105,6 @@ impl Shard {
         journal: starling_storage::Journal,
     ) -> Shard {
         let shards = shared.routing.shards;
-        let commit_notify: starling_storage::journal::CommitNotify = {
-            let shared = Arc::clone(&shared);
-            Arc::new(move || {
-                if let Err(error) = shared.inboxes[id].waker.wake() {
-                    log::error!("shard {id}: cannot wake the loop after a commit: {error}");
-                }
-            })
-        };
         Shard {
             id,
             poll,
@@ -147,9 +133,6 @@ impl Shard {
             last_timestamp_ms: 0,
             journal,
             journal_synced_at: Instant::now(),
-            commit: None,
-            commit_notify,
-            deferred_reads: Vec::new(),
             shutting_down: false,
         }
     }
@@ -297,24 +280,19 @@ impl Shard {
                 self.owner_publish(publish);
             }
             ShardMsg::Interest { channel, shard, on } => self.owner_interest(channel, shard, on),
-            message @ (ShardMsg::Fetch { .. } | ShardMsg::Read { .. }) => {
-                match self.defer_read(message) {
-                    Some(ShardMsg::Fetch {
-                        subscriber,
-                        channel,
-                        start,
-                    }) => self.owner_fetch(subscriber, channel, start),
-                    Some(ShardMsg::Read {
-                        from,
-                        request_id,
-                        reply_as,
-                        channel,
-                        query,
-                        limit,
-                    }) => self.owner_read(from, request_id, reply_as, channel, query, limit),
-                    _ => {}
-                }
-            }
+            ShardMsg::Fetch {
+                subscriber,
+                channel,
+                start,
+            } => self.owner_fetch(subscriber, channel, start),
+            ShardMsg::Read {
+                from,
+                request_id,
+                reply_as,
+                channel,
+                query,
+                limit,
+            } => self.owner_read(from, request_id, reply_as, channel, query, limit),
             ShardMsg::Replied {
                 to,
                 request_id,
@@ -386,10 +364,7 @@ impl Shard {
     }
 
     fn finish_shutdown(&mut self) {
-        // What is pending goes out in one more commit; both are waited for.
-        self.wait_commit();
         self.end_turn();
-        self.wait_commit();
         let slots: Vec<u32> = (0..self.connections.len() as u32).collect();
         for slot in slots {
             if self.connections[slot as usize].is_some() {

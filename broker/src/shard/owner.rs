@@ -41,20 +41,6 @@ struct PendingAck {
     duplicate: bool,
 }
 
-/// What a commit answers for one partition: its acknowledgements and its
-/// messages to fan out.
-pub(super) struct TurnWork {
-    partition: u32,
-    acks: Vec<PendingAck>,
-    fanout: Vec<(Arc<str>, Message)>,
-}
-
-/// A commit in flight on the journal's commit thread.
-pub(super) struct Commit {
-    started: Instant,
-    work: Vec<TurnWork>,
-}
-
 /// A log partition and the work of the current turn on it.
 pub(crate) struct OwnedPartition {
     pub log: Partition,
@@ -211,25 +197,12 @@ impl Shard {
         partition.fanout.push((request.channel, message));
     }
 
-    /// Group commit: one write per partition for everything appended since
-    /// the last commit, the same bytes in one write to the shard journal,
-    /// and (per policy) one fdatasync of the journal for all of them; then
+    /// Group commit: one write per partition for everything appended this
+    /// turn, the same bytes in one write to the shard journal, and (per
+    /// policy) one fdatasync of the journal for all of them; then
     /// acknowledgements, then fan-out. Partition files are synced in the
     /// background when the journal switches files.
-    ///
-    /// Under `fsync` the fdatasync runs on the journal's commit thread while
-    /// this loop goes on reading, routing and appending; what arrives
-    /// meanwhile stays pending in the partitions (not visible, not written)
-    /// and goes into the next commit, started as soon as this one is
-    /// collected here. Reads of the log wait for the commit in flight
-    /// (`defer_read`), so nothing that is not durable is ever read.
     pub(super) fn end_turn(&mut self) {
-        if self.journal.commit_in_flight() {
-            match self.journal.finish_commit() {
-                None => return,
-                Some(result) => self.complete_commit(result),
-            }
-        }
         let durability = self.shared.config.durability;
         let interval = Duration::from_millis(self.shared.config.interval_ms);
         let mut ids: Vec<u32> = self
@@ -260,133 +233,44 @@ impl Shard {
             }
         }
 
-        // Phase 2: one journal write and, per policy, one fdatasync (on the
-        // commit thread under `fsync`).
+        // Phase 2: one journal write and, per policy, one fdatasync.
         let wrote = journal.has_entries();
         let mut result = journal.write();
-        if result.is_ok() && durability == Durability::Fsync {
-            match journal.begin_sync(&self.commit_notify) {
-                Ok(true) => {
-                    let work = self.take_work(ids);
-                    self.commit = Some(Commit {
-                        started: commit_started,
-                        work,
-                    });
-                    return;
-                }
-                Ok(false) => {}
-                Err(error) => result = Err(error),
-            }
-        }
         let sync_now = match durability {
             Durability::Fsync => true,
             Durability::Interval => self.journal_synced_at.elapsed() >= interval,
             Durability::None => false,
         };
-        if result.is_ok() && durability == Durability::Interval && sync_now {
-            result = self.journal.sync();
+        if result.is_ok() && sync_now && journal.unsynced() {
+            result = journal.sync();
             if result.is_ok() {
                 self.journal_synced_at = Instant::now();
                 self.shared.metrics.fsyncs.add(1);
             }
         }
-        let durable = !self.journal.unsynced();
-        if let Err(error) = &result {
+        let durable = !journal.unsynced();
+        if let Err(error) = result {
             // Nothing of this turn is acknowledged, and nothing after it.
             for partition in self.partitions.values_mut() {
-                partition.fail(error);
+                partition.fail(&error);
             }
         }
         if wrote && (sync_now || durability != Durability::Fsync) {
             let commit_us = commit_started.elapsed().as_micros() as u64;
             self.shared.metrics.commit_latency.observe_us(commit_us);
         }
-        let work = self.take_work(ids);
-        self.acknowledge(work, durable);
-        self.maybe_switch_journal();
-    }
 
-    /// Takes the acknowledgements and fan-out of partitions `ids`.
-    fn take_work(&mut self, ids: Vec<u32>) -> Vec<TurnWork> {
-        ids.into_iter()
-            .map(|id| {
-                let partition = self
-                    .partitions
-                    .get_mut(&id)
-                    .expect("a partition of this shard");
-                TurnWork {
-                    partition: id,
-                    acks: std::mem::take(&mut partition.acks),
-                    fanout: std::mem::take(&mut partition.fanout),
-                }
-            })
-            .collect()
-    }
-
-    /// Collects a finished commit: acknowledges and fans out what it made
-    /// durable (or answers with the failure), answers the reads that waited
-    /// for it, and moves the journal to its other file if it is full.
-    fn complete_commit(&mut self, result: Result<(), StorageError>) {
-        let commit = self.commit.take().expect("a commit in flight has its work");
-        match &result {
-            Ok(()) => {
-                self.shared.metrics.fsyncs.add(1);
-                let commit_us = commit.started.elapsed().as_micros() as u64;
-                self.shared.metrics.commit_latency.observe_us(commit_us);
-            }
-            Err(error) => {
-                // Nothing of this commit is acknowledged, and nothing after it.
-                for partition in self.partitions.values_mut() {
-                    partition.fail(error);
-                }
-            }
-        }
-        self.acknowledge(commit.work, result.is_ok());
-        for message in std::mem::take(&mut self.deferred_reads) {
-            self.handle_message(message);
-        }
-        self.maybe_switch_journal();
-    }
-
-    /// Waits for the commit in flight, if any, and collects it (shutdown).
-    pub(super) fn wait_commit(&mut self) {
-        if self.journal.commit_in_flight() {
-            let result = self.journal.wait_commit();
-            self.complete_commit(result);
-        }
-    }
-
-    /// A read of the log that arrived while a commit is in flight waits for
-    /// it: the records of that commit are written (visible to reads) but not
-    /// yet durable. Returns the message back when it can run now.
-    pub(super) fn defer_read(&mut self, message: ShardMsg) -> Option<ShardMsg> {
-        if self.journal.commit_in_flight() {
-            self.deferred_reads.push(message);
-            None
-        } else {
-            Some(message)
-        }
-    }
-
-    /// Phase 3: acknowledges the publishes of `work` and fans out its
-    /// messages (`durable` says whether the journal holds them synced; a
-    /// failed partition answers with its failure and delivers nothing
-    /// stored).
-    fn acknowledge(&mut self, work: Vec<TurnWork>, durable: bool) {
-        for TurnWork {
-            partition: id,
-            mut acks,
-            mut fanout,
-        } in work
-        {
-            let partition = self
-                .partitions
-                .get_mut(&id)
-                .expect("a partition of this shard");
+        // Phase 3: acknowledge and fan out.
+        for id in ids {
+            let partition = self.partitions.get_mut(&id).expect("listed above");
             let failed = partition
                 .failed
                 .is_some()
                 .then(|| partition.storage_failed());
+            // The buffers go back to the partition afterwards, so a busy
+            // partition does not regrow them every turn.
+            let mut acks = std::mem::take(&mut partition.acks);
+            let mut fanout = std::mem::take(&mut partition.fanout);
             if failed.is_some() {
                 // Nothing of a failed write is acknowledged or delivered.
                 fanout.retain(|(_, message)| message.seq == 0);
@@ -407,29 +291,14 @@ impl Shard {
                 self.reply(ack.to, ack.request_id, reply);
             }
             self.fan_out(&mut fanout);
-            // The buffers go back to the partition when it has none, so a
-            // busy partition does not regrow them every turn.
-            let partition = self
-                .partitions
-                .get_mut(&id)
-                .expect("a partition of this shard");
-            if partition.acks.capacity() == 0 {
-                partition.acks = acks;
-            }
-            if partition.fanout.capacity() == 0 {
-                partition.fanout = fanout;
-            }
+            let partition = self.partitions.get_mut(&id).expect("listed above");
+            partition.acks = acks;
+            partition.fanout = fanout;
         }
-    }
 
-    /// Phase 4: when the journal's file is full, move to the other one
-    /// (after the acknowledgements: it may wait for the background sync of
-    /// the previous switch); otherwise start the partitions' write-back when
-    /// the journal asks. Never with a commit in flight.
-    fn maybe_switch_journal(&mut self) {
-        if self.journal.commit_in_flight() {
-            return;
-        }
+        // Phase 4: when the journal's file is full, move to the other one
+        // (after this turn's acknowledgements: it may wait for the
+        // background sync of the previous switch).
         if self.journal.wants_switch() {
             self.switch_journal();
         } else if self.journal.wants_trickle() {
