@@ -942,6 +942,10 @@ impl Shard {
             return;
         };
         if let ConnKind::Socket(socket) = &mut connection.kind {
+            // Only sockets are counted open (in-process clients are not
+            // connections of `clients/connected` or `/metrics`), so only
+            // sockets are counted closed.
+            self.shared.metrics.connections_closed.add(1);
             self.shared.address_limits.closed(socket.peer.ip());
             if let Some(tls) = socket.tls.as_mut() {
                 tls.send_close_notify();
@@ -956,7 +960,6 @@ impl Shard {
         for pattern in std::mem::take(&mut connection.patterns) {
             self.remove_pattern_subscriber(&pattern, slot);
         }
-        self.shared.metrics.connections_closed.add(1);
         self.release_slot(slot);
     }
 
