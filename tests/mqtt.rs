@@ -1969,3 +1969,78 @@ fn a_session_resumed_after_a_sigkill_cancels_its_delayed_will() {
     );
     assert_eq!(history_once(&server, "presence/f", 1), vec!["f is back"]);
 }
+
+/// Connects `client_id` to a persistent session (v3.1.1: clean session 0;
+/// v5: no clean start, an hour of session expiry) subscribed to `topic` at
+/// QoS 1, disconnects, then connects with a clean start that keeps nothing
+/// (v3.1.1: clean session 1; v5: clean start, session expiry 0) and
+/// disconnects again.
+fn persistent_then_clean(
+    address: SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+    topic: &str,
+) {
+    let (mut raw, present) = match version {
+        ProtocolVersion::V311 => connect_session(address, version, client_id, false),
+        ProtocolVersion::V5 => resume_v5(address, client_id, 3600),
+    };
+    assert!(!present, "{client_id}: a new session");
+    subscribe(&mut raw, topic, QoS::AtLeastOnce);
+    raw.send(&Packet::Disconnect(Default::default()));
+    assert!(raw.next().is_none());
+    let (mut clean, present) = connect_session(address, version, client_id, true);
+    assert!(!present, "{client_id}: a clean start has no session");
+    clean.send(&Packet::Disconnect(Default::default()));
+    assert!(clean.next().is_none());
+}
+
+/// After [`persistent_then_clean`] and a message to `topic`: a persistent
+/// connect finds no session, and the old subscription delivers nothing.
+fn old_session_is_gone(server: &Server, version: ProtocolVersion, client_id: &str, topic: &str) {
+    publish_acked(server, topic, &["while away".into()], QoS::AtLeastOnce);
+    let (mut raw, present) = match version {
+        ProtocolVersion::V311 => connect_session(server.mqtt, version, client_id, false),
+        ProtocolVersion::V5 => resume_v5(server.mqtt, client_id, 3600),
+    };
+    assert!(
+        !present,
+        "{client_id} ({version:?}): the clean start discarded the older session"
+    );
+    raw.send(&Packet::PingReq);
+    assert_eq!(
+        raw.next(),
+        Some(Packet::PingResp),
+        "{client_id}: nothing of the older session is delivered"
+    );
+    raw.send(&Packet::Disconnect(Default::default()));
+}
+
+#[test]
+fn a_clean_start_ends_an_older_persistent_session_also_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let versions = [ProtocolVersion::V311, ProtocolVersion::V5];
+    for version in versions {
+        let (live, restarted) = (
+            format!("live-{version:?}"),
+            format!("restarted-{version:?}"),
+        );
+        persistent_then_clean(server.mqtt, version, &live, &format!("{live}/jobs"));
+        persistent_then_clean(
+            server.mqtt,
+            version,
+            &restarted,
+            &format!("{restarted}/jobs"),
+        );
+        old_session_is_gone(&server, version, &live, &format!("{live}/jobs"));
+    }
+    // What the clean starts did is in the log: a SIGKILL and a restart do
+    // not bring the older sessions back.
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    for version in versions {
+        let restarted = format!("restarted-{version:?}");
+        old_session_is_gone(&server, version, &restarted, &format!("{restarted}/jobs"));
+    }
+}

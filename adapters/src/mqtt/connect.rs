@@ -1,5 +1,6 @@
-//! CONNECT: sign-in, keep-alive, and resuming a persistent session from
-//! its records in the log.
+//! CONNECT: sign-in, keep-alive, resuming a persistent session from its
+//! records in the log, and ending an older session in the log at a clean
+//! start.
 
 use super::*;
 
@@ -90,18 +91,10 @@ impl MqttSession {
         // start off: at least until the connection ends) or asks for it to
         // outlive the connection.
         let persistent = !connect.clean_start || session_expiry_s > 0;
-        let restoring = !connect.clean_start;
+        let resuming = !connect.clean_start;
         self.reconnected(&client_id, connect.clean_start, context.now());
         if connect.clean_start {
             self.forget_parked(&client_id);
-        }
-        if !restoring {
-            Packet::ConnAck(ConnAck {
-                session_present: false,
-                reason_code: ReasonCode::Success,
-                properties: std::mem::take(&mut properties),
-            })
-            .encode(version, context.out());
         }
         context.set_protocol(match version {
             ProtocolVersion::V311 => self.v311.clone(),
@@ -123,7 +116,7 @@ impl MqttSession {
             unsubscribes: HashMap::new(),
             qos2_received: HashMap::new(),
             next_received_key: random_id(),
-            qos2_read: !restoring,
+            qos2_read: !resuming,
             restored_note: Note::default(),
             acks: AckQueue::default(),
             subscriptions: Vec::new(),
@@ -140,10 +133,12 @@ impl MqttSession {
             held: VecDeque::new(),
             persistent,
             session_expiry_s,
-            restoring,
+            // The CONNACK waits for the session to be read (a resume) or
+            // for the older one to be ended in the log (a clean start).
+            restoring: true,
             clean_start: connect.clean_start,
             session_read: false,
-            awaiting_handoff: taking_over && restoring,
+            awaiting_handoff: taking_over && resuming,
             waiting_input: BytesMut::new(),
             connack_properties: properties,
             session_records: Vec::new(),
@@ -151,12 +146,13 @@ impl MqttSession {
             cursors: HashMap::new(),
         });
         let state = self.state.as_mut().expect("just set");
-        if restoring {
+        if resuming {
             // The CONNACK says whether a session was found: read it first.
             let channel = session_channel(&state.client_id);
             let query = HistoryQuery::From(1);
             read_history(
                 state,
+                Reader::Server,
                 Pending::SessionRead,
                 channel,
                 query,
@@ -164,15 +160,56 @@ impl MqttSession {
                 context,
             );
             let channel = qos2_channel(&state.client_id);
-            let pending = Pending::Qos2Read;
-            read_history(state, pending, channel, HistoryQuery::Last, 1, context);
+            read_last_own(state, Pending::Qos2Read, channel, context);
         } else if persistent {
-            // A clean start that keeps its session: forget the old one (and
-            // the QoS 2 packet ids it noted).
-            state.record(serde_json::json!({"type": "start"}), context);
-            state.note_qos2(Pending::Fire, context);
+            // A clean start that keeps its session: the older one ends
+            // where this one starts (and the QoS 2 packet ids it noted are
+            // forgotten), durably before the CONNACK.
+            let start = serde_json::json!({"type": "start"});
+            state.append_record(start, Pending::OlderSessionEnded, context);
+            state.note_qos2(Pending::OlderSessionEnded, context);
+        } else {
+            // A clean start that keeps nothing still discards an older
+            // persistent session of the client id (MQTT 3.1.1 and 5.0
+            // 3.1.2.4): its end is recorded, durably before the CONNACK, so
+            // that neither a later resume nor a restart brings it back. The
+            // last records are read first: a client id that never had a
+            // session writes nothing.
+            let channel = session_channel(&state.client_id);
+            read_last_own(state, Pending::OlderSessionRead, channel, context);
+            let channel = qos2_channel(&state.client_id);
+            read_last_own(state, Pending::OlderNoteRead, channel, context);
         }
         Ok(())
+    }
+
+    /// A clean start's CONNACK, once the older session is ended in the log;
+    /// then the packets that waited.
+    pub(super) fn finish_clean_start(
+        &mut self,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        let ending = state.pending.values().any(|pending| {
+            matches!(
+                pending,
+                Pending::OlderSessionRead | Pending::OlderNoteRead | Pending::OlderSessionEnded
+            )
+        });
+        if !state.clean_start || !state.restoring || ending {
+            return Ok(());
+        }
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties: std::mem::take(&mut state.connack_properties),
+        })
+        .encode(state.version, context.out());
+        state.restoring = false;
+        let mut waiting = std::mem::take(&mut state.waiting_input);
+        self.process(&mut waiting, context)
     }
 
     /// The session's records are read: answer the CONNACK, subscribe again

@@ -84,9 +84,9 @@ use qos2::{qos2_channel, received_message_id, Note, Received};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
-    collect, collect_complete, fold_session, next_request, read_history, read_retained,
-    read_retained_index, retained_channel, send_suback, send_unsuback, session_channel,
-    session_consumer, StoredSession, RETAINED_INDEX, SESSION_PAGE,
+    collect, collect_complete, fold_session, next_request, read_history, read_last_own,
+    read_retained, read_retained_index, retained_channel, send_suback, send_unsuback,
+    session_channel, session_consumer, Reader, StoredSession, RETAINED_INDEX, SESSION_PAGE,
 };
 use subscribe::{subscribe_command, Route, Subscription};
 use wills::StoredWill;
@@ -218,6 +218,15 @@ enum Pending {
     /// The last note of a resumed session's QoS 2 state, read before the
     /// CONNACK.
     Qos2Read,
+    /// A clean start read the last record of the client id's session (an
+    /// older one that did not end is ended before the CONNACK).
+    OlderSessionRead,
+    /// A clean start read the client id's last QoS 2 note (a note with
+    /// packet ids is cleared before the CONNACK).
+    OlderNoteRead,
+    /// A clean start's record or note that ends the older session: the
+    /// CONNACK waits for it.
+    OlderSessionEnded,
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
@@ -292,8 +301,9 @@ struct Connected {
     /// How long the session outlives the connection, in seconds: 0 ends it
     /// with the connection, `u32::MAX` never (v3.1.1's clean session 0).
     session_expiry_s: u32,
-    /// The CONNACK waits for the session's state to be read; packets that
-    /// arrive meanwhile wait here.
+    /// The CONNACK waits for the session's state to be read (or, at a clean
+    /// start, for an older session to be ended); packets that arrive
+    /// meanwhile wait here.
     restoring: bool,
     /// The client asked for a clean start (v3.1.1: clean session).
     clean_start: bool,

@@ -147,6 +147,7 @@ impl Connected {
         let (channel, query) = (TOPIC_INDEX.to_string(), HistoryQuery::From(from));
         read_history(
             self,
+            Reader::Client,
             Pending::TopicIndex,
             channel,
             query,
@@ -206,7 +207,15 @@ impl Connected {
             since_ms,
             found,
         };
-        read_history(self, pending, topic, query, OFFLINE_START_PAGE, context);
+        read_history(
+            self,
+            Reader::Client,
+            pending,
+            topic,
+            query,
+            OFFLINE_START_PAGE,
+            context,
+        );
     }
 
     /// A page of a topic's history, read backwards from its end: its first

@@ -209,10 +209,21 @@ impl Connected {
 
     /// Records a change of a persistent session's subscriptions.
     pub(super) fn record(&mut self, event: serde_json::Value, context: &mut SessionContext<'_>) {
-        if !self.persistent {
-            return;
+        if self.persistent {
+            self.append_record(event, Pending::Fire, context);
         }
-        let request_id = next_request(self, Pending::Fire);
+    }
+
+    /// Appends `event` to the session's records, answered as `pending`
+    /// (also for a session that is not persistent: a clean start ends an
+    /// older one).
+    pub(super) fn append_record(
+        &mut self,
+        event: serde_json::Value,
+        pending: Pending,
+        context: &mut SessionContext<'_>,
+    ) {
+        let request_id = next_request(self, pending);
         context.submit_as_server(
             request_id,
             Command::Publish {

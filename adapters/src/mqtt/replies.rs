@@ -175,19 +175,51 @@ impl MqttSession {
             }
             Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
-                    return session_unreadable(state, reply, context);
+                    return session_unreadable(state, "read", reply, context);
                 };
                 let noted = messages.last().map(|note| Note::read(&note.body));
                 state.restored_note = noted.unwrap_or_default();
                 state.qos2_read = true;
                 return self.try_resume(context);
             }
+            Pending::OlderSessionRead => {
+                let Reply::History { messages, .. } = reply else {
+                    return session_unreadable(state, "read", reply, context);
+                };
+                let ended = messages.last().is_none_or(|last| {
+                    serde_json::from_slice::<serde_json::Value>(&last.body)
+                        .is_ok_and(|record| record["type"] == "end")
+                });
+                if !ended {
+                    let end = serde_json::json!({"type": "end"});
+                    state.append_record(end, Pending::OlderSessionEnded, context);
+                }
+                return self.finish_clean_start(context);
+            }
+            Pending::OlderNoteRead => {
+                let Reply::History { messages, .. } = reply else {
+                    return session_unreadable(state, "read", reply, context);
+                };
+                if messages
+                    .last()
+                    .is_some_and(|note| !Note::read(&note.body).is_empty())
+                {
+                    state.note_qos2(Pending::OlderSessionEnded, context);
+                }
+                return self.finish_clean_start(context);
+            }
+            Pending::OlderSessionEnded => {
+                if error.is_some() {
+                    return session_unreadable(state, "ended", reply, context);
+                }
+                return self.finish_clean_start(context);
+            }
             Pending::SessionRead => {
                 let Reply::History {
                     head_seq, messages, ..
                 } = reply
                 else {
-                    return session_unreadable(state, reply, context);
+                    return session_unreadable(state, "read", reply, context);
                 };
                 state.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
@@ -195,7 +227,15 @@ impl MqttSession {
                         let channel = session_channel(&state.client_id);
                         let query = HistoryQuery::From(last.seq + 1);
                         let pending = Pending::SessionRead;
-                        read_history(state, pending, channel, query, SESSION_PAGE, context);
+                        read_history(
+                            state,
+                            Reader::Server,
+                            pending,
+                            channel,
+                            query,
+                            SESSION_PAGE,
+                            context,
+                        );
                         return Ok(());
                     }
                 }
@@ -302,9 +342,11 @@ impl MqttSession {
 }
 
 /// Refuses the CONNACK of a session whose records (or QoS 2 note) could
-/// not be read; once, though both reads may fail.
+/// not be read, or, at a clean start, whose older session could not be
+/// ended; once, though several requests may fail.
 fn session_unreadable(
     state: &mut Connected,
+    what: &str,
     reply: &Reply,
     context: &mut SessionContext<'_>,
 ) -> Result<(), Close> {
@@ -312,7 +354,7 @@ fn session_unreadable(
         return Ok(());
     }
     state.restoring = false;
-    let reason = format!("the session could not be read: {reply:?}; connect again");
+    let reason = format!("the session could not be {what}: {reply:?}; connect again");
     let mut properties = Properties::default();
     if state.version == ProtocolVersion::V5 {
         properties.reason_string = Some(cut(&reason));

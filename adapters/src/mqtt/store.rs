@@ -186,7 +186,15 @@ pub(super) fn read_retained(
         qos,
         subscription_id,
     };
-    read_history(state, pending, channel, HistoryQuery::Last, 1, context);
+    read_history(
+        state,
+        Reader::Client,
+        pending,
+        channel,
+        HistoryQuery::Last,
+        1,
+        context,
+    );
 }
 
 /// Records read per page of the retained-topic index.
@@ -208,12 +216,32 @@ pub(super) fn read_retained_index(
         subscription_id,
     };
     let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
-    read_history(state, pending, channel, query, RETAINED_INDEX_PAGE, context);
+    read_history(
+        state,
+        Reader::Client,
+        pending,
+        channel,
+        query,
+        RETAINED_INDEX_PAGE,
+        context,
+    );
 }
 
-/// Reads a page of `channel`'s history; the reply goes to `pending`.
+/// Who reads a page of history.
+pub(super) enum Reader {
+    /// The client, as its roles allow.
+    Client,
+    /// The server, for the session's own records and QoS 2 notes in its
+    /// reserved `$mqtt/…` channels: a client's roles need not allow reading
+    /// `$` channels for its session to resume or end.
+    Server,
+}
+
+/// Reads a page of `channel`'s history as `reader`; the reply goes to
+/// `pending`.
 pub(super) fn read_history(
     state: &mut Connected,
+    reader: Reader,
     pending: Pending,
     channel: String,
     query: HistoryQuery,
@@ -221,14 +249,27 @@ pub(super) fn read_history(
     context: &mut SessionContext<'_>,
 ) {
     let request_id = next_request(state, pending);
-    context.submit(
-        request_id,
-        Command::History {
-            channel,
-            query,
-            limit,
-        },
-    );
+    let command = Command::History {
+        channel,
+        query,
+        limit,
+    };
+    match reader {
+        Reader::Client => context.submit(request_id, command),
+        Reader::Server => context.submit_as_server(request_id, command),
+    }
+}
+
+/// Reads the last of the session's own records or notes in `channel`, as
+/// the server.
+pub(super) fn read_last_own(
+    state: &mut Connected,
+    pending: Pending,
+    channel: String,
+    context: &mut SessionContext<'_>,
+) {
+    let query = HistoryQuery::Last;
+    read_history(state, Reader::Server, pending, channel, query, 1, context);
 }
 
 pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {
