@@ -7,25 +7,27 @@ use super::*;
 /// Records the reason code of filter `index` of SUBSCRIBE or UNSUBSCRIBE
 /// `packet_id`; returns every filter's code once all are in.
 pub(super) fn collect(
-    collecting: &mut HashMap<u16, Collecting>,
-    packet_id: u16,
+    collecting: &mut HashMap<Awaiting, Collecting>,
+    awaiting: Awaiting,
     index: usize,
     code: ReasonCode,
 ) -> Option<Collecting> {
-    collecting.get_mut(&packet_id)?.codes[index] = Some(code);
-    collect_complete(collecting, packet_id)
+    collecting.get_mut(&awaiting)?.codes[index] = Some(code);
+    collect_complete(collecting, awaiting)
 }
 
 /// Every filter's code of SUBSCRIBE or UNSUBSCRIBE `packet_id`, once all
 /// are in.
 pub(super) fn collect_complete(
-    collecting: &mut HashMap<u16, Collecting>,
-    packet_id: u16,
+    collecting: &mut HashMap<Awaiting, Collecting>,
+    awaiting: Awaiting,
 ) -> Option<Collecting> {
     let complete = collecting
-        .get(&packet_id)
+        .get(&awaiting)
         .is_some_and(|entry| entry.codes.iter().all(Option::is_some));
-    complete.then(|| collecting.remove(&packet_id)).flatten()
+    let done = complete.then(|| collecting.remove(&awaiting)).flatten();
+    release_if_empty(collecting);
+    done
 }
 
 /// Sends the UNSUBACK of a completed UNSUBSCRIBE.
@@ -270,6 +272,23 @@ pub(super) fn read_last_own(
 ) {
     let query = HistoryQuery::Last;
     read_history(state, Reader::Server, pending, channel, query, 1, context);
+}
+
+/// Frees the table of a map that became empty: an idle connection keeps no
+/// table for the requests and packets it once waited for.
+pub(super) fn release_if_empty<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() && map.capacity() > 0 {
+        map.shrink_to_fit();
+    }
+}
+
+/// Appends to a vector that is usually short (a connection's
+/// subscriptions) without the spare room of doubling while it is short.
+pub(super) fn push_compact<T>(vec: &mut Vec<T>, item: T) {
+    if vec.len() < 4 {
+        vec.reserve_exact(1);
+    }
+    vec.push(item);
 }
 
 pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {
