@@ -102,6 +102,21 @@ impl Connected {
     }
 
     fn already_delivered(&self, outgoing: &Outgoing) -> bool {
+        // At or below its topic's cursor the client acknowledged it. This
+        // catches a redelivery from the log that comes after the client
+        // acknowledged the same message resent from the previous connection
+        // (the cursor then passed it, and `delivered` forgot it).
+        let seq = outgoing.message.seq;
+        if self.persistent
+            && seq > 0
+            && self
+                .qos
+                .cursors
+                .get(&outgoing.topic)
+                .is_some_and(|cursor| seq <= *cursor)
+        {
+            return true;
+        }
         self.extras.as_ref().is_some_and(|extras| {
             extras
                 .delivered
