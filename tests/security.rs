@@ -115,11 +115,17 @@ fn curl_from(source: &str, args: &[&str]) -> (u16, String) {
 }
 
 fn mosquitto_pub(server: &Server, token: &str, topic: &str) -> String {
+    mosquitto_pub_with(server, token, topic, &[])
+}
+
+/// [`mosquitto_pub`] with more arguments (`extra`).
+fn mosquitto_pub_with(server: &Server, token: &str, topic: &str, extra: &[&str]) -> String {
     let output = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
         .args([
             "-V", "mqttv5", "-u", "x", "-P", token, "-t", topic, "-m", "hi", "-q", "1", "-d",
         ])
+        .args(extra)
         .output()
         .expect("mosquitto_pub runs");
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -162,6 +168,16 @@ fn denied_means_denied_on_every_protocol() {
     // MQTT: PUBACK 0x87 (not authorized) for a forbidden topic, CONNACK
     // refusal for a bad token.
     assert!(mosquitto_pub(&server, &alice, "team/red").contains("PUBACK (Mid: 1, RC:0)"));
+    // A persistent session starts, resumes and is ended by a clean start,
+    // though alice's roles do not allow reading the server's `$mqtt/…`
+    // channels that keep it.
+    let persistent = ["-i", "alice-durable", "-c", "-x", "3600"];
+    for _ in 0..2 {
+        let output = mosquitto_pub_with(&server, &alice, "team/red", &persistent);
+        assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+    }
+    let output = mosquitto_pub_with(&server, &alice, "team/red", &["-i", "alice-durable"]);
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
     assert!(mosquitto_pub(&server, &alice, "general").contains("RC:135"));
     let refused = mosquitto_pub(&server, "not-a-token", "team/red");
     assert!(

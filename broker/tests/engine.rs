@@ -533,3 +533,21 @@ fn pattern_subscriptions_get_every_matching_channel_on_every_shard() {
     publisher.publish("rooms/1", Bytes::new()).unwrap();
     nothing_more(&mut subscriber);
 }
+
+#[test]
+fn in_process_clients_are_not_counted_as_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        shards: 1,
+        ..config(dir.path())
+    });
+    drop(user(&engine, "gone"));
+    // One shard reads its inbox in order: once the next client is attached
+    // and answered, the first one's detach was handled.
+    let mut next = user(&engine, "next");
+    next.publish("count", "x").unwrap();
+    // The connection counters are of sockets (`clients/connected` is
+    // opened − closed): a detached in-process client must not lower it.
+    assert_eq!(engine.metrics().connections_opened.get(), 0);
+    assert_eq!(engine.metrics().connections_closed.get(), 0);
+}

@@ -1,5 +1,6 @@
-//! CONNECT: sign-in, keep-alive, and resuming a persistent session from
-//! its records in the log.
+//! CONNECT: sign-in, keep-alive, resuming a persistent session from its
+//! records in the log, and ending an older session in the log at a clean
+//! start.
 
 use super::*;
 
@@ -62,20 +63,18 @@ impl MqttSession {
         // (and the older one hands its in-flight state over, `parked`).
         let mut taking_over = false;
         if let Some(conn) = context.conn() {
-            let previous = self.clients.lock().insert(client_id.clone(), conn);
+            let previous = self.listener.clients.lock().insert(client_id.clone(), conn);
             if let Some(old) = previous.filter(|old| *old != conn) {
                 context.notify(old, Box::new(TakenOver));
                 taking_over = true;
             }
         }
-        let keep_alive = match connect.keep_alive_s {
-            0 => None,
-            seconds => Some(Duration::from_secs(u64::from(seconds))),
-        };
+        let keep_alive_s = connect.keep_alive_s;
+        let keep_alive = Duration::from_secs(u64::from(keep_alive_s));
         let mut properties = Properties::default();
         if version == ProtocolVersion::V5 {
             properties.assigned_client_identifier = assigned;
-            properties.maximum_packet_size_bytes = Some(self.limits.packet_bytes_max);
+            properties.maximum_packet_size_bytes = Some(self.listener.limits.packet_bytes_max);
             properties.receive_maximum = Some(RECEIVE_MAXIMUM);
             properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         }
@@ -90,73 +89,61 @@ impl MqttSession {
         // start off: at least until the connection ends) or asks for it to
         // outlive the connection.
         let persistent = !connect.clean_start || session_expiry_s > 0;
-        let restoring = !connect.clean_start;
+        let resuming = !connect.clean_start;
         self.reconnected(&client_id, connect.clean_start, context.now());
         if connect.clean_start {
             self.forget_parked(&client_id);
         }
-        if !restoring {
-            Packet::ConnAck(ConnAck {
-                session_present: false,
-                reason_code: ReasonCode::Success,
-                properties: std::mem::take(&mut properties),
-            })
-            .encode(version, context.out());
-        }
         context.set_protocol(match version {
-            ProtocolVersion::V311 => self.v311.clone(),
-            ProtocolVersion::V5 => self.v5.clone(),
+            ProtocolVersion::V311 => self.listener.v311.clone(),
+            ProtocolVersion::V5 => self.listener.v5.clone(),
         });
         let now = context.now();
-        if let Some(keep_alive) = keep_alive {
+        if keep_alive_s > 0 {
             context.set_timer(now + keep_alive + keep_alive / 2);
         }
         self.state = Some(Connected {
             version,
             client_id,
-            keep_alive,
+            keep_alive_s,
             last_packet: now,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             next_request_id: 1,
             pending: HashMap::new(),
-            subscribes: HashMap::new(),
-            unsubscribes: HashMap::new(),
-            qos2_received: HashMap::new(),
+            collecting: HashMap::new(),
             next_received_key: random_id(),
-            qos2_read: !restoring,
-            restored_note: Note::default(),
-            acks: AckQueue::default(),
+            qos2_read: !resuming,
             subscriptions: Vec::new(),
             client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
             extras: None,
-            outbound: HashMap::new(),
-            next_order: 0,
+            qos: QosSlot::default(),
             window: connect
                 .properties
                 .receive_maximum
                 .unwrap_or(u16::MAX)
                 .min(OUTBOUND_INFLIGHT_MAX),
-            next_packet_id: 0,
-            held: VecDeque::new(),
             persistent,
             session_expiry_s,
-            restoring,
+            // The CONNACK waits for the session to be read (a resume) or
+            // for the older one to be ended in the log (a clean start).
+            restore: Some(Box::new(Restore {
+                connack_properties: properties,
+                waiting_input: BytesMut::new(),
+                session_records: Vec::new(),
+                restored_note: Note::default(),
+            })),
             clean_start: connect.clean_start,
             session_read: false,
-            awaiting_handoff: taking_over && restoring,
-            waiting_input: BytesMut::new(),
-            connack_properties: properties,
-            session_records: Vec::new(),
-            positions: HashMap::new(),
-            cursors: HashMap::new(),
+            awaiting_handoff: taking_over && resuming,
         });
         let state = self.state.as_mut().expect("just set");
-        if restoring {
+        if resuming {
             // The CONNACK says whether a session was found: read it first.
             let channel = session_channel(&state.client_id);
             let query = HistoryQuery::From(1);
             read_history(
                 state,
+                Reader::Server,
                 Pending::SessionRead,
                 channel,
                 query,
@@ -164,15 +151,62 @@ impl MqttSession {
                 context,
             );
             let channel = qos2_channel(&state.client_id);
-            let pending = Pending::Qos2Read;
-            read_history(state, pending, channel, HistoryQuery::Last, 1, context);
+            read_last_own(state, Pending::Qos2Read, channel, context);
         } else if persistent {
-            // A clean start that keeps its session: forget the old one (and
-            // the QoS 2 packet ids it noted).
-            state.record(serde_json::json!({"type": "start"}), context);
-            state.note_qos2(Pending::Fire, context);
+            // A clean start that keeps its session: the older one ends
+            // where this one starts (and the QoS 2 packet ids it noted are
+            // forgotten), durably before the CONNACK.
+            let start = serde_json::json!({"type": "start"});
+            state.append_record(start, Pending::OlderSessionEnded, context);
+            state.note_qos2(Pending::OlderSessionEnded, context);
+        } else {
+            // A clean start that keeps nothing still discards an older
+            // persistent session of the client id (MQTT 3.1.1 and 5.0
+            // 3.1.2.4): its end is recorded, durably before the CONNACK, so
+            // that neither a later resume nor a restart brings it back. The
+            // last records are read first: a client id that never had a
+            // session writes nothing.
+            let channel = session_channel(&state.client_id);
+            read_last_own(state, Pending::OlderSessionRead, channel, context);
+            let channel = qos2_channel(&state.client_id);
+            read_last_own(state, Pending::OlderNoteRead, channel, context);
         }
         Ok(())
+    }
+
+    /// A clean start's CONNACK, once the older session is ended in the log;
+    /// then the packets that waited.
+    pub(super) fn finish_clean_start(
+        &mut self,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        let ending = state.pending.values().any(|pending| {
+            matches!(
+                pending,
+                Pending::OlderSessionRead | Pending::OlderNoteRead | Pending::OlderSessionEnded
+            )
+        });
+        if !state.clean_start || ending {
+            return Ok(());
+        }
+        let Some(restore) = state.restore.take() else {
+            return Ok(());
+        };
+        let Restore {
+            connack_properties,
+            mut waiting_input,
+            ..
+        } = *restore;
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties: connack_properties,
+        })
+        .encode(state.version, context.out());
+        self.process(&mut waiting_input, context)
     }
 
     /// The session's records are read: answer the CONNACK, subscribe again
@@ -181,9 +215,16 @@ impl MqttSession {
     /// packets that waited.
     pub(super) fn resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
-        let records = std::mem::take(&mut state.session_records);
+        let Restore {
+            connack_properties,
+            mut waiting_input,
+            session_records: records,
+            restored_note: noted,
+        } = *state
+            .restore
+            .take()
+            .expect("a session resumes while restoring");
         let mut stored = fold_session(&records, wall_clock_ms());
-        let noted = std::mem::take(&mut state.restored_note);
         // A session that only exchanged QoS 2 messages has no records but
         // its note (its server was killed while it was connected).
         stored.present |= records.is_empty() && !noted.is_empty();
@@ -213,10 +254,9 @@ impl MqttSession {
         Packet::ConnAck(ConnAck {
             session_present: stored.present,
             reason_code: ReasonCode::Success,
-            properties: std::mem::take(&mut state.connack_properties),
+            properties: connack_properties,
         })
         .encode(state.version, context.out());
-        state.restoring = false;
         self.unpark(context);
         if stored.present {
             let state = self.state.as_mut().expect("connected");
@@ -227,7 +267,7 @@ impl MqttSession {
             let (filter, qos) = (subscription.filter.clone(), subscription.qos());
             let command = subscribe_command(subscription.topic_filter());
             let shared = subscription.is_shared();
-            state.subscriptions.push(subscription);
+            push_compact(&mut state.subscriptions, subscription);
             if shared {
                 // A share rejoins its group, live.
                 let request_id = next_request(state, Pending::JoinShare(filter));
@@ -253,7 +293,6 @@ impl MqttSession {
             }
         }
         state.restore_wildcard_topics(&stored, context);
-        let mut waiting = std::mem::take(&mut state.waiting_input);
-        self.process(&mut waiting, context)
+        self.process(&mut waiting_input, context)
     }
 }

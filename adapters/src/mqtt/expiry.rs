@@ -133,7 +133,7 @@ impl MqttSession {
     /// session, and is sent now if it starts a new one (the old session
     /// ended); its session no longer expires.
     pub(super) fn reconnected(&self, client_id: &str, clean_start: bool, now: Instant) {
-        let mut timers = self.timers.lock();
+        let mut timers = self.listener.timers.lock();
         timers.expiries.cancel(client_id);
         if let Some(will) = timers.wills.cancel(client_id) {
             if clean_start {
@@ -162,12 +162,12 @@ impl MqttSession {
             .map(|extras| extras.shares.keys().cloned().collect())
             .unwrap_or_default();
         for filter in shares {
-            state.leave_share(&self.groups, &filter, context);
+            state.leave_share(&self.listener.groups, &filter, context);
         }
         let conn = context.conn();
-        let will = state.will.take();
+        let will = state.will.take().map(|will| *will);
         let principal = context.principal().cloned();
-        let clients = self.clients.clone();
+        let clients = self.listener.clients.clone();
         let mut clients = clients.lock();
         let owner = clients.get(&state.client_id).copied();
         let taker = owner.filter(|owner| Some(*owner) != conn);
@@ -265,7 +265,13 @@ impl MqttSession {
         context: &mut SessionContext<'_>,
     ) -> bool {
         let due = context.now() + delay;
-        match self.timers.lock().wills.insert(client_id, due, delayed) {
+        match self
+            .listener
+            .timers
+            .lock()
+            .wills
+            .insert(client_id, due, delayed)
+        {
             Ok(()) => true,
             Err(delayed) => {
                 context.submit(0, delayed.command());
@@ -277,7 +283,12 @@ impl MqttSession {
     /// A persistent session that outlives its connection for a while:
     /// free its in-memory state when that is over.
     fn schedule_expiry(&self, client_id: &str, end: Duration, now: Instant) {
-        let _ = self.timers.lock().expiries.insert(client_id, now + end, ());
+        let _ = self
+            .listener
+            .timers
+            .lock()
+            .expiries
+            .insert(client_id, now + end, ());
     }
 }
 
@@ -291,8 +302,8 @@ impl MqttProtocol {
     /// frees its expired sessions. Drop it before the engine shuts down.
     pub fn start_keeper(&self, engine: &Engine) -> SessionKeeper {
         let connector = engine.connector();
-        let timers = self.timers.clone();
-        let parked = self.parked.clone();
+        let timers = self.listener.timers.clone();
+        let parked = self.listener.parked.clone();
         SessionKeeper {
             _thread: Background::spawn("starling-mqtt-keeper", move |stop| {
                 keep(&connector, &timers, &parked, stop)

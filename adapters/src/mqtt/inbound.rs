@@ -40,27 +40,30 @@ impl MqttSession {
         let (pending, key) = match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => (Pending::Publish0(topic), None),
             (QoS::AtLeastOnce, Some(packet_id)) => {
-                let arrival = state.acks.reserve(QoS::AtLeastOnce);
+                let arrival = state.qos.acks.reserve(QoS::AtLeastOnce);
                 (
                     acknowledge(QoS::AtLeastOnce, packet_id, topic, arrival),
                     None,
                 )
             }
             (QoS::ExactlyOnce, Some(packet_id)) => {
-                let known = state.qos2_received.get(&packet_id).copied();
+                let known = state.qos.qos2_received.get(&packet_id).copied();
                 if known.is_some() && state.storing(packet_id) {
                     // A retransmission while the original is being stored:
                     // the original's PUBREC answers both.
                     return Ok(());
                 }
-                let arrival = state.acks.reserve(QoS::ExactlyOnce);
+                let arrival = state.qos.acks.reserve(QoS::ExactlyOnce);
                 let pending = acknowledge(QoS::ExactlyOnce, packet_id, topic, arrival);
                 match known {
                     Some(Received { stored: true, .. }) => {
                         // A retransmission of a message stored: acknowledge
                         // again, store nothing.
                         let packet = Packet::PubRec(PublishResponse::success(packet_id));
-                        state.acks.answer(arrival, packet, version, context.out());
+                        state
+                            .qos
+                            .acks
+                            .answer(arrival, packet, version, context.out());
                         return Ok(());
                     }
                     // Received before a restart, or by an older connection
@@ -71,7 +74,7 @@ impl MqttSession {
                     None => {
                         let key = state.persistent.then(|| state.new_received_key());
                         let received = Received { key, stored: false };
-                        state.qos2_received.insert(packet_id, received);
+                        state.qos.qos2_received.insert(packet_id, received);
                         if key.is_some() {
                             // A persistent session notes the packet id before
                             // it stores the message (`received`).
@@ -246,14 +249,14 @@ impl Connected {
         let retransmission = publish.qos == QoS::ExactlyOnce
             && publish
                 .packet_id
-                .is_some_and(|id| self.qos2_received.contains_key(&id));
+                .is_some_and(|id| self.qos.qos2_received.contains_key(&id));
         if retransmission {
             return None;
         }
         let receive_maximum = usize::from(RECEIVE_MAXIMUM);
         let in_flight = match (self.version, publish.qos) {
-            (ProtocolVersion::V5, _) => self.acks.qos1_waiting + self.qos2_received.len(),
-            (ProtocolVersion::V311, QoS::ExactlyOnce) => self.qos2_received.len(),
+            (ProtocolVersion::V5, _) => self.qos.acks.qos1_waiting + self.qos.qos2_received.len(),
+            (ProtocolVersion::V311, QoS::ExactlyOnce) => self.qos.qos2_received.len(),
             (ProtocolVersion::V311, _) => 0,
         };
         if in_flight >= receive_maximum {
@@ -262,7 +265,7 @@ impl Connected {
                  acknowledgements",
             );
         }
-        (self.acks.len() >= ACKS_WAITING_MAX)
+        (self.qos.acks.len() >= ACKS_WAITING_MAX)
             .then_some("more than 65,535 publishes wait for their acknowledgement; wait for them")
     }
 }

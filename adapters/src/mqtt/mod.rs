@@ -84,9 +84,10 @@ use qos2::{qos2_channel, received_message_id, Note, Received};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
-    collect, collect_complete, fold_session, next_request, read_history, read_retained,
-    read_retained_index, retained_channel, send_suback, send_unsuback, session_channel,
-    session_consumer, StoredSession, RETAINED_INDEX, SESSION_PAGE,
+    collect, collect_complete, fold_session, next_request, push_compact, read_history,
+    read_last_own, read_retained, read_retained_index, release_if_empty, retained_channel,
+    send_suback, send_unsuback, session_channel, session_consumer, Reader, StoredSession,
+    RETAINED_INDEX, SESSION_PAGE,
 };
 use subscribe::{subscribe_command, Route, Subscription};
 use wills::StoredWill;
@@ -107,6 +108,12 @@ pub const HELD_MESSAGES_MAX: usize = 16 * 1024;
 
 /// The MQTT listener's protocol.
 pub struct MqttProtocol {
+    listener: Arc<Listener>,
+}
+
+/// What the sessions of one listener share (one `Arc` per session, so an
+/// idle connection carries one pointer, not seven).
+struct Listener {
     limits: MqttLimits,
     v311: Arc<dyn Protocol>,
     v5: Arc<dyn Protocol>,
@@ -127,17 +134,19 @@ struct TakenOver;
 impl MqttProtocol {
     pub fn new(limits: MqttLimits) -> MqttProtocol {
         MqttProtocol {
-            limits,
-            v311: Arc::new(MqttDeliveries {
-                version: ProtocolVersion::V311,
+            listener: Arc::new(Listener {
+                limits,
+                v311: Arc::new(MqttDeliveries {
+                    version: ProtocolVersion::V311,
+                }),
+                v5: Arc::new(MqttDeliveries {
+                    version: ProtocolVersion::V5,
+                }),
+                clients: Clients::default(),
+                parked: ParkedSessions::default(),
+                timers: SharedTimers::default(),
+                groups: Groups::default(),
             }),
-            v5: Arc::new(MqttDeliveries {
-                version: ProtocolVersion::V5,
-            }),
-            clients: Clients::default(),
-            parked: ParkedSessions::default(),
-            timers: SharedTimers::default(),
-            groups: Groups::default(),
         }
     }
 }
@@ -147,16 +156,10 @@ impl Protocol for MqttProtocol {
         "mqtt"
     }
 
-    fn new_session(&self, peer: SocketAddr) -> Box<dyn Session> {
+    fn new_session(&self, _peer: SocketAddr) -> Box<dyn Session> {
+        // The peer's address is in every `SessionContext`.
         Box::new(MqttSession {
-            limits: self.limits,
-            peer,
-            v311: self.v311.clone(),
-            v5: self.v5.clone(),
-            clients: self.clients.clone(),
-            parked: self.parked.clone(),
-            timers: self.timers.clone(),
-            groups: self.groups.clone(),
+            listener: self.listener.clone(),
             state: None,
         })
     }
@@ -218,6 +221,15 @@ enum Pending {
     /// The last note of a resumed session's QoS 2 state, read before the
     /// CONNACK.
     Qos2Read,
+    /// A clean start read the last record of the client id's session (an
+    /// older one that did not end is ended before the CONNACK).
+    OlderSessionRead,
+    /// A clean start read the client id's last QoS 2 note (a note with
+    /// packet ids is cleared before the CONNACK).
+    OlderNoteRead,
+    /// A clean start's record or note that ends the older session: the
+    /// CONNACK waits for it.
+    OlderSessionEnded,
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
@@ -237,6 +249,14 @@ enum Pending {
     },
 }
 
+/// The acknowledgement a [`Collecting`] is for, by the packet id of its
+/// SUBSCRIBE or UNSUBSCRIBE.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Awaiting {
+    SubAck(u16),
+    UnsubAck(u16),
+}
+
 /// A SUBSCRIBE or UNSUBSCRIBE waiting for the replies of its filters.
 struct Collecting {
     codes: Vec<Option<ReasonCode>>,
@@ -251,24 +271,20 @@ struct Collecting {
 struct Connected {
     version: ProtocolVersion,
     client_id: String,
-    keep_alive: Option<Duration>,
+    /// 0: no keep-alive.
+    keep_alive_s: u16,
     last_packet: Instant,
-    will: Option<Will>,
+    /// Boxed: most connections have none.
+    will: Option<Box<Will>>,
     next_request_id: u32,
     pending: HashMap<u32, Pending>,
-    subscribes: HashMap<u16, Collecting>,
-    unsubscribes: HashMap<u16, Collecting>,
-    /// QoS 2 packet ids received, waiting for PUBREL (`received`): a
-    /// retransmitted PUBLISH with one of them is not stored twice.
-    qos2_received: HashMap<u16, Received>,
+    /// SUBSCRIBE and UNSUBSCRIBE packets waiting for the broker's replies.
+    collecting: HashMap<Awaiting, Collecting>,
     /// The key of the last QoS 2 message received (they count up from a
     /// random number per connection).
     next_received_key: u64,
-    /// The noted QoS 2 state of the session being resumed, once read.
+    /// The noted QoS 2 state of the session being resumed is read.
     qos2_read: bool,
-    restored_note: Note,
-    /// PUBACK and PUBREC, written in the order the publishes arrived.
-    acks: AckQueue,
     /// The subscriptions, one per filter (topic name or pattern).
     subscriptions: Vec<Subscription>,
     /// The Topic Alias Maximum the client announced (0: none).
@@ -276,40 +292,105 @@ struct Connected {
     /// What only some sessions use, allocated when first needed (an idle
     /// connection stays small).
     extras: Option<Box<Extras>>,
-    /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
-    outbound: HashMap<u16, InFlight>,
-    /// Numbers outbound messages in the order they are sent.
-    next_order: u64,
+    /// QoS 1 and 2 state, both ways, allocated when first needed.
+    qos: QosSlot,
     /// The most outbound messages in flight (the client's Receive Maximum,
     /// capped).
     window: u16,
-    next_packet_id: u16,
-    /// Messages waiting for room in the window, in order.
-    held: VecDeque<Outgoing>,
     /// The session outlives the connection: subscriptions are recorded in
     /// `$mqtt/session/<client id>` and delivery positions in cursors.
     persistent: bool,
     /// How long the session outlives the connection, in seconds: 0 ends it
     /// with the connection, `u32::MAX` never (v3.1.1's clean session 0).
     session_expiry_s: u32,
-    /// The CONNACK waits for the session's state to be read; packets that
-    /// arrive meanwhile wait here.
-    restoring: bool,
+    /// What the connection keeps until its CONNACK, which waits for the
+    /// session's state to be read (or an older session to be ended).
+    restore: Option<Box<Restore>>,
     /// The client asked for a clean start (v3.1.1: clean session).
     clean_start: bool,
     /// The session's records are all read.
     session_read: bool,
     /// An older connection of the client id is handing its state over.
     awaiting_handoff: bool,
-    waiting_input: BytesMut,
-    connack_properties: Properties,
-    /// Session records read so far while restoring.
-    session_records: Vec<Message>,
+}
+
+/// QoS 1 and 2 state, both ways: a session that exchanges only QoS 0
+/// messages never allocates it, and a session frees it once everything is
+/// settled (see [`QosSlot`]).
+#[derive(Default)]
+struct Qos {
+    /// PUBACK and PUBREC, written in the order the publishes arrived.
+    acks: AckQueue,
+    /// QoS 2 packet ids received, waiting for PUBREL (`received`): a
+    /// retransmitted PUBLISH with one of them is not stored twice.
+    qos2_received: HashMap<u16, Received>,
+    /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
+    outbound: HashMap<u16, InFlight>,
+    /// Numbers outbound messages in the order they are sent.
+    next_order: u64,
+    next_packet_id: u16,
+    /// Messages waiting for room in the window, in order.
+    held: VecDeque<Outgoing>,
     /// Outbound stored messages in flight, by packet id: (topic, seq), for
     /// the cursors of a persistent session.
     positions: HashMap<u16, (Arc<str>, u64)>,
     /// The last cursor written per topic.
     cursors: HashMap<Arc<str>, u64>,
+}
+
+impl Qos {
+    /// Nothing in flight, waiting or remembered: the counters may start
+    /// again (packet ids and orders only tell apart what is in flight).
+    fn is_settled(&self) -> bool {
+        self.acks.len() == 0
+            && self.qos2_received.is_empty()
+            && self.outbound.is_empty()
+            && self.held.is_empty()
+            && self.positions.is_empty()
+            && self.cursors.is_empty()
+    }
+}
+
+/// A session's [`Qos`], boxed while there is some. Reading an empty slot
+/// sees an empty `Qos`; writing allocates it.
+#[derive(Default)]
+struct QosSlot(Option<Box<Qos>>);
+
+impl std::ops::Deref for QosSlot {
+    type Target = Qos;
+
+    fn deref(&self) -> &Qos {
+        static EMPTY: std::sync::OnceLock<Qos> = std::sync::OnceLock::new();
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Qos::default))
+    }
+}
+
+impl std::ops::DerefMut for QosSlot {
+    fn deref_mut(&mut self) -> &mut Qos {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl QosSlot {
+    /// Frees the state once it is settled.
+    fn release_if_settled(&mut self) {
+        if self.0.as_ref().is_some_and(|qos| qos.is_settled()) {
+            self.0 = None;
+        }
+    }
+}
+
+/// What a connection needs only until its CONNACK.
+struct Restore {
+    connack_properties: Properties,
+    /// Packets that arrive before the CONNACK wait here.
+    waiting_input: BytesMut,
+    /// Session records read so far.
+    session_records: Vec<Message>,
+    /// The noted QoS 2 state of the session being resumed.
+    restored_note: Note,
 }
 
 /// The parts of a session's state that only some sessions use.
@@ -332,6 +413,11 @@ struct Extras {
 }
 
 impl Connected {
+    /// The CONNACK is not sent yet: packets wait.
+    fn restoring(&self) -> bool {
+        self.restore.is_some()
+    }
+
     /// The session's extras, allocated now if they were not.
     fn extras(&mut self) -> &mut Extras {
         let client_maximum = self.client_topic_alias_maximum;
@@ -354,14 +440,7 @@ impl Connected {
 }
 
 pub struct MqttSession {
-    limits: MqttLimits,
-    peer: SocketAddr,
-    v311: Arc<dyn Protocol>,
-    v5: Arc<dyn Protocol>,
-    clients: Clients,
-    parked: ParkedSessions,
-    timers: SharedTimers,
-    groups: Groups,
+    listener: Arc<Listener>,
     state: Option<Connected>,
 }
 
@@ -377,7 +456,9 @@ impl Session for MqttSession {
         input: &mut BytesMut,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
-        self.process(input, context)
+        let result = self.process(input, context);
+        self.settle();
+        result
     }
 
     fn on_reply(
@@ -386,16 +467,19 @@ impl Session for MqttSession {
         reply: &Reply,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
-        self.reply(request_id, reply, context)
+        let result = self.reply(request_id, reply, context);
+        self.settle();
+        result
     }
 
     fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let Some(state) = self.state.as_ref() else {
             return Ok(());
         };
-        let Some(keep_alive) = state.keep_alive else {
+        if state.keep_alive_s == 0 {
             return Ok(());
-        };
+        }
+        let keep_alive = Duration::from_secs(u64::from(state.keep_alive_s));
         // The spec's grace: one and a half keep-alive periods.
         let deadline = state.last_packet + keep_alive + keep_alive / 2;
         if context.now() >= deadline {
@@ -505,6 +589,14 @@ impl Session for MqttSession {
 }
 
 impl MqttSession {
+    /// Frees the QoS 1 and 2 state once it is settled (after the packets
+    /// and replies that may settle it; deliveries and events mostly add).
+    fn settle(&mut self) {
+        if let Some(state) = self.state.as_mut() {
+            state.qos.release_if_settled();
+        }
+    }
+
     /// Handles the complete packets at the front of `input`. While a
     /// resumed session's state is read, packets wait.
     fn process(
@@ -514,8 +606,8 @@ impl MqttSession {
     ) -> Result<(), Close> {
         loop {
             if let Some(state) = self.state.as_mut() {
-                if state.restoring {
-                    state.waiting_input.extend_from_slice(input);
+                if let Some(restore) = state.restore.as_mut() {
+                    restore.waiting_input.extend_from_slice(input);
                     input.clear();
                     return Ok(());
                 }
@@ -523,8 +615,8 @@ impl MqttSession {
             // The decoder refuses an oversized packet as soon as its fixed
             // header is in, before the body is buffered.
             let decoded = match &self.state {
-                None => decode_connect(input, &self.limits),
-                Some(state) => decode(input, state.version, &self.limits),
+                None => decode_connect(input, &self.listener.limits),
+                Some(state) => decode(input, state.version, &self.listener.limits),
             };
             let (packet, used) = match decoded {
                 Ok(Decoded::Complete { packet, used }) => (packet, used),
@@ -602,7 +694,8 @@ impl MqttSession {
             Packet::PubRel(response) => self.release(response.packet_id, context),
             Packet::PubAck(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
-                    state.outbound.remove(&response.packet_id);
+                    state.qos.outbound.remove(&response.packet_id);
+                    release_if_empty(&mut state.qos.outbound);
                     let _ = state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
                 }
@@ -613,7 +706,8 @@ impl MqttSession {
                 let known = state.outbound_state(packet_id) == Some(Outbound::Qos2Sent);
                 if known && response.reason_code.is_error() {
                     // The client refused the message: the exchange ends here.
-                    state.outbound.remove(&packet_id);
+                    state.qos.outbound.remove(&packet_id);
+                    release_if_empty(&mut state.qos.outbound);
                     state.release_held(context.out());
                     return Ok(());
                 }
@@ -629,7 +723,7 @@ impl MqttSession {
                             .insert(request_id, Pending::PubRelAfter(packet_id));
                         writes_waiting += 1;
                     }
-                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                    if let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) {
                         in_flight.state = Outbound::Qos2Released;
                         // Never sent again: only its packet id matters now.
                         in_flight.outgoing = None;
@@ -638,7 +732,7 @@ impl MqttSession {
                         state.note_qos2(Pending::PubRelAfter(packet_id), context);
                         writes_waiting += 1;
                     }
-                    if let Some(in_flight) = state.outbound.get_mut(&packet_id) {
+                    if let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) {
                         in_flight.writes_waiting = writes_waiting;
                     }
                     if writes_waiting > 0 {
@@ -660,7 +754,8 @@ impl MqttSession {
             }
             Packet::PubComp(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
-                    state.outbound.remove(&response.packet_id);
+                    state.qos.outbound.remove(&response.packet_id);
+                    release_if_empty(&mut state.qos.outbound);
                     if state.persistent {
                         state.note_qos2(Pending::Fire, context);
                     }
@@ -804,5 +899,27 @@ fn test_message(seq: u64, timestamp_ms: u64, body: Bytes) -> Message {
         relation: 0,
         headers: Bytes::new(),
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes an MQTT session may take (every connection's session is one
+    /// allocation of this size, idle or not; 256 is an allocator size class,
+    /// so a few bytes more cost 64). What only some sessions use belongs in
+    /// a box allocated when needed (`Extras`, `Qos`, `Restore`, the will).
+    const MQTT_SESSION_BYTES_MAX: usize = 256;
+
+    #[test]
+    fn an_idle_session_stays_small() {
+        let session = std::mem::size_of::<MqttSession>();
+        assert!(
+            session <= MQTT_SESSION_BYTES_MAX,
+            "an MQTT session takes {session} bytes (its `Connected` {}), more than \
+             MQTT_SESSION_BYTES_MAX ({MQTT_SESSION_BYTES_MAX}): box what idle sessions do not use",
+            std::mem::size_of::<Connected>()
+        );
     }
 }

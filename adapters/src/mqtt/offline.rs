@@ -59,8 +59,8 @@ impl Connected {
             || outgoing.share.is_some()
             || outgoing.qos == QoS::AtMostOnce
             || outgoing.message.seq == 0
-            || self.cursors.contains_key(topic)
-            || self.cursors.len() >= WILDCARD_TOPICS_MAX
+            || self.qos.cursors.contains_key(topic)
+            || self.qos.cursors.len() >= WILDCARD_TOPICS_MAX
         {
             return;
         }
@@ -71,7 +71,7 @@ impl Connected {
     /// before it and a record that the session follows the topic.
     fn start_following(&mut self, topic: String, first_seq: u64, context: &mut SessionContext<'_>) {
         let cursor = first_seq - 1;
-        self.cursors.insert(Arc::from(topic.as_str()), cursor);
+        self.qos.cursors.insert(Arc::from(topic.as_str()), cursor);
         self.record(
             serde_json::json!({"type": "topic", "topic": topic}),
             context,
@@ -147,6 +147,7 @@ impl Connected {
         let (channel, query) = (TOPIC_INDEX.to_string(), HistoryQuery::From(from));
         read_history(
             self,
+            Reader::Client,
             Pending::TopicIndex,
             channel,
             query,
@@ -169,8 +170,8 @@ impl Connected {
                 continue;
             };
             if self.is_caught_up(topic)
-                || self.cursors.contains_key(topic)
-                || self.cursors.len() >= WILDCARD_TOPICS_MAX
+                || self.qos.cursors.contains_key(topic)
+                || self.qos.cursors.len() >= WILDCARD_TOPICS_MAX
             {
                 continue;
             }
@@ -206,7 +207,15 @@ impl Connected {
             since_ms,
             found,
         };
-        read_history(self, pending, topic, query, OFFLINE_START_PAGE, context);
+        read_history(
+            self,
+            Reader::Client,
+            pending,
+            topic,
+            query,
+            OFFLINE_START_PAGE,
+            context,
+        );
     }
 
     /// A page of a topic's history, read backwards from its end: its first
@@ -268,7 +277,7 @@ impl Connected {
             .collect();
         for topic in orphans {
             self.extras().caught_up.remove(&topic);
-            self.cursors.remove(topic.as_str());
+            self.qos.cursors.remove(topic.as_str());
             let request_id = next_request(self, Pending::Fire);
             context.submit(request_id, Command::Unsubscribe { channel: topic });
         }

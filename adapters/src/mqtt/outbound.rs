@@ -56,7 +56,8 @@ const DELIVERED_ABOVE_CURSOR_MAX: usize = HELD_MESSAGES_MAX;
 impl Connected {
     /// The state of outbound message `packet_id`, if it is in flight.
     pub(super) fn outbound_state(&self, packet_id: u16) -> Option<Outbound> {
-        self.outbound
+        self.qos
+            .outbound
             .get(&packet_id)
             .map(|in_flight| in_flight.state)
     }
@@ -64,9 +65,9 @@ impl Connected {
     /// A free packet id for an outbound message.
     pub(super) fn take_packet_id(&mut self) -> u16 {
         loop {
-            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-            if !self.outbound.contains_key(&self.next_packet_id) {
-                return self.next_packet_id;
+            self.qos.next_packet_id = self.qos.next_packet_id.wrapping_add(1).max(1);
+            if !self.qos.outbound.contains_key(&self.qos.next_packet_id) {
+                return self.qos.next_packet_id;
             }
         }
     }
@@ -74,7 +75,9 @@ impl Connected {
     /// True when `outgoing` comes from a topic whose cursor this session
     /// keeps: it is sent again from the log after a reconnect.
     pub(super) fn is_of_cursor_topic(&self, outgoing: &Outgoing) -> bool {
-        self.persistent && outgoing.message.seq > 0 && self.cursors.contains_key(&outgoing.topic)
+        self.persistent
+            && outgoing.message.seq > 0
+            && self.qos.cursors.contains_key(&outgoing.topic)
     }
 
     /// Encodes `outgoing` into `out`, or holds it when the window is full
@@ -86,12 +89,12 @@ impl Connected {
             return true;
         }
         if outgoing.qos != QoS::AtMostOnce
-            && (self.outbound.len() >= usize::from(self.window) || !self.held.is_empty())
+            && (self.qos.outbound.len() >= usize::from(self.window) || !self.qos.held.is_empty())
         {
-            if self.held.len() >= HELD_MESSAGES_MAX {
+            if self.qos.held.len() >= HELD_MESSAGES_MAX {
                 return false;
             }
-            self.held.push_back(outgoing);
+            self.qos.held.push_back(outgoing);
             return true;
         }
         self.send_now(outgoing, out);
@@ -99,6 +102,21 @@ impl Connected {
     }
 
     fn already_delivered(&self, outgoing: &Outgoing) -> bool {
+        // At or below its topic's cursor the client acknowledged it. This
+        // catches a redelivery from the log that comes after the client
+        // acknowledged the same message resent from the previous connection
+        // (the cursor then passed it, and `delivered` forgot it).
+        let seq = outgoing.message.seq;
+        if self.persistent
+            && seq > 0
+            && self
+                .qos
+                .cursors
+                .get(&outgoing.topic)
+                .is_some_and(|cursor| seq <= *cursor)
+        {
+            return true;
+        }
         self.extras.as_ref().is_some_and(|extras| {
             extras
                 .delivered
@@ -124,14 +142,14 @@ impl Connected {
                 } else {
                     Outbound::Qos2Sent
                 };
-                self.next_order += 1;
+                self.qos.next_order += 1;
                 let in_flight = InFlight {
                     state,
-                    order: self.next_order,
+                    order: self.qos.next_order,
                     outgoing: Some(outgoing.clone()),
                     writes_waiting: 0,
                 };
-                self.outbound.insert(packet_id, in_flight);
+                self.qos.outbound.insert(packet_id, in_flight);
                 Some(packet_id)
             }
         };
@@ -146,7 +164,8 @@ impl Connected {
             return;
         }
         let seq = outgoing.message.seq;
-        self.positions
+        self.qos
+            .positions
             .insert(packet_id, (outgoing.topic.clone(), seq));
         let delivered = self
             .extras()
@@ -168,14 +187,17 @@ impl Connected {
         packet_id: u16,
         context: &mut SessionContext<'_>,
     ) -> Option<u32> {
-        let (channel, seq) = self.positions.remove(&packet_id)?;
+        let (channel, seq) = self.qos.positions.remove(&packet_id)?;
+        release_if_empty(&mut self.qos.positions);
         let lowest_open = self
+            .qos
             .positions
             .values()
             .filter(|(c, _)| *c == channel)
             .map(|(_, s)| *s)
             .chain(
-                self.held
+                self.qos
+                    .held
                     .iter()
                     .filter(|held| held.topic == channel && held.message.seq > 0)
                     .map(|held| held.message.seq),
@@ -185,11 +207,11 @@ impl Connected {
             Some(open) if open < seq => open - 1,
             _ => seq,
         };
-        let written = self.cursors.get(&channel).copied().unwrap_or(0);
+        let written = self.qos.cursors.get(&channel).copied().unwrap_or(0);
         if cursor <= written {
             return None;
         }
-        self.cursors.insert(channel.clone(), cursor);
+        self.qos.cursors.insert(channel.clone(), cursor);
         let extras = self.extras.as_mut();
         if let Some(delivered) = extras.and_then(|extras| extras.delivered.get_mut(&channel)) {
             // What the cursor passed is never sent from the log again.
@@ -209,10 +231,21 @@ impl Connected {
 
     /// Records a change of a persistent session's subscriptions.
     pub(super) fn record(&mut self, event: serde_json::Value, context: &mut SessionContext<'_>) {
-        if !self.persistent {
-            return;
+        if self.persistent {
+            self.append_record(event, Pending::Fire, context);
         }
-        let request_id = next_request(self, Pending::Fire);
+    }
+
+    /// Appends `event` to the session's records, answered as `pending`
+    /// (also for a session that is not persistent: a clean start ends an
+    /// older one).
+    pub(super) fn append_record(
+        &mut self,
+        event: serde_json::Value,
+        pending: Pending,
+        context: &mut SessionContext<'_>,
+    ) {
+        let request_id = next_request(self, pending);
         context.submit_as_server(
             request_id,
             Command::Publish {
@@ -229,8 +262,8 @@ impl Connected {
 
     /// Sends held messages, oldest first, while the window has room.
     pub(super) fn release_held(&mut self, out: &mut BytesMut) {
-        while self.outbound.len() < usize::from(self.window) {
-            let Some(outgoing) = self.held.pop_front() else {
+        while self.qos.outbound.len() < usize::from(self.window) {
+            let Some(outgoing) = self.qos.held.pop_front() else {
                 return;
             };
             self.send_now(outgoing, out);

@@ -44,21 +44,22 @@ impl Connected {
     /// anything.
     pub(super) fn take_parked(&mut self) -> Option<Parked> {
         let held = self
+            .qos
             .held
             .iter()
             .filter(|outgoing| !self.is_of_cursor_topic(outgoing))
             .cloned()
             .collect();
         let parked = Parked {
-            outbound: self.outbound.drain().collect(),
-            positions: std::mem::take(&mut self.positions),
+            outbound: self.qos.outbound.drain().collect(),
+            positions: std::mem::take(&mut self.qos.positions),
             delivered: self
                 .extras
                 .as_mut()
                 .map(|extras| std::mem::take(&mut extras.delivered))
                 .unwrap_or_default(),
             held,
-            qos2_received: std::mem::take(&mut self.qos2_received),
+            qos2_received: std::mem::take(&mut self.qos.qos2_received),
         };
         (!parked.is_empty()).then_some(parked)
     }
@@ -67,8 +68,8 @@ impl Connected {
     /// the client PUBREC'd, then the unacknowledged messages again, in the
     /// order first sent, with their packet ids and DUP set.
     pub(super) fn resume_parked(&mut self, parked: Parked, context: &mut SessionContext<'_>) {
-        self.qos2_received.extend(parked.qos2_received);
-        self.positions.extend(parked.positions);
+        self.qos.qos2_received.extend(parked.qos2_received);
+        self.qos.positions.extend(parked.positions);
         for (topic, seqs) in parked.delivered {
             self.extras()
                 .delivered
@@ -80,16 +81,16 @@ impl Connected {
         outbound.sort_by_key(|(_, in_flight)| in_flight.order);
         let now_ms = wall_clock_ms();
         for (packet_id, mut in_flight) in outbound {
-            if self.outbound.contains_key(&packet_id) {
+            if self.qos.outbound.contains_key(&packet_id) {
                 // Two older connections both left this id: keep the first.
                 continue;
             }
-            self.next_order += 1;
-            in_flight.order = self.next_order;
+            self.qos.next_order += 1;
+            in_flight.order = self.qos.next_order;
             if in_flight.state == Outbound::Qos2Released {
                 Packet::PubRel(PublishResponse::success(packet_id))
                     .encode(self.version, context.out());
-                self.outbound.insert(packet_id, in_flight);
+                self.qos.outbound.insert(packet_id, in_flight);
                 continue;
             }
             let outgoing = in_flight
@@ -103,9 +104,9 @@ impl Connected {
             };
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
             self.encode_publish(outgoing, Some(packet_id), true, properties, context.out());
-            self.outbound.insert(packet_id, in_flight);
+            self.qos.outbound.insert(packet_id, in_flight);
         }
-        self.held.extend(parked.held);
+        self.qos.held.extend(parked.held);
         self.release_held(context.out());
     }
 }
@@ -123,7 +124,7 @@ pub(super) struct Handoff {
 impl MqttSession {
     /// Keeps `parked` for the next connection of this client id.
     pub(super) fn park(&self, client_id: &str, parked: Parked) {
-        let mut sessions = self.parked.lock();
+        let mut sessions = self.listener.parked.lock();
         if sessions.len() < PARKED_SESSIONS_MAX || sessions.contains_key(client_id) {
             sessions.insert(client_id.to_string(), parked);
         }
@@ -132,7 +133,7 @@ impl MqttSession {
     /// Forgets what a previous connection of `client_id` left (a clean
     /// start).
     pub(super) fn forget_parked(&self, client_id: &str) {
-        self.parked.lock().remove(client_id);
+        self.listener.parked.lock().remove(client_id);
     }
 
     /// Takes up what the previous connection handed over (an older
@@ -158,7 +159,7 @@ impl MqttSession {
             return Ok(());
         }
         if let Some(parked) = handoff.parked {
-            if state.restoring {
+            if state.restoring() {
                 state.extras().handed_over.push(parked);
             } else {
                 state.resume_parked(parked, context);
@@ -173,7 +174,7 @@ impl MqttSession {
     pub(super) fn try_resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         match self.state.as_ref() {
             Some(state)
-                if state.restoring
+                if state.restoring()
                     && state.session_read
                     && state.qos2_read
                     && !state.awaiting_handoff =>
@@ -192,7 +193,7 @@ impl MqttSession {
             .as_mut()
             .map(|extras| std::mem::take(&mut extras.handed_over))
             .unwrap_or_default();
-        handed_over.extend(self.parked.lock().remove(&state.client_id));
+        handed_over.extend(self.listener.parked.lock().remove(&state.client_id));
         for parked in handed_over {
             state.resume_parked(parked, context);
         }

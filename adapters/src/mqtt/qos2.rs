@@ -131,7 +131,7 @@ impl Connected {
                 client_message_id: Bytes::new(),
                 relation: 0,
                 headers: Bytes::new(),
-                body: Note::of(&self.qos2_received, &self.outbound).body(),
+                body: Note::of(&self.qos.qos2_received, &self.qos.outbound).body(),
             },
         );
     }
@@ -153,10 +153,13 @@ impl Connected {
     /// stored again under its key.
     pub(super) fn restore_received(&mut self, noted: &Note) {
         for (packet_id, key) in &noted.received {
-            self.qos2_received.entry(*packet_id).or_insert(Received {
-                key: Some(*key),
-                stored: false,
-            });
+            self.qos
+                .qos2_received
+                .entry(*packet_id)
+                .or_insert(Received {
+                    key: Some(*key),
+                    stored: false,
+                });
         }
     }
 
@@ -165,17 +168,17 @@ impl Connected {
     /// knows the id better.
     pub(super) fn restore_released(&mut self, noted: &Note, out: &mut BytesMut) {
         for packet_id in &noted.released {
-            if self.outbound.contains_key(packet_id) {
+            if self.qos.outbound.contains_key(packet_id) {
                 continue;
             }
-            self.next_order += 1;
+            self.qos.next_order += 1;
             let in_flight = InFlight {
                 state: Outbound::Qos2Released,
-                order: self.next_order,
+                order: self.qos.next_order,
                 outgoing: None,
                 writes_waiting: 0,
             };
-            self.outbound.insert(*packet_id, in_flight);
+            self.qos.outbound.insert(*packet_id, in_flight);
             Packet::PubRel(PublishResponse::success(*packet_id)).encode(self.version, out);
         }
     }
@@ -191,7 +194,8 @@ impl MqttSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let state = self.state.as_mut().expect("connected");
-        let released = state.qos2_received.remove(&packet_id);
+        let released = state.qos.qos2_received.remove(&packet_id);
+        release_if_empty(&mut state.qos.qos2_received);
         if released.is_some_and(|received| received.key.is_some()) {
             state.note_qos2(Pending::PubCompAfter(packet_id), context);
             return Ok(());

@@ -18,6 +18,7 @@ impl MqttSession {
         let Some(pending) = state.pending.remove(&request_id) else {
             return Ok(());
         };
+        release_if_empty(&mut state.pending);
         let version = state.version;
         let error = match reply {
             Reply::Error(error) => Some(error),
@@ -28,7 +29,7 @@ impl MqttSession {
                 if let Some(error) = error {
                     log::debug!(
                         "mqtt {} (client {:?}): a bookkeeping request failed: {error}",
-                        self.peer,
+                        context.peer(),
                         state.client_id
                     );
                 }
@@ -37,7 +38,7 @@ impl MqttSession {
                 if let Some(error) = error {
                     log::debug!(
                         "mqtt {} (client {:?}): QoS 0 publish refused: {error}",
-                        self.peer,
+                        context.peer(),
                         state.client_id
                     );
                 }
@@ -51,9 +52,12 @@ impl MqttSession {
             } => return self.acknowledge(packet_id, qos, topic, arrival, reply, context),
             Pending::AckAfter(arrival, packet) => {
                 if let Some(error) = error {
-                    log::warn!("mqtt {}: a topic was not indexed: {error}", self.peer);
+                    log::warn!("mqtt {}: a topic was not indexed: {error}", context.peer());
                 }
-                state.acks.answer(arrival, *packet, version, context.out());
+                state
+                    .qos
+                    .acks
+                    .answer(arrival, *packet, version, context.out());
             }
             Pending::Subscribe(packet_id, index, subscription) => {
                 let qos = subscription.qos();
@@ -66,7 +70,7 @@ impl MqttSession {
                         if state.persistent && qos != QoS::AtMostOnce {
                             let channel: Arc<str> = Arc::from(filter.as_str());
                             if let std::collections::hash_map::Entry::Vacant(entry) =
-                                state.cursors.entry(channel)
+                                state.qos.cursors.entry(channel)
                             {
                                 entry.insert(*head_seq);
                                 let request_id = next_request(state, Pending::Fire);
@@ -92,18 +96,25 @@ impl MqttSession {
                     // Refused: the session does not have it (nor its
                     // retained messages).
                     state.subscriptions.retain(|s| *s != subscription);
-                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                    if let Some(collecting) = state.collecting.get_mut(&Awaiting::SubAck(packet_id))
+                    {
                         collecting.retained.retain(|s| *s != subscription);
                     }
                 } else {
                     if shared && state.share(&filter).is_none() {
-                        state.join_share(&self.groups, &filter, context);
+                        state.join_share(&self.listener.groups, &filter, context);
                     }
-                    if let Some(collecting) = state.subscribes.get_mut(&packet_id) {
+                    if let Some(collecting) = state.collecting.get_mut(&Awaiting::SubAck(packet_id))
+                    {
                         collecting.granted.push(subscription);
                     }
                 }
-                if let Some(done) = collect(&mut state.subscribes, packet_id, index, granted) {
+                if let Some(done) = collect(
+                    &mut state.collecting,
+                    Awaiting::SubAck(packet_id),
+                    index,
+                    granted,
+                ) {
                     send_suback(state, packet_id, done, context);
                 }
             }
@@ -113,7 +124,12 @@ impl MqttSession {
                     Some(BrokerError::NotSubscribed(_)) => ReasonCode::NoSubscriptionExisted,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
-                if let Some(done) = collect(&mut state.unsubscribes, packet_id, index, code) {
+                if let Some(done) = collect(
+                    &mut state.collecting,
+                    Awaiting::UnsubAck(packet_id),
+                    index,
+                    code,
+                ) {
                     send_unsuback(state, packet_id, done, context);
                 }
             }
@@ -121,10 +137,10 @@ impl MqttSession {
                 if let Some(error) = error {
                     log::warn!(
                         "mqtt {}: a session cursor or QoS 2 note was not stored: {error}",
-                        self.peer
+                        context.peer()
                     );
                 }
-                let Some(in_flight) = state.outbound.get_mut(&packet_id) else {
+                let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) else {
                     return Ok(());
                 };
                 in_flight.writes_waiting = in_flight.writes_waiting.saturating_sub(1);
@@ -175,27 +191,72 @@ impl MqttSession {
             }
             Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
-                    return session_unreadable(state, reply, context);
+                    return session_unreadable(state, "read", reply, context);
                 };
                 let noted = messages.last().map(|note| Note::read(&note.body));
-                state.restored_note = noted.unwrap_or_default();
+                if let Some(restore) = state.restore.as_mut() {
+                    restore.restored_note = noted.unwrap_or_default();
+                }
                 state.qos2_read = true;
                 return self.try_resume(context);
+            }
+            Pending::OlderSessionRead => {
+                let Reply::History { messages, .. } = reply else {
+                    return session_unreadable(state, "read", reply, context);
+                };
+                let ended = messages.last().is_none_or(|last| {
+                    serde_json::from_slice::<serde_json::Value>(&last.body)
+                        .is_ok_and(|record| record["type"] == "end")
+                });
+                if !ended {
+                    let end = serde_json::json!({"type": "end"});
+                    state.append_record(end, Pending::OlderSessionEnded, context);
+                }
+                return self.finish_clean_start(context);
+            }
+            Pending::OlderNoteRead => {
+                let Reply::History { messages, .. } = reply else {
+                    return session_unreadable(state, "read", reply, context);
+                };
+                if messages
+                    .last()
+                    .is_some_and(|note| !Note::read(&note.body).is_empty())
+                {
+                    state.note_qos2(Pending::OlderSessionEnded, context);
+                }
+                return self.finish_clean_start(context);
+            }
+            Pending::OlderSessionEnded => {
+                if error.is_some() {
+                    return session_unreadable(state, "ended", reply, context);
+                }
+                return self.finish_clean_start(context);
             }
             Pending::SessionRead => {
                 let Reply::History {
                     head_seq, messages, ..
                 } = reply
                 else {
-                    return session_unreadable(state, reply, context);
+                    return session_unreadable(state, "read", reply, context);
                 };
-                state.session_records.extend(messages.iter().cloned());
+                let Some(restore) = state.restore.as_mut() else {
+                    return Ok(());
+                };
+                restore.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
                     if last.seq < *head_seq {
                         let channel = session_channel(&state.client_id);
                         let query = HistoryQuery::From(last.seq + 1);
                         let pending = Pending::SessionRead;
-                        read_history(state, pending, channel, query, SESSION_PAGE, context);
+                        read_history(
+                            state,
+                            Reader::Server,
+                            pending,
+                            channel,
+                            query,
+                            SESSION_PAGE,
+                            context,
+                        );
                         return Ok(());
                     }
                 }
@@ -210,8 +271,8 @@ impl MqttSession {
                 // A message resent from the previous connection may have
                 // been acknowledged (and the cursor moved) meanwhile.
                 let topic_key: Arc<str> = Arc::from(topic.as_str());
-                let seq = stored.max(state.cursors.get(&topic_key).copied().unwrap_or(0));
-                state.cursors.insert(topic_key, seq);
+                let seq = stored.max(state.qos.cursors.get(&topic_key).copied().unwrap_or(0));
+                state.qos.cursors.insert(topic_key, seq);
                 let request_id = next_request(state, Pending::Fire);
                 context.submit(
                     request_id,
@@ -225,7 +286,7 @@ impl MqttSession {
                 if let Some(error) = error {
                     log::warn!(
                         "mqtt {}: retained message of {topic:?} not kept: {error}",
-                        self.peer
+                        context.peer()
                     );
                 }
                 let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
@@ -234,7 +295,7 @@ impl MqttSession {
             Pending::JoinShare(filter) => {
                 let joined = matches!(error, None | Some(BrokerError::AlreadySubscribed(_)));
                 if joined && state.share(&filter).is_none() {
-                    state.join_share(&self.groups, &filter, context);
+                    state.join_share(&self.listener.groups, &filter, context);
                 }
             }
             Pending::OfflineStart {
@@ -302,17 +363,18 @@ impl MqttSession {
 }
 
 /// Refuses the CONNACK of a session whose records (or QoS 2 note) could
-/// not be read; once, though both reads may fail.
+/// not be read, or, at a clean start, whose older session could not be
+/// ended; once, though several requests may fail.
 fn session_unreadable(
     state: &mut Connected,
+    what: &str,
     reply: &Reply,
     context: &mut SessionContext<'_>,
 ) -> Result<(), Close> {
-    if !state.restoring {
+    if state.restore.take().is_none() {
         return Ok(());
     }
-    state.restoring = false;
-    let reason = format!("the session could not be read: {reply:?}; connect again");
+    let reason = format!("the session could not be {what}: {reply:?}; connect again");
     let mut properties = Properties::default();
     if state.version == ProtocolVersion::V5 {
         properties.reason_string = Some(cut(&reason));
@@ -379,7 +441,7 @@ impl MqttSession {
         let reason = match error {
             None => {
                 if qos == QoS::ExactlyOnce {
-                    if let Some(received) = state.qos2_received.get_mut(&packet_id) {
+                    if let Some(received) = state.qos.qos2_received.get_mut(&packet_id) {
                         received.stored = true;
                     }
                 }
@@ -387,7 +449,8 @@ impl MqttSession {
             }
             Some(error) => {
                 if qos == QoS::ExactlyOnce {
-                    let refused = state.qos2_received.remove(&packet_id);
+                    let refused = state.qos.qos2_received.remove(&packet_id);
+                    release_if_empty(&mut state.qos.qos2_received);
                     if refused.is_some_and(|received| received.key.is_some()) {
                         // The exchange ends here: the id is new again.
                         state.note_qos2(Pending::Fire, context);
@@ -417,7 +480,10 @@ impl MqttSession {
                     .pending
                     .insert(request_id, Pending::AckAfter(arrival, Box::new(packet)));
             }
-            None => state.acks.answer(arrival, packet, version, context.out()),
+            None => state
+                .qos
+                .acks
+                .answer(arrival, packet, version, context.out()),
         }
         Ok(())
     }

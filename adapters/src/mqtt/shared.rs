@@ -251,11 +251,12 @@ impl Connected {
         let timeline = view.group.timeline.lock().clone();
         let mut handover: HashMap<ConnRef, Vec<Outgoing>> = HashMap::new();
         let unacknowledged = self
+            .qos
             .outbound
             .values()
             .filter(|in_flight| in_flight.state != Outbound::Qos2Released)
             .filter_map(|in_flight| in_flight.outgoing.as_ref())
-            .chain(self.held.iter())
+            .chain(self.qos.held.iter())
             .filter(|outgoing| outgoing.share.as_deref() == Some(filter));
         for outgoing in unacknowledged {
             if let Some(owner) = owner_at(&timeline, &outgoing.topic, &outgoing.message) {

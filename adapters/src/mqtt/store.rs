@@ -7,25 +7,27 @@ use super::*;
 /// Records the reason code of filter `index` of SUBSCRIBE or UNSUBSCRIBE
 /// `packet_id`; returns every filter's code once all are in.
 pub(super) fn collect(
-    collecting: &mut HashMap<u16, Collecting>,
-    packet_id: u16,
+    collecting: &mut HashMap<Awaiting, Collecting>,
+    awaiting: Awaiting,
     index: usize,
     code: ReasonCode,
 ) -> Option<Collecting> {
-    collecting.get_mut(&packet_id)?.codes[index] = Some(code);
-    collect_complete(collecting, packet_id)
+    collecting.get_mut(&awaiting)?.codes[index] = Some(code);
+    collect_complete(collecting, awaiting)
 }
 
 /// Every filter's code of SUBSCRIBE or UNSUBSCRIBE `packet_id`, once all
 /// are in.
 pub(super) fn collect_complete(
-    collecting: &mut HashMap<u16, Collecting>,
-    packet_id: u16,
+    collecting: &mut HashMap<Awaiting, Collecting>,
+    awaiting: Awaiting,
 ) -> Option<Collecting> {
     let complete = collecting
-        .get(&packet_id)
+        .get(&awaiting)
         .is_some_and(|entry| entry.codes.iter().all(Option::is_some));
-    complete.then(|| collecting.remove(&packet_id)).flatten()
+    let done = complete.then(|| collecting.remove(&awaiting)).flatten();
+    release_if_empty(collecting);
+    done
 }
 
 /// Sends the UNSUBACK of a completed UNSUBSCRIBE.
@@ -186,7 +188,15 @@ pub(super) fn read_retained(
         qos,
         subscription_id,
     };
-    read_history(state, pending, channel, HistoryQuery::Last, 1, context);
+    read_history(
+        state,
+        Reader::Client,
+        pending,
+        channel,
+        HistoryQuery::Last,
+        1,
+        context,
+    );
 }
 
 /// Records read per page of the retained-topic index.
@@ -208,12 +218,32 @@ pub(super) fn read_retained_index(
         subscription_id,
     };
     let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
-    read_history(state, pending, channel, query, RETAINED_INDEX_PAGE, context);
+    read_history(
+        state,
+        Reader::Client,
+        pending,
+        channel,
+        query,
+        RETAINED_INDEX_PAGE,
+        context,
+    );
 }
 
-/// Reads a page of `channel`'s history; the reply goes to `pending`.
+/// Who reads a page of history.
+pub(super) enum Reader {
+    /// The client, as its roles allow.
+    Client,
+    /// The server, for the session's own records and QoS 2 notes in its
+    /// reserved `$mqtt/…` channels: a client's roles need not allow reading
+    /// `$` channels for its session to resume or end.
+    Server,
+}
+
+/// Reads a page of `channel`'s history as `reader`; the reply goes to
+/// `pending`.
 pub(super) fn read_history(
     state: &mut Connected,
+    reader: Reader,
     pending: Pending,
     channel: String,
     query: HistoryQuery,
@@ -221,14 +251,44 @@ pub(super) fn read_history(
     context: &mut SessionContext<'_>,
 ) {
     let request_id = next_request(state, pending);
-    context.submit(
-        request_id,
-        Command::History {
-            channel,
-            query,
-            limit,
-        },
-    );
+    let command = Command::History {
+        channel,
+        query,
+        limit,
+    };
+    match reader {
+        Reader::Client => context.submit(request_id, command),
+        Reader::Server => context.submit_as_server(request_id, command),
+    }
+}
+
+/// Reads the last of the session's own records or notes in `channel`, as
+/// the server.
+pub(super) fn read_last_own(
+    state: &mut Connected,
+    pending: Pending,
+    channel: String,
+    context: &mut SessionContext<'_>,
+) {
+    let query = HistoryQuery::Last;
+    read_history(state, Reader::Server, pending, channel, query, 1, context);
+}
+
+/// Frees the table of a map that became empty: an idle connection keeps no
+/// table for the requests and packets it once waited for.
+pub(super) fn release_if_empty<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() && map.capacity() > 0 {
+        map.shrink_to_fit();
+    }
+}
+
+/// Appends to a vector that is usually short (a connection's
+/// subscriptions) without the spare room of doubling while it is short.
+pub(super) fn push_compact<T>(vec: &mut Vec<T>, item: T) {
+    if vec.len() < 4 {
+        vec.reserve_exact(1);
+    }
+    vec.push(item);
 }
 
 pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {

@@ -217,7 +217,7 @@ impl MqttSession {
                 let since = (subscription.filter.clone(), wall_clock_ms());
                 state.extras().wildcard_since_ms.push(since);
             }
-            state.subscriptions.push(subscription.clone());
+            push_compact(&mut state.subscriptions, subscription.clone());
             // A shared subscription gets no retained messages (MQTT 4.8.2).
             let send_retained = !shared
                 && match options.retain_handling {
@@ -230,8 +230,8 @@ impl MqttSession {
             }
             commands.push((index, subscription));
         }
-        state.subscribes.insert(
-            packet_id,
+        state.collecting.insert(
+            Awaiting::SubAck(packet_id),
             Collecting {
                 codes,
                 retained: wants_retained,
@@ -245,7 +245,7 @@ impl MqttSession {
             context.submit(request_id, command);
         }
         // The SUBACK goes at once when no filter needed the broker.
-        if let Some(done) = collect_complete(&mut state.subscribes, packet_id) {
+        if let Some(done) = collect_complete(&mut state.collecting, Awaiting::SubAck(packet_id)) {
             send_suback(state, packet_id, done, context);
         }
     }
@@ -258,8 +258,8 @@ impl MqttSession {
         let state = self.state.as_mut().expect("connected");
         let packet_id = unsubscribe.packet_id;
         let codes = vec![None; unsubscribe.filters.len()];
-        state.unsubscribes.insert(
-            packet_id,
+        state.collecting.insert(
+            Awaiting::UnsubAck(packet_id),
             Collecting {
                 codes,
                 retained: Vec::new(),
@@ -268,7 +268,7 @@ impl MqttSession {
         );
         for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
             let removed = state.unsubscribe_filter(&filter);
-            state.leave_share(&self.groups, &filter, context);
+            state.leave_share(&self.listener.groups, &filter, context);
             state.record(
                 serde_json::json!({"type": "unsubscribe", "filter": filter}),
                 context,
@@ -282,8 +282,8 @@ impl MqttSession {
                 // Another subscription of this session (shared or not)
                 // needs the broker subscription.
                 state
-                    .unsubscribes
-                    .get_mut(&packet_id)
+                    .collecting
+                    .get_mut(&Awaiting::UnsubAck(packet_id))
                     .expect("inserted")
                     .codes[index] = Some(ReasonCode::Success);
                 continue;
@@ -293,7 +293,7 @@ impl MqttSession {
             context.submit(request_id, command);
         }
         state.drop_caught_up(context);
-        if let Some(done) = collect_complete(&mut state.unsubscribes, packet_id) {
+        if let Some(done) = collect_complete(&mut state.collecting, Awaiting::UnsubAck(packet_id)) {
             send_unsuback(state, packet_id, done, context);
         }
     }

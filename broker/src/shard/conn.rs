@@ -116,14 +116,14 @@ impl Shard {
         debug_assert_eq!(conn.shard, self.id);
         self.connections
             .get(conn.slot as usize)?
-            .as_ref()
+            .as_deref()
             .filter(|c| c.generation == conn.generation)
     }
 
     pub(crate) fn connection_mut(&mut self, conn: ConnRef) -> Option<&mut Connection> {
         self.connections
             .get_mut(conn.slot as usize)?
-            .as_mut()
+            .as_deref_mut()
             .filter(|c| c.generation == conn.generation)
     }
 
@@ -145,10 +145,10 @@ impl Shard {
             }
         };
         let generation = self.generations[slot as usize];
-        self.connections[slot as usize] = Some(Connection {
+        self.connections[slot as usize] = Some(Box::new(Connection {
             generation,
             ..connection
-        });
+        }));
         slot
     }
 
@@ -190,7 +190,7 @@ impl Shard {
         if let Some(Connection {
             kind: ConnKind::Socket(socket),
             ..
-        }) = self.connections[slot as usize].as_mut()
+        }) = self.connections[slot as usize].as_deref_mut()
         {
             if let Err(error) = registry.register(
                 &mut socket.stream,
@@ -394,7 +394,7 @@ impl Shard {
         }) = self
             .connections
             .get_mut(slot as usize)
-            .and_then(|c| c.as_mut())
+            .and_then(|c| c.as_deref_mut())
         {
             if socket.input.is_empty() && socket.input.capacity() > 0 {
                 let mut buffer = std::mem::take(&mut socket.input);
@@ -836,9 +836,15 @@ impl Shard {
                 Ok(written) => {
                     self.shared.metrics.bytes_out.add(written as u64);
                     // Everything went out: let go of the reply buffer's
-                    // memory, so an idle connection holds none.
-                    if socket.output.is_empty() && socket.scratch.capacity() > 0 {
-                        socket.scratch = BytesMut::new();
+                    // and the queue's memory, so an idle connection holds
+                    // none.
+                    if socket.output.is_empty() {
+                        if socket.scratch.capacity() > 0 {
+                            socket.scratch = BytesMut::new();
+                        }
+                        if socket.output.capacity() > 0 {
+                            socket.output = VecDeque::new();
+                        }
                     }
                 }
                 Err(error) => {
@@ -999,6 +1005,10 @@ impl Shard {
             return;
         };
         if let ConnKind::Socket(socket) = &mut connection.kind {
+            // Only sockets are counted open (in-process clients are not
+            // connections of `clients/connected` or `/metrics`), so only
+            // sockets are counted closed.
+            self.shared.metrics.connections_closed.add(1);
             self.shared.address_limits.closed(socket.peer.ip());
             if let Some(tls) = socket.tls.as_mut() {
                 tls.send_close_notify();
@@ -1013,7 +1023,6 @@ impl Shard {
         for pattern in std::mem::take(&mut connection.patterns) {
             self.remove_pattern_subscriber(&pattern, slot);
         }
-        self.shared.metrics.connections_closed.add(1);
         self.release_slot(slot);
     }
 
@@ -1132,4 +1141,30 @@ fn write_queued(socket: &mut SocketConn) -> io::Result<usize> {
         }
     }
     Ok(written_total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes a connection's state may take before this test fails: every
+    /// idle connection costs this (boxed, plus a pointer in the slot
+    /// vector), so a field that makes it grow should be boxed or made
+    /// lazily (like `Limiters`) instead. Raise it only with a reason.
+    const CONNECTION_BYTES_MAX: usize = 400;
+
+    #[test]
+    fn an_idle_connection_stays_small() {
+        assert_eq!(
+            std::mem::size_of::<Option<Box<Connection>>>(),
+            std::mem::size_of::<usize>(),
+            "a free slot costs a pointer"
+        );
+        assert!(
+            std::mem::size_of::<Connection>() <= CONNECTION_BYTES_MAX,
+            "a connection takes {} bytes, more than CONNECTION_BYTES_MAX ({CONNECTION_BYTES_MAX}): \
+             box what idle connections do not use",
+            std::mem::size_of::<Connection>()
+        );
+    }
 }

@@ -49,7 +49,9 @@ pub(crate) struct Shard {
     /// Owner side: which shards have subscribers of a channel (bit = shard).
     interest: HashMap<Arc<str>, u64>,
     /// Connection slots; a slot index is stable while the connection lives.
-    connections: Vec<Option<Connection>>,
+    /// Boxed, so the spare room of the growing vector costs a pointer per
+    /// slot rather than a whole connection.
+    connections: Vec<Option<Box<Connection>>>,
     generations: Vec<u32>,
     free_slots: Vec<u32>,
     /// Owner side: per pattern, how many subscriptions each shard has.

@@ -52,6 +52,11 @@ impl Shard {
             self.reply(conn, request_id, Reply::Error(error));
             return;
         }
+        // Most connections subscribe to a few channels: no spare room
+        // while the list is short.
+        if connection.subscriptions.len() < 4 {
+            connection.subscriptions.reserve_exact(1);
+        }
         connection.subscriptions.push(channel.clone());
         let subscribers = self.subscriptions.entry(channel.clone()).or_default();
         let first_here = subscribers.is_empty();
