@@ -252,7 +252,7 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 fn serve(config_file: Option<&Path>) -> Result<()> {
-    let config = Config::load(config_file, std::env::vars())?;
+    let mut config = Config::load(config_file, std::env::vars())?;
     logger::init(&config.log.level)?;
     for (setting, address) in [
         ("native.address", config.native.address),
@@ -409,18 +409,29 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
         if reload.swap(false, Ordering::Relaxed) {
             let outcome = reload_tls(tls.as_deref());
-            if let Some(audit) = &audit_to_close {
-                let entry = AuditEntry::new(
-                    AuditKind::ConfigurationChanged,
-                    "operator",
-                    "SIGHUP",
-                    "tls",
-                    outcome,
-                );
-                if let Err(error) = audit.record(entry) {
-                    log::error!("the TLS reload could not be audited: {error}");
+            let reloaded = Config::load(config_file, std::env::vars());
+            let keys_outcome = match &reloaded {
+                Ok(reloaded) => reload_keys(&engine, &mut config, reloaded),
+                Err(error) => {
+                    log::error!("SIGHUP: the configuration cannot be read, the encryption key ring stays as it is: {error:#}");
+                    None
                 }
-                let reloaded = Config::load(config_file, std::env::vars());
+            };
+            if let Some(audit) = &audit_to_close {
+                let entries = [("tls", Some(outcome)), ("encryption_key", keys_outcome)];
+                for (target, outcome) in entries {
+                    let Some(outcome) = outcome else { continue };
+                    let entry = AuditEntry::new(
+                        AuditKind::ConfigurationChanged,
+                        "operator",
+                        "SIGHUP",
+                        target,
+                        outcome,
+                    );
+                    if let Err(error) = audit.record(entry) {
+                        log::error!("the SIGHUP reload of {target} could not be audited: {error}");
+                    }
+                }
                 config_audit::record_reload(audit, &config, reloaded);
             }
         }
@@ -434,6 +445,56 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: the encryption key ring of the reloaded configuration
+/// (`[engine] encryption_key_file`, `encryption_key_id`) replaces the running
+/// one if it holds every key the running one holds; `running` then records
+/// the new settings. Returns the outcome for the audit log (key ids only),
+/// `None` when neither the running nor the reloaded configuration has a key
+/// file.
+fn reload_keys(engine: &Engine, running: &mut Config, reloaded: &Config) -> Option<String> {
+    let (old, new) = (&running.engine, &reloaded.engine);
+    if old.encryption_key_file.is_empty() && new.encryption_key_file.is_empty() {
+        return None;
+    }
+    let id = |id: u16| match id {
+        0 => "none (plain)".to_string(),
+        id => id.to_string(),
+    };
+    let outcome = match engine.rotate_keys(new) {
+        Ok(rotation) => {
+            log::info!(
+                "SIGHUP: encryption at rest: new batches sealed with key id {} (was {}); key ids {:?} from {}",
+                id(rotation.new_key_id.unwrap_or(0)),
+                id(rotation.old_key_id.unwrap_or(0)),
+                rotation.key_ids,
+                new.encryption_key_file
+            );
+            running.engine.encryption_key_file = new.encryption_key_file.clone();
+            running.engine.encryption_key_id = new.encryption_key_id;
+            serde_json::json!({
+                "applied": true,
+                "old_key_id": rotation.old_key_id,
+                "new_key_id": rotation.new_key_id,
+                "key_ids": rotation.key_ids,
+                "key_file": new.encryption_key_file,
+            })
+        }
+        Err(error) => {
+            log::error!(
+                "SIGHUP: encryption key rotation refused, the running key ring stays in use (new batches sealed with key id {}): {error}",
+                id(old.encryption_key_id)
+            );
+            serde_json::json!({
+                "applied": false,
+                "old_key_id": old.encryption_key_id,
+                "requested_key_id": new.encryption_key_id,
+                "error": error.to_string(),
+            })
+        }
+    };
+    Some(outcome.to_string())
 }
 
 /// The audit log writer when `[auth] audit_key_file` is set.
