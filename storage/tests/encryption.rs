@@ -362,6 +362,15 @@ fn a_wrong_or_missing_key_is_a_clear_error_at_open() {
     check_all(&partition);
 }
 
+/// The key id of every batch in the segments, in log order.
+fn batch_key_ids(dir: &Path) -> Vec<u16> {
+    segment_files(dir)
+        .iter()
+        .flat_map(|file| batches(file))
+        .map(|(_, header)| header.key_id)
+        .collect()
+}
+
 #[test]
 fn key_rotation_keeps_old_batches_readable() {
     let dir = tempfile::tempdir().unwrap();
@@ -373,12 +382,7 @@ fn key_rotation_keeps_old_batches_readable() {
     write_turns(&mut partition, 5, 2_000);
     check_all(&partition);
     drop(partition);
-    let key_ids: Vec<u16> = segment_files(dir.path())
-        .iter()
-        .flat_map(|file| batches(file))
-        .map(|(_, header)| header.key_id)
-        .collect();
-    assert_eq!(key_ids, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    assert_eq!(batch_key_ids(dir.path()), [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
     let (partition, _) = open_keyed(dir.path(), small_segments(), 3, Some(both)).unwrap();
     check_all(&partition);
     drop(partition);
@@ -436,12 +440,7 @@ fn key_rotation_while_open() {
     write_turns(&mut partition, 2, 3_000);
     check_all(&partition);
     drop(partition);
-    let key_ids: Vec<u16> = segment_files(dir.path())
-        .iter()
-        .flat_map(|file| batches(file))
-        .map(|(_, header)| header.key_id)
-        .collect();
-    assert_eq!(key_ids, [1, 1, 1, 2, 2, 2, 2, 2]);
+    assert_eq!(batch_key_ids(dir.path()), [1, 1, 1, 2, 2, 2, 2, 2]);
     // The checkpoint written at close is sealed with key 2 as well: a ring
     // whose key 2 is wrong cannot open it.
     let wrong_2 = ring(&[(1, KEY_1), (2, KEY_1)], Some(2));
