@@ -189,10 +189,17 @@ pub fn record_start(audit: &AuditWriter, config: &Config) -> Result<()> {
 }
 
 /// At SIGHUP: reads the configuration again and, when it differs from the
-/// one running, audits which settings changed. They are not applied (only
-/// the TLS certificate and key are reloaded at run time); they take effect
-/// at the next start, which audits them again.
-pub fn record_reload(audit: &AuditWriter, running: &Config, reloaded: Result<Config>) {
+/// one started with in more than the settings named in `applied` (those the
+/// reload put into effect: the encryption keys), audits which settings
+/// changed. They are not applied (only the TLS certificate and key and the
+/// encryption keys are reloaded at run time); they take effect at the next
+/// start, which audits them again.
+pub fn record_reload(
+    audit: &AuditWriter,
+    running: &Config,
+    reloaded: Result<Config>,
+    applied: &[&str],
+) {
     let entry = match reloaded {
         Err(error) => AuditEntry::new(
             AuditKind::ConfigurationChanged,
@@ -207,7 +214,11 @@ pub fn record_reload(audit: &AuditWriter, running: &Config, reloaded: Result<Con
             if running == current {
                 return;
             }
-            let changed = changed_settings(&running, &current).expect("canonical forms parse");
+            let mut changed = changed_settings(&running, &current).expect("canonical forms parse");
+            changed.retain(|name| !applied.contains(&name.as_str()));
+            if changed.is_empty() {
+                return;
+            }
             log::warn!(
                 "SIGHUP: the configuration changed ({}); this takes effect at the next start",
                 changed.join(", ")

@@ -405,23 +405,40 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         config.engine.data_dir.display(),
         config.engine.durability
     );
+    let mut running_keys = key_settings(&config);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if reload.swap(false, Ordering::Relaxed) {
             let outcome = reload_tls(tls.as_deref());
-            if let Some(audit) = &audit_to_close {
-                let entry = AuditEntry::new(
-                    AuditKind::ConfigurationChanged,
-                    "operator",
-                    "SIGHUP",
-                    "tls",
-                    outcome,
-                );
-                if let Err(error) = audit.record(entry) {
-                    log::error!("the TLS reload could not be audited: {error}");
+            let reloaded = Config::load(config_file, std::env::vars());
+            let keys_outcome = match &reloaded {
+                Ok(reloaded) => reload_keys(&engine, &mut running_keys, reloaded),
+                Err(error) => {
+                    log::error!("SIGHUP: the configuration cannot be read, the encryption key ring stays as it is: {error:#}");
+                    None
                 }
-                let reloaded = Config::load(config_file, std::env::vars());
-                config_audit::record_reload(audit, &config, reloaded);
+            };
+            if let Some(audit) = &audit_to_close {
+                let entries = [("tls", Some(outcome)), ("encryption_key", keys_outcome)];
+                for (target, outcome) in entries {
+                    let Some(outcome) = outcome else { continue };
+                    let entry = AuditEntry::new(
+                        AuditKind::ConfigurationChanged,
+                        "operator",
+                        "SIGHUP",
+                        target,
+                        outcome,
+                    );
+                    if let Err(error) = audit.record(entry) {
+                        log::error!("the SIGHUP reload of {target} could not be audited: {error}");
+                    }
+                }
+                // The key settings in effect are not pending changes.
+                let keys_applied = reloaded
+                    .as_ref()
+                    .is_ok_and(|reloaded| key_settings(reloaded) == running_keys);
+                let applied: &[&str] = if keys_applied { &KEY_SETTINGS } else { &[] };
+                config_audit::record_reload(audit, &config, reloaded, applied);
             }
         }
     }
@@ -434,6 +451,67 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// The settings SIGHUP applies to the encryption keys.
+const KEY_SETTINGS: [&str; 2] = ["engine.encryption_key_file", "engine.encryption_key_id"];
+
+/// `encryption_key_file` and `encryption_key_id` of `config`.
+fn key_settings(config: &Config) -> (String, u16) {
+    (
+        config.engine.encryption_key_file.clone(),
+        config.engine.encryption_key_id,
+    )
+}
+
+/// SIGHUP: the encryption key ring of the reloaded configuration
+/// (`[engine] encryption_key_file`, `encryption_key_id`) replaces the running
+/// one if it holds every key the running one holds; `running` (the key
+/// settings in effect) then records the new settings. Returns the outcome
+/// for the audit log (key ids only), `None` when neither the running nor the
+/// reloaded configuration has a key file.
+fn reload_keys(engine: &Engine, running: &mut (String, u16), reloaded: &Config) -> Option<String> {
+    let new = &reloaded.engine;
+    let (old_file, old_id) = running.clone();
+    if old_file.is_empty() && new.encryption_key_file.is_empty() {
+        return None;
+    }
+    let id = |id: u16| match id {
+        0 => "none (plain)".to_string(),
+        id => id.to_string(),
+    };
+    let outcome = match engine.rotate_keys(new) {
+        Ok(rotation) => {
+            log::info!(
+                "SIGHUP: encryption at rest: new batches sealed with key id {} (was {}); key ids {:?} from {}",
+                id(rotation.new_key_id.unwrap_or(0)),
+                id(rotation.old_key_id.unwrap_or(0)),
+                rotation.key_ids,
+                new.encryption_key_file
+            );
+            *running = key_settings(reloaded);
+            serde_json::json!({
+                "applied": true,
+                "old_key_id": rotation.old_key_id,
+                "new_key_id": rotation.new_key_id,
+                "key_ids": rotation.key_ids,
+                "key_file": new.encryption_key_file,
+            })
+        }
+        Err(error) => {
+            log::error!(
+                "SIGHUP: encryption key rotation refused, the running key ring stays in use (new batches sealed with key id {}): {error}",
+                id(old_id)
+            );
+            serde_json::json!({
+                "applied": false,
+                "old_key_id": (old_id != 0).then_some(old_id),
+                "requested_key_id": (new.encryption_key_id != 0).then_some(new.encryption_key_id),
+                "error": error.to_string(),
+            })
+        }
+    };
+    Some(outcome.to_string())
 }
 
 /// The audit log writer when `[auth] audit_key_file` is set.

@@ -2,8 +2,9 @@
 //! file, messages published with `starling pub`, no message text anywhere in
 //! the data directory's segments or journals (after a crash and after a clean
 //! stop), everything read back after restarts and a key rotation, the
-//! offline tools with and without the key, and a refused start with a wrong
-//! or missing key.
+//! offline tools with and without the key, a refused start with a wrong or
+//! missing key, and a key rotation on SIGHUP without a restart (with the
+//! refusal of a key file that drops or changes a key in use).
 
 mod common;
 
@@ -222,5 +223,68 @@ fn encrypted_data_directory_end_to_end() {
     // Nothing was changed by the refused starts.
     let server = Server::start(&data, &key_env(key_file, "2"));
     assert_eq!(history(&server, "general"), expected);
+    assert!(server.terminate().success());
+}
+
+/// A configuration file naming the key file and the current key id.
+fn write_key_config(path: &Path, key_file: &str, key_id: u16) {
+    fs::write(
+        path,
+        format!("[engine]\nencryption_key_file = {key_file:?}\nencryption_key_id = {key_id}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn key_rotation_on_sighup_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keys = dir.path().join("keys");
+    let key_file = keys.to_str().unwrap();
+    let config = dir.path().join("starling.toml");
+    let config_arg = config.to_str().unwrap();
+    write_keys(&keys, &[(1, KEY_1)]);
+    write_key_config(&config, key_file, 1);
+
+    let server = Server::start_with(&data, &["--config", config_arg], &[]);
+    publish(&server, "general", &bodies(0..10));
+
+    // Rotate: key 2 joins the file and becomes current, no restart.
+    write_keys(&keys, &[(1, KEY_1), (2, KEY_2)]);
+    write_key_config(&config, key_file, 2);
+    let line = server.sighup_and_wait_for("encryption at rest: new batches sealed");
+    assert!(line.contains("key id 2 (was 1)"), "{line}");
+    assert!(line.contains("[1, 2]"), "{line}");
+    assert!(!line.contains(KEY_2) && !line.contains(KEY_1), "{line}");
+    publish(&server, "general", &bodies(10..20));
+    assert_eq!(history(&server, "general"), bodies(0..20));
+
+    // A key file without key 1 would leave the first batches unreadable:
+    // refused, and the running ring (key 2 current) stays in use.
+    write_keys(&keys, &[(2, KEY_2), (3, WRONG)]);
+    write_key_config(&config, key_file, 3);
+    let line = server.sighup_and_wait_for("encryption key rotation refused");
+    assert!(line.contains("holds no key with id [1]"), "{line}");
+    assert!(line.contains("sealed with key id 2"), "{line}");
+    // A key id that keeps its id but changes its key: refused too.
+    write_keys(&keys, &[(1, WRONG), (2, KEY_2)]);
+    write_key_config(&config, key_file, 2);
+    let line = server.sighup_and_wait_for("encryption key rotation refused");
+    assert!(line.contains("different key for key id [1]"), "{line}");
+    publish(&server, "general", &bodies(20..25));
+    assert_eq!(history(&server, "general"), bodies(0..25));
+    assert!(server.terminate().success());
+    assert_not_stored(&data, SECRET);
+
+    // The batches after the rotation are sealed with key 2: a start with key
+    // 1 alone cannot read them.
+    write_keys(&keys, &[(1, KEY_1)]);
+    let stderr = refused_start(&data, &key_env(key_file, "1"));
+    assert!(stderr.contains("key id 2"), "{stderr}");
+    // With both keys everything reads back.
+    write_keys(&keys, &[(1, KEY_1), (2, KEY_2)]);
+    write_key_config(&config, key_file, 2);
+    let server = Server::start_with(&data, &["--config", config_arg], &[]);
+    assert_eq!(history(&server, "general"), bodies(0..25));
     assert!(server.terminate().success());
 }

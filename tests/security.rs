@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -777,23 +778,35 @@ fn configuration_changes_are_in_the_verifiable_audit_log() {
 
     // A setting changed by the environment, then one in the file while the
     // server runs (SIGHUP re-reads it; it takes effect at the next start).
+    // The same SIGHUP turns encryption at rest on, which applies at once
+    // (its own entry; not among the pending changes).
     let server = Server::start_with(
         &data,
         &config_arg,
         &[("STARLING_AUTH_SESSION_IDLE_TIMEOUT_S", "600")],
     );
+    let keys = dir.path().join("storage.keys");
+    std::fs::write(&keys, format!("1 {}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
         text.replace(
             "throttle_failures_per_account = 3",
             "throttle_failures_per_account = 4",
+        )
+        .replace(
+            "[engine]\n",
+            &format!(
+                "[engine]\nencryption_key_file = {:?}\nencryption_key_id = 1\n",
+                keys.to_str().unwrap()
+            ),
         ),
     )
     .unwrap();
     let line = server.sighup_and_wait_for("SIGHUP: the configuration changed");
     assert!(
-        line.contains("auth.throttle_failures_per_account"),
+        line.contains("auth.throttle_failures_per_account") && !line.contains("encryption"),
         "{line}"
     );
     assert!(server.terminate().success());
@@ -841,4 +854,17 @@ fn configuration_changes_are_in_the_verifiable_audit_log() {
         "{reload}"
     );
     assert_eq!(reload["applied"], false, "{reload}");
+    let rotations: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|entry| entry["target"] == "encryption_key")
+        .map(|entry| serde_json::from_str(entry["detail"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(rotations.len(), 1, "{out}");
+    let rotation = &rotations[0];
+    assert_eq!(rotation["applied"], true, "{rotation}");
+    assert_eq!(rotation["old_key_id"], Value::Null, "{rotation}");
+    assert_eq!(rotation["new_key_id"], 1, "{rotation}");
+    assert_eq!(rotation["key_ids"], json!([1]), "{rotation}");
+    assert!(!out.contains(&"ab".repeat(32)), "{out}");
 }

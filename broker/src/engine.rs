@@ -57,6 +57,8 @@ pub enum EngineError {
     LayoutDamaged { path: PathBuf, detail: String },
     #[error("the engine has {shards} shards; at most 64 are supported")]
     TooManyShards { shards: usize },
+    #[error("the new key ring was not taken everywhere: {detail}; fix the key file and send SIGHUP again")]
+    KeyRotation { detail: String },
     #[error("cannot start an event loop: {0}")]
     Poll(io::Error),
 }
@@ -72,8 +74,20 @@ pub(crate) struct EngineShared {
     pub user_limiters: crate::limits::UserLimiters,
     /// Connections per address (the acceptor counts, shards uncount).
     pub address_limits: crate::limits::AddressLimits,
-    /// Encryption at rest (`encryption_key_file`), shared by every partition.
-    pub keys: Option<Arc<starling_storage::KeyRing>>,
+    /// Encryption at rest (`encryption_key_file`), shared by every partition;
+    /// replaced by [`Engine::rotate_keys`].
+    pub keys: std::sync::Mutex<Option<Arc<starling_storage::KeyRing>>>,
+}
+
+/// What [`Engine::rotate_keys`] changed: key ids only, never key material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The key id batches were sealed with before (`None`: plain).
+    pub old_key_id: Option<u16>,
+    /// The key id batches are sealed with from now on (`None`: plain).
+    pub new_key_id: Option<u16>,
+    /// Every key id the new ring holds.
+    pub key_ids: Vec<u16>,
 }
 
 /// A protocol served on an address.
@@ -272,7 +286,7 @@ impl Engine {
             metrics: Metrics::new(shards),
             user_limiters: crate::limits::UserLimiters::default(),
             address_limits,
-            keys,
+            keys: std::sync::Mutex::new(keys),
         });
 
         // The shard journals of the last run: each partition's unsynced tail
@@ -473,6 +487,47 @@ impl Engine {
         }
     }
 
+    /// Replaces the encryption key ring with the one `config` names
+    /// (`encryption_key_file`, `encryption_key_id`) while running: every
+    /// partition seals the batches and checkpoints it writes from now on
+    /// with the new current key id. The new ring must hold every key of the
+    /// running one (batches sealed with them stay readable); otherwise, or if
+    /// the key file cannot be read, nothing changes. Returns once every
+    /// shard uses the new ring.
+    pub fn rotate_keys(&self, config: &EngineConfig) -> Result<KeyRotation, EngineError> {
+        let keys = config.key_ring()?.map(Arc::new);
+        let mut running = self.shared.keys.lock().expect("key ring lock");
+        starling_storage::KeyRing::check_replaces(running.as_deref(), keys.as_deref())?;
+        let rotation = KeyRotation {
+            old_key_id: running
+                .as_deref()
+                .and_then(starling_storage::KeyRing::current),
+            new_key_id: keys.as_deref().and_then(starling_storage::KeyRing::current),
+            key_ids: keys
+                .as_deref()
+                .map(starling_storage::KeyRing::key_ids)
+                .unwrap_or_default(),
+        };
+        let (done, answers) = std::sync::mpsc::channel();
+        for inbox in &self.shared.inboxes {
+            inbox.send_blocking(ShardMsg::Keys {
+                keys: keys.clone(),
+                done: done.clone(),
+            });
+        }
+        drop(done);
+        *running = keys;
+        for _ in &self.shared.inboxes {
+            let (shard, answer) = answers.recv().map_err(|_| EngineError::KeyRotation {
+                detail: "a shard stopped before answering (the server is stopping)".into(),
+            })?;
+            answer.map_err(|detail| EngineError::KeyRotation {
+                detail: format!("shard {shard}: {detail}"),
+            })?;
+        }
+        Ok(rotation)
+    }
+
     /// Stops accepting, lets every shard write and sync what it has, closes
     /// every connection and waits for the threads.
     pub fn shutdown(mut self) {
@@ -588,7 +643,7 @@ fn open_partitions(
         let options = PartitionOptions {
             run,
             unsynced_tail: journal.tail,
-            keys: shared.keys.clone(),
+            keys: shared.keys.lock().expect("key ring lock").clone(),
             ..PartitionOptions::default()
         };
         let (mut log, report) =

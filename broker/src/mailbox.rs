@@ -170,6 +170,13 @@ pub(crate) enum ShardMsg {
         conn: ConnRef,
         event: SessionEvent,
     },
+    /// A new encryption key ring (a key rotation at reload): every
+    /// partition of the shard uses it from now on. The shard answers on
+    /// `done` with its id (an error names the partition that refused it).
+    Keys {
+        keys: Option<Arc<starling_storage::KeyRing>>,
+        done: std::sync::mpsc::Sender<(usize, Result<(), String>)>,
+    },
     Shutdown,
 }
 

@@ -188,6 +188,50 @@ impl KeyRing {
         self.keys.keys().copied().collect()
     }
 
+    /// Whether `new` may replace `old` while partitions are open (a key
+    /// rotation at reload): it must hold every key id `old` holds, with the
+    /// same key, or batches already sealed would become unreadable. No ring
+    /// at all counts as an empty one.
+    pub fn check_replaces(
+        old: Option<&KeyRing>,
+        new: Option<&KeyRing>,
+    ) -> Result<(), StorageError> {
+        let Some(old) = old else {
+            return Ok(());
+        };
+        let source = new.map_or_else(PathBuf::new, |new| new.source.clone());
+        let missing: Vec<u16> = old
+            .keys
+            .keys()
+            .copied()
+            .filter(|id| new.is_none_or(|new| !new.keys.contains_key(id)))
+            .collect();
+        if !missing.is_empty() {
+            return Err(StorageError::KeyFile {
+                path: source,
+                detail: format!(
+                    "holds no key with id {missing:?}, which the running key ring holds (batches sealed with them must stay readable): keep every key id in the key file, only add keys"
+                ),
+            });
+        }
+        let new = new.expect("a ring with old's key ids exists when old has any");
+        let changed: Vec<u16> = old
+            .keys
+            .iter()
+            .filter(|(id, cipher)| key_check_tag(cipher) != key_check_tag(&new.keys[*id]))
+            .map(|(id, _)| *id)
+            .collect();
+        if !changed.is_empty() {
+            return Err(StorageError::KeyFile {
+                path: source,
+                detail: format!(
+                    "holds a different key for key id {changed:?} than the running key ring (batches sealed with it must stay readable): a key id keeps its key; give a new key a new id"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Encrypts a batch in place. `batch` is a whole batch as
     /// `format::finish_batch` left it with a nonzero key id: header, plain
     /// records, and [`TAG_BYTES`] of room at the end. Writes the tag and the
@@ -234,6 +278,19 @@ impl KeyRing {
             .map_err(|_| OpenFailure::Authentication(header.key_id))?;
         Ok(image)
     }
+}
+
+/// A tag that tells two keys apart without showing either: the tag of an
+/// empty message under a fixed nonce (never a batch's nonce, whose run is
+/// nonzero).
+fn key_check_tag(cipher: &XChaCha20Poly1305) -> Tag {
+    cipher
+        .encrypt_in_place_detached(
+            XNonce::from_slice(&[0; NONCE_BYTES]),
+            b"starling key comparison",
+            &mut [],
+        )
+        .expect("an empty message is within the cipher's limit")
 }
 
 /// The first bytes of a sealed checkpoint file.
@@ -488,6 +545,35 @@ pub(crate) fn readable<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_ring_keeps_every_key() {
+        let ring = |keys: &[(u16, u8)], current| {
+            KeyRing::from_keys(
+                keys.iter().map(|&(id, byte)| (id, [byte; KEY_BYTES])),
+                current,
+            )
+            .unwrap()
+        };
+        let running = ring(&[(1, 1)], Some(1));
+        let check = |new: Option<&KeyRing>| KeyRing::check_replaces(Some(&running), new);
+        assert!(check(Some(&ring(&[(1, 1), (2, 2)], Some(2)))).is_ok());
+        assert!(check(Some(&ring(&[(1, 1)], None))).is_ok());
+        let missing = check(Some(&ring(&[(2, 2)], Some(2)))).unwrap_err();
+        assert!(
+            missing.to_string().contains("no key with id [1]"),
+            "{missing}"
+        );
+        let none = check(None).unwrap_err();
+        assert!(none.to_string().contains("no key with id [1]"), "{none}");
+        let changed = check(Some(&ring(&[(1, 9), (2, 2)], Some(2)))).unwrap_err();
+        assert!(
+            changed.to_string().contains("different key for key id [1]"),
+            "{changed}"
+        );
+        // A server without a ring may get one.
+        assert!(KeyRing::check_replaces(None, Some(&running)).is_ok());
+    }
 
     #[test]
     fn key_file_lines() {

@@ -707,6 +707,24 @@ impl Partition {
         Ok((partition, report))
     }
 
+    /// Replaces the key ring (a key rotation while running): batches closed
+    /// from now on, and checkpoints written from now on, use its current key
+    /// id. It must hold every key of the ring in use
+    /// ([`KeyRing::check_replaces`]); sealing needs a nonzero run.
+    pub fn set_keys(&mut self, keys: Option<Arc<KeyRing>>) -> Result<(), StorageError> {
+        KeyRing::check_replaces(self.keys.as_deref(), keys.as_deref())?;
+        if keys.as_deref().and_then(KeyRing::current).is_some() && self.run == 0 {
+            return Err(StorageError::InvalidConfig {
+                detail: format!(
+                    "partition {}: encrypting batches needs the engine run (PartitionOptions::run), which is part of every nonce; it is 0",
+                    self.id
+                ),
+            });
+        }
+        self.keys = keys;
+        Ok(())
+    }
+
     /// The key id new batches are sealed with, if any.
     fn sealing_key_id(&self) -> Option<u16> {
         self.keys.as_deref().and_then(KeyRing::current)

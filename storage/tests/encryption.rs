@@ -362,6 +362,15 @@ fn a_wrong_or_missing_key_is_a_clear_error_at_open() {
     check_all(&partition);
 }
 
+/// The key id of every batch in the segments, in log order.
+fn batch_key_ids(dir: &Path) -> Vec<u16> {
+    segment_files(dir)
+        .iter()
+        .flat_map(|file| batches(file))
+        .map(|(_, header)| header.key_id)
+        .collect()
+}
+
 #[test]
 fn key_rotation_keeps_old_batches_readable() {
     let dir = tempfile::tempdir().unwrap();
@@ -373,12 +382,7 @@ fn key_rotation_keeps_old_batches_readable() {
     write_turns(&mut partition, 5, 2_000);
     check_all(&partition);
     drop(partition);
-    let key_ids: Vec<u16> = segment_files(dir.path())
-        .iter()
-        .flat_map(|file| batches(file))
-        .map(|(_, header)| header.key_id)
-        .collect();
-    assert_eq!(key_ids, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
+    assert_eq!(batch_key_ids(dir.path()), [1, 1, 1, 1, 1, 2, 2, 2, 2, 2]);
     let (partition, _) = open_keyed(dir.path(), small_segments(), 3, Some(both)).unwrap();
     check_all(&partition);
     drop(partition);
@@ -403,6 +407,62 @@ fn key_rotation_keeps_old_batches_readable() {
     );
     let page = partition.read_last(b"b", 5).unwrap();
     assert_eq!(page.records.len(), 5);
+}
+
+#[test]
+fn key_rotation_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = ring(&[(1, KEY_1)], Some(1));
+    let (mut partition, _) = open_keyed(dir.path(), small_segments(), 1, Some(one)).unwrap();
+    write_turns(&mut partition, 3, 1_000);
+    // The new ring takes effect for the next batches, no reopen.
+    let both = ring(&[(1, KEY_1), (2, KEY_2)], Some(2));
+    partition.set_keys(Some(both.clone())).unwrap();
+    write_turns(&mut partition, 3, 2_000);
+    check_all(&partition);
+    // A ring without key 1, or with another key under id 1, is refused and
+    // the running ring stays: new batches keep key id 2, old ones read.
+    let error = partition
+        .set_keys(Some(ring(&[(2, KEY_2)], Some(2))))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("holds no key with id [1]"),
+        "{error}"
+    );
+    let error = partition
+        .set_keys(Some(ring(&[(1, KEY_2), (2, KEY_2)], Some(2))))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("different key for key id [1]"),
+        "{error}"
+    );
+    assert!(partition.set_keys(None).is_err());
+    write_turns(&mut partition, 2, 3_000);
+    check_all(&partition);
+    drop(partition);
+    assert_eq!(batch_key_ids(dir.path()), [1, 1, 1, 2, 2, 2, 2, 2]);
+    // The checkpoint written at close is sealed with key 2 as well: a ring
+    // whose key 2 is wrong cannot open it.
+    let wrong_2 = ring(&[(1, KEY_1), (2, KEY_1)], Some(2));
+    let Err(error) = open_keyed(dir.path(), small_segments(), 2, Some(wrong_2)) else {
+        panic!("a wrong key 2 opened the partition");
+    };
+    assert!(
+        matches!(error, StorageError::Authentication { key_id: 2, .. })
+            && error.to_string().contains("channels.checkpoint"),
+        "{error}"
+    );
+    let (partition, _) = open_keyed(dir.path(), small_segments(), 3, Some(both)).unwrap();
+    check_all(&partition);
+    drop(partition);
+
+    // Sealing needs a nonzero run, at a rotation as at open.
+    let plain = tempfile::tempdir().unwrap();
+    let (mut partition, _) = open_keyed(plain.path(), small_segments(), 0, None).unwrap();
+    let error = partition
+        .set_keys(Some(ring(&[(1, KEY_1)], Some(1))))
+        .unwrap_err();
+    assert!(error.to_string().contains("it is 0"), "{error}");
 }
 
 #[test]

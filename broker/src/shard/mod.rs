@@ -223,6 +223,24 @@ impl Shard {
         }
     }
 
+    /// Hands a new key ring to every partition of the shard (all of them
+    /// are tried; the first refusal is returned).
+    fn set_keys(&mut self, keys: Option<Arc<starling_storage::KeyRing>>) -> Result<(), String> {
+        let mut outcome = Ok(());
+        for (id, partition) in self.partitions.iter_mut() {
+            if let Err(error) = partition.log.set_keys(keys.clone()) {
+                log::error!(
+                    "shard {}: partition {id} keeps its old key ring: {error}",
+                    self.id
+                );
+                if outcome.is_ok() {
+                    outcome = Err(format!("partition {id}: {error}"));
+                }
+            }
+        }
+        outcome
+    }
+
     fn handle_message(&mut self, message: ShardMsg) {
         match message {
             ShardMsg::CloseMatching { matching, reason } => self.close_matching(&matching, &reason),
@@ -322,6 +340,9 @@ impl Shard {
                 ack,
             } => self.owner_pattern_interest(pattern, shard, on, ack),
             ShardMsg::PatternReady { to, request_id } => self.pattern_ready(to, request_id),
+            ShardMsg::Keys { keys, done } => {
+                let _ = done.send((self.id, self.set_keys(keys)));
+            }
             ShardMsg::Shutdown => self.shutting_down = true,
         }
     }
