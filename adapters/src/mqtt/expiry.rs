@@ -236,7 +236,11 @@ impl MqttSession {
                 }
             }
         }
-        drop(clients);
+        // The will's timer is set before the clients lock is let go: a
+        // CONNECT of this client id on another core then either finds this
+        // connection still registered (and gets the will in its handoff) or
+        // finds the timer set (and cancels or fires it at once), never
+        // neither (`reconnected`). The lock order is clients, then timers.
         if let Some((will, delay)) = will {
             match principal {
                 Some(principal) if !delay.is_zero() => {
@@ -253,6 +257,7 @@ impl MqttSession {
                 _ => context.submit(0, will_command(will)),
             }
         }
+        drop(clients);
     }
 
     /// Publishes `delayed` after `delay` (from the keeper's thread); at once
