@@ -950,6 +950,56 @@ fn persistent_session_gets_offline_messages_from_the_log_after_sigkill() {
     assert!(!present);
 }
 
+/// A client that resumes its session and subscribes again at once (as
+/// `mosquitto_sub -c` does) still gets what came while it was away: its
+/// SUBSCRIBE used to reach the broker before the restored subscription
+/// (which waits for the topic's cursor) and keep that one out.
+#[test]
+fn a_resumed_session_that_subscribes_again_gets_what_came_while_it_was_away() {
+    let (_dir, server) = server(&[]);
+    for round in 0..3 {
+        let (mut worker, _) = connect_session(server.mqtt, ProtocolVersion::V311, "again", false);
+        if round == 0 {
+            subscribe(&mut worker, "again", QoS::AtLeastOnce);
+        }
+        worker.send(&Packet::Disconnect(Default::default()));
+        assert!(worker.next().is_none());
+        let away = vec![format!("while away {round}")];
+        publish_acked(&server, "again", &away, QoS::AtLeastOnce);
+
+        let (mut worker, present) =
+            connect_session(server.mqtt, ProtocolVersion::V311, "again", false);
+        assert!(present);
+        let options = starling_protocol::mqtt::SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        worker.send(&Packet::Subscribe(starling_protocol::mqtt::Subscribe {
+            packet_id: 7,
+            filters: vec![("again".into(), options)],
+            properties: Properties::default(),
+        }));
+        let (mut acked, mut got) = (false, Vec::new());
+        while !acked || got.is_empty() {
+            match worker.next() {
+                Some(Packet::SubAck(ack)) => {
+                    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQoS1]);
+                    acked = true;
+                }
+                Some(Packet::Publish(publish)) => {
+                    worker.send(&Packet::PubAck(response(publish.packet_id.unwrap())));
+                    got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+                }
+                other => panic!("expected SUBACK or PUBLISH, got {other:?}"),
+            }
+        }
+        assert_eq!(got, away, "round {round}");
+        worker.send(&Packet::PingReq);
+        assert_eq!(worker.next(), Some(Packet::PingResp), "nothing twice");
+        worker.send(&Packet::Disconnect(Default::default()));
+    }
+}
+
 #[test]
 fn qos2_delivery_is_exactly_once_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();

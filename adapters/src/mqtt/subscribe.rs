@@ -180,6 +180,13 @@ impl Connected {
             .any(|subscription| subscription.options.no_local)
     }
 
+    /// A resumed session's subscription of `topic` waits for its cursor.
+    fn restoring_cursor(&self, topic: &str) -> bool {
+        self.pending.values().any(
+            |pending| matches!(pending, Pending::RestoreCursor { topic: restoring } if restoring == topic),
+        )
+    }
+
     fn unsubscribe_filter(&mut self, filter: &str) -> Option<Subscription> {
         let index = self
             .subscriptions
@@ -239,6 +246,19 @@ impl MqttSession {
             },
         );
         for (index, subscription) in commands {
+            if state.restoring_cursor(&subscription.filter) {
+                // A resumed session's subscription of this topic is being
+                // restored from its cursor (with what came while the client
+                // was away): a live broker subscription now would be first
+                // and keep that one out, so the restored one stands for it.
+                let granted = ReasonCode::granted(subscription.qos());
+                let awaiting = Awaiting::SubAck(packet_id);
+                if let Some(collecting) = state.collecting.get_mut(&awaiting) {
+                    collecting.codes[index] = Some(granted);
+                    collecting.granted.push(subscription);
+                }
+                continue;
+            }
             let command = subscribe_command(subscription.topic_filter());
             let request_id =
                 next_request(state, Pending::Subscribe(packet_id, index, subscription));
