@@ -132,6 +132,18 @@ fn mosquitto_pub_with(server: &Server, token: &str, topic: &str, extra: &[&str])
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Starts `mosquitto_sub` (MQTT 5, QoS 1) signed in with `token`.
+fn mosquitto_sub(server: &Server, token: &str, args: &[&str]) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args(["-V", "mqttv5", "-u", "x", "-P", token, "-q", "1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs")
+}
+
 #[test]
 fn denied_means_denied_on_every_protocol() {
     let dir = tempfile::tempdir().unwrap();
@@ -481,20 +493,8 @@ fn sign_ins_changes_and_denials_are_in_the_verifiable_audit_log() {
     };
     let (ok, out, err) = verify();
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = common::run(&["audit", "export", audit.to_str().unwrap()], &[]);
-    assert!(ok, "{err}");
-    let entries: Vec<Value> = out
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .filter(|entry: &Value| entry["record"] == "entry")
-        .collect();
-    let has = |kind: &str, actor: &str, target: &str| {
-        entries.iter().any(|e| {
-            e["kind"] == kind
-                && e["actor"].as_str().unwrap().starts_with(actor)
-                && e["target"].as_str().unwrap().starts_with(target)
-        })
-    };
+    let (entries, out) = audit_entries(&audit);
+    let has = |kind: &str, actor: &str, target: &str| has_entry(&entries, kind, actor, target);
     // The users made with `starling user add` are there too.
     assert!(has("user_changed", "cli", "alice"), "{out}");
     assert!(has("sign_in_failed", "alice", "alice"), "{out}");
@@ -516,6 +516,146 @@ fn sign_ins_changes_and_denials_are_in_the_verifiable_audit_log() {
     std::fs::write(&segment, bytes).unwrap();
     let (ok, out, err) = verify();
     assert!(!ok, "tampering detected: {out}{err}");
+}
+
+/// The entries of the audit log in `audit` (and the export's text).
+fn audit_entries(audit: &Path) -> (Vec<Value>, String) {
+    let (ok, out, err) = common::run(&["audit", "export", audit.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    let entries = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|entry: &Value| entry["record"] == "entry")
+        .collect();
+    (entries, out)
+}
+
+/// Whether an entry of `kind` by `actor` about `target` (prefixes) is there.
+fn has_entry(entries: &[Value], kind: &str, actor: &str, target: &str) -> bool {
+    entries.iter().any(|e| {
+        e["kind"] == kind
+            && e["actor"].as_str().unwrap().starts_with(actor)
+            && e["target"].as_str().unwrap().starts_with(target)
+    })
+}
+
+#[test]
+fn mqtt_client_ids_belong_to_the_user_whose_session_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let bob = token(&server, "bob", MEMBER_PASSWORD);
+    let persistent = ["-i", "shared-id", "-c", "-x", "3600"];
+    let subscriber = |server: &Server, extra: &[&str]| {
+        let args = [&persistent[..], &["-t", "team/red"], extra].concat();
+        mosquitto_sub(server, &alice, &args)
+    };
+    // Bob may neither take the client id over nor resume or end its
+    // session, in MQTT 5 (CONNACK 0x87) or 3.1.1 (0x05); each try is
+    // refused before anything of the session is touched.
+    let bob_is_refused = |server: &Server| {
+        for extra in [
+            &persistent[..],
+            &["-i", "shared-id"][..],
+            &["-i", "shared-id", "-c", "-V", "mqttv311"][..],
+            &["-i", "shared-id", "-V", "mqttv311"][..],
+        ] {
+            let output = mosquitto_pub_with(server, &bob, "team/red", extra);
+            let code = if extra.contains(&"mqttv311") { 5 } else { 0x87 };
+            assert!(
+                !output.contains("PUBACK") && output.contains(&format!("CONNACK ({code})")),
+                "bob with {extra:?}: {output}"
+            );
+        }
+    };
+
+    // Alice's persistent session is connected: bob cannot have its id.
+    let mut connected = subscriber(&server, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    bob_is_refused(&server);
+    assert!(
+        connected.try_wait().unwrap().is_none(),
+        "alice's connection was not taken over"
+    );
+    // Bob's own client ids are his to use.
+    let output = mosquitto_pub_with(&server, &bob, "team/red", &["-i", "bob-phone"]);
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+    connected.kill().unwrap();
+    connected.wait().unwrap();
+
+    // Her session waits for her, also across a restart.
+    let output = mosquitto_pub_with(&server, &alice, "team/red", &["-i", "alice-laptop"]);
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+    bob_is_refused(&server);
+    server.kill();
+    let server = start(dir.path(), &config);
+    bob_is_refused(&server);
+    // Alice's token is in the log, so it survived the restart too.
+    let resumed = subscriber(&server, &["-C", "1", "-W", "20"]);
+    let (status, stdout, stderr) =
+        common::wait_with_timeout(resumed, Duration::from_secs(30), "mosquitto_sub");
+    let log: Vec<String> = server.log.try_iter().collect();
+    assert!(status.success(), "{stderr} {}", log.join("\n"));
+    assert_eq!(
+        stdout.trim(),
+        "hi",
+        "the message published while alice was away"
+    );
+
+    // Once she ends it (a clean start without expiry), the id is free.
+    let output = mosquitto_pub_with(&server, &alice, "team/red", &["-i", "shared-id"]);
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+    let output = mosquitto_pub_with(&server, &bob, "team/red", &["-i", "shared-id"]);
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+
+    assert!(server.terminate().success());
+    let (entries, out) = audit_entries(&dir.path().join("data").join("audit"));
+    assert!(
+        has_entry(
+            &entries,
+            "request_denied",
+            "bob",
+            "mqtt client id shared-id"
+        ),
+        "{out}"
+    );
+}
+
+/// The server keeps MQTT retained messages and the topic index in its own
+/// `$` channels, which no member's role names: a member still gets the
+/// retained messages of the topics they may subscribe to, and the offline
+/// messages of a persistent wildcard subscription.
+#[test]
+fn mqtt_retained_and_offline_wildcard_messages_reach_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let output = mosquitto_pub_with(&server, &alice, "team/red", &["-r"]);
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+    let subscribe = |extra: &[&str]| {
+        let args = [&["-v", "-C", "1", "-W", "20"], extra].concat();
+        let child = mosquitto_sub(&server, &alice, &args);
+        let (status, stdout, stderr) =
+            common::wait_with_timeout(child, Duration::from_secs(30), "mosquitto_sub");
+        assert!(status.success(), "{extra:?}: {stderr}");
+        stdout.trim().to_string()
+    };
+    for filter in ["team/red", "team/#", "team/+"] {
+        assert_eq!(subscribe(&["-t", filter]), "team/red hi", "{filter}");
+    }
+
+    // A persistent session with a wildcard filter, away while a message
+    // goes to a topic it never saw.
+    let durable = ["-i", "alice-wild", "-c", "-x", "3600", "-t", "team/+/news"];
+    let output = mosquitto_sub(&server, &alice, &[&durable[..], &["-E"]].concat())
+        .wait_with_output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let output = mosquitto_pub(&server, &alice, "team/blue/news");
+    assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");
+    assert_eq!(subscribe(&durable), "team/blue/news hi");
 }
 
 #[test]

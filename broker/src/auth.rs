@@ -125,6 +125,20 @@ pub trait Authorizer: Send + Sync + 'static {
     /// Allows or refuses `action` on `channel`.
     fn authorize(&self, principal: &Principal, action: Action, channel: &str)
         -> Result<(), Denied>;
+
+    /// Whether principals' user names are verified (signed in), so that
+    /// what a user starts (an MQTT client id's persistent session) can be
+    /// kept for that user. The default says yes; the loopback authorizer,
+    /// which takes any name as given, says no.
+    fn verifies_users(&self) -> bool {
+        true
+    }
+
+    /// Records a request that an adapter refused on its own account (for
+    /// the audit log); `target` names what was refused.
+    fn refused(&self, principal: &Principal, target: &str, detail: &str) {
+        let _ = (principal, target, detail);
+    }
 }
 
 /// The default before authentication is configured: anyone on loopback (or
@@ -165,6 +179,11 @@ impl Authorizer for LoopbackAuthorizer {
         address: Option<SocketAddr>,
     ) -> Result<Principal, Denied> {
         self.authenticate(client_name, user, address)
+    }
+
+    /// Names are taken as given, so nothing is kept for a user.
+    fn verifies_users(&self) -> bool {
+        false
     }
 
     fn authorize(&self, principal: &Principal, _: Action, _: &str) -> Result<(), Denied> {

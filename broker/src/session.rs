@@ -269,4 +269,23 @@ impl<'a> SessionContext<'a> {
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
+
+    /// The signed-in user, when the authorizer verifies user names (see
+    /// [`Authorizer::verifies_users`]): what this user starts may be kept
+    /// for them. `None` before authentication and on a loopback server.
+    pub fn verified_user(&self) -> Option<Arc<str>> {
+        let principal = self.principal.as_ref()?;
+        self.authorizer
+            .verifies_users()
+            .then(|| principal.user.clone())
+    }
+
+    /// Records a request the session refused on its own account (the audit
+    /// log has it when authentication is on); `target` names what was
+    /// refused.
+    pub fn refused(&self, target: &str, detail: &str) {
+        if let Some(principal) = self.principal.as_ref() {
+            self.authorizer.refused(principal, target, detail);
+        }
+    }
 }

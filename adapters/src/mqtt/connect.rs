@@ -12,17 +12,7 @@ impl MqttSession {
     ) -> Result<(), Close> {
         let version = connect.protocol;
         let refuse = |code: ReasonCode, reason: &str, out: &mut BytesMut| {
-            let mut properties = Properties::default();
-            if version == ProtocolVersion::V5 {
-                properties.reason_string = Some(cut(reason));
-            }
-            Packet::ConnAck(ConnAck {
-                session_present: false,
-                reason_code: code,
-                properties,
-            })
-            .encode(version, out);
-            Err(close(format!("CONNECT refused: {reason}")))
+            refuse_connect(version, code, reason, out)
         };
         let mut client_id = connect.client_id.clone();
         let mut assigned = None;
@@ -59,15 +49,11 @@ impl MqttSession {
             };
             return refuse(code, &denied.0, context.out());
         }
-        // One connection per client id: a newer one takes the session over
-        // (and the older one hands its in-flight state over, `parked`).
-        let mut taking_over = false;
-        if let Some(conn) = context.conn() {
-            let previous = self.listener.clients.lock().insert(client_id.clone(), conn);
-            if let Some(old) = previous.filter(|old| *old != conn) {
-                context.notify(old, Box::new(TakenOver));
-                taking_over = true;
-            }
+        // A client id connected as another user is not theirs to take.
+        let owner = context.verified_user();
+        if let Err(reason) = self.check_live_owner(&client_id, owner.as_deref()) {
+            context.refused(&format!("mqtt client id {client_id}"), &reason);
+            return refuse(ReasonCode::NotAuthorized, &reason, context.out());
         }
         let keep_alive_s = connect.keep_alive_s;
         let keep_alive = Duration::from_secs(u64::from(keep_alive_s));
@@ -90,10 +76,6 @@ impl MqttSession {
         // outlive the connection.
         let persistent = !connect.clean_start || session_expiry_s > 0;
         let resuming = !connect.clean_start;
-        self.reconnected(&client_id, connect.clean_start, context.now());
-        if connect.clean_start {
-            self.forget_parked(&client_id);
-        }
         context.set_protocol(match version {
             ProtocolVersion::V311 => self.listener.v311.clone(),
             ProtocolVersion::V5 => self.listener.v5.clone(),
@@ -134,43 +116,115 @@ impl MqttSession {
             })),
             clean_start: connect.clean_start,
             session_read: false,
-            awaiting_handoff: taking_over && resuming,
+            awaiting_handoff: false,
+            claimed: false,
         });
         let state = self.state.as_mut().expect("just set");
-        if resuming {
+        if owner.is_some() {
+            // With authentication on, a session may be another user's: its
+            // records are read before anything of it is touched (`claim`).
+            state.read_session(1, context);
+            return Ok(());
+        }
+        self.claim(context)
+    }
+
+    /// Refuses `client_id` to `owner` while another user's connection has
+    /// it.
+    fn check_live_owner(&self, client_id: &str, owner: Option<&str>) -> Result<(), String> {
+        match self.listener.clients.lock().get(client_id) {
+            Some(client) if client.owner.as_deref() != owner => Err(not_yours(client_id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the client id up, once nothing stands against it: registers
+    /// the connection (one per client id: a newer one takes the session
+    /// over, and the older one hands its in-flight state over, `parked`),
+    /// cancels the session's expiry and delayed will, and goes on with a
+    /// resume (its QoS 2 note is read) or a clean start (the older session
+    /// is ended in the log). With authentication on, the session's records
+    /// were read first, and a session of another user refuses the CONNECT.
+    pub(super) fn claim(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let state = self.state.as_mut().expect("connected");
+        let owner = context.verified_user();
+        let recorded_owner = state
+            .restore
+            .as_ref()
+            .filter(|_| state.session_read)
+            .and_then(|restore| fold_session(&restore.session_records, wall_clock_ms()).owner);
+        let mut taking_over = false;
+        let mut refusal = recorded_owner
+            .filter(|recorded| owner.is_some() && owner.as_deref() != Some(recorded.as_str()))
+            .map(|_| not_yours(&state.client_id));
+        if let (None, Some(conn)) = (&refusal, context.conn()) {
+            let mut clients = self.listener.clients.lock();
+            match clients.get(&state.client_id) {
+                Some(client) if client.owner != owner => {
+                    refusal = Some(not_yours(&state.client_id));
+                }
+                _ => {
+                    let client = Client { conn, owner };
+                    let previous = clients.insert(state.client_id.clone(), client);
+                    if let Some(old) = previous.filter(|old| old.conn != conn) {
+                        context.notify(old.conn, Box::new(TakenOver));
+                        taking_over = true;
+                    }
+                }
+            }
+        }
+        if let Some(reason) = refusal {
+            // Nothing of the session was touched, and nothing is left.
+            let state = self.state.take().expect("connected");
+            context.refused(&format!("mqtt client id {}", state.client_id), &reason);
+            let code = ReasonCode::NotAuthorized;
+            return refuse_connect(state.version, code, &reason, context.out());
+        }
+        state.claimed = true;
+        state.awaiting_handoff = taking_over && !state.clean_start;
+        let client_id = state.client_id.clone();
+        let clean_start = state.clean_start;
+        self.reconnected(&client_id, clean_start, context.now());
+        if clean_start {
+            self.forget_parked(&client_id);
+        }
+        let state = self.state.as_mut().expect("connected");
+        if !clean_start {
             // The CONNACK says whether a session was found: read it first.
-            let channel = session_channel(&state.client_id);
-            let query = HistoryQuery::From(1);
-            read_history(
-                state,
-                Reader::Server,
-                Pending::SessionRead,
-                channel,
-                query,
-                SESSION_PAGE,
-                context,
-            );
+            if !state.session_read {
+                state.read_session(1, context);
+            }
             let channel = qos2_channel(&state.client_id);
             read_last_own(state, Pending::Qos2Read, channel, context);
-        } else if persistent {
+            return self.try_resume(context);
+        }
+        if state.persistent {
             // A clean start that keeps its session: the older one ends
             // where this one starts (and the QoS 2 packet ids it noted are
             // forgotten), durably before the CONNACK.
             let start = serde_json::json!({"type": "start"});
             state.append_record(start, Pending::OlderSessionEnded, context);
             state.note_qos2(Pending::OlderSessionEnded, context);
-        } else {
-            // A clean start that keeps nothing still discards an older
-            // persistent session of the client id (MQTT 3.1.1 and 5.0
-            // 3.1.2.4): its end is recorded, durably before the CONNACK, so
-            // that neither a later resume nor a restart brings it back. The
-            // last records are read first: a client id that never had a
-            // session writes nothing.
-            let channel = session_channel(&state.client_id);
-            read_last_own(state, Pending::OlderSessionRead, channel, context);
-            let channel = qos2_channel(&state.client_id);
-            read_last_own(state, Pending::OlderNoteRead, channel, context);
+            return Ok(());
         }
+        // A clean start that keeps nothing still discards an older
+        // persistent session of the client id (MQTT 3.1.1 and 5.0 3.1.2.4):
+        // its end is recorded, durably before the CONNACK, so that neither a
+        // later resume nor a restart brings it back. The last records are
+        // read first (unless they were, for the owner): a client id that
+        // never had a session writes nothing.
+        let channel = session_channel(&state.client_id);
+        match state.restore.as_ref().filter(|_| state.session_read) {
+            Some(restore) => {
+                if !session_ended(restore.session_records.last()) {
+                    let end = serde_json::json!({"type": "end"});
+                    state.append_record(end, Pending::OlderSessionEnded, context);
+                }
+            }
+            None => read_last_own(state, Pending::OlderSessionRead, channel, context),
+        }
+        let channel = qos2_channel(&state.client_id);
+        read_last_own(state, Pending::OlderNoteRead, channel, context);
         Ok(())
     }
 
@@ -295,4 +349,59 @@ impl MqttSession {
         state.restore_wildcard_topics(&stored, context);
         self.process(&mut waiting_input, context)
     }
+}
+
+impl Connected {
+    /// Reads a page of the session's records, from seq `from`, before the
+    /// CONNACK.
+    pub(super) fn read_session(&mut self, from: u64, context: &mut SessionContext<'_>) {
+        let channel = session_channel(&self.client_id);
+        let query = HistoryQuery::From(from);
+        let pending = Pending::SessionRead;
+        read_history(
+            self,
+            Reader::Server,
+            pending,
+            channel,
+            query,
+            SESSION_PAGE,
+            context,
+        );
+    }
+}
+
+/// Answers a CONNECT with a refusing CONNACK (`code`, and in v5 the reason)
+/// and closes the connection.
+pub(super) fn refuse_connect(
+    version: ProtocolVersion,
+    code: ReasonCode,
+    reason: &str,
+    out: &mut BytesMut,
+) -> Result<(), Close> {
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.reason_string = Some(cut(reason));
+    }
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties,
+    })
+    .encode(version, out);
+    Err(close(format!("CONNECT refused: {reason}")))
+}
+
+/// Why another user may not use a client id.
+fn not_yours(client_id: &str) -> String {
+    format!(
+        "the client id {client_id:?} belongs to another user's session; connect with a client id of your own"
+    )
+}
+
+/// Whether a session's last record ends it (or there is none).
+pub(super) fn session_ended(last: Option<&Message>) -> bool {
+    last.is_none_or(|last| {
+        serde_json::from_slice::<serde_json::Value>(&last.body)
+            .is_ok_and(|record| record["type"] == "end")
+    })
 }

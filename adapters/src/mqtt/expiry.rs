@@ -151,7 +151,7 @@ impl MqttSession {
     /// is first. Decided under the clients lock, so a CONNECT sees either
     /// this connection (and waits for its handoff) or what it left.
     pub(super) fn leave(&mut self, context: &mut SessionContext<'_>) {
-        let Some(state) = self.state.as_mut() else {
+        let Some(state) = self.state.as_mut().filter(|state| state.claimed) else {
             return;
         };
         // Its shares go to the other members of their groups first (with
@@ -169,7 +169,7 @@ impl MqttSession {
         let principal = context.principal().cloned();
         let clients = self.listener.clients.clone();
         let mut clients = clients.lock();
-        let owner = clients.get(&state.client_id).copied();
+        let owner = clients.get(&state.client_id).map(|client| client.conn);
         let taker = owner.filter(|owner| Some(*owner) != conn);
         let end = session_end(state.session_expiry_s);
         let will = will.map(|will| {

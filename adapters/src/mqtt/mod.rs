@@ -126,7 +126,15 @@ struct Listener {
 /// The connection of each connected client id, so a new connection with the
 /// same id takes the session over (the old one is closed with 0x8E). Touched
 /// at CONNECT and close only.
-type Clients = Arc<parking_lot::Mutex<HashMap<String, ConnRef>>>;
+type Clients = Arc<parking_lot::Mutex<HashMap<String, Client>>>;
+
+/// A connected client id's connection, and the user it belongs to (with
+/// authentication on): another user's CONNECT with the id is refused, not
+/// handed the session.
+struct Client {
+    conn: ConnRef,
+    owner: Option<Arc<str>>,
+}
 
 /// Sent to an older connection of a client id that connected again.
 struct TakenOver;
@@ -312,6 +320,11 @@ struct Connected {
     session_read: bool,
     /// An older connection of the client id is handing its state over.
     awaiting_handoff: bool,
+    /// The client id is this connection's: no other user's session has it
+    /// (checked before anything of the session is touched), and the
+    /// connection is registered in [`Listener::clients`]. Until then, an
+    /// ending connection leaves nothing behind.
+    claimed: bool,
 }
 
 /// QoS 1 and 2 state, both ways: a session that exchanges only QoS 0

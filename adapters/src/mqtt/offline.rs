@@ -147,7 +147,7 @@ impl Connected {
         let (channel, query) = (TOPIC_INDEX.to_string(), HistoryQuery::From(from));
         read_history(
             self,
-            Reader::Client,
+            Reader::Server,
             Pending::TopicIndex,
             channel,
             query,

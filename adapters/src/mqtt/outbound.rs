@@ -238,13 +238,17 @@ impl Connected {
 
     /// Appends `event` to the session's records, answered as `pending`
     /// (also for a session that is not persistent: a clean start ends an
-    /// older one).
+    /// older one). With authentication on, the record names the user whose
+    /// session it is.
     pub(super) fn append_record(
         &mut self,
-        event: serde_json::Value,
+        mut event: serde_json::Value,
         pending: Pending,
         context: &mut SessionContext<'_>,
     ) {
+        if let Some(user) = context.verified_user() {
+            event["user"] = serde_json::Value::from(&*user);
+        }
         let request_id = next_request(self, pending);
         context.submit_as_server(
             request_id,

@@ -204,11 +204,7 @@ impl MqttSession {
                 let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
                 };
-                let ended = messages.last().is_none_or(|last| {
-                    serde_json::from_slice::<serde_json::Value>(&last.body)
-                        .is_ok_and(|record| record["type"] == "end")
-                });
-                if !ended {
+                if !connect::session_ended(messages.last()) {
                     let end = serde_json::json!({"type": "end"});
                     state.append_record(end, Pending::OlderSessionEnded, context);
                 }
@@ -245,22 +241,14 @@ impl MqttSession {
                 restore.session_records.extend(messages.iter().cloned());
                 if let Some(last) = messages.last() {
                     if last.seq < *head_seq {
-                        let channel = session_channel(&state.client_id);
-                        let query = HistoryQuery::From(last.seq + 1);
-                        let pending = Pending::SessionRead;
-                        read_history(
-                            state,
-                            Reader::Server,
-                            pending,
-                            channel,
-                            query,
-                            SESSION_PAGE,
-                            context,
-                        );
+                        state.read_session(last.seq + 1, context);
                         return Ok(());
                     }
                 }
                 state.session_read = true;
+                if !state.claimed {
+                    return self.claim(context);
+                }
                 return self.try_resume(context);
             }
             Pending::RestoreCursor { topic } => {
@@ -375,17 +363,8 @@ fn session_unreadable(
         return Ok(());
     }
     let reason = format!("the session could not be {what}: {reply:?}; connect again");
-    let mut properties = Properties::default();
-    if state.version == ProtocolVersion::V5 {
-        properties.reason_string = Some(cut(&reason));
-    }
-    Packet::ConnAck(ConnAck {
-        session_present: false,
-        reason_code: ReasonCode::ServerUnavailable,
-        properties,
-    })
-    .encode(state.version, context.out());
-    Err(close(reason))
+    let code = ReasonCode::ServerUnavailable;
+    connect::refuse_connect(state.version, code, &reason, context.out())
 }
 
 /// After the first message of `topic` was stored, lists the topic in

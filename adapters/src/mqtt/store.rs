@@ -70,6 +70,9 @@ pub(super) struct StoredSession {
     /// Its last connection left a delayed will that is still pending (a
     /// resume cancels it, and records that).
     pub(super) will_pending: bool,
+    /// The user whose session it is (records carry the user when
+    /// authentication is on; `None` for a session recorded without).
+    pub(super) owner: Option<String>,
 }
 
 /// A session's records folded in order: `start` begins a session, `end`
@@ -100,7 +103,10 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                     ..StoredSession::default()
                 }
             }
-            Some("end") => session = StoredSession::default(),
+            Some("end") => {
+                session = StoredSession::default();
+                continue;
+            }
             Some("subscribe") => {
                 session.subscriptions.retain(|s| s.filter != filter);
                 session
@@ -129,6 +135,9 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                 }
             }
             _ => {}
+        }
+        if let Some(user) = event["user"].as_str() {
+            session.owner = Some(user.to_string());
         }
     }
     if expires_at_ms.is_some_and(|expires_at_ms| expires_at_ms <= now_ms) {
@@ -190,7 +199,7 @@ pub(super) fn read_retained(
     };
     read_history(
         state,
-        Reader::Client,
+        Reader::Server,
         pending,
         channel,
         HistoryQuery::Last,
@@ -220,7 +229,7 @@ pub(super) fn read_retained_index(
     let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
     read_history(
         state,
-        Reader::Client,
+        Reader::Server,
         pending,
         channel,
         query,
@@ -233,9 +242,12 @@ pub(super) fn read_retained_index(
 pub(super) enum Reader {
     /// The client, as its roles allow.
     Client,
-    /// The server, for the session's own records and QoS 2 notes in its
-    /// reserved `$mqtt/…` channels: a client's roles need not allow reading
-    /// `$` channels for its session to resume or end.
+    /// The server, for what it keeps in its reserved `$` channels on the
+    /// client's behalf: the session's own records and QoS 2 notes, and the
+    /// retained messages and topic index read for a subscription the broker
+    /// granted (only topics that match its filter reach the client). A
+    /// client's roles need not name `$` channels for its session to resume
+    /// or for it to get the retained messages of what it may subscribe to.
     Server,
 }
 
@@ -338,5 +350,30 @@ mod tests {
         let stored = fold_session(&[subscribed, left, again], u64::MAX);
         assert!(stored.present);
         assert!(stored.followed_topics.contains("a/b"));
+    }
+
+    #[test]
+    fn a_session_belongs_to_the_user_its_records_name_until_it_ends() {
+        use serde_json::json;
+        let owner = |events: &[serde_json::Value]| {
+            let records: Vec<Message> = (1..)
+                .zip(events)
+                .map(|(seq, event)| record(seq, seq * 10, event.clone()))
+                .collect();
+            fold_session(&records, 0).owner
+        };
+        let start = json!({"type": "start", "user": "alice"});
+        let subscribed = json!({"type": "subscribe", "filter": "a", "qos": 1, "user": "alice"});
+        let will_sent = json!({"type": "will-sent"});
+        let alice = Some("alice".to_string());
+        assert_eq!(owner(&[start.clone(), subscribed.clone()]), alice);
+        assert_eq!(owner(&[subscribed.clone(), will_sent]), alice);
+        // Recorded without authentication: nobody's.
+        assert_eq!(owner(&[json!({"type": "subscribe", "filter": "a"})]), None);
+        // An ended session is nobody's; the next start names its user.
+        let end = json!({"type": "end", "user": "alice"});
+        assert_eq!(owner(&[start.clone(), end.clone()]), None);
+        let bob = json!({"type": "start", "user": "bob"});
+        assert_eq!(owner(&[start, end, bob]), Some("bob".to_string()));
     }
 }

@@ -292,6 +292,10 @@ impl Authorizer for SecurityAuthorizer {
             })
     }
 
+    fn refused(&self, principal: &Principal, target: &str, detail: &str) {
+        self.audit_denial(&principal.user, principal.address, target, detail);
+    }
+
     fn authorize(
         &self,
         principal: &Principal,
