@@ -469,7 +469,7 @@ fn key_settings(config: &Config) -> (String, u16) {
 /// one if it holds every key the running one holds; `running` (the key
 /// settings in effect) then records the new settings. Returns the outcome
 /// for the audit log (key ids only), `None` when neither the running nor the
-/// reloaded configuration has a key file.
+/// reloaded configuration has a key file or the ring is unchanged.
 fn reload_keys(engine: &Engine, running: &mut (String, u16), reloaded: &Config) -> Option<String> {
     let new = &reloaded.engine;
     let (old_file, old_id) = running.clone();
@@ -481,6 +481,15 @@ fn reload_keys(engine: &Engine, running: &mut (String, u16), reloaded: &Config) 
         id => id.to_string(),
     };
     let outcome = match engine.rotate_keys(new) {
+        Ok(rotation) if !rotation.changed => {
+            // Nothing to rotate: not a configuration change to audit.
+            log::info!(
+                "SIGHUP: encryption at rest: the key ring is unchanged (key id {})",
+                id(rotation.new_key_id.unwrap_or(0))
+            );
+            *running = key_settings(reloaded);
+            return None;
+        }
         Ok(rotation) => {
             log::info!(
                 "SIGHUP: encryption at rest: new batches sealed with key id {} (was {}); key ids {:?} from {}",

@@ -258,6 +258,10 @@ fn key_rotation_on_sighup_without_a_restart() {
     assert!(!line.contains(KEY_2) && !line.contains(KEY_1), "{line}");
     publish(&server, "general", &bodies(10..20));
     assert_eq!(history(&server, "general"), bodies(0..20));
+    // A SIGHUP that changes nothing rotates nothing (and is not audited as
+    // a change).
+    let line = server.sighup_and_wait_for("encryption at rest: the key ring is unchanged");
+    assert!(line.contains("key id 2"), "{line}");
 
     // A key file without key 1 would leave the first batches unreadable:
     // refused, and the running ring (key 2 current) stays in use.

@@ -88,6 +88,9 @@ pub struct KeyRotation {
     pub new_key_id: Option<u16>,
     /// Every key id the new ring holds.
     pub key_ids: Vec<u16>,
+    /// The new ring differs from the running one (another current key or
+    /// more keys); an unchanged ring is not handed to the shards again.
+    pub changed: bool,
 }
 
 /// A protocol served on an address.
@@ -507,7 +510,20 @@ impl Engine {
                 .as_deref()
                 .map(starling_storage::KeyRing::key_ids)
                 .unwrap_or_default(),
+            changed: true,
         };
+        let running_key_ids = running
+            .as_deref()
+            .map(starling_storage::KeyRing::key_ids)
+            .unwrap_or_default();
+        // `check_replaces` made sure every running key is in the new ring
+        // with the same bytes: the same ids and current key is the same ring.
+        if running_key_ids == rotation.key_ids && rotation.old_key_id == rotation.new_key_id {
+            return Ok(KeyRotation {
+                changed: false,
+                ..rotation
+            });
+        }
         let (done, answers) = std::sync::mpsc::channel();
         for inbox in &self.shared.inboxes {
             inbox.send_blocking(ShardMsg::Keys {
