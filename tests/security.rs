@@ -711,6 +711,42 @@ fn listener_allow_lists_and_connection_limits() {
     assert!(reopened);
 }
 
+/// Allow-lists over IPv6 and IPv4-mapped IPv6: a listener on the mapped
+/// loopback address sees IPv4 clients as `::ffff:a.b.c.d`, which IPv4
+/// CIDRs still match; a listener on `::1` sees IPv6 clients.
+#[test]
+fn listener_allow_lists_hold_for_ipv6_and_ipv4_mapped_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = r#"["127.0.0.9/32", "::1/128"]"#;
+    let mapped = Server::start(
+        &dir.path().join("mapped"),
+        &[
+            ("STARLING_HTTP_ADDRESS", "[::ffff:127.0.0.1]:0"),
+            ("STARLING_HTTP_ALLOW_FROM", allow),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}/healthz", mapped.http.port());
+    assert_eq!(curl_from("127.0.0.9", &[&url]).0, 200, "mapped 127.0.0.9");
+    assert_eq!(curl_from("127.0.0.1", &[&url]).0, 0, "mapped 127.0.0.1");
+    drop(mapped);
+
+    for (allow, allowed) in [
+        (allow, true),
+        (r#"["2001:db8::/32", "127.0.0.0/8"]"#, false),
+    ] {
+        let server = Server::start(
+            &dir.path().join(format!("ipv6-{allowed}")),
+            &[
+                ("STARLING_HTTP_ADDRESS", "[::1]:0"),
+                ("STARLING_HTTP_ALLOW_FROM", allow),
+            ],
+        );
+        let url = format!("http://[::1]:{}/healthz", server.http.port());
+        let (status, _) = curl_from("::1", &["-g", &url]);
+        assert_eq!(status, if allowed { 200 } else { 0 }, "::1 with {allow}");
+    }
+}
+
 #[test]
 fn publish_rate_limits_per_connection_and_per_user() {
     let dir = tempfile::tempdir().unwrap();
