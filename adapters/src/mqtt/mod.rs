@@ -10,7 +10,8 @@
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
 //! Maximum, retained messages and persistent sessions kept in the log (also
 //! for wildcard filters, and with what was in flight resent, with its
-//! packet ids and DUP, when the client comes back), session expiry,
+//! packet ids and DUP, when the client comes back, also after a restart),
+//! session expiry,
 //! PINGREQ, DISCONNECT, the will message (and its delay), v5 subscription
 //! options (no-local, retain-as-published, retain handling, subscription
 //! identifiers), topic aliases both ways, and shared subscriptions. Bad
@@ -26,8 +27,9 @@
 //! shared PUBLISH encoding and message properties), `store` (what is kept
 //! in `$` channels), `offline` (offline messages for wildcard filters),
 //! `parked` (a persistent session's in-flight state between its
-//! connections), `qos2` (QoS 2 packet ids noted in the log, for exactly
-//! once across a restart), `expiry` (a session after its connection:
+//! connections), `qos2` (QoS 2 packet ids and deliveries in flight noted in
+//! the log, for exactly once and redelivery with packet ids across a
+//! restart), `expiry` (a session after its connection:
 //! expiry, delayed wills, the keeper thread), `wills` (delayed wills in the
 //! log, taken up again after a restart).
 
@@ -213,20 +215,15 @@ enum Pending {
     /// A write an outbound QoS 2 message's PUBREL waits for (the cursor past
     /// it, the note of its release) is durable: send PUBREL after the last.
     PubRelAfter(u16),
-    /// A persistent session noted a new QoS 2 packet id: store the message.
-    Noted(Box<Deferred>),
-    /// A persistent session noted the release of a QoS 2 packet id: send
-    /// PUBCOMP.
-    PubCompAfter(u16),
     /// The last note of a resumed session's QoS 2 state, read before the
     /// CONNACK.
     Qos2Read,
     /// The message of the noted delivery at this index of the resumed
     /// session's note (`Note::sent`), read before the CONNACK.
     NotedMessage(usize),
-    /// A note of the deliveries in flight (`Noting`) is durable: the
-    /// PUBLISH packets and PUBRELs that waited for it go out.
-    DeliveriesNoted,
+    /// A persistent session's note (`Noting`) is durable: what waited for
+    /// it goes on.
+    Noted,
     /// A clean start read the last record of the client id's session (an
     /// older one that did not end is ended before the CONNACK).
     OlderSessionRead,
@@ -634,7 +631,7 @@ impl MqttSession {
     /// settled.
     fn settle(&mut self, context: &mut SessionContext<'_>) {
         if let Some(state) = self.state.as_mut() {
-            state.note_deliveries(context);
+            state.write_note(context);
             state.qos.release_if_settled();
         }
     }

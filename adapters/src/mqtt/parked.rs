@@ -5,12 +5,11 @@
 //! which messages of cursor topics the client already has, so that the
 //! redelivery from the log does not send them twice.
 //!
-//! This is kept in memory. After a server restart the log and the cursors
-//! still redeliver what was not acknowledged, but with new packet ids and
-//! without DUP. The QoS 2 packet ids of a persistent session (received and
-//! not released, released and not completed) are also in the log (`qos2`),
-//! so PUBREL is sent again after a restart too; what is parked is newer and
-//! wins.
+//! This is kept in memory. The same state is also noted in the log
+//! (`qos2`: the QoS 2 packet ids received and not released, the deliveries
+//! sent and not acknowledged, those released and not completed), so after a
+//! server restart the PUBLISHes and PUBRELs go out again with their packet
+//! ids too; what is parked is newer and wins.
 
 use super::*;
 

@@ -24,11 +24,15 @@
 //! Sent: before a persistent session writes a QoS 1 or 2 PUBLISH of a
 //! stored message to its socket, the note lists its packet id with where
 //! the message is in the log (topic and seq), and the PUBLISH waits until
-//! that note is durable. One note covers every PUBLISH encoded while the
-//! previous note was being written (group commit: at most one such note is
-//! in flight per session). PUBACK, PUBREC and PUBCOMP change the state, and
+//! that note is durable. PUBACK, PUBREC and PUBCOMP change the state, and
 //! the next note says so; a PUBREL waits for the note that lists its id as
-//! released. After a restart the resumed session reads the messages of the
+//! released.
+//!
+//! Notes are written by group commit ([`Noting`]): a session has at most
+//! one in flight, and everything that changes while it is written (received
+//! ids, releases both ways, new PUBLISHes, acknowledgements) waits for the
+//! next one, so a busy session writes about one note per durable write of
+//! its note's shard rather than one per message. After a restart the resumed session reads the messages of the
 //! noted ids before its CONNACK and resends them right after it, with their
 //! packet ids and DUP, in the order first sent (after the PUBRELs); the
 //! redelivery from the cursors skips them.
@@ -217,7 +221,7 @@ impl Note {
     }
 }
 
-/// What waits for a note of a persistent session's deliveries.
+/// What waits for a note of a persistent session.
 #[derive(Default)]
 pub(super) struct NoteWaiters {
     /// The state to note changed since the last note was made.
@@ -227,11 +231,14 @@ pub(super) struct NoteWaiters {
     /// Packet ids whose PUBREL waits for the note (one of their
     /// `InFlight::writes_waiting`).
     pub(super) pubrels: Vec<u16>,
+    /// Received QoS 2 messages to store once their packet ids are noted.
+    stores: Vec<Deferred>,
+    /// Released received packet ids to complete (PUBCOMP) once noted.
+    pubcomps: Vec<u16>,
 }
 
-/// The notes of a persistent session's deliveries, written by group
-/// commit: at most one is in flight, and what changes meanwhile waits for
-/// the next one.
+/// The notes of a persistent session, written by group commit: at most one
+/// is in flight, and what changes meanwhile waits for the next one.
 #[derive(Default)]
 pub(super) struct Noting {
     /// The request id of the note in flight.
@@ -318,15 +325,23 @@ impl Connected {
         next.pubrels.push(packet_id);
     }
 
-    /// Writes the note of the deliveries when something changed and no
-    /// note is in flight (called after every event of the session, so one
-    /// note covers what an event and the events during the previous note's
-    /// write changed).
-    pub(super) fn note_deliveries(&mut self, context: &mut SessionContext<'_>) {
+    /// A received QoS 2 message is stored once the next note, which lists
+    /// its packet id, is durable.
+    pub(super) fn store_after_note(&mut self, deferred: Deferred) {
+        let next = &mut self.qos.noting.next;
+        next.changed = true;
+        next.stores.push(deferred);
+    }
+
+    /// Writes the session's note when something changed and no note is in
+    /// flight (called after every event of the session, so one note covers
+    /// what an event and the events during the previous note's write
+    /// changed).
+    pub(super) fn write_note(&mut self, context: &mut SessionContext<'_>) {
         if !self.persistent || self.restoring() || !self.qos.noting.is_idle_but_changed() {
             return;
         }
-        let request_id = self.note_qos2(Pending::DeliveriesNoted, context);
+        let request_id = self.note_qos2(Pending::Noted, context);
         let noting = &mut self.qos.noting;
         noting.in_flight = Some(request_id);
         noting.covered = std::mem::take(&mut noting.next);
@@ -341,13 +356,14 @@ impl Connected {
         }
     }
 
-    /// The note `request_id` of the deliveries is durable (or failed): the
-    /// PUBLISH packets and PUBRELs it covers go out.
-    pub(super) fn deliveries_noted(
+    /// The note `request_id` is durable (or failed): the PUBLISH packets,
+    /// PUBRELs and PUBCOMPs it covers go out, and the QoS 2 messages whose
+    /// packet ids it lists are stored.
+    pub(super) fn noted(
         &mut self,
         request_id: u32,
         error: Option<&BrokerError>,
-        out: &mut BytesMut,
+        context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let noting = &mut self.qos.noting;
         if noting.in_flight != Some(request_id) {
@@ -357,15 +373,35 @@ impl Connected {
         let covered = std::mem::take(&mut noting.covered);
         if let Some(error) = error {
             // Sent without the note, a delivery could come again after a
-            // restart as a new message. What waited stays in flight, and
-            // the next connection resends it.
-            let reason = format!("the deliveries in flight could not be noted ({error})");
-            disconnect_with(self.version, ReasonCode::UnspecifiedError, &reason, out);
+            // restart as a new message, and a completed packet id would still
+            // count as received. What waited stays in flight: the next
+            // connection resends it, and the client sends its PUBLISH or
+            // PUBREL again.
+            let reason = format!("the session's QoS state could not be noted ({error})");
+            disconnect_with(
+                self.version,
+                ReasonCode::UnspecifiedError,
+                &reason,
+                context.out(),
+            );
             return Err(close(reason));
         }
-        out.extend_from_slice(&covered.publishes);
+        context.out().extend_from_slice(&covered.publishes);
         for packet_id in covered.pubrels {
-            self.pubrel_write_done(packet_id, out);
+            self.pubrel_write_done(packet_id, context.out());
+        }
+        for packet_id in covered.pubcomps {
+            Packet::PubComp(PublishResponse::success(packet_id))
+                .encode(self.version, context.out());
+        }
+        for deferred in covered.stores {
+            let Deferred {
+                publish,
+                headers,
+                pending,
+                key,
+            } = deferred;
+            self.store(publish, headers, pending, key, context);
         }
         Ok(())
     }
@@ -384,14 +420,15 @@ impl Connected {
 
     /// True while the QoS 2 message `packet_id` is being noted or stored.
     pub(super) fn storing(&self, packet_id: u16) -> bool {
-        self.pending.values().any(|pending| {
-            let pending = match pending {
-                Pending::Noted(deferred) => &deferred.pending,
-                pending => pending,
-            };
-            matches!(pending, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: id, .. }
-                if *id == packet_id)
-        })
+        let noting = &self.qos.noting;
+        let waiting = noting.covered.stores.iter().chain(&noting.next.stores);
+        self.pending
+            .values()
+            .chain(waiting.map(|deferred| &deferred.pending))
+            .any(|pending| {
+                matches!(pending, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: id, .. }
+                    if *id == packet_id)
+            })
     }
 
     /// Takes up the received packet ids a resumed session noted (before a
@@ -507,7 +544,9 @@ impl MqttSession {
         let released = state.qos.qos2_received.remove(&packet_id);
         release_if_empty(&mut state.qos.qos2_received);
         if released.is_some_and(|received| received.key.is_some()) {
-            state.note_qos2(Pending::PubCompAfter(packet_id), context);
+            let next = &mut state.qos.noting.next;
+            next.changed = true;
+            next.pubcomps.push(packet_id);
             return Ok(());
         }
         let reason = if released.is_some() || state.version == ProtocolVersion::V311 {

@@ -142,49 +142,7 @@ impl MqttSession {
                 }
                 state.pubrel_write_done(packet_id, context.out());
             }
-            Pending::DeliveriesNoted => {
-                return state.deliveries_noted(request_id, error, context.out());
-            }
-            Pending::Noted(deferred) => {
-                let Deferred {
-                    publish,
-                    headers,
-                    pending,
-                    key,
-                } = *deferred;
-                if error.is_some() {
-                    // Not noted, so not stored: the publish is refused.
-                    let Pending::Acknowledge {
-                        qos,
-                        packet_id,
-                        topic,
-                        arrival,
-                    } = pending
-                    else {
-                        unreachable!("a noted publish is acknowledged")
-                    };
-                    return self.acknowledge(packet_id, qos, topic, arrival, reply, context);
-                }
-                state.store(publish, headers, pending, key, context);
-            }
-            Pending::PubCompAfter(packet_id) => {
-                if let Some(error) = error {
-                    // Without the note, the id would still count as received
-                    // after a restart: the client must release it again.
-                    let reason = format!(
-                        "the release of QoS 2 packet id {packet_id} was not stored ({error}); \
-                         connect again and send PUBREL again"
-                    );
-                    disconnect_with(
-                        version,
-                        ReasonCode::UnspecifiedError,
-                        &reason,
-                        context.out(),
-                    );
-                    return Err(close(reason));
-                }
-                Packet::PubComp(PublishResponse::success(packet_id)).encode(version, context.out());
-            }
+            Pending::Noted => return state.noted(request_id, error, context),
             Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
