@@ -256,7 +256,7 @@ impl Noting {
     }
 
     /// A note is to be written and none is in flight.
-    fn is_idle_but_changed(&self) -> bool {
+    fn has_note_to_write(&self) -> bool {
         self.in_flight.is_none() && self.next.changed
     }
 }
@@ -338,7 +338,7 @@ impl Connected {
     /// what an event and the events during the previous note's write
     /// changed).
     pub(super) fn write_note(&mut self, context: &mut SessionContext<'_>) {
-        if !self.persistent || self.restoring() || !self.qos.noting.is_idle_but_changed() {
+        if !self.persistent || self.restoring() || !self.qos.noting.has_note_to_write() {
             return;
         }
         let request_id = self.note_qos2(Pending::Noted, context);
