@@ -21,12 +21,13 @@
 //! without it. A resumed session sends PUBREL again for each noted id right
 //! after its CONNACK, after a restart too, never the PUBLISH.
 //!
-//! Sent: before a persistent session writes a QoS 1 or 2 PUBLISH of a
-//! stored message to its socket, the note lists its packet id with where
-//! the message is in the log (topic and seq), and the PUBLISH waits until
-//! that note is durable. PUBACK, PUBREC and PUBCOMP change the state, and
-//! the next note says so; a PUBREL waits for the note that lists its id as
-//! released.
+//! Sent: the note lists the packet id of each QoS 1 or 2 PUBLISH of a
+//! stored message with where the message is in the log (topic and seq); a
+//! QoS 2 PUBLISH is written to the socket only once that note is durable (a
+//! QoS 1 one at once: at least once does not need the note, and waiting
+//! would cost every QoS 1 delivery a durable write). PUBACK, PUBREC and
+//! PUBCOMP change the state, and the next note says so; a PUBREL waits for
+//! the note that lists its id as released.
 //!
 //! Notes are written by group commit ([`Noting`]): a session has at most
 //! one in flight, and everything that changes while it is written (received
@@ -296,9 +297,14 @@ impl Connected {
         }
     }
 
-    /// Encodes a QoS 1 or 2 PUBLISH of `outgoing` as `packet_id`: in a
-    /// persistent session it waits for the note that lists it, otherwise
-    /// it goes into `out`.
+    /// Encodes a QoS 1 or 2 PUBLISH of `outgoing` as `packet_id`. In a
+    /// persistent session the next note lists it, and a QoS 2 PUBLISH waits
+    /// until that note is durable (sent before it, a message could come
+    /// again after a restart as a new one: twice). A QoS 1 PUBLISH goes
+    /// into `out` at once, like any PUBLISH of a session that is not
+    /// persistent: at least once holds without the note, which only spares
+    /// the client a new packet id for a message sent just before a crash,
+    /// and waiting for it would cost every QoS 1 delivery a durable write.
     pub(super) fn encode_noted(
         &mut self,
         outgoing: &Outgoing,
@@ -307,7 +313,8 @@ impl Connected {
         properties: Properties,
         out: &mut BytesMut,
     ) {
-        if !self.persistent {
+        if !self.persistent || outgoing.qos != QoS::ExactlyOnce {
+            self.deliveries_changed();
             self.encode_publish(outgoing, Some(packet_id), dup, properties, out);
             return;
         }
