@@ -1948,6 +1948,63 @@ fn unanswered_deliveries_come_again_with_their_packet_ids_after_sigkill() {
     }
 }
 
+/// Many QoS 2 deliveries in flight at a SIGKILL (noted together, a few per
+/// note) all come again after the restart, in the order first sent, with
+/// their packet ids and DUP, and nothing else does.
+#[test]
+fn many_unanswered_qos2_deliveries_come_again_in_order_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "orders/many";
+    let (mut shop, _) = connect_session(server.mqtt, ProtocolVersion::V5, "shop", false);
+    subscribe(&mut shop, topic, QoS::ExactlyOnce);
+    let orders: Vec<String> = (0..20).map(|i| format!("order {i}")).collect();
+    // Published from another thread while the deliveries go out, so that
+    // several are noted at once.
+    let publishing = {
+        let (mqtt, orders) = (server.mqtt, orders.clone());
+        std::thread::spawn(move || {
+            let mut publisher = Raw::connect(mqtt, ProtocolVersion::V5, 0, None);
+            for (index, order) in orders.iter().enumerate() {
+                let packet_id = index as u16 + 1;
+                publisher.send(&publish_numbered(
+                    topic,
+                    QoS::AtLeastOnce,
+                    packet_id,
+                    false,
+                    order,
+                ));
+            }
+            for _ in &orders {
+                assert!(matches!(publisher.next(), Some(Packet::PubAck(_))));
+            }
+        })
+    };
+    let mut sent = Vec::new();
+    for order in &orders {
+        let (id, qos, payload) = next_publish(&mut shop);
+        assert_eq!((qos, &payload[..]), (QoS::ExactlyOnce, order.as_bytes()));
+        sent.push((id.unwrap(), qos, order.clone()));
+    }
+    publishing.join().unwrap();
+    server.kill();
+    drop(shop);
+
+    let server = Server::start(dir.path(), &[]);
+    let (mut shop, present) = connect_session(server.mqtt, ProtocolVersion::V5, "shop", false);
+    assert!(present);
+    for expected in &sent {
+        assert_eq!(&next_resent_publish(&mut shop), expected);
+    }
+    for (id, _, _) in &sent {
+        pubrec_then_pubrel(&mut shop, *id);
+        shop.send(&Packet::PubComp(response(*id)));
+    }
+    publish_acked(&server, topic, &["order 20".to_string()], QoS::AtLeastOnce);
+    let (_, _, payload) = next_publish(&mut shop);
+    assert_eq!(&payload[..], b"order 20", "no second copy of any order");
+}
+
 /// The types of the records of `client_id`'s MQTT session, once `done`
 /// says they are complete (polled: the server writes them after the
 /// connection's end, which the client does not see).
