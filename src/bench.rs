@@ -141,6 +141,10 @@ pub struct BenchArgs {
     /// User name sent in the MQTT CONNECTs (none by default).
     #[arg(long)]
     mqtt_username: Option<String>,
+    /// MQTT subscribers connect without clean session (persistent sessions:
+    /// cursors, and notes of their QoS 1 deliveries in flight).
+    #[arg(long)]
+    mqtt_persistent: bool,
     /// Speak TLS to the native listener (publishers and native subscribers).
     #[arg(long, requires = "tls_ca")]
     tls: bool,
@@ -269,6 +273,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             window: args.mqtt_window,
             prefix: args.prefix,
             username: args.mqtt_username,
+            persistent_subscribers: args.mqtt_persistent,
         });
     }
     if args.size < STAMP_BYTES {

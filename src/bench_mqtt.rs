@@ -49,6 +49,8 @@ pub struct MqttBench {
     pub window: usize,
     pub prefix: String,
     pub username: Option<String>,
+    /// Subscribers connect without clean session.
+    pub persistent_subscribers: bool,
 }
 
 fn now_ns(epoch: Instant) -> u64 {
@@ -63,7 +65,12 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(address: SocketAddr, client_id: &str, username: Option<&str>) -> Result<Conn> {
+    fn open(
+        address: SocketAddr,
+        client_id: &str,
+        username: Option<&str>,
+        clean_start: bool,
+    ) -> Result<Conn> {
         let stream =
             TcpStream::connect(address).with_context(|| format!("cannot connect to {address}"))?;
         stream.set_nodelay(true)?;
@@ -74,7 +81,7 @@ impl Conn {
         };
         conn.send(&Packet::Connect(Box::new(Connect {
             protocol: V311,
-            clean_start: true,
+            clean_start,
             keep_alive_s: 0,
             client_id: client_id.into(),
             will: None,
@@ -195,11 +202,13 @@ pub fn run(bench: MqttBench) -> Result<()> {
         let client_id = format!("{run_id}-s{i}");
         let username = bench.username.clone();
         let n_topics = bench.topics;
+        let clean_start = !bench.persistent_subscribers;
         let handle = spawn(format!("mqtt-sub-{i}"), move || {
             subscriber(
                 address,
                 &client_id,
                 username.as_deref(),
+                clean_start,
                 topic,
                 &topics,
                 qos,
@@ -360,7 +369,7 @@ fn publisher(
     epoch: Instant,
     start_ns: u64,
 ) -> Result<PublisherResult> {
-    let conn = Conn::open(address, client_id, username)?;
+    let conn = Conn::open(address, client_id, username, true)?;
     let mut writer = conn.stream.try_clone()?;
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -483,6 +492,7 @@ fn subscriber(
     address: SocketAddr,
     client_id: &str,
     username: Option<&str>,
+    clean_start: bool,
     topic: usize,
     topics: &[String],
     qos: QoS,
@@ -492,7 +502,7 @@ fn subscriber(
     ready: std::sync::mpsc::Sender<Result<()>>,
 ) -> Result<SubscriberResult> {
     let setup = (|| -> Result<Conn> {
-        let mut conn = Conn::open(address, client_id, username)?;
+        let mut conn = Conn::open(address, client_id, username, clean_start)?;
         conn.send(&Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![(
@@ -646,7 +656,7 @@ pub fn idle_tcp(
     let mut conns = Vec::with_capacity(count);
     for index in 0..count {
         let client_id = format!("{prefix}-{pid}-{index}");
-        let mut conn = Conn::open(address, &client_id, username)?;
+        let mut conn = Conn::open(address, &client_id, username, true)?;
         conn.send(&Packet::Subscribe(Subscribe {
             packet_id: 1,
             filters: vec![(

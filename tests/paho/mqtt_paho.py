@@ -25,10 +25,11 @@ PORT = int(sys.argv[2])
 WAIT_S = 20
 
 
-def client(client_id, protocol, clean=True, will=None):
-    """A connected client whose received messages land in `c.inbox`."""
+def client(client_id, protocol, clean=True, will=None, manual_ack=False):
+    """A connected client whose received messages land in `c.inbox` (with
+    `manual_ack`, QoS 1 and 2 messages are not answered until `c.ack`)."""
     kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": client_id,
-              "protocol": protocol}
+              "protocol": protocol, "manual_ack": manual_ack}
     if protocol != mqtt.MQTTv5:
         kwargs["clean_session"] = clean
     c = mqtt.Client(**kwargs)
@@ -356,9 +357,27 @@ def shared_subscription_gives_each_message_to_one_member():
 KILL_SESSIONS = {mqtt.MQTTv311: "paho-kill-311", mqtt.MQTTv5: "paho-kill-5"}
 
 
+# Persistent sessions that receive a QoS 1 message and do not answer it
+# before the kill (Paho passes a QoS 2 message on at PUBREL and always
+# answers its PUBLISH, so QoS 2 is checked with raw packets in tests/mqtt.rs).
+HELD_SESSIONS = {mqtt.MQTTv311: "paho-held-311", mqtt.MQTTv5: "paho-held-5"}
+
+
 def before_kill():
     """Persistent sessions subscribe at QoS 1 and 2 and go away; messages are
-    published to them and acknowledged; then the server is killed."""
+    published to them and acknowledged; others receive a message and do not
+    acknowledge it (its packet id is kept as a retained message, to compare
+    after the restart); then the server is killed."""
+    for protocol, client_id in HELD_SESSIONS.items():
+        holder = client(client_id, protocol, clean=False, manual_ack=True)
+        subscribe(holder, f"{client_id}/q1", 1)
+        pub = client(unique("pub"), protocol)
+        publish(pub, f"{client_id}/q1", "held", 1)
+        (held,) = receive(holder, 1)
+        assert (held.payload, held.dup) == (b"held", False), (held.payload, held.dup)
+        publish(pub, f"{client_id}/mid", str(held.mid), 1, retain=True)
+        stop(pub)
+        stop(holder)
     for protocol, client_id in KILL_SESSIONS.items():
         worker = client(client_id, protocol, clean=False)
         subscribe(worker, f"{client_id}/q1", 1)
@@ -372,7 +391,24 @@ def before_kill():
 
 
 def after_kill():
-    """After the restart: every acknowledged message comes, each once."""
+    """After the restart: every acknowledged message comes, each once, and
+    an unacknowledged one comes again with DUP and its packet id, once."""
+    for protocol, client_id in HELD_SESSIONS.items():
+        reader = client(unique("reader"), protocol)
+        subscribe(reader, f"{client_id}/mid", 1)
+        (mid,) = receive(reader, 1)
+        stop(reader)
+        holder = client(client_id, protocol, clean=False)
+        assert holder.session_present, "the session survived the SIGKILL"
+        (again,) = receive(holder, 1)
+        assert (again.payload, again.dup, again.mid) == (b"held", True, int(mid.payload)), (
+            again.payload, again.dup, again.mid, mid.payload)
+        pub = client(unique("pub"), protocol)
+        publish(pub, f"{client_id}/q1", "next", 1)
+        (following,) = receive(holder, 1)
+        assert (following.payload, following.dup) == (b"next", False), following.payload
+        stop(pub)
+        stop(holder)
     for protocol, client_id in KILL_SESSIONS.items():
         worker = client(client_id, protocol, clean=False)
         assert worker.session_present, "the session survived the SIGKILL"

@@ -113,6 +113,9 @@ impl MqttSession {
                 waiting_input: BytesMut::new(),
                 session_records: Vec::new(),
                 restored_note: Note::default(),
+                noted_messages: Vec::new(),
+                noted_reads: 0,
+                taken_over: false,
             })),
             clean_start: connect.clean_start,
             session_read: false,
@@ -273,7 +276,10 @@ impl MqttSession {
             connack_properties,
             mut waiting_input,
             session_records: records,
-            restored_note: noted,
+            restored_note: mut noted,
+            noted_messages,
+            taken_over,
+            ..
         } = *state
             .restore
             .take()
@@ -311,10 +317,15 @@ impl MqttSession {
             properties: connack_properties,
         })
         .encode(state.version, context.out());
-        self.unpark(context);
+        let in_memory = self.unpark(context) || taken_over;
         if stored.present {
             let state = self.state.as_mut().expect("connected");
             state.restore_released(&noted, context.out());
+            if !in_memory {
+                let sent = std::mem::take(&mut noted.sent);
+                let keeps_cursor = |topic: &str| stored.keeps_cursor(topic);
+                state.restore_sent(sent, noted_messages, keeps_cursor, context.out());
+            }
         }
         let state = self.state.as_mut().expect("connected");
         for subscription in filters {

@@ -85,7 +85,7 @@ impl MqttSession {
                                 pending,
                                 key,
                             };
-                            state.note_qos2(Pending::Noted(Box::new(deferred)), context);
+                            state.store_after_note(deferred);
                             return Ok(());
                         }
                         (pending, None)

@@ -10,7 +10,8 @@
 //! and to filters with `+` and `#`, deliveries at QoS 0, 1 and 2 within the client's Receive
 //! Maximum, retained messages and persistent sessions kept in the log (also
 //! for wildcard filters, and with what was in flight resent, with its
-//! packet ids and DUP, when the client comes back), session expiry,
+//! packet ids and DUP, when the client comes back, also after a restart),
+//! session expiry,
 //! PINGREQ, DISCONNECT, the will message (and its delay), v5 subscription
 //! options (no-local, retain-as-published, retain handling, subscription
 //! identifiers), topic aliases both ways, and shared subscriptions. Bad
@@ -26,8 +27,9 @@
 //! shared PUBLISH encoding and message properties), `store` (what is kept
 //! in `$` channels), `offline` (offline messages for wildcard filters),
 //! `parked` (a persistent session's in-flight state between its
-//! connections), `qos2` (QoS 2 packet ids noted in the log, for exactly
-//! once across a restart), `expiry` (a session after its connection:
+//! connections), `qos2` (QoS 2 packet ids and deliveries in flight noted in
+//! the log, for exactly once and redelivery with packet ids across a
+//! restart), `expiry` (a session after its connection:
 //! expiry, delayed wills, the keeper thread), `wills` (delayed wills in the
 //! log, taken up again after a restart).
 
@@ -80,7 +82,7 @@ pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
-use qos2::{qos2_channel, received_message_id, Note, Received};
+use qos2::{qos2_channel, received_message_id, Note, Noting, Received};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
@@ -221,14 +223,15 @@ enum Pending {
     /// A write an outbound QoS 2 message's PUBREL waits for (the cursor past
     /// it, the note of its release) is durable: send PUBREL after the last.
     PubRelAfter(u16),
-    /// A persistent session noted a new QoS 2 packet id: store the message.
-    Noted(Box<Deferred>),
-    /// A persistent session noted the release of a QoS 2 packet id: send
-    /// PUBCOMP.
-    PubCompAfter(u16),
     /// The last note of a resumed session's QoS 2 state, read before the
     /// CONNACK.
     Qos2Read,
+    /// The message of the noted delivery at this index of the resumed
+    /// session's note (`Note::sent`), read before the CONNACK.
+    NotedMessage(usize),
+    /// A persistent session's note (`Noting`) is durable: what waited for
+    /// it goes on.
+    Noted,
     /// A clean start read the last record of the client id's session (an
     /// older one that did not end is ended before the CONNACK).
     OlderSessionRead,
@@ -349,6 +352,8 @@ struct Qos {
     positions: HashMap<u16, (Arc<str>, u64)>,
     /// The last cursor written per topic.
     cursors: HashMap<Arc<str>, u64>,
+    /// A persistent session's notes of its deliveries in flight.
+    noting: Noting,
 }
 
 impl Qos {
@@ -361,6 +366,7 @@ impl Qos {
             && self.held.is_empty()
             && self.positions.is_empty()
             && self.cursors.is_empty()
+            && self.noting.is_idle()
     }
 }
 
@@ -404,6 +410,14 @@ struct Restore {
     session_records: Vec<Message>,
     /// The noted QoS 2 state of the session being resumed.
     restored_note: Note,
+    /// The messages of the noted deliveries (`restored_note.sent`), as they
+    /// are read.
+    noted_messages: Vec<Option<Message>>,
+    /// Reads of noted messages not answered yet.
+    noted_reads: usize,
+    /// An older connection of this process handed its state over: it knows
+    /// the deliveries in flight better than the note.
+    taken_over: bool,
 }
 
 /// The parts of a session's state that only some sessions use.
@@ -470,7 +484,7 @@ impl Session for MqttSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let result = self.process(input, context);
-        self.settle();
+        self.settle(context);
         result
     }
 
@@ -481,7 +495,7 @@ impl Session for MqttSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let result = self.reply(request_id, reply, context);
-        self.settle();
+        self.settle(context);
         result
     }
 
@@ -521,6 +535,36 @@ impl Session for MqttSession {
         messages: &[Message],
         context: &mut SessionContext<'_>,
     ) -> Result<Option<Bytes>, Close> {
+        let result = self.deliver(channel, messages, context);
+        self.settle(context);
+        result
+    }
+
+    fn on_event(
+        &mut self,
+        event: SessionEvent,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let result = self.event(event, context);
+        self.settle(context);
+        result
+    }
+
+    fn on_closed(&mut self, context: &mut SessionContext<'_>) {
+        // The will (still there when the connection ended without a
+        // DISCONNECT, which clears it) and the session's future.
+        self.leave(context);
+    }
+}
+
+impl MqttSession {
+    /// A delivery of `messages` of `channel`, encoded for this connection.
+    fn deliver(
+        &mut self,
+        channel: &str,
+        messages: &[Message],
+        context: &mut SessionContext<'_>,
+    ) -> Result<Option<Bytes>, Close> {
         let Some(state) = self.state.as_mut() else {
             return Ok(None);
         };
@@ -545,7 +589,8 @@ impl Session for MqttSession {
         Ok(Some(out.freeze()))
     }
 
-    fn on_event(
+    /// An event sent to this connection.
+    fn event(
         &mut self,
         event: SessionEvent,
         context: &mut SessionContext<'_>,
@@ -594,18 +639,12 @@ impl Session for MqttSession {
         Ok(())
     }
 
-    fn on_closed(&mut self, context: &mut SessionContext<'_>) {
-        // The will (still there when the connection ended without a
-        // DISCONNECT, which clears it) and the session's future.
-        self.leave(context);
-    }
-}
-
-impl MqttSession {
-    /// Frees the QoS 1 and 2 state once it is settled (after the packets
-    /// and replies that may settle it; deliveries and events mostly add).
-    fn settle(&mut self) {
+    /// After every event of the session: writes the note of its deliveries
+    /// when they changed, and frees the QoS 1 and 2 state once it is
+    /// settled.
+    fn settle(&mut self, context: &mut SessionContext<'_>) {
         if let Some(state) = self.state.as_mut() {
+            state.write_note(context);
             state.qos.release_if_settled();
         }
     }
@@ -709,6 +748,7 @@ impl MqttSession {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
                     state.qos.outbound.remove(&response.packet_id);
                     release_if_empty(&mut state.qos.outbound);
+                    state.deliveries_changed();
                     let _ = state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
                 }
@@ -721,6 +761,7 @@ impl MqttSession {
                     // The client refused the message: the exchange ends here.
                     state.qos.outbound.remove(&packet_id);
                     release_if_empty(&mut state.qos.outbound);
+                    state.deliveries_changed();
                     state.release_held(context.out());
                     return Ok(());
                 }
@@ -742,7 +783,7 @@ impl MqttSession {
                         in_flight.outgoing = None;
                     }
                     if state.persistent {
-                        state.note_qos2(Pending::PubRelAfter(packet_id), context);
+                        state.pubrel_after_note(packet_id);
                         writes_waiting += 1;
                     }
                     if let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) {
@@ -769,9 +810,7 @@ impl MqttSession {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
                     state.qos.outbound.remove(&response.packet_id);
                     release_if_empty(&mut state.qos.outbound);
-                    if state.persistent {
-                        state.note_qos2(Pending::Fire, context);
-                    }
+                    state.deliveries_changed();
                     state.release_held(context.out());
                 }
                 Ok(())

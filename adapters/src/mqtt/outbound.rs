@@ -125,15 +125,16 @@ impl Connected {
         })
     }
 
-    /// Sends `outgoing` now, numbered when its QoS needs it; a message that
-    /// expired while it waited is dropped.
+    /// Sends `outgoing` now, numbered when its QoS needs it (a persistent
+    /// session's numbered PUBLISH waits for the note that lists it); a
+    /// message that expired while it waited is dropped.
     pub(super) fn send_now(&mut self, outgoing: Outgoing, out: &mut BytesMut) {
         let Some(mut properties) = properties_of(&outgoing.message.headers, wall_clock_ms()) else {
             return;
         };
         properties.subscription_identifiers = outgoing.subscription_ids.clone();
-        let packet_id = match outgoing.qos {
-            QoS::AtMostOnce => None,
+        match outgoing.qos {
+            QoS::AtMostOnce => self.encode_publish(&outgoing, None, false, properties, out),
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 let packet_id = self.take_packet_id();
                 self.track(packet_id, &outgoing);
@@ -150,10 +151,9 @@ impl Connected {
                     writes_waiting: 0,
                 };
                 self.qos.outbound.insert(packet_id, in_flight);
-                Some(packet_id)
+                self.encode_noted(&outgoing, packet_id, false, properties, out);
             }
-        };
-        self.encode_publish(&outgoing, packet_id, false, properties, out);
+        }
     }
 
     /// Records where a numbered message of a cursor topic is, so its

@@ -5,12 +5,11 @@
 //! which messages of cursor topics the client already has, so that the
 //! redelivery from the log does not send them twice.
 //!
-//! This is kept in memory. After a server restart the log and the cursors
-//! still redeliver what was not acknowledged, but with new packet ids and
-//! without DUP. The QoS 2 packet ids of a persistent session (received and
-//! not released, released and not completed) are also in the log (`qos2`),
-//! so PUBREL is sent again after a restart too; what is parked is newer and
-//! wins.
+//! This is kept in memory. The same state is also noted in the log
+//! (`qos2`: the QoS 2 packet ids received and not released, the deliveries
+//! sent and not acknowledged, those released and not completed), so after a
+//! server restart the PUBLISHes and PUBRELs go out again with their packet
+//! ids too; what is parked is newer and wins.
 
 use super::*;
 
@@ -100,11 +99,15 @@ impl Connected {
             let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
                 // Expired while the client was away: never sent again.
                 let _ = self.acknowledged(packet_id, context);
+                self.deliveries_changed();
                 continue;
             };
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
-            self.encode_publish(outgoing, Some(packet_id), true, properties, context.out());
+            let outgoing = outgoing.clone();
             self.qos.outbound.insert(packet_id, in_flight);
+            // Noted again before it goes out: the older connection may
+            // have closed before its note of it was durable.
+            self.encode_noted(&outgoing, packet_id, true, properties, context.out());
         }
         self.qos.held.extend(parked.held);
         self.release_held(context.out());
@@ -158,6 +161,9 @@ impl MqttSession {
             // A clean start does not wait, and takes nothing over.
             return Ok(());
         }
+        if let Some(restore) = state.restore.as_mut() {
+            restore.taken_over = true;
+        }
         if let Some(parked) = handoff.parked {
             if state.restoring() {
                 state.extras().handed_over.push(parked);
@@ -185,8 +191,9 @@ impl MqttSession {
         }
     }
 
-    /// Resends what the previous connection of this session left in flight.
-    pub(super) fn unpark(&mut self, context: &mut SessionContext<'_>) {
+    /// Resends what the previous connection of this session left in flight;
+    /// true when there was something.
+    pub(super) fn unpark(&mut self, context: &mut SessionContext<'_>) -> bool {
         let state = self.state.as_mut().expect("connected");
         let mut handed_over = state
             .extras
@@ -194,8 +201,10 @@ impl MqttSession {
             .map(|extras| std::mem::take(&mut extras.handed_over))
             .unwrap_or_default();
         handed_over.extend(self.listener.parked.lock().remove(&state.client_id));
+        let unparked = !handed_over.is_empty();
         for parked in handed_over {
             state.resume_parked(parked, context);
         }
+        unparked
     }
 }

@@ -21,6 +21,23 @@
 //! without it. A resumed session sends PUBREL again for each noted id right
 //! after its CONNACK, after a restart too, never the PUBLISH.
 //!
+//! Sent: the note lists the packet id of each QoS 1 or 2 PUBLISH of a
+//! stored message with where the message is in the log (topic and seq); a
+//! QoS 2 PUBLISH is written to the socket only once that note is durable (a
+//! QoS 1 one at once: at least once does not need the note, and waiting
+//! would cost every QoS 1 delivery a durable write). PUBACK, PUBREC and
+//! PUBCOMP change the state, and the next note says so; a PUBREL waits for
+//! the note that lists its id as released.
+//!
+//! Notes are written by group commit ([`Noting`]): a session has at most
+//! one in flight, and everything that changes while it is written (received
+//! ids, releases both ways, new PUBLISHes, acknowledgements) waits for the
+//! next one, so a busy session writes about one note per durable write of
+//! its note's shard rather than one per message. After a restart the resumed session reads the messages of the
+//! noted ids before its CONNACK and resends them right after it, with their
+//! packet ids and DUP, in the order first sent (after the PUBRELs); the
+//! redelivery from the cursors skips them.
+//!
 //! A non-persistent session keeps all this in memory: it ends with its
 //! connection.
 
@@ -47,45 +64,138 @@ pub(super) fn received_message_id(key: u64) -> Bytes {
     Bytes::from(format!("mqtt2/{key:016x}"))
 }
 
-/// A session's QoS 2 state as noted in the log.
+/// A session's QoS 2 state, and its QoS 1 and 2 deliveries in flight, as
+/// noted in the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Note {
     /// Received packet ids and their keys, by packet id.
     pub(super) received: Vec<(u16, u64)>,
     /// Released outbound packet ids, in the order they were sent.
     pub(super) released: Vec<u16>,
+    /// Outbound PUBLISHes not acknowledged yet, in the order they were
+    /// sent.
+    pub(super) sent: Vec<Sent>,
+}
+
+/// An outbound QoS 1 or 2 PUBLISH of a stored message, as noted: enough to
+/// read the message from the log again and send the same PUBLISH.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Sent {
+    pub(super) packet_id: u16,
+    pub(super) topic: String,
+    pub(super) seq: u64,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    pub(super) subscription_ids: Vec<u32>,
+    pub(super) share: Option<String>,
+}
+
+impl Sent {
+    /// `[packet id, topic, seq, qos]`, and a fifth element
+    /// `{"retain": true, "subscription_ids": […], "share": "…"}` with what
+    /// is not the default.
+    fn to_json(&self) -> serde_json::Value {
+        let mut entry = serde_json::json!([self.packet_id, self.topic, self.seq, self.qos as u8]);
+        let mut more = serde_json::Map::new();
+        if self.retain {
+            more.insert("retain".into(), true.into());
+        }
+        if !self.subscription_ids.is_empty() {
+            more.insert(
+                "subscription_ids".into(),
+                self.subscription_ids.clone().into(),
+            );
+        }
+        if let Some(share) = &self.share {
+            more.insert("share".into(), share.clone().into());
+        }
+        if !more.is_empty() {
+            entry
+                .as_array_mut()
+                .expect("an array")
+                .push(serde_json::Value::Object(more));
+        }
+        entry
+    }
+
+    fn from_json(entry: &serde_json::Value) -> Option<Sent> {
+        let qos = match entry[3].as_u64()? {
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            _ => return None,
+        };
+        let more = &entry[4];
+        Some(Sent {
+            packet_id: u16::try_from(entry[0].as_u64()?)
+                .ok()
+                .filter(|id| *id > 0)?,
+            topic: entry[1].as_str()?.to_string(),
+            seq: entry[2].as_u64().filter(|seq| *seq > 0)?,
+            qos,
+            retain: more["retain"].as_bool().unwrap_or(false),
+            subscription_ids: more["subscription_ids"]
+                .as_array()
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| u32::try_from(id.as_u64()?).ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            share: more["share"].as_str().map(str::to_string),
+        })
+    }
 }
 
 impl Note {
     pub(super) fn is_empty(&self) -> bool {
-        self.received.is_empty() && self.released.is_empty()
+        self.received.is_empty() && self.released.is_empty() && self.sent.is_empty()
     }
 
-    /// The note of `received` and of the released messages in `outbound`.
+    /// The note of `received` and of the released and sent messages in
+    /// `outbound` (those of stored messages: a retained message sent at
+    /// SUBSCRIBE has no seq of its topic and is not noted).
     fn of(received: &HashMap<u16, Received>, outbound: &HashMap<u16, InFlight>) -> Note {
         let mut noted: Vec<(u16, u64)> = received
             .iter()
             .filter_map(|(packet_id, received)| Some((*packet_id, received.key?)))
             .collect();
         noted.sort_unstable();
-        let mut released: Vec<(u64, u16)> = outbound
+        let mut in_order: Vec<(u64, u16, &InFlight)> = outbound
             .iter()
-            .filter(|(_, in_flight)| in_flight.state == Outbound::Qos2Released)
-            .map(|(packet_id, in_flight)| (in_flight.order, *packet_id))
+            .map(|(packet_id, in_flight)| (in_flight.order, *packet_id, in_flight))
             .collect();
-        released.sort_unstable();
-        Note {
+        in_order.sort_unstable_by_key(|(order, _, _)| *order);
+        let mut note = Note {
             received: noted,
-            released: released
-                .into_iter()
-                .map(|(_, packet_id)| packet_id)
-                .collect(),
+            ..Note::default()
+        };
+        for (_, packet_id, in_flight) in in_order {
+            match (&in_flight.outgoing, in_flight.state) {
+                (_, Outbound::Qos2Released) => note.released.push(packet_id),
+                (Some(outgoing), _) if outgoing.message.seq > 0 => note.sent.push(Sent {
+                    packet_id,
+                    topic: outgoing.topic.to_string(),
+                    seq: outgoing.message.seq,
+                    qos: outgoing.qos,
+                    retain: outgoing.retain,
+                    subscription_ids: outgoing.subscription_ids.clone(),
+                    share: outgoing.share.clone(),
+                }),
+                _ => {}
+            }
         }
+        note
     }
 
-    /// `{"received": [[packet id, key], …], "released": [packet id, …]}`.
+    /// `{"received": [[packet id, key], …], "released": [packet id, …],
+    /// "sent": [[packet id, topic, seq, qos], …]}` (`sent` only when there
+    /// are some).
     fn body(&self) -> Bytes {
-        let note = serde_json::json!({ "received": self.received, "released": self.released });
+        let mut note = serde_json::json!({ "received": self.received, "released": self.released });
+        if !self.sent.is_empty() {
+            let sent: Vec<serde_json::Value> = self.sent.iter().map(Sent::to_json).collect();
+            note["sent"] = serde_json::Value::Array(sent);
+        }
         Bytes::from(note.to_string())
     }
 
@@ -107,7 +217,48 @@ impl Note {
                 .iter()
                 .filter_map(|entry| u16::try_from(entry.as_u64()?).ok())
                 .collect(),
+            sent: entries("sent").iter().filter_map(Sent::from_json).collect(),
         }
+    }
+}
+
+/// What waits for a note of a persistent session.
+#[derive(Default)]
+pub(super) struct NoteWaiters {
+    /// The state to note changed since the last note was made.
+    pub(super) changed: bool,
+    /// PUBLISH packets to write once the note is durable.
+    pub(super) publishes: BytesMut,
+    /// Packet ids whose PUBREL waits for the note (one of their
+    /// `InFlight::writes_waiting`).
+    pub(super) pubrels: Vec<u16>,
+    /// Received QoS 2 messages to store once their packet ids are noted.
+    stores: Vec<Deferred>,
+    /// Released received packet ids to complete (PUBCOMP) once noted.
+    pubcomps: Vec<u16>,
+}
+
+/// The notes of a persistent session, written by group commit: at most one
+/// is in flight, and what changes meanwhile waits for the next one.
+#[derive(Default)]
+pub(super) struct Noting {
+    /// The request id of the note in flight.
+    in_flight: Option<u32>,
+    /// What the note in flight answers.
+    covered: NoteWaiters,
+    /// What the next note answers.
+    pub(super) next: NoteWaiters,
+}
+
+impl Noting {
+    /// No note in flight and none to write.
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && !self.next.changed
+    }
+
+    /// A note is to be written and none is in flight.
+    fn has_note_to_write(&self) -> bool {
+        self.in_flight.is_none() && self.next.changed
     }
 }
 
@@ -118,9 +269,10 @@ impl Connected {
         self.next_received_key
     }
 
-    /// Notes the session's QoS 2 state (a persistent session's); `pending`
-    /// answers the note.
-    pub(super) fn note_qos2(&mut self, pending: Pending, context: &mut SessionContext<'_>) {
+    /// Notes the session's QoS 2 state and deliveries in flight (a
+    /// persistent session's); `pending` answers the note, whose request id
+    /// is returned.
+    pub(super) fn note_qos2(&mut self, pending: Pending, context: &mut SessionContext<'_>) -> u32 {
         let request_id = next_request(self, pending);
         context.submit_as_server(
             request_id,
@@ -134,18 +286,156 @@ impl Connected {
                 body: Note::of(&self.qos.qos2_received, &self.qos.outbound).body(),
             },
         );
+        request_id
+    }
+
+    /// The outbound state of a persistent session changed (a delivery was
+    /// acknowledged or completed): the next note says so.
+    pub(super) fn deliveries_changed(&mut self) {
+        if self.persistent {
+            self.qos.noting.next.changed = true;
+        }
+    }
+
+    /// Encodes a QoS 1 or 2 PUBLISH of `outgoing` as `packet_id`. In a
+    /// persistent session the next note lists it, and a QoS 2 PUBLISH waits
+    /// until that note is durable (sent before it, a message could come
+    /// again after a restart as a new one: twice). A QoS 1 PUBLISH goes
+    /// into `out` at once, like any PUBLISH of a session that is not
+    /// persistent: at least once holds without the note, which only spares
+    /// the client a new packet id for a message sent just before a crash,
+    /// and waiting for it would cost every QoS 1 delivery a durable write.
+    pub(super) fn encode_noted(
+        &mut self,
+        outgoing: &Outgoing,
+        packet_id: u16,
+        dup: bool,
+        properties: Properties,
+        out: &mut BytesMut,
+    ) {
+        if !self.persistent || outgoing.qos != QoS::ExactlyOnce {
+            self.deliveries_changed();
+            self.encode_publish(outgoing, Some(packet_id), dup, properties, out);
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.qos.noting.next.publishes);
+        self.encode_publish(outgoing, Some(packet_id), dup, properties, &mut waiting);
+        let next = &mut self.qos.noting.next;
+        next.publishes = waiting;
+        next.changed = true;
+    }
+
+    /// The PUBREL of a released delivery waits for the next note.
+    pub(super) fn pubrel_after_note(&mut self, packet_id: u16) {
+        let next = &mut self.qos.noting.next;
+        next.changed = true;
+        next.pubrels.push(packet_id);
+    }
+
+    /// A received QoS 2 message is stored once the next note, which lists
+    /// its packet id, is durable.
+    pub(super) fn store_after_note(&mut self, deferred: Deferred) {
+        let next = &mut self.qos.noting.next;
+        next.changed = true;
+        next.stores.push(deferred);
+    }
+
+    /// Writes the session's note when something changed and no note is in
+    /// flight (called after every event of the session, so one note covers
+    /// what an event and the events during the previous note's write
+    /// changed).
+    pub(super) fn write_note(&mut self, context: &mut SessionContext<'_>) {
+        if !self.persistent || self.restoring() || !self.qos.noting.has_note_to_write() {
+            return;
+        }
+        let request_id = self.note_qos2(Pending::Noted, context);
+        let noting = &mut self.qos.noting;
+        noting.in_flight = Some(request_id);
+        noting.covered = std::mem::take(&mut noting.next);
+    }
+
+    /// The connection ends: what changed since the last note is noted
+    /// (nobody waits for it), so that the next connection, also after a
+    /// restart, does not resend what the client acknowledged.
+    pub(super) fn note_at_close(&mut self, context: &mut SessionContext<'_>) {
+        if self.persistent && self.qos.noting.next.changed {
+            self.note_qos2(Pending::Fire, context);
+        }
+    }
+
+    /// The note `request_id` is durable (or failed): the PUBLISH packets,
+    /// PUBRELs and PUBCOMPs it covers go out, and the QoS 2 messages whose
+    /// packet ids it lists are stored.
+    pub(super) fn noted(
+        &mut self,
+        request_id: u32,
+        error: Option<&BrokerError>,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let noting = &mut self.qos.noting;
+        if noting.in_flight != Some(request_id) {
+            return Ok(());
+        }
+        noting.in_flight = None;
+        let covered = std::mem::take(&mut noting.covered);
+        if let Some(error) = error {
+            // Sent without the note, a delivery could come again after a
+            // restart as a new message, and a completed packet id would still
+            // count as received. What waited stays in flight: the next
+            // connection resends it, and the client sends its PUBLISH or
+            // PUBREL again.
+            let reason = format!("the session's QoS state could not be noted ({error})");
+            disconnect_with(
+                self.version,
+                ReasonCode::UnspecifiedError,
+                &reason,
+                context.out(),
+            );
+            return Err(close(reason));
+        }
+        context.out().extend_from_slice(&covered.publishes);
+        for packet_id in covered.pubrels {
+            self.pubrel_write_done(packet_id, context.out());
+        }
+        for packet_id in covered.pubcomps {
+            Packet::PubComp(PublishResponse::success(packet_id))
+                .encode(self.version, context.out());
+        }
+        for deferred in covered.stores {
+            let Deferred {
+                publish,
+                headers,
+                pending,
+                key,
+            } = deferred;
+            self.store(publish, headers, pending, key, context);
+        }
+        Ok(())
+    }
+
+    /// A write the PUBREL of `packet_id` waits for is durable: the PUBREL
+    /// goes out after the last one.
+    pub(super) fn pubrel_write_done(&mut self, packet_id: u16, out: &mut BytesMut) {
+        let Some(in_flight) = self.qos.outbound.get_mut(&packet_id) else {
+            return;
+        };
+        in_flight.writes_waiting = in_flight.writes_waiting.saturating_sub(1);
+        if in_flight.writes_waiting == 0 {
+            Packet::PubRel(PublishResponse::success(packet_id)).encode(self.version, out);
+        }
     }
 
     /// True while the QoS 2 message `packet_id` is being noted or stored.
     pub(super) fn storing(&self, packet_id: u16) -> bool {
-        self.pending.values().any(|pending| {
-            let pending = match pending {
-                Pending::Noted(deferred) => &deferred.pending,
-                pending => pending,
-            };
-            matches!(pending, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: id, .. }
-                if *id == packet_id)
-        })
+        let noting = &self.qos.noting;
+        let waiting = noting.covered.stores.iter().chain(&noting.next.stores);
+        self.pending
+            .values()
+            .chain(waiting.map(|deferred| &deferred.pending))
+            .any(|pending| {
+                matches!(pending, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: id, .. }
+                    if *id == packet_id)
+            })
     }
 
     /// Takes up the received packet ids a resumed session noted (before a
@@ -182,6 +472,70 @@ impl Connected {
             Packet::PubRel(PublishResponse::success(*packet_id)).encode(self.version, out);
         }
     }
+
+    /// Sends again, with their packet ids and DUP, the PUBLISHes a resumed
+    /// session noted (before a restart) and the client did not acknowledge,
+    /// in the order first sent; `messages` are what the log holds at their
+    /// seqs (none: gone, not sent). Those of topics whose cursors the
+    /// session keeps (`keeps_cursor`) are marked delivered, so that the
+    /// redelivery from the cursors skips them, and move the cursor when
+    /// acknowledged.
+    pub(super) fn restore_sent(
+        &mut self,
+        sent: Vec<Sent>,
+        messages: Vec<Option<Message>>,
+        keeps_cursor: impl Fn(&str) -> bool,
+        out: &mut BytesMut,
+    ) {
+        if sent.is_empty() {
+            return;
+        }
+        let now_ms = wall_clock_ms();
+        for (sent, message) in sent.into_iter().zip(messages) {
+            let Some(message) = message else {
+                continue;
+            };
+            if self.qos.outbound.contains_key(&sent.packet_id) {
+                continue;
+            }
+            let Some(mut properties) = properties_of(&message.headers, now_ms) else {
+                // Expired meanwhile: never sent again.
+                continue;
+            };
+            properties.subscription_identifiers = sent.subscription_ids.clone();
+            let topic: Arc<str> = Arc::from(sent.topic);
+            if keeps_cursor(&topic) {
+                let seq = message.seq;
+                self.qos
+                    .positions
+                    .insert(sent.packet_id, (topic.clone(), seq));
+                let delivered = self.extras().delivered.entry(topic.clone()).or_default();
+                delivered.insert(seq);
+            }
+            let outgoing = Outgoing {
+                topic,
+                message,
+                qos: sent.qos,
+                retain: sent.retain,
+                subscription_ids: sent.subscription_ids,
+                share: sent.share,
+            };
+            self.encode_publish(&outgoing, Some(sent.packet_id), true, properties, out);
+            self.qos.next_order += 1;
+            let in_flight = InFlight {
+                state: match sent.qos {
+                    QoS::ExactlyOnce => Outbound::Qos2Sent,
+                    _ => Outbound::Qos1Sent,
+                },
+                order: self.qos.next_order,
+                outgoing: Some(outgoing),
+                writes_waiting: 0,
+            };
+            self.qos.outbound.insert(sent.packet_id, in_flight);
+        }
+        // The next note lists what is in flight now.
+        self.deliveries_changed();
+    }
 }
 
 impl MqttSession {
@@ -197,7 +551,9 @@ impl MqttSession {
         let released = state.qos.qos2_received.remove(&packet_id);
         release_if_empty(&mut state.qos.qos2_received);
         if released.is_some_and(|received| received.key.is_some()) {
-            state.note_qos2(Pending::PubCompAfter(packet_id), context);
+            let next = &mut state.qos.noting.next;
+            next.changed = true;
+            next.pubcomps.push(packet_id);
             return Ok(());
         }
         let reason = if released.is_some() || state.version == ProtocolVersion::V311 {
@@ -247,14 +603,56 @@ mod tests {
         };
         outbound.insert(40, sent(Outbound::Qos2Released, 2, None));
         outbound.insert(41, sent(Outbound::Qos2Released, 1, None));
-        outbound.insert(42, sent(Outbound::Qos2Sent, 3, Some(outgoing)));
+        outbound.insert(42, sent(Outbound::Qos2Sent, 5, Some(outgoing.clone())));
+        let shared = Outgoing {
+            topic: Arc::from("s/1"),
+            message: test_message(9, 0, Bytes::from_static(b"n")),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            subscription_ids: vec![3, 268_435_455],
+            share: Some("$share/g/s/+".into()),
+        };
+        outbound.insert(43, sent(Outbound::Qos1Sent, 4, Some(shared)));
+        // A retained message sent at SUBSCRIBE (no seq of its topic) is not
+        // noted.
+        let retained = Outgoing {
+            message: test_message(0, 0, Bytes::from_static(b"r")),
+            ..outgoing
+        };
+        outbound.insert(44, sent(Outbound::Qos1Sent, 3, Some(retained)));
         let note = Note::of(&received, &outbound);
         let expected = Note {
             received: vec![(2, 5), (7, u64::MAX - 1)],
             released: vec![41, 40],
+            sent: vec![
+                Sent {
+                    packet_id: 43,
+                    topic: "s/1".into(),
+                    seq: 9,
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    subscription_ids: vec![3, 268_435_455],
+                    share: Some("$share/g/s/+".into()),
+                },
+                Sent {
+                    packet_id: 42,
+                    topic: "t".into(),
+                    seq: 1,
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    share: None,
+                },
+            ],
         };
         assert_eq!(note, expected);
         assert_eq!(Note::read(&note.body()), expected);
+        // The plain entry is four numbers and a topic, nothing more.
+        let body: serde_json::Value = serde_json::from_slice(&note.body()).unwrap();
+        assert_eq!(body["sent"][1], serde_json::json!([42, "t", 1, 2]));
+        // A note written before deliveries were noted reads as none sent.
+        let older = Note::read(br#"{"received": [[2, 5]], "released": [41]}"#);
+        assert!(older.sent.is_empty() && older.released == [41]);
         let empty = Note::of(&HashMap::new(), &HashMap::new());
         assert!(Note::read(&empty.body()).is_empty());
         assert!(Note::read(b"not a note").is_empty());

@@ -136,69 +136,65 @@ impl MqttSession {
             Pending::PubRelAfter(packet_id) => {
                 if let Some(error) = error {
                     log::warn!(
-                        "mqtt {}: a session cursor or QoS 2 note was not stored: {error}",
+                        "mqtt {}: a session cursor was not stored: {error}",
                         context.peer()
                     );
                 }
-                let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) else {
-                    return Ok(());
-                };
-                in_flight.writes_waiting = in_flight.writes_waiting.saturating_sub(1);
-                if in_flight.writes_waiting == 0 {
-                    let packet = Packet::PubRel(PublishResponse::success(packet_id));
-                    packet.encode(version, context.out());
-                }
+                state.pubrel_write_done(packet_id, context.out());
             }
-            Pending::Noted(deferred) => {
-                let Deferred {
-                    publish,
-                    headers,
-                    pending,
-                    key,
-                } = *deferred;
-                if error.is_some() {
-                    // Not noted, so not stored: the publish is refused.
-                    let Pending::Acknowledge {
-                        qos,
-                        packet_id,
-                        topic,
-                        arrival,
-                    } = pending
-                    else {
-                        unreachable!("a noted publish is acknowledged")
-                    };
-                    return self.acknowledge(packet_id, qos, topic, arrival, reply, context);
-                }
-                state.store(publish, headers, pending, key, context);
-            }
-            Pending::PubCompAfter(packet_id) => {
-                if let Some(error) = error {
-                    // Without the note, the id would still count as received
-                    // after a restart: the client must release it again.
-                    let reason = format!(
-                        "the release of QoS 2 packet id {packet_id} was not stored ({error}); \
-                         connect again and send PUBREL again"
-                    );
-                    disconnect_with(
-                        version,
-                        ReasonCode::UnspecifiedError,
-                        &reason,
-                        context.out(),
-                    );
-                    return Err(close(reason));
-                }
-                Packet::PubComp(PublishResponse::success(packet_id)).encode(version, context.out());
-            }
+            Pending::Noted => return state.noted(request_id, error, context),
             Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
                 };
-                let noted = messages.last().map(|note| Note::read(&note.body));
-                if let Some(restore) = state.restore.as_mut() {
-                    restore.restored_note = noted.unwrap_or_default();
+                let mut noted = messages
+                    .last()
+                    .map(|note| Note::read(&note.body))
+                    .unwrap_or_default();
+                let Some(restore) = state.restore.as_mut() else {
+                    return Ok(());
+                };
+                // An older connection of this process knows its deliveries
+                // in flight better than the note (`parked`).
+                let in_memory = state.awaiting_handoff
+                    || restore.taken_over
+                    || self.listener.parked.lock().contains_key(&state.client_id);
+                if in_memory {
+                    noted.sent.clear();
                 }
-                state.qos2_read = true;
+                restore.noted_messages = vec![None; noted.sent.len()];
+                restore.noted_reads = noted.sent.len();
+                let reads: Vec<(String, u64)> = noted
+                    .sent
+                    .iter()
+                    .map(|sent| (sent.topic.clone(), sent.seq))
+                    .collect();
+                restore.restored_note = noted;
+                for (index, (topic, seq)) in reads.into_iter().enumerate() {
+                    let query = HistoryQuery::From(seq);
+                    let pending = Pending::NotedMessage(index);
+                    read_history(state, Reader::Server, pending, topic, query, 1, context);
+                }
+                state.qos2_read = state.restore.as_ref().is_some_and(|r| r.noted_reads == 0);
                 return self.try_resume(context);
+            }
+            Pending::NotedMessage(index) => {
+                let Some(restore) = state.restore.as_mut() else {
+                    return Ok(());
+                };
+                // A message that cannot be read (gone with retention) is not
+                // sent again.
+                if let (Reply::History { messages, .. }, Some(sent)) =
+                    (reply, restore.restored_note.sent.get(index))
+                {
+                    let message = messages.iter().find(|message| message.seq == sent.seq);
+                    restore.noted_messages[index] = message.cloned();
+                }
+                restore.noted_reads -= 1;
+                if restore.noted_reads == 0 {
+                    state.qos2_read = true;
+                    return self.try_resume(context);
+                }
             }
             Pending::OlderSessionRead => {
                 let Reply::History { messages, .. } = reply else {

@@ -75,6 +75,21 @@ pub(super) struct StoredSession {
     pub(super) owner: Option<String>,
 }
 
+impl StoredSession {
+    /// True when the session keeps a cursor for `topic` (a QoS 1 or 2
+    /// subscription to it, or a topic followed for such a wildcard filter):
+    /// its messages come again from the log after a reconnect.
+    pub(super) fn keeps_cursor(&self, topic: &str) -> bool {
+        self.subscriptions.iter().any(|subscription| {
+            let filter = &subscription.filter;
+            !subscription.is_shared()
+                && subscription.qos() != QoS::AtMostOnce
+                && (filter == topic
+                    || (self.followed_topics.contains(topic) && pattern::matches(filter, topic)))
+        })
+    }
+}
+
 /// A session's records folded in order: `start` begins a session, `end`
 /// ends it, `subscribe` and `unsubscribe` change it, and `left` (its
 /// connection ended) says until when it lives without one, which `now_ms`
