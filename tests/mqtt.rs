@@ -1897,6 +1897,7 @@ fn outbound_pubrel_is_sent_again_after_sigkill() {
     ));
     ledger.send(&Packet::PingReq);
     assert_eq!(ledger.next(), Some(Packet::PingResp));
+    wait_until_settled(&server, "ledger-out", &[topic]);
     server.kill();
     drop(ledger);
     let server = Server::start(dir.path(), &[]);
@@ -1905,6 +1906,45 @@ fn outbound_pubrel_is_sent_again_after_sigkill() {
     assert!(present);
     ledger.send(&Packet::PingReq);
     assert_eq!(ledger.next(), Some(Packet::PingResp), "nothing to resend");
+}
+
+/// Waits until what a restart would read of `client_id`'s session says
+/// everything was answered: its last QoS note lists nothing in flight, and
+/// the cursor of each of `topics` is at the topic's last message. Answers
+/// are not waited for by the client, so a test that kills the server right
+/// after them waits here (records are readable once durable).
+fn wait_until_settled(server: &Server, client_id: &str, topics: &[&str]) {
+    use starling_protocol::HistoryQuery;
+    let mut client = starling_adapters::client::Client::connect(server.address, "test", "")
+        .expect("a native client");
+    let consumer = format!("mqtt.{client_id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = client
+            .history(&format!("$mqtt/qos2/{client_id}"), HistoryQuery::Last, 1)
+            .unwrap();
+        let note_settled = page.messages.last().is_some_and(|note| {
+            let note: serde_json::Value = serde_json::from_slice(&note.body).unwrap();
+            ["received", "released", "sent"]
+                .iter()
+                .all(|key| note[key].as_array().is_none_or(Vec::is_empty))
+        });
+        let cursors_settled = topics.iter().all(|topic| {
+            let head = client
+                .history(topic, HistoryQuery::Last, 1)
+                .unwrap()
+                .head_seq;
+            client.cursor_get(&consumer, topic).unwrap() == Some(head)
+        });
+        if note_settled && cursors_settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the answers of {client_id} were not durable within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The next packet, which must be a PUBLISH with DUP set: (packet id, QoS,
@@ -1984,10 +2024,8 @@ fn unanswered_deliveries_come_again_with_their_packet_ids_after_sigkill() {
         inbox.send(&Packet::PingReq);
         assert_eq!(inbox.next(), Some(Packet::PingResp));
 
-        // Everything answered: a later restart resends nothing. (The notes
-        // and cursors that the answers move are not waited for by the
-        // client; give them a moment to be durable.)
-        std::thread::sleep(Duration::from_millis(300));
+        // Everything answered: a later restart resends nothing.
+        wait_until_settled(&server, &client_id, &[two, one]);
         server.kill();
         drop(inbox);
         let server = Server::start(dir.path(), &[]);
