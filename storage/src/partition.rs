@@ -1085,8 +1085,11 @@ impl Partition {
     /// leaves them as large as its batch) and the cache of decrypted batches.
     /// The owner calls this once the partition has been idle for a while, so
     /// a burst of traffic does not stay resident after it; the next append
-    /// grows them again. Does nothing while records are pending.
-    pub fn release_idle_memory(&mut self) {
+    /// grows them again. Also forgets the idempotency keys that fell out of
+    /// the window by `now_ms` (appends forget old keys only as new ones
+    /// come). Keeps the buffers while records are pending.
+    pub fn release_idle_memory(&mut self, now_ms: u64) {
+        self.idempotency.expire(now_ms);
         if self.pending.records > 0 {
             return;
         }
@@ -1094,12 +1097,19 @@ impl Partition {
         self.decrypted.get_mut().clear();
     }
 
+    /// Idempotency keys remembered (some may be past the window until the
+    /// next append or [`Partition::release_idle_memory`] forgets them).
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
+    }
+
     /// Heap bytes held by the buffers [`Partition::release_idle_memory`]
-    /// frees (capacity, not length).
+    /// frees and by the idempotency tables (capacity, not length).
     pub fn idle_buffer_bytes(&self) -> usize {
         self.pending.buffer.capacity()
             + self.pending.closed.capacity() * std::mem::size_of::<ClosedBatch>()
             + self.pending.channels.capacity() * std::mem::size_of::<(ChannelId, PendingChannel)>()
+            + self.idempotency.table_bytes()
     }
 
     fn write_to_active(&mut self, bytes: &[u8]) -> Result<(), StorageError> {

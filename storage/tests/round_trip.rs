@@ -51,10 +51,10 @@ fn idle_memory_is_released_without_losing_anything() {
         "kept for the next turn"
     );
     append(&mut partition, "room-0", 2_000);
-    partition.release_idle_memory();
+    partition.release_idle_memory(3_000);
     assert_eq!(partition.pending_records(), 1, "pending records are kept");
     partition.flush().unwrap();
-    partition.release_idle_memory();
+    partition.release_idle_memory(3_000);
     assert_eq!(partition.idle_buffer_bytes(), 0);
     append(&mut partition, "room-0", 2_001);
     partition.flush().unwrap();

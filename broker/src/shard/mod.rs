@@ -103,9 +103,12 @@ pub(crate) struct Shard {
     journal: starling_storage::Journal,
     /// When the journal was last fdatasync'ed (the `interval` policy).
     journal_synced_at: Instant,
-    /// When a turn last had publishes to write, acknowledge or fan out.
-    last_busy: Instant,
-    /// The turn buffers were freed since `last_busy`.
+    /// When the shard frees the memory of its busy turns if it stays idle
+    /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
+    /// had publishes to write, acknowledge or fan out, and again every as
+    /// long as idempotency keys remain to expire.
+    idle_release_at: Instant,
+    /// Freed since the last busy turn, with no idempotency key left.
     idle_memory_released: bool,
     shutting_down: bool,
 }
@@ -147,7 +150,7 @@ impl Shard {
             last_timestamp_ms: 0,
             journal,
             journal_synced_at: Instant::now(),
-            last_busy: Instant::now(),
+            idle_release_at: Instant::now() + IDLE_MEMORY_RELEASE_AFTER,
             idle_memory_released: false,
             shutting_down: false,
         }
@@ -394,16 +397,25 @@ impl Shard {
         }
     }
 
-    /// Frees the buffers busy turns left behind, once the shard has been
-    /// idle for [`IDLE_MEMORY_RELEASE_AFTER`]; only empty ones, and only
-    /// once per idle spell.
+    /// Frees the buffers busy turns left behind (only empty ones), once the
+    /// shard has been idle for [`IDLE_MEMORY_RELEASE_AFTER`], and the
+    /// idempotency keys that fell out of their window; repeated every
+    /// [`IDLE_MEMORY_RELEASE_AFTER`] while keys remain, then not until the
+    /// next busy turn.
     fn release_idle_memory(&mut self) {
-        if self.idle_memory_released || self.last_busy.elapsed() < IDLE_MEMORY_RELEASE_AFTER {
+        if self.idle_memory_released || Instant::now() < self.idle_release_at {
             return;
         }
-        self.idle_memory_released = true;
+        let now_ms = self.now_ms;
+        let mut keys_left = false;
         for partition in self.partitions.values_mut() {
-            partition.release_idle_memory();
+            partition.release_idle_memory(now_ms);
+            keys_left |= partition.log.idempotency_keys() > 0;
+        }
+        if keys_left {
+            self.idle_release_at = Instant::now() + IDLE_MEMORY_RELEASE_AFTER;
+        } else {
+            self.idle_memory_released = true;
         }
         self.journal.release_idle_memory();
         for queue in &mut self.overflow {

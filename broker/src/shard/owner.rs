@@ -62,14 +62,14 @@ impl OwnedPartition {
 
     /// Frees the turn buffers a busy turn grew (they are empty between
     /// turns) and the log's own (see `Shard::release_idle_memory`).
-    pub(crate) fn release_idle_memory(&mut self) {
+    pub(crate) fn release_idle_memory(&mut self, now_ms: u64) {
         if self.acks.is_empty() {
             self.acks = Vec::new();
         }
         if self.fanout.is_empty() {
             self.fanout = Vec::new();
         }
-        self.log.release_idle_memory();
+        self.log.release_idle_memory(now_ms);
     }
 
     /// Heap bytes held by what [`OwnedPartition::release_idle_memory`] frees.
@@ -236,7 +236,7 @@ impl Shard {
         }
         ids.sort_unstable();
         let commit_started = Instant::now();
-        self.last_busy = commit_started;
+        self.idle_release_at = commit_started + super::IDLE_MEMORY_RELEASE_AFTER;
         self.idle_memory_released = false;
 
         // Phase 1: write each partition's pending batches; the journal
@@ -669,7 +669,7 @@ mod tests {
         partition.log.flush().unwrap();
         partition.acks.clear();
         assert!(partition.idle_buffer_bytes() > 1_000 * std::mem::size_of::<PendingAck>());
-        partition.release_idle_memory();
+        partition.release_idle_memory(1_000);
         assert_eq!(partition.idle_buffer_bytes(), 0);
     }
 }
