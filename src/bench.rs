@@ -102,6 +102,10 @@ pub struct BenchArgs {
     history_queries: u64,
     #[arg(long, default_value_t = 50)]
     history_limit: u32,
+    /// Give every publish a client message id (`p<publisher>-<n>`), so the
+    /// server's idempotency window holds a key per message.
+    #[arg(long)]
+    client_message_ids: bool,
     /// What the subscribers speak (publishers always speak the native protocol).
     #[arg(long, value_enum, default_value_t = SubscriberProtocol::Native)]
     subscriber_protocol: SubscriberProtocol,
@@ -768,7 +772,11 @@ fn publisher(
                     sent_ns,
                 };
                 let body = stamp_body(&stamp, args.size);
-                let request = PublishRequest::new(channels[channel].clone(), kind::MESSAGE, body);
+                let mut request =
+                    PublishRequest::new(channels[channel].clone(), kind::MESSAGE, body);
+                if args.client_message_ids {
+                    request.client_message_id = Bytes::from(format!("p{id}-{sent}"));
+                }
                 // Request ids start at 1; 0 is for server pushes.
                 sink.queue(&Envelope {
                     request_id: (sent as u32).wrapping_add(1),

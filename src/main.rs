@@ -57,6 +57,17 @@ use crate::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The shards' idle-memory hook (`starling_broker::set_idle_memory_hook`):
+/// mimalloc returns freed pages to the operating system only after a delay,
+/// and only when the thread that freed them calls into it again, which an
+/// idle shard does not; without this, the buffers a burst grew stay resident
+/// after the shard frees them (docs/BENCHMARKS.md, session 5).
+fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers; it frees and decommits the
+    // calling thread's free pages, which any thread may ask for at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "starling",
@@ -254,6 +265,7 @@ fn describe(error: &anyhow::Error) -> String {
 fn serve(config_file: Option<&Path>) -> Result<()> {
     let config = Config::load(config_file, std::env::vars())?;
     logger::init(&config.log.level)?;
+    starling_broker::set_idle_memory_hook(release_freed_memory);
     for (setting, address) in [
         ("native.address", config.native.address),
         ("http.address", config.http.address),

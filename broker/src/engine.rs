@@ -64,6 +64,26 @@ pub enum EngineError {
 }
 
 /// State every shard reads: configuration, routing, inboxes, counters.
+/// What [`set_idle_memory_hook`] installed.
+static IDLE_MEMORY_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Installs a function every shard calls on its own thread after it has
+/// freed the buffers of its busy turns (once per idle spell, see
+/// docs/BENCHMARKS.md, session 5): the binary passes its allocator's
+/// "return what this thread freed to the operating system" call, which the
+/// broker cannot name. The allocator is one per process, so is the hook; the
+/// first one installed stays. Returns whether this one was installed.
+pub fn set_idle_memory_hook(hook: fn()) -> bool {
+    IDLE_MEMORY_HOOK.set(hook).is_ok()
+}
+
+/// Runs the hook of [`set_idle_memory_hook`], if any.
+pub(crate) fn run_idle_memory_hook() {
+    if let Some(hook) = IDLE_MEMORY_HOOK.get() {
+        hook();
+    }
+}
+
 pub(crate) struct EngineShared {
     pub config: EngineConfig,
     pub routing: Routing,

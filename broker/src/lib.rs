@@ -35,8 +35,8 @@ pub use auth::{Action, Authorizer, Denied, LoopbackAuthorizer, Principal, SYSTEM
 pub use command::{BrokerError, Command, Reply};
 pub use config::{Durability, EngineConfig, RetentionConfig, SlowConsumerPolicy};
 pub use engine::{
-    Connector, Engine, EngineError, KeyRotation, Listener, LocalClient, LocalEvent, MetricsHandle,
-    Notifier, Published,
+    set_idle_memory_hook, Connector, Engine, EngineError, KeyRotation, Listener, LocalClient,
+    LocalEvent, MetricsHandle, Notifier, Published,
 };
 pub use mailbox::ConnRef;
 pub use metrics::Metrics;

@@ -551,3 +551,43 @@ fn in_process_clients_are_not_counted_as_connections() {
     assert_eq!(engine.metrics().connections_opened.get(), 0);
     assert_eq!(engine.metrics().connections_closed.get(), 0);
 }
+
+/// Names of the threads that ran the idle-memory hook.
+static IDLE_HOOK_THREADS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn record_idle_hook() {
+    let name = std::thread::current().name().unwrap_or("").to_string();
+    IDLE_HOOK_THREADS.lock().unwrap().push(name);
+}
+
+/// After a burst, each shard frees its turn buffers and calls the hook on
+/// its own thread (where a thread-caching allocator must be asked to give
+/// the memory back); the engine works as before afterwards.
+#[test]
+fn idle_shards_run_the_memory_hook_on_their_own_threads() {
+    // Other tests of this binary may run the hook too; it only records.
+    starling_broker::set_idle_memory_hook(record_idle_hook);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(config(dir.path()));
+    let mut client = user(&engine, "alice");
+    for i in 0..200 {
+        client.publish(&format!("burst-{}", i % 50), "x").unwrap();
+    }
+    let ran_on = |shard: &str| IDLE_HOOK_THREADS.lock().unwrap().iter().any(|t| t == shard);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(ran_on("starling-shard-0") && ran_on("starling-shard-1")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle shards never ran the hook: {:?}",
+            IDLE_HOOK_THREADS.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..50 {
+        client.publish(&format!("burst-{i}"), "y").unwrap();
+        let (_, page) = client
+            .history(&format!("burst-{i}"), HistoryQuery::Last, 10)
+            .unwrap();
+        assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
+    }
+}

@@ -69,8 +69,32 @@ impl IdempotencyIndex {
         self.newest_ms = self.newest_ms.max(original.timestamp_ms);
         self.order.push_back((key.clone(), original.timestamp_ms));
         self.entries.insert(key, original);
+        self.forget_older_than_window(self.newest_ms);
+    }
+
+    /// Forgets the keys that fell out of the window at `now_ms` (as `get`
+    /// already ignores them) and gives back the room of a table that is
+    /// mostly empty. Inserts forget old keys only as new ones come, so an
+    /// idle partition calls this to let go of the keys of its last burst.
+    pub(crate) fn expire(&mut self, now_ms: u64) {
+        self.forget_older_than_window(now_ms.max(self.newest_ms));
+        if self.entries.len() * 4 <= self.entries.capacity() {
+            self.entries.shrink_to_fit();
+        }
+        if self.order.len() * 4 <= self.order.capacity() {
+            self.order.shrink_to_fit();
+        }
+    }
+
+    /// Heap bytes of the two tables (capacities; not the keys themselves).
+    pub(crate) fn table_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(Arc<[u8]>, Original)>()
+            + self.order.capacity() * std::mem::size_of::<(Arc<[u8]>, u64)>()
+    }
+
+    fn forget_older_than_window(&mut self, newest_ms: u64) {
         while let Some((_, timestamp_ms)) = self.order.front() {
-            let expired = self.newest_ms.saturating_sub(*timestamp_ms) > self.window_ms;
+            let expired = newest_ms.saturating_sub(*timestamp_ms) > self.window_ms;
             if !expired && self.order.len() <= self.entries_max {
                 break;
             }
@@ -96,7 +120,6 @@ impl IdempotencyIndex {
             .collect()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -138,5 +161,28 @@ mod tests {
         assert_eq!(index.len(), 3, "bounded");
         assert_eq!(index.snapshot().len(), 3);
         assert_eq!(index.snapshot()[2].1.seq, 6);
+    }
+
+    #[test]
+    fn an_idle_index_lets_go_of_expired_keys() {
+        let mut index = IdempotencyIndex::new(1000, 100_000);
+        for n in 0..10_000u64 {
+            let id = n.to_le_bytes();
+            index.insert(key(b"c", b"s", &id), original(n, n / 10));
+        }
+        index.expire(1500);
+        assert_eq!(index.len(), 5_000, "keys within the window stay");
+        assert_eq!(
+            index
+                .get(&key(b"c", b"s", &9_999u64.to_le_bytes()), 1500)
+                .unwrap()
+                .seq,
+            9_999
+        );
+        index.expire(5000);
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.table_bytes(), 0, "an empty index holds no tables");
+        index.insert(key(b"c", b"s", b"1"), original(1, 5000));
+        assert_eq!(index.get(&key(b"c", b"s", b"1"), 5000).unwrap().seq, 1);
     }
 }

@@ -752,6 +752,21 @@ impl Journal {
         encode_entry(&mut self.buffer, partition, self.generation, payload);
     }
 
+    /// Frees the entry buffer, which keeps the size of the busiest turn so
+    /// far between turns (the shard calls this once it has been idle for a
+    /// while; the next entry grows it again). Does nothing while entries are
+    /// waiting for [`Journal::write`].
+    pub fn release_idle_memory(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = Vec::new();
+        }
+    }
+
+    /// Heap bytes of the entry buffer (its capacity).
+    pub fn idle_buffer_bytes(&self) -> usize {
+        self.buffer.capacity()
+    }
+
     /// Whether entries are waiting for [`Journal::write`].
     pub fn has_entries(&self) -> bool {
         !self.buffer.is_empty()

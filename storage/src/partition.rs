@@ -164,6 +164,10 @@ impl DecryptedBatches {
         self.batches[self.next] = (position, Some(image));
         self.next = (self.next + 1) % DECRYPTED_BATCHES_CACHED;
     }
+
+    fn clear(&mut self) {
+        *self = DecryptedBatches::new();
+    }
 }
 
 /// One log partition: its segment files, its channel table and the pending
@@ -1074,6 +1078,38 @@ impl Partition {
         self.pending.buffer = buffer;
         self.pending.records = 0;
         Ok(())
+    }
+
+    /// Frees what the partition keeps between loop turns only to avoid
+    /// regrowing it: the pending buffer and its per-channel map (a busy turn
+    /// leaves them as large as its batch) and the cache of decrypted batches.
+    /// The owner calls this once the partition has been idle for a while, so
+    /// a burst of traffic does not stay resident after it; the next append
+    /// grows them again. Also forgets the idempotency keys that fell out of
+    /// the window by `now_ms` (appends forget old keys only as new ones
+    /// come). Keeps the buffers while records are pending.
+    pub fn release_idle_memory(&mut self, now_ms: u64) {
+        self.idempotency.expire(now_ms);
+        if self.pending.records > 0 {
+            return;
+        }
+        self.pending = Pending::default();
+        self.decrypted.get_mut().clear();
+    }
+
+    /// Idempotency keys remembered (some may be past the window until the
+    /// next append or [`Partition::release_idle_memory`] forgets them).
+    pub fn idempotency_keys(&self) -> usize {
+        self.idempotency.len()
+    }
+
+    /// Heap bytes held by the buffers [`Partition::release_idle_memory`]
+    /// frees and by the idempotency tables (capacity, not length).
+    pub fn idle_buffer_bytes(&self) -> usize {
+        self.pending.buffer.capacity()
+            + self.pending.closed.capacity() * std::mem::size_of::<ClosedBatch>()
+            + self.pending.channels.capacity() * std::mem::size_of::<(ChannelId, PendingChannel)>()
+            + self.idempotency.table_bytes()
     }
 
     fn write_to_active(&mut self, bytes: &[u8]) -> Result<(), StorageError> {

@@ -35,6 +35,34 @@ fn pending_records_are_invisible_until_flush() {
     partition.flush().unwrap();
 }
 
+/// The buffers a large turn grew are kept for the next turn and freed by
+/// `release_idle_memory`, which leaves the partition as it was: reads and
+/// the next appends work, and pending records are never dropped.
+#[test]
+fn idle_memory_is_released_without_losing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut partition, _) = open(dir.path(), PartitionConfig::default());
+    for i in 0..2_000 {
+        append(&mut partition, &format!("room-{}", i % 100), i);
+    }
+    partition.flush().unwrap();
+    assert!(
+        partition.idle_buffer_bytes() > 2_000 * 24,
+        "kept for the next turn"
+    );
+    append(&mut partition, "room-0", 2_000);
+    partition.release_idle_memory(3_000);
+    assert_eq!(partition.pending_records(), 1, "pending records are kept");
+    partition.flush().unwrap();
+    partition.release_idle_memory(3_000);
+    assert_eq!(partition.idle_buffer_bytes(), 0);
+    append(&mut partition, "room-0", 2_001);
+    partition.flush().unwrap();
+    let page = partition.read_last(b"room-0", 50).unwrap();
+    assert_eq!(page.head_seq, 22);
+    assert_eq!(page.records.len(), 22);
+}
+
 #[test]
 fn many_interleaved_channels_across_segment_rolls_and_reopen() {
     let dir = tempfile::tempdir().unwrap();

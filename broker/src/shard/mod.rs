@@ -39,6 +39,14 @@ const WAKER_TOKEN: Token = Token(0);
 const INBOX_MESSAGES_PER_TURN: usize = 16 * 1024;
 /// Longest sleep in poll when no timer is due.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// A shard that has appended nothing for this long frees the buffers its
+/// busiest turns grew (pending batches, the journal's entry buffer, the
+/// turn's acknowledgement and fan-out lists, queues to other shards): kept
+/// between busy turns so they are not regrown every turn, they are tens of
+/// megabytes after a burst, more than a million idle channels' share
+/// (docs/BENCHMARKS.md, session 5). A second is long against a turn and
+/// short against how long an idle server stays idle.
+const IDLE_MEMORY_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) struct Shard {
     id: usize,
@@ -95,6 +103,13 @@ pub(crate) struct Shard {
     journal: starling_storage::Journal,
     /// When the journal was last fdatasync'ed (the `interval` policy).
     journal_synced_at: Instant,
+    /// When the shard frees the memory of its busy turns if it stays idle
+    /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
+    /// had publishes to write, acknowledge or fan out, and again every as
+    /// long as idempotency keys remain to expire.
+    idle_release_at: Instant,
+    /// Freed since the last busy turn, with no idempotency key left.
+    idle_memory_released: bool,
     shutting_down: bool,
 }
 
@@ -135,6 +150,8 @@ impl Shard {
             last_timestamp_ms: 0,
             journal,
             journal_synced_at: Instant::now(),
+            idle_release_at: Instant::now() + IDLE_MEMORY_RELEASE_AFTER,
+            idle_memory_released: false,
             shutting_down: false,
         }
     }
@@ -184,6 +201,7 @@ impl Shard {
             self.send_overflow();
             self.report_depths();
             self.tick_timers(&mut last_retention);
+            self.release_idle_memory();
             self.close_lingering();
             if self.shutting_down {
                 self.finish_shutdown();
@@ -379,6 +397,42 @@ impl Shard {
         }
     }
 
+    /// Frees the buffers busy turns left behind (only empty ones), once the
+    /// shard has been idle for [`IDLE_MEMORY_RELEASE_AFTER`], and the
+    /// idempotency keys that fell out of their window; repeated every
+    /// [`IDLE_MEMORY_RELEASE_AFTER`] while keys remain, then not until the
+    /// next busy turn.
+    fn release_idle_memory(&mut self) {
+        if self.idle_memory_released || Instant::now() < self.idle_release_at {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let mut keys_left = false;
+        for partition in self.partitions.values_mut() {
+            partition.release_idle_memory(now_ms);
+            keys_left |= partition.log.idempotency_keys() > 0;
+        }
+        if keys_left {
+            self.idle_release_at = Instant::now() + IDLE_MEMORY_RELEASE_AFTER;
+        } else {
+            self.idle_memory_released = true;
+        }
+        self.journal.release_idle_memory();
+        for queue in &mut self.overflow {
+            release_if_empty(queue);
+        }
+        release_if_empty(&mut self.self_queue);
+        release_if_empty(&mut self.handshakes);
+        if self.dirty.is_empty() {
+            self.dirty = Vec::new();
+        }
+        if self.read_again.is_empty() {
+            self.read_again = Vec::new();
+        }
+        self.spare_input = BytesMut::new();
+        crate::engine::run_idle_memory_hook();
+    }
+
     /// A timestamp for a new record: wall clock, but never behind the last one
     /// this shard assigned, so a clock step back cannot reorder timestamps.
     fn next_timestamp_ms(&mut self) -> u64 {
@@ -428,4 +482,11 @@ pub(crate) fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Replaces an empty queue by one with no allocation.
+fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() {
+        *queue = VecDeque::new();
+    }
 }

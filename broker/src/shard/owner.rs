@@ -60,6 +60,26 @@ impl OwnedPartition {
         }
     }
 
+    /// Frees the turn buffers a busy turn grew (they are empty between
+    /// turns) and the log's own (see `Shard::release_idle_memory`).
+    pub(crate) fn release_idle_memory(&mut self, now_ms: u64) {
+        if self.acks.is_empty() {
+            self.acks = Vec::new();
+        }
+        if self.fanout.is_empty() {
+            self.fanout = Vec::new();
+        }
+        self.log.release_idle_memory(now_ms);
+    }
+
+    /// Heap bytes held by what [`OwnedPartition::release_idle_memory`] frees.
+    #[cfg(test)]
+    pub(crate) fn idle_buffer_bytes(&self) -> usize {
+        self.acks.capacity() * std::mem::size_of::<PendingAck>()
+            + self.fanout.capacity() * std::mem::size_of::<(Arc<str>, Message)>()
+            + self.log.idle_buffer_bytes()
+    }
+
     fn storage_failed(&self) -> BrokerError {
         BrokerError::StorageFailed {
             partition: self.log.id(),
@@ -216,6 +236,8 @@ impl Shard {
         }
         ids.sort_unstable();
         let commit_started = Instant::now();
+        self.idle_release_at = commit_started + super::IDLE_MEMORY_RELEASE_AFTER;
+        self.idle_memory_released = false;
 
         // Phase 1: write each partition's pending batches; the journal
         // copies them into its entries.
@@ -602,5 +624,52 @@ impl PartitionTable {
 
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut OwnedPartition> {
         self.iter_mut().map(|(_, p)| p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_storage::PartitionConfig;
+
+    /// What a busy turn leaves in a partition's turn buffers is freed once
+    /// the shard is idle: nothing of it stays per partition.
+    #[test]
+    fn idle_partitions_hold_no_turn_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Partition::open(dir.path(), 0, PartitionConfig::default()).unwrap();
+        let mut partition = OwnedPartition::new(log);
+        for i in 0..1_000u64 {
+            let channel = format!("room-{i}");
+            let record = NewRecord {
+                channel: channel.as_bytes(),
+                timestamp_ms: i,
+                kind: 1,
+                sender: b"alice",
+                client_message_id: b"",
+                relation: 0,
+                headers: b"",
+                body: b"hello",
+            };
+            let appended = partition.log.append(&record).unwrap();
+            partition.acks.push(PendingAck {
+                to: ConnRef {
+                    shard: 0,
+                    slot: 0,
+                    generation: 0,
+                },
+                request_id: 1,
+                reply_as: ReplyAs::Plain,
+                seq: appended.seq,
+                offset: appended.offset,
+                timestamp_ms: i,
+                duplicate: false,
+            });
+        }
+        partition.log.flush().unwrap();
+        partition.acks.clear();
+        assert!(partition.idle_buffer_bytes() > 1_000 * std::mem::size_of::<PendingAck>());
+        partition.release_idle_memory(1_000);
+        assert_eq!(partition.idle_buffer_bytes(), 0);
     }
 }
