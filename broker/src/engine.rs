@@ -63,7 +63,6 @@ pub enum EngineError {
     Poll(io::Error),
 }
 
-/// State every shard reads: configuration, routing, inboxes, counters.
 /// What [`set_idle_memory_hook`] installed.
 static IDLE_MEMORY_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
@@ -84,6 +83,7 @@ pub(crate) fn run_idle_memory_hook() {
     }
 }
 
+/// State every shard reads: configuration, routing, inboxes, counters.
 pub(crate) struct EngineShared {
     pub config: EngineConfig,
     pub routing: Routing,
