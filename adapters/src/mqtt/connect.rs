@@ -194,9 +194,18 @@ impl MqttSession {
         let state = self.state.as_mut().expect("connected");
         if !clean_start {
             // The CONNACK says whether a session was found: read it first.
-            if !state.session_read {
-                state.read_session(1, context);
+            // Records read for the owner check were read before this
+            // connection was registered: read them again, so that what an
+            // older connection of the client id recorded as it left on its
+            // own meanwhile (its `left` record, with a delayed will) is in
+            // them.
+            if state.session_read {
+                state.session_read = false;
+                if let Some(restore) = state.restore.as_mut() {
+                    restore.session_records.clear();
+                }
             }
+            state.read_session(1, context);
             let channel = qos2_channel(&state.client_id);
             read_last_own(state, Pending::Qos2Read, channel, context);
             return self.try_resume(context);
