@@ -93,6 +93,17 @@ fn make_certificate(dir: &Path, name: &str, usage: &str) {
     );
 }
 
+/// Writes the CA certificates of `names` (made by [`make_certificate`]) into
+/// one PEM file, `file` in `dir`; returns its path.
+fn write_ca_bundle(dir: &Path, file: &str, names: &[&str]) -> String {
+    let bundle: String = names
+        .iter()
+        .map(|name| std::fs::read_to_string(dir.join(format!("{name}-ca.pem"))).unwrap())
+        .collect();
+    std::fs::write(dir.join(file), bundle).unwrap();
+    path(dir, file)
+}
+
 fn path(dir: &Path, file: &str) -> String {
     dir.join(file).to_str().unwrap().to_string()
 }
@@ -479,11 +490,7 @@ fn revoked_client_certificates_are_refused_after_a_reload() {
     // A second client CA, trusted but without a revocation list.
     make_certificate(dir.path(), "other", "clientAuth");
     start_revocation_list(dir.path(), "client");
-    let client_ca = path(dir.path(), "client-cas.pem");
-    let bundle = ["client-ca.pem", "other-ca.pem"]
-        .map(|file| std::fs::read_to_string(dir.path().join(file)).unwrap())
-        .concat();
-    std::fs::write(&client_ca, bundle).unwrap();
+    let client_ca = write_ca_bundle(dir.path(), "client-cas.pem", &["client", "other"]);
     let client_crl = path(dir.path(), "client-crl.pem");
     let server = start_tls_server(
         dir.path(),
@@ -671,13 +678,10 @@ fn client_certificates_sign_in_as_their_user() {
     make_certificate(dir.path(), "server", "serverAuth");
     // alice and bob are users (bob disabled); mallory is not. Their CAs
     // together are the client CA file.
-    let mut client_cas = String::new();
     for name in ["alice", "bob", "mallory"] {
         make_certificate(dir.path(), name, "clientAuth");
-        client_cas
-            .push_str(&std::fs::read_to_string(dir.path().join(format!("{name}-ca.pem"))).unwrap());
     }
-    std::fs::write(dir.path().join("clients-ca.pem"), client_cas).unwrap();
+    write_ca_bundle(dir.path(), "clients-ca.pem", &["alice", "bob", "mallory"]);
     let config = dir.path().join("starling.toml");
     std::fs::write(
         &config,
