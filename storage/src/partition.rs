@@ -339,7 +339,14 @@ fn recover(
                         next.wrapping_sub(base)
                     ),
                 })?;
-            segments.push(Segment::new(base, file_path.clone(), file, len, summary));
+            segments.push(Segment::new(
+                base,
+                file_path.clone(),
+                file,
+                len,
+                len,
+                summary,
+            ));
             expected_base = next;
             continue;
         }
@@ -349,10 +356,15 @@ fn recover(
         let skipped;
         let scan = {
             let map = if file_len > 0 {
-                Some(
+                let map = Arc::new(
                     SegmentMap::map(&file, file_len)
                         .map_err(|e| StorageError::io("map", file_path, e))?,
-                )
+                );
+                // SAFETY: the map covers the whole file, and nothing writes
+                // to the file while recovery scans it: this partition writes
+                // only after the scan (the torn tail below is cut after the
+                // map is gone) and holds the directory lock against others.
+                Some(unsafe { map.slice(0, file_len as usize) })
             } else {
                 None
             };
@@ -374,7 +386,7 @@ fn recover(
                     detail,
                 })
             };
-            let mut data = map.as_ref().map_or(&[][..], |map| map.bytes());
+            let mut data = map.as_ref().map_or(&[][..], |map| map.as_ref());
             if let (Some(_), Some(next)) = (tail, next_base) {
                 // With a journal, what lies after a sealed segment's end (the
                 // next base) is not data: it may be left from a crash point.
@@ -440,6 +452,13 @@ fn recover(
             file_path.clone(),
             file,
             scan.valid_len,
+            // The last segment is the active one: map it once at the size
+            // it may grow to.
+            if is_last {
+                config.segment_bytes_max
+            } else {
+                scan.valid_len
+            },
             summary,
         ));
     }
@@ -1174,8 +1193,14 @@ impl Partition {
         };
         self.directory_unsynced = true;
         let summary = SegmentSummary::new(self.config.retention.len());
-        self.segments
-            .push(Segment::new(base, file_path, file, 0, summary));
+        self.segments.push(Segment::new(
+            base,
+            file_path,
+            file,
+            0,
+            self.config.segment_bytes_max,
+            summary,
+        ));
         if let Some(state) = snapshot {
             self.checkpointed = Some((state.log_start, state.position));
             self.worker.submit(CheckpointJob {

@@ -143,8 +143,13 @@ pub(crate) struct Segment {
     pub file: File,
     /// Bytes of valid, flushed batches.
     pub len: u64,
-    /// The current map, if any; replaced by a longer one when a read needs
-    /// bytes beyond it. Old maps live on in the `Record`s that use them.
+    /// How many bytes a map of this segment covers at least: the size an
+    /// active segment may grow to, so that it is mapped once and not again
+    /// as it grows; a sealed segment's length.
+    map_bytes: u64,
+    /// The current map, if any; replaced by a longer one only when a read
+    /// needs bytes beyond it (a batch larger than `map_bytes`). Old maps
+    /// live on in the `Record`s that use them.
     map: RefCell<Option<Arc<SegmentMap>>>,
     pub summary: SegmentSummary,
     /// Where its batches start, found on demand (only reads of a partition
@@ -165,11 +170,14 @@ pub(crate) struct BatchStarts {
 }
 
 impl Segment {
+    /// `map_bytes`: the size the segment may grow to (its length if it is
+    /// sealed); its map covers that much.
     pub(crate) fn new(
         base: u64,
         path: PathBuf,
         file: File,
         len: u64,
+        map_bytes: u64,
         summary: SegmentSummary,
     ) -> Segment {
         Segment {
@@ -177,6 +185,7 @@ impl Segment {
             path,
             file,
             len,
+            map_bytes,
             map: RefCell::new(None),
             summary,
             batch_starts: RefCell::new(BatchStarts::default()),
@@ -220,17 +229,19 @@ impl Segment {
             }
             ReadMode::Mmap => {
                 let map = self.map_covering(end)?;
-                Ok(Chunk::Mapped(MapSlice {
-                    map,
-                    start: position as usize,
-                    end: end as usize,
+                // SAFETY: `position..end` lies inside the flushed length
+                // (checked above), whose bytes the partition never modifies
+                // or truncates while a map exists; `map_covering` returns a
+                // map of at least `end` bytes.
+                Ok(Chunk::Mapped(unsafe {
+                    map.slice(position as usize, end as usize)
                 }))
             }
         }
     }
 
-    /// The current map if it covers `end`, else a new map of all flushed
-    /// bytes.
+    /// The current map if it covers `end`, else a new map of `map_bytes` (or
+    /// of all flushed bytes, if more).
     fn map_covering(&self, end: u64) -> Result<Arc<SegmentMap>, StorageError> {
         let mut slot = self.map.borrow_mut();
         if let Some(map) = slot.as_ref() {
@@ -239,7 +250,7 @@ impl Segment {
             }
         }
         let map = Arc::new(
-            SegmentMap::map(&self.file, self.len)
+            SegmentMap::map(&self.file, self.len.max(self.map_bytes))
                 .map_err(|e| StorageError::io("map", &self.path, e))?,
         );
         *slot = Some(Arc::clone(&map));
@@ -263,6 +274,51 @@ mod tests {
         assert_eq!(
             parse_segment_file_name(&segment_file_name(u64::MAX)),
             Some(u64::MAX)
+        );
+    }
+
+    fn mapped(chunk: Chunk) -> MapSlice {
+        match chunk {
+            Chunk::Mapped(slice) => slice,
+            Chunk::Owned(_) => panic!("a map read returned owned bytes"),
+        }
+    }
+
+    /// A growing segment is mapped once: reads of bytes appended after the
+    /// first map use that map (remapping on the append path stalled shards
+    /// for milliseconds), and a read past `map_bytes` maps again.
+    #[test]
+    fn an_active_segment_is_mapped_once_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(0));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&[1; 100], 0).unwrap();
+        let mut segment = Segment::new(0, path, file, 100, 8192, SegmentSummary::new(0));
+
+        let first = mapped(segment.read(10, 20, ReadMode::Mmap).unwrap());
+        assert_eq!(first.as_ref(), &[1; 20]);
+        segment.file.write_all_at(&[2; 4000], 100).unwrap();
+        segment.len = 4100;
+        let second = mapped(segment.read(4000, 100, ReadMode::Mmap).unwrap());
+        assert_eq!(second.as_ref(), &[2; 100]);
+        assert!(Arc::ptr_eq(first.map(), second.map()), "no new map");
+        assert_eq!(first.map().len(), 8192);
+
+        segment.file.write_all_at(&[3; 8000], 4100).unwrap();
+        segment.len = 12_100;
+        let third = mapped(segment.read(12_000, 100, ReadMode::Mmap).unwrap());
+        assert_eq!(third.as_ref(), &[3; 100]);
+        assert_eq!(third.map().len(), 12_100, "a read past the map maps again");
+        // The older slices still read their bytes through the old map.
+        assert_eq!(first.as_ref(), &[1; 20]);
+        assert_eq!(
+            segment.read(0, 12_100, ReadMode::Pread).unwrap().as_slice()[4100..],
+            [3; 8000]
         );
     }
 }
