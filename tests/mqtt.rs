@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{ChatClient, Server};
+use common::{ChatClient, ChildGuard, Server};
 use serde_json::json;
 use starling_protocol::mqtt::{
     decode, Connect, Decoded, MqttLimits, Packet, Properties, ProtocolVersion, Publish, QoS,
@@ -24,7 +24,7 @@ fn server(env: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
     (dir, server)
 }
 
-fn mosquitto(program: &str, address: SocketAddr, args: &[&str]) -> std::process::Child {
+fn mosquitto(program: &str, address: SocketAddr, args: &[&str]) -> ChildGuard {
     assert!(
         Command::new(program)
             .arg("--help")
@@ -34,18 +34,21 @@ fn mosquitto(program: &str, address: SocketAddr, args: &[&str]) -> std::process:
             .is_ok(),
         "{program} is missing: install Debian's mosquitto-clients (`.ci/run` does)"
     );
-    Command::new(program)
-        .args(["-h", "127.0.0.1", "-p", &address.port().to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the mosquitto client runs")
+    ChildGuard::new(
+        Command::new(program)
+            .args(["-h", "127.0.0.1", "-p", &address.port().to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the mosquitto client runs"),
+    )
 }
 
 /// Runs a client to completion (killed after 20 s) and returns its output.
-fn finish(child: std::process::Child) -> (bool, String) {
+fn finish(child: impl Into<std::process::Child>) -> (bool, String) {
+    let child = child.into();
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(20));
@@ -66,19 +69,21 @@ fn finish(child: std::process::Child) -> (bool, String) {
 fn subscriber(
     address: SocketAddr,
     args: &[&str],
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     // Line-buffered, so the debug line about the SUBACK arrives when it
     // happens, not when the client exits.
-    let mut child = Command::new("stdbuf")
-        .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p"])
-        .arg(address.port().to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("stdbuf and mosquitto_sub run (install mosquitto-clients)");
+    let mut child = ChildGuard::new(
+        Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-d", "-h", "127.0.0.1", "-p"])
+            .arg(address.port().to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("stdbuf and mosquitto_sub run (install mosquitto-clients)"),
+    );
     let stdout = child.stdout.take().expect("piped");
     let (lines_tx, lines) = std::sync::mpsc::channel();
     let (ready_tx, ready) = std::sync::mpsc::channel();

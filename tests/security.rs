@@ -133,15 +133,17 @@ fn mosquitto_pub_with(server: &Server, token: &str, topic: &str, extra: &[&str])
 }
 
 /// Starts `mosquitto_sub` (MQTT 5, QoS 1) signed in with `token`.
-fn mosquitto_sub(server: &Server, token: &str, args: &[&str]) -> std::process::Child {
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
-        .args(["-V", "mqttv5", "-u", "x", "-P", token, "-q", "1"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub runs")
+fn mosquitto_sub(server: &Server, token: &str, args: &[&str]) -> common::ChildGuard {
+    common::ChildGuard::new(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+            .args(["-V", "mqttv5", "-u", "x", "-P", token, "-q", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub runs"),
+    )
 }
 
 #[test]
@@ -265,15 +267,17 @@ fn revoked_sessions_and_disabled_users_lose_their_open_connections() {
     native.subscribe("team/red", SubscribeStart::Live).unwrap();
     let mut chat = ChatClient::open(server.http);
     chat.ok(json!({"type": "connect", "token": alice_other}));
-    let mut mqtt = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
-        .args([
-            "-u", "alice", "-P", &alice, "-t", "team/red", "-V", "mqttv5",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mqtt = common::ChildGuard::new(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+            .args([
+                "-u", "alice", "-P", &alice, "-t", "team/red", "-V", "mqttv5",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         mqtt.try_wait().unwrap().is_none(),
@@ -649,9 +653,13 @@ fn mqtt_retained_and_offline_wildcard_messages_reach_members() {
     // A persistent session with a wildcard filter, away while a message
     // goes to a topic it never saw.
     let durable = ["-i", "alice-wild", "-c", "-x", "3600", "-t", "team/+/news"];
-    let output = mosquitto_sub(&server, &alice, &[&durable[..], &["-E"]].concat())
-        .wait_with_output()
-        .unwrap();
+    let output = std::process::Child::from(mosquitto_sub(
+        &server,
+        &alice,
+        &[&durable[..], &["-E"]].concat(),
+    ))
+    .wait_with_output()
+    .unwrap();
     assert!(output.status.success(), "{output:?}");
     let output = mosquitto_pub(&server, &alice, "team/blue/news");
     assert!(output.contains("PUBACK (Mid: 1, RC:0)"), "{output}");

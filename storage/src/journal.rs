@@ -400,10 +400,40 @@ pub struct SyncTarget {
     pub directory: PathBuf,
 }
 
+/// How a [`Journal::switch`] orders the old file before the new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchSync {
+    /// The caller's thread fdatasyncs the old file (nothing to do when it is
+    /// synced already, as under the `fsync` policy) and writes the new
+    /// file's header, left for the file's first sync. For the policies that
+    /// acknowledge syncs of the journal as durable.
+    Now,
+    /// The background thread fdatasyncs the old file, then writes and
+    /// fdatasyncs the new header, before its partition syncs; the caller
+    /// writes entries to the new file at once. A [`Journal::sync`] before
+    /// that is done waits for it. For the `none` policy, whose loop would
+    /// otherwise stall for those fdatasyncs (10-40 ms each on the test VM
+    /// while the partitions' background sync ran) at every switch.
+    Background,
+}
+
+/// A background switch's ordering work (see [`SwitchSync::Background`]).
+struct Activation {
+    old: File,
+    old_path: PathBuf,
+    new: File,
+    new_path: PathBuf,
+    header: Vec<u8>,
+}
+
 /// Work for the journal's background thread.
 enum Job {
-    /// Sync the partitions' active segments and directories.
-    Sync(Vec<SyncTarget>),
+    /// Sync the partitions' active segments and directories (after a
+    /// background switch's activation, if any).
+    Sync {
+        activation: Option<Activation>,
+        targets: Vec<SyncTarget>,
+    },
     /// Zero-fill the inactive file from its current length to `bytes`.
     Prepare {
         file: File,
@@ -425,6 +455,10 @@ struct SyncerState {
     finished: u64,
     error: Option<String>,
     shutdown: bool,
+    /// Set by [`Journal::simulate_crash`]: queued jobs are dropped undone.
+    drop_queue: bool,
+    /// Tests only ([`Journal::hold_background`]): queued jobs wait.
+    held: bool,
 }
 
 struct SyncerShared {
@@ -484,6 +518,7 @@ impl Syncer {
     /// Waits until every job asked for is done; the first error, if any.
     fn wait(&self) -> Result<(), String> {
         let mut state = self.shared.lock();
+        assert!(!state.held, "a held journal thread would never finish");
         while state.finished < state.requested && state.error.is_none() {
             state = self
                 .shared
@@ -501,7 +536,11 @@ impl Syncer {
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.shared.abandon.store(true, Ordering::Relaxed);
-        self.shared.lock().shutdown = true;
+        {
+            let mut state = self.shared.lock();
+            state.shutdown = true;
+            state.held = false;
+        }
         self.shared.changed.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -515,11 +554,45 @@ impl Syncer {
         let state = self.shared.lock();
         state.finished == state.requested
     }
+
+    /// Stops the thread like a crash would: queued jobs are not run (one
+    /// already running finishes). Whether every job asked for had run.
+    fn stop_abruptly(mut self) -> bool {
+        {
+            let mut state = self.shared.lock();
+            state.drop_queue = true;
+            state.shutdown = true;
+        }
+        self.shared.abandon.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let state = self.shared.lock();
+        state.finished == state.requested
+    }
 }
 
 fn run_job(job: &Job, abandon: &AtomicBool) -> Result<(), String> {
     match job {
-        Job::Sync(targets) => {
+        Job::Sync {
+            activation,
+            targets,
+        } => {
+            if let Some(activation) = activation {
+                // The old file's entries first: recovery replays the new
+                // file's only after them, without a gap.
+                activation.old.sync_data().map_err(|e| {
+                    StorageError::io("fdatasync", &activation.old_path, e).to_string()
+                })?;
+                activation
+                    .new
+                    .write_all_at(&activation.header, 0)
+                    .and_then(|()| activation.new.sync_data())
+                    .map_err(|e| {
+                        StorageError::io("write the header of", &activation.new_path, e).to_string()
+                    })?;
+            }
             let mut directories: Vec<&Path> = Vec::new();
             for target in targets {
                 target
@@ -549,7 +622,11 @@ fn run_job(job: &Job, abandon: &AtomicBool) -> Result<(), String> {
 fn run_syncer(shared: &SyncerShared) {
     let mut state = shared.lock();
     loop {
-        if !state.queue.is_empty() {
+        if state.drop_queue {
+            state.queue.clear();
+            state.trickle = None;
+        }
+        if !state.queue.is_empty() && !state.held {
             let job = state.queue.remove(0);
             drop(state);
             let result = run_job(&job, &shared.abandon);
@@ -561,7 +638,13 @@ fn run_syncer(shared: &SyncerShared) {
             shared.changed.notify_all();
             continue;
         }
-        if let Some(targets) = state.trickle.take() {
+        // A held thread (tests) starts no write-back either.
+        let trickle = if state.held {
+            None
+        } else {
+            state.trickle.take()
+        };
+        if let Some(targets) = trickle {
             drop(state);
             for target in &targets {
                 // Only a hint: the switch's fdatasync reports real failures.
@@ -596,6 +679,9 @@ pub struct Journal {
     buffer: Vec<u8>,
     /// Written and not yet fdatasync'ed.
     unsynced: bool,
+    /// A background switch's header may not be written yet: a sync waits
+    /// for the background thread first.
+    activation_pending: bool,
     /// The inactive file was given to the background thread to zero-fill
     /// (reset at a switch).
     prepare_requested: bool,
@@ -668,6 +754,7 @@ impl Journal {
             file_bytes,
             buffer: Vec::new(),
             unsynced: false,
+            activation_pending: false,
             prepare_requested: false,
             growing: false,
             trickled_at: 0,
@@ -807,10 +894,7 @@ impl Journal {
         self.prepare_requested = true;
         let other = 1 - self.active;
         let path = self.directory.join(file_name(other));
-        let file = match self.files[other].try_clone() {
-            Ok(file) => file,
-            Err(error) => return Err(self.fail(StorageError::io("duplicate", &path, error))),
-        };
+        let file = self.duplicate(other)?;
         self.syncer.request(Job::Prepare {
             file,
             path,
@@ -830,11 +914,15 @@ impl Journal {
         self.unsynced
     }
 
-    /// Makes every written entry durable (`fdatasync` of the active file).
+    /// Makes every written entry durable (`fdatasync` of the active file;
+    /// after a background switch, once its header is in place).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.check_not_failed()?;
         if !self.unsynced {
             return Ok(());
+        }
+        if self.activation_pending {
+            self.wait_for_background()?;
         }
         if let Err(error) = self.files[self.active].sync_data() {
             let path = self.active_path();
@@ -874,21 +962,80 @@ impl Journal {
     /// was written, which the previous switch asked the background thread to
     /// do (waited for here if it has not finished); this switch asks it to
     /// sync `targets`, which makes the active file's content redundant by
-    /// the next switch.
+    /// the next switch. `order` says which thread makes the old file durable
+    /// before the new one counts.
     pub fn switch(
         &mut self,
         partitions: &[(u32, u64)],
         targets: Vec<SyncTarget>,
+        order: SwitchSync,
     ) -> Result<(), StorageError> {
         self.check_not_failed()?;
         assert!(
             self.buffer.is_empty(),
             "write the turn's entries before a switch"
         );
-        // The new file's entries must follow durable ones: recovery replays
-        // the old file, then the new one, without a gap. (Under the `fsync`
-        // policy the old file is synced already: this costs nothing.)
-        self.sync()?;
+        if order == SwitchSync::Now {
+            // The new file's entries must follow durable ones: recovery
+            // replays the old file, then the new one, without a gap. (Under
+            // the `fsync` policy the old file is synced already: this costs
+            // nothing.)
+            self.sync()?;
+        }
+        self.wait_for_background()?;
+        let new = 1 - self.active;
+        let generation = self.generation + 1;
+        let activation = match order {
+            // The new header is not synced on its own: the file's next sync
+            // makes it durable with the first entries, so a switch costs the
+            // shard no fdatasync of its own (one took 10-40 ms on the test
+            // VM while the background sync of the partitions ran). Until
+            // then a crash may leave the header lost (zeros, or the file's
+            // stale header of two generations ago); either way recovery does
+            // not take the file as the newest, and replays the old one,
+            // which is durable whole. Nothing written to the new file was
+            // acknowledged as durable before that sync, and stale entries
+            // stop at the first new one (its generation is not the stale
+            // header's).
+            SwitchSync::Now => {
+                self.activate(new, generation, partitions, false)?;
+                None
+            }
+            // The same, with the old file's sync and the header's write
+            // and sync on the background thread, ahead of the partition
+            // syncs; until the header is durable, recovery ignores the new
+            // file's entries as above.
+            SwitchSync::Background => {
+                let header = encode_header(generation, self.run, partitions);
+                let activation = Activation {
+                    old: self.duplicate(self.active)?,
+                    old_path: self.active_path(),
+                    new: self.duplicate(new)?,
+                    new_path: self.directory.join(file_name(new)),
+                    header,
+                };
+                let header_bytes = activation.header.len() as u64;
+                self.active = new;
+                self.generation = generation;
+                self.position = header_bytes;
+                self.trickled_at = header_bytes;
+                self.activation_pending = true;
+                Some(activation)
+            }
+        };
+        self.prepare_requested = false;
+        self.growing = false;
+        self.syncer.request(Job::Sync {
+            activation,
+            targets,
+        });
+        Ok(())
+    }
+
+    /// Waits until the background thread has done every job asked for (a
+    /// background switch's header is then durable); its first error fails
+    /// the journal.
+    pub fn wait_for_background(&mut self) -> Result<(), StorageError> {
         if let Err(reason) = self.syncer.wait() {
             self.failed = Some(reason.clone());
             return Err(StorageError::Failed {
@@ -896,21 +1043,36 @@ impl Journal {
                 reason,
             });
         }
-        // The new header is not synced on its own: the file's next sync
-        // makes it durable with the first entries, so a switch costs the
-        // shard no fdatasync of its own (one took 10-40 ms on the test VM
-        // while the background sync of the partitions ran). Until then a
-        // crash may leave the header lost (zeros, or the file's stale header
-        // of two generations ago); either way recovery does not take the
-        // file as the newest, and replays the old one, which is durable
-        // whole. Nothing written to the new file was acknowledged as
-        // durable before that sync, and stale entries stop at the first new
-        // one (its generation is not the stale header's).
-        self.activate(1 - self.active, self.generation + 1, partitions, false)?;
-        self.prepare_requested = false;
-        self.growing = false;
-        self.syncer.request(Job::Sync(targets));
+        self.activation_pending = false;
         Ok(())
+    }
+
+    /// Tests only: while held, the background thread starts no job, so a
+    /// test can crash before a switch's background work. Release before
+    /// anything that waits for that work (a sync after a background switch,
+    /// a switch, a close), which panics otherwise.
+    #[doc(hidden)]
+    pub fn hold_background(&self, hold: bool) {
+        self.syncer.shared.lock().held = hold;
+        self.syncer.shared.changed.notify_all();
+    }
+
+    /// Ends the journal's background thread the way a crash would (tests
+    /// only): jobs not started yet are dropped. Whether every job asked for
+    /// had run, so a test knows what a crash may have lost.
+    pub fn simulate_crash(self) -> bool {
+        self.syncer.stop_abruptly()
+    }
+
+    /// A second descriptor of file `index` for the background thread.
+    fn duplicate(&mut self, index: usize) -> Result<File, StorageError> {
+        match self.files[index].try_clone() {
+            Ok(file) => Ok(file),
+            Err(error) => {
+                let path = self.directory.join(file_name(index));
+                Err(self.fail(StorageError::io("duplicate", &path, error)))
+            }
+        }
     }
 }
 
@@ -924,13 +1086,7 @@ impl Journal {
     pub fn close(&mut self, partitions: &[(u32, u64)]) -> Result<(), StorageError> {
         self.check_not_failed()?;
         self.sync()?;
-        if let Err(reason) = self.syncer.wait() {
-            self.failed = Some(reason.clone());
-            return Err(StorageError::Failed {
-                partition_id: u32::MAX,
-                reason,
-            });
-        }
+        self.wait_for_background()?;
         let old = self.active;
         self.activate(1 - old, self.generation + 1, partitions, true)?;
         let path = self.directory.join(file_name(old));

@@ -86,7 +86,7 @@ pub use data_dir::DataDir;
 pub use encryption::KeyRing;
 pub use error::StorageError;
 pub use format::decode_batch;
-pub use journal::{Journal, JournalRecovery, SyncTarget, UnsyncedTail};
+pub use journal::{Journal, JournalRecovery, SwitchSync, SyncTarget, UnsyncedTail};
 #[doc(hidden)]
 pub use partition::Fault;
 pub use partition::{Partition, RecoveryReport};

@@ -9,7 +9,7 @@ use common::*;
 use starling_storage::journal::{journal_path, recover_journals, JOURNAL_FILE_BYTES_MINIMUM};
 use starling_storage::{
     verify_partition_dir_with, Journal, Partition, PartitionConfig, PartitionOptions,
-    RecoveryReport, StorageError, UnsyncedTail,
+    RecoveryReport, StorageError, SwitchSync, UnsyncedTail,
 };
 
 /// Opens partition 0 the way the engine does after reading the journals.
@@ -259,7 +259,9 @@ fn switching_files_keeps_both_generations_until_the_partitions_are_synced() {
     }
     let switched_at = partition.end_position();
     let target = partition.sync_target().unwrap();
-    journal.switch(&[(0, switched_at)], vec![target]).unwrap();
+    journal
+        .switch(&[(0, switched_at)], vec![target], SwitchSync::Now)
+        .unwrap();
     assert_eq!(journal.generation(), 2);
     for _ in 0..3 {
         t += 1;
@@ -302,7 +304,9 @@ fn write_back_started_between_switches_changes_nothing_recovery_sees() {
         if journal.wants_switch() {
             let end = partition.end_position();
             let target = partition.sync_target().unwrap();
-            journal.switch(&[(0, end)], vec![target]).unwrap();
+            journal
+                .switch(&[(0, end)], vec![target], SwitchSync::Now)
+                .unwrap();
             switches += 1;
         } else if journal.wants_trickle() {
             journal.trickle(vec![partition.sync_target().unwrap()]);

@@ -15,7 +15,7 @@ use std::path::Path;
 use common::*;
 use starling_storage::crash_image::{lose_pages_from, lose_unsynced_partition_pages};
 use starling_storage::journal::{recover_journals, JOURNAL_FILE_BYTES_MINIMUM};
-use starling_storage::{Journal, Partition, PartitionConfig, PartitionOptions};
+use starling_storage::{Journal, Partition, PartitionConfig, PartitionOptions, SwitchSync};
 
 const PARTITIONS: u32 = 3;
 
@@ -43,6 +43,13 @@ struct Shard {
     model: Vec<Vec<ModelRecord>>,
     /// Where the journal's synced bytes end (file, position).
     journal_synced: Option<(std::path::PathBuf, u64)>,
+    /// After a background switch, until a sync or switch has waited for it:
+    /// the old file and where its synced bytes end (its later bytes, and the
+    /// new file's header, are durable only once the background thread ran).
+    background_switch: Option<(std::path::PathBuf, u64)>,
+    /// The journal's background thread is held (it starts no job): a crash
+    /// now comes before the background switch's work.
+    held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +61,9 @@ struct Stats {
     /// Crashes after a switch and before the new file's first sync (its
     /// header unsynced).
     crashes_before_a_header_sync: usize,
+    background_switches: usize,
+    /// Crashes that dropped a background switch's work undone.
+    crashes_before_a_background_switch_ran: usize,
     partition_pages_lost: u64,
     journal_pages_lost: u64,
     replayed_records: u64,
@@ -122,7 +132,22 @@ impl Shard {
     /// bytes to the journal, and (when `sync`) fdatasync the journal, which
     /// acknowledges everything written so far; then switch files or start
     /// the write-back when the journal asks.
-    fn turn(&mut self, sync: bool, stats: &mut Stats) {
+    /// Lets the journal's background thread go on (before anything that
+    /// waits for it).
+    fn release(&mut self) {
+        if self.held {
+            self.journal.hold_background(false);
+            self.held = false;
+        }
+    }
+
+    /// `background`: a switch, if the journal asks for one, leaves the old
+    /// file's sync to the background thread (the `none` policy's way); with
+    /// `hold` that thread is held until something waits for it.
+    fn turn(&mut self, sync: bool, background: bool, hold: bool, stats: &mut Stats) {
+        if sync || self.journal.wants_switch() {
+            self.release();
+        }
         let journal = &mut self.journal;
         for partition in &mut self.partitions {
             let id = partition.id();
@@ -137,7 +162,9 @@ impl Shard {
             }
         }
         if sync {
+            // Waits for a background switch's work first.
             journal.sync().unwrap();
+            self.background_switch = None;
             self.journal_synced = Some(journal.active_file());
             for records in &mut self.model {
                 for record in records.iter_mut().filter(|r| r.state == State::Written) {
@@ -151,18 +178,42 @@ impl Shard {
                 .iter()
                 .map(|p| p.sync_target().unwrap())
                 .collect();
+            let old = self.journal.active_file();
+            let old_synced = match &self.journal_synced {
+                Some((file, position)) if *file == old.0 => *position,
+                _ => 4096,
+            };
+            let order = if background {
+                SwitchSync::Background
+            } else {
+                SwitchSync::Now
+            };
+            // Either way it first waits for an earlier switch's background
+            // work.
             self.journal
-                .switch(&ends(&self.partitions), targets)
+                .switch(&ends(&self.partitions), targets, order)
                 .unwrap();
-            // A switch syncs the old file first; the new file's header is
-            // not synced until the file's first sync, so a crash before that
-            // may lose it too.
-            self.journal_synced = Some((self.journal.active_file().0, 0));
-            for records in &mut self.model {
-                for record in records.iter_mut().filter(|r| r.state == State::Written) {
-                    record.state = State::Acked;
+            if background && hold {
+                self.journal.hold_background(true);
+                self.held = true;
+            }
+            if background {
+                self.background_switch = Some((old.0, old_synced));
+                stats.background_switches += 1;
+            } else {
+                // The old file is synced now, and what it holds is
+                // acknowledged.
+                self.background_switch = None;
+                for records in &mut self.model {
+                    for record in records.iter_mut().filter(|r| r.state == State::Written) {
+                        record.state = State::Acked;
+                    }
                 }
             }
+            // The new file's header is not synced until the file's first
+            // sync (or the background thread's), so a crash before that may
+            // lose it too.
+            self.journal_synced = Some((self.journal.active_file().0, 0));
             stats.switches += 1;
         } else if self.journal.wants_trickle() {
             let targets = self
@@ -177,7 +228,8 @@ impl Shard {
 
     /// A clean stop (every partition synced, the journal closed) and a
     /// start: everything written is kept, pending appends are not.
-    fn clean_restart(self, dir: &Path, stats: &mut Stats) -> Shard {
+    fn clean_restart(mut self, dir: &Path, stats: &mut Stats) -> Shard {
+        self.release();
         let Shard {
             mut partitions,
             mut journal,
@@ -187,6 +239,7 @@ impl Shard {
         for partition in &mut partitions {
             partition.sync().unwrap();
         }
+        // Closing waits for a background switch's work.
         journal.close(&ends(&partitions)).unwrap();
         drop(journal);
         drop(partitions);
@@ -204,6 +257,8 @@ impl Shard {
             run,
             model,
             journal_synced: None,
+            background_switch: None,
+            held: false,
         }
     }
 
@@ -215,10 +270,12 @@ impl Shard {
             journal,
             mut model,
             journal_synced,
+            background_switch,
             run,
+            ..
         } = self;
         let (journal_file, _) = journal.active_file();
-        drop(journal);
+        let background_ran = journal.simulate_crash();
         for partition in partitions {
             if rng.below(2) == 0 {
                 partition.wait_for_background();
@@ -237,6 +294,13 @@ impl Shard {
             stats.crashes_before_a_header_sync += 1;
         }
         stats.journal_pages_lost += lose_pages_from(&journal_file, from, &mut lose).unwrap();
+        // A background switch whose work was dropped: the old file's bytes
+        // after its last sync may be lost as well (and the new header was
+        // never written).
+        if let (Some((old_file, old_synced)), false) = (&background_switch, background_ran) {
+            stats.crashes_before_a_background_switch_ran += 1;
+            stats.journal_pages_lost += lose_pages_from(old_file, *old_synced, &mut lose).unwrap();
+        }
         stats.partition_pages_lost += lose_unsynced_partition_pages(dir, &mut lose).unwrap();
         let (partitions, journal, new_run) = start(dir, stats);
         assert!(new_run > run);
@@ -269,6 +333,8 @@ impl Shard {
             run: new_run,
             model,
             journal_synced: None,
+            background_switch: None,
+            held: false,
         };
         shard.check(seed);
         stats.crashes += 1;
@@ -309,6 +375,9 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(seed);
     let channels = PARTITIONS as usize + rng.below(9) as usize;
+    // Half the runs switch the way the `none` policy does after turns
+    // that do not sync.
+    let background_switches = rng.below(2) == 0;
     let (partitions, journal, run) = start(dir.path(), stats);
     let mut shard = Shard {
         partitions,
@@ -316,9 +385,16 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
         run,
         model: (0..channels).map(|_| Vec::new()).collect(),
         journal_synced: None,
+        background_switch: None,
+        held: false,
     };
     for step in 0..operations {
-        match rng.below(100) {
+        let mut operation = rng.below(100);
+        if background_switches && (60..=81).contains(&operation) && rng.below(4) != 0 {
+            // The `none` policy's way: turns that sync are rare.
+            operation = 82;
+        }
+        match operation {
             0..=59 => {
                 let index = rng.below(channels as u64) as usize;
                 let body = rng.body(10, 2500);
@@ -333,8 +409,11 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
                 });
                 assert_eq!(appended.seq, shard.model[index].len() as u64);
             }
-            60..=81 => shard.turn(true, stats),
-            82..=89 => shard.turn(false, stats),
+            60..=81 => shard.turn(true, false, false, stats),
+            82..=89 => {
+                let hold = rng.below(2) == 0;
+                shard.turn(false, background_switches, hold, stats)
+            }
             90..=91 => shard = shard.clean_restart(dir.path(), stats),
             92..=96 => shard = shard.crash_and_restart(dir.path(), &mut rng, seed, stats),
             _ => shard.check(seed),
@@ -358,6 +437,10 @@ fn acknowledged_records_survive_power_losses_that_lose_unsynced_pages() {
     assert!(stats.crashes > 12 && stats.clean_stops > 0, "{stats:?}");
     assert!(stats.switches > 0 && stats.trickles > 0, "{stats:?}");
     assert!(stats.crashes_before_a_header_sync > 0, "{stats:?}");
+    assert!(
+        stats.background_switches > 0 && stats.crashes_before_a_background_switch_ran > 0,
+        "{stats:?}"
+    );
     assert!(
         stats.partition_pages_lost > 0 && stats.journal_pages_lost > 0,
         "{stats:?}"

@@ -372,13 +372,53 @@ pub fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
     (status, head.to_string(), body)
 }
 
+/// A client process (`mosquitto_sub`, a browser, a script) that is killed
+/// when the guard is dropped, so a test that fails half-way does not leave
+/// it running. Derefs to the `Child`; `Child::from` takes it back.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl From<ChildGuard> for Child {
+    fn from(mut guard: ChildGuard) -> Child {
+        guard.0.take().expect("present until dropped")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Waits for `child` at most `timeout` (then kills it and fails the test) and
 /// returns its exit status, stdout and stderr.
 pub fn wait_with_timeout(
-    mut child: std::process::Child,
+    child: impl Into<Child>,
     timeout: Duration,
     what: &str,
 ) -> (std::process::ExitStatus, String, String) {
+    let mut child = child.into();
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the child") {

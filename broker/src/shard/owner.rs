@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use starling_protocol::{HistoryQuery, Message};
-use starling_storage::{NewRecord, Partition, ReadPage, Record, StorageError, SyncTarget};
+use starling_storage::{
+    NewRecord, Partition, ReadPage, Record, StorageError, SwitchSync, SyncTarget,
+};
 
 use super::Shard;
 use crate::command::{BrokerError, Reply};
@@ -355,9 +357,15 @@ impl Shard {
             .iter()
             .map(|(id, partition)| (*id, partition.log.end_position()))
             .collect();
+        // Under `none` nothing waits for the journal to be durable, so the
+        // old file's sync and the new header's go to the background thread.
+        let order = match self.shared.config.durability {
+            Durability::None => SwitchSync::Background,
+            Durability::Fsync | Durability::Interval => SwitchSync::Now,
+        };
         let result = self
             .sync_targets()
-            .and_then(|targets| self.journal.switch(&ends, targets));
+            .and_then(|targets| self.journal.switch(&ends, targets, order));
         if let Err(error) = result {
             for partition in self.partitions.values_mut() {
                 partition.fail(&error);
