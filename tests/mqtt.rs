@@ -2041,6 +2041,67 @@ fn unanswered_deliveries_come_again_with_their_packet_ids_after_sigkill() {
     }
 }
 
+/// A client that completes a later QoS 2 message while an earlier one is
+/// still open (the topic's cursor cannot pass it) does not get the later one
+/// again, as a new message, after a SIGKILL: the session's note lists what
+/// was acknowledged above the cursor. (It came again before.)
+#[test]
+fn a_qos2_message_completed_out_of_order_is_not_sent_again_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "ledger/entries";
+    let (mut ledger, _) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger", false);
+    subscribe(&mut ledger, topic, QoS::ExactlyOnce);
+    let texts: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .map(|text| text.to_string())
+        .collect();
+    publish_acked(&server, topic, &texts, QoS::AtLeastOnce);
+    let ids: Vec<u16> = texts
+        .iter()
+        .map(|text| {
+            let (id, _, payload) = next_publish(&mut ledger);
+            assert_eq!(&payload[..], text.as_bytes());
+            id.unwrap()
+        })
+        .collect();
+    // "first" and "third" are completed; "second" is left open.
+    for id in [ids[0], ids[2]] {
+        pubrec_then_pubrel(&mut ledger, id);
+        ledger.send(&Packet::PubComp(response(id)));
+    }
+    ledger.send(&Packet::PingReq);
+    assert_eq!(ledger.next(), Some(Packet::PingResp));
+    server.kill();
+    drop(ledger);
+
+    let server = Server::start(dir.path(), &[]);
+    let (mut ledger, present) = connect_session(server.mqtt, ProtocolVersion::V5, "ledger", false);
+    assert!(present, "the session survived the SIGKILL");
+    let second = loop {
+        match ledger.next() {
+            // The PUBCOMP of "third" may not have been noted yet: its PUBREL
+            // comes again, and is answered again.
+            Some(Packet::PubRel(rel)) if rel.packet_id == ids[2] => {
+                ledger.send(&Packet::PubComp(response(ids[2])));
+            }
+            Some(Packet::Publish(publish)) => break publish,
+            other => panic!("expected the open PUBLISH again, got {other:?}"),
+        }
+    };
+    assert!(second.dup, "{second:?}");
+    assert_eq!(
+        (second.packet_id, &second.payload[..]),
+        (Some(ids[1]), &b"second"[..])
+    );
+    pubrec_then_pubrel(&mut ledger, ids[1]);
+    ledger.send(&Packet::PubComp(response(ids[1])));
+    // The next PUBLISH is a new message, not "third" once more.
+    publish_acked(&server, topic, &["fourth".to_string()], QoS::AtLeastOnce);
+    let (_, _, payload) = next_publish(&mut ledger);
+    assert_eq!(&payload[..], b"fourth", "\"third\" came twice");
+}
+
 /// Many QoS 2 deliveries in flight at a SIGKILL (noted together, a few per
 /// note) all come again after the restart, in the order first sent, with
 /// their packet ids and DUP, and nothing else does.

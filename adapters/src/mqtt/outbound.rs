@@ -51,7 +51,7 @@ pub(super) struct InFlight {
 /// log after a reconnect skips them. A client that leaves one message
 /// unacknowledged while thousands after it are acknowledged stops being
 /// recorded here; after a reconnect it may then receive some of those again.
-const DELIVERED_ABOVE_CURSOR_MAX: usize = HELD_MESSAGES_MAX;
+pub(super) const DELIVERED_ABOVE_CURSOR_MAX: usize = HELD_MESSAGES_MAX;
 
 impl Connected {
     /// The state of outbound message `packet_id`, if it is in flight.

@@ -75,6 +75,13 @@ pub(super) struct Note {
     /// Outbound PUBLISHes not acknowledged yet, in the order they were
     /// sent.
     pub(super) sent: Vec<Sent>,
+    /// Seqs of cursor topics that the client acknowledged (PUBACK, or
+    /// PUBREC for QoS 2) while an earlier message of the topic was still
+    /// open, so that the topic's cursor could not pass them: (topic, seq).
+    /// A redelivery from the cursor after a restart skips them (without
+    /// this, a QoS 2 message completed out of order came again as a new
+    /// message).
+    pub(super) done: Vec<(String, u64)>,
 }
 
 /// An outbound QoS 1 or 2 PUBLISH of a stored message, as noted: enough to
@@ -148,13 +155,20 @@ impl Sent {
 
 impl Note {
     pub(super) fn is_empty(&self) -> bool {
-        self.received.is_empty() && self.released.is_empty() && self.sent.is_empty()
+        self.received.is_empty()
+            && self.released.is_empty()
+            && self.sent.is_empty()
+            && self.done.is_empty()
     }
 
     /// The note of `received` and of the released and sent messages in
     /// `outbound` (those of stored messages: a retained message sent at
     /// SUBSCRIBE has no seq of its topic and is not noted).
-    fn of(received: &HashMap<u16, Received>, outbound: &HashMap<u16, InFlight>) -> Note {
+    fn of(
+        received: &HashMap<u16, Received>,
+        outbound: &HashMap<u16, InFlight>,
+        done: Vec<(String, u64)>,
+    ) -> Note {
         let mut noted: Vec<(u16, u64)> = received
             .iter()
             .filter_map(|(packet_id, received)| Some((*packet_id, received.key?)))
@@ -167,6 +181,7 @@ impl Note {
         in_order.sort_unstable_by_key(|(order, _, _)| *order);
         let mut note = Note {
             received: noted,
+            done,
             ..Note::default()
         };
         for (_, packet_id, in_flight) in in_order {
@@ -188,13 +203,16 @@ impl Note {
     }
 
     /// `{"received": [[packet id, key], …], "released": [packet id, …],
-    /// "sent": [[packet id, topic, seq, qos], …]}` (`sent` only when there
-    /// are some).
+    /// "sent": [[packet id, topic, seq, qos], …], "done": [[topic, seq],
+    /// …]}` (`sent` and `done` only when there are some).
     fn body(&self) -> Bytes {
         let mut note = serde_json::json!({ "received": self.received, "released": self.released });
         if !self.sent.is_empty() {
             let sent: Vec<serde_json::Value> = self.sent.iter().map(Sent::to_json).collect();
             note["sent"] = serde_json::Value::Array(sent);
+        }
+        if !self.done.is_empty() {
+            note["done"] = serde_json::json!(self.done);
         }
         Bytes::from(note.to_string())
     }
@@ -218,6 +236,10 @@ impl Note {
                 .filter_map(|entry| u16::try_from(entry.as_u64()?).ok())
                 .collect(),
             sent: entries("sent").iter().filter_map(Sent::from_json).collect(),
+            done: entries("done")
+                .iter()
+                .filter_map(|entry| Some((entry[0].as_str()?.to_string(), entry[1].as_u64()?)))
+                .collect(),
         }
     }
 }
@@ -283,10 +305,64 @@ impl Connected {
                 client_message_id: Bytes::new(),
                 relation: 0,
                 headers: Bytes::new(),
-                body: Note::of(&self.qos.qos2_received, &self.qos.outbound).body(),
+                body: Note::of(
+                    &self.qos.qos2_received,
+                    &self.qos.outbound,
+                    self.done_above_cursors(),
+                )
+                .body(),
             },
         );
         request_id
+    }
+
+    /// The seqs above their topics' cursors that were sent and are no
+    /// longer in flight: acknowledged out of order (see `Note::done`).
+    fn done_above_cursors(&self) -> Vec<(String, u64)> {
+        let Some(extras) = self.extras.as_ref() else {
+            return Vec::new();
+        };
+        // Usually empty: with acknowledgements in order, what was sent
+        // above a cursor is exactly what is in flight.
+        let open: HashSet<(&str, u64)> = self
+            .qos
+            .positions
+            .values()
+            .map(|(topic, seq)| (&**topic, *seq))
+            .collect();
+        let mut done = Vec::new();
+        for (topic, seqs) in &extras.delivered {
+            for &seq in seqs {
+                if !open.contains(&(&**topic, seq)) {
+                    done.push((topic.to_string(), seq));
+                }
+            }
+        }
+        done.sort_unstable();
+        done
+    }
+
+    /// A resumed session's acknowledged seqs above its cursors (from its
+    /// note, before a restart): the redelivery from the cursors skips them.
+    pub(super) fn restore_done(
+        &mut self,
+        done: Vec<(String, u64)>,
+        keeps_cursor: impl Fn(&str) -> bool,
+    ) {
+        for (topic, seq) in done {
+            let passed = self
+                .qos
+                .cursors
+                .get(topic.as_str())
+                .is_some_and(|c| seq <= *c);
+            if passed || !keeps_cursor(&topic) {
+                continue;
+            }
+            let delivered = self.extras().delivered.entry(Arc::from(topic)).or_default();
+            if delivered.len() < super::outbound::DELIVERED_ABOVE_CURSOR_MAX {
+                delivered.insert(seq);
+            }
+        }
     }
 
     /// The outbound state of a persistent session changed (a delivery was
@@ -620,7 +696,8 @@ mod tests {
             ..outgoing
         };
         outbound.insert(44, sent(Outbound::Qos1Sent, 3, Some(retained)));
-        let note = Note::of(&received, &outbound);
+        let done = vec![("t".to_string(), 3), ("t".to_string(), 7)];
+        let note = Note::of(&received, &outbound, done.clone());
         let expected = Note {
             received: vec![(2, 5), (7, u64::MAX - 1)],
             released: vec![41, 40],
@@ -644,16 +721,18 @@ mod tests {
                     share: None,
                 },
             ],
+            done,
         };
         assert_eq!(note, expected);
         assert_eq!(Note::read(&note.body()), expected);
         // The plain entry is four numbers and a topic, nothing more.
         let body: serde_json::Value = serde_json::from_slice(&note.body()).unwrap();
         assert_eq!(body["sent"][1], serde_json::json!([42, "t", 1, 2]));
+        assert_eq!(body["done"], serde_json::json!([["t", 3], ["t", 7]]));
         // A note written before deliveries were noted reads as none sent.
         let older = Note::read(br#"{"received": [[2, 5]], "released": [41]}"#);
         assert!(older.sent.is_empty() && older.released == [41]);
-        let empty = Note::of(&HashMap::new(), &HashMap::new());
+        let empty = Note::of(&HashMap::new(), &HashMap::new(), Vec::new());
         assert!(Note::read(&empty.body()).is_empty());
         assert!(Note::read(b"not a note").is_empty());
     }
