@@ -665,6 +665,87 @@ fn run_syncer(shared: &SyncerShared) {
     }
 }
 
+/// Called by the commit thread when a sync it ran is done (the broker wakes
+/// the shard's event loop with it).
+pub type SyncNotifier = Box<dyn Fn() + Send>;
+
+#[derive(Default)]
+struct CommitState {
+    /// The file index to fdatasync, waiting for the thread.
+    request: Option<usize>,
+    /// The outcome of the last sync, waiting for the journal to take it.
+    done: Option<Result<(), String>>,
+    shutdown: bool,
+}
+
+struct CommitShared {
+    state: Mutex<CommitState>,
+    changed: Condvar,
+}
+
+impl CommitShared {
+    fn lock(&self) -> MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The journal's commit thread: runs the fdatasync of an acknowledgement
+/// path off the event loop ([`Journal::start_sync`]), so the loop goes on
+/// with the work that does not wait for it (forwarding publishes to other
+/// shards, writing replies and deliveries, taking the next turn's appends)
+/// instead of sitting in the system call. Apart from the background
+/// thread: a journal fdatasync must not queue behind a partition sync.
+struct Committer {
+    shared: Arc<CommitShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(name: String, files: [File; 2], notify: SyncNotifier) -> std::io::Result<Committer> {
+        let shared = Arc::new(CommitShared {
+            state: Mutex::new(CommitState::default()),
+            changed: Condvar::new(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let mut state = thread_shared.lock();
+            loop {
+                if let Some(index) = state.request.take() {
+                    drop(state);
+                    let result = files[index].sync_data().map_err(|e| e.to_string());
+                    state = thread_shared.lock();
+                    state.done = Some(result);
+                    thread_shared.changed.notify_all();
+                    notify();
+                    continue;
+                }
+                if state.shutdown {
+                    return;
+                }
+                state = thread_shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        })?;
+        Ok(Committer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // A sync asked for still runs: its outcome is only not reported.
+        self.shared.lock().shutdown = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A shard's journal, open for writing. Owned by the shard's event loop.
 pub struct Journal {
     directory: PathBuf,
@@ -679,6 +760,8 @@ pub struct Journal {
     buffer: Vec<u8>,
     /// Written and not yet fdatasync'ed.
     unsynced: bool,
+    /// The sync in flight ran inline (no commit thread) and is done.
+    committer_done_inline: bool,
     /// A background switch's header may not be written yet: a sync waits
     /// for the background thread first.
     activation_pending: bool,
@@ -693,6 +776,10 @@ pub struct Journal {
     /// The first write or sync failure; set forever once set.
     failed: Option<String>,
     syncer: Syncer,
+    /// The commit thread, once [`Journal::set_sync_notifier`] started it.
+    committer: Option<Committer>,
+    /// A sync started by [`Journal::start_sync`] has not been finished.
+    sync_in_flight: bool,
 }
 
 impl Journal {
@@ -754,6 +841,7 @@ impl Journal {
             file_bytes,
             buffer: Vec::new(),
             unsynced: false,
+            committer_done_inline: false,
             activation_pending: false,
             prepare_requested: false,
             growing: false,
@@ -761,6 +849,8 @@ impl Journal {
             failed: None,
             syncer: Syncer::start(format!("journal-{shard:03}"))
                 .map_err(|e| StorageError::io("start the journal thread for", data_dir, e))?,
+            committer: None,
+            sync_in_flight: false,
         };
         journal.activate(0, generation, partitions, true)?;
         let active_len = journal.files[0]
@@ -870,6 +960,10 @@ impl Journal {
     /// write.
     pub fn write(&mut self) -> Result<(), StorageError> {
         self.check_not_failed()?;
+        assert!(
+            !self.sync_in_flight,
+            "finish the sync in flight before a write"
+        );
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -918,6 +1012,10 @@ impl Journal {
     /// after a background switch, once its header is in place).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.check_not_failed()?;
+        assert!(
+            !self.sync_in_flight,
+            "finish the sync in flight before a sync"
+        );
         if !self.unsynced {
             return Ok(());
         }
@@ -930,6 +1028,100 @@ impl Journal {
         }
         self.unsynced = false;
         Ok(())
+    }
+
+    /// Starts the commit thread (`commit-NNN`): from now on
+    /// [`Journal::start_sync`] can run the fdatasync there; `notify` is
+    /// called each time one is done.
+    pub fn set_sync_notifier(
+        &mut self,
+        shard: usize,
+        notify: SyncNotifier,
+    ) -> Result<(), StorageError> {
+        let files = [self.duplicate(0)?, self.duplicate(1)?];
+        let committer = Committer::start(format!("commit-{shard:03}"), files, notify)
+            .map_err(|e| StorageError::io("start the commit thread for", &self.directory, e))?;
+        self.committer = Some(committer);
+        Ok(())
+    }
+
+    /// Starts making every written entry durable on the commit thread, and
+    /// returns at once: `Ok(true)` when a sync was started, `Ok(false)` when
+    /// nothing waits for one. Until [`Journal::finish_sync`] reports it done,
+    /// nothing may be written, synced or switched. Without a commit thread
+    /// ([`Journal::set_sync_notifier`]) this syncs here.
+    pub fn start_sync(&mut self) -> Result<bool, StorageError> {
+        self.check_not_failed()?;
+        assert!(!self.sync_in_flight, "one sync at a time");
+        if !self.unsynced {
+            return Ok(false);
+        }
+        if self.activation_pending {
+            self.wait_for_background()?;
+        }
+        let Some(committer) = &self.committer else {
+            self.sync()?;
+            self.sync_in_flight = true;
+            self.committer_done_inline = true;
+            return Ok(true);
+        };
+        let mut state = committer.shared.lock();
+        state.request = Some(self.active);
+        committer.shared.changed.notify_all();
+        drop(state);
+        self.sync_in_flight = true;
+        Ok(true)
+    }
+
+    /// Whether a sync started by [`Journal::start_sync`] is not finished.
+    pub fn sync_in_flight(&self) -> bool {
+        self.sync_in_flight
+    }
+
+    /// The outcome of the sync [`Journal::start_sync`] started, once it is
+    /// done (`None` while it runs, or when none was started); with `wait`,
+    /// waits for it. A failure fails the journal.
+    pub fn finish_sync(&mut self, wait: bool) -> Option<Result<(), StorageError>> {
+        if !self.sync_in_flight {
+            return None;
+        }
+        let result = if std::mem::take(&mut self.committer_done_inline) {
+            Ok(())
+        } else {
+            let committer = self
+                .committer
+                .as_ref()
+                .expect("a sync in flight has its thread");
+            let mut state = committer.shared.lock();
+            loop {
+                if let Some(result) = state.done.take() {
+                    break result;
+                }
+                if !wait {
+                    return None;
+                }
+                state = committer
+                    .shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        self.sync_in_flight = false;
+        Some(match result {
+            Ok(()) => {
+                self.unsynced = false;
+                Ok(())
+            }
+            Err(error) => {
+                let path = self.active_path();
+                Err(self.fail(StorageError::io(
+                    "fdatasync",
+                    &path,
+                    std::io::Error::other(error),
+                )))
+            }
+        })
     }
 
     /// Whether the partitions' write-back should be started

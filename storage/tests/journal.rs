@@ -400,3 +400,63 @@ fn after_a_clean_close_everything_before_the_ends_is_durable() {
         .expect("corruption");
     assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
 }
+
+/// A sync on the commit thread: started without waiting, reported once
+/// (the notifier called), and what it covered survives a crash; while it
+/// runs nothing may be written.
+#[test]
+fn a_sync_on_the_commit_thread_is_reported_when_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    let (notified, notifications) = std::sync::mpsc::channel();
+    journal
+        .set_sync_notifier(0, Box::new(move || notified.send(()).unwrap()))
+        .unwrap();
+    assert!(
+        !journal.start_sync().unwrap(),
+        "nothing written, nothing to sync"
+    );
+    for t in 1..=3 {
+        append(&mut partition, "a", t);
+        let id = partition.id();
+        partition
+            .flush_with(&mut |bytes| journal.add(id, bytes))
+            .unwrap();
+        journal.write().unwrap();
+        assert!(journal.unsynced());
+        assert!(journal.start_sync().unwrap());
+        assert!(journal.sync_in_flight());
+        notifications
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the commit thread reports the sync");
+        assert!(journal.finish_sync(false).unwrap().is_ok());
+        assert!(!journal.sync_in_flight() && !journal.unsynced());
+        assert!(journal.finish_sync(true).is_none(), "reported once");
+    }
+    // The journal holds the three turns: a crash that loses every unsynced
+    // segment page keeps them.
+    partition.simulate_crash();
+    drop(journal);
+    crash_zero_last_segment_from(dir.path(), 0);
+    let (partition, _, _) = open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(partition.head_seq(b"a"), 3);
+    check_channel(&partition, "a");
+}
+
+#[test]
+#[should_panic(expected = "finish the sync in flight before a write")]
+fn nothing_is_written_while_a_sync_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    journal.set_sync_notifier(0, Box::new(|| {})).unwrap();
+    append(&mut partition, "a", 1);
+    let id = partition.id();
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    journal.write().unwrap();
+    assert!(journal.start_sync().unwrap());
+    journal.write().unwrap();
+}

@@ -10,7 +10,9 @@
 //! 4. end the turn: write each partition's pending batch in one write and
 //!    all of them to the shard journal, fdatasync the journal per policy
 //!    (group commit: one fdatasync for the shard), then acknowledge and fan
-//!    out;
+//!    out. Under `fsync` the fdatasync runs on the journal's commit thread
+//!    and the acknowledgements wait for it while the loop goes on (see
+//!    `end_turn` and `poll_commit`);
 //! 5. write queued bytes to sockets and hand overflow to other shards.
 
 mod conn;
@@ -103,6 +105,14 @@ pub(crate) struct Shard {
     journal: starling_storage::Journal,
     /// When the journal was last fdatasync'ed (the `interval` policy).
     journal_synced_at: Instant,
+    /// The commit whose fdatasync runs on the journal's commit thread
+    /// (`fsync` policy): its publishes wait there for their
+    /// acknowledgements and fan-out.
+    commit: Option<owner::Commit>,
+    /// Reads of owned partitions that came while a commit's fdatasync ran:
+    /// served once it is done, so that no reader sees a record that is not
+    /// durable yet.
+    deferred_reads: Vec<ShardMsg>,
     /// When the shard frees the memory of its busy turns if it stays idle
     /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
     /// had publishes to write, acknowledge or fan out, and again every as
@@ -119,9 +129,18 @@ impl Shard {
         poll: Poll,
         shared: Arc<EngineShared>,
         partitions: PartitionTable,
-        journal: starling_storage::Journal,
+        mut journal: starling_storage::Journal,
     ) -> Shard {
         let shards = shared.routing.shards;
+        if shared.config.durability == crate::Durability::Fsync {
+            // The acknowledgement path's fdatasync runs on the journal's
+            // commit thread, which wakes this loop when it is done.
+            let waking = Arc::clone(&shared);
+            let notify = Box::new(move || waking.inboxes[id].wake());
+            if let Err(error) = journal.set_sync_notifier(id, notify) {
+                log::warn!("shard {id}: syncing on the event loop instead: {error}");
+            }
+        }
         Shard {
             id,
             poll,
@@ -150,6 +169,8 @@ impl Shard {
             last_timestamp_ms: 0,
             journal,
             journal_synced_at: Instant::now(),
+            commit: None,
+            deferred_reads: Vec::new(),
             idle_release_at: Instant::now() + IDLE_MEMORY_RELEASE_AFTER,
             idle_memory_released: false,
             shutting_down: false,
@@ -177,6 +198,7 @@ impl Shard {
                 continue;
             }
             self.now_ms = wall_clock_ms();
+            self.poll_commit(false);
             for event in events.iter() {
                 if event.token() == WAKER_TOKEN {
                     continue;
@@ -260,6 +282,12 @@ impl Shard {
     }
 
     fn handle_message(&mut self, message: ShardMsg) {
+        if self.journal.sync_in_flight()
+            && matches!(message, ShardMsg::Fetch { .. } | ShardMsg::Read { .. })
+        {
+            self.deferred_reads.push(message);
+            return;
+        }
         match message {
             ShardMsg::CloseMatching { matching, reason } => self.close_matching(&matching, &reason),
             ShardMsg::Accept {
@@ -441,7 +469,9 @@ impl Shard {
     }
 
     fn finish_shutdown(&mut self) {
+        self.poll_commit(true);
         self.end_turn();
+        self.poll_commit(true);
         let slots: Vec<u32> = (0..self.connections.len() as u32).collect();
         for slot in slots {
             if self.connections[slot as usize].is_some() {

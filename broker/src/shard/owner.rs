@@ -33,7 +33,7 @@ pub(super) struct PublishRequest {
     pub body: Bytes,
 }
 
-struct PendingAck {
+pub(super) struct PendingAck {
     to: ConnRef,
     request_id: u32,
     reply_as: ReplyAs,
@@ -44,6 +44,18 @@ struct PendingAck {
 }
 
 /// A log partition and the work of the current turn on it.
+/// One partition's publishes of a commit: (partition id, their
+/// acknowledgements, their fan-out).
+pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(Arc<str>, Message)>);
+
+/// A commit whose fdatasync runs on the journal's commit thread.
+pub(super) struct Commit {
+    batches: Vec<TurnBatch>,
+    started: Instant,
+    /// Whether the turn wrote journal entries (for the commit latency).
+    wrote: bool,
+}
+
 pub(crate) struct OwnedPartition {
     pub log: Partition,
     failed: Option<String>,
@@ -224,7 +236,19 @@ impl Shard {
     /// policy) one fdatasync of the journal for all of them; then
     /// acknowledgements, then fan-out. Partition files are synced in the
     /// background when the journal switches files.
+    ///
+    /// Under `fsync` the fdatasync runs on the journal's commit thread: this
+    /// returns once it is started, and the loop goes on (forwarding, replies,
+    /// deliveries, the next turn's appends) until [`Shard::poll_commit`]
+    /// sees it done and acknowledges this turn's publishes. Meanwhile no
+    /// turn writes (their publishes wait in the partitions' pending
+    /// batches: the next turn writes them all) and reads of the owned
+    /// partitions wait (`deferred_reads`), so a reader never sees a record
+    /// that is not durable yet.
     pub(super) fn end_turn(&mut self) {
+        if self.journal.sync_in_flight() {
+            return;
+        }
         let durability = self.shared.config.durability;
         let interval = Duration::from_millis(self.shared.config.interval_ms);
         let mut ids: Vec<u32> = self
@@ -257,7 +281,8 @@ impl Shard {
             }
         }
 
-        // Phase 2: one journal write and, per policy, one fdatasync.
+        // Phase 2: one journal write and, per policy, one fdatasync (under
+        // `fsync` started on the commit thread).
         let wrote = journal.has_entries();
         let mut result = journal.write();
         let sync_now = match durability {
@@ -266,13 +291,39 @@ impl Shard {
             Durability::None => false,
         };
         if result.is_ok() && sync_now && journal.unsynced() {
-            result = journal.sync();
-            if result.is_ok() {
-                self.journal_synced_at = Instant::now();
-                self.shared.metrics.fsyncs.add(1);
+            if durability == Durability::Fsync {
+                match journal.start_sync() {
+                    Ok(true) => {
+                        // Phase 3 when the sync is done: this turn's
+                        // acknowledgements and fan-out wait with it.
+                        let batches = ids
+                            .into_iter()
+                            .map(|id| {
+                                let partition = self.partitions.get_mut(&id).expect("listed above");
+                                let acks = std::mem::take(&mut partition.acks);
+                                let fanout = std::mem::take(&mut partition.fanout);
+                                (id, acks, fanout)
+                            })
+                            .collect();
+                        self.commit = Some(Commit {
+                            batches,
+                            started: commit_started,
+                            wrote,
+                        });
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(error) => result = Err(error),
+                }
+            } else {
+                result = journal.sync();
+                if result.is_ok() {
+                    self.journal_synced_at = Instant::now();
+                    self.shared.metrics.fsyncs.add(1);
+                }
             }
         }
-        let durable = !journal.unsynced();
+        let durable = !self.journal.unsynced();
         if let Err(error) = result {
             // Nothing of this turn is acknowledged, and nothing after it.
             for partition in self.partitions.values_mut() {
@@ -283,18 +334,58 @@ impl Shard {
             let commit_us = commit_started.elapsed().as_micros() as u64;
             self.shared.metrics.commit_latency.observe_us(commit_us);
         }
+        let batches = ids
+            .into_iter()
+            .map(|id| {
+                let partition = self.partitions.get_mut(&id).expect("listed above");
+                let acks = std::mem::take(&mut partition.acks);
+                let fanout = std::mem::take(&mut partition.fanout);
+                (id, acks, fanout)
+            })
+            .collect();
+        self.acknowledge(batches, durable);
+    }
 
-        // Phase 3: acknowledge and fan out.
-        for id in ids {
-            let partition = self.partitions.get_mut(&id).expect("listed above");
+    /// Finishes the commit whose fdatasync runs on the journal's commit
+    /// thread, once it is done (with `wait`, waits for it): acknowledges and
+    /// fans out its publishes, then serves the reads that waited for it.
+    pub(super) fn poll_commit(&mut self, wait: bool) {
+        let Some(result) = self.journal.finish_sync(wait) else {
+            return;
+        };
+        let commit = self.commit.take().expect("a sync in flight has its commit");
+        match result {
+            Ok(()) => {
+                self.journal_synced_at = Instant::now();
+                self.shared.metrics.fsyncs.add(1);
+                if commit.wrote {
+                    let commit_us = commit.started.elapsed().as_micros() as u64;
+                    self.shared.metrics.commit_latency.observe_us(commit_us);
+                }
+            }
+            Err(error) => {
+                for partition in self.partitions.values_mut() {
+                    partition.fail(&error);
+                }
+            }
+        }
+        let durable = !self.journal.unsynced();
+        self.acknowledge(commit.batches, durable);
+        for message in std::mem::take(&mut self.deferred_reads) {
+            self.handle_message(message);
+        }
+    }
+
+    /// Phase 3 and 4 of a commit: acknowledge and fan out each partition's
+    /// batch (an error for each publish of a failed partition), then switch
+    /// the journal's file or start the partitions' write-back if it asks.
+    fn acknowledge(&mut self, batches: Vec<TurnBatch>, durable: bool) {
+        for (id, mut acks, mut fanout) in batches {
+            let partition = self.partitions.get_mut(&id).expect("a batch's partition");
             let failed = partition
                 .failed
                 .is_some()
                 .then(|| partition.storage_failed());
-            // The buffers go back to the partition afterwards, so a busy
-            // partition does not regrow them every turn.
-            let mut acks = std::mem::take(&mut partition.acks);
-            let mut fanout = std::mem::take(&mut partition.fanout);
             if failed.is_some() {
                 // Nothing of a failed write is acknowledged or delivered.
                 fanout.retain(|(_, message)| message.seq == 0);
@@ -315,9 +406,16 @@ impl Shard {
                 self.reply(ack.to, ack.request_id, reply);
             }
             self.fan_out(&mut fanout);
-            let partition = self.partitions.get_mut(&id).expect("listed above");
-            partition.acks = acks;
-            partition.fanout = fanout;
+            // The buffers go back to the partition (unless it grew new ones
+            // meanwhile), so a busy partition does not regrow them every
+            // turn.
+            let partition = self.partitions.get_mut(&id).expect("a batch's partition");
+            if partition.acks.is_empty() && partition.acks.capacity() < acks.capacity() {
+                partition.acks = acks;
+            }
+            if partition.fanout.is_empty() && partition.fanout.capacity() < fanout.capacity() {
+                partition.fanout = fanout;
+            }
         }
 
         // Phase 4: when the journal's file is full, move to the other one
