@@ -665,6 +665,17 @@ fn run_syncer(shared: &SyncerShared) {
     }
 }
 
+/// Tests only ([`hold_commits`]): commit threads start no fdatasync.
+static COMMITS_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Tests only: while held, every commit thread of the process waits before
+/// its next fdatasync, so a test can look at what an engine does while a
+/// commit is in flight. Process-wide: use it in a test binary of its own.
+#[doc(hidden)]
+pub fn hold_commits(hold: bool) {
+    COMMITS_HELD.store(hold, Ordering::Relaxed);
+}
+
 /// Called by the commit thread when a sync it ran is done (the broker wakes
 /// the shard's event loop with it).
 pub type SyncNotifier = Box<dyn Fn() + Send>;
@@ -712,6 +723,9 @@ impl Committer {
             loop {
                 if let Some(index) = state.request.take() {
                     drop(state);
+                    while COMMITS_HELD.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                     let result = files[index].sync_data().map_err(|e| e.to_string());
                     state = thread_shared.lock();
                     state.done = Some(result);
