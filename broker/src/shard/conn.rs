@@ -280,8 +280,9 @@ impl Shard {
             }
         }
         self.shared.metrics.connections_opened.add(1);
-        let deadline =
-            Instant::now() + Duration::from_millis(self.shared.config.handshake_timeout_ms);
+        let now = Instant::now();
+        self.postpone_idle_release(now);
+        let deadline = now + Duration::from_millis(self.shared.config.handshake_timeout_ms);
         self.handshakes
             .push_back((deadline, slot, self.generations[slot as usize]));
         // Bytes may already be waiting; edge-triggered polling would not say so again.
@@ -1086,6 +1087,7 @@ impl Shard {
             // sockets are counted closed.
             self.shared.metrics.connections_closed.add(1);
             self.shared.address_limits.closed(socket.peer.ip());
+            self.postpone_idle_release(Instant::now());
             if let Some(tls) = socket.tls.as_mut() {
                 tls.send_close_notify();
                 let _ = tls.write_tls(&mut socket.stream);
