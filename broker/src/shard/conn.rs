@@ -714,7 +714,7 @@ impl Shard {
                 self.send(owner, message);
             }
             Command::Subscribe { channel, start } => {
-                self.subscribe(slot, request_id, Arc::from(channel), start);
+                self.subscribe(slot, request_id, channel, start);
             }
             Command::Unsubscribe { channel } => self.unsubscribe(slot, request_id, &channel),
             Command::SubscribePattern { pattern } => {

@@ -35,9 +35,15 @@ impl Shard {
         &mut self,
         slot: u32,
         request_id: u32,
-        channel: Arc<str>,
+        channel: String,
         start: SubscribeStart,
     ) {
+        // Every subscription to a channel on this shard shares one copy of
+        // its name: one allocation per channel, not per subscriber.
+        let channel: Arc<str> = match self.subscriptions.get_key_value(channel.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        };
         let conn = self.conn_ref(slot);
         self.next_subscription_id += 1;
         let subscription = SubRef {
