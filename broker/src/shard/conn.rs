@@ -32,6 +32,14 @@ const READ_BYTES_PER_TURN: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Buffers handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
+/// Emptied [`SocketBuffers`] a shard keeps for the next connections to
+/// become busy, so a connection that is busy for one message at a time (a
+/// client publishing or receiving at a modest rate) does not allocate its
+/// buffers' box for each one. A turn seldom has more connections reading
+/// or writing than this; past it, a connection allocates its box (~110
+/// bytes), next to the write queue it allocates anyway. At most ~110 KB
+/// per shard, freed with the other buffers of an idle shard.
+const SPARE_SOCKET_BUFFERS_MAX: usize = 1024;
 /// How long a connection closed with a reason may take to receive it.
 pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
@@ -110,13 +118,13 @@ pub(crate) struct SocketConn {
     buffers: Option<Box<SocketBuffers>>,
 }
 
-/// What a connection uses only while it has bytes to read or write: made
-/// when it reads, is answered or is sent something, and freed once
-/// everything is written and no partial frame waits, so an idle connection
-/// (most of them) holds a pointer instead (as the MQTT session does with
-/// its QoS state). A busy connection keeps them from turn to turn.
+/// What a connection uses only while it has bytes to read or write: lent
+/// (from the shard's spares, [`SPARE_SOCKET_BUFFERS_MAX`]) when it reads,
+/// is answered or is sent something, and given back once everything is
+/// written and no partial frame waits, so an idle connection (most of them)
+/// holds a pointer instead. A busy connection keeps them from turn to turn.
 #[derive(Default)]
-struct SocketBuffers {
+pub(super) struct SocketBuffers {
     input: BytesMut,
     output: VecDeque<Bytes>,
     output_bytes: usize,
@@ -129,12 +137,35 @@ struct SocketBuffers {
     scratch: BytesMut,
 }
 
-impl SocketConn {
-    /// The connection's buffers, made now if it had none.
-    fn buffers(&mut self) -> &mut SocketBuffers {
-        self.buffers.get_or_insert_with(Box::default)
-    }
+/// A shard's emptied [`SocketBuffers`], at most [`SPARE_SOCKET_BUFFERS_MAX`].
+#[derive(Default)]
+pub(super) struct SpareBuffers(
+    #[allow(
+        clippy::vec_box,
+        reason = "the boxes move between this list and connections, which hold one pointer"
+    )]
+    Vec<Box<SocketBuffers>>,
+);
 
+impl SpareBuffers {
+    /// Keeps an emptied box for the next busy connection, unless enough are kept.
+    fn give_back(&mut self, buffers: Box<SocketBuffers>) {
+        if self.0.len() < SPARE_SOCKET_BUFFERS_MAX {
+            self.0.push(buffers);
+        }
+    }
+}
+
+/// The buffers of a connection (`buffers`, its `SocketConn::buffers`),
+/// taken from the shard's `spare` ones or made now if it had none.
+fn lend_buffers<'a>(
+    buffers: &'a mut Option<Box<SocketBuffers>>,
+    spare: &mut SpareBuffers,
+) -> &'a mut SocketBuffers {
+    buffers.get_or_insert_with(|| spare.0.pop().unwrap_or_default())
+}
+
+impl SocketConn {
     /// Bytes queued for the client and not yet written.
     pub(crate) fn output_bytes(&self) -> usize {
         self.buffers
@@ -148,19 +179,14 @@ impl SocketConn {
             .is_none_or(|buffers| buffers.output.is_empty())
     }
 
-    /// Lets go of the buffers once everything is written: all of them when
-    /// no partial frame waits, otherwise the queue's and the reply buffer's
-    /// memory.
-    fn release_written_buffers(&mut self) {
-        let Some(buffers) = self.buffers.as_mut() else {
-            return;
-        };
+    /// Lets go of the buffers' memory once everything is written (the
+    /// queue's and the reply buffer's; the read buffer went back to the
+    /// shard after the read), and returns the emptied box when no partial
+    /// frame waits, for the shard to keep or free.
+    fn release_written_buffers(&mut self) -> Option<Box<SocketBuffers>> {
+        let buffers = self.buffers.as_mut()?;
         if !buffers.output.is_empty() || !buffers.scratch.is_empty() {
-            return;
-        }
-        if buffers.input.is_empty() {
-            self.buffers = None;
-            return;
+            return None;
         }
         if buffers.scratch.capacity() > 0 {
             buffers.scratch = BytesMut::new();
@@ -168,6 +194,13 @@ impl SocketConn {
         if buffers.output.capacity() > 0 {
             buffers.output = VecDeque::new();
         }
+        if !buffers.input.is_empty() {
+            return None;
+        }
+        if buffers.input.capacity() > 0 {
+            buffers.input = BytesMut::new();
+        }
+        self.buffers.take()
     }
 }
 
@@ -384,7 +417,7 @@ impl Shard {
             let ConnKind::Socket(socket) = &mut connection.kind else {
                 return;
             };
-            let buffers = socket.buffers.get_or_insert_with(Box::default);
+            let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
             if buffers.input.capacity() == 0 {
                 buffers.input = std::mem::take(&mut self.spare_input);
             }
@@ -505,7 +538,7 @@ impl Shard {
             let ConnKind::Socket(socket) = &mut connection.kind else {
                 return true;
             };
-            let buffers = socket.buffers.get_or_insert_with(Box::default);
+            let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
             let mut context = SessionContext::new(
                 &mut buffers.scratch,
                 &mut commands,
@@ -862,7 +895,7 @@ impl Shard {
                 if socket.output_bytes() + encoded.len() > bound {
                     true
                 } else {
-                    socket.buffers().push_output(encoded);
+                    lend_buffers(&mut socket.buffers, &mut self.spare_buffers).push_output(encoded);
                     false
                 }
             }
@@ -920,7 +953,9 @@ impl Shard {
                     self.shared.metrics.bytes_out.add(written as u64);
                     // Everything went out: let go of the buffers, so an
                     // idle connection holds none.
-                    socket.release_written_buffers();
+                    if let Some(spare) = socket.release_written_buffers() {
+                        self.spare_buffers.give_back(spare);
+                    }
                 }
                 Err(error) => {
                     log::debug!(
@@ -957,7 +992,7 @@ impl Shard {
         };
         let linger = match (&mut connection.kind, &reason) {
             (ConnKind::Socket(socket), Some((code, reason))) => {
-                let buffers = socket.buffers.get_or_insert_with(Box::default);
+                let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
                 buffers.scratch.clear();
                 let keep = usize::from(buffers.front_partial);
                 while buffers.output.len() > keep {

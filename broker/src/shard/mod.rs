@@ -92,6 +92,9 @@ pub(crate) struct Shard {
     /// keeps a buffer only while it holds a partial frame, so an idle
     /// connection holds none (idle connections are most of them).
     pub(crate) spare_input: BytesMut,
+    /// Emptied connection buffers lent to the next connections to become
+    /// busy.
+    spare_buffers: conn::SpareBuffers,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -149,6 +152,7 @@ impl Shard {
             dirty: Vec::new(),
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
+            spare_buffers: conn::SpareBuffers::default(),
             lingering: Vec::new(),
             handshakes: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -444,6 +448,7 @@ impl Shard {
             self.read_again = Vec::new();
         }
         self.spare_input = BytesMut::new();
+        self.spare_buffers = conn::SpareBuffers::default();
         crate::engine::run_idle_memory_hook();
     }
 
