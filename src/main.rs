@@ -71,8 +71,8 @@ fn release_freed_memory() {
 /// Turns transparent huge pages off for the server process. mimalloc asks
 /// for them (`madvise(MADV_HUGEPAGE)` on its arena), and the kernel then
 /// backs a 2 MiB region with memory at the first touch of any of its bytes:
-/// the server held ~12 MB more at rest, and 10,000 idle MQTT connections
-/// ~0.6–1.1 KB more each, in 2 MiB steps, than the bytes they use
+/// the server held ~10 MB more at rest, and 10,000 idle MQTT connections
+/// ~0.3–1.2 KB more each, in 2 MiB steps, than the bytes they use
 /// (docs/BENCHMARKS.md, "An idle MQTT connection under 1 KB"). The kernel
 /// checks the flag at each page fault, so memory touched from here on is
 /// mapped in ordinary pages.
