@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The role of [`Principal::system`].
 pub const SYSTEM_ROLE: &str = "$system";
@@ -27,7 +27,7 @@ impl Principal {
     pub fn embedded(user: &str) -> Principal {
         Principal {
             user: Arc::from(user),
-            roles: Arc::from(Vec::new()),
+            roles: no_roles(),
             address: None,
             session: None,
         }
@@ -141,6 +141,20 @@ pub trait Authorizer: Send + Sync + 'static {
     }
 }
 
+/// An empty role list, shared: an `Arc` of its own, even empty, is an
+/// allocation per connection, and most principals of a server without
+/// authentication have no roles.
+pub fn no_roles() -> Arc<[Arc<str>]> {
+    static NO_ROLES: OnceLock<Arc<[Arc<str>]>> = OnceLock::new();
+    NO_ROLES.get_or_init(|| Arc::from(Vec::new())).clone()
+}
+
+/// The user name of clients that give none, shared by their principals.
+fn anonymous() -> Arc<str> {
+    static ANONYMOUS: OnceLock<Arc<str>> = OnceLock::new();
+    ANONYMOUS.get_or_init(|| Arc::from("anonymous")).clone()
+}
+
 /// The default before authentication is configured: anyone on loopback (or
 /// in process) may do anything, under the user name given as the token (or
 /// `anonymous`); every other address is refused.
@@ -158,8 +172,12 @@ impl Authorizer for LoopbackAuthorizer {
         address: Option<SocketAddr>,
     ) -> Result<Principal, Denied> {
         let principal = Principal {
-            user: Arc::from(if token.is_empty() { "anonymous" } else { token }),
-            roles: Arc::from(Vec::new()),
+            user: if token.is_empty() {
+                anonymous()
+            } else {
+                Arc::from(token)
+            },
+            roles: no_roles(),
             address,
             session: None,
         };

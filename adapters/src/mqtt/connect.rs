@@ -86,7 +86,7 @@ impl MqttSession {
         }
         self.state = Some(Connected {
             version,
-            client_id,
+            client_id: Arc::from(client_id),
             keep_alive_s,
             last_packet: now,
             will: connect.will.map(Box::new),

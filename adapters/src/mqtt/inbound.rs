@@ -123,9 +123,7 @@ impl Connected {
     /// The header block of a client's publish.
     fn publish_headers(&self, publish: &Publish) -> Bytes {
         let marks = Marks {
-            origin: self
-                .marks_own_publishes()
-                .then_some(self.client_id.as_str()),
+            origin: self.marks_own_publishes().then_some(&*self.client_id),
             retained: publish.retain,
         };
         headers_of(&publish.properties, marks, wall_clock_ms())

@@ -128,7 +128,7 @@ struct Listener {
 /// The connection of each connected client id, so a new connection with the
 /// same id takes the session over (the old one is closed with 0x8E). Touched
 /// at CONNECT and close only.
-type Clients = Arc<parking_lot::Mutex<HashMap<String, Client>>>;
+type Clients = Arc<parking_lot::Mutex<HashMap<Arc<str>, Client>>>;
 
 /// A connected client id's connection, and the user it belongs to (with
 /// authentication on): another user's CONNECT with the id is refused, not
@@ -281,7 +281,8 @@ struct Collecting {
 
 struct Connected {
     version: ProtocolVersion,
-    client_id: String,
+    /// Shared with the connection's entry in [`Listener::clients`].
+    client_id: Arc<str>,
     /// 0: no keep-alive.
     keep_alive_s: u16,
     last_packet: Instant,
@@ -959,10 +960,11 @@ mod tests {
     use super::*;
 
     /// Bytes an MQTT session may take (every connection's session is one
-    /// allocation of this size, idle or not; 256 is an allocator size class,
-    /// so a few bytes more cost 64). What only some sessions use belongs in
-    /// a box allocated when needed (`Extras`, `Qos`, `Restore`, the will).
-    const MQTT_SESSION_BYTES_MAX: usize = 256;
+    /// allocation of this size, idle or not; 224 is one of mimalloc's size
+    /// classes, so a few bytes more cost 32). What only some sessions use
+    /// belongs in a box allocated when needed (`Extras`, `Qos`, `Restore`,
+    /// the will).
+    const MQTT_SESSION_BYTES_MAX: usize = 224;
 
     #[test]
     fn an_idle_session_stays_small() {

@@ -200,7 +200,7 @@ impl MqttSession {
             .as_mut()
             .map(|extras| std::mem::take(&mut extras.handed_over))
             .unwrap_or_default();
-        handed_over.extend(self.listener.parked.lock().remove(&state.client_id));
+        handed_over.extend(self.listener.parked.lock().remove(&*state.client_id));
         let unparked = !handed_over.is_empty();
         for parked in handed_over {
             state.resume_parked(parked, context);

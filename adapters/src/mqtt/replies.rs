@@ -158,7 +158,7 @@ impl MqttSession {
                 // in flight better than the note (`parked`).
                 let in_memory = state.awaiting_handoff
                     || restore.taken_over
-                    || self.listener.parked.lock().contains_key(&state.client_id);
+                    || self.listener.parked.lock().contains_key(&*state.client_id);
                 if in_memory {
                     noted.sent.clear();
                 }

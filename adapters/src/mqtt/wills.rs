@@ -217,10 +217,10 @@ impl Connected {
                 ephemeral: false,
                 kind: kind::MESSAGE,
                 // Listed once per dedupe window, however often it leaves.
-                client_message_id: Bytes::from(self.client_id.clone()),
+                client_message_id: Bytes::copy_from_slice(self.client_id.as_bytes()),
                 relation: 0,
                 headers: Bytes::new(),
-                body: Bytes::from(self.client_id.clone()),
+                body: Bytes::copy_from_slice(self.client_id.as_bytes()),
             },
         );
     }

@@ -41,13 +41,18 @@ const WAKER_TOKEN: Token = Token(0);
 const INBOX_MESSAGES_PER_TURN: usize = 16 * 1024;
 /// Longest sleep in poll when no timer is due.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// A shard that has appended nothing for this long frees the buffers its
-/// busiest turns grew (pending batches, the journal's entry buffer, the
-/// turn's acknowledgement and fan-out lists, queues to other shards): kept
-/// between busy turns so they are not regrown every turn, they are tens of
-/// megabytes after a burst, more than a million idle channels' share
-/// (docs/BENCHMARKS.md, session 5). A second is long against a turn and
-/// short against how long an idle server stays idle.
+/// A shard that has appended nothing, and accepted or closed no connection,
+/// for this long frees the buffers its busiest turns grew (pending batches,
+/// the journal's entry buffer, the turn's acknowledgement and fan-out lists,
+/// queues to other shards, the read buffer): kept between busy turns so
+/// they are not regrown every turn, they are tens of megabytes after a
+/// burst, more than a million idle channels' share (docs/BENCHMARKS.md,
+/// session 5). A storm of connections counts as busy too: what it freed
+/// (the tables that grew with it, each connection's short-lived buffers)
+/// stays resident until the allocator is asked to return it
+/// (docs/BENCHMARKS.md, "An idle MQTT connection under 1 KB"). A second is
+/// long against a turn and short against how long an idle server stays
+/// idle.
 const IDLE_MEMORY_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) struct Shard {
@@ -89,6 +94,9 @@ pub(crate) struct Shard {
     /// keeps a buffer only while it holds a partial frame, so an idle
     /// connection holds none (idle connections are most of them).
     pub(crate) spare_input: BytesMut,
+    /// Emptied connection buffers lent to the next connections to become
+    /// busy.
+    spare_buffers: conn::SpareBuffers,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -115,8 +123,9 @@ pub(crate) struct Shard {
     deferred_reads: Vec<ShardMsg>,
     /// When the shard frees the memory of its busy turns if it stays idle
     /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
-    /// had publishes to write, acknowledge or fan out, and again every as
-    /// long as idempotency keys remain to expire.
+    /// had publishes to write, acknowledge or fan out, or accepted or closed
+    /// a connection, and again every as long as idempotency keys remain to
+    /// expire.
     idle_release_at: Instant,
     /// Freed since the last busy turn, with no idempotency key left.
     idle_memory_released: bool,
@@ -162,6 +171,7 @@ impl Shard {
             dirty: Vec::new(),
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
+            spare_buffers: conn::SpareBuffers::default(),
             lingering: Vec::new(),
             handshakes: VecDeque::new(),
             timers: BinaryHeap::new(),
@@ -425,6 +435,14 @@ impl Shard {
         }
     }
 
+    /// Puts off the release of idle memory until [`IDLE_MEMORY_RELEASE_AFTER`]
+    /// after `now`: the shard is busy (it writes, acknowledges or fans out,
+    /// or connections come and go).
+    pub(super) fn postpone_idle_release(&mut self, now: Instant) {
+        self.idle_release_at = now + IDLE_MEMORY_RELEASE_AFTER;
+        self.idle_memory_released = false;
+    }
+
     /// Frees the buffers busy turns left behind (only empty ones), once the
     /// shard has been idle for [`IDLE_MEMORY_RELEASE_AFTER`], and the
     /// idempotency keys that fell out of their window; repeated every
@@ -458,6 +476,7 @@ impl Shard {
             self.read_again = Vec::new();
         }
         self.spare_input = BytesMut::new();
+        self.spare_buffers = conn::SpareBuffers::default();
         crate::engine::run_idle_memory_hook();
     }
 

@@ -262,8 +262,7 @@ impl Shard {
         }
         ids.sort_unstable();
         let commit_started = Instant::now();
-        self.idle_release_at = commit_started + super::IDLE_MEMORY_RELEASE_AFTER;
-        self.idle_memory_released = false;
+        self.postpone_idle_release(commit_started);
 
         // Phase 1: write each partition's pending batches; the journal
         // copies them into its entries.

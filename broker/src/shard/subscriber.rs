@@ -35,9 +35,15 @@ impl Shard {
         &mut self,
         slot: u32,
         request_id: u32,
-        channel: Arc<str>,
+        channel: String,
         start: SubscribeStart,
     ) {
+        // Every subscription to a channel on this shard shares one copy of
+        // its name: one allocation per channel, not per subscriber.
+        let channel: Arc<str> = match self.subscriptions.get_key_value(channel.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        };
         let conn = self.conn_ref(slot);
         self.next_subscription_id += 1;
         let subscription = SubRef {
@@ -137,12 +143,13 @@ impl Shard {
         let connection = self.connections[slot as usize]
             .as_mut()
             .expect("subscribe comes from a live connection");
-        if connection.patterns.iter().any(|p| **p == *pattern) {
+        let patterns = connection.patterns.get_or_insert_with(Box::default);
+        if patterns.iter().any(|p| **p == *pattern) {
             let error = BrokerError::AlreadySubscribed(pattern.to_string());
             self.reply(conn, request_id, Reply::Error(error));
             return;
         }
-        connection.patterns.push(pattern.clone());
+        patterns.push(pattern.clone());
         self.pattern_subscriptions.push((pattern.clone(), slot));
         let shards = self.shared.routing.shards;
         self.pattern_pending.insert((conn, request_id), shards);
@@ -176,12 +183,18 @@ impl Shard {
         let connection = self.connections[slot as usize]
             .as_mut()
             .expect("unsubscribe comes from a live connection");
-        let Some(index) = connection.patterns.iter().position(|p| **p == *pattern) else {
+        let found = connection.patterns.as_mut().and_then(|patterns| {
+            let index = patterns.iter().position(|p| **p == *pattern)?;
+            Some(patterns.swap_remove(index))
+        });
+        let Some(pattern) = found else {
             let error = BrokerError::NotSubscribed(pattern.to_string());
             self.reply(conn, request_id, Reply::Error(error));
             return;
         };
-        let pattern = connection.patterns.swap_remove(index);
+        if connection.patterns.as_ref().is_some_and(|p| p.is_empty()) {
+            connection.patterns = None;
+        }
         self.remove_pattern_subscriber(&pattern, slot);
         self.reply(conn, request_id, Reply::Unsubscribed);
     }
@@ -275,7 +288,7 @@ impl Shard {
                 continue;
             };
             let room = match &connection.kind {
-                ConnKind::Socket(socket) => socket.output_bytes < bound,
+                ConnKind::Socket(socket) => socket.output_bytes() < bound,
                 ConnKind::Local { events } => events.len() < crate::engine::LOCAL_EVENTS_MAX / 2,
             };
             if !room {
