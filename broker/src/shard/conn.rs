@@ -329,11 +329,13 @@ impl Shard {
     /// would otherwise hold its slot for ever.
     pub(super) fn close_unidentified(&mut self) {
         let now = Instant::now();
+        let mut popped = false;
         while let Some(&(deadline, slot, generation)) = self.handshakes.front() {
             if deadline > now {
                 break;
             }
             self.handshakes.pop_front();
+            popped = true;
             if self.generations[slot as usize] != generation {
                 continue;
             }
@@ -362,6 +364,12 @@ impl Shard {
                     ),
                 )),
             );
+        }
+        if popped {
+            // The room a storm of connections grew (24 bytes each) goes
+            // once their deadlines have all passed, not only at an idle
+            // release, which has usually run before that.
+            super::release_if_empty(&mut self.handshakes);
         }
     }
 
