@@ -1087,6 +1087,12 @@ impl Journal {
         Ok(true)
     }
 
+    /// Whether [`Journal::start_sync`] runs the fdatasync on the commit
+    /// thread (else it syncs on the caller's thread, done when it returns).
+    pub fn has_commit_thread(&self) -> bool {
+        self.committer.is_some()
+    }
+
     /// Whether a sync started by [`Journal::start_sync`] is not finished.
     pub fn sync_in_flight(&self) -> bool {
         self.sync_in_flight

@@ -460,3 +460,22 @@ fn nothing_is_written_while_a_sync_is_in_flight() {
     assert!(journal.start_sync().unwrap());
     journal.write().unwrap();
 }
+
+/// Without a commit thread a started sync ran on the caller's thread: it is
+/// reported done at once.
+#[test]
+fn without_a_commit_thread_a_started_sync_is_done_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    assert!(!journal.has_commit_thread());
+    append(&mut partition, "a", 1);
+    let id = partition.id();
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    journal.write().unwrap();
+    assert!(journal.start_sync().unwrap());
+    assert!(journal.finish_sync(false).unwrap().is_ok());
+    assert!(!journal.sync_in_flight() && !journal.unsynced());
+}

@@ -309,6 +309,11 @@ impl Shard {
                             started: commit_started,
                             wrote,
                         });
+                        if !self.journal.has_commit_thread() {
+                            // It synced here (no commit thread could be
+                            // started): nothing will wake the loop for it.
+                            self.poll_commit(false);
+                        }
                         return;
                     }
                     Ok(false) => {}
