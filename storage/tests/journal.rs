@@ -401,6 +401,17 @@ fn after_a_clean_close_everything_before_the_ends_is_durable() {
     assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
 }
 
+/// One record of channel "a" written to the partition and the journal,
+/// not synced.
+fn write_unsynced(partition: &mut Partition, journal: &mut Journal, timestamp: u64) {
+    append(partition, "a", timestamp);
+    let id = partition.id();
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    journal.write().unwrap();
+}
+
 /// A sync on the commit thread: started without waiting, reported once
 /// (the notifier called), and what it covered survives a crash; while it
 /// runs nothing may be written.
@@ -418,12 +429,7 @@ fn a_sync_on_the_commit_thread_is_reported_when_done() {
         "nothing written, nothing to sync"
     );
     for t in 1..=3 {
-        append(&mut partition, "a", t);
-        let id = partition.id();
-        partition
-            .flush_with(&mut |bytes| journal.add(id, bytes))
-            .unwrap();
-        journal.write().unwrap();
+        write_unsynced(&mut partition, &mut journal, t);
         assert!(journal.unsynced());
         assert!(journal.start_sync().unwrap());
         assert!(journal.sync_in_flight());
@@ -451,12 +457,7 @@ fn nothing_is_written_while_a_sync_is_in_flight() {
     let mut partition = open_run(dir.path(), 1);
     let mut journal = start_run(dir.path(), &mut partition, 1, 1);
     journal.set_sync_notifier(0, Box::new(|| {})).unwrap();
-    append(&mut partition, "a", 1);
-    let id = partition.id();
-    partition
-        .flush_with(&mut |bytes| journal.add(id, bytes))
-        .unwrap();
-    journal.write().unwrap();
+    write_unsynced(&mut partition, &mut journal, 1);
     assert!(journal.start_sync().unwrap());
     journal.write().unwrap();
 }
@@ -469,12 +470,7 @@ fn without_a_commit_thread_a_started_sync_is_done_at_once() {
     let mut partition = open_run(dir.path(), 1);
     let mut journal = start_run(dir.path(), &mut partition, 1, 1);
     assert!(!journal.has_commit_thread());
-    append(&mut partition, "a", 1);
-    let id = partition.id();
-    partition
-        .flush_with(&mut |bytes| journal.add(id, bytes))
-        .unwrap();
-    journal.write().unwrap();
+    write_unsynced(&mut partition, &mut journal, 1);
     assert!(journal.start_sync().unwrap());
     assert!(journal.finish_sync(false).unwrap().is_ok());
     assert!(!journal.sync_in_flight() && !journal.unsynced());
