@@ -295,15 +295,7 @@ impl Shard {
                     Ok(true) => {
                         // Phase 3 when the sync is done: this turn's
                         // acknowledgements and fan-out wait with it.
-                        let batches = ids
-                            .into_iter()
-                            .map(|id| {
-                                let partition = self.partitions.get_mut(&id).expect("listed above");
-                                let acks = std::mem::take(&mut partition.acks);
-                                let fanout = std::mem::take(&mut partition.fanout);
-                                (id, acks, fanout)
-                            })
-                            .collect();
+                        let batches = self.take_batches(ids);
                         self.commit = Some(Commit {
                             batches,
                             started: commit_started,
@@ -338,16 +330,21 @@ impl Shard {
             let commit_us = commit_started.elapsed().as_micros() as u64;
             self.shared.metrics.commit_latency.observe_us(commit_us);
         }
-        let batches = ids
-            .into_iter()
+        let batches = self.take_batches(ids);
+        self.acknowledge(batches, durable);
+    }
+
+    /// Takes this turn's acknowledgements and fan-out out of partitions
+    /// `ids`, leaving their lists empty for the next turn's publishes.
+    fn take_batches(&mut self, ids: Vec<u32>) -> Vec<TurnBatch> {
+        ids.into_iter()
             .map(|id| {
                 let partition = self.partitions.get_mut(&id).expect("listed above");
                 let acks = std::mem::take(&mut partition.acks);
                 let fanout = std::mem::take(&mut partition.fanout);
                 (id, acks, fanout)
             })
-            .collect();
-        self.acknowledge(batches, durable);
+            .collect()
     }
 
     /// Finishes the commit whose fdatasync runs on the journal's commit
