@@ -1952,6 +1952,66 @@ fn wait_until_settled(server: &Server, client_id: &str, topics: &[&str]) {
     }
 }
 
+/// A persistent session's cursor is written about once per durable write,
+/// not once per PUBACK: a burst of 200 PUBACKs (one TCP write) leaves a
+/// couple of cursor records (the first PUBACK's, then the latest position
+/// when that write returns), the cursor still reaches the last message, and
+/// after a SIGKILL nothing acknowledged comes again.
+#[test]
+fn a_burst_of_pubacks_writes_a_few_cursor_records_not_one_each() {
+    use starling_protocol::HistoryQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topic = "burst";
+    let (mut reader, _) = connect_session(server.mqtt, ProtocolVersion::V5, "burst", false);
+    subscribe(&mut reader, topic, QoS::AtLeastOnce);
+    let texts: Vec<String> = (0..200).map(|i| format!("burst {i}")).collect();
+    publish_acked(&server, topic, &texts, QoS::AtLeastOnce);
+    let mut packet_ids = Vec::new();
+    while packet_ids.len() < texts.len() {
+        let (packet_id, qos, payload) = next_publish(&mut reader);
+        assert_eq!(qos, QoS::AtLeastOnce);
+        assert_eq!(payload, texts[packet_ids.len()].as_bytes());
+        packet_ids.push(packet_id.unwrap());
+    }
+    let mut client = starling_adapters::client::Client::connect(server.address, "test", "")
+        .expect("a native client");
+    let cursor_channel = format!("$cursor/mqtt.burst/{topic}");
+    let mut cursor_records = || {
+        client
+            .history(&cursor_channel, HistoryQuery::Last, 1)
+            .unwrap()
+            .head_seq
+    };
+    let before = cursor_records();
+    let mut acks = BytesMut::new();
+    for packet_id in &packet_ids {
+        Packet::PubAck(response(*packet_id)).encode(ProtocolVersion::V5, &mut acks);
+    }
+    reader.send_raw(&acks);
+    reader.send(&Packet::PingReq);
+    assert_eq!(reader.next(), Some(Packet::PingResp));
+    wait_until_settled(&server, "burst", &[topic]);
+    let written = cursor_records() - before;
+    assert!(
+        (1..=3).contains(&written),
+        "200 PUBACKs in one burst wrote {written} cursor records (one per PUBACK before \
+         cursor writes were coalesced)"
+    );
+
+    server.kill();
+    drop(reader);
+    let server = Server::start(dir.path(), &[]);
+    let (mut reader, present) = connect_session(server.mqtt, ProtocolVersion::V5, "burst", false);
+    assert!(present);
+    reader.send(&Packet::PingReq);
+    assert_eq!(
+        reader.next(),
+        Some(Packet::PingResp),
+        "nothing acknowledged comes again"
+    );
+}
+
 /// The next packet, which must be a PUBLISH with DUP set: (packet id, QoS,
 /// payload).
 fn next_resent_publish(raw: &mut Raw) -> (u16, QoS, String) {

@@ -237,6 +237,13 @@ impl<'a> SessionContext<'a> {
         self.server_commands.push((request_id, command));
     }
 
+    /// Takes the requests made on the server's behalf during this call
+    /// (for tests of adapters that drive a session without a shard, which
+    /// answer them as the broker would).
+    pub fn take_server_commands(&mut self) -> Vec<(u32, Command)> {
+        std::mem::take(&mut self.server_commands)
+    }
+
     /// Checks the client's credentials and, if they are good, makes the
     /// resulting principal the connection's. Without a token, a verified
     /// client certificate that names a user stands for one (see

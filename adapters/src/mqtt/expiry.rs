@@ -164,6 +164,7 @@ impl MqttSession {
         for filter in shares {
             state.leave_share(&self.listener.groups, &filter, context);
         }
+        state.cursors_at_close(context);
         state.note_at_close(context);
         let conn = context.conn();
         let will = state.will.take().map(|will| *will);

@@ -56,6 +56,8 @@ mod aliases;
 mod connect;
 mod deliveries;
 mod expiry;
+#[cfg(test)]
+mod harness;
 mod inbound;
 mod offline;
 mod outbound;
@@ -220,9 +222,15 @@ enum Pending {
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
-    /// A write an outbound QoS 2 message's PUBREL waits for (the cursor past
-    /// it, the note of its release) is durable: send PUBREL after the last.
-    PubRelAfter(u16),
+    /// A persistent session's cursor of `topic` at `seq` is written (see
+    /// [`Qos::cursor_writes`]); `pubrel`: the outbound QoS 2 message whose
+    /// PUBREL waits for it (and for the note of its release): sent after
+    /// the last.
+    CursorWritten {
+        topic: Arc<str>,
+        seq: u64,
+        pubrel: Option<u16>,
+    },
     /// The last note of a resumed session's QoS 2 state, read before the
     /// CONNACK.
     Qos2Read,
@@ -351,8 +359,18 @@ struct Qos {
     /// Outbound stored messages in flight, by packet id: (topic, seq), for
     /// the cursors of a persistent session.
     positions: HashMap<u16, (Arc<str>, u64)>,
-    /// The last cursor written per topic.
+    /// The cursor per topic: the seq up to which the client acknowledged
+    /// everything. Written to the log at once, or, while a write of the
+    /// topic's cursor is in flight, when that write returns.
     cursors: HashMap<Arc<str>, u64>,
+    /// Cursor writes in flight, per topic: the highest seq asked for.
+    /// While one is in flight a PUBACK only moves `cursors`, and the
+    /// latest position is written when it returns: about one cursor record
+    /// per durable write of the cursor's shard instead of one per PUBACK
+    /// (after a crash, the QoS 1 messages acknowledged since the last
+    /// durable write come again, as MQTT allows). A PUBREC writes at once:
+    /// its PUBREL waits for the write.
+    cursor_writes: HashMap<Arc<str>, u64>,
     /// A persistent session's notes of its deliveries in flight.
     noting: Noting,
 }
@@ -367,6 +385,7 @@ impl Qos {
             && self.held.is_empty()
             && self.positions.is_empty()
             && self.cursors.is_empty()
+            && self.cursor_writes.is_empty()
             && self.noting.is_idle()
     }
 }
@@ -750,7 +769,7 @@ impl MqttSession {
                     state.qos.outbound.remove(&response.packet_id);
                     release_if_empty(&mut state.qos.outbound);
                     state.deliveries_changed();
-                    let _ = state.acknowledged(response.packet_id, context);
+                    state.acknowledged(response.packet_id, false, context);
                     state.release_held(context.out());
                 }
                 Ok(())
@@ -772,10 +791,7 @@ impl MqttSession {
                     // after a crash the message is not sent again, and
                     // the PUBREL is (exactly once).
                     let mut writes_waiting = 0;
-                    if let Some(request_id) = state.acknowledged(packet_id, context) {
-                        state
-                            .pending
-                            .insert(request_id, Pending::PubRelAfter(packet_id));
+                    if state.acknowledged(packet_id, true, context) {
                         writes_waiting += 1;
                     }
                     if let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) {

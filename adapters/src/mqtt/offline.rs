@@ -71,20 +71,13 @@ impl Connected {
     /// before it and a record that the session follows the topic.
     fn start_following(&mut self, topic: String, first_seq: u64, context: &mut SessionContext<'_>) {
         let cursor = first_seq - 1;
-        self.qos.cursors.insert(Arc::from(topic.as_str()), cursor);
+        let topic: Arc<str> = Arc::from(topic);
+        self.qos.cursors.insert(topic.clone(), cursor);
         self.record(
-            serde_json::json!({"type": "topic", "topic": topic}),
+            serde_json::json!({"type": "topic", "topic": &*topic}),
             context,
         );
-        let request_id = next_request(self, Pending::Fire);
-        context.submit(
-            request_id,
-            Command::CursorSet {
-                consumer: session_consumer(&self.client_id),
-                channel: topic,
-                seq: cursor,
-            },
-        );
+        self.write_cursor(topic, cursor, None, context);
     }
 
     /// Subscribes to `topic` from `seq` on (catch-up, then live) for a

@@ -42,7 +42,8 @@ pub(super) struct InFlight {
     /// When it was sent, to resend in the same order.
     pub(super) order: u64,
     pub(super) outgoing: Option<Outgoing>,
-    /// Writes the PUBREL still waits for (`Pending::PubRelAfter`).
+    /// Writes the PUBREL still waits for (the note of its release and,
+    /// when it moved the cursor, `Pending::CursorWritten`).
     pub(super) writes_waiting: u8,
 }
 
@@ -180,14 +181,20 @@ impl Connected {
     /// The client took responsibility for outbound message `packet_id`
     /// (PUBACK, or PUBREC for QoS 2): in a persistent session, move the
     /// topic's cursor up to the highest seq below which nothing is still in
-    /// flight or held.
-    /// Returns the request id of the cursor write, when there is one.
+    /// flight or held. `release`: a PUBREC, whose PUBREL waits for the
+    /// cursor write (which then goes out at once even while another write
+    /// of the topic's cursor is in flight).
+    /// Returns true when a cursor write was asked for that the PUBREL of
+    /// `packet_id` waits for.
     pub(super) fn acknowledged(
         &mut self,
         packet_id: u16,
+        release: bool,
         context: &mut SessionContext<'_>,
-    ) -> Option<u32> {
-        let (channel, seq) = self.qos.positions.remove(&packet_id)?;
+    ) -> bool {
+        let Some((channel, seq)) = self.qos.positions.remove(&packet_id) else {
+            return false;
+        };
         release_if_empty(&mut self.qos.positions);
         let lowest_open = self
             .qos
@@ -207,26 +214,101 @@ impl Connected {
             Some(open) if open < seq => open - 1,
             _ => seq,
         };
-        let written = self.qos.cursors.get(&channel).copied().unwrap_or(0);
-        if cursor <= written {
-            return None;
+        let acknowledged = self.qos.cursors.get(&channel).copied().unwrap_or(0);
+        if cursor <= acknowledged {
+            return false;
         }
         self.qos.cursors.insert(channel.clone(), cursor);
-        let extras = self.extras.as_mut();
-        if let Some(delivered) = extras.and_then(|extras| extras.delivered.get_mut(&channel)) {
-            // What the cursor passed is never sent from the log again.
-            *delivered = delivered.split_off(&(cursor + 1));
+        if !release && self.qos.cursor_writes.contains_key(&channel) {
+            // Written when the write in flight returns (`cursor_written`).
+            return false;
         }
-        let request_id = next_request(self, Pending::Fire);
+        self.write_cursor(channel, cursor, release.then_some(packet_id), context);
+        true
+    }
+
+    /// Writes the cursor of `topic` at `seq` (`pubrel`: the packet id whose
+    /// PUBREL waits for it).
+    pub(super) fn write_cursor(
+        &mut self,
+        topic: Arc<str>,
+        seq: u64,
+        pubrel: Option<u16>,
+        context: &mut SessionContext<'_>,
+    ) {
+        let writing = self.qos.cursor_writes.entry(topic.clone()).or_insert(seq);
+        *writing = (*writing).max(seq);
+        let channel = topic.to_string();
+        let request_id = next_request(self, Pending::CursorWritten { topic, seq, pubrel });
         context.submit(
             request_id,
             Command::CursorSet {
                 consumer: session_consumer(&self.client_id),
-                channel: channel.to_string(),
-                seq: cursor,
+                channel,
+                seq,
             },
         );
-        Some(request_id)
+    }
+
+    /// The write of `topic`'s cursor at `seq` returned. Durable, it lets
+    /// go of the seqs it passed: they are never sent from the log again, so
+    /// neither `delivered` nor the notes need them any more (kept until
+    /// now, a note lists them as done: a crash before this write would
+    /// otherwise send a completed QoS 2 message again as a new one). The
+    /// latest write of the topic writes the position the client reached
+    /// meanwhile, if it moved.
+    pub(super) fn cursor_written(
+        &mut self,
+        topic: Arc<str>,
+        seq: u64,
+        error: Option<&BrokerError>,
+        context: &mut SessionContext<'_>,
+    ) {
+        match error {
+            None => {
+                let extras = self.extras.as_mut();
+                if let Some(delivered) = extras.and_then(|extras| extras.delivered.get_mut(&topic))
+                {
+                    *delivered = delivered.split_off(&(seq + 1));
+                }
+            }
+            Some(error) => log::warn!(
+                "mqtt {} (client {:?}): the cursor of {topic:?} was not stored: {error}",
+                context.peer(),
+                self.client_id
+            ),
+        }
+        if self.qos.cursor_writes.get(&topic) != Some(&seq) {
+            // A later write of this topic is still in flight.
+            return;
+        }
+        self.qos.cursor_writes.remove(&topic);
+        release_if_empty(&mut self.qos.cursor_writes);
+        let acknowledged = self.qos.cursors.get(&topic).copied().unwrap_or(0);
+        // After a failure the next acknowledgement tries again, rather than
+        // a loop of writes against a log that refuses them.
+        if error.is_none() && acknowledged > seq {
+            self.write_cursor(topic, acknowledged, None, context);
+        }
+    }
+
+    /// The connection closes: the positions acknowledged since the cursor
+    /// writes in flight were asked for are written now (their replies come
+    /// to no one; `delivered`, parked for the next connection, still holds
+    /// those seqs in case it reads a cursor before the write).
+    pub(super) fn cursors_at_close(&mut self, context: &mut SessionContext<'_>) {
+        let behind: Vec<(Arc<str>, u64)> = self
+            .qos
+            .cursor_writes
+            .iter()
+            .filter_map(|(topic, writing)| {
+                let acknowledged = *self.qos.cursors.get(topic)?;
+                (acknowledged > *writing).then(|| (topic.clone(), acknowledged))
+            })
+            .collect();
+        for (topic, seq) in behind {
+            self.write_cursor(topic, seq, None, context);
+        }
     }
 
     /// Records a change of a persistent session's subscriptions.

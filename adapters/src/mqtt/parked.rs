@@ -34,7 +34,10 @@ pub(super) struct Parked {
 
 impl Parked {
     fn is_empty(&self) -> bool {
-        self.outbound.is_empty() && self.held.is_empty() && self.qos2_received.is_empty()
+        self.outbound.is_empty()
+            && self.held.is_empty()
+            && self.qos2_received.is_empty()
+            && self.delivered.values().all(BTreeSet::is_empty)
     }
 }
 
@@ -98,7 +101,7 @@ impl Connected {
                 .expect("only a released message has no PUBLISH");
             let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
                 // Expired while the client was away: never sent again.
-                let _ = self.acknowledged(packet_id, context);
+                self.acknowledged(packet_id, false, context);
                 self.deliveries_changed();
                 continue;
             };

@@ -76,12 +76,14 @@ pub(super) struct Note {
     /// sent.
     pub(super) sent: Vec<Sent>,
     /// Seqs of cursor topics that the client acknowledged (PUBACK, or
-    /// PUBREC for QoS 2) while an earlier message of the topic was still
-    /// open, so that the topic's cursor could not pass them: (topic, seq).
-    /// A redelivery from the cursor after a restart skips them (without
-    /// this, a QoS 2 message completed out of order came again as a new
-    /// message).
-    pub(super) done: Vec<(String, u64)>,
+    /// PUBREC for QoS 2) above the topic's durable cursor: while an earlier
+    /// message of the topic was still open, so that the cursor could not
+    /// pass them, or while the write of the cursor past them was in flight.
+    /// As runs: (topic, first seq, last seq). A redelivery from the cursor
+    /// after a restart skips them (without this, a QoS 2 message completed
+    /// out of order, or whose note was durable before its cursor, came
+    /// again as a new message).
+    pub(super) done: Vec<(String, u64, u64)>,
 }
 
 /// An outbound QoS 1 or 2 PUBLISH of a stored message, as noted: enough to
@@ -167,7 +169,7 @@ impl Note {
     fn of(
         received: &HashMap<u16, Received>,
         outbound: &HashMap<u16, InFlight>,
-        done: Vec<(String, u64)>,
+        done: Vec<(String, u64, u64)>,
     ) -> Note {
         let mut noted: Vec<(u16, u64)> = received
             .iter()
@@ -203,8 +205,9 @@ impl Note {
     }
 
     /// `{"received": [[packet id, key], …], "released": [packet id, …],
-    /// "sent": [[packet id, topic, seq, qos], …], "done": [[topic, seq],
-    /// …]}` (`sent` and `done` only when there are some).
+    /// "sent": [[packet id, topic, seq, qos], …], "done": [[topic, first
+    /// seq, last seq], …]}` (`sent` and `done` only when there are some).
+    /// Notes written before runs have `[topic, seq]` in `done`.
     fn body(&self) -> Bytes {
         let mut note = serde_json::json!({ "received": self.received, "released": self.released });
         if !self.sent.is_empty() {
@@ -238,7 +241,11 @@ impl Note {
             sent: entries("sent").iter().filter_map(Sent::from_json).collect(),
             done: entries("done")
                 .iter()
-                .filter_map(|entry| Some((entry[0].as_str()?.to_string(), entry[1].as_u64()?)))
+                .filter_map(|entry| {
+                    let first = entry[1].as_u64()?;
+                    let last = entry.get(2).map_or(Some(first), |last| last.as_u64())?;
+                    Some((entry[0].as_str()?.to_string(), first, last))
+                })
                 .collect(),
         }
     }
@@ -316,26 +323,39 @@ impl Connected {
         request_id
     }
 
-    /// The seqs above their topics' cursors that were sent and are no
-    /// longer in flight: acknowledged out of order (see `Note::done`).
-    fn done_above_cursors(&self) -> Vec<(String, u64)> {
+    /// The seqs above their topics' durable cursors that were sent and are
+    /// no longer in flight, as runs (see `Note::done`).
+    fn done_above_cursors(&self) -> Vec<(String, u64, u64)> {
         let Some(extras) = self.extras.as_ref() else {
             return Vec::new();
         };
-        // Usually empty: with acknowledgements in order, what was sent
-        // above a cursor is exactly what is in flight.
+        // With acknowledgements in order, what was sent above a durable
+        // cursor is what is in flight and what the cursor write in flight
+        // passes: one run per topic.
         let open: HashSet<(&str, u64)> = self
             .qos
             .positions
             .values()
             .map(|(topic, seq)| (&**topic, *seq))
             .collect();
-        let mut done = Vec::new();
+        let mut done: Vec<(String, u64, u64)> = Vec::new();
         for (topic, seqs) in &extras.delivered {
+            let mut run: Option<(u64, u64)> = None;
             for &seq in seqs {
-                if !open.contains(&(&**topic, seq)) {
-                    done.push((topic.to_string(), seq));
+                if open.contains(&(&**topic, seq)) {
+                    continue;
                 }
+                run = match run {
+                    Some((first, last)) if last + 1 == seq => Some((first, seq)),
+                    Some((first, last)) => {
+                        done.push((topic.to_string(), first, last));
+                        Some((seq, seq))
+                    }
+                    None => Some((seq, seq)),
+                };
+            }
+            if let Some((first, last)) = run {
+                done.push((topic.to_string(), first, last));
             }
         }
         done.sort_unstable();
@@ -346,20 +366,19 @@ impl Connected {
     /// note, before a restart): the redelivery from the cursors skips them.
     pub(super) fn restore_done(
         &mut self,
-        done: Vec<(String, u64)>,
+        done: Vec<(String, u64, u64)>,
         keeps_cursor: impl Fn(&str) -> bool,
     ) {
-        for (topic, seq) in done {
-            let passed = self
-                .qos
-                .cursors
-                .get(topic.as_str())
-                .is_some_and(|c| seq <= *c);
-            if passed || !keeps_cursor(&topic) {
+        for (topic, first, last) in done {
+            if !keeps_cursor(&topic) {
                 continue;
             }
+            let cursor = self.qos.cursors.get(topic.as_str()).copied().unwrap_or(0);
             let delivered = self.extras().delivered.entry(Arc::from(topic)).or_default();
-            if delivered.len() < super::outbound::DELIVERED_ABOVE_CURSOR_MAX {
+            for seq in first.max(cursor + 1)..=last {
+                if delivered.len() >= super::outbound::DELIVERED_ABOVE_CURSOR_MAX {
+                    break;
+                }
                 delivered.insert(seq);
             }
         }
@@ -696,7 +715,7 @@ mod tests {
             ..outgoing
         };
         outbound.insert(44, sent(Outbound::Qos1Sent, 3, Some(retained)));
-        let done = vec![("t".to_string(), 3), ("t".to_string(), 7)];
+        let done = vec![("t".to_string(), 3, 3), ("t".to_string(), 7, 9)];
         let note = Note::of(&received, &outbound, done.clone());
         let expected = Note {
             received: vec![(2, 5), (7, u64::MAX - 1)],
@@ -728,7 +747,10 @@ mod tests {
         // The plain entry is four numbers and a topic, nothing more.
         let body: serde_json::Value = serde_json::from_slice(&note.body()).unwrap();
         assert_eq!(body["sent"][1], serde_json::json!([42, "t", 1, 2]));
-        assert_eq!(body["done"], serde_json::json!([["t", 3], ["t", 7]]));
+        assert_eq!(body["done"], serde_json::json!([["t", 3, 3], ["t", 7, 9]]));
+        // A note written before runs lists single seqs.
+        let single = Note::read(br#"{"received": [], "released": [], "done": [["t", 4]]}"#);
+        assert_eq!(single.done, [("t".to_string(), 4, 4)]);
         // A note written before deliveries were noted reads as none sent.
         let older = Note::read(br#"{"received": [[2, 5]], "released": [41]}"#);
         assert!(older.sent.is_empty() && older.released == [41]);

@@ -133,14 +133,11 @@ impl MqttSession {
                     send_unsuback(state, packet_id, done, context);
                 }
             }
-            Pending::PubRelAfter(packet_id) => {
-                if let Some(error) = error {
-                    log::warn!(
-                        "mqtt {}: a session cursor was not stored: {error}",
-                        context.peer()
-                    );
+            Pending::CursorWritten { topic, seq, pubrel } => {
+                state.cursor_written(topic, seq, error, context);
+                if let Some(packet_id) = pubrel {
+                    state.pubrel_write_done(packet_id, context.out());
                 }
-                state.pubrel_write_done(packet_id, context.out());
             }
             Pending::Noted => return state.noted(request_id, error, context),
             Pending::Qos2Read => {

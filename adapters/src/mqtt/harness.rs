@@ -1,0 +1,463 @@
+//! Tests that drive MQTT sessions without a shard or a socket: an in-memory
+//! log answers their broker commands, a test client speaks MQTT to them, and
+//! the test decides which requests reach the log before a simulated crash.
+//! A request that was not answered before the crash never happened: the
+//! log keeps only what was answered, as a real log keeps only what was
+//! durable when it acknowledged.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use starling_broker::command::cursor_channel;
+use starling_broker::{
+    Command, LoopbackAuthorizer, Metrics, Principal, Protocol, Reply, Session, SessionContext,
+};
+use starling_protocol::mqtt::{decode, Decoded, MqttLimits, Packet, ProtocolVersion};
+use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
+
+use super::MqttProtocol;
+
+/// The broker's log as the sessions see it: channels of messages.
+#[derive(Default)]
+pub(super) struct Log {
+    channels: HashMap<String, Vec<Message>>,
+}
+
+impl Log {
+    fn append(&mut self, channel: &str, kind: u8, relation: u64, body: Bytes) -> Message {
+        let messages = self.channels.entry(channel.to_string()).or_default();
+        let message = Message {
+            seq: messages.len() as u64 + 1,
+            offset: 0,
+            timestamp_ms: 1,
+            kind,
+            sender: Bytes::from_static(b"test"),
+            client_message_id: Bytes::new(),
+            relation,
+            headers: Bytes::new(),
+            body,
+        };
+        messages.push(message.clone());
+        message
+    }
+
+    fn head(&self, channel: &str) -> u64 {
+        self.channels.get(channel).map_or(0, |m| m.len() as u64)
+    }
+
+    fn read(&self, channel: &str, query: HistoryQuery, limit: u32) -> Vec<Message> {
+        let messages = self.channels.get(channel).map_or(&[][..], Vec::as_slice);
+        let limit = limit as usize;
+        let (start, end) = match query {
+            HistoryQuery::From(seq) => {
+                let start = (seq.max(1) - 1) as usize;
+                (start, start.saturating_add(limit))
+            }
+            HistoryQuery::Before(seq) => {
+                let end = (seq.max(1) - 1) as usize;
+                (end.saturating_sub(limit), end)
+            }
+            HistoryQuery::Last => (messages.len().saturating_sub(limit), messages.len()),
+        };
+        let end = end.min(messages.len());
+        messages[start.min(end)..end].to_vec()
+    }
+
+    /// Carries out `command` and answers it as the broker would, with the
+    /// messages a subscription made by it catches up on.
+    fn apply(&mut self, command: &Command) -> (Reply, Vec<Message>) {
+        match command {
+            Command::Publish {
+                channel,
+                kind,
+                relation,
+                body,
+                ..
+            } => {
+                let message = self.append(channel, *kind, *relation, body.clone());
+                let reply = Reply::Published {
+                    seq: message.seq,
+                    offset: 0,
+                    timestamp_ms: 1,
+                    durable: true,
+                    duplicate: false,
+                };
+                (reply, Vec::new())
+            }
+            Command::Subscribe { channel, start } => {
+                let head_seq = self.head(channel);
+                let catch_up = match *start {
+                    SubscribeStart::Live => Vec::new(),
+                    SubscribeStart::FromSeq(seq) => {
+                        self.read(channel, HistoryQuery::From(seq), u32::MAX)
+                    }
+                    SubscribeStart::LastN(count) => {
+                        let count = u32::try_from(count).unwrap_or(u32::MAX);
+                        self.read(channel, HistoryQuery::Last, count)
+                    }
+                };
+                (Reply::Subscribed { head_seq }, catch_up)
+            }
+            Command::SubscribePattern { .. } => (Reply::Subscribed { head_seq: 0 }, Vec::new()),
+            Command::Unsubscribe { .. } | Command::UnsubscribePattern { .. } => {
+                (Reply::Unsubscribed, Vec::new())
+            }
+            Command::History {
+                channel,
+                query,
+                limit,
+            } => {
+                let reply = Reply::History {
+                    channel: Arc::from(channel.as_str()),
+                    head_seq: self.head(channel),
+                    messages: self.read(channel, *query, *limit),
+                };
+                (reply, Vec::new())
+            }
+            Command::CursorSet {
+                consumer,
+                channel,
+                seq,
+            } => {
+                let cursor = cursor_channel(consumer, channel);
+                let body = Bytes::copy_from_slice(&seq.to_le_bytes());
+                self.append(&cursor, kind::CURSOR, *seq, body);
+                (Reply::CursorAck, Vec::new())
+            }
+            Command::CursorGet { consumer, channel } => {
+                let cursor = cursor_channel(consumer, channel);
+                let seq = self
+                    .channels
+                    .get(&cursor)
+                    .and_then(|records| records.last())
+                    .map_or(0, |record| record.relation);
+                (Reply::Cursor { seq }, Vec::new())
+            }
+        }
+    }
+}
+
+/// One client connection to a session, with the requests the session made
+/// that were not answered yet.
+pub(super) struct Driver {
+    session: Box<dyn Session>,
+    principal: Option<Principal>,
+    version: ProtocolVersion,
+    /// What the session sent the client and the client did not read yet.
+    received: BytesMut,
+    pub(super) unanswered: Vec<(u32, Command)>,
+    subscriptions: Vec<String>,
+}
+
+impl Driver {
+    /// A new connection to the server `protocol` (a server process: a
+    /// crash is a new `MqttProtocol` on the same `Log`).
+    pub(super) fn open(protocol: &MqttProtocol, version: ProtocolVersion) -> Driver {
+        Driver {
+            session: protocol.new_session(peer()),
+            principal: None,
+            version,
+            received: BytesMut::new(),
+            unanswered: Vec::new(),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Runs one call of the session with a fresh context, keeping what it
+    /// sent and asked for.
+    fn call(
+        &mut self,
+        action: impl FnOnce(&mut dyn Session, &mut SessionContext<'_>) -> Option<Bytes>,
+    ) {
+        let mut out = BytesMut::new();
+        let mut commands = Vec::new();
+        let authorizer = LoopbackAuthorizer;
+        let metrics = Metrics::default();
+        let (delivered, server_commands) = {
+            let mut context = SessionContext::new(
+                &mut out,
+                &mut commands,
+                &mut self.principal,
+                &authorizer,
+                peer(),
+                &metrics,
+            );
+            let delivered = action(&mut *self.session, &mut context);
+            (delivered, context.take_server_commands())
+        };
+        commands.extend(server_commands);
+        self.received.extend_from_slice(&out);
+        if let Some(bytes) = delivered {
+            self.received.extend_from_slice(&bytes);
+        }
+        self.unanswered.extend(commands);
+    }
+
+    /// The client sends `packet`.
+    pub(super) fn send(&mut self, packet: &Packet) {
+        let mut input = BytesMut::new();
+        packet.encode(self.version, &mut input);
+        self.call(|session, context| {
+            session
+                .on_input(&mut input, context)
+                .expect("the session takes the packet");
+            None
+        });
+    }
+
+    /// Answers the session's requests from `log`, and those they lead to,
+    /// except the ones `hold` picks (left in `unanswered`).
+    pub(super) fn answer(&mut self, log: &mut Log, hold: impl Fn(&Command) -> bool) {
+        let mut held = Vec::new();
+        while !self.unanswered.is_empty() {
+            for (request_id, command) in std::mem::take(&mut self.unanswered) {
+                if hold(&command) {
+                    held.push((request_id, command));
+                    continue;
+                }
+                let (reply, catch_up) = log.apply(&command);
+                if let Command::Subscribe { channel, .. } = &command {
+                    self.subscriptions.push(channel.clone());
+                }
+                self.call(|session, context| {
+                    session
+                        .on_reply(request_id, &reply, context)
+                        .expect("the session takes the reply");
+                    None
+                });
+                if let Command::Subscribe { channel, .. } = &command {
+                    if !catch_up.is_empty() {
+                        self.deliver(channel, &catch_up);
+                    }
+                }
+            }
+        }
+        self.unanswered = held;
+    }
+
+    /// Delivers `messages` of `channel` live, when the session subscribed
+    /// to it.
+    pub(super) fn deliver(&mut self, channel: &str, messages: &[Message]) {
+        if !self.subscriptions.iter().any(|c| c == channel) {
+            return;
+        }
+        self.call(|session, context| {
+            session
+                .on_delivery(channel, messages, context)
+                .expect("the session takes the delivery")
+        });
+    }
+
+    /// The connection closes.
+    pub(super) fn close(&mut self) {
+        self.call(|session, context| {
+            session.on_closed(context);
+            None
+        });
+    }
+
+    /// The packets the client received since the last call.
+    pub(super) fn packets(&mut self) -> Vec<Packet> {
+        let mut packets = Vec::new();
+        while let Ok(Decoded::Complete { packet, used }) =
+            decode(&self.received, self.version, &MqttLimits::default())
+        {
+            let _ = self.received.split_to(used);
+            packets.push(packet);
+        }
+        assert!(self.received.is_empty(), "a partial packet was sent");
+        packets
+    }
+}
+
+fn peer() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+
+/// Publishes `body` to `topic` in `log` and delivers it to `drivers`.
+pub(super) fn publish(
+    log: &mut Log,
+    topic: &str,
+    body: &'static [u8],
+    drivers: &mut [&mut Driver],
+) {
+    let message = log.append(topic, kind::MESSAGE, 0, Bytes::from_static(body));
+    for driver in drivers {
+        driver.deliver(topic, std::slice::from_ref(&message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use starling_protocol::mqtt::{
+        Connect, Properties, PublishResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    };
+
+    use super::*;
+
+    fn connect(client_id: &str) -> Packet {
+        Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: false,
+            keep_alive_s: 0,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties {
+                session_expiry_interval_s: Some(3600),
+                ..Properties::default()
+            },
+        }))
+    }
+
+    /// Connects `client_id` to `server` on `log` and checks the CONNACK:
+    /// the connection and what came after the CONNACK.
+    fn connected(
+        server: &MqttProtocol,
+        log: &mut Log,
+        client_id: &str,
+        present: bool,
+    ) -> (Driver, Vec<Packet>) {
+        let mut client = Driver::open(server, ProtocolVersion::V5);
+        client.send(&connect(client_id));
+        client.answer(log, |_| false);
+        let mut packets = client.packets();
+        match packets.first() {
+            Some(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.reason_code, ReasonCode::Success);
+                assert_eq!(ack.session_present, present);
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        packets.remove(0);
+        (client, packets)
+    }
+
+    fn subscribe(client: &mut Driver, log: &mut Log, topic: &str, qos: QoS) {
+        let options = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(topic.into(), options)],
+            properties: Properties::default(),
+        }));
+        client.answer(log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+    }
+
+    fn is_cursor_write(command: &Command) -> bool {
+        matches!(command, Command::CursorSet { .. })
+    }
+
+    /// A QoS 2 delivery whose PUBREC moved the cursor: the note of its
+    /// release can be durable before the cursor write past it (they are two
+    /// records, possibly on two shards). After a crash between the two, the
+    /// resumed session sends PUBREL again and not the message: the note
+    /// lists it as done above the durable cursor.
+    #[test]
+    fn a_released_qos2_delivery_is_not_sent_again_when_its_cursor_write_was_lost() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "keeper", false);
+        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
+        publish(&mut log, "t", b"once", &mut [&mut client]);
+        client.answer(&mut log, |_| false);
+        let packet_id = match &client.packets()[..] {
+            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        };
+        client.send(&Packet::PubRec(PublishResponse::success(packet_id)));
+        client.answer(&mut log, is_cursor_write);
+        assert!(
+            client.unanswered.iter().any(|(_, c)| is_cursor_write(c)),
+            "the PUBREC moved the cursor"
+        );
+        assert!(
+            client.packets().is_empty(),
+            "the PUBREL waits for the cursor"
+        );
+
+        // A crash: a new server process on what reached the log.
+        drop(client);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (_client, packets) = connected(&server, &mut log, "keeper", true);
+        assert_eq!(
+            packets,
+            [Packet::PubRel(PublishResponse::success(packet_id))],
+            "the PUBREL again, and not the message"
+        );
+    }
+
+    /// While a cursor write is in flight, PUBACKs only move the position;
+    /// the latest is written when the write returns. What the client
+    /// acknowledged meanwhile is in the notes (`done`), and a connection
+    /// that closes writes the position it reached.
+    #[test]
+    fn pubacks_share_a_cursor_write_in_flight() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "reader", false);
+        subscribe(&mut client, &mut log, "t", QoS::AtLeastOnce);
+        let cursor_writes = |client: &Driver| {
+            client
+                .unanswered
+                .iter()
+                .filter_map(|(_, command)| match command {
+                    Command::CursorSet { seq, .. } => Some(*seq),
+                    _ => None,
+                })
+                .collect::<Vec<u64>>()
+        };
+        for _ in 0..5 {
+            publish(&mut log, "t", b"m", &mut [&mut client]);
+        }
+        client.answer(&mut log, is_cursor_write);
+        let packet_ids: Vec<u16> = client
+            .packets()
+            .iter()
+            .map(|packet| match packet {
+                Packet::Publish(publish) => publish.packet_id.unwrap(),
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(packet_ids.len(), 5);
+        for packet_id in &packet_ids {
+            client.send(&Packet::PubAck(PublishResponse::success(*packet_id)));
+        }
+        assert_eq!(cursor_writes(&client), [1], "one write in flight");
+        // The notes say what was acknowledged above the durable cursor.
+        client.answer(&mut log, is_cursor_write);
+        let note = log.read("$mqtt/qos2/reader", HistoryQuery::Last, 1);
+        let note = super::super::qos2::Note::read(&note[0].body);
+        assert_eq!(note.done, [("t".to_string(), 1, 5)]);
+        assert!(note.sent.is_empty());
+        // The write returns: the latest position goes next.
+        client.answer(
+            &mut log,
+            |command| matches!(command, Command::CursorSet { seq, .. } if *seq == 5),
+        );
+        assert_eq!(cursor_writes(&client), [5]);
+        // Two more acknowledged while that one is in flight, then the
+        // connection closes: the position it reached is written.
+        for _ in 0..2 {
+            publish(&mut log, "t", b"m", &mut [&mut client]);
+        }
+        client.answer(&mut log, is_cursor_write);
+        for packet in client.packets() {
+            let Packet::Publish(publish) = packet else {
+                panic!("expected PUBLISH, got {packet:?}");
+            };
+            client.send(&Packet::PubAck(PublishResponse::success(
+                publish.packet_id.unwrap(),
+            )));
+        }
+        assert_eq!(cursor_writes(&client), [5]);
+        client.close();
+        assert_eq!(cursor_writes(&client), [5, 7]);
+    }
+}
