@@ -207,7 +207,7 @@ impl MqttSession {
             }
             state.read_session(1, context);
             let channel = qos2_channel(&state.client_id);
-            read_last_own(state, Pending::Qos2Read, channel, context);
+            read_last_own(state, Pending::Qos2Read, channel, NOTES_READ, context);
             return self.try_resume(context);
         }
         if state.persistent {
@@ -216,7 +216,11 @@ impl MqttSession {
             // forgotten), durably before the CONNACK.
             let start = serde_json::json!({"type": "start"});
             state.append_record(start, Pending::OlderSessionEnded, context);
-            state.note_qos2(Pending::OlderSessionEnded, context);
+            state.note_qos2(
+                &self.listener.note_numbers,
+                Pending::OlderSessionEnded,
+                context,
+            );
             return Ok(());
         }
         // A clean start that keeps nothing still discards an older
@@ -233,10 +237,10 @@ impl MqttSession {
                     state.append_record(end, Pending::OlderSessionEnded, context);
                 }
             }
-            None => read_last_own(state, Pending::OlderSessionRead, channel, context),
+            None => read_last_own(state, Pending::OlderSessionRead, channel, 1, context),
         }
         let channel = qos2_channel(&state.client_id);
-        read_last_own(state, Pending::OlderNoteRead, channel, context);
+        read_last_own(state, Pending::OlderNoteRead, channel, NOTES_READ, context);
         Ok(())
     }
 
@@ -301,7 +305,7 @@ impl MqttSession {
             state.restore_received(&noted);
         } else if !noted.is_empty() {
             // Those of a session that ended or expired are forgotten.
-            state.note_qos2(Pending::Fire, context);
+            state.note_qos2(&self.listener.note_numbers, Pending::Fire, context);
         }
         if !stored.present && !records.is_empty() {
             // The session ended or expired: what it left is forgotten, and a
@@ -351,20 +355,7 @@ impl MqttSession {
                 let request_id = next_request(state, Pending::Fire);
                 context.submit(request_id, command);
             } else {
-                let consumer = session_consumer(&state.client_id);
-                let request_id = next_request(
-                    state,
-                    Pending::RestoreCursor {
-                        topic: filter.clone(),
-                    },
-                );
-                context.submit(
-                    request_id,
-                    Command::CursorGet {
-                        consumer,
-                        channel: filter,
-                    },
-                );
+                state.read_cursor(filter, context);
             }
         }
         state.restore_wildcard_topics(&stored, context);

@@ -165,7 +165,7 @@ impl MqttSession {
             state.leave_share(&self.listener.groups, &filter, context);
         }
         state.cursors_at_close(context);
-        state.note_at_close(context);
+        state.note_at_close(&self.listener.note_numbers, context);
         let conn = context.conn();
         let will = state.will.take().map(|will| *will);
         let principal = context.principal().cloned();

@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use starling_broker::{
-    pattern, BrokerError, Close, Command, ConnRef, Protocol, Reply, Session, SessionContext,
-    SessionEvent,
+    command::cursor_channel, pattern, BrokerError, Close, Command, ConnRef, Protocol, Reply,
+    Session, SessionContext, SessionEvent,
 };
 use starling_protocol::headers::{decode_headers, encode_headers, name};
 use starling_protocol::mqtt::PayloadFormat;
@@ -65,6 +65,8 @@ mod parked;
 mod qos2;
 mod replies;
 mod shared;
+#[cfg(test)]
+mod simulation;
 mod store;
 mod subscribe;
 mod wills;
@@ -84,7 +86,7 @@ pub use offline::WILDCARD_TOPICS_MAX;
 use outbound::{InFlight, Outbound, Outgoing};
 pub use parked::PARKED_SESSIONS_MAX;
 use parked::{Handoff, ParkedSessions};
-use qos2::{qos2_channel, received_message_id, Note, Noting, Received};
+use qos2::{qos2_channel, received_message_id, Note, Noting, Received, NOTES_READ};
 use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
@@ -125,6 +127,7 @@ struct Listener {
     parked: ParkedSessions,
     timers: SharedTimers,
     groups: Groups,
+    note_numbers: qos2::NoteNumbers,
 }
 
 /// The connection of each connected client id, so a new connection with the
@@ -158,6 +161,7 @@ impl MqttProtocol {
                 parked: ParkedSessions::default(),
                 timers: SharedTimers::default(),
                 groups: Groups::default(),
+                note_numbers: qos2::NoteNumbers::default(),
             }),
         }
     }
@@ -223,13 +227,10 @@ enum Pending {
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
     /// A persistent session's cursor of `topic` at `seq` is written (see
-    /// [`Qos::cursor_writes`]); `pubrel`: the outbound QoS 2 message whose
-    /// PUBREL waits for it (and for the note of its release): sent after
-    /// the last.
+    /// [`Qos::cursor_writes`]).
     CursorWritten {
         topic: Arc<str>,
         seq: u64,
-        pubrel: Option<u16>,
     },
     /// The last note of a resumed session's QoS 2 state, read before the
     /// CONNACK.
@@ -252,7 +253,8 @@ enum Pending {
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
-    /// The cursor of a restored subscription.
+    /// The last records of a restored subscription's cursor (the highest
+    /// is its position: see `CURSOR_RECORDS_READ`).
     RestoreCursor {
         topic: String,
     },
@@ -364,12 +366,13 @@ struct Qos {
     /// topic's cursor is in flight, when that write returns.
     cursors: HashMap<Arc<str>, u64>,
     /// Cursor writes in flight, per topic: the highest seq asked for.
-    /// While one is in flight a PUBACK only moves `cursors`, and the
-    /// latest position is written when it returns: about one cursor record
-    /// per durable write of the cursor's shard instead of one per PUBACK
-    /// (after a crash, the QoS 1 messages acknowledged since the last
-    /// durable write come again, as MQTT allows). A PUBREC writes at once:
-    /// its PUBREL waits for the write.
+    /// While one is in flight a PUBACK or PUBREC only moves `cursors`, and
+    /// the latest position is written when it returns: about one cursor
+    /// record per durable write of the cursor's shard instead of one per
+    /// acknowledgement. After a crash, the QoS 1 messages acknowledged since
+    /// the last durable write come again, as MQTT allows; QoS 2 ones do not
+    /// (the notes list them as done until a cursor write past them is
+    /// durable).
     cursor_writes: HashMap<Arc<str>, u64>,
     /// A persistent session's notes of its deliveries in flight.
     noting: Noting,
@@ -664,7 +667,7 @@ impl MqttSession {
     /// settled.
     fn settle(&mut self, context: &mut SessionContext<'_>) {
         if let Some(state) = self.state.as_mut() {
-            state.write_note(context);
+            state.write_note(&self.listener.note_numbers, context);
             state.qos.release_if_settled();
         }
     }
@@ -769,7 +772,7 @@ impl MqttSession {
                     state.qos.outbound.remove(&response.packet_id);
                     release_if_empty(&mut state.qos.outbound);
                     state.deliveries_changed();
-                    state.acknowledged(response.packet_id, false, context);
+                    state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
                 }
                 Ok(())
@@ -786,14 +789,13 @@ impl MqttSession {
                     return Ok(());
                 }
                 if known {
-                    // In a persistent session the PUBREL waits for the
-                    // cursor and the note of the release to be durable:
-                    // after a crash the message is not sent again, and
-                    // the PUBREL is (exactly once).
+                    // In a persistent session the PUBREL waits for the note
+                    // of the release to be durable (which lists the message
+                    // as done until its cursor is): after a crash the
+                    // message is not sent again, and the PUBREL is (exactly
+                    // once).
                     let mut writes_waiting = 0;
-                    if state.acknowledged(packet_id, true, context) {
-                        writes_waiting += 1;
-                    }
+                    state.acknowledged(packet_id, context);
                     if let Some(in_flight) = state.qos.outbound.get_mut(&packet_id) {
                         in_flight.state = Outbound::Qos2Released;
                         // Never sent again: only its packet id matters now.

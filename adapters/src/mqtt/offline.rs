@@ -77,7 +77,7 @@ impl Connected {
             serde_json::json!({"type": "topic", "topic": &*topic}),
             context,
         );
-        self.write_cursor(topic, cursor, None, context);
+        self.write_cursor(topic, cursor, context);
     }
 
     /// Subscribes to `topic` from `seq` on (catch-up, then live) for a
@@ -120,17 +120,7 @@ impl Connected {
         for topic in &stored.followed_topics {
             if self.wildcard_since(topic).is_some() {
                 self.extras().caught_up.insert(topic.to_string());
-                let pending = Pending::RestoreCursor {
-                    topic: topic.to_string(),
-                };
-                let request_id = next_request(self, pending);
-                context.submit(
-                    request_id,
-                    Command::CursorGet {
-                        consumer: session_consumer(&self.client_id),
-                        channel: topic.to_string(),
-                    },
-                );
+                self.read_cursor(topic.to_string(), context);
             }
         }
         self.read_topic_index(1, context);

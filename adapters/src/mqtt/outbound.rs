@@ -42,8 +42,7 @@ pub(super) struct InFlight {
     /// When it was sent, to resend in the same order.
     pub(super) order: u64,
     pub(super) outgoing: Option<Outgoing>,
-    /// Writes the PUBREL still waits for (the note of its release and,
-    /// when it moved the cursor, `Pending::CursorWritten`).
+    /// Writes the PUBREL still waits for (the note of its release).
     pub(super) writes_waiting: u8,
 }
 
@@ -53,6 +52,15 @@ pub(super) struct InFlight {
 /// unacknowledged while thousands after it are acknowledged stops being
 /// recorded here; after a reconnect it may then receive some of those again.
 pub(super) const DELIVERED_ABOVE_CURSOR_MAX: usize = HELD_MESSAGES_MAX;
+
+/// Records of a topic's cursor read to restore it, taking the highest. A
+/// cursor never moves back, but a connection's last cursor writes may
+/// still be on their way to the log when it closes, and land after the
+/// writes of the next connection (from another shard); each connection has
+/// at most two writes of a topic's cursor in flight (one at a time, and one
+/// more as it closes), so this covers eight connections in a row whose
+/// writes all land late.
+pub(super) const CURSOR_RECORDS_READ: u32 = 16;
 
 impl Connected {
     /// The state of outbound message `packet_id`, if it is in flight.
@@ -181,19 +189,10 @@ impl Connected {
     /// The client took responsibility for outbound message `packet_id`
     /// (PUBACK, or PUBREC for QoS 2): in a persistent session, move the
     /// topic's cursor up to the highest seq below which nothing is still in
-    /// flight or held. `release`: a PUBREC, whose PUBREL waits for the
-    /// cursor write (which then goes out at once even while another write
-    /// of the topic's cursor is in flight).
-    /// Returns true when a cursor write was asked for that the PUBREL of
-    /// `packet_id` waits for.
-    pub(super) fn acknowledged(
-        &mut self,
-        packet_id: u16,
-        release: bool,
-        context: &mut SessionContext<'_>,
-    ) -> bool {
+    /// flight or held, and write it unless a write of it is in flight.
+    pub(super) fn acknowledged(&mut self, packet_id: u16, context: &mut SessionContext<'_>) {
         let Some((channel, seq)) = self.qos.positions.remove(&packet_id) else {
-            return false;
+            return;
         };
         release_if_empty(&mut self.qos.positions);
         let lowest_open = self
@@ -216,30 +215,27 @@ impl Connected {
         };
         let acknowledged = self.qos.cursors.get(&channel).copied().unwrap_or(0);
         if cursor <= acknowledged {
-            return false;
+            return;
         }
         self.qos.cursors.insert(channel.clone(), cursor);
-        if !release && self.qos.cursor_writes.contains_key(&channel) {
-            // Written when the write in flight returns (`cursor_written`).
-            return false;
+        if !self.qos.cursor_writes.contains_key(&channel) {
+            // Otherwise written when the write in flight returns
+            // (`cursor_written`).
+            self.write_cursor(channel, cursor, context);
         }
-        self.write_cursor(channel, cursor, release.then_some(packet_id), context);
-        true
     }
 
-    /// Writes the cursor of `topic` at `seq` (`pubrel`: the packet id whose
-    /// PUBREL waits for it).
+    /// Writes the cursor of `topic` at `seq`.
     pub(super) fn write_cursor(
         &mut self,
         topic: Arc<str>,
         seq: u64,
-        pubrel: Option<u16>,
         context: &mut SessionContext<'_>,
     ) {
         let writing = self.qos.cursor_writes.entry(topic.clone()).or_insert(seq);
         *writing = (*writing).max(seq);
         let channel = topic.to_string();
-        let request_id = next_request(self, Pending::CursorWritten { topic, seq, pubrel });
+        let request_id = next_request(self, Pending::CursorWritten { topic, seq });
         context.submit(
             request_id,
             Command::CursorSet {
@@ -288,8 +284,16 @@ impl Connected {
         // After a failure the next acknowledgement tries again, rather than
         // a loop of writes against a log that refuses them.
         if error.is_none() && acknowledged > seq {
-            self.write_cursor(topic, acknowledged, None, context);
+            self.write_cursor(topic, acknowledged, context);
         }
+    }
+
+    /// Reads the last records of `topic`'s cursor, as the server, for a
+    /// restored subscription (`Pending::RestoreCursor`).
+    pub(super) fn read_cursor(&mut self, topic: String, context: &mut SessionContext<'_>) {
+        let channel = cursor_channel(&session_consumer(&self.client_id), &topic);
+        let pending = Pending::RestoreCursor { topic };
+        read_last_own(self, pending, channel, CURSOR_RECORDS_READ, context);
     }
 
     /// The connection closes: the positions acknowledged since the cursor
@@ -307,7 +311,7 @@ impl Connected {
             })
             .collect();
         for (topic, seq) in behind {
-            self.write_cursor(topic, seq, None, context);
+            self.write_cursor(topic, seq, context);
         }
     }
 

@@ -67,8 +67,9 @@ impl Connected {
     }
 
     /// Takes up a parked session right after the CONNACK: PUBREL for what
-    /// the client PUBREC'd, then the unacknowledged messages again, in the
-    /// order first sent, with their packet ids and DUP set.
+    /// the client PUBREC'd (once this connection's note lists it), then the
+    /// unacknowledged messages again, in the order first sent, with their
+    /// packet ids and DUP set.
     pub(super) fn resume_parked(&mut self, parked: Parked, context: &mut SessionContext<'_>) {
         self.qos.qos2_received.extend(parked.qos2_received);
         self.qos.positions.extend(parked.positions);
@@ -90,9 +91,14 @@ impl Connected {
             self.qos.next_order += 1;
             in_flight.order = self.qos.next_order;
             if in_flight.state == Outbound::Qos2Released {
-                Packet::PubRel(PublishResponse::success(packet_id))
-                    .encode(self.version, context.out());
+                // The older connection's note of the release may not be
+                // durable yet (it may never be, if the server dies): the
+                // PUBREL waits for a note of this connection that lists it,
+                // or a restart could send the message again after the
+                // client completed it.
+                in_flight.writes_waiting = 1;
                 self.qos.outbound.insert(packet_id, in_flight);
+                self.pubrel_after_note(packet_id);
                 continue;
             }
             let outgoing = in_flight
@@ -101,7 +107,7 @@ impl Connected {
                 .expect("only a released message has no PUBLISH");
             let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
                 // Expired while the client was away: never sent again.
-                self.acknowledged(packet_id, false, context);
+                self.acknowledged(packet_id, context);
                 self.deliveries_changed();
                 continue;
             };

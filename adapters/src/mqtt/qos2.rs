@@ -41,6 +41,8 @@
 //! A non-persistent session keeps all this in memory: it ends with its
 //! connection.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::*;
 
 /// A QoS 2 message received from the client and not released yet.
@@ -64,10 +66,66 @@ pub(super) fn received_message_id(key: u64) -> Bytes {
     Bytes::from(format!("mqtt2/{key:016x}"))
 }
 
+/// Notes read to resume a session, taking the highest-numbered
+/// ([`NoteNumbers`]). A session writes one note at a time, and one more as
+/// its connection closes, so a closed connection has at most two on their
+/// way to the log when the next connection starts (they may land after its
+/// notes, coming from another shard): this covers eight connections in a
+/// row whose last notes all land late.
+pub(super) const NOTES_READ: u32 = 16;
+
+/// Numbers the notes of a listener's sessions. Each number is higher than
+/// that of every note made before it in this process (one counter) and
+/// than those of earlier processes (it never runs behind the wall clock in
+/// microseconds, and a resumed session raises it past the notes it read),
+/// so of a session's last notes the highest-numbered is the newest,
+/// whatever order they reached the log in.
+#[derive(Default)]
+pub(super) struct NoteNumbers(AtomicU64);
+
+impl NoteNumbers {
+    fn next(&self) -> u64 {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_micros() as u64);
+        let mut number = 0;
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                number = (last + 1).max(now_us);
+                Some(number)
+            });
+        number
+    }
+
+    /// Numbers from now on are higher than `number` (a note read).
+    fn passed(&self, number: u64) {
+        self.0.fetch_max(number, Ordering::Relaxed);
+    }
+
+    /// The newest of the notes in `records` (the last ones of a session's
+    /// note channel), and makes later numbers higher than its. Notes
+    /// written before they were numbered count as 0; of equal numbers the
+    /// later in the log wins.
+    pub(super) fn newest(&self, records: &[Message]) -> Note {
+        let newest = records
+            .iter()
+            .map(|record| Note::read(&record.body))
+            .enumerate()
+            .max_by_key(|(index, note)| (note.number, *index))
+            .map(|(_, note)| note)
+            .unwrap_or_default();
+        self.passed(newest.number);
+        newest
+    }
+}
+
 /// A session's QoS 2 state, and its QoS 1 and 2 deliveries in flight, as
 /// noted in the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Note {
+    /// Its place among the session's notes ([`NoteNumbers`]).
+    pub(super) number: u64,
     /// Received packet ids and their keys, by packet id.
     pub(super) received: Vec<(u16, u64)>,
     /// Released outbound packet ids, in the order they were sent.
@@ -167,6 +225,7 @@ impl Note {
     /// `outbound` (those of stored messages: a retained message sent at
     /// SUBSCRIBE has no seq of its topic and is not noted).
     fn of(
+        number: u64,
         received: &HashMap<u16, Received>,
         outbound: &HashMap<u16, InFlight>,
         done: Vec<(String, u64, u64)>,
@@ -182,6 +241,7 @@ impl Note {
             .collect();
         in_order.sort_unstable_by_key(|(order, _, _)| *order);
         let mut note = Note {
+            number,
             received: noted,
             done,
             ..Note::default()
@@ -204,12 +264,16 @@ impl Note {
         note
     }
 
-    /// `{"received": [[packet id, key], …], "released": [packet id, …],
+    /// `{"n": number, "received": [[packet id, key], …], "released": [packet id, …],
     /// "sent": [[packet id, topic, seq, qos], …], "done": [[topic, first
     /// seq, last seq], …]}` (`sent` and `done` only when there are some).
     /// Notes written before runs have `[topic, seq]` in `done`.
     fn body(&self) -> Bytes {
-        let mut note = serde_json::json!({ "received": self.received, "released": self.released });
+        let mut note = serde_json::json!({
+            "n": self.number,
+            "received": self.received,
+            "released": self.released,
+        });
         if !self.sent.is_empty() {
             let sent: Vec<serde_json::Value> = self.sent.iter().map(Sent::to_json).collect();
             note["sent"] = serde_json::Value::Array(sent);
@@ -227,6 +291,7 @@ impl Note {
         };
         let entries = |name: &str| note[name].as_array().cloned().unwrap_or_default();
         Note {
+            number: note["n"].as_u64().unwrap_or(0),
             received: entries("received")
                 .iter()
                 .filter_map(|entry| {
@@ -301,7 +366,12 @@ impl Connected {
     /// Notes the session's QoS 2 state and deliveries in flight (a
     /// persistent session's); `pending` answers the note, whose request id
     /// is returned.
-    pub(super) fn note_qos2(&mut self, pending: Pending, context: &mut SessionContext<'_>) -> u32 {
+    pub(super) fn note_qos2(
+        &mut self,
+        numbers: &NoteNumbers,
+        pending: Pending,
+        context: &mut SessionContext<'_>,
+    ) -> u32 {
         let request_id = next_request(self, pending);
         context.submit_as_server(
             request_id,
@@ -313,6 +383,7 @@ impl Connected {
                 relation: 0,
                 headers: Bytes::new(),
                 body: Note::of(
+                    numbers.next(),
                     &self.qos.qos2_received,
                     &self.qos.outbound,
                     self.done_above_cursors(),
@@ -439,11 +510,11 @@ impl Connected {
     /// flight (called after every event of the session, so one note covers
     /// what an event and the events during the previous note's write
     /// changed).
-    pub(super) fn write_note(&mut self, context: &mut SessionContext<'_>) {
+    pub(super) fn write_note(&mut self, numbers: &NoteNumbers, context: &mut SessionContext<'_>) {
         if !self.persistent || self.restoring() || !self.qos.noting.has_note_to_write() {
             return;
         }
-        let request_id = self.note_qos2(Pending::Noted, context);
+        let request_id = self.note_qos2(numbers, Pending::Noted, context);
         let noting = &mut self.qos.noting;
         noting.in_flight = Some(request_id);
         noting.covered = std::mem::take(&mut noting.next);
@@ -452,9 +523,13 @@ impl Connected {
     /// The connection ends: what changed since the last note is noted
     /// (nobody waits for it), so that the next connection, also after a
     /// restart, does not resend what the client acknowledged.
-    pub(super) fn note_at_close(&mut self, context: &mut SessionContext<'_>) {
+    pub(super) fn note_at_close(
+        &mut self,
+        numbers: &NoteNumbers,
+        context: &mut SessionContext<'_>,
+    ) {
         if self.persistent && self.qos.noting.next.changed {
-            self.note_qos2(Pending::Fire, context);
+            self.note_qos2(numbers, Pending::Fire, context);
         }
     }
 
@@ -716,8 +791,9 @@ mod tests {
         };
         outbound.insert(44, sent(Outbound::Qos1Sent, 3, Some(retained)));
         let done = vec![("t".to_string(), 3, 3), ("t".to_string(), 7, 9)];
-        let note = Note::of(&received, &outbound, done.clone());
+        let note = Note::of(7, &received, &outbound, done.clone());
         let expected = Note {
+            number: 7,
             received: vec![(2, 5), (7, u64::MAX - 1)],
             released: vec![41, 40],
             sent: vec![
@@ -754,7 +830,7 @@ mod tests {
         // A note written before deliveries were noted reads as none sent.
         let older = Note::read(br#"{"received": [[2, 5]], "released": [41]}"#);
         assert!(older.sent.is_empty() && older.released == [41]);
-        let empty = Note::of(&HashMap::new(), &HashMap::new(), Vec::new());
+        let empty = Note::of(0, &HashMap::new(), &HashMap::new(), Vec::new());
         assert!(Note::read(&empty.body()).is_empty());
         assert!(Note::read(b"not a note").is_empty());
     }

@@ -69,19 +69,9 @@ impl MqttSession {
                     if let Reply::Subscribed { head_seq } = reply {
                         if state.persistent && qos != QoS::AtMostOnce {
                             let channel: Arc<str> = Arc::from(filter.as_str());
-                            if let std::collections::hash_map::Entry::Vacant(entry) =
-                                state.qos.cursors.entry(channel)
-                            {
-                                entry.insert(*head_seq);
-                                let request_id = next_request(state, Pending::Fire);
-                                context.submit(
-                                    request_id,
-                                    Command::CursorSet {
-                                        consumer: session_consumer(&state.client_id),
-                                        channel: filter.clone(),
-                                        seq: *head_seq,
-                                    },
-                                );
+                            if !state.qos.cursors.contains_key(&channel) {
+                                state.qos.cursors.insert(channel.clone(), *head_seq);
+                                state.write_cursor(channel, *head_seq, context);
                             }
                         }
                     }
@@ -133,21 +123,15 @@ impl MqttSession {
                     send_unsuback(state, packet_id, done, context);
                 }
             }
-            Pending::CursorWritten { topic, seq, pubrel } => {
-                state.cursor_written(topic, seq, error, context);
-                if let Some(packet_id) = pubrel {
-                    state.pubrel_write_done(packet_id, context.out());
-                }
+            Pending::CursorWritten { topic, seq } => {
+                state.cursor_written(topic, seq, error, context)
             }
             Pending::Noted => return state.noted(request_id, error, context),
             Pending::Qos2Read => {
                 let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
                 };
-                let mut noted = messages
-                    .last()
-                    .map(|note| Note::read(&note.body))
-                    .unwrap_or_default();
+                let mut noted = self.listener.note_numbers.newest(messages);
                 let Some(restore) = state.restore.as_mut() else {
                     return Ok(());
                 };
@@ -207,11 +191,9 @@ impl MqttSession {
                 let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
                 };
-                if messages
-                    .last()
-                    .is_some_and(|note| !Note::read(&note.body).is_empty())
-                {
-                    state.note_qos2(Pending::OlderSessionEnded, context);
+                let numbers = &self.listener.note_numbers;
+                if !numbers.newest(messages).is_empty() {
+                    state.note_qos2(numbers, Pending::OlderSessionEnded, context);
                 }
                 return self.finish_clean_start(context);
             }
@@ -245,8 +227,16 @@ impl MqttSession {
                 return self.try_resume(context);
             }
             Pending::RestoreCursor { topic } => {
+                // The highest of the last records: a cursor never moves
+                // back, but a write of a closed connection can land after
+                // a newer one (`CURSOR_RECORDS_READ`).
                 let stored = match reply {
-                    Reply::Cursor { seq } => *seq,
+                    Reply::History { messages, .. } => messages
+                        .iter()
+                        .filter(|record| record.kind == kind::CURSOR)
+                        .map(|record| record.relation)
+                        .max()
+                        .unwrap_or(0),
                     _ => 0,
                 };
                 // A message resent from the previous connection may have
@@ -425,7 +415,7 @@ impl MqttSession {
                     release_if_empty(&mut state.qos.qos2_received);
                     if refused.is_some_and(|received| received.key.is_some()) {
                         // The exchange ends here: the id is new again.
-                        state.note_qos2(Pending::Fire, context);
+                        state.note_qos2(&self.listener.note_numbers, Pending::Fire, context);
                     }
                 }
                 if version == ProtocolVersion::V311 {

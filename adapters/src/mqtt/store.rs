@@ -289,16 +289,25 @@ pub(super) fn read_history(
     }
 }
 
-/// Reads the last of the session's own records or notes in `channel`, as
-/// the server.
+/// Reads the last `limit` of the session's own records, notes or cursor
+/// records in `channel`, as the server.
 pub(super) fn read_last_own(
     state: &mut Connected,
     pending: Pending,
     channel: String,
+    limit: u32,
     context: &mut SessionContext<'_>,
 ) {
     let query = HistoryQuery::Last;
-    read_history(state, Reader::Server, pending, channel, query, 1, context);
+    read_history(
+        state,
+        Reader::Server,
+        pending,
+        channel,
+        query,
+        limit,
+        context,
+    );
 }
 
 /// Frees the table of a map that became empty: an idle connection keeps no
