@@ -338,7 +338,7 @@ impl MqttSession {
                 let sent = std::mem::take(&mut noted.sent);
                 let keeps_cursor = |topic: &str| stored.keeps_cursor(topic);
                 state.restore_sent(sent, noted_messages, keeps_cursor, context.out());
-                state.restore_done(std::mem::take(&mut noted.done), keeps_cursor);
+                state.restore_done(std::mem::take(&mut noted.done));
             }
         }
         let state = self.state.as_mut().expect("connected");

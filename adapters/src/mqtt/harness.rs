@@ -12,7 +12,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use starling_broker::command::cursor_channel;
 use starling_broker::{
-    Command, LoopbackAuthorizer, Metrics, Principal, Protocol, Reply, Session, SessionContext,
+    pattern, Command, LoopbackAuthorizer, Metrics, Principal, Protocol, Reply, Session,
+    SessionContext,
 };
 use starling_protocol::mqtt::{decode, Decoded, MqttLimits, Packet, ProtocolVersion};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
@@ -23,6 +24,10 @@ use super::MqttProtocol;
 #[derive(Default)]
 pub(super) struct Log {
     channels: HashMap<String, Vec<Message>>,
+    /// The seq of each publish with a client message id, by channel and
+    /// id: a retry gets the original (the broker's idempotent publish,
+    /// here without its window).
+    published: HashMap<(String, Bytes), u64>,
 }
 
 impl Log {
@@ -31,7 +36,7 @@ impl Log {
         let message = Message {
             seq: messages.len() as u64 + 1,
             offset: 0,
-            timestamp_ms: 1,
+            timestamp_ms: super::wall_clock_ms(),
             kind,
             sender: Bytes::from_static(b"test"),
             client_message_id: Bytes::new(),
@@ -43,11 +48,11 @@ impl Log {
         message
     }
 
-    fn head(&self, channel: &str) -> u64 {
+    pub(super) fn head(&self, channel: &str) -> u64 {
         self.channels.get(channel).map_or(0, |m| m.len() as u64)
     }
 
-    fn read(&self, channel: &str, query: HistoryQuery, limit: u32) -> Vec<Message> {
+    pub(super) fn read(&self, channel: &str, query: HistoryQuery, limit: u32) -> Vec<Message> {
         let messages = self.channels.get(channel).map_or(&[][..], Vec::as_slice);
         let limit = limit as usize;
         let (start, end) = match query {
@@ -74,15 +79,24 @@ impl Log {
                 kind,
                 relation,
                 body,
+                client_message_id,
                 ..
             } => {
-                let message = self.append(channel, *kind, *relation, body.clone());
+                let key = (channel.clone(), client_message_id.clone());
+                let original = self.published.get(&key).copied();
+                let seq = match original {
+                    Some(seq) => seq,
+                    None => self.append(channel, *kind, *relation, body.clone()).seq,
+                };
+                if !client_message_id.is_empty() {
+                    self.published.insert(key, seq);
+                }
                 let reply = Reply::Published {
-                    seq: message.seq,
+                    seq,
                     offset: 0,
                     timestamp_ms: 1,
                     durable: true,
-                    duplicate: false,
+                    duplicate: original.is_some(),
                 };
                 (reply, Vec::new())
             }
@@ -149,6 +163,7 @@ pub(super) struct Driver {
     received: BytesMut,
     pub(super) unanswered: Vec<(u32, Command)>,
     subscriptions: Vec<String>,
+    patterns: Vec<String>,
 }
 
 impl Driver {
@@ -162,6 +177,7 @@ impl Driver {
             received: BytesMut::new(),
             unanswered: Vec::new(),
             subscriptions: Vec::new(),
+            patterns: Vec::new(),
         }
     }
 
@@ -220,7 +236,11 @@ impl Driver {
                 let (reply, catch_up) = log.apply(&command);
                 match &command {
                     Command::Subscribe { channel, .. } => self.subscriptions.push(channel.clone()),
+                    Command::SubscribePattern { pattern } => self.patterns.push(pattern.clone()),
                     Command::Unsubscribe { channel } => self.subscriptions.retain(|c| c != channel),
+                    Command::UnsubscribePattern { pattern } => {
+                        self.patterns.retain(|p| p != pattern)
+                    }
                     _ => {}
                 }
                 self.call(|session, context| {
@@ -239,10 +259,13 @@ impl Driver {
         self.unanswered = held;
     }
 
-    /// Delivers `messages` of `channel` live, when the session subscribed
-    /// to it.
+    /// Delivers `messages` of `channel` live, once, when the session
+    /// subscribed to it or to a pattern that matches it (as the broker
+    /// does).
     pub(super) fn deliver(&mut self, channel: &str, messages: &[Message]) {
-        if !self.subscriptions.iter().any(|c| c == channel) {
+        let subscribed = self.subscriptions.iter().any(|c| c == channel)
+            || self.patterns.iter().any(|p| pattern::matches(p, channel));
+        if !subscribed {
             return;
         }
         self.call(|session, context| {

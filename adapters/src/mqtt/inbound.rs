@@ -55,7 +55,7 @@ impl MqttSession {
                 }
                 let arrival = state.qos.acks.reserve(QoS::ExactlyOnce);
                 let pending = acknowledge(QoS::ExactlyOnce, packet_id, topic, arrival);
-                match known {
+                let (pending, key) = match known {
                     Some(Received { stored: true, .. }) => {
                         // A retransmission of a message stored: acknowledge
                         // again, store nothing.
@@ -75,22 +75,27 @@ impl MqttSession {
                         let key = state.persistent.then(|| state.new_received_key());
                         let received = Received { key, stored: false };
                         state.qos.qos2_received.insert(packet_id, received);
-                        if key.is_some() {
-                            // A persistent session notes the packet id before
-                            // it stores the message (`received`).
-                            let headers = state.publish_headers(&publish);
-                            let deferred = Deferred {
-                                publish,
-                                headers,
-                                pending,
-                                key,
-                            };
-                            state.store_after_note(deferred);
-                            return Ok(());
-                        }
-                        (pending, None)
+                        (pending, key)
                     }
+                };
+                if key.is_some() {
+                    // A persistent session stores the message only once a
+                    // note of this connection lists its packet id and key
+                    // (`received`), also a retransmission: the older
+                    // connection that took it may have closed before its
+                    // note was durable, and a restart would then not know
+                    // the key and store the message twice.
+                    let headers = state.publish_headers(&publish);
+                    let deferred = Deferred {
+                        publish,
+                        headers,
+                        pending,
+                        key,
+                    };
+                    state.store_after_note(deferred);
+                    return Ok(());
                 }
+                (pending, None)
             }
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };

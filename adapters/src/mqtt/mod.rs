@@ -253,6 +253,12 @@ enum Pending {
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
+    /// The record that the session follows a topic for its wildcard
+    /// filters is durable: its cursor can be written.
+    Following(Arc<str>),
+    /// The subscription of a topic of its own, made to catch up for a
+    /// wildcard filter, is in place (`Extras::catching_up`).
+    CaughtUp(String),
     /// The last records of a restored subscription's cursor (the highest
     /// is its position: see `CURSOR_RECORDS_READ`).
     RestoreCursor {
@@ -452,6 +458,14 @@ struct Extras {
     wildcard_since_ms: Vec<(String, u64)>,
     /// Topics subscribed on their own to catch up for wildcard filters.
     caught_up: HashSet<String>,
+    /// Those of `caught_up` whose own subscription is not in place yet,
+    /// with the lowest seq of theirs that came live through a wildcard
+    /// filter meanwhile (not sent: the topic's own subscription delivers
+    /// it, see `follow_wildcard_topic`).
+    catching_up: HashMap<String, Option<u64>>,
+    /// Topics whose record of being followed is not durable yet: their
+    /// cursors are not written before it is (`start_following`).
+    recording: HashSet<Arc<str>>,
     /// This member's view of the group of each shared subscription, by its
     /// filter.
     shares: HashMap<String, ShareView>,
@@ -476,6 +490,8 @@ impl Connected {
                 aliases: TopicAliases::new(Some(client_maximum)),
                 wildcard_since_ms: Vec::new(),
                 caught_up: HashSet::new(),
+                catching_up: HashMap::new(),
+                recording: HashSet::new(),
                 shares: HashMap::new(),
                 handed_over: Vec::new(),
                 delivered: HashMap::new(),
@@ -604,7 +620,9 @@ impl MqttSession {
             let Some(outgoing) = state.outgoing(&channel, message) else {
                 continue;
             };
-            state.follow_wildcard_topic(&outgoing, context);
+            if !state.follow_wildcard_topic(&outgoing, context) {
+                continue;
+            }
             if !state.send_or_hold(outgoing, &mut out) {
                 return Err(too_much_held(state.version, context));
             }

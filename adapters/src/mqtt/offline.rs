@@ -48,43 +48,91 @@ impl Connected {
 
     /// A QoS 1 or 2 message reached this persistent session through its
     /// wildcard filters only: from now on the topic's position is kept, so
-    /// a reconnect catches up from here.
+    /// a reconnect catches up from here. Returns false when the message is
+    /// not to be sent now: the topic's own subscription, being made, will
+    /// deliver it from the log.
     pub(super) fn follow_wildcard_topic(
         &mut self,
         outgoing: &Outgoing,
         context: &mut SessionContext<'_>,
-    ) {
+    ) -> bool {
         let topic = &outgoing.topic;
+        let seq = outgoing.message.seq;
+        let catching_up = self
+            .extras
+            .as_mut()
+            .and_then(|extras| extras.catching_up.get_mut(&**topic));
+        if let Some(lowest) = catching_up {
+            // Its catch-up covers it (the topic's own subscription starts
+            // at or before it), so it is not sent twice or out of order.
+            *lowest = Some(lowest.map_or(seq, |lowest| lowest.min(seq)));
+            return false;
+        }
         if !self.persistent
             || outgoing.share.is_some()
             || outgoing.qos == QoS::AtMostOnce
-            || outgoing.message.seq == 0
+            || seq == 0
             || self.qos.cursors.contains_key(topic)
             || self.qos.cursors.len() >= WILDCARD_TOPICS_MAX
         {
-            return;
+            return true;
         }
-        self.start_following(topic.to_string(), outgoing.message.seq, context);
+        match self.wildcard_since(topic) {
+            Some(since_ms) if seq > 1 => {
+                // Not the topic's first message: earlier ones published
+                // since the filter was subscribed may have missed the
+                // session (published while it reconnected, after its read
+                // of the topic index and before its pattern subscription
+                // was in place). They are looked for first, and this one
+                // comes with the topic's catch-up.
+                self.extras().caught_up.insert(topic.to_string());
+                self.extras()
+                    .catching_up
+                    .insert(topic.to_string(), Some(seq));
+                let query = HistoryQuery::Last;
+                self.read_offline_start(topic.to_string(), since_ms, None, query, context);
+                false
+            }
+            _ => {
+                self.start_following(topic.to_string(), seq, context);
+                true
+            }
+        }
     }
 
     /// Keeps the position of `topic` from `first_seq` on: a cursor just
-    /// before it and a record that the session follows the topic.
+    /// before it and a record that the session follows the topic. The
+    /// cursor is written once the record is durable (`Pending::Following`):
+    /// a cursor in the log always belongs to a topic the session's records
+    /// say it follows, so a restart resumes the topic from it rather than
+    /// starting it again from the topic index (and its cursor back).
     fn start_following(&mut self, topic: String, first_seq: u64, context: &mut SessionContext<'_>) {
         let cursor = first_seq - 1;
         let topic: Arc<str> = Arc::from(topic);
         self.qos.cursors.insert(topic.clone(), cursor);
-        self.record(
-            serde_json::json!({"type": "topic", "topic": &*topic}),
-            context,
-        );
-        self.write_cursor(topic, cursor, context);
+        // Acknowledgements meanwhile only move the position.
+        self.qos.cursor_writes.insert(topic.clone(), cursor);
+        self.extras().recording.insert(topic.clone());
+        let record = serde_json::json!({"type": "topic", "topic": &*topic});
+        self.append_record(record, Pending::Following(topic), context);
+    }
+
+    /// The record that the session follows `topic` is durable (or failed:
+    /// the cursor is written anyway, as before records were waited for).
+    pub(super) fn following(&mut self, topic: Arc<str>, context: &mut SessionContext<'_>) {
+        self.extras().recording.remove(&topic);
+        self.qos.cursor_writes.remove(&topic);
+        release_if_empty(&mut self.qos.cursor_writes);
+        if let Some(cursor) = self.qos.cursors.get(&topic).copied() {
+            self.write_cursor(topic, cursor, context);
+        }
     }
 
     /// Subscribes to `topic` from `seq` on (catch-up, then live) for a
     /// wildcard filter.
     fn catch_up(&mut self, topic: String, seq: u64, context: &mut SessionContext<'_>) {
         self.extras().caught_up.insert(topic.clone());
-        let request_id = next_request(self, Pending::Fire);
+        let request_id = next_request(self, Pending::CaughtUp(topic.clone()));
         context.submit(
             request_id,
             Command::Subscribe {
@@ -120,6 +168,9 @@ impl Connected {
         for topic in &stored.followed_topics {
             if self.wildcard_since(topic).is_some() {
                 self.extras().caught_up.insert(topic.to_string());
+                // Until its subscription from the cursor is in place, what
+                // comes live through the filter waits for it.
+                self.extras().catching_up.insert(topic.to_string(), None);
                 self.read_cursor(topic.to_string(), context);
             }
         }
@@ -162,6 +213,7 @@ impl Connected {
                 continue;
             };
             self.extras().caught_up.insert(topic.to_string());
+            self.extras().catching_up.insert(topic.to_string(), None);
             self.read_offline_start(
                 topic.to_string(),
                 since_ms,
@@ -228,11 +280,29 @@ impl Connected {
                 self.read_offline_start(topic, since_ms, found, query, context);
             }
             _ => {
-                if let Some(start) = found {
-                    self.start_following(topic.clone(), start, context);
+                // A message that came live meanwhile (after this read) is
+                // caught up too.
+                let live = self
+                    .extras
+                    .as_ref()
+                    .and_then(|extras| extras.catching_up.get(&topic).copied().flatten());
+                let start = match (found, live) {
+                    (Some(found), Some(live)) => Some(found.min(live)),
+                    (found, live) => found.or(live),
+                };
+                if let Some(start) = start {
+                    // Never behind what the client already acknowledged
+                    // (a message of the topic resent from the session's
+                    // note may have moved its cursor meanwhile).
+                    let acknowledged = self.qos.cursors.get(topic.as_str()).copied();
+                    let start = acknowledged.map_or(start, |cursor| start.max(cursor + 1));
+                    if acknowledged.is_none() {
+                        self.start_following(topic.clone(), start, context);
+                    }
                     self.catch_up(topic, start, context);
                 } else {
                     self.extras().caught_up.remove(&topic);
+                    self.extras().catching_up.remove(&topic);
                 }
             }
         }
@@ -260,6 +330,7 @@ impl Connected {
             .collect();
         for topic in orphans {
             self.extras().caught_up.remove(&topic);
+            self.extras().catching_up.remove(&topic);
             self.qos.cursors.remove(topic.as_str());
             let request_id = next_request(self, Pending::Fire);
             context.submit(request_id, Command::Unsubscribe { channel: topic });

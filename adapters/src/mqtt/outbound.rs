@@ -195,6 +195,13 @@ impl Connected {
             return;
         };
         release_if_empty(&mut self.qos.positions);
+        if !self.qos.cursors.contains_key(&channel) {
+            // Not (or not yet) followed by this connection (a delivery an
+            // older connection of the session handed over): a cursor
+            // written now could outlive the record that the topic is
+            // followed. It stays delivered (`Extras::delivered`).
+            return;
+        }
         let lowest_open = self
             .qos
             .positions
@@ -301,10 +308,12 @@ impl Connected {
     /// to no one; `delivered`, parked for the next connection, still holds
     /// those seqs in case it reads a cursor before the write).
     pub(super) fn cursors_at_close(&mut self, context: &mut SessionContext<'_>) {
+        let recording = self.extras.as_ref().map(|extras| &extras.recording);
         let behind: Vec<(Arc<str>, u64)> = self
             .qos
             .cursor_writes
             .iter()
+            .filter(|(topic, _)| !recording.is_some_and(|recording| recording.contains(*topic)))
             .filter_map(|(topic, writing)| {
                 let acknowledged = *self.qos.cursors.get(topic)?;
                 (acknowledged > *writing).then(|| (topic.clone(), acknowledged))

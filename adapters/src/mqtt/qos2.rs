@@ -434,16 +434,10 @@ impl Connected {
     }
 
     /// A resumed session's acknowledged seqs above its cursors (from its
-    /// note, before a restart): the redelivery from the cursors skips them.
-    pub(super) fn restore_done(
-        &mut self,
-        done: Vec<(String, u64, u64)>,
-        keeps_cursor: impl Fn(&str) -> bool,
-    ) {
+    /// note, before a restart): a redelivery from the log skips them (also
+    /// the catch-up of a topic whose record of being followed was lost).
+    pub(super) fn restore_done(&mut self, done: Vec<(String, u64, u64)>) {
         for (topic, first, last) in done {
-            if !keeps_cursor(&topic) {
-                continue;
-            }
             let cursor = self.qos.cursors.get(topic.as_str()).copied().unwrap_or(0);
             let delivered = self.extras().delivered.entry(Arc::from(topic)).or_default();
             for seq in first.max(cursor + 1)..=last {
@@ -646,10 +640,11 @@ impl Connected {
     /// Sends again, with their packet ids and DUP, the PUBLISHes a resumed
     /// session noted (before a restart) and the client did not acknowledge,
     /// in the order first sent; `messages` are what the log holds at their
-    /// seqs (none: gone, not sent). Those of topics whose cursors the
-    /// session keeps (`keeps_cursor`) are marked delivered, so that the
-    /// redelivery from the cursors skips them, and move the cursor when
-    /// acknowledged.
+    /// seqs (none: gone, not sent). They are marked delivered, so that a
+    /// redelivery from the log skips them (from a cursor, or the catch-up of
+    /// a wildcard filter's topic the session had not recorded yet), and
+    /// those of topics whose cursors the session keeps (`keeps_cursor`)
+    /// move the cursor when acknowledged.
     pub(super) fn restore_sent(
         &mut self,
         sent: Vec<Sent>,
@@ -674,14 +669,14 @@ impl Connected {
             };
             properties.subscription_identifiers = sent.subscription_ids.clone();
             let topic: Arc<str> = Arc::from(sent.topic);
+            let seq = message.seq;
             if keeps_cursor(&topic) {
-                let seq = message.seq;
                 self.qos
                     .positions
                     .insert(sent.packet_id, (topic.clone(), seq));
-                let delivered = self.extras().delivered.entry(topic.clone()).or_default();
-                delivered.insert(seq);
             }
+            let delivered = self.extras().delivered.entry(topic.clone()).or_default();
+            delivered.insert(seq);
             let outgoing = Outgoing {
                 topic,
                 message,

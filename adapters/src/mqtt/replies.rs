@@ -244,7 +244,7 @@ impl MqttSession {
                 let topic_key: Arc<str> = Arc::from(topic.as_str());
                 let seq = stored.max(state.qos.cursors.get(&topic_key).copied().unwrap_or(0));
                 state.qos.cursors.insert(topic_key, seq);
-                let request_id = next_request(state, Pending::Fire);
+                let request_id = next_request(state, Pending::CaughtUp(topic.clone()));
                 context.submit(
                     request_id,
                     Command::Subscribe {
@@ -263,6 +263,26 @@ impl MqttSession {
                 let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
             }
             Pending::TopicIndex => state.on_topic_index(reply, context),
+            Pending::Following(topic) => {
+                if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {}: that the session follows {topic:?} was not recorded: {error}",
+                        context.peer()
+                    );
+                }
+                state.following(topic, context);
+            }
+            Pending::CaughtUp(topic) => {
+                if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {}: {topic:?} was not subscribed to catch up: {error}",
+                        context.peer()
+                    );
+                }
+                if let Some(extras) = state.extras.as_mut() {
+                    extras.catching_up.remove(&topic);
+                }
+            }
             Pending::JoinShare(filter) => {
                 let joined = matches!(error, None | Some(BrokerError::AlreadySubscribed(_)));
                 if joined && state.share(&filter).is_none() {

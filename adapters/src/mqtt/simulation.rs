@@ -3,23 +3,27 @@
 //! session's requests reach the log in a random order (first come, first
 //! served per channel, as one shard serves a channel), the client answers
 //! late or loses its answers with the connection, connections drop, and the
-//! server crashes (what had not reached the log is lost). At the end every
-//! message published after the SUBACK reached the client: a QoS 1 topic's at
-//! least once, a QoS 2 topic's exactly once.
+//! server crashes (what had not reached the log is lost). The client, in
+//! MQTT 5 or 3.1.1, also publishes QoS 2 messages of its own and answers
+//! out of order now and then. At the end every message published after the
+//! SUBACK reached the client (a QoS 1 topic's at least once, a QoS 2 topic's
+//! exactly once), and every QoS 2 message the client published is in the
+//! log exactly once.
 //!
 //! `STARLING_MODEL_SEEDS=N` runs seeds 1..=N (a failing seed is named in the
 //! panic; its run is reproducible but for the order of a few hash maps'
 //! iteration inside the session).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use starling_broker::command::cursor_channel;
 use starling_broker::Command;
 use starling_protocol::mqtt::{
-    Connect, MqttLimits, Packet, Properties, ProtocolVersion, PublishResponse, QoS, ReasonCode,
-    Subscribe, SubscriptionOptions,
+    Connect, MqttLimits, Packet, Properties, ProtocolVersion, Publish, PublishResponse, QoS,
+    ReasonCode, Subscribe, SubscriptionOptions,
 };
+use starling_protocol::HistoryQuery;
 
 use super::harness::{publish, Driver, Log};
 use super::MqttProtocol;
@@ -44,7 +48,31 @@ impl Rng {
 
 const CLIENT_ID: &str = "simulated";
 /// The topics and the QoS of the client's subscription to each.
-const TOPICS: [(&str, QoS); 2] = [("sim/one", QoS::AtLeastOnce), ("sim/two", QoS::ExactlyOnce)];
+const FILTERS: [(&str, QoS); 3] = [
+    ("sim/one", QoS::AtLeastOnce),
+    ("sim/two", QoS::ExactlyOnce),
+    ("wild/+", QoS::ExactlyOnce),
+];
+/// The topics published to, and the QoS the client gets them with.
+const TOPICS: [(&str, QoS); 4] = [
+    ("sim/one", QoS::AtLeastOnce),
+    ("sim/two", QoS::ExactlyOnce),
+    ("wild/a", QoS::ExactlyOnce),
+    ("wild/b", QoS::ExactlyOnce),
+];
+/// Where the client publishes (QoS 2); nobody subscribes.
+const INBOUND_TOPIC: &str = "sim/in";
+/// The client's QoS 2 publishes in flight at most.
+const CLIENT_IN_FLIGHT_MAX: usize = 4;
+
+/// Where one of the client's own QoS 2 publishes is (MQTT 4.3.3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sending {
+    /// PUBLISH sent, no PUBREC yet.
+    Published,
+    /// PUBREC received, PUBREL sent, no PUBCOMP yet.
+    Released,
+}
 
 /// The client's side: what its application got, and its QoS 2 state, which
 /// outlives its connections (a persistent session on both sides).
@@ -57,6 +85,9 @@ struct Client {
     qos2_received: HashSet<u16>,
     /// Answers not sent yet; lost when the connection ends.
     answers: Vec<Packet>,
+    /// The client's own QoS 2 publishes in flight, by packet id.
+    sending: BTreeMap<u16, (Bytes, Sending)>,
+    next_packet_id: u16,
 }
 
 impl Client {
@@ -88,10 +119,43 @@ impl Client {
                     self.answers
                         .push(Packet::PubComp(PublishResponse::success(release.packet_id)));
                 }
+                Packet::PubRec(received) => {
+                    assert!(!received.reason_code.is_error(), "{received:?}");
+                    if let Some((_, stage)) = self.sending.get_mut(&received.packet_id) {
+                        *stage = Sending::Released;
+                        let release = PublishResponse::success(received.packet_id);
+                        self.answers.push(Packet::PubRel(release));
+                    }
+                }
+                Packet::PubComp(complete) => {
+                    self.sending.remove(&complete.packet_id);
+                }
                 Packet::ConnAck(ack) => assert_eq!(ack.reason_code, ReasonCode::Success),
                 Packet::SubAck(_) => {}
                 other => panic!("unexpected packet {other:?}"),
             }
+        }
+    }
+
+    /// Publishes `payload` at QoS 2 (sent with the next answers).
+    fn publish(&mut self, payload: Bytes) {
+        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+        let packet_id = self.next_packet_id;
+        self.answers
+            .push(own_publish(packet_id, payload.clone(), false));
+        self.sending
+            .insert(packet_id, (payload, Sending::Published));
+    }
+
+    /// A new connection: what the client's own publishes still need goes
+    /// again (MQTT 4.4), in order, after the CONNECT.
+    fn reconnected(&mut self) {
+        self.answers.clear();
+        for (packet_id, (payload, stage)) in &self.sending {
+            self.answers.push(match stage {
+                Sending::Published => own_publish(*packet_id, payload.clone(), true),
+                Sending::Released => Packet::PubRel(PublishResponse::success(*packet_id)),
+            });
         }
     }
 
@@ -104,20 +168,36 @@ impl Client {
     }
 }
 
-fn connect(receive_maximum: u16) -> Packet {
+fn own_publish(packet_id: u16, payload: Bytes, dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: INBOUND_TOPIC.into(),
+        packet_id: Some(packet_id),
+        properties: Properties::default(),
+        payload,
+    })
+}
+
+fn connect(version: ProtocolVersion, receive_maximum: u16) -> Packet {
+    let properties = match version {
+        ProtocolVersion::V5 => Properties {
+            session_expiry_interval_s: Some(u32::MAX),
+            receive_maximum: Some(receive_maximum),
+            ..Properties::default()
+        },
+        ProtocolVersion::V311 => Properties::default(),
+    };
     Packet::Connect(Box::new(Connect {
-        protocol: ProtocolVersion::V5,
+        protocol: version,
         clean_start: false,
         keep_alive_s: 0,
         client_id: CLIENT_ID.into(),
         will: None,
         username: None,
         password: None,
-        properties: Properties {
-            session_expiry_interval_s: Some(u32::MAX),
-            receive_maximum: Some(receive_maximum),
-            ..Properties::default()
-        },
+        properties,
     }))
 }
 
@@ -180,16 +260,21 @@ struct Stats {
 fn run(seed: u64, steps: u64, stats: &mut Stats) {
     let mut rng = Rng(seed);
     let receive_maximum = 1 + (rng.next() % 8) as u16;
+    let version = if rng.chance(25) {
+        ProtocolVersion::V311
+    } else {
+        ProtocolVersion::V5
+    };
     let mut log = Log::default();
     let mut server = MqttProtocol::new(MqttLimits::default());
     let mut client = Client::default();
     // Requests of closed connections still on their way to the log.
     let mut orphans: Vec<(u32, Command)> = Vec::new();
 
-    let mut driver = Driver::open(&server, ProtocolVersion::V5);
-    driver.send(&connect(receive_maximum));
+    let mut driver = Driver::open(&server, version);
+    driver.send(&connect(version, receive_maximum));
     driver.answer(&mut log, |_| false);
-    let filters = TOPICS
+    let filters = FILTERS
         .iter()
         .map(|(topic, qos)| {
             let options = SubscriptionOptions {
@@ -206,8 +291,13 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
     }));
     driver.answer(&mut log, |_| false);
     client.take_packets(&mut driver);
+    // Every message from here on is published in a later millisecond than
+    // the subscriptions (a wildcard filter's offline messages are found by
+    // their timestamps, strictly after the filter's).
+    std::thread::sleep(std::time::Duration::from_millis(2));
 
     let mut published: HashMap<&str, Vec<Bytes>> = HashMap::new();
+    let mut published_by_client = Vec::new();
     let mut connected = true;
     for step in 0..steps {
         let roll = rng.next() % 100;
@@ -224,6 +314,10 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                     &mut []
                 };
                 publish(&mut log, topic, body, live);
+                if log.head(topic) == 1 {
+                    // As an MQTT publisher's first message of a topic does.
+                    index_topic(&mut log, topic);
+                }
             }
             25..=54 if connected => {
                 let mut blocked = HashSet::new();
@@ -238,7 +332,18 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                     false
                 });
             }
-            55..=69 if connected => client.take_packets(&mut driver),
+            55..=64 if connected => client.take_packets(&mut driver),
+            65..=66 if client.sending.len() < CLIENT_IN_FLIGHT_MAX => {
+                let payload = Bytes::from(format!("in {seed}/{step}"));
+                published_by_client.push(payload.clone());
+                client.publish(payload);
+            }
+            67..=69 if client.answers.len() > 1 => {
+                // Answers out of order (MQTT asks for them in order; the
+                // server copes anyway).
+                let last = client.answers.len() - 1;
+                client.answers.swap(last - 1, last);
+            }
             70..=84 if connected => {
                 let count = (rng.next() % 4) as usize;
                 client.send_answers(&mut driver, count);
@@ -275,8 +380,9 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                     let count = orphans.len();
                     apply_orphans(&mut log, &mut orphans, count);
                 }
-                driver = Driver::open(&server, ProtocolVersion::V5);
-                driver.send(&connect(receive_maximum));
+                driver = Driver::open(&server, version);
+                driver.send(&connect(version, receive_maximum));
+                client.reconnected();
                 connected = true;
             }
             _ => {}
@@ -292,8 +398,9 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
     }
     let count = orphans.len();
     apply_orphans(&mut log, &mut orphans, count);
-    let mut driver = Driver::open(&server, ProtocolVersion::V5);
-    driver.send(&connect(receive_maximum));
+    let mut driver = Driver::open(&server, version);
+    driver.send(&connect(version, receive_maximum));
+    client.reconnected();
     for _ in 0..1_000 {
         driver.answer(&mut log, |_| false);
         client.take_packets(&mut driver);
@@ -304,8 +411,22 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
         client.send_answers(&mut driver, count);
     }
     assert!(
-        client.answers.is_empty() && driver.unanswered.is_empty(),
-        "seed {seed}: the session did not settle"
+        client.answers.is_empty() && driver.unanswered.is_empty() && client.sending.is_empty(),
+        "seed {seed}: the session did not settle ({:?} still sending)",
+        client.sending
+    );
+    let stored: Vec<Bytes> = log
+        .read(INBOUND_TOPIC, HistoryQuery::From(1), u32::MAX)
+        .into_iter()
+        .map(|message| message.body)
+        .collect();
+    let mut expected = published_by_client.clone();
+    expected.sort();
+    let mut stored_sorted = stored.clone();
+    stored_sorted.sort();
+    assert_eq!(
+        stored_sorted, expected,
+        "seed {seed} ({version:?}): the client's QoS 2 publishes are not in the log exactly once: {stored:?}"
     );
     for (topic, qos) in TOPICS {
         let sent = published.remove(topic).unwrap_or_default();
@@ -325,6 +446,19 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
             );
         }
     }
+}
+
+/// Lists `topic` in the MQTT topic index.
+fn index_topic(log: &mut Log, topic: &str) {
+    log.apply(&Command::Publish {
+        channel: super::offline::TOPIC_INDEX.to_string(),
+        ephemeral: false,
+        kind: starling_protocol::kind::MESSAGE,
+        client_message_id: Bytes::from(topic.to_string()),
+        relation: 0,
+        headers: Bytes::new(),
+        body: Bytes::from(topic.to_string()),
+    });
 }
 
 /// Applies the first `count` orphaned requests to the log (their replies
