@@ -214,7 +214,9 @@ impl MqttSession {
             // A clean start that keeps its session: the older one ends
             // where this one starts (and the QoS 2 packet ids it noted are
             // forgotten), durably before the CONNACK.
-            let start = serde_json::json!({"type": "start"});
+            let session_id = random_id();
+            state.set_session_id(session_id);
+            let start = serde_json::json!({"type": "start", "session": session_id});
             state.append_record(start, Pending::OlderSessionEnded, context);
             state.note_qos2(
                 &self.listener.note_numbers,
@@ -298,6 +300,7 @@ impl MqttSession {
             .take()
             .expect("a session resumes while restoring");
         let mut stored = fold_session(&records, wall_clock_ms());
+        state.set_session_id(stored.session_id);
         // A session that only exchanged QoS 2 messages has no records but
         // its note (its server was killed while it was connected).
         stored.present |= records.is_empty() && !noted.is_empty();
@@ -310,7 +313,10 @@ impl MqttSession {
         if !stored.present && !records.is_empty() {
             // The session ended or expired: what it left is forgotten, and a
             // new one begins.
-            state.record(serde_json::json!({"type": "start"}), context);
+            let session_id = random_id();
+            state.set_session_id(session_id);
+            let start = serde_json::json!({"type": "start", "session": session_id});
+            state.record(start, context);
             if let Some(extras) = state.extras.as_mut() {
                 extras.handed_over.clear();
             }
@@ -355,7 +361,8 @@ impl MqttSession {
                 let request_id = next_request(state, Pending::Fire);
                 context.submit(request_id, command);
             } else {
-                state.read_cursor(filter, context);
+                let floor = stored.cursor_floors.get(&filter).copied().unwrap_or(0);
+                state.read_cursor(filter, floor, context);
             }
         }
         state.restore_wildcard_topics(&stored, context);

@@ -370,6 +370,43 @@ mod tests {
         assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
     }
 
+    /// A persistent session's SUBACK waits until the record of its
+    /// subscription is durable: a restart right after the SUBACK still has
+    /// the subscription.
+    #[test]
+    fn a_persistent_suback_waits_for_the_subscription_record() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "recorded", false);
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 9,
+            filters: vec![("t".into(), options)],
+            properties: Properties::default(),
+        }));
+        let is_record = |command: &Command| matches!(command, Command::Publish { channel, .. } if channel == "$mqtt/session/recorded");
+        client.answer(&mut log, is_record);
+        assert!(client.packets().is_empty(), "no SUBACK before the record");
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+
+        // A crash: the subscription is there after the restart.
+        drop(client);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "recorded", true);
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"after"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        assert!(matches!(&client.packets()[..], [Packet::Publish(p)] if p.payload == "after"));
+    }
+
     fn is_cursor_write(command: &Command) -> bool {
         matches!(command, Command::CursorSet { .. })
     }

@@ -253,6 +253,9 @@ enum Pending {
     /// The broker subscription of a shared subscription restored with a
     /// session is in place: join its group.
     JoinShare(String),
+    /// The records of a persistent session's new subscriptions are durable:
+    /// send the SUBACK.
+    SubAckAfter(Box<store::SubAckAfter>),
     /// The record that the session follows a topic for its wildcard
     /// filters is durable: its cursor can be written.
     Following(Arc<str>),
@@ -263,6 +266,8 @@ enum Pending {
     /// is its position: see `CURSOR_RECORDS_READ`).
     RestoreCursor {
         topic: String,
+        /// The session's records say its position starts here.
+        floor: u64,
     },
     /// A page of the topic index, read for a resumed session's wildcard
     /// filters.
@@ -466,6 +471,12 @@ struct Extras {
     /// Topics whose record of being followed is not durable yet: their
     /// cursors are not written before it is (`start_following`).
     recording: HashSet<Arc<str>>,
+    /// The persistent session's id, from its `start` record (0: a session
+    /// begun without one). Its records carry it, so that a late record of
+    /// an older session of the client id (still on its way from a closed
+    /// connection when a clean start began this one) is not taken for this
+    /// session's (`fold_session`).
+    session_id: u64,
     /// This member's view of the group of each shared subscription, by its
     /// filter.
     shares: HashMap<String, ShareView>,
@@ -492,11 +503,24 @@ impl Connected {
                 caught_up: HashSet::new(),
                 catching_up: HashMap::new(),
                 recording: HashSet::new(),
+                session_id: 0,
                 shares: HashMap::new(),
                 handed_over: Vec::new(),
                 delivered: HashMap::new(),
             })
         })
+    }
+
+    /// The session's id (`Extras::session_id`).
+    fn session_id(&self) -> u64 {
+        self.extras.as_ref().map_or(0, |extras| extras.session_id)
+    }
+
+    /// Sets the session's id (allocating the extras only for one).
+    fn set_session_id(&mut self, session_id: u64) {
+        if session_id != 0 || self.extras.is_some() {
+            self.extras().session_id = session_id;
+        }
     }
 
     /// This member's view of the group of shared subscription `filter`.

@@ -113,7 +113,7 @@ impl Connected {
         // Acknowledgements meanwhile only move the position.
         self.qos.cursor_writes.insert(topic.clone(), cursor);
         self.extras().recording.insert(topic.clone());
-        let record = serde_json::json!({"type": "topic", "topic": &*topic});
+        let record = serde_json::json!({"type": "topic", "topic": &*topic, "from": first_seq});
         self.append_record(record, Pending::Following(topic), context);
     }
 
@@ -171,7 +171,8 @@ impl Connected {
                 // Until its subscription from the cursor is in place, what
                 // comes live through the filter waits for it.
                 self.extras().catching_up.insert(topic.to_string(), None);
-                self.read_cursor(topic.to_string(), context);
+                let floor = stored.cursor_floors.get(topic).copied().unwrap_or(0);
+                self.read_cursor(topic.to_string(), floor, context);
             }
         }
         self.read_topic_index(1, context);

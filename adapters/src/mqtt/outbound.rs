@@ -296,10 +296,16 @@ impl Connected {
     }
 
     /// Reads the last records of `topic`'s cursor, as the server, for a
-    /// restored subscription (`Pending::RestoreCursor`).
-    pub(super) fn read_cursor(&mut self, topic: String, context: &mut SessionContext<'_>) {
+    /// restored subscription (`Pending::RestoreCursor`) whose position is
+    /// at least `floor`.
+    pub(super) fn read_cursor(
+        &mut self,
+        topic: String,
+        floor: u64,
+        context: &mut SessionContext<'_>,
+    ) {
         let channel = cursor_channel(&session_consumer(&self.client_id), &topic);
-        let pending = Pending::RestoreCursor { topic };
+        let pending = Pending::RestoreCursor { topic, floor };
         read_last_own(self, pending, channel, CURSOR_RECORDS_READ, context);
     }
 
@@ -343,6 +349,10 @@ impl Connected {
     ) {
         if let Some(user) = context.verified_user() {
             event["user"] = serde_json::Value::from(&*user);
+        }
+        let session_id = self.session_id();
+        if session_id != 0 && event.get("session").is_none() && event["type"] != "end" {
+            event["session"] = session_id.into();
         }
         let request_id = next_request(self, pending);
         context.submit_as_server(

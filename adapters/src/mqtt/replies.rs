@@ -226,7 +226,7 @@ impl MqttSession {
                 }
                 return self.try_resume(context);
             }
-            Pending::RestoreCursor { topic } => {
+            Pending::RestoreCursor { topic, floor } => {
                 // The highest of the last records: a cursor never moves
                 // back, but a write of a closed connection can land after
                 // a newer one (`CURSOR_RECORDS_READ`).
@@ -235,9 +235,8 @@ impl MqttSession {
                         .iter()
                         .filter(|record| record.kind == kind::CURSOR)
                         .map(|record| record.relation)
-                        .max()
-                        .unwrap_or(0),
-                    _ => 0,
+                        .fold(floor, u64::max),
+                    _ => floor,
                 };
                 // A message resent from the previous connection may have
                 // been acknowledged (and the cursor moved) meanwhile.
@@ -263,6 +262,21 @@ impl MqttSession {
                 let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
             }
             Pending::TopicIndex => state.on_topic_index(reply, context),
+            Pending::SubAckAfter(answer) => {
+                if let Some(error) = error {
+                    log::warn!(
+                        "mqtt {} (client {:?}): the session's subscriptions were not recorded: {error}",
+                        context.peer(),
+                        state.client_id
+                    );
+                }
+                let store::SubAckAfter {
+                    packet_id,
+                    codes,
+                    retained,
+                } = *answer;
+                store::answer_suback(state, packet_id, codes, retained, context);
+            }
             Pending::Following(topic) => {
                 if let Some(error) = error {
                     log::warn!(

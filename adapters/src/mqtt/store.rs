@@ -67,6 +67,14 @@ pub(super) struct StoredSession {
     pub(super) subscribed_at_ms: HashMap<String, u64>,
     /// Topics followed with cursors for wildcard filters.
     pub(super) followed_topics: BTreeSet<String>,
+    /// Where each topic's position starts in this session (the `from` of
+    /// its `subscribe` or `topic` record, minus one): its cursor is never
+    /// restored below it, so a cursor record of an older session of the
+    /// client id (the cursor channel is the client id's) does not count
+    /// when this session's first cursor write was lost.
+    pub(super) cursor_floors: HashMap<String, u64>,
+    /// The id its `start` record gave it (0: none).
+    pub(super) session_id: u64,
     /// Its last connection left a delayed will that is still pending (a
     /// resume cancels it, and records that).
     pub(super) will_pending: bool,
@@ -108,6 +116,19 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             session.will_pending = false;
             continue;
         }
+        // After a start with an id, records of what a session does count
+        // only with that id: the others are late records of an older
+        // session of the client id.
+        let fenced = matches!(
+            event["type"].as_str(),
+            Some("subscribe" | "unsubscribe" | "topic" | "left" | "back")
+        );
+        if fenced
+            && session.session_id != 0
+            && event["session"].as_u64() != Some(session.session_id)
+        {
+            continue;
+        }
         expires_at_ms = None;
         session.present = true;
         session.will_pending = false;
@@ -115,6 +136,7 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             Some("start") => {
                 session = StoredSession {
                     present: true,
+                    session_id: event["session"].as_u64().unwrap_or(0),
                     ..StoredSession::default()
                 }
             }
@@ -132,14 +154,29 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                     .subscribed_at_ms
                     .entry(filter.to_string())
                     .or_insert(record.timestamp_ms);
+                if let Some(from) = event["from"].as_u64() {
+                    let floor = from.saturating_sub(1);
+                    session
+                        .cursor_floors
+                        .entry(filter.to_string())
+                        .or_insert(floor);
+                }
             }
             Some("unsubscribe") => {
                 session.subscriptions.retain(|s| s.filter != filter);
                 session.subscribed_at_ms.remove(filter);
+                session.cursor_floors.remove(filter);
             }
             Some("topic") => {
                 let topic = event["topic"].as_str().unwrap_or_default();
                 session.followed_topics.insert(topic.to_string());
+                if let Some(from) = event["from"].as_u64() {
+                    let floor = from.saturating_sub(1);
+                    session
+                        .cursor_floors
+                        .entry(topic.to_string())
+                        .or_insert(floor);
+                }
             }
             Some("left") => {
                 session.will_pending = event["will"].is_object();
@@ -172,7 +209,9 @@ pub(super) fn retained_channel(topic: &str) -> String {
 pub(super) const RETAINED_INDEX: &str = "$retained";
 
 /// Sends the SUBACK of a completed SUBSCRIBE, then asks for the retained
-/// messages of the filters granted (so they follow the SUBACK).
+/// messages of the filters granted (so they follow the SUBACK). A
+/// persistent session records the subscriptions first, and the SUBACK
+/// waits until they are durable: a restart right after it still has them.
 pub(super) fn send_suback(
     state: &mut Connected,
     packet_id: u16,
@@ -180,16 +219,55 @@ pub(super) fn send_suback(
     context: &mut SessionContext<'_>,
 ) {
     let codes: Vec<ReasonCode> = done.codes.into_iter().flatten().collect();
-    for subscription in &done.granted {
-        state.record(subscription.record(), context);
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    if state.persistent {
+        for subscription in &done.granted {
+            let mut record = subscription.record();
+            // Where the subscription's position starts (`cursor_floors`).
+            if let Some(cursor) = state.qos.cursors.get(subscription.filter.as_str()) {
+                record["from"] = (cursor + 1).into();
+            }
+            records.push(record);
+        }
     }
+    let Some(last) = records.pop() else {
+        return answer_suback(state, packet_id, codes, done.retained, context);
+    };
+    for record in records {
+        state.record(record, context);
+    }
+    // The records are one channel's: the last durable, all are.
+    let answer = Box::new(SubAckAfter {
+        packet_id,
+        codes,
+        retained: done.retained,
+    });
+    state.append_record(last, Pending::SubAckAfter(answer), context);
+}
+
+/// A SUBACK waiting for its subscriptions' records.
+pub(super) struct SubAckAfter {
+    pub(super) packet_id: u16,
+    pub(super) codes: Vec<ReasonCode>,
+    pub(super) retained: Vec<Subscription>,
+}
+
+/// Sends a SUBACK with `codes`, then asks for the retained messages of
+/// `retained`.
+pub(super) fn answer_suback(
+    state: &mut Connected,
+    packet_id: u16,
+    codes: Vec<ReasonCode>,
+    retained: Vec<Subscription>,
+    context: &mut SessionContext<'_>,
+) {
     Packet::SubAck(SubAck {
         packet_id,
         reason_codes: codes,
         properties: Properties::default(),
     })
     .encode(state.version, context.out());
-    for subscription in done.retained {
+    for subscription in retained {
         let (qos, id) = (subscription.qos(), subscription.id);
         if pattern::is_pattern(&subscription.filter) {
             read_retained_index(state, subscription.filter, qos, id, 1, context);

@@ -183,7 +183,7 @@ impl Connected {
     /// A resumed session's subscription of `topic` waits for its cursor.
     fn restoring_cursor(&self, topic: &str) -> bool {
         self.pending.values().any(
-            |pending| matches!(pending, Pending::RestoreCursor { topic: restoring } if restoring == topic),
+            |pending| matches!(pending, Pending::RestoreCursor { topic: restoring, .. } if restoring == topic),
         )
     }
 
