@@ -84,6 +84,16 @@ pub(super) struct StoredSession {
 }
 
 impl StoredSession {
+    /// Keeps where `topic`'s position starts, from the `from` of `event`
+    /// (the first such record of the session counts: subscribing again
+    /// keeps the position without a gap).
+    fn keep_floor(&mut self, topic: &str, event: &serde_json::Value) {
+        if let Some(from) = event["from"].as_u64() {
+            let floor = from.saturating_sub(1);
+            self.cursor_floors.entry(topic.to_string()).or_insert(floor);
+        }
+    }
+
     /// True when the session keeps a cursor for `topic` (a QoS 1 or 2
     /// subscription to it, or a topic followed for such a wildcard filter):
     /// its messages come again from the log after a reconnect.
@@ -154,13 +164,7 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                     .subscribed_at_ms
                     .entry(filter.to_string())
                     .or_insert(record.timestamp_ms);
-                if let Some(from) = event["from"].as_u64() {
-                    let floor = from.saturating_sub(1);
-                    session
-                        .cursor_floors
-                        .entry(filter.to_string())
-                        .or_insert(floor);
-                }
+                session.keep_floor(filter, &event);
             }
             Some("unsubscribe") => {
                 session.subscriptions.retain(|s| s.filter != filter);
@@ -170,13 +174,7 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             Some("topic") => {
                 let topic = event["topic"].as_str().unwrap_or_default();
                 session.followed_topics.insert(topic.to_string());
-                if let Some(from) = event["from"].as_u64() {
-                    let floor = from.saturating_sub(1);
-                    session
-                        .cursor_floors
-                        .entry(topic.to_string())
-                        .or_insert(floor);
-                }
+                session.keep_floor(topic, &event);
             }
             Some("left") => {
                 session.will_pending = event["will"].is_object();
