@@ -117,8 +117,9 @@ impl Connected {
         self.append_record(record, Pending::Following(topic), context);
     }
 
-    /// The record that the session follows `topic` is durable (or failed:
-    /// the cursor is written anyway, as before records were waited for).
+    /// The record that the session follows `topic` is durable: its cursor
+    /// is written. (Or the record failed, which only a log that stopped
+    /// accepting writes does; the cursor write then fails too.)
     pub(super) fn following(&mut self, topic: Arc<str>, context: &mut SessionContext<'_>) {
         self.extras().recording.remove(&topic);
         self.qos.cursor_writes.remove(&topic);
