@@ -2,7 +2,6 @@
 //! commit, acknowledgements, idempotent publish, history reads, catch-up
 //! pages and live fan-out to the shards that have subscribers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -479,7 +478,7 @@ impl Shard {
             return;
         }
         let mut order: Vec<(Arc<str>, u64, Vec<Message>)> = Vec::new();
-        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut index: foldhash::HashMap<Arc<str>, usize> = foldhash::HashMap::default();
         for (channel, message) in fanout.drain(..) {
             match index.get(&channel) {
                 Some(&i) => order[i].2.push(message),
