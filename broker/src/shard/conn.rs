@@ -536,9 +536,8 @@ impl Shard {
         slot: u32,
         call: impl FnOnce(&mut dyn Session, &mut BytesMut, &mut SessionContext<'_>) -> Result<(), Close>,
     ) -> bool {
-        let mut commands = Vec::new();
         let conn = self.conn_ref(slot);
-        let (result, timer, server_commands, notifications) = {
+        let (result, timer, mut commands, server_commands, notifications) = {
             let Some(connection) = self
                 .connections
                 .get_mut(slot as usize)
@@ -550,6 +549,9 @@ impl Shard {
                 return true;
             };
             let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
+            // Taken, not borrowed: a reply to one of these commands may call
+            // another session, which then makes a list of its own.
+            let mut commands = std::mem::take(&mut self.spare_commands);
             let mut context = SessionContext::new(
                 &mut buffers.scratch,
                 &mut commands,
@@ -567,14 +569,17 @@ impl Shard {
             }
             let server_commands = std::mem::take(&mut context.server_commands);
             let notifications = std::mem::take(&mut context.notifications);
-            (result, timer, server_commands, notifications)
+            (result, timer, commands, server_commands, notifications)
         };
         if let Some(deadline) = timer {
             self.arm_timer(slot, deadline);
         }
         self.mark_dirty(slot);
-        for (request_id, command) in commands {
+        for (request_id, command) in commands.drain(..) {
             self.handle_command(slot, request_id, command);
+        }
+        if commands.capacity() > self.spare_commands.capacity() {
+            self.spare_commands = commands;
         }
         for (request_id, command) in server_commands {
             self.handle_command_as(slot, request_id, command, true);

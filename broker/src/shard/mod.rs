@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use mio::{Events, Poll, Token};
 
+use crate::command::Command;
 use crate::engine::EngineShared;
 use crate::mailbox::{ConnRef, ShardMsg, SubRef};
 
@@ -101,6 +102,10 @@ pub(crate) struct Shard {
     /// Emptied connection buffers lent to the next connections to become
     /// busy.
     spare_buffers: conn::SpareBuffers,
+    /// The emptied list of commands of the last session call, lent to the
+    /// next one: a busy publisher's read yields dozens of commands or more,
+    /// and a fresh list per read regrew to that size every time.
+    spare_commands: Vec<(u32, Command)>,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -175,6 +180,7 @@ impl Shard {
             dirty: Vec::new(),
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
+            spare_commands: Vec::new(),
             spare_buffers: conn::SpareBuffers::default(),
             lingering: Vec::new(),
             handshakes: VecDeque::new(),
@@ -481,6 +487,7 @@ impl Shard {
         }
         self.spare_input = BytesMut::new();
         self.spare_buffers = conn::SpareBuffers::default();
+        self.spare_commands = Vec::new();
         crate::engine::run_idle_memory_hook();
     }
 
