@@ -315,23 +315,19 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
-    fn str16_slice(&mut self, field: &'static str) -> Result<&'a [u8], WireError> {
+    fn str16_slice(&mut self, field: &'static str) -> Result<&'a str, WireError> {
         let length = self.u16(field)?;
         let bytes = self.take(length.into(), field)?;
-        if let Err(error) = std::str::from_utf8(bytes) {
-            return Err(WireError::InvalidUtf8 {
-                frame_type: self.frame_type,
-                field,
-                valid_up_to: error.valid_up_to(),
-            });
-        }
-        Ok(bytes)
+        std::str::from_utf8(bytes).map_err(|error| WireError::InvalidUtf8 {
+            frame_type: self.frame_type,
+            field,
+            valid_up_to: error.valid_up_to(),
+        })
     }
 
-    /// A `str16` text field, UTF-8 checked.
+    /// A `str16` text field, UTF-8 checked (once: the copy is made from the checked `str`).
     pub(crate) fn str16(&mut self, field: &'static str) -> Result<String, WireError> {
-        let bytes = self.str16_slice(field)?;
-        Ok(String::from_utf8(bytes.to_vec()).expect("str16_slice checked UTF-8"))
+        Ok(self.str16_slice(field)?.to_owned())
     }
 
     /// `bytes` (a part of `input`) as a slice of the source, or a copy without one.
@@ -344,8 +340,8 @@ impl<'a> Reader<'a> {
 
     /// A `str16` text field, UTF-8 checked, kept as bytes.
     pub(crate) fn str16_bytes(&mut self, field: &'static str) -> Result<Bytes, WireError> {
-        let bytes = self.str16_slice(field)?;
-        Ok(self.shared(bytes))
+        let text = self.str16_slice(field)?;
+        Ok(self.shared(text.as_bytes()))
     }
 
     pub(crate) fn bytes8(&mut self, field: &'static str) -> Result<Bytes, WireError> {
