@@ -1,17 +1,37 @@
-//! Fuzzes the native frame decoder: arbitrary bytes must never panic it, and whatever it accepts
-//! must encode and decode back to the same envelope (decode → encode → decode agrees).
+//! Fuzzes the native frame decoder: arbitrary bytes must never panic it, whatever it accepts
+//! must encode and decode back to the same envelope (decode → encode → decode agrees), and the
+//! decoder that slices shared bytes (`decode_bytes`, after `peek_frame_size`) must agree with it.
 
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use starling_protocol::{decode, encode_deliver, Decoded, Frame, Limits};
+use starling_protocol::{
+    decode, decode_bytes, encode_deliver, peek_frame_size, Decoded, Frame, Limits,
+};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
+    let shared = Bytes::copy_from_slice(data);
     let mut input = data;
     // Decode the input as a stream: every frame in turn, as a connection's read loop would.
-    while let Ok(Decoded::Complete { envelope, used }) = decode(input, &limits) {
+    loop {
+        let offset = data.len() - input.len();
+        let decoded = decode(input, &limits);
+        match peek_frame_size(input, &limits) {
+            Err(error) => assert_eq!(decoded, Err(error), "peek_frame_size disagrees"),
+            Ok(None) => assert!(matches!(decoded, Ok(Decoded::NeedMore { .. }))),
+            Ok(Some(size)) if size > input.len() => {
+                assert_eq!(decoded, Ok(Decoded::NeedMore { at_least: size }));
+            }
+            Ok(Some(size)) => {
+                let frame = shared.slice(offset..offset + size);
+                assert_eq!(decode_bytes(&frame, &limits), decoded, "decode_bytes disagrees");
+            }
+        }
+        let Ok(Decoded::Complete { envelope, used }) = decoded else {
+            break;
+        };
         assert!(
             used <= input.len() && used >= 9,
             "used {used} of {}",

@@ -33,15 +33,34 @@ pub enum Decoded {
 ///
 /// The length prefix is checked against `limits` as soon as its four bytes are there, so a peer
 /// announcing an oversize frame is rejected before any of its body is buffered. Bytes after the
-/// first frame are left alone.
+/// first frame are left alone. Byte fields (a publish's body, headers and client message id) are
+/// copied, each into its own allocation; [`decode_bytes`] avoids those copies.
 pub fn decode(input: &[u8], limits: &Limits) -> Result<Decoded, WireError> {
+    decode_with(input, None, limits)
+}
+
+/// [`decode`] on a [`Bytes`]: byte fields are slices of `input`, sharing its allocation (and
+/// keeping all of it alive while any of them lives). A read loop that owns a `BytesMut` can use
+/// [`peek_frame_size`], then `buffer.split_to(size).freeze()` and this function to decode a frame
+/// without copying its body.
+pub fn decode_bytes(input: &Bytes, limits: &Limits) -> Result<Decoded, WireError> {
+    decode_with(input, Some(input), limits)
+}
+
+/// The size of the frame at the start of `input`, length prefix included, once the prefix is
+/// there (`None` before). The length is checked against `limits` as in [`decode`], so a read loop
+/// that waits for `size` bytes never buffers more than the limit allows.
+pub fn peek_frame_size(input: &[u8], limits: &Limits) -> Result<Option<usize>, WireError> {
     let Some(length_bytes) = input.first_chunk::<LENGTH_BYTES>() else {
-        // The smallest frame is the length prefix and the header with an empty payload.
-        return Ok(Decoded::NeedMore {
-            at_least: LENGTH_BYTES + FRAME_HEADER_BYTES,
-        });
+        return Ok(None);
     };
     let length = u32::from_le_bytes(*length_bytes);
+    check_length(length, limits)?;
+    Ok(Some(LENGTH_BYTES + length as usize))
+}
+
+/// Checks a frame's length prefix against `limits` and the smallest frame.
+fn check_length(length: u32, limits: &Limits) -> Result<(), WireError> {
     if length > limits.frame_bytes_max {
         return Err(WireError::FrameTooLarge {
             length,
@@ -54,16 +73,35 @@ pub fn decode(input: &[u8], limits: &Limits) -> Result<Decoded, WireError> {
             minimum: FRAME_HEADER_BYTES as u32,
         });
     }
+    Ok(())
+}
+
+/// The shared decoder. With `source` (the `Bytes` that `input` is), byte fields are slices of it;
+/// without, copies.
+fn decode_with(
+    input: &[u8],
+    source: Option<&Bytes>,
+    limits: &Limits,
+) -> Result<Decoded, WireError> {
+    let Some(length_bytes) = input.first_chunk::<LENGTH_BYTES>() else {
+        // The smallest frame is the length prefix and the header with an empty payload.
+        return Ok(Decoded::NeedMore {
+            at_least: LENGTH_BYTES + FRAME_HEADER_BYTES,
+        });
+    };
+    let length = u32::from_le_bytes(*length_bytes);
+    check_length(length, limits)?;
     let used = LENGTH_BYTES + length as usize;
     let Some(frame_bytes) = input.get(LENGTH_BYTES..used) else {
         return Ok(Decoded::NeedMore { at_least: used });
     };
-    let envelope = decode_frame(frame_bytes)?;
+    let envelope = decode_frame(frame_bytes, source)?;
     Ok(Decoded::Complete { envelope, used })
 }
 
-/// Decodes one whole frame given without its length prefix.
-fn decode_frame(frame_bytes: &[u8]) -> Result<Envelope, WireError> {
+/// Decodes one whole frame given without its length prefix; `source`, if given, holds
+/// `frame_bytes` (see [`decode_with`]).
+fn decode_frame(frame_bytes: &[u8], source: Option<&Bytes>) -> Result<Envelope, WireError> {
     let frame_type = frame_bytes[0];
     let request_id = u32::from_le_bytes(
         frame_bytes[1..FRAME_HEADER_BYTES]
@@ -74,6 +112,7 @@ fn decode_frame(frame_bytes: &[u8]) -> Result<Envelope, WireError> {
         input: &frame_bytes[FRAME_HEADER_BYTES..],
         position: 0,
         frame_type,
+        source,
     };
     let frame = match frame_type {
         frame_type::HELLO => Frame::Hello {
@@ -212,6 +251,9 @@ pub(crate) struct Reader<'a> {
     /// INVARIANT: `position <= input.len()`.
     position: usize,
     frame_type: u8,
+    /// The `Bytes` that holds `input`, when the caller has one: byte fields are then slices of
+    /// it rather than copies.
+    source: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
@@ -273,43 +315,51 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
-    fn str16_slice(&mut self, field: &'static str) -> Result<&'a [u8], WireError> {
+    fn str16_slice(&mut self, field: &'static str) -> Result<&'a str, WireError> {
         let length = self.u16(field)?;
         let bytes = self.take(length.into(), field)?;
-        if let Err(error) = std::str::from_utf8(bytes) {
-            return Err(WireError::InvalidUtf8 {
-                frame_type: self.frame_type,
-                field,
-                valid_up_to: error.valid_up_to(),
-            });
-        }
-        Ok(bytes)
+        std::str::from_utf8(bytes).map_err(|error| WireError::InvalidUtf8 {
+            frame_type: self.frame_type,
+            field,
+            valid_up_to: error.valid_up_to(),
+        })
     }
 
-    /// A `str16` text field, UTF-8 checked.
+    /// A `str16` text field, UTF-8 checked (once: the copy is made from the checked `str`).
     pub(crate) fn str16(&mut self, field: &'static str) -> Result<String, WireError> {
-        let bytes = self.str16_slice(field)?;
-        Ok(String::from_utf8(bytes.to_vec()).expect("str16_slice checked UTF-8"))
+        Ok(self.str16_slice(field)?.to_owned())
+    }
+
+    /// `bytes` (a part of `input`) as a slice of the source, or a copy without one.
+    fn shared(&self, bytes: &[u8]) -> Bytes {
+        match self.source {
+            Some(source) => source.slice_ref(bytes),
+            None => Bytes::copy_from_slice(bytes),
+        }
     }
 
     /// A `str16` text field, UTF-8 checked, kept as bytes.
     pub(crate) fn str16_bytes(&mut self, field: &'static str) -> Result<Bytes, WireError> {
-        Ok(Bytes::copy_from_slice(self.str16_slice(field)?))
+        let text = self.str16_slice(field)?;
+        Ok(self.shared(text.as_bytes()))
     }
 
     pub(crate) fn bytes8(&mut self, field: &'static str) -> Result<Bytes, WireError> {
         let length = self.u8(field)?;
-        Ok(Bytes::copy_from_slice(self.take(length.into(), field)?))
+        let bytes = self.take(length.into(), field)?;
+        Ok(self.shared(bytes))
     }
 
     pub(crate) fn bytes16(&mut self, field: &'static str) -> Result<Bytes, WireError> {
         let length = self.u16(field)?;
-        Ok(Bytes::copy_from_slice(self.take(length.into(), field)?))
+        let bytes = self.take(length.into(), field)?;
+        Ok(self.shared(bytes))
     }
 
     pub(crate) fn bytes32(&mut self, field: &'static str) -> Result<Bytes, WireError> {
         let length = self.u32(field)?;
-        Ok(Bytes::copy_from_slice(self.take(length as usize, field)?))
+        let bytes = self.take(length as usize, field)?;
+        Ok(self.shared(bytes))
     }
 
     fn invalid(&self, field: &'static str, value: u64, expected: &'static str) -> WireError {
@@ -342,6 +392,7 @@ mod tests {
             input,
             position: 0,
             frame_type: frame_type::PING,
+            source: None,
         }
     }
 

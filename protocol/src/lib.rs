@@ -61,7 +61,7 @@ pub mod headers;
 mod message;
 pub mod mqtt;
 
-pub use decode::{decode, Decoded};
+pub use decode::{decode, decode_bytes, peek_frame_size, Decoded};
 pub use encode::{deliver_encoded_len, encode_deliver};
 pub use error::WireError;
 pub use frame::{

@@ -6,7 +6,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::{encode, sample_message};
 use starling_protocol::{
-    decode, frame_type, Decoded, Envelope, ErrorCode, Frame, Limits, WireError,
+    decode, frame_type, peek_frame_size, Decoded, Envelope, ErrorCode, Frame, Limits, WireError,
     FRAME_BYTES_MAX_DEFAULT, MESSAGE_BYTES_MIN,
 };
 
@@ -79,6 +79,30 @@ fn a_publish_larger_than_the_limit_is_rejected_before_its_body() {
         decode(&encoded[..4], &limits),
         Err(WireError::FrameTooLarge { length, frame_bytes_max: 1000 }) if length as usize == encoded.len() - 4
     ));
+}
+
+/// A read loop that waits for `peek_frame_size` bytes learns of an oversize or too short frame
+/// from its length prefix, as `decode` does, and never buffers its body.
+#[test]
+fn peek_frame_size_checks_the_length_like_decode() {
+    let limits = Limits {
+        frame_bytes_max: 100,
+    };
+    for length in 0..4 {
+        assert_eq!(peek_frame_size(&[5, 0, 0][..length], &limits), Ok(None));
+    }
+    assert_eq!(
+        peek_frame_size(&100u32.to_le_bytes(), &limits),
+        Ok(Some(104))
+    );
+    for length in [0u32, 4, 101, u32::MAX] {
+        let bytes = length.to_le_bytes();
+        assert_eq!(
+            peek_frame_size(&bytes, &limits),
+            decode(&bytes, &limits).map(|_| None),
+            "length {length}"
+        );
+    }
 }
 
 #[test]

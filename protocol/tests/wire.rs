@@ -3,10 +3,11 @@
 
 mod common;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use common::{encode, sample_envelopes, sample_message};
 use starling_protocol::{
-    decode, deliver_encoded_len, encode_deliver, frame_type, Decoded, Envelope, Frame, Limits,
+    decode, decode_bytes, deliver_encoded_len, encode_deliver, frame_type, peek_frame_size,
+    Decoded, Envelope, Frame, Limits,
 };
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -249,6 +250,68 @@ fn every_frame_type_decodes_from_its_fixed_bytes() {
 }
 
 #[test]
+fn every_frame_type_decodes_from_shared_bytes_as_from_a_slice() {
+    for (envelope, expected) in sample_envelopes().iter().zip(expected_bytes()) {
+        let input = Bytes::from(expected.clone());
+        assert_eq!(
+            decode_bytes(&input, &Limits::default()),
+            Ok(Decoded::Complete {
+                envelope: envelope.clone(),
+                used: expected.len()
+            }),
+            "{} frame",
+            envelope.frame.name()
+        );
+        let sizes: Vec<_> = (0..=expected.len())
+            .map(|split| peek_frame_size(&expected[..split], &Limits::default()))
+            .collect();
+        assert!(sizes[..4].iter().all(|size| *size == Ok(None)));
+        assert!(sizes[4..]
+            .iter()
+            .all(|size| *size == Ok(Some(expected.len()))));
+    }
+}
+
+#[test]
+fn decode_bytes_slices_the_body_without_copying() {
+    let envelope = Envelope {
+        request_id: 3,
+        frame: Frame::Publish {
+            ephemeral: false,
+            kind: 1,
+            channel: "room".into(),
+            client_message_id: Bytes::from_static(b"id-1"),
+            relation: 0,
+            headers: Bytes::from_static(b"h"),
+            body: Bytes::from(vec![7; 1000]),
+        },
+    };
+    let input = encode(&envelope).freeze();
+    let Ok(Decoded::Complete {
+        envelope:
+            Envelope {
+                frame:
+                    Frame::Publish {
+                        client_message_id,
+                        headers,
+                        body,
+                        ..
+                    },
+                ..
+            },
+        used,
+    }) = decode_bytes(&input, &Limits::default())
+    else {
+        panic!("a complete Publish")
+    };
+    assert_eq!(used, input.len());
+    assert_eq!(body.as_ptr(), input[input.len() - 1000..].as_ptr());
+    let inside = input.as_ptr_range();
+    assert!(inside.contains(&client_message_id.as_ptr()));
+    assert!(inside.contains(&headers.as_ptr()));
+}
+
+#[test]
 fn every_frame_type_round_trips() {
     for envelope in sample_envelopes() {
         envelope.validate().expect("sample frames are valid");
@@ -337,28 +400,54 @@ fn every_split_point_needs_more_then_completes() {
 }
 
 /// Feeds `stream` to a receive buffer `chunk` bytes at a time, decoding every frame as soon as it
-/// is complete, like a connection's read loop.
-fn decode_stream(stream: &[u8], chunk: usize) -> Vec<Envelope> {
+/// is complete, like a connection's read loop; `take` takes one whole frame off the buffer.
+fn decode_stream(
+    stream: &[u8],
+    chunk: usize,
+    take: fn(&mut BytesMut, &Limits) -> Option<Envelope>,
+) -> Vec<Envelope> {
     let limits = Limits::default();
     let mut buffer = BytesMut::new();
     let mut decoded = Vec::new();
     for piece in stream.chunks(chunk) {
         buffer.extend_from_slice(piece);
-        loop {
-            match decode(&buffer, &limits).expect("a valid stream") {
-                Decoded::Complete { envelope, used } => {
-                    decoded.push(envelope);
-                    buffer.advance(used);
-                }
-                Decoded::NeedMore { at_least } => {
-                    assert!(at_least > buffer.len());
-                    break;
-                }
-            }
+        while let Some(envelope) = take(&mut buffer, &limits) {
+            decoded.push(envelope);
         }
     }
     assert!(buffer.is_empty(), "{} bytes left over", buffer.len());
     decoded
+}
+
+/// Decodes the frame at the start of `buffer` (its fields copied) and drops its bytes.
+fn take_copied(buffer: &mut BytesMut, limits: &Limits) -> Option<Envelope> {
+    match decode(buffer, limits).expect("a valid stream") {
+        Decoded::Complete { envelope, used } => {
+            buffer.advance(used);
+            Some(envelope)
+        }
+        Decoded::NeedMore { at_least } => {
+            assert!(at_least > buffer.len());
+            None
+        }
+    }
+}
+
+/// The way the server's read loop takes a frame: peek the size, split the frame off the buffer
+/// without copying, decode it from the frozen bytes.
+fn take_shared(buffer: &mut BytesMut, limits: &Limits) -> Option<Envelope> {
+    let size = match peek_frame_size(buffer, limits).expect("a valid stream") {
+        Some(size) if buffer.len() >= size => size,
+        _ => return None,
+    };
+    let frame = buffer.split_to(size).freeze();
+    match decode_bytes(&frame, limits).expect("a valid stream") {
+        Decoded::Complete { envelope, used } => {
+            assert_eq!(used, size);
+            Some(envelope)
+        }
+        Decoded::NeedMore { at_least } => panic!("need {at_least} of a whole frame"),
+    }
 }
 
 #[test]
@@ -368,8 +457,14 @@ fn a_stream_of_every_frame_decodes_byte_by_byte() {
     for envelope in &samples {
         envelope.encode(&mut stream);
     }
-    assert_eq!(decode_stream(&stream, 1), samples);
-    for chunk in [2, 3, 7, 9, 64, stream.len()] {
-        assert_eq!(decode_stream(&stream, chunk), samples, "chunks of {chunk}");
+    for take in [take_copied, take_shared] {
+        assert_eq!(decode_stream(&stream, 1, take), samples);
+        for chunk in [2, 3, 7, 9, 64, stream.len()] {
+            assert_eq!(
+                decode_stream(&stream, chunk, take),
+                samples,
+                "chunks of {chunk}"
+            );
+        }
     }
 }

@@ -10,8 +10,9 @@
 //! slots ~17, plus growth slack), against ~150 for a
 //! `HashMap<Box<[u8]>, (u64, u64)>`.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 
 /// Number of a channel in the table (dense, from 0).
 pub(crate) type ChannelId = u32;
@@ -47,6 +48,11 @@ pub(crate) struct ChannelTable {
     /// INVARIANT: the length is 0 or a power of two, and fewer than 3/4 of
     /// the slots are used.
     slots: Vec<u64>,
+    /// Every append hashes its channel's name, so the hasher is foldhash
+    /// rather than std's SipHash, which was more than half of this lookup in
+    /// a profile of durable publish (docs/BENCHMARKS.md). Names are chosen
+    /// by clients, so it stays seeded: each table draws its own random seed,
+    /// and no list of names made in advance collides in every server.
     hasher: RandomState,
 }
 
@@ -56,7 +62,7 @@ impl ChannelTable {
             names: Vec::new(),
             entries: Vec::new(),
             slots: Vec::new(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 

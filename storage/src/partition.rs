@@ -100,7 +100,10 @@ pub(crate) struct Pending {
     pub buffer: Vec<u8>,
     closed: Vec<ClosedBatch>,
     open: Option<OpenBatch>,
-    pub channels: HashMap<ChannelId, PendingChannel>,
+    /// Looked up by every append. Keyed by channel numbers the table
+    /// assigns, but foldhash (seeded, and as fast as an unseeded hash for
+    /// one word) rather than std's SipHash.
+    pub channels: foldhash::HashMap<ChannelId, PendingChannel>,
     pub records: usize,
 }
 

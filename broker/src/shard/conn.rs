@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,7 +19,7 @@ use super::Shard;
 use crate::auth::{Action, Principal};
 use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
 use crate::config::SlowConsumerPolicy;
-use crate::engine::LocalEvent;
+use crate::engine::{EngineShared, LocalEvent};
 use crate::mailbox::{ConnRef, ReplyAs, ShardMsg};
 use crate::session::{Close, Protocol, Session, SessionContext};
 
@@ -71,11 +71,14 @@ pub(crate) struct Connection {
     pub publishing: Option<Box<Publishing>>,
 }
 
-impl Connection {
-    /// What the connection needs to publish as `principal`, made now if it
-    /// had not published yet.
-    fn publishing(&mut self, principal: &Principal) -> &mut Publishing {
-        self.publishing.get_or_insert_with(|| {
+impl Publishing {
+    /// What a connection (its `publishing` field) needs to publish as
+    /// `principal`, made now if it had not published yet.
+    fn of<'a>(
+        publishing: &'a mut Option<Box<Publishing>>,
+        principal: &Principal,
+    ) -> &'a mut Publishing {
+        publishing.get_or_insert_with(|| {
             Box::new(Publishing {
                 sender: Bytes::copy_from_slice(principal.user.as_bytes()),
                 limiters: None,
@@ -533,9 +536,8 @@ impl Shard {
         slot: u32,
         call: impl FnOnce(&mut dyn Session, &mut BytesMut, &mut SessionContext<'_>) -> Result<(), Close>,
     ) -> bool {
-        let mut commands = Vec::new();
         let conn = self.conn_ref(slot);
-        let (result, timer, server_commands, notifications) = {
+        let (result, timer, mut commands, server_commands, notifications) = {
             let Some(connection) = self
                 .connections
                 .get_mut(slot as usize)
@@ -547,6 +549,9 @@ impl Shard {
                 return true;
             };
             let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
+            // Taken, not borrowed: a reply to one of these commands may call
+            // another session, which then makes a list of its own.
+            let mut commands = std::mem::take(&mut self.spare_commands);
             let mut context = SessionContext::new(
                 &mut buffers.scratch,
                 &mut commands,
@@ -564,14 +569,17 @@ impl Shard {
             }
             let server_commands = std::mem::take(&mut context.server_commands);
             let notifications = std::mem::take(&mut context.notifications);
-            (result, timer, server_commands, notifications)
+            (result, timer, commands, server_commands, notifications)
         };
         if let Some(deadline) = timer {
             self.arm_timer(slot, deadline);
         }
         self.mark_dirty(slot);
-        for (request_id, command) in commands {
+        for (request_id, command) in commands.drain(..) {
             self.handle_command(slot, request_id, command);
+        }
+        if commands.capacity() > self.spare_commands.capacity() {
+            self.spare_commands = commands;
         }
         for (request_id, command) in server_commands {
             self.handle_command_as(slot, request_id, command, true);
@@ -666,65 +674,13 @@ impl Shard {
             return;
         };
         connection.inflight += 1;
-        let principal = if as_server {
-            Some(Principal::system(SERVER_USER))
-        } else {
-            connection.principal.clone()
-        };
-        let Some(principal) = principal else {
-            self.reply(
-                from,
-                request_id,
-                Reply::Error(BrokerError::Denied(
-                    "the connection is not authenticated; send Hello with a token first".into(),
-                )),
-            );
-            return;
-        };
-        if let Err(error) = validate(
-            &command,
-            self.shared.config.body_bytes_max,
-            principal.is_system(),
-        ) {
-            self.reply(from, request_id, Reply::Error(error));
-            return;
-        }
-        let action = match &command {
-            Command::Publish { .. } => Action::Publish,
-            Command::Subscribe { .. }
-            | Command::Unsubscribe { .. }
-            | Command::SubscribePattern { .. }
-            | Command::UnsubscribePattern { .. } => Action::Subscribe,
-            Command::History { .. } => Action::History,
-            Command::CursorSet { .. } => Action::CursorWrite,
-            Command::CursorGet { .. } => Action::CursorRead,
-        };
-        if let Err(denied) = self
-            .shared
-            .authorizer
-            .authorize(&principal, action, command.channel())
-        {
-            self.shared.metrics.denied.add(1);
-            self.reply(
-                from,
-                request_id,
-                Reply::Error(BrokerError::Denied(denied.0)),
-            );
-            return;
-        }
-        if let (Command::Publish { body, .. }, false) =
-            (&command, as_server || principal.is_system())
-        {
-            if let Err(why) = self.admit_publish(slot, &principal, body.len() as u64) {
-                self.shared.metrics.denied.add(1);
-                self.reply(
-                    from,
-                    request_id,
-                    Reply::Error(BrokerError::RateLimited(why)),
-                );
+        let sender = match admit(&self.shared, connection, &command, as_server) {
+            Ok(sender) => sender,
+            Err(error) => {
+                self.reply(from, request_id, Reply::Error(error));
                 return;
             }
-        }
+        };
         let page_max = self.shared.config.page_messages_max;
         match command {
             Command::Publish {
@@ -744,7 +700,7 @@ impl Shard {
                     reply_as: ReplyAs::Plain,
                     channel: Arc::from(channel),
                     partition,
-                    sender: self.sender(slot, &principal, as_server),
+                    sender,
                     ephemeral,
                     kind,
                     client_message_id,
@@ -794,7 +750,7 @@ impl Shard {
                     reply_as: ReplyAs::Cursor,
                     channel: Arc::from(cursor),
                     partition,
-                    sender: self.sender(slot, &principal, as_server),
+                    sender,
                     ephemeral: false,
                     kind: kind::CURSOR,
                     client_message_id: Bytes::new(),
@@ -818,20 +774,6 @@ impl Shard {
                 self.send(owner, message);
             }
         }
-    }
-
-    /// The user name the records of connection `slot` carry (the server's
-    /// for commands made on its behalf).
-    fn sender(&mut self, slot: u32, principal: &Principal, as_server: bool) -> Bytes {
-        if as_server {
-            return Bytes::from_static(SERVER_USER.as_bytes());
-        }
-        self.connections[slot as usize]
-            .as_mut()
-            .expect("a command comes from a live connection")
-            .publishing(principal)
-            .sender
-            .clone()
     }
 
     /// Routes a reply to the shard of connection `to`.
@@ -1040,32 +982,6 @@ impl Shard {
         }
     }
 
-    /// Applies the publish rate limits of connection `slot` and its user.
-    fn admit_publish(
-        &mut self,
-        slot: u32,
-        principal: &Principal,
-        bytes: u64,
-    ) -> Result<(), String> {
-        let config = &self.shared.config;
-        let (per_connection, per_user) = (config.connection_limits(), config.user_limits());
-        if per_connection.is_off() && per_user.is_off() {
-            return Ok(());
-        }
-        let Some(connection) = self.connections[slot as usize].as_mut() else {
-            return Ok(());
-        };
-        let limiters = connection
-            .publishing(principal)
-            .limiters
-            .get_or_insert_with(|| Limiters {
-                connection: crate::limits::ConnectionLimiter::new(),
-                user: self.shared.user_limiters.get(&principal.user),
-            });
-        limiters.connection.admit(per_connection, bytes)?;
-        limiters.user.admit(per_user, bytes)
-    }
-
     /// Closes every connection whose principal `matching` matches, with
     /// `reason` as the last word (a revoked session, a disabled user).
     pub(super) fn close_matching(
@@ -1270,6 +1186,99 @@ fn write_queued(socket: &mut SocketConn) -> io::Result<usize> {
         }
     }
     Ok(written_total)
+}
+
+/// The principal of commands a session makes on the server's behalf
+/// (`SessionContext::submit_as_server`), made once rather than per command.
+fn server_principal() -> &'static Principal {
+    static SERVER: OnceLock<Principal> = OnceLock::new();
+    SERVER.get_or_init(|| Principal::system(SERVER_USER))
+}
+
+/// Checks a command of `connection` (acting as the system principal with
+/// `as_server`): signed in, valid, allowed, within the publish rate limits.
+/// Returns the user name its records carry (empty for a command that
+/// stores none); a refusal is the reply's error.
+///
+/// It borrows the principal where the connection keeps it, never clones
+/// it: a clone per command changed reference counts that principals share
+/// across connections on every core (the empty role list every principal
+/// of the loopback authorizer holds, its anonymous user name), so a cache
+/// line moved between cores with every message.
+fn admit(
+    shared: &EngineShared,
+    connection: &mut Connection,
+    command: &Command,
+    as_server: bool,
+) -> Result<Bytes, BrokerError> {
+    let Connection {
+        principal,
+        publishing,
+        ..
+    } = connection;
+    let principal = if as_server {
+        server_principal()
+    } else {
+        principal.as_ref().ok_or_else(|| {
+            BrokerError::Denied(
+                "the connection is not authenticated; send Hello with a token first".into(),
+            )
+        })?
+    };
+    validate(command, shared.config.body_bytes_max, principal.is_system())?;
+    let action = match command {
+        Command::Publish { .. } => Action::Publish,
+        Command::Subscribe { .. }
+        | Command::Unsubscribe { .. }
+        | Command::SubscribePattern { .. }
+        | Command::UnsubscribePattern { .. } => Action::Subscribe,
+        Command::History { .. } => Action::History,
+        Command::CursorSet { .. } => Action::CursorWrite,
+        Command::CursorGet { .. } => Action::CursorRead,
+    };
+    if let Err(denied) = shared
+        .authorizer
+        .authorize(principal, action, command.channel())
+    {
+        shared.metrics.denied.add(1);
+        return Err(BrokerError::Denied(denied.0));
+    }
+    if let (Command::Publish { body, .. }, false) = (command, as_server || principal.is_system()) {
+        if let Err(why) = admit_publish(shared, publishing, principal, body.len() as u64) {
+            shared.metrics.denied.add(1);
+            return Err(BrokerError::RateLimited(why));
+        }
+    }
+    if !matches!(command, Command::Publish { .. } | Command::CursorSet { .. }) {
+        return Ok(Bytes::new());
+    }
+    if as_server {
+        return Ok(Bytes::from_static(SERVER_USER.as_bytes()));
+    }
+    Ok(Publishing::of(publishing, principal).sender.clone())
+}
+
+/// Applies the publish rate limits of a connection (its `publishing` field)
+/// and of its user.
+fn admit_publish(
+    shared: &EngineShared,
+    publishing: &mut Option<Box<Publishing>>,
+    principal: &Principal,
+    bytes: u64,
+) -> Result<(), String> {
+    let config = &shared.config;
+    let (per_connection, per_user) = (config.connection_limits(), config.user_limits());
+    if per_connection.is_off() && per_user.is_off() {
+        return Ok(());
+    }
+    let limiters = Publishing::of(publishing, principal)
+        .limiters
+        .get_or_insert_with(|| Limiters {
+            connection: crate::limits::ConnectionLimiter::new(),
+            user: shared.user_limiters.get(&principal.user),
+        });
+    limiters.connection.admit(per_connection, bytes)?;
+    limiters.user.admit(per_user, bytes)
 }
 
 #[cfg(test)]

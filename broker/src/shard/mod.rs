@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use mio::{Events, Poll, Token};
 
+use crate::command::Command;
 use crate::engine::EngineShared;
 use crate::mailbox::{ConnRef, ShardMsg, SubRef};
 
@@ -62,7 +63,10 @@ pub(crate) struct Shard {
     /// Log partitions this shard owns, by partition id.
     partitions: PartitionTable,
     /// Owner side: which shards have subscribers of a channel (bit = shard).
-    interest: HashMap<Arc<str>, u64>,
+    /// Looked up for every stored message at fan-out, so hashed with
+    /// foldhash, not std's SipHash; channel names are chosen by clients, and
+    /// foldhash is seeded per map, so no names made in advance collide.
+    interest: foldhash::HashMap<Arc<str>, u64>,
     /// Connection slots; a slot index is stable while the connection lives.
     /// Boxed, so the spare room of the growing vector costs a pointer per
     /// slot rather than a whole connection.
@@ -76,8 +80,9 @@ pub(crate) struct Shard {
     /// Pattern subscriptions waiting for every shard's `PatternReady`:
     /// (connection, request id) → shards still to answer.
     pattern_pending: HashMap<(ConnRef, u32), usize>,
-    /// Subscriber side: this shard's subscriptions by channel.
-    subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
+    /// Subscriber side: this shard's subscriptions by channel, looked up
+    /// for every delivery (foldhash, as `interest`).
+    subscriptions: foldhash::HashMap<Arc<str>, Vec<Subscriber>>,
     /// Subscriptions waiting for room in their connection's queue before the
     /// next catch-up page is fetched.
     fetch_wanted: Vec<(Arc<str>, SubRef)>,
@@ -97,6 +102,10 @@ pub(crate) struct Shard {
     /// Emptied connection buffers lent to the next connections to become
     /// busy.
     spare_buffers: conn::SpareBuffers,
+    /// The emptied list of commands of the last session call, lent to the
+    /// next one: a busy publisher's read yields dozens of commands or more,
+    /// and a fresh list per read regrew to that size every time.
+    spare_commands: Vec<(u32, Command)>,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -155,14 +164,14 @@ impl Shard {
             poll,
             shared,
             partitions,
-            interest: HashMap::new(),
+            interest: foldhash::HashMap::default(),
             patterns: HashMap::new(),
             pattern_subscriptions: Vec::new(),
             pattern_pending: HashMap::new(),
             connections: Vec::new(),
             generations: Vec::new(),
             free_slots: Vec::new(),
-            subscriptions: HashMap::new(),
+            subscriptions: foldhash::HashMap::default(),
             fetch_wanted: Vec::new(),
             next_subscription_id: 0,
             self_queue: VecDeque::new(),
@@ -171,6 +180,7 @@ impl Shard {
             dirty: Vec::new(),
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
+            spare_commands: Vec::new(),
             spare_buffers: conn::SpareBuffers::default(),
             lingering: Vec::new(),
             handshakes: VecDeque::new(),
@@ -477,6 +487,7 @@ impl Shard {
         }
         self.spare_input = BytesMut::new();
         self.spare_buffers = conn::SpareBuffers::default();
+        self.spare_commands = Vec::new();
         crate::engine::run_idle_memory_hook();
     }
 

@@ -2,7 +2,6 @@
 //! commit, acknowledgements, idempotent publish, history reads, catch-up
 //! pages and live fan-out to the shards that have subscribers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +60,14 @@ pub(crate) struct OwnedPartition {
     failed: Option<String>,
     acks: Vec<PendingAck>,
     fanout: Vec<(Arc<str>, Message)>,
+    /// Emptied lists of an earlier commit, kept to take the place of `acks`
+    /// and `fanout` when a commit takes them. Under `fsync` the next turn's
+    /// publishes arrive while the commit's fdatasync runs, so without a
+    /// spare the lists would regrow from nothing at every commit (a
+    /// reallocation and copy at each doubling, measured in
+    /// docs/BENCHMARKS.md).
+    spare_acks: Vec<PendingAck>,
+    spare_fanout: Vec<(Arc<str>, Message)>,
 }
 
 impl OwnedPartition {
@@ -71,6 +78,40 @@ impl OwnedPartition {
             failed: None,
             acks: Vec::new(),
             fanout: Vec::new(),
+            spare_acks: Vec::new(),
+            spare_fanout: Vec::new(),
+        }
+    }
+
+    /// Takes this turn's acknowledgements and fan-out, leaving the spare
+    /// lists (empty, with the room of an earlier commit) in their place.
+    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(Arc<str>, Message)>) {
+        let acks = std::mem::replace(&mut self.acks, std::mem::take(&mut self.spare_acks));
+        let fanout = std::mem::replace(&mut self.fanout, std::mem::take(&mut self.spare_fanout));
+        (acks, fanout)
+    }
+
+    /// Keeps a commit's emptied lists for the next turns: in place of the
+    /// current lists if those are empty and smaller (no commit was in
+    /// flight), otherwise as the spares, so the room a busy partition
+    /// needed is not given up.
+    fn keep_turn_buffers(
+        &mut self,
+        mut acks: Vec<PendingAck>,
+        mut fanout: Vec<(Arc<str>, Message)>,
+    ) {
+        debug_assert!(acks.is_empty() && fanout.is_empty());
+        if self.acks.is_empty() && self.acks.capacity() < acks.capacity() {
+            std::mem::swap(&mut self.acks, &mut acks);
+        }
+        if self.spare_acks.capacity() < acks.capacity() {
+            self.spare_acks = acks;
+        }
+        if self.fanout.is_empty() && self.fanout.capacity() < fanout.capacity() {
+            std::mem::swap(&mut self.fanout, &mut fanout);
+        }
+        if self.spare_fanout.capacity() < fanout.capacity() {
+            self.spare_fanout = fanout;
         }
     }
 
@@ -83,14 +124,17 @@ impl OwnedPartition {
         if self.fanout.is_empty() {
             self.fanout = Vec::new();
         }
+        self.spare_acks = Vec::new();
+        self.spare_fanout = Vec::new();
         self.log.release_idle_memory(now_ms);
     }
 
     /// Heap bytes held by what [`OwnedPartition::release_idle_memory`] frees.
     #[cfg(test)]
     pub(crate) fn idle_buffer_bytes(&self) -> usize {
-        self.acks.capacity() * std::mem::size_of::<PendingAck>()
-            + self.fanout.capacity() * std::mem::size_of::<(Arc<str>, Message)>()
+        (self.acks.capacity() + self.spare_acks.capacity()) * std::mem::size_of::<PendingAck>()
+            + (self.fanout.capacity() + self.spare_fanout.capacity())
+                * std::mem::size_of::<(Arc<str>, Message)>()
             + self.log.idle_buffer_bytes()
     }
 
@@ -340,8 +384,7 @@ impl Shard {
         ids.into_iter()
             .map(|id| {
                 let partition = self.partitions.get_mut(&id).expect("listed above");
-                let acks = std::mem::take(&mut partition.acks);
-                let fanout = std::mem::take(&mut partition.fanout);
+                let (acks, fanout) = partition.take_turn();
                 (id, acks, fanout)
             })
             .collect()
@@ -407,16 +450,10 @@ impl Shard {
                 self.reply(ack.to, ack.request_id, reply);
             }
             self.fan_out(&mut fanout);
-            // The buffers go back to the partition (unless it grew new ones
-            // meanwhile), so a busy partition does not regrow them every
-            // turn.
+            // The lists go back to the partition, so a busy partition does
+            // not regrow them every turn.
             let partition = self.partitions.get_mut(&id).expect("a batch's partition");
-            if partition.acks.is_empty() && partition.acks.capacity() < acks.capacity() {
-                partition.acks = acks;
-            }
-            if partition.fanout.is_empty() && partition.fanout.capacity() < fanout.capacity() {
-                partition.fanout = fanout;
-            }
+            partition.keep_turn_buffers(acks, fanout);
         }
 
         // Phase 4: when the journal's file is full, move to the other one
@@ -479,7 +516,7 @@ impl Shard {
             return;
         }
         let mut order: Vec<(Arc<str>, u64, Vec<Message>)> = Vec::new();
-        let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut index: foldhash::HashMap<Arc<str>, usize> = foldhash::HashMap::default();
         for (channel, message) in fanout.drain(..) {
             match index.get(&channel) {
                 Some(&i) => order[i].2.push(message),
@@ -739,6 +776,49 @@ mod tests {
     use super::*;
     use starling_storage::PartitionConfig;
 
+    fn pending_ack(timestamp_ms: u64) -> PendingAck {
+        PendingAck {
+            to: ConnRef {
+                shard: 0,
+                slot: 0,
+                generation: 0,
+            },
+            request_id: 1,
+            reply_as: ReplyAs::Plain,
+            seq: timestamp_ms + 1,
+            offset: 0,
+            timestamp_ms,
+            duplicate: false,
+        }
+    }
+
+    /// A commit's emptied lists come back to the partition even when the
+    /// next turn's publishes already filled new ones (as they do while a
+    /// commit's fdatasync runs), and the next commit leaves them in place of
+    /// the lists it takes: the room of a busy turn is kept, not regrown.
+    #[test]
+    fn a_commit_leaves_the_room_of_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Partition::open(dir.path(), 0, PartitionConfig::default()).unwrap();
+        let mut partition = OwnedPartition::new(log);
+        partition.acks.extend((0..1_000).map(pending_ack));
+        let (mut acks, fanout) = partition.take_turn();
+        // The next turn's publish arrives while the commit is in flight.
+        partition.acks.push(pending_ack(1_000));
+        acks.clear();
+        let room = acks.capacity();
+        partition.keep_turn_buffers(acks, fanout);
+        assert!(partition.spare_acks.capacity() >= room);
+
+        let (mut acks, fanout) = partition.take_turn();
+        assert_eq!(acks.len(), 1);
+        assert!(partition.acks.is_empty() && partition.acks.capacity() >= room);
+        acks.clear();
+        partition.keep_turn_buffers(acks, fanout);
+        partition.release_idle_memory(1_000);
+        assert_eq!(partition.idle_buffer_bytes(), 0);
+    }
+
     /// What a busy turn leaves in a partition's turn buffers is freed once
     /// the shard is idle: nothing of it stays per partition.
     #[test]
@@ -758,20 +838,8 @@ mod tests {
                 headers: b"",
                 body: b"hello",
             };
-            let appended = partition.log.append(&record).unwrap();
-            partition.acks.push(PendingAck {
-                to: ConnRef {
-                    shard: 0,
-                    slot: 0,
-                    generation: 0,
-                },
-                request_id: 1,
-                reply_as: ReplyAs::Plain,
-                seq: appended.seq,
-                offset: appended.offset,
-                timestamp_ms: i,
-                duplicate: false,
-            });
+            partition.log.append(&record).unwrap();
+            partition.acks.push(pending_ack(i));
         }
         partition.log.flush().unwrap();
         partition.acks.clear();
