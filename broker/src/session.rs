@@ -237,6 +237,18 @@ impl<'a> SessionContext<'a> {
         self.server_commands.push((request_id, command));
     }
 
+    /// Names this connection (for tests of adapters that drive several
+    /// sessions without a shard and route their notifications).
+    pub fn set_conn(&mut self, conn: ConnRef) {
+        self.conn = Some(conn);
+    }
+
+    /// Takes the notifications sent to other connections during this call
+    /// (for tests of adapters that drive sessions without a shard).
+    pub fn take_notifications(&mut self) -> Vec<(ConnRef, SessionEvent)> {
+        std::mem::take(&mut self.notifications)
+    }
+
     /// Takes the requests made on the server's behalf during this call
     /// (for tests of adapters that drive a session without a shard, which
     /// answer them as the broker would).

@@ -181,6 +181,7 @@ impl MqttSession {
             (will, end.map_or(delay, |end| delay.min(end)))
         });
         if let Some(taker) = taker {
+            let complete = state.knows_in_flight();
             let parked = state.persistent.then(|| state.take_parked()).flatten();
             let mut delayed = None;
             match (will, principal) {
@@ -196,6 +197,7 @@ impl MqttSession {
             }
             let handoff = Handoff {
                 parked,
+                complete,
                 will: delayed,
             };
             context.notify(taker, Box::new(handoff));

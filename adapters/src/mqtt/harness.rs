@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use starling_broker::command::cursor_channel;
 use starling_broker::{
-    pattern, Command, LoopbackAuthorizer, Metrics, Principal, Protocol, Reply, Session,
-    SessionContext,
+    pattern, Command, ConnRef, LoopbackAuthorizer, Metrics, Principal, Protocol, Reply, Session,
+    SessionContext, SessionEvent,
 };
 use starling_protocol::mqtt::{decode, Decoded, MqttLimits, Packet, ProtocolVersion};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
@@ -164,7 +164,16 @@ pub(super) struct Driver {
     pub(super) unanswered: Vec<(u32, Command)>,
     subscriptions: Vec<String>,
     patterns: Vec<String>,
+    /// This connection, as notifications address it.
+    conn: ConnRef,
+    /// Notifications to other connections, not routed yet (`route`).
+    notifications: Vec<(ConnRef, SessionEvent)>,
+    /// The session asked to close, or the connection closed.
+    pub(super) closed: bool,
 }
+
+/// Numbers the drivers' connections.
+static NEXT_SLOT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 impl Driver {
     /// A new connection to the server `protocol` (a server process: a
@@ -178,6 +187,13 @@ impl Driver {
             unanswered: Vec::new(),
             subscriptions: Vec::new(),
             patterns: Vec::new(),
+            conn: ConnRef {
+                shard: 0,
+                slot: NEXT_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                generation: 0,
+            },
+            notifications: Vec::new(),
+            closed: false,
         }
     }
 
@@ -191,7 +207,7 @@ impl Driver {
         let mut commands = Vec::new();
         let authorizer = LoopbackAuthorizer;
         let metrics = Metrics::default();
-        let (delivered, server_commands) = {
+        let (delivered, server_commands, notifications) = {
             let mut context = SessionContext::new(
                 &mut out,
                 &mut commands,
@@ -200,10 +216,16 @@ impl Driver {
                 peer(),
                 &metrics,
             );
+            context.set_conn(self.conn);
             let delivered = action(&mut *self.session, &mut context);
-            (delivered, context.take_server_commands())
+            (
+                delivered,
+                context.take_server_commands(),
+                context.take_notifications(),
+            )
         };
         commands.extend(server_commands);
+        self.notifications.extend(notifications);
         self.received.extend_from_slice(&out);
         if let Some(bytes) = delivered {
             self.received.extend_from_slice(&bytes);
@@ -277,10 +299,27 @@ impl Driver {
 
     /// The connection closes.
     pub(super) fn close(&mut self) {
+        self.closed = true;
         self.call(|session, context| {
             session.on_closed(context);
             None
         });
+    }
+
+    /// Hands the session an event from another connection; a session that
+    /// asks to close is closed (as the shard does).
+    fn event(&mut self, event: SessionEvent) {
+        if self.closed {
+            return;
+        }
+        let mut close = false;
+        self.call(|session, context| {
+            close = session.on_event(event, context).is_err();
+            None
+        });
+        if close {
+            self.close();
+        }
     }
 
     /// The packets the client received since the last call.
@@ -294,6 +333,26 @@ impl Driver {
         }
         assert!(self.received.is_empty(), "a partial packet was sent");
         packets
+    }
+}
+
+/// Hands the notifications the drivers sent each other to their
+/// addressees, until none is left (one to a closed or unknown connection
+/// is dropped, as the shard drops it).
+pub(super) fn route(drivers: &mut [&mut Driver]) {
+    loop {
+        let mut pending = Vec::new();
+        for driver in drivers.iter_mut() {
+            pending.append(&mut driver.notifications);
+        }
+        if pending.is_empty() {
+            return;
+        }
+        for (conn, event) in pending {
+            if let Some(driver) = drivers.iter_mut().find(|driver| driver.conn == conn) {
+                driver.event(event);
+            }
+        }
     }
 }
 

@@ -30,9 +30,35 @@ pub(super) struct Parked {
     /// Held messages that do not come back from the log by themselves.
     held: Vec<Outgoing>,
     qos2_received: HashMap<u16, Received>,
+    /// Made by a connection that knew its deliveries in flight (it had
+    /// finished resuming, or took them over from one that knew): newer
+    /// than the session's note. One made while resuming (it had not read
+    /// or applied the note yet) is not, and the note counts too.
+    pub(super) complete: bool,
 }
 
 impl Parked {
+    /// Takes in what an older connection left, keeping this one's where
+    /// both have a packet id.
+    fn absorb(&mut self, older: Parked) {
+        self.complete |= older.complete;
+        for (packet_id, in_flight) in older.outbound {
+            if !self.outbound.iter().any(|(id, _)| *id == packet_id) {
+                self.outbound.push((packet_id, in_flight));
+            }
+        }
+        for (packet_id, position) in older.positions {
+            self.positions.entry(packet_id).or_insert(position);
+        }
+        for (topic, seqs) in older.delivered {
+            self.delivered.entry(topic).or_default().extend(seqs);
+        }
+        self.held.extend(older.held);
+        for (packet_id, received) in older.qos2_received {
+            self.qos2_received.entry(packet_id).or_insert(received);
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.outbound.is_empty()
             && self.held.is_empty()
@@ -42,6 +68,16 @@ impl Parked {
 }
 
 impl Connected {
+    /// True when this connection knows the session's deliveries in flight
+    /// better than its note (`Parked::complete`).
+    pub(super) fn knows_in_flight(&self) -> bool {
+        self.restore.is_none()
+            || self
+                .extras
+                .as_ref()
+                .is_some_and(|extras| extras.handed_over.iter().any(|parked| parked.complete))
+    }
+
     /// Takes what the next connection of this session needs, if there is
     /// anything.
     pub(super) fn take_parked(&mut self) -> Option<Parked> {
@@ -52,7 +88,16 @@ impl Connected {
             .filter(|outgoing| !self.is_of_cursor_topic(outgoing))
             .cloned()
             .collect();
-        let parked = Parked {
+        // What an older connection handed over while this one was still
+        // restoring goes on to the next one too.
+        let handed_over = self
+            .extras
+            .as_mut()
+            .map(|extras| std::mem::take(&mut extras.handed_over))
+            .unwrap_or_default();
+        let complete = self.knows_in_flight();
+        let mut parked = Parked {
+            complete,
             outbound: self.qos.outbound.drain().collect(),
             positions: std::mem::take(&mut self.qos.positions),
             delivered: self
@@ -63,6 +108,9 @@ impl Connected {
             held,
             qos2_received: std::mem::take(&mut self.qos.qos2_received),
         };
+        for older in handed_over {
+            parked.absorb(older);
+        }
         (!parked.is_empty()).then_some(parked)
     }
 
@@ -130,6 +178,9 @@ impl Connected {
 /// lost to the race between the two.
 pub(super) struct Handoff {
     pub(super) parked: Option<Parked>,
+    /// The older connection knew its deliveries in flight
+    /// (`Parked::complete`).
+    pub(super) complete: bool,
     pub(super) will: Option<DelayedWill>,
 }
 
@@ -171,7 +222,7 @@ impl MqttSession {
             return Ok(());
         }
         if let Some(restore) = state.restore.as_mut() {
-            restore.taken_over = true;
+            restore.taken_over |= handoff.complete;
         }
         if let Some(parked) = handoff.parked {
             if state.restoring() {
@@ -201,7 +252,7 @@ impl MqttSession {
     }
 
     /// Resends what the previous connection of this session left in flight;
-    /// true when there was something.
+    /// true when that is newer than the session's note (`Parked::complete`).
     pub(super) fn unpark(&mut self, context: &mut SessionContext<'_>) -> bool {
         let state = self.state.as_mut().expect("connected");
         let mut handed_over = state
@@ -210,7 +261,7 @@ impl MqttSession {
             .map(|extras| std::mem::take(&mut extras.handed_over))
             .unwrap_or_default();
         handed_over.extend(self.listener.parked.lock().remove(&*state.client_id));
-        let unparked = !handed_over.is_empty();
+        let unparked = handed_over.iter().any(|parked| parked.complete);
         for parked in handed_over {
             state.resume_parked(parked, context);
         }

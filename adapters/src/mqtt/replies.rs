@@ -135,11 +135,17 @@ impl MqttSession {
                 let Some(restore) = state.restore.as_mut() else {
                     return Ok(());
                 };
-                // An older connection of this process knows its deliveries
-                // in flight better than the note (`parked`).
-                let in_memory = state.awaiting_handoff
-                    || restore.taken_over
-                    || self.listener.parked.lock().contains_key(&*state.client_id);
+                // An older connection of this process that knew its
+                // deliveries in flight knows them better than the note
+                // (`Parked::complete`). One still to hand over may not have
+                // known them: the note is read anyway, and `resume` decides.
+                let in_memory = restore.taken_over
+                    || self
+                        .listener
+                        .parked
+                        .lock()
+                        .get(&*state.client_id)
+                        .is_some_and(|parked| parked.complete);
                 if in_memory {
                     noted.sent.clear();
                 }

@@ -2,8 +2,9 @@
 //! sans-IO harness: messages are published to its topics while the
 //! session's requests reach the log in a random order (first come, first
 //! served per channel, as one shard serves a channel), the client answers
-//! late or loses its answers with the connection, connections drop, and the
-//! server crashes (what had not reached the log is lost). The client, in
+//! late or loses its answers with the connection, connections drop or are
+//! taken over by a newer connection of the client id (the older one
+//! half-open), and the server crashes (what had not reached the log is lost). The client, in
 //! MQTT 5 or 3.1.1, also publishes QoS 2 messages of its own and answers
 //! out of order now and then, and in MQTT 5 now and then starts a new
 //! session (clean start) and subscribes again. At the end every message
@@ -14,7 +15,8 @@
 //!
 //! `STARLING_MODEL_SEEDS=N` runs seeds 1..=N (a failing seed is named in the
 //! panic; its run is reproducible but for the order of a few hash maps'
-//! iteration inside the session).
+//! iteration inside the session), `STARLING_MODEL_FIRST_SEED` starts later,
+//! and `STARLING_SIMULATION_TRACE` prints the runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -27,7 +29,7 @@ use starling_protocol::mqtt::{
 };
 use starling_protocol::HistoryQuery;
 
-use super::harness::{publish, Driver, Log};
+use super::harness::{publish, route, Driver, Log};
 use super::MqttProtocol;
 
 /// SplitMix64: a seeded generator small enough to keep here.
@@ -255,6 +257,7 @@ struct Stats {
     crashes: u64,
     drops: u64,
     clean_starts: u64,
+    takeovers: u64,
     published: u64,
 }
 
@@ -283,7 +286,17 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
     let mut session_start: HashMap<&str, usize> = HashMap::new();
     let mut client_session_start = 0;
     let mut connected = true;
+    // A connection taken over by a newer one of the client id, until it
+    // has closed and handed its state over.
+    let mut previous: Option<Driver> = None;
     for step in 0..steps {
+        if let Some(old) = previous.as_mut() {
+            route(&mut [old, &mut driver]);
+            if old.closed {
+                orphans.append(&mut old.unanswered);
+                previous = None;
+            }
+        }
         let roll = rng.next() % 100;
         trace(|| format!("step {step} roll {roll} connected {connected}"));
         match roll {
@@ -337,6 +350,21 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                 let count = (rng.next() % 3) as usize;
                 apply_orphans(&mut log, &mut orphans, count);
             }
+            93..=94 if connected && previous.is_none() => {
+                // The client connects again while the server still holds
+                // its connection (a half-open one): the newer takes the
+                // session over.
+                if rng.chance(50) {
+                    client.take_packets(&mut driver);
+                }
+                let mut newer = Driver::open(&server, version);
+                newer.send(&connect(version, receive_maximum, false));
+                client.reconnected();
+                let mut older = std::mem::replace(&mut driver, newer);
+                route(&mut [&mut older, &mut driver]);
+                previous = Some(older);
+                stats.takeovers += 1;
+            }
             90..=94 if connected => {
                 // The connection drops; the server lives on.
                 if rng.chance(50) {
@@ -354,6 +382,7 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                     client.take_packets(&mut driver);
                 }
                 orphans.clear();
+                previous = None;
                 client.answers.clear();
                 server = MqttProtocol::new(MqttLimits::default());
                 connected = false;
@@ -389,6 +418,13 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
 
     // Settle: a last connection, every request answered, every answer
     // sent, until nothing moves.
+    if let Some(mut old) = previous.take() {
+        route(&mut [&mut old, &mut driver]);
+        if !old.closed {
+            old.close();
+        }
+        orphans.append(&mut old.unanswered);
+    }
     if connected {
         driver.close();
         orphans.append(&mut driver.unanswered);
