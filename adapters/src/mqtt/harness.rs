@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use starling_broker::command::cursor_channel;
 use starling_broker::{
-    pattern, Command, ConnRef, LoopbackAuthorizer, Metrics, Principal, Protocol, Reply, Session,
-    SessionContext, SessionEvent,
+    pattern, BrokerError, Command, ConnRef, LoopbackAuthorizer, Metrics, Principal, Protocol,
+    Reply, Session, SessionContext, SessionEvent,
 };
 use starling_protocol::mqtt::{decode, Decoded, MqttLimits, Packet, ProtocolVersion};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
@@ -281,6 +281,24 @@ impl Driver {
         self.unanswered = held;
     }
 
+    /// Answers the unanswered requests that `pick` picks with `error`, as
+    /// a broker that refuses them (the others stay unanswered).
+    pub(super) fn refuse(&mut self, pick: impl Fn(&Command) -> bool, error: BrokerError) {
+        let (refused, kept) = std::mem::take(&mut self.unanswered)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(_, command)| pick(command));
+        self.unanswered = kept;
+        for (request_id, _) in refused {
+            let reply = Reply::Error(error.clone());
+            self.call(|session, context| {
+                session
+                    .on_reply(request_id, &reply, context)
+                    .expect("the session takes the refusal");
+                None
+            });
+        }
+    }
+
     /// Delivers `messages` of `channel` live, once, when the session
     /// subscribed to it or to a pattern that matches it (as the broker
     /// does).
@@ -464,6 +482,43 @@ mod tests {
         );
         client.answer(&mut log, |_| false);
         assert!(matches!(&client.packets()[..], [Packet::Publish(p)] if p.payload == "after"));
+    }
+
+    /// A topic first seen through a wildcard filter past its first message
+    /// is looked up for earlier ones (and its live messages wait for that
+    /// catch-up); a client whose roles do not allow reading the topic's
+    /// history still gets the live message, not nothing.
+    #[test]
+    fn a_refused_look_back_still_delivers_the_live_message() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "looker", false);
+        subscribe(&mut client, &mut log, "w/+", QoS::AtLeastOnce);
+        // The topic's first message came before the filter.
+        log.append("w/a", kind::MESSAGE, 0, Bytes::from_static(b"before"));
+        publish(
+            &mut log,
+            "w/a",
+            Bytes::from_static(b"live"),
+            &mut [&mut client],
+        );
+        let is_look_back = |command: &Command| matches!(command, Command::History { channel, .. } if channel == "w/a");
+        assert!(client.unanswered.iter().any(|(_, c)| is_look_back(c)));
+        assert!(
+            client.packets().is_empty(),
+            "the live message waits for the look-back"
+        );
+        client.refuse(is_look_back, BrokerError::Denied("history of w/a".into()));
+        client.answer(&mut log, |_| false);
+        let payloads: Vec<Bytes> = client
+            .packets()
+            .into_iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish.payload),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(payloads, [Bytes::from_static(b"live")]);
     }
 
     fn is_cursor_write(command: &Command) -> bool {
