@@ -112,6 +112,7 @@ impl MqttSession {
                 connack_properties: properties,
                 waiting_input: BytesMut::new(),
                 session_records: Vec::new(),
+                note_records: None,
                 restored_note: Note::default(),
                 noted_messages: Vec::new(),
                 noted_reads: 0,

@@ -442,6 +442,10 @@ struct Restore {
     waiting_input: BytesMut,
     /// Session records read so far.
     session_records: Vec<Message>,
+    /// The last records of the client id's note channel, until the
+    /// session's records are read too (which of them counts depends on the
+    /// session: `NoteNumbers::newest`).
+    note_records: Option<Vec<Message>>,
     /// The noted QoS 2 state of the session being resumed.
     restored_note: Note,
     /// The messages of the noted deliveries (`restored_note.sent`), as they

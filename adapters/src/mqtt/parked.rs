@@ -238,6 +238,7 @@ impl MqttSession {
     /// Resumes the session once its records are read and the older
     /// connection (if any) handed its state over.
     pub(super) fn try_resume(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        self.read_noted(context);
         match self.state.as_ref() {
             Some(state)
                 if state.restoring()
@@ -249,6 +250,54 @@ impl MqttSession {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Once both the session's records and the last notes of its client id
+    /// are read: takes the session's newest note, and reads the messages of
+    /// the deliveries it lists.
+    fn read_noted(&mut self, context: &mut SessionContext<'_>) {
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        if !state.session_read {
+            return;
+        }
+        let Some(restore) = state.restore.as_mut() else {
+            return;
+        };
+        let Some(records) = restore.note_records.take() else {
+            return;
+        };
+        let session = fold_session(&restore.session_records, wall_clock_ms()).session_id;
+        let mut noted = self.listener.note_numbers.newest(&records, Some(session));
+        // An older connection of this process that knew its deliveries in
+        // flight knows them better than the note (`Parked::complete`). One
+        // still to hand over may not have known them: the note is read
+        // anyway, and `resume` decides.
+        let in_memory = restore.taken_over
+            || self
+                .listener
+                .parked
+                .lock()
+                .get(&*state.client_id)
+                .is_some_and(|parked| parked.complete);
+        if in_memory {
+            noted.sent.clear();
+        }
+        restore.noted_messages = vec![None; noted.sent.len()];
+        restore.noted_reads = noted.sent.len();
+        let reads: Vec<(String, u64)> = noted
+            .sent
+            .iter()
+            .map(|sent| (sent.topic.clone(), sent.seq))
+            .collect();
+        restore.restored_note = noted;
+        for (index, (topic, seq)) in reads.into_iter().enumerate() {
+            let query = HistoryQuery::From(seq);
+            let pending = Pending::NotedMessage(index);
+            read_history(state, Reader::Server, pending, topic, query, 1, context);
+        }
+        state.qos2_read = state.restore.as_ref().is_some_and(|r| r.noted_reads == 0);
     }
 
     /// Resends what the previous connection of this session left in flight;

@@ -103,20 +103,28 @@ impl NoteNumbers {
         self.0.fetch_max(number, Ordering::Relaxed);
     }
 
-    /// The newest of the notes in `records` (the last ones of a session's
-    /// note channel), and makes later numbers higher than its. Notes
-    /// written before they were numbered count as 0; of equal numbers the
-    /// later in the log wins.
-    pub(super) fn newest(&self, records: &[Message]) -> Note {
-        let newest = records
+    /// The newest of the notes in `records` (the last ones of a client
+    /// id's note channel) of `session` (any with `None`), and makes later
+    /// numbers higher than those of all of them. Notes written before
+    /// they were numbered count as 0; of equal numbers the later in the
+    /// log wins. A note of another session is a late one of an older
+    /// session (the client started a new one, also while that one's
+    /// connection was still open): it does not count.
+    pub(super) fn newest(&self, records: &[Message], session: Option<u64>) -> Note {
+        let notes: Vec<Note> = records
             .iter()
             .map(|record| Note::read(&record.body))
+            .collect();
+        if let Some(highest) = notes.iter().map(|note| note.number).max() {
+            self.passed(highest);
+        }
+        notes
+            .into_iter()
             .enumerate()
+            .filter(|(_, note)| note.of_session(session))
             .max_by_key(|(index, note)| (note.number, *index))
             .map(|(_, note)| note)
-            .unwrap_or_default();
-        self.passed(newest.number);
-        newest
+            .unwrap_or_default()
     }
 }
 
@@ -126,6 +134,10 @@ impl NoteNumbers {
 pub(super) struct Note {
     /// Its place among the session's notes ([`NoteNumbers`]).
     pub(super) number: u64,
+    /// The id of the session that wrote it (`StoredSession::session_id`;
+    /// `None` in a note written before notes carried it, which counts for
+    /// any session).
+    pub(super) session: Option<u64>,
     /// Received packet ids and their keys, by packet id.
     pub(super) received: Vec<(u16, u64)>,
     /// Released outbound packet ids, in the order they were sent.
@@ -214,6 +226,14 @@ impl Sent {
 }
 
 impl Note {
+    /// True when the note counts for `session` (any note with `None`).
+    fn of_session(&self, session: Option<u64>) -> bool {
+        match (session, self.session) {
+            (Some(session), Some(noted)) => session == noted,
+            _ => true,
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.received.is_empty()
             && self.released.is_empty()
@@ -226,6 +246,7 @@ impl Note {
     /// SUBSCRIBE has no seq of its topic and is not noted).
     fn of(
         number: u64,
+        session: u64,
         received: &HashMap<u16, Received>,
         outbound: &HashMap<u16, InFlight>,
         done: Vec<(String, u64, u64)>,
@@ -242,6 +263,7 @@ impl Note {
         in_order.sort_unstable_by_key(|(order, _, _)| *order);
         let mut note = Note {
             number,
+            session: Some(session),
             received: noted,
             done,
             ..Note::default()
@@ -264,13 +286,14 @@ impl Note {
         note
     }
 
-    /// `{"n": number, "received": [[packet id, key], …], "released": [packet id, …],
+    /// `{"n": number, "session": id, "received": [[packet id, key], …], "released": [packet id, …],
     /// "sent": [[packet id, topic, seq, qos], …], "done": [[topic, first
     /// seq, last seq], …]}` (`sent` and `done` only when there are some).
     /// Notes written before runs have `[topic, seq]` in `done`.
     fn body(&self) -> Bytes {
         let mut note = serde_json::json!({
             "n": self.number,
+            "session": self.session.unwrap_or(0),
             "received": self.received,
             "released": self.released,
         });
@@ -292,6 +315,7 @@ impl Note {
         let entries = |name: &str| note[name].as_array().cloned().unwrap_or_default();
         Note {
             number: note["n"].as_u64().unwrap_or(0),
+            session: note["session"].as_u64(),
             received: entries("received")
                 .iter()
                 .filter_map(|entry| {
@@ -384,6 +408,7 @@ impl Connected {
                 headers: Bytes::new(),
                 body: Note::of(
                     numbers.next(),
+                    self.session_id(),
                     &self.qos.qos2_received,
                     &self.qos.outbound,
                     self.done_above_cursors(),
@@ -786,9 +811,10 @@ mod tests {
         };
         outbound.insert(44, sent(Outbound::Qos1Sent, 3, Some(retained)));
         let done = vec![("t".to_string(), 3, 3), ("t".to_string(), 7, 9)];
-        let note = Note::of(7, &received, &outbound, done.clone());
+        let note = Note::of(7, 11, &received, &outbound, done.clone());
         let expected = Note {
             number: 7,
+            session: Some(11),
             received: vec![(2, 5), (7, u64::MAX - 1)],
             released: vec![41, 40],
             sent: vec![
@@ -825,8 +851,41 @@ mod tests {
         // A note written before deliveries were noted reads as none sent.
         let older = Note::read(br#"{"received": [[2, 5]], "released": [41]}"#);
         assert!(older.sent.is_empty() && older.released == [41]);
-        let empty = Note::of(0, &HashMap::new(), &HashMap::new(), Vec::new());
+        assert_eq!(older.session, None);
+        assert_eq!(body["session"], 11);
+        let empty = Note::of(0, 0, &HashMap::new(), &HashMap::new(), Vec::new());
         assert!(Note::read(&empty.body()).is_empty());
         assert!(Note::read(b"not a note").is_empty());
+    }
+
+    #[test]
+    fn a_session_resumes_from_its_own_newest_note() {
+        // Numbers far above the wall clock's, to see them passed on.
+        let note = |n: u64, session: Option<u64>, packet_id: u16| {
+            let mut body = serde_json::json!({"n": (1 << 60) + n, "received": [[packet_id, 1]], "released": []});
+            if let Some(session) = session {
+                body["session"] = session.into();
+            }
+            test_message(n, 0, Bytes::from(body.to_string()))
+        };
+        let numbers = NoteNumbers::default();
+        // Session 7 started (a clean start) while session 6's connection
+        // was still open; that connection's last note landed after 7's.
+        let records = [
+            note(10, Some(6), 1),
+            note(11, Some(7), 2),
+            note(12, Some(6), 3),
+        ];
+        assert_eq!(numbers.newest(&records, Some(7)).received, [(2, 1)]);
+        assert_eq!(numbers.newest(&records, Some(6)).received, [(3, 1)]);
+        assert_eq!(numbers.newest(&records, None).received, [(3, 1)]);
+        // Numbers go on past every note read, of any session.
+        assert!(numbers.next() > (1 << 60) + 12);
+        // A note written before notes carried their session counts for
+        // any session.
+        let older = [note(11, Some(7), 2), note(13, None, 4)];
+        assert_eq!(numbers.newest(&older, Some(7)).received, [(4, 1)]);
+        // No note of the session: an empty one.
+        assert!(numbers.newest(&records, Some(8)).is_empty());
     }
 }

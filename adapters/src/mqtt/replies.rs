@@ -131,38 +131,9 @@ impl MqttSession {
                 let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
                 };
-                let mut noted = self.listener.note_numbers.newest(messages);
-                let Some(restore) = state.restore.as_mut() else {
-                    return Ok(());
-                };
-                // An older connection of this process that knew its
-                // deliveries in flight knows them better than the note
-                // (`Parked::complete`). One still to hand over may not have
-                // known them: the note is read anyway, and `resume` decides.
-                let in_memory = restore.taken_over
-                    || self
-                        .listener
-                        .parked
-                        .lock()
-                        .get(&*state.client_id)
-                        .is_some_and(|parked| parked.complete);
-                if in_memory {
-                    noted.sent.clear();
+                if let Some(restore) = state.restore.as_mut() {
+                    restore.note_records = Some(messages.clone());
                 }
-                restore.noted_messages = vec![None; noted.sent.len()];
-                restore.noted_reads = noted.sent.len();
-                let reads: Vec<(String, u64)> = noted
-                    .sent
-                    .iter()
-                    .map(|sent| (sent.topic.clone(), sent.seq))
-                    .collect();
-                restore.restored_note = noted;
-                for (index, (topic, seq)) in reads.into_iter().enumerate() {
-                    let query = HistoryQuery::From(seq);
-                    let pending = Pending::NotedMessage(index);
-                    read_history(state, Reader::Server, pending, topic, query, 1, context);
-                }
-                state.qos2_read = state.restore.as_ref().is_some_and(|r| r.noted_reads == 0);
                 return self.try_resume(context);
             }
             Pending::NotedMessage(index) => {
@@ -198,7 +169,7 @@ impl MqttSession {
                     return session_unreadable(state, "read", reply, context);
                 };
                 let numbers = &self.listener.note_numbers;
-                if !numbers.newest(messages).is_empty() {
+                if !numbers.newest(messages, None).is_empty() {
                     state.note_qos2(numbers, Pending::OlderSessionEnded, context);
                 }
                 return self.finish_clean_start(context);

@@ -153,6 +153,13 @@ impl Client {
 
     /// A new connection: what the client's own publishes still need goes
     /// again (MQTT 4.4), in order, after the CONNECT.
+    /// A clean start: the client forgets its own session state too.
+    fn forget_session(&mut self) {
+        self.qos2_received.clear();
+        self.sending.clear();
+        self.answers.clear();
+    }
+
     fn reconnected(&mut self) {
         self.answers.clear();
         for (packet_id, (payload, stage)) in &self.sending {
@@ -357,9 +364,23 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                 if rng.chance(50) {
                     client.take_packets(&mut driver);
                 }
-                let mut newer = Driver::open(&server, version);
-                newer.send(&connect(version, receive_maximum, false));
-                client.reconnected();
+                let newer = if version == ProtocolVersion::V5 && rng.chance(30) {
+                    // A new session takes the older one's connection over.
+                    client.forget_session();
+                    let newer =
+                        start_session(&server, &mut log, &mut client, version, receive_maximum);
+                    for (topic, _) in TOPICS {
+                        session_start.insert(topic, published.get(topic).map_or(0, Vec::len));
+                    }
+                    client_session_start = published_by_client.len();
+                    stats.clean_starts += 1;
+                    newer
+                } else {
+                    let mut newer = Driver::open(&server, version);
+                    newer.send(&connect(version, receive_maximum, false));
+                    client.reconnected();
+                    newer
+                };
                 let mut older = std::mem::replace(&mut driver, newer);
                 route(&mut [&mut older, &mut driver]);
                 previous = Some(older);
@@ -391,9 +412,7 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
             98..=99 if !connected && version == ProtocolVersion::V5 => {
                 // A new session (the client forgets its own too), while
                 // the older one's last requests may still land.
-                client.qos2_received.clear();
-                client.sending.clear();
-                client.answers.clear();
+                client.forget_session();
                 driver = start_session(&server, &mut log, &mut client, version, receive_maximum);
                 for (topic, _) in TOPICS {
                     session_start.insert(topic, published.get(topic).map_or(0, Vec::len));

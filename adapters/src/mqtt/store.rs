@@ -115,6 +115,10 @@ impl StoredSession {
 pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
     let mut session = StoredSession::default();
     let mut expires_at_ms = None;
+    // After an `end`, records of what a session does are late ones of the
+    // ended session until a `start` (every session after an end begins
+    // with one).
+    let mut ended = false;
     for record in records {
         let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
             continue;
@@ -134,8 +138,9 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             Some("subscribe" | "unsubscribe" | "topic" | "left" | "back")
         );
         if fenced
-            && session.session_id != 0
-            && event["session"].as_u64() != Some(session.session_id)
+            && (ended
+                || (session.session_id != 0
+                    && event["session"].as_u64() != Some(session.session_id)))
         {
             continue;
         }
@@ -144,6 +149,7 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
         session.will_pending = false;
         match event["type"].as_str() {
             Some("start") => {
+                ended = false;
                 session = StoredSession {
                     present: true,
                     session_id: event["session"].as_u64().unwrap_or(0),
@@ -151,6 +157,7 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                 }
             }
             Some("end") => {
+                ended = true;
                 session = StoredSession::default();
                 continue;
             }
@@ -444,7 +451,18 @@ mod tests {
         );
         assert!(fold_session(&[subscribed.clone(), forever], u64::MAX).present);
         let ended = record(3, 30, json!({"type": "end"}));
-        assert!(!fold_session(&[subscribed.clone(), ended], 0).present);
+        assert!(!fold_session(&[subscribed.clone(), ended.clone()], 0).present);
+        // What the ended session's connection records as it closes, after
+        // the end (a clean start took it over), does not bring it back.
+        let late = [
+            json!({"type": "left", "at_ms": 0, "expiry_s": u32::MAX, "session": 5}),
+            json!({"type": "subscribe", "filter": "b", "qos": 1}),
+            json!({"type": "topic", "topic": "a/c", "session": 5}),
+        ];
+        for event in late {
+            let records = [subscribed.clone(), ended.clone(), record(4, 40, event)];
+            assert!(!fold_session(&records, 0).present);
+        }
         // A later connection that did not leave yet (a crash) never expires.
         let again = record(3, 30, json!({"type": "topic", "topic": "a/b"}));
         let stored = fold_session(&[subscribed, left, again], u64::MAX);
