@@ -307,9 +307,6 @@ impl MqttSession {
         stored.present |= records.is_empty() && !noted.is_empty();
         if stored.present {
             state.restore_received(&noted);
-        } else if !noted.is_empty() {
-            // Those of a session that ended or expired are forgotten.
-            state.note_qos2(&self.listener.note_numbers, Pending::Fire, context);
         }
         if !stored.present && !records.is_empty() {
             // The session ended or expired: what it left is forgotten, and a
@@ -325,6 +322,12 @@ impl MqttSession {
             self.forget_parked(&client_id);
         }
         let state = self.state.as_mut().expect("connected");
+        if !stored.present && !noted.is_empty() {
+            // The note of a session that ended or expired (one written
+            // before notes named their session) is forgotten: an empty note
+            // of the new session, newer than it, takes its place.
+            state.note_qos2(&self.listener.note_numbers, Pending::Fire, context);
+        }
         if stored.will_pending {
             // Resumed before its delayed will was due: it never goes out,
             // also not after a restart.
