@@ -1,8 +1,8 @@
 //! Under `fsync` a shard's journal fdatasync runs on its commit thread while
 //! the shard's loop goes on. A record written but not yet durable must not
 //! be acknowledged, and must not be read: a read that comes meanwhile waits
-//! for the commit. (Its own test binary: the hold on commit threads is
-//! process-wide.)
+//! for the commit; an ephemeral message, which is not in the log, does not
+//! wait. (Its own test binary: the hold on commit threads is process-wide.)
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -15,22 +15,37 @@ use starling_storage::journal::hold_commits;
 /// Releases the commit threads when dropped.
 struct Release;
 
+/// The tests of this binary hold the commit threads one at a time.
+static HOLDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    HOLDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Drop for Release {
     fn drop(&mut self) {
         hold_commits(false);
     }
 }
 
-#[test]
-fn a_read_waits_for_the_commit_of_what_it_would_see() {
-    let dir = tempfile::tempdir().unwrap();
+/// One shard of two partitions, under `fsync` (the default).
+fn start(dir: &std::path::Path) -> Engine {
     let config = EngineConfig {
         shards: 1,
         partitions: 2,
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         ..EngineConfig::default()
     };
-    let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
+    Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap()
+}
+
+#[test]
+fn a_read_waits_for_the_commit_of_what_it_would_see() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
     let mut early = engine.connect(Principal::embedded("early"));
     early.publish("visible", "durable first").unwrap();
 
@@ -64,4 +79,59 @@ fn a_read_waits_for_the_commit_of_what_it_would_see() {
     assert_eq!(reads.recv_timeout(Duration::from_secs(20)).unwrap(), (2, 2));
     publishing.join().unwrap();
     reading.join().unwrap();
+}
+
+#[test]
+fn an_ephemeral_message_does_not_wait_for_the_commit_of_durable_ones() {
+    use bytes::Bytes;
+    use starling_broker::Command;
+    use starling_protocol::{kind, SubscribeStart};
+
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let mut subscriber = engine.connect(Principal::embedded("subscriber"));
+    subscriber.subscribe("room", SubscribeStart::Live).unwrap();
+
+    hold_commits(true);
+    let _release = Release;
+    let mut writer = engine.connect(Principal::embedded("writer"));
+    let publishing = std::thread::spawn(move || {
+        writer.publish("room", "durable").unwrap();
+        writer
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut typist = engine.connect(Principal::embedded("typist"));
+    let typing = typist
+        .publish_command(Command::Publish {
+            channel: "room".into(),
+            ephemeral: true,
+            kind: kind::TYPING,
+            client_message_id: Bytes::new(),
+            relation: 0,
+            headers: Bytes::new(),
+            body: Bytes::from_static(b"typing"),
+        })
+        .unwrap();
+    assert_eq!(typing.seq, 0);
+    // The durable message's fdatasync is held: only the ephemeral one
+    // comes, at once.
+    let (channel, messages) = subscriber
+        .next_delivery(Duration::from_secs(20))
+        .expect("the ephemeral message is delivered while the commit waits");
+    assert_eq!(&*channel, "room");
+    let bodies: Vec<&[u8]> = messages.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [&b"typing"[..]]);
+    assert!(
+        !publishing.is_finished(),
+        "the durable one is not acknowledged yet"
+    );
+
+    hold_commits(false);
+    publishing.join().unwrap();
+    let (_, messages) = subscriber.next_delivery(Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        (messages[0].seq, &messages[0].body[..]),
+        (1, &b"durable"[..])
+    );
 }

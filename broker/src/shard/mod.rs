@@ -130,6 +130,10 @@ pub(crate) struct Shard {
     /// served once it is done, so that no reader sees a record that is not
     /// durable yet.
     deferred_reads: Vec<ShardMsg>,
+    /// This turn's ephemeral publishes of owned channels: fanned out at the
+    /// end of the turn, without waiting for a commit (they are not in the
+    /// log, so nothing about them waits for the disk).
+    ephemeral: Vec<(Arc<str>, starling_protocol::Message)>,
     /// When the shard frees the memory of its busy turns if it stays idle
     /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
     /// had publishes to write, acknowledge or fan out, or accepted or closed
@@ -191,6 +195,7 @@ impl Shard {
             journal_synced_at: Instant::now(),
             commit: None,
             deferred_reads: Vec::new(),
+            ephemeral: Vec::new(),
             idle_release_at: Instant::now() + IDLE_MEMORY_RELEASE_AFTER,
             idle_memory_released: false,
             shutting_down: false,
@@ -479,6 +484,9 @@ impl Shard {
         }
         release_if_empty(&mut self.self_queue);
         release_if_empty(&mut self.handshakes);
+        if self.ephemeral.is_empty() {
+            self.ephemeral = Vec::new();
+        }
         if self.dirty.is_empty() {
             self.dirty = Vec::new();
         }

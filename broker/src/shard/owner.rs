@@ -194,6 +194,8 @@ impl Shard {
             .get_mut(&request.partition)
             .expect("a publish is routed to the shard that owns its partition");
         if request.ephemeral {
+            // Delivered at the end of this turn (`end_turn`), ahead of the
+            // channel's durable messages still waiting for their commit.
             let message = Message {
                 seq: 0,
                 offset: 0,
@@ -205,7 +207,7 @@ impl Shard {
                 headers: request.headers,
                 body: request.body,
             };
-            partition.fanout.push((request.channel, message));
+            self.ephemeral.push((request.channel, message));
             let reply = Reply::Published {
                 seq: 0,
                 offset: 0,
@@ -290,6 +292,14 @@ impl Shard {
     /// partitions wait (`deferred_reads`), so a reader never sees a record
     /// that is not durable yet.
     pub(super) fn end_turn(&mut self) {
+        if !self.ephemeral.is_empty() {
+            let mut ephemeral = std::mem::take(&mut self.ephemeral);
+            self.fan_out(&mut ephemeral);
+            // Kept for the next turn's (fan_out empties the list).
+            if self.ephemeral.is_empty() {
+                self.ephemeral = ephemeral;
+            }
+        }
         if self.journal.sync_in_flight() {
             return;
         }
@@ -432,7 +442,7 @@ impl Shard {
                 .then(|| partition.storage_failed());
             if failed.is_some() {
                 // Nothing of a failed write is acknowledged or delivered.
-                fanout.retain(|(_, message)| message.seq == 0);
+                fanout.clear();
             }
             self.shared.metrics.messages_in.add(acks.len() as u64);
             for ack in acks.drain(..) {
