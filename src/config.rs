@@ -82,6 +82,10 @@ pub struct MqttConfig {
     pub packet_bytes_max: u32,
     /// Seconds between `$SYS/broker/…` updates (0 turns them off).
     pub sys_interval_s: u64,
+    /// MQTT topic filters (e.g. "sensors/#") whose QoS 0 messages skip the
+    /// log: delivered live only, at once, in no history and to no offline
+    /// session. Empty by default: every MQTT message is in the log.
+    pub live_only_qos0: Vec<String>,
 }
 
 impl Default for MqttConfig {
@@ -92,6 +96,7 @@ impl Default for MqttConfig {
             allow_from: Vec::new(),
             packet_bytes_max: starling_protocol::mqtt::PACKET_BYTES_MAX_DEFAULT,
             sys_interval_s: 10,
+            live_only_qos0: Vec::new(),
         }
     }
 }
@@ -243,6 +248,14 @@ impl Config {
         let config: Config = value
             .try_into()
             .context("the configuration is not valid; compare it with `starling config default`")?;
+        for filter in &config.mqtt.live_only_qos0 {
+            if let Err(error) = starling_broker::pattern::validate(filter) {
+                bail!(
+                    "mqtt.live_only_qos0 (STARLING_MQTT_LIVE_ONLY_QOS0): {filter:?} is not an MQTT \
+                     topic filter ({error}); give filters such as \"sensors/#\" or \"+/status\""
+                );
+            }
+        }
         Ok(config)
     }
 }

@@ -318,9 +318,15 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         request_read: Duration::from_millis(config.http.request_read_timeout_ms),
         idle: Duration::from_millis(config.http.idle_timeout_ms),
     };
-    let mqtt = Arc::new(MqttProtocol::new(MqttLimits {
-        packet_bytes_max: config.mqtt.packet_bytes_max,
-    }));
+    let mqtt = Arc::new(
+        MqttProtocol::new(MqttLimits {
+            packet_bytes_max: config.mqtt.packet_bytes_max,
+        })
+        .with_live_only_qos0(config.mqtt.live_only_qos0.clone())
+        .map_err(|error| {
+            anyhow::anyhow!("{error}: give MQTT topic filters such as \"sensors/#\"")
+        })?,
+    );
     // MQTT over WebSocket (subprotocol `mqtt`) at /mqtt on the HTTP port.
     let http = Arc::new(
         HttpProtocol::new(http_limits, ws_limits, timeouts)

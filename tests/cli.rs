@@ -171,3 +171,14 @@ fn bench_checks_delivery_and_prints_a_json_summary() {
     assert_eq!(summary["history"]["queries"], 20);
     assert!(summary["ack_latency_us"]["p99"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_bad_live_only_filter_is_named() {
+    let (ok, _, stderr) = run(
+        &["serve"],
+        &[("STARLING_MQTT_LIVE_ONLY_QOS0", r#"["a/#/b"]"#)],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("live_only_qos0"), "{stderr}");
+    assert!(stderr.contains("a/#/b"), "{stderr}");
+}

@@ -2406,3 +2406,31 @@ fn a_clean_start_ends_an_older_persistent_session_also_across_a_restart() {
         old_session_is_gone(&server, version, &restarted, &format!("{restarted}/jobs"));
     }
 }
+
+#[test]
+fn qos0_messages_of_live_only_topics_skip_the_log() {
+    let (_dir, server) = server(&[("STARLING_MQTT_LIVE_ONLY_QOS0", r#"["sensors/#"]"#)]);
+    let (subscriber, lines) = subscriber(server.mqtt, &["-t", "sensors/t", "-C", "3", "-W", "20"]);
+    for (payload, qos) in [("a", "0"), ("b", "1"), ("c", "0")] {
+        let publisher = mosquitto(
+            "mosquitto_pub",
+            server.mqtt,
+            &["-t", "sensors/t", "-m", payload, "-q", qos],
+        );
+        let (ok, output) = finish(publisher);
+        assert!(ok, "mosquitto_pub qos {qos} failed: {output}");
+    }
+    assert_eq!(received(&lines, 3), vec!["a", "b", "c"]);
+    let (ok, output) = finish(subscriber);
+    assert!(ok, "mosquitto_sub failed: {output}");
+    // Only the QoS 1 message is in the log.
+    assert_eq!(history_texts(&server, "sensors/t"), vec!["b"]);
+    // Other topics' QoS 0 messages are.
+    let publisher = mosquitto(
+        "mosquitto_pub",
+        server.mqtt,
+        &["-t", "room/t", "-m", "kept"],
+    );
+    assert!(finish(publisher).0);
+    assert_eq!(history_texts(&server, "room/t"), vec!["kept"]);
+}

@@ -100,7 +100,8 @@ impl MqttSession {
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         };
         let headers = state.publish_headers(&publish);
-        state.store(publish, headers, pending, key, context);
+        let live_only = publish.qos == QoS::AtMostOnce && self.listener.live_only(&publish.topic);
+        state.store(publish, headers, pending, key, live_only, context);
         Ok(())
     }
 }
@@ -135,14 +136,15 @@ impl Connected {
     }
 
     /// Appends a client's publish to its topic (under the idempotency `key`
-    /// of a QoS 2 message of a persistent session), and its retained copy;
-    /// `pending` answers the append.
+    /// of a QoS 2 message of a persistent session; only delivered live with
+    /// `live_only`), and its retained copy; `pending` answers the append.
     pub(super) fn store(
         &mut self,
         publish: Publish,
         headers: Bytes,
         pending: Pending,
         key: Option<u64>,
+        live_only: bool,
         context: &mut SessionContext<'_>,
     ) {
         if publish.retain {
@@ -167,7 +169,7 @@ impl Connected {
             request_id,
             Command::Publish {
                 channel: publish.topic,
-                ephemeral: false,
+                ephemeral: live_only,
                 kind: kind::MESSAGE,
                 client_message_id: key.map(received_message_id).unwrap_or_default(),
                 relation: 0,

@@ -128,6 +128,18 @@ struct Listener {
     timers: SharedTimers,
     groups: Groups,
     note_numbers: qos2::NoteNumbers,
+    /// Topic filters whose QoS 0 messages skip the log
+    /// ([`MqttProtocol::with_live_only_qos0`]).
+    live_only_qos0: Vec<String>,
+}
+
+impl Listener {
+    /// True when a QoS 0 message to `topic` is delivered live only.
+    fn live_only(&self, topic: &str) -> bool {
+        self.live_only_qos0
+            .iter()
+            .any(|filter| pattern::matches(filter, topic))
+    }
 }
 
 /// The connection of each connected client id, so a new connection with the
@@ -162,8 +174,27 @@ impl MqttProtocol {
                 timers: SharedTimers::default(),
                 groups: Groups::default(),
                 note_numbers: qos2::NoteNumbers::default(),
+                live_only_qos0: Vec::new(),
             }),
         }
+    }
+
+    /// QoS 0 messages to topics matching one of `filters` (MQTT topic
+    /// filters) skip the log: they are delivered live only, as ephemeral
+    /// messages (seq 0), as soon as their topic's shard has them, without
+    /// waiting for a write or an fdatasync. They are then in no history,
+    /// reach no offline session, and list no topic in the topic index; a
+    /// retained copy is still kept in the log. For telemetry that only
+    /// matters live. Fails on a filter that is not valid.
+    pub fn with_live_only_qos0(mut self, filters: Vec<String>) -> Result<MqttProtocol, String> {
+        for filter in &filters {
+            pattern::validate(filter)
+                .map_err(|error| format!("mqtt.live_only_qos0: {filter:?}: {error}"))?;
+        }
+        let listener =
+            Arc::get_mut(&mut self.listener).expect("configured before its first session");
+        listener.live_only_qos0 = filters;
+        Ok(self)
     }
 }
 

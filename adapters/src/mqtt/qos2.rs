@@ -597,7 +597,7 @@ impl Connected {
                 pending,
                 key,
             } = deferred;
-            self.store(publish, headers, pending, key, context);
+            self.store(publish, headers, pending, key, false, context);
         }
         Ok(())
     }
