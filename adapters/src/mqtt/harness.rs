@@ -484,17 +484,16 @@ mod tests {
         assert!(matches!(&client.packets()[..], [Packet::Publish(p)] if p.payload == "after"));
     }
 
-    /// A topic first seen through a wildcard filter past its first message
-    /// is looked up for earlier ones (and its live messages wait for that
-    /// catch-up); a client whose roles do not allow reading the topic's
-    /// history still gets the live message, not nothing.
-    #[test]
-    fn a_refused_look_back_still_delivers_the_live_message() {
+    /// A session subscribed to `w/+` gets a live message of `w/a` whose
+    /// first message came before the filter: the topic is looked up for
+    /// earlier ones (a history read), and the live message waits for that
+    /// catch-up. Returns the log, the server (which the connection needs)
+    /// and the connection.
+    fn looking_back(client_id: &str) -> (Log, MqttProtocol, Driver) {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, _) = connected(&server, &mut log, "looker", false);
+        let (mut client, _) = connected(&server, &mut log, client_id, false);
         subscribe(&mut client, &mut log, "w/+", QoS::AtLeastOnce);
-        // The topic's first message came before the filter.
         log.append("w/a", kind::MESSAGE, 0, Bytes::from_static(b"before"));
         publish(
             &mut log,
@@ -502,23 +501,49 @@ mod tests {
             Bytes::from_static(b"live"),
             &mut [&mut client],
         );
-        let is_look_back = |command: &Command| matches!(command, Command::History { channel, .. } if channel == "w/a");
-        assert!(client.unanswered.iter().any(|(_, c)| is_look_back(c)));
         assert!(
             client.packets().is_empty(),
             "the live message waits for the look-back"
         );
-        client.refuse(is_look_back, BrokerError::Denied("history of w/a".into()));
-        client.answer(&mut log, |_| false);
-        let payloads: Vec<Bytes> = client
-            .packets()
+        (log, server, client)
+    }
+
+    /// The payloads of the PUBLISH packets among `packets`.
+    fn payloads(packets: Vec<Packet>) -> Vec<Bytes> {
+        packets
             .into_iter()
             .filter_map(|packet| match packet {
                 Packet::Publish(publish) => Some(publish.payload),
                 _ => None,
             })
-            .collect();
-        assert_eq!(payloads, [Bytes::from_static(b"live")]);
+            .collect()
+    }
+
+    /// A client whose roles do not allow reading the topic's history still
+    /// gets the live message, not nothing.
+    #[test]
+    fn a_refused_look_back_still_delivers_the_live_message() {
+        let (mut log, _server, mut client) = looking_back("looker");
+        let is_look_back = |command: &Command| matches!(command, Command::History { channel, .. } if channel == "w/a");
+        assert!(client.unanswered.iter().any(|(_, c)| is_look_back(c)));
+        client.refuse(is_look_back, BrokerError::Denied("history of w/a".into()));
+        client.answer(&mut log, |_| false);
+        assert_eq!(payloads(client.packets()), [Bytes::from_static(b"live")]);
+    }
+
+    /// A message that is not in the log (an ephemeral one, or a live-only
+    /// QoS 0 one: seq 0) of a topic being caught up goes out at once: no
+    /// catch-up would bring it, and it says nothing of where the catch-up
+    /// starts.
+    #[test]
+    fn a_message_not_in_the_log_is_not_held_for_a_catch_up() {
+        let (mut log, _server, mut client) = looking_back("typist");
+        let now_ms = super::super::wall_clock_ms();
+        let ephemeral = super::super::test_message(0, now_ms, Bytes::from_static(b"now"));
+        client.deliver("w/a", &[ephemeral]);
+        assert_eq!(payloads(client.packets()), [Bytes::from_static(b"now")]);
+        client.answer(&mut log, |_| false);
+        assert_eq!(payloads(client.packets()), [Bytes::from_static(b"live")]);
     }
 
     fn is_cursor_write(command: &Command) -> bool {

@@ -58,6 +58,11 @@ impl Connected {
     ) -> bool {
         let topic = &outgoing.topic;
         let seq = outgoing.message.seq;
+        if seq == 0 {
+            // Not in the log (an ephemeral message, or a live-only QoS 0
+            // one): no catch-up brings it, and no position follows it.
+            return true;
+        }
         let catching_up = self
             .extras
             .as_mut()
@@ -71,7 +76,6 @@ impl Connected {
         if !self.persistent
             || outgoing.share.is_some()
             || outgoing.qos == QoS::AtMostOnce
-            || seq == 0
             || self.qos.cursors.contains_key(topic)
             || self.qos.cursors.len() >= WILDCARD_TOPICS_MAX
         {
