@@ -5,7 +5,7 @@
 //! Every member holds an ordinary broker subscription to the filter and so
 //! sees every message; each decides alone whether a message is its own,
 //! from the group's membership *at the message's timestamp*: the members
-//! then, in the order they joined, indexed by a hash of (topic, seq). The
+//! then, in the order they joined, indexed by a hash of (topic, seq, offset). The
 //! membership is a timeline of versions shared by the listener's sessions
 //! (touched when members join and leave, never per message; a member
 //! checks an atomic version number per delivery). This makes the choice
@@ -79,14 +79,20 @@ fn members_at(timeline: &Timeline, at_ms: u64) -> Option<&Arc<[ConnRef]>> {
 }
 
 /// The member a message is for: by the membership at its timestamp, a
-/// hash of (topic, seq, offset).
+/// hash of (topic, seq, offset); for a message not in the log (seq 0: an
+/// ephemeral or live-only QoS 0 one), of (topic, timestamp, body), which
+/// every member gets alike too.
 fn owner_at(timeline: &Timeline, topic: &str, message: &Message) -> Option<ConnRef> {
     let members = members_at(timeline, message.timestamp_ms)?;
     if members.is_empty() {
         return None;
     }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (topic, message.seq, message.offset).hash(&mut hasher);
+    if message.seq == 0 {
+        (topic, message.timestamp_ms, &message.body[..]).hash(&mut hasher);
+    } else {
+        (topic, message.seq, message.offset).hash(&mut hasher);
+    }
     Some(members[(hasher.finish() % members.len() as u64) as usize])
 }
 
@@ -322,6 +328,14 @@ mod tests {
         }
         let owners: Vec<_> = (0..100)
             .map(|seq| owner_at(&timeline, "t", &message(seq, 2_500)).unwrap())
+            .collect();
+        assert!(owners.contains(&conn(1)) && owners.contains(&conn(2)));
+        // Messages not in the log (seq 0) are spread too.
+        let owners: Vec<_> = (0..100)
+            .map(|i| {
+                let body = Bytes::from(format!("reading {i}"));
+                owner_at(&timeline, "t", &test_message(0, 2_500, body)).unwrap()
+            })
             .collect();
         assert!(owners.contains(&conn(1)) && owners.contains(&conn(2)));
     }
