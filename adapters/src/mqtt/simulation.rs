@@ -7,7 +7,8 @@
 //! half-open), and the server crashes (what had not reached the log is lost). The client, in
 //! MQTT 5 or 3.1.1, also publishes QoS 2 messages of its own and answers
 //! out of order now and then, and in MQTT 5 now and then starts a new
-//! session (clean start) and subscribes again. At the end every message
+//! session (clean start) and subscribes again; now and then a message that
+//! is not in the log (seq 0) reaches the live connection. At the end every message
 //! published after the last SUBACK reached the client (a QoS 1 topic's at
 //! least once, a QoS 2 topic's exactly once), no QoS 2 message reached it
 //! twice, and every QoS 2 message the client published is in the log
@@ -92,6 +93,8 @@ struct Client {
     /// The client's own QoS 2 publishes in flight, by packet id.
     sending: BTreeMap<u16, (Bytes, Sending)>,
     next_packet_id: u16,
+    /// Payloads of messages not in the log received (at QoS 0).
+    live_only: HashSet<Bytes>,
 }
 
 impl Client {
@@ -100,8 +103,8 @@ impl Client {
             trace(|| format!("  client <- {}", brief(&packet)));
             match packet {
                 Packet::Publish(publish) => {
-                    let packet_id = publish.packet_id.expect("QoS 1 and 2 only here");
                     let got = self.got.entry(publish.topic.clone()).or_default();
+                    let packet_id = publish.packet_id.unwrap_or(0);
                     match publish.qos {
                         QoS::AtLeastOnce => {
                             got.push(publish.payload);
@@ -115,7 +118,17 @@ impl Client {
                             self.answers
                                 .push(Packet::PubRec(PublishResponse::success(packet_id)));
                         }
-                        QoS::AtMostOnce => panic!("a QoS 0 delivery: {publish:?}"),
+                        QoS::AtMostOnce => {
+                            // Only messages not in the log go out at QoS 0.
+                            assert!(
+                                publish.payload.starts_with(b"live "),
+                                "a QoS 0 delivery of a stored message: {publish:?}"
+                            );
+                            assert!(
+                                self.live_only.insert(publish.payload.clone()),
+                                "a live-only message twice: {publish:?}"
+                            );
+                        }
                     }
                 }
                 Packet::PubRel(release) => {
@@ -266,6 +279,8 @@ struct Stats {
     clean_starts: u64,
     takeovers: u64,
     published: u64,
+    /// Messages not in the log that reached the client.
+    live_only: u64,
 }
 
 /// One run: returns when every invariant held, panics (naming the seed)
@@ -307,6 +322,14 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
         let roll = rng.next() % 100;
         trace(|| format!("step {step} roll {roll} connected {connected}"));
         match roll {
+            0..=2 if connected => {
+                // A message not in the log (an ephemeral one, or a live-only
+                // QoS 0 one): delivered at once at QoS 0, or not at all.
+                let (topic, _) = TOPICS[(rng.next() % TOPICS.len() as u64) as usize];
+                let body = Bytes::from(format!("live {seed}/{step}"));
+                let message = super::test_message(0, super::wall_clock_ms(), body);
+                driver.deliver(topic, &[message]);
+            }
             0..=24 => {
                 let (topic, _) = TOPICS[(rng.next() % TOPICS.len() as u64) as usize];
                 let body = Bytes::from(format!("{seed}/{step}"));
@@ -468,6 +491,7 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
         "seed {seed}: the session did not settle ({:?} still sending)",
         client.sending
     );
+    stats.live_only += client.live_only.len() as u64;
     let stored: Vec<Bytes> = log
         .read(INBOUND_TOPIC, HistoryQuery::From(1), u32::MAX)
         .into_iter()
@@ -587,5 +611,8 @@ fn a_persistent_subscriber_gets_every_message_through_drops_and_crashes() {
         run(seed, 300, &mut stats);
     }
     eprintln!("{stats:?}");
-    assert!(stats.crashes > seeds && stats.drops > seeds, "{stats:?}");
+    assert!(
+        stats.crashes > seeds && stats.drops > seeds && stats.live_only > seeds,
+        "{stats:?}"
+    );
 }

@@ -150,16 +150,21 @@ impl Connected {
         }
         subscription_ids.sort_unstable();
         subscription_ids.dedup();
+        // A message not in the log (seq 0: ephemeral, or a live-only QoS 0
+        // one) can never be sent again: it goes out at QoS 0.
+        let in_log = message.seq > 0;
         let mut outgoing = Outgoing {
             topic: channel.clone(),
             message: message.clone(),
-            qos: qos.unwrap_or(QoS::AtMostOnce),
+            qos: qos.filter(|_| in_log).unwrap_or(QoS::AtMostOnce),
             retain,
             subscription_ids,
             share: share.filter(|_| !unshared),
         };
         if qos.is_none() {
-            if let Some((filter, qos)) = skipped.filter(|(_, qos)| *qos != QoS::AtMostOnce) {
+            if let Some((filter, qos)) =
+                skipped.filter(|(_, qos)| in_log && *qos != QoS::AtMostOnce)
+            {
                 outgoing.qos = qos;
                 outgoing.share = Some(filter.clone());
                 let extras = self.extras.as_mut();
