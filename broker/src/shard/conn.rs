@@ -28,8 +28,17 @@ pub(crate) const SERVER_USER: &str = "$server";
 
 /// Bytes read from one socket per turn before other connections get a turn.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
-/// Smallest free space kept in a connection's input buffer before a read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Smallest free space made in a connection's input buffer before its reads
+/// of a turn. The reads stop when the buffer is full (the connection reads
+/// again next turn, after its frames were split off), so a busy connection
+/// takes up to this much per turn without the buffer growing by
+/// reallocation and copying mid-turn.
+const READ_ROOM: usize = 64 * 1024;
+/// Bytes of the buffer's free space zeroed for the first read of a turn;
+/// each read that fills its zeroed room doubles the next one's. Zeroing
+/// the whole free space before every read cost as much as a quiet
+/// connection's read itself (docs/BENCHMARKS.md, session 8).
+const READ_ZEROED_FIRST: usize = 16 * 1024;
 /// Buffers handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
 /// Emptied [`SocketBuffers`] a shard keeps for the next connections to
@@ -434,38 +443,43 @@ impl Shard {
             }
             let mut read_total = 0;
             let mut more = false;
+            // A partial frame larger than the room doubles the buffer.
+            let room = READ_ROOM.max(buffers.input.len());
+            buffers.input.reserve(room);
+            // `filled` bytes hold data; the rest of `input`'s length is
+            // zeroed room for the next read.
+            let mut filled = buffers.input.len();
+            let mut zeroed_next = READ_ZEROED_FIRST;
             loop {
                 if read_total >= READ_BYTES_PER_TURN {
                     more = true;
                     break;
                 }
-                buffers.input.reserve(READ_CHUNK);
-                let spare = buffers.input.capacity() - buffers.input.len();
-                let start = buffers.input.len();
-                buffers.input.resize(start + spare, 0);
+                if filled == buffers.input.len() {
+                    let free = buffers.input.capacity() - filled;
+                    if free == 0 {
+                        more = true;
+                        break;
+                    }
+                    buffers.input.resize(filled + free.min(zeroed_next), 0);
+                    zeroed_next *= 2;
+                }
                 match read_plaintext(
                     &mut socket.stream,
                     &mut socket.tls,
-                    &mut buffers.input[start..],
+                    &mut buffers.input[filled..],
                 ) {
                     Ok(0) => {
-                        buffers.input.truncate(start);
                         peer_closed = true;
                         break;
                     }
                     Ok(n) => {
-                        buffers.input.truncate(start + n);
+                        filled += n;
                         read_total += n;
                     }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        buffers.input.truncate(start);
-                        break;
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                        buffers.input.truncate(start);
-                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                     Err(error) => {
-                        buffers.input.truncate(start);
                         log::debug!(
                             "shard {}: read from {} failed: {error}",
                             self.id,
@@ -476,6 +490,7 @@ impl Shard {
                     }
                 }
             }
+            buffers.input.truncate(filled);
             self.shared.metrics.bytes_in.add(read_total as u64);
             if more && !peer_closed {
                 self.read_again.push(slot);
