@@ -150,6 +150,10 @@ pub(crate) enum ShardMsg {
         request_id: u32,
         reply: Reply,
     },
+    /// From an owner: one commit's replies (acknowledgements) to this
+    /// shard's connections, in order: one message per commit and partition
+    /// rather than one per publish.
+    Replies(Vec<(ConnRef, u32, Reply)>),
     /// From an owner: a catch-up page. `complete` means the page reaches the
     /// channel's head as it was when read; live deliveries continue after it.
     Page {

@@ -384,6 +384,11 @@ impl Shard {
                 request_id,
                 reply,
             } => self.deliver_reply(to, request_id, reply),
+            ShardMsg::Replies(replies) => {
+                for (to, request_id, reply) in replies {
+                    self.deliver_reply(to, request_id, reply);
+                }
+            }
             ShardMsg::Page {
                 subscriber,
                 channel,

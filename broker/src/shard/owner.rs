@@ -435,6 +435,11 @@ impl Shard {
                 fanout.retain(|(_, message)| message.seq == 0);
             }
             self.shared.metrics.messages_in.add(acks.len() as u64);
+            // Replies to other shards' connections leave as one message per
+            // shard, before this batch's fan-out (as single replies did).
+            let mut remote: Vec<Vec<(ConnRef, u32, Reply)>> = (0..self.shared.routing.shards)
+                .map(|_| Vec::new())
+                .collect();
             for ack in acks.drain(..) {
                 let reply = match (&failed, ack.reply_as) {
                     (Some(error), _) if !ack.duplicate => Reply::Error(error.clone()),
@@ -447,7 +452,16 @@ impl Shard {
                         duplicate: ack.duplicate,
                     },
                 };
-                self.reply(ack.to, ack.request_id, reply);
+                if ack.to.shard == self.id {
+                    self.deliver_reply(ack.to, ack.request_id, reply);
+                } else {
+                    remote[ack.to.shard].push((ack.to, ack.request_id, reply));
+                }
+            }
+            for (shard, replies) in remote.into_iter().enumerate() {
+                if !replies.is_empty() {
+                    self.send(shard, ShardMsg::Replies(replies));
+                }
             }
             self.fan_out(&mut fanout);
             // The lists go back to the partition, so a busy partition does
