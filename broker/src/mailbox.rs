@@ -95,7 +95,9 @@ pub(crate) enum ShardMsg {
         from: ConnRef,
         request_id: u32,
         reply_as: ReplyAs,
-        channel: Arc<str>,
+        /// The command's own string, moved (not copied into an `Arc<str>`):
+        /// the owner needs a shared name only for channels with subscribers.
+        channel: String,
         /// The channel's partition, computed once where the command arrived.
         partition: u32,
         /// The publishing user's name.

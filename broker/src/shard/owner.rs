@@ -21,7 +21,7 @@ pub(super) struct PublishRequest {
     pub from: ConnRef,
     pub request_id: u32,
     pub reply_as: ReplyAs,
-    pub channel: Arc<str>,
+    pub channel: String,
     pub partition: u32,
     pub sender: Bytes,
     pub ephemeral: bool,
@@ -45,7 +45,7 @@ pub(super) struct PendingAck {
 /// A log partition and the work of the current turn on it.
 /// One partition's publishes of a commit: (partition id, their
 /// acknowledgements, their fan-out).
-pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(Arc<str>, Message)>);
+pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(String, Message)>);
 
 /// A commit whose fdatasync runs on the journal's commit thread.
 pub(super) struct Commit {
@@ -59,7 +59,7 @@ pub(crate) struct OwnedPartition {
     pub log: Partition,
     failed: Option<String>,
     acks: Vec<PendingAck>,
-    fanout: Vec<(Arc<str>, Message)>,
+    fanout: Vec<(String, Message)>,
     /// Emptied lists of an earlier commit, kept to take the place of `acks`
     /// and `fanout` when a commit takes them. Under `fsync` the next turn's
     /// publishes arrive while the commit's fdatasync runs, so without a
@@ -67,7 +67,7 @@ pub(crate) struct OwnedPartition {
     /// reallocation and copy at each doubling, measured in
     /// docs/BENCHMARKS.md).
     spare_acks: Vec<PendingAck>,
-    spare_fanout: Vec<(Arc<str>, Message)>,
+    spare_fanout: Vec<(String, Message)>,
 }
 
 impl OwnedPartition {
@@ -85,7 +85,7 @@ impl OwnedPartition {
 
     /// Takes this turn's acknowledgements and fan-out, leaving the spare
     /// lists (empty, with the room of an earlier commit) in their place.
-    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(Arc<str>, Message)>) {
+    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(String, Message)>) {
         let acks = std::mem::replace(&mut self.acks, std::mem::take(&mut self.spare_acks));
         let fanout = std::mem::replace(&mut self.fanout, std::mem::take(&mut self.spare_fanout));
         (acks, fanout)
@@ -95,11 +95,7 @@ impl OwnedPartition {
     /// current lists if those are empty and smaller (no commit was in
     /// flight), otherwise as the spares, so the room a busy partition
     /// needed is not given up.
-    fn keep_turn_buffers(
-        &mut self,
-        mut acks: Vec<PendingAck>,
-        mut fanout: Vec<(Arc<str>, Message)>,
-    ) {
+    fn keep_turn_buffers(&mut self, mut acks: Vec<PendingAck>, mut fanout: Vec<(String, Message)>) {
         debug_assert!(acks.is_empty() && fanout.is_empty());
         if self.acks.is_empty() && self.acks.capacity() < acks.capacity() {
             std::mem::swap(&mut self.acks, &mut acks);
@@ -134,7 +130,7 @@ impl OwnedPartition {
     pub(crate) fn idle_buffer_bytes(&self) -> usize {
         (self.acks.capacity() + self.spare_acks.capacity()) * std::mem::size_of::<PendingAck>()
             + (self.fanout.capacity() + self.spare_fanout.capacity())
-                * std::mem::size_of::<(Arc<str>, Message)>()
+                * std::mem::size_of::<(String, Message)>()
             + self.log.idle_buffer_bytes()
     }
 
@@ -525,25 +521,31 @@ impl Shard {
 
     /// Sends this turn's messages, grouped per channel, once to every shard
     /// that has subscribers of the channel.
-    fn fan_out(&mut self, fanout: &mut Vec<(Arc<str>, Message)>) {
+    fn fan_out(&mut self, fanout: &mut Vec<(String, Message)>) {
         if fanout.is_empty() {
             return;
         }
         let mut order: Vec<(Arc<str>, u64, Vec<Message>)> = Vec::new();
-        let mut index: foldhash::HashMap<Arc<str>, usize> = foldhash::HashMap::default();
+        let mut index: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         for (channel, message) in fanout.drain(..) {
             match index.get(&channel) {
                 Some(&i) => order[i].2.push(message),
                 None => {
-                    let mut shards = self.interest.get(&channel).copied().unwrap_or(0);
+                    // The interest map's key is the channel's shared name;
+                    // only a channel matched by patterns alone needs a new one.
+                    let (shared, mut shards) = match self.interest.get_key_value(channel.as_str()) {
+                        Some((name, shards)) => (Some(name.clone()), *shards),
+                        None => (None, 0),
+                    };
                     if !self.patterns.is_empty() {
                         shards |= self.pattern_interest(&channel);
                     }
                     if shards == 0 {
                         continue;
                     }
-                    index.insert(channel.clone(), order.len());
-                    order.push((channel, shards, vec![message]));
+                    let shared = shared.unwrap_or_else(|| Arc::from(channel.as_str()));
+                    index.insert(channel, order.len());
+                    order.push((shared, shards, vec![message]));
                 }
             }
         }
