@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{self, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use crate::bench_ws;
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use starling_adapters::client::{Client, ClientReader, ClientWriter};
+use starling_adapters::client::{self, Client, ClientReader, ClientWriter};
 use starling_protocol::{kind, Envelope, Frame, PublishFields, SubscribeStart};
 
 /// Thread stack for the many bench threads: they hold little.
@@ -715,13 +715,7 @@ impl AckTally {
             match stream.read(&mut chunk) {
                 Ok(0) => bail!("publisher {}: the server closed the connection", self.id),
                 Ok(received) => buffer.extend_from_slice(&chunk[..received]),
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(error) if client::read_again(&error) => {}
                 Err(error) => return Err(error.into()),
             }
         }

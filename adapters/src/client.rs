@@ -719,17 +719,20 @@ impl ClientReader {
             match result {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(_) => {}
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(error) if read_again(&error) => {}
                 Err(error) => return Err(error.into()),
             }
         }
     }
+}
+
+/// Whether a failed read of a socket with a read timeout only means "nothing yet" (the timeout
+/// passed, or a signal interrupted it): the caller reads again.
+pub fn read_again(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]

@@ -222,26 +222,33 @@ impl PublishFields<'_> {
 
 /// The fields of `frame`, which is a `Frame::Publish`.
 fn publish_fields(frame: &Frame) -> PublishFields<'_> {
-    let Frame::Publish {
-        ephemeral,
-        kind,
-        channel,
-        client_message_id,
-        relation,
-        headers,
-        body,
-    } = frame
-    else {
-        unreachable!("called for Publish frames only")
-    };
-    PublishFields {
-        ephemeral: *ephemeral,
-        kind: *kind,
-        channel,
-        client_message_id,
-        relation: *relation,
-        headers,
-        body,
+    frame.as_publish().expect("called for Publish frames only")
+}
+
+impl Frame {
+    /// A `Publish` frame's fields, borrowed; `None` for every other frame.
+    pub fn as_publish(&self) -> Option<PublishFields<'_>> {
+        let Frame::Publish {
+            ephemeral,
+            kind,
+            channel,
+            client_message_id,
+            relation,
+            headers,
+            body,
+        } = self
+        else {
+            return None;
+        };
+        Some(PublishFields {
+            ephemeral: *ephemeral,
+            kind: *kind,
+            channel,
+            client_message_id,
+            relation: *relation,
+            headers,
+            body,
+        })
     }
 }
 

@@ -365,31 +365,10 @@ fn encode_deliver_matches_the_deliver_envelope() {
 
 #[test]
 fn publish_fields_encode_as_the_publish_envelope() {
-    let publishes = sample_envelopes()
-        .into_iter()
-        .filter(|envelope| matches!(envelope.frame, Frame::Publish { .. }));
     let mut seen = 0;
-    for envelope in publishes {
-        let Frame::Publish {
-            ephemeral,
-            kind,
-            channel,
-            client_message_id,
-            relation,
-            headers,
-            body,
-        } = &envelope.frame
-        else {
-            unreachable!()
-        };
-        let fields = PublishFields {
-            ephemeral: *ephemeral,
-            kind: *kind,
-            channel,
-            client_message_id,
-            relation: *relation,
-            headers,
-            body,
+    for envelope in sample_envelopes() {
+        let Some(fields) = envelope.frame.as_publish() else {
+            continue;
         };
         let mut direct = BytesMut::from(&b"before"[..]);
         fields.encode(envelope.request_id, &mut direct);
