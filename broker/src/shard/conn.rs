@@ -809,36 +809,71 @@ impl Shard {
 
     /// Hands a reply to one of this shard's connections.
     pub(super) fn deliver_reply(&mut self, to: ConnRef, request_id: u32, reply: Reply) {
-        let inflight_max = self.shared.config.inflight_requests_max;
-        let Some(connection) = self.connection_mut(to) else {
-            return;
-        };
-        connection.inflight = connection.inflight.saturating_sub(1);
-        let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
-        if resume {
-            connection.read_paused = false;
-        }
-        let slow = match &mut connection.kind {
-            ConnKind::Socket(_) => {
-                // Even a closing connection encodes its replies: a peer that
-                // ended its stream still gets the answers it asked for.
-                self.with_session(to.slot, |session, _, context| {
-                    session.on_reply(request_id, &reply, context)
-                });
-                false
+        let mut run = std::mem::take(&mut self.spare_reply_run);
+        run.push((request_id, reply));
+        self.deliver_reply_run(to, run);
+    }
+
+    /// Hands replies to this shard's connections, in order (a commit's
+    /// acknowledgements): each run of consecutive replies to one connection
+    /// goes to its session in one call.
+    pub(super) fn deliver_replies(&mut self, replies: Vec<(ConnRef, u32, Reply)>) {
+        let mut replies = replies.into_iter().peekable();
+        while let Some(&(to, _, _)) = replies.peek() {
+            let mut run = std::mem::take(&mut self.spare_reply_run);
+            while let Some((_, request_id, reply)) = replies.next_if(|(next, _, _)| *next == to) {
+                run.push((request_id, reply));
             }
-            ConnKind::Local { events } => matches!(
-                events.try_send(LocalEvent::Reply { request_id, reply }),
-                Err(TrySendError::Full(_))
-            ),
-        };
-        if resume {
-            self.read_again.push(to.slot);
+            self.deliver_reply_run(to, run);
         }
-        if slow {
-            self.slow_consumer(to.slot);
-        } else {
-            self.mark_dirty(to.slot);
+    }
+
+    /// Hands `run`, replies to connection `to`, to its session in one call
+    /// (or to an in-process client's events), then keeps the emptied list
+    /// for the next run: per reply, a session call and two dirty marks cost
+    /// more than encoding the reply (docs/BENCHMARKS.md, session 8).
+    fn deliver_reply_run(&mut self, to: ConnRef, mut run: Vec<(u32, Reply)>) {
+        let inflight_max = self.shared.config.inflight_requests_max;
+        if let Some(connection) = self.connection_mut(to) {
+            connection.inflight = connection.inflight.saturating_sub(run.len());
+            let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
+            if resume {
+                connection.read_paused = false;
+            }
+            let slow = match &mut connection.kind {
+                ConnKind::Socket(_) => {
+                    // Even a closing connection encodes its replies: a peer
+                    // that ended its stream still gets the answers it asked
+                    // for. Every reply is offered even if one closes it.
+                    self.with_session(to.slot, |session, _, context| {
+                        let mut result = Ok(());
+                        for (request_id, reply) in &run {
+                            let answered = session.on_reply(*request_id, reply, context);
+                            result = result.and(answered);
+                        }
+                        result
+                    });
+                    false
+                }
+                ConnKind::Local { events } => run.drain(..).any(|(request_id, reply)| {
+                    matches!(
+                        events.try_send(LocalEvent::Reply { request_id, reply }),
+                        Err(TrySendError::Full(_))
+                    )
+                }),
+            };
+            if resume {
+                self.read_again.push(to.slot);
+            }
+            if slow {
+                self.slow_consumer(to.slot);
+            } else {
+                self.mark_dirty(to.slot);
+            }
+        }
+        run.clear();
+        if run.capacity() > self.spare_reply_run.capacity() {
+            self.spare_reply_run = run;
         }
     }
 

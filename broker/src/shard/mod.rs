@@ -106,6 +106,9 @@ pub(crate) struct Shard {
     /// next one: a busy publisher's read yields dozens of commands or more,
     /// and a fresh list per read regrew to that size every time.
     spare_commands: Vec<(u32, Command)>,
+    /// The emptied list of the last run of replies handed to one session
+    /// (see `deliver_reply_run`).
+    spare_reply_run: Vec<(u32, crate::command::Reply)>,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -181,6 +184,7 @@ impl Shard {
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
             spare_commands: Vec::new(),
+            spare_reply_run: Vec::new(),
             spare_buffers: conn::SpareBuffers::default(),
             lingering: Vec::new(),
             handshakes: VecDeque::new(),
@@ -384,11 +388,7 @@ impl Shard {
                 request_id,
                 reply,
             } => self.deliver_reply(to, request_id, reply),
-            ShardMsg::Replies(replies) => {
-                for (to, request_id, reply) in replies {
-                    self.deliver_reply(to, request_id, reply);
-                }
-            }
+            ShardMsg::Replies(replies) => self.deliver_replies(replies),
             ShardMsg::Page {
                 subscriber,
                 channel,
@@ -493,6 +493,7 @@ impl Shard {
         self.spare_input = BytesMut::new();
         self.spare_buffers = conn::SpareBuffers::default();
         self.spare_commands = Vec::new();
+        self.spare_reply_run = Vec::new();
         crate::engine::run_idle_memory_hook();
     }
 

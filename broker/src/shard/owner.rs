@@ -432,8 +432,10 @@ impl Shard {
             }
             self.shared.metrics.messages_in.add(acks.len() as u64);
             // Replies to other shards' connections leave as one message per
-            // shard, before this batch's fan-out (as single replies did).
-            let mut remote: Vec<Vec<(ConnRef, u32, Reply)>> = (0..self.shared.routing.shards)
+            // shard, before this batch's fan-out (as single replies did);
+            // this shard's own go to each connection's session a run at a
+            // time.
+            let mut by_shard: Vec<Vec<(ConnRef, u32, Reply)>> = (0..self.shared.routing.shards)
                 .map(|_| Vec::new())
                 .collect();
             for ack in acks.drain(..) {
@@ -448,14 +450,12 @@ impl Shard {
                         duplicate: ack.duplicate,
                     },
                 };
-                if ack.to.shard == self.id {
-                    self.deliver_reply(ack.to, ack.request_id, reply);
-                } else {
-                    remote[ack.to.shard].push((ack.to, ack.request_id, reply));
-                }
+                by_shard[ack.to.shard].push((ack.to, ack.request_id, reply));
             }
-            for (shard, replies) in remote.into_iter().enumerate() {
-                if !replies.is_empty() {
+            for (shard, replies) in by_shard.into_iter().enumerate() {
+                if shard == self.id {
+                    self.deliver_replies(replies);
+                } else if !replies.is_empty() {
                     self.send(shard, ShardMsg::Replies(replies));
                 }
             }
