@@ -44,7 +44,7 @@ const INBOX_MESSAGES_PER_TURN: usize = 16 * 1024;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// A shard that has appended nothing, and accepted or closed no connection,
 /// for this long frees the buffers its busiest turns grew (pending batches,
-/// the journal's entry buffer, the turn's acknowledgement and fan-out lists,
+/// the turn's acknowledgement and fan-out lists,
 /// queues to other shards, the read buffer): kept between busy turns so
 /// they are not regrown every turn, they are tens of megabytes after a
 /// burst, more than a million idle channels' share (docs/BENCHMARKS.md,
@@ -478,7 +478,6 @@ impl Shard {
         } else {
             self.idle_memory_released = true;
         }
-        self.journal.release_idle_memory();
         for queue in &mut self.overflow {
             release_if_empty(queue);
         }

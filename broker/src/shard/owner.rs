@@ -304,8 +304,8 @@ impl Shard {
         let commit_started = Instant::now();
         self.postpone_idle_release(commit_started);
 
-        // Phase 1: write each partition's pending batches; the journal
-        // copies them into its entries.
+        // Phase 1: write each partition's pending batches, and each as an
+        // entry of the journal straight from the partition's buffer.
         let journal = &mut self.journal;
         for &id in &ids {
             let partition = self.partitions.get_mut(&id).expect("listed above");
@@ -320,8 +320,9 @@ impl Shard {
             }
         }
 
-        // Phase 2: one journal write and, per policy, one fdatasync (under
-        // `fsync` started on the commit thread).
+        // Phase 2: the end of the journal's entries (a failed entry write
+        // fails the turn) and, per policy, one fdatasync (under `fsync`
+        // started on the commit thread).
         let wrote = journal.has_entries();
         let mut result = journal.write();
         let sync_now = match durability {
