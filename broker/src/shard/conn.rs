@@ -39,6 +39,10 @@ const READ_ROOM: usize = 64 * 1024;
 /// the whole free space before every read cost as much as a quiet
 /// connection's read itself (docs/BENCHMARKS.md, session 8).
 const READ_ZEROED_FIRST: usize = 16 * 1024;
+/// Room reserved in a connection's reply buffer per reply of a run before
+/// its session encodes them: a publish acknowledgement is 34 bytes in the
+/// native protocol and 4 in MQTT; a larger reply reserves the rest itself.
+const REPLY_BYTES_EXPECTED: usize = 48;
 /// Buffers handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
 /// Emptied [`SocketBuffers`] a shard keeps for the next connections to
@@ -846,6 +850,9 @@ impl Shard {
                     // that ended its stream still gets the answers it asked
                     // for. Every reply is offered even if one closes it.
                     self.with_session(to.slot, |session, _, context| {
+                        // One reservation for the run, not a regrowth of the
+                        // reply buffer at every doubling.
+                        context.out().reserve(run.len() * REPLY_BYTES_EXPECTED);
                         let mut result = Ok(());
                         for (request_id, reply) in &run {
                             let answered = session.on_reply(*request_id, reply, context);
