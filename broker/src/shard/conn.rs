@@ -20,7 +20,7 @@ use crate::auth::{Action, Principal};
 use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
 use crate::config::SlowConsumerPolicy;
 use crate::engine::{EngineShared, LocalEvent};
-use crate::mailbox::{ConnRef, ReplyAs, ShardMsg};
+use crate::mailbox::{ConnRef, Publish, ReplyAs, ShardMsg};
 use crate::session::{Close, Protocol, Session, SessionContext};
 
 /// The user name of requests an adapter makes on the server's behalf.
@@ -713,7 +713,7 @@ impl Shard {
             } => {
                 let partition = self.shared.routing.partition_of(&channel);
                 let owner = self.shared.routing.shard_of_partition(partition);
-                let message = ShardMsg::Publish {
+                let message = ShardMsg::Publish(Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Plain,
@@ -726,7 +726,7 @@ impl Shard {
                     relation,
                     headers,
                     body,
-                };
+                });
                 self.send(owner, message);
             }
             Command::Subscribe { channel, start } => {
@@ -763,7 +763,7 @@ impl Shard {
                 let cursor = cursor_channel(&consumer, &channel);
                 let partition = self.shared.routing.partition_of(&cursor);
                 let owner = self.shared.routing.shard_of_partition(partition);
-                let message = ShardMsg::Publish {
+                let message = ShardMsg::Publish(Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Cursor,
@@ -776,7 +776,7 @@ impl Shard {
                     relation: seq,
                     headers: Bytes::new(),
                     body: Bytes::copy_from_slice(&seq.to_le_bytes()),
-                };
+                });
                 self.send(owner, message);
             }
             Command::CursorGet { consumer, channel } => {

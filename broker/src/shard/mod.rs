@@ -339,36 +339,7 @@ impl Shard {
                     self.close_connection(conn.slot, None);
                 }
             }
-            ShardMsg::Publish {
-                from,
-                request_id,
-                reply_as,
-                channel,
-                partition,
-                sender,
-                ephemeral,
-                kind,
-                client_message_id,
-                relation,
-                headers,
-                body,
-            } => {
-                let publish = owner::PublishRequest {
-                    from,
-                    request_id,
-                    reply_as,
-                    channel,
-                    partition,
-                    sender,
-                    ephemeral,
-                    kind,
-                    client_message_id,
-                    relation,
-                    headers,
-                    body,
-                };
-                self.owner_publish(publish);
-            }
+            ShardMsg::Publish(publish) => self.owner_publish(publish),
             ShardMsg::Interest { channel, shard, on } => self.owner_interest(channel, shard, on),
             ShardMsg::Fetch {
                 subscriber,

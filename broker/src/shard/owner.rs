@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use starling_protocol::{HistoryQuery, Message};
 use starling_storage::{
     NewRecord, Partition, ReadPage, Record, StorageError, SwitchSync, SyncTarget,
@@ -14,23 +13,7 @@ use starling_storage::{
 use super::Shard;
 use crate::command::{BrokerError, Reply};
 use crate::config::Durability;
-use crate::mailbox::{ConnRef, FetchStart, ReplyAs, ShardMsg, SubRef};
-
-/// A publish routed to this shard because it owns the channel.
-pub(super) struct PublishRequest {
-    pub from: ConnRef,
-    pub request_id: u32,
-    pub reply_as: ReplyAs,
-    pub channel: String,
-    pub partition: u32,
-    pub sender: Bytes,
-    pub ephemeral: bool,
-    pub kind: u8,
-    pub client_message_id: Bytes,
-    pub relation: u64,
-    pub headers: Bytes,
-    pub body: Bytes,
-}
+use crate::mailbox::{ConnRef, FetchStart, Publish, ReplyAs, ShardMsg, SubRef};
 
 pub(super) struct PendingAck {
     to: ConnRef,
@@ -179,7 +162,7 @@ impl Shard {
             .expect("a channel is routed to the shard that owns its partition")
     }
 
-    pub(super) fn owner_publish(&mut self, request: PublishRequest) {
+    pub(super) fn owner_publish(&mut self, request: Publish) {
         let timestamp_ms = self.next_timestamp_ms();
         debug_assert_eq!(
             request.partition,
