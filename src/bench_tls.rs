@@ -315,8 +315,10 @@ pub(crate) const WAKER: mio::Token = mio::Token(1);
 
 /// What a publisher connection does with what it reads.
 pub(crate) trait Answers {
-    /// One envelope from the server.
-    fn on_envelope(&mut self, envelope: Envelope);
+    /// One envelope from the server, read at `now_ns` (ns since the run's epoch).
+    fn on_envelope(&mut self, envelope: Envelope, now_ns: u64);
+    /// After the envelopes of one read.
+    fn after_read(&mut self);
     /// Whether the connection is done; an error ends it.
     fn finished(&self) -> Result<bool>;
 }
@@ -324,12 +326,14 @@ pub(crate) trait Answers {
 /// Drives one publisher connection until `answers` is finished: writes the
 /// bursts the pacing thread sends through `bursts` (their number is bounded
 /// by the publisher's window of unacknowledged messages) and hands every
-/// envelope read to `answers`, which is asked at least every 100 ms.
+/// envelope read to `answers` with the time it was read (ns since `epoch`),
+/// which is asked at least every 100 ms.
 pub(crate) fn drive_publisher(
     mut poll: mio::Poll,
     mut wire: Wire,
     mut buffer: BytesMut,
     bursts: std::sync::mpsc::Receiver<bytes::Bytes>,
+    epoch: std::time::Instant,
     answers: &mut impl Answers,
 ) -> Result<()> {
     poll.registry().register(
@@ -339,9 +343,11 @@ pub(crate) fn drive_publisher(
     )?;
     let mut events = mio::Events::with_capacity(16);
     loop {
+        let now_ns = epoch.elapsed().as_nanos() as u64;
         while let Some(envelope) = next_envelope(&mut buffer)? {
-            answers.on_envelope(envelope);
+            answers.on_envelope(envelope, now_ns);
         }
+        answers.after_read();
         if answers.finished()? {
             return Ok(());
         }
@@ -358,9 +364,11 @@ pub(crate) fn drive_publisher(
         }
         wire.write_pending()?;
         if readable && wire.read_available(&mut buffer)? == ReadOutcome::Closed {
+            let now_ns = epoch.elapsed().as_nanos() as u64;
             while let Some(envelope) = next_envelope(&mut buffer)? {
-                answers.on_envelope(envelope);
+                answers.on_envelope(envelope, now_ns);
             }
+            answers.after_read();
             bail!("the server closed the connection");
         }
     }

@@ -675,7 +675,7 @@ pub(crate) fn subscriber_pool(
     channels: &[String],
     assignments: Vec<(usize, Vec<usize>)>,
     epoch: Instant,
-    targets: &Mutex<Option<HashMap<usize, u64>>>,
+    targets: &Mutex<Option<Vec<u64>>>,
     ready: std::sync::mpsc::Sender<Result<()>>,
 ) -> Result<SubscriberResult> {
     let mut checker = Checker {
@@ -720,7 +720,7 @@ pub(crate) fn subscriber_pool(
         if let Some(targets) = targets.lock().expect("targets lock").as_ref() {
             let complete = conns.iter().all(|conn| {
                 conn.next.values().all(|(channel, next_seq)| {
-                    *next_seq > targets.get(channel).copied().unwrap_or(0)
+                    *next_seq > targets.get(*channel).copied().unwrap_or(0)
                 })
             });
             if complete {
@@ -729,7 +729,7 @@ pub(crate) fn subscriber_pool(
             if checker.last_progress.elapsed() > DRAIN_TIMEOUT {
                 for conn in &conns {
                     for (channel, next_seq) in conn.next.values() {
-                        let target = targets.get(channel).copied().unwrap_or(0);
+                        let target = targets.get(*channel).copied().unwrap_or(0);
                         checker.result.lost += (target + 1).saturating_sub(*next_seq);
                     }
                 }

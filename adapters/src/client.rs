@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use starling_protocol::{
-    decode, Decoded, Envelope, ErrorCode, Frame, HistoryQuery, Limits, Message, SubscribeStart,
-    WireError, LENGTH_BYTES, PROTOCOL_VERSION,
+    decode, Decoded, Envelope, ErrorCode, Frame, HistoryQuery, Limits, Message, PublishFields,
+    SubscribeStart, WireError, LENGTH_BYTES, PROTOCOL_VERSION,
 };
 use thiserror::Error;
 
@@ -130,6 +130,19 @@ impl PublishRequest {
             kind,
             body: body.into(),
             ..PublishRequest::default()
+        }
+    }
+
+    /// This request's fields, borrowed (see [`ClientWriter::queue_publish_fields`]).
+    pub fn fields(&self) -> PublishFields<'_> {
+        PublishFields {
+            ephemeral: self.ephemeral,
+            kind: self.kind,
+            channel: &self.channel,
+            client_message_id: &self.client_message_id,
+            relation: self.relation,
+            headers: &self.headers,
+            body: &self.body,
         }
     }
 
@@ -561,14 +574,35 @@ impl ClientWriter {
     /// one write; [`ClientWriter::flush`] writes them. Checked like [`ClientWriter::send`].
     pub fn queue(&mut self, envelope: &Envelope) -> Result<(), ClientError> {
         envelope.validate().map_err(ClientError::InvalidRequest)?;
-        let length = envelope.encoded_len() - LENGTH_BYTES;
+        self.check_frame_size(envelope.encoded_len())?;
+        envelope.encode(&mut self.buffer);
+        Ok(())
+    }
+
+    /// Encodes a publish from borrowed fields into the send buffer, as [`ClientWriter::queue`]
+    /// does for the `Publish` envelope with the same fields, without building the frame (no
+    /// allocation). Checked like [`ClientWriter::send`].
+    pub fn queue_publish_fields(
+        &mut self,
+        request_id: u32,
+        fields: &PublishFields<'_>,
+    ) -> Result<(), ClientError> {
+        fields.validate().map_err(ClientError::InvalidRequest)?;
+        self.check_frame_size(fields.encoded_len())?;
+        fields.encode(request_id, &mut self.buffer);
+        Ok(())
+    }
+
+    /// Refuses a frame of `encoded_len` bytes (length prefix included) that is over the
+    /// server's `frame_bytes_max`.
+    fn check_frame_size(&self, encoded_len: usize) -> Result<(), ClientError> {
+        let length = encoded_len - LENGTH_BYTES;
         if length > self.frame_bytes_max as usize {
             return Err(ClientError::TooLarge {
                 length,
                 frame_bytes_max: self.frame_bytes_max,
             });
         }
-        envelope.encode(&mut self.buffer);
         Ok(())
     }
 
@@ -588,10 +622,7 @@ impl ClientWriter {
         request_id: u32,
         request: &PublishRequest,
     ) -> Result<(), ClientError> {
-        self.queue(&Envelope {
-            request_id,
-            frame: request.to_frame(),
-        })
+        self.queue_publish_fields(request_id, &request.fields())
     }
 
     /// Sends a publish with `request_id`; its `PublishAck` (or `Error`) carries the same id.
@@ -688,17 +719,20 @@ impl ClientReader {
             match result {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(_) => {}
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(error) if read_again(&error) => {}
                 Err(error) => return Err(error.into()),
             }
         }
     }
+}
+
+/// Whether a failed read of a socket with a read timeout only means "nothing yet" (the timeout
+/// passed, or a signal interrupted it): the caller reads again.
+pub fn read_again(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]

@@ -61,6 +61,26 @@ pub(crate) enum FetchStart {
     Last(u64),
 }
 
+/// A publish on its way to the channel's owner (`ShardMsg::Publish`).
+pub(crate) struct Publish {
+    pub from: ConnRef,
+    pub request_id: u32,
+    pub reply_as: ReplyAs,
+    /// The command's own string, moved (not copied into an `Arc<str>`):
+    /// the owner needs a shared name only for channels with subscribers.
+    pub channel: String,
+    /// The channel's partition, computed once where the command arrived.
+    pub partition: u32,
+    /// The publishing user's name.
+    pub sender: Bytes,
+    pub ephemeral: bool,
+    pub kind: u8,
+    pub client_message_id: Bytes,
+    pub relation: u64,
+    pub headers: Bytes,
+    pub body: Bytes,
+}
+
 /// Work for a shard.
 pub(crate) enum ShardMsg {
     /// A connection accepted for this shard.
@@ -91,22 +111,7 @@ pub(crate) enum ShardMsg {
         conn: ConnRef,
     },
     /// To the channel's owner: store (or, if ephemeral, just deliver) a message.
-    Publish {
-        from: ConnRef,
-        request_id: u32,
-        reply_as: ReplyAs,
-        channel: Arc<str>,
-        /// The channel's partition, computed once where the command arrived.
-        partition: u32,
-        /// The publishing user's name.
-        sender: Bytes,
-        ephemeral: bool,
-        kind: u8,
-        client_message_id: Bytes,
-        relation: u64,
-        headers: Bytes,
-        body: Bytes,
-    },
+    Publish(Publish),
     /// To the channel's owner: shard `shard` has (or no longer has)
     /// subscribers of `channel`.
     Interest {
@@ -150,6 +155,10 @@ pub(crate) enum ShardMsg {
         request_id: u32,
         reply: Reply,
     },
+    /// From an owner: one commit's replies (acknowledgements) to this
+    /// shard's connections, in order: one message per commit and partition
+    /// rather than one per publish.
+    Replies(Vec<(ConnRef, u32, Reply)>),
     /// From an owner: a catch-up page. `complete` means the page reaches the
     /// channel's head as it was when read; live deliveries continue after it.
     Page {

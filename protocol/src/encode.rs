@@ -26,24 +26,13 @@ impl Envelope {
     /// If the frame is not valid (see [`Envelope::validate`]): a field longer than its length
     /// prefix allows is a bug in the caller, which must check input it does not control.
     pub fn encode(&self, out: &mut BytesMut) {
-        let encoded_len = self.encoded_len();
-        let length = encoded_len - LENGTH_BYTES;
-        assert!(
-            length <= LENGTH_MAX,
-            "{} frame of {length} bytes does not fit the u32 length prefix",
-            self.frame.name()
-        );
-        out.reserve(encoded_len);
-        let start = out.len();
-        out.put_u32_le(length as u32);
-        out.put_u8(self.frame.frame_type());
-        out.put_u32_le(self.request_id);
-        encode_payload(&self.frame, out);
-        assert_eq!(
-            out.len() - start,
-            encoded_len,
-            "encoded_len disagrees with encode for a {} frame",
-            self.frame.name()
+        encode_framed(
+            self.frame.frame_type(),
+            self.request_id,
+            self.encoded_len(),
+            self.frame.name(),
+            out,
+            |out| encode_payload(&self.frame, out),
         );
     }
 
@@ -61,23 +50,7 @@ impl Envelope {
                 str16("token", token)?;
             }
             Frame::Welcome { server_name, .. } => str16("server_name", server_name)?,
-            Frame::Publish {
-                channel,
-                client_message_id,
-                headers,
-                body,
-                ..
-            } => {
-                str16("channel", channel)?;
-                check_length(
-                    frame_type,
-                    "client_message_id",
-                    client_message_id.len(),
-                    0xFF,
-                )?;
-                check_length(frame_type, "headers", headers.len(), 0xFFFF)?;
-                check_length(frame_type, "body", body.len(), LENGTH_MAX)?;
-            }
+            Frame::Publish { .. } => publish_fields(&self.frame).validate_fields()?,
             Frame::Subscribe { channel, .. }
             | Frame::Unsubscribe { channel }
             | Frame::History { channel, .. } => str16("channel", channel)?,
@@ -124,6 +97,161 @@ impl Envelope {
     }
 }
 
+/// Writes one frame into `out`: the length prefix, type and request id, then the payload that
+/// `payload` appends, and checks that it is `encoded_len` bytes long in all.
+fn encode_framed(
+    frame_type: u8,
+    request_id: u32,
+    encoded_len: usize,
+    name: &str,
+    out: &mut BytesMut,
+    payload: impl FnOnce(&mut BytesMut),
+) {
+    let length = encoded_len - LENGTH_BYTES;
+    assert!(
+        length <= LENGTH_MAX,
+        "{name} frame of {length} bytes does not fit the u32 length prefix"
+    );
+    out.reserve(encoded_len);
+    let start = out.len();
+    out.put_u32_le(length as u32);
+    out.put_u8(frame_type);
+    out.put_u32_le(request_id);
+    payload(out);
+    assert_eq!(
+        out.len() - start,
+        encoded_len,
+        "encoded_len disagrees with encode for a {name} frame"
+    );
+}
+
+/// The fields of a `Publish` frame, borrowed. [`PublishFields::encode`] writes byte for byte what
+/// encoding `Envelope { request_id, frame: Frame::Publish { .. } }` with the same fields gives,
+/// without building the frame (which owns its channel name): a client that sends many publishes
+/// encodes each from its own buffers and allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishFields<'a> {
+    /// See `Frame::Publish`.
+    pub ephemeral: bool,
+    /// See `Frame::Publish`.
+    pub kind: u8,
+    /// See `Frame::Publish`.
+    pub channel: &'a str,
+    /// See `Frame::Publish`.
+    pub client_message_id: &'a [u8],
+    /// See `Frame::Publish`.
+    pub relation: u64,
+    /// See `Frame::Publish`.
+    pub headers: &'a [u8],
+    /// See `Frame::Publish`.
+    pub body: &'a [u8],
+}
+
+impl PublishFields<'_> {
+    /// Size of the frame on the wire, length prefix included.
+    pub fn encoded_len(&self) -> usize {
+        LENGTH_BYTES + FRAME_HEADER_BYTES + self.payload_len()
+    }
+
+    /// As [`Envelope::validate`] for the frame.
+    pub fn validate(&self) -> Result<(), WireError> {
+        self.validate_fields()?;
+        check_length(
+            frame_type::PUBLISH,
+            "length",
+            self.encoded_len() - LENGTH_BYTES,
+            LENGTH_MAX,
+        )
+    }
+
+    /// Appends the frame, with `request_id`, to `out`.
+    ///
+    /// # Panics
+    /// If the fields are not valid (see [`PublishFields::validate`]).
+    pub fn encode(&self, request_id: u32, out: &mut BytesMut) {
+        encode_framed(
+            frame_type::PUBLISH,
+            request_id,
+            self.encoded_len(),
+            "Publish",
+            out,
+            |out| self.encode_payload(out),
+        );
+    }
+
+    fn validate_fields(&self) -> Result<(), WireError> {
+        let frame_type = frame_type::PUBLISH;
+        check_length(frame_type, "channel", self.channel.len(), 0xFFFF)?;
+        check_length(
+            frame_type,
+            "client_message_id",
+            self.client_message_id.len(),
+            0xFF,
+        )?;
+        check_length(frame_type, "headers", self.headers.len(), 0xFFFF)?;
+        check_length(frame_type, "body", self.body.len(), LENGTH_MAX)
+    }
+
+    fn payload_len(&self) -> usize {
+        1 + 1
+            + 2
+            + self.channel.len()
+            + 1
+            + self.client_message_id.len()
+            + 8
+            + 2
+            + self.headers.len()
+            + 4
+            + self.body.len()
+    }
+
+    fn encode_payload(&self, out: &mut BytesMut) {
+        out.put_u8(if self.ephemeral {
+            PUBLISH_FLAG_EPHEMERAL
+        } else {
+            0
+        });
+        out.put_u8(self.kind);
+        put_str16(out, self.channel.as_bytes(), "channel");
+        put_bytes8(out, self.client_message_id, "client_message_id");
+        out.put_u64_le(self.relation);
+        put_bytes16(out, self.headers, "headers");
+        put_bytes32(out, self.body, "body");
+    }
+}
+
+/// The fields of `frame`, which is a `Frame::Publish`.
+fn publish_fields(frame: &Frame) -> PublishFields<'_> {
+    frame.as_publish().expect("called for Publish frames only")
+}
+
+impl Frame {
+    /// A `Publish` frame's fields, borrowed; `None` for every other frame.
+    pub fn as_publish(&self) -> Option<PublishFields<'_>> {
+        let Frame::Publish {
+            ephemeral,
+            kind,
+            channel,
+            client_message_id,
+            relation,
+            headers,
+            body,
+        } = self
+        else {
+            return None;
+        };
+        Some(PublishFields {
+            ephemeral: *ephemeral,
+            kind: *kind,
+            channel,
+            client_message_id,
+            relation: *relation,
+            headers,
+            body,
+        })
+    }
+}
+
 /// Size of `Envelope { request_id: 0, frame: Frame::Deliver { channel, messages } }` on the wire.
 pub fn deliver_encoded_len(channel: &str, messages: &[Message]) -> usize {
     LENGTH_BYTES + FRAME_HEADER_BYTES + 2 + channel.len() + messages_encoded_len(messages)
@@ -141,18 +269,17 @@ pub fn encode_deliver(channel: &str, messages: &[Message], out: &mut BytesMut) {
         !messages.is_empty(),
         "a Deliver frame carries at least one message"
     );
-    let encoded_len = deliver_encoded_len(channel, messages);
-    let length = encoded_len - LENGTH_BYTES;
-    assert!(
-        length <= LENGTH_MAX,
-        "Deliver frame of {length} bytes does not fit the u32 length prefix"
+    encode_framed(
+        frame_type::DELIVER,
+        0,
+        deliver_encoded_len(channel, messages),
+        "Deliver",
+        out,
+        |out| {
+            put_str16(out, channel.as_bytes(), "channel");
+            encode_messages(messages, out);
+        },
     );
-    out.reserve(encoded_len);
-    out.put_u32_le(length as u32);
-    out.put_u8(frame_type::DELIVER);
-    out.put_u32_le(0);
-    put_str16(out, channel.as_bytes(), "channel");
-    encode_messages(messages, out);
 }
 
 fn payload_len(frame: &Frame) -> usize {
@@ -161,24 +288,7 @@ fn payload_len(frame: &Frame) -> usize {
             client_name, token, ..
         } => 2 + 2 + client_name.len() + 2 + token.len(),
         Frame::Welcome { server_name, .. } => 2 + 2 + server_name.len() + 4,
-        Frame::Publish {
-            channel,
-            client_message_id,
-            headers,
-            body,
-            ..
-        } => {
-            1 + 1
-                + 2
-                + channel.len()
-                + 1
-                + client_message_id.len()
-                + 8
-                + 2
-                + headers.len()
-                + 4
-                + body.len()
-        }
+        Frame::Publish { .. } => publish_fields(frame).payload_len(),
         Frame::PublishAck { .. } => 8 + 8 + 8 + 1,
         Frame::Subscribe { channel, .. } => 2 + channel.len() + 1 + 8,
         Frame::Subscribed { .. } => 8,
@@ -218,27 +328,7 @@ fn encode_payload(frame: &Frame, out: &mut BytesMut) {
             put_str16(out, server_name.as_bytes(), "server_name");
             out.put_u32_le(*frame_bytes_max);
         }
-        Frame::Publish {
-            ephemeral,
-            kind,
-            channel,
-            client_message_id,
-            relation,
-            headers,
-            body,
-        } => {
-            out.put_u8(if *ephemeral {
-                PUBLISH_FLAG_EPHEMERAL
-            } else {
-                0
-            });
-            out.put_u8(*kind);
-            put_str16(out, channel.as_bytes(), "channel");
-            put_bytes8(out, client_message_id, "client_message_id");
-            out.put_u64_le(*relation);
-            put_bytes16(out, headers, "headers");
-            put_bytes32(out, body, "body");
-        }
+        Frame::Publish { .. } => publish_fields(frame).encode_payload(out),
         Frame::PublishAck {
             seq,
             offset,

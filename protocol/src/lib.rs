@@ -62,7 +62,7 @@ mod message;
 pub mod mqtt;
 
 pub use decode::{decode, decode_bytes, peek_frame_size, Decoded};
-pub use encode::{deliver_encoded_len, encode_deliver};
+pub use encode::{deliver_encoded_len, encode_deliver, PublishFields};
 pub use error::WireError;
 pub use frame::{
     frame_type, frame_type_name, kind, Envelope, ErrorCode, Frame, HistoryQuery, Limits,

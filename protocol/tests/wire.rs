@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use common::{encode, sample_envelopes, sample_message};
 use starling_protocol::{
     decode, decode_bytes, deliver_encoded_len, encode_deliver, frame_type, peek_frame_size,
-    Decoded, Envelope, Frame, Limits,
+    Decoded, Envelope, Frame, Limits, PublishFields,
 };
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -361,6 +361,35 @@ fn encode_deliver_matches_the_deliver_envelope() {
         assert_eq!(direct, encode(&envelope));
         assert_eq!(deliver_encoded_len("room/général", &messages), direct.len());
     }
+}
+
+#[test]
+fn publish_fields_encode_as_the_publish_envelope() {
+    let mut seen = 0;
+    for envelope in sample_envelopes() {
+        let Some(fields) = envelope.frame.as_publish() else {
+            continue;
+        };
+        let mut direct = BytesMut::from(&b"before"[..]);
+        fields.encode(envelope.request_id, &mut direct);
+        assert_eq!(&direct[..6], b"before");
+        assert_eq!(direct[6..], encode(&envelope)[..]);
+        assert_eq!(fields.encoded_len(), direct.len() - 6);
+        assert_eq!(fields.validate(), envelope.validate());
+        seen += 1;
+    }
+    assert!(seen > 0, "the samples hold a Publish");
+    let too_long = "c".repeat(0x1_0000);
+    let fields = PublishFields {
+        ephemeral: false,
+        kind: 0,
+        channel: &too_long,
+        client_message_id: b"",
+        relation: 0,
+        headers: b"",
+        body: b"",
+    };
+    assert!(fields.validate().is_err());
 }
 
 #[test]

@@ -54,6 +54,8 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -212,18 +214,54 @@ fn read_up_to(file: &File, buffer: &mut [u8], at: u64) -> std::io::Result<usize>
     Ok(done)
 }
 
-/// Appends an entry (header and payload) to `buffer`.
-fn encode_entry(buffer: &mut Vec<u8>, partition: u32, generation: u64, payload: &[u8]) {
-    let payload_bytes = u32::try_from(payload.len()).expect("a turn's batches are below 4 GiB");
-    let start = buffer.len();
-    buffer.extend_from_slice(&[0u8; 4]);
-    buffer.extend_from_slice(&partition.to_le_bytes());
-    buffer.extend_from_slice(&generation.to_le_bytes());
-    buffer.extend_from_slice(&payload_bytes.to_le_bytes());
-    buffer.extend_from_slice(&[0u8; 4]);
-    let crc = crc32c::crc32c(&buffer[start + 4..start + ENTRY_HEADER_BYTES]);
-    buffer[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-    buffer.extend_from_slice(payload);
+/// The header of an entry of `payload_bytes` bytes.
+fn entry_header(partition: u32, generation: u64, payload_bytes: usize) -> [u8; ENTRY_HEADER_BYTES] {
+    let payload_bytes = u32::try_from(payload_bytes).expect("a turn's batches are below 4 GiB");
+    let mut header = [0u8; ENTRY_HEADER_BYTES];
+    header[4..8].copy_from_slice(&partition.to_le_bytes());
+    header[8..16].copy_from_slice(&generation.to_le_bytes());
+    header[16..20].copy_from_slice(&payload_bytes.to_le_bytes());
+    let crc = crc32c::crc32c(&header[4..]);
+    header[..4].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Writes `head` and then `body` at `at` of `file`: one `pwritev` for both
+/// in the usual case, continued after a partial write or an interruption.
+fn write_pair_at(file: &File, mut head: &[u8], mut body: &[u8], mut at: u64) -> io::Result<()> {
+    while !head.is_empty() || !body.is_empty() {
+        let slices = [IoSlice::new(head), IoSlice::new(body)];
+        let offset = libc::off_t::try_from(at)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and both
+        // slices borrow memory that stays valid for the call; the descriptor
+        // belongs to `file`, which outlives the call. pwritev reads the
+        // buffers and writes nothing to this process's memory.
+        let written = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                slices.as_ptr().cast::<libc::iovec>(),
+                2,
+                offset,
+            )
+        };
+        let Ok(mut written) = usize::try_from(written) else {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += written as u64;
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        written -= from_head;
+        body = &body[written..];
+    }
+    Ok(())
 }
 
 /// Whether `payload` is a sequence of whole, valid batches.
@@ -770,8 +808,8 @@ pub struct Journal {
     /// Write position in the active file.
     position: u64,
     file_bytes: u64,
-    /// Entries of this turn, written by [`Journal::write`].
-    buffer: Vec<u8>,
+    /// Entries were written since the last [`Journal::write`].
+    entries_written: bool,
     /// Written and not yet fdatasync'ed.
     unsynced: bool,
     /// The sync in flight ran inline (no commit thread) and is done.
@@ -853,7 +891,7 @@ impl Journal {
             run,
             position: 0,
             file_bytes,
-            buffer: Vec::new(),
+            entries_written: false,
             unsynced: false,
             committer_done_inline: false,
             activation_pending: false,
@@ -944,50 +982,48 @@ impl Journal {
     }
 
     /// Adds an entry: `payload` is the whole batches a partition flush just
-    /// wrote to partition `partition`'s segment. Written by the next
-    /// [`Journal::write`].
+    /// wrote to partition `partition`'s segment. The entry is written at
+    /// once, straight from `payload` (the partition's own buffer), so the
+    /// journal copies nothing; a failure is kept and reported by the next
+    /// [`Journal::write`], which every turn calls before it syncs or
+    /// acknowledges anything.
     pub fn add(&mut self, partition: u32, payload: &[u8]) {
-        encode_entry(&mut self.buffer, partition, self.generation, payload);
-    }
-
-    /// Frees the entry buffer, which keeps the size of the busiest turn so
-    /// far between turns (the shard calls this once it has been idle for a
-    /// while; the next entry grows it again). Does nothing while entries are
-    /// waiting for [`Journal::write`].
-    pub fn release_idle_memory(&mut self) {
-        if self.buffer.is_empty() {
-            self.buffer = Vec::new();
+        assert!(
+            !self.sync_in_flight,
+            "finish the sync in flight before adding entries"
+        );
+        if self.failed.is_some() {
+            return;
         }
+        let header = entry_header(partition, self.generation, payload.len());
+        if let Err(error) = write_pair_at(&self.files[self.active], &header, payload, self.position)
+        {
+            let path = self.active_path();
+            self.fail(StorageError::io("write to", &path, error));
+            return;
+        }
+        self.position += (ENTRY_HEADER_BYTES + payload.len()) as u64;
+        self.entries_written = true;
+        self.unsynced = true;
     }
 
-    /// Heap bytes of the entry buffer (its capacity).
-    pub fn idle_buffer_bytes(&self) -> usize {
-        self.buffer.capacity()
-    }
-
-    /// Whether entries are waiting for [`Journal::write`].
+    /// Whether entries were written since the last [`Journal::write`].
     pub fn has_entries(&self) -> bool {
-        !self.buffer.is_empty()
+        self.entries_written
     }
 
-    /// Writes the entries added since the last write with one positioned
-    /// write.
+    /// Ends a turn's entries: reports a failure of one of their writes, and
+    /// asks for the inactive file's zero-fill once the active one is half
+    /// full.
     pub fn write(&mut self) -> Result<(), StorageError> {
         self.check_not_failed()?;
         assert!(
             !self.sync_in_flight,
             "finish the sync in flight before a write"
         );
-        if self.buffer.is_empty() {
+        if !std::mem::take(&mut self.entries_written) {
             return Ok(());
         }
-        if let Err(error) = self.files[self.active].write_all_at(&self.buffer, self.position) {
-            let path = self.active_path();
-            return Err(self.fail(StorageError::io("write to", &path, error)));
-        }
-        self.position += self.buffer.len() as u64;
-        self.buffer.clear();
-        self.unsynced = true;
         if !self.prepare_requested && self.position >= self.file_bytes / 2 {
             self.prepare_other()?;
         }
@@ -1184,8 +1220,8 @@ impl Journal {
     ) -> Result<(), StorageError> {
         self.check_not_failed()?;
         assert!(
-            self.buffer.is_empty(),
-            "write the turn's entries before a switch"
+            !self.entries_written,
+            "end the turn's entries (Journal::write) before a switch"
         );
         if order == SwitchSync::Now {
             // The new file's entries must follow durable ones: recovery
@@ -1354,13 +1390,30 @@ mod tests {
 
     #[test]
     fn entry_bytes_are_pinned() {
-        let mut buffer = Vec::new();
-        encode_entry(&mut buffer, 5, 9, b"xy");
+        let header = entry_header(5, 9, 2);
         assert_eq!(
-            &buffer[4..],
-            &[5, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, b'x', b'y']
+            &header[4..],
+            &[5, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
         );
-        assert_eq!(u32_at(&buffer, 0), crc32c::crc32c(&buffer[4..24]));
+        assert_eq!(u32_at(&header, 0), crc32c::crc32c(&header[4..24]));
+    }
+
+    #[test]
+    fn a_pair_is_written_whole_at_its_offset() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("pair");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(b"0123456789", 0).unwrap();
+        write_pair_at(&file, b"ab", b"cde", 3).unwrap();
+        write_pair_at(&file, b"", b"", 9).unwrap();
+        write_pair_at(&file, b"", b"XY", 9).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"012abcde8XY");
     }
 
     #[test]

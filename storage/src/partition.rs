@@ -1024,7 +1024,7 @@ impl Partition {
 
     /// [`Partition::flush`], handing `written` the bytes of every positioned
     /// write (whole batches, consecutive in the stream) once it succeeded:
-    /// the shard journal copies them into its entry.
+    /// the shard journal writes them as an entry.
     pub fn flush_with(&mut self, written: &mut dyn FnMut(&[u8])) -> Result<(), StorageError> {
         self.check_not_failed()?;
         if self.pending.records == 0 {

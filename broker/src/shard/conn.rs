@@ -20,7 +20,7 @@ use crate::auth::{Action, Principal};
 use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
 use crate::config::SlowConsumerPolicy;
 use crate::engine::{EngineShared, LocalEvent};
-use crate::mailbox::{ConnRef, ReplyAs, ShardMsg};
+use crate::mailbox::{ConnRef, Publish, ReplyAs, ShardMsg};
 use crate::session::{Close, Protocol, Session, SessionContext};
 
 /// The user name of requests an adapter makes on the server's behalf.
@@ -28,8 +28,21 @@ pub(crate) const SERVER_USER: &str = "$server";
 
 /// Bytes read from one socket per turn before other connections get a turn.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
-/// Smallest free space kept in a connection's input buffer before a read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Smallest free space made in a connection's input buffer before its reads
+/// of a turn. The reads stop when the buffer is full (the connection reads
+/// again next turn, after its frames were split off), so a busy connection
+/// takes up to this much per turn without the buffer growing by
+/// reallocation and copying mid-turn.
+const READ_ROOM: usize = 64 * 1024;
+/// Bytes of the buffer's free space zeroed for the first read of a turn;
+/// each read that fills its zeroed room doubles the next one's. Zeroing
+/// the whole free space before every read cost as much as a quiet
+/// connection's read itself (docs/BENCHMARKS.md, session 8).
+const READ_ZEROED_FIRST: usize = 16 * 1024;
+/// Room reserved in a connection's reply buffer per reply of a run before
+/// its session encodes them: a publish acknowledgement is 34 bytes in the
+/// native protocol and 4 in MQTT; a larger reply reserves the rest itself.
+const REPLY_BYTES_EXPECTED: usize = 48;
 /// Buffers handed to one `writev`.
 const WRITE_SLICES_MAX: usize = 64;
 /// Emptied [`SocketBuffers`] a shard keeps for the next connections to
@@ -434,38 +447,43 @@ impl Shard {
             }
             let mut read_total = 0;
             let mut more = false;
+            // A partial frame larger than the room doubles the buffer.
+            let room = READ_ROOM.max(buffers.input.len());
+            buffers.input.reserve(room);
+            // `filled` bytes hold data; the rest of `input`'s length is
+            // zeroed room for the next read.
+            let mut filled = buffers.input.len();
+            let mut zeroed_next = READ_ZEROED_FIRST;
             loop {
                 if read_total >= READ_BYTES_PER_TURN {
                     more = true;
                     break;
                 }
-                buffers.input.reserve(READ_CHUNK);
-                let spare = buffers.input.capacity() - buffers.input.len();
-                let start = buffers.input.len();
-                buffers.input.resize(start + spare, 0);
+                if filled == buffers.input.len() {
+                    let free = buffers.input.capacity() - filled;
+                    if free == 0 {
+                        more = true;
+                        break;
+                    }
+                    buffers.input.resize(filled + free.min(zeroed_next), 0);
+                    zeroed_next *= 2;
+                }
                 match read_plaintext(
                     &mut socket.stream,
                     &mut socket.tls,
-                    &mut buffers.input[start..],
+                    &mut buffers.input[filled..],
                 ) {
                     Ok(0) => {
-                        buffers.input.truncate(start);
                         peer_closed = true;
                         break;
                     }
                     Ok(n) => {
-                        buffers.input.truncate(start + n);
+                        filled += n;
                         read_total += n;
                     }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        buffers.input.truncate(start);
-                        break;
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                        buffers.input.truncate(start);
-                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                     Err(error) => {
-                        buffers.input.truncate(start);
                         log::debug!(
                             "shard {}: read from {} failed: {error}",
                             self.id,
@@ -476,6 +494,7 @@ impl Shard {
                     }
                 }
             }
+            buffers.input.truncate(filled);
             self.shared.metrics.bytes_in.add(read_total as u64);
             if more && !peer_closed {
                 self.read_again.push(slot);
@@ -694,11 +713,11 @@ impl Shard {
             } => {
                 let partition = self.shared.routing.partition_of(&channel);
                 let owner = self.shared.routing.shard_of_partition(partition);
-                let message = ShardMsg::Publish {
+                let message = ShardMsg::Publish(Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Plain,
-                    channel: Arc::from(channel),
+                    channel,
                     partition,
                     sender,
                     ephemeral,
@@ -707,7 +726,7 @@ impl Shard {
                     relation,
                     headers,
                     body,
-                };
+                });
                 self.send(owner, message);
             }
             Command::Subscribe { channel, start } => {
@@ -744,11 +763,11 @@ impl Shard {
                 let cursor = cursor_channel(&consumer, &channel);
                 let partition = self.shared.routing.partition_of(&cursor);
                 let owner = self.shared.routing.shard_of_partition(partition);
-                let message = ShardMsg::Publish {
+                let message = ShardMsg::Publish(Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Cursor,
-                    channel: Arc::from(cursor),
+                    channel: cursor,
                     partition,
                     sender,
                     ephemeral: false,
@@ -757,7 +776,7 @@ impl Shard {
                     relation: seq,
                     headers: Bytes::new(),
                     body: Bytes::copy_from_slice(&seq.to_le_bytes()),
-                };
+                });
                 self.send(owner, message);
             }
             Command::CursorGet { consumer, channel } => {
@@ -794,36 +813,74 @@ impl Shard {
 
     /// Hands a reply to one of this shard's connections.
     pub(super) fn deliver_reply(&mut self, to: ConnRef, request_id: u32, reply: Reply) {
-        let inflight_max = self.shared.config.inflight_requests_max;
-        let Some(connection) = self.connection_mut(to) else {
-            return;
-        };
-        connection.inflight = connection.inflight.saturating_sub(1);
-        let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
-        if resume {
-            connection.read_paused = false;
-        }
-        let slow = match &mut connection.kind {
-            ConnKind::Socket(_) => {
-                // Even a closing connection encodes its replies: a peer that
-                // ended its stream still gets the answers it asked for.
-                self.with_session(to.slot, |session, _, context| {
-                    session.on_reply(request_id, &reply, context)
-                });
-                false
+        let mut run = std::mem::take(&mut self.spare_reply_run);
+        run.push((request_id, reply));
+        self.deliver_reply_run(to, run);
+    }
+
+    /// Hands replies to this shard's connections, in order (a commit's
+    /// acknowledgements): each run of consecutive replies to one connection
+    /// goes to its session in one call.
+    pub(super) fn deliver_replies(&mut self, replies: Vec<(ConnRef, u32, Reply)>) {
+        let mut replies = replies.into_iter().peekable();
+        while let Some(&(to, _, _)) = replies.peek() {
+            let mut run = std::mem::take(&mut self.spare_reply_run);
+            while let Some((_, request_id, reply)) = replies.next_if(|(next, _, _)| *next == to) {
+                run.push((request_id, reply));
             }
-            ConnKind::Local { events } => matches!(
-                events.try_send(LocalEvent::Reply { request_id, reply }),
-                Err(TrySendError::Full(_))
-            ),
-        };
-        if resume {
-            self.read_again.push(to.slot);
+            self.deliver_reply_run(to, run);
         }
-        if slow {
-            self.slow_consumer(to.slot);
-        } else {
-            self.mark_dirty(to.slot);
+    }
+
+    /// Hands `run`, replies to connection `to`, to its session in one call
+    /// (or to an in-process client's events), then keeps the emptied list
+    /// for the next run: per reply, a session call and two dirty marks cost
+    /// more than encoding the reply (docs/BENCHMARKS.md, session 8).
+    fn deliver_reply_run(&mut self, to: ConnRef, mut run: Vec<(u32, Reply)>) {
+        let inflight_max = self.shared.config.inflight_requests_max;
+        if let Some(connection) = self.connection_mut(to) {
+            connection.inflight = connection.inflight.saturating_sub(run.len());
+            let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
+            if resume {
+                connection.read_paused = false;
+            }
+            let slow = match &mut connection.kind {
+                ConnKind::Socket(_) => {
+                    // Even a closing connection encodes its replies: a peer
+                    // that ended its stream still gets the answers it asked
+                    // for. Every reply is offered even if one closes it.
+                    self.with_session(to.slot, |session, _, context| {
+                        // One reservation for the run, not a regrowth of the
+                        // reply buffer at every doubling.
+                        context.out().reserve(run.len() * REPLY_BYTES_EXPECTED);
+                        let mut result = Ok(());
+                        for (request_id, reply) in &run {
+                            let answered = session.on_reply(*request_id, reply, context);
+                            result = result.and(answered);
+                        }
+                        result
+                    });
+                    false
+                }
+                ConnKind::Local { events } => run.drain(..).any(|(request_id, reply)| {
+                    matches!(
+                        events.try_send(LocalEvent::Reply { request_id, reply }),
+                        Err(TrySendError::Full(_))
+                    )
+                }),
+            };
+            if resume {
+                self.read_again.push(to.slot);
+            }
+            if slow {
+                self.slow_consumer(to.slot);
+            } else {
+                self.mark_dirty(to.slot);
+            }
+        }
+        run.clear();
+        if run.capacity() > self.spare_reply_run.capacity() {
+            self.spare_reply_run = run;
         }
     }
 

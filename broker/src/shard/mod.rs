@@ -44,7 +44,7 @@ const INBOX_MESSAGES_PER_TURN: usize = 16 * 1024;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// A shard that has appended nothing, and accepted or closed no connection,
 /// for this long frees the buffers its busiest turns grew (pending batches,
-/// the journal's entry buffer, the turn's acknowledgement and fan-out lists,
+/// the turn's acknowledgement and fan-out lists,
 /// queues to other shards, the read buffer): kept between busy turns so
 /// they are not regrown every turn, they are tens of megabytes after a
 /// burst, more than a million idle channels' share (docs/BENCHMARKS.md,
@@ -106,6 +106,9 @@ pub(crate) struct Shard {
     /// next one: a busy publisher's read yields dozens of commands or more,
     /// and a fresh list per read regrew to that size every time.
     spare_commands: Vec<(u32, Command)>,
+    /// The emptied list of the last run of replies handed to one session
+    /// (see `deliver_reply_run`).
+    spare_reply_run: Vec<(u32, crate::command::Reply)>,
     /// Connections closed with a reason, waiting for it to be written:
     /// (slot, generation, deadline).
     lingering: Vec<(u32, u32, Instant)>,
@@ -133,7 +136,7 @@ pub(crate) struct Shard {
     /// This turn's ephemeral publishes of owned channels: fanned out at the
     /// end of the turn, without waiting for a commit (they are not in the
     /// log, so nothing about them waits for the disk).
-    ephemeral: Vec<(Arc<str>, starling_protocol::Message)>,
+    ephemeral: Vec<(String, starling_protocol::Message)>,
     /// When the shard frees the memory of its busy turns if it stays idle
     /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
     /// had publishes to write, acknowledge or fan out, or accepted or closed
@@ -185,6 +188,7 @@ impl Shard {
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
             spare_commands: Vec::new(),
+            spare_reply_run: Vec::new(),
             spare_buffers: conn::SpareBuffers::default(),
             lingering: Vec::new(),
             handshakes: VecDeque::new(),
@@ -340,36 +344,7 @@ impl Shard {
                     self.close_connection(conn.slot, None);
                 }
             }
-            ShardMsg::Publish {
-                from,
-                request_id,
-                reply_as,
-                channel,
-                partition,
-                sender,
-                ephemeral,
-                kind,
-                client_message_id,
-                relation,
-                headers,
-                body,
-            } => {
-                let publish = owner::PublishRequest {
-                    from,
-                    request_id,
-                    reply_as,
-                    channel,
-                    partition,
-                    sender,
-                    ephemeral,
-                    kind,
-                    client_message_id,
-                    relation,
-                    headers,
-                    body,
-                };
-                self.owner_publish(publish);
-            }
+            ShardMsg::Publish(publish) => self.owner_publish(publish),
             ShardMsg::Interest { channel, shard, on } => self.owner_interest(channel, shard, on),
             ShardMsg::Fetch {
                 subscriber,
@@ -389,6 +364,7 @@ impl Shard {
                 request_id,
                 reply,
             } => self.deliver_reply(to, request_id, reply),
+            ShardMsg::Replies(replies) => self.deliver_replies(replies),
             ShardMsg::Page {
                 subscriber,
                 channel,
@@ -478,7 +454,6 @@ impl Shard {
         } else {
             self.idle_memory_released = true;
         }
-        self.journal.release_idle_memory();
         for queue in &mut self.overflow {
             release_if_empty(queue);
         }
@@ -496,6 +471,7 @@ impl Shard {
         self.spare_input = BytesMut::new();
         self.spare_buffers = conn::SpareBuffers::default();
         self.spare_commands = Vec::new();
+        self.spare_reply_run = Vec::new();
         crate::engine::run_idle_memory_hook();
     }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use starling_protocol::{HistoryQuery, Message};
 use starling_storage::{
     NewRecord, Partition, ReadPage, Record, StorageError, SwitchSync, SyncTarget,
@@ -14,23 +13,7 @@ use starling_storage::{
 use super::Shard;
 use crate::command::{BrokerError, Reply};
 use crate::config::Durability;
-use crate::mailbox::{ConnRef, FetchStart, ReplyAs, ShardMsg, SubRef};
-
-/// A publish routed to this shard because it owns the channel.
-pub(super) struct PublishRequest {
-    pub from: ConnRef,
-    pub request_id: u32,
-    pub reply_as: ReplyAs,
-    pub channel: Arc<str>,
-    pub partition: u32,
-    pub sender: Bytes,
-    pub ephemeral: bool,
-    pub kind: u8,
-    pub client_message_id: Bytes,
-    pub relation: u64,
-    pub headers: Bytes,
-    pub body: Bytes,
-}
+use crate::mailbox::{ConnRef, FetchStart, Publish, ReplyAs, ShardMsg, SubRef};
 
 pub(super) struct PendingAck {
     to: ConnRef,
@@ -45,7 +28,7 @@ pub(super) struct PendingAck {
 /// A log partition and the work of the current turn on it.
 /// One partition's publishes of a commit: (partition id, their
 /// acknowledgements, their fan-out).
-pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(Arc<str>, Message)>);
+pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(String, Message)>);
 
 /// A commit whose fdatasync runs on the journal's commit thread.
 pub(super) struct Commit {
@@ -59,7 +42,7 @@ pub(crate) struct OwnedPartition {
     pub log: Partition,
     failed: Option<String>,
     acks: Vec<PendingAck>,
-    fanout: Vec<(Arc<str>, Message)>,
+    fanout: Vec<(String, Message)>,
     /// Emptied lists of an earlier commit, kept to take the place of `acks`
     /// and `fanout` when a commit takes them. Under `fsync` the next turn's
     /// publishes arrive while the commit's fdatasync runs, so without a
@@ -67,7 +50,7 @@ pub(crate) struct OwnedPartition {
     /// reallocation and copy at each doubling, measured in
     /// docs/BENCHMARKS.md).
     spare_acks: Vec<PendingAck>,
-    spare_fanout: Vec<(Arc<str>, Message)>,
+    spare_fanout: Vec<(String, Message)>,
 }
 
 impl OwnedPartition {
@@ -85,7 +68,7 @@ impl OwnedPartition {
 
     /// Takes this turn's acknowledgements and fan-out, leaving the spare
     /// lists (empty, with the room of an earlier commit) in their place.
-    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(Arc<str>, Message)>) {
+    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(String, Message)>) {
         let acks = std::mem::replace(&mut self.acks, std::mem::take(&mut self.spare_acks));
         let fanout = std::mem::replace(&mut self.fanout, std::mem::take(&mut self.spare_fanout));
         (acks, fanout)
@@ -95,11 +78,7 @@ impl OwnedPartition {
     /// current lists if those are empty and smaller (no commit was in
     /// flight), otherwise as the spares, so the room a busy partition
     /// needed is not given up.
-    fn keep_turn_buffers(
-        &mut self,
-        mut acks: Vec<PendingAck>,
-        mut fanout: Vec<(Arc<str>, Message)>,
-    ) {
+    fn keep_turn_buffers(&mut self, mut acks: Vec<PendingAck>, mut fanout: Vec<(String, Message)>) {
         debug_assert!(acks.is_empty() && fanout.is_empty());
         if self.acks.is_empty() && self.acks.capacity() < acks.capacity() {
             std::mem::swap(&mut self.acks, &mut acks);
@@ -134,7 +113,7 @@ impl OwnedPartition {
     pub(crate) fn idle_buffer_bytes(&self) -> usize {
         (self.acks.capacity() + self.spare_acks.capacity()) * std::mem::size_of::<PendingAck>()
             + (self.fanout.capacity() + self.spare_fanout.capacity())
-                * std::mem::size_of::<(Arc<str>, Message)>()
+                * std::mem::size_of::<(String, Message)>()
             + self.log.idle_buffer_bytes()
     }
 
@@ -183,7 +162,7 @@ impl Shard {
             .expect("a channel is routed to the shard that owns its partition")
     }
 
-    pub(super) fn owner_publish(&mut self, request: PublishRequest) {
+    pub(super) fn owner_publish(&mut self, request: Publish) {
         let timestamp_ms = self.next_timestamp_ms();
         debug_assert_eq!(
             request.partition,
@@ -318,8 +297,8 @@ impl Shard {
         let commit_started = Instant::now();
         self.postpone_idle_release(commit_started);
 
-        // Phase 1: write each partition's pending batches; the journal
-        // copies them into its entries.
+        // Phase 1: write each partition's pending batches, and each as an
+        // entry of the journal straight from the partition's buffer.
         let journal = &mut self.journal;
         for &id in &ids {
             let partition = self.partitions.get_mut(&id).expect("listed above");
@@ -334,8 +313,9 @@ impl Shard {
             }
         }
 
-        // Phase 2: one journal write and, per policy, one fdatasync (under
-        // `fsync` started on the commit thread).
+        // Phase 2: the end of the journal's entries (a failed entry write
+        // fails the turn) and, per policy, one fdatasync (under `fsync`
+        // started on the commit thread).
         let wrote = journal.has_entries();
         let mut result = journal.write();
         let sync_now = match durability {
@@ -445,6 +425,13 @@ impl Shard {
                 fanout.clear();
             }
             self.shared.metrics.messages_in.add(acks.len() as u64);
+            // Replies to other shards' connections leave as one message per
+            // shard, before this batch's fan-out (as single replies did);
+            // this shard's own go to each connection's session a run at a
+            // time.
+            let mut by_shard: Vec<Vec<(ConnRef, u32, Reply)>> = (0..self.shared.routing.shards)
+                .map(|_| Vec::new())
+                .collect();
             for ack in acks.drain(..) {
                 let reply = match (&failed, ack.reply_as) {
                     (Some(error), _) if !ack.duplicate => Reply::Error(error.clone()),
@@ -457,7 +444,14 @@ impl Shard {
                         duplicate: ack.duplicate,
                     },
                 };
-                self.reply(ack.to, ack.request_id, reply);
+                by_shard[ack.to.shard].push((ack.to, ack.request_id, reply));
+            }
+            for (shard, replies) in by_shard.into_iter().enumerate() {
+                if shard == self.id {
+                    self.deliver_replies(replies);
+                } else if !replies.is_empty() {
+                    self.send(shard, ShardMsg::Replies(replies));
+                }
             }
             self.fan_out(&mut fanout);
             // The lists go back to the partition, so a busy partition does
@@ -521,25 +515,31 @@ impl Shard {
 
     /// Sends this turn's messages, grouped per channel, once to every shard
     /// that has subscribers of the channel.
-    fn fan_out(&mut self, fanout: &mut Vec<(Arc<str>, Message)>) {
+    fn fan_out(&mut self, fanout: &mut Vec<(String, Message)>) {
         if fanout.is_empty() {
             return;
         }
         let mut order: Vec<(Arc<str>, u64, Vec<Message>)> = Vec::new();
-        let mut index: foldhash::HashMap<Arc<str>, usize> = foldhash::HashMap::default();
+        let mut index: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
         for (channel, message) in fanout.drain(..) {
             match index.get(&channel) {
                 Some(&i) => order[i].2.push(message),
                 None => {
-                    let mut shards = self.interest.get(&channel).copied().unwrap_or(0);
+                    // The interest map's key is the channel's shared name;
+                    // only a channel matched by patterns alone needs a new one.
+                    let (shared, mut shards) = match self.interest.get_key_value(channel.as_str()) {
+                        Some((name, shards)) => (Some(name.clone()), *shards),
+                        None => (None, 0),
+                    };
                     if !self.patterns.is_empty() {
                         shards |= self.pattern_interest(&channel);
                     }
                     if shards == 0 {
                         continue;
                     }
-                    index.insert(channel.clone(), order.len());
-                    order.push((channel, shards, vec![message]));
+                    let shared = shared.unwrap_or_else(|| Arc::from(channel.as_str()));
+                    index.insert(channel, order.len());
+                    order.push((shared, shards, vec![message]));
                 }
             }
         }
