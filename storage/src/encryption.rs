@@ -29,7 +29,7 @@
 //!
 //! A partition that seals its batches seals its channel checkpoints too
 //! (they hold channel names and idempotency keys): the plain checkpoint
-//! file is wrapped in an envelope, see [`KeyRing::seal_checkpoint`].
+//! file is wrapped in an envelope, see `KeyRing::seal_checkpoint`.
 //!
 //! Keys come from a key file (`id hex-key` lines, see [`KeyRing::load`]);
 //! new batches use the current key id, every key in the file can open old
