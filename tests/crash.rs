@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::acked::{self, Acked};
 use common::Server;
-use starling_adapters::client::{Client, PublishRequest};
-use starling_protocol::{kind, HistoryQuery};
+use starling_adapters::client::Client;
 
 const KILLS: u64 = 20;
 const PUBLISHERS: usize = 4;
@@ -29,9 +27,6 @@ impl Rng {
     }
 }
 
-/// (channel, seq) → body of every acknowledged publish.
-type Acked = Arc<Mutex<HashMap<(String, u64), Bytes>>>;
-
 fn publish_until_killed(server: std::net::SocketAddr, round: u64, publisher: usize, acked: Acked) {
     let Ok(mut client) = Client::connect(server, "crash-publisher", &format!("p{publisher}"))
     else {
@@ -41,20 +36,8 @@ fn publish_until_killed(server: std::net::SocketAddr, round: u64, publisher: usi
     for n in 0u64.. {
         let channel = format!("crash-{}", (publisher + n as usize) % CHANNELS);
         let body = Bytes::from(format!("round {round} publisher {publisher} message {n}"));
-        let request = PublishRequest {
-            client_message_id: Bytes::from(format!("{round}-{n}")),
-            ..PublishRequest::new(channel.clone(), kind::MESSAGE, body.clone())
-        };
-        match client.publish_with(request) {
-            Ok(ack) => {
-                assert!(
-                    ack.durable,
-                    "the default policy acknowledges durable writes"
-                );
-                let previous = acked.lock().unwrap().insert((channel, ack.seq), body);
-                assert!(previous.is_none(), "seq {} acknowledged twice", ack.seq);
-            }
-            Err(_) => return, // the server was killed
+        if acked::publish(&mut client, &channel, body, format!("{round}-{n}"), &acked).is_err() {
+            return; // the server was killed
         }
     }
 }
@@ -74,64 +57,13 @@ fn start_publishers(
 }
 
 fn verify(server: std::net::SocketAddr, acked: &Acked) -> usize {
-    let acked = acked.lock().unwrap();
-    let mut client = Client::connect(server, "crash-verifier", "").unwrap();
-    let mut checked = 0;
-    for c in 0..CHANNELS {
-        let channel = format!("crash-{c}");
-        let mut seq = 1;
-        let mut bodies = HashSet::new();
-        loop {
-            let page = client
-                .history(&channel, HistoryQuery::From(seq), 1000)
-                .unwrap();
-            for message in &page.messages {
-                assert_eq!(
-                    message.seq, seq,
-                    "{channel}: seqs are gap-free and in order"
-                );
-                assert!(
-                    bodies.insert(message.body.clone()),
-                    "{channel}: {:?} stored twice",
-                    message.body
-                );
-                seq += 1;
-            }
-            if page.messages.is_empty() || seq > page.head_seq {
-                assert_eq!(
-                    seq,
-                    page.head_seq + 1,
-                    "{channel}: history reaches the head"
-                );
-                break;
-            }
-        }
-        let head = seq - 1;
-        for ((acked_channel, acked_seq), body) in acked.iter() {
-            if *acked_channel != channel {
-                continue;
-            }
-            assert!(
-                *acked_seq <= head,
-                "{channel}: acknowledged seq {acked_seq} lost (head {head})"
-            );
-            let page = client
-                .history(&channel, HistoryQuery::From(*acked_seq), 1)
-                .unwrap();
-            assert_eq!(
-                &page.messages[0].body, body,
-                "{channel} seq {acked_seq} holds what was acknowledged"
-            );
-            checked += 1;
-        }
-    }
-    checked
+    acked::verify(server, "crash-", CHANNELS, acked)
 }
 
 #[test]
 fn acknowledged_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    let acked: Acked = acked::new();
     let mut rng = Rng(0x5eed_5eed_1234_5678);
     let mut server = Server::start(dir.path(), &[]);
     for round in 0..KILLS {
@@ -192,7 +124,7 @@ fn encrypted_acknowledged_messages_survive_lost_unsynced_partition_pages() {
 }
 
 fn survive_lost_unsynced_pages(data_dir: &std::path::Path, env: &[(&str, &str)]) {
-    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    let acked: Acked = acked::new();
     let mut rng = Rng(0x0bad_c0de_0bad_c0de);
     let mut server = Server::start(data_dir, env);
     let mut dropped = 0;

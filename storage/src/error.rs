@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// An operating-system call failed.
-    #[error("failed to {operation} {path}: {source}; check that the path exists, that this user may write it, and that the disk has room")]
+    #[error("failed to {operation} {path}: {source}; {}", io_hint(.source))]
     Io {
         /// What was being done, e.g. "write to".
         operation: &'static str,
@@ -138,6 +138,22 @@ pub enum StorageError {
     },
 }
 
+/// What to do about a failed operating-system call, by its kind.
+pub(crate) fn io_hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "the file system holding it is full (or this user's quota is used up): free space on it or grow it"
+        }
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "this user may not write there: fix the owner or mode, or mount the file system read-write"
+        }
+        io::ErrorKind::NotFound => {
+            "the path does not exist: create it or fix the configured data directory"
+        }
+        _ => "check that the path exists, that this user may write it, and that the disk has room",
+    }
+}
+
 impl StorageError {
     /// Whether this is a key problem (a batch encrypted with an unknown key
     /// id, or one that fails authentication): reading the log another way
@@ -155,5 +171,31 @@ impl StorageError {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The advice of an I/O error fits its cause.
+    #[test]
+    fn io_errors_say_what_to_do_about_their_cause() {
+        let message = |code: i32| {
+            StorageError::io(
+                "write to",
+                "/data/x.seg",
+                io::Error::from_raw_os_error(code),
+            )
+            .to_string()
+        };
+        let full = message(28); // ENOSPC
+        assert!(full.contains("/data/x.seg"), "{full}");
+        assert!(full.contains("is full"), "{full}");
+        assert!(message(122).contains("quota"), "EDQUOT"); // EDQUOT
+        assert!(message(13).contains("may not write there"), "EACCES");
+        assert!(message(30).contains("read-write"), "EROFS");
+        assert!(message(2).contains("does not exist"), "ENOENT");
+        assert!(message(5).contains("check that the path exists"), "EIO");
     }
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod acked;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,7 +33,26 @@ impl Server {
 
     /// [`Server::start`] with more arguments for `serve` (`--config FILE`).
     pub fn start_with(data_dir: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(BINARY);
+        Server::start_wrapped(&[], data_dir, args, extra_env)
+    }
+
+    /// [`Server::start_with`] through `wrapper` (a program and its
+    /// arguments, e.g. `nsenter … --`), which must exec the binary in place
+    /// (so that the child's PID is the server's). Empty: no wrapper.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Server {
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(BINARY);
+                command
+            }
+            None => Command::new(BINARY),
+        };
         command
             .arg("serve")
             .args(args)

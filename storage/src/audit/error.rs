@@ -13,7 +13,7 @@ use crate::StorageError;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// An operating-system call failed.
-    #[error("failed to {operation} {path}: {source}; check that the path exists, that this user may write it, and that the disk has room")]
+    #[error("failed to {operation} {path}: {source}; {}", crate::error::io_hint(.source))]
     Io {
         /// What was being done, e.g. "write to".
         operation: &'static str,

@@ -1,0 +1,248 @@
+//! A full disk, for real: the data directory sits on a tmpfs of a few MiB
+//! (mounted in a user and mount namespace of the test's own, so no root is
+//! needed and the host's mounts stay untouched). Publishers write until the
+//! file system is full; writes then stop with an error that says so, reads
+//! go on, and after the server is killed (SIGKILL, and the next time
+//! stopped with SIGTERM), the file system grown and the server started
+//! again, every acknowledged message is there exactly once, at its
+//! acknowledged seq, and new writes are accepted. MQTT clients are told
+//! too: an MQTT 5 PUBACK carries the reason, a 3.1.1 client is disconnected.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::acked::{self, Acked};
+use common::Server;
+use starling_adapters::client::{Client, ClientError};
+use starling_protocol::{kind, ErrorCode, HistoryQuery};
+
+const PUBLISHERS: usize = 4;
+const CHANNELS: usize = 8;
+const BODY_BYTES: usize = 1000;
+
+/// A tmpfs mounted at a directory inside a user and mount namespace that a
+/// holder process keeps alive; programs run inside it with
+/// [`SmallDisk::wrapper`].
+struct SmallDisk {
+    holder: Child,
+    mount_point: PathBuf,
+    pid: String,
+}
+
+impl SmallDisk {
+    fn mount(mount_point: &Path, mib: u64) -> SmallDisk {
+        let script = format!(
+            "mount -t tmpfs -o size={mib}m tmpfs '{}' && echo mounted && exec sleep 3600",
+            mount_point.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare (util-linux) runs");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "mounted",
+            "mounting a tmpfs in a new user and mount namespace failed (does this kernel allow user namespaces?)"
+        );
+        let pid = holder.id().to_string();
+        SmallDisk {
+            holder,
+            mount_point: mount_point.to_path_buf(),
+            pid,
+        }
+    }
+
+    /// `nsenter` into the holder's namespaces; it execs the program in place.
+    fn wrapper(&self) -> [&str; 6] {
+        ["nsenter", "-t", &self.pid, "--user", "--mount", "--"]
+    }
+
+    /// Runs `program args` inside the namespaces; returns its stdout.
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let output = Command::new("nsenter")
+            .args(["-t", &self.pid, "--user", "--mount", "--", program])
+            .args(args)
+            .output()
+            .expect("nsenter runs");
+        assert!(
+            output.status.success(),
+            "{program} {args:?} in the test's namespace failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn resize(&self, mib: u64) {
+        let size = format!("remount,size={mib}m");
+        let mount_point = self.mount_point.to_str().unwrap();
+        self.run("mount", &["-o", &size, mount_point]);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // The tmpfs goes with the last process of its namespace.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Publishes until the server refuses; returns the refusal.
+fn publish_until_refused(
+    server: std::net::SocketAddr,
+    round: u64,
+    publisher: usize,
+    acked: Acked,
+) -> ClientError {
+    let mut client = Client::connect(server, "full-disk-publisher", "").unwrap();
+    for n in 0u64.. {
+        let channel = format!("full-{}", (publisher + n as usize) % CHANNELS);
+        let mut body = format!("round {round} publisher {publisher} message {n} ").into_bytes();
+        body.resize(BODY_BYTES, b'.');
+        let id = format!("{round}-{publisher}-{n}");
+        if let Err(error) = acked::publish(&mut client, &channel, Bytes::from(body), id, &acked) {
+            return error;
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Fills the disk; checks that every publisher was refused because the
+/// disk is full, and that a refused write stays refused. Returns how many
+/// publishes were acknowledged in this round.
+fn fill(server: &Server, round: u64, acked: &Acked) -> usize {
+    let before = acked.lock().unwrap().len();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let acked = acked.clone();
+            let address = server.address;
+            std::thread::spawn(move || publish_until_refused(address, round, p, acked))
+        })
+        .collect();
+    for publisher in publishers {
+        let error = publisher.join().unwrap();
+        let ClientError::Server { code, message, .. } = &error else {
+            panic!("a full disk is an error reply, not {error}");
+        };
+        assert_eq!(*code, ErrorCode::StorageFailed, "{message}");
+        assert!(
+            message.contains("file system holding it is full") && message.contains("restart"),
+            "the refusal says the disk is full and what to do: {message}"
+        );
+    }
+    // Every channel comes to a refusal (a write may still fit in a page
+    // the file system had given out), and then stays refused: its
+    // partition stopped. Reads go on.
+    let mut client = Client::connect(server.address, "full-disk-reader", "").unwrap();
+    for c in 0..CHANNELS {
+        let channel = format!("full-{c}");
+        let mut refusals = 0;
+        for n in 0..10_000 {
+            let body = Bytes::from(format!("round {round} last writes {n}"));
+            let id = format!("{round}-last-{n}");
+            match acked::publish(&mut client, &channel, body, id, acked) {
+                Ok(()) => assert_eq!(refusals, 0, "{channel}: a write accepted after a refusal"),
+                Err(ClientError::Server {
+                    code: ErrorCode::StorageFailed,
+                    ..
+                }) => {
+                    refusals += 1;
+                    if refusals == 3 {
+                        break;
+                    }
+                }
+                Err(error) => panic!("{channel}: {error}"),
+            }
+        }
+        assert_eq!(refusals, 3, "{channel}: never refused on a full disk");
+    }
+    // An MQTT 5 client is told why (PUBACK 0x83 with the reason string);
+    // a 3.1.1 client, which has no negative PUBACK, is disconnected.
+    let port = server.mqtt.port().to_string();
+    for (version, expected) in [
+        ("mqttv5", "the file system holding it is full"),
+        ("mqttv311", "connection was lost"),
+    ] {
+        let output = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1"])
+            .args(["-t", "full-0", "-m", "refused", "-i", "full-disk-mqtt"])
+            .output()
+            .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
+        let text = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains(expected),
+            "mosquitto_pub -V {version} on a full disk: {text}"
+        );
+    }
+    let page = client.history("full-0", HistoryQuery::Last, 1).unwrap();
+    assert_eq!(page.messages.len(), 1, "history is served on a full disk");
+    let written = acked.lock().unwrap().len() - before;
+    assert!(written > 100, "round {round}: only {written} publishes fit");
+    written
+}
+
+#[test]
+fn a_full_disk_stops_writes_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path(), 24);
+    let data = dir.path().join("data");
+    let start = |disk: &SmallDisk| Server::start_wrapped(&disk.wrapper(), &data, &[], &[]);
+    let acked = acked::new();
+
+    // Round 0: fill, SIGKILL, grow, restart.
+    let server = start(&disk);
+    let written = fill(&server, 0, &acked);
+    eprintln!("round 0: {written} publishes acknowledged before the disk was full");
+    server.kill();
+    disk.resize(48);
+    let server = start(&disk);
+    assert_eq!(
+        acked::verify(server.address, "full-", CHANNELS, &acked),
+        acked.lock().unwrap().len()
+    );
+
+    // Round 1: writes go on where they stopped; fill again, stop with
+    // SIGTERM (the clean stop meets a full disk), grow, restart.
+    let written = fill(&server, 1, &acked);
+    eprintln!("round 1: {written} more publishes acknowledged");
+    let mut server = server;
+    let log = std::mem::replace(&mut server.log, std::sync::mpsc::channel().1);
+    let status = server.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    for line in log.try_iter() {
+        if !line.contains("level=info") {
+            eprintln!("server: {line}");
+        }
+    }
+    assert!(status.success(), "a clean stop on a full disk: {status}");
+    disk.resize(96);
+    let server = start(&disk);
+    assert_eq!(
+        acked::verify(server.address, "full-", CHANNELS, &acked),
+        acked.lock().unwrap().len()
+    );
+    let mut client = Client::connect(server.address, "full-disk-after", "").unwrap();
+    let ack = client.publish("full-0", kind::MESSAGE, "after").unwrap();
+    assert!(ack.durable);
+    drop(client);
+    assert!(server.terminate().success());
+    // Offline, the files check out too.
+    let report = disk.run(common::BINARY, &["log", "verify", data.to_str().unwrap()]);
+    assert!(
+        report.lines().count() >= 16 && report.lines().all(|line| line.contains(": ok: ")),
+        "starling log verify:\n{report}"
+    );
+}
