@@ -421,7 +421,13 @@ impl Shard {
         let _ = attached.send(self.conn_ref(slot));
     }
 
-    pub(super) fn read_connection(&mut self, slot: u32) {
+    /// Reads what connection `slot` has (up to the turn's share) and hands
+    /// it to its session. `to_would_block`: read until the socket says it
+    /// would block; otherwise a plaintext read that returns less than it
+    /// asked for ends the reading (the socket is drained, and epoll reports
+    /// the next arrival: one `recv` fewer per wake-up). An event that
+    /// reports the peer's end must read on to see it.
+    pub(super) fn read_connection(&mut self, slot: u32, to_would_block: bool) {
         let mut peer_closed = false;
         {
             let Some(connection) = self
@@ -468,6 +474,7 @@ impl Shard {
                     buffers.input.resize(filled + free.min(zeroed_next), 0);
                     zeroed_next *= 2;
                 }
+                let asked = buffers.input.len() - filled;
                 match read_plaintext(
                     &mut socket.stream,
                     &mut socket.tls,
@@ -480,6 +487,9 @@ impl Shard {
                     Ok(n) => {
                         filled += n;
                         read_total += n;
+                        if n < asked && !to_would_block && socket.tls.is_none() {
+                            break;
+                        }
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                     Err(error) if error.kind() == io::ErrorKind::Interrupted => {}

@@ -233,15 +233,16 @@ impl Shard {
                     continue;
                 }
                 let slot = (event.token().0 - 1) as u32;
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read_connection(slot);
+                let ended = event.is_read_closed() || event.is_error();
+                if event.is_readable() || ended {
+                    self.read_connection(slot, ended);
                 }
                 if event.is_writable() {
                     self.mark_dirty(slot);
                 }
             }
             for slot in std::mem::take(&mut self.read_again) {
-                self.read_connection(slot);
+                self.read_connection(slot, true);
             }
             self.drain_inbox();
             self.end_turn();
