@@ -7,6 +7,9 @@
 //! again, every acknowledged message is there exactly once, at its
 //! acknowledged seq, and new writes are accepted. MQTT clients are told
 //! too: an MQTT 5 PUBACK carries the reason, a 3.1.1 client is disconnected.
+//! With a reserve of free space (`engine.disk_free_min_bytes`), publishes
+//! are refused before the disk is full, and accepted again once there is
+//! room, without a restart.
 
 mod common;
 
@@ -199,7 +202,9 @@ fn a_full_disk_stops_writes_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(dir.path(), 24);
     let data = dir.path().join("data");
-    let start = |disk: &SmallDisk| Server::start_wrapped(&disk.wrapper(), &data, &[], &[]);
+    // No reserve: the file system fills up for real.
+    let env = [("STARLING_ENGINE_DISK_FREE_MIN_BYTES", "0")];
+    let start = |disk: &SmallDisk| Server::start_wrapped(&disk.wrapper(), &data, &[], &env);
     let acked = acked::new();
 
     // Round 0: fill, SIGKILL, grow, restart.
@@ -244,5 +249,99 @@ fn a_full_disk_stops_writes_and_loses_nothing_acknowledged() {
     assert!(
         report.lines().count() >= 16 && report.lines().all(|line| line.contains(": ok: ")),
         "starling log verify:\n{report}"
+    );
+}
+
+/// With a reserve (`engine.disk_free_min_bytes`), publishes are refused
+/// before the file system is full, as a temporary error, and accepted again
+/// as soon as there is room: no partition stops, no restart.
+#[test]
+fn publishes_wait_for_room_when_the_disk_is_nearly_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path(), 64);
+    let data = dir.path().join("data");
+    let reserve = (32u64 << 20).to_string();
+    let env = [("STARLING_ENGINE_DISK_FREE_MIN_BYTES", reserve.as_str())];
+    let server = Server::start_wrapped(&disk.wrapper(), &data, &[], &env);
+    let acked = acked::new();
+
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let acked = acked.clone();
+            let address = server.address;
+            std::thread::spawn(move || publish_until_refused(address, 0, p, acked))
+        })
+        .collect();
+    for publisher in publishers {
+        let error = publisher.join().unwrap();
+        let ClientError::Server {
+            code,
+            message,
+            temporary,
+        } = &error
+        else {
+            panic!("a nearly full disk is an error reply, not {error}");
+        };
+        assert_eq!(*code, ErrorCode::StorageFull, "{message}");
+        assert!(temporary, "a refusal for want of room is temporary");
+        assert!(
+            message.contains("engine.disk_free_min_bytes") && message.contains("free space"),
+            "the refusal names the setting and what to do: {message}"
+        );
+    }
+    let written = acked.lock().unwrap().len();
+    assert!(
+        written > 1000,
+        "only {written} publishes before the reserve"
+    );
+    let free: u64 = disk
+        .run(
+            "df",
+            &["--output=avail", "-B1", dir.path().to_str().unwrap()],
+        )
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .expect("df prints the free bytes");
+    assert!(
+        free > 16 << 20,
+        "the reserve kept room on the disk: {free} bytes free"
+    );
+    eprintln!("{written} publishes acknowledged; refused with {free} bytes free");
+
+    // MQTT 5 is told: PUBACK 0x97 (quota exceeded) with the reason.
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args(["-V", "mqttv5", "-q", "1", "-t", "full-0", "-m", "refused"])
+        .output()
+        .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("Quota exceeded") && text.contains("disk_free_min_bytes"),
+        "mosquitto_pub -V 5 on a nearly full disk: {text}"
+    );
+
+    // Room again: publishes go on, on the same server.
+    disk.resize(160);
+    let mut client = Client::connect(server.address, "full-disk-after", "").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        let body = Bytes::from(format!("after growing {n}"));
+        match acked::publish(&mut client, "full-0", body, format!("after-{n}"), &acked) {
+            Ok(()) => break,
+            Err(ClientError::Server {
+                code: ErrorCode::StorageFull,
+                ..
+            }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+                n += 1;
+            }
+            Err(error) => panic!("publishing once there is room: {error}"),
+        }
+    }
+    assert_eq!(
+        acked::verify(server.address, "full-", CHANNELS, &acked),
+        acked.lock().unwrap().len()
     );
 }

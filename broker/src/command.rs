@@ -131,6 +131,12 @@ pub enum BrokerError {
     ShuttingDown,
     #[error("rate limit: {0}; slow down and retry")]
     RateLimited(String),
+    #[error("the disk holding the log ({path}) has {free_bytes} bytes free, less than engine.disk_free_min_bytes = {min_bytes}: publishes are refused until there is room again (nothing was stored); free space on it, grow it or lower the retention, then retry")]
+    StorageFull {
+        path: String,
+        free_bytes: u64,
+        min_bytes: u64,
+    },
 }
 
 impl BrokerError {
@@ -145,6 +151,7 @@ impl BrokerError {
             BrokerError::StorageFailed { .. } => ErrorCode::StorageFailed,
             BrokerError::ShuttingDown => ErrorCode::Unavailable,
             BrokerError::RateLimited(_) => ErrorCode::RateLimited,
+            BrokerError::StorageFull { .. } => ErrorCode::StorageFull,
         }
     }
 
@@ -152,7 +159,9 @@ impl BrokerError {
     pub fn temporary(&self) -> bool {
         matches!(
             self,
-            BrokerError::ShuttingDown | BrokerError::RateLimited(_)
+            BrokerError::ShuttingDown
+                | BrokerError::RateLimited(_)
+                | BrokerError::StorageFull { .. }
         )
     }
 }

@@ -97,6 +97,13 @@ pub struct EngineConfig {
     pub handshake_timeout_ms: u64,
     /// New connections one address may open per second (0 = no limit).
     pub new_connections_per_s_per_address: u64,
+    /// Publishes are refused (`StorageFull`, temporary) while the file
+    /// system holding `data_dir` has less free space than this, and
+    /// accepted again once it has more; the engine's own bookkeeping still
+    /// writes. Checked at most every 100 ms by each shard while it takes
+    /// publishes. 0 = off (a full disk then stops a partition until a
+    /// restart: docs/OPERATIONS.md).
+    pub disk_free_min_bytes: u64,
     /// Encryption at rest: a file of `ID HEX-KEY` lines (key ids 1 to
     /// 65535, 32-byte keys as 64 hex digits); "" = no keys. Every key in it
     /// can read the batches it sealed; keep a key while batches use it.
@@ -133,6 +140,7 @@ impl Default for EngineConfig {
             connections_per_address_max: 0,
             handshake_timeout_ms: 10_000,
             new_connections_per_s_per_address: 0,
+            disk_free_min_bytes: 256 * 1024 * 1024,
             encryption_key_file: String::new(),
             encryption_key_id: 0,
         }

@@ -166,11 +166,15 @@ pub enum ErrorCode {
     /// The connection or user sends faster than the configured rate limit
     /// (temporary: slow down and retry).
     RateLimited = 13,
+    /// The file system holding the log has less free space than the
+    /// server keeps in reserve; publishes are refused until there is room
+    /// again (temporary: retry later).
+    StorageFull = 14,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Malformed,
         ErrorCode::Denied,
         ErrorCode::NotFound,
@@ -184,6 +188,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::InvalidArgument,
         ErrorCode::RateLimited,
+        ErrorCode::StorageFull,
     ];
 
     /// The code for a wire value, or `None` for a value this version does not know.
@@ -214,6 +219,7 @@ impl ErrorCode {
             ErrorCode::Internal => "Internal",
             ErrorCode::InvalidArgument => "InvalidArgument",
             ErrorCode::RateLimited => "RateLimited",
+            ErrorCode::StorageFull => "StorageFull",
         }
     }
 }

@@ -279,7 +279,7 @@ fn out_of_range_enumerations_are_rejected() {
             ..
         }
     ));
-    for code in [0u16, 14, 0xFFFF] {
+    for code in [0u16, 15, 0xFFFF] {
         let error = [&code.to_le_bytes()[..], &[0], &[0, 0]].concat();
         assert_eq!(
             decode_error(&raw_frame(frame_type::ERROR, &error)),
@@ -519,8 +519,9 @@ fn error_codes_map_both_ways() {
         assert_eq!(ErrorCode::from_u16(code.as_u16()), Some(*code));
     }
     assert_eq!(ErrorCode::from_u16(0), None);
-    assert_eq!(ErrorCode::from_u16(14), None);
+    assert_eq!(ErrorCode::from_u16(15), None);
     assert_eq!(ErrorCode::InvalidArgument as u16, 12);
     assert_eq!(ErrorCode::RateLimited as u16, 13);
+    assert_eq!(ErrorCode::StorageFull as u16, 14);
     assert_eq!(ErrorCode::SlowConsumer.to_string(), "SlowConsumer (5)");
 }

@@ -74,6 +74,35 @@ pub(crate) fn lock_directory(dir: &Path) -> Result<File, StorageError> {
     }
 }
 
+/// Bytes an unprivileged writer may still use on the file system holding
+/// `path` (`statvfs`: available blocks × fragment size).
+pub fn available_bytes(path: &Path) -> Result<u64, StorageError> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        StorageError::io(
+            "read the free space of",
+            path,
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `name` is a NUL-terminated path and `stats` is written by
+    // statvfs before it is read (only when it returns 0).
+    if unsafe { libc::statvfs(name.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return Err(StorageError::io(
+            "read the free space of",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: statvfs returned 0, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    // The field types are u64 here but narrower on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, block_bytes) = (stats.f_bavail as u64, stats.f_frsize as u64);
+    Ok(blocks.saturating_mul(block_bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +123,13 @@ mod tests {
         );
         drop(first);
         DataDir::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn available_bytes_of_a_directory_and_of_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_bytes(dir.path()).unwrap() > 0);
+        let error = available_bytes(&dir.path().join("missing")).unwrap_err();
+        assert!(error.to_string().contains("does not exist"), "{error}");
     }
 }

@@ -82,7 +82,7 @@ mod worker;
 
 use bytes::Bytes;
 
-pub use data_dir::DataDir;
+pub use data_dir::{available_bytes, DataDir};
 pub use encryption::KeyRing;
 pub use error::StorageError;
 pub use format::decode_batch;

@@ -230,6 +230,7 @@ impl ChatError {
             "too_large" => 413,
             "rate_limited" => 429,
             "unavailable" | "storage_failed" => 503,
+            "storage_full" => 507,
             _ => 500,
         }
     }
@@ -246,6 +247,7 @@ impl From<BrokerError> for ChatError {
             BrokerError::StorageFailed { .. } => "storage_failed",
             BrokerError::ShuttingDown => "unavailable",
             BrokerError::RateLimited(_) => "rate_limited",
+            BrokerError::StorageFull { .. } => "storage_full",
         };
         ChatError {
             code,

@@ -976,7 +976,7 @@ fn publish_reason(error: &BrokerError) -> ReasonCode {
         BrokerError::InvalidArgument(_) => ReasonCode::TopicNameInvalid,
         BrokerError::TooLarge { .. } => ReasonCode::PacketTooLarge,
         BrokerError::ShuttingDown => ReasonCode::ServerShuttingDown,
-        BrokerError::RateLimited(_) => ReasonCode::QuotaExceeded,
+        BrokerError::RateLimited(_) | BrokerError::StorageFull { .. } => ReasonCode::QuotaExceeded,
         _ => ReasonCode::ImplementationSpecificError,
     }
 }

@@ -137,6 +137,9 @@ pub(crate) struct Shard {
     /// end of the turn, without waiting for a commit (they are not in the
     /// log, so nothing about them waits for the disk).
     ephemeral: Vec<(String, starling_protocol::Message)>,
+    /// The free space of the data directory's file system, as far as
+    /// publishes are concerned (`engine.disk_free_min_bytes`).
+    disk: owner::DiskWatch,
     /// When the shard frees the memory of its busy turns if it stays idle
     /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
     /// had publishes to write, acknowledge or fan out, or accepted or closed
@@ -200,6 +203,7 @@ impl Shard {
             commit: None,
             deferred_reads: Vec::new(),
             ephemeral: Vec::new(),
+            disk: owner::DiskWatch::default(),
             idle_release_at: Instant::now() + IDLE_MEMORY_RELEASE_AFTER,
             idle_memory_released: false,
             shutting_down: false,

@@ -11,7 +11,7 @@ use starling_storage::{
 };
 
 use super::Shard;
-use crate::command::{BrokerError, Reply};
+use crate::command::{BrokerError, Reply, RESERVED_PREFIX};
 use crate::config::Durability;
 use crate::mailbox::{ConnRef, FetchStart, Publish, ReplyAs, ShardMsg, SubRef};
 
@@ -132,6 +132,22 @@ impl OwnedPartition {
     }
 }
 
+/// How old the last look at the free disk space may be when a publish
+/// comes in (`engine.disk_free_min_bytes`).
+const DISK_CHECK_EVERY_MS: u64 = 100;
+
+/// What a shard last saw of the free space of the data directory's file
+/// system.
+#[derive(Default)]
+pub(super) struct DiskWatch {
+    /// When it looked (the shard's wall clock, ms).
+    checked_ms: u64,
+    /// The free bytes it saw, when below the minimum.
+    low: Option<u64>,
+    /// A look failed (logged once).
+    failed_to_look: bool,
+}
+
 /// The message a subscriber sees for a stored record.
 pub(crate) fn message_of(record: Record) -> Message {
     Message {
@@ -163,6 +179,16 @@ impl Shard {
     }
 
     pub(super) fn owner_publish(&mut self, request: Publish) {
+        // A client's publish waits for room on the disk; the engine's own
+        // records (cursors, reserved channels) are small and still written.
+        let refusal = if !request.ephemeral
+            && request.reply_as == ReplyAs::Plain
+            && !request.channel.starts_with(RESERVED_PREFIX)
+        {
+            self.disk_refusal()
+        } else {
+            None
+        };
         let timestamp_ms = self.next_timestamp_ms();
         debug_assert_eq!(
             request.partition,
@@ -199,6 +225,10 @@ impl Shard {
         }
         if partition.failed.is_some() {
             let error = partition.storage_failed();
+            self.reply(request.from, request.request_id, Reply::Error(error));
+            return;
+        }
+        if let Some(error) = refusal {
             self.reply(request.from, request.request_id, Reply::Error(error));
             return;
         }
@@ -733,6 +763,55 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The refusal of a client's publish while the file system holding the
+    /// log has less free space than `engine.disk_free_min_bytes` (looked
+    /// at again when the last look is [`DISK_CHECK_EVERY_MS`] old).
+    fn disk_refusal(&mut self) -> Option<BrokerError> {
+        let config = &self.shared.config;
+        let min_bytes = config.disk_free_min_bytes;
+        if min_bytes == 0 {
+            return None;
+        }
+        let watch = &mut self.disk;
+        // A wall clock set back also counts as time for a new look.
+        if self.now_ms.abs_diff(watch.checked_ms) >= DISK_CHECK_EVERY_MS {
+            watch.checked_ms = self.now_ms;
+            match starling_storage::available_bytes(&config.data_dir) {
+                Ok(free) if free < min_bytes => {
+                    if watch.low.is_none() {
+                        log::warn!(
+                            "shard {}: the disk holding {} has {free} bytes free, less than engine.disk_free_min_bytes = {min_bytes}: publishes are refused until there is room again; free space on it, grow it or lower the retention",
+                            self.id,
+                            config.data_dir.display()
+                        );
+                    }
+                    watch.low = Some(free);
+                }
+                Ok(free) => {
+                    if watch.low.take().is_some() {
+                        log::warn!(
+                            "shard {}: the disk holding {} has {free} bytes free again: publishes are accepted",
+                            self.id,
+                            config.data_dir.display()
+                        );
+                    }
+                }
+                Err(error) => {
+                    if !watch.failed_to_look {
+                        log::warn!("shard {}: {error}; publishes are not held back by free space while it cannot be read", self.id);
+                    }
+                    watch.failed_to_look = true;
+                    watch.low = None;
+                }
+            }
+        }
+        watch.low.map(|free_bytes| BrokerError::StorageFull {
+            path: config.data_dir.display().to_string(),
+            free_bytes,
+            min_bytes,
+        })
     }
 
     /// How long poll may sleep before a timer is due.
