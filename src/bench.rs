@@ -164,6 +164,14 @@ pub struct BenchArgs {
     /// cursors, and notes of their QoS 1 deliveries in flight).
     #[arg(long)]
     mqtt_persistent: bool,
+    /// With --mqtt: write one line per delivery to this file, oldest
+    /// first: `intended_ms,latency_us,from_send_us` (the message's intended
+    /// send time in ms since the run started, and its delivery latency from
+    /// the intended and the actual send time), to see when the tail
+    /// happens. Kept in memory until the end: for runs of a few million
+    /// deliveries at most.
+    #[arg(long)]
+    latency_log: Option<std::path::PathBuf>,
     /// Speak TLS to the native listener (publishers and native subscribers).
     #[arg(long, requires = "tls_ca")]
     tls: bool,
@@ -249,6 +257,9 @@ pub(crate) struct SubscriberResult {
     pub(crate) from_send_us: Option<Histogram<u64>>,
     /// When the last delivery was read, ns since the run's epoch.
     pub(crate) last_delivery_ns: u64,
+    /// Each delivery's (intended send time in ns since the epoch, latency
+    /// from it in µs, latency from the actual send in µs), when asked for.
+    pub(crate) samples: Option<Vec<(u64, u64, u64)>>,
 }
 
 impl SubscriberResult {
@@ -264,6 +275,9 @@ impl SubscriberResult {
         }
         if let (Some(all), Some(one)) = (self.from_send_us.as_mut(), other.from_send_us) {
             all.add(one).expect("same histogram bounds");
+        }
+        if let (Some(all), Some(mut one)) = (self.samples.as_mut(), other.samples) {
+            all.append(&mut one);
         }
     }
 }
@@ -293,7 +307,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             prefix: args.prefix,
             username: args.mqtt_username,
             persistent_subscribers: args.mqtt_persistent,
+            latency_log: args.latency_log,
         });
+    }
+    if args.latency_log.is_some() {
+        bail!("--latency-log is written by MQTT runs only: add --mqtt (and --mqtt-server)");
     }
     if args.size < STAMP_BYTES {
         bail!("--size must be at least {STAMP_BYTES} bytes (the latency stamp)");

@@ -51,6 +51,8 @@ pub struct MqttBench {
     pub username: Option<String>,
     /// Subscribers connect without clean session.
     pub persistent_subscribers: bool,
+    /// Write every delivery's send time and latencies here.
+    pub latency_log: Option<std::path::PathBuf>,
 }
 
 fn now_ns(epoch: Instant) -> u64 {
@@ -145,6 +147,24 @@ fn stamp(publisher: u64, index: u64, intended_ns: u64, sent_ns: u64, size: usize
     body.freeze()
 }
 
+/// Writes `--latency-log`: one `intended_ms,latency_us,from_send_us` line
+/// per delivery, by intended send time.
+fn write_latency_log(
+    path: &std::path::Path,
+    samples: &mut [(u64, u64, u64)],
+    start_ns: u64,
+) -> Result<()> {
+    samples.sort_unstable();
+    let mut text = String::with_capacity(samples.len() * 24 + 40);
+    text.push_str("intended_ms,latency_us,from_send_us\n");
+    for (intended_ns, latency_us, from_send_us) in samples.iter() {
+        let intended_ms = intended_ns.saturating_sub(start_ns) as f64 / 1e6;
+        text.push_str(&format!("{intended_ms:.3},{latency_us},{from_send_us}\n"));
+    }
+    std::fs::write(path, text)
+        .with_context(|| format!("cannot write --latency-log {}", path.display()))
+}
+
 fn field(body: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -203,6 +223,7 @@ pub fn run(bench: MqttBench) -> Result<()> {
         let username = bench.username.clone();
         let n_topics = bench.topics;
         let clean_start = !bench.persistent_subscribers;
+        let keep_samples = bench.latency_log.is_some();
         let handle = spawn(format!("mqtt-sub-{i}"), move || {
             subscriber(
                 address,
@@ -216,6 +237,7 @@ pub fn run(bench: MqttBench) -> Result<()> {
                 epoch,
                 &targets,
                 ready,
+                keep_samples,
             )
         })?;
         subscriber_threads.push(handle);
@@ -274,10 +296,14 @@ pub fn run(bench: MqttBench) -> Result<()> {
     let mut delivered = SubscriberResult {
         latency_us: Some(histogram()),
         from_send_us: Some(histogram()),
+        samples: bench.latency_log.as_ref().map(|_| Vec::new()),
         ..SubscriberResult::default()
     };
     for handle in subscriber_threads {
         delivered.absorb(handle.join().expect("subscriber thread panicked")?);
+    }
+    if let (Some(path), Some(samples)) = (&bench.latency_log, delivered.samples.as_mut()) {
+        write_latency_log(path, samples, start_ns)?;
     }
     let delivery_window_s = delivered.last_delivery_ns.saturating_sub(start_ns) as f64 / 1e9;
     let ack_latency = published.latency_us.expect("set above");
@@ -500,6 +526,7 @@ fn subscriber(
     epoch: Instant,
     targets: &Mutex<Option<Vec<u64>>>,
     ready: std::sync::mpsc::Sender<Result<()>>,
+    keep_samples: bool,
 ) -> Result<SubscriberResult> {
     let setup = (|| -> Result<Conn> {
         let mut conn = Conn::open(address, client_id, username, clean_start)?;
@@ -534,6 +561,7 @@ fn subscriber(
     let mut result = SubscriberResult {
         latency_us: Some(histogram()),
         from_send_us: Some(histogram()),
+        samples: keep_samples.then(Vec::new),
         ..SubscriberResult::default()
     };
     // Per publisher: seen bits by message index, and the highest index seen.
@@ -595,13 +623,16 @@ fn subscriber(
         let (p, k) = (field(body, 0), field(body, 8));
         result.delivered += 1;
         result.last_delivery_ns = now;
+        let latency_us = (now.saturating_sub(field(body, 16)) / 1000).max(1);
+        let from_send_us = (now.saturating_sub(field(body, 24)) / 1000).max(1);
         if let Some(h) = result.latency_us.as_mut() {
-            h.record((now.saturating_sub(field(body, 16)) / 1000).max(1))
-                .ok();
+            h.record(latency_us).ok();
         }
         if let Some(h) = result.from_send_us.as_mut() {
-            h.record((now.saturating_sub(field(body, 24)) / 1000).max(1))
-                .ok();
+            h.record(from_send_us).ok();
+        }
+        if let Some(samples) = result.samples.as_mut() {
+            samples.push((field(body, 16), latency_us, from_send_us));
         }
         let (bits, highest, count) = seen.entry(p).or_insert((Vec::new(), 0, 0));
         let word = (k / 64) as usize;

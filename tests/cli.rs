@@ -172,6 +172,73 @@ fn bench_checks_delivery_and_prints_a_json_summary() {
     assert!(summary["ack_latency_us"]["p99"].as_u64().unwrap() > 0);
 }
 
+/// `bench --mqtt --latency-log FILE` writes one line per delivery, by
+/// intended send time; without --mqtt the option is refused.
+#[test]
+fn mqtt_bench_writes_a_latency_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let log = dir.path().join("latency.csv");
+    let mqtt = server.mqtt.to_string();
+    let summary = common::bench(&[
+        "--mqtt",
+        "--mqtt-server",
+        &mqtt,
+        "--publishers",
+        "2",
+        "--subscribers",
+        "2",
+        "--topics",
+        "2",
+        "--qos",
+        "1",
+        "--rate",
+        "1000",
+        "--duration-s",
+        "1",
+        "--latency-log",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(summary["ok"], true);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("intended_ms,latency_us,from_send_us"));
+    let rows: Vec<(f64, u64, u64)> = lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len() as u64, summary["delivered"].as_u64().unwrap());
+    assert!(
+        rows.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "sorted by send time"
+    );
+    assert!(
+        rows.iter().all(|row| row.1 >= row.2 && row.2 > 0),
+        "from intended ≥ from send > 0"
+    );
+    assert!(
+        rows.last().unwrap().0 < 1500.0,
+        "send times within the 1 s run"
+    );
+
+    let address = server.address.to_string();
+    let (ok, _, stderr) = run(
+        &["bench", "--server", &address, "--latency-log", "x.csv"],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("--latency-log") && stderr.contains("--mqtt"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_bad_live_only_filter_is_named() {
     let (ok, _, stderr) = run(
