@@ -27,7 +27,13 @@ impl Rng {
     }
 }
 
-fn publish_until_killed(server: std::net::SocketAddr, round: u64, publisher: usize, acked: Acked) {
+fn publish_until_killed(
+    server: std::net::SocketAddr,
+    round: u64,
+    publisher: usize,
+    acked: Acked,
+    durable: bool,
+) {
     let Ok(mut client) = Client::connect(server, "crash-publisher", &format!("p{publisher}"))
     else {
         return;
@@ -36,22 +42,25 @@ fn publish_until_killed(server: std::net::SocketAddr, round: u64, publisher: usi
     for n in 0u64.. {
         let channel = format!("crash-{}", (publisher + n as usize) % CHANNELS);
         let body = Bytes::from(format!("round {round} publisher {publisher} message {n}"));
-        if acked::publish(&mut client, &channel, body, format!("{round}-{n}"), &acked).is_err() {
+        let id = format!("{round}-{n}");
+        if acked::publish_under(&mut client, &channel, body, id, &acked, durable).is_err() {
             return; // the server was killed
         }
     }
 }
 
 /// Starts the publishers of one round; they stop when the server dies.
+/// `durable`: the policy acknowledges durable writes (`fsync`).
 fn start_publishers(
     server: std::net::SocketAddr,
     round: u64,
     acked: &Acked,
+    durable: bool,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..PUBLISHERS)
         .map(|p| {
             let acked = acked.clone();
-            std::thread::spawn(move || publish_until_killed(server, round, p, acked))
+            std::thread::spawn(move || publish_until_killed(server, round, p, acked, durable))
         })
         .collect()
 }
@@ -62,12 +71,25 @@ fn verify(server: std::net::SocketAddr, acked: &Acked) -> usize {
 
 #[test]
 fn acknowledged_messages_survive_sigkill() {
+    survive_sigkill(KILLS, &[], true);
+}
+
+/// A process crash loses nothing acknowledged under the policies that do
+/// not wait for the disk either: what was written is in the page cache.
+#[test]
+fn acknowledged_messages_survive_sigkill_without_fsync() {
+    for policy in ["interval", "none"] {
+        survive_sigkill(5, &[("STARLING_ENGINE_DURABILITY", policy)], false);
+    }
+}
+
+fn survive_sigkill(kills: u64, env: &[(&str, &str)], durable: bool) {
     let dir = tempfile::tempdir().unwrap();
     let acked: Acked = acked::new();
     let mut rng = Rng(0x5eed_5eed_1234_5678);
-    let mut server = Server::start(dir.path(), &[]);
-    for round in 0..KILLS {
-        let publishers = start_publishers(server.address, round, &acked);
+    let mut server = Server::start(dir.path(), env);
+    for round in 0..kills {
+        let publishers = start_publishers(server.address, round, &acked, durable);
         std::thread::sleep(Duration::from_millis(100 + rng.next() % 300));
         let before = acked.lock().unwrap().len();
         server.kill();
@@ -79,12 +101,12 @@ fn acknowledged_messages_survive_sigkill() {
             after > before.saturating_sub(1),
             "publishers were being acknowledged"
         );
-        server = Server::start(dir.path(), &[]);
+        server = Server::start(dir.path(), env);
         let checked = verify(server.address, &acked);
         assert_eq!(checked, after, "every acknowledged message was checked");
-        eprintln!("round {round}: {after} acknowledged messages intact after SIGKILL");
+        eprintln!("{env:?} round {round}: {after} acknowledged messages intact after SIGKILL");
     }
-    assert!(acked.lock().unwrap().len() > KILLS as usize * 10);
+    assert!(acked.lock().unwrap().len() > kills as usize * 10);
 }
 
 /// What a power loss can leave of a partition: of the pages written after
@@ -130,7 +152,7 @@ fn survive_lost_unsynced_pages(data_dir: &std::path::Path, env: &[(&str, &str)])
     let mut dropped = 0;
     let mut replays = 0;
     for round in 0..5 {
-        let publishers = start_publishers(server.address, round, &acked);
+        let publishers = start_publishers(server.address, round, &acked, true);
         std::thread::sleep(Duration::from_millis(200 + rng.next() % 300));
         server.kill();
         for publisher in publishers {

@@ -309,6 +309,12 @@ fn publishes_wait_for_room_when_the_disk_is_nearly_full() {
     );
     eprintln!("{written} publishes acknowledged; refused with {free} bytes free");
 
+    // Another program takes 8 MiB more, so that the engine's own files
+    // (a checkpoint replaced, say) cannot bring the free space back above
+    // the reserve while the MQTT client tries.
+    let filler = dir.path().join("filler");
+    disk.run("fallocate", &["-l", "8M", filler.to_str().unwrap()]);
+
     // MQTT 5 is told: PUBACK 0x97 (quota exceeded) with the reason.
     let output = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])

@@ -135,3 +135,68 @@ fn an_ephemeral_message_does_not_wait_for_the_commit_of_durable_ones() {
         (1, &b"durable"[..])
     );
 }
+
+/// Under `interval` the periodic fdatasync runs on the commit thread too,
+/// and nothing waits for it: while it is held, publishes are still
+/// acknowledged (not durable), delivered and read; once released, it is
+/// done and counted.
+#[test]
+fn the_interval_fdatasync_holds_up_nothing() {
+    use starling_broker::Durability;
+    use starling_protocol::SubscribeStart;
+
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        shards: 1,
+        partitions: 2,
+        data_dir: dir.path().to_path_buf(),
+        durability: Durability::Interval,
+        interval_ms: 10,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
+    let mut subscriber = engine.connect(Principal::embedded("subscriber"));
+    subscriber.subscribe("log", SubscribeStart::Live).unwrap();
+    let mut writer = engine.connect(Principal::embedded("writer"));
+
+    hold_commits(true);
+    let _release = Release;
+    let synced_before = engine.metrics().fsyncs.get();
+    for n in 1..=20u64 {
+        let ack = writer.publish("log", format!("m{n}")).unwrap();
+        assert_eq!(ack.seq, n);
+        assert!(
+            !ack.durable,
+            "nothing is synced while the commit thread is held"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut delivered = 0;
+    while delivered < 20 {
+        let (_, messages) = subscriber
+            .next_delivery(Duration::from_secs(20))
+            .expect("deliveries do not wait for the interval fdatasync");
+        delivered += messages.len();
+    }
+    let (head, page) = writer.history("log", HistoryQuery::Last, 50).unwrap();
+    assert_eq!((head, page.len()), (20, 20));
+    assert_eq!(
+        engine.metrics().fsyncs.get(),
+        synced_before,
+        "the held fdatasync is not counted as done"
+    );
+
+    hold_commits(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if engine.metrics().fsyncs.get() > synced_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interval sync never finished"
+        );
+    }
+}

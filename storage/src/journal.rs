@@ -832,6 +832,12 @@ pub struct Journal {
     committer: Option<Committer>,
     /// A sync started by [`Journal::start_sync`] has not been finished.
     sync_in_flight: bool,
+    /// Entry writes so far, in any file: a background sync clears
+    /// `unsynced` only if none came after it started.
+    writes: u64,
+    /// A sync started by [`Journal::start_background_sync`] has not been
+    /// finished: `writes` when it started.
+    background_sync: Option<u64>,
 }
 
 impl Journal {
@@ -903,6 +909,8 @@ impl Journal {
                 .map_err(|e| StorageError::io("start the journal thread for", data_dir, e))?,
             committer: None,
             sync_in_flight: false,
+            writes: 0,
+            background_sync: None,
         };
         journal.activate(0, generation, partitions, true)?;
         let active_len = journal.files[0]
@@ -1005,6 +1013,7 @@ impl Journal {
         self.position += (ENTRY_HEADER_BYTES + payload.len()) as u64;
         self.entries_written = true;
         self.unsynced = true;
+        self.writes += 1;
     }
 
     /// Whether entries were written since the last [`Journal::write`].
@@ -1103,6 +1112,10 @@ impl Journal {
     pub fn start_sync(&mut self) -> Result<bool, StorageError> {
         self.check_not_failed()?;
         assert!(!self.sync_in_flight, "one sync at a time");
+        assert!(
+            self.background_sync.is_none(),
+            "not beside a background sync"
+        );
         if !self.unsynced {
             return Ok(false);
         }
@@ -1115,12 +1128,101 @@ impl Journal {
             self.committer_done_inline = true;
             return Ok(true);
         };
-        let mut state = committer.shared.lock();
-        state.request = Some(self.active);
-        committer.shared.changed.notify_all();
-        drop(state);
+        Journal::request_commit(committer, self.active);
         self.sync_in_flight = true;
         Ok(true)
+    }
+
+    /// Starts an fdatasync of the active file on the commit thread that
+    /// nothing waits for (the `interval` policy): entries may be written,
+    /// and files switched, meanwhile, and [`Journal::finish_background_sync`]
+    /// reports it done and clears [`Journal::unsynced`] only if no entry
+    /// was written since it started. Returns false, starting nothing, when
+    /// nothing is unsynced, one is in flight, or a background switch's
+    /// header is not durable yet (a later call tries again). Without a
+    /// commit thread this syncs here (reported done by the next finish).
+    pub fn start_background_sync(&mut self) -> Result<bool, StorageError> {
+        self.check_not_failed()?;
+        assert!(!self.sync_in_flight, "not beside an acknowledgement's sync");
+        if !self.unsynced || self.background_sync.is_some() {
+            return Ok(false);
+        }
+        if self.activation_pending {
+            if !self.syncer.idle() {
+                return Ok(false);
+            }
+            self.wait_for_background()?;
+        }
+        let Some(committer) = &self.committer else {
+            self.sync()?;
+            self.committer_done_inline = true;
+            self.background_sync = Some(self.writes);
+            return Ok(true);
+        };
+        Journal::request_commit(committer, self.active);
+        self.background_sync = Some(self.writes);
+        Ok(true)
+    }
+
+    /// The outcome of the sync [`Journal::start_background_sync`] started,
+    /// once it is done (`None` while it runs, or when none was started);
+    /// with `wait`, waits for it. A failure fails the journal.
+    pub fn finish_background_sync(&mut self, wait: bool) -> Option<Result<(), StorageError>> {
+        let started_at = self.background_sync?;
+        let result = self.commit_outcome(wait)?;
+        self.background_sync = None;
+        Some(match result {
+            Ok(()) => {
+                if self.writes == started_at {
+                    self.unsynced = false;
+                }
+                Ok(())
+            }
+            Err(error) => Err(self.commit_failed(error)),
+        })
+    }
+
+    /// The outcome of the commit thread's sync (or of one done inline),
+    /// once there is one; with `wait`, waits for it.
+    fn commit_outcome(&mut self, wait: bool) -> Option<Result<(), String>> {
+        if std::mem::take(&mut self.committer_done_inline) {
+            return Some(Ok(()));
+        }
+        let committer = self
+            .committer
+            .as_ref()
+            .expect("a sync in flight has its thread");
+        let mut state = committer.shared.lock();
+        loop {
+            if let Some(result) = state.done.take() {
+                return Some(result);
+            }
+            if !wait {
+                return None;
+            }
+            state = committer
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Fails the journal with the commit thread's fdatasync error.
+    fn commit_failed(&mut self, error: String) -> StorageError {
+        let path = self.active_path();
+        self.fail(StorageError::io(
+            "fdatasync",
+            &path,
+            std::io::Error::other(error),
+        ))
+    }
+
+    /// Asks the commit thread to fdatasync the active file.
+    fn request_commit(committer: &Committer, active: usize) {
+        let mut state = committer.shared.lock();
+        state.request = Some(active);
+        committer.shared.changed.notify_all();
     }
 
     /// Whether [`Journal::start_sync`] runs the fdatasync on the commit
@@ -1141,42 +1243,14 @@ impl Journal {
         if !self.sync_in_flight {
             return None;
         }
-        let result = if std::mem::take(&mut self.committer_done_inline) {
-            Ok(())
-        } else {
-            let committer = self
-                .committer
-                .as_ref()
-                .expect("a sync in flight has its thread");
-            let mut state = committer.shared.lock();
-            loop {
-                if let Some(result) = state.done.take() {
-                    break result;
-                }
-                if !wait {
-                    return None;
-                }
-                state = committer
-                    .shared
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-        };
+        let result = self.commit_outcome(wait)?;
         self.sync_in_flight = false;
         Some(match result {
             Ok(()) => {
                 self.unsynced = false;
                 Ok(())
             }
-            Err(error) => {
-                let path = self.active_path();
-                Err(self.fail(StorageError::io(
-                    "fdatasync",
-                    &path,
-                    std::io::Error::other(error),
-                )))
-            }
+            Err(error) => Err(self.commit_failed(error)),
         })
     }
 

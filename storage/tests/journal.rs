@@ -412,18 +412,25 @@ fn write_unsynced(partition: &mut Partition, journal: &mut Journal, timestamp: u
     journal.write().unwrap();
 }
 
+/// A partition and its journal, with the journal's commit thread started;
+/// the receiver hears of each sync the thread finishes.
+fn with_commit_thread(dir: &Path) -> (Partition, Journal, std::sync::mpsc::Receiver<()>) {
+    let mut partition = open_run(dir, 1);
+    let mut journal = start_run(dir, &mut partition, 1, 1);
+    let (notified, notifications) = std::sync::mpsc::channel();
+    journal
+        .set_sync_notifier(0, Box::new(move || notified.send(()).unwrap()))
+        .unwrap();
+    (partition, journal, notifications)
+}
+
 /// A sync on the commit thread: started without waiting, reported once
 /// (the notifier called), and what it covered survives a crash; while it
 /// runs nothing may be written.
 #[test]
 fn a_sync_on_the_commit_thread_is_reported_when_done() {
     let dir = tempfile::tempdir().unwrap();
-    let mut partition = open_run(dir.path(), 1);
-    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
-    let (notified, notifications) = std::sync::mpsc::channel();
-    journal
-        .set_sync_notifier(0, Box::new(move || notified.send(()).unwrap()))
-        .unwrap();
+    let (mut partition, mut journal, notifications) = with_commit_thread(dir.path());
     assert!(
         !journal.start_sync().unwrap(),
         "nothing written, nothing to sync"
@@ -447,6 +454,49 @@ fn a_sync_on_the_commit_thread_is_reported_when_done() {
     crash_zero_last_segment_from(dir.path(), 0);
     let (partition, _, _) = open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
     assert_eq!(partition.head_seq(b"a"), 3);
+    check_channel(&partition, "a");
+}
+
+/// A background sync (the `interval` policy) lets writes go on: it is
+/// reported once, and leaves the journal synced only when nothing was
+/// written after it started; one at a time.
+#[test]
+fn a_background_sync_lets_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut partition, mut journal, notifications) = with_commit_thread(dir.path());
+    let wait = || {
+        notifications
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the commit thread reports the sync")
+    };
+    assert!(!journal.start_background_sync().unwrap(), "nothing to sync");
+
+    // A write while it runs: reported done, still unsynced.
+    write_unsynced(&mut partition, &mut journal, 1);
+    assert!(journal.start_background_sync().unwrap());
+    assert!(!journal.sync_in_flight(), "it holds up no write");
+    assert!(!journal.start_background_sync().unwrap(), "one at a time");
+    write_unsynced(&mut partition, &mut journal, 2);
+    wait();
+    assert!(journal.finish_background_sync(false).unwrap().is_ok());
+    assert!(journal.unsynced(), "the second write came after it started");
+    assert!(
+        journal.finish_background_sync(false).is_none(),
+        "reported once"
+    );
+
+    // Nothing written meanwhile: synced.
+    assert!(journal.start_background_sync().unwrap());
+    wait();
+    assert!(journal.finish_background_sync(false).unwrap().is_ok());
+    assert!(!journal.unsynced());
+
+    // What it covered survives a crash that loses every unsynced segment page.
+    partition.simulate_crash();
+    drop(journal);
+    crash_zero_last_segment_from(dir.path(), 0);
+    let (partition, _, _) = open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(partition.head_seq(b"a"), 2);
     check_channel(&partition, "a");
 }
 

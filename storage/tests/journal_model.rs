@@ -50,6 +50,8 @@ struct Shard {
     /// The journal's background thread is held (it starts no job): a crash
     /// now comes before the background switch's work.
     held: bool,
+    /// A background sync (the `interval` policy's) is in flight.
+    background_sync: bool,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +64,10 @@ struct Stats {
     /// header unsynced).
     crashes_before_a_header_sync: usize,
     background_switches: usize,
+    /// Background syncs finished, and those that left the journal synced
+    /// (nothing written after they started).
+    background_syncs: usize,
+    background_syncs_synced: usize,
     /// Crashes that dropped a background switch's work undone.
     crashes_before_a_background_switch_ran: usize,
     partition_pages_lost: u64,
@@ -124,6 +130,9 @@ fn start(dir: &Path, stats: &mut Stats) -> (Vec<Partition>, Journal, u32) {
         &ends(&partitions),
     )
     .unwrap();
+    // A commit thread, for the background syncs of `interval` turns.
+    let mut journal = journal;
+    journal.set_sync_notifier(0, Box::new(|| {})).unwrap();
     (partitions, journal, run)
 }
 
@@ -144,9 +153,23 @@ impl Shard {
     /// `background`: a switch, if the journal asks for one, leaves the old
     /// file's sync to the background thread (the `none` policy's way); with
     /// `hold` that thread is held until something waits for it.
-    fn turn(&mut self, sync: bool, background: bool, hold: bool, stats: &mut Stats) {
+    /// `background_sync`: after writing, start a background sync (the
+    /// `interval` policy's) if none is in flight; one in flight is finished
+    /// (waited for) before this turn writes when `finish_first`, else after
+    /// (then it covers less than what is written).
+    fn turn(
+        &mut self,
+        sync: bool,
+        background: bool,
+        hold: bool,
+        (background_sync, finish_first): (bool, bool),
+        stats: &mut Stats,
+    ) {
         if sync || self.journal.wants_switch() {
             self.release();
+        }
+        if finish_first {
+            self.finish_background_sync(stats);
         }
         let journal = &mut self.journal;
         for partition in &mut self.partitions {
@@ -161,6 +184,10 @@ impl Shard {
                 record.state = State::Written;
             }
         }
+        if !finish_first {
+            self.finish_background_sync(stats);
+        }
+        let journal = &mut self.journal;
         if sync {
             // Waits for a background switch's work first.
             journal.sync().unwrap();
@@ -171,6 +198,9 @@ impl Shard {
                     record.state = State::Acked;
                 }
             }
+        }
+        if background_sync && !self.background_sync {
+            self.background_sync = self.journal.start_background_sync().unwrap();
         }
         if self.journal.wants_switch() {
             let targets = self
@@ -226,6 +256,32 @@ impl Shard {
         }
     }
 
+    /// Waits for the background sync in flight; when the journal then says
+    /// that nothing is unsynced, everything written is acknowledged (as the
+    /// broker's acknowledgements would say). After a background switch that
+    /// nothing waited for yet the model does not follow (it counts nothing
+    /// as acknowledged: weaker, never wrong).
+    fn finish_background_sync(&mut self, stats: &mut Stats) {
+        if !std::mem::take(&mut self.background_sync) {
+            return;
+        }
+        self.journal
+            .finish_background_sync(true)
+            .expect("one was started")
+            .unwrap();
+        stats.background_syncs += 1;
+        if self.journal.unsynced() || self.background_switch.is_some() {
+            return;
+        }
+        stats.background_syncs_synced += 1;
+        self.journal_synced = Some(self.journal.active_file());
+        for records in &mut self.model {
+            for record in records.iter_mut().filter(|r| r.state == State::Written) {
+                record.state = State::Acked;
+            }
+        }
+    }
+
     /// A clean stop (every partition synced, the journal closed) and a
     /// start: everything written is kept, pending appends are not.
     fn clean_restart(mut self, dir: &Path, stats: &mut Stats) -> Shard {
@@ -259,6 +315,7 @@ impl Shard {
             journal_synced: None,
             background_switch: None,
             held: false,
+            background_sync: false,
         }
     }
 
@@ -335,6 +392,7 @@ impl Shard {
             journal_synced: None,
             background_switch: None,
             held: false,
+            background_sync: false,
         };
         shard.check(seed);
         stats.crashes += 1;
@@ -378,6 +436,9 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
     // Half the runs switch the way the `none` policy does after turns
     // that do not sync.
     let background_switches = rng.below(2) == 0;
+    // Half the runs start a background sync after turns that do not sync
+    // (the `interval` policy's way).
+    let background_syncs = rng.below(2) == 0;
     let (partitions, journal, run) = start(dir.path(), stats);
     let mut shard = Shard {
         partitions,
@@ -387,6 +448,7 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
         journal_synced: None,
         background_switch: None,
         held: false,
+        background_sync: false,
     };
     for step in 0..operations {
         let mut operation = rng.below(100);
@@ -409,10 +471,12 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
                 });
                 assert_eq!(appended.seq, shard.model[index].len() as u64);
             }
-            60..=81 => shard.turn(true, false, false, stats),
+            60..=81 => shard.turn(true, false, false, (false, false), stats),
             82..=89 => {
                 let hold = rng.below(2) == 0;
-                shard.turn(false, background_switches, hold, stats)
+                let finish_first = rng.below(2) == 0;
+                let syncs = (background_syncs, finish_first);
+                shard.turn(false, background_switches, hold, syncs, stats)
             }
             90..=91 => shard = shard.clean_restart(dir.path(), stats),
             92..=96 => shard = shard.crash_and_restart(dir.path(), &mut rng, seed, stats),
@@ -446,6 +510,10 @@ fn acknowledged_records_survive_power_losses_that_lose_unsynced_pages() {
         "{stats:?}"
     );
     assert!(stats.replayed_records > 0, "{stats:?}");
+    assert!(
+        stats.background_syncs > stats.background_syncs_synced && stats.background_syncs_synced > 0,
+        "{stats:?}"
+    );
     assert!(
         stats.unacked_lost > 0 && stats.unacked_kept > 0,
         "{stats:?}"

@@ -160,9 +160,10 @@ impl Shard {
         mut journal: starling_storage::Journal,
     ) -> Shard {
         let shards = shared.routing.shards;
-        if shared.config.durability == crate::Durability::Fsync {
-            // The acknowledgement path's fdatasync runs on the journal's
-            // commit thread, which wakes this loop when it is done.
+        if shared.config.durability != crate::Durability::None {
+            // The acknowledgement path's fdatasync (`fsync`), or the
+            // periodic one (`interval`), runs on the journal's commit
+            // thread, which wakes this loop when it is done.
             let waking = Arc::clone(&shared);
             let notify = Box::new(move || waking.inboxes[id].wake());
             if let Err(error) = journal.set_sync_notifier(id, notify) {

@@ -375,12 +375,8 @@ impl Shard {
                     Ok(false) => {}
                     Err(error) => result = Err(error),
                 }
-            } else {
-                result = journal.sync();
-                if result.is_ok() {
-                    self.journal_synced_at = Instant::now();
-                    self.shared.metrics.fsyncs.add(1);
-                }
+            } else if let Err(error) = self.start_interval_sync() {
+                result = Err(error);
             }
         }
         let durable = !self.journal.unsynced();
@@ -414,6 +410,7 @@ impl Shard {
     /// thread, once it is done (with `wait`, waits for it): acknowledges and
     /// fans out its publishes, then serves the reads that waited for it.
     pub(super) fn poll_commit(&mut self, wait: bool) {
+        self.finish_interval_sync();
         let Some(result) = self.journal.finish_sync(wait) else {
             return;
         };
@@ -527,11 +524,12 @@ impl Shard {
             .iter()
             .map(|(id, partition)| (*id, partition.log.end_position()))
             .collect();
-        // Under `none` nothing waits for the journal to be durable, so the
-        // old file's sync and the new header's go to the background thread.
+        // Under `none` and `interval` nothing waits for the journal to be
+        // durable, so the old file's sync and the new header's go to the
+        // background thread.
         let order = match self.shared.config.durability {
-            Durability::None => SwitchSync::Background,
-            Durability::Fsync | Durability::Interval => SwitchSync::Now,
+            Durability::None | Durability::Interval => SwitchSync::Background,
+            Durability::Fsync => SwitchSync::Now,
         };
         let result = self
             .sync_targets()
@@ -726,25 +724,48 @@ impl Shard {
         self.reply(from, request_id, reply);
     }
 
-    /// Periodic work: `interval` fdatasyncs and retention.
-    pub(super) fn tick_timers(&mut self, last_retention: &mut Instant) {
-        let config = &self.shared.config;
-        if config.durability == Durability::Interval
-            && self.journal.unsynced()
-            && self.journal_synced_at.elapsed() >= Duration::from_millis(config.interval_ms)
-        {
-            match self.journal.sync() {
-                Ok(()) => {
-                    self.journal_synced_at = Instant::now();
-                    self.shared.metrics.fsyncs.add(1);
-                }
-                Err(error) => {
-                    for partition in self.partitions.values_mut() {
-                        partition.fail(&error);
-                    }
+    /// The `interval` policy's fdatasync, started on the journal's commit
+    /// thread once `interval_ms` has passed since the last one started: the
+    /// loop never waits for it (turns go on writing), and
+    /// [`Shard::poll_commit`] takes its outcome.
+    fn start_interval_sync(&mut self) -> Result<(), StorageError> {
+        let interval = Duration::from_millis(self.shared.config.interval_ms);
+        if !self.journal.unsynced() || self.journal_synced_at.elapsed() < interval {
+            return Ok(());
+        }
+        if self.journal.start_background_sync()? {
+            self.journal_synced_at = Instant::now();
+            if !self.journal.has_commit_thread() {
+                // It synced here: nothing will wake the loop for it.
+                self.finish_interval_sync();
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the outcome of an `interval` fdatasync once it is done.
+    fn finish_interval_sync(&mut self) {
+        match self.journal.finish_background_sync(false) {
+            None => {}
+            Some(Ok(())) => self.shared.metrics.fsyncs.add(1),
+            Some(Err(error)) => {
+                for partition in self.partitions.values_mut() {
+                    partition.fail(&error);
                 }
             }
         }
+    }
+
+    /// Periodic work: `interval` fdatasyncs and retention.
+    pub(super) fn tick_timers(&mut self, last_retention: &mut Instant) {
+        if self.shared.config.durability == Durability::Interval {
+            if let Err(error) = self.start_interval_sync() {
+                for partition in self.partitions.values_mut() {
+                    partition.fail(&error);
+                }
+            }
+        }
+        let config = &self.shared.config;
         if last_retention.elapsed() >= Duration::from_millis(config.retention_check_ms) {
             *last_retention = Instant::now();
             let now_ms = self.now_ms;
