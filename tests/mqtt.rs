@@ -428,6 +428,78 @@ fn will_is_published_when_a_client_vanishes_not_when_it_disconnects() {
     assert_eq!(texts, vec!["vanished"]);
 }
 
+/// A retained will stays as its topic's retained message (MQTT 3.1.2.5):
+/// a client that subscribes after it went out still gets it, right away,
+/// by its topic and by a wildcard; and after a restart. Its delayed form
+/// (MQTT 5 Will Delay Interval) too.
+#[test]
+fn a_retained_will_is_kept_as_the_retained_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let vanish = |server: &Server, client_id: &str, delay: &[&str]| {
+        let mut args = vec!["-t", "ignored", "-i", client_id, "-V", "mqttv5"];
+        let topic = format!("status/{client_id}");
+        args.extend(["--will-topic", &topic, "--will-payload", "offline"]);
+        args.extend(["--will-retain", "--will-qos", "1"]);
+        args.extend(delay);
+        let mut willer = mosquitto("mosquitto_sub", server.mqtt, &args);
+        std::thread::sleep(Duration::from_millis(500));
+        willer.kill().unwrap();
+        willer.wait().unwrap();
+    };
+    let retained = |server: &Server, filter: &str| {
+        let child = mosquitto(
+            "mosquitto_sub",
+            server.mqtt,
+            &["-t", filter, "-v", "-C", "1", "-W", "10"],
+        );
+        let (_, stdout, stderr) =
+            common::wait_with_timeout(child, Duration::from_secs(30), "mosquitto_sub");
+        assert!(
+            !stdout.is_empty(),
+            "no retained message for {filter}: {stderr}"
+        );
+        stdout.trim().to_string()
+    };
+    vanish(&server, "now", &[]);
+    vanish(
+        &server,
+        "later",
+        &["-D", "will", "will-delay-interval", "1"],
+    );
+    // The will is published when the server sees the connection end (the
+    // delayed one a second later): wait for the retained copies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while history_texts(&server, "status/later").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delayed will never went out"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(retained(&server, "status/now"), "status/now offline");
+    assert_eq!(retained(&server, "status/later"), "status/later offline");
+    let server = {
+        drop(server);
+        Server::start(dir.path(), &[])
+    };
+    let child = mosquitto(
+        "mosquitto_sub",
+        server.mqtt,
+        &["-t", "status/+", "-v", "-C", "2", "-W", "10"],
+    );
+    let (_, stdout, stderr) =
+        common::wait_with_timeout(child, Duration::from_secs(30), "mosquitto_sub");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["status/later offline", "status/now offline"],
+        "{stderr}"
+    );
+}
+
 #[test]
 fn keep_alive_timeout_disconnects() {
     let (_dir, server) = server(&[]);

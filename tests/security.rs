@@ -1052,3 +1052,51 @@ fn configuration_changes_are_in_the_verifiable_audit_log() {
     assert_eq!(rotation["key_ids"], json!([1]), "{rotation}");
     assert!(!out.contains(&"ab".repeat(32)), "{out}");
 }
+
+/// A retained message needs the right to publish to its topic: a member
+/// refused on a topic sets no retained message there, by a retained
+/// publish or by a retained will; on her own topics she does.
+#[test]
+fn a_refused_retained_publish_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let root = token(&server, "root", ADMIN_PASSWORD);
+    let output = mosquitto_pub_with(&server, &alice, "ops/secret", &["-r"]);
+    assert!(output.contains("RC:135"), "not authorized: {output}");
+    for topic in ["ops/down", "team/down"] {
+        let will = [
+            "-t",
+            "team/x",
+            "--will-topic",
+            topic,
+            "--will-payload",
+            "gone",
+            "--will-retain",
+        ];
+        let mut willer = mosquitto_sub(&server, &alice, &will);
+        std::thread::sleep(Duration::from_millis(500));
+        willer.kill().unwrap();
+        willer.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let retained = |filter: &str| {
+        let child = mosquitto_sub(&server, &root, &["-v", "-t", filter, "-C", "1", "-W", "3"]);
+        let (_, stdout, _) =
+            common::wait_with_timeout(child, Duration::from_secs(30), "mosquitto_sub");
+        stdout.trim().to_string()
+    };
+    assert_eq!(
+        retained("team/down"),
+        "team/down gone",
+        "her own topic keeps her will"
+    );
+    for topic in ["ops/secret", "ops/down"] {
+        assert_eq!(
+            retained(topic),
+            "",
+            "no retained message on {topic}, which alice may not publish to"
+        );
+    }
+}

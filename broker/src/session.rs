@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use starling_protocol::Message;
 
-use crate::auth::{Authorizer, Denied, Principal};
+use crate::auth::{Action, Authorizer, Denied, Principal};
 use crate::command::{Command, Reply};
 use crate::mailbox::ConnRef;
 use crate::metrics::Metrics;
@@ -277,6 +277,18 @@ impl<'a> SessionContext<'a> {
     /// that drive a session without a shard).
     pub fn set_certificate_user(&mut self, user: Option<&str>) {
         self.certificate_user = user.map(Arc::from);
+    }
+
+    /// Whether the connection's principal may do `action` on `channel`, as
+    /// the broker checks a request of its own (false before it is
+    /// authenticated). For what an adapter writes on its behalf as the
+    /// server, and so gets no answer from the broker for.
+    pub fn may(&self, action: Action, channel: &str) -> bool {
+        self.principal.as_ref().is_some_and(|principal| {
+            self.authorizer
+                .authorize(principal, action, channel)
+                .is_ok()
+        })
     }
 
     /// The connection's principal, once authenticated.

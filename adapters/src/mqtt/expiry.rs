@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use starling_broker::{Connector, Engine, LocalClient, Principal};
+use starling_broker::{Action, Connector, Engine, LocalClient, Principal};
 
 use crate::background::Background;
 
@@ -107,20 +107,13 @@ pub(super) struct Timers {
 pub(super) type SharedTimers = Arc<parking_lot::Mutex<Timers>>;
 
 /// The broker command that publishes `will` (as whoever submits it).
-pub(super) fn will_command(will: Will) -> Command {
+pub(super) fn will_command(will: Will) -> WillCommands {
     let marks = Marks {
         origin: None,
         retained: will.retain,
     };
-    Command::Publish {
-        channel: will.topic,
-        ephemeral: false,
-        kind: kind::MESSAGE,
-        client_message_id: Bytes::new(),
-        relation: 0,
-        headers: headers_of(&will.properties, marks, wall_clock_ms()),
-        body: will.payload,
-    }
+    let headers = headers_of(&will.properties, marks, wall_clock_ms());
+    WillCommands::new(will.topic, will.payload, will.retain, headers)
 }
 
 /// A session's expiry interval as the session's end: `None` for never.
@@ -192,7 +185,7 @@ impl MqttSession {
                     };
                     delayed = Some(DelayedWill { source, principal });
                 }
-                (Some((will, _)), _) => context.submit(0, will_command(will)),
+                (Some((will, _)), _) => will_command(will).submit(context),
                 (None, _) => {}
             }
             let handoff = Handoff {
@@ -258,7 +251,7 @@ impl MqttSession {
                         state.record(serde_json::json!({"type": "will-sent"}), context);
                     }
                 }
-                _ => context.submit(0, will_command(will)),
+                _ => will_command(will).submit(context),
             }
         }
         drop(clients);
@@ -283,7 +276,7 @@ impl MqttSession {
         {
             Ok(()) => true,
             Err(delayed) => {
-                context.submit(0, delayed.command());
+                delayed.commands().submit(context);
                 false
             }
         }
@@ -345,11 +338,55 @@ fn keep(connector: &Connector, timers: &SharedTimers, parked: &ParkedSessions, s
 }
 
 impl DelayedWill {
-    /// The broker command that publishes it.
-    fn command(self) -> Command {
+    /// The broker commands that publish it.
+    fn commands(self) -> WillCommands {
         match self.source {
             WillSource::Connection { will, .. } => will_command(*will),
-            WillSource::Log(stored) => stored.command(),
+            WillSource::Log(stored) => stored.commands(),
+        }
+    }
+}
+
+/// A will's publish, and for a retained will the records that keep it as
+/// its topic's retained message (written as the server, in reserved
+/// channels, only when its user may publish to the topic).
+pub(super) struct WillCommands {
+    topic: String,
+    publish: Command,
+    retained: Option<[Command; 2]>,
+}
+
+impl WillCommands {
+    pub(super) fn new(topic: String, payload: Bytes, retain: bool, headers: Bytes) -> WillCommands {
+        let retained = retain.then(|| {
+            [
+                retained_command(&topic, headers.clone(), payload.clone()),
+                // Listed once per dedupe window, however often it goes out.
+                stored_message(
+                    RETAINED_INDEX.to_string(),
+                    Bytes::from(topic.clone()),
+                    Bytes::new(),
+                    Bytes::from(topic.clone()),
+                ),
+            ]
+        });
+        let publish = stored_message(topic.clone(), Bytes::new(), headers, payload);
+        WillCommands {
+            topic,
+            publish,
+            retained,
+        }
+    }
+
+    /// Hands them to the broker from the will's own connection (nobody
+    /// waits for the answers: it is closing).
+    fn submit(self, context: &mut SessionContext<'_>) {
+        let allowed = context.may(Action::Publish, &self.topic);
+        context.submit(0, self.publish);
+        if let (Some(retained), true) = (self.retained, allowed) {
+            for command in retained {
+                context.submit_as_server(0, command);
+            }
         }
     }
 }
@@ -373,9 +410,19 @@ fn publish_will(
         }
     };
     let mut client = connector.connect(delayed.principal.clone());
-    match client.publish_command(delayed.command()) {
-        Ok(_) if recorded => record_will_sent(system, client_id),
-        Ok(_) => {}
+    let commands = delayed.commands();
+    match client.publish_command(commands.publish) {
+        Ok(_) => {
+            // Its user may publish there: keep it as the retained message.
+            for command in commands.retained.into_iter().flatten() {
+                if let Err(error) = system.publish_command(command) {
+                    log::warn!("mqtt: the retained will of {client_id:?} was not kept: {error}");
+                }
+            }
+            if recorded {
+                record_will_sent(system, client_id);
+            }
+        }
         Err(error) => log::warn!("mqtt: the delayed will of {client_id:?} was refused: {error}"),
     }
 }

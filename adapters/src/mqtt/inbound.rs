@@ -147,23 +147,21 @@ impl Connected {
         live_only: bool,
         context: &mut SessionContext<'_>,
     ) {
-        if publish.retain {
-            // The topic's retained message is kept in the log beside it (an
-            // empty payload clears it), so it survives a restart.
-            let request_id = next_request(self, Pending::Retained(publish.topic.clone()));
-            context.submit_as_server(
-                request_id,
-                Command::Publish {
-                    channel: retained_channel(&publish.topic),
-                    ephemeral: false,
-                    kind: kind::MESSAGE,
-                    client_message_id: Bytes::new(),
-                    relation: 0,
-                    headers: headers.clone(),
-                    body: publish.payload.clone(),
-                },
-            );
-        }
+        // The topic's retained message is kept in the log beside it (an
+        // empty payload clears it), so it survives a restart; it is written
+        // (as the server, in a reserved channel) only once the broker took
+        // the publish itself: a client refused on a topic (its roles, its
+        // rate limit, a full disk) sets no retained message there.
+        let pending = if publish.retain {
+            let copy = RetainedCopy {
+                topic: publish.topic.clone(),
+                headers: headers.clone(),
+                payload: publish.payload.clone(),
+            };
+            Pending::ThenRetain(Box::new((pending, copy)))
+        } else {
+            pending
+        };
         let request_id = next_request(self, pending);
         context.submit(
             request_id,

@@ -91,9 +91,9 @@ use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
     collect, collect_complete, fold_session, next_request, push_compact, read_history,
-    read_last_own, read_retained, read_retained_index, release_if_empty, retained_channel,
-    send_suback, send_unsuback, session_channel, session_consumer, Reader, StoredSession,
-    RETAINED_INDEX, SESSION_PAGE,
+    read_last_own, read_retained, read_retained_index, release_if_empty, retained_command,
+    send_suback, send_unsuback, session_channel, session_consumer, stored_message, Reader,
+    StoredSession, RETAINED_INDEX, SESSION_PAGE,
 };
 use subscribe::{subscribe_command, Route, Subscription};
 use wills::StoredWill;
@@ -218,6 +218,13 @@ impl Protocol for MqttProtocol {
     }
 }
 
+/// What a retained publish keeps in the topic's `$retained/…` channel.
+struct RetainedCopy {
+    topic: String,
+    headers: Bytes,
+    payload: Bytes,
+}
+
 /// What a pending broker request answers.
 enum Pending {
     /// Nobody waits (bookkeeping).
@@ -243,6 +250,10 @@ enum Pending {
     /// The retained copy of a topic was stored (index it when it is the
     /// topic's first).
     Retained(String),
+    /// A client's retained publish to its topic: once the broker took it
+    /// (the client may publish there, within its limits), its retained
+    /// copy is stored; then as the inner request.
+    ThenRetain(Box<(Pending, RetainedCopy)>),
     /// A page of the retained-topic index, read for a wildcard filter.
     RetainedIndex {
         filter: String,

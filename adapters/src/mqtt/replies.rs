@@ -15,7 +15,7 @@ impl MqttSession {
         let Some(state) = self.state.as_mut() else {
             return Ok(());
         };
-        let Some(pending) = state.pending.remove(&request_id) else {
+        let Some(mut pending) = state.pending.remove(&request_id) else {
             return Ok(());
         };
         release_if_empty(&mut state.pending);
@@ -24,6 +24,13 @@ impl MqttSession {
             Reply::Error(error) => Some(error),
             _ => None,
         };
+        if let Pending::ThenRetain(chained) = pending {
+            let (inner, copy) = *chained;
+            if error.is_none() {
+                store_retained(state, copy, context);
+            }
+            pending = inner;
+        }
         match pending {
             Pending::Fire => {
                 if let Some(error) = error {
@@ -239,6 +246,8 @@ impl MqttSession {
                 let _ = index_first(state, reply, RETAINED_INDEX, topic, context);
             }
             Pending::TopicIndex => state.on_topic_index(reply, context),
+            // Taken apart above (never nested).
+            Pending::ThenRetain(_) => {}
             Pending::SubAckAfter(answer) => {
                 if let Some(error) = error {
                     log::warn!(
@@ -359,6 +368,16 @@ fn session_unreadable(
     let reason = format!("the session could not be {what}: {reply:?}; connect again");
     let code = ReasonCode::ServerUnavailable;
     connect::refuse_connect(state.version, code, &reason, context.out())
+}
+
+/// Stores `copy` as its topic's retained message (as the server: the
+/// `$retained/…` channels are reserved); the reply indexes the topic.
+fn store_retained(state: &mut Connected, copy: RetainedCopy, context: &mut SessionContext<'_>) {
+    let request_id = next_request(state, Pending::Retained(copy.topic.clone()));
+    context.submit_as_server(
+        request_id,
+        retained_command(&copy.topic, copy.headers, copy.payload),
+    );
 }
 
 /// After the first message of `topic` was stored, lists the topic in

@@ -209,6 +209,31 @@ pub(super) fn retained_channel(topic: &str) -> String {
     format!("$retained/{topic}")
 }
 
+/// The record that makes `payload` the retained message of `topic` (an
+/// empty one clears it).
+pub(super) fn retained_command(topic: &str, headers: Bytes, payload: Bytes) -> Command {
+    stored_message(retained_channel(topic), Bytes::new(), headers, payload)
+}
+
+/// A message stored in `channel` (under the idempotency key
+/// `client_message_id`, when not empty).
+pub(super) fn stored_message(
+    channel: String,
+    client_message_id: Bytes,
+    headers: Bytes,
+    body: Bytes,
+) -> Command {
+    Command::Publish {
+        channel,
+        ephemeral: false,
+        kind: kind::MESSAGE,
+        client_message_id,
+        relation: 0,
+        headers,
+        body,
+    }
+}
+
 /// The index of topics that have (or had) a retained message, one record
 /// each, for wildcard subscriptions.
 pub(super) const RETAINED_INDEX: &str = "$retained";

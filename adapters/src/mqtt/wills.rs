@@ -113,17 +113,9 @@ impl StoredWill {
         }
     }
 
-    /// The broker command that publishes it.
-    pub(super) fn command(self) -> Command {
-        Command::Publish {
-            channel: self.topic,
-            ephemeral: false,
-            kind: kind::MESSAGE,
-            client_message_id: Bytes::new(),
-            relation: 0,
-            headers: self.headers,
-            body: self.payload,
-        }
+    /// The broker commands that publish it.
+    pub(super) fn commands(self) -> super::expiry::WillCommands {
+        super::expiry::WillCommands::new(self.topic, self.payload, self.retain, self.headers)
     }
 }
 
