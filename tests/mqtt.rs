@@ -500,6 +500,54 @@ fn a_retained_will_is_kept_as_the_retained_message() {
     );
 }
 
+/// MQTT 5's Maximum Packet Size of a client (3.1.2.24): a message whose
+/// PUBLISH would be larger is not sent to it (and holds nothing up); the
+/// smaller ones still come, and other clients get the large one.
+#[test]
+fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent() {
+    let (_dir, server) = server(&[]);
+    let (_small, small_lines) = subscriber(
+        server.mqtt,
+        &[
+            "-t",
+            "mps/#",
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-v",
+            "-D",
+            "connect",
+            "maximum-packet-size",
+            "200",
+        ],
+    );
+    let (_large, large_lines) = subscriber(
+        server.mqtt,
+        &["-t", "mps/#", "-V", "mqttv5", "-q", "1", "-v"],
+    );
+    let big = "x".repeat(500);
+    for (topic, payload) in [
+        ("mps/one", "small"),
+        ("mps/big", big.as_str()),
+        ("mps/two", "small"),
+    ] {
+        let mut publisher = mosquitto(
+            "mosquitto_pub",
+            server.mqtt,
+            &["-t", topic, "-m", payload, "-q", "1", "-V", "mqttv5"],
+        );
+        assert!(publisher.wait().unwrap().success());
+    }
+    assert_eq!(
+        received(&small_lines, 2),
+        ["mps/one small", "mps/two small"],
+        "the 500-byte message is not sent to a client that takes 200-byte packets"
+    );
+    let large = received(&large_lines, 3);
+    assert_eq!(large[1], format!("mps/big {big}"));
+}
+
 #[test]
 fn keep_alive_timeout_disconnects() {
     let (_dir, server) = server(&[]);

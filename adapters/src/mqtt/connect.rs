@@ -124,6 +124,9 @@ impl MqttSession {
             claimed: false,
         });
         let state = self.state.as_mut().expect("just set");
+        if let Some(max) = connect.properties.maximum_packet_size_bytes {
+            state.extras().client_packet_bytes_max = max;
+        }
         if owner.is_some() {
             // With authentication on, a session may be another user's: its
             // records are read before anything of it is touched (`claim`).

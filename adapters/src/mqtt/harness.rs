@@ -493,8 +493,11 @@ mod tests {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
         let (mut client, _) = connected(&server, &mut log, client_id, false);
-        subscribe(&mut client, &mut log, "w/+", QoS::AtLeastOnce);
         log.append("w/a", kind::MESSAGE, 0, Bytes::from_static(b"before"));
+        // Before the filter by the clock too (timestamps are in ms): the
+        // look-back starts at the subscription's time.
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        subscribe(&mut client, &mut log, "w/+", QoS::AtLeastOnce);
         publish(
             &mut log,
             "w/a",

@@ -531,6 +531,9 @@ struct Extras {
     /// Seqs above the cursor the client was sent, per cursor topic: a
     /// redelivery from the log skips them.
     delivered: HashMap<Arc<str>, BTreeSet<u64>>,
+    /// The Maximum Packet Size the client announced (0: none): a PUBLISH
+    /// that would be larger is not sent (MQTT 3.1.2.24).
+    client_packet_bytes_max: u32,
 }
 
 impl Connected {
@@ -553,8 +556,16 @@ impl Connected {
                 shares: HashMap::new(),
                 handed_over: Vec::new(),
                 delivered: HashMap::new(),
+                client_packet_bytes_max: 0,
             })
         })
+    }
+
+    /// The client's Maximum Packet Size (`Extras::client_packet_bytes_max`).
+    fn client_packet_bytes_max(&self) -> usize {
+        self.extras
+            .as_ref()
+            .map_or(0, |extras| extras.client_packet_bytes_max as usize)
     }
 
     /// The session's id (`Extras::session_id`).

@@ -142,6 +142,17 @@ impl Connected {
             return;
         };
         properties.subscription_identifiers = outgoing.subscription_ids.clone();
+        if !self.fits(&outgoing, &properties) {
+            // MQTT 3.1.2.24: discarded, as if it had been sent (and, at
+            // QoS 1 and 2, acknowledged: nothing waits for it).
+            log::debug!(
+                "mqtt client {:?}: a message of {:?} is larger than its Maximum Packet Size ({} bytes): not sent",
+                self.client_id,
+                outgoing.topic,
+                self.client_packet_bytes_max()
+            );
+            return;
+        }
         match outgoing.qos {
             QoS::AtMostOnce => self.encode_publish(&outgoing, None, false, properties, out),
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
@@ -381,6 +392,31 @@ impl Connected {
 }
 
 impl Connected {
+    /// Whether the PUBLISH of `outgoing` stays within the client's Maximum
+    /// Packet Size (counted with its whole topic name and a packet id: an
+    /// alias could only make it smaller).
+    fn fits(&self, outgoing: &Outgoing, properties: &Properties) -> bool {
+        let max = self.client_packet_bytes_max();
+        // Far below it (most messages): no need to count exactly.
+        let rough =
+            outgoing.message.body.len() + outgoing.topic.len() + outgoing.message.headers.len();
+        if max == 0 || rough + 64 <= max {
+            return true;
+        }
+        let mut encoded = BytesMut::new();
+        Packet::Publish(Publish {
+            dup: false,
+            qos: outgoing.qos,
+            retain: outgoing.retain,
+            topic: outgoing.topic.to_string(),
+            packet_id: (outgoing.qos != QoS::AtMostOnce).then_some(1),
+            properties: properties.clone(),
+            payload: outgoing.message.body.clone(),
+        })
+        .encode(self.version, &mut encoded);
+        encoded.len() <= max
+    }
+
     /// Encodes the PUBLISH of `outgoing` with `properties` (the message's
     /// own and the subscription identifiers), naming its topic by an alias
     /// when the client has room for one.
