@@ -48,20 +48,9 @@ fn mosquitto(program: &str, address: SocketAddr, args: &[&str]) -> ChildGuard {
 
 /// Runs a client to completion (killed after 20 s) and returns its output.
 fn finish(child: impl Into<std::process::Child>) -> (bool, String) {
-    let child = child.into();
-    let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(20));
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-    });
-    let output = child.wait_with_output().unwrap();
-    drop(watchdog);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let (status, stdout, stderr) =
+        common::wait_with_timeout(child, Duration::from_secs(20), "the mosquitto client");
+    (status.success(), format!("{stdout}{stderr}"))
 }
 
 /// Starts `mosquitto_sub` with debug output and waits until the server has
@@ -546,6 +535,34 @@ fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent() {
     );
     let large = received(&large_lines, 3);
     assert_eq!(large[1], format!("mps/big {big}"));
+}
+
+/// MQTT 5 enhanced authentication is not offered: a CONNECT that names an
+/// authentication method gets CONNACK 0x8C with the reason, not a session.
+#[test]
+fn an_enhanced_authentication_method_is_refused() {
+    let (_dir, server) = server(&[]);
+    let publisher = mosquitto(
+        "mosquitto_pub",
+        server.mqtt,
+        &[
+            "-V",
+            "mqttv5",
+            "-t",
+            "x",
+            "-m",
+            "y",
+            "-d",
+            "-D",
+            "connect",
+            "authentication-method",
+            "SCRAM-SHA-1",
+        ],
+    );
+    let (ok, output) = finish(publisher);
+    assert!(!ok, "{output}");
+    assert!(output.contains("CONNACK (140)"), "0x8C: {output}");
+    assert!(!output.contains("sending PUBLISH"), "{output}");
 }
 
 #[test]

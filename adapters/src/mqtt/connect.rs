@@ -14,6 +14,15 @@ impl MqttSession {
         let refuse = |code: ReasonCode, reason: &str, out: &mut BytesMut| {
             refuse_connect(version, code, reason, out)
         };
+        if let Some(method) = &connect.properties.authentication_method {
+            // MQTT 5 enhanced authentication (AUTH exchanges) is not offered:
+            // a client that asks for it is told so rather than let in
+            // believing it was authenticated that way (MQTT 4.12).
+            let reason = format!(
+                "authentication method {method:?} is not supported (no AUTH exchange): sign in with user name and password"
+            );
+            return refuse(ReasonCode::BadAuthenticationMethod, &reason, context.out());
+        }
         let mut client_id = connect.client_id.clone();
         let mut assigned = None;
         if client_id.is_empty() {
