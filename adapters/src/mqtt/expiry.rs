@@ -113,7 +113,7 @@ pub(super) fn will_command(will: Will) -> Command {
         retained: will.retain,
     };
     Command::Publish {
-        channel: will.topic,
+        channel: will.topic.into(),
         ephemeral: false,
         kind: kind::MESSAGE,
         client_message_id: Bytes::new(),

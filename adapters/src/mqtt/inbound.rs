@@ -154,7 +154,7 @@ impl Connected {
             context.submit_as_server(
                 request_id,
                 Command::Publish {
-                    channel: retained_channel(&publish.topic),
+                    channel: retained_channel(&publish.topic).into(),
                     ephemeral: false,
                     kind: kind::MESSAGE,
                     client_message_id: Bytes::new(),
@@ -168,7 +168,7 @@ impl Connected {
         context.submit(
             request_id,
             Command::Publish {
-                channel: publish.topic,
+                channel: publish.topic.into(),
                 ephemeral: live_only,
                 kind: kind::MESSAGE,
                 client_message_id: key.map(received_message_id).unwrap_or_default(),

@@ -116,7 +116,7 @@ impl StoredWill {
     /// The broker command that publishes it.
     pub(super) fn command(self) -> Command {
         Command::Publish {
-            channel: self.topic,
+            channel: self.topic.into(),
             ephemeral: false,
             kind: kind::MESSAGE,
             client_message_id: Bytes::new(),
@@ -213,7 +213,7 @@ impl Connected {
         context.submit_as_server(
             request_id,
             Command::Publish {
-                channel: WILLS_INDEX.to_string(),
+                channel: starling_protocol::Utf8Bytes::from_static(WILLS_INDEX),
                 ephemeral: false,
                 kind: kind::MESSAGE,
                 // Listed once per dedupe window, however often it leaves.

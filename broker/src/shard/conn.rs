@@ -767,7 +767,7 @@ impl Shard {
                     from,
                     request_id,
                     reply_as: ReplyAs::Cursor,
-                    channel: cursor,
+                    channel: cursor.into(),
                     partition,
                     sender,
                     ephemeral: false,

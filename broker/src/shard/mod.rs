@@ -145,7 +145,7 @@ pub(crate) struct Shard {
     /// This turn's ephemeral publishes of owned channels: fanned out at the
     /// end of the turn, without waiting for a commit (they are not in the
     /// log, so nothing about them waits for the disk).
-    ephemeral: Vec<(String, starling_protocol::Message)>,
+    ephemeral: Vec<(starling_protocol::Utf8Bytes, starling_protocol::Message)>,
     /// When the shard frees the memory of its busy turns if it stays idle
     /// until then: [`IDLE_MEMORY_RELEASE_AFTER`] after the last turn that
     /// had publishes to write, acknowledge or fan out, or accepted or closed

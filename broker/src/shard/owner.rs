@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use starling_protocol::{HistoryQuery, Message};
+use starling_protocol::{HistoryQuery, Message, Utf8Bytes};
 use starling_storage::{
     NewRecord, Partition, ReadPage, Record, StorageError, SwitchSync, SyncTarget,
 };
@@ -28,7 +28,7 @@ pub(super) struct PendingAck {
 /// A log partition and the work of the current turn on it.
 /// One partition's publishes of a commit: (partition id, their
 /// acknowledgements, their fan-out).
-pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(String, Message)>);
+pub(super) type TurnBatch = (u32, Vec<PendingAck>, Vec<(Utf8Bytes, Message)>);
 
 /// A commit whose fdatasync runs on the journal's commit thread.
 pub(super) struct Commit {
@@ -42,7 +42,7 @@ pub(crate) struct OwnedPartition {
     pub log: Partition,
     failed: Option<String>,
     acks: Vec<PendingAck>,
-    fanout: Vec<(String, Message)>,
+    fanout: Vec<(Utf8Bytes, Message)>,
     /// Emptied lists of an earlier commit, kept to take the place of `acks`
     /// and `fanout` when a commit takes them. Under `fsync` the next turn's
     /// publishes arrive while the commit's fdatasync runs, so without a
@@ -50,7 +50,7 @@ pub(crate) struct OwnedPartition {
     /// reallocation and copy at each doubling, measured in
     /// docs/BENCHMARKS.md).
     spare_acks: Vec<PendingAck>,
-    spare_fanout: Vec<(String, Message)>,
+    spare_fanout: Vec<(Utf8Bytes, Message)>,
 }
 
 impl OwnedPartition {
@@ -68,7 +68,7 @@ impl OwnedPartition {
 
     /// Takes this turn's acknowledgements and fan-out, leaving the spare
     /// lists (empty, with the room of an earlier commit) in their place.
-    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(String, Message)>) {
+    fn take_turn(&mut self) -> (Vec<PendingAck>, Vec<(Utf8Bytes, Message)>) {
         let acks = std::mem::replace(&mut self.acks, std::mem::take(&mut self.spare_acks));
         let fanout = std::mem::replace(&mut self.fanout, std::mem::take(&mut self.spare_fanout));
         (acks, fanout)
@@ -78,7 +78,11 @@ impl OwnedPartition {
     /// current lists if those are empty and smaller (no commit was in
     /// flight), otherwise as the spares, so the room a busy partition
     /// needed is not given up.
-    fn keep_turn_buffers(&mut self, mut acks: Vec<PendingAck>, mut fanout: Vec<(String, Message)>) {
+    fn keep_turn_buffers(
+        &mut self,
+        mut acks: Vec<PendingAck>,
+        mut fanout: Vec<(Utf8Bytes, Message)>,
+    ) {
         debug_assert!(acks.is_empty() && fanout.is_empty());
         if self.acks.is_empty() && self.acks.capacity() < acks.capacity() {
             std::mem::swap(&mut self.acks, &mut acks);
@@ -246,7 +250,9 @@ impl Shard {
         // interest arrives before this commit is done gets it in its
         // catch-up instead: its fetches wait until this record is visible
         // (`Shard::seams`).
-        if self.patterns.is_empty() && !self.interest.contains_key(request.channel.as_str()) {
+        let no_interest =
+            self.interest.is_empty() || !self.interest.contains_key(request.channel.as_str());
+        if self.patterns.is_empty() && no_interest {
             return;
         }
         let message = Message {
@@ -529,12 +535,12 @@ impl Shard {
 
     /// Sends this turn's messages, grouped per channel, once to every shard
     /// that has subscribers of the channel.
-    fn fan_out(&mut self, fanout: &mut Vec<(String, Message)>) {
+    fn fan_out(&mut self, fanout: &mut Vec<(Utf8Bytes, Message)>) {
         if fanout.is_empty() {
             return;
         }
         let mut order: Vec<(Arc<str>, u64, Vec<Message>)> = Vec::new();
-        let mut index: foldhash::HashMap<String, usize> = foldhash::HashMap::default();
+        let mut index: foldhash::HashMap<Utf8Bytes, usize> = foldhash::HashMap::default();
         for (channel, message) in fanout.drain(..) {
             match index.get(&channel) {
                 Some(&i) => order[i].2.push(message),
