@@ -339,9 +339,16 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A `str16` text field, UTF-8 checked, as a slice of the source (or a copy without one).
+    /// A `str16` text field, UTF-8 checked (once), as a slice of the source (or a copy without
+    /// one).
     pub(crate) fn str16_text(&mut self, field: &'static str) -> Result<Utf8Bytes, WireError> {
-        Ok(Utf8Bytes::from_checked(self.str16_bytes(field)?))
+        let length = self.u16(field)?;
+        let bytes = self.take(length.into(), field)?;
+        Utf8Bytes::from_utf8(self.shared(bytes)).map_err(|error| WireError::InvalidUtf8 {
+            frame_type: self.frame_type,
+            field,
+            valid_up_to: error.valid_up_to(),
+        })
     }
 
     /// A `str16` text field, UTF-8 checked, kept as bytes.

@@ -7,52 +7,47 @@ use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// UTF-8 text in [`Bytes`]. A channel name decoded from a frame is a slice of the frame's buffer
 /// (no allocation, no copy); one made from a `String` takes over its allocation.
 ///
-/// It reads as a `str` (`Deref`, `as_str`); equality, order and hashing are those of the text, so
-/// a map keyed by `Utf8Bytes` can be searched with a `&str`.
+/// It reads as a `str` (`Deref`, `as_str`) at no cost: the UTF-8 is checked once, when it is
+/// made (`bytestring::ByteString` holds it). Equality, order and hashing are those of the text,
+/// so a map keyed by `Utf8Bytes` can be searched with a `&str`.
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Utf8Bytes {
-    /// INVARIANT: valid UTF-8 (checked by every constructor).
-    bytes: Bytes,
+    text: ByteString,
 }
 
 impl Utf8Bytes {
     /// Text that lives for the whole program, without allocating.
     pub const fn from_static(text: &'static str) -> Utf8Bytes {
         Utf8Bytes {
-            bytes: Bytes::from_static(text.as_bytes()),
+            text: ByteString::from_static(text),
         }
-    }
-
-    /// `bytes` that the caller checked to be UTF-8 (a decoder's field).
-    pub(crate) fn from_checked(bytes: Bytes) -> Utf8Bytes {
-        debug_assert!(std::str::from_utf8(&bytes).is_ok());
-        Utf8Bytes { bytes }
     }
 
     /// `bytes` if they are UTF-8.
     pub fn from_utf8(bytes: Bytes) -> Result<Utf8Bytes, std::str::Utf8Error> {
-        std::str::from_utf8(&bytes)?;
-        Ok(Utf8Bytes { bytes })
+        Ok(Utf8Bytes {
+            text: ByteString::try_from(bytes)?,
+        })
     }
 
-    /// The text. Checks the UTF-8 again (this crate has no `unsafe`): a few nanoseconds for a
-    /// channel name, against an allocation and a free for a `String`.
+    /// The text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes).expect("Utf8Bytes holds UTF-8 (checked when made)")
+        &self.text
     }
 
     /// The text's bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        self.text.as_bytes()
     }
 
     /// The underlying bytes.
     pub fn into_bytes(self) -> Bytes {
-        self.bytes
+        self.text.into_bytes()
     }
 }
 
@@ -86,7 +81,7 @@ impl Hash for Utf8Bytes {
 impl From<String> for Utf8Bytes {
     fn from(text: String) -> Utf8Bytes {
         Utf8Bytes {
-            bytes: Bytes::from(text.into_bytes()),
+            text: ByteString::from(text),
         }
     }
 }
@@ -94,32 +89,32 @@ impl From<String> for Utf8Bytes {
 impl From<&str> for Utf8Bytes {
     fn from(text: &str) -> Utf8Bytes {
         Utf8Bytes {
-            bytes: Bytes::copy_from_slice(text.as_bytes()),
+            text: ByteString::from(text),
         }
     }
 }
 
 impl From<Utf8Bytes> for String {
     fn from(text: Utf8Bytes) -> String {
-        text.as_str().to_owned()
+        String::from(text.text)
     }
 }
 
 impl PartialEq<str> for Utf8Bytes {
     fn eq(&self, other: &str) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Utf8Bytes {
     fn eq(&self, other: &&str) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for Utf8Bytes {
     fn eq(&self, other: &String) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.as_str() == other
     }
 }
 
@@ -156,5 +151,7 @@ mod tests {
     #[test]
     fn refuses_bytes_that_are_not_utf8() {
         assert!(Utf8Bytes::from_utf8(Bytes::from_static(b"\xff\xfe")).is_err());
+        let text = Utf8Bytes::from_utf8(Bytes::from_static("é/ß".as_bytes())).unwrap();
+        assert_eq!(text, "é/ß");
     }
 }
