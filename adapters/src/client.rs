@@ -151,7 +151,7 @@ impl PublishRequest {
         Frame::Publish {
             ephemeral: self.ephemeral,
             kind: self.kind,
-            channel: self.channel.clone(),
+            channel: self.channel.as_str().into(),
             client_message_id: self.client_message_id.clone(),
             relation: self.relation,
             headers: self.headers.clone(),
@@ -300,7 +300,7 @@ impl Client {
         let frame = Frame::Publish {
             ephemeral: request.ephemeral,
             kind: request.kind,
-            channel: request.channel,
+            channel: request.channel.into(),
             client_message_id: request.client_message_id,
             relation: request.relation,
             headers: request.headers,

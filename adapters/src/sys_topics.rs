@@ -76,7 +76,7 @@ fn run(mut client: LocalClient, metrics: &MetricsHandle, interval: Duration, sto
         next += interval;
         for (topic, value) in sys_values(metrics, started) {
             let published = client.publish_command(Command::Publish {
-                channel: topic.to_string(),
+                channel: topic.into(),
                 ephemeral: true,
                 kind: kind::MESSAGE,
                 client_message_id: Bytes::new(),

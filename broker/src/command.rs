@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use starling_protocol::{ErrorCode, HistoryQuery, Message, SubscribeStart};
+use starling_protocol::{ErrorCode, HistoryQuery, Message, SubscribeStart, Utf8Bytes};
 use thiserror::Error;
 
 /// Channel names starting with this are reserved for the engine itself
@@ -23,7 +23,9 @@ pub const HEADERS_BYTES_MAX: usize = 16 * 1024;
 #[derive(Clone, Debug)]
 pub enum Command {
     Publish {
-        channel: String,
+        /// From the native protocol, a slice of the buffer the frame was
+        /// read into: no allocation per publish.
+        channel: Utf8Bytes,
         /// Ephemeral messages (typing, presence) are delivered live and never
         /// stored.
         ephemeral: bool,
@@ -68,8 +70,8 @@ impl Command {
     /// The channel the command acts on.
     pub fn channel(&self) -> &str {
         match self {
-            Command::Publish { channel, .. }
-            | Command::Subscribe { channel, .. }
+            Command::Publish { channel, .. } => channel,
+            Command::Subscribe { channel, .. }
             | Command::Unsubscribe { channel }
             | Command::SubscribePattern { pattern: channel }
             | Command::UnsubscribePattern { pattern: channel }

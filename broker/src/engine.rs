@@ -921,7 +921,7 @@ impl LocalClient {
         body: impl Into<Bytes>,
     ) -> Result<Published, BrokerError> {
         self.publish_command(Command::Publish {
-            channel: channel.to_string(),
+            channel: channel.into(),
             ephemeral: false,
             kind: kind::MESSAGE,
             client_message_id: Bytes::new(),

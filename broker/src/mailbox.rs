@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use starling_protocol::{HistoryQuery, Message};
+use starling_protocol::{HistoryQuery, Message, Utf8Bytes};
 
 use crate::auth::Principal;
 use crate::command::{BrokerError, Command, Reply};
@@ -66,9 +66,10 @@ pub(crate) struct Publish {
     pub from: ConnRef,
     pub request_id: u32,
     pub reply_as: ReplyAs,
-    /// The command's own string, moved (not copied into an `Arc<str>`):
-    /// the owner needs a shared name only for channels with subscribers.
-    pub channel: String,
+    /// The command's own name (no copy: a slice of the frame's buffer when
+    /// read by the native protocol); the owner needs a shared `Arc<str>`
+    /// only for channels with subscribers.
+    pub channel: Utf8Bytes,
     /// The channel's partition, computed once where the command arrived.
     pub partition: u32,
     /// The publishing user's name.

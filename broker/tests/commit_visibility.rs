@@ -200,3 +200,51 @@ fn the_interval_fdatasync_holds_up_nothing() {
         );
     }
 }
+
+/// A stored message goes into its commit's fan-out only if its channel has
+/// subscribers when it is appended. A subscription made while such a
+/// message waits (in the commit whose fdatasync runs, or appended after it
+/// and not yet written) still gets it, through its catch-up.
+#[test]
+fn a_subscription_gets_what_was_published_before_it_and_committed_after() {
+    use starling_protocol::SubscribeStart;
+
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    hold_commits(true);
+    let _release = Release;
+    let publish = |name: &str, body: &'static str| {
+        let mut writer = engine.connect(Principal::embedded(name));
+        std::thread::spawn(move || writer.publish("quiet", body).unwrap().seq)
+    };
+    // The first is written and waits in the held fdatasync; the second is
+    // appended meanwhile and waits for the next commit.
+    let first = publish("first", "written, not durable");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = publish("second", "appended, not written");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut subscriber = engine.connect(Principal::embedded("subscriber"));
+    let subscribing = std::thread::spawn(move || {
+        let head = subscriber.subscribe("quiet", SubscribeStart::FromSeq(1));
+        (subscriber, head)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    hold_commits(false);
+    assert_eq!(first.join().unwrap(), 1);
+    assert_eq!(second.join().unwrap(), 2);
+    let (mut subscriber, head) = subscribing.join().unwrap();
+    assert_eq!(head.unwrap(), 2, "the catch-up waited for both");
+    let mut bodies = Vec::new();
+    while let Some((_, messages)) = subscriber.next_delivery(Duration::from_secs(2)) {
+        bodies.extend(messages.iter().map(|m| (m.seq, m.body.clone())));
+    }
+    assert_eq!(
+        bodies,
+        [
+            (1, bytes::Bytes::from_static(b"written, not durable")),
+            (2, bytes::Bytes::from_static(b"appended, not written")),
+        ]
+    );
+}

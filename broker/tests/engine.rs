@@ -217,7 +217,7 @@ fn publish_with_id(
 ) -> starling_broker::Published {
     client
         .publish_command(Command::Publish {
-            channel: channel.to_string(),
+            channel: channel.into(),
             ephemeral: false,
             kind: kind::MESSAGE,
             client_message_id: Bytes::from(id.to_string()),

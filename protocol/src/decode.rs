@@ -10,6 +10,7 @@ use crate::frame::{
     PUBLISH_FLAG_EPHEMERAL,
 };
 use crate::message::decode_messages;
+use crate::text::Utf8Bytes;
 
 /// What [`decode`] found at the start of its input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +131,7 @@ fn decode_frame(frame_bytes: &[u8], source: Option<&Bytes>) -> Result<Envelope, 
             Frame::Publish {
                 ephemeral: flags & PUBLISH_FLAG_EPHEMERAL != 0,
                 kind: reader.u8("kind")?,
-                channel: reader.str16("channel")?,
+                channel: reader.str16_text("channel")?,
                 client_message_id: reader.bytes8("client_message_id")?,
                 relation: reader.u64("relation")?,
                 headers: reader.bytes16("headers")?,
@@ -336,6 +337,18 @@ impl<'a> Reader<'a> {
             Some(source) => source.slice_ref(bytes),
             None => Bytes::copy_from_slice(bytes),
         }
+    }
+
+    /// A `str16` text field, UTF-8 checked (once), as a slice of the source (or a copy without
+    /// one).
+    pub(crate) fn str16_text(&mut self, field: &'static str) -> Result<Utf8Bytes, WireError> {
+        let length = self.u16(field)?;
+        let bytes = self.take(length.into(), field)?;
+        Utf8Bytes::from_utf8(self.shared(bytes)).map_err(|error| WireError::InvalidUtf8 {
+            frame_type: self.frame_type,
+            field,
+            valid_up_to: error.valid_up_to(),
+        })
     }
 
     /// A `str16` text field, UTF-8 checked, kept as bytes.

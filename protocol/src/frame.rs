@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use crate::message::Message;
+use crate::text::Utf8Bytes;
 
 /// Version of the native protocol spoken by this crate, sent in `Hello` and `Welcome`.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -277,7 +278,9 @@ impl HistoryQuery {
 
 /// One frame of the native protocol, without its request id.
 ///
-/// Text fields are `String` (checked UTF-8 on decode); opaque fields are [`Bytes`].
+/// Text fields are `String` (checked UTF-8 on decode), but for a `Publish`'s channel, which is
+/// [`Utf8Bytes`] so that a server decoding publishes from shared bytes allocates nothing per
+/// frame; opaque fields are [`Bytes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// 0x01, client → server: opens the session. Must be the first frame.
@@ -304,8 +307,8 @@ pub enum Frame {
         ephemeral: bool,
         /// The message kind (see [`kind`]).
         kind: u8,
-        /// The channel.
-        channel: String,
+        /// The channel. Decoded from shared bytes ([`crate::decode_bytes`]), a slice of them.
+        channel: Utf8Bytes,
         /// Client-chosen id used to drop retried duplicates; empty for none.
         client_message_id: Bytes,
         /// The seq this message refers to (edit, delete, reaction, reply), or 0.

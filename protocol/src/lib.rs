@@ -60,6 +60,7 @@ mod frame;
 pub mod headers;
 mod message;
 pub mod mqtt;
+mod text;
 
 pub use decode::{decode, decode_bytes, peek_frame_size, Decoded};
 pub use encode::{deliver_encoded_len, encode_deliver, PublishFields};
@@ -71,3 +72,4 @@ pub use frame::{
     PUBLISH_FLAG_EPHEMERAL,
 };
 pub use message::{Message, MESSAGE_BYTES_MIN};
+pub use text::Utf8Bytes;

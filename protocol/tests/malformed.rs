@@ -434,7 +434,7 @@ fn validate_catches_fields_too_long_for_their_prefix() {
         frame: Frame::Publish {
             ephemeral: false,
             kind: 0,
-            channel: "c".repeat(channel),
+            channel: "c".repeat(channel).into(),
             client_message_id: Bytes::from(vec![0; client_message_id]),
             relation: 0,
             headers: Bytes::from(vec![0; headers]),

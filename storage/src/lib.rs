@@ -77,6 +77,7 @@ mod read;
 mod retention;
 mod scan;
 mod segment;
+mod skip_chain;
 mod sync;
 mod worker;
 

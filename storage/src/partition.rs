@@ -30,6 +30,7 @@ use crate::scan::{
     apply_record, find_log_start, load_channels, scan_segment, LogStart, SegmentScan,
 };
 use crate::segment::{segment_file_name, ReadMode, Segment, SegmentSummary};
+use crate::skip_chain::SkipChains;
 use crate::worker::{tidy_spares, CheckpointJob, Worker};
 use crate::{
     Appended, NewRecord, PartitionConfig, PartitionOptions, StorageError, SEGMENT_BYTES_MAX_MINIMUM,
@@ -104,6 +105,9 @@ pub(crate) struct Pending {
     /// assigns, but foldhash (seeded, and as fast as an unseeded hash for
     /// one word) rather than std's SipHash.
     pub channels: foldhash::HashMap<ChannelId, PendingChannel>,
+    /// Where busy channels' next skip pointers point (kept across flushes,
+    /// freed with the rest when the partition is idle).
+    skip_chains: SkipChains,
     pub records: usize,
 }
 
@@ -862,7 +866,20 @@ impl Partition {
             }
         };
         let seq = previous.seq + 1;
-        let skip_offset = self.skip_offset_for(seq, previous)?;
+        let known = self
+            .pending
+            .skip_chains
+            .target_offset(id, previous.seq, previous.offset);
+        let skip_offset = match known {
+            Some(offset) if offset >= self.log_start => offset,
+            // Deleted by retention (the walk would stop there too).
+            Some(_) => NO_OFFSET,
+            None => self.skip_offset_for(seq, previous)?,
+        };
+        if cfg!(debug_assertions) && known.is_some() {
+            let walked = self.skip_offset_for(seq, previous)?;
+            assert_eq!(skip_offset, walked, "the skip chain agrees with the walk");
+        }
         let fields = RecordFields {
             seq,
             previous_offset: previous.offset,
@@ -910,6 +927,9 @@ impl Partition {
         self.pending
             .channels
             .insert(id, PendingChannel { seq, offset });
+        self.pending
+            .skip_chains
+            .appended(id, previous.seq, previous.offset, offset, skip_offset);
         self.pending.records += 1;
         if let Some(key) = key {
             let original = Original {
@@ -1131,6 +1151,7 @@ impl Partition {
         self.pending.buffer.capacity()
             + self.pending.closed.capacity() * std::mem::size_of::<ClosedBatch>()
             + self.pending.channels.capacity() * std::mem::size_of::<(ChannelId, PendingChannel)>()
+            + self.pending.skip_chains.table_bytes()
             + self.idempotency.table_bytes()
     }
 

@@ -553,7 +553,7 @@ fn publish(
     ephemeral: bool,
 ) -> Command {
     Command::Publish {
-        channel,
+        channel: channel.into(),
         ephemeral,
         kind,
         client_message_id: client_id.map(Bytes::from).unwrap_or_default(),

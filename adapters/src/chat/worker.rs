@@ -168,7 +168,7 @@ impl Worker {
                     )));
                 }
                 return Ok(Outcome::Publish(vec![Command::Publish {
-                    channel,
+                    channel: channel.into(),
                     ephemeral: false,
                     kind: kind::EDIT,
                     client_message_id: client_id.map(Bytes::from).unwrap_or_default(),
@@ -191,7 +191,7 @@ impl Worker {
                     )));
                 }
                 return Ok(Outcome::Publish(vec![Command::Publish {
-                    channel,
+                    channel: channel.into(),
                     ephemeral: false,
                     kind: kind::DELETE,
                     client_message_id: client_id.map(Bytes::from).unwrap_or_default(),
@@ -500,7 +500,7 @@ impl Worker {
         for channel in self.channel_list(user)? {
             self.client
                 .publish_command(Command::Publish {
-                    channel,
+                    channel: channel.into(),
                     ephemeral: true,
                     kind: kind::PRESENCE,
                     client_message_id: Bytes::new(),
@@ -673,7 +673,7 @@ impl Worker {
     ) -> Result<()> {
         self.client
             .publish_command(Command::Publish {
-                channel: channel.to_string(),
+                channel: channel.into(),
                 ephemeral: false,
                 kind,
                 client_message_id,

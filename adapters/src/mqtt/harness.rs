@@ -82,7 +82,7 @@ impl Log {
                 client_message_id,
                 ..
             } => {
-                let key = (channel.clone(), client_message_id.clone());
+                let key = (channel.to_string(), client_message_id.clone());
                 let original = self.published.get(&key).copied();
                 let seq = match original {
                     Some(seq) => seq,

@@ -166,7 +166,7 @@ impl Connected {
         context.submit(
             request_id,
             Command::Publish {
-                channel: publish.topic,
+                channel: publish.topic.into(),
                 ephemeral: live_only,
                 kind: kind::MESSAGE,
                 client_message_id: key.map(received_message_id).unwrap_or_default(),

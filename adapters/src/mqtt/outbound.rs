@@ -369,7 +369,7 @@ impl Connected {
         context.submit_as_server(
             request_id,
             Command::Publish {
-                channel: session_channel(&self.client_id),
+                channel: session_channel(&self.client_id).into(),
                 ephemeral: false,
                 kind: kind::MESSAGE,
                 client_message_id: Bytes::new(),

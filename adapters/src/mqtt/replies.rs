@@ -397,7 +397,7 @@ fn index_first(
     context.submit_as_server(
         request_id,
         Command::Publish {
-            channel: index.to_string(),
+            channel: index.into(),
             ephemeral: false,
             kind: kind::MESSAGE,
             client_message_id: Bytes::from(topic.clone()),

@@ -576,7 +576,7 @@ fn start_session(
 /// Lists `topic` in the MQTT topic index.
 fn index_topic(log: &mut Log, topic: &str) {
     log.apply(&Command::Publish {
-        channel: super::offline::TOPIC_INDEX.to_string(),
+        channel: super::offline::TOPIC_INDEX.into(),
         ephemeral: false,
         kind: starling_protocol::kind::MESSAGE,
         client_message_id: Bytes::from(topic.to_string()),

@@ -224,7 +224,7 @@ pub(super) fn stored_message(
     body: Bytes,
 ) -> Command {
     Command::Publish {
-        channel,
+        channel: channel.into(),
         ephemeral: false,
         kind: kind::MESSAGE,
         client_message_id,

@@ -205,7 +205,7 @@ impl Connected {
         context.submit_as_server(
             request_id,
             Command::Publish {
-                channel: WILLS_INDEX.to_string(),
+                channel: starling_protocol::Utf8Bytes::from_static(WILLS_INDEX),
                 ephemeral: false,
                 kind: kind::MESSAGE,
                 // Listed once per dedupe window, however often it leaves.

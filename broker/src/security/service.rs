@@ -207,7 +207,7 @@ impl SecurityService {
             .client
             .lock()
             .publish_command(crate::Command::Publish {
-                channel: channel.to_string(),
+                channel: channel.into(),
                 kind: kind::MESSAGE,
                 ephemeral: false,
                 client_message_id: Bytes::new(),

@@ -723,7 +723,7 @@ impl Shard {
             } => {
                 let partition = self.shared.routing.partition_of(&channel);
                 let owner = self.shared.routing.shard_of_partition(partition);
-                let message = ShardMsg::Publish(Publish {
+                let publish = Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Plain,
@@ -736,8 +736,8 @@ impl Shard {
                     relation,
                     headers,
                     body,
-                });
-                self.send(owner, message);
+                };
+                self.route_publish(owner, publish);
             }
             Command::Subscribe { channel, start } => {
                 self.subscribe(slot, request_id, channel, start);
@@ -773,11 +773,11 @@ impl Shard {
                 let cursor = cursor_channel(&consumer, &channel);
                 let partition = self.shared.routing.partition_of(&cursor);
                 let owner = self.shared.routing.shard_of_partition(partition);
-                let message = ShardMsg::Publish(Publish {
+                let publish = Publish {
                     from,
                     request_id,
                     reply_as: ReplyAs::Cursor,
-                    channel: cursor,
+                    channel: cursor.into(),
                     partition,
                     sender,
                     ephemeral: false,
@@ -786,8 +786,8 @@ impl Shard {
                     relation: seq,
                     headers: Bytes::new(),
                     body: Bytes::copy_from_slice(&seq.to_le_bytes()),
-                });
-                self.send(owner, message);
+                };
+                self.route_publish(owner, publish);
             }
             Command::CursorGet { consumer, channel } => {
                 let cursor = cursor_channel(&consumer, &channel);
@@ -802,6 +802,19 @@ impl Shard {
                 };
                 self.send(owner, message);
             }
+        }
+    }
+
+    /// Hands a publish to the owner of its channel. When that is this shard
+    /// and nothing it sent itself waits before it, the owner takes it at
+    /// once, as the queue would have handed it over next: the record is
+    /// copied into its batch while the bytes just read are still in the
+    /// core's cache, and the message is not moved through the queue.
+    fn route_publish(&mut self, owner: usize, publish: Publish) {
+        if owner == self.id && self.self_queue.is_empty() {
+            self.owner_publish(publish);
+        } else {
+            self.send(owner, ShardMsg::Publish(publish));
         }
     }
 

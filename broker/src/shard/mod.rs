@@ -63,7 +63,7 @@ pub(crate) struct Shard {
     /// Log partitions this shard owns, by partition id.
     partitions: PartitionTable,
     /// Owner side: which shards have subscribers of a channel (bit = shard).
-    /// Looked up for every stored message at fan-out, so hashed with
+    /// Looked up for every stored message as it is appended, so hashed with
     /// foldhash, not std's SipHash; channel names are chosen by clients, and
     /// foldhash is seeded per map, so no names made in advance collide.
     interest: foldhash::HashMap<Arc<str>, u64>,
@@ -133,10 +133,19 @@ pub(crate) struct Shard {
     /// served once it is done, so that no reader sees a record that is not
     /// durable yet.
     deferred_reads: Vec<ShardMsg>,
+    /// Owner side: channels whose interest arrived while some of their
+    /// records were appended but not yet visible, with the newest such seq.
+    /// A stored message goes into its commit's fan-out only if its channel
+    /// has interest when it is appended, so until that seq is visible the
+    /// channel's catch-up pages would miss it; its fetches wait in
+    /// `fetches_at_seam` until then (one commit at most).
+    seams: foldhash::HashMap<Arc<str>, u64>,
+    /// Fetches waiting for their channel's seam, retried after every commit.
+    fetches_at_seam: Vec<ShardMsg>,
     /// This turn's ephemeral publishes of owned channels: fanned out at the
     /// end of the turn, without waiting for a commit (they are not in the
     /// log, so nothing about them waits for the disk).
-    ephemeral: Vec<(String, starling_protocol::Message)>,
+    ephemeral: Vec<(starling_protocol::Utf8Bytes, starling_protocol::Message)>,
     /// The free space of the data directory's file system, as far as
     /// publishes are concerned (`engine.disk_free_min_bytes`).
     disk: owner::DiskWatch,
@@ -203,6 +212,8 @@ impl Shard {
             journal_synced_at: Instant::now(),
             commit: None,
             deferred_reads: Vec::new(),
+            seams: foldhash::HashMap::default(),
+            fetches_at_seam: Vec::new(),
             ephemeral: Vec::new(),
             disk: owner::DiskWatch::default(),
             idle_release_at: Instant::now() + IDLE_MEMORY_RELEASE_AFTER,

@@ -225,7 +225,7 @@ impl Rng {
             2 => Frame::Publish {
                 ephemeral: self.flip(),
                 kind: self.next_u64() as u8,
-                channel: self.text(30),
+                channel: self.text(30).into(),
                 client_message_id: self.bytes(255),
                 relation: self.number(),
                 headers: self.bytes(64),
