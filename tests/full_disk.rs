@@ -314,6 +314,10 @@ fn publishes_wait_for_room_when_the_disk_is_nearly_full() {
     // the reserve while the MQTT client tries.
     let filler = dir.path().join("filler");
     disk.run("fallocate", &["-l", "8M", filler.to_str().unwrap()]);
+    // A shard looks at the free space again when its last look is 100 ms
+    // old: one whose last look came just before the reserve was reached
+    // takes publishes until then.
+    std::thread::sleep(Duration::from_millis(300));
 
     // MQTT 5 is told: PUBACK 0x97 (quota exceeded) with the reason.
     let output = Command::new("mosquitto_pub")
