@@ -1899,12 +1899,17 @@ fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledge
         // original's PUBREC answers both.
         publish_numbered(&topics[1], QoS::ExactlyOnce, 2, true, "two"),
         publish_numbered(&topics[0], QoS::AtLeastOnce, 4, false, "four"),
+        // '$' topics belong to the server: refused in the acknowledgement,
+        // the connection stays.
+        publish_numbered("$SYS/mine", QoS::AtLeastOnce, 5, false, "reserved"),
+        publish_numbered("$mine", QoS::ExactlyOnce, 6, false, "reserved"),
+        publish_numbered(&topics[0], QoS::AtLeastOnce, 7, false, "seven"),
     ] {
         packet.encode(raw.version, &mut bytes);
     }
     raw.send_raw(&bytes);
     let mut answers = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..7 {
         answers.push(match raw.next() {
             Some(Packet::PubAck(ack)) => ("PUBACK", ack.packet_id, ack.reason_code),
             Some(Packet::PubRec(rec)) => ("PUBREC", rec.packet_id, rec.reason_code),
@@ -1918,7 +1923,35 @@ fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledge
             ("PUBREC", 2, ReasonCode::Success),
             ("PUBACK", 3, ReasonCode::TopicNameInvalid),
             ("PUBACK", 4, ReasonCode::Success),
+            ("PUBACK", 5, ReasonCode::TopicNameInvalid),
+            ("PUBREC", 6, ReasonCode::TopicNameInvalid),
+            ("PUBACK", 7, ReasonCode::Success),
         ]
+    );
+    assert_eq!(
+        history_texts(&server, &topics[0]),
+        vec!["one", "four", "seven"]
+    );
+
+    // A real client is told why.
+    let output = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
+        .args([
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "$SYS/mine",
+            "-m",
+            "refused",
+        ])
+        .output()
+        .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("Topic Name invalid") && text.contains("belong to the server"),
+        "mosquitto_pub says: {text}"
     );
     raw.send(&Packet::PubRel(
         starling_protocol::mqtt::PublishResponse::success(2),

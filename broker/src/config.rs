@@ -60,6 +60,12 @@ pub struct EngineConfig {
     pub durability: Durability,
     /// fdatasync period of the `interval` policy.
     pub interval_ms: u64,
+    /// Under `fsync`, a turn's fdatasync runs on the shard's event loop
+    /// while the shard's recent fdatasyncs averaged under this many µs, and
+    /// on its commit thread otherwise (a short flush costs less than the
+    /// two thread wake-ups of the hand-off; a long one would hold up the
+    /// loop's other work). 0 = always on the commit thread.
+    pub sync_on_loop_max_us: u64,
     /// Size of each of the two files of a shard's journal (see
     /// docs/STORAGE-FORMAT.md): partition files are synced in the background
     /// once per this many bytes a shard writes.
@@ -122,6 +128,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("starling-data"),
             durability: Durability::Fsync,
             interval_ms: 10,
+            sync_on_loop_max_us: 250,
             journal_file_bytes: starling_storage::journal::JOURNAL_FILE_BYTES_DEFAULT,
             segment_bytes_max: 128 * 1024 * 1024,
             body_bytes_max: 1024 * 1024,

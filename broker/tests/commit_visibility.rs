@@ -30,12 +30,14 @@ impl Drop for Release {
     }
 }
 
-/// One shard of two partitions, under `fsync` (the default).
+/// One shard of two partitions, under `fsync` (the default), every
+/// fdatasync on the commit thread (which the tests hold).
 fn start(dir: &std::path::Path) -> Engine {
     let config = EngineConfig {
         shards: 1,
         partitions: 2,
         data_dir: dir.to_path_buf(),
+        sync_on_loop_max_us: 0,
         ..EngineConfig::default()
     };
     Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap()
@@ -247,4 +249,51 @@ fn a_subscription_gets_what_was_published_before_it_and_committed_after() {
             (2, bytes::Bytes::from_static(b"appended, not written")),
         ]
     );
+}
+
+/// While the shard's flushes are short (`sync_on_loop_max_us`), its loop
+/// runs them itself: a held commit thread holds up no acknowledgement, each
+/// acknowledgement says durable, and every message is there after a restart.
+#[test]
+fn short_flushes_run_on_the_loop_without_the_commit_thread() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        shards: 1,
+        partitions: 2,
+        data_dir: dir.path().to_path_buf(),
+        sync_on_loop_max_us: u64::MAX,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config.clone(), Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
+    hold_commits(true);
+    let release = Release;
+    let mut writer = engine.connect(Principal::embedded("writer"));
+    let (acked, acks) = mpsc::channel();
+    let publishing = std::thread::spawn(move || {
+        for n in 1..=20u64 {
+            let published = writer.publish("loop", format!("m{n}")).unwrap();
+            acked.send((published.seq, published.durable)).unwrap();
+        }
+    });
+    for n in 1..=20u64 {
+        let ack = acks
+            .recv_timeout(Duration::from_secs(20))
+            .expect("acknowledged with the commit thread held");
+        assert_eq!(ack, (n, true));
+    }
+    publishing.join().unwrap();
+    drop(release);
+    drop(engine);
+
+    let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
+    let mut reader = engine.connect(Principal::embedded("reader"));
+    let (head, page) = reader.history("loop", HistoryQuery::Last, 50).unwrap();
+    assert_eq!(head, 20);
+    let bodies: Vec<String> = page
+        .iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=20).map(|n| format!("m{n}")).collect();
+    assert_eq!(bodies, expected);
 }

@@ -61,9 +61,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::sync_directory;
 use crate::format::{decode_batch, BatchDecode};
+use crate::sync_placement::SyncPlacement;
 use crate::StorageError;
 
 /// The directory under the data directory that holds the shard journals.
@@ -556,7 +558,10 @@ impl Syncer {
     /// Waits until every job asked for is done; the first error, if any.
     fn wait(&self) -> Result<(), String> {
         let mut state = self.shared.lock();
-        assert!(!state.held, "a held journal thread would never finish");
+        assert!(
+            !state.held || state.finished == state.requested,
+            "a held journal thread would never finish"
+        );
         while state.finished < state.requested && state.error.is_none() {
             state = self
                 .shared
@@ -722,8 +727,9 @@ pub type SyncNotifier = Box<dyn Fn() + Send>;
 struct CommitState {
     /// The file index to fdatasync, waiting for the thread.
     request: Option<usize>,
-    /// The outcome of the last sync, waiting for the journal to take it.
-    done: Option<Result<(), String>>,
+    /// The outcome of the last sync (how long its fdatasync took), waiting
+    /// for the journal to take it.
+    done: Option<Result<Duration, String>>,
     shutdown: bool,
 }
 
@@ -762,9 +768,13 @@ impl Committer {
                 if let Some(index) = state.request.take() {
                     drop(state);
                     while COMMITS_HELD.load(Ordering::Relaxed) {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                    let result = files[index].sync_data().map_err(|e| e.to_string());
+                    let started = Instant::now();
+                    let result = files[index]
+                        .sync_data()
+                        .map(|()| started.elapsed())
+                        .map_err(|e| e.to_string());
                     state = thread_shared.lock();
                     state.done = Some(result);
                     thread_shared.changed.notify_all();
@@ -812,8 +822,11 @@ pub struct Journal {
     entries_written: bool,
     /// Written and not yet fdatasync'ed.
     unsynced: bool,
-    /// The sync in flight ran inline (no commit thread) and is done.
+    /// The sync in flight ran inline (on the caller's thread) and is done.
     committer_done_inline: bool,
+    /// Whether [`Journal::start_sync`] runs its fdatasync inline or on the
+    /// commit thread.
+    placement: SyncPlacement,
     /// A background switch's header may not be written yet: a sync waits
     /// for the background thread first.
     activation_pending: bool,
@@ -900,6 +913,7 @@ impl Journal {
             entries_written: false,
             unsynced: false,
             committer_done_inline: false,
+            placement: SyncPlacement::default(),
             activation_pending: false,
             prepare_requested: false,
             growing: false,
@@ -1104,11 +1118,25 @@ impl Journal {
         Ok(())
     }
 
+    /// Lets [`Journal::start_sync`] run the fdatasync on the caller's thread
+    /// while recent ones averaged under `limit_us` (0: always on the commit
+    /// thread, once there is one). See [`crate::sync_placement`].
+    pub fn set_sync_on_loop_max_us(&mut self, limit_us: u64) {
+        self.placement = SyncPlacement::new(limit_us);
+    }
+
+    /// The moving average of this journal's fdatasync times, in µs.
+    pub fn sync_average_us(&self) -> u64 {
+        self.placement.average_us()
+    }
+
     /// Starts making every written entry durable on the commit thread, and
     /// returns at once: `Ok(true)` when a sync was started, `Ok(false)` when
     /// nothing waits for one. Until [`Journal::finish_sync`] reports it done,
     /// nothing may be written, synced or switched. Without a commit thread
-    /// ([`Journal::set_sync_notifier`]) this syncs here.
+    /// ([`Journal::set_sync_notifier`]), or while recent syncs were short
+    /// ([`Journal::set_sync_on_loop_max_us`]), this syncs here, and
+    /// [`Journal::synced_inline`] says so.
     pub fn start_sync(&mut self) -> Result<bool, StorageError> {
         self.check_not_failed()?;
         assert!(!self.sync_in_flight, "one sync at a time");
@@ -1122,15 +1150,26 @@ impl Journal {
         if self.activation_pending {
             self.wait_for_background()?;
         }
-        let Some(committer) = &self.committer else {
-            self.sync()?;
-            self.sync_in_flight = true;
-            self.committer_done_inline = true;
-            return Ok(true);
-        };
-        Journal::request_commit(committer, self.active);
+        match &self.committer {
+            Some(committer) if !self.placement.on_loop() => {
+                Journal::request_commit(committer, self.active);
+            }
+            _ => {
+                let started = Instant::now();
+                self.sync()?;
+                self.placement.observe(started.elapsed());
+                self.committer_done_inline = true;
+            }
+        }
         self.sync_in_flight = true;
         Ok(true)
+    }
+
+    /// Whether the sync [`Journal::start_sync`] or
+    /// [`Journal::start_background_sync`] just started ran on the caller's
+    /// thread, and so is done (no commit thread will report it).
+    pub fn synced_inline(&self) -> bool {
+        self.committer_done_inline
     }
 
     /// Starts an fdatasync of the active file on the commit thread that
@@ -1195,7 +1234,7 @@ impl Journal {
         let mut state = committer.shared.lock();
         loop {
             if let Some(result) = state.done.take() {
-                return Some(result);
+                return Some(result.map(|took| self.placement.observe(took)));
             }
             if !wait {
                 return None;

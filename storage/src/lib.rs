@@ -79,6 +79,7 @@ mod scan;
 mod segment;
 mod skip_chain;
 mod sync;
+pub mod sync_placement;
 mod worker;
 
 use bytes::Bytes;

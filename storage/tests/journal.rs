@@ -525,3 +525,42 @@ fn without_a_commit_thread_a_started_sync_is_done_at_once() {
     assert!(journal.finish_sync(false).unwrap().is_ok());
     assert!(!journal.sync_in_flight() && !journal.unsynced());
 }
+
+/// While recent syncs were short (`set_sync_on_loop_max_us`), a started
+/// sync runs on the caller's thread even beside a commit thread: done at
+/// once, nothing reported by the thread. With a limit of 0 every sync goes
+/// to the commit thread. Either way what it covered survives a crash.
+#[test]
+fn short_syncs_run_on_the_callers_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut partition, mut journal, notifications) = with_commit_thread(dir.path());
+    journal.set_sync_on_loop_max_us(u64::MAX);
+    for timestamp in 1..=3 {
+        write_unsynced(&mut partition, &mut journal, timestamp);
+        assert!(journal.start_sync().unwrap());
+        assert!(journal.synced_inline());
+        assert!(journal.finish_sync(false).unwrap().is_ok());
+        assert!(!journal.sync_in_flight() && !journal.unsynced());
+    }
+    assert!(
+        notifications.try_recv().is_err(),
+        "the commit thread ran none of them"
+    );
+
+    journal.set_sync_on_loop_max_us(0);
+    write_unsynced(&mut partition, &mut journal, 4);
+    assert!(journal.start_sync().unwrap());
+    assert!(!journal.synced_inline(), "on the commit thread");
+    notifications
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the commit thread reports the sync");
+    assert!(journal.finish_sync(false).unwrap().is_ok());
+    assert!(!journal.sync_in_flight() && !journal.unsynced());
+
+    partition.simulate_crash();
+    drop(journal);
+    crash_zero_last_segment_from(dir.path(), 0);
+    let (partition, _, _) = open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(partition.head_seq(b"a"), 4);
+    check_channel(&partition, "a");
+}

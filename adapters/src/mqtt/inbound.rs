@@ -17,10 +17,36 @@ impl MqttSession {
         }
         let state = self.state.as_mut().expect("connected");
         if publish.topic.starts_with('$') {
+            const RESERVED: &str = "topics starting with '$' belong to the server";
+            if let (ProtocolVersion::V5, Some(packet_id)) = (version, publish.packet_id) {
+                // A v5 QoS 1 or 2 publish is refused in its acknowledgement
+                // (0x90), like any other refused publish; the connection
+                // stays. (QoS 0 has no answer to carry it, and v3.1.1 no
+                // reason codes: those are closed.)
+                let arrival = state.qos.acks.reserve(publish.qos);
+                let response = PublishResponse {
+                    packet_id,
+                    reason_code: ReasonCode::TopicNameInvalid,
+                    properties: Properties {
+                        reason_string: Some(RESERVED.to_string()),
+                        ..Properties::default()
+                    },
+                };
+                let packet = if publish.qos == QoS::ExactlyOnce {
+                    Packet::PubRec(response)
+                } else {
+                    Packet::PubAck(response)
+                };
+                state
+                    .qos
+                    .acks
+                    .answer(arrival, packet, version, context.out());
+                return Ok(());
+            }
             disconnect_with(
                 version,
                 ReasonCode::TopicNameInvalid,
-                "topics starting with '$' belong to the server",
+                RESERVED,
                 context.out(),
             );
             return Err(close("publish to a '$' topic"));

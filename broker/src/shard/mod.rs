@@ -178,6 +178,9 @@ impl Shard {
             if let Err(error) = journal.set_sync_notifier(id, notify) {
                 log::warn!("shard {id}: syncing on the event loop instead: {error}");
             }
+            if shared.config.durability == crate::Durability::Fsync {
+                journal.set_sync_on_loop_max_us(shared.config.sync_on_loop_max_us);
+            }
         }
         Shard {
             id,

@@ -378,9 +378,10 @@ impl Shard {
                             started: commit_started,
                             wrote,
                         });
-                        if !self.journal.has_commit_thread() {
-                            // It synced here (no commit thread could be
-                            // started): nothing will wake the loop for it.
+                        if self.journal.synced_inline() {
+                            // It synced here (recent flushes were short, or
+                            // no commit thread could be started): nothing
+                            // will wake the loop for it.
                             self.poll_commit(false);
                         }
                         return;
@@ -599,7 +600,14 @@ impl Shard {
                         channel: channel.clone(),
                         messages: messages.clone(),
                     };
-                    self.send(shard, deliver);
+                    if shard == self.id && self.self_queue.is_empty() {
+                        // As the queue would hand it over next: delivered
+                        // in this turn, before its writes go out, rather
+                        // than one more pass of the loop later.
+                        self.handle_message(deliver);
+                    } else {
+                        self.send(shard, deliver);
+                    }
                 }
             }
         }
