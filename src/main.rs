@@ -38,7 +38,7 @@ use starling_adapters::http::security::SecurityApi;
 use starling_adapters::http::server::{HttpProtocol, HttpTimeouts};
 use starling_adapters::mqtt::MqttProtocol;
 use starling_adapters::native::NativeProtocol;
-use starling_adapters::sys_topics::SysTopics;
+use starling_adapters::sys_topics::{SysSource, SysTopics};
 use starling_adapters::ws::WsLimits;
 use starling_broker::security::{AuditWriter, SecurityAuthorizer, SecurityService};
 use starling_broker::{
@@ -283,6 +283,7 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 fn serve(config_file: Option<&Path>) -> Result<()> {
+    let started = std::time::Instant::now();
     let config = Config::load(config_file, std::env::vars())?;
     logger::init(&config.log.level)?;
     disable_transparent_huge_pages();
@@ -423,8 +424,14 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     let _ = chat_slot.set(ChatService::start(&engine, "starling"));
     // MQTT's delayed wills and the end of expired sessions.
     let mqtt_keeper = mqtt.start_keeper(&engine);
-    let sys_topics = (config.mqtt.sys_interval_s > 0)
-        .then(|| SysTopics::start(&engine, Duration::from_secs(config.mqtt.sys_interval_s)));
+    let sys_topics = (config.mqtt.sys_interval_s > 0).then(|| {
+        mqtt.serve_sys_values(SysSource::new(&engine, started));
+        SysTopics::start(
+            &engine,
+            Duration::from_secs(config.mqtt.sys_interval_s),
+            started,
+        )
+    });
     ready.store(true, Ordering::Relaxed);
     // Before "listening" is logged: whoever waits for it may stop the
     // server at once, and must get a clean stop.

@@ -897,6 +897,67 @@ fn sys_topics_report_broker_statistics() {
     assert!(all_lines.try_recv().is_err());
 }
 
+/// A new `$SYS` subscriber gets the current values at once, as retained
+/// messages, without waiting for the next round (Mosquitto retains them, so
+/// dashboards show values as soon as they subscribe).
+#[test]
+fn a_new_sys_subscriber_gets_the_current_values_at_once() {
+    // One round as the server starts, the next in an hour.
+    let (_dir, server) = server(&[("STARLING_MQTT_SYS_INTERVAL_S", "3600")]);
+    let port = server.mqtt.port().to_string();
+    let published = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "counted",
+            "-m",
+            "x",
+        ])
+        .status()
+        .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
+    assert!(published.success());
+    let output = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "ops", "-V", "mqttv5"])
+        .args([
+            "-t",
+            "$SYS/broker/#",
+            "-C",
+            "8",
+            "-W",
+            "10",
+            "-F",
+            "%r %t %p",
+        ])
+        .output()
+        .expect("mosquitto_sub is installed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "all eight values within 10 s: {text}");
+    assert!(
+        lines.iter().all(|line| line.starts_with("1 $SYS/broker/")),
+        "every one retained: {text}"
+    );
+    let value = |topic: &str| {
+        lines
+            .iter()
+            .find_map(|line| line.strip_prefix(&format!("1 $SYS/broker/{topic} ")))
+            .unwrap_or_else(|| panic!("no {topic}: {text}"))
+    };
+    assert!(value("version").starts_with("starling "), "{text}");
+    // Current, not the round taken at the start: this subscriber is
+    // connected, and the publish before it was received.
+    assert_eq!(value("clients/connected"), "1", "{text}");
+    assert!(
+        value("messages/received").parse::<u64>().unwrap() >= 1,
+        "{text}"
+    );
+}
+
 #[test]
 fn mqtt_over_websocket_at_slash_mqtt() {
     let (_dir, server) = server(&[]);

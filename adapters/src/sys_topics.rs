@@ -18,15 +18,38 @@ pub struct SysTopics {
 
 impl SysTopics {
     /// Starts publishing every `interval` on a thread of its own (an
-    /// in-process client acting as the system principal).
-    pub fn start(engine: &Engine, interval: Duration) -> SysTopics {
+    /// in-process client acting as the system principal); `uptime` counts
+    /// from `started`.
+    pub fn start(engine: &Engine, interval: Duration, started: Instant) -> SysTopics {
         let client = engine.connect(Principal::system("$server"));
         let metrics = engine.metrics_handle();
         SysTopics {
             _thread: Background::spawn("starling-sys", move |stop| {
-                run(client, &metrics, interval, stop)
+                run(client, &metrics, interval, started, stop)
             }),
         }
+    }
+}
+
+/// The `$SYS` values as they are now, for a subscriber that should not wait
+/// for the next round (MQTT sends them as retained messages at SUBSCRIBE,
+/// as Mosquitto, which retains them, does).
+pub struct SysSource {
+    metrics: MetricsHandle,
+    started: Instant,
+}
+
+impl SysSource {
+    pub fn new(engine: &Engine, started: Instant) -> SysSource {
+        SysSource {
+            metrics: engine.metrics_handle(),
+            started,
+        }
+    }
+
+    /// The topics and their values now.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        sys_values(&self.metrics, self.started)
     }
 }
 
@@ -64,8 +87,13 @@ pub fn sys_values(metrics: &Metrics, started: Instant) -> Vec<(&'static str, Str
     ]
 }
 
-fn run(mut client: LocalClient, metrics: &MetricsHandle, interval: Duration, stop: &AtomicBool) {
-    let started = Instant::now();
+fn run(
+    mut client: LocalClient,
+    metrics: &MetricsHandle,
+    interval: Duration,
+    started: Instant,
+    stop: &AtomicBool,
+) {
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if Instant::now() < next {

@@ -131,6 +131,9 @@ struct Listener {
     /// Topic filters whose QoS 0 messages skip the log
     /// ([`MqttProtocol::with_live_only_qos0`]).
     live_only_qos0: Vec<String>,
+    /// The `$SYS` values sent as retained messages to a new subscription
+    /// ([`MqttProtocol::serve_sys_values`]); unset, none are.
+    sys: std::sync::OnceLock<crate::sys_topics::SysSource>,
 }
 
 impl Listener {
@@ -175,7 +178,17 @@ impl MqttProtocol {
                 groups: Groups::default(),
                 note_numbers: qos2::NoteNumbers::default(),
                 live_only_qos0: Vec::new(),
+                sys: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// From now on a new subscription whose filter matches `$SYS` topics
+    /// gets their current values at once, as retained messages (the
+    /// `$SYS` publisher only sends them every `mqtt.sys_interval_s`). Once.
+    pub fn serve_sys_values(&self, source: crate::sys_topics::SysSource) {
+        if self.listener.sys.set(source).is_err() {
+            log::warn!("MQTT: $SYS values were already being served");
         }
     }
 

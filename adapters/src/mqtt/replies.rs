@@ -112,7 +112,7 @@ impl MqttSession {
                     index,
                     granted,
                 ) {
-                    send_suback(state, packet_id, done, context);
+                    send_suback(state, &self.listener, packet_id, done, context);
                 }
             }
             Pending::Unsubscribe(packet_id, index) => {
@@ -261,7 +261,7 @@ impl MqttSession {
                     codes,
                     retained,
                 } = *answer;
-                store::answer_suback(state, packet_id, codes, retained, context);
+                store::answer_suback(state, &self.listener, packet_id, codes, retained, context);
             }
             Pending::Following(topic) => {
                 if let Some(error) = error {

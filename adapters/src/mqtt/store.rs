@@ -244,6 +244,7 @@ pub(super) const RETAINED_INDEX: &str = "$retained";
 /// waits until they are durable: a restart right after it still has them.
 pub(super) fn send_suback(
     state: &mut Connected,
+    listener: &Listener,
     packet_id: u16,
     done: Collecting,
     context: &mut SessionContext<'_>,
@@ -261,7 +262,7 @@ pub(super) fn send_suback(
         }
     }
     let Some(last) = records.pop() else {
-        return answer_suback(state, packet_id, codes, done.retained, context);
+        return answer_suback(state, listener, packet_id, codes, done.retained, context);
     };
     for record in records {
         state.record(record, context);
@@ -283,9 +284,11 @@ pub(super) struct SubAckAfter {
 }
 
 /// Sends a SUBACK with `codes`, then asks for the retained messages of
-/// `retained`.
+/// `retained` (and sends the `$SYS` values they match, when the listener
+/// serves them).
 pub(super) fn answer_suback(
     state: &mut Connected,
+    listener: &Listener,
     packet_id: u16,
     codes: Vec<ReasonCode>,
     retained: Vec<Subscription>,
@@ -297,6 +300,9 @@ pub(super) fn answer_suback(
         properties: Properties::default(),
     })
     .encode(state.version, context.out());
+    if let Some(sys) = listener.sys.get() {
+        send_sys_values(state, sys, &retained, context);
+    }
     for subscription in retained {
         let (qos, id) = (subscription.qos(), subscription.id);
         if pattern::is_pattern(&subscription.filter) {
@@ -304,6 +310,48 @@ pub(super) fn answer_suback(
         } else {
             read_retained(state, subscription.filter, qos, id, context);
         }
+    }
+}
+
+/// Sends the current `$SYS` values that `subscriptions` match, each once,
+/// as retained QoS 0 messages (they are not in the log: the `$SYS`
+/// publisher's rounds are ephemeral).
+fn send_sys_values(
+    state: &mut Connected,
+    sys: &crate::sys_topics::SysSource,
+    subscriptions: &[Subscription],
+    context: &mut SessionContext<'_>,
+) {
+    // `+` and `#` do not match `$` topics (MQTT 4.7.2): only filters that
+    // start with `$SYS` can.
+    let wanted: Vec<&Subscription> = subscriptions
+        .iter()
+        .filter(|subscription| subscription.filter.starts_with("$SYS"))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    for (topic, value) in sys.values() {
+        let Some(subscription) = wanted
+            .iter()
+            .find(|subscription| pattern::matches(&subscription.filter, topic))
+        else {
+            continue;
+        };
+        let mut properties = Properties::default();
+        if state.version == ProtocolVersion::V5 {
+            properties.subscription_identifiers = subscription.id.into_iter().collect();
+        }
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: topic.to_string(),
+            packet_id: None,
+            properties,
+            payload: Bytes::from(value),
+        })
+        .encode(state.version, context.out());
     }
 }
 

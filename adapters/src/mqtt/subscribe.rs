@@ -271,7 +271,7 @@ impl MqttSession {
         }
         // The SUBACK goes at once when no filter needed the broker.
         if let Some(done) = collect_complete(&mut state.collecting, Awaiting::SubAck(packet_id)) {
-            send_suback(state, packet_id, done, context);
+            send_suback(state, &self.listener, packet_id, done, context);
         }
     }
 
