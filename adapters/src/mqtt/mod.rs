@@ -995,6 +995,14 @@ impl MqttSession {
 /// Closes the connection of a client that leaves too many messages
 /// unacknowledged (v5: DISCONNECT 0x97, quota exceeded).
 fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> Close {
+    // Rare and worth knowing about (the client loses its connection): the
+    // operator sees who and why.
+    log::info!(
+        "MQTT client at {}: closing: more than {HELD_MESSAGES_MAX} QoS 1/2 messages wait \
+         behind its unacknowledged ones (it acknowledges slower than they come; a persistent \
+         session would resume from the log)",
+        context.peer()
+    );
     disconnect_with(
         version,
         ReasonCode::QuotaExceeded,

@@ -953,6 +953,18 @@ impl Shard {
              then reconnect and resume from the last seq received",
             self.shared.config.outbound_bytes_max
         );
+        // Rare and worth knowing about (the client loses its connection):
+        // the operator sees who and why.
+        if let Some(connection) = self.connections[slot as usize].as_ref() {
+            let who = connection.principal.as_ref().map_or_else(
+                || "a connection that has not identified itself".to_string(),
+                |principal| match principal.address {
+                    Some(address) => format!("user {} from {address}", principal.user),
+                    None => format!("in-process user {}", principal.user),
+                },
+            );
+            log::info!("shard {}: closing {who}: {reason}", self.id);
+        }
         self.close_connection(slot, Some((ErrorCode::SlowConsumer, reason)));
     }
 
