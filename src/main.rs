@@ -491,10 +491,11 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     log::info!("shutting down: writing and syncing what is pending");
     drop(sys_topics);
     drop(mqtt_keeper);
-    engine.shutdown();
+    let stopped = engine.shutdown();
     if let Some(audit) = audit_to_close {
         audit.close();
     }
+    stopped.context("the server stopped, but not cleanly")?;
     log::info!("stopped");
     Ok(())
 }

@@ -100,8 +100,10 @@ fn with_service<T>(
     let result = SecurityService::start(authorizer, config.auth.clone(), client, None, audit)
         .context("cannot load the users")
         .and_then(|service| f(&service));
-    engine.shutdown();
-    result
+    let stopped = engine
+        .shutdown()
+        .context("the data directory was not closed cleanly");
+    result.and_then(|value| stopped.map(|()| value))
 }
 
 pub fn run(command: UserCommand) -> Result<()> {

@@ -87,7 +87,7 @@ fn publish_deliver(c: &mut Criterion) {
             });
         }
         drop((publisher, subscriber));
-        engine.shutdown();
+        engine.shutdown().expect("a clean stop");
     }
     group.finish();
 }

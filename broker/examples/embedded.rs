@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     drop((alice, bob));
-    engine.shutdown();
+    engine.shutdown()?;
     std::fs::remove_dir_all(&data_dir)?;
     Ok(())
 }

@@ -61,6 +61,8 @@ pub enum EngineError {
     KeyRotation { detail: String },
     #[error("cannot start an event loop: {0}")]
     Poll(io::Error),
+    #[error("{shards} shard(s) could not sync their partitions or close their journal while stopping (the errors are logged above); everything acknowledged is durable in the shard journals and is replayed at the next start: fix the cause (free disk space, say), then start the server")]
+    UncleanStop { shards: usize },
 }
 
 /// What [`set_idle_memory_hook`] installed.
@@ -226,7 +228,8 @@ fn attach_local(shared: &Arc<EngineShared>, shard: usize, principal: Principal) 
 /// A running engine. Dropping it shuts it down.
 pub struct Engine {
     shared: Arc<EngineShared>,
-    shards: Vec<JoinHandle<()>>,
+    /// Each shard's thread; it ends with whether its stop was clean.
+    shards: Vec<JoinHandle<bool>>,
     acceptor: Option<(JoinHandle<()>, Arc<Waker>)>,
     local_addresses: Vec<(&'static str, SocketAddr)>,
     next_local_shard: AtomicUsize,
@@ -356,12 +359,13 @@ impl Engine {
                             partitions
                         }
                         Err(error) => {
+                            // The engine does not start: nothing to stop.
                             let _ = ready.send(Err(error));
-                            return;
+                            return true;
                         }
                     };
                     if go_rx.recv() != Ok(true) {
-                        return;
+                        return true;
                     }
                     let ends: Vec<(u32, u64)> = partitions
                         .iter()
@@ -378,10 +382,11 @@ impl Engine {
                     match journal {
                         Ok(journal) => {
                             let _ = ready.send(Ok(()));
-                            Shard::new(id, poll, shared, partitions, journal).run();
+                            Shard::new(id, poll, shared, partitions, journal).run()
                         }
                         Err(error) => {
                             let _ = ready.send(Err(error));
+                            true
                         }
                     }
                 })
@@ -566,30 +571,40 @@ impl Engine {
 
     /// Stops accepting, lets every shard write and sync what it has, closes
     /// every connection and waits for the threads.
-    pub fn shutdown(mut self) {
-        self.stop();
+    pub fn shutdown(mut self) -> Result<(), EngineError> {
+        let unclean = self.stop();
+        if unclean == 0 {
+            return Ok(());
+        }
+        Err(EngineError::UncleanStop { shards: unclean })
     }
 
-    fn stop(&mut self) {
+    /// Stops the acceptor and every shard; returns how many shards could
+    /// not stop cleanly.
+    fn stop(&mut self) -> usize {
         if let Some((handle, waker)) = self.acceptor.take() {
             let _ = waker.wake();
             let _ = handle.join();
         }
         if self.shards.is_empty() {
-            return;
+            return 0;
         }
         for inbox in &self.shared.inboxes {
             inbox.send_blocking(ShardMsg::Shutdown);
         }
-        for handle in self.shards.drain(..) {
-            let _ = handle.join();
-        }
+        self.shards
+            .drain(..)
+            .map(|handle| handle.join().unwrap_or(false))
+            .filter(|clean| !clean)
+            .count()
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.stop();
+        // An engine dropped without `shutdown` has no one to tell: its
+        // shards log what failed.
+        let _ = self.stop();
     }
 }
 

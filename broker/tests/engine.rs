@@ -200,7 +200,7 @@ fn cursors_are_durable_per_consumer() {
         client.cursor_set("alice-phone", "general", 42).unwrap();
         client.cursor_set("alice-laptop", "general", 7).unwrap();
         assert_eq!(client.cursor_get("alice-phone", "general").unwrap(), 42);
-        engine.shutdown();
+        engine.shutdown().unwrap();
     }
     let engine = start(config(dir.path()));
     let mut client = user(&engine, "alice");
@@ -243,7 +243,7 @@ fn idempotent_publish_survives_restart() {
         // Another sender may use the same id.
         let mut bob = user(&engine, "bob");
         assert_eq!(publish_with_id(&mut bob, "g", "msg-1", "bob's").seq, 3);
-        engine.shutdown();
+        engine.shutdown().unwrap();
     }
     let engine = start(config(dir.path()));
     let mut client = user(&engine, "alice");
@@ -291,7 +291,7 @@ fn restart_keeps_history_and_continues_seqs() {
         for i in 1..=5 {
             client.publish("persist", format!("m{i}")).unwrap();
         }
-        engine.shutdown();
+        engine.shutdown().unwrap();
     }
     // A different shard count: channels move between shards, data does not.
     let engine = start(EngineConfig {

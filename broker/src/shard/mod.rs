@@ -225,8 +225,9 @@ impl Shard {
         }
     }
 
-    /// Runs the loop until shutdown.
-    pub(crate) fn run(mut self) {
+    /// Runs the loop until shutdown; returns whether the stop was clean
+    /// (every partition synced and the journal closed).
+    pub(crate) fn run(mut self) -> bool {
         let mut events = Events::with_capacity(1024);
         let mut last_retention = Instant::now();
         loop {
@@ -275,8 +276,7 @@ impl Shard {
             self.release_idle_memory();
             self.close_lingering();
             if self.shutting_down {
-                self.finish_shutdown();
-                return;
+                return self.finish_shutdown();
             }
         }
     }
@@ -502,7 +502,9 @@ impl Shard {
         self.last_timestamp_ms
     }
 
-    fn finish_shutdown(&mut self) {
+    /// Syncs, closes the connections and the journal; whether all of it
+    /// went well.
+    fn finish_shutdown(&mut self) -> bool {
         self.poll_commit(true);
         self.end_turn();
         self.poll_commit(true);
@@ -528,16 +530,19 @@ impl Shard {
         }
         // Every partition is durable: the journal holds nothing needed, and
         // the next start checks everything as durable data.
-        if synced {
-            let ends: Vec<(u32, u64)> = self
-                .partitions
-                .iter()
-                .map(|(id, p)| (*id, p.log.end_position()))
-                .collect();
-            if let Err(error) = self.journal.close(&ends) {
-                log::error!("shard {}: closing the journal failed: {error}", self.id);
-            }
+        if !synced {
+            return false;
         }
+        let ends: Vec<(u32, u64)> = self
+            .partitions
+            .iter()
+            .map(|(id, p)| (*id, p.log.end_position()))
+            .collect();
+        if let Err(error) = self.journal.close(&ends) {
+            log::error!("shard {}: closing the journal failed: {error}", self.id);
+            return false;
+        }
+        true
     }
 }
 
