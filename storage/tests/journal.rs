@@ -564,3 +564,47 @@ fn short_syncs_run_on_the_callers_thread() {
     assert_eq!(partition.head_seq(b"a"), 4);
     check_channel(&partition, "a");
 }
+
+/// Small entries are gathered and written together when the turn ends; a
+/// large one is written at once, after the small ones gathered before it.
+/// Either way the journal holds them in order, and a crash that loses every
+/// unsynced segment page gets them all back.
+#[test]
+fn gathered_and_large_entries_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    let id = partition.id();
+    let big = vec![7u8; 100_000];
+    // One turn, three flushes: small, large, small (as three partitions'
+    // entries of one turn would be).
+    append(&mut partition, "a", 1);
+    append(&mut partition, "a", 1);
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    partition
+        .append(&new_record("big", &big, 1))
+        .expect("append");
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    append(&mut partition, "a", 1);
+    partition
+        .flush_with(&mut |bytes| journal.add(id, bytes))
+        .unwrap();
+    journal.write().unwrap();
+    journal.sync().unwrap();
+
+    partition.simulate_crash();
+    drop(journal);
+    crash_zero_last_segment_from(dir.path(), 0);
+    let (partition, _, replayed) =
+        open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(replayed, 4, "every journaled record is written again");
+    check_channel(&partition, "a");
+    assert_eq!(partition.head_seq(b"a"), 3);
+    let page = partition.read_from(b"big", 1, 10).unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].body, big);
+}
