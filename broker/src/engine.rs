@@ -570,7 +570,10 @@ impl Engine {
     }
 
     /// Stops accepting, lets every shard write and sync what it has, closes
-    /// every connection and waits for the threads.
+    /// every connection and waits for the threads. An error says that some
+    /// shard could not sync its partitions or close its journal (a full
+    /// disk, say): what was acknowledged is durable in the journals all the
+    /// same, and the next start replays them.
     pub fn shutdown(mut self) -> Result<(), EngineError> {
         let unclean = self.stop();
         if unclean == 0 {

@@ -1173,11 +1173,6 @@ impl Journal {
         self.placement = SyncPlacement::new(limit_us);
     }
 
-    /// The moving average of this journal's fdatasync times, in µs.
-    pub fn sync_average_us(&self) -> u64 {
-        self.placement.average_us()
-    }
-
     /// Starts making every written entry durable on the commit thread, and
     /// returns at once: `Ok(true)` when a sync was started, `Ok(false)` when
     /// nothing waits for one. Until [`Journal::finish_sync`] reports it done,

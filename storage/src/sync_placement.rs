@@ -16,10 +16,10 @@
 
 use std::time::Duration;
 
-/// Weight of the newest flush in the moving average: 1/8. A single slow
-/// flush (10 ms against a 250 µs limit) keeps the next few dozen on the
-/// commit thread; a run of short ones brings the average back down within
-/// a few dozen turns.
+/// Weight of the newest flush in the moving average: 1/8. After a single
+/// slow flush (10 ms against a 250 µs limit) the next 15 or so run on the
+/// commit thread while short ones bring the average back down; a device
+/// whose flushes stay slow keeps them there.
 const AVERAGE_WEIGHT_SHIFT: u32 = 3;
 
 /// Decides where the next acknowledgement-path fdatasync runs.
