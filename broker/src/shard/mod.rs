@@ -295,6 +295,7 @@ impl Shard {
             || !self.read_again.is_empty()
             || self.overflow.iter().any(|q| !q.is_empty())
             || !self.shared.inboxes[self.id].queue.is_empty()
+            || self.has_unwritten_appends()
     }
 
     fn drain_inbox(&mut self) {

@@ -408,6 +408,19 @@ impl Shard {
         self.acknowledge(batches, durable);
     }
 
+    /// Records were appended after this turn's write (by what its
+    /// acknowledgements and deliveries set off: an MQTT session's topic
+    /// index entry, a QoS 2 note, a cursor) and no commit is in flight to
+    /// wake the loop when it is done: the next turn must come at once, not
+    /// after the poll's idle timeout, since their senders wait for them.
+    pub(super) fn has_unwritten_appends(&self) -> bool {
+        !self.journal.sync_in_flight()
+            && self
+                .partitions
+                .iter()
+                .any(|(_, partition)| !partition.acks.is_empty() || !partition.fanout.is_empty())
+    }
+
     /// Takes this turn's acknowledgements and fan-out out of partitions
     /// `ids`, leaving their lists empty for the next turn's publishes.
     fn take_batches(&mut self, ids: Vec<u32>) -> Vec<TurnBatch> {
