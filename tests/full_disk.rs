@@ -333,12 +333,7 @@ fn publishes_wait_for_room_when_the_disk_is_nearly_full() {
     std::thread::sleep(Duration::from_millis(300));
 
     // MQTT 5 is told: PUBACK 0x97 (quota exceeded) with the reason.
-    let output = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
-        .args(["-V", "mqttv5", "-q", "1", "-t", "full-0", "-m", "refused"])
-        .output()
-        .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = common::mosquitto_pub_v5_stderr(server.mqtt, "full-0", "refused");
     assert!(
         text.contains("Quota exceeded") && text.contains("disk_free_min_bytes"),
         "mosquitto_pub -V 5 on a nearly full disk: {text}"

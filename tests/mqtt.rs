@@ -1995,21 +1995,7 @@ fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledge
     );
 
     // A real client is told why.
-    let output = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])
-        .args([
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "$SYS/mine",
-            "-m",
-            "refused",
-        ])
-        .output()
-        .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = common::mosquitto_pub_v5_stderr(server.mqtt, "$SYS/mine", "refused");
     assert!(
         text.contains("Topic Name invalid") && text.contains("belong to the server"),
         "mosquitto_pub says: {text}"

@@ -30,15 +30,22 @@ impl Drop for Release {
     }
 }
 
+/// One shard of two partitions in `dir`, otherwise the defaults.
+fn one_shard(dir: &std::path::Path) -> EngineConfig {
+    EngineConfig {
+        shards: 1,
+        partitions: 2,
+        data_dir: dir.to_path_buf(),
+        ..EngineConfig::default()
+    }
+}
+
 /// One shard of two partitions, under `fsync` (the default), every
 /// fdatasync on the commit thread (which the tests hold).
 fn start(dir: &std::path::Path) -> Engine {
     let config = EngineConfig {
-        shards: 1,
-        partitions: 2,
-        data_dir: dir.to_path_buf(),
         sync_on_loop_max_us: 0,
-        ..EngineConfig::default()
+        ..one_shard(dir)
     };
     Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap()
 }
@@ -150,12 +157,9 @@ fn the_interval_fdatasync_holds_up_nothing() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
-        shards: 1,
-        partitions: 2,
-        data_dir: dir.path().to_path_buf(),
         durability: Durability::Interval,
         interval_ms: 10,
-        ..EngineConfig::default()
+        ..one_shard(dir.path())
     };
     let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
     let mut subscriber = engine.connect(Principal::embedded("subscriber"));
@@ -259,11 +263,8 @@ fn short_flushes_run_on_the_loop_without_the_commit_thread() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = EngineConfig {
-        shards: 1,
-        partitions: 2,
-        data_dir: dir.path().to_path_buf(),
         sync_on_loop_max_us: u64::MAX,
-        ..EngineConfig::default()
+        ..one_shard(dir.path())
     };
     let engine = Engine::start(config.clone(), Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
     hold_commits(true);

@@ -459,3 +459,15 @@ pub fn wait_with_timeout(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Publishes `message` to `topic` once with Debian's `mosquitto_pub` over
+/// MQTT 5 at QoS 1, and returns what it printed on stderr (where it reports
+/// a refused publish's reason code and reason string).
+pub fn mosquitto_pub_v5_stderr(mqtt: SocketAddr, topic: &str, message: &str) -> String {
+    let output = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt.port().to_string()])
+        .args(["-V", "mqttv5", "-q", "1", "-t", topic, "-m", message])
+        .output()
+        .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
