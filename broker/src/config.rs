@@ -32,6 +32,13 @@ pub enum SlowConsumerPolicy {
     /// Drop the delivery for that subscriber and count it in the metrics.
     /// The subscriber sees a gap in seqs.
     Drop,
+    /// A subscription to one channel reads on from the log: its live
+    /// deliveries stop, and the channel is read from the first message it
+    /// missed, a page at a time as the connection's queue drains, until it
+    /// is caught up and live again. Nothing is lost or repeated; ephemeral
+    /// messages passing meanwhile do not reach it. What cannot be read again
+    /// (pattern subscriptions, replies) falls back to `Disconnect`.
+    CatchUp,
 }
 
 /// Retention of whole sealed segments for channels whose name starts with

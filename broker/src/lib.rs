@@ -41,5 +41,5 @@ pub use engine::{
 pub use mailbox::ConnRef;
 pub use metrics::Metrics;
 pub use routing::Routing;
-pub use session::{Close, Protocol, Session, SessionContext, SessionEvent};
+pub use session::{Close, Protocol, Session, SessionContext, SessionEvent, FETCH_ROOM_MIN};
 pub use tls::{ClientAuth, ClientCertUser, TlsAcceptor, TlsError, TlsFiles};

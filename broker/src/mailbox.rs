@@ -57,7 +57,12 @@ pub(crate) enum ReplyAs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FetchStart {
     Live,
-    From(u64),
+    /// From `seq`, at most `limit` messages a page (and at most the
+    /// engine's `page_messages_max`).
+    From {
+        seq: u64,
+        limit: u32,
+    },
     Last(u64),
 }
 

@@ -85,6 +85,10 @@ pub struct Metrics {
     pub denied: Counter,
     pub slow_consumer_disconnects: Counter,
     pub deliveries_dropped: Counter,
+    /// Subscriptions that fell behind and went on reading from the log
+    /// instead of taking live deliveries (see `Session::delivery_room` and
+    /// the `catch_up` slow-consumer policy).
+    pub catch_up_fallbacks: Counter,
     /// Connections closed because they did not identify themselves in
     /// time (`handshake_timeout_ms`).
     pub handshake_timeouts: Counter,
@@ -123,6 +127,7 @@ impl Metrics {
                 self.slow_consumer_disconnects.get(),
             ),
             ("deliveries_dropped", self.deliveries_dropped.get()),
+            ("catch_up_fallbacks", self.catch_up_fallbacks.get()),
             ("handshake_timeouts", self.handshake_timeouts.get()),
         ]
     }

@@ -34,6 +34,11 @@ pub trait Protocol: Send + Sync + 'static {
     }
 }
 
+/// The fewest messages a catch-up page is asked for (fewer when the
+/// engine's `page_messages_max` is smaller): a connection whose
+/// [`Session::delivery_room`] is below this waits for more room first.
+pub const FETCH_ROOM_MIN: usize = 256;
+
 /// Something a thread outside the event loops hands to one session through a
 /// [`crate::Notifier`] (for example the result of an adapter's slow
 /// operation). The session downcasts it to the type it expects.
@@ -89,6 +94,19 @@ pub trait Session: Send {
     ) -> Result<Option<Bytes>, Close> {
         let _ = (channel, messages, context);
         Ok(None)
+    }
+    /// How many more messages this connection takes now before it would
+    /// rather read them later from the log (MQTT: the room left in its queue
+    /// of messages waiting for the client's in-flight window). A
+    /// subscription to one channel whose live delivery is larger than this
+    /// falls back to reading the channel from the log, from the first message
+    /// it did not get, a page of at most this many at a time while there is
+    /// room, and then goes live again: a client that acknowledges slower than
+    /// messages come is not closed for it. A session with nothing waiting
+    /// should report at least [`FETCH_ROOM_MIN`]. The default has no limit
+    /// (the connection's outbound bytes still do).
+    fn delivery_room(&self) -> usize {
+        usize::MAX
     }
     /// The connection is closing (whoever closed it). Requests submitted here
     /// are carried out, but their replies go nowhere: this is for last

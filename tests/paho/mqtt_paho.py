@@ -25,9 +25,11 @@ PORT = int(sys.argv[2])
 WAIT_S = 20
 
 
-def client(client_id, protocol, clean=True, will=None, manual_ack=False):
+def client(client_id, protocol, clean=True, will=None, manual_ack=False, inflight=None):
     """A connected client whose received messages land in `c.inbox` (with
-    `manual_ack`, QoS 1 and 2 messages are not answered until `c.ack`)."""
+    `manual_ack`, QoS 1 and 2 messages are not answered until `c.ack`;
+    `inflight`: how many of its own QoS 1 and 2 publishes may wait for
+    acknowledgement, Paho's default is 20)."""
     kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": client_id,
               "protocol": protocol, "manual_ack": manual_ack}
     if protocol != mqtt.MQTTv5:
@@ -40,6 +42,8 @@ def client(client_id, protocol, clean=True, will=None, manual_ack=False):
     c.on_connect = lambda _c, _u, flags, reason, _p: c.connected.put((flags, reason))
     if will:
         c.will_set(*will)
+    if inflight:
+        c.max_inflight_messages_set(inflight)
     if protocol == mqtt.MQTTv5:
         properties = Properties(PacketTypes.CONNECT)
         if not clean:
@@ -355,6 +359,33 @@ def shared_subscription_gives_each_message_to_one_member():
 # The persistent sessions of the SIGKILL check, by protocol (fixed ids: the
 # second phase resumes what the first left on a fresh server's data).
 KILL_SESSIONS = {mqtt.MQTTv311: "paho-kill-311", mqtt.MQTTv5: "paho-kill-5"}
+
+
+@check
+def a_subscriber_that_acknowledges_late_reads_on_from_the_log():
+    """More QoS 1 messages than the server holds for an unacknowledging
+    client (16,384) pass while it answers nothing; then it acknowledges:
+    it gets every message, once, in order, on the same connection."""
+    count = 20_000
+    for protocol in (mqtt.MQTTv311, mqtt.MQTTv5):
+        topic = unique("paho/late")
+        sub = client(unique("late"), protocol, manual_ack=True)
+        dropped = queue.Queue()
+        sub.on_disconnect = lambda _c, _u, _f, reason, _p: dropped.put(reason)
+        subscribe(sub, topic, 1)
+        pub = client(unique("pub"), protocol, inflight=1000)
+        sent = [pub.publish(topic, str(n), qos=1) for n in range(count)]
+        for info in sent:
+            info.wait_for_publish(timeout=WAIT_S)
+            assert info.is_published(), "every publish is acknowledged"
+        stop(pub)
+        for n in range(count):
+            message = sub.inbox.get(timeout=WAIT_S)
+            assert (message.payload.decode(), message.dup) == (str(n), False), (
+                n, message.payload, message.dup)
+            sub.ack(message.mid, message.qos)
+        assert dropped.empty(), f"disconnected: {dropped.get()}"
+        stop(sub)
 
 
 # Persistent sessions that receive a QoS 1 message and do not answer it

@@ -344,6 +344,13 @@ impl Session for HttpSession {
         }
     }
 
+    fn delivery_room(&self) -> usize {
+        match &self.mode {
+            Mode::Tunnel(tunnel) => tunnel.delivery_room(),
+            _ => usize::MAX,
+        }
+    }
+
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
         if let Mode::Tunnel(tunnel) = &mut self.mode {
             tunnel.on_closed(context);

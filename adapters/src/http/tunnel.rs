@@ -162,6 +162,10 @@ impl Tunnel {
         Ok(own.map(wrap))
     }
 
+    pub fn delivery_room(&self) -> usize {
+        self.inner.delivery_room()
+    }
+
     pub fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {
         let mut inner = BytesMut::new();
         self.inner.on_server_close(code, reason, &mut inner);

@@ -109,8 +109,16 @@ pub const RECEIVE_MAXIMUM: u16 = 1024;
 pub const OUTBOUND_INFLIGHT_MAX: u16 = 1024;
 /// Messages held while the in-flight window is full. A client that falls
 /// this far behind is disconnected (v5: 0x97 quota exceeded) rather than
-/// held in memory without bound.
+/// held in memory without bound. Only messages that cannot be read again
+/// from the log get this far (those of wildcard subscriptions, retained
+/// messages, hand-overs): see [`HELD_BEFORE_CATCH_UP`].
 pub const HELD_MESSAGES_MAX: usize = 16 * 1024;
+/// Messages held while the in-flight window is full beyond which a
+/// subscription to one topic stops taking live deliveries and reads on
+/// from the log, as the client acknowledges (the session's
+/// `delivery_room`): a client that acknowledges slower than messages come
+/// falls behind instead of being disconnected.
+pub const HELD_BEFORE_CATCH_UP: usize = HELD_MESSAGES_MAX / 2;
 
 /// The MQTT listener's protocol.
 pub struct MqttProtocol {
@@ -649,6 +657,11 @@ impl Session for MqttSession {
         }
         context.set_timer(deadline);
         Ok(())
+    }
+
+    fn delivery_room(&self) -> usize {
+        let held = self.state.as_ref().map_or(0, |state| state.qos.held.len());
+        HELD_BEFORE_CATCH_UP.saturating_sub(held)
     }
 
     fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {

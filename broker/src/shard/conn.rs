@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use starling_protocol::{kind, ErrorCode, HistoryQuery};
 
+use super::subscriber::Feed;
 use super::Shard;
 use crate::auth::{Action, Principal};
 use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
@@ -187,6 +188,11 @@ impl SocketConn {
         self.buffers
             .as_ref()
             .map_or(0, |buffers| buffers.output_bytes)
+    }
+
+    /// See [`Session::delivery_room`].
+    pub(crate) fn delivery_room(&self) -> usize {
+        self.session.delivery_room()
     }
 
     fn output_is_empty(&self) -> bool {
@@ -908,21 +914,24 @@ impl Shard {
     }
 
     /// Queues a delivery (already encoded for socket connections) and applies
-    /// the slow-consumer policy when the connection's queue is over its bound.
+    /// the slow-consumer policy when the connection's queue is over its bound
+    /// (what a [`Feed`] changes there). Returns false when the delivery was
+    /// refused (and the caller makes the subscription read on from the log).
     pub(super) fn queue_delivery(
         &mut self,
         slot: u32,
         encoded: Bytes,
         event: impl FnOnce() -> LocalEvent,
-    ) {
+        feed: Feed,
+    ) -> bool {
         let bound = self.shared.config.outbound_bytes_max;
         let policy = self.shared.config.slow_consumer;
         let Some(connection) = self.connections[slot as usize].as_mut() else {
-            return;
+            return true;
         };
         let over = match &mut connection.kind {
             ConnKind::Socket(socket) => {
-                if socket.output_bytes() + encoded.len() > bound {
+                if socket.output_bytes() + encoded.len() > bound && feed != Feed::Page {
                     true
                 } else {
                     lend_buffers(&mut socket.buffers, &mut self.spare_buffers).push_output(encoded);
@@ -938,12 +947,16 @@ impl Shard {
         if !over {
             self.shared.metrics.messages_out.add(1);
             self.mark_dirty(slot);
-            return;
+            return true;
         }
         match policy {
-            SlowConsumerPolicy::Disconnect => self.slow_consumer(slot),
+            SlowConsumerPolicy::CatchUp if feed != Feed::Pattern => return false,
+            SlowConsumerPolicy::Disconnect | SlowConsumerPolicy::CatchUp => {
+                self.slow_consumer(slot)
+            }
             SlowConsumerPolicy::Drop => self.shared.metrics.deliveries_dropped.add(1),
         }
+        true
     }
 
     fn slow_consumer(&mut self, slot: u32) {

@@ -10,6 +10,7 @@ use starling_storage::{
     NewRecord, Partition, ReadPage, Record, StorageError, SwitchSync, SyncTarget,
 };
 
+use super::subscriber::delivered_bytes_estimate;
 use super::Shard;
 use crate::command::{BrokerError, Reply, RESERVED_PREFIX};
 use crate::config::Durability;
@@ -727,20 +728,31 @@ impl Shard {
                     .read_from(name, from, page_max)
                     .map(|page| (page, false))
             }
-            FetchStart::From(seq) => partition
+            FetchStart::From { seq, limit } => partition
                 .log
-                .read_from(name, seq, page_max)
+                .read_from(name, seq, page_max.min(limit as usize).max(1))
                 .map(|p| (p, false)),
         };
+        // A page stays within half the connection's outbound bound: it is
+        // asked for when the connection's queue is under the other half.
+        let bytes_max = self.shared.config.outbound_bytes_max / 2;
         let (result, head_seq, complete) = match read {
             Ok((page, complete)) => {
-                let complete = complete
-                    || page
-                        .records
-                        .last()
-                        .is_none_or(|last| last.seq >= page.head_seq);
                 let head = page.head_seq;
-                let messages = page.records.into_iter().map(message_of).collect();
+                let mut messages: Vec<Message> = Vec::with_capacity(page.records.len());
+                let mut bytes = 0;
+                let mut cut = false;
+                for record in page.records {
+                    let message = message_of(record);
+                    bytes += delivered_bytes_estimate(&channel, &message);
+                    if bytes > bytes_max && !messages.is_empty() {
+                        cut = true;
+                        break;
+                    }
+                    messages.push(message);
+                }
+                let complete =
+                    (complete && !cut) || messages.last().is_none_or(|last| last.seq >= head);
                 (Ok(messages), head, complete)
             }
             Err(error) => (Err(storage_error(id, &error)), head_seq, true),

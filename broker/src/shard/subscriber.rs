@@ -16,6 +16,7 @@ use starling_protocol::{Message, SubscribeStart};
 use super::conn::ConnKind;
 use super::Shard;
 use crate::command::{BrokerError, Reply};
+use crate::config::SlowConsumerPolicy;
 use crate::engine::LocalEvent;
 use crate::mailbox::{ConnRef, FetchStart, ShardMsg, SubRef};
 
@@ -84,7 +85,10 @@ impl Shard {
         }
         let start = match start {
             SubscribeStart::Live => FetchStart::Live,
-            SubscribeStart::FromSeq(seq) => FetchStart::From(seq.max(1)),
+            SubscribeStart::FromSeq(seq) => FetchStart::From {
+                seq: seq.max(1),
+                limit: self.shared.config.page_messages_max,
+            },
             SubscribeStart::LastN(n) => FetchStart::Last(n),
         };
         let fetch = ShardMsg::Fetch {
@@ -270,9 +274,33 @@ impl Shard {
         if first_page {
             self.reply(conn, request_id, Reply::Subscribed { head_seq });
         }
-        if !fresh.is_empty() {
-            self.deliver_to(conn.slot, &channel, Arc::from(fresh), None);
+        let Some(first) = fresh.first().map(|m| m.seq) else {
+            return;
+        };
+        if !self.deliver_to(conn.slot, &channel, Arc::from(fresh), None, Feed::Page) {
+            // The connection's room went to other deliveries since the
+            // fetch: the same page is asked for again when there is room.
+            self.fall_behind(&channel, subscription, first);
         }
+    }
+
+    /// Subscription `subscription` to `channel` could not take its delivery
+    /// from `seq` on: it stops taking live deliveries and reads the channel
+    /// from the log from `seq`, a page at a time while its connection has
+    /// room (see `request_fetches`), until a page reaches the head and it is
+    /// live again. Live deliveries in between are covered by the pages, as
+    /// for a subscription from a seq.
+    fn fall_behind(&mut self, channel: &Arc<str>, subscription: SubRef, seq: u64) {
+        let Some(subscriber) = self.find_subscriber(channel, subscription) else {
+            return;
+        };
+        subscriber.live = false;
+        subscriber.next_seq = seq;
+        let wanted = (channel.clone(), subscription);
+        if !self.fetch_wanted.contains(&wanted) {
+            self.fetch_wanted.push(wanted);
+        }
+        self.shared.metrics.catch_up_fallbacks.add(1);
     }
 
     /// Sends fetches for subscriptions still catching up whose connection has
@@ -282,23 +310,34 @@ impl Shard {
             return;
         }
         let bound = self.shared.config.outbound_bytes_max / 2;
+        let page_max = self.shared.config.page_messages_max as usize;
         let wanted = std::mem::take(&mut self.fetch_wanted);
         for (channel, subscription) in wanted {
             let Some(connection) = self.connection(subscription.conn) else {
                 continue;
             };
-            let room = match &connection.kind {
-                ConnKind::Socket(socket) => socket.output_bytes() < bound,
-                ConnKind::Local { events } => events.len() < crate::engine::LOCAL_EVENTS_MAX / 2,
+            let limit = match &connection.kind {
+                ConnKind::Socket(socket) if socket.output_bytes() < bound => {
+                    socket.delivery_room().min(page_max)
+                }
+                ConnKind::Local { events }
+                    if events.len() < crate::engine::LOCAL_EVENTS_MAX / 2 =>
+                {
+                    page_max
+                }
+                _ => 0,
             };
-            if !room {
+            if limit == 0 || limit < page_max.min(crate::session::FETCH_ROOM_MIN) {
                 self.fetch_wanted.push((channel, subscription));
                 continue;
             }
             let Some(subscriber) = self.find_subscriber(&channel, subscription) else {
                 continue;
             };
-            let start = FetchStart::From(subscriber.next_seq);
+            let start = FetchStart::From {
+                seq: subscriber.next_seq,
+                limit: limit as u32,
+            };
             let owner = self.shared.routing.shard_of(&channel);
             self.send(
                 owner,
@@ -334,7 +373,13 @@ impl Shard {
         targets.dedup();
         let mut encoded: Vec<(usize, Bytes)> = Vec::new();
         for slot in targets {
-            self.deliver_to(slot, channel, messages.clone(), Some(&mut encoded));
+            self.deliver_to(
+                slot,
+                channel,
+                messages.clone(),
+                Some(&mut encoded),
+                Feed::Pattern,
+            );
         }
     }
 
@@ -351,12 +396,12 @@ impl Shard {
         };
         let first_stored = messages.iter().find(|m| m.seq > 0).map(|m| m.seq);
         let last_stored = messages.iter().rev().find(|m| m.seq > 0).map(|m| m.seq);
-        // (slot, messages for it when they differ from the shared delivery)
-        let mut targets: Vec<(u32, Option<Arc<[Message]>>)> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         for subscriber in subscribers.iter_mut() {
             if !subscriber.live {
                 continue;
             }
+            let subscription = subscriber.subscription;
             match first_stored {
                 Some(first) if first < subscriber.next_seq => {
                     let own: Vec<Message> = messages
@@ -364,11 +409,12 @@ impl Shard {
                         .filter(|m| m.seq == 0 || m.seq >= subscriber.next_seq)
                         .cloned()
                         .collect();
+                    let own_first = own.iter().find(|m| m.seq > 0).map(|m| m.seq);
                     if let Some(last) = last_stored {
                         subscriber.next_seq = subscriber.next_seq.max(last + 1);
                     }
                     if !own.is_empty() {
-                        targets.push((subscriber.subscription.conn.slot, Some(Arc::from(own))));
+                        targets.push((subscription, own_first, Some(Arc::from(own))));
                     }
                 }
                 _ => {
@@ -382,40 +428,58 @@ impl Shard {
                         }
                         subscriber.next_seq = last + 1;
                     }
-                    targets.push((subscriber.subscription.conn.slot, None));
+                    targets.push((subscription, first_stored, None));
                 }
             }
         }
         // One encoding per protocol for the shared delivery.
         let mut encoded: Vec<(usize, Bytes)> = Vec::new();
-        for (slot, own) in targets {
+        for (subscription, first, own) in targets {
+            let slot = subscription.conn.slot;
             delivered.push(slot);
-            match own {
-                Some(own) => self.deliver_to(slot, channel, own, None),
+            let taken = match own {
+                Some(own) => self.deliver_to(slot, channel, own, None, Feed::Channel),
                 None => {
                     let cache = &mut encoded;
-                    self.deliver_to(slot, channel, messages.clone(), Some(cache));
+                    self.deliver_to(slot, channel, messages.clone(), Some(cache), Feed::Channel)
+                }
+            };
+            if !taken {
+                match first {
+                    Some(first) => self.fall_behind(channel, subscription, first),
+                    // Only ephemeral messages: nothing to read again.
+                    None => self.shared.metrics.deliveries_dropped.add(1),
                 }
             }
         }
     }
 
     /// Queues `messages` for connection `slot`, encoding with its protocol
-    /// (through `cache` when the bytes can be shared).
+    /// (through `cache` when the bytes can be shared). Returns false when the
+    /// connection has no room for a delivery of a `feed` that may be refused
+    /// (see [`Feed`]): then nothing was queued, and the subscription reads
+    /// the messages from the log later.
     fn deliver_to(
         &mut self,
         slot: u32,
         channel: &Arc<str>,
         messages: Arc<[Message]>,
         cache: Option<&mut Vec<(usize, Bytes)>>,
-    ) {
+        feed: Feed,
+    ) -> bool {
         let Some(connection) = self.connections[slot as usize].as_ref() else {
-            return;
+            return true;
         };
-        let own = matches!(
-            &connection.kind,
-            ConnKind::Socket(socket) if socket.protocol.per_connection_delivery()
-        );
+        let own = match &connection.kind {
+            ConnKind::Socket(socket) if socket.protocol.per_connection_delivery() => {
+                if feed != Feed::Pattern && !self.session_has_room(socket, channel, &messages, feed)
+                {
+                    return false;
+                }
+                true
+            }
+            _ => false,
+        };
         if own {
             let mut encoded = None;
             let open = self.with_session(slot, |session, _, context| {
@@ -423,24 +487,27 @@ impl Shard {
                 Ok(())
             });
             if !open {
-                return;
+                return true;
             }
             if let Some(bytes) = encoded {
                 if bytes.is_empty() {
                     // Everything was held back by the session (a full
                     // in-flight window).
-                    return;
+                    return true;
                 }
                 let channel = channel.clone();
-                self.queue_delivery(slot, bytes, move || LocalEvent::Deliver {
-                    channel,
-                    messages,
-                });
-                return;
+                // The session counts these as sent: they cannot be refused
+                // any more (the room was checked before).
+                let event = move || LocalEvent::Deliver { channel, messages };
+                let feed = match feed {
+                    Feed::Page => Feed::Page,
+                    Feed::Pattern | Feed::Channel => Feed::Pattern,
+                };
+                return self.queue_delivery(slot, bytes, event, feed);
             }
         }
         let Some(connection) = self.connections[slot as usize].as_ref() else {
-            return;
+            return true;
         };
         let encoded = match &connection.kind {
             ConnKind::Socket(socket) => {
@@ -461,9 +528,73 @@ impl Shard {
             ConnKind::Local { .. } => Bytes::new(),
         };
         let channel = channel.clone();
-        self.queue_delivery(slot, encoded, move || LocalEvent::Deliver {
-            channel,
-            messages,
-        });
+        let event = move || LocalEvent::Deliver { channel, messages };
+        self.queue_delivery(slot, encoded, event, feed)
+    }
+
+    /// Whether a session that encodes its own deliveries takes `messages`
+    /// now: within its [`crate::Session::delivery_room`], and, for a live
+    /// delivery under the `catch_up` slow-consumer policy, within the
+    /// connection's outbound bound (estimated before encoding: once the
+    /// session has taken the messages they count as sent).
+    fn session_has_room(
+        &self,
+        socket: &super::conn::SocketConn,
+        channel: &str,
+        messages: &[Message],
+        feed: Feed,
+    ) -> bool {
+        // Messages not in the log (seq 0) cannot be read again: they are
+        // offered whatever the room.
+        let stored = messages.iter().filter(|m| m.seq > 0).count();
+        if stored > socket.delivery_room() {
+            return false;
+        }
+        if feed == Feed::Page || self.shared.config.slow_consumer != SlowConsumerPolicy::CatchUp {
+            return true;
+        }
+        let estimate: usize = messages
+            .iter()
+            .map(|m| delivered_bytes_estimate(channel, m))
+            .sum();
+        socket.output_bytes() + estimate <= self.shared.config.outbound_bytes_max
     }
 }
+
+/// A subscriber of one live delivery: the subscription, the first stored
+/// seq it gets (where it reads on from the log if it has no room), and its
+/// own messages when they differ from the shared delivery.
+type Target = (SubRef, Option<u64>, Option<Arc<[Message]>>);
+
+/// Where a delivery comes from, which decides what a connection without
+/// room for it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Feed {
+    /// Live, to a pattern subscription (or anything else that cannot be
+    /// read again): the slow-consumer policy applies.
+    Pattern,
+    /// Live, to a subscription to the channel: refused when the session
+    /// has no room ([`crate::Session::delivery_room`]) or, under the
+    /// `catch_up` policy, when the connection's queue is over its bound;
+    /// the subscription then reads on from the log.
+    Channel,
+    /// A catch-up page, asked for when the connection had room for it (and
+    /// kept by the owner within half the outbound bound): queued even when
+    /// it overshoots the bound; refused only by a session without room.
+    Page,
+}
+
+/// About the bytes `message` of `channel` takes once encoded for a client:
+/// its variable parts and [`DELIVERY_OVERHEAD_ESTIMATE`].
+pub(super) fn delivered_bytes_estimate(channel: &str, message: &Message) -> usize {
+    message.body.len()
+        + message.headers.len()
+        + message.sender.len()
+        + message.client_message_id.len()
+        + channel.len()
+        + DELIVERY_OVERHEAD_ESTIMATE
+}
+
+/// Bytes a protocol adds to each delivered message besides its variable
+/// parts (framing, seq, timestamps, packet ids), about.
+const DELIVERY_OVERHEAD_ESTIMATE: usize = 64;
