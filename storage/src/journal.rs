@@ -865,6 +865,11 @@ pub struct Journal {
     /// A sync started by [`Journal::start_background_sync`] has not been
     /// finished: `writes` when it started.
     background_sync: Option<u64>,
+    /// Entries are counted, not written (see [`Journal::set_count_only`]).
+    count_only: bool,
+    /// An entry was counted and not written: what it covers is durable once
+    /// its partition is synced, never through this journal.
+    counted: bool,
 }
 
 impl Journal {
@@ -941,6 +946,8 @@ impl Journal {
             gathered: Vec::new(),
             gathered_at: 0,
             background_sync: None,
+            count_only: false,
+            counted: false,
         };
         journal.activate(0, generation, partitions, true)?;
         let active_len = journal.files[0]
@@ -955,6 +962,26 @@ impl Journal {
             journal.prepare_other()?;
         }
         Ok(journal)
+    }
+
+    /// With `count_only`, [`Journal::add`] counts entries instead of
+    /// writing them: the write position moves on as if they had been
+    /// written, so the switches (whose partition syncs bound what is not yet
+    /// durable) and the write-back starts keep their pace, but the journal
+    /// makes nothing durable: [`Journal::unsynced`] stays true once an entry
+    /// was counted, whatever is synced. For the `none` policy, whose
+    /// acknowledgements never wait for the journal: a process crash loses
+    /// nothing without the entries (the partitions' writes are in the page
+    /// cache, and recovery keeps this run's valid batches beyond the
+    /// partitions' durable ends), and a power loss loses what the system
+    /// had not written, as that policy says; the entries would only
+    /// duplicate every partition write.
+    pub fn set_count_only(&mut self, count_only: bool) {
+        assert!(
+            self.gathered.is_empty() && !self.entries_written,
+            "end the turn's entries (Journal::write) before changing how they are kept"
+        );
+        self.count_only = count_only;
     }
 
     /// The run stamped on every batch written while this journal is open.
@@ -1034,6 +1061,13 @@ impl Journal {
         if self.failed.is_some() {
             return;
         }
+        if self.count_only {
+            self.position += (ENTRY_HEADER_BYTES + payload.len()) as u64;
+            self.entries_written = true;
+            self.counted = true;
+            self.writes += 1;
+            return;
+        }
         let header = entry_header(partition, self.generation, payload.len());
         if payload.len() <= GATHERED_ENTRY_BYTES_MAX {
             if self.gathered.is_empty() {
@@ -1076,7 +1110,8 @@ impl Journal {
         if !std::mem::take(&mut self.entries_written) {
             return Ok(());
         }
-        if !self.prepare_requested && self.position >= self.file_bytes / 2 {
+        // Counted entries need no zero-filled file to go to.
+        if !self.prepare_requested && !self.count_only && self.position >= self.file_bytes / 2 {
             self.prepare_other()?;
         }
         Ok(())
@@ -1123,9 +1158,10 @@ impl Journal {
         (self.active_path(), self.position)
     }
 
-    /// Whether written entries wait for [`Journal::sync`].
+    /// Whether written entries wait for [`Journal::sync`] (or, once one was
+    /// counted, [`Journal::set_count_only`]: always).
     pub fn unsynced(&self) -> bool {
-        self.unsynced
+        self.unsynced || self.counted
     }
 
     /// Makes every written entry durable (`fdatasync` of the active file;

@@ -608,3 +608,37 @@ fn gathered_and_large_entries_keep_their_order() {
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].body, big);
 }
+
+#[test]
+fn a_counting_journal_writes_no_entries_and_a_process_crash_keeps_the_partition_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    journal.set_count_only(true);
+    let (file, header_end) = journal.active_file();
+    for _ in 0..3 {
+        turn(
+            &mut partition,
+            &mut journal,
+            &[("a", 1), ("b", 1), ("a", 1)],
+        );
+    }
+    // The position moved on as if the entries had been written (it paces
+    // the switches), nothing was written, and a sync makes nothing
+    // durable through the journal.
+    assert!(journal.active_file().1 > header_end);
+    let length = std::fs::metadata(&file).unwrap().len();
+    assert!(length <= header_end, "no entry written: {length} bytes");
+    assert!(journal.unsynced());
+
+    // A process crash: the partition's writes are in the page cache, and
+    // recovery keeps them (valid batches of the run beyond the durable end).
+    partition.simulate_crash();
+    drop(journal);
+    let (partition, _, replayed) =
+        open_after_journal(dir.path(), PartitionConfig::default(), 2).unwrap();
+    assert_eq!(replayed, 0);
+    check_channel(&partition, "a");
+    assert_eq!(partition.head_seq(b"a"), 6);
+    assert_eq!(partition.head_seq(b"b"), 3);
+}

@@ -52,6 +52,9 @@ struct Shard {
     held: bool,
     /// A background sync (the `interval` policy's) is in flight.
     background_sync: bool,
+    /// The journal counts entries without writing them (the `none`
+    /// policy's journal, `Journal::set_count_only`).
+    count_only: bool,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +73,8 @@ struct Stats {
     background_syncs_synced: usize,
     /// Crashes that dropped a background switch's work undone.
     crashes_before_a_background_switch_ran: usize,
+    /// Crashes of runs whose journal only counts its entries.
+    count_only_crashes: usize,
     partition_pages_lost: u64,
     journal_pages_lost: u64,
     replayed_records: u64,
@@ -98,7 +103,7 @@ fn ends(partitions: &[Partition]) -> Vec<(u32, u64)> {
 /// Starts a run the way the engine does: read the journals, open every
 /// partition with its unsynced tail, replay the entries, sync, and start a
 /// new journal naming the partitions' ends.
-fn start(dir: &Path, stats: &mut Stats) -> (Vec<Partition>, Journal, u32) {
+fn start(dir: &Path, count_only: bool, stats: &mut Stats) -> (Vec<Partition>, Journal, u32) {
     let mut recovery = recover_journals(dir).unwrap();
     let run = recovery.run.wrapping_add(1).max(1);
     let mut partitions = Vec::new();
@@ -133,6 +138,7 @@ fn start(dir: &Path, stats: &mut Stats) -> (Vec<Partition>, Journal, u32) {
     // A commit thread, for the background syncs of `interval` turns.
     let mut journal = journal;
     journal.set_sync_notifier(0, Box::new(|| {})).unwrap();
+    journal.set_count_only(count_only);
     (partitions, journal, run)
 }
 
@@ -290,6 +296,7 @@ impl Shard {
             mut partitions,
             mut journal,
             mut model,
+            count_only,
             ..
         } = self;
         for partition in &mut partitions {
@@ -305,7 +312,7 @@ impl Shard {
                 record.state = State::Acked;
             }
         }
-        let (partitions, journal, run) = start(dir, stats);
+        let (partitions, journal, run) = start(dir, count_only, stats);
         stats.clean_stops += 1;
         Shard {
             partitions,
@@ -316,6 +323,7 @@ impl Shard {
             background_switch: None,
             held: false,
             background_sync: false,
+            count_only,
         }
     }
 
@@ -329,6 +337,7 @@ impl Shard {
             journal_synced,
             background_switch,
             run,
+            count_only,
             ..
         } = self;
         let (journal_file, _) = journal.active_file();
@@ -359,7 +368,7 @@ impl Shard {
             stats.journal_pages_lost += lose_pages_from(old_file, *old_synced, &mut lose).unwrap();
         }
         stats.partition_pages_lost += lose_unsynced_partition_pages(dir, &mut lose).unwrap();
-        let (partitions, journal, new_run) = start(dir, stats);
+        let (partitions, journal, new_run) = start(dir, count_only, stats);
         assert!(new_run > run);
         // Check every channel against the reference and adopt what came
         // back: a prefix holding every acknowledged record.
@@ -393,9 +402,11 @@ impl Shard {
             background_switch: None,
             held: false,
             background_sync: false,
+            count_only,
         };
         shard.check(seed);
         stats.crashes += 1;
+        stats.count_only_crashes += usize::from(count_only);
         shard
     }
 
@@ -435,11 +446,17 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
     let channels = PARTITIONS as usize + rng.below(9) as usize;
     // Half the runs switch the way the `none` policy does after turns
     // that do not sync.
-    let background_switches = rng.below(2) == 0;
+    let mut background_switches = rng.below(2) == 0;
     // Half the runs start a background sync after turns that do not sync
     // (the `interval` policy's way).
-    let background_syncs = rng.below(2) == 0;
-    let (partitions, journal, run) = start(dir.path(), stats);
+    let mut background_syncs = rng.below(2) == 0;
+    // Every fourth seed is the `none` policy's as the broker runs it: the
+    // journal counts its entries, and no turn syncs.
+    let count_only = seed.is_multiple_of(4);
+    if count_only {
+        (background_switches, background_syncs) = (true, false);
+    }
+    let (partitions, journal, run) = start(dir.path(), count_only, stats);
     let mut shard = Shard {
         partitions,
         journal,
@@ -449,11 +466,16 @@ fn run(seed: u64, operations: usize, stats: &mut Stats) {
         background_switch: None,
         held: false,
         background_sync: false,
+        count_only,
     };
     for step in 0..operations {
         let mut operation = rng.below(100);
         if background_switches && (60..=81).contains(&operation) && rng.below(4) != 0 {
             // The `none` policy's way: turns that sync are rare.
+            operation = 82;
+        }
+        if count_only && (60..=81).contains(&operation) {
+            // And with a counting journal there are none.
             operation = 82;
         }
         match operation {
@@ -518,4 +540,5 @@ fn acknowledged_records_survive_power_losses_that_lose_unsynced_pages() {
         stats.unacked_lost > 0 && stats.unacked_kept > 0,
         "{stats:?}"
     );
+    assert!(stats.count_only_crashes > 0, "{stats:?}");
 }

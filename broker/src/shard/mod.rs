@@ -181,6 +181,10 @@ impl Shard {
             if shared.config.durability == crate::Durability::Fsync {
                 journal.set_sync_on_loop_max_us(shared.config.sync_on_loop_max_us);
             }
+        } else {
+            // Nothing waits for the journal: its entries would only repeat
+            // the partitions' writes (see `Journal::set_count_only`).
+            journal.set_count_only(true);
         }
         Shard {
             id,
