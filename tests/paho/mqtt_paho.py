@@ -365,14 +365,17 @@ KILL_SESSIONS = {mqtt.MQTTv311: "paho-kill-311", mqtt.MQTTv5: "paho-kill-5"}
 def a_subscriber_that_acknowledges_late_reads_on_from_the_log():
     """More QoS 1 messages than the server holds for an unacknowledging
     client (16,384) pass while it answers nothing; then it acknowledges:
-    it gets every message, once, in order, on the same connection."""
+    it gets every message, once, in order, on the same connection (also
+    through a second, wildcard filter that matches the topic too)."""
     count = 20_000
     for protocol in (mqtt.MQTTv311, mqtt.MQTTv5):
-        topic = unique("paho/late")
+        base = unique("paho/late")
+        topic = f"{base}/t"
         sub = client(unique("late"), protocol, manual_ack=True)
         dropped = queue.Queue()
         sub.on_disconnect = lambda _c, _u, _f, reason, _p: dropped.put(reason)
         subscribe(sub, topic, 1)
+        subscribe(sub, f"{base}/#", 1)
         pub = client(unique("pub"), protocol, inflight=1000)
         sent = [pub.publish(topic, str(n), qos=1) for n in range(count)]
         for info in sent:

@@ -29,6 +29,11 @@ pub(crate) struct Subscriber {
     pub next_seq: u64,
     /// Catch-up is over; live deliveries go straight to the connection.
     pub live: bool,
+    /// It fell behind and catches up again (see `Shard::fall_behind`): its
+    /// pages will bring every stored message from `next_seq` on, so a
+    /// pattern subscription of the same connection does not get them live
+    /// meanwhile (the session gets them once, in order, from the pages).
+    pub behind: bool,
 }
 
 impl Shard {
@@ -73,6 +78,7 @@ impl Shard {
             answered: false,
             next_seq: 1,
             live: false,
+            behind: false,
         });
         let owner = self.shared.routing.shard_of(&channel);
         if first_here {
@@ -267,6 +273,7 @@ impl Shard {
         if complete {
             subscriber.next_seq = subscriber.next_seq.max(head_seq + 1);
             subscriber.live = true;
+            subscriber.behind = false;
         } else {
             subscriber.next_seq = fresh.last().map_or(next_seq, |m| m.seq + 1);
             self.fetch_wanted.push((channel.clone(), subscription));
@@ -295,6 +302,7 @@ impl Shard {
             return;
         };
         subscriber.live = false;
+        subscriber.behind = true;
         subscriber.next_seq = seq;
         let wanted = (channel.clone(), subscription);
         if !self.fetch_wanted.contains(&wanted) {
@@ -384,7 +392,7 @@ impl Shard {
     }
 
     /// Delivery to the subscribers of the channel itself; `delivered` gets
-    /// the connections served.
+    /// the connections served (or to be served by their catch-up).
     fn exact_deliver(
         &mut self,
         channel: &Arc<str>,
@@ -399,6 +407,9 @@ impl Shard {
         let mut targets: Vec<Target> = Vec::new();
         for subscriber in subscribers.iter_mut() {
             if !subscriber.live {
+                if subscriber.behind {
+                    delivered.push(subscriber.subscription.conn.slot);
+                }
                 continue;
             }
             let subscription = subscriber.subscription;
