@@ -482,6 +482,13 @@ impl Shard {
             return true;
         };
         let own = match &connection.kind {
+            // A session that asked to close (or whose client ended) has said
+            // its last word: nothing more is offered to it.
+            ConnKind::Socket(socket)
+                if socket.protocol.per_connection_delivery() && connection.closing =>
+            {
+                return true;
+            }
             ConnKind::Socket(socket) if socket.protocol.per_connection_delivery() => {
                 if feed != Feed::Pattern && !self.session_has_room(socket, channel, &messages, feed)
                 {
