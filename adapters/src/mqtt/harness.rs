@@ -392,6 +392,7 @@ mod tests {
         Connect, Properties, PublishResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
     };
 
+    use super::super::store;
     use super::*;
 
     fn connect(client_id: &str) -> Packet {
@@ -445,6 +446,46 @@ mod tests {
         }));
         client.answer(log, |_| false);
         assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+    }
+
+    /// A topic listed twice in the retained-topic index, on two of its
+    /// pages (retained again after the index's dedupe window), is read and
+    /// sent once to a new wildcard subscription.
+    #[test]
+    fn a_retained_topic_listed_on_two_index_pages_is_sent_once() {
+        let mut log = Log::default();
+        let mut retain = |topic: &str| {
+            let body = Bytes::from(format!("last of {topic}"));
+            log.append(&store::retained_channel(topic), kind::MESSAGE, 0, body);
+            let name = Bytes::copy_from_slice(topic.as_bytes());
+            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
+        };
+        retain("r/x");
+        for n in 0..store::RETAINED_INDEX_PAGE {
+            retain(&format!("r/{n}"));
+        }
+        retain("r/x");
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "wild", false);
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("r/#".into(), SubscriptionOptions::default())],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        let mut topics: Vec<String> = client
+            .packets()
+            .into_iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish.topic.to_string()),
+                _ => None,
+            })
+            .collect();
+        let sent = topics.len();
+        topics.sort();
+        topics.dedup();
+        assert_eq!(topics.len(), store::RETAINED_INDEX_PAGE as usize + 1);
+        assert_eq!(sent, topics.len(), "every retained topic once");
     }
 
     /// A persistent session's SUBACK waits until the record of its

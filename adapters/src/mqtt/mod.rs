@@ -280,6 +280,10 @@ enum Pending {
         filter: String,
         qos: QoS,
         subscription_id: Option<u32>,
+        /// The matching topics of earlier pages, sorted: a topic listed
+        /// again further on (retained anew after the index's dedupe window)
+        /// is not read twice.
+        read: Vec<String>,
     },
     /// The retained message of a topic, read for a new subscription.
     RetainedRead {

@@ -298,6 +298,7 @@ impl MqttSession {
                 filter,
                 qos,
                 subscription_id,
+                mut read,
             } => {
                 if let Reply::History {
                     head_seq, messages, ..
@@ -307,17 +308,20 @@ impl MqttSession {
                         .iter()
                         .filter_map(|m| std::str::from_utf8(&m.body).ok())
                         .filter(|topic| pattern::matches(&filter, topic))
+                        .filter(|topic| read.binary_search_by(|r| r.as_str().cmp(topic)).is_err())
                         .map(str::to_string)
                         .collect();
                     topics.sort();
                     topics.dedup();
-                    for topic in topics {
-                        read_retained(state, topic, qos, subscription_id, context);
+                    for topic in &topics {
+                        read_retained(state, topic.clone(), qos, subscription_id, context);
                     }
                     if let Some(last) = messages.last() {
                         if last.seq < *head_seq {
-                            let from = last.seq + 1;
-                            read_retained_index(state, filter, qos, subscription_id, from, context);
+                            read.extend(topics);
+                            read.sort();
+                            let next = (last.seq + 1, read);
+                            read_retained_index(state, filter, qos, subscription_id, next, context);
                         }
                     }
                 }

@@ -306,7 +306,14 @@ pub(super) fn answer_suback(
     for subscription in retained {
         let (qos, id) = (subscription.qos(), subscription.id);
         if pattern::is_pattern(&subscription.filter) {
-            read_retained_index(state, subscription.filter, qos, id, 1, context);
+            read_retained_index(
+                state,
+                subscription.filter,
+                qos,
+                id,
+                (1, Vec::new()),
+                context,
+            );
         } else {
             read_retained(state, subscription.filter, qos, id, context);
         }
@@ -384,18 +391,22 @@ pub(super) const RETAINED_INDEX_PAGE: u32 = 500;
 /// Records read per page of a session's records.
 pub(super) const SESSION_PAGE: u32 = 500;
 
+/// Reads the page of the retained-topic index from seq `from` for a new
+/// subscription to `filter`; `read` are the matching topics of the pages
+/// before (see [`Pending::RetainedIndex`]).
 pub(super) fn read_retained_index(
     state: &mut Connected,
     filter: String,
     qos: QoS,
     subscription_id: Option<u32>,
-    from: u64,
+    (from, read): (u64, Vec<String>),
     context: &mut SessionContext<'_>,
 ) {
     let pending = Pending::RetainedIndex {
         filter,
         qos,
         subscription_id,
+        read,
     };
     let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
     read_history(
