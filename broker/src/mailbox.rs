@@ -8,6 +8,7 @@
 //! embedded clients) retry with a short sleep instead.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,6 +200,11 @@ pub(crate) enum ShardMsg {
 pub(crate) struct Inbox {
     pub queue: ArrayQueue<ShardMsg>,
     pub waker: mio::Waker,
+    /// The shard is about to wait in (or waits in) its poll: another shard
+    /// that queued a message must wake it. While it runs, a message queued
+    /// is seen by its next look at the queue, and waking it would only make
+    /// its next poll return at once for nothing (see [`Inbox::wake_if_asleep`]).
+    asleep: AtomicBool,
 }
 
 impl Inbox {
@@ -206,6 +212,32 @@ impl Inbox {
         Inbox {
             queue: ArrayQueue::new(INBOX_CAPACITY),
             waker,
+            asleep: AtomicBool::new(false),
+        }
+    }
+
+    /// Called by the shard before a poll that may wait: from now on other
+    /// shards wake it. Returns false when a message came in meanwhile (then
+    /// the poll must not wait).
+    pub fn going_to_sleep(&self) -> bool {
+        self.asleep.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `wake_if_asleep`: either the sender sees
+        // `asleep`, or this sees its message.
+        fence(Ordering::SeqCst);
+        self.queue.is_empty()
+    }
+
+    /// Called by the shard when its poll returned.
+    pub fn awake(&self) {
+        self.asleep.store(false, Ordering::Relaxed);
+    }
+
+    /// Wakes the shard after messages were queued for it, unless it is
+    /// running (it then finds them before it next waits).
+    pub fn wake_if_asleep(&self) {
+        fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed) {
+            self.wake();
         }
     }
 

@@ -235,7 +235,7 @@ impl Shard {
         let mut events = Events::with_capacity(1024);
         let mut last_retention = Instant::now();
         loop {
-            let timeout = if self.has_immediate_work() {
+            let mut timeout = if self.has_immediate_work() {
                 Some(Duration::ZERO)
             } else {
                 let session_timer = self
@@ -244,7 +244,13 @@ impl Shard {
                     .min(self.next_handshake_deadline());
                 Some(self.next_timer().min(IDLE_POLL).min(session_timer))
             };
-            if let Err(error) = self.poll.poll(&mut events, timeout) {
+            let inbox = &self.shared.inboxes[self.id];
+            if timeout != Some(Duration::ZERO) && !inbox.going_to_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.shared.inboxes[self.id].awake();
+            if let Err(error) = polled {
                 if error.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("shard {}: poll failed: {error}", self.id);
                 }
@@ -446,7 +452,7 @@ impl Shard {
                 self.wake_pending[to] = true;
             }
             if std::mem::take(&mut self.wake_pending[to]) {
-                self.shared.inboxes[to].wake();
+                self.shared.inboxes[to].wake_if_asleep();
             }
         }
     }
