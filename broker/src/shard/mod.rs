@@ -276,10 +276,12 @@ impl Shard {
             }
             self.drain_inbox();
             self.end_turn();
-            self.request_fetches();
             self.fire_session_timers();
             self.close_unidentified();
             self.write_dirty();
+            // After the writes: a connection whose queue they drained gets
+            // its next catch-up page now, not at the next event.
+            self.request_fetches();
             self.send_overflow();
             self.report_depths();
             self.tick_timers(&mut last_retention);
