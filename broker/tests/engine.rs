@@ -591,3 +591,55 @@ fn idle_shards_run_the_memory_hook_on_their_own_threads() {
         assert_eq!(seqs(&page), vec![1, 2, 3, 4, 5]);
     }
 }
+
+#[test]
+fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_same_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        page_messages_max: 50,
+        durability: Durability::None,
+        ..config(dir.path())
+    });
+    let mut publisher = user(&engine, "alice");
+    let mut subscriber = user(&engine, "bob");
+    subscriber
+        .request(Command::SubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    let backlog = 3_000u64;
+    for n in 0..backlog {
+        publisher.publish("rooms/a", format!("m{n}")).unwrap();
+    }
+    assert_eq!(
+        receive(&mut subscriber, "rooms/a", backlog as usize).len(),
+        backlog as usize
+    );
+    // The channel itself from its first message, paged from the log (60
+    // pages; the reply comes with the first), while more is published: what
+    // the pattern would bring live meanwhile, the pages bring, so each
+    // message comes once, in order.
+    subscriber
+        .subscribe("rooms/a", SubscribeStart::FromSeq(1))
+        .unwrap();
+    let live = 500u64;
+    std::thread::scope(|scope| {
+        let publishing = scope.spawn(|| {
+            for n in 0..live {
+                publisher.publish("rooms/a", format!("live {n}")).unwrap();
+            }
+        });
+        let received = receive(&mut subscriber, "rooms/a", (backlog + live) as usize);
+        let got = seqs(&received);
+        if let Some(at) = (0..got.len()).find(|&i| got[i] != i as u64 + 1) {
+            panic!(
+                "message {} came as seq {}: {:?}",
+                at + 1,
+                got[at],
+                &got[at..got.len().min(at + 20)]
+            );
+        }
+        publishing.join().unwrap();
+    });
+    nothing_more(&mut subscriber);
+}

@@ -734,6 +734,9 @@ impl MqttSession {
             if !state.follow_wildcard_topic(&outgoing, context) {
                 continue;
             }
+            if state.fall_behind_on_topic(&outgoing, context) {
+                continue;
+            }
             if !state.send_or_hold(outgoing, &mut out) {
                 return Err(too_much_held(state.version, context));
             }

@@ -104,6 +104,49 @@ impl Connected {
         }
     }
 
+    /// A QoS 1 or 2 message in the log reached the session through its
+    /// wildcard filters while more than [`HELD_BEFORE_CATCH_UP`] messages
+    /// wait for the client's window. Rather than hold it too (and close the
+    /// connection at [`HELD_MESSAGES_MAX`]), the session subscribes to its
+    /// topic on its own from this message: a topic subscription that falls
+    /// behind reads on from the log as the client acknowledges (the broker
+    /// pages it, see `Session::delivery_room`), and the wildcard filters no
+    /// longer bring the topic's stored messages. Returns true when it did
+    /// (the message comes with that subscription).
+    pub(super) fn fall_behind_on_topic(
+        &mut self,
+        outgoing: &Outgoing,
+        context: &mut SessionContext<'_>,
+    ) -> bool {
+        let topic = &outgoing.topic;
+        let seq = outgoing.message.seq;
+        if seq == 0
+            || outgoing.qos == QoS::AtMostOnce
+            || outgoing.share.is_some()
+            || self.qos.held.len() < HELD_BEFORE_CATCH_UP
+            || self
+                .subscriptions
+                .iter()
+                .any(|s| s.topic_filter() == &**topic)
+        {
+            return false;
+        }
+        let extras = self.extras();
+        if extras.caught_up.contains(&**topic) || extras.caught_up.len() >= WILDCARD_TOPICS_MAX {
+            return false;
+        }
+        // What comes through the filters before the subscription is in
+        // place is covered by it (`follow_wildcard_topic`).
+        extras.catching_up.insert(topic.to_string(), Some(seq));
+        log::debug!(
+            "mqtt {}: {} messages wait for the client: {topic:?} reads on from the log at seq {seq}",
+            context.peer(),
+            self.qos.held.len()
+        );
+        self.catch_up(topic.to_string(), seq, context);
+        true
+    }
+
     /// Keeps the position of `topic` from `first_seq` on: a cursor just
     /// before it and a record that the session follows the topic. The
     /// cursor is written once the record is durable (`Pending::Following`):
@@ -318,6 +361,16 @@ impl Connected {
         }
     }
 
+    /// Whether `topic`, subscribed on its own to catch up, still serves a
+    /// subscription of the client (one not shared that matches it).
+    pub(super) fn catches_up_for_a_filter(&self, topic: &str) -> bool {
+        self.is_caught_up(topic)
+            && self
+                .subscriptions
+                .iter()
+                .any(|s| !s.is_shared() && s.matches(topic))
+    }
+
     /// The client unsubscribed a filter: topic subscriptions made to catch
     /// up for wildcard filters that no longer match anything go too.
     pub(super) fn drop_caught_up(&mut self, context: &mut SessionContext<'_>) {
@@ -334,8 +387,7 @@ impl Connected {
         let orphans: Vec<String> = extras
             .caught_up
             .iter()
-            .filter(|topic| self.wildcard_since(topic).is_none())
-            .filter(|topic| !self.subscriptions.iter().any(|s| s.filter == **topic))
+            .filter(|topic| !self.catches_up_for_a_filter(topic))
             .cloned()
             .collect();
         for topic in orphans {

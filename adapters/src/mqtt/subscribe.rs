@@ -35,7 +35,7 @@ impl Subscription {
         self.filter.starts_with(SHARE_PREFIX)
     }
 
-    fn matches(&self, topic: &str) -> bool {
+    pub(super) fn matches(&self, topic: &str) -> bool {
         let filter = self.topic_filter();
         filter == topic || pattern::matches(filter, topic)
     }
@@ -299,10 +299,13 @@ impl MqttSession {
                 context,
             );
             let topic_filter = shared_topic_filter(&filter).unwrap_or(&filter);
+            // Or a topic subscribed on its own to catch up for a wildcard
+            // filter that still matches it.
             let still_used = state
                 .subscriptions
                 .iter()
-                .any(|s| s.topic_filter() == topic_filter);
+                .any(|s| s.topic_filter() == topic_filter)
+                || state.catches_up_for_a_filter(topic_filter);
             if removed.is_some() && still_used {
                 // Another subscription of this session (shared or not)
                 // needs the broker subscription.

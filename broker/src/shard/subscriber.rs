@@ -29,11 +29,13 @@ pub(crate) struct Subscriber {
     pub next_seq: u64,
     /// Catch-up is over; live deliveries go straight to the connection.
     pub live: bool,
-    /// It fell behind and catches up again (see `Shard::fall_behind`): its
-    /// pages will bring every stored message from `next_seq` on, so a
-    /// pattern subscription of the same connection does not get them live
-    /// meanwhile (the session gets them once, in order, from the pages).
-    pub behind: bool,
+    /// While it catches up (from a seq, or after falling behind, see
+    /// `Shard::fall_behind`): its pages bring every stored message from this
+    /// seq on, so a pattern subscription of the same connection does not
+    /// get those live meanwhile (the session gets them once, in order, from
+    /// the pages). `u64::MAX` when it covers nothing (live, or catching up
+    /// from a start only the owner knows: last N, or live from the head).
+    pub covers_from: u64,
 }
 
 impl Shard {
@@ -78,7 +80,10 @@ impl Shard {
             answered: false,
             next_seq: 1,
             live: false,
-            behind: false,
+            covers_from: match start {
+                SubscribeStart::FromSeq(seq) => seq.max(1),
+                SubscribeStart::Live | SubscribeStart::LastN(_) => u64::MAX,
+            },
         });
         let owner = self.shared.routing.shard_of(&channel);
         if first_here {
@@ -273,7 +278,7 @@ impl Shard {
         if complete {
             subscriber.next_seq = subscriber.next_seq.max(head_seq + 1);
             subscriber.live = true;
-            subscriber.behind = false;
+            subscriber.covers_from = u64::MAX;
         } else {
             subscriber.next_seq = fresh.last().map_or(next_seq, |m| m.seq + 1);
             self.fetch_wanted.push((channel.clone(), subscription));
@@ -302,7 +307,7 @@ impl Shard {
             return;
         };
         subscriber.live = false;
-        subscriber.behind = true;
+        subscriber.covers_from = seq;
         subscriber.next_seq = seq;
         let wanted = (channel.clone(), subscription);
         if !self.fetch_wanted.contains(&wanted) {
@@ -363,7 +368,8 @@ impl Shard {
     /// these messages shares those bytes.
     pub(super) fn subscriber_deliver(&mut self, channel: &Arc<str>, messages: &Arc<[Message]>) {
         let mut delivered: Vec<u32> = Vec::new();
-        self.exact_deliver(channel, messages, &mut delivered);
+        let mut covered: Vec<(u32, u64)> = Vec::new();
+        self.exact_deliver(channel, messages, &mut delivered, &mut covered);
         if self.pattern_subscriptions.is_empty() {
             return;
         }
@@ -381,6 +387,23 @@ impl Shard {
         targets.dedup();
         let mut encoded: Vec<(usize, Bytes)> = Vec::new();
         for slot in targets {
+            let covered_from = covered.iter().find(|(s, _)| *s == slot).map(|c| c.1);
+            if let Some(from) = covered_from.filter(|from| messages.iter().any(|m| m.seq >= *from))
+            {
+                // The connection's own subscription to the channel reads
+                // these from the log (then goes live at the seam): through
+                // the pattern only the rest (not stored, or from before its
+                // start), else they would come twice, and out of order.
+                let rest: Vec<Message> = messages
+                    .iter()
+                    .filter(|m| m.seq == 0 || m.seq < from)
+                    .cloned()
+                    .collect();
+                if !rest.is_empty() {
+                    self.deliver_to(slot, channel, Arc::from(rest), None, Feed::Pattern);
+                }
+                continue;
+            }
             self.deliver_to(
                 slot,
                 channel,
@@ -392,12 +415,14 @@ impl Shard {
     }
 
     /// Delivery to the subscribers of the channel itself; `delivered` gets
-    /// the connections served (or to be served by their catch-up).
+    /// the connections served, `covered` those whose subscription is still
+    /// catching up (its pages bring the stored messages).
     fn exact_deliver(
         &mut self,
         channel: &Arc<str>,
         messages: &Arc<[Message]>,
         delivered: &mut Vec<u32>,
+        covered: &mut Vec<(u32, u64)>,
     ) {
         let Some(subscribers) = self.subscriptions.get_mut(channel) else {
             return;
@@ -407,8 +432,8 @@ impl Shard {
         let mut targets: Vec<Target> = Vec::new();
         for subscriber in subscribers.iter_mut() {
             if !subscriber.live {
-                if subscriber.behind {
-                    delivered.push(subscriber.subscription.conn.slot);
+                if subscriber.covers_from != u64::MAX {
+                    covered.push((subscriber.subscription.conn.slot, subscriber.covers_from));
                 }
                 continue;
             }
