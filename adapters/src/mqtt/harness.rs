@@ -290,12 +290,15 @@ impl Driver {
         self.unanswered = kept;
         for (request_id, _) in refused {
             let reply = Reply::Error(error.clone());
+            let mut close = false;
             self.call(|session, context| {
-                session
-                    .on_reply(request_id, &reply, context)
-                    .expect("the session takes the refusal");
+                close = session.on_reply(request_id, &reply, context).is_err();
                 None
             });
+            if close {
+                // As the shard does with a session that asks to close.
+                self.close();
+            }
         }
     }
 
@@ -390,6 +393,7 @@ pub(super) fn publish(log: &mut Log, topic: &str, body: Bytes, drivers: &mut [&m
 mod tests {
     use starling_protocol::mqtt::{
         Connect, Properties, PublishResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+        Unsubscribe,
     };
 
     use super::super::store;
@@ -705,5 +709,149 @@ mod tests {
         assert_eq!(cursor_writes(&client), [5]);
         client.close();
         assert_eq!(cursor_writes(&client), [5, 7]);
+    }
+
+    /// A client with one message in flight (Receive Maximum 1) and a QoS 1
+    /// wildcard filter: `HELD_BEFORE_CATCH_UP` messages of `w/a` wait,
+    /// and a message of `w/b` comes. Returns the log, the server, the
+    /// client and the packet in flight.
+    fn fallen_behind_on_a_second_topic() -> (Log, MqttProtocol, Driver, Vec<Packet>) {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect("behind") else {
+            unreachable!()
+        };
+        hello.clean_start = true;
+        hello.properties = Properties {
+            receive_maximum: Some(1),
+            ..Properties::default()
+        };
+        client.send(&Packet::Connect(hello));
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        subscribe(&mut client, &mut log, "w/+", QoS::AtLeastOnce);
+        for n in 0..=super::super::HELD_BEFORE_CATCH_UP {
+            publish(
+                &mut log,
+                "w/a",
+                Bytes::from(format!("a{n}")),
+                &mut [&mut client],
+            );
+        }
+        let in_flight = client.packets();
+        assert_eq!(in_flight.len(), 1, "one in flight, the rest waits");
+        publish(
+            &mut log,
+            "w/b",
+            Bytes::from_static(b"b0"),
+            &mut [&mut client],
+        );
+        // It does not wait with the others: `w/b` is read from the log.
+        let reads: Vec<_> = client
+            .unanswered
+            .iter()
+            .filter_map(|(_, command)| match command {
+                Command::Subscribe { channel, start } => Some((channel.clone(), *start)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reads, [("w/b".to_string(), SubscribeStart::FromSeq(1))]);
+        // Meanwhile the filter brings the next one: the subscription from
+        // seq 1 covers it.
+        publish(
+            &mut log,
+            "w/b",
+            Bytes::from_static(b"b1"),
+            &mut [&mut client],
+        );
+        (log, server, client, in_flight)
+    }
+
+    /// Acknowledges each message as it comes (from those of `pending`)
+    /// until none is left; returns (topic, payload) of each.
+    fn acknowledge_all(
+        client: &mut Driver,
+        log: &mut Log,
+        mut pending: Vec<Packet>,
+    ) -> Vec<(String, Bytes)> {
+        let mut received = Vec::new();
+        loop {
+            let packets = std::mem::take(&mut pending);
+            if packets.is_empty() {
+                return received;
+            }
+            for packet in packets {
+                let Packet::Publish(publish) = packet else {
+                    panic!("expected PUBLISH, got {packet:?}");
+                };
+                assert!(!publish.dup);
+                received.push((publish.topic.clone(), publish.payload.clone()));
+                let packet_id = publish.packet_id.expect("QoS 1");
+                client.send(&Packet::PubAck(PublishResponse::success(packet_id)));
+            }
+            client.answer(log, |_| false);
+            pending = client.packets();
+        }
+    }
+
+    #[test]
+    fn a_wildcard_subscriber_that_falls_behind_reads_the_topic_on_from_the_log() {
+        let (mut log, _server, mut client, in_flight) = fallen_behind_on_a_second_topic();
+        let received = acknowledge_all(&mut client, &mut log, in_flight);
+        assert!(!client.closed);
+        let of = |topic: &str| -> Vec<Bytes> {
+            received
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, payload)| payload.clone())
+                .collect()
+        };
+        let expected_a: Vec<Bytes> = (0..=super::super::HELD_BEFORE_CATCH_UP)
+            .map(|n| Bytes::from(format!("a{n}")))
+            .collect();
+        let got_a = of("w/a");
+        assert!(
+            got_a == expected_a,
+            "w/a: {} of {}",
+            got_a.len(),
+            expected_a.len()
+        );
+        assert_eq!(
+            of("w/b"),
+            [Bytes::from_static(b"b0"), Bytes::from_static(b"b1")]
+        );
+        // Its own subscription goes when no filter matches the topic.
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["w/+".into()],
+            properties: Properties::default(),
+        }));
+        let unsubscribed: Vec<_> = client
+            .unanswered
+            .iter()
+            .filter_map(|(_, command)| match command {
+                Command::Unsubscribe { channel } => Some(channel.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(unsubscribed, ["w/b"]);
+    }
+
+    #[test]
+    fn a_wildcard_subscriber_that_cannot_read_on_from_the_log_is_disconnected() {
+        let (_log, _server, mut client, _) = fallen_behind_on_a_second_topic();
+        let denied = BrokerError::Denied("no".into());
+        client.refuse(
+            |command| matches!(command, Command::Subscribe { .. }),
+            denied,
+        );
+        assert!(client.closed);
+        let packets = client.packets();
+        assert!(
+            matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::QuotaExceeded),
+            "{:?}",
+            packets.last()
+        );
     }
 }

@@ -329,6 +329,10 @@ enum Pending {
     /// The subscription of a topic of its own, made to catch up for a
     /// wildcard filter, is in place (`Extras::catching_up`).
     CaughtUp(String),
+    /// The same, made because the client fell behind on a topic it gets
+    /// through a wildcard filter (`fall_behind_on_topic`): its messages
+    /// from there on come only through it.
+    FellBehind(String),
     /// The last records of a restored subscription's cursor (the highest
     /// is its position: see `CURSOR_RECORDS_READ`).
     RestoreCursor {
@@ -1030,6 +1034,31 @@ fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> 
         context.out(),
     );
     close("MQTT: the client does not acknowledge its messages")
+}
+
+/// Closes the connection of a client that fell behind on `topic` (reached
+/// through a wildcard filter) when the topic's own subscription, which was
+/// to bring its messages from the log, was refused: the connection cannot
+/// get them any more (a persistent session resumes them from the log).
+fn cannot_read_on(
+    version: ProtocolVersion,
+    topic: &str,
+    error: &BrokerError,
+    context: &mut SessionContext<'_>,
+) -> Close {
+    log::warn!(
+        "MQTT client at {}: closing: it fell behind on {topic:?} and the subscription to read \
+         on from the log was refused ({error}); check that its roles allow subscribing to \
+         the topics its wildcard filters match",
+        context.peer()
+    );
+    disconnect_with(
+        version,
+        ReasonCode::QuotaExceeded,
+        "too many unacknowledged messages, and the rest cannot be read from the log",
+        context.out(),
+    );
+    close("MQTT: the client fell behind and cannot read on from the log")
 }
 
 /// The v5 reason code for a refused publish.

@@ -131,19 +131,24 @@ impl Connected {
         {
             return false;
         }
+        let held = self.qos.held.len();
         let extras = self.extras();
         if extras.caught_up.contains(&**topic) || extras.caught_up.len() >= WILDCARD_TOPICS_MAX {
             return false;
         }
+        extras.caught_up.insert(topic.to_string());
         // What comes through the filters before the subscription is in
         // place is covered by it (`follow_wildcard_topic`).
         extras.catching_up.insert(topic.to_string(), Some(seq));
         log::debug!(
-            "mqtt {}: {} messages wait for the client: {topic:?} reads on from the log at seq {seq}",
-            context.peer(),
-            self.qos.held.len()
+            "mqtt {}: {held} messages wait for the client: {topic:?} reads on from the log at \
+             seq {seq}",
+            context.peer()
         );
-        self.catch_up(topic.to_string(), seq, context);
+        let request_id = next_request(self, Pending::FellBehind(topic.to_string()));
+        let start = starling_protocol::SubscribeStart::FromSeq(seq);
+        let channel = topic.to_string();
+        context.submit(request_id, Command::Subscribe { channel, start });
         true
     }
 

@@ -272,6 +272,14 @@ impl MqttSession {
                 }
                 state.following(topic, context);
             }
+            Pending::FellBehind(topic) => {
+                if let Some(extras) = state.extras.as_mut() {
+                    extras.catching_up.remove(&topic);
+                }
+                if let Some(error) = error {
+                    return Err(cannot_read_on(state.version, &topic, error, context));
+                }
+            }
             Pending::CaughtUp(topic) => {
                 if let Some(error) = error {
                     log::warn!(
