@@ -276,6 +276,9 @@ impl Shard {
             }
             self.drain_inbox();
             self.end_turn();
+            // The other shards' acknowledgements and deliveries of this
+            // turn's commit go before this shard's own socket writes.
+            self.wake_others();
             self.fire_session_timers();
             self.close_unidentified();
             self.write_dirty();
@@ -442,6 +445,16 @@ impl Shard {
             self.overflow[to].push_back(message);
         }
         self.wake_pending[to] = true;
+    }
+
+    /// Wakes, once each, the shards that this turn sent messages to so
+    /// far, if they sleep.
+    fn wake_others(&mut self) {
+        for to in 0..self.wake_pending.len() {
+            if std::mem::take(&mut self.wake_pending[to]) {
+                self.shared.inboxes[to].wake_if_asleep();
+            }
+        }
     }
 
     fn send_overflow(&mut self) {
