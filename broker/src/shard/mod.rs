@@ -275,6 +275,12 @@ impl Shard {
                 self.read_connection(slot, true);
             }
             self.drain_inbox();
+            if self.commit_comes_first() {
+                // What other shards' commits sent (acknowledgements,
+                // deliveries: durable already) does not wait for this
+                // shard's fdatasync.
+                self.write_dirty();
+            }
             self.end_turn();
             // The other shards' acknowledgements and deliveries of this
             // turn's commit go before this shard's own socket writes.
@@ -445,6 +451,14 @@ impl Shard {
             self.overflow[to].push_back(message);
         }
         self.wake_pending[to] = true;
+    }
+
+    /// Whether this turn's end will fdatasync before the socket writes,
+    /// with something to write waiting.
+    fn commit_comes_first(&self) -> bool {
+        self.shared.config.durability == crate::Durability::Fsync
+            && !self.dirty.is_empty()
+            && self.has_unwritten_appends()
     }
 
     /// Wakes, once each, the shards that this turn sent messages to so
