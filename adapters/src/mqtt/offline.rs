@@ -145,6 +145,7 @@ impl Connected {
              seq {seq}",
             context.peer()
         );
+        context.metrics().catch_up_fallbacks.add(1);
         let request_id = next_request(self, Pending::FellBehind(topic.to_string()));
         let start = starling_protocol::SubscribeStart::FromSeq(seq);
         let channel = topic.to_string();
