@@ -92,6 +92,10 @@ pub struct EngineConfig {
     pub inflight_requests_max: usize,
     /// Largest page a history request or a catch-up step reads at once.
     pub page_messages_max: u32,
+    /// Events (deliveries, replies) waiting for one in-process client
+    /// ([`crate::LocalClient`]) to take them before the slow-consumer policy
+    /// acts: its counterpart of `outbound_bytes_max`.
+    pub local_events_max: usize,
     pub retention: Vec<RetentionConfig>,
     /// How often retention runs.
     pub retention_check_ms: u64,
@@ -145,6 +149,7 @@ impl Default for EngineConfig {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             inflight_requests_max: 4096,
             page_messages_max: 1000,
+            local_events_max: crate::engine::LOCAL_EVENTS_MAX,
             retention: Vec::new(),
             retention_check_ms: 60_000,
             publish_messages_per_s_per_connection: 0,

@@ -33,8 +33,9 @@ use crate::shard::{OwnedPartition, PartitionTable, Shard};
 use crate::tls::TlsAcceptor;
 
 /// Events queued to one in-process client before it counts as a slow
-/// consumer. An embedded client reads in its own thread; 64 Ki events give
-/// it tens of milliseconds of slack at full speed.
+/// consumer, unless `EngineConfig::local_events_max` says otherwise. An
+/// embedded client reads in its own thread; 64 Ki events give it tens of
+/// milliseconds of slack at full speed.
 pub const LOCAL_EVENTS_MAX: usize = 64 * 1024;
 /// Longest an in-process client waits for a reply.
 const LOCAL_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -205,7 +206,12 @@ impl Connector {
 
 /// Attaches an in-process client acting as `principal` to `shard`.
 fn attach_local(shared: &Arc<EngineShared>, shard: usize, principal: Principal) -> LocalClient {
-    let (events_tx, events) = crossbeam_channel::bounded(LOCAL_EVENTS_MAX);
+    // Beyond the deliveries it may leave waiting, room for the replies to
+    // every request it may have unanswered: a client behind on its
+    // deliveries still gets its replies.
+    let config = &shared.config;
+    let capacity = config.local_events_max.max(2) + config.inflight_requests_max;
+    let (events_tx, events) = crossbeam_channel::bounded(capacity);
     let (attached_tx, attached) = crossbeam_channel::bounded(1);
     shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
         principal,

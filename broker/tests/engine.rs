@@ -643,3 +643,113 @@ fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_sam
     });
     nothing_more(&mut subscriber);
 }
+
+/// An engine under `catch_up` whose in-process clients may leave 16
+/// deliveries waiting, a publisher, and a client subscribed to `rooms/+`.
+fn slow_pattern_subscriber(dir: &std::path::Path) -> (Engine, LocalClient, LocalClient) {
+    let engine = start(EngineConfig {
+        slow_consumer: starling_broker::SlowConsumerPolicy::CatchUp,
+        local_events_max: 16,
+        page_messages_max: 20,
+        durability: Durability::None,
+        ..config(dir)
+    });
+    let publisher = user(&engine, "alice");
+    let mut subscriber = user(&engine, "bob");
+    subscriber
+        .request(Command::SubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    (engine, publisher, subscriber)
+}
+
+/// Under `catch_up`, an in-process client subscribed to a pattern that
+/// stops reading is not closed: each channel it falls behind on is read
+/// from the log once it reads again, every message once, in order; then
+/// the pattern delivers live again.
+#[test]
+fn under_catch_up_a_slow_pattern_subscriber_reads_on_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut publisher, mut subscriber) = slow_pattern_subscriber(dir.path());
+    // One event per message (each publish is acknowledged before the
+    // next), far more than the 16 the client may leave waiting.
+    let channels = ["rooms/a", "rooms/b", "rooms/c"];
+    let each = 200u64;
+    for n in 0..each * 3 {
+        let channel = channels[n as usize % 3];
+        publisher.publish(channel, format!("m{n}")).unwrap();
+    }
+    assert!(engine.metrics().catch_up_fallbacks.get() > 0, "fell behind");
+    // Behind, it still gets its replies; the subscriptions the broker made
+    // for its pattern are not its own.
+    subscriber.publish("elsewhere", "still here").unwrap();
+    assert!(matches!(
+        subscriber.unsubscribe("rooms/a"),
+        Err(BrokerError::NotSubscribed(_))
+    ));
+    let mut next = [1u64; 3];
+    while next.iter().any(|&n| n <= each) {
+        let (channel, messages) = subscriber
+            .next_delivery(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("every message comes; next seqs {next:?}"));
+        let index = channels.iter().position(|c| **c == *channel).unwrap();
+        for message in messages.iter() {
+            assert_eq!(message.seq, next[index], "{channel}: in order, once");
+            next[index] += 1;
+        }
+    }
+    assert_eq!(engine.metrics().slow_consumer_disconnects.get(), 0);
+    assert!(subscriber.closed_reason().is_none());
+    // Live again through the pattern: the next message comes once.
+    let seq = publisher.publish("rooms/b", "live").unwrap().seq;
+    assert_eq!(seq, each + 1);
+    let received = receive(&mut subscriber, "rooms/b", 1);
+    assert_eq!(seqs(&received), [seq]);
+    nothing_more(&mut subscriber);
+    // Without the pattern, nothing of those channels comes any more.
+    subscriber
+        .request(Command::UnsubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    publisher.publish("rooms/a", "after").unwrap();
+    nothing_more(&mut subscriber);
+}
+
+/// A client that subscribes to a channel that it gets through a pattern it
+/// fell behind on gets what it asked for: the channel from the seq it gave,
+/// once, in order.
+#[test]
+fn subscribing_to_a_channel_a_slow_pattern_reads_on_replaces_that_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut publisher, mut subscriber) = slow_pattern_subscriber(dir.path());
+    let count = 100u64;
+    for n in 0..count {
+        publisher.publish("rooms/a", format!("m{n}")).unwrap();
+    }
+    assert!(engine.metrics().catch_up_fallbacks.get() > 0, "fell behind");
+    subscriber
+        .subscribe("rooms/a", SubscribeStart::FromSeq(1))
+        .unwrap();
+    // What the pattern delivered before it fell behind, then the channel
+    // from seq 1 to its head, each once.
+    let mut got = Vec::new();
+    while got.last() != Some(&count) || !got.contains(&1) || got.len() <= count as usize {
+        let (channel, messages) = subscriber
+            .next_delivery(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("more to come after {} messages", got.len()));
+        assert_eq!(&*channel, "rooms/a");
+        got.extend(messages.iter().map(|m| m.seq));
+    }
+    let restart = (1..got.len())
+        .find(|&i| got[i] <= got[i - 1])
+        .expect("seq 1 again");
+    assert_eq!(got[..restart], (1..=restart as u64).collect::<Vec<_>>()[..]);
+    assert_eq!(got[restart..], (1..=count).collect::<Vec<_>>()[..]);
+    nothing_more(&mut subscriber);
+    // Its own subscription stays (live now): the next message comes once.
+    let seq = publisher.publish("rooms/a", "live").unwrap().seq;
+    assert_eq!(seqs(&receive(&mut subscriber, "rooms/a", 1)), [seq]);
+    subscriber.unsubscribe("rooms/a").unwrap();
+}

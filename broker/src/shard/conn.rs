@@ -925,6 +925,7 @@ impl Shard {
         feed: Feed,
     ) -> bool {
         let bound = self.shared.config.outbound_bytes_max;
+        let local_bound = self.shared.config.local_events_max;
         let policy = self.shared.config.slow_consumer;
         let Some(connection) = self.connections[slot as usize].as_mut() else {
             return true;
@@ -938,6 +939,8 @@ impl Shard {
                     false
                 }
             }
+            // The channel holds more: the rest is the replies' room.
+            ConnKind::Local { events } if events.len() >= local_bound && feed != Feed::Page => true,
             ConnKind::Local { events } => match events.try_send(event()) {
                 Ok(()) => false,
                 Err(TrySendError::Full(_)) => true,

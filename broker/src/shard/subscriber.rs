@@ -36,6 +36,11 @@ pub(crate) struct Subscriber {
     /// the pages). `u64::MAX` when it covers nothing (live, or catching up
     /// from a start only the owner knows: last N, or live from the head).
     pub covers_from: u64,
+    /// Made by the broker, not asked for: a pattern subscription of the
+    /// connection fell behind on this channel under the `catch_up` policy
+    /// (`Shard::pattern_falls_behind`). It reads the channel from the log
+    /// and goes once live, when the pattern brings the channel again.
+    pub implicit: bool,
 }
 
 impl Shard {
@@ -58,6 +63,11 @@ impl Shard {
             conn,
             id: self.next_subscription_id,
         };
+        if self.is_implicit(&channel, slot) {
+            // The client asks for the channel itself: its request decides
+            // where the subscription starts.
+            self.drop_subscription(&channel, slot);
+        }
         let connection = self.connections[slot as usize]
             .as_mut()
             .expect("subscribe comes from a live connection");
@@ -72,28 +82,22 @@ impl Shard {
             connection.subscriptions.reserve_exact(1);
         }
         connection.subscriptions.push(channel.clone());
-        let subscribers = self.subscriptions.entry(channel.clone()).or_default();
-        let first_here = subscribers.is_empty();
-        subscribers.push(Subscriber {
-            subscription,
-            request_id,
-            answered: false,
-            next_seq: 1,
-            live: false,
-            covers_from: match start {
-                SubscribeStart::FromSeq(seq) => seq.max(1),
-                SubscribeStart::Live | SubscribeStart::LastN(_) => u64::MAX,
+        self.add_subscriber(
+            &channel,
+            Subscriber {
+                subscription,
+                request_id,
+                answered: false,
+                next_seq: 1,
+                live: false,
+                covers_from: match start {
+                    SubscribeStart::FromSeq(seq) => seq.max(1),
+                    SubscribeStart::Live | SubscribeStart::LastN(_) => u64::MAX,
+                },
+                implicit: false,
             },
-        });
+        );
         let owner = self.shared.routing.shard_of(&channel);
-        if first_here {
-            let interest = ShardMsg::Interest {
-                channel: channel.clone(),
-                shard: self.id,
-                on: true,
-            };
-            self.send(owner, interest);
-        }
         let start = match start {
             SubscribeStart::Live => FetchStart::Live,
             SubscribeStart::FromSeq(seq) => FetchStart::From {
@@ -112,6 +116,11 @@ impl Shard {
 
     pub(super) fn unsubscribe(&mut self, slot: u32, request_id: u32, channel: &str) {
         let conn = self.conn_ref(slot);
+        if self.is_implicit(channel, slot) {
+            let error = BrokerError::NotSubscribed(channel.to_string());
+            self.reply(conn, request_id, Reply::Error(error));
+            return;
+        }
         let connection = self.connections[slot as usize]
             .as_mut()
             .expect("unsubscribe comes from a live connection");
@@ -148,6 +157,106 @@ impl Shard {
         }
         self.fetch_wanted
             .retain(|(c, sub)| !(sub.conn.slot == slot && c == channel));
+    }
+
+    /// Adds `subscriber` of `channel`, and tells the owner when it is this
+    /// shard's first subscriber of the channel.
+    fn add_subscriber(&mut self, channel: &Arc<str>, subscriber: Subscriber) {
+        let subscribers = self.subscriptions.entry(channel.clone()).or_default();
+        let first_here = subscribers.is_empty();
+        subscribers.push(subscriber);
+        if first_here {
+            let owner = self.shared.routing.shard_of(channel);
+            let interest = ShardMsg::Interest {
+                channel: channel.clone(),
+                shard: self.id,
+                on: true,
+            };
+            self.send(owner, interest);
+        }
+    }
+
+    /// Whether connection `slot`'s subscription to `channel` is one the
+    /// broker made for a pattern that fell behind.
+    fn is_implicit(&self, channel: &str, slot: u32) -> bool {
+        self.subscriptions.get(channel).is_some_and(|subscribers| {
+            subscribers
+                .iter()
+                .any(|s| s.subscription.conn.slot == slot && s.implicit)
+        })
+    }
+
+    /// Forgets connection `slot`'s subscription to `channel`, in the
+    /// connection's list too.
+    fn drop_subscription(&mut self, channel: &Arc<str>, slot: u32) {
+        if let Some(connection) = self.connections[slot as usize].as_mut() {
+            connection.subscriptions.retain(|c| c != channel);
+        }
+        self.remove_subscriber(channel, slot);
+    }
+
+    /// A pattern subscription of connection `slot` could not take its
+    /// delivery of `channel` from `seq` on (under the `catch_up` policy):
+    /// rather than close the connection, the broker subscribes it to the
+    /// channel itself from `seq`, which reads the log a page at a time as
+    /// the connection drains (as `fall_behind`), while the pattern no longer
+    /// brings the channel's stored messages (`covers_from`). Once a page
+    /// reaches the head, that subscription goes and the pattern delivers
+    /// the channel again, from the next message on.
+    /// Returns false when it cannot: the connection subscribed to the
+    /// channel itself and that subscription does not bring these messages
+    /// (it started from its last N, or from the head, after them).
+    fn pattern_falls_behind(&mut self, slot: u32, channel: &Arc<str>, seq: u64) -> bool {
+        let conn = self.conn_ref(slot);
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return true;
+        };
+        if connection.subscriptions.iter().any(|c| c == channel) {
+            return false;
+        }
+        connection.subscriptions.push(channel.clone());
+        self.next_subscription_id += 1;
+        let subscription = SubRef {
+            conn,
+            id: self.next_subscription_id,
+        };
+        self.add_subscriber(
+            channel,
+            Subscriber {
+                subscription,
+                request_id: 0,
+                answered: true,
+                next_seq: seq,
+                live: false,
+                covers_from: seq,
+                implicit: true,
+            },
+        );
+        self.fetch_wanted.push((channel.clone(), subscription));
+        self.shared.metrics.catch_up_fallbacks.add(1);
+        true
+    }
+
+    /// The subscriptions the broker made for connection `slot`'s patterns
+    /// that no pattern of it matches any more go.
+    fn drop_orphaned_implicit(&mut self, slot: u32) {
+        let Some(connection) = self.connections[slot as usize].as_ref() else {
+            return;
+        };
+        let patterns = connection
+            .patterns
+            .as_ref()
+            .map_or(&[][..], |p| p.as_slice());
+        let orphans: Vec<Arc<str>> = connection
+            .subscriptions
+            .iter()
+            .filter(|channel| !patterns.iter().any(|p| crate::pattern::matches(p, channel)))
+            .filter(|channel| self.is_implicit(channel, slot))
+            .cloned()
+            .collect();
+        for channel in orphans {
+            self.drop_subscription(&channel, slot);
+        }
     }
 
     /// Subscribes connection `slot` to the channels matching `pattern`. The
@@ -211,6 +320,7 @@ impl Shard {
             connection.patterns = None;
         }
         self.remove_pattern_subscriber(&pattern, slot);
+        self.drop_orphaned_implicit(slot);
         self.reply(conn, request_id, Reply::Unsubscribed);
     }
 
@@ -275,6 +385,7 @@ impl Shard {
         let next_seq = subscriber.next_seq;
         let fresh: Vec<Message> = messages.into_iter().filter(|m| m.seq >= next_seq).collect();
         let complete = complete || fresh.is_empty();
+        let implicit = subscriber.implicit;
         if complete {
             subscriber.next_seq = subscriber.next_seq.max(head_seq + 1);
             subscriber.live = true;
@@ -286,13 +397,19 @@ impl Shard {
         if first_page {
             self.reply(conn, request_id, Reply::Subscribed { head_seq });
         }
-        let Some(first) = fresh.first().map(|m| m.seq) else {
-            return;
-        };
-        if !self.deliver_to(conn.slot, &channel, Arc::from(fresh), None, Feed::Page) {
-            // The connection's room went to other deliveries since the
-            // fetch: the same page is asked for again when there is room.
-            self.fall_behind(&channel, subscription, first);
+        if let Some(first) = fresh.first().map(|m| m.seq) {
+            if !self.deliver_to(conn.slot, &channel, Arc::from(fresh), None, Feed::Page) {
+                // The connection's room went to other deliveries since the
+                // fetch: the same page is asked for again when there is
+                // room.
+                self.fall_behind(&channel, subscription, first);
+                return;
+            }
+        }
+        if complete && implicit {
+            // Caught up: the pattern brings the channel again, from past
+            // this page's head (everything up to it came before the page).
+            self.drop_subscription(&channel, conn.slot);
         }
     }
 
@@ -334,7 +451,7 @@ impl Shard {
                     socket.delivery_room().min(page_max)
                 }
                 ConnKind::Local { events }
-                    if events.len() < crate::engine::LOCAL_EVENTS_MAX / 2 =>
+                    if events.len() < self.shared.config.local_events_max / 2 =>
                 {
                     page_max
                 }
@@ -387,6 +504,7 @@ impl Shard {
         targets.dedup();
         let mut encoded: Vec<(usize, Bytes)> = Vec::new();
         for slot in targets {
+            let feed = self.pattern_feed(slot);
             let covered_from = covered.iter().find(|(s, _)| *s == slot).map(|c| c.1);
             if let Some(from) = covered_from.filter(|from| messages.iter().any(|m| m.seq >= *from))
             {
@@ -399,18 +517,40 @@ impl Shard {
                     .filter(|m| m.seq == 0 || m.seq < from)
                     .cloned()
                     .collect();
-                if !rest.is_empty() {
-                    self.deliver_to(slot, channel, Arc::from(rest), None, Feed::Pattern);
+                if !rest.is_empty() && !self.deliver_to(slot, channel, Arc::from(rest), None, feed)
+                {
+                    // Nothing it could read again.
+                    self.shared.metrics.deliveries_dropped.add(1);
                 }
                 continue;
             }
-            self.deliver_to(
-                slot,
-                channel,
-                messages.clone(),
-                Some(&mut encoded),
-                Feed::Pattern,
-            );
+            let cache = Some(&mut encoded);
+            if !self.deliver_to(slot, channel, messages.clone(), cache, feed) {
+                let first = messages.iter().find(|m| m.seq > 0).map(|m| m.seq);
+                let reads_on =
+                    first.is_some_and(|seq| self.pattern_falls_behind(slot, channel, seq));
+                if !reads_on {
+                    self.shared.metrics.deliveries_dropped.add(1);
+                }
+            }
+        }
+    }
+
+    /// How a live delivery through a pattern goes to connection `slot`.
+    /// Under the `catch_up` policy, like one to a subscription to the
+    /// channel: refused when the connection has no room, and then read from
+    /// the log (`pattern_falls_behind`). Not for sessions that encode their
+    /// own deliveries (MQTT): their room is their own, and they fall behind
+    /// per topic themselves.
+    fn pattern_feed(&self, slot: u32) -> Feed {
+        if self.shared.config.slow_consumer != SlowConsumerPolicy::CatchUp {
+            return Feed::Pattern;
+        }
+        match self.connections[slot as usize].as_ref().map(|c| &c.kind) {
+            Some(ConnKind::Socket(socket)) if socket.protocol.per_connection_delivery() => {
+                Feed::Pattern
+            }
+            _ => Feed::Channel,
         }
     }
 
@@ -616,10 +756,12 @@ pub(super) enum Feed {
     /// Live, to a pattern subscription (or anything else that cannot be
     /// read again): the slow-consumer policy applies.
     Pattern,
-    /// Live, to a subscription to the channel: refused when the session
-    /// has no room ([`crate::Session::delivery_room`]) or, under the
-    /// `catch_up` policy, when the connection's queue is over its bound;
-    /// the subscription then reads on from the log.
+    /// Live, to a subscription to the channel (or, under the `catch_up`
+    /// policy, through a pattern of a connection the shard encodes for:
+    /// `Shard::pattern_feed`): refused when the session has no room
+    /// ([`crate::Session::delivery_room`]) or, under `catch_up`, when the
+    /// connection's queue is over its bound; the subscription (or the
+    /// pattern, for that channel) then reads on from the log.
     Channel,
     /// A catch-up page, asked for when the connection had room for it (and
     /// kept by the owner within half the outbound bound): queued even when
