@@ -433,6 +433,33 @@ def a_wildcard_subscriber_that_acknowledges_late_reads_on_from_the_log():
         stop(sub)
 
 
+@check
+def a_wildcard_subscription_gets_more_retained_messages_than_are_held_at_once():
+    """17,500 retained topics match a new QoS 1 wildcard subscription: more
+    than the server holds for one client at once (16,384). It gets every
+    retained message, once, with RETAIN set, on the same connection."""
+    count = 17_500
+    base = unique("paho/many-retained")
+    pub = client(unique("pub"), mqtt.MQTTv5, inflight=1000)
+    sent = [pub.publish(f"{base}/{n}", str(n), qos=1, retain=True) for n in range(count)]
+    for info in sent:
+        info.wait_for_publish(timeout=WAIT_S)
+        assert info.is_published(), "every retained publish is acknowledged"
+    stop(pub)
+    sub = client(unique("many-retained"), mqtt.MQTTv5)
+    dropped = queue.Queue()
+    sub.on_disconnect = lambda _c, _u, _f, reason, _p: dropped.put(reason)
+    subscribe(sub, f"{base}/#", 1)
+    got = {}
+    for _ in range(count):
+        message = sub.inbox.get(timeout=WAIT_S)
+        assert message.retain, message.topic
+        got[message.topic] = got.get(message.topic, 0) + 1
+    assert len(got) == count and set(got.values()) == {1}, (len(got), max(got.values()))
+    assert dropped.empty(), f"disconnected: {dropped.get()}"
+    stop(sub)
+
+
 # Persistent sessions that receive a QoS 1 message and do not answer it
 # before the kill (Paho passes a QoS 2 message on at PUBREL and always
 # answers its PUBLISH, so QoS 2 is checked with raw packets in tests/mqtt.rs).

@@ -711,15 +711,11 @@ mod tests {
         assert_eq!(cursor_writes(&client), [5, 7]);
     }
 
-    /// A client with one message in flight (Receive Maximum 1) and a QoS 1
-    /// wildcard filter: `HELD_BEFORE_CATCH_UP` messages of `w/a` wait,
-    /// and a message of `w/b` comes. Returns the log, the server, the
-    /// client and the packet in flight.
-    fn fallen_behind_on_a_second_topic() -> (Log, MqttProtocol, Driver, Vec<Packet>) {
-        let mut log = Log::default();
-        let server = MqttProtocol::new(MqttLimits::default());
-        let mut client = Driver::open(&server, ProtocolVersion::V5);
-        let Packet::Connect(mut hello) = connect("behind") else {
+    /// A v5 client with a clean start that takes one message in flight
+    /// at a time (Receive Maximum 1), connected.
+    fn one_in_flight(server: &MqttProtocol, log: &mut Log, client_id: &str) -> Driver {
+        let mut client = Driver::open(server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect(client_id) else {
             unreachable!()
         };
         hello.clean_start = true;
@@ -728,8 +724,19 @@ mod tests {
             ..Properties::default()
         };
         client.send(&Packet::Connect(hello));
-        client.answer(&mut log, |_| false);
+        client.answer(log, |_| false);
         assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        client
+    }
+
+    /// A client with one message in flight (Receive Maximum 1) and a QoS 1
+    /// wildcard filter: `HELD_BEFORE_CATCH_UP` messages of `w/a` wait,
+    /// and a message of `w/b` comes. Returns the log, the server, the
+    /// client and the packet in flight.
+    fn fallen_behind_on_a_second_topic() -> (Log, MqttProtocol, Driver, Vec<Packet>) {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "behind");
         subscribe(&mut client, &mut log, "w/+", QoS::AtLeastOnce);
         for n in 0..=super::super::HELD_BEFORE_CATCH_UP {
             publish(
@@ -853,5 +860,59 @@ mod tests {
             "{:?}",
             packets.last()
         );
+    }
+
+    /// More retained topics match a new wildcard subscription than the
+    /// session may hold for a client with one message in flight: their
+    /// pages are read as the client acknowledges, so it is not
+    /// disconnected, and it gets each once. A topic that reaches it live
+    /// before its retained message was read does not get that (older)
+    /// retained message after.
+    #[test]
+    fn retained_messages_beyond_the_held_limit_are_read_as_the_client_acknowledges() {
+        let mut log = Log::default();
+        let count = super::super::HELD_MESSAGES_MAX + 1_000;
+        for n in 0..count {
+            let topic = format!("r/{n}");
+            let body = Bytes::from(format!("last of {topic}"));
+            log.append(&store::retained_channel(&topic), kind::MESSAGE, 0, body);
+            let name = Bytes::copy_from_slice(topic.as_bytes());
+            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
+        }
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "retained");
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("r/#".into(), options)],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        let mut first = client.packets();
+        assert!(matches!(first.remove(0), Packet::SubAck(_)));
+        // The last topic's page waits: a message of it comes live first.
+        let last = format!("r/{}", count - 1);
+        publish(
+            &mut log,
+            &last,
+            Bytes::from_static(b"live"),
+            &mut [&mut client],
+        );
+        let received = acknowledge_all(&mut client, &mut log, first);
+        assert!(!client.closed, "not disconnected");
+        let mut topics: Vec<&str> = received.iter().map(|(t, _)| t.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        assert_eq!(topics.len(), count, "every topic");
+        assert_eq!(received.len(), count, "each once");
+        let of_last: Vec<&Bytes> = received
+            .iter()
+            .filter(|(t, _)| *t == last)
+            .map(|(_, payload)| payload)
+            .collect();
+        assert_eq!(of_last, [&Bytes::from_static(b"live")]);
     }
 }

@@ -91,9 +91,9 @@ use shared::{Groups, MembershipChanged, ShareView, SharedHandover};
 pub use shared::{SHARED_LEAVE_LOOKBACK_MS, SHARED_SKIPPED_MAX};
 use store::{
     collect, collect_complete, fold_session, next_request, push_compact, read_history,
-    read_last_own, read_retained, read_retained_index, release_if_empty, retained_command,
-    send_suback, send_unsuback, session_channel, session_consumer, stored_message, Reader,
-    StoredSession, RETAINED_INDEX, SESSION_PAGE,
+    read_last_own, read_retained, release_if_empty, retained_command, send_suback, send_unsuback,
+    session_channel, session_consumer, stored_message, Reader, StoredSession, RETAINED_INDEX,
+    SESSION_PAGE,
 };
 use subscribe::{subscribe_command, Route, Subscription};
 use wills::StoredWill;
@@ -285,11 +285,14 @@ enum Pending {
         /// is not read twice.
         read: Vec<String>,
     },
-    /// The retained message of a topic, read for a new subscription.
+    /// The retained message of a topic, read for a new subscription
+    /// (`from_index`: for a wildcard filter, counted in
+    /// `Extras::retained_reading`).
     RetainedRead {
         topic: String,
         qos: QoS,
         subscription_id: Option<u32>,
+        from_index: bool,
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
@@ -563,6 +566,17 @@ struct Extras {
     /// The Maximum Packet Size the client announced (0: none): a PUBLISH
     /// that would be larger is not sent (MQTT 3.1.2.24).
     client_packet_bytes_max: u32,
+    /// Retained messages read for wildcard filters and not answered yet.
+    retained_reading: usize,
+    /// Wildcard filters whose retained-topic index is still being read.
+    retained_paging: usize,
+    /// Pages of the retained-topic index waiting until the client has
+    /// taken enough of what waits for it (`Connected::resume_retained`).
+    retained_parked: VecDeque<store::ParkedIndexPage>,
+    /// While retained messages are read: the topics that reached the
+    /// client live meanwhile. Their retained message, older, is not sent
+    /// after them.
+    retained_superseded: HashSet<Arc<str>>,
 }
 
 impl Connected {
@@ -586,6 +600,10 @@ impl Connected {
                 handed_over: Vec::new(),
                 delivered: HashMap::new(),
                 client_packet_bytes_max: 0,
+                retained_reading: 0,
+                retained_paging: 0,
+                retained_parked: VecDeque::new(),
+                retained_superseded: HashSet::new(),
             })
         })
     }
@@ -741,6 +759,7 @@ impl MqttSession {
             if state.fall_behind_on_topic(&outgoing, context) {
                 continue;
             }
+            state.supersede_retained(&outgoing.topic);
             if !state.send_or_hold(outgoing, &mut out) {
                 return Err(too_much_held(state.version, context));
             }
@@ -910,6 +929,7 @@ impl MqttSession {
                     state.deliveries_changed();
                     state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
+                    state.resume_retained(context);
                 }
                 Ok(())
             }
@@ -922,6 +942,7 @@ impl MqttSession {
                     release_if_empty(&mut state.qos.outbound);
                     state.deliveries_changed();
                     state.release_held(context.out());
+                    state.resume_retained(context);
                     return Ok(());
                 }
                 if known {
@@ -967,6 +988,7 @@ impl MqttSession {
                     release_if_empty(&mut state.qos.outbound);
                     state.deliveries_changed();
                     state.release_held(context.out());
+                    state.resume_retained(context);
                 }
                 Ok(())
             }

@@ -308,6 +308,7 @@ impl MqttSession {
                 subscription_id,
                 mut read,
             } => {
+                let mut more = false;
                 if let Reply::History {
                     head_seq, messages, ..
                 } = reply
@@ -317,28 +318,47 @@ impl MqttSession {
                         .filter_map(|m| std::str::from_utf8(&m.body).ok())
                         .filter(|topic| pattern::matches(&filter, topic))
                         .filter(|topic| read.binary_search_by(|r| r.as_str().cmp(topic)).is_err())
+                        .filter(|topic| !state.retained_superseded(topic))
                         .map(str::to_string)
                         .collect();
                     topics.sort();
                     topics.dedup();
                     for topic in &topics {
-                        read_retained(state, topic.clone(), qos, subscription_id, context);
+                        let topic = (topic.clone(), true);
+                        read_retained(state, topic, qos, subscription_id, context);
                     }
                     if let Some(last) = messages.last() {
                         if last.seq < *head_seq {
                             read.extend(topics);
                             read.sort();
                             let next = (last.seq + 1, read);
-                            read_retained_index(state, filter, qos, subscription_id, next, context);
+                            state.next_retained_page(filter, qos, subscription_id, next, context);
+                            more = true;
                         }
                     }
+                }
+                if !more {
+                    state.retained_paging_done();
                 }
             }
             Pending::RetainedRead {
                 topic,
                 qos,
                 subscription_id,
+                from_index,
             } => {
+                if from_index {
+                    let extras = state.extras();
+                    extras.retained_reading = extras.retained_reading.saturating_sub(1);
+                }
+                let superseded = state.retained_superseded(&topic);
+                if from_index {
+                    state.extras().forget_superseded_when_idle();
+                }
+                if superseded {
+                    // The client got a newer message of the topic live.
+                    return Ok(());
+                }
                 if let Reply::History { messages, .. } = reply {
                     if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
                         // Its seq is the `$retained` channel's, not the

@@ -306,6 +306,7 @@ pub(super) fn answer_suback(
     for subscription in retained {
         let (qos, id) = (subscription.qos(), subscription.id);
         if pattern::is_pattern(&subscription.filter) {
+            state.extras().retained_paging += 1;
             read_retained_index(
                 state,
                 subscription.filter,
@@ -315,7 +316,7 @@ pub(super) fn answer_suback(
                 context,
             );
         } else {
-            read_retained(state, subscription.filter, qos, id, context);
+            read_retained(state, (subscription.filter, false), qos, id, context);
         }
     }
 }
@@ -362,18 +363,24 @@ fn send_sys_values(
     }
 }
 
+/// Reads the retained message of `topic` for a new subscription
+/// (`from_index`: for a wildcard filter).
 pub(super) fn read_retained(
     state: &mut Connected,
-    topic: String,
+    (topic, from_index): (String, bool),
     qos: QoS,
     subscription_id: Option<u32>,
     context: &mut SessionContext<'_>,
 ) {
     let channel = retained_channel(&topic);
+    if from_index {
+        state.extras().retained_reading += 1;
+    }
     let pending = Pending::RetainedRead {
         topic,
         qos,
         subscription_id,
+        from_index,
     };
     read_history(
         state,
@@ -390,6 +397,109 @@ pub(super) fn read_retained(
 pub(super) const RETAINED_INDEX_PAGE: u32 = 500;
 /// Records read per page of a session's records.
 pub(super) const SESSION_PAGE: u32 = 500;
+
+/// A page of the retained-topic index that waits to be read (see
+/// `Connected::resume_retained`).
+pub(super) struct ParkedIndexPage {
+    filter: String,
+    qos: QoS,
+    subscription_id: Option<u32>,
+    next: (u64, Vec<String>),
+}
+
+impl Connected {
+    /// Whether another page of retained messages fits beside what waits
+    /// for the client's window and what is being read: within
+    /// [`HELD_BEFORE_CATCH_UP`], so that retained messages (which cannot be
+    /// read again, and wait whole) never reach [`HELD_MESSAGES_MAX`].
+    fn retained_room(&self) -> bool {
+        let reading = self
+            .extras
+            .as_ref()
+            .map_or(0, |extras| extras.retained_reading);
+        self.qos.held.len() + reading + RETAINED_INDEX_PAGE as usize <= HELD_BEFORE_CATCH_UP
+    }
+
+    /// The next page of the retained-topic index for `filter`: read now,
+    /// or once the client has taken enough of what waits for it.
+    pub(super) fn next_retained_page(
+        &mut self,
+        filter: String,
+        qos: QoS,
+        subscription_id: Option<u32>,
+        next: (u64, Vec<String>),
+        context: &mut SessionContext<'_>,
+    ) {
+        if self.retained_room() {
+            read_retained_index(self, filter, qos, subscription_id, next, context);
+            return;
+        }
+        let page = ParkedIndexPage {
+            filter,
+            qos,
+            subscription_id,
+            next,
+        };
+        self.extras().retained_parked.push_back(page);
+    }
+
+    /// The client took messages: pages of the retained-topic index that
+    /// waited are read while there is room.
+    pub(super) fn resume_retained(&mut self, context: &mut SessionContext<'_>) {
+        while self
+            .extras
+            .as_ref()
+            .is_some_and(|extras| !extras.retained_parked.is_empty())
+            && self.retained_room()
+        {
+            let Some(page) = self.extras().retained_parked.pop_front() else {
+                return;
+            };
+            let ParkedIndexPage {
+                filter,
+                qos,
+                subscription_id,
+                next,
+            } = page;
+            read_retained_index(self, filter, qos, subscription_id, next, context);
+        }
+    }
+
+    /// A filter's reading of the retained-topic index ended.
+    pub(super) fn retained_paging_done(&mut self) {
+        let extras = self.extras();
+        extras.retained_paging = extras.retained_paging.saturating_sub(1);
+        extras.forget_superseded_when_idle();
+    }
+
+    /// `topic` reached the client live: while retained messages are being
+    /// read, its own (older) is not sent after it.
+    pub(super) fn supersede_retained(&mut self, topic: &Arc<str>) {
+        if let Some(extras) = self.extras.as_mut() {
+            if extras.retained_paging > 0 || extras.retained_reading > 0 {
+                extras.retained_superseded.insert(topic.clone());
+            }
+        }
+    }
+
+    /// Whether the retained message of `topic` is older than a message of
+    /// it the client already got live.
+    pub(super) fn retained_superseded(&self, topic: &str) -> bool {
+        self.extras
+            .as_ref()
+            .is_some_and(|extras| extras.retained_superseded.contains(topic))
+    }
+}
+
+impl Extras {
+    /// No retained message is being read any more: the topics that
+    /// reached the client meanwhile no longer matter.
+    pub(super) fn forget_superseded_when_idle(&mut self) {
+        if self.retained_paging == 0 && self.retained_reading == 0 {
+            self.retained_superseded = HashSet::new();
+        }
+    }
+}
 
 /// Reads the page of the retained-topic index from seq `from` for a new
 /// subscription to `filter`; `read` are the matching topics of the pages
