@@ -862,16 +862,11 @@ mod tests {
         );
     }
 
-    /// More retained topics match a new wildcard subscription than the
-    /// session may hold for a client with one message in flight: their
-    /// pages are read as the client acknowledges, so it is not
-    /// disconnected, and it gets each once. A topic that reaches it live
-    /// before its retained message was read does not get that (older)
-    /// retained message after.
-    #[test]
-    fn retained_messages_beyond_the_held_limit_are_read_as_the_client_acknowledges() {
+    /// `count` retained topics `r/0`… in the log, and a client with one
+    /// message in flight that just subscribed to `r/#` at QoS 1: the log,
+    /// the server, the client and what it got after the SUBACK.
+    fn subscribed_to_many_retained(count: usize) -> (Log, MqttProtocol, Driver, Vec<Packet>) {
         let mut log = Log::default();
-        let count = super::super::HELD_MESSAGES_MAX + 1_000;
         for n in 0..count {
             let topic = format!("r/{n}");
             let body = Bytes::from(format!("last of {topic}"));
@@ -893,6 +888,51 @@ mod tests {
         client.answer(&mut log, |_| false);
         let mut first = client.packets();
         assert!(matches!(first.remove(0), Packet::SubAck(_)));
+        (log, server, client, first)
+    }
+
+    /// Pages of retained messages that wait for the client are not read
+    /// once it unsubscribed the filter.
+    #[test]
+    fn an_unsubscribed_filter_reads_no_more_retained_pages() {
+        let count = super::super::HELD_MESSAGES_MAX + 1_000;
+        let (mut log, _server, mut client, first) = subscribed_to_many_retained(count);
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["r/#".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        let mut pending = first;
+        pending.retain(|packet| matches!(packet, Packet::Publish(_)));
+        pending.extend(
+            client
+                .packets()
+                .into_iter()
+                .filter(|packet| matches!(packet, Packet::Publish(_))),
+        );
+        let received = acknowledge_all(&mut client, &mut log, pending);
+        assert!(!client.closed);
+        // What was read before the UNSUBSCRIBE (within the 8,192 held),
+        // not the rest.
+        assert!(!received.is_empty());
+        assert!(
+            received.len() <= super::super::HELD_BEFORE_CATCH_UP + 1,
+            "{} retained messages after the UNSUBSCRIBE",
+            received.len()
+        );
+    }
+
+    /// More retained topics match a new wildcard subscription than the
+    /// session may hold for a client with one message in flight: their
+    /// pages are read as the client acknowledges, so it is not
+    /// disconnected, and it gets each once. A topic that reaches it live
+    /// before its retained message was read does not get that (older)
+    /// retained message after.
+    #[test]
+    fn retained_messages_beyond_the_held_limit_are_read_as_the_client_acknowledges() {
+        let count = super::super::HELD_MESSAGES_MAX + 1_000;
+        let (mut log, _server, mut client, first) = subscribed_to_many_retained(count);
         // The last topic's page waits: a message of it comes live first.
         let last = format!("r/{}", count - 1);
         publish(

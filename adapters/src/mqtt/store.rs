@@ -465,6 +465,19 @@ impl Connected {
         }
     }
 
+    /// The client unsubscribed `filter`: pages of its retained messages
+    /// that waited are not read any more.
+    pub(super) fn forget_retained_pages(&mut self, filter: &str) {
+        let Some(extras) = self.extras.as_mut() else {
+            return;
+        };
+        let before = extras.retained_parked.len();
+        extras.retained_parked.retain(|page| page.filter != filter);
+        let dropped = before - extras.retained_parked.len();
+        extras.retained_paging = extras.retained_paging.saturating_sub(dropped);
+        extras.forget_superseded_when_idle();
+    }
+
     /// A filter's reading of the retained-topic index ended.
     pub(super) fn retained_paging_done(&mut self) {
         let extras = self.extras();

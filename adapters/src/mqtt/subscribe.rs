@@ -293,6 +293,7 @@ impl MqttSession {
         );
         for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
             let removed = state.unsubscribe_filter(&filter);
+            state.forget_retained_pages(&filter);
             state.leave_share(&self.listener.groups, &filter, context);
             state.record(
                 serde_json::json!({"type": "unsubscribe", "filter": filter}),
