@@ -923,6 +923,41 @@ mod tests {
         );
     }
 
+    /// Nor the page that was being read when it unsubscribed.
+    #[test]
+    fn a_retained_page_read_when_the_filter_goes_sends_nothing() {
+        let mut log = Log::default();
+        for n in 0..10 {
+            let topic = format!("r/{n}");
+            let body = Bytes::from_static(b"last");
+            log.append(&store::retained_channel(&topic), kind::MESSAGE, 0, body);
+            let name = Bytes::copy_from_slice(topic.as_bytes());
+            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
+        }
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "gone");
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("r/#".into(), options)],
+            properties: Properties::default(),
+        }));
+        let index_read = |command: &Command| matches!(command, Command::History { channel, .. } if channel == store::RETAINED_INDEX);
+        client.answer(&mut log, index_read);
+        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["r/#".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        let packets = client.packets();
+        assert!(matches!(packets[..], [Packet::UnsubAck(_)]), "{packets:?}");
+    }
+
     /// More retained topics match a new wildcard subscription than the
     /// session may hold for a client with one message in flight: their
     /// pages are read as the client acknowledges, so it is not

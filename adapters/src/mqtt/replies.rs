@@ -309,9 +309,14 @@ impl MqttSession {
                 mut read,
             } => {
                 let mut more = false;
-                if let Reply::History {
-                    head_seq, messages, ..
-                } = reply
+                // Not for a filter the client unsubscribed meanwhile.
+                let subscribed = state.subscriptions.iter().any(|s| s.filter == filter);
+                if let (
+                    true,
+                    Reply::History {
+                        head_seq, messages, ..
+                    },
+                ) = (subscribed, reply)
                 {
                     let mut topics: Vec<String> = messages
                         .iter()
