@@ -866,6 +866,14 @@ mod tests {
     /// message in flight that just subscribed to `r/#` at QoS 1: the log,
     /// the server, the client and what it got after the SUBACK.
     fn subscribed_to_many_retained(count: usize) -> (Log, MqttProtocol, Driver, Vec<Packet>) {
+        subscribed_to_retained(count, |_| false)
+    }
+
+    /// The same, with the requests that `hold` picks left unanswered.
+    fn subscribed_to_retained(
+        count: usize,
+        hold: impl FnMut(&Command) -> bool,
+    ) -> (Log, MqttProtocol, Driver, Vec<Packet>) {
         let mut log = Log::default();
         for n in 0..count {
             let topic = format!("r/{n}");
@@ -885,7 +893,7 @@ mod tests {
             filters: vec![("r/#".into(), options)],
             properties: Properties::default(),
         }));
-        client.answer(&mut log, |_| false);
+        client.answer(&mut log, hold);
         let mut first = client.packets();
         assert!(matches!(first.remove(0), Packet::SubAck(_)));
         (log, server, client, first)
@@ -926,28 +934,9 @@ mod tests {
     /// Nor the page that was being read when it unsubscribed.
     #[test]
     fn a_retained_page_read_when_the_filter_goes_sends_nothing() {
-        let mut log = Log::default();
-        for n in 0..10 {
-            let topic = format!("r/{n}");
-            let body = Bytes::from_static(b"last");
-            log.append(&store::retained_channel(&topic), kind::MESSAGE, 0, body);
-            let name = Bytes::copy_from_slice(topic.as_bytes());
-            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
-        }
-        let server = MqttProtocol::new(MqttLimits::default());
-        let mut client = one_in_flight(&server, &mut log, "gone");
-        let options = SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        client.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![("r/#".into(), options)],
-            properties: Properties::default(),
-        }));
         let index_read = |command: &Command| matches!(command, Command::History { channel, .. } if channel == store::RETAINED_INDEX);
-        client.answer(&mut log, index_read);
-        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+        let (mut log, _server, mut client, first) = subscribed_to_retained(10, index_read);
+        assert!(first.is_empty());
         client.send(&Packet::Unsubscribe(Unsubscribe {
             packet_id: 2,
             filters: vec!["r/#".into()],
