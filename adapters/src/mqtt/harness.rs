@@ -862,6 +862,36 @@ mod tests {
         );
     }
 
+    /// The client sends a SUBSCRIBE to `filter` at QoS 1 (not answered).
+    fn send_subscribe(client: &mut Driver, packet_id: u16, filter: &str) {
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![(filter.into(), options)],
+            properties: Properties::default(),
+        }));
+    }
+
+    /// A read of the retained-topic index.
+    fn is_index_read(command: &Command) -> bool {
+        matches!(command, Command::History { channel, .. } if channel == store::RETAINED_INDEX)
+    }
+
+    /// Retained messages for topics `r/0` … `r/{count - 1}`, listed in the
+    /// retained-topic index.
+    fn retain_topics(log: &mut Log, count: usize) {
+        for n in 0..count {
+            let topic = format!("r/{n}");
+            let body = Bytes::from(format!("last of {topic}"));
+            log.append(&store::retained_channel(&topic), kind::MESSAGE, 0, body);
+            let name = Bytes::copy_from_slice(topic.as_bytes());
+            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
+        }
+    }
+
     /// `count` retained topics `r/0`… in the log, and a client with one
     /// message in flight that just subscribed to `r/#` at QoS 1: the log,
     /// the server, the client and what it got after the SUBACK.
@@ -875,24 +905,10 @@ mod tests {
         hold: impl FnMut(&Command) -> bool,
     ) -> (Log, MqttProtocol, Driver, Vec<Packet>) {
         let mut log = Log::default();
-        for n in 0..count {
-            let topic = format!("r/{n}");
-            let body = Bytes::from(format!("last of {topic}"));
-            log.append(&store::retained_channel(&topic), kind::MESSAGE, 0, body);
-            let name = Bytes::copy_from_slice(topic.as_bytes());
-            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
-        }
+        retain_topics(&mut log, count);
         let server = MqttProtocol::new(MqttLimits::default());
         let mut client = one_in_flight(&server, &mut log, "retained");
-        let options = SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        client.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![("r/#".into(), options)],
-            properties: Properties::default(),
-        }));
+        send_subscribe(&mut client, 1, "r/#");
         client.answer(&mut log, hold);
         let mut first = client.packets();
         assert!(matches!(first.remove(0), Packet::SubAck(_)));
@@ -934,8 +950,7 @@ mod tests {
     /// Nor the page that was being read when it unsubscribed.
     #[test]
     fn a_retained_page_read_when_the_filter_goes_sends_nothing() {
-        let index_read = |command: &Command| matches!(command, Command::History { channel, .. } if channel == store::RETAINED_INDEX);
-        let (mut log, _server, mut client, first) = subscribed_to_retained(10, index_read);
+        let (mut log, _server, mut client, first) = subscribed_to_retained(10, is_index_read);
         assert!(first.is_empty());
         client.send(&Packet::Unsubscribe(Unsubscribe {
             packet_id: 2,
@@ -945,6 +960,23 @@ mod tests {
         client.answer(&mut log, |_| false);
         let packets = client.packets();
         assert!(matches!(packets[..], [Packet::UnsubAck(_)]), "{packets:?}");
+    }
+
+    /// A client already behind subscribes to a wildcard: even the first
+    /// page of its retained messages waits until it has taken some.
+    #[test]
+    fn the_first_retained_page_waits_for_a_client_already_behind() {
+        let (mut log, _server, mut client, in_flight) = fallen_behind_on_a_second_topic();
+        retain_topics(&mut log, 10);
+        send_subscribe(&mut client, 2, "r/#");
+        // An index read, if asked for, would stay unanswered here.
+        client.answer(&mut log, is_index_read);
+        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+        assert!(!client.unanswered.iter().any(|(_, c)| is_index_read(c)));
+        let received = acknowledge_all(&mut client, &mut log, in_flight);
+        assert!(!client.closed);
+        let retained = received.iter().filter(|(t, _)| t.starts_with("r/")).count();
+        assert_eq!(retained, 10, "each retained message, once it had room");
     }
 
     /// More retained topics match a new wildcard subscription than the

@@ -306,15 +306,11 @@ pub(super) fn answer_suback(
     for subscription in retained {
         let (qos, id) = (subscription.qos(), subscription.id);
         if pattern::is_pattern(&subscription.filter) {
+            // Its first page too waits while the client's queue is full
+            // (several new filters at once, from a client already behind).
             state.extras().retained_paging += 1;
-            read_retained_index(
-                state,
-                subscription.filter,
-                qos,
-                id,
-                (1, Vec::new()),
-                context,
-            );
+            let first = (1, Vec::new());
+            state.next_retained_page(subscription.filter, qos, id, first, context);
         } else {
             read_retained(state, (subscription.filter, false), qos, id, context);
         }
