@@ -206,12 +206,14 @@ impl Connector {
 
 /// Attaches an in-process client acting as `principal` to `shard`.
 fn attach_local(shared: &Arc<EngineShared>, shard: usize, principal: Principal) -> LocalClient {
-    // Beyond the deliveries it may leave waiting, room for the replies to
-    // every request it may have unanswered: a client behind on its
-    // deliveries still gets its replies.
-    let config = &shared.config;
-    let capacity = config.local_events_max.max(2) + config.inflight_requests_max;
-    let (events_tx, events) = crossbeam_channel::bounded(capacity);
+    // A queue that grows as events wait and gives the memory back as they
+    // are read: a preallocated one of `local_events_max` slots kept ~4.5 MB
+    // resident per client from its attach. The shard bounds it: deliveries
+    // only while fewer than `local_events_max` events wait (the slow-consumer
+    // policy otherwise), and beyond that only replies (`LocalClient::request`
+    // waits for each one before the next) and the closing event, so a client
+    // behind on its deliveries still gets both.
+    let (events_tx, events) = crossbeam_channel::unbounded();
     let (attached_tx, attached) = crossbeam_channel::bounded(1);
     shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
         principal,

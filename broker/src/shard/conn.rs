@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use starling_protocol::{kind, ErrorCode, HistoryQuery};
@@ -873,7 +873,7 @@ impl Shard {
             if resume {
                 connection.read_paused = false;
             }
-            let slow = match &mut connection.kind {
+            match &mut connection.kind {
                 ConnKind::Socket(_) => {
                     // Even a closing connection encodes its replies: a peer
                     // that ended its stream still gets the answers it asked
@@ -889,23 +889,20 @@ impl Shard {
                         }
                         result
                     });
-                    false
                 }
-                ConnKind::Local { events } => run.drain(..).any(|(request_id, reply)| {
-                    matches!(
-                        events.try_send(LocalEvent::Reply { request_id, reply }),
-                        Err(TrySendError::Full(_))
-                    )
-                }),
-            };
+                ConnKind::Local { events } => {
+                    // Replies pass beyond the delivery bound (each request of
+                    // the client waits for its reply); an error only says the
+                    // client has gone.
+                    for (request_id, reply) in run.drain(..) {
+                        let _ = events.send(LocalEvent::Reply { request_id, reply });
+                    }
+                }
+            }
             if resume {
                 self.read_again.push(to.slot);
             }
-            if slow {
-                self.slow_consumer(to.slot);
-            } else {
-                self.mark_dirty(to.slot);
-            }
+            self.mark_dirty(to.slot);
         }
         run.clear();
         if run.capacity() > self.spare_reply_run.capacity() {
@@ -939,13 +936,14 @@ impl Shard {
                     false
                 }
             }
-            // The channel holds more: the rest is the replies' room.
+            // The queue itself is unbounded: this is its bound for
+            // deliveries (replies still pass).
             ConnKind::Local { events } if events.len() >= local_bound && feed != Feed::Page => true,
-            ConnKind::Local { events } => match events.try_send(event()) {
-                Ok(()) => false,
-                Err(TrySendError::Full(_)) => true,
-                Err(TrySendError::Disconnected(_)) => false,
-            },
+            ConnKind::Local { events } => {
+                // An error only says the client has gone.
+                let _ = events.send(event());
+                false
+            }
         };
         if !over {
             self.shared.metrics.messages_out.add(1);
@@ -1065,7 +1063,7 @@ impl Shard {
                 !socket.output_is_empty()
             }
             (ConnKind::Local { events }, Some((_, reason))) => {
-                let _ = events.try_send(LocalEvent::Closed {
+                let _ = events.send(LocalEvent::Closed {
                     reason: reason.clone(),
                 });
                 false
