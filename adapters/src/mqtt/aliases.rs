@@ -33,6 +33,11 @@ impl TopicAliases {
         }
     }
 
+    /// Whether no alias was set either way.
+    pub(super) fn is_empty(&self) -> bool {
+        self.inbound.is_empty() && self.outbound.is_empty()
+    }
+
     /// Resolves the topic of an inbound PUBLISH: a topic with an alias sets
     /// the alias; an empty topic takes the alias's. Errors are (reason code,
     /// what the client did wrong).

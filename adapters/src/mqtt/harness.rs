@@ -915,6 +915,38 @@ mod tests {
         (log, server, client, first)
     }
 
+    /// A new subscription to one topic reads its retained message from the
+    /// log; a message of the topic that reaches the client live before that
+    /// read is answered is newer, so the retained one is not sent after it
+    /// (the client would keep the older as the topic's value).
+    #[test]
+    fn a_live_message_before_the_retained_read_of_a_topic_supersedes_it() {
+        let mut log = Log::default();
+        retain_topics(&mut log, 1);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "exact");
+        let retained = store::retained_channel("r/0");
+        let is_retained_read = |command: &Command| match command {
+            Command::History { channel, .. } => **channel == *retained,
+            _ => false,
+        };
+        send_subscribe(&mut client, 1, "r/0");
+        client.answer(&mut log, is_retained_read);
+        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+        assert!(client.unanswered.iter().any(|(_, c)| is_retained_read(c)));
+        publish(
+            &mut log,
+            "r/0",
+            Bytes::from_static(b"live"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let first = client.packets();
+        let received = acknowledge_all(&mut client, &mut log, first);
+        let live = ("r/0".to_string(), Bytes::from_static(b"live"));
+        assert_eq!(received, [live], "the older retained message after it");
+    }
+
     /// Pages of retained messages that wait for the client are not read
     /// once it unsubscribed the filter.
     #[test]

@@ -286,13 +286,11 @@ enum Pending {
         read: Vec<String>,
     },
     /// The retained message of a topic, read for a new subscription
-    /// (`from_index`: for a wildcard filter, counted in
-    /// `Extras::retained_reading`).
+    /// (counted in `Extras::retained_reading`).
     RetainedRead {
         topic: String,
         qos: QoS,
         subscription_id: Option<u32>,
-        from_index: bool,
     },
     /// A page of the session's records, read before the CONNACK.
     SessionRead,
@@ -566,7 +564,7 @@ struct Extras {
     /// The Maximum Packet Size the client announced (0: none): a PUBLISH
     /// that would be larger is not sent (MQTT 3.1.2.24).
     client_packet_bytes_max: u32,
-    /// Retained messages read for wildcard filters and not answered yet.
+    /// Retained messages read for new subscriptions and not answered yet.
     retained_reading: usize,
     /// Wildcard filters whose retained-topic index is still being read.
     retained_paging: usize,

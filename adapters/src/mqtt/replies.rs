@@ -329,8 +329,7 @@ impl MqttSession {
                     topics.sort();
                     topics.dedup();
                     for topic in &topics {
-                        let topic = (topic.clone(), true);
-                        read_retained(state, topic, qos, subscription_id, context);
+                        read_retained(state, topic.clone(), qos, subscription_id, context);
                     }
                     if let Some(last) = messages.last() {
                         if last.seq < *head_seq {
@@ -350,15 +349,14 @@ impl MqttSession {
                 topic,
                 qos,
                 subscription_id,
-                from_index,
             } => {
-                if from_index {
-                    let extras = state.extras();
-                    extras.retained_reading = extras.retained_reading.saturating_sub(1);
-                }
                 let superseded = state.retained_superseded(&topic);
-                if from_index {
-                    state.extras().forget_superseded_when_idle();
+                let extras = state.extras();
+                extras.retained_reading = extras.retained_reading.saturating_sub(1);
+                extras.forget_superseded_when_idle();
+                // An exact subscription's read may have been all it was for.
+                if extras.is_unused() {
+                    state.extras = None;
                 }
                 if superseded {
                     // The client got a newer message of the topic live.

@@ -312,7 +312,7 @@ pub(super) fn answer_suback(
             let first = (1, Vec::new());
             state.next_retained_page(subscription.filter, qos, id, first, context);
         } else {
-            read_retained(state, (subscription.filter, false), qos, id, context);
+            read_retained(state, subscription.filter, qos, id, context);
         }
     }
 }
@@ -359,24 +359,25 @@ fn send_sys_values(
     }
 }
 
-/// Reads the retained message of `topic` for a new subscription
-/// (`from_index`: for a wildcard filter).
+/// Reads the retained message of `topic` for a new subscription (of the
+/// topic, or of a wildcard filter matching it). Until it is answered, a
+/// message of the topic that reaches the client live supersedes it
+/// (`Connected::supersede_retained`): the read is asynchronous, so without
+/// that the client could get the newer message first and be left with the
+/// older retained one as the topic's last value.
 pub(super) fn read_retained(
     state: &mut Connected,
-    (topic, from_index): (String, bool),
+    topic: String,
     qos: QoS,
     subscription_id: Option<u32>,
     context: &mut SessionContext<'_>,
 ) {
     let channel = retained_channel(&topic);
-    if from_index {
-        state.extras().retained_reading += 1;
-    }
+    state.extras().retained_reading += 1;
     let pending = Pending::RetainedRead {
         topic,
         qos,
         subscription_id,
-        from_index,
     };
     read_history(
         state,
@@ -507,6 +508,41 @@ impl Extras {
         if self.retained_paging == 0 && self.retained_reading == 0 {
             self.retained_superseded = HashSet::new();
         }
+    }
+
+    /// Whether every field is as `Connected::extras` makes it, so that the
+    /// session keeps nothing here (destructured: a new field must say).
+    pub(super) fn is_unused(&self) -> bool {
+        let Extras {
+            aliases,
+            wildcard_since_ms,
+            caught_up,
+            catching_up,
+            recording,
+            session_id,
+            shares,
+            handed_over,
+            delivered,
+            client_packet_bytes_max,
+            retained_reading,
+            retained_paging,
+            retained_parked,
+            retained_superseded,
+        } = self;
+        aliases.is_empty()
+            && wildcard_since_ms.is_empty()
+            && caught_up.is_empty()
+            && catching_up.is_empty()
+            && recording.is_empty()
+            && *session_id == 0
+            && shares.is_empty()
+            && handed_over.is_empty()
+            && delivered.is_empty()
+            && *client_packet_bytes_max == 0
+            && *retained_reading == 0
+            && *retained_paging == 0
+            && retained_parked.is_empty()
+            && retained_superseded.is_empty()
     }
 }
 
