@@ -245,6 +245,19 @@ impl Driver {
         });
     }
 
+    /// The client sends `packet`, which the session refuses: it asks to
+    /// close, and the connection closes (as the shard does).
+    pub(super) fn send_refused(&mut self, packet: &Packet) {
+        let mut input = BytesMut::new();
+        packet.encode(self.version, &mut input);
+        self.call(|session, context| {
+            let refused = session.on_input(&mut input, context).is_err();
+            assert!(refused, "the session takes {packet:?}");
+            None
+        });
+        self.close();
+    }
+
     /// Answers the session's requests from `log`, and those they lead to,
     /// except the ones `hold` picks (left in `unanswered`).
     pub(super) fn answer(&mut self, log: &mut Log, mut hold: impl FnMut(&Command) -> bool) {
@@ -913,6 +926,54 @@ mod tests {
         let mut first = client.packets();
         assert!(matches!(first.remove(0), Packet::SubAck(_)));
         (log, server, client, first)
+    }
+
+    /// A SUBSCRIBE that reuses the packet identifier of one still waiting
+    /// for the replies of its filters is a protocol error: the connection
+    /// closes (v5: 0x82). The two were mixed before, and the first one's
+    /// late reply indexed past the second one's filters (a panic).
+    #[test]
+    fn a_subscribe_reusing_a_packet_identifier_in_use_closes_the_connection() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "reuse");
+        let options = SubscriptionOptions::default();
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 7,
+            filters: vec![("x".into(), options), ("y/#".into(), options)],
+            properties: Properties::default(),
+        }));
+        let is_pattern = |command: &Command| matches!(command, Command::SubscribePattern { .. });
+        client.answer(&mut log, is_pattern);
+        assert!(
+            client.packets().is_empty(),
+            "no SUBACK before every filter is in"
+        );
+        client.send_refused(&Packet::Subscribe(Subscribe {
+            packet_id: 7,
+            filters: vec![("z".into(), options)],
+            properties: Properties::default(),
+        }));
+        let packets = client.packets();
+        let refused = |packet: &Packet| matches!(packet, Packet::Disconnect(d) if d.reason_code == ReasonCode::ProtocolError);
+        assert!(packets.len() == 1 && refused(&packets[0]), "{packets:?}");
+
+        // The same for UNSUBSCRIBE.
+        let mut client = one_in_flight(&server, &mut log, "reuse-unsubscribe");
+        subscribe(&mut client, &mut log, "a/#", QoS::AtMostOnce);
+        let unsubscribe = Packet::Unsubscribe(Unsubscribe {
+            packet_id: 3,
+            filters: vec!["a/#".into()],
+            properties: Properties::default(),
+        });
+        client.send(&unsubscribe);
+        assert!(
+            client.packets().is_empty(),
+            "no UNSUBACK before the broker answers"
+        );
+        client.send_refused(&unsubscribe);
+        let packets = client.packets();
+        assert!(packets.len() == 1 && refused(&packets[0]), "{packets:?}");
     }
 
     /// A new subscription to one topic reads its retained message from the

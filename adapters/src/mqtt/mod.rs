@@ -991,10 +991,24 @@ impl MqttSession {
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
+                if state
+                    .collecting
+                    .contains_key(&Awaiting::SubAck(subscribe.packet_id))
+                {
+                    let reason = reused_packet_id("SUBSCRIBE", "SUBACK", subscribe.packet_id);
+                    return self.violation(ReasonCode::ProtocolError, &reason, context);
+                }
                 self.subscribe(subscribe, context);
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
+                if state
+                    .collecting
+                    .contains_key(&Awaiting::UnsubAck(unsubscribe.packet_id))
+                {
+                    let reason = reused_packet_id("UNSUBSCRIBE", "UNSUBACK", unsubscribe.packet_id);
+                    return self.violation(ReasonCode::ProtocolError, &reason, context);
+                }
                 self.unsubscribe(unsubscribe, context);
                 Ok(())
             }
@@ -1034,6 +1048,17 @@ impl MqttSession {
             }
         }
     }
+}
+
+/// Why a SUBSCRIBE or UNSUBSCRIBE whose packet identifier an earlier one,
+/// not answered yet, still holds is refused: the identifier is free again
+/// only once its acknowledgement was sent (MQTT 2.2.1).
+fn reused_packet_id(packet: &str, answer: &str, packet_id: u16) -> String {
+    format!(
+        "{packet} reuses packet identifier {packet_id}, still held by an earlier {packet} \
+         not answered yet (a protocol error, MQTT 2.2.1); wait for its {answer} or use \
+         another identifier"
+    )
 }
 
 /// Closes the connection of a client that leaves too many messages

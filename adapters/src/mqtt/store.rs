@@ -12,7 +12,9 @@ pub(super) fn collect(
     index: usize,
     code: ReasonCode,
 ) -> Option<Collecting> {
-    collecting.get_mut(&awaiting)?.codes[index] = Some(code);
+    // A packet identifier is not reused while its answer is collected (the
+    // session closes a client that tries), so the filter is there.
+    *collecting.get_mut(&awaiting)?.codes.get_mut(index)? = Some(code);
     collect_complete(collecting, awaiting)
 }
 
