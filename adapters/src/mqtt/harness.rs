@@ -490,19 +490,23 @@ mod tests {
             properties: Properties::default(),
         }));
         client.answer(&mut log, |_| false);
-        let mut topics: Vec<String> = client
-            .packets()
+        assert_each_topic_once(client.packets(), store::RETAINED_INDEX_PAGE as usize + 1);
+    }
+
+    /// `packets` publish `topics` different topics, each once.
+    fn assert_each_topic_once(packets: Vec<Packet>, topics: usize) {
+        let mut sent: Vec<String> = packets
             .into_iter()
             .filter_map(|packet| match packet {
                 Packet::Publish(publish) => Some(publish.topic.to_string()),
                 _ => None,
             })
             .collect();
-        let sent = topics.len();
-        topics.sort();
-        topics.dedup();
-        assert_eq!(topics.len(), store::RETAINED_INDEX_PAGE as usize + 1);
-        assert_eq!(sent, topics.len(), "every retained topic once");
+        let count = sent.len();
+        sent.sort();
+        sent.dedup();
+        assert_eq!(sent.len(), topics, "every topic");
+        assert_eq!(count, topics, "each once");
     }
 
     /// A persistent session's SUBACK waits until the record of its
@@ -1006,6 +1010,162 @@ mod tests {
         let received = acknowledge_all(&mut client, &mut log, first);
         let live = ("r/0".to_string(), Bytes::from_static(b"live"));
         assert_eq!(received, [live], "the older retained message after it");
+    }
+
+    /// Retained messages for `count` topics `a/b/c/d/{n}`, listed in the
+    /// retained-topic index, and 32 different filters that each match them
+    /// all (`a`, `b`, `c`, `d` or `+`, then `+` or `#`): every page of the
+    /// index read for any of them brings a page of retained messages.
+    fn retain_for_overlapping_filters(log: &mut Log, count: usize) -> Vec<String> {
+        for n in 0..count {
+            let topic = format!("a/b/c/d/{n}");
+            let body = Bytes::from(format!("last of {topic}"));
+            log.append(&store::retained_channel(&topic), kind::MESSAGE, 0, body);
+            let name = Bytes::copy_from_slice(topic.as_bytes());
+            log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
+        }
+        let mut filters = Vec::new();
+        for mask in 0..32 {
+            let level = |bit: usize, name: &str| {
+                if mask & (1 << bit) == 0 {
+                    name.to_string()
+                } else {
+                    "+".to_string()
+                }
+            };
+            let last = if mask & 16 == 0 { "+" } else { "#" };
+            let (a, b, c, d) = (level(0, "a"), level(1, "b"), level(2, "c"), level(3, "d"));
+            filters.push(format!("{a}/{b}/{c}/{d}/{last}"));
+        }
+        filters
+    }
+
+    /// Sends one SUBSCRIBE of `filters` at `qos` and answers it: what came
+    /// after the SUBACK.
+    fn subscribe_all(
+        client: &mut Driver,
+        log: &mut Log,
+        filters: &[String],
+        qos: QoS,
+    ) -> Vec<Packet> {
+        let options = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: filters.iter().map(|f| (f.clone(), options)).collect(),
+            properties: Properties::default(),
+        }));
+        client.answer(log, |_| false);
+        let mut packets = client.packets();
+        assert!(matches!(packets.remove(0), Packet::SubAck(_)));
+        packets
+    }
+
+    /// One SUBSCRIBE of many wildcard filters whose retained messages
+    /// together pass the hard limit: the pages of the index being read
+    /// count as what they may bring, so the filters' first pages do not
+    /// all start at once (they did, and the client was disconnected).
+    #[test]
+    fn many_wildcard_filters_at_once_get_their_retained_messages_as_the_client_acknowledges() {
+        let mut log = Log::default();
+        let count = store::RETAINED_INDEX_PAGE as usize + 100;
+        let filters = retain_for_overlapping_filters(&mut log, count);
+        assert!(filters.len() * count > super::super::HELD_MESSAGES_MAX);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "many");
+        let first = subscribe_all(&mut client, &mut log, &filters, QoS::AtLeastOnce);
+        let received = acknowledge_all(&mut client, &mut log, first);
+        assert!(!client.closed, "not disconnected");
+        // Each subscription gets the retained messages it matches.
+        assert_eq!(received.len(), filters.len() * count);
+    }
+
+    /// The same at QoS 0, where nothing is acknowledged: pages that had to
+    /// wait are read as the retained reads before them are answered (they
+    /// waited for an acknowledgement that never came).
+    #[test]
+    fn many_wildcard_filters_at_qos_0_get_all_their_retained_messages() {
+        let mut log = Log::default();
+        let count = store::RETAINED_INDEX_PAGE as usize + 100;
+        let filters = retain_for_overlapping_filters(&mut log, count);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "many-qos0");
+        let packets = subscribe_all(&mut client, &mut log, &filters, QoS::AtMostOnce);
+        assert!(!client.closed, "not disconnected");
+        assert_eq!(payloads(packets).len(), filters.len() * count);
+    }
+
+    /// A persistent session's SUBACK waits for its subscription's record;
+    /// the subscription is live before that. A message of the topic that
+    /// comes meanwhile is newer than its retained one, read after the
+    /// SUBACK: that is not sent after it.
+    #[test]
+    fn a_live_message_before_the_suback_supersedes_the_retained_one() {
+        let mut log = Log::default();
+        retain_topics(&mut log, 1);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "persistent", false);
+        let record = store::session_channel("persistent");
+        let is_record = |command: &Command| matches!(command, Command::Publish { channel, .. } if **channel == *record);
+        send_subscribe(&mut client, 1, "r/0");
+        client.answer(&mut log, is_record);
+        assert!(
+            client.packets().is_empty(),
+            "the SUBACK waits for the record"
+        );
+        publish(
+            &mut log,
+            "r/0",
+            Bytes::from_static(b"live"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let mut packets = client.packets();
+        let live = packets.remove(0);
+        assert!(
+            matches!(&live, Packet::Publish(p) if p.payload == "live"),
+            "{live:?}"
+        );
+        assert!(matches!(packets.remove(0), Packet::SubAck(_)));
+        let received = acknowledge_all(&mut client, &mut log, packets);
+        assert_eq!(
+            received,
+            [],
+            "the older retained message after the live one"
+        );
+    }
+
+    /// An UNSUBSCRIBE ends the reading of the filter's retained messages:
+    /// a page being read when the client subscribes to the filter again
+    /// reads no further, the new subscription reads its own, and each
+    /// retained message comes once.
+    #[test]
+    fn a_page_read_before_an_unsubscribe_and_subscribe_again_reads_no_further() {
+        let mut log = Log::default();
+        retain_topics(&mut log, store::RETAINED_INDEX_PAGE as usize + 10);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "again", false);
+        let options = SubscriptionOptions::default();
+        let subscribe = |packet_id| {
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                filters: vec![("r/#".into(), options)],
+                properties: Properties::default(),
+            })
+        };
+        client.send(&subscribe(1));
+        client.answer(&mut log, is_index_read);
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["r/#".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, is_index_read);
+        client.send(&subscribe(3));
+        client.answer(&mut log, |_| false);
+        assert_each_topic_once(client.packets(), store::RETAINED_INDEX_PAGE as usize + 10);
     }
 
     /// Pages of retained messages that wait for the client are not read

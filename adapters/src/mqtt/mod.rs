@@ -277,9 +277,7 @@ enum Pending {
     ThenRetain(Box<(Pending, RetainedCopy)>),
     /// A page of the retained-topic index, read for a wildcard filter.
     RetainedIndex {
-        filter: String,
-        qos: QoS,
-        subscription_id: Option<u32>,
+        paging: store::RetainedPaging,
         /// The matching topics of earlier pages, sorted: a topic listed
         /// again further on (retained anew after the index's dedupe window)
         /// is not read twice.
@@ -566,8 +564,19 @@ struct Extras {
     client_packet_bytes_max: u32,
     /// Retained messages read for new subscriptions and not answered yet.
     retained_reading: usize,
-    /// Wildcard filters whose retained-topic index is still being read.
-    retained_paging: usize,
+    /// Pages of the retained-topic index read and not answered yet (each
+    /// may bring a page of retained messages: `Connected::retained_room`).
+    retained_index_reads: usize,
+    /// Subscriptions granted or still being subscribed whose retained
+    /// messages are to be read once the SUBACK is out: live messages that
+    /// reach the client meanwhile supersede them already.
+    retained_subscribing: usize,
+    /// The wildcard filters whose retained-topic index is being read, with
+    /// the id of that reading (an UNSUBSCRIBE ends it; see
+    /// `store::RetainedPaging`).
+    retained_pagings: Vec<(String, u64)>,
+    /// The id of the next reading of the retained-topic index.
+    retained_paging_next: u64,
     /// Pages of the retained-topic index waiting until the client has
     /// taken enough of what waits for it (`Connected::resume_retained`).
     retained_parked: VecDeque<store::ParkedIndexPage>,
@@ -599,7 +608,10 @@ impl Connected {
                 delivered: HashMap::new(),
                 client_packet_bytes_max: 0,
                 retained_reading: 0,
-                retained_paging: 0,
+                retained_index_reads: 0,
+                retained_subscribing: 0,
+                retained_pagings: Vec::new(),
+                retained_paging_next: 0,
                 retained_parked: VecDeque::new(),
                 retained_superseded: HashSet::new(),
             })

@@ -95,7 +95,14 @@ impl MqttSession {
                     state.subscriptions.retain(|s| *s != subscription);
                     if let Some(collecting) = state.collecting.get_mut(&Awaiting::SubAck(packet_id))
                     {
+                        let before = collecting.retained.len();
                         collecting.retained.retain(|s| *s != subscription);
+                        let dropped = before - collecting.retained.len();
+                        if dropped > 0 {
+                            let extras = state.extras();
+                            extras.retained_subscribing =
+                                extras.retained_subscribing.saturating_sub(dropped);
+                        }
                     }
                 } else {
                     if shared && state.share(&filter).is_none() {
@@ -302,26 +309,24 @@ impl MqttSession {
                 since_ms,
                 found,
             } => state.on_offline_start(topic, since_ms, found, reply, context),
-            Pending::RetainedIndex {
-                filter,
-                qos,
-                subscription_id,
-                mut read,
-            } => {
-                let mut more = false;
+            Pending::RetainedIndex { paging, mut read } => {
+                let extras = state.extras();
+                extras.retained_index_reads = extras.retained_index_reads.saturating_sub(1);
+                let mut next_page = None;
                 // Not for a filter the client unsubscribed meanwhile.
-                let subscribed = state.subscriptions.iter().any(|s| s.filter == filter);
+                let goes_on = state.paging_goes_on(&paging);
                 if let (
                     true,
                     Reply::History {
                         head_seq, messages, ..
                     },
-                ) = (subscribed, reply)
+                ) = (goes_on, reply)
                 {
+                    let (qos, subscription_id) = (paging.qos, paging.subscription_id);
                     let mut topics: Vec<String> = messages
                         .iter()
                         .filter_map(|m| std::str::from_utf8(&m.body).ok())
-                        .filter(|topic| pattern::matches(&filter, topic))
+                        .filter(|topic| pattern::matches(&paging.filter, topic))
                         .filter(|topic| read.binary_search_by(|r| r.as_str().cmp(topic)).is_err())
                         .filter(|topic| !state.retained_superseded(topic))
                         .map(str::to_string)
@@ -335,15 +340,16 @@ impl MqttSession {
                         if last.seq < *head_seq {
                             read.extend(topics);
                             read.sort();
-                            let next = (last.seq + 1, read);
-                            state.next_retained_page(filter, qos, subscription_id, next, context);
-                            more = true;
+                            next_page = Some((last.seq + 1, read));
                         }
                     }
                 }
-                if !more {
-                    state.retained_paging_done();
+                match next_page {
+                    Some(next) => state.next_retained_page(paging, next, context),
+                    None => state.retained_paging_done(&paging),
                 }
+                state.resume_retained(context);
+                state.drop_extras_if_unused();
             }
             Pending::RetainedRead {
                 topic,
@@ -354,34 +360,39 @@ impl MqttSession {
                 let extras = state.extras();
                 extras.retained_reading = extras.retained_reading.saturating_sub(1);
                 extras.forget_superseded_when_idle();
-                // An exact subscription's read may have been all it was for.
-                if extras.is_unused() {
-                    state.extras = None;
-                }
-                if superseded {
-                    // The client got a newer message of the topic live.
-                    return Ok(());
-                }
-                if let Reply::History { messages, .. } = reply {
-                    if let Some(message) = messages.last().filter(|m| !m.body.is_empty()) {
-                        // Its seq is the `$retained` channel's, not the
-                        // topic's: it moves no cursor of the topic.
-                        let outgoing = Outgoing {
-                            topic: Arc::from(topic),
-                            message: Message {
-                                seq: 0,
-                                ..message.clone()
-                            },
-                            qos,
-                            retain: true,
-                            subscription_ids: subscription_id.into_iter().collect(),
-                            share: None,
-                        };
-                        if !state.send_or_hold(outgoing, context.out()) {
-                            return Err(too_much_held(version, context));
-                        }
+                // Not when the client got a newer message of the topic live;
+                // nor after an UNSUBSCRIBE of every filter matching it.
+                let matched = state.subscriptions.iter().any(|subscription| {
+                    !subscription.is_shared() && pattern::matches(&subscription.filter, &topic)
+                });
+                let retained = match reply {
+                    Reply::History { messages, .. } if matched && !superseded => {
+                        messages.last().filter(|m| !m.body.is_empty())
+                    }
+                    _ => None,
+                };
+                if let Some(message) = retained {
+                    // Its seq is the `$retained` channel's, not the topic's:
+                    // it moves no cursor of the topic.
+                    let outgoing = Outgoing {
+                        topic: Arc::from(topic),
+                        message: Message {
+                            seq: 0,
+                            ..message.clone()
+                        },
+                        qos,
+                        retain: true,
+                        subscription_ids: subscription_id.into_iter().collect(),
+                        share: None,
+                    };
+                    if !state.send_or_hold(outgoing, context.out()) {
+                        return Err(too_much_held(version, context));
                     }
                 }
+                // The room the read kept may let a waiting page be read.
+                state.resume_retained(context);
+                // An exact subscription's read may have been all it was for.
+                state.drop_extras_if_unused();
             }
         }
         Ok(())

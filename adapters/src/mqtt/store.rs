@@ -305,14 +305,16 @@ pub(super) fn answer_suback(
     if let Some(sys) = listener.sys.get() {
         send_sys_values(state, sys, &retained, context);
     }
+    // Their reading starts now (`Extras::retained_subscribing`).
+    let extras = state.extras();
+    extras.retained_subscribing = extras.retained_subscribing.saturating_sub(retained.len());
     for subscription in retained {
         let (qos, id) = (subscription.qos(), subscription.id);
         if pattern::is_pattern(&subscription.filter) {
             // Its first page too waits while the client's queue is full
             // (several new filters at once, from a client already behind).
-            state.extras().retained_paging += 1;
-            let first = (1, Vec::new());
-            state.next_retained_page(subscription.filter, qos, id, first, context);
+            let paging = state.start_paging(subscription.filter, qos, id);
+            state.next_retained_page(paging, (1, Vec::new()), context);
         } else {
             read_retained(state, subscription.filter, qos, id, context);
         }
@@ -397,12 +399,23 @@ pub(super) const RETAINED_INDEX_PAGE: u32 = 500;
 /// Records read per page of a session's records.
 pub(super) const SESSION_PAGE: u32 = 500;
 
+/// A wildcard filter whose retained messages are being read from the
+/// retained-topic index, page after page.
+pub(super) struct RetainedPaging {
+    pub(super) filter: String,
+    pub(super) qos: QoS,
+    pub(super) subscription_id: Option<u32>,
+    /// Tells this reading from another of the same filter: one that an
+    /// UNSUBSCRIBE ended reads no further when its page comes, even if the
+    /// client subscribed to the filter again meanwhile (that subscription
+    /// reads on its own).
+    pub(super) id: u64,
+}
+
 /// A page of the retained-topic index that waits to be read (see
 /// `Connected::resume_retained`).
 pub(super) struct ParkedIndexPage {
-    filter: String,
-    qos: QoS,
-    subscription_id: Option<u32>,
+    paging: RetainedPaging,
     next: (u64, Vec<String>),
 }
 
@@ -411,39 +424,75 @@ impl Connected {
     /// for the client's window and what is being read: within
     /// [`HELD_BEFORE_CATCH_UP`], so that retained messages (which cannot be
     /// read again, and wait whole) never reach [`HELD_MESSAGES_MAX`].
+    /// Each page of the index being read counts whole: it may bring that
+    /// many.
     fn retained_room(&self) -> bool {
-        let reading = self
-            .extras
-            .as_ref()
-            .map_or(0, |extras| extras.retained_reading);
-        self.qos.held.len() + reading + RETAINED_INDEX_PAGE as usize <= HELD_BEFORE_CATCH_UP
+        let (reading, index_reads) = self.extras.as_ref().map_or((0, 0), |extras| {
+            (extras.retained_reading, extras.retained_index_reads)
+        });
+        let page = RETAINED_INDEX_PAGE as usize;
+        self.qos.held.len() + reading + (index_reads + 1) * page <= HELD_BEFORE_CATCH_UP
     }
 
-    /// The next page of the retained-topic index for `filter`: read now,
-    /// or once the client has taken enough of what waits for it.
-    pub(super) fn next_retained_page(
+    /// Starts reading the retained messages of wildcard `filter`.
+    fn start_paging(
         &mut self,
         filter: String,
         qos: QoS,
         subscription_id: Option<u32>,
+    ) -> RetainedPaging {
+        let extras = self.extras();
+        let id = extras.retained_paging_next;
+        extras.retained_paging_next += 1;
+        extras.retained_pagings.push((filter.clone(), id));
+        RetainedPaging {
+            filter,
+            qos,
+            subscription_id,
+            id,
+        }
+    }
+
+    /// Frees the extras once nothing is kept there (after the retained
+    /// reads of a subscription, often all it had them for).
+    pub(super) fn drop_extras_if_unused(&mut self) {
+        if self
+            .extras
+            .as_ref()
+            .is_some_and(|extras| extras.is_unused())
+        {
+            self.extras = None;
+        }
+    }
+
+    /// Whether `paging` still reads (no UNSUBSCRIBE of its filter ended it).
+    pub(super) fn paging_goes_on(&self, paging: &RetainedPaging) -> bool {
+        self.extras.as_ref().is_some_and(|extras| {
+            extras
+                .retained_pagings
+                .iter()
+                .any(|(_, id)| *id == paging.id)
+        })
+    }
+
+    /// The next page of the retained-topic index for `paging`: read now,
+    /// or once the client has taken enough of what waits for it.
+    pub(super) fn next_retained_page(
+        &mut self,
+        paging: RetainedPaging,
         next: (u64, Vec<String>),
         context: &mut SessionContext<'_>,
     ) {
         if self.retained_room() {
-            read_retained_index(self, filter, qos, subscription_id, next, context);
+            read_retained_index(self, paging, next, context);
             return;
         }
-        let page = ParkedIndexPage {
-            filter,
-            qos,
-            subscription_id,
-            next,
-        };
+        let page = ParkedIndexPage { paging, next };
         self.extras().retained_parked.push_back(page);
     }
 
-    /// The client took messages: pages of the retained-topic index that
-    /// waited are read while there is room.
+    /// The client took messages, or retained reads were answered: pages of
+    /// the retained-topic index that waited are read while there is room.
     pub(super) fn resume_retained(&mut self, context: &mut SessionContext<'_>) {
         while self
             .extras
@@ -454,13 +503,7 @@ impl Connected {
             let Some(page) = self.extras().retained_parked.pop_front() else {
                 return;
             };
-            let ParkedIndexPage {
-                filter,
-                qos,
-                subscription_id,
-                next,
-            } = page;
-            read_retained_index(self, filter, qos, subscription_id, next, context);
+            read_retained_index(self, page.paging, page.next, context);
         }
     }
 
@@ -470,17 +513,20 @@ impl Connected {
         let Some(extras) = self.extras.as_mut() else {
             return;
         };
-        let before = extras.retained_parked.len();
-        extras.retained_parked.retain(|page| page.filter != filter);
-        let dropped = before - extras.retained_parked.len();
-        extras.retained_paging = extras.retained_paging.saturating_sub(dropped);
+        extras
+            .retained_parked
+            .retain(|page| page.paging.filter != filter);
+        // A page being read for it reads no further.
+        extras
+            .retained_pagings
+            .retain(|(paging, _)| paging != filter);
         extras.forget_superseded_when_idle();
     }
 
     /// A filter's reading of the retained-topic index ended.
-    pub(super) fn retained_paging_done(&mut self) {
+    pub(super) fn retained_paging_done(&mut self, paging: &RetainedPaging) {
         let extras = self.extras();
-        extras.retained_paging = extras.retained_paging.saturating_sub(1);
+        extras.retained_pagings.retain(|(_, id)| *id != paging.id);
         extras.forget_superseded_when_idle();
     }
 
@@ -488,7 +534,7 @@ impl Connected {
     /// read, its own (older) is not sent after it.
     pub(super) fn supersede_retained(&mut self, topic: &Arc<str>) {
         if let Some(extras) = self.extras.as_mut() {
-            if extras.retained_paging > 0 || extras.retained_reading > 0 {
+            if extras.reads_retained() {
                 extras.retained_superseded.insert(topic.clone());
             }
         }
@@ -507,9 +553,18 @@ impl Extras {
     /// No retained message is being read any more: the topics that
     /// reached the client meanwhile no longer matter.
     pub(super) fn forget_superseded_when_idle(&mut self) {
-        if self.retained_paging == 0 && self.retained_reading == 0 {
+        if !self.reads_retained() {
             self.retained_superseded = HashSet::new();
         }
+    }
+
+    /// Whether retained messages are being read, or are to be read once a
+    /// SUBACK is out.
+    fn reads_retained(&self) -> bool {
+        self.retained_reading > 0
+            || self.retained_index_reads > 0
+            || self.retained_subscribing > 0
+            || !self.retained_pagings.is_empty()
     }
 
     /// Whether every field is as `Connected::extras` makes it, so that the
@@ -527,7 +582,10 @@ impl Extras {
             delivered,
             client_packet_bytes_max,
             retained_reading,
-            retained_paging,
+            retained_index_reads,
+            retained_subscribing,
+            retained_pagings,
+            retained_paging_next: _,
             retained_parked,
             retained_superseded,
         } = self;
@@ -542,29 +600,25 @@ impl Extras {
             && delivered.is_empty()
             && *client_packet_bytes_max == 0
             && *retained_reading == 0
-            && *retained_paging == 0
+            && *retained_index_reads == 0
+            && *retained_subscribing == 0
+            && retained_pagings.is_empty()
             && retained_parked.is_empty()
             && retained_superseded.is_empty()
     }
 }
 
-/// Reads the page of the retained-topic index from seq `from` for a new
-/// subscription to `filter`; `read` are the matching topics of the pages
-/// before (see [`Pending::RetainedIndex`]).
+/// Reads the page of the retained-topic index from seq `from` for
+/// `paging`; `read` are the matching topics of the pages before (see
+/// [`Pending::RetainedIndex`]).
 pub(super) fn read_retained_index(
     state: &mut Connected,
-    filter: String,
-    qos: QoS,
-    subscription_id: Option<u32>,
+    paging: RetainedPaging,
     (from, read): (u64, Vec<String>),
     context: &mut SessionContext<'_>,
 ) {
-    let pending = Pending::RetainedIndex {
-        filter,
-        qos,
-        subscription_id,
-        read,
-    };
+    state.extras().retained_index_reads += 1;
+    let pending = Pending::RetainedIndex { paging, read };
     let (channel, query) = (RETAINED_INDEX.to_string(), HistoryQuery::From(from));
     read_history(
         state,

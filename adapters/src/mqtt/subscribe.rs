@@ -242,6 +242,11 @@ impl MqttSession {
             }
             commands.push((index, subscription));
         }
+        if !wants_retained.is_empty() {
+            // From now on a live message of a topic supersedes its retained
+            // one, read only after the SUBACK (`store::answer_suback`).
+            state.extras().retained_subscribing += wants_retained.len();
+        }
         state.collecting.insert(
             Awaiting::SubAck(packet_id),
             Collecting {
