@@ -347,3 +347,66 @@ fn requests_sent_before_end_of_stream_are_still_answered() {
         .collect();
     assert_eq!(acks, (1..=10).collect::<Vec<_>>(), "{frames:?}");
 }
+
+/// A subscribe and an unsubscribe of the same channel in one write: the
+/// unsubscribe comes before the subscription's first page from the
+/// channel's owner. Both are answered (the subscribe with an error that
+/// says why), in order, before the connection closes after its end of
+/// stream: before, the subscribe was never answered (the connection counted
+/// it in flight for good, and closed only when its linger ran out).
+#[test]
+fn a_subscribe_unsubscribed_before_it_started_is_still_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, address) = server(dir.path(), |_| {});
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    let mut out = BytesMut::new();
+    for (index, channel) in ["early-0", "early-1", "early-2", "early-3"]
+        .iter()
+        .enumerate()
+    {
+        let request_id = 2 + 2 * index as u32;
+        let subscribe = Frame::Subscribe {
+            channel: channel.to_string(),
+            start: SubscribeStart::FromSeq(1),
+        };
+        Envelope {
+            request_id,
+            frame: subscribe,
+        }
+        .encode(&mut out);
+        let unsubscribe = Frame::Unsubscribe {
+            channel: channel.to_string(),
+        };
+        Envelope {
+            request_id: request_id + 1,
+            frame: unsubscribe,
+        }
+        .encode(&mut out);
+    }
+    stream.write_all(&out).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let frames = read_until_closed(&mut stream);
+    let answered: Vec<u32> = frames
+        .iter()
+        .filter(|e| !matches!(e.frame, Frame::Welcome { .. }))
+        .map(|e| e.request_id)
+        .collect();
+    assert_eq!(answered, (2..10).collect::<Vec<_>>(), "{frames:?}");
+    let mut ended = 0;
+    for envelope in frames.iter().filter(|e| e.request_id >= 2) {
+        match (&envelope.frame, envelope.request_id % 2) {
+            (Frame::Error { message, .. }, 0) => {
+                assert!(message.contains("ended by an unsubscribe"), "{message}");
+                ended += 1;
+            }
+            // A page from this shard itself may come first.
+            (Frame::Subscribed { .. }, 0) | (Frame::Unsubscribed, 1) => {}
+            (frame, _) => panic!("unexpected answer {frame:?}"),
+        }
+    }
+    assert!(
+        ended > 0,
+        "no subscribe was unsubscribed before it started: {frames:?}"
+    );
+}

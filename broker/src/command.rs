@@ -127,6 +127,10 @@ pub enum BrokerError {
     AlreadySubscribed(String),
     #[error("not subscribed to channel {0:?} on this connection")]
     NotSubscribed(String),
+    /// The answer to a subscribe whose connection unsubscribed the channel
+    /// before the subscription's first page came (wire code: NotSubscribed).
+    #[error("the subscription to channel {0:?} was ended by an unsubscribe before it started; subscribe again if it is still wanted")]
+    EndedBeforeStart(String),
     #[error("the log of partition {partition} stopped accepting writes after a storage failure ({reason}); fix the disk and restart the server")]
     StorageFailed { partition: u32, reason: String },
     #[error("the server is shutting down; reconnect to another node or retry later")]
@@ -149,7 +153,9 @@ impl BrokerError {
             BrokerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             BrokerError::TooLarge { .. } => ErrorCode::TooLarge,
             BrokerError::AlreadySubscribed(_) => ErrorCode::AlreadySubscribed,
-            BrokerError::NotSubscribed(_) => ErrorCode::NotSubscribed,
+            BrokerError::NotSubscribed(_) | BrokerError::EndedBeforeStart(_) => {
+                ErrorCode::NotSubscribed
+            }
             BrokerError::StorageFailed { .. } => ErrorCode::StorageFailed,
             BrokerError::ShuttingDown => ErrorCode::Unavailable,
             BrokerError::RateLimited(_) => ErrorCode::RateLimited,

@@ -243,7 +243,7 @@ impl From<BrokerError> for ChatError {
             BrokerError::InvalidArgument(_) => "invalid_argument",
             BrokerError::TooLarge { .. } => "too_large",
             BrokerError::AlreadySubscribed(_) => "already_subscribed",
-            BrokerError::NotSubscribed(_) => "not_subscribed",
+            BrokerError::NotSubscribed(_) | BrokerError::EndedBeforeStart(_) => "not_subscribed",
             BrokerError::StorageFailed { .. } => "storage_failed",
             BrokerError::ShuttingDown => "unavailable",
             BrokerError::RateLimited(_) => "rate_limited",

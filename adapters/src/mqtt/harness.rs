@@ -980,6 +980,43 @@ mod tests {
         assert!(packets.len() == 1 && refused(&packets[0]), "{packets:?}");
     }
 
+    /// An UNSUBSCRIBE of a topic whose subscription the broker had not
+    /// started yet: the broker ends it and says so in the subscribe's
+    /// answer. The SUBACK grants it (the client's own UNSUBSCRIBE ended it),
+    /// and nothing of it is kept: no record, no retained message.
+    #[test]
+    fn a_subscription_unsubscribed_before_it_started_is_granted_and_gone() {
+        let mut log = Log::default();
+        retain_topics(&mut log, 1);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "ended", false);
+        let is_subscribe = |command: &Command| matches!(command, Command::Subscribe { .. });
+        send_subscribe(&mut client, 1, "r/0");
+        client.answer(&mut log, is_subscribe);
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["r/0".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, is_subscribe);
+        let ended = BrokerError::EndedBeforeStart("r/0".into());
+        client.refuse(is_subscribe, ended);
+        client.answer(&mut log, |_| false);
+        let packets = client.packets();
+        let granted = |p: &Packet| matches!(p, Packet::SubAck(ack) if ack.reason_codes == [ReasonCode::GrantedQoS1]);
+        assert!(
+            matches!(&packets[..], [Packet::UnsubAck(_), suback] if granted(suback)),
+            "{packets:?}"
+        );
+        let record = store::session_channel("ended");
+        let records = log.read(&record, HistoryQuery::From(1), 100);
+        let subscribed = records
+            .iter()
+            .filter(|m| std::str::from_utf8(&m.body).is_ok_and(|b| b.contains("\"subscribe\"")))
+            .count();
+        assert_eq!(subscribed, 0, "no subscription record");
+    }
+
     /// A new subscription to one topic reads its retained message from the
     /// log; a message of the topic that reaches the client live before that
     /// read is answered is newer, so the retained one is not sent after it

@@ -84,15 +84,23 @@ impl MqttSession {
                     }
                 }
                 let granted = match error {
-                    None | Some(BrokerError::AlreadySubscribed(_)) => ReasonCode::granted(qos),
+                    // Ended: the client's own UNSUBSCRIBE came first.
+                    None
+                    | Some(BrokerError::AlreadySubscribed(_))
+                    | Some(BrokerError::EndedBeforeStart(_)) => ReasonCode::granted(qos),
                     Some(BrokerError::Denied(_)) => ReasonCode::NotAuthorized,
                     Some(BrokerError::InvalidArgument(_)) => ReasonCode::TopicFilterInvalid,
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
-                if granted.is_error() {
+                // Granted, then ended by the client's UNSUBSCRIBE before it
+                // started: nothing to record, no retained messages.
+                let ended = matches!(error, Some(BrokerError::EndedBeforeStart(_)));
+                if granted.is_error() || ended {
                     // Refused: the session does not have it (nor its
                     // retained messages).
-                    state.subscriptions.retain(|s| *s != subscription);
+                    if !ended {
+                        state.subscriptions.retain(|s| *s != subscription);
+                    }
                     if let Some(collecting) = state.collecting.get_mut(&Awaiting::SubAck(packet_id))
                     {
                         let before = collecting.retained.len();

@@ -134,7 +134,20 @@ impl Shard {
             return;
         };
         let channel = connection.subscriptions.swap_remove(index);
+        // A subscribe whose first page has not come yet is answered first:
+        // nothing else would (the page finds no subscriber), and its
+        // connection would count it in flight for good.
+        let unanswered = self.subscriptions.get(&channel).and_then(|subscribers| {
+            subscribers
+                .iter()
+                .find(|s| s.subscription.conn.slot == slot && !s.answered)
+                .map(|s| s.request_id)
+        });
         self.remove_subscriber(&channel, slot);
+        if let Some(subscribe_id) = unanswered {
+            let error = BrokerError::EndedBeforeStart(channel.to_string());
+            self.reply(conn, subscribe_id, Reply::Error(error));
+        }
         self.reply(conn, request_id, Reply::Unsubscribed);
     }
 
