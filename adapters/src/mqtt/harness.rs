@@ -546,6 +546,68 @@ mod tests {
         assert!(matches!(&client.packets()[..], [Packet::Publish(p)] if p.payload == "after"));
     }
 
+    /// A persistent session unsubscribes `filter`, messages of `topic` come,
+    /// and it subscribes to `filter` again: after a reconnect those
+    /// messages (from while it was not subscribed) are not sent as missed.
+    fn subscribed_again_gets_nothing_from_while_unsubscribed(filter: &str, topic: &str) {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "again", false);
+        subscribe(&mut client, &mut log, filter, QoS::AtLeastOnce);
+        publish(
+            &mut log,
+            topic,
+            Bytes::from_static(b"one"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let first = client.packets();
+        assert_eq!(acknowledge_all(&mut client, &mut log, first).len(), 1);
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec![filter.into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::UnsubAck(_)]));
+        for body in [&b"while-away-1"[..], b"while-away-2"] {
+            publish(
+                &mut log,
+                topic,
+                Bytes::from_static(body),
+                &mut [&mut client],
+            );
+        }
+        client.answer(&mut log, |_| false);
+        assert!(client.packets().is_empty(), "not subscribed");
+        // Later by the clock too (a wildcard filter looks back from the
+        // time it was subscribed, in ms).
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        subscribe(&mut client, &mut log, filter, QoS::AtLeastOnce);
+        client.close();
+
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, after) = connected(&server, &mut log, "again", true);
+        client.answer(&mut log, |_| false);
+        let mut packets = after;
+        packets.extend(client.packets());
+        assert_eq!(
+            payloads(packets),
+            Vec::<Bytes>::new(),
+            "nothing from while unsubscribed"
+        );
+    }
+
+    #[test]
+    fn a_topic_subscribed_again_does_not_replay_what_came_while_unsubscribed() {
+        subscribed_again_gets_nothing_from_while_unsubscribed("t", "t");
+    }
+
+    #[test]
+    fn a_wildcard_subscribed_again_does_not_replay_what_came_while_unsubscribed() {
+        subscribed_again_gets_nothing_from_while_unsubscribed("w/+", "w/a");
+    }
+
     /// A session subscribed to `w/+` gets a live message of `w/a` whose
     /// first message came before the filter: the topic is looked up for
     /// earlier ones (a history read), and the live message waits for that

@@ -179,6 +179,19 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
                 session.subscriptions.retain(|s| s.filter != filter);
                 session.subscribed_at_ms.remove(filter);
                 session.cursor_floors.remove(filter);
+                // Topics followed for it that no filter left matches are
+                // not followed any more: subscribed to again, they start
+                // from then, not from where they were left.
+                let subscriptions = &session.subscriptions;
+                session.followed_topics.retain(|topic| {
+                    subscriptions
+                        .iter()
+                        .any(|s| pattern::matches(s.topic_filter(), topic))
+                });
+                let (subscriptions, followed) = (&session.subscriptions, &session.followed_topics);
+                session.cursor_floors.retain(|key, _| {
+                    followed.contains(key) || subscriptions.iter().any(|s| s.filter == *key)
+                });
             }
             Some("topic") => {
                 let topic = event["topic"].as_str().unwrap_or_default();

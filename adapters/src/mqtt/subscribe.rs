@@ -192,6 +192,20 @@ impl Connected {
         )
     }
 
+    /// After an UNSUBSCRIBE: a topic no filter of the session matches any
+    /// more keeps no position here, so that subscribed to again it starts
+    /// from then (its cursor written anew at the head), not from where it
+    /// was left with what came meanwhile.
+    fn forget_unmatched_cursors(&mut self) {
+        let subscriptions = &self.subscriptions;
+        self.qos.cursors.retain(|topic, _| {
+            subscriptions
+                .iter()
+                .any(|subscription| pattern::matches(subscription.topic_filter(), topic))
+        });
+        release_if_empty(&mut self.qos.cursors);
+    }
+
     fn unsubscribe_filter(&mut self, filter: &str) -> Option<Subscription> {
         let index = self
             .subscriptions
@@ -327,6 +341,7 @@ impl MqttSession {
             context.submit(request_id, command);
         }
         state.drop_caught_up(context);
+        state.forget_unmatched_cursors();
         if let Some(done) = collect_complete(&mut state.collecting, Awaiting::UnsubAck(packet_id)) {
             send_unsuback(state, packet_id, done, context);
         }
