@@ -658,6 +658,35 @@ mod tests {
         assert_eq!(payloads(client.packets()), [Bytes::from_static(b"live")]);
     }
 
+    /// The client unsubscribes the filter while the look-back of a topic
+    /// it reached is under way: the topic is not followed or subscribed to
+    /// for a filter that is gone.
+    #[test]
+    fn a_look_back_answered_after_its_filter_went_follows_nothing() {
+        let (mut log, _server, mut client) = looking_back("gone");
+        let is_look_back = |command: &Command| matches!(command, Command::History { channel, .. } if channel == "w/a");
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["w/+".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, is_look_back);
+        assert!(client.unanswered.iter().any(|(_, c)| is_look_back(c)));
+        let mut asked = Vec::new();
+        client.answer(&mut log, |command| {
+            asked.push(command.clone());
+            false
+        });
+        let follows = |command: &Command| match command {
+            Command::Subscribe { channel, .. } => channel == "w/a",
+            Command::Publish { body, .. } => {
+                std::str::from_utf8(body).is_ok_and(|b| b.contains("\"topic\""))
+            }
+            _ => false,
+        };
+        assert!(!asked.iter().any(follows), "{asked:?}");
+    }
+
     /// A message that is not in the log (an ephemeral one, or a live-only
     /// QoS 0 one: seq 0) of a topic being caught up goes out at once: no
     /// catch-up would bring it, and it says nothing of where the catch-up

@@ -332,6 +332,13 @@ impl Connected {
         let first_new = messages.iter().find(|m| m.timestamp_ms > since_ms);
         let whole_page_new = messages.first().is_some_and(|m| m.timestamp_ms > since_ms);
         let found = first_new.map(|m| m.seq).or(found);
+        if self.wildcard_since(&topic).is_none() {
+            // The filter that reached it was unsubscribed meanwhile (or the
+            // client subscribed to the topic itself): nothing to follow.
+            self.extras().caught_up.remove(&topic);
+            self.extras().catching_up.remove(&topic);
+            return;
+        }
         match (whole_page_new, messages.first()) {
             (true, Some(first)) if first.seq > 1 => {
                 // The offline messages may start further back.
