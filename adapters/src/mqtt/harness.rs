@@ -970,6 +970,30 @@ mod tests {
         );
     }
 
+    /// The client unsubscribes the wildcard filter before the topic it fell
+    /// behind on is subscribed on its own: the session ends that topic
+    /// subscription itself, and the broker's answer that it ended before it
+    /// started is no reason to disconnect.
+    #[test]
+    fn a_fall_behind_subscription_ended_by_an_unsubscribe_keeps_the_connection() {
+        let (mut log, _server, mut client, _) = fallen_behind_on_a_second_topic();
+        let is_subscribe = |command: &Command| matches!(command, Command::Subscribe { .. });
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["w/+".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, is_subscribe);
+        client.refuse(is_subscribe, BrokerError::EndedBeforeStart("w/b".into()));
+        assert!(!client.closed, "disconnected");
+        let packets = client.packets();
+        assert!(
+            !packets.iter().any(|p| matches!(p, Packet::Disconnect(_))),
+            "{:?}",
+            packets.last()
+        );
+    }
+
     /// The client sends a SUBSCRIBE to `filter` at QoS 1 (not answered).
     fn send_subscribe(client: &mut Driver, packet_id: u16, filter: &str) {
         let options = SubscriptionOptions {

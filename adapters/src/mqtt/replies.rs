@@ -291,12 +291,14 @@ impl MqttSession {
                 if let Some(extras) = state.extras.as_mut() {
                     extras.catching_up.remove(&topic);
                 }
-                if let Some(error) = error {
+                // Ended by the session itself (no filter needs the topic
+                // any more): nothing was missed.
+                if let Some(error) = error.filter(|e| !ended_by_the_session(e)) {
                     return Err(cannot_read_on(state.version, &topic, error, context));
                 }
             }
             Pending::CaughtUp(topic) => {
-                if let Some(error) = error {
+                if let Some(error) = error.filter(|e| !ended_by_the_session(e)) {
                     log::warn!(
                         "mqtt {}: {topic:?} was not subscribed to catch up: {error}",
                         context.peer()
@@ -405,6 +407,12 @@ impl MqttSession {
         }
         Ok(())
     }
+}
+
+/// Whether `error` answers a topic subscription of the session that the
+/// session's own unsubscribe ended before it started.
+fn ended_by_the_session(error: &BrokerError) -> bool {
+    matches!(error, BrokerError::EndedBeforeStart(_))
 }
 
 /// Refuses the CONNACK of a session whose records (or QoS 2 note) could
