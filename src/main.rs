@@ -452,8 +452,16 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         config.engine.durability
     );
     let mut running_keys = key_settings(&config);
+    let mut failed_shard = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        failed_shard = engine.failed_shard();
+        if failed_shard.is_some() {
+            // A shard's thread ended (a panic): the server cannot serve its
+            // channels, so it stops rather than run on half working; a
+            // supervisor starts it again, from the log.
+            break;
+        }
         if reload.swap(false, Ordering::Relaxed) {
             let outcome = reload_tls(tls.as_deref());
             let reloaded = Config::load(config_file, std::env::vars());
@@ -494,6 +502,12 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     let stopped = engine.shutdown();
     if let Some(audit) = audit_to_close {
         audit.close();
+    }
+    if let Some(shard) = failed_shard {
+        anyhow::bail!(
+            "shard {shard} stopped after a panic (printed above), so the server stopped: start it \
+             again (everything acknowledged is in the log) and report the panic"
+        );
     }
     stopped.context("the server stopped, but not cleanly")?;
     log::info!("stopped");

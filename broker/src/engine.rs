@@ -204,7 +204,8 @@ impl Connector {
     }
 }
 
-/// Attaches an in-process client acting as `principal` to `shard`.
+/// Attaches an in-process client acting as `principal` to `shard`, or to
+/// the next one that runs if that one's thread has ended (a panic).
 fn attach_local(shared: &Arc<EngineShared>, shard: usize, principal: Principal) -> LocalClient {
     // A queue that grows as events wait and gives the memory back as they
     // are read: a preallocated one of `local_events_max` slots kept ~4.5 MB
@@ -214,15 +215,20 @@ fn attach_local(shared: &Arc<EngineShared>, shard: usize, principal: Principal) 
     // waits for each one before the next) and the closing event, so a client
     // behind on its deliveries still gets both.
     let (events_tx, events) = crossbeam_channel::unbounded();
-    let (attached_tx, attached) = crossbeam_channel::bounded(1);
-    shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
-        principal,
-        events: events_tx,
-        attached: attached_tx,
-    });
-    let conn = attached
-        .recv()
-        .expect("a running shard attaches a local client");
+    let shards = shared.inboxes.len();
+    let conn = (0..shards)
+        .map(|k| (shard + k) % shards)
+        .find_map(|shard| {
+            let (attached_tx, attached) = crossbeam_channel::bounded(1);
+            shared.inboxes[shard].send_blocking(ShardMsg::AttachLocal {
+                principal: principal.clone(),
+                events: events_tx.clone(),
+                attached: attached_tx,
+            });
+            // An ended shard drops the message, and with it `attached_tx`.
+            attached.recv().ok()
+        })
+        .expect("no shard of the engine runs any more (each stopped after a panic)");
     LocalClient {
         shared: shared.clone(),
         conn,
@@ -360,6 +366,9 @@ impl Engine {
             let handle = std::thread::Builder::new()
                 .name(format!("starling-shard-{id}"))
                 .spawn(move || {
+                    // However the thread ends (a panic too), senders stop
+                    // waiting for room in its inbox.
+                    let _ended = EndsInbox(shared.clone(), id);
                     let opened = open_partitions(&shared, &data_dir, id, replay, run);
                     let partitions = match opened {
                         Ok(partitions) => {
@@ -505,6 +514,16 @@ impl Engine {
         self.shared.routing
     }
 
+    /// A shard whose thread ended while the engine runs: only a panic (a
+    /// bug) ends one before `shutdown`. Its connections are gone and its
+    /// channels cannot be served; the engine cannot carry on without it,
+    /// so whoever runs it should shut it down and start again (everything
+    /// acknowledged is in the log). The `starling` binary checks this and
+    /// exits with an error.
+    pub fn failed_shard(&self) -> Option<usize> {
+        self.shards.iter().position(JoinHandle::is_finished)
+    }
+
     /// A client inside this process, acting as `principal`. Clients are spread
     /// over the shards round-robin.
     pub fn connect(&self, principal: Principal) -> LocalClient {
@@ -601,6 +620,7 @@ impl Engine {
             return 0;
         }
         for inbox in &self.shared.inboxes {
+            // Dropped for a shard that ended already (a panic).
             inbox.send_blocking(ShardMsg::Shutdown);
         }
         self.shards
@@ -608,6 +628,23 @@ impl Engine {
             .map(|handle| handle.join().unwrap_or(false))
             .filter(|clean| !clean)
             .count()
+    }
+}
+
+/// Marks shard `.1`'s inbox ended when dropped (`Inbox::end`).
+struct EndsInbox(Arc<EngineShared>, usize);
+
+impl Drop for EndsInbox {
+    fn drop(&mut self) {
+        self.0.inboxes[self.1].end();
+        if std::thread::panicking() {
+            log::error!(
+                "shard {} stopped after a panic (a bug; the panic is printed above): its \
+                 connections are closed and its channels cannot be served until the engine is \
+                 started again — everything acknowledged is in the log; please report the panic",
+                self.1
+            );
+        }
     }
 }
 

@@ -205,6 +205,8 @@ pub(crate) struct Inbox {
     /// is seen by its next look at the queue, and waking it would only make
     /// its next poll return at once for nothing (see [`Inbox::wake_if_asleep`]).
     asleep: AtomicBool,
+    /// The shard's thread has ended: nothing reads the queue any more.
+    ended: AtomicBool,
 }
 
 impl Inbox {
@@ -213,7 +215,13 @@ impl Inbox {
             queue: ArrayQueue::new(INBOX_CAPACITY),
             waker,
             asleep: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
+    }
+
+    /// Set when the shard's thread ends, however (a panic too).
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
     }
 
     /// Called by the shard before a poll that may wait: from now on other
@@ -243,8 +251,13 @@ impl Inbox {
 
     /// Sends from a thread that is not an event loop: waits (briefly sleeping)
     /// while the inbox is full, then wakes the shard.
+    /// A shard whose thread has ended (a panic) takes nothing: the message
+    /// is dropped rather than waited with for good.
     pub fn send_blocking(&self, mut message: ShardMsg) {
         loop {
+            if self.ended.load(Ordering::SeqCst) {
+                return;
+            }
             match self.queue.push(message) {
                 Ok(()) => break,
                 Err(back) => {
