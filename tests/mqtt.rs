@@ -491,26 +491,31 @@ fn a_retained_will_is_kept_as_the_retained_message() {
 
 /// MQTT 5's Maximum Packet Size of a client (3.1.2.24): a message whose
 /// PUBLISH would be larger is not sent to it (and holds nothing up); the
-/// smaller ones still come, and other clients get the large one.
+/// smaller ones still come, and other clients get the large one. At QoS 0
+/// too, where plain subscribers share one encoding of each message.
 #[test]
 fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent() {
     let (_dir, server) = server(&[]);
-    let (_small, small_lines) = subscriber(
-        server.mqtt,
-        &[
-            "-t",
-            "mps/#",
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-v",
-            "-D",
-            "connect",
-            "maximum-packet-size",
-            "200",
-        ],
-    );
+    let small_subscriber = |qos: &str| {
+        subscriber(
+            server.mqtt,
+            &[
+                "-t",
+                "mps/#",
+                "-V",
+                "mqttv5",
+                "-q",
+                qos,
+                "-v",
+                "-D",
+                "connect",
+                "maximum-packet-size",
+                "200",
+            ],
+        )
+    };
+    let (_small, small_lines) = small_subscriber("1");
+    let (_small0, small0_lines) = small_subscriber("0");
     let (_large, large_lines) = subscriber(
         server.mqtt,
         &["-t", "mps/#", "-V", "mqttv5", "-q", "1", "-v"],
@@ -532,6 +537,11 @@ fn a_message_larger_than_the_clients_maximum_packet_size_is_not_sent() {
         received(&small_lines, 2),
         ["mps/one small", "mps/two small"],
         "the 500-byte message is not sent to a client that takes 200-byte packets"
+    );
+    assert_eq!(
+        received(&small0_lines, 2),
+        ["mps/one small", "mps/two small"],
+        "nor at QoS 0"
     );
     let large = received(&large_lines, 3);
     assert_eq!(large[1], format!("mps/big {big}"));

@@ -405,8 +405,8 @@ pub(super) fn publish(log: &mut Log, topic: &str, body: Bytes, drivers: &mut [&m
 #[cfg(test)]
 mod tests {
     use starling_protocol::mqtt::{
-        Connect, Properties, PublishResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
-        Unsubscribe,
+        Connect, PacketType, Properties, PublishResponse, QoS, ReasonCode, Subscribe,
+        SubscriptionOptions, Unsubscribe,
     };
 
     use super::super::store;
@@ -1045,6 +1045,119 @@ mod tests {
         let mut first = client.packets();
         assert!(matches!(first.remove(0), Packet::SubAck(_)));
         (log, server, client, first)
+    }
+
+    /// An UNSUBSCRIBE of a filter the session does not have (another share
+    /// group's name for a topic filter it has, or the plain one of a shared
+    /// subscription) changes nothing: UNSUBACK 0x11, and the subscription
+    /// it has still gets its messages (its broker subscription stays).
+    #[test]
+    fn unsubscribing_a_filter_not_held_keeps_the_subscription_held() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "keeps");
+        subscribe(&mut client, &mut log, "a/b", QoS::AtLeastOnce);
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["$share/x/a/b".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        let packets = client.packets();
+        let no_subscription = |p: &Packet| matches!(p, Packet::UnsubAck(ack) if ack.reason_codes == [ReasonCode::NoSubscriptionExisted]);
+        assert!(
+            packets.len() == 1 && no_subscription(&packets[0]),
+            "{packets:?}"
+        );
+        publish(
+            &mut log,
+            "a/b",
+            Bytes::from_static(b"still"),
+            &mut [&mut client],
+        );
+        assert_eq!(payloads(client.packets()), [Bytes::from_static(b"still")]);
+    }
+
+    /// A v5 DISCONNECT that gives a session with expiry 0 a life is a
+    /// protocol error, not a normal disconnection: the connection closes
+    /// with 0x82, and the will is published as for any error.
+    #[test]
+    fn an_invalid_disconnect_keeps_the_will() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect("will-kept") else {
+            unreachable!()
+        };
+        hello.clean_start = true;
+        hello.properties = Properties::default();
+        hello.will = Some(starling_protocol::mqtt::Will {
+            topic: "w/last".into(),
+            payload: Bytes::from_static(b"bye"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        client.send(&Packet::Connect(hello));
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        client.send_refused(&Packet::Disconnect(starling_protocol::mqtt::Disconnect {
+            reason_code: ReasonCode::Success,
+            properties: Properties {
+                session_expiry_interval_s: Some(10),
+                ..Properties::default()
+            },
+        }));
+        let packets = client.packets();
+        let refused = |p: &Packet| matches!(p, Packet::Disconnect(d) if d.reason_code == ReasonCode::ProtocolError);
+        assert!(packets.len() == 1 && refused(&packets[0]), "{packets:?}");
+        let will = |command: &Command| matches!(command, Command::Publish { channel, .. } if &**channel == "w/last");
+        assert!(
+            client.unanswered.iter().any(|(_, c)| will(c)),
+            "{:?}",
+            client.unanswered
+        );
+    }
+
+    /// Every refusal of a publish is answered with a reason code that a
+    /// PUBACK and a PUBREC may carry (a client would take another as a
+    /// malformed packet).
+    #[test]
+    fn refused_publishes_get_reason_codes_a_puback_may_carry() {
+        let errors = [
+            BrokerError::Denied("no".into()),
+            BrokerError::InvalidArgument("bad".into()),
+            BrokerError::TooLarge {
+                what: "channel name",
+                size: 2000,
+                limit: 1024,
+            },
+            BrokerError::TooLarge {
+                what: "message headers",
+                size: 70_000,
+                limit: 65_536,
+            },
+            BrokerError::StorageFailed {
+                partition: 1,
+                reason: "disk".into(),
+            },
+            BrokerError::ShuttingDown,
+            BrokerError::RateLimited("slow".into()),
+            BrokerError::StorageFull {
+                path: "/".into(),
+                free_bytes: 0,
+                min_bytes: 1,
+            },
+        ];
+        for error in errors {
+            let code = super::super::publish_reason(&error);
+            for packet in [PacketType::PubAck, PacketType::PubRec] {
+                assert!(
+                    code.is_allowed_in(packet),
+                    "{code:?} for {error:?} in {packet:?}"
+                );
+            }
+        }
     }
 
     /// A SUBSCRIBE that reuses the packet identifier of one still waiting

@@ -756,7 +756,11 @@ impl MqttSession {
             return Err(too_much_held(state.version, context));
         }
         if let (Route::Shared, true) = (state.route(channel), out.is_empty()) {
-            return Ok(None);
+            // Unless one may pass the client's Maximum Packet Size: the
+            // shared bytes are not checked against it (`Connected::fits`).
+            if state.all_fit_roughly(channel, messages) {
+                return Ok(None);
+            }
         }
         let channel: Arc<str> = Arc::from(channel);
         for message in messages.iter().filter(|m| is_application_message(m)) {
@@ -1029,13 +1033,10 @@ impl MqttSession {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => {
-                // A normal DISCONNECT discards the will; v5's "disconnect
-                // with will message" keeps it.
-                if disconnect.reason_code != ReasonCode::DisconnectWithWillMessage {
-                    state.will = None;
-                }
                 // v5: the client may change its session's expiry, but not
                 // give a session that was to end with the connection a life.
+                // Such a DISCONNECT is a protocol error, not a normal one:
+                // the will stays (it is sent as for any error).
                 if let Some(expiry_s) = disconnect.properties.session_expiry_interval_s {
                     if state.session_expiry_s == 0 && expiry_s > 0 {
                         return self.violation(
@@ -1046,6 +1047,11 @@ impl MqttSession {
                         );
                     }
                     state.session_expiry_s = expiry_s;
+                }
+                // A normal DISCONNECT discards the will; v5's "disconnect
+                // with will message" keeps it.
+                if disconnect.reason_code != ReasonCode::DisconnectWithWillMessage {
+                    state.will = None;
                 }
                 Err(close("the client disconnected"))
             }
@@ -1118,14 +1124,18 @@ fn cannot_read_on(
     close("MQTT: the client fell behind and cannot read on from the log")
 }
 
-/// The v5 reason code for a refused publish.
+/// The v5 reason code for a refused publish, among those a PUBACK or
+/// PUBREC may carry (MQTT 3.4.2.1, 3.5.2.1); the reason string says more.
 fn publish_reason(error: &BrokerError) -> ReasonCode {
     match error {
         BrokerError::Denied(_) => ReasonCode::NotAuthorized,
         BrokerError::InvalidArgument(_) => ReasonCode::TopicNameInvalid,
-        BrokerError::TooLarge { .. } => ReasonCode::PacketTooLarge,
-        BrokerError::ShuttingDown => ReasonCode::ServerShuttingDown,
+        BrokerError::TooLarge {
+            what: "channel name",
+            ..
+        } => ReasonCode::TopicNameInvalid,
         BrokerError::RateLimited(_) | BrokerError::StorageFull { .. } => ReasonCode::QuotaExceeded,
+        BrokerError::ShuttingDown => ReasonCode::UnspecifiedError,
         _ => ReasonCode::ImplementationSpecificError,
     }
 }

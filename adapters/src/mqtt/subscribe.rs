@@ -311,7 +311,17 @@ impl MqttSession {
             },
         );
         for (index, filter) in unsubscribe.filters.into_iter().enumerate() {
-            let removed = state.unsubscribe_filter(&filter);
+            if state.unsubscribe_filter(&filter).is_none() {
+                // Not a filter of this session (another share group's name
+                // for a topic filter it has, say): nothing changes, and the
+                // broker subscription its other filters need stays.
+                state
+                    .collecting
+                    .get_mut(&Awaiting::UnsubAck(packet_id))
+                    .expect("inserted")
+                    .codes[index] = Some(ReasonCode::NoSubscriptionExisted);
+                continue;
+            }
             state.forget_retained_pages(&filter);
             state.leave_share(&self.listener.groups, &filter, context);
             state.record(
@@ -326,7 +336,7 @@ impl MqttSession {
                 .iter()
                 .any(|s| s.topic_filter() == topic_filter)
                 || state.catches_up_for_a_filter(topic_filter);
-            if removed.is_some() && still_used {
+            if still_used {
                 // Another subscription of this session (shared or not)
                 // needs the broker subscription.
                 state
