@@ -949,6 +949,24 @@ impl Journal {
             count_only: false,
             counted: false,
         };
+        // Entries of an earlier run may lie where this file's first entry
+        // goes, of the very generation this run starts with: a switch whose
+        // new header never became durable (a crash, a power loss) leaves
+        // its entries under the older header, and recovery, going by valid
+        // headers, hands out that generation again. Cut them off before
+        // the header makes them look like this run's.
+        let first_entry = encode_header(generation, run, partitions).len() as u64;
+        let path = journal.directory.join(file_name(0));
+        let len = journal.files[0]
+            .metadata()
+            .map_err(|e| StorageError::io("stat", &path, e))?
+            .len();
+        if len > first_entry {
+            journal.files[0]
+                .write_all_at(&[0u8; ENTRY_HEADER_BYTES], first_entry)
+                .and_then(|()| journal.files[0].sync_data())
+                .map_err(|e| StorageError::io("erase the first entry of", &path, e))?;
+        }
         journal.activate(0, generation, partitions, true)?;
         let active_len = journal.files[0]
             .metadata()

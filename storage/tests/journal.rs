@@ -642,3 +642,42 @@ fn a_counting_journal_writes_no_entries_and_a_process_crash_keeps_the_partition_
     assert_eq!(partition.head_seq(b"a"), 6);
     assert_eq!(partition.head_seq(b"b"), 3);
 }
+
+/// A switch whose new header never became durable leaves its entries, of
+/// generation G + 1, under the file's older header; recovery goes by valid
+/// headers, finds G at most, and the next run starts its journal with
+/// G + 1 in that very file. Those entries, never acknowledged as this run's,
+/// must not be replayed after it: the new journal cuts them off.
+#[test]
+fn entries_left_under_an_older_header_are_not_taken_for_a_new_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let journals = journal_path(dir.path(), 0);
+    let (file0, file1) = (journals.join("0.journal"), journals.join("1.journal"));
+    let mut partition = open_run(dir.path(), 1);
+    // Run 1, generation 1: its file is kept aside as file 1 will be.
+    let mut journal = start_run(dir.path(), &mut partition, 1, 1);
+    turn(&mut partition, &mut journal, &[("a", 1)]);
+    drop(journal);
+    let generation_1 = std::fs::read(&file0).unwrap();
+    // Generation 2 writes entries in file 0...
+    let mut journal = start_run(dir.path(), &mut partition, 1, 2);
+    turn(&mut partition, &mut journal, &[("a", 2)]);
+    turn(&mut partition, &mut journal, &[("a", 3)]);
+    drop(journal);
+    partition.sync().unwrap();
+    // ...whose header then never made it; generation 1 is the valid one.
+    std::fs::write(&file1, &generation_1).unwrap();
+    let mut bytes = std::fs::read(&file0).unwrap();
+    bytes[..16].fill(0);
+    std::fs::write(&file0, &bytes).unwrap();
+    let recovery = recover_journals(dir.path()).unwrap();
+    assert_eq!(recovery.generation, 1, "the highest valid header");
+
+    // The next run starts with generation 2 in file 0, and stops before it
+    // writes anything.
+    let journal = start_run(dir.path(), &mut partition, 2, recovery.generation + 1);
+    drop(journal);
+    let recovery = recover_journals(dir.path()).unwrap();
+    let entries = recovery.partitions.get(&0).map_or(0, |p| p.entries.len());
+    assert_eq!(entries, 0, "the older run's entries are not this run's");
+}
