@@ -489,7 +489,9 @@ impl Shard {
                 .collect();
             for ack in acks.drain(..) {
                 let reply = match (&failed, ack.reply_as) {
-                    (Some(error), _) if !ack.duplicate => Reply::Error(error.clone()),
+                    // A retry too: its original may be of this very write (or
+                    // of one whose commit failed), never stored.
+                    (Some(error), _) => Reply::Error(error.clone()),
                     (_, ReplyAs::Cursor) => Reply::CursorAck,
                     _ => Reply::Published {
                         seq: ack.seq,
