@@ -282,7 +282,7 @@ impl MqttSession {
         };
         let Restore {
             connack_properties,
-            mut waiting_input,
+            waiting_input,
             ..
         } = *restore;
         Packet::ConnAck(ConnAck {
@@ -291,7 +291,22 @@ impl MqttSession {
             properties: connack_properties,
         })
         .encode(state.version, context.out());
-        self.process(&mut waiting_input, context)
+        self.process_waiting(waiting_input, context)
+    }
+
+    /// Handles the packets that waited for the CONNACK; the start of a
+    /// packet whose rest has not come yet is kept for the next input
+    /// (`Extras::partial_input`), as the connection keeps one.
+    fn process_waiting(
+        &mut self,
+        mut waiting_input: BytesMut,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let result = self.process(&mut waiting_input, context);
+        if let (false, Some(state)) = (waiting_input.is_empty(), self.state.as_mut()) {
+            state.extras().partial_input = waiting_input;
+        }
+        result
     }
 
     /// The session's records are read: answer the CONNACK, subscribe again
@@ -302,7 +317,7 @@ impl MqttSession {
         let state = self.state.as_mut().expect("connected");
         let Restore {
             connack_properties,
-            mut waiting_input,
+            waiting_input,
             session_records: records,
             restored_note: mut noted,
             noted_messages,
@@ -382,7 +397,7 @@ impl MqttSession {
             }
         }
         state.restore_wildcard_topics(&stored, context);
-        self.process(&mut waiting_input, context)
+        self.process_waiting(waiting_input, context)
     }
 }
 

@@ -170,6 +170,9 @@ pub(super) struct Driver {
     notifications: Vec<(ConnRef, SessionEvent)>,
     /// The session asked to close, or the connection closed.
     pub(super) closed: bool,
+    /// What the connection read and the session left there (the start of
+    /// a packet), as the shard keeps it (`send_bytes`).
+    input: BytesMut,
 }
 
 /// Numbers the drivers' connections.
@@ -194,6 +197,7 @@ impl Driver {
             },
             notifications: Vec::new(),
             closed: false,
+            input: BytesMut::new(),
         }
     }
 
@@ -231,6 +235,20 @@ impl Driver {
             self.received.extend_from_slice(&bytes);
         }
         self.unanswered.extend(commands);
+    }
+
+    /// The client's bytes arrive (any part of packets): what the session
+    /// leaves in the input stays for the next bytes, as in the shard.
+    pub(super) fn send_bytes(&mut self, bytes: &[u8]) {
+        let mut input = std::mem::take(&mut self.input);
+        input.extend_from_slice(bytes);
+        self.call(|session, context| {
+            session
+                .on_input(&mut input, context)
+                .expect("the session takes the bytes");
+            None
+        });
+        self.input = input;
     }
 
     /// The client sends `packet`.
@@ -1158,6 +1176,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A client that sends CONNECT and, without waiting for the CONNACK,
+    /// the first part of a SUBSCRIBE (its rest in a later segment): the
+    /// packets that wait for the session to be read keep that part, and the
+    /// SUBSCRIBE is whole when the rest comes (it was lost, and the rest
+    /// read as a packet of its own).
+    #[test]
+    fn a_packet_split_before_the_connack_is_read_whole() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        let mut bytes = BytesMut::new();
+        connect("split").encode(ProtocolVersion::V5, &mut bytes);
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("split/topic".into(), options)],
+            properties: Properties::default(),
+        })
+        .encode(ProtocolVersion::V5, &mut bytes);
+        let cut = bytes.len() - 5;
+        client.send_bytes(&bytes[..cut]);
+        // The session's records are read: CONNACK, and the part waits.
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        client.send_bytes(&bytes[cut..]);
+        client.answer(&mut log, |_| false);
+        let packets = client.packets();
+        assert!(matches!(packets[..], [Packet::SubAck(_)]), "{packets:?}");
+        assert!(!client.closed);
     }
 
     /// A SUBSCRIBE that reuses the packet identifier of one still waiting

@@ -580,6 +580,10 @@ struct Extras {
     /// Pages of the retained-topic index waiting until the client has
     /// taken enough of what waits for it (`Connected::resume_retained`).
     retained_parked: VecDeque<store::ParkedIndexPage>,
+    /// The start of a packet that came before the CONNACK, with packets
+    /// that waited for the session to be read: the rest of it comes with
+    /// the next input.
+    partial_input: BytesMut,
     /// While retained messages are read: the topics that reached the
     /// client live meanwhile. Their retained message, older, is not sent
     /// after them.
@@ -613,6 +617,7 @@ impl Connected {
                 retained_pagings: Vec::new(),
                 retained_paging_next: 0,
                 retained_parked: VecDeque::new(),
+                partial_input: BytesMut::new(),
                 retained_superseded: HashSet::new(),
             })
         })
@@ -848,6 +853,15 @@ impl MqttSession {
         input: &mut BytesMut,
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
+        // The start of a packet left over from the input that waited for
+        // the CONNACK goes before this input's bytes.
+        let partial = self.state.as_mut().and_then(|state| state.extras.as_mut());
+        if let Some(extras) = partial.filter(|extras| !extras.partial_input.is_empty()) {
+            let partial = std::mem::take(&mut extras.partial_input);
+            let rest = input.split();
+            input.extend_from_slice(&partial);
+            input.extend_from_slice(&rest);
+        }
         loop {
             if let Some(state) = self.state.as_mut() {
                 if let Some(restore) = state.restore.as_mut() {

@@ -600,6 +600,7 @@ impl Extras {
             retained_pagings,
             retained_paging_next: _,
             retained_parked,
+            partial_input,
             retained_superseded,
         } = self;
         aliases.is_empty()
@@ -617,6 +618,7 @@ impl Extras {
             && *retained_subscribing == 0
             && retained_pagings.is_empty()
             && retained_parked.is_empty()
+            && partial_input.is_empty()
             && retained_superseded.is_empty()
     }
 }
