@@ -769,6 +769,51 @@ mod tests {
         );
     }
 
+    /// A QoS 2 delivery the client refuses in its PUBREC (v5, a reason code
+    /// of 0x80 or more) ends there: its topic's position moves past it, so
+    /// it does not come again after a reconnect (the position stayed before
+    /// it, and held back every later one's too).
+    #[test]
+    fn a_qos2_delivery_refused_in_its_pubrec_does_not_come_again() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "refuser", false);
+        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"unwanted"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let packet_id = match &client.packets()[..] {
+            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        };
+        client.send(&Packet::PubRec(PublishResponse {
+            packet_id,
+            reason_code: ReasonCode::UnspecifiedError,
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        assert!(
+            client.packets().is_empty(),
+            "no PUBREL for a refused message"
+        );
+        client.close();
+
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, packets) = connected(&server, &mut log, "refuser", true);
+        client.answer(&mut log, |_| false);
+        let mut packets = packets;
+        packets.extend(client.packets());
+        assert_eq!(
+            payloads(packets),
+            Vec::<Bytes>::new(),
+            "the refused message again"
+        );
+    }
+
     /// While a cursor write is in flight, PUBACKs only move the position;
     /// the latest is written when the write returns. What the client
     /// acknowledged meanwhile is in the notes (`done`), and a connection

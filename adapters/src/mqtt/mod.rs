@@ -965,7 +965,10 @@ impl MqttSession {
                 let packet_id = response.packet_id;
                 let known = state.outbound_state(packet_id) == Some(Outbound::Qos2Sent);
                 if known && response.reason_code.is_error() {
-                    // The client refused the message: the exchange ends here.
+                    // The client refused the message: the exchange ends here,
+                    // and the topic's position moves past it as for any
+                    // message the client took.
+                    state.acknowledged(packet_id, context);
                     state.qos.outbound.remove(&packet_id);
                     release_if_empty(&mut state.qos.outbound);
                     state.deliveries_changed();
