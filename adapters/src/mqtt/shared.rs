@@ -21,7 +21,8 @@
 //!   `SHARED_LEAVE_LOOKBACK_MS` before it left, since it may not have
 //!   received (or had acknowledged) what was chosen for it just before; the
 //!   others deliver those again, and its unacknowledged messages are handed
-//!   to their new owners.
+//!   to their new owners (those from before the lookback, which the
+//!   timeline still gives to it, to one of the members that stay).
 //!
 //! So QoS 1 stays at least once while members come and go (some messages
 //! may arrive twice, at two members, around a change); QoS 2 is handled
@@ -83,7 +84,11 @@ fn members_at(timeline: &Timeline, at_ms: u64) -> Option<&Arc<[ConnRef]>> {
 /// ephemeral or live-only QoS 0 one), of (topic, timestamp, body), which
 /// every member gets alike too.
 fn owner_at(timeline: &Timeline, topic: &str, message: &Message) -> Option<ConnRef> {
-    let members = members_at(timeline, message.timestamp_ms)?;
+    pick(members_at(timeline, message.timestamp_ms)?, topic, message)
+}
+
+/// The one of `members` that `message` of `topic` goes to.
+fn pick(members: &[ConnRef], topic: &str, message: &Message) -> Option<ConnRef> {
     if members.is_empty() {
         return None;
     }
@@ -94,6 +99,22 @@ fn owner_at(timeline: &Timeline, topic: &str, message: &Message) -> Option<ConnR
         (topic, message.seq, message.offset).hash(&mut hasher);
     }
     Some(members[(hasher.finish() % members.len() as u64) as usize])
+}
+
+/// Who takes over `message` of `topic` that member `leaving` had not had
+/// acknowledged: its owner by the timeline (once `leaving` left), or, for a
+/// message from before the leave's lookback (which the timeline still
+/// gives to `leaving`), one of the `remaining` members.
+fn handover_owner(
+    timeline: &Timeline,
+    remaining: &[ConnRef],
+    leaving: ConnRef,
+    topic: &str,
+    message: &Message,
+) -> Option<ConnRef> {
+    owner_at(timeline, topic, message)
+        .filter(|owner| *owner != leaving)
+        .or_else(|| pick(remaining, topic, message))
 }
 
 impl Group {
@@ -265,7 +286,8 @@ impl Connected {
             .chain(self.qos.held.iter())
             .filter(|outgoing| outgoing.share.as_deref() == Some(filter));
         for outgoing in unacknowledged {
-            if let Some(owner) = owner_at(&timeline, &outgoing.topic, &outgoing.message) {
+            let (topic, message) = (&outgoing.topic, &outgoing.message);
+            if let Some(owner) = handover_owner(&timeline, &members, me, topic, message) {
                 handover.entry(owner).or_default().push(outgoing.clone());
             }
         }
@@ -359,6 +381,38 @@ mod tests {
             .map(|seq| owner_at(&timeline, "t", &message(seq, since - 1)).unwrap())
             .collect();
         assert!(earlier.contains(&conn(2)));
+    }
+
+    /// A leaving member's unacknowledged messages go to a member that
+    /// stays, also those from before the lookback (which the timeline still
+    /// gives to the leaving one: they were handed to it, that is to nobody).
+    #[test]
+    fn a_leaving_members_old_messages_are_handed_to_one_that_stays() {
+        let group = Group::default();
+        group.join(conn(1), 1_000);
+        group.join(conn(2), 1_000);
+        let left_at = 100_000;
+        let remaining = group.leave(conn(2), left_at);
+        let timeline = group.timeline.lock().clone();
+        let long_before = left_at - SHARED_LEAVE_LOOKBACK_MS - 10_000;
+        let mut were_the_leavers = 0;
+        for seq in 1..50 {
+            let message = message(seq, long_before);
+            if owner_at(&timeline, "t", &message) == Some(conn(2)) {
+                were_the_leavers += 1;
+            }
+            let owner = handover_owner(&timeline, &remaining, conn(2), "t", &message);
+            assert_eq!(owner, Some(conn(1)), "message {seq}");
+        }
+        assert!(were_the_leavers > 0, "the timeline keeps old owners");
+        // The last member leaves: nobody takes over.
+        let remaining = group.leave(conn(1), left_at + 1);
+        let timeline = group.timeline.lock().clone();
+        let message = message(7, long_before);
+        assert_eq!(
+            handover_owner(&timeline, &remaining, conn(1), "t", &message),
+            None
+        );
     }
 
     #[test]
