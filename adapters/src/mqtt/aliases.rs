@@ -67,6 +67,18 @@ impl TopicAliases {
         Ok(())
     }
 
+    /// The topic name and alias to send `topic` with in a packet that may
+    /// be sent after others (it waits for a durable note): the alias alone
+    /// if the client knows it, else the topic without one (an alias set by
+    /// a packet that waits could reach the client, in a packet sent
+    /// meanwhile, before the packet that sets it).
+    pub(super) fn outbound_known(&self, topic: &Arc<str>) -> (String, Option<u16>) {
+        match self.outbound.get(topic) {
+            Some(alias) => (String::new(), Some(*alias)),
+            None => (topic.to_string(), None),
+        }
+    }
+
     /// The topic name and alias to send `topic` with: the alias alone once
     /// the client knows it.
     pub(super) fn outbound(&mut self, topic: &Arc<str>) -> (String, Option<u16>) {

@@ -814,6 +814,60 @@ mod tests {
         );
     }
 
+    /// A persistent v5 session's QoS 2 PUBLISH waits for a durable note;
+    /// a QoS 0 PUBLISH of the same topic sent meanwhile (a message not in
+    /// the log) goes first. Topic aliases: no packet uses an alias that a
+    /// packet before it in the stream did not set (the waiting PUBLISH set
+    /// one, and the QoS 0 one used it first).
+    #[test]
+    fn a_publish_waiting_for_its_note_sets_no_alias_used_before_it() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect("aliases") else {
+            unreachable!()
+        };
+        hello.properties.topic_alias_maximum = Some(10);
+        client.send(&Packet::Connect(hello));
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
+        let is_note = |command: &Command| matches!(command, Command::Publish { channel, .. } if channel.starts_with("$mqtt/"));
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"stored"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, is_note);
+        let now_ms = super::super::wall_clock_ms();
+        let ephemeral = super::super::test_message(0, now_ms, Bytes::from_static(b"now"));
+        client.deliver("t", &[ephemeral]);
+        client.answer(&mut log, |_| false);
+        let mut known = std::collections::HashSet::new();
+        let mut payloads = Vec::new();
+        for packet in client.packets() {
+            let Packet::Publish(publish) = packet else {
+                continue;
+            };
+            if let Some(alias) = publish.properties.topic_alias {
+                if publish.topic.is_empty() {
+                    assert!(
+                        known.contains(&alias),
+                        "alias {alias} used before it was set"
+                    );
+                } else {
+                    known.insert(alias);
+                }
+            }
+            payloads.push(publish.payload);
+        }
+        assert_eq!(
+            payloads,
+            [Bytes::from_static(b"now"), Bytes::from_static(b"stored")]
+        );
+    }
+
     /// While a cursor write is in flight, PUBACKs only move the position;
     /// the latest is written when the write returns. What the client
     /// acknowledged meanwhile is in the notes (`done`), and a connection

@@ -436,13 +436,30 @@ impl Connected {
         outgoing: &Outgoing,
         packet_id: Option<u16>,
         dup: bool,
-        mut properties: Properties,
+        properties: Properties,
         out: &mut BytesMut,
     ) {
-        let (topic, alias) = if self.client_topic_alias_maximum > 0 {
-            self.extras().aliases.outbound(&outgoing.topic)
-        } else {
-            (outgoing.topic.to_string(), None)
+        self.encode_publish_in_turn(outgoing, packet_id, dup, properties, out, true);
+    }
+
+    /// Encodes a PUBLISH; `in_turn`: sent in the order encoded (false for
+    /// one that waits for a durable note, which sets no topic alias).
+    pub(super) fn encode_publish_in_turn(
+        &mut self,
+        outgoing: &Outgoing,
+        packet_id: Option<u16>,
+        dup: bool,
+        mut properties: Properties,
+        out: &mut BytesMut,
+        in_turn: bool,
+    ) {
+        let (topic, alias) = match (self.client_topic_alias_maximum > 0, in_turn) {
+            (true, true) => self.extras().aliases.outbound(&outgoing.topic),
+            (true, false) => match self.extras.as_ref() {
+                Some(extras) => extras.aliases.outbound_known(&outgoing.topic),
+                None => (outgoing.topic.to_string(), None),
+            },
+            (false, _) => (outgoing.topic.to_string(), None),
         };
         properties.topic_alias = alias;
         Packet::Publish(Publish {

@@ -504,7 +504,8 @@ impl Connected {
             return;
         }
         let mut waiting = std::mem::take(&mut self.qos.noting.next.publishes);
-        self.encode_publish(outgoing, Some(packet_id), dup, properties, &mut waiting);
+        let packet_id = Some(packet_id);
+        self.encode_publish_in_turn(outgoing, packet_id, dup, properties, &mut waiting, false);
         let next = &mut self.qos.noting.next;
         next.publishes = waiting;
         next.changed = true;
