@@ -173,6 +173,23 @@ pub(crate) fn scan_segment(
         scan.torn_end = (position + nonzero_end(rest)) as u64;
         break;
     }
+    if let Some(tail) = tail {
+        // The file ended (the loop stops before `durable_end` only there):
+        // what the journal says was durable is missing, not torn.
+        let end = base + position as u64;
+        if end < tail.durable_end {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                position: position as u64,
+                detail: format!(
+                    "the file ends at stream position {end}, before {}, up to which the shard \
+                     journal says the partition was durable: acknowledged data is missing (a \
+                     truncated or lost file)",
+                    tail.durable_end
+                ),
+            });
+        }
+    }
     scan.valid_len = scan.torn_at.unwrap_or(position as u64);
     Ok(scan)
 }

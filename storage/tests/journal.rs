@@ -214,6 +214,34 @@ fn damage_before_the_durable_end_is_corruption() {
     );
 }
 
+/// The last segment file cut short before the point the journal says was
+/// durable (a truncated file): recovery says data is missing rather than
+/// open a shorter log.
+#[test]
+fn a_log_ending_before_the_durable_end_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut partition = open_run(dir.path(), 1);
+    turn_without_journal(&mut partition);
+    // A batch boundary: cut there, the file looks whole.
+    let first_end = partition.end_position();
+    turn_without_journal(&mut partition);
+    // No journal entry after the durable end: nothing else would notice.
+    let journal = start_run(dir.path(), &mut partition, 1, 1);
+    partition.simulate_crash();
+    drop(journal);
+    let file = segment_files(dir.path()).pop().unwrap();
+    let cut = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    cut.set_len(first_end).unwrap();
+    drop(cut);
+    let error = open_after_journal(dir.path(), PartitionConfig::default(), 2)
+        .err()
+        .expect("missing data reported");
+    assert!(
+        matches!(&error, StorageError::Corrupt { detail, .. } if detail.contains("missing")),
+        "{error}"
+    );
+}
+
 fn turn_without_journal(partition: &mut Partition) {
     append(partition, "a", 1);
     append(partition, "a", 2);
