@@ -106,6 +106,9 @@ pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 pub const RECORD_BODY_BYTES_MAX_DEFAULT: u32 = 1024 * 1024;
 /// The smallest allowed [`PartitionConfig::segment_bytes_max`].
 pub const SEGMENT_BYTES_MAX_MINIMUM: u64 = 4096;
+/// The largest segment: what one flush of a partition writes stays below
+/// it, and a shard journal entry's length is 32 bits.
+pub const SEGMENT_BYTES_MAX_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Settings of one partition.
 #[derive(Clone, Debug)]

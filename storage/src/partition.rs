@@ -33,7 +33,8 @@ use crate::segment::{segment_file_name, ReadMode, Segment, SegmentSummary};
 use crate::skip_chain::SkipChains;
 use crate::worker::{tidy_spares, CheckpointJob, Worker};
 use crate::{
-    Appended, NewRecord, PartitionConfig, PartitionOptions, StorageError, SEGMENT_BYTES_MAX_MINIMUM,
+    Appended, NewRecord, PartitionConfig, PartitionOptions, StorageError, SEGMENT_BYTES_MAX_LIMIT,
+    SEGMENT_BYTES_MAX_MINIMUM,
 };
 
 /// What recovery found when a partition was opened.
@@ -1555,6 +1556,15 @@ fn check_config(config: &PartitionConfig) -> Result<(), StorageError> {
         return Err(StorageError::InvalidConfig {
             detail: format!(
                 "segment_bytes_max = {} is below the minimum {SEGMENT_BYTES_MAX_MINIMUM}",
+                config.segment_bytes_max
+            ),
+        });
+    }
+    if config.segment_bytes_max > SEGMENT_BYTES_MAX_LIMIT {
+        return Err(StorageError::InvalidConfig {
+            detail: format!(
+                "segment_bytes_max = {} is above the limit {SEGMENT_BYTES_MAX_LIMIT} (2 GiB); \
+                 choose a smaller segment size",
                 config.segment_bytes_max
             ),
         });

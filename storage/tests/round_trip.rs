@@ -244,3 +244,24 @@ fn records_outlive_their_partition() {
     drop(partition);
     assert_eq!(page.records[0].body, body_for("general", 1));
 }
+
+/// Segment sizes outside what the format can hold are refused when a
+/// partition opens, with the setting named: below a page, or above 2 GiB
+/// (a flush, and the journal entry that repeats it, must stay below 4 GiB).
+#[test]
+fn segment_sizes_out_of_range_are_refused_with_the_setting_named() {
+    for bytes in [1024, 4 * 1024 * 1024 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = PartitionConfig {
+            segment_bytes_max: bytes,
+            ..PartitionConfig::default()
+        };
+        let error = starling_storage::Partition::open(dir.path(), 0, config)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&error, StorageError::InvalidConfig { detail } if detail.contains("segment_bytes_max")),
+            "{error}"
+        );
+    }
+}
