@@ -392,9 +392,6 @@ impl Connected {
 }
 
 impl Connected {
-    /// Whether the PUBLISH of `outgoing` stays within the client's Maximum
-    /// Packet Size (counted with its whole topic name and a packet id: an
-    /// alias could only make it smaller).
     /// Whether every one of `messages` of `channel` is far below the
     /// client's Maximum Packet Size (or it announced none), as `fits` first
     /// looks.
@@ -406,6 +403,9 @@ impl Connected {
                 .all(|m| m.body.len() + channel.len() + m.headers.len() + 64 <= max)
     }
 
+    /// Whether the PUBLISH of `outgoing` stays within the client's Maximum
+    /// Packet Size (counted with its whole topic name and a packet id: an
+    /// alias could only make it smaller).
     fn fits(&self, outgoing: &Outgoing, properties: &Properties) -> bool {
         let max = self.client_packet_bytes_max();
         // Far below it (most messages): no need to count exactly.
