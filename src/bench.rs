@@ -837,6 +837,11 @@ fn publisher(
             let due = (((now_ns - start_ns) as f64 / interval_ns) as u64 + 1).min(total);
             let room = window.saturating_sub(sent - acked.load(Ordering::Acquire));
             if room == 0 {
+                if answers.is_finished() {
+                    // It stopped (no answer for a while, or the connection
+                    // closed): its error, joined below, says which.
+                    break;
+                }
                 // The ack reader wakes this thread when a read frees room;
                 // the timeout only bounds the wait should it stop.
                 std::thread::park_timeout(WINDOW_WAIT_MAX);

@@ -58,7 +58,20 @@ fn write(out: &mut BytesMut, request_id: u32, frame: Frame) {
     Envelope { request_id, frame }.encode(out);
 }
 
-fn error_frame(code: ErrorCode, temporary: bool, message: String) -> Frame {
+/// The longest error message sent: a `str16` holds 65,535 bytes, and a
+/// message quoting what a client sent must not pass that (encoding it would
+/// fail).
+const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
+
+fn error_frame(code: ErrorCode, temporary: bool, mut message: String) -> Frame {
+    if message.len() > ERROR_MESSAGE_BYTES_MAX {
+        let mut end = ERROR_MESSAGE_BYTES_MAX - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
     Frame::Error {
         code,
         temporary,
@@ -245,7 +258,16 @@ impl Session for NativeSession {
     }
 
     fn on_server_close(&mut self, code: ErrorCode, reason: &str, out: &mut BytesMut) {
-        write(out, 0, error_frame(code, true, reason.to_string()));
+        // Reconnecting helps after a shutdown or a slow-consumer close, not
+        // after a revoked token or a storage failure.
+        let temporary = matches!(
+            code,
+            ErrorCode::Unavailable
+                | ErrorCode::SlowConsumer
+                | ErrorCode::RateLimited
+                | ErrorCode::StorageFull
+        );
+        write(out, 0, error_frame(code, temporary, reason.to_string()));
     }
 }
 

@@ -410,3 +410,39 @@ fn a_subscribe_unsubscribed_before_it_started_is_still_answered() {
         "no subscribe was unsubscribed before it started: {frames:?}"
     );
 }
+
+/// Names that quote long in an error (a control character escapes to five
+/// bytes, past the 65,535 bytes an error message holds) are refused by
+/// their size first, with an error that fits; the server carries on.
+/// Before, encoding the error panicked the shard, and the server stopped.
+#[test]
+fn long_names_quoted_in_errors_are_refused_and_the_server_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address) = server(dir.path(), |_| {});
+    let mut client = Client::connect(address, "quoter", "").unwrap();
+    let code = |error: &ClientError| match error {
+        ClientError::Server { code, .. } => Some(*code),
+        _ => None,
+    };
+    let controls = "\u{1}".repeat(14_000);
+    let error = client
+        .subscribe(&controls, SubscribeStart::Live)
+        .expect_err("refused");
+    assert_eq!(
+        code(&error),
+        Some(ErrorCode::TooLarge),
+        "{:.200}",
+        error.to_string()
+    );
+    let consumer = format!("/{}", "\u{1}".repeat(14_000));
+    let error = client.cursor_get(&consumer, "c").expect_err("refused");
+    assert_eq!(
+        code(&error),
+        Some(ErrorCode::TooLarge),
+        "{:.200}",
+        error.to_string()
+    );
+    // The same connection, and the server, still work.
+    assert_eq!(client.publish("after", kind::MESSAGE, "ok").unwrap().seq, 1);
+    assert_eq!(engine.failed_shard(), None);
+}

@@ -208,12 +208,13 @@ pub fn validate(command: &Command, body_bytes_max: u32, system: bool) -> Result<
             check_size("message body", body.len(), body_bytes_max as usize)?;
         }
         Command::CursorSet { consumer, .. } | Command::CursorGet { consumer, .. } => {
+            // The size first: the messages below quote the name.
+            check_size("consumer name", consumer.len(), CHANNEL_BYTES_MAX)?;
             if consumer.is_empty() || consumer.contains('/') {
                 return Err(BrokerError::InvalidArgument(format!(
                     "consumer name {consumer:?} must be non-empty and contain no '/'"
                 )));
             }
-            check_size("consumer name", consumer.len(), CHANNEL_BYTES_MAX)?;
         }
         Command::History { limit, .. } if *limit == 0 => {
             return Err(BrokerError::InvalidArgument(
@@ -231,12 +232,15 @@ fn check_channel_name(channel: &str) -> Result<(), BrokerError> {
             "channel name is empty; name the channel".to_string(),
         ));
     }
+    // The size first: the message below quotes the name (escaped, up to
+    // six times longer).
+    check_size("channel name", channel.len(), CHANNEL_BYTES_MAX)?;
     if channel.chars().any(|c| c.is_control()) {
         return Err(BrokerError::InvalidArgument(format!(
             "channel name {channel:?} contains control characters"
         )));
     }
-    check_size("channel name", channel.len(), CHANNEL_BYTES_MAX)
+    Ok(())
 }
 
 fn check_size(what: &'static str, size: usize, limit: usize) -> Result<(), BrokerError> {
