@@ -69,9 +69,62 @@ pub fn matches(pattern: &str, channel: &str) -> bool {
     levels.next().is_none()
 }
 
+/// Whether every channel that pattern `inner` matches is matched by
+/// `outer` too (what a role's pattern must say of a requested pattern: a `+`
+/// of the role does not cover a requested `#`).
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let inner_is_reserved = inner.starts_with('$');
+    if inner_is_reserved && (outer.starts_with('+') || outer.starts_with('#')) {
+        return false;
+    }
+    let (mut outer, mut inner) = (outer.split('/'), inner.split('/'));
+    loop {
+        match (outer.next(), inner.next()) {
+            // `#` matches the rest, its parent level too.
+            (Some("#"), _) => return true,
+            // Any depth, which only `#` covers.
+            (_, Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(exact), Some(level)) if exact == level && level != "+" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_patterns() {
+        let table = [
+            ("team/+", "team/+", true),
+            ("team/+", "team/a", true),
+            ("team/+", "team/#", false),
+            ("team/+", "team/+/x", false),
+            ("team/#", "team/+/x", true),
+            ("team/#", "team/#", true),
+            ("team/#", "team", true),
+            ("team/+", "team", false),
+            ("team/a", "team/+", false),
+            ("+", "#", false),
+            ("#", "#", true),
+            ("#", "a/+/b", true),
+            ("+/+", "a/+", true),
+            ("+/+", "$sys/+", false),
+            ("#", "$sys/#", false),
+            ("$sys/#", "$sys/+", true),
+            ("a/+/c", "a/b/+", false),
+        ];
+        for (outer, inner, expected) in table {
+            assert_eq!(covers(outer, inner), expected, "{outer} covers {inner}");
+            // What it covers, it matches.
+            if expected && !is_pattern(inner) {
+                assert!(matches(outer, inner));
+            }
+        }
+    }
 
     #[test]
     fn matching_follows_mqtt_filters() {

@@ -132,10 +132,16 @@ impl Role {
                 } else {
                     pattern_text.as_str().into()
                 };
-                if pattern::is_pattern(&pattern_text) {
-                    pattern::matches(&pattern_text, channel)
-                } else {
-                    *pattern_text == *channel
+                match (
+                    pattern::is_pattern(&pattern_text),
+                    pattern::is_pattern(channel),
+                ) {
+                    // A pattern subscription: every channel it brings must
+                    // be one the role allows (`team/+` does not allow
+                    // `team/#`).
+                    (true, true) => pattern::covers(&pattern_text, channel),
+                    (true, false) => pattern::matches(&pattern_text, channel),
+                    (false, _) => *pattern_text == *channel,
                 }
             })
     }
@@ -169,6 +175,26 @@ mod tests {
         assert!(!member.allows("alice", Action::Subscribe, "$chat/user/bob"));
         assert!(!member.allows("alice", Action::History, "general"));
         assert!(member.allows("alice", Action::CursorWrite, "general"));
+    }
+
+    /// A pattern subscription is allowed only when every channel it
+    /// brings is: a role's `team/+` allows `team/+` and `team/red`, not
+    /// `team/#` (every depth) nor `#`.
+    #[test]
+    fn a_pattern_request_must_be_covered_by_the_role() {
+        let member = Role::new(&RoleConfig {
+            name: "member".into(),
+            subscribe: vec!["team/+".into(), "+".into()],
+            ..RoleConfig::default()
+        })
+        .unwrap();
+        assert!(member.allows("alice", Action::Subscribe, "team/+"));
+        assert!(member.allows("alice", Action::Subscribe, "team/red"));
+        assert!(!member.allows("alice", Action::Subscribe, "team/#"));
+        assert!(!member.allows("alice", Action::Subscribe, "team/+/x"));
+        assert!(member.allows("alice", Action::Subscribe, "+"));
+        assert!(!member.allows("alice", Action::Subscribe, "#"));
+        assert!(!member.allows("alice", Action::Subscribe, "+/+"));
     }
 
     #[test]
