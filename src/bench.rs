@@ -895,7 +895,43 @@ struct SubscriberConn {
     buffer: BytesMut,
     /// Channel name → (channel index, next expected seq).
     next: HashMap<String, (usize, u64)>,
+    /// Channel name → seqs skipped by a later one and not come yet (up to
+    /// `MISSING_TRACKED_MAX` per channel): one that comes is late (out of
+    /// order), not a duplicate; those still missing at the end are lost.
+    missing: HashMap<String, std::collections::BTreeSet<u64>>,
     open: bool,
+}
+
+/// Skipped seqs remembered per channel; past this many, a gap counts as
+/// lost at once.
+const MISSING_TRACKED_MAX: usize = 100_000;
+
+/// Counts delivered `seq` of a channel that expected `next_seq` and got
+/// another: one skipped earlier comes late (out of order), one delivered
+/// before again is a duplicate, and a later one leaves the seqs it skips
+/// missing (lost if they never come).
+pub(crate) fn account_out_of_turn(
+    seq: u64,
+    next_seq: &mut u64,
+    missing: &mut std::collections::BTreeSet<u64>,
+    result: &mut SubscriberResult,
+) {
+    if seq < *next_seq {
+        if missing.remove(&seq) {
+            result.out_of_order += 1;
+        } else {
+            result.duplicated += 1;
+        }
+        return;
+    }
+    for skipped in *next_seq..seq {
+        if missing.len() < MISSING_TRACKED_MAX {
+            missing.insert(skipped);
+        } else {
+            result.lost += 1;
+        }
+    }
+    *next_seq = seq + 1;
 }
 
 /// Connects and subscribes every subscriber of `assignments` (one connection
@@ -956,6 +992,7 @@ fn subscriber_pool(
                 wire,
                 buffer,
                 next,
+                missing: HashMap::new(),
                 open: true,
             });
         }
@@ -1026,12 +1063,9 @@ fn subscriber_pool(
                     result.last_delivery_ns = now_ns;
                     if message.seq == *next_seq {
                         *next_seq += 1;
-                    } else if message.seq < *next_seq {
-                        result.duplicated += 1;
                     } else {
-                        result.lost += message.seq - *next_seq;
-                        result.out_of_order += 1;
-                        *next_seq = message.seq + 1;
+                        let missing = conn.missing.entry(channel.clone()).or_default();
+                        account_out_of_turn(message.seq, next_seq, missing, &mut result);
                     }
                     if let Some(intended_ns) = intended_ns_of(&message.body) {
                         from_intended.saturating_record(now_ns.saturating_sub(intended_ns) / 1000);
@@ -1043,7 +1077,47 @@ fn subscriber_pool(
             }
         }
     }
+    // Skipped and never come.
+    result.lost += conns
+        .iter()
+        .flat_map(|conn| conn.missing.values())
+        .map(|missing| missing.len() as u64)
+        .sum::<u64>();
     result.latency_us = Some(from_intended);
     result.from_send_us = Some(from_send);
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts of one channel's deliveries in `seqs` (expecting 1, 2, …),
+    /// as the subscriber pool takes them, with what is still missing lost.
+    fn counts(seqs: &[u64]) -> (u64, u64, u64) {
+        let mut result = SubscriberResult::default();
+        let (mut next_seq, mut missing) = (1, std::collections::BTreeSet::new());
+        for &seq in seqs {
+            if seq == next_seq {
+                next_seq += 1;
+            } else {
+                account_out_of_turn(seq, &mut next_seq, &mut missing, &mut result);
+            }
+        }
+        result.lost += missing.len() as u64;
+        (result.lost, result.duplicated, result.out_of_order)
+    }
+
+    #[test]
+    fn deliveries_are_counted_lost_duplicated_or_late_as_they_are() {
+        assert_eq!(counts(&[1, 2, 3]), (0, 0, 0));
+        // A swap: nothing lost or twice, one late.
+        assert_eq!(counts(&[1, 3, 2, 4]), (0, 0, 1));
+        // A gap that never fills: lost, not out of order.
+        assert_eq!(counts(&[1, 2, 5, 6]), (2, 0, 0));
+        // The same message twice.
+        assert_eq!(counts(&[1, 2, 2, 3]), (0, 1, 0));
+        // Late, then again.
+        assert_eq!(counts(&[2, 1, 1]), (0, 1, 1));
+    }
 }

@@ -193,6 +193,9 @@ struct WsConn {
     subscribing: HashMap<u64, usize>,
     /// Chat: channel name → (channel index, next expected seq).
     next: HashMap<String, (usize, u64)>,
+    /// Chat: channel name → seqs skipped and not come yet
+    /// (`bench::account_out_of_turn`).
+    missing: HashMap<String, std::collections::BTreeSet<u64>>,
     /// MQTT: bytes of an incomplete packet.
     mqtt_partial: Vec<u8>,
     /// Chat: requests sent during setup, by id, to resend after a temporary
@@ -215,6 +218,7 @@ impl WsConn {
             awaiting: 0,
             subscribing: HashMap::new(),
             next: HashMap::new(),
+            missing: HashMap::new(),
             mqtt_partial: Vec::new(),
             requests: HashMap::new(),
             retry: Vec::new(),
@@ -376,12 +380,9 @@ fn on_chat_text(
     result.last_delivery_ns = now_ns;
     if message.seq == *next_seq {
         *next_seq += 1;
-    } else if message.seq < *next_seq {
-        result.duplicated += 1;
     } else {
-        result.lost += message.seq - *next_seq;
-        result.out_of_order += 1;
-        *next_seq = message.seq + 1;
+        let missing = conn.missing.entry(channel.to_string()).or_default();
+        crate::bench::account_out_of_turn(message.seq, next_seq, missing, result);
     }
     // Only the stamp at the front of the body is needed.
     let decoded;
@@ -747,6 +748,12 @@ pub(crate) fn subscriber_pool(
         conn.close();
     }
     let mut result = checker.result;
+    // Skipped and never come.
+    result.lost += conns
+        .iter()
+        .flat_map(|conn| conn.missing.values())
+        .map(|missing| missing.len() as u64)
+        .sum::<u64>();
     result.latency_us = Some(checker.from_intended);
     result.from_send_us = Some(checker.from_send);
     Ok(result)
