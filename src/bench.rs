@@ -924,13 +924,10 @@ pub(crate) fn account_out_of_turn(
         }
         return;
     }
-    for skipped in *next_seq..seq {
-        if missing.len() < MISSING_TRACKED_MAX {
-            missing.insert(skipped);
-        } else {
-            result.lost += 1;
-        }
-    }
+    let gap = seq - *next_seq;
+    let tracked = gap.min(MISSING_TRACKED_MAX.saturating_sub(missing.len()) as u64);
+    missing.extend(*next_seq..*next_seq + tracked);
+    result.lost += gap - tracked;
     *next_seq = seq + 1;
 }
 
