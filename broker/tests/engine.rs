@@ -753,3 +753,43 @@ fn subscribing_to_a_channel_a_slow_pattern_reads_on_replaces_that_reading() {
     assert_eq!(seqs(&receive(&mut subscriber, "rooms/a", 1)), [seq]);
     subscriber.unsubscribe("rooms/a").unwrap();
 }
+
+/// A history page stays within half the connection's outbound bound (at
+/// least one message), as catch-up pages do: forward from a seq it keeps
+/// the oldest, back from the head (or a seq) the newest. Before, a page of
+/// `page_messages_max` large messages was one reply of any size.
+#[test]
+fn history_pages_of_large_messages_stay_within_the_outbound_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        outbound_bytes_max: 64 * 1024,
+        ..config(dir.path())
+    });
+    let mut client = user(&engine, "reader");
+    for _ in 0..10 {
+        client
+            .publish("big", Bytes::from(vec![b'x'; 10_000]))
+            .unwrap();
+    }
+    let (head, last) = client.history("big", HistoryQuery::Last, 10).unwrap();
+    assert_eq!(head, 10);
+    let newest = seqs(&last);
+    assert!(!newest.is_empty() && newest.len() < 10, "{newest:?}");
+    assert_eq!(newest.last(), Some(&10));
+    assert!(newest.windows(2).all(|w| w[1] == w[0] + 1), "{newest:?}");
+    let (_, from) = client.history("big", HistoryQuery::From(1), 10).unwrap();
+    let oldest = seqs(&from);
+    assert_eq!(oldest, (1..=oldest.len() as u64).collect::<Vec<_>>());
+    assert!(oldest.len() < 10);
+    let (_, before) = client.history("big", HistoryQuery::Before(6), 10).unwrap();
+    assert_eq!(seqs(&before).last(), Some(&5));
+    // One message larger than the bound still comes, alone.
+    client
+        .publish("huge", Bytes::from(vec![b'y'; 40_000]))
+        .unwrap();
+    client
+        .publish("huge", Bytes::from(vec![b'y'; 40_000]))
+        .unwrap();
+    let (_, huge) = client.history("huge", HistoryQuery::Last, 2).unwrap();
+    assert_eq!(seqs(&huge), [2]);
+}

@@ -787,12 +787,19 @@ impl Shard {
             HistoryQuery::Before(seq) => partition.log.read_before(name, seq, limit),
             HistoryQuery::Last => partition.log.read_last(name, limit),
         };
+        // A page stays within half the connection's outbound bound (at
+        // least one message), as catch-up pages do: a page of a thousand
+        // 1 MiB messages would be a gigabyte in one reply. Reading forward
+        // keeps the oldest; reading back, the newest (the next page goes on
+        // from either end).
+        let bytes_max = self.shared.config.outbound_bytes_max / 2;
+        let newest_first = !matches!(query, HistoryQuery::From(_));
         let reply = match (read, reply_as) {
             (Err(error), _) => Reply::Error(storage_error(id, &error)),
             (Ok(page), ReplyAs::Plain) => Reply::History {
-                channel,
                 head_seq: page.head_seq,
-                messages: page.records.into_iter().map(message_of).collect(),
+                messages: page_within(&channel, page.records, bytes_max, newest_first),
+                channel,
             },
             (Ok(page), ReplyAs::Cursor) => Reply::Cursor {
                 seq: page.records.last().map_or(0, |record| record.relation),
@@ -956,6 +963,40 @@ impl PartitionTable {
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut OwnedPartition> {
         self.iter_mut().map(|(_, p)| p)
     }
+}
+
+/// The messages of `records` (ascending) that fit in `bytes_max`, at least
+/// one: the first ones, or with `newest_first` the last ones (still in
+/// ascending order).
+fn page_within(
+    channel: &str,
+    records: Vec<starling_storage::Record>,
+    bytes_max: usize,
+    newest_first: bool,
+) -> Vec<Message> {
+    let mut messages: Vec<Message> = records.into_iter().map(message_of).collect();
+    let mut bytes = 0;
+    let fits = |message: &Message, bytes: &mut usize, kept: usize| {
+        *bytes += delivered_bytes_estimate(channel, message);
+        kept == 0 || *bytes <= bytes_max
+    };
+    if newest_first {
+        let kept = messages
+            .iter()
+            .rev()
+            .enumerate()
+            .take_while(|(kept, message)| fits(message, &mut bytes, *kept))
+            .count();
+        messages.drain(..messages.len() - kept);
+    } else {
+        let kept = messages
+            .iter()
+            .enumerate()
+            .take_while(|(kept, message)| fits(message, &mut bytes, *kept))
+            .count();
+        messages.truncate(kept);
+    }
+    messages
 }
 
 #[cfg(test)]
