@@ -134,6 +134,22 @@ pub(super) fn headers_of(properties: &Properties, marks: Marks<'_>, now_ms: u64)
     encode_headers(&headers)
 }
 
+/// The properties of a PUBLISH sent again (DUP) at `qos`: as
+/// [`properties_of`], except that a QoS 2 message that expired meanwhile
+/// still goes, with the least expiry left (1 s). Its delivery has started
+/// (MQTT 3.3.2.3.3 lets a server drop a message only before that), and
+/// dropped, its packet id would be reused while the client still holds it:
+/// the client would take the next message for this one.
+pub(super) fn properties_to_resend(headers: &Bytes, now_ms: u64, qos: QoS) -> Option<Properties> {
+    properties_of(headers, now_ms).or_else(|| {
+        (qos == QoS::ExactlyOnce).then(|| {
+            let mut properties = properties_of(headers, 0).unwrap_or_default();
+            properties.message_expiry_interval_s = Some(1);
+            properties
+        })
+    })
+}
+
 /// The v5 properties of a delivery from the record's header block; `None`
 /// once the message has expired. Headers that are not MQTT's are left out,
 /// and so is a block that does not parse (it was written by another front

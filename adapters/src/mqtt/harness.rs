@@ -32,6 +32,17 @@ pub(super) struct Log {
 
 impl Log {
     fn append(&mut self, channel: &str, kind: u8, relation: u64, body: Bytes) -> Message {
+        self.append_with(channel, kind, relation, Bytes::new(), body)
+    }
+
+    fn append_with(
+        &mut self,
+        channel: &str,
+        kind: u8,
+        relation: u64,
+        headers: Bytes,
+        body: Bytes,
+    ) -> Message {
         let messages = self.channels.entry(channel.to_string()).or_default();
         let message = Message {
             seq: messages.len() as u64 + 1,
@@ -41,7 +52,7 @@ impl Log {
             sender: Bytes::from_static(b"test"),
             client_message_id: Bytes::new(),
             relation,
-            headers: Bytes::new(),
+            headers,
             body,
         };
         messages.push(message.clone());
@@ -78,6 +89,7 @@ impl Log {
                 channel,
                 kind,
                 relation,
+                headers,
                 body,
                 client_message_id,
                 ..
@@ -86,7 +98,11 @@ impl Log {
                 let original = self.published.get(&key).copied();
                 let seq = match original {
                     Some(seq) => seq,
-                    None => self.append(channel, *kind, *relation, body.clone()).seq,
+                    None => {
+                        let (headers, body) = (headers.clone(), body.clone());
+                        self.append_with(channel, *kind, *relation, headers, body)
+                            .seq
+                    }
                 };
                 if !client_message_id.is_empty() {
                     self.published.insert(key, seq);
@@ -866,6 +882,51 @@ mod tests {
             payloads,
             [Bytes::from_static(b"now"), Bytes::from_static(b"stored")]
         );
+    }
+
+    /// A QoS 2 message in flight to a persistent session expires while the
+    /// server restarts: it is sent again all the same (with the least expiry
+    /// left), with its packet id. Dropped, its packet id was reused while the
+    /// client still held it, and the client took the next message for it.
+    #[test]
+    fn an_expired_qos2_message_in_flight_is_sent_again_after_a_restart() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "expiring", false);
+        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
+        let mut publisher = one_in_flight(&server, &mut log, "publisher");
+        publisher.send(&Packet::Publish(starling_protocol::mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: Some(1),
+            properties: Properties {
+                message_expiry_interval_s: Some(1),
+                ..Properties::default()
+            },
+            payload: Bytes::from_static(b"soon stale"),
+        }));
+        publisher.answer(&mut log, |_| false);
+        let stored = log.read("t", HistoryQuery::Last, 1);
+        assert!(!stored[0].headers.is_empty(), "the expiry is kept");
+        client.deliver("t", &stored);
+        client.answer(&mut log, |_| false);
+        let packet_id = match &client.packets()[..] {
+            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        };
+        // A crash, and the message expires before the client is back.
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(1_200));
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, mut packets) = connected(&server, &mut log, "expiring", true);
+        client.answer(&mut log, |_| false);
+        packets.extend(client.packets());
+        let again = packets.iter().any(|packet| {
+            matches!(packet, Packet::Publish(p) if p.dup && p.packet_id == Some(packet_id))
+        });
+        assert!(again, "{packets:?}");
     }
 
     /// While a cursor write is in flight, PUBACKs only move the position;

@@ -74,8 +74,8 @@ mod wills;
 use aliases::TopicAliases;
 pub use aliases::{OUTBOUND_TOPIC_ALIASES_MAX, TOPIC_ALIAS_MAXIMUM};
 use deliveries::{
-    headers_of, is_application_message, mqtt_marks, properties_of, wall_clock_ms, Marks,
-    MqttDeliveries,
+    headers_of, is_application_message, mqtt_marks, properties_of, properties_to_resend,
+    wall_clock_ms, Marks, MqttDeliveries,
 };
 use expiry::{DelayedWill, SharedTimers};
 pub use expiry::{SessionKeeper, SCHEDULED_MAX};

@@ -153,8 +153,9 @@ impl Connected {
                 .outgoing
                 .as_ref()
                 .expect("only a released message has no PUBLISH");
-            let Some(mut properties) = properties_of(&outgoing.message.headers, now_ms) else {
-                // Expired while the client was away: never sent again.
+            let resent = properties_to_resend(&outgoing.message.headers, now_ms, outgoing.qos);
+            let Some(mut properties) = resent else {
+                // Expired while the client was away (QoS 1): never sent again.
                 self.acknowledged(packet_id, context);
                 self.deliveries_changed();
                 continue;

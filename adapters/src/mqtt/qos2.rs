@@ -689,8 +689,9 @@ impl Connected {
             if self.qos.outbound.contains_key(&sent.packet_id) {
                 continue;
             }
-            let Some(mut properties) = properties_of(&message.headers, now_ms) else {
-                // Expired meanwhile: never sent again.
+            let Some(mut properties) = properties_to_resend(&message.headers, now_ms, sent.qos)
+            else {
+                // Expired meanwhile (QoS 1): never sent again.
                 continue;
             };
             properties.subscription_identifiers = sent.subscription_ids.clone();
