@@ -1512,6 +1512,8 @@ fn history_pages_with_query_parameters() {
     assert_eq!(seqs("?after=2"), vec![3, 4, 5]);
     assert_eq!(seqs("?after=1&limit=2"), vec![2, 3]);
     assert_eq!(seqs("?after=5"), Vec::<u64>::new());
+    // The largest seq: nothing after it (the next one wrapped to 0 before).
+    assert_eq!(seqs("?after=18446744073709551615"), Vec::<u64>::new());
     let invalid = (400, "invalid_argument".to_string());
     let path = "/v1/channels/room/messages";
     assert_eq!(

@@ -920,6 +920,15 @@ fn signed_tokens_of_an_identity_provider() {
                     &claims("dave", now + 600, "https://evil.example"),
                 ),
             ),
+            (
+                "not valid before an hour from now",
+                jwt(
+                    &dir.path().join("idp.key"),
+                    alg,
+                    &json!({"sub": "dave", "roles": ["member"], "exp": now + 7200,
+                        "nbf": now + 3600, "iss": "https://idp.example"}),
+                ),
+            ),
         ] {
             assert!(
                 Client::connect(server.address, "test", &bad).is_err(),

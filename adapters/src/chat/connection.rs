@@ -243,7 +243,7 @@ impl ChatConnection {
                         // Subscribes once the probe answers (`on_reply`).
                         let probe = Command::History {
                             channel: channel.clone(),
-                            query: HistoryQuery::From(since + 1),
+                            query: HistoryQuery::From(since.saturating_add(1)),
                             limit: 1,
                         };
                         self.submit(id, probe, Shape::RecoveryProbe { channel, since }, context);
@@ -270,7 +270,7 @@ impl ChatConnection {
                         return Err(ChatError::invalid("give `before` or `after`, not both"))
                     }
                     (Some(before), None) => HistoryQuery::Before(before),
-                    (None, Some(after)) => HistoryQuery::From(after + 1),
+                    (None, Some(after)) => HistoryQuery::From(after.saturating_add(1)),
                     (None, None) => HistoryQuery::Last,
                 };
                 let limit = limit
@@ -440,8 +440,8 @@ impl ChatConnection {
                 // means retention removed the ones between. The catch-up
                 // then starts at the oldest record kept.
                 let first_kept = messages.first().map(|message| message.seq);
-                let removed = *head_seq > since && first_kept != Some(since + 1);
-                let start = SubscribeStart::FromSeq(since + 1);
+                let removed = *head_seq > since && first_kept != Some(since.saturating_add(1));
+                let start = SubscribeStart::FromSeq(since.saturating_add(1));
                 self.subscribe(id, channel, start, Some(since), removed, context);
                 return;
             }

@@ -58,6 +58,9 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
+        // Off by default in jsonwebtoken: a token is not valid before its
+        // `nbf`.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if !issuer.is_empty() {
             validation.set_issuer(&[issuer]);
