@@ -1109,3 +1109,65 @@ fn a_refused_retained_publish_keeps_nothing() {
         );
     }
 }
+
+/// A member leaves a channel through the HTTP API with authentication on
+/// (`DELETE /v1/channels/{c}/members/{me}`). Before, the route took it for a
+/// leave only when the bearer token equalled the user name (loopback mode),
+/// so with real tokens it was a removal, which only the owner may make: 403.
+#[test]
+fn a_member_leaves_a_channel_over_http_with_authentication_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let bob = token(&server, "bob", MEMBER_PASSWORD);
+    let create = json!({"channel": "leavers", "visibility": "public"});
+    let (status, _, body) = http(
+        server.http,
+        "POST",
+        "/v1/channels",
+        Some(&alice),
+        Some(&create),
+    );
+    assert!((200..300).contains(&status), "{status} {body}");
+    let path = "/v1/channels/leavers";
+    let (status, _, body) = http(
+        server.http,
+        "POST",
+        &format!("{path}/join"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = http(
+        server.http,
+        "DELETE",
+        &format!("{path}/members/bob"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(status, 200, "bob leaves: {body}");
+    let (_, _, members) = http(
+        server.http,
+        "GET",
+        &format!("{path}/members"),
+        Some(&alice),
+        None,
+    );
+    let names: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["user"].as_str())
+        .collect();
+    assert_eq!(names, ["alice"]);
+    // Removing someone else is still the owner's alone.
+    let (status, _, _) = http(
+        server.http,
+        "DELETE",
+        &format!("{path}/members/alice"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(status, 403);
+}

@@ -359,6 +359,10 @@ impl Worker {
             Request::ChannelRemove {
                 channel,
                 user: removed,
+            } if removed == user => self.leave(service, &channel, user)?,
+            Request::ChannelRemove {
+                channel,
+                user: removed,
             } => {
                 let meta = self.existing(service, &channel)?;
                 if meta.owner != user {
@@ -398,15 +402,7 @@ impl Worker {
                 };
                 self.info(&channel, &meta)?
             }
-            Request::ChannelLeave { channel } => {
-                let meta = self.member_of(service, &channel, user)?;
-                let event = ChannelEvent::MemberRemoved {
-                    user: user.to_string(),
-                };
-                let meta = self.change(service, &channel, user, meta, event)?;
-                self.membership(user, &channel, false)?;
-                self.info(&channel, &meta)?
-            }
+            Request::ChannelLeave { channel } => self.leave(service, &channel, user)?,
             Request::ChannelInfo { channel } => {
                 let meta = self.admitted(service, &channel, user)?;
                 self.info(&channel, &meta)?
@@ -547,6 +543,18 @@ impl Worker {
                 "channel {channel:?} does not exist; create it with `channel_create`"
             )))
         }
+    }
+
+    /// `user` leaves `channel` (a member, the owner too); the channel's
+    /// info after.
+    fn leave(&mut self, service: &ChatService, channel: &str, user: &str) -> Result<Value> {
+        let meta = self.member_of(service, channel, user)?;
+        let event = ChannelEvent::MemberRemoved {
+            user: user.to_string(),
+        };
+        let meta = self.change(service, channel, user, meta, event)?;
+        self.membership(user, channel, false)?;
+        self.info(channel, &meta)
     }
 
     /// The state of a channel `user` is a member of.
