@@ -462,6 +462,18 @@ mod tests {
         }))
     }
 
+    /// A new server process on `log` (after a crash or a close), and
+    /// `client_id` back to its session: the server, the connection and
+    /// every packet it got after the CONNACK once the session's reads are
+    /// answered.
+    fn back_again(log: &mut Log, client_id: &str) -> (MqttProtocol, Driver, Vec<Packet>) {
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, mut packets) = connected(&server, log, client_id, true);
+        client.answer(log, |_| false);
+        packets.extend(client.packets());
+        (server, client, packets)
+    }
+
     /// Connects `client_id` to `server` on `log` and checks the CONNACK:
     /// the connection and what came after the CONNACK.
     fn connected(
@@ -620,11 +632,7 @@ mod tests {
         subscribe(&mut client, &mut log, filter, QoS::AtLeastOnce);
         client.close();
 
-        let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, after) = connected(&server, &mut log, "again", true);
-        client.answer(&mut log, |_| false);
-        let mut packets = after;
-        packets.extend(client.packets());
+        let (_server, _client, packets) = back_again(&mut log, "again");
         assert_eq!(
             payloads(packets),
             Vec::<Bytes>::new(),
@@ -818,11 +826,7 @@ mod tests {
         );
         client.close();
 
-        let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, packets) = connected(&server, &mut log, "refuser", true);
-        client.answer(&mut log, |_| false);
-        let mut packets = packets;
-        packets.extend(client.packets());
+        let (_server, _client, packets) = back_again(&mut log, "refuser");
         assert_eq!(
             payloads(packets),
             Vec::<Bytes>::new(),
@@ -919,10 +923,7 @@ mod tests {
         // A crash, and the message expires before the client is back.
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(1_200));
-        let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, mut packets) = connected(&server, &mut log, "expiring", true);
-        client.answer(&mut log, |_| false);
-        packets.extend(client.packets());
+        let (_server, _client, packets) = back_again(&mut log, "expiring");
         let again = packets.iter().any(|packet| {
             matches!(packet, Packet::Publish(p) if p.dup && p.packet_id == Some(packet_id))
         });
