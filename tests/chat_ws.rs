@@ -335,6 +335,18 @@ fn private_channels_admit_only_members() {
         alice.error(json!({"type": "channel_create", "channel": "Bad Name"})),
         "invalid_argument"
     );
+    // A name other clients already wrote to is theirs, not a new channel.
+    eve.ok(json!({"type": "publish", "channel": "squat", "text": "mine first"}));
+    let reply =
+        alice.send(json!({"type": "channel_create", "channel": "squat", "visibility": "private"}));
+    assert_eq!(reply["error"]["code"], "already_exists", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in use"),
+        "{reply}"
+    );
     for request in [
         json!({"type": "publish", "channel": "hr", "text": "hi"}),
         json!({"type": "subscribe", "channel": "hr"}),
@@ -385,6 +397,93 @@ fn private_channels_admit_only_members() {
             "topic",
             "member_removed"
         ]
+    );
+}
+
+/// Reads `client`'s message pushes up to the marker text on `general`;
+/// the texts seen on `channel` before it.
+fn texts_until_marker(client: &mut ChatClient, channel: &str, marker: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        let frame = client.next_message();
+        let text = frame["message"]["text"].as_str().unwrap_or("").to_string();
+        if frame["channel"] == "general" && text == marker {
+            return texts;
+        }
+        if frame["channel"] == channel && frame["message"]["kind"] == "message" {
+            texts.push(text);
+        }
+    }
+}
+
+#[test]
+fn subscribers_the_channel_stops_admitting_are_cut_off() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    let mut carol = ChatClient::connect(server.http, "carol");
+    alice.ok(json!({"type": "channel_create", "channel": "general"}));
+    for client in [&mut bob, &mut carol] {
+        client.ok(json!({"type": "channel_join", "channel": "general"}));
+        client.ok(json!({"type": "subscribe", "channel": "general"}));
+    }
+    // A direct channel's id is predictable: before it is made, only the
+    // users it names may use it.
+    for request in [
+        json!({"type": "subscribe", "channel": "dm/alice+bob"}),
+        json!({"type": "publish", "channel": "dm/alice+bob", "text": "hi, it is bob"}),
+        json!({"type": "history", "channel": "dm/alice+bob"}),
+    ] {
+        assert_eq!(carol.error(request.clone()), "denied", "{request}");
+    }
+    bob.ok(json!({"type": "subscribe", "channel": "dm/alice+bob"}));
+    alice.ok(json!({"type": "direct", "users": ["bob"]}));
+    alice.ok(json!({"type": "publish", "channel": "dm/alice+bob", "text": "psst"}));
+    assert_eq!(bob.next_of_kind("dm/alice+bob", "message")["text"], "psst");
+
+    // Carol follows a name nobody uses yet; Alice then makes it private.
+    carol.ok(json!({"type": "subscribe", "channel": "hr"}));
+    bob.ok(json!({"type": "subscribe", "channel": "hr"}));
+    alice.ok(json!({"type": "channel_create", "channel": "hr", "visibility": "private", "members": ["bob"]}));
+    let push = carol.next_push("unsubscribed");
+    assert_eq!(push["channel"], "hr");
+    assert!(
+        push["reason"].as_str().unwrap().contains("not a member"),
+        "{push}"
+    );
+    alice.ok(json!({"type": "publish", "channel": "hr", "text": "salaries"}));
+    alice.ok(json!({"type": "publish", "channel": "general", "text": "marker 1"}));
+    assert_eq!(
+        texts_until_marker(&mut carol, "hr", "marker 1"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        texts_until_marker(&mut bob, "hr", "marker 1"),
+        vec!["salaries"]
+    );
+
+    // A removed member's open subscription ends with the removal.
+    alice.ok(json!({"type": "channel_remove", "channel": "hr", "user": "bob"}));
+    assert_eq!(bob.next_push("unsubscribed")["channel"], "hr");
+    alice.ok(json!({"type": "publish", "channel": "hr", "text": "after bob"}));
+    alice.ok(json!({"type": "publish", "channel": "general", "text": "marker 2"}));
+    assert_eq!(
+        texts_until_marker(&mut bob, "hr", "marker 2"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        bob.error(json!({"type": "subscribe", "channel": "hr", "last": 5})),
+        "denied"
+    );
+
+    // Invited again, the member subscribes again and hears the channel.
+    alice.ok(json!({"type": "channel_invite", "channel": "hr", "user": "bob"}));
+    bob.ok(json!({"type": "subscribe", "channel": "hr"}));
+    alice.ok(json!({"type": "publish", "channel": "hr", "text": "welcome back"}));
+    alice.ok(json!({"type": "publish", "channel": "general", "text": "marker 3"}));
+    assert_eq!(
+        texts_until_marker(&mut bob, "hr", "marker 3"),
+        vec!["welcome back"]
     );
 }
 

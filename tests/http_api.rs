@@ -2313,7 +2313,10 @@ impl EventStream {
             let size_text = std::str::from_utf8(&buffer[..line_end]).unwrap();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
                 .unwrap_or_else(|_| panic!("a chunk size, got {size_text:?}"));
-            assert!(size > 0, "the event stream ended");
+            if size == 0 {
+                // The last chunk: stays for `dechunk_to_end`.
+                return;
+            }
             let start = line_end + 2;
             if buffer.len() < start + size + 2 {
                 return;
@@ -2323,6 +2326,15 @@ impl EventStream {
                 .push_str(std::str::from_utf8(&buffer[start..start + size]).unwrap());
             self.conn.buffer.drain(..start + size + 2);
         }
+    }
+
+    /// Reads on to the last chunk and the connection's close; no event may
+    /// come before them.
+    fn dechunk_to_end(&mut self) {
+        while self.conn.fill() {}
+        let rest = String::from_utf8(std::mem::take(&mut self.conn.buffer)).unwrap();
+        assert!(self.text.is_empty(), "{:?}", self.text);
+        assert_eq!(rest, "0\r\n\r\n");
     }
 
     /// The next event (comments skipped).
@@ -2357,6 +2369,10 @@ impl EventStream {
                 }
                 continue;
             }
+            assert!(
+                !self.conn.buffer.starts_with(b"0\r\n"),
+                "the event stream ended"
+            );
             assert!(self.conn.fill(), "the event stream closed");
         }
     }
@@ -2526,6 +2542,28 @@ fn an_event_stream_refuses_with_json_before_it_starts() {
     let event: Value = serde_json::from_str(created["text"].as_str().unwrap()).unwrap();
     assert_eq!(event["type"], "created");
     assert_eq!(event["by"], "alice");
+    // A member's stream ends when the member is removed.
+    ok(
+        a,
+        "POST",
+        "/v1/channels/hr/members",
+        "alice",
+        Some(json!({"user": "bob"})),
+        200,
+    );
+    let (mut bobs, _) = EventStream::open(a, "/v1/channels/hr/events", "bob", "");
+    ok(
+        a,
+        "DELETE",
+        "/v1/channels/hr/members/bob",
+        "alice",
+        None,
+        200,
+    );
+    let ended = bobs.next();
+    assert_eq!(ended.event, "error", "{ended:?}");
+    assert_eq!(ended.json()["code"], "denied");
+    bobs.dechunk_to_end();
 }
 
 // ---------------------------------------------------------------------------

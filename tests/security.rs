@@ -60,9 +60,9 @@ history = ["#"]
 allow_from = [{admin_allow_from}]
 [[auth.roles]]
 name = "member"
-publish = ["team/#"]
-subscribe = ["team/#", "$chat/user/{{user}}"]
-history = ["team/#"]
+publish = ["team/#", "leavers", "lounge"]
+subscribe = ["team/#", "$chat/user/{{user}}", "leavers", "lounge"]
+history = ["team/#", "leavers"]
 "##,
             data = dir.join("data").display(),
             key = key.display()
@@ -1170,4 +1170,52 @@ fn a_member_leaves_a_channel_over_http_with_authentication_on() {
         None,
     );
     assert_eq!(status, 403);
+}
+
+/// The chat workers read and write as the server on a user's behalf; the
+/// user's own rights are checked first. Before, a member could create a
+/// chat channel on a name their role gives no right to, and their channel
+/// list showed the last message of a channel their role does not let them
+/// read.
+#[test]
+fn chat_work_done_for_a_user_needs_the_users_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let (status, _, value) = http(server.http, method, path, Some(&alice), body.as_ref());
+        (status, value)
+    };
+    // No `publish` right on "vault": not hers to create.
+    let (status, body) = call("POST", "/v1/channels", Some(json!({"channel": "vault"})));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "denied");
+    // "lounge": publish and subscribe, no history.
+    let (status, body) = call("POST", "/v1/channels", Some(json!({"channel": "lounge"})));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(
+        "POST",
+        "/v1/channels/lounge/messages",
+        Some(json!({"text": "not for her eyes later"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call("GET", "/v1/me/channels", None);
+    assert_eq!(status, 200, "{body}");
+    let lounge = &body["channels"][0];
+    assert_eq!(lounge["channel"], "lounge", "{body}");
+    assert_eq!(lounge["last_message"], Value::Null, "{body}");
+    assert_eq!(lounge["unread"], 0, "{body}");
+    for path in [
+        "/v1/channels/lounge/members",
+        "/v1/channels/lounge/threads/2",
+        "/v1/channels/lounge/messages",
+    ] {
+        let (status, body) = call("GET", path, None);
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    // Where she has the right, the same routes answer.
+    call("POST", "/v1/channels", Some(json!({"channel": "leavers"})));
+    let (status, body) = call("GET", "/v1/channels/leavers/members", None);
+    assert_eq!(status, 200, "{body}");
 }

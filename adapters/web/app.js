@@ -605,6 +605,14 @@ function applyChannelEvent(ch, m) {
 }
 
 function onPush(p) {
+  if (p.push === 'unsubscribed') {
+    // The channel stopped admitting us (removed, or made private): the server ended the
+    // subscription; our channel list follows from its own push.
+    const ch = state.channels.get(p.channel);
+    if (ch) { ch.subscribed = false; ch.subscribing = false; }
+    toast(p.reason || `no longer subscribed to ${p.channel}`);
+    return;
+  }
   if (p.push !== 'message' || !p.message) return;
   const m = p.message;
   if (p.channel === myListChannel()) {

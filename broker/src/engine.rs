@@ -489,6 +489,12 @@ impl Engine {
             .map(|(_, a)| *a)
     }
 
+    /// The engine's authorizer, for work done outside the event loops on a
+    /// principal's behalf (the chat workers check the user's rights with it).
+    pub fn authorizer(&self) -> Arc<dyn Authorizer> {
+        self.shared.authorizer.clone()
+    }
+
     /// A handle that threads outside the event loops use to send events to
     /// connections' sessions.
     pub fn notifier(&self) -> Notifier {

@@ -334,6 +334,21 @@ impl ChatClient {
         }
     }
 
+    /// The next push named `push` (from those kept, then from the socket),
+    /// keeping the others aside.
+    pub fn next_push(&mut self, push: &str) -> serde_json::Value {
+        if let Some(at) = self.pushes.iter().position(|frame| frame["push"] == push) {
+            return self.pushes.remove(at).expect("found above");
+        }
+        loop {
+            let frame = self.frame();
+            if frame["push"] == push {
+                return frame;
+            }
+            self.pushes.push_back(frame);
+        }
+    }
+
     /// The next `message` push of `kind` on `channel`, skipping others.
     pub fn next_of_kind(&mut self, channel: &str, kind: &str) -> serde_json::Value {
         loop {

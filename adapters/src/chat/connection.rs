@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use starling_broker::{Command, Reply, SessionContext, SessionEvent};
+use starling_broker::{Command, ConnRef, Reply, SessionContext, SessionEvent};
 use starling_protocol::{kind, HistoryQuery, Message, SubscribeStart};
 
 use super::json::{message_value, ChatError, Request, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX};
 use super::model::{check_user_name, user_channel, Presence};
 use super::worker::{Done, Job, Outcome, Work};
-use super::ChatService;
+use super::{ChatService, Revoked};
 
 /// Longest reaction (an emoji or a short code).
 pub const EMOJI_BYTES_MAX: usize = 64;
@@ -61,6 +61,22 @@ pub struct ChatConnection {
     /// Whether this connection makes its user online (a chat client's
     /// WebSocket does; a bot's HTTP requests do not).
     shows_presence: bool,
+    /// This connection, once it has registered a subscription with the
+    /// service (so closing it can unregister them).
+    conn: Option<ConnRef>,
+    /// Channels registered with [`ChatService::follow`], and whether the
+    /// broker confirmed the subscription (a refused first subscribe
+    /// unregisters; a refused re-subscribe leaves the one in place to the
+    /// revocation).
+    followed: HashMap<String, bool>,
+}
+
+/// Something to tell the client that no request asked for.
+#[derive(Debug, PartialEq)]
+pub enum Push {
+    /// The subscription to `channel` ended because the channel no longer
+    /// admits the user (removed from it, or it was made private).
+    Unsubscribed { channel: String, reason: String },
 }
 
 impl ChatConnection {
@@ -77,6 +93,8 @@ impl ChatConnection {
             pending: HashMap::new(),
             parked: HashMap::new(),
             shows_presence,
+            conn: None,
+            followed: HashMap::new(),
         }
     }
 
@@ -157,11 +175,18 @@ impl ChatConnection {
         );
         if fast {
             let channel = request.channel().expect("fast requests name a channel");
+            if matches!(request, Request::Subscribe { .. }) {
+                // Registered before the check (see `ChatService::follow`).
+                self.follow(channel, &user, context);
+            }
             match self.service.meta(channel) {
                 Some(meta) if !meta.admits(&user) => {
+                    if self.followed.get(channel) == Some(&false) {
+                        self.unfollow(&channel.to_string());
+                    }
                     return Err(ChatError::denied(format!(
                         "you are not a member of {channel:?}; ask a member to invite you"
-                    )))
+                    )));
                 }
                 Some(_) => {}
                 None => {
@@ -256,6 +281,7 @@ impl ChatConnection {
                 Ok(None)
             }
             Request::Unsubscribe { channel } => {
+                self.unfollow(&channel);
                 self.submit(id, Command::Unsubscribe { channel }, Shape::Empty, context);
                 Ok(None)
             }
@@ -341,6 +367,33 @@ impl ChatConnection {
         }))
     }
 
+    fn follow(&mut self, channel: &str, user: &Arc<str>, context: &SessionContext<'_>) {
+        let Some(conn) = context.conn() else {
+            return;
+        };
+        self.conn = Some(conn);
+        if !self.followed.contains_key(channel) {
+            self.service.follow(channel, conn, user);
+            self.followed.insert(channel.to_string(), false);
+        }
+    }
+
+    fn unfollow(&mut self, channel: &String) {
+        if let (Some(conn), Some(_)) = (self.conn, self.followed.remove(channel)) {
+            self.service.unfollow(channel, conn);
+            release_if_empty(&mut self.followed);
+        }
+    }
+
+    /// True when the cached state of `channel` says the user is not
+    /// admitted (any more).
+    fn refused(&self, channel: &str) -> bool {
+        let user = self.user.as_deref().unwrap_or_default();
+        self.service
+            .meta(channel)
+            .is_some_and(|meta| !meta.admits(user))
+    }
+
     fn send_to_worker(
         &mut self,
         id: u64,
@@ -357,6 +410,7 @@ impl ChatConnection {
             conn: Some(conn),
             id,
             user: user.clone(),
+            principal: context.principal().cloned(),
             work,
         })
     }
@@ -439,6 +493,11 @@ impl ChatConnection {
                 // Seqs have no gaps, so a first record kept past `since + 1`
                 // means retention removed the ones between. The catch-up
                 // then starts at the oldest record kept.
+                if self.refused(&channel) {
+                    self.unfollow(&channel);
+                    responses.push((id, Err(not_admitted(&channel))));
+                    return;
+                }
                 let first_kept = messages.first().map(|message| message.seq);
                 let removed = *head_seq > since && first_kept != Some(since.saturating_add(1));
                 let start = SubscribeStart::FromSeq(since.saturating_add(1));
@@ -453,6 +512,14 @@ impl ChatConnection {
                 },
                 Reply::Subscribed { head_seq },
             ) => {
+                if self.refused(&channel) {
+                    // The revocation ends (or has ended) the subscription.
+                    responses.push((id, Err(not_admitted(&channel))));
+                    return;
+                }
+                if let Some(confirmed) = self.followed.get_mut(&channel) {
+                    *confirmed = true;
+                }
                 json!({
                     "channel": channel,
                     "head_seq": head_seq,
@@ -486,13 +553,18 @@ impl ChatConnection {
         responses.push((id, Ok(value)));
     }
 
-    /// Handles a worker's result for this connection.
+    /// Handles a worker's result or a revocation for this connection.
     pub fn on_event(
         &mut self,
         event: SessionEvent,
         context: &mut SessionContext<'_>,
         responses: &mut Vec<Response>,
+        pushes: &mut Vec<Push>,
     ) {
+        let event = match event.downcast::<Revoked>() {
+            Ok(revoked) => return self.on_revoked(revoked.channel, context, pushes),
+            Err(event) => event,
+        };
         let Ok(done) = event.downcast::<Done>() else {
             return;
         };
@@ -520,8 +592,40 @@ impl ChatConnection {
         }
     }
 
+    /// The channel stopped admitting the user: end the subscription (the
+    /// service has unregistered it already), unless the user was admitted
+    /// again since.
+    fn on_revoked(
+        &mut self,
+        channel: String,
+        context: &mut SessionContext<'_>,
+        pushes: &mut Vec<Push>,
+    ) {
+        let user = self.user.as_deref().unwrap_or_default();
+        if self
+            .service
+            .meta(&channel)
+            .is_some_and(|meta| meta.admits(user))
+        {
+            return;
+        }
+        self.followed.remove(&channel);
+        release_if_empty(&mut self.followed);
+        let unsubscribe = Command::Unsubscribe {
+            channel: channel.clone(),
+        };
+        self.submit(0, unsubscribe, Shape::Ignore, context);
+        let reason = not_admitted(&channel).message;
+        pushes.push(Push::Unsubscribed { channel, reason });
+    }
+
     /// The connection closed: the user may go offline.
     pub fn on_closed(&mut self) {
+        if let Some(conn) = self.conn {
+            for channel in std::mem::take(&mut self.followed).into_keys() {
+                self.service.unfollow(&channel, conn);
+            }
+        }
         if let Some(user) = self.user.take() {
             if self.shows_presence {
                 self.service.connection_closed(&user);
@@ -561,6 +665,12 @@ fn publish(
         headers: Bytes::new(),
         body,
     }
+}
+
+fn not_admitted(channel: &str) -> ChatError {
+    ChatError::denied(format!(
+        "you are not a member of {channel:?} (any more); ask a member to invite you"
+    ))
 }
 
 fn published_value(reply: &Reply) -> Value {

@@ -33,9 +33,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
-use starling_broker::{ConnRef, Engine, Notifier, Principal};
+use starling_broker::{Action, Authorizer, ConnRef, Engine, Notifier, Principal};
 
-pub use connection::{ChatConnection, Response};
+pub use connection::{ChatConnection, Push, Response};
 pub use json::{ChatError, Request};
 pub use model::ChannelMeta;
 
@@ -63,13 +63,30 @@ pub struct ChatService {
     workers: Vec<Sender<Job>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     notifier: Notifier,
+    /// Checks the user's own rights for what the workers read and write as
+    /// the server on the user's behalf.
+    authorizer: Arc<dyn Authorizer>,
     /// Open chat connections per user, for presence.
     online: Mutex<HashMap<String, usize>>,
     /// Presence changes not recorded yet, newest per user, and whether a
     /// worker job to record them is queued: a sign-in storm of thousands of
     /// users takes one job, not one per user.
     presence_pending: Mutex<(HashMap<String, model::Presence>, bool)>,
+    /// Chat subscriptions by channel: the connections and their users, so a
+    /// change that stops admitting a user (a member removed, a channel
+    /// created private under a name someone had subscribed to) ends that
+    /// user's subscriptions at once ([`Revoked`]).
+    followers: Mutex<HashMap<String, Vec<Follower>>>,
     pub server_name: String,
+}
+
+/// A connection subscribed to a channel, and its user.
+type Follower = (ConnRef, Arc<str>);
+
+/// Sent to a connection whose user the channel no longer admits: it ends
+/// its subscription and tells the client.
+pub(crate) struct Revoked {
+    pub channel: String,
 }
 
 impl ChatService {
@@ -87,8 +104,10 @@ impl ChatService {
             workers: senders,
             handles: Mutex::new(Vec::new()),
             notifier: engine.notifier(),
+            authorizer: engine.authorizer(),
             online: Mutex::new(HashMap::new()),
             presence_pending: Mutex::new((HashMap::new(), false)),
+            followers: Mutex::new(HashMap::new()),
             server_name: server_name.to_string(),
         });
         let mut handles = Vec::new();
@@ -120,6 +139,77 @@ impl ChatService {
         }
         cache.insert(channel.to_string(), meta.clone());
         meta
+    }
+
+    /// Registers `conn`'s subscription to `channel`. A connection registers
+    /// *before* it checks that the channel admits its user, and a worker
+    /// changes the cached state *before* it looks for followers to revoke:
+    /// so either the check sees the change or the worker sees the follower.
+    pub(crate) fn follow(&self, channel: &str, conn: ConnRef, user: &Arc<str>) {
+        let mut followers = self.followers.lock();
+        let list = followers.entry(channel.to_string()).or_default();
+        if !list.iter().any(|(c, _)| *c == conn) {
+            list.push((conn, user.clone()));
+        }
+    }
+
+    /// The reverse of [`ChatService::follow`].
+    pub(crate) fn unfollow(&self, channel: &str, conn: ConnRef) {
+        let mut followers = self.followers.lock();
+        if let Some(list) = followers.get_mut(channel) {
+            list.retain(|(c, _)| *c != conn);
+            if list.is_empty() {
+                followers.remove(channel);
+            }
+        }
+    }
+
+    /// Tells every follower of `channel` whose user `meta` does not admit
+    /// to end its subscription. Called after `meta` is cached.
+    fn revoke_unadmitted(&self, channel: &str, meta: &ChannelMeta) {
+        let revoked: Vec<ConnRef> = {
+            let mut followers = self.followers.lock();
+            let Some(list) = followers.get_mut(channel) else {
+                return;
+            };
+            let mut revoked = Vec::new();
+            list.retain(|(conn, user)| {
+                let admitted = meta.admits(user);
+                if !admitted {
+                    revoked.push(*conn);
+                }
+                admitted
+            });
+            if list.is_empty() {
+                followers.remove(channel);
+            }
+            revoked
+        };
+        for conn in revoked {
+            self.notifier.notify(
+                conn,
+                Box::new(Revoked {
+                    channel: channel.to_string(),
+                }),
+            );
+        }
+    }
+
+    /// Whether `principal` (`None`: the server itself) may do `action` on
+    /// `channel`, as the broker would check it.
+    fn may(
+        &self,
+        principal: Option<&Principal>,
+        action: Action,
+        channel: &str,
+    ) -> Result<(), json::ChatError> {
+        match principal {
+            None => Ok(()),
+            Some(principal) => self
+                .authorizer
+                .authorize(principal, action, channel)
+                .map_err(|denied| json::ChatError::denied(denied.0)),
+        }
     }
 
     /// Queues slow work. Work on one channel always goes to the same worker.
@@ -188,6 +278,7 @@ impl ChatService {
             conn: None,
             id: 0,
             user: Arc::from(SYSTEM_USER),
+            principal: None,
             work: Work::Presence,
         };
         match self.submit(job) {

@@ -180,9 +180,18 @@ impl ChannelMeta {
         }
     }
 
-    /// True when `user` may read and write the channel.
+    /// True when `user` may read and write the channel. A channel without
+    /// events is open, except a direct channel's id: it names its users, and
+    /// only they may use it before it is made (a predictable id must not let
+    /// a third user subscribe ahead of the conversation).
     pub fn admits(&self, user: &str) -> bool {
-        !self.exists || self.visibility == Visibility::Public || self.members.contains(user)
+        if !self.exists {
+            return match self.name.strip_prefix(DIRECT_PREFIX) {
+                Some(users) => users.split('+').any(|named| named == user),
+                None => true,
+            };
+        }
+        self.visibility == Visibility::Public || self.members.contains(user)
     }
 
     pub fn is_member(&self, user: &str) -> bool {
@@ -306,6 +315,16 @@ mod tests {
         let meta = ChannelMeta::fold("sensors", &[]);
         assert!(!meta.exists);
         assert!(meta.admits("anyone"));
+    }
+
+    #[test]
+    fn a_direct_channel_id_admits_only_its_users_before_it_is_made() {
+        let meta = ChannelMeta::fold("dm/alice+bob", &[]);
+        assert!(!meta.exists);
+        assert!(meta.admits("alice"));
+        assert!(meta.admits("bob"));
+        assert!(!meta.admits("carol"));
+        assert!(!meta.admits("alice+bob"));
     }
 
     #[test]

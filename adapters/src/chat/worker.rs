@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use serde::Serialize;
 use serde_json::{json, Value};
-use starling_broker::{BrokerError, Command, ConnRef, LocalClient};
+use starling_broker::{Action, BrokerError, Command, ConnRef, LocalClient, Principal};
 use starling_protocol::{kind, HistoryQuery, Message};
 
 use super::json::{message_value, ChatError, Request, THREAD_LIMIT_DEFAULT};
@@ -32,6 +32,9 @@ pub(crate) struct Job {
     /// The client's request id.
     pub id: u64,
     pub user: Arc<str>,
+    /// The user's principal, whose rights the work is checked against;
+    /// `None` for the server's own work.
+    pub principal: Option<Principal>,
     pub work: Work,
 }
 
@@ -85,7 +88,7 @@ pub(crate) fn run(service: Weak<ChatService>, client: LocalClient, jobs: Receive
         let Some(service) = service.upgrade() else {
             return;
         };
-        let outcome = worker.handle(&service, &job.user, job.work);
+        let outcome = worker.handle(&service, &job.user, job.principal.as_ref(), job.work);
         if let Some(conn) = job.conn {
             service.notify(
                 conn,
@@ -111,9 +114,23 @@ struct Worker {
 type Result<T> = std::result::Result<T, ChatError>;
 
 impl Worker {
-    fn handle(&mut self, service: &ChatService, user: &str, work: Work) -> Result<Outcome> {
+    fn handle(
+        &mut self,
+        service: &ChatService,
+        user: &str,
+        principal: Option<&Principal>,
+        work: Work,
+    ) -> Result<Outcome> {
         match work {
-            Work::Request(request) => self.request(service, user, request),
+            Work::Request(request) => {
+                // The worker reads and writes as the server: the user's own
+                // rights are checked first, as the broker checks them for
+                // requests it gets from the user.
+                if let Some((action, channel)) = needed_right(&request, user) {
+                    service.may(principal, action, channel)?;
+                }
+                self.request(service, user, principal, request)
+            }
             Work::Resolve { channel } => {
                 self.meta(service, &channel)?;
                 Ok(Outcome::Retry)
@@ -151,7 +168,13 @@ impl Worker {
         }
     }
 
-    fn request(&mut self, service: &ChatService, user: &str, request: Request) -> Result<Outcome> {
+    fn request(
+        &mut self,
+        service: &ChatService,
+        user: &str,
+        principal: Option<&Principal>,
+        request: Request,
+    ) -> Result<Outcome> {
         let value = match request {
             Request::Edit {
                 channel,
@@ -253,6 +276,19 @@ impl Worker {
                         format!("channel {channel:?} already exists; pick another id or join it"),
                     ));
                 }
+                // A channel other clients (MQTT, native, chat without
+                // `channel_create`) already wrote to is theirs: making it a
+                // chat channel would put their records, and whatever they
+                // write next, under its members' names.
+                let (head_seq, _) = self.history(&channel, HistoryQuery::Last, 1)?;
+                if head_seq > 0 {
+                    return Err(ChatError::new(
+                        "already_exists",
+                        format!(
+                            "channel {channel:?} is in use ({head_seq} records written without `channel_create`); pick another id"
+                        ),
+                    ));
+                }
                 let mut all: BTreeSet<String> = BTreeSet::new();
                 all.insert(user.to_string());
                 for member in members {
@@ -295,6 +331,7 @@ impl Worker {
                     )));
                 }
                 let channel = direct_channel_id(&all);
+                service.may(principal, Action::Publish, &channel)?;
                 let meta = self.meta(service, &channel)?;
                 let meta = if meta.exists {
                     meta
@@ -419,9 +456,16 @@ impl Worker {
                 let mut channels = Vec::new();
                 for channel in self.channel_list(user)? {
                     let meta = self.meta(service, &channel)?;
-                    let (head_seq, last) = self.history(&channel, HistoryQuery::Last, 1)?;
+                    // What the user may not read is not shown: the last
+                    // message and the unread count need `history`.
+                    let readable = service.may(principal, Action::History, &channel).is_ok();
+                    let (head_seq, last) = if readable {
+                        self.history(&channel, HistoryQuery::Last, 1)?
+                    } else {
+                        (0, Vec::new())
+                    };
                     let read_seq = self.client.cursor_get(user, &channel)?;
-                    let unread = if head_seq > read_seq {
+                    let unread = if readable && head_seq > read_seq {
                         let (_, after) = self.history(
                             &channel,
                             HistoryQuery::From(read_seq + 1),
@@ -591,6 +635,7 @@ impl Worker {
         let mut next = (*meta).clone();
         next.apply(&event);
         let meta = service.cache_meta(channel, next);
+        service.revoke_unadmitted(channel, &meta);
         let mut shown = serde_json::to_value(&event).expect("serializes");
         shown["by"] = Value::String(user.to_string());
         self.append(channel, kind::CHANNEL_EVENT, 0, to_body(&shown))?;
@@ -692,6 +737,23 @@ impl Worker {
             .map(|_| ())
             .map_err(|error: BrokerError| error.into())
     }
+}
+
+/// The right `user` needs on a channel for a request the workers serve:
+/// what the request makes the server read or write there for them.
+fn needed_right<'r>(request: &'r Request, user: &str) -> Option<(Action, &'r str)> {
+    let action = match request {
+        Request::Thread { .. }
+        | Request::ReadBy { .. }
+        | Request::ChannelInfo { .. }
+        | Request::Members { .. } => Action::History,
+        Request::ChannelJoin { .. } => Action::Subscribe,
+        // Leaving needs no right: a user may always leave.
+        Request::ChannelLeave { .. } => return None,
+        Request::ChannelRemove { user: removed, .. } if removed == user => return None,
+        _ => Action::Publish,
+    };
+    Some((action, request.channel()?))
 }
 
 fn to_body(value: &impl Serialize) -> Bytes {

@@ -20,11 +20,13 @@ use starling_broker::{Close, Protocol, Reply, Session, SessionContext, SessionEv
 use starling_protocol::{ErrorCode, Message};
 
 use super::request::{HttpLimits, Method, Request, RequestParser};
-use super::response::{write_chunk, write_chunked_head, write_error, write_response, Response};
+use super::response::{
+    write_chunk, write_chunked_head, write_error, write_last_chunk, write_response, Response,
+};
 use super::security::{SecurityApi, SecurityDone};
 use super::tunnel::Tunnel;
 use crate::chat::json::{message_pushes, parse_request, reply_text, write_message};
-use crate::chat::{ChatConnection, ChatError, ChatService, HEARTBEAT_S};
+use crate::chat::{ChatConnection, ChatError, ChatService, Push, HEARTBEAT_S};
 use crate::ws::{close_code, derive_accept_key, text_frame, WsFraming, WsLimits, WsMessage};
 
 /// How long connections may take and stay idle.
@@ -326,8 +328,12 @@ impl Session for HttpSession {
             Err(event) => event,
         };
         let mut responses = Vec::new();
+        let mut pushes = Vec::new();
         if let Some(chat) = self.chat.as_mut() {
-            chat.on_event(event, context, &mut responses);
+            chat.on_event(event, context, &mut responses, &mut pushes);
+        }
+        for push in pushes {
+            self.push(push, context)?;
         }
         self.answer(responses, context)
     }
@@ -724,6 +730,28 @@ impl HttpSession {
         }
         self.answer(responses, context)?;
         received.map_err(|closed| close(&closed.reason))
+    }
+
+    /// Tells the client what no request asked for: a push frame on a
+    /// WebSocket; an event stream whose subscription ended is ended.
+    fn push(&mut self, push: Push, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        let Push::Unsubscribed { channel, reason } = push;
+        match self.mode {
+            Mode::WebSocket(_) => {
+                let text = json!({ "push": "unsubscribed", "channel": channel, "reason": reason });
+                text_frame(text.to_string().as_bytes(), context.out());
+                Ok(())
+            }
+            Mode::Events => {
+                let mut text = String::from("event: error\ndata: ");
+                text.push_str(&json!({ "code": "denied", "message": reason }).to_string());
+                text.push_str("\n\n");
+                write_chunk(context.out(), text.as_bytes());
+                write_last_chunk(context.out());
+                Err(close(&format!("event stream of {channel:?}: {reason}")))
+            }
+            Mode::Http | Mode::Tunnel(_) => Ok(()),
+        }
     }
 
     /// Sends answers: JSON replies on a WebSocket, the HTTP response of the
