@@ -115,6 +115,12 @@ pub struct HttpConfig {
     /// client is the last address in the header that is not a trusted
     /// proxy. From anyone else the header is ignored.
     pub trusted_proxies: Vec<String>,
+    /// Web origins (`https://chat.example.com`, or `*` for any) whose pages
+    /// may open WebSockets (`/ws`, `/mqtt`) besides the server's own: a
+    /// browser sends `Origin`, and a page of another site must not act as
+    /// the signed-in user. Clients that send no `Origin` are not browsers
+    /// and are not affected.
+    pub allowed_origins: Vec<String>,
     /// When not empty, only clients from these networks (CIDRs) may
     /// connect; others are closed at once.
     pub allow_from: Vec<String>,
@@ -141,6 +147,7 @@ impl Default for HttpConfig {
             tls: false,
             allow_from: Vec::new(),
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             header_bytes_max: http.header_bytes_max,
             headers_max: http.headers_max,
             body_bytes_max: http.body_bytes_max,
@@ -248,6 +255,11 @@ impl Config {
         let config: Config = value
             .try_into()
             .context("the configuration is not valid; compare it with `starling config default`")?;
+        for origin in &config.http.allowed_origins {
+            if let Err(error) = starling_adapters::http::server::check_origin_setting(origin) {
+                bail!("http.allowed_origins (STARLING_HTTP_ALLOWED_ORIGINS): {error}");
+            }
+        }
         for filter in &config.mqtt.live_only_qos0 {
             if let Err(error) = starling_broker::pattern::validate(filter) {
                 bail!(

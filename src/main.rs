@@ -338,7 +338,8 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
                     &config.http.trusted_proxies,
                 )
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
+            )
+            .with_allowed_origins(config.http.allowed_origins.clone()),
     );
     let chat_slot = http.chat_slot();
     let security_slot = http.security_slot();

@@ -845,3 +845,82 @@ fn users_may_follow_their_own_channel_list() {
     let event: serde_json::Value = serde_json::from_str(joined["text"].as_str().unwrap()).unwrap();
     assert_eq!(event, json!({"type": "joined", "channel": "dm/alice+bob"}));
 }
+
+/// The status line of a WebSocket handshake for `path` with `origin` (and
+/// the `mqtt` subprotocol, which `/mqtt` needs and `/ws` ignores).
+fn handshake_status(server: &Server, path: &str, origin: Option<&str>) -> String {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n",
+        server.http
+    );
+    if let Some(origin) = origin {
+        request.push_str(&format!("Origin: {origin}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && stream.read(&mut byte).unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().trim_end().to_string()
+}
+
+/// A page of another site must not open a WebSocket as the user (the
+/// browser would send their cookies or client certificate with it); the
+/// server's own pages, configured origins and non-browser clients may.
+#[test]
+fn websockets_from_pages_of_other_sites_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[(
+            "STARLING_HTTP_ALLOWED_ORIGINS",
+            r#"["https://chat.example.com"]"#,
+        )],
+    );
+    let own = format!("http://{}", server.http);
+    for path in ["/ws", "/mqtt"] {
+        for (origin, status) in [
+            (None, "101"),
+            (Some(own.as_str()), "101"),
+            (Some("https://chat.example.com"), "101"),
+            (Some("https://evil.example"), "403"),
+            (Some("null"), "403"),
+            (Some("http://127.0.0.1:1"), "403"),
+        ] {
+            let line = handshake_status(&server, path, origin);
+            assert!(
+                line.starts_with(&format!("HTTP/1.1 {status}")),
+                "{path} from {origin:?}: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_allowed_origin_that_is_not_an_origin_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["serve"])
+        .current_dir(dir.path())
+        .env(
+            "STARLING_HTTP_ALLOWED_ORIGINS",
+            r#"["chat.example.com/app"]"#,
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("http.allowed_origins") && stderr.contains("scheme://host"),
+        "{stderr}"
+    );
+}

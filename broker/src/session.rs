@@ -108,6 +108,15 @@ pub trait Session: Send {
     fn delivery_room(&self) -> usize {
         usize::MAX
     }
+    /// True while the session wants no more input: the shard stops reading
+    /// the socket (the client's bytes wait in the kernel, which pushes back
+    /// on the client) and reads again after a later callback of the session
+    /// finds it false. For a protocol that answers one request at a time
+    /// (HTTP/1.1), so what a client pipelines behind a slow request is not
+    /// buffered without bound.
+    fn input_paused(&self) -> bool {
+        false
+    }
     /// The connection is closing (whoever closed it). Requests submitted here
     /// are carried out, but their replies go nowhere: this is for last
     /// actions such as publishing an MQTT will.

@@ -72,6 +72,8 @@ struct Shared {
     chat: Arc<OnceLock<Arc<ChatService>>>,
     security: Arc<OnceLock<Arc<SecurityApi>>>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins besides the server's own whose pages may open WebSockets.
+    allowed_origins: Vec<String>,
     ws_limits: WsLimits,
     timeouts: HttpTimeouts,
     ready: Arc<AtomicBool>,
@@ -90,6 +92,7 @@ impl HttpProtocol {
                 chat: Arc::new(OnceLock::new()),
                 security: Arc::new(OnceLock::new()),
                 trusted_proxies: Vec::new(),
+                allowed_origins: Vec::new(),
                 ws_limits,
                 timeouts,
                 ready: Arc::new(AtomicBool::new(false)),
@@ -124,6 +127,15 @@ impl HttpProtocol {
         Arc::get_mut(&mut self.shared)
             .expect("proxies are set before the listener makes sessions")
             .trusted_proxies = proxies;
+        self
+    }
+
+    /// Lets pages of these origins (`https://chat.example.com`, `*` for
+    /// any) open WebSockets, besides the server's own pages.
+    pub fn with_allowed_origins(mut self, origins: Vec<String>) -> HttpProtocol {
+        Arc::get_mut(&mut self.shared)
+            .expect("origins are set before the listener makes sessions")
+            .allowed_origins = origins;
         self
     }
 
@@ -357,6 +369,13 @@ impl Session for HttpSession {
         }
     }
 
+    /// HTTP/1.1 answers one request at a time: while one is in flight (a
+    /// sign-in waiting for its worker), what the client sends behind it
+    /// waits in the kernel, not in `buffer`.
+    fn input_paused(&self) -> bool {
+        matches!(self.mode, Mode::Http) && self.in_flight.is_some()
+    }
+
     fn on_closed(&mut self, context: &mut SessionContext<'_>) {
         if let Mode::Tunnel(tunnel) = &mut self.mode {
             tunnel.on_closed(context);
@@ -432,6 +451,27 @@ impl Session for HttpSession {
     }
 }
 
+/// The `host[:port]` of a web origin (`https://chat.example.com:8443`);
+/// `None` for an opaque origin (`null`) or one that is not `scheme://host`.
+fn origin_authority(origin: &str) -> Option<&str> {
+    let (scheme, authority) = origin.trim().split_once("://")?;
+    let valid = !scheme.is_empty()
+        && !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@', ' ']);
+    valid.then_some(authority)
+}
+
+/// Checks one `http.allowed_origins` entry: `*` or `scheme://host[:port]`.
+pub fn check_origin_setting(origin: &str) -> Result<(), String> {
+    if origin == "*" || origin_authority(origin).is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{origin:?} is not a web origin: give scheme://host[:port] without a path, such as \"https://chat.example.com\", or \"*\" for any"
+        ))
+    }
+}
+
 fn close(reason: &str) -> Close {
     Close {
         reason: reason.to_string(),
@@ -444,6 +484,8 @@ impl HttpSession {
         let deadline = match self.mode {
             Mode::Http => match self.request_started {
                 Some(started) => started + self.shared.timeouts.request_read,
+                // Not idle while a request is answered; the answer re-arms.
+                None if self.in_flight.is_some() => return,
                 None => self.last_activity + self.shared.timeouts.idle,
             },
             Mode::WebSocket(_) => now + Duration::from_secs(HEARTBEAT_S),
@@ -603,6 +645,39 @@ impl HttpSession {
         Ok(key)
     }
 
+    /// Refuses a WebSocket handshake from a page of another site: a browser
+    /// sends the page's `Origin`, and sends the user's cookies and client
+    /// certificate with the handshake whatever the page, so without this
+    /// check any site the user visits could act as them. The server's own
+    /// origin (the `Host` the request was sent to) and
+    /// `http.allowed_origins` are let in; a request without `Origin` is not
+    /// from a browser page.
+    fn check_origin(
+        &self,
+        request: &Request,
+        context: &mut SessionContext<'_>,
+    ) -> Result<(), Close> {
+        let Some(origin) = request.header("origin") else {
+            return Ok(());
+        };
+        let allowed = &self.shared.allowed_origins;
+        let own = origin_authority(origin)
+            .zip(request.header("host"))
+            .is_some_and(|(authority, host)| authority.eq_ignore_ascii_case(host.trim()));
+        if own
+            || allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim()))
+        {
+            return Ok(());
+        }
+        let message = format!(
+            "WebSockets from pages of {origin:?} are not allowed: add the origin to http.allowed_origins if its pages are meant to use this server"
+        );
+        write_error(context.out(), 403, "denied", &message, false);
+        Err(close(&message))
+    }
+
     /// `GET /mqtt` and the like: a protocol in WebSocket binary frames.
     fn upgrade_tunnel(
         &mut self,
@@ -611,6 +686,7 @@ impl HttpSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let key = Self::check_handshake(request, context)?;
+        self.check_origin(request, context)?;
         if !request.header_has_token("sec-websocket-protocol", route.subprotocol) {
             let message = format!(
                 "{} needs the WebSocket subprotocol {:?} (Sec-WebSocket-Protocol)",
@@ -644,6 +720,7 @@ impl HttpSession {
             Err(close(message))
         };
         let key = Self::check_handshake(request, context)?;
+        self.check_origin(request, context)?;
         let service = match self.chat_service() {
             Ok(service) => service,
             Err(error) => return refuse(context.out(), 503, &error.message),

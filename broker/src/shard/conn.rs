@@ -453,6 +453,11 @@ impl Shard {
             let ConnKind::Socket(socket) = &mut connection.kind else {
                 return;
             };
+            if socket.session.input_paused() {
+                // `with_session` reads again once the session wants input.
+                connection.read_paused = true;
+                return;
+            }
             let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
             if buffers.input.capacity() == 0 {
                 buffers.input = std::mem::take(&mut self.spare_input);
@@ -609,6 +614,7 @@ impl Shard {
         if let Some(deadline) = timer {
             self.arm_timer(slot, deadline);
         }
+        self.resume_paused_input(slot);
         self.mark_dirty(slot);
         for (request_id, command) in commands.drain(..) {
             self.handle_command(slot, request_id, command);
@@ -640,6 +646,27 @@ impl Shard {
                 }
                 false
             }
+        }
+    }
+
+    /// Reads connection `slot` again if its reading was paused by its session
+    /// ([`Session::input_paused`]) and neither the session nor the requests
+    /// in flight hold it any more.
+    fn resume_paused_input(&mut self, slot: u32) {
+        let inflight_max = self.shared.config.inflight_requests_max;
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return;
+        };
+        let ConnKind::Socket(socket) = &connection.kind else {
+            return;
+        };
+        if connection.read_paused
+            && !connection.closing
+            && connection.inflight <= inflight_max / 2
+            && !socket.session.input_paused()
+        {
+            connection.read_paused = false;
+            self.read_again.push(slot);
         }
     }
 
