@@ -924,3 +924,55 @@ fn an_allowed_origin_that_is_not_an_origin_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// The close frame's code and reason, reading past other frames.
+fn close_frame(socket: &mut tungstenite::WebSocket<TcpStream>) -> (u16, String) {
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => {
+                return (frame.code.into(), frame.reason.to_string())
+            }
+            Ok(tungstenite::Message::Close(None)) => panic!("a close frame without a code"),
+            Ok(_) => {}
+            Err(error) => panic!("no close frame: {error}"),
+        }
+    }
+}
+
+/// A WebSocket that never signs in is closed like a plain connection that
+/// never sends its first packet: the HTTP connection's own timers kept the
+/// shard's handshake deadline from closing it, so an idle `/mqtt` tunnel
+/// or a `/ws` that only pings stayed for ever.
+#[test]
+fn websockets_that_never_sign_in_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("STARLING_HTTP_REQUEST_READ_TIMEOUT_MS", "300")],
+    );
+    let mut chat = ChatClient::open(server.http);
+    let (code, reason) = close_frame(&mut chat.socket);
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("no sign-in"), "{reason}");
+
+    let stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/mqtt",
+        server.http
+    ))
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut mqtt, _) = tungstenite::client(request, stream).unwrap();
+    let (code, reason) = close_frame(&mut mqtt);
+    assert_eq!(code, 1008, "{reason}");
+
+    // Signed in, a connection stays past that deadline.
+    let mut alice = ChatClient::connect(server.http, "alice");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    alice.ok(json!({"type": "ping"}));
+}

@@ -174,6 +174,7 @@ impl Protocol for HttpProtocol {
             in_flight: None,
             request_started: None,
             last_activity: Instant::now(),
+            upgraded_at: None,
         })
     }
 
@@ -278,6 +279,12 @@ pub struct HttpSession {
     in_flight: Option<InFlight>,
     request_started: Option<Instant>,
     last_activity: Instant,
+    /// When the connection became a WebSocket (`/ws`, `/mqtt`), until the
+    /// client signs in on it (chat `connect`, MQTT CONNECT): one that does
+    /// not within `timeouts.request_read` is closed, as the shard closes a
+    /// plain connection that never identifies itself (it cannot here: the
+    /// connection has timers of its own).
+    upgraded_at: Option<Instant>,
 }
 
 /// Client request ids of HTTP requests (one at a time per connection).
@@ -384,6 +391,27 @@ impl Session for HttpSession {
 
     fn on_timer(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         let now = context.now();
+        if let Some(upgraded) = self.upgraded_at {
+            if self.signed_in(context) {
+                self.upgraded_at = None;
+            } else if now.duration_since(upgraded) >= self.shared.timeouts.request_read {
+                let reason = format!(
+                    "no sign-in within {} s of the WebSocket upgrade: send `connect` (chat) or CONNECT (MQTT) first",
+                    self.shared.timeouts.request_read.as_secs()
+                );
+                let code = close_code::POLICY_VIOLATION;
+                match &mut self.mode {
+                    Mode::WebSocket(framing) => {
+                        framing.close(code, &reason, context.out());
+                    }
+                    Mode::Tunnel(tunnel) => tunnel.close(code, &reason, context.out()),
+                    Mode::Http | Mode::Events => {}
+                }
+                return Err(close(&reason));
+            } else {
+                context.set_timer(upgraded + self.shared.timeouts.request_read);
+            }
+        }
         match &mut self.mode {
             // The tunnelled protocol keeps its own time (MQTT keep-alive).
             Mode::Tunnel(tunnel) => return tunnel.on_timer(context),
@@ -494,6 +522,26 @@ impl HttpSession {
             Mode::Tunnel(_) => return,
         };
         context.set_timer(deadline.max(now));
+    }
+
+    /// The connection just became a WebSocket: it has `request_read` to
+    /// sign in (unless it is signed in already, with an earlier request).
+    fn sign_in_deadline(&mut self, context: &mut SessionContext<'_>) {
+        if !self.signed_in(context) {
+            let now = context.now();
+            self.upgraded_at = Some(now);
+            context.set_timer(now + self.shared.timeouts.request_read);
+        }
+    }
+
+    /// Whether the client has signed in on its WebSocket: a chat `connect`
+    /// (an HTTP request before the upgrade signed in nothing of the chat
+    /// connection), or a principal for the tunnelled protocol.
+    fn signed_in(&self, context: &SessionContext<'_>) -> bool {
+        match self.mode {
+            Mode::WebSocket(_) => self.chat.as_ref().is_some_and(|chat| chat.user().is_some()),
+            _ => context.principal().is_some(),
+        }
     }
 
     fn chat_service(&self) -> Result<Arc<ChatService>, ChatError> {
@@ -703,6 +751,7 @@ impl HttpSession {
         write_response(context.out(), &response, true, false);
         let inner = route.protocol.new_session(self.peer);
         self.mode = Mode::Tunnel(Box::new(Tunnel::new(inner, self.shared.ws_limits)));
+        self.sign_in_deadline(context);
         context.set_protocol(Arc::new(super::tunnel::TunnelDeliveries::new(
             route.protocol.clone(),
         )));
@@ -737,6 +786,7 @@ impl HttpSession {
         self.chat = Some(ChatConnection::new(service));
         context.set_protocol(self.shared.websocket.clone());
         self.arm_timer(context);
+        self.sign_in_deadline(context);
         self.serve_buffered_frames(context)
     }
 

@@ -175,6 +175,11 @@ impl Tunnel {
         self.framing.close(close_code::GOING_AWAY, reason, out);
     }
 
+    /// Closes the WebSocket with `code` (the server ends the tunnel).
+    pub fn close(&mut self, code: u16, reason: &str, out: &mut BytesMut) {
+        self.framing.close(code, reason, out);
+    }
+
     pub fn on_closed(&mut self, context: &mut SessionContext<'_>) {
         let _ = self.around(context, |inner, _, context| {
             inner.on_closed(context);
