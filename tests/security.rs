@@ -1219,3 +1219,45 @@ fn chat_work_done_for_a_user_needs_the_users_rights() {
     let (status, body) = call("GET", "/v1/channels/leavers/members", None);
     assert_eq!(status, 200, "{body}");
 }
+
+/// An open connection is use of its sign-in session: a user on one socket
+/// all day can still reconnect with the token (before, the idle clock ran
+/// from the sign-in alone). And a session that reaches its absolute expiry
+/// closes the connections still open on it (before, they outlived it).
+#[test]
+fn open_connections_keep_their_session_in_use_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("STARLING_AUTH_SESSION_IDLE_TIMEOUT_S", "2"),
+            ("STARLING_AUTH_SESSION_ABSOLUTE_TIMEOUT_S", "8"),
+            ("STARLING_ENGINE_SESSION_CHECK_MS", "200"),
+        ],
+    );
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let mut first = ChatClient::open(server.http);
+    first.ok(json!({"type": "connect", "token": alice}));
+    // Longer than the idle timeout, with only the connection open.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut second = ChatClient::open(server.http);
+    second.ok(json!({"type": "connect", "token": alice}));
+    // At the absolute expiry, both are closed with the reason.
+    for client in [&mut first, &mut second] {
+        let reason = loop {
+            match client.socket.read() {
+                Ok(tungstenite::Message::Close(frame)) => {
+                    break frame.map(|f| f.reason.to_string()).unwrap_or_default()
+                }
+                Ok(_) => {}
+                Err(error) => panic!("no close frame: {error}"),
+            }
+        };
+        assert!(reason.contains("expired"), "{reason}");
+    }
+    let mut third = ChatClient::open(server.http);
+    let reply = third.send(json!({"type": "connect", "token": alice}));
+    assert_eq!(reply["error"]["code"], "denied", "{reply}");
+}

@@ -122,6 +122,16 @@ pub trait Authorizer: Send + Sync + 'static {
         )))
     }
 
+    /// Whether the sign-in session `principal` came from still stands, asked
+    /// every `session_check_ms` for each open connection whose principal
+    /// has one. A refusal closes the connection with its text. An
+    /// authorizer with idle timeouts counts the open connection as use of
+    /// its session. The default says yes.
+    fn session_in_use(&self, principal: &Principal) -> Result<(), Denied> {
+        let _ = principal;
+        Ok(())
+    }
+
     /// Allows or refuses `action` on `channel`.
     fn authorize(&self, principal: &Principal, action: Action, channel: &str)
         -> Result<(), Denied>;

@@ -112,6 +112,11 @@ pub struct EngineConfig {
     /// protocol times (an HTTP request) this long after it was accepted —
     /// including one whose TLS handshake never finishes — is closed.
     pub handshake_timeout_ms: u64,
+    /// How often each shard asks the authorizer about the sign-in sessions
+    /// of its open connections ([`crate::Authorizer::session_in_use`]): an
+    /// expired or revoked one closes the connection, a valid one counts as
+    /// used (an open connection keeps its session from idling out).
+    pub session_check_ms: u64,
     /// New connections one address may open per second (0 = no limit).
     pub new_connections_per_s_per_address: u64,
     /// Publishes are refused (`StorageFull`, temporary) while the file
@@ -158,6 +163,7 @@ impl Default for EngineConfig {
             publish_bytes_per_s_per_user: 0,
             connections_per_address_max: 0,
             handshake_timeout_ms: 10_000,
+            session_check_ms: 60_000,
             new_connections_per_s_per_address: 0,
             disk_free_min_bytes: 256 * 1024 * 1024,
             encryption_key_file: String::new(),

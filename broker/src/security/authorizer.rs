@@ -292,6 +292,32 @@ impl Authorizer for SecurityAuthorizer {
             })
     }
 
+    fn session_in_use(&self, principal: &Principal) -> Result<(), Denied> {
+        let Some(id) = principal.session.as_deref() else {
+            return Ok(());
+        };
+        // A JWT's expiry is checked at sign-in only: the principal does not
+        // keep it (docs/SECURITY.md).
+        if id.starts_with("jwt:") {
+            return Ok(());
+        }
+        let state = self.state.read();
+        let Some(session) = state.sessions.get(id) else {
+            return Err(Denied(
+                "the sign-in session has ended (revoked or expired); sign in again".into(),
+            ));
+        };
+        let now = now_ms();
+        if now >= session.expires_ms {
+            return Err(Denied(
+                "the sign-in session has expired (auth.session_absolute_timeout_s); sign in again"
+                    .into(),
+            ));
+        }
+        session.last_used_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn refused(&self, principal: &Principal, target: &str, detail: &str) {
         self.audit_denial(&principal.user, principal.address, target, detail);
     }

@@ -1138,6 +1138,35 @@ impl Shard {
         }
     }
 
+    /// Every `session_check_ms`: asks the authorizer whether the sign-in
+    /// session of each open connection that has one still stands, and
+    /// closes those whose session has expired or gone.
+    pub(super) fn check_sessions(&mut self, last: &mut Instant) {
+        let every = Duration::from_millis(self.shared.config.session_check_ms);
+        if last.elapsed() < every {
+            return;
+        }
+        *last = Instant::now();
+        let authorizer = &*self.shared.authorizer;
+        let ended: Vec<(u32, String)> = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                let c = c.as_ref()?;
+                let principal = c.principal.as_ref().filter(|p| p.session.is_some())?;
+                if c.closing || !matches!(c.kind, ConnKind::Socket(_)) {
+                    return None;
+                }
+                let denied = authorizer.session_in_use(principal).err()?;
+                Some((slot as u32, denied.0))
+            })
+            .collect();
+        for (slot, reason) in ended {
+            self.close_connection(slot, Some((ErrorCode::Denied, reason)));
+        }
+    }
+
     /// Closes lingering connections whose time is up.
     pub(super) fn close_lingering(&mut self) {
         if self.lingering.is_empty() {

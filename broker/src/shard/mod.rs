@@ -234,6 +234,7 @@ impl Shard {
     pub(crate) fn run(mut self) -> bool {
         let mut events = Events::with_capacity(1024);
         let mut last_retention = Instant::now();
+        let mut last_session_check = Instant::now();
         loop {
             let mut timeout = if self.has_immediate_work() {
                 Some(Duration::ZERO)
@@ -294,6 +295,7 @@ impl Shard {
             self.send_overflow();
             self.report_depths();
             self.tick_timers(&mut last_retention);
+            self.check_sessions(&mut last_session_check);
             self.release_idle_memory();
             self.close_lingering();
             if self.shutting_down {
