@@ -930,6 +930,138 @@ mod tests {
         assert!(again, "{packets:?}");
     }
 
+    /// Connects `client_id` (persistent) taking `receive_maximum` messages
+    /// in flight; what came after the CONNACK once the reads are answered.
+    fn resumed_with_window(
+        server: &MqttProtocol,
+        log: &mut Log,
+        client_id: &str,
+        receive_maximum: u16,
+    ) -> (Driver, Vec<Packet>) {
+        let mut client = Driver::open(server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect(client_id) else {
+            unreachable!()
+        };
+        hello.properties.receive_maximum = Some(receive_maximum);
+        client.send(&Packet::Connect(hello));
+        client.answer(log, |_| false);
+        let mut packets = client.packets();
+        assert!(
+            matches!(packets.first(), Some(Packet::ConnAck(ack)) if ack.session_present),
+            "{packets:?}"
+        );
+        packets.remove(0);
+        client.answer(log, |_| false);
+        packets.extend(client.packets());
+        (client, packets)
+    }
+
+    /// Completes every delivery as a client with a Receive Maximum of
+    /// `window` does, one at a time, oldest first, checking that never more
+    /// than `window` PUBLISHes are unacknowledged: the bodies, in the
+    /// order they came.
+    fn take_all_within(
+        client: &mut Driver,
+        log: &mut Log,
+        mut packets: Vec<Packet>,
+        window: usize,
+    ) -> Vec<Bytes> {
+        let mut open: std::collections::VecDeque<(u16, QoS)> = Default::default();
+        let mut bodies = Vec::new();
+        for _ in 0..1000 {
+            for packet in packets.drain(..) {
+                match packet {
+                    Packet::Publish(publish) => {
+                        open.push_back((publish.packet_id.unwrap(), publish.qos));
+                        bodies.push(publish.payload);
+                        assert!(
+                            open.len() <= window,
+                            "{} in flight, window {window}",
+                            open.len()
+                        );
+                    }
+                    Packet::PubRel(rel) => {
+                        client.send(&Packet::PubComp(PublishResponse::success(rel.packet_id)));
+                        open.retain(|(id, _)| *id != rel.packet_id);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            client.answer(log, |_| false);
+            packets = client.packets();
+            if !packets.is_empty() {
+                continue;
+            }
+            match open.front().copied() {
+                None => return bodies,
+                Some((id, QoS::ExactlyOnce)) => {
+                    client.send(&Packet::PubRec(PublishResponse::success(id)))
+                }
+                Some((id, _)) => {
+                    open.pop_front();
+                    client.send(&Packet::PubAck(PublishResponse::success(id)));
+                }
+            }
+            client.answer(log, |_| false);
+            packets = client.packets();
+        }
+        panic!("the deliveries did not settle");
+    }
+
+    /// A session resumed by a client with a smaller Receive Maximum than
+    /// the messages it has in flight gets them again within that window,
+    /// the rest as acknowledgements make room, with their packet ids
+    /// (MQTT-3.3.4-9). Before, every one was sent at once: the client
+    /// disconnects with 0x93 (Receive Maximum exceeded).
+    #[test]
+    fn a_resumed_session_is_sent_again_within_the_new_receive_maximum() {
+        for (qos, restart) in [
+            (QoS::AtLeastOnce, false),
+            (QoS::ExactlyOnce, false),
+            (QoS::ExactlyOnce, true),
+        ] {
+            let mut log = Log::default();
+            let server = MqttProtocol::new(MqttLimits::default());
+            let (mut client, _) = connected(&server, &mut log, "narrow", false);
+            subscribe(&mut client, &mut log, "t", qos);
+            let sent: Vec<Bytes> = (0..6).map(|n| Bytes::from(format!("m{n}"))).collect();
+            for body in &sent {
+                publish(&mut log, "t", body.clone(), &mut [&mut client]);
+            }
+            client.answer(&mut log, |_| false);
+            let first: Vec<u16> = client
+                .packets()
+                .iter()
+                .filter_map(|packet| match packet {
+                    Packet::Publish(publish) => publish.packet_id,
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(first.len(), sent.len(), "{qos:?}");
+            let (server, window) = if restart {
+                drop(client);
+                (MqttProtocol::new(MqttLimits::default()), 2)
+            } else {
+                client.close();
+                (server, 2)
+            };
+            let (mut client, packets) = resumed_with_window(&server, &mut log, "narrow", window);
+            let again: Vec<u16> = packets
+                .iter()
+                .filter_map(|packet| match packet {
+                    Packet::Publish(publish) => {
+                        assert!(publish.dup, "{publish:?}");
+                        publish.packet_id
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(again, first[..2], "{qos:?} restart {restart}");
+            let bodies = take_all_within(&mut client, &mut log, packets, usize::from(window));
+            assert_eq!(bodies, sent, "{qos:?} restart {restart}");
+        }
+    }
+
     /// While a cursor write is in flight, PUBACKs only move the position;
     /// the latest is written when the write returns. What the client
     /// acknowledged meanwhile is in the notes (`done`), and a connection

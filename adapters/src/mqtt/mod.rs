@@ -434,6 +434,9 @@ struct Qos {
     qos2_received: HashMap<u16, Received>,
     /// Outbound QoS 1 and 2 messages not yet acknowledged, by packet id.
     outbound: HashMap<u16, InFlight>,
+    /// Of `outbound`, those taken over from an earlier connection and not
+    /// sent again yet (`InFlight::resend`).
+    resends: usize,
     /// Numbers outbound messages in the order they are sent.
     next_order: u64,
     next_packet_id: u16,
@@ -952,8 +955,7 @@ impl MqttSession {
             Packet::PubRel(response) => self.release(response.packet_id, context),
             Packet::PubAck(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos1Sent) {
-                    state.qos.outbound.remove(&response.packet_id);
-                    release_if_empty(&mut state.qos.outbound);
+                    state.remove_outbound(response.packet_id);
                     state.deliveries_changed();
                     state.acknowledged(response.packet_id, context);
                     state.release_held(context.out());
@@ -969,8 +971,7 @@ impl MqttSession {
                     // and the topic's position moves past it as for any
                     // message the client took.
                     state.acknowledged(packet_id, context);
-                    state.qos.outbound.remove(&packet_id);
-                    release_if_empty(&mut state.qos.outbound);
+                    state.remove_outbound(packet_id);
                     state.deliveries_changed();
                     state.release_held(context.out());
                     state.resume_retained(context);
@@ -988,6 +989,9 @@ impl MqttSession {
                         in_flight.state = Outbound::Qos2Released;
                         // Never sent again: only its packet id matters now.
                         in_flight.outgoing = None;
+                        if std::mem::take(&mut in_flight.resend) {
+                            state.qos.resends -= 1;
+                        }
                     }
                     if state.persistent {
                         state.pubrel_after_note(packet_id);
@@ -1015,8 +1019,7 @@ impl MqttSession {
             }
             Packet::PubComp(response) => {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
-                    state.qos.outbound.remove(&response.packet_id);
-                    release_if_empty(&mut state.qos.outbound);
+                    state.remove_outbound(response.packet_id);
                     state.deliveries_changed();
                     state.release_held(context.out());
                     state.resume_retained(context);

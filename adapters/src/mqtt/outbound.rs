@@ -44,6 +44,10 @@ pub(super) struct InFlight {
     pub(super) outgoing: Option<Outgoing>,
     /// Writes the PUBREL still waits for (the note of its release).
     pub(super) writes_waiting: u8,
+    /// Taken over from an earlier connection and not sent on this one yet:
+    /// the client's Receive Maximum had no room (MQTT-3.3.4-9). Sent again,
+    /// oldest first, as acknowledgements make room (`resend_waiting`).
+    pub(super) resend: bool,
 }
 
 /// Seqs of a persistent session's cursor topics above the cursor that the
@@ -169,6 +173,7 @@ impl Connected {
                     order: self.qos.next_order,
                     outgoing: Some(outgoing.clone()),
                     writes_waiting: 0,
+                    resend: false,
                 };
                 self.qos.outbound.insert(packet_id, in_flight);
                 self.encode_noted(&outgoing, packet_id, false, properties, out);
@@ -380,8 +385,67 @@ impl Connected {
         );
     }
 
+    /// Messages in flight on this connection: sent and not acknowledged,
+    /// taken-over ones waiting to be sent again left out.
+    pub(super) fn on_the_wire(&self) -> usize {
+        self.qos.outbound.len() - self.qos.resends
+    }
+
+    /// Keeps a message taken over from an earlier connection in flight
+    /// without sending it: the window is full (`resend_waiting` sends it).
+    pub(super) fn resend_later(&mut self, packet_id: u16, mut in_flight: InFlight) {
+        in_flight.resend = true;
+        if self.qos.outbound.insert(packet_id, in_flight).is_none() {
+            self.qos.resends += 1;
+        }
+    }
+
+    /// Removes outbound message `packet_id` (acknowledged, or refused).
+    pub(super) fn remove_outbound(&mut self, packet_id: u16) -> Option<InFlight> {
+        let removed = self.qos.outbound.remove(&packet_id);
+        if removed.as_ref().is_some_and(|in_flight| in_flight.resend) {
+            self.qos.resends -= 1;
+        }
+        release_if_empty(&mut self.qos.outbound);
+        removed
+    }
+
+    /// Sends again, oldest first, the taken-over messages that waited for
+    /// room in the client's Receive Maximum, with their packet ids and DUP.
+    /// Their delivery started on the earlier connection, so one that expired
+    /// meanwhile still goes, with the least expiry left (as a QoS 2 message
+    /// does at the resume: `properties_to_resend`).
+    fn resend_waiting(&mut self, out: &mut BytesMut) {
+        let now_ms = wall_clock_ms();
+        while self.qos.resends > 0 && self.on_the_wire() < usize::from(self.window) {
+            let Some((packet_id, in_flight)) = self
+                .qos
+                .outbound
+                .iter_mut()
+                .filter(|(_, in_flight)| in_flight.resend)
+                .min_by_key(|(_, in_flight)| in_flight.order)
+            else {
+                self.qos.resends = 0;
+                return;
+            };
+            let packet_id = *packet_id;
+            in_flight.resend = false;
+            let outgoing = in_flight.outgoing.clone();
+            self.qos.resends -= 1;
+            let Some(outgoing) = outgoing else {
+                continue;
+            };
+            let mut properties =
+                properties_to_resend(&outgoing.message.headers, now_ms, QoS::ExactlyOnce)
+                    .unwrap_or_default();
+            properties.subscription_identifiers = outgoing.subscription_ids.clone();
+            self.encode_noted(&outgoing, packet_id, true, properties, out);
+        }
+    }
+
     /// Sends held messages, oldest first, while the window has room.
     pub(super) fn release_held(&mut self, out: &mut BytesMut) {
+        self.resend_waiting(out);
         while self.qos.outbound.len() < usize::from(self.window) {
             let Some(outgoing) = self.qos.held.pop_front() else {
                 return;

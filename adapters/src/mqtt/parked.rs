@@ -98,7 +98,11 @@ impl Connected {
         let complete = self.knows_in_flight();
         let mut parked = Parked {
             complete,
-            outbound: self.qos.outbound.drain().collect(),
+            outbound: {
+                // All of it goes out again on the next connection.
+                self.qos.resends = 0;
+                self.qos.outbound.drain().collect()
+            },
             positions: std::mem::take(&mut self.qos.positions),
             delivered: self
                 .extras
@@ -138,6 +142,9 @@ impl Connected {
             }
             self.qos.next_order += 1;
             in_flight.order = self.qos.next_order;
+            // Whether it waited on the older connection does not matter:
+            // this one sends it now or keeps it for later (`resend_later`).
+            in_flight.resend = false;
             if in_flight.state == Outbound::Qos2Released {
                 // The older connection's note of the release may not be
                 // durable yet (it may never be, if the server dies): the
@@ -151,7 +158,7 @@ impl Connected {
             }
             let outgoing = in_flight
                 .outgoing
-                .as_ref()
+                .clone()
                 .expect("only a released message has no PUBLISH");
             let resent = properties_to_resend(&outgoing.message.headers, now_ms, outgoing.qos);
             let Some(mut properties) = resent else {
@@ -160,8 +167,13 @@ impl Connected {
                 self.deliveries_changed();
                 continue;
             };
+            if self.on_the_wire() >= usize::from(self.window) {
+                // The client's Receive Maximum has no room (MQTT-3.3.4-9):
+                // sent as acknowledgements make some (`resend_waiting`).
+                self.resend_later(packet_id, in_flight);
+                continue;
+            }
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
-            let outgoing = outgoing.clone();
             self.qos.outbound.insert(packet_id, in_flight);
             // Noted again before it goes out: the older connection may
             // have closed before its note of it was durable.

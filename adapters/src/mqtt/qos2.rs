@@ -657,6 +657,7 @@ impl Connected {
                 order: self.qos.next_order,
                 outgoing: None,
                 writes_waiting: 0,
+                resend: false,
             };
             self.qos.outbound.insert(*packet_id, in_flight);
             Packet::PubRel(PublishResponse::success(*packet_id)).encode(self.version, out);
@@ -712,17 +713,26 @@ impl Connected {
                 subscription_ids: sent.subscription_ids,
                 share: sent.share,
             };
-            self.encode_publish(&outgoing, Some(sent.packet_id), true, properties, out);
             self.qos.next_order += 1;
-            let in_flight = InFlight {
+            let mut in_flight = InFlight {
                 state: match sent.qos {
                     QoS::ExactlyOnce => Outbound::Qos2Sent,
                     _ => Outbound::Qos1Sent,
                 },
                 order: self.qos.next_order,
-                outgoing: Some(outgoing),
+                outgoing: None,
                 writes_waiting: 0,
+                resend: false,
             };
+            if self.on_the_wire() >= usize::from(self.window) {
+                // The client's Receive Maximum has no room: sent as
+                // acknowledgements make some.
+                in_flight.outgoing = Some(outgoing);
+                self.resend_later(sent.packet_id, in_flight);
+                continue;
+            }
+            self.encode_publish(&outgoing, Some(sent.packet_id), true, properties, out);
+            in_flight.outgoing = Some(outgoing);
             self.qos.outbound.insert(sent.packet_id, in_flight);
         }
         // The next note lists what is in flight now.
@@ -784,6 +794,7 @@ mod tests {
             order,
             outgoing,
             writes_waiting: 0,
+            resend: false,
         };
         let outgoing = Outgoing {
             topic: Arc::from("t"),

@@ -95,6 +95,12 @@ struct Client {
     next_packet_id: u16,
     /// Payloads of messages not in the log received (at QoS 0).
     live_only: HashSet<Bytes>,
+    /// The Receive Maximum the client announces (MQTT 5 only).
+    window: Option<usize>,
+    /// QoS 1 and 2 PUBLISHes received on this connection that the client
+    /// has not sent PUBACK or PUBCOMP for: never more than `window`
+    /// (MQTT-3.3.4-9), counted again on every connection.
+    unacked: HashSet<u16>,
 }
 
 impl Client {
@@ -105,6 +111,16 @@ impl Client {
                 Packet::Publish(publish) => {
                     let got = self.got.entry(publish.topic.clone()).or_default();
                     let packet_id = publish.packet_id.unwrap_or(0);
+                    if publish.qos != QoS::AtMostOnce {
+                        self.unacked.insert(packet_id);
+                        if let Some(window) = self.window {
+                            assert!(
+                                self.unacked.len() <= window,
+                                "{} PUBLISHes unacknowledged, Receive Maximum {window}",
+                                self.unacked.len()
+                            );
+                        }
+                    }
                     match publish.qos {
                         QoS::AtLeastOnce => {
                             got.push(publish.payload);
@@ -168,12 +184,22 @@ impl Client {
     /// again (MQTT 4.4), in order, after the CONNECT.
     /// A clean start: the client forgets its own session state too.
     fn forget_session(&mut self) {
+        self.unacked.clear();
         self.qos2_received.clear();
         self.sending.clear();
         self.answers.clear();
     }
 
+    /// The Receive Maximum of the next connection (1 to 8): a client may
+    /// come back with a smaller one than its session has in flight.
+    fn next_window(&mut self, rng: &mut Rng, version: ProtocolVersion) -> u16 {
+        let receive_maximum = 1 + (rng.next() % 8) as u16;
+        self.window = (version == ProtocolVersion::V5).then_some(usize::from(receive_maximum));
+        receive_maximum
+    }
+
     fn reconnected(&mut self) {
+        self.unacked.clear();
         self.answers.clear();
         for (packet_id, (payload, stage)) in &self.sending {
             self.answers.push(match stage {
@@ -187,6 +213,9 @@ impl Client {
         let count = count.min(self.answers.len());
         for packet in self.answers.drain(..count) {
             trace(|| format!("  client -> {}", brief(&packet)));
+            if let Packet::PubAck(done) | Packet::PubComp(done) = &packet {
+                self.unacked.remove(&done.packet_id);
+            }
             driver.send(&packet);
         }
     }
@@ -287,7 +316,6 @@ struct Stats {
 /// when one did not.
 fn run(seed: u64, steps: u64, stats: &mut Stats) {
     let mut rng = Rng(seed);
-    let receive_maximum = 1 + (rng.next() % 8) as u16;
     let version = if rng.chance(25) {
         ProtocolVersion::V311
     } else {
@@ -299,7 +327,8 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
     // Requests of closed connections still on their way to the log.
     let mut orphans: Vec<(u32, Command)> = Vec::new();
 
-    let mut driver = start_session(&server, &mut log, &mut client, version, receive_maximum);
+    let window = client.next_window(&mut rng, version);
+    let mut driver = start_session(&server, &mut log, &mut client, version, window);
 
     let mut published: HashMap<&str, Vec<Bytes>> = HashMap::new();
     let mut published_by_client = Vec::new();
@@ -390,8 +419,8 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                 let newer = if version == ProtocolVersion::V5 && rng.chance(30) {
                     // A new session takes the older one's connection over.
                     client.forget_session();
-                    let newer =
-                        start_session(&server, &mut log, &mut client, version, receive_maximum);
+                    let window = client.next_window(&mut rng, version);
+                    let newer = start_session(&server, &mut log, &mut client, version, window);
                     for (topic, _) in TOPICS {
                         session_start.insert(topic, published.get(topic).map_or(0, Vec::len));
                     }
@@ -400,7 +429,8 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                     newer
                 } else {
                     let mut newer = Driver::open(&server, version);
-                    newer.send(&connect(version, receive_maximum, false));
+                    let window = client.next_window(&mut rng, version);
+                    newer.send(&connect(version, window, false));
                     client.reconnected();
                     newer
                 };
@@ -436,7 +466,8 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                 // A new session (the client forgets its own too), while
                 // the older one's last requests may still land.
                 client.forget_session();
-                driver = start_session(&server, &mut log, &mut client, version, receive_maximum);
+                let window = client.next_window(&mut rng, version);
+                driver = start_session(&server, &mut log, &mut client, version, window);
                 for (topic, _) in TOPICS {
                     session_start.insert(topic, published.get(topic).map_or(0, Vec::len));
                 }
@@ -450,7 +481,8 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
                     apply_orphans(&mut log, &mut orphans, count);
                 }
                 driver = Driver::open(&server, version);
-                driver.send(&connect(version, receive_maximum, false));
+                let window = client.next_window(&mut rng, version);
+                driver.send(&connect(version, window, false));
                 client.reconnected();
                 connected = true;
             }
@@ -475,7 +507,8 @@ fn run(seed: u64, steps: u64, stats: &mut Stats) {
     let count = orphans.len();
     apply_orphans(&mut log, &mut orphans, count);
     let mut driver = Driver::open(&server, version);
-    driver.send(&connect(version, receive_maximum, false));
+    let window = client.next_window(&mut rng, version);
+    driver.send(&connect(version, window, false));
     client.reconnected();
     for _ in 0..1_000 {
         driver.answer(&mut log, |_| false);
