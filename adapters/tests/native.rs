@@ -446,3 +446,147 @@ fn long_names_quoted_in_errors_are_refused_and_the_server_carries_on() {
     assert_eq!(client.publish("after", kind::MESSAGE, "ok").unwrap().seq, 1);
     assert_eq!(engine.failed_shard(), None);
 }
+
+/// Resident memory of this process (the engine runs in it), in bytes.
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// A client that pipelines history requests and does not read its socket
+/// holds at most its outbound bound in replies: the requests wait for room
+/// (a page reserves its share of the bound while it is read), instead of
+/// each queueing its page (500 pages of 16 messages of 60 KB: 480 MB).
+/// Every request is still answered once the client reads.
+#[test]
+fn pipelined_history_requests_wait_for_room_instead_of_growing_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address) = server(dir.path(), |config| config.shards = 1);
+    let mut writer = Client::connect(address, "writer", "").unwrap();
+    for _ in 0..16 {
+        writer
+            .publish("big", kind::MESSAGE, vec![b'x'; 60_000])
+            .unwrap();
+    }
+    let before = resident_bytes();
+    let mut greedy = TcpStream::connect(address).unwrap();
+    hello(&mut greedy);
+    let requests = 500u32;
+    let mut out = BytesMut::new();
+    for request_id in 2..2 + requests {
+        let frame = Frame::History {
+            channel: "big".into(),
+            query: HistoryQuery::Last,
+            limit: 16,
+        };
+        Envelope { request_id, frame }.encode(&mut out);
+    }
+    greedy.write_all(&out).unwrap();
+    // One shard serves both connections in order: once this is answered,
+    // every request of the greedy client has been taken up.
+    let mut other = Client::connect(address, "other", "").unwrap();
+    other.history("big", HistoryQuery::Last, 1).unwrap();
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 100 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    // Reading now, the client gets every answer.
+    let mut answered = 0;
+    read_frames_until(&mut greedy, |frame| {
+        match frame {
+            Frame::HistoryPage { messages, .. } => {
+                assert!(!messages.is_empty());
+                answered += 1;
+            }
+            Frame::Welcome { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        answered == requests
+    });
+    engine.shutdown().unwrap();
+}
+
+/// As for history requests, subscriptions from a seq that a client sends
+/// without reading wait for room for their first pages.
+#[test]
+fn pipelined_subscriptions_wait_for_room_for_their_first_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address) = server(dir.path(), |config| config.shards = 1);
+    let mut writer = Client::connect(address, "writer", "").unwrap();
+    let channels = 60;
+    for channel in 0..channels {
+        for _ in 0..8 {
+            let body = vec![b'x'; 60_000];
+            writer
+                .publish(&format!("c{channel}"), kind::MESSAGE, body)
+                .unwrap();
+        }
+    }
+    let before = resident_bytes();
+    let mut greedy = TcpStream::connect(address).unwrap();
+    hello(&mut greedy);
+    let mut out = BytesMut::new();
+    for channel in 0..channels {
+        let frame = Frame::Subscribe {
+            channel: format!("c{channel}"),
+            start: SubscribeStart::FromSeq(1),
+        };
+        Envelope {
+            request_id: 2 + channel,
+            frame,
+        }
+        .encode(&mut out);
+    }
+    greedy.write_all(&out).unwrap();
+    let mut other = Client::connect(address, "other", "").unwrap();
+    other.history("c0", HistoryQuery::Last, 1).unwrap();
+    let grown = resident_bytes().saturating_sub(before);
+    // 150 MB before.
+    assert!(
+        grown < 60 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    // Reading now, every subscription is answered and catches up.
+    let (mut subscribed, mut delivered) = (0, 0);
+    read_frames_until(&mut greedy, |frame| {
+        match frame {
+            Frame::Subscribed { .. } => subscribed += 1,
+            Frame::Deliver { messages, .. } => delivered += messages.len(),
+            Frame::Welcome { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        subscribed == channels && delivered == channels as usize * 8
+    });
+    engine.shutdown().unwrap();
+}
+
+/// Reads frames from `stream` and hands them to `each` until it says done.
+fn read_frames_until(stream: &mut TcpStream, mut each: impl FnMut(Frame) -> bool) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let limits = Limits {
+        frame_bytes_max: u32::MAX,
+    };
+    let mut buffer = BytesMut::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the server closed the connection");
+        buffer.put_slice(&chunk[..n]);
+        while let Decoded::Complete { envelope, used } = decode(&buffer, &limits).unwrap() {
+            let _ = buffer.split_to(used);
+            if each(envelope.frame) {
+                return;
+            }
+        }
+    }
+}

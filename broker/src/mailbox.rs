@@ -146,6 +146,8 @@ pub(crate) enum ShardMsg {
         subscriber: SubRef,
         channel: Arc<str>,
         start: FetchStart,
+        /// The page's messages stay within this many bytes (at least one).
+        bytes_max: usize,
     },
     /// To the channel's owner: a history read.
     Read {
@@ -155,6 +157,8 @@ pub(crate) enum ShardMsg {
         channel: Arc<str>,
         query: HistoryQuery,
         limit: u32,
+        /// The reply's messages stay within this many bytes (at least one).
+        bytes_max: usize,
     },
     /// From an owner: the reply to a request of one of this shard's connections.
     Replied {

@@ -21,7 +21,7 @@ use crate::auth::{Action, Principal};
 use crate::command::{cursor_channel, validate, BrokerError, Command, Reply};
 use crate::config::SlowConsumerPolicy;
 use crate::engine::{EngineShared, LocalEvent};
-use crate::mailbox::{ConnRef, Publish, ReplyAs, ShardMsg};
+use crate::mailbox::{ConnRef, FetchStart, Publish, ReplyAs, ShardMsg};
 use crate::session::{Close, Protocol, Session, SessionContext};
 
 /// The user name of requests an adapter makes on the server's behalf.
@@ -83,6 +83,55 @@ pub(crate) struct Connection {
     /// What only a publishing connection needs, made at its first publish
     /// or cursor write (subscribers and idle connections hold none).
     pub publishing: Option<Box<Publishing>>,
+    /// Pages a socket connection is owed (history replies, subscription
+    /// pages), counted against its outbound bound (none while it waits for
+    /// none).
+    pub reads: Option<Box<ReadBudget>>,
+}
+
+/// Pages a socket connection waits for, each reserving [`read_page_bytes`]
+/// of its outbound bound until it arrives: a client that pipelines history
+/// requests or subscriptions from a seq without reading its socket makes
+/// its requests wait (and, at `inflight_requests_max`, its reading pause),
+/// not its output grow by a page per request.
+#[derive(Default)]
+pub(crate) struct ReadBudget {
+    /// The reads in flight.
+    reserved: Vec<PageFor>,
+    /// Reads waiting for room, in order, with their owner shard.
+    waiting: VecDeque<(usize, ShardMsg)>,
+}
+
+/// What a page in flight answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PageFor {
+    /// A history request (its request id).
+    Request(u32),
+    /// A subscription's page (its id).
+    Subscription(u64),
+}
+
+impl PageFor {
+    /// The page a read message asks for (`None`: it asks for no messages).
+    fn of(message: &ShardMsg) -> Option<PageFor> {
+        match message {
+            ShardMsg::Read { request_id, .. } => Some(PageFor::Request(*request_id)),
+            ShardMsg::Fetch {
+                start: FetchStart::Live,
+                ..
+            } => None,
+            ShardMsg::Fetch { subscriber, .. } => Some(PageFor::Subscription(subscriber.id)),
+            _ => None,
+        }
+    }
+}
+
+/// The bytes one page of a socket connection may hold (and reserves while
+/// it is read): an eighth of the outbound bound, so a few reads go at once
+/// and a page of large messages is cut to a size that leaves room for
+/// deliveries.
+pub(super) fn read_page_bytes(outbound_bytes_max: usize) -> usize {
+    (outbound_bytes_max / 8).max(1)
 }
 
 impl Publishing {
@@ -183,11 +232,12 @@ fn lend_buffers<'a>(
 }
 
 impl SocketConn {
-    /// Bytes queued for the client and not yet written.
+    /// Bytes queued for the client and not yet written (the replies
+    /// encoded this turn, not yet moved behind the rest, counted too).
     pub(crate) fn output_bytes(&self) -> usize {
         self.buffers
             .as_ref()
-            .map_or(0, |buffers| buffers.output_bytes)
+            .map_or(0, |buffers| buffers.output_bytes + buffers.scratch.len())
     }
 
     /// See [`Session::delivery_room`].
@@ -312,6 +362,7 @@ impl Shard {
             closing: false,
             peer_done: false,
             publishing: None,
+            reads: None,
         };
         let slot = self.allocate_slot(connection);
         let registry = self.poll.registry();
@@ -421,6 +472,7 @@ impl Shard {
             closing: false,
             peer_done: false,
             publishing: None,
+            reads: None,
         };
         let slot = self.allocate_slot(connection);
         // The client may have given up waiting; then it detaches when dropped.
@@ -795,8 +847,9 @@ impl Shard {
                     channel: Arc::from(channel),
                     query,
                     limit: limit.min(page_max),
+                    bytes_max: 0,
                 };
-                self.send(owner, message);
+                self.send_read(slot, owner, message, false);
             }
             Command::CursorSet {
                 consumer,
@@ -832,10 +885,116 @@ impl Shard {
                     channel: Arc::from(cursor),
                     query: HistoryQuery::Last,
                     limit: 1,
+                    bytes_max: usize::MAX,
                 };
                 self.send(owner, message);
             }
         }
+    }
+
+    /// Sends `message` (a history read or a subscription's fetch of
+    /// connection `slot`) to `owner`, its page cut to the connection's
+    /// share; for a socket connection whose outbound bound has no room for
+    /// another page (queued bytes and pages in flight), keeps it waiting
+    /// ([`ReadBudget`]). `waited`: the message is the first of the waiting
+    /// ones, which otherwise go first.
+    pub(super) fn send_read(
+        &mut self,
+        slot: u32,
+        owner: usize,
+        mut message: ShardMsg,
+        waited: bool,
+    ) {
+        let bound = self.shared.config.outbound_bytes_max;
+        let page = read_page_bytes(bound);
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return;
+        };
+        let bytes = match (&connection.kind, PageFor::of(&message)) {
+            (ConnKind::Socket(socket), Some(page_for)) => {
+                let budget = connection.reads.get_or_insert_with(Box::default);
+                let in_flight = (budget.reserved.len() + 1) * page;
+                let queue_first = !waited && !budget.waiting.is_empty();
+                if queue_first || socket.output_bytes() + in_flight > bound {
+                    budget.waiting.push_back((owner, message));
+                    return;
+                }
+                budget.reserved.push(page_for);
+                page
+            }
+            // An in-process client's events are bounded by its own queue.
+            _ => bound / 2,
+        };
+        if let ShardMsg::Read { bytes_max, .. } | ShardMsg::Fetch { bytes_max, .. } = &mut message {
+            *bytes_max = bytes;
+        }
+        self.send(owner, message);
+    }
+
+    /// The page `page_for` of connection `conn` arrived (or will not): its
+    /// share of the bound is free again, and reads waiting for room go.
+    pub(super) fn page_arrived(&mut self, conn: ConnRef, page_for: PageFor) {
+        let Some(connection) = self.connection_mut(conn) else {
+            return;
+        };
+        let Some(budget) = connection.reads.as_mut() else {
+            return;
+        };
+        if let Some(at) = budget.reserved.iter().position(|p| *p == page_for) {
+            budget.reserved.swap_remove(at);
+        }
+        self.send_waiting_reads(conn.slot);
+    }
+
+    /// Sends the waiting reads of connection `slot` that have room now
+    /// (after a page arrived or queued bytes were written).
+    fn send_waiting_reads(&mut self, slot: u32) {
+        let bound = self.shared.config.outbound_bytes_max;
+        let page = read_page_bytes(bound);
+        loop {
+            let Some(connection) = self.connections[slot as usize].as_mut() else {
+                return;
+            };
+            let ConnKind::Socket(socket) = &connection.kind else {
+                return;
+            };
+            let output = socket.output_bytes();
+            let Some(budget) = connection.reads.as_mut() else {
+                return;
+            };
+            let in_flight = (budget.reserved.len() + 1) * page;
+            if budget.waiting.is_empty() || output + in_flight > bound {
+                if budget.waiting.is_empty() && budget.reserved.is_empty() {
+                    connection.reads = None;
+                }
+                return;
+            }
+            let (owner, message) = budget.waiting.pop_front().expect("not empty");
+            self.send_read(slot, owner, message, true);
+        }
+    }
+
+    /// Whether connection `slot` may have one more catch-up page in flight
+    /// now; if so, the page is reserved (`page_for`).
+    pub(super) fn reserve_page(&mut self, slot: u32, page_for: PageFor) -> bool {
+        let bound = self.shared.config.outbound_bytes_max;
+        let page = read_page_bytes(bound);
+        let Some(connection) = self.connections[slot as usize].as_mut() else {
+            return false;
+        };
+        let ConnKind::Socket(socket) = &connection.kind else {
+            return true;
+        };
+        let output = socket.output_bytes();
+        let budget = connection.reads.get_or_insert_with(Box::default);
+        if !budget.waiting.is_empty() || output + (budget.reserved.len() + 1) * page > bound {
+            if budget.waiting.is_empty() && budget.reserved.is_empty() {
+                connection.reads = None;
+            }
+            return false;
+        }
+        budget.reserved.push(page_for);
+        true
     }
 
     /// Hands a publish to the owner of its channel. When that is this shard
@@ -896,6 +1055,19 @@ impl Shard {
         let inflight_max = self.shared.config.inflight_requests_max;
         if let Some(connection) = self.connection_mut(to) {
             connection.inflight = connection.inflight.saturating_sub(run.len());
+            let mut reads_wait = false;
+            if let Some(budget) = connection.reads.as_mut() {
+                for (request_id, _) in &run {
+                    let page_for = PageFor::Request(*request_id);
+                    if let Some(at) = budget.reserved.iter().position(|p| *p == page_for) {
+                        budget.reserved.swap_remove(at);
+                    }
+                }
+                reads_wait = !budget.waiting.is_empty();
+                if budget.reserved.is_empty() && !reads_wait {
+                    connection.reads = None;
+                }
+            }
             let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
             if resume {
                 connection.read_paused = false;
@@ -930,6 +1102,9 @@ impl Shard {
                 self.read_again.push(to.slot);
             }
             self.mark_dirty(to.slot);
+            if reads_wait {
+                self.send_waiting_reads(to.slot);
+            }
         }
         run.clear();
         if run.capacity() > self.spare_reply_run.capacity() {
@@ -1020,6 +1195,7 @@ impl Shard {
         dirty.sort_unstable();
         dirty.dedup();
         let mut to_close = Vec::new();
+        let mut reads_wait = Vec::new();
         for slot in dirty {
             let Some(connection) = self
                 .connections
@@ -1054,9 +1230,19 @@ impl Shard {
             if connection.closing && socket.output_is_empty() && answered {
                 to_close.push(slot);
             }
+            if connection
+                .reads
+                .as_ref()
+                .is_some_and(|budget| !budget.waiting.is_empty())
+            {
+                reads_wait.push(slot);
+            }
         }
         for slot in to_close {
             self.finish_close(slot);
+        }
+        for slot in reads_wait {
+            self.send_waiting_reads(slot);
         }
     }
 

@@ -30,6 +30,7 @@ use mio::{Events, Poll, Token};
 use crate::command::Command;
 use crate::engine::EngineShared;
 use crate::mailbox::{ConnRef, ShardMsg, SubRef};
+use conn::PageFor;
 
 use conn::Connection;
 pub(crate) use owner::{OwnedPartition, PartitionTable};
@@ -394,7 +395,8 @@ impl Shard {
                 subscriber,
                 channel,
                 start,
-            } => self.owner_fetch(subscriber, channel, start),
+                bytes_max,
+            } => self.owner_fetch(subscriber, channel, start, bytes_max),
             ShardMsg::Read {
                 from,
                 request_id,
@@ -402,7 +404,8 @@ impl Shard {
                 channel,
                 query,
                 limit,
-            } => self.owner_read(from, request_id, reply_as, channel, query, limit),
+                bytes_max,
+            } => self.owner_read(from, request_id, reply_as, channel, query, limit, bytes_max),
             ShardMsg::Replied {
                 to,
                 request_id,
@@ -415,7 +418,11 @@ impl Shard {
                 result,
                 head_seq,
                 complete,
-            } => self.subscriber_page(subscriber, channel, result, head_seq, complete),
+            } => {
+                self.subscriber_page(subscriber, channel, result, head_seq, complete);
+                // After the page is queued: its share of the bound goes.
+                self.page_arrived(subscriber.conn, PageFor::Subscription(subscriber.id));
+            }
             ShardMsg::Deliver { channel, messages } => self.subscriber_deliver(&channel, &messages),
             ShardMsg::Notify { conn, event } => {
                 if self.connection(conn).is_some() {

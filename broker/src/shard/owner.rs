@@ -691,7 +691,13 @@ impl Shard {
         }
     }
 
-    pub(super) fn owner_fetch(&mut self, subscriber: SubRef, channel: Arc<str>, start: FetchStart) {
+    pub(super) fn owner_fetch(
+        &mut self,
+        subscriber: SubRef,
+        channel: Arc<str>,
+        start: FetchStart,
+        bytes_max: usize,
+    ) {
         let page_max = self.shared.config.page_messages_max as usize;
         if let Some(&seam_seq) = self.seams.get(&channel) {
             let partition = self.owned_partition(&channel);
@@ -702,6 +708,7 @@ impl Shard {
                     subscriber,
                     channel,
                     start,
+                    bytes_max,
                 });
                 return;
             }
@@ -735,9 +742,8 @@ impl Shard {
                 .read_from(name, seq, page_max.min(limit as usize).max(1))
                 .map(|p| (p, false)),
         };
-        // A page stays within half the connection's outbound bound: it is
-        // asked for when the connection's queue is under the other half.
-        let bytes_max = self.shared.config.outbound_bytes_max / 2;
+        // A page stays within `bytes_max`, the share of the connection's
+        // outbound bound its shard reserved for it (`Shard::send_read`).
         let (result, head_seq, complete) = match read {
             Ok((page, complete)) => {
                 let head = page.head_seq;
@@ -769,6 +775,10 @@ impl Shard {
         self.send(subscriber.conn.shard, page);
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of `ShardMsg::Read`, taken apart where it is dispatched"
+    )]
     pub(super) fn owner_read(
         &mut self,
         from: ConnRef,
@@ -777,6 +787,7 @@ impl Shard {
         channel: Arc<str>,
         query: HistoryQuery,
         limit: u32,
+        bytes_max: usize,
     ) {
         let partition = self.owned_partition(&channel);
         let id = partition.log.id();
@@ -787,12 +798,11 @@ impl Shard {
             HistoryQuery::Before(seq) => partition.log.read_before(name, seq, limit),
             HistoryQuery::Last => partition.log.read_last(name, limit),
         };
-        // A page stays within half the connection's outbound bound (at
-        // least one message), as catch-up pages do: a page of a thousand
-        // 1 MiB messages would be a gigabyte in one reply. Reading forward
-        // keeps the oldest; reading back, the newest (the next page goes on
-        // from either end).
-        let bytes_max = self.shared.config.outbound_bytes_max / 2;
+        // A page stays within `bytes_max` (at least one message; the
+        // requesting shard reserved that much of the connection's outbound
+        // bound): a page of a thousand 1 MiB messages would be a gigabyte in
+        // one reply. Reading forward keeps the oldest; reading back, the
+        // newest (the next page goes on from either end).
         let newest_first = !matches!(query, HistoryQuery::From(_));
         let reply = match (read, reply_as) {
             (Err(error), _) => Reply::Error(storage_error(id, &error)),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use starling_protocol::{Message, SubscribeStart};
 
-use super::conn::ConnKind;
+use super::conn::{read_page_bytes, ConnKind, PageFor};
 use super::Shard;
 use crate::command::{BrokerError, Reply};
 use crate::config::SlowConsumerPolicy;
@@ -110,8 +110,9 @@ impl Shard {
             subscriber: subscription,
             channel,
             start,
+            bytes_max: 0,
         };
-        self.send(owner, fetch);
+        self.send_read(slot, owner, fetch, false);
     }
 
     pub(super) fn unsubscribe(&mut self, slot: u32, request_id: u32, channel: &str) {
@@ -477,17 +478,33 @@ impl Shard {
             let Some(subscriber) = self.find_subscriber(&channel, subscription) else {
                 continue;
             };
+            let next_seq = subscriber.next_seq;
+            let page_for = PageFor::Subscription(subscription.id);
+            if !self.reserve_page(subscription.conn.slot, page_for) {
+                self.fetch_wanted.push((channel, subscription));
+                continue;
+            }
             let start = FetchStart::From {
-                seq: subscriber.next_seq,
+                seq: next_seq,
                 limit: limit as u32,
             };
             let owner = self.shared.routing.shard_of(&channel);
+            let local = matches!(
+                self.connection(subscription.conn).map(|c| &c.kind),
+                Some(ConnKind::Local { .. })
+            );
+            let bytes_max = if local {
+                self.shared.config.outbound_bytes_max / 2
+            } else {
+                read_page_bytes(self.shared.config.outbound_bytes_max)
+            };
             self.send(
                 owner,
                 ShardMsg::Fetch {
                     subscriber: subscription,
                     channel,
                     start,
+                    bytes_max,
                 },
             );
         }
