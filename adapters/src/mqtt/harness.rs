@@ -1148,6 +1148,46 @@ mod tests {
         client
     }
 
+    /// A QoS 2 retained PUBLISH sent again (DUP) while the first is still
+    /// being stored, in a session that is not persistent, is stored once:
+    /// the check for a store in flight did not see through the retained
+    /// copy's wrapping, so the retransmission was stored a second time.
+    #[test]
+    fn a_retained_qos2_retransmission_is_stored_once() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect("passing") else {
+            unreachable!()
+        };
+        hello.clean_start = true;
+        hello.properties = Properties::default();
+        client.send(&Packet::Connect(hello));
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        let publish = |dup| {
+            Packet::Publish(starling_protocol::mqtt::Publish {
+                dup,
+                qos: QoS::ExactlyOnce,
+                retain: true,
+                topic: "r".into(),
+                packet_id: Some(7),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"state"),
+            })
+        };
+        client.send(&publish(false));
+        client.send(&publish(true));
+        client.answer(&mut log, |_| false);
+        let recs: Vec<_> = client
+            .packets()
+            .into_iter()
+            .filter(|p| matches!(p, Packet::PubRec(_)))
+            .collect();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(log.read("r", HistoryQuery::Last, 10).len(), 1);
+    }
+
     /// A client with one message in flight (Receive Maximum 1) and a QoS 1
     /// wildcard filter: `HELD_BEFORE_CATCH_UP` messages of `w/a` wait,
     /// and a message of `w/b` comes. Returns the log, the server, the

@@ -622,10 +622,7 @@ impl Connected {
         self.pending
             .values()
             .chain(waiting.map(|deferred| &deferred.pending))
-            .any(|pending| {
-                matches!(pending, Pending::Acknowledge { qos: QoS::ExactlyOnce, packet_id: id, .. }
-                    if *id == packet_id)
-            })
+            .any(|pending| stores_qos2(pending, packet_id))
     }
 
     /// Takes up the received packet ids a resumed session noted (before a
@@ -737,6 +734,20 @@ impl Connected {
         }
         // The next note lists what is in flight now.
         self.deliveries_changed();
+    }
+}
+
+/// Whether `pending` is the store of QoS 2 message `packet_id` (a retained
+/// one's too: its store waits behind the retained copy's).
+fn stores_qos2(pending: &Pending, packet_id: u16) -> bool {
+    match pending {
+        Pending::Acknowledge {
+            qos: QoS::ExactlyOnce,
+            packet_id: id,
+            ..
+        } => *id == packet_id,
+        Pending::ThenRetain(chained) => stores_qos2(&chained.0, packet_id),
+        _ => false,
     }
 }
 
