@@ -1148,6 +1148,56 @@ mod tests {
         client
     }
 
+    /// A QoS 2 retained message sent at a SUBSCRIBE and not completed
+    /// before a crash is sent again after the restart, with its packet id.
+    /// Before, its note entry was left out (its seq is 0): it was not sent
+    /// again, and its packet id went to a new message, which a client still
+    /// holding the id takes for the old one (lost).
+    #[test]
+    fn a_retained_qos2_message_in_flight_is_sent_again_after_a_restart() {
+        let mut log = Log::default();
+        let body = Bytes::from_static(b"last state");
+        log.append(
+            &store::retained_channel("r"),
+            kind::MESSAGE,
+            0,
+            body.clone(),
+        );
+        let name = Bytes::from_static(b"r");
+        log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, name);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "keeper", false);
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                "r".into(),
+                SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..Default::default()
+                },
+            )],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        let packet_id = client
+            .packets()
+            .iter()
+            .find_map(|packet| match packet {
+                Packet::Publish(publish) if publish.retain => publish.packet_id,
+                _ => None,
+            })
+            .expect("the retained message");
+        drop(client);
+        let (_server, _client, packets) = back_again(&mut log, "keeper");
+        let again = packets.iter().find_map(|packet| match packet {
+            Packet::Publish(publish) if publish.packet_id == Some(packet_id) => Some(publish),
+            _ => None,
+        });
+        let again = again.unwrap_or_else(|| panic!("not sent again: {packets:?}"));
+        assert!(again.dup && again.retain, "{again:?}");
+        assert_eq!(again.payload, body);
+    }
+
     /// A QoS 2 retained PUBLISH sent again (DUP) while the first is still
     /// being stored, in a session that is not persistent, is stored once:
     /// the check for a store in flight did not see through the retained

@@ -306,8 +306,16 @@ impl MqttSession {
             .collect();
         restore.restored_note = noted;
         for (index, (topic, seq)) in reads.into_iter().enumerate() {
-            let query = HistoryQuery::From(seq);
             let pending = Pending::NotedMessage(index);
+            if seq == 0 {
+                // A retained message sent at a SUBSCRIBE: the topic's
+                // retained copy.
+                let channel = super::store::retained_channel(&topic);
+                let query = HistoryQuery::Last;
+                read_history(state, Reader::Server, pending, channel, query, 1, context);
+                continue;
+            }
+            let query = HistoryQuery::From(seq);
             read_history(state, Reader::Server, pending, topic, query, 1, context);
         }
         state.qos2_read = state.restore.as_ref().is_some_and(|r| r.noted_reads == 0);

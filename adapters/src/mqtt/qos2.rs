@@ -209,7 +209,8 @@ impl Sent {
                 .ok()
                 .filter(|id| *id > 0)?,
             topic: entry[1].as_str()?.to_string(),
-            seq: entry[2].as_u64().filter(|seq| *seq > 0)?,
+            // 0: the topic's retained message, sent at a SUBSCRIBE.
+            seq: entry[2].as_u64()?,
             qos,
             retain: more["retain"].as_bool().unwrap_or(false),
             subscription_ids: more["subscription_ids"]
@@ -271,15 +272,19 @@ impl Note {
         for (_, packet_id, in_flight) in in_order {
             match (&in_flight.outgoing, in_flight.state) {
                 (_, Outbound::Qos2Released) => note.released.push(packet_id),
-                (Some(outgoing), _) if outgoing.message.seq > 0 => note.sent.push(Sent {
-                    packet_id,
-                    topic: outgoing.topic.to_string(),
-                    seq: outgoing.message.seq,
-                    qos: outgoing.qos,
-                    retain: outgoing.retain,
-                    subscription_ids: outgoing.subscription_ids.clone(),
-                    share: outgoing.share.clone(),
-                }),
+                // Seq 0: a retained message sent at a SUBSCRIBE (read from
+                // the topic's retained copy again after a restart).
+                (Some(outgoing), _) if outgoing.message.seq > 0 || outgoing.retain => {
+                    note.sent.push(Sent {
+                        packet_id,
+                        topic: outgoing.topic.to_string(),
+                        seq: outgoing.message.seq,
+                        qos: outgoing.qos,
+                        retain: outgoing.retain,
+                        subscription_ids: outgoing.subscription_ids.clone(),
+                        share: outgoing.share.clone(),
+                    })
+                }
                 _ => {}
             }
         }
@@ -695,13 +700,16 @@ impl Connected {
             properties.subscription_identifiers = sent.subscription_ids.clone();
             let topic: Arc<str> = Arc::from(sent.topic);
             let seq = message.seq;
-            if keeps_cursor(&topic) {
-                self.qos
-                    .positions
-                    .insert(sent.packet_id, (topic.clone(), seq));
+            // A retained message (seq 0) is of no position of the topic.
+            if seq > 0 {
+                if keeps_cursor(&topic) {
+                    self.qos
+                        .positions
+                        .insert(sent.packet_id, (topic.clone(), seq));
+                }
+                let delivered = self.extras().delivered.entry(topic.clone()).or_default();
+                delivered.insert(seq);
             }
-            let delivered = self.extras().delivered.entry(topic.clone()).or_default();
-            delivered.insert(seq);
             let outgoing = Outgoing {
                 topic,
                 message,

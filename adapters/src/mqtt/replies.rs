@@ -167,8 +167,19 @@ impl MqttSession {
                 if let (Reply::History { messages, .. }, Some(sent)) =
                     (reply, restore.restored_note.sent.get(index))
                 {
-                    let message = messages.iter().find(|message| message.seq == sent.seq);
-                    restore.noted_messages[index] = message.cloned();
+                    restore.noted_messages[index] = if sent.seq == 0 {
+                        // The topic's retained copy, unless it was cleared.
+                        messages
+                            .last()
+                            .filter(|message| !message.body.is_empty())
+                            .map(|message| Message {
+                                seq: 0,
+                                ..message.clone()
+                            })
+                    } else {
+                        let message = messages.iter().find(|message| message.seq == sent.seq);
+                        message.cloned()
+                    };
                 }
                 restore.noted_reads -= 1;
                 if restore.noted_reads == 0 {
