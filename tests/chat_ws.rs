@@ -485,6 +485,24 @@ fn subscribers_the_channel_stops_admitting_are_cut_off() {
         texts_until_marker(&mut bob, "hr", "marker 3"),
         vec!["welcome back"]
     );
+
+    // A refused subscribe leaves nothing registered: making the channel
+    // private later ends nothing and tells nothing.
+    let reply = carol.send(json!({"type": "subscribe", "channel": "vault", "since": 1, "last": 1}));
+    assert_eq!(reply["error"]["code"], "invalid_argument", "{reply}");
+    alice.ok(json!({"type": "channel_create", "channel": "vault", "visibility": "private"}));
+    alice.ok(json!({"type": "publish", "channel": "general", "text": "marker 4"}));
+    let mut frames = std::mem::take(&mut carol.pushes);
+    while !frames
+        .iter()
+        .any(|frame| frame["message"]["text"] == "marker 4")
+    {
+        frames.push_back(carol.frame());
+    }
+    assert!(
+        frames.iter().all(|frame| frame["push"] != "unsubscribed"),
+        "{frames:?}"
+    );
 }
 
 #[test]

@@ -478,13 +478,27 @@ fn pipelined_history_requests_wait_for_room_instead_of_growing_the_output() {
     hello(&mut greedy);
     let requests = 500u32;
     let mut out = BytesMut::new();
-    for request_id in 2..2 + requests {
+    for _ in 0..requests {
+        // One request id for all, and a request answered at once with the
+        // same id after each: the pages in flight are still counted.
         let frame = Frame::History {
             channel: "big".into(),
             query: HistoryQuery::Last,
             limit: 16,
         };
-        Envelope { request_id, frame }.encode(&mut out);
+        Envelope {
+            request_id: 2,
+            frame,
+        }
+        .encode(&mut out);
+        let frame = Frame::Unsubscribe {
+            channel: "nothing".into(),
+        };
+        Envelope {
+            request_id: 2,
+            frame,
+        }
+        .encode(&mut out);
     }
     greedy.write_all(&out).unwrap();
     // One shard serves both connections in order: once this is answered,
@@ -498,17 +512,21 @@ fn pipelined_history_requests_wait_for_room_instead_of_growing_the_output() {
         grown >> 20
     );
     // Reading now, the client gets every answer.
-    let mut answered = 0;
+    let (mut answered, mut refused) = (0, 0);
     read_frames_until(&mut greedy, |frame| {
         match frame {
             Frame::HistoryPage { messages, .. } => {
                 assert!(!messages.is_empty());
                 answered += 1;
             }
+            Frame::Error { code, .. } => {
+                assert_eq!(code, ErrorCode::NotSubscribed);
+                refused += 1;
+            }
             Frame::Welcome { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
-        answered == requests
+        answered == requests && refused == requests
     });
     engine.shutdown().unwrap();
 }

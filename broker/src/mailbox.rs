@@ -159,6 +159,16 @@ pub(crate) enum ShardMsg {
         limit: u32,
         /// The reply's messages stay within this many bytes (at least one).
         bytes_max: usize,
+        /// The requesting shard's number for the page's share of the
+        /// connection's bound (0: none reserved), handed back in
+        /// [`ShardMsg::PageDone`] after the reply.
+        page: u64,
+    },
+    /// From an owner, after the reply to a `Read` that reserved `page`: the
+    /// page is queued, its share of the connection's bound is free.
+    PageDone {
+        conn: ConnRef,
+        page: u64,
     },
     /// From an owner: the reply to a request of one of this shard's connections.
     Replied {

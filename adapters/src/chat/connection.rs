@@ -175,25 +175,30 @@ impl ChatConnection {
         );
         if fast {
             let channel = request.channel().expect("fast requests name a channel");
-            if matches!(request, Request::Subscribe { .. }) {
+            if let Request::Subscribe { since, last, .. } = &request {
+                if since.is_some() && last.is_some() {
+                    return Err(ChatError::invalid("give `since` or `last`, not both"));
+                }
                 // Registered before the check (see `ChatService::follow`).
                 self.follow(channel, &user, context);
             }
             match self.service.meta(channel) {
                 Some(meta) if !meta.admits(&user) => {
-                    if self.followed.get(channel) == Some(&false) {
-                        self.unfollow(&channel.to_string());
-                    }
+                    self.unfollow_unconfirmed(channel);
                     return Err(ChatError::denied(format!(
                         "you are not a member of {channel:?}; ask a member to invite you"
                     )));
                 }
                 Some(_) => {}
                 None => {
+                    let channel = channel.to_string();
                     let work = Work::Resolve {
-                        channel: channel.to_string(),
+                        channel: channel.clone(),
                     };
-                    self.send_to_worker(id, &user, work, context)?;
+                    if let Err(error) = self.send_to_worker(id, &user, work, context) {
+                        self.unfollow_unconfirmed(&channel);
+                        return Err(error);
+                    }
                     self.parked.insert(id, request);
                     return Ok(None);
                 }
@@ -385,6 +390,15 @@ impl ChatConnection {
         }
     }
 
+    /// Unregisters a subscription the broker has not confirmed: a refused
+    /// first subscribe leaves nothing registered (a refused re-subscribe
+    /// leaves the one in place).
+    fn unfollow_unconfirmed(&mut self, channel: &str) {
+        if self.followed.get(channel) == Some(&false) {
+            self.unfollow(&channel.to_string());
+        }
+    }
+
     /// True when the cached state of `channel` says the user is not
     /// admitted (any more).
     fn refused(&self, channel: &str) -> bool {
@@ -462,6 +476,10 @@ impl ChatConnection {
         };
         release_if_empty(&mut self.pending);
         if let Reply::Error(error) = reply {
+            if let Shape::Subscribed { channel, .. } | Shape::RecoveryProbe { channel, .. } = &shape
+            {
+                self.unfollow_unconfirmed(channel);
+            }
             if !matches!(shape, Shape::Ignore) {
                 responses.push((id, Err(error.clone().into())));
             }
@@ -571,7 +589,9 @@ impl ChatConnection {
         let Done { id, outcome } = *done;
         match outcome {
             Err(error) => {
-                self.parked.remove(&id);
+                if let Some(Request::Subscribe { channel, .. }) = self.parked.remove(&id) {
+                    self.unfollow_unconfirmed(&channel);
+                }
                 release_if_empty(&mut self.parked);
                 responses.push((id, Err(error)));
             }
@@ -601,15 +621,23 @@ impl ChatConnection {
         context: &mut SessionContext<'_>,
         pushes: &mut Vec<Push>,
     ) {
-        let user = self.user.as_deref().unwrap_or_default();
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        // The service unregistered the subscription. Registered again
+        // before the check, as at a subscribe: a member removed and invited
+        // again meanwhile stays followed, for the next removal.
+        if let (Some(conn), true) = (self.conn, self.followed.contains_key(&channel)) {
+            self.service.follow(&channel, conn, &user);
+        }
         if self
             .service
             .meta(&channel)
-            .is_some_and(|meta| meta.admits(user))
+            .is_some_and(|meta| meta.admits(&user))
         {
             return;
         }
-        self.followed.remove(&channel);
+        self.unfollow(&channel);
         release_if_empty(&mut self.followed);
         let unsubscribe = Command::Unsubscribe {
             channel: channel.clone(),

@@ -512,8 +512,10 @@ impl HttpSession {
         let deadline = match self.mode {
             Mode::Http => match self.request_started {
                 Some(started) => started + self.shared.timeouts.request_read,
-                // Not idle while a request is answered; the answer re-arms.
-                None if self.in_flight.is_some() => return,
+                // Not idle while a request is answered (the answer re-arms),
+                // but timed: the shard closes a connection without a
+                // principal and without a timer as one that never spoke.
+                None if self.in_flight.is_some() => now + self.shared.timeouts.idle,
                 None => self.last_activity + self.shared.timeouts.idle,
             },
             Mode::WebSocket(_) => now + Duration::from_secs(HEARTBEAT_S),

@@ -105,8 +105,9 @@ pub(crate) struct ReadBudget {
 /// What a page in flight answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PageFor {
-    /// A history request (its request id).
-    Request(u32),
+    /// A history read (its number on the connection's shard: request ids
+    /// are the client's, and one may be reused while its read is out).
+    Read(u64),
     /// A subscription's page (its id).
     Subscription(u64),
 }
@@ -115,7 +116,7 @@ impl PageFor {
     /// The page a read message asks for (`None`: it asks for no messages).
     fn of(message: &ShardMsg) -> Option<PageFor> {
         match message {
-            ShardMsg::Read { request_id, .. } => Some(PageFor::Request(*request_id)),
+            ShardMsg::Read { page, .. } => Some(PageFor::Read(*page)),
             ShardMsg::Fetch {
                 start: FetchStart::Live,
                 ..
@@ -848,6 +849,7 @@ impl Shard {
                     query,
                     limit: limit.min(page_max),
                     bytes_max: 0,
+                    page: 0,
                 };
                 self.send_read(slot, owner, message, false);
             }
@@ -886,6 +888,7 @@ impl Shard {
                     query: HistoryQuery::Last,
                     limit: 1,
                     bytes_max: usize::MAX,
+                    page: 0,
                 };
                 self.send(owner, message);
             }
@@ -907,6 +910,12 @@ impl Shard {
     ) {
         let bound = self.shared.config.outbound_bytes_max;
         let page = read_page_bytes(bound);
+        if let ShardMsg::Read { page, .. } = &mut message {
+            if *page == 0 {
+                self.next_read_page += 1;
+                *page = self.next_read_page;
+            }
+        }
         let Some(connection) = self.connections[slot as usize].as_mut() else {
             return;
         };
@@ -1055,19 +1064,6 @@ impl Shard {
         let inflight_max = self.shared.config.inflight_requests_max;
         if let Some(connection) = self.connection_mut(to) {
             connection.inflight = connection.inflight.saturating_sub(run.len());
-            let mut reads_wait = false;
-            if let Some(budget) = connection.reads.as_mut() {
-                for (request_id, _) in &run {
-                    let page_for = PageFor::Request(*request_id);
-                    if let Some(at) = budget.reserved.iter().position(|p| *p == page_for) {
-                        budget.reserved.swap_remove(at);
-                    }
-                }
-                reads_wait = !budget.waiting.is_empty();
-                if budget.reserved.is_empty() && !reads_wait {
-                    connection.reads = None;
-                }
-            }
             let resume = connection.read_paused && connection.inflight <= inflight_max / 2;
             if resume {
                 connection.read_paused = false;
@@ -1102,9 +1098,6 @@ impl Shard {
                 self.read_again.push(to.slot);
             }
             self.mark_dirty(to.slot);
-            if reads_wait {
-                self.send_waiting_reads(to.slot);
-            }
         }
         run.clear();
         if run.capacity() > self.spare_reply_run.capacity() {

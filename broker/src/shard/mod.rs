@@ -88,6 +88,9 @@ pub(crate) struct Shard {
     /// next catch-up page is fetched.
     fetch_wanted: Vec<(Arc<str>, SubRef)>,
     next_subscription_id: u64,
+    /// Numbers the history reads that reserve a page of their connection's
+    /// bound (`PageFor::Read`).
+    next_read_page: u64,
     /// Messages this shard sends to itself, handled in the same turn.
     self_queue: VecDeque<ShardMsg>,
     /// Per destination shard: messages that did not fit its inbox yet.
@@ -202,6 +205,7 @@ impl Shard {
             subscriptions: foldhash::HashMap::default(),
             fetch_wanted: Vec::new(),
             next_subscription_id: 0,
+            next_read_page: 0,
             self_queue: VecDeque::new(),
             overflow: (0..shards).map(|_| VecDeque::new()).collect(),
             wake_pending: vec![false; shards],
@@ -405,7 +409,18 @@ impl Shard {
                 query,
                 limit,
                 bytes_max,
-            } => self.owner_read(from, request_id, reply_as, channel, query, limit, bytes_max),
+                page,
+            } => {
+                self.owner_read(from, request_id, reply_as, channel, query, limit, bytes_max);
+                if page > 0 {
+                    if from.shard == self.id {
+                        self.page_arrived(from, PageFor::Read(page));
+                    } else {
+                        self.send(from.shard, ShardMsg::PageDone { conn: from, page });
+                    }
+                }
+            }
+            ShardMsg::PageDone { conn, page } => self.page_arrived(conn, PageFor::Read(page)),
             ShardMsg::Replied {
                 to,
                 request_id,
