@@ -1261,3 +1261,26 @@ fn open_connections_keep_their_session_in_use_until_it_expires() {
     let reply = third.send(json!({"type": "connect", "token": alice}));
     assert_eq!(reply["error"]["code"], "denied", "{reply}");
 }
+
+/// What a client sends can be longer than an audit field may be: a sign-in
+/// with a 2,000-byte user name is refused as any wrong sign-in and audited
+/// with the name cut. Before, the entry was over the field's limit: the
+/// audit writer refused it with its whole batch, the sign-in failed with
+/// an internal error, and denied requests queued beside it were lost.
+#[test]
+fn oversized_names_are_audited_cut_and_break_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let long = "x".repeat(2000);
+    let (status, body) = sign_in(&server, &long, MEMBER_PASSWORD, None);
+    assert_eq!(status, 401, "{body}");
+    let mut chat = ChatClient::open(server.http);
+    let reply = chat.send(json!({"type": "connect", "token": "not a token", "client": long}));
+    assert_eq!(reply["error"]["code"], "denied", "{reply}");
+    token(&server, "alice", MEMBER_PASSWORD);
+    assert!(server.terminate().success());
+    let (entries, out) = audit_entries(&dir.path().join("data").join("audit"));
+    assert!(has_entry(&entries, "sign_in_failed", "xxxx", ""), "{out}");
+    assert!(has_entry(&entries, "sign_in_succeeded", "alice", ""), "{out}");
+}

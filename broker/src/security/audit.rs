@@ -71,7 +71,7 @@ impl AuditWriter {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let jobs = self.jobs.lock().clone();
         jobs.ok_or_else(|| SecurityError::Internal("the audit log is closed".into()))?
-            .send((entry, Some(reply)))
+            .send((entry.within_limits(), Some(reply)))
             .map_err(|_| SecurityError::Internal("the audit thread has stopped".into()))?;
         answer
             .recv()
@@ -82,7 +82,7 @@ impl AuditWriter {
     /// Queues `entry` without waiting (for the shards).
     pub fn record_later(&self, entry: AuditEntry) {
         let sent = match self.jobs.lock().as_ref() {
-            Some(jobs) => jobs.try_send((entry, None)).is_ok(),
+            Some(jobs) => jobs.try_send((entry.within_limits(), None)).is_ok(),
             None => false,
         };
         if !sent {

@@ -116,6 +116,30 @@ impl AuditEntry {
         }
     }
 
+    /// The entry with every field cut to its limit (at a character
+    /// boundary, ending in `…` where cut): what a client sends (a user name,
+    /// a client name, a channel) can be longer than a field may be, and an
+    /// entry over a limit would be refused with the rest of its batch.
+    pub fn within_limits(mut self) -> AuditEntry {
+        for (value, limit) in [
+            (&mut self.actor, ACTOR_BYTES_MAX),
+            (&mut self.source, SOURCE_BYTES_MAX),
+            (&mut self.target, TARGET_BYTES_MAX),
+            (&mut self.detail, DETAIL_BYTES_MAX),
+        ] {
+            if value.len() > limit {
+                const MARK: &str = "…";
+                let mut end = limit - MARK.len();
+                while !value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                value.truncate(end);
+                value.push_str(MARK);
+            }
+        }
+        self
+    }
+
     /// Checks every field against its limit.
     pub fn check_limits(&self) -> Result<(), AuditError> {
         for (field, value, limit_name, limit) in [
@@ -134,5 +158,24 @@ impl AuditEntry {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_over_their_limits_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(TARGET_BYTES_MAX);
+        let entry = AuditEntry::new(AuditKind::RequestDenied, "a".repeat(300), "", long, "")
+            .within_limits();
+        assert!(entry.check_limits().is_ok());
+        assert_eq!(entry.actor.len(), ACTOR_BYTES_MAX);
+        assert!(entry.actor.ends_with('…'));
+        assert!(entry.target.len() <= TARGET_BYTES_MAX);
+        assert!(entry.target.ends_with("é…"));
+        let short = AuditEntry::new(AuditKind::SignInFailed, "bob", "127.0.0.1:1", "bob", "x");
+        assert_eq!(short.clone().within_limits(), short);
     }
 }
