@@ -2596,3 +2596,40 @@ fn a_message_posted_over_http_reaches_a_websocket_subscriber() {
     assert_eq!(message["text"], "from ws");
     assert_eq!(history(server.http, "general", "carol")[1]["sender"], "bob");
 }
+
+/// Thousands of pipelined requests answered at once, in one read: each
+/// answer went on to the next request from inside the previous one, one
+/// stack frame deeper per request, until the shard's thread overflowed its
+/// stack and the process aborted. Now they are served in a loop.
+#[test]
+fn thousands_of_pipelined_requests_are_served_in_turn() {
+    let (_dir, server) = server();
+    let mut conn = Conn::open(server.http);
+    let one = request_bytes(
+        "PUT",
+        "/v1/me/presence",
+        Some("alice"),
+        Some(r#"{"status":"away"}"#),
+        "",
+    );
+    let requests = 3000;
+    let all: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * requests)
+        .collect();
+    let writer = {
+        let mut stream = conn.stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(&all).unwrap())
+    };
+    for n in 0..requests {
+        let reply = conn.response(false);
+        assert_eq!(reply.status, 200, "request {n}: {}", reply.head);
+    }
+    writer.join().unwrap();
+    assert_eq!(
+        ok(server.http, "GET", "/healthz", "alice", None, 200)["status"],
+        "ok"
+    );
+}

@@ -1282,5 +1282,8 @@ fn oversized_names_are_audited_cut_and_break_nothing() {
     assert!(server.terminate().success());
     let (entries, out) = audit_entries(&dir.path().join("data").join("audit"));
     assert!(has_entry(&entries, "sign_in_failed", "xxxx", ""), "{out}");
-    assert!(has_entry(&entries, "sign_in_succeeded", "alice", ""), "{out}");
+    assert!(
+        has_entry(&entries, "sign_in_succeeded", "alice", ""),
+        "{out}"
+    );
 }

@@ -271,9 +271,24 @@ impl ChatService {
     pub(crate) fn presence_changed(&self, user: &str, status: model::Presence) {
         let mut pending = self.presence_pending.lock();
         pending.0.insert(user.to_string(), status);
-        if pending.1 {
-            return;
+        if !pending.1 {
+            self.queue_presence_job(&mut pending);
         }
+    }
+
+    /// A presence job recorded its batch: changes that came meanwhile get a
+    /// job of their own, queued behind the others.
+    fn presence_recorded(&self) {
+        let mut pending = self.presence_pending.lock();
+        pending.1 = false;
+        if !pending.0.is_empty() {
+            self.queue_presence_job(&mut pending);
+        }
+    }
+
+    /// Queues the job that records the pending presence changes, and notes
+    /// that one is queued.
+    fn queue_presence_job(&self, pending: &mut (HashMap<String, model::Presence>, bool)) {
         let job = Job {
             conn: None,
             id: 0,

@@ -153,7 +153,10 @@ impl Worker {
                 Ok(Outcome::Value(published))
             }
             Work::Presence => {
-                while let Some(changes) = service.take_presence_changes() {
+                // One batch per job: changes that came meanwhile take a new
+                // job behind the others, so a client that changes its
+                // presence without pause does not hold the worker.
+                if let Some(changes) = service.take_presence_changes() {
                     for (user, status) in changes {
                         if let Err(error) = self.record_presence(&user, status) {
                             log::warn!(
@@ -162,6 +165,7 @@ impl Worker {
                             );
                         }
                     }
+                    service.presence_recorded();
                 }
                 Ok(Outcome::Value(Value::Null))
             }

@@ -175,6 +175,7 @@ impl Protocol for HttpProtocol {
             request_started: None,
             last_activity: Instant::now(),
             upgraded_at: None,
+            serving: false,
         })
     }
 
@@ -285,6 +286,11 @@ pub struct HttpSession {
     /// plain connection that never identifies itself (it cannot here: the
     /// connection has timers of its own).
     upgraded_at: Option<Instant>,
+    /// `serve_http` is on the stack: an answer given while it serves a
+    /// request leaves the next request to its loop instead of serving it
+    /// one frame deeper (thousands of pipelined requests answered at once
+    /// overflowed the shard's stack).
+    serving: bool,
 }
 
 /// Client request ids of HTTP requests (one at a time per connection).
@@ -556,6 +562,20 @@ impl HttpSession {
 
     /// Parses and serves buffered requests, one at a time.
     fn serve_http(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
+        if self.serving {
+            return Ok(());
+        }
+        self.serving = true;
+        let served = self.serve_buffered_requests(context);
+        self.serving = false;
+        served?;
+        // The shard keeps the earliest deadline asked for, so this also
+        // shortens an idle deadline to a request's read deadline.
+        self.arm_timer(context);
+        Ok(())
+    }
+
+    fn serve_buffered_requests(&mut self, context: &mut SessionContext<'_>) -> Result<(), Close> {
         while self.in_flight.is_none() && matches!(self.mode, Mode::Http) {
             let request = match self.parser.parse(&mut self.buffer) {
                 Ok(Some(request)) => request,
@@ -579,9 +599,6 @@ impl HttpSession {
             self.request_started = None;
             self.route(request, context)?;
         }
-        // The shard keeps the earliest deadline asked for, so this also
-        // shortens an idle deadline to a request's read deadline.
-        self.arm_timer(context);
         Ok(())
     }
 
