@@ -398,6 +398,18 @@ fn private_channels_admit_only_members() {
             "member_removed"
         ]
     );
+    // An owner who left has no say any more, and learns nothing.
+    alice.ok(json!({"type": "channel_invite", "channel": "hr", "user": "bob"}));
+    alice.ok(json!({"type": "channel_leave", "channel": "hr"}));
+    let reply = alice.send(json!({"type": "channel_remove", "channel": "hr", "user": "bob"}));
+    assert_eq!(reply["error"]["code"], "denied", "{reply}");
+    assert!(reply.get("result").is_none());
+    // A new channel names a bounded number of members.
+    let crowd: Vec<String> = (0..300).map(|n| format!("user{n}")).collect();
+    assert_eq!(
+        alice.error(json!({"type": "channel_create", "channel": "crowd", "members": crowd})),
+        "invalid_argument"
+    );
 }
 
 /// Reads `client`'s message pushes up to the marker text on `general`;
@@ -547,6 +559,11 @@ fn direct_channels_are_found_again() {
     );
     assert_eq!(
         alice.error(json!({"type": "channel_invite", "channel": "dm/alice+bob", "user": "eve"})),
+        "invalid_argument"
+    );
+    // Nor can its creator remove the other user for good.
+    assert_eq!(
+        alice.error(json!({"type": "channel_remove", "channel": "dm/alice+bob", "user": "bob"})),
         "invalid_argument"
     );
     let mut eve = ChatClient::connect(server.http, "eve");

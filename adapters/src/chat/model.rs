@@ -12,6 +12,9 @@ use starling_protocol::Message;
 pub const CHANNEL_ID_BYTES_MAX: usize = 64;
 /// Most other users in one direct channel.
 pub const DIRECT_USERS_MAX: usize = 8;
+/// Most members a `channel_create` may name (more join or are invited):
+/// each costs a durable record in the member's channel list.
+pub const CREATE_MEMBERS_MAX: usize = 256;
 /// Longest display name or topic.
 pub const CHANNEL_TEXT_BYTES_MAX: usize = 1024;
 /// Prefix of direct channels.

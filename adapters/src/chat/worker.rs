@@ -16,8 +16,8 @@ use super::json::{message_value, ChatError, Request, THREAD_LIMIT_DEFAULT};
 use super::model::{
     check_channel_id, check_user_name, direct_channel_id, meta_channel, presence_channel,
     thread_channel, user_channel, ChannelEvent, ChannelMeta, DirectoryEvent, MembershipEvent,
-    Presence, PresenceChange, Visibility, CHANNEL_TEXT_BYTES_MAX, DIRECTORY_CHANNEL,
-    DIRECT_USERS_MAX,
+    Presence, PresenceChange, Visibility, CHANNEL_TEXT_BYTES_MAX, CREATE_MEMBERS_MAX,
+    DIRECTORY_CHANNEL, DIRECT_USERS_MAX,
 };
 use super::ChatService;
 
@@ -293,6 +293,12 @@ impl Worker {
                         ),
                     ));
                 }
+                if members.len() > CREATE_MEMBERS_MAX {
+                    return Err(ChatError::invalid(format!(
+                        "a new channel names at most {CREATE_MEMBERS_MAX} members, not {}; invite the others after",
+                        members.len()
+                    )));
+                }
                 let mut all: BTreeSet<String> = BTreeSet::new();
                 all.insert(user.to_string());
                 for member in members {
@@ -405,11 +411,17 @@ impl Worker {
                 channel,
                 user: removed,
             } => {
-                let meta = self.existing(service, &channel)?;
+                // The owner, while a member: one who left has no say, and
+                // learns nothing of the channel from the answer.
+                let meta = self.member_of(service, &channel, user)?;
+                if meta.visibility == Visibility::Direct {
+                    return Err(ChatError::invalid(
+                        "a direct channel's members are fixed; leave it instead",
+                    ));
+                }
                 if meta.owner != user {
                     return Err(ChatError::denied(format!(
-                        "only the owner of {channel:?} ({}) may remove members",
-                        meta.owner
+                        "only the channel's owner may remove members from {channel:?}"
                     )));
                 }
                 if !meta.is_member(&removed) {
