@@ -359,6 +359,12 @@ fn a_head_answer_has_no_body_on_a_kept_connection() {
     let health = conn.response(false);
     assert_eq!(health.status, 200);
     assert_eq!(health.json(), json!({"status": "ok"}));
+    // The security routes too (here unconfigured: 404 without a body).
+    let mut bytes = request_bytes("HEAD", "/v1/admin/users", Some("alice"), None, "");
+    bytes.extend(request_bytes("GET", "/healthz", None, None, ""));
+    conn.send(&bytes);
+    assert_eq!(conn.response(true).status, 404);
+    assert_eq!(conn.response(false).json(), json!({"status": "ok"}));
 }
 
 #[test]

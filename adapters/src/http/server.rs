@@ -1066,6 +1066,7 @@ impl HttpSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let keep_alive = request.keep_alive;
+        let head_only = request.method == Method::Head;
         let routed = match self.shared.security.get() {
             None => Err(ChatError::not_found(
                 "authentication is not configured on this server ([auth] enabled = false)",
@@ -1091,14 +1092,14 @@ impl HttpSession {
                 self.in_flight = Some(InFlight {
                     id: HTTP_REQUEST_ID,
                     keep_alive,
-                    head_only: false,
+                    head_only,
                     status,
                     events_channel: None,
                 });
                 Ok(())
             }
             Err(error) => {
-                send_error(context.out(), &error, keep_alive, false);
+                send_error(context.out(), &error, keep_alive, head_only);
                 if keep_alive {
                     Ok(())
                 } else {
