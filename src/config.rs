@@ -255,6 +255,14 @@ impl Config {
         let config: Config = value
             .try_into()
             .context("the configuration is not valid; compare it with `starling config default`")?;
+        let idle_ms = config.auth.session_idle_timeout_s.saturating_mul(1000);
+        if config.auth.enabled && idle_ms > 0 && config.engine.session_check_ms >= idle_ms {
+            bail!(
+                "engine.session_check_ms ({} ms) must be below auth.session_idle_timeout_s ({} s):                  an open connection counts as use of its session only at these checks;                  set STARLING_ENGINE_SESSION_CHECK_MS to at most half the idle timeout",
+                config.engine.session_check_ms,
+                config.auth.session_idle_timeout_s
+            );
+        }
         for origin in &config.http.allowed_origins {
             if let Err(error) = starling_adapters::http::server::check_origin_setting(origin) {
                 bail!("http.allowed_origins (STARLING_HTTP_ALLOWED_ORIGINS): {error}");
@@ -339,6 +347,26 @@ mod tests {
         assert_eq!(config.engine.durability, Durability::None);
         assert_eq!(config.engine.shards, 5);
         assert_eq!(config.native.address.port(), 9999);
+    }
+
+    #[test]
+    fn session_checks_must_come_more_often_than_the_idle_timeout() {
+        let environment = |idle: &str| {
+            vec![
+                ("STARLING_AUTH_ENABLED".to_string(), "true".to_string()),
+                (
+                    "STARLING_AUTH_SESSION_IDLE_TIMEOUT_S".to_string(),
+                    idle.to_string(),
+                ),
+            ]
+            .into_iter()
+        };
+        let error = Config::load(None, environment("30")).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("engine.session_check_ms"),
+            "{error:#}"
+        );
+        assert!(Config::load(None, environment("3600")).is_ok());
     }
 
     #[test]
