@@ -131,9 +131,15 @@ impl ChatService {
         self.cache.read().get(channel).cloned()
     }
 
+    /// Caches `meta`, unless a newer state of the channel is cached (a
+    /// worker that only read the channel may have read it before another
+    /// changed it): the newer one is kept and returned.
     fn cache_meta(&self, channel: &str, meta: ChannelMeta) -> Arc<ChannelMeta> {
-        let meta = Arc::new(meta);
         let mut cache = self.cache.write();
+        if let Some(cached) = cache.get(channel).filter(|c| c.version > meta.version) {
+            return cached.clone();
+        }
+        let meta = Arc::new(meta);
         if cache.len() >= META_CACHE_MAX {
             cache.clear();
         }
@@ -324,5 +330,44 @@ impl Drop for ChatService {
         // Closing the queues ends the workers; they are not joined here
         // because the last reference may be dropped on a worker itself.
         self.workers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_broker::{EngineConfig, LoopbackAuthorizer};
+
+    /// A worker that only read a channel (for a channel list) may cache
+    /// what it read after the channel's own worker cached a change: the
+    /// newer state stays (a removed member stayed admitted before).
+    #[test]
+    fn an_older_state_does_not_replace_a_newer_one_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            shards: 1,
+            partitions: 1,
+            data_dir: dir.path().to_path_buf(),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
+        let service = ChatService::start(&engine, "test");
+        let state = |version: u64, members: &[&str]| ChannelMeta {
+            exists: true,
+            visibility: model::Visibility::Private,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            version,
+            ..ChannelMeta::default()
+        };
+        let newer = state(5, &["alice"]);
+        service.cache_meta("hr", newer.clone());
+        assert_eq!(
+            *service.cache_meta("hr", state(4, &["alice", "bob"])),
+            newer
+        );
+        assert_eq!(*service.meta("hr").unwrap(), newer);
+        assert_eq!(service.cache_meta("hr", state(6, &[])).version, 6);
+        drop(service);
+        engine.shutdown().unwrap();
     }
 }

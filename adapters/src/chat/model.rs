@@ -129,6 +129,9 @@ pub struct ChannelMeta {
     pub topic: String,
     pub owner: String,
     pub members: BTreeSet<String>,
+    /// The seq of the last record of `$chat/meta/<channel>` folded in (0:
+    /// none): of two states of a channel, the higher version is the newer.
+    pub version: u64,
 }
 
 impl ChannelMeta {
@@ -141,6 +144,7 @@ impl ChannelMeta {
             ..ChannelMeta::default()
         };
         for record in records {
+            meta.version = meta.version.max(record.seq);
             match serde_json::from_slice::<ChannelEvent>(&record.body) {
                 Ok(event) => meta.apply(&event),
                 Err(error) => log::warn!(

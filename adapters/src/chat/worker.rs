@@ -642,14 +642,16 @@ impl Worker {
         meta: Arc<ChannelMeta>,
         event: ChannelEvent,
     ) -> Result<Arc<ChannelMeta>> {
-        self.append(
+        let version = self.append_seq(
             &meta_channel(channel),
             kind::CHANNEL_EVENT,
             0,
             to_body(&event),
+            Bytes::new(),
         )?;
         let mut next = (*meta).clone();
         next.apply(&event);
+        next.version = version;
         let meta = service.cache_meta(channel, next);
         service.revoke_unadmitted(channel, &meta);
         let mut shown = serde_json::to_value(&event).expect("serializes");
@@ -740,6 +742,19 @@ impl Worker {
         body: Bytes,
         client_message_id: Bytes,
     ) -> Result<()> {
+        self.append_seq(channel, kind, relation, body, client_message_id)
+            .map(|_| ())
+    }
+
+    /// Appends a record; its seq.
+    fn append_seq(
+        &mut self,
+        channel: &str,
+        kind: u8,
+        relation: u64,
+        body: Bytes,
+        client_message_id: Bytes,
+    ) -> Result<u64> {
         self.client
             .publish_command(Command::Publish {
                 channel: channel.into(),
@@ -750,7 +765,7 @@ impl Worker {
                 headers: Bytes::new(),
                 body,
             })
-            .map(|_| ())
+            .map(|published| published.seq)
             .map_err(|error: BrokerError| error.into())
     }
 }
