@@ -1287,3 +1287,39 @@ fn oversized_names_are_audited_cut_and_break_nothing() {
         "{out}"
     );
 }
+
+/// The chat layer's own refusals (a private channel's non-member, on the
+/// connection's shard and in a chat worker) are audited like the broker's.
+#[test]
+fn chat_membership_refusals_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let alice = token(&server, "alice", MEMBER_PASSWORD);
+    let bob = token(&server, "bob", MEMBER_PASSWORD);
+    let create = json!({"channel": "leavers", "visibility": "private"});
+    let (status, _, body) = http(
+        server.http,
+        "POST",
+        "/v1/channels",
+        Some(&alice),
+        Some(&create),
+    );
+    assert_eq!(status, 201, "{body}");
+    for path in [
+        "/v1/channels/leavers/messages",
+        "/v1/channels/leavers/members",
+    ] {
+        let (status, _, body) = http(server.http, "GET", path, Some(&bob), None);
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    assert!(server.terminate().success());
+    let (entries, out) = audit_entries(&dir.path().join("data").join("audit"));
+    let denied = entries
+        .iter()
+        .filter(|e| {
+            e["kind"] == "request_denied" && e["actor"] == "bob" && e["target"] == "leavers"
+        })
+        .count();
+    assert_eq!(denied, 2, "{out}");
+}

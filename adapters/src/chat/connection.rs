@@ -185,6 +185,7 @@ impl ChatConnection {
             match self.service.meta(channel) {
                 Some(meta) if !meta.admits(&user) => {
                     self.unfollow_unconfirmed(channel);
+                    context.refused(channel, "not a member of the channel");
                     return Err(ChatError::denied(format!(
                         "you are not a member of {channel:?}; ask a member to invite you"
                     )));

@@ -218,6 +218,13 @@ impl ChatService {
         }
     }
 
+    /// Audits a request the chat layer refused on its own account.
+    fn refused(&self, principal: Option<&Principal>, target: &str, detail: &str) {
+        if let Some(principal) = principal {
+            self.authorizer.refused(principal, target, detail);
+        }
+    }
+
     /// Queues slow work. Work on one channel always goes to the same worker.
     fn submit(&self, job: Job) -> Result<(), json::ChatError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

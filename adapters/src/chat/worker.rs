@@ -126,10 +126,22 @@ impl Worker {
                 // The worker reads and writes as the server: the user's own
                 // rights are checked first, as the broker checks them for
                 // requests it gets from the user.
-                if let Some((action, channel)) = needed_right(&request, user) {
-                    service.may(principal, action, channel)?;
+                let target = match &request {
+                    Request::Direct { users } => direct_id(users, user),
+                    other => other.channel().unwrap_or_default().to_string(),
+                };
+                if let Some(action) = needed_right(&request, user) {
+                    service.may(principal, action, &target)?;
                 }
-                self.request(service, user, principal, request)
+                let outcome = self.request(service, user, principal, request);
+                // The chat layer's own refusals (membership, ownership) are
+                // audited as the broker's are (`may` audits its own).
+                if let Err(error) = &outcome {
+                    if error.code == "denied" {
+                        service.refused(principal, &target, &error.message);
+                    }
+                }
+                outcome
             }
             Work::Resolve { channel } => {
                 self.meta(service, &channel)?;
@@ -341,7 +353,6 @@ impl Worker {
                     )));
                 }
                 let channel = direct_channel_id(&all);
-                service.may(principal, Action::Publish, &channel)?;
                 let meta = self.meta(service, &channel)?;
                 let meta = if meta.exists {
                     meta
@@ -772,7 +783,7 @@ impl Worker {
 
 /// The right `user` needs on a channel for a request the workers serve:
 /// what the request makes the server read or write there for them.
-fn needed_right<'r>(request: &'r Request, user: &str) -> Option<(Action, &'r str)> {
+fn needed_right(request: &Request, user: &str) -> Option<Action> {
     let action = match request {
         Request::Thread { .. }
         | Request::ReadBy { .. }
@@ -782,9 +793,21 @@ fn needed_right<'r>(request: &'r Request, user: &str) -> Option<(Action, &'r str
         // Leaving needs no right: a user may always leave.
         Request::ChannelLeave { .. } => return None,
         Request::ChannelRemove { user: removed, .. } if removed == user => return None,
-        _ => Action::Publish,
+        Request::Direct { .. } => Action::Publish,
+        _ => {
+            request.channel()?;
+            Action::Publish
+        }
     };
-    Some((action, request.channel()?))
+    Some(action)
+}
+
+/// The id of the direct channel `user` asks for with `users` (as the
+/// request makes it, names checked there).
+fn direct_id(users: &[String], user: &str) -> String {
+    let mut all: BTreeSet<String> = users.iter().cloned().collect();
+    all.insert(user.to_string());
+    direct_channel_id(&all)
 }
 
 fn to_body(value: &impl Serialize) -> Bytes {
