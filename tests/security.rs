@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{http, ChatClient, Server};
 use serde_json::{json, Value};
-use starling_adapters::client::Client;
+use starling_adapters::client::{Client, ClientError, PublishRequest};
 use starling_broker::security::totp;
 use starling_protocol::{kind, ErrorCode, SubscribeStart};
 
@@ -1322,4 +1322,48 @@ fn chat_membership_refusals_are_audited() {
         })
         .count();
     assert_eq!(denied, 2, "{out}");
+}
+
+/// With authentication on, a native client may not write what the chat
+/// layer checks (edits, deletes, channel events, presence: any member could
+/// delete others' messages in every chat client), nor another user's read
+/// markers (cursors of consumers not theirs).
+#[test]
+fn native_clients_cannot_forge_chat_records_or_others_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let bob = token(&server, "bob", MEMBER_PASSWORD);
+    let mut native = Client::connect(server.address, "test", &bob).unwrap();
+    let seq = native
+        .publish("team/red", kind::MESSAGE, "mine")
+        .unwrap()
+        .seq;
+    for forged in [
+        kind::EDIT,
+        kind::DELETE,
+        kind::CHANNEL_EVENT,
+        kind::PRESENCE,
+    ] {
+        let mut request = PublishRequest::new("team/red", forged, "x");
+        request.relation = seq;
+        match native.publish_with(request) {
+            Err(ClientError::Server { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::Denied, "{message}");
+                assert!(message.contains("chat protocol"), "{message}");
+            }
+            other => panic!("kind {forged}: {other:?}"),
+        }
+    }
+    match native.cursor_set("alice", "team/red", seq) {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::Denied),
+        other => panic!("{other:?}"),
+    }
+    native.cursor_set("bob", "team/red", seq).unwrap();
+    native.cursor_set("bob+indexer", "team/red", seq).unwrap();
+    assert_eq!(native.cursor_get("bob", "team/red").unwrap(), Some(seq));
+    // Reactions and replies say who sent them, and stay open.
+    let mut reaction = PublishRequest::new("team/red", kind::REACTION_ADD, "+1");
+    reaction.relation = seq;
+    native.publish_with(reaction).unwrap();
 }

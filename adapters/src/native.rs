@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use starling_broker::{BrokerError, Close, Command, Protocol, Reply, Session, SessionContext};
 use starling_protocol::{
-    decode_bytes, encode_deliver, peek_frame_size, Decoded, Envelope, ErrorCode, Frame, Limits,
-    Message, WireError, PROTOCOL_VERSION,
+    decode_bytes, encode_deliver, kind, peek_frame_size, Decoded, Envelope, ErrorCode, Frame,
+    Limits, Message, WireError, PROTOCOL_VERSION,
 };
 
 /// The native protocol, as served on a listener.
@@ -76,6 +76,38 @@ fn error_frame(code: ErrorCode, temporary: bool, mut message: String) -> Frame {
         code,
         temporary,
         message,
+    }
+}
+
+/// Record kinds whose meaning the chat layer checks before it writes them
+/// (only a message's sender edits it; only its sender or the channel's
+/// owner deletes it; channel events and presence are the server's): with
+/// authentication on, a native client may not publish them, or any member
+/// could delete others' messages or forge a removal in every chat client.
+const CHAT_CHECKED_KINDS: [u8; 4] = [
+    kind::EDIT,
+    kind::DELETE,
+    kind::CHANNEL_EVENT,
+    kind::PRESENCE,
+];
+
+/// Why a native request of a signed-in `user` is refused before the broker
+/// sees it, if it is.
+fn refusal(user: &str, command: &Command) -> Option<String> {
+    match command {
+        Command::Publish { kind, .. } if CHAT_CHECKED_KINDS.contains(kind) => Some(format!(
+            "records of kind {kind} are written by the chat layer, which checks who may write them; \
+             use the chat protocol (WebSocket /ws or the HTTP API) to edit, delete or change channels"
+        )),
+        Command::CursorSet { consumer, .. } | Command::CursorGet { consumer, .. }
+            if consumer != user && !consumer.starts_with(&format!("{user}+")) =>
+        {
+            Some(format!(
+                "consumer {consumer:?} is not {user}'s: name your consumers {user:?} or \"{user}+<name>\" \
+                 (another user's read markers are theirs)"
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -212,6 +244,15 @@ impl Session for NativeSession {
                     return refuse(context.out(), ErrorCode::Malformed, message);
                 }
             };
+            // Without authentication (loopback) every client is trusted.
+            if let Some(user) = context.verified_user() {
+                if let Some(message) = refusal(&user, &command) {
+                    context.refused(command.channel(), &message);
+                    let error = error_frame(ErrorCode::Denied, false, message);
+                    write(context.out(), request_id, error);
+                    continue;
+                }
+            }
             context.submit(request_id, command);
         }
     }
