@@ -1367,3 +1367,44 @@ fn native_clients_cannot_forge_chat_records_or_others_cursors() {
     reaction.relation = seq;
     native.publish_with(reaction).unwrap();
 }
+
+/// Turning a second factor on ends the user's other sessions opened
+/// without a code (a stolen password's session kept access before), and a
+/// session without a code cannot replace the factor once it is on.
+#[test]
+fn a_second_factor_ends_sessions_opened_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), "");
+    let server = start(dir.path(), &config);
+    let mine = token(&server, "alice", MEMBER_PASSWORD);
+    let stolen = token(&server, "alice", MEMBER_PASSWORD);
+    let post = |path: &str, token: &str, body: Option<Value>| {
+        let (status, _, body) = http(server.http, "POST", path, Some(token), body.as_ref());
+        (status, body)
+    };
+    let (status, body) = post("/v1/auth/totp/enroll", &mine, None);
+    assert_eq!(status, 200, "{body}");
+    let uri = body["otpauth_uri"].as_str().unwrap();
+    let secret_text = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let secret = totp::secret_from_base32(secret_text).unwrap();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = format!("{:06}", totp::code_at(&secret, now_s / totp::TOTP_STEP_S));
+    let (status, body) = post("/v1/auth/totp/confirm", &mine, Some(json!({"code": code})));
+    assert_eq!(status, 200, "{body}");
+    let channels = |token: &str| http(server.http, "GET", "/v1/me/channels", Some(token), None).0;
+    assert_eq!(channels(&stolen), 401, "the other session ended");
+    assert_eq!(channels(&mine), 200, "the enrolling session stays");
+    let (status, body) = post("/v1/auth/totp/enroll", &mine, None);
+    assert_eq!(status, 401, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sign in with a TOTP code"), "{message}");
+}

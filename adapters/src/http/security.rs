@@ -52,10 +52,13 @@ pub(crate) enum Op {
     },
     TotpEnroll {
         user: String,
+        /// The session asking (its id), if a session token.
+        session: Option<String>,
     },
     TotpConfirm {
         user: String,
         code: String,
+        session: Option<String>,
     },
     ListUsers,
     AddUser {
@@ -198,15 +201,26 @@ impl SecurityApi {
                 (Op::SignOut { token }, 200)
             }
             (true, _, ["auth", "totp", "enroll"]) => {
-                let user = holder()?.user.to_string();
+                let principal = holder()?;
+                let user = principal.user.to_string();
                 by.user = user.clone();
-                (Op::TotpEnroll { user }, 200)
+                let session = principal.session.as_deref().map(str::to_string);
+                (Op::TotpEnroll { user, session }, 200)
             }
             (true, _, ["auth", "totp", "confirm"]) => {
-                let user = holder()?.user.to_string();
+                let principal = holder()?;
+                let user = principal.user.to_string();
                 by.user = user.clone();
                 let code = string(&body()?, "code")?;
-                (Op::TotpConfirm { user, code }, 200)
+                let session = principal.session.as_deref().map(str::to_string);
+                (
+                    Op::TotpConfirm {
+                        user,
+                        code,
+                        session,
+                    },
+                    200,
+                )
             }
             (false, false, ["admin", "users"]) => {
                 by.user = admin()?;
@@ -292,10 +306,16 @@ fn execute(service: &SecurityService, by: &Actor, op: Op) -> Result<Value, Secur
             .sign_in(&user, &password, totp.as_deref(), address)
             .map(|signed| json!(signed)),
         Op::SignOut { token } => service.sign_out(by, &token).map(done),
-        Op::TotpEnroll { user } => service
-            .totp_enroll(by, &user)
+        Op::TotpEnroll { user, session } => service
+            .totp_enroll(by, &user, session.as_deref())
             .map(|uri| json!({ "otpauth_uri": uri })),
-        Op::TotpConfirm { user, code } => service.totp_confirm(by, &user, &code).map(done),
+        Op::TotpConfirm {
+            user,
+            code,
+            session,
+        } => service
+            .totp_confirm(by, &user, &code, session.as_deref())
+            .map(done),
         Op::ListUsers => Ok(json!({ "users": service.list_users() })),
         Op::AddUser {
             user,

@@ -560,9 +560,23 @@ impl SecurityService {
     }
 
     /// Starts TOTP enrolment: a new secret, pending until a code confirms
-    /// it. Returns the `otpauth://` URI to show as a QR code.
-    pub fn totp_enroll(&self, by: &Actor, user: &str) -> Result<String, SecurityError> {
+    /// it. Returns the `otpauth://` URI to show as a QR code. A user whose
+    /// second factor is on replaces it only from a session opened with a
+    /// code (`session`: the asking session's id; `None` from the command
+    /// line): a session opened with a stolen password before the factor
+    /// was on cannot take it over.
+    pub fn totp_enroll(
+        &self,
+        by: &Actor,
+        user: &str,
+        session: Option<&str>,
+    ) -> Result<String, SecurityError> {
         let mut state = self.user(user)?;
+        if state.totp_secret.is_some() && !self.session_has_code(session) {
+            return Err(SecurityError::Denied(format!(
+                "{user} has a second factor: sign in with a TOTP code to replace it"
+            )));
+        }
         let secret = totp::new_secret();
         state.totp_pending = Some(totp::secret_base32(&secret));
         state.changed_ms = now_ms();
@@ -571,8 +585,26 @@ impl SecurityService {
         Ok(totp::otpauth_uri(&self.config.totp_issuer, user, &secret))
     }
 
-    /// Confirms enrolment with a code of the pending secret.
-    pub fn totp_confirm(&self, by: &Actor, user: &str, code: &str) -> Result<(), SecurityError> {
+    /// Whether session `id` was opened with a TOTP code (`None`: the
+    /// operator at the command line, who needs none).
+    fn session_has_code(&self, id: Option<&str>) -> bool {
+        let Some(id) = id else {
+            return true;
+        };
+        let state = self.authorizer.state().read();
+        state.sessions.get(id).is_some_and(|session| session.mfa)
+    }
+
+    /// Confirms enrolment with a code of the pending secret. The user's
+    /// other sessions opened without a code end: they are what the second
+    /// factor is to keep out (the asking `session` stays).
+    pub fn totp_confirm(
+        &self,
+        by: &Actor,
+        user: &str,
+        code: &str,
+        session: Option<&str>,
+    ) -> Result<(), SecurityError> {
         let mut state = self.user(user)?;
         let pending = state
             .totp_pending
@@ -585,7 +617,30 @@ impl SecurityService {
         state.totp_last_step = step;
         state.changed_ms = now_ms();
         self.write_user(user, &state)?;
-        self.audit(AuditKind::UserChanged, by, user, "TOTP second factor on")
+        self.audit(AuditKind::UserChanged, by, user, "TOTP second factor on")?;
+        let without_code: Vec<String> = {
+            let state = self.authorizer.state().read();
+            state
+                .sessions
+                .iter()
+                .filter(|(id, s)| s.user == user && !s.mfa && Some(id.as_str()) != session)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in without_code {
+            self.write_session(&SessionRecord::Revoke { id: id.clone() })?;
+            self.audit(
+                AuditKind::TokenRevoked,
+                by,
+                &id[..16.min(id.len())],
+                "opened without a code before the second factor was on",
+            )?;
+            self.close(
+                ConnectionMatch::Session(Arc::from(id.as_str())),
+                "a second factor was turned on for this user; sign in again with a code",
+            );
+        }
+        Ok(())
     }
 
     /// The authorizer this service feeds.
