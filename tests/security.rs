@@ -1218,6 +1218,14 @@ fn chat_work_done_for_a_user_needs_the_users_rights() {
     call("POST", "/v1/channels", Some(json!({"channel": "leavers"})));
     let (status, body) = call("GET", "/v1/channels/leavers/members", None);
     assert_eq!(status, 200, "{body}");
+    // The last N before live ones are history too.
+    let mut chat = ChatClient::open(server.http);
+    chat.ok(json!({"type": "connect", "token": alice}));
+    assert_eq!(
+        chat.error(json!({"type": "subscribe", "channel": "lounge", "last": 5})),
+        "denied"
+    );
+    chat.ok(json!({"type": "subscribe", "channel": "lounge"}));
 }
 
 /// An open connection is use of its sign-in session: a user on one socket

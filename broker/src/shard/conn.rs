@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
-use starling_protocol::{kind, ErrorCode, HistoryQuery};
+use starling_protocol::{kind, ErrorCode, HistoryQuery, SubscribeStart};
 
 use super::subscriber::Feed;
 use super::Shard;
@@ -1583,6 +1583,24 @@ fn admit(
     {
         shared.metrics.denied.add(1);
         return Err(BrokerError::Denied(denied.0));
+    }
+    // The last N records before live ones are history: they need that
+    // right too (a subscription from a seq resumes a reader, and needs
+    // only `subscribe`).
+    if let Command::Subscribe {
+        channel,
+        start: SubscribeStart::LastN(n),
+    } = command
+    {
+        if *n > 0 {
+            if let Err(denied) = shared
+                .authorizer
+                .authorize(principal, Action::History, channel)
+            {
+                shared.metrics.denied.add(1);
+                return Err(BrokerError::Denied(denied.0));
+            }
+        }
     }
     if let (Command::Publish { body, .. }, false) = (command, as_server || principal.is_system()) {
         if let Err(why) = admit_publish(shared, publishing, principal, body.len() as u64) {
