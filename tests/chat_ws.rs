@@ -960,6 +960,30 @@ fn an_allowed_origin_that_is_not_an_origin_is_refused_at_start() {
     );
 }
 
+/// Reads one HTTP response with a Content-Length body off `stream`,
+/// byte by byte (nothing after it is consumed).
+fn read_one_response(stream: &mut TcpStream) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed mid-response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+}
+
 /// The close frame's code and reason, reading past other frames.
 fn close_frame(socket: &mut tungstenite::WebSocket<TcpStream>) -> (u16, String) {
     loop {
@@ -994,6 +1018,30 @@ fn websockets_that_never_sign_in_are_closed() {
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/mqtt",
+        server.http
+    ))
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut mqtt, _) = tungstenite::client(request, stream).unwrap();
+    let (code, reason) = close_frame(&mut mqtt);
+    assert_eq!(code, 1008, "{reason}");
+
+    // A bearer-token API request on the connection before the upgrade
+    // signs in nothing of the tunnelled MQTT session.
+    let mut stream = TcpStream::connect(server.http).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let api = format!(
+        "GET /v1/me/channels HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer alice\r\n\r\n",
+        server.http
+    );
+    stream.write_all(api.as_bytes()).unwrap();
+    read_one_response(&mut stream);
     let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
         "ws://{}/mqtt",
         server.http

@@ -108,6 +108,13 @@ pub trait Session: Send {
     fn delivery_room(&self) -> usize {
         usize::MAX
     }
+    /// Whether the client has identified itself to this session's protocol
+    /// (an MQTT CONNECT): a principal from an earlier protocol on the same
+    /// connection (an HTTP request before an upgrade) does not count. The
+    /// default says yes.
+    fn identified(&self) -> bool {
+        true
+    }
     /// True while the session wants no more input: the shard stops reading
     /// the socket (the client's bytes wait in the kernel, which pushes back
     /// on the client) and reads again after a later callback of the session

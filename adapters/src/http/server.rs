@@ -543,11 +543,12 @@ impl HttpSession {
     }
 
     /// Whether the client has signed in on its WebSocket: a chat `connect`
-    /// (an HTTP request before the upgrade signed in nothing of the chat
-    /// connection), or a principal for the tunnelled protocol.
+    /// or the tunnelled protocol's own sign-in (an HTTP request before the
+    /// upgrade signed in neither).
     fn signed_in(&self, context: &SessionContext<'_>) -> bool {
-        match self.mode {
+        match &self.mode {
             Mode::WebSocket(_) => self.chat.as_ref().is_some_and(|chat| chat.user().is_some()),
+            Mode::Tunnel(tunnel) => context.principal().is_some() && tunnel.identified(),
             _ => context.principal().is_some(),
         }
     }

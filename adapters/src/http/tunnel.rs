@@ -162,6 +162,11 @@ impl Tunnel {
         Ok(own.map(wrap))
     }
 
+    /// Whether the client identified itself to the tunnelled protocol.
+    pub fn identified(&self) -> bool {
+        self.inner.identified()
+    }
+
     pub fn delivery_room(&self) -> usize {
         self.inner.delivery_room()
     }

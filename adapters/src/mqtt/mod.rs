@@ -703,6 +703,10 @@ impl Session for MqttSession {
         Ok(())
     }
 
+    fn identified(&self) -> bool {
+        self.state.is_some()
+    }
+
     fn delivery_room(&self) -> usize {
         let held = self.state.as_ref().map_or(0, |state| state.qos.held.len());
         HELD_BEFORE_CATCH_UP.saturating_sub(held)
