@@ -296,6 +296,7 @@ fn read_entries(
 ) -> std::io::Result<()> {
     let mut at = header.header_bytes as u64;
     let mut head = [0u8; ENTRY_HEADER_BYTES];
+    let file_len = file.metadata()?.len();
     loop {
         if read_up_to(file, &mut head, at)? < ENTRY_HEADER_BYTES {
             return Ok(());
@@ -304,8 +305,14 @@ fn read_entries(
             return Ok(());
         }
         let partition = u32_at(&head, 4);
-        let mut payload = vec![0u8; u32_at(&head, 16) as usize];
         let start = at + ENTRY_HEADER_BYTES as u64;
+        let length = u64::from(u32_at(&head, 16));
+        // A length past the file's end is a torn entry: nothing is
+        // allocated for it (up to 4 GiB).
+        if start + length > file_len {
+            return Ok(());
+        }
+        let mut payload = vec![0u8; length as usize];
         if read_up_to(file, &mut payload, start)? < payload.len() || !payload_is_whole(&payload) {
             return Ok(());
         }

@@ -97,8 +97,10 @@ impl Partition {
         // background thread syncs the active segment if needed, writes it,
         // and only then deletes the files. Until then the files stay on
         // disk, and a crash leaves a consistent older state.
-        let deleted: Vec<Segment> = self.segments.drain(..delete).collect();
-        self.log_start = log_start;
+        // The handle is duplicated first: a failure leaves the log as it
+        // was (before, the segments were already taken out of the log and
+        // `log_start` moved: their files were never deleted, and their
+        // records came back after a restart).
         let sync = if self.unsynced {
             let active = self
                 .segments
@@ -117,6 +119,8 @@ impl Partition {
         } else {
             None
         };
+        let deleted: Vec<Segment> = self.segments.drain(..delete).collect();
+        self.log_start = log_start;
         let state = self.checkpoint_state();
         self.checkpointed = Some((state.log_start, state.position));
         let mut paths = Vec::with_capacity(deleted.len());
