@@ -722,7 +722,16 @@ fn subscribe(
                 }
                 out.flush()?;
             }
-            None if idle.is_some() => return Ok(()),
+            None if idle.is_some() => {
+                // Asked for a count and idle before it: the caller is told.
+                if let Some(count) = count.filter(|count| received < *count) {
+                    bail!(
+                        "received {received} of {count} messages: nothing arrived for {} s (--idle-exit-s)",
+                        idle_exit_s.unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
             None => {}
         }
     }
@@ -799,7 +808,14 @@ fn log_verify(data_dir: &Path, key_file: Option<&Path>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let tails = journal_tails(data_dir)?;
     let keys = key_ring(key_file)?;
-    for dir in partition_dirs(data_dir)? {
+    let dirs = partition_dirs(data_dir)?;
+    if dirs.is_empty() {
+        bail!(
+            "{} holds no partitions: nothing to verify; give the data directory of a server that has run (engine.data_dir)",
+            data_dir.join("partitions").display()
+        );
+    }
+    for dir in dirs {
         let tail = unsynced_tail_of(&tails, &dir);
         match starling_storage::verify_partition_dir_keyed(&dir, tail, keys.as_ref()) {
             Ok(report) => {

@@ -78,12 +78,34 @@ fn pub_sub_history_and_offline_log_tools() {
         stdout,
         "general\t2\tanonymous\tsecond\ngeneral\t3\tanonymous\tthird\n"
     );
+    // Fewer than asked before the idle exit: the exit status says so.
+    let (ok, stdout, stderr) = run(
+        &[
+            "sub",
+            "general",
+            "--from",
+            "2",
+            "--count",
+            "5",
+            "--idle-exit-s",
+            "1",
+        ],
+        &env,
+    );
+    assert!(!ok, "{stdout}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stderr.contains("received 2 of 5"), "{stderr}");
 
     assert!(
         server.terminate().success(),
         "SIGTERM stops the server cleanly"
     );
 
+    // A directory without partitions has nothing to verify: said so.
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(empty.join("partitions")).unwrap();
+    let (ok, _, stderr) = run(&["log", "verify", empty.to_str().unwrap()], &[]);
+    assert!(!ok && stderr.contains("no partitions"), "{stderr}");
     let data_arg = data.to_str().unwrap();
     let (ok, stdout, stderr) = run(&["log", "verify", data_arg], &[]);
     assert!(ok, "{stdout}{stderr}");
