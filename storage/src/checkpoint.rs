@@ -209,6 +209,14 @@ pub(crate) fn write_checkpoint(dir: &Path, bytes: &[u8]) -> Result<(), StorageEr
         .map_err(|e| StorageError::io("write to", &temporary, e))?;
     file.sync_all()
         .map_err(|e| StorageError::io("fsync", &temporary, e))?;
+    promote_temporary(dir)
+}
+
+/// Renames the (complete, synced) temporary checkpoint into place, keeping
+/// the one it replaces as `channels.checkpoint.previous`, and syncs the
+/// directory.
+pub(crate) fn promote_temporary(dir: &Path) -> Result<(), StorageError> {
+    let temporary = dir.join(CHECKPOINT_TEMPORARY_NAME);
     let path = checkpoint_path(dir);
     let previous = dir.join(CHECKPOINT_PREVIOUS_NAME);
     match fs::rename(&path, &previous) {
@@ -230,6 +238,9 @@ pub(crate) fn sync_directory(dir: &Path) -> Result<(), StorageError> {
 pub(crate) struct LoadedCheckpoints {
     /// The valid checkpoint with the highest position.
     pub newest: Option<Checkpoint>,
+    /// `newest` is the temporary file: a crash came between its fsync and
+    /// its rename.
+    pub newest_is_temporary: bool,
     /// Checkpoint files that exist but do not decode: (file, what is wrong).
     pub damaged: Vec<(PathBuf, String)>,
 }
@@ -255,6 +266,7 @@ pub(crate) fn read_checkpoints(
 ) -> Result<LoadedCheckpoints, StorageError> {
     let mut loaded = LoadedCheckpoints {
         newest: None,
+        newest_is_temporary: false,
         damaged: Vec::new(),
     };
     let mut newest_path = PathBuf::new();
@@ -282,6 +294,7 @@ pub(crate) fn read_checkpoints(
                     .is_none_or(|newest| checkpoint.position > newest.position)
                 {
                     loaded.newest = Some(checkpoint);
+                    loaded.newest_is_temporary = name == CHECKPOINT_TEMPORARY_NAME;
                     newest_path = path;
                 }
             }

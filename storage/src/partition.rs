@@ -601,6 +601,7 @@ impl Partition {
             log_start,
             segments: mut listed,
             released,
+            checkpoint_is_temporary,
         } = find_log_start(
             &path,
             Unsealing {
@@ -609,6 +610,13 @@ impl Partition {
                 required: true,
             },
         )?;
+        // A checkpoint a crash left as the temporary file goes into place
+        // before anything is deleted on its word: the next checkpoint write
+        // starts by truncating the temporary file, and a crash then would
+        // leave only an older checkpoint, whose segments are gone.
+        if checkpoint_is_temporary {
+            crate::checkpoint::promote_temporary(&path)?;
+        }
         // Segments before the log start are left over from a retention run
         // that wrote its checkpoint and then stopped: finish it.
         let mut directory_unsynced = false;

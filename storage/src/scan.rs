@@ -315,6 +315,8 @@ pub(crate) struct LogStart {
     /// Segment files before the log start: retention wrote its checkpoint
     /// and stopped before deleting them.
     pub released: Vec<PathBuf>,
+    /// The checkpoint is the temporary file, not yet renamed into place.
+    pub checkpoint_is_temporary: bool,
 }
 
 /// Loads the newest valid checkpoint and lists the segments. Damaged
@@ -333,6 +335,7 @@ pub(crate) fn find_log_start(
         );
     }
     let checkpoint = loaded.newest;
+    let checkpoint_is_temporary = loaded.newest_is_temporary;
     let mut log_start = checkpoint.as_ref().map_or(0, |c| c.log_start);
     let (released, segments): (Vec<_>, Vec<_>) = list_segments(path)?
         .into_iter()
@@ -372,6 +375,7 @@ pub(crate) fn find_log_start(
         log_start,
         segments,
         released: released.into_iter().map(|(_, file)| file).collect(),
+        checkpoint_is_temporary,
     })
 }
 

@@ -509,6 +509,37 @@ fn damaged_checkpoint_falls_back_without_loss() {
     }
 }
 
+/// A crash between a checkpoint's fsync and its rename leaves it as the
+/// temporary file, newer than the one in place: the open takes it, and
+/// puts it in place before anything is deleted on its word. Before, it
+/// stayed temporary; the next checkpoint write truncates that file first,
+/// so a crash then left only the older checkpoint.
+#[test]
+fn a_checkpoint_left_temporary_by_a_crash_is_put_in_place_at_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut partition, _) = open(dir.path(), small_segments());
+    for turn in 0..200 {
+        append(&mut partition, ["a", "b", "c"][turn % 3], turn as u64);
+        partition.flush().unwrap();
+    }
+    drop(partition);
+    let dir_path = partition_dir(dir.path());
+    let current = dir_path.join("channels.checkpoint");
+    let previous = dir_path.join("channels.checkpoint.previous");
+    let temporary = dir_path.join("channels.checkpoint.tmp");
+    let newest = std::fs::read(&current).unwrap();
+    // As a crash leaves it: the newest still temporary, the older in place.
+    std::fs::rename(&current, &temporary).unwrap();
+    std::fs::rename(&previous, &current).unwrap();
+    let (partition, report) = open(dir.path(), small_segments());
+    assert!(report.checkpoint_position.is_some());
+    assert!(!temporary.exists(), "put in place");
+    assert_eq!(std::fs::read(&current).unwrap(), newest);
+    for channel in ["a", "b", "c"] {
+        check_channel(&partition, channel);
+    }
+}
+
 /// What the fuzz target does, with seeded damage: random bytes overwritten
 /// and random cuts must give a clean error or a working partition, never a
 /// panic, and never a silent change unless it is a torn-tail cut.
