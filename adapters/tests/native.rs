@@ -608,3 +608,53 @@ fn read_frames_until(stream: &mut TcpStream, mut each: impl FnMut(Frame) -> bool
         }
     }
 }
+
+/// A client that sends requests answered at once (pings) and never reads
+/// is not read either once its output passes the outbound bound, instead
+/// of its output growing as fast as it sends. Every ping is still answered
+/// once it reads.
+#[test]
+fn a_client_that_does_not_read_its_answers_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address) = server(dir.path(), |config| config.outbound_bytes_max = 64 * 1024);
+    let mut stream = TcpStream::connect(address).unwrap();
+    hello(&mut stream);
+    let mut one = BytesMut::new();
+    Envelope {
+        request_id: 9,
+        frame: Frame::Ping,
+    }
+    .encode(&mut one);
+    let pings = (32 << 20) / one.len();
+    let all: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * pings)
+        .collect();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&all).unwrap());
+    // The server reads what the kernel holds, and then (before) went on:
+    // it had read 16 MiB well within this bound on the wait.
+    let read_in = || engine.metrics().bytes_in.get();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while read_in() < 16 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        read_in() < 16 << 20,
+        "{} MiB of pings were read while no pong was",
+        read_in() >> 20
+    );
+    let mut pongs = 0;
+    read_frames_until(&mut stream, |frame| {
+        match frame {
+            Frame::Pong => pongs += 1,
+            Frame::Welcome { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        pongs == pings
+    });
+    sender.join().unwrap();
+    engine.shutdown().unwrap();
+}

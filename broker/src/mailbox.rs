@@ -136,10 +136,11 @@ pub(crate) enum ShardMsg {
         on: bool,
         ack: Option<(ConnRef, u32)>,
     },
-    /// To a pattern subscriber's shard: one owner counts the subscription.
+    /// To a pattern subscriber's shard: one owner counts the subscription
+    /// (`ack`: the number the subscriber's shard gave it).
     PatternReady {
         to: ConnRef,
-        request_id: u32,
+        ack: u32,
     },
     /// To the channel's owner: the next catch-up page of a subscription.
     Fetch {

@@ -137,11 +137,19 @@ pub(super) fn read_page_bytes(outbound_bytes_max: usize) -> usize {
 
 impl Publishing {
     /// What a connection (its `publishing` field) needs to publish as
-    /// `principal`, made now if it had not published yet.
+    /// `principal`, made now if it had not published yet, or again if the
+    /// connection's principal changed (an HTTP request, then a tunnelled
+    /// MQTT CONNECT as another user: its records and limits are its own).
     fn of<'a>(
         publishing: &'a mut Option<Box<Publishing>>,
         principal: &Principal,
     ) -> &'a mut Publishing {
+        if publishing
+            .as_ref()
+            .is_some_and(|p| p.sender != principal.user.as_bytes())
+        {
+            *publishing = None;
+        }
         publishing.get_or_insert_with(|| {
             Box::new(Publishing {
                 sender: Bytes::copy_from_slice(principal.user.as_bytes()),
@@ -511,6 +519,14 @@ impl Shard {
                 connection.read_paused = true;
                 return;
             }
+            if socket.output_bytes() >= self.shared.config.outbound_bytes_max {
+                // A client that does not read what it asked for is not
+                // read either (`write_dirty` reads again once half of it is
+                // written): each request answered at once (a ping, a
+                // refusal, an HTTP health check) would grow its output.
+                connection.read_paused = true;
+                return;
+            }
             let buffers = lend_buffers(&mut socket.buffers, &mut self.spare_buffers);
             if buffers.input.capacity() == 0 {
                 buffers.input = std::mem::take(&mut self.spare_input);
@@ -717,6 +733,7 @@ impl Shard {
             && !connection.closing
             && connection.inflight <= inflight_max / 2
             && !socket.session.input_paused()
+            && socket.output_bytes() < self.shared.config.outbound_bytes_max / 2
         {
             connection.read_paused = false;
             self.read_again.push(slot);
@@ -983,6 +1000,20 @@ impl Shard {
         }
     }
 
+    /// Forgets the fetch of subscription `id` of connection `slot` that
+    /// waits for room (its subscription ended before it was sent).
+    pub(super) fn drop_waiting_fetch(&mut self, slot: u32, id: u64) {
+        let Some(budget) = self.connections[slot as usize]
+            .as_mut()
+            .and_then(|connection| connection.reads.as_mut())
+        else {
+            return;
+        };
+        budget.waiting.retain(|(_, message)| {
+            !matches!(message, ShardMsg::Fetch { subscriber, .. } if subscriber.id == id)
+        });
+    }
+
     /// Whether connection `slot` may have one more catch-up page in flight
     /// now; if so, the page is reserved (`page_for`).
     pub(super) fn reserve_page(&mut self, slot: u32, page_for: PageFor) -> bool {
@@ -1189,6 +1220,7 @@ impl Shard {
         dirty.dedup();
         let mut to_close = Vec::new();
         let mut reads_wait = Vec::new();
+        let mut paused = Vec::new();
         for slot in dirty {
             let Some(connection) = self
                 .connections
@@ -1230,12 +1262,18 @@ impl Shard {
             {
                 reads_wait.push(slot);
             }
+            if connection.read_paused {
+                paused.push(slot);
+            }
         }
         for slot in to_close {
             self.finish_close(slot);
         }
         for slot in reads_wait {
             self.send_waiting_reads(slot);
+        }
+        for slot in paused {
+            self.resume_paused_input(slot);
         }
     }
 
@@ -1602,8 +1640,20 @@ fn admit(
             }
         }
     }
-    if let (Command::Publish { body, .. }, false) = (command, as_server || principal.is_system()) {
-        if let Err(why) = admit_publish(shared, publishing, principal, body.len() as u64) {
+    if let (
+        Command::Publish {
+            body,
+            headers,
+            client_message_id,
+            ..
+        },
+        false,
+    ) = (command, as_server || principal.is_system())
+    {
+        // Everything of the record the client chose counts, not the body
+        // alone (headers hold up to 16 KiB).
+        let bytes = body.len() + headers.len() + client_message_id.len();
+        if let Err(why) = admit_publish(shared, publishing, principal, bytes as u64) {
             shared.metrics.denied.add(1);
             return Err(BrokerError::RateLimited(why));
         }

@@ -79,8 +79,11 @@ pub(crate) struct Shard {
     /// Subscriber side: this shard's pattern subscriptions (pattern, slot).
     pattern_subscriptions: Vec<(Arc<str>, u32)>,
     /// Pattern subscriptions waiting for every shard's `PatternReady`:
-    /// (connection, request id) → shards still to answer.
-    pattern_pending: HashMap<(ConnRef, u32), usize>,
+    /// (connection, number) → (request id, shards still to answer).
+    pattern_pending: HashMap<(ConnRef, u32), (u32, usize)>,
+    /// Numbers the pattern subscriptions waiting in `pattern_pending` (the
+    /// client's request ids may repeat).
+    next_pattern_ack: u32,
     /// Subscriber side: this shard's subscriptions by channel, looked up
     /// for every delivery (foldhash, as `interest`).
     subscriptions: foldhash::HashMap<Arc<str>, Vec<Subscriber>>,
@@ -199,6 +202,7 @@ impl Shard {
             patterns: HashMap::new(),
             pattern_subscriptions: Vec::new(),
             pattern_pending: HashMap::new(),
+            next_pattern_ack: 0,
             connections: Vec::new(),
             generations: Vec::new(),
             free_slots: Vec::new(),
@@ -452,7 +456,7 @@ impl Shard {
                 on,
                 ack,
             } => self.owner_pattern_interest(pattern, shard, on, ack),
-            ShardMsg::PatternReady { to, request_id } => self.pattern_ready(to, request_id),
+            ShardMsg::PatternReady { to, ack } => self.pattern_ready(to, ack),
             ShardMsg::Keys { keys, done } => {
                 let _ = done.send((self.id, self.set_keys(keys)));
             }

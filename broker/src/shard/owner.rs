@@ -651,8 +651,8 @@ impl Shard {
         if counts.iter().all(|count| *count == 0) {
             self.patterns.remove(&pattern);
         }
-        if let Some((to, request_id)) = ack {
-            self.send(to.shard, ShardMsg::PatternReady { to, request_id });
+        if let Some((to, ack)) = ack {
+            self.send(to.shard, ShardMsg::PatternReady { to, ack });
         }
     }
 

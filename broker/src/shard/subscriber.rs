@@ -142,10 +142,12 @@ impl Shard {
             subscribers
                 .iter()
                 .find(|s| s.subscription.conn.slot == slot && !s.answered)
-                .map(|s| s.request_id)
+                .map(|s| (s.request_id, s.subscription.id))
         });
         self.remove_subscriber(&channel, slot);
-        if let Some(subscribe_id) = unanswered {
+        if let Some((subscribe_id, subscription)) = unanswered {
+            // Its first page, if it still waits for room, is not read.
+            self.drop_waiting_fetch(slot, subscription);
             let error = BrokerError::EndedBeforeStart(channel.to_string());
             self.reply(conn, subscribe_id, Reply::Error(error));
         }
@@ -290,26 +292,31 @@ impl Shard {
         patterns.push(pattern.clone());
         self.pattern_subscriptions.push((pattern.clone(), slot));
         let shards = self.shared.routing.shards;
-        self.pattern_pending.insert((conn, request_id), shards);
+        self.next_pattern_ack = self.next_pattern_ack.wrapping_add(1);
+        let ack = self.next_pattern_ack;
+        self.pattern_pending
+            .insert((conn, ack), (request_id, shards));
         for shard in 0..shards {
             let interest = ShardMsg::PatternInterest {
                 pattern: pattern.clone(),
                 shard: self.id,
                 on: true,
-                ack: Some((conn, request_id)),
+                ack: Some((conn, ack)),
             };
             self.send(shard, interest);
         }
     }
 
-    /// One shard counts a pattern subscription; the last one answers it.
-    pub(super) fn pattern_ready(&mut self, to: ConnRef, request_id: u32) {
-        let Some(remaining) = self.pattern_pending.get_mut(&(to, request_id)) else {
+    /// One shard counts a pattern subscription (`ack`, its number on this
+    /// shard); the last one answers it.
+    pub(super) fn pattern_ready(&mut self, to: ConnRef, ack: u32) {
+        let Some((request_id, remaining)) = self.pattern_pending.get_mut(&(to, ack)) else {
             return;
         };
         *remaining -= 1;
         if *remaining == 0 {
-            self.pattern_pending.remove(&(to, request_id));
+            let request_id = *request_id;
+            self.pattern_pending.remove(&(to, ack));
             if self.connection(to).is_some() {
                 self.deliver_reply(to, request_id, Reply::Subscribed { head_seq: 0 });
             }
