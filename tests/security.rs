@@ -791,6 +791,12 @@ fn publish_rate_limits_per_connection_and_per_user() {
         .map(|e| e.to_string())
         .find(|e| e.contains("per user"));
     assert!(refused_for_user.is_some());
+    // Cursor writes are records too, and count alike.
+    let mut marker = Client::connect(server.address, "test", "dave").unwrap();
+    let refused_cursors = (0..100)
+        .filter_map(|i| marker.cursor_set("dave", "room", i + 1).err())
+        .count();
+    assert!(refused_cursors >= 50, "{refused_cursors} refused");
     // MQTT: a refused QoS 1 publish gets PUBACK 0x97 (quota exceeded).
     let output = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &server.mqtt.port().to_string()])

@@ -1640,19 +1640,19 @@ fn admit(
             }
         }
     }
-    if let (
+    // Everything of a record the client chose counts, not the body alone
+    // (headers hold up to 16 KiB); a cursor write is a record too.
+    let record_bytes = match command {
         Command::Publish {
             body,
             headers,
             client_message_id,
             ..
-        },
-        false,
-    ) = (command, as_server || principal.is_system())
-    {
-        // Everything of the record the client chose counts, not the body
-        // alone (headers hold up to 16 KiB).
-        let bytes = body.len() + headers.len() + client_message_id.len();
+        } => Some(body.len() + headers.len() + client_message_id.len()),
+        Command::CursorSet { consumer, .. } => Some(consumer.len() + 8),
+        _ => None,
+    };
+    if let (Some(bytes), false) = (record_bytes, as_server || principal.is_system()) {
         if let Err(why) = admit_publish(shared, publishing, principal, bytes as u64) {
             shared.metrics.denied.add(1);
             return Err(BrokerError::RateLimited(why));
