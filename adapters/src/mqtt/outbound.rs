@@ -259,7 +259,11 @@ impl Connected {
         *writing = (*writing).max(seq);
         let channel = topic.to_string();
         let request_id = next_request(self, Pending::CursorWritten { topic, seq });
-        context.submit(
+        // The session's own bookkeeping, for a topic its subscription was
+        // authorized for: written as the server, so the user's publish rate
+        // limits do not refuse it (a refused write would send acknowledged
+        // messages again after a reconnect).
+        context.submit_as_server(
             request_id,
             Command::CursorSet {
                 consumer: session_consumer(&self.client_id),
