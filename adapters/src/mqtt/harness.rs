@@ -1712,6 +1712,45 @@ mod tests {
         assert_eq!(received, [live], "the older retained message after it");
     }
 
+    /// As above at QoS 0, whose live messages go out in the encoding all
+    /// subscribers share: the retained message read meanwhile is not sent
+    /// after them either (before, that path did not mark the topic).
+    #[test]
+    fn a_live_qos0_message_before_the_retained_read_supersedes_it() {
+        let mut log = Log::default();
+        retain_topics(&mut log, 1);
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = one_in_flight(&server, &mut log, "plain");
+        let retained = store::retained_channel("r/0");
+        let is_retained_read = |command: &Command| match command {
+            Command::History { channel, .. } => **channel == *retained,
+            _ => false,
+        };
+        client.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("r/0".into(), SubscriptionOptions::default())],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, is_retained_read);
+        assert!(matches!(client.packets()[..], [Packet::SubAck(_)]));
+        // Delivered in the shared encoding (which this harness does not
+        // show): the session sends nothing of its own for it.
+        publish(
+            &mut log,
+            "r/0",
+            Bytes::from_static(b"live"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let after: Vec<Packet> = client.packets();
+        assert!(
+            !after
+                .iter()
+                .any(|p| matches!(p, Packet::Publish(p) if p.retain)),
+            "the older retained message after the live one: {after:?}"
+        );
+    }
+
     /// Retained messages for `count` topics `a/b/c/d/{n}`, listed in the
     /// retained-topic index, and 32 different filters that each match them
     /// all (`a`, `b`, `c`, `d` or `+`, then `+` or `#`): every page of the

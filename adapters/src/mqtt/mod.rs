@@ -771,6 +771,12 @@ impl MqttSession {
             // Unless one may pass the client's Maximum Packet Size: the
             // shared bytes are not checked against it (`Connected::fits`).
             if state.all_fit_roughly(channel, messages) {
+                // A retained read of the topic still out is older than
+                // this: it is not sent after it (as for a message sent
+                // one by one below).
+                if messages.iter().any(is_application_message) {
+                    state.supersede_retained_of(channel);
+                }
                 return Ok(None);
             }
         }

@@ -553,6 +553,16 @@ impl Connected {
         }
     }
 
+    /// As [`Connected::supersede_retained`], for a topic given as text (no
+    /// allocation unless a retained read is out).
+    pub(super) fn supersede_retained_of(&mut self, topic: &str) {
+        if let Some(extras) = self.extras.as_mut() {
+            if extras.reads_retained() {
+                extras.retained_superseded.insert(Arc::from(topic));
+            }
+        }
+    }
+
     /// Whether the retained message of `topic` is older than a message of
     /// it the client already got live.
     pub(super) fn retained_superseded(&self, topic: &str) -> bool {
