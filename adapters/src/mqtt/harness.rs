@@ -390,6 +390,12 @@ impl Driver {
         }
     }
 
+    /// Whether the session wants no more input now (the shard would stop
+    /// reading the socket).
+    pub(super) fn input_paused(&self) -> bool {
+        self.session.input_paused()
+    }
+
     /// The packets the client received since the last call.
     pub(super) fn packets(&mut self) -> Vec<Packet> {
         let mut packets = Vec::new();
@@ -1196,6 +1202,36 @@ mod tests {
         let again = again.unwrap_or_else(|| panic!("not sent again: {packets:?}"));
         assert!(again.dup && again.retain, "{again:?}");
         assert_eq!(again.payload, body);
+    }
+
+    /// While a persistent session is restored before its CONNACK, what the
+    /// client sends waits in the session, a packet's worth at most: then
+    /// the session asks the shard to stop reading (before, a client
+    /// streaming through a slow restore grew it without bound).
+    #[test]
+    fn input_before_the_connack_waits_in_the_kernel_past_a_packet() {
+        let mut log = Log::default();
+        let limits = MqttLimits {
+            packet_bytes_max: 4096,
+        };
+        let server = MqttProtocol::new(limits);
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        client.send(&connect("slow"));
+        assert!(!client.input_paused());
+        // The session's reads are not answered: it is still restoring.
+        let pings: Vec<u8> = [0xc0u8, 0x00].repeat(1024);
+        client.send_bytes(&pings);
+        assert!(!client.input_paused(), "2 KiB wait");
+        client.send_bytes(&pings);
+        assert!(client.input_paused(), "4 KiB: no more is read");
+        client.answer(&mut log, |_| false);
+        assert!(!client.input_paused(), "after the CONNACK it reads again");
+        let pongs = client
+            .packets()
+            .iter()
+            .filter(|p| matches!(p, Packet::PingResp))
+            .count();
+        assert_eq!(pongs, 2048);
     }
 
     /// A QoS 2 retained PUBLISH sent again (DUP) while the first is still

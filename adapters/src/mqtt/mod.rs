@@ -113,6 +113,11 @@ pub const OUTBOUND_INFLIGHT_MAX: u16 = 1024;
 /// from the log get this far (those of wildcard subscriptions, retained
 /// messages, hand-overs): see [`HELD_BEFORE_CATCH_UP`].
 pub const HELD_MESSAGES_MAX: usize = 16 * 1024;
+/// Topic filters one SUBSCRIBE or UNSUBSCRIBE may carry. Each filter is
+/// checked against the session's others, so a packet of a megabyte of
+/// filters (about 200,000) held the shard for minutes; clients subscribe a
+/// handful at a time. More: DISCONNECT 0x97 (quota exceeded).
+pub const FILTERS_PER_PACKET_MAX: usize = 1024;
 /// Messages held while the in-flight window is full beyond which a
 /// subscription to one topic stops taking live deliveries and reads on
 /// from the log, as the client acknowledges (the session's
@@ -707,6 +712,19 @@ impl Session for MqttSession {
         self.state.is_some()
     }
 
+    /// While the session is restored before its CONNACK, what the client
+    /// sends waits in the session: at most a packet's worth, the rest in the
+    /// kernel (a client streaming through a slow restore grew it without
+    /// bound).
+    fn input_paused(&self) -> bool {
+        self.state
+            .as_ref()
+            .and_then(|state| state.restore.as_ref())
+            .is_some_and(|restore| {
+                restore.waiting_input.len() >= self.listener.limits.packet_bytes_max as usize
+            })
+    }
+
     fn delivery_room(&self) -> usize {
         let held = self.state.as_ref().map_or(0, |state| state.qos.held.len());
         HELD_BEFORE_CATCH_UP.saturating_sub(held)
@@ -1044,6 +1062,10 @@ impl MqttSession {
                     let reason = reused_packet_id("SUBSCRIBE", "SUBACK", subscribe.packet_id);
                     return self.violation(ReasonCode::ProtocolError, &reason, context);
                 }
+                if subscribe.filters.len() > FILTERS_PER_PACKET_MAX {
+                    let reason = too_many_filters("SUBSCRIBE", subscribe.filters.len());
+                    return self.violation(ReasonCode::QuotaExceeded, &reason, context);
+                }
                 self.subscribe(subscribe, context);
                 Ok(())
             }
@@ -1054,6 +1076,10 @@ impl MqttSession {
                 {
                     let reason = reused_packet_id("UNSUBSCRIBE", "UNSUBACK", unsubscribe.packet_id);
                     return self.violation(ReasonCode::ProtocolError, &reason, context);
+                }
+                if unsubscribe.filters.len() > FILTERS_PER_PACKET_MAX {
+                    let reason = too_many_filters("UNSUBSCRIBE", unsubscribe.filters.len());
+                    return self.violation(ReasonCode::QuotaExceeded, &reason, context);
                 }
                 self.unsubscribe(unsubscribe, context);
                 Ok(())
@@ -1106,6 +1132,13 @@ fn reused_packet_id(packet: &str, answer: &str, packet_id: u16) -> String {
         "{packet} reuses packet identifier {packet_id}, still held by an earlier {packet} \
          not answered yet (a protocol error, MQTT 2.2.1); wait for its {answer} or use \
          another identifier"
+    )
+}
+
+fn too_many_filters(packet: &str, count: usize) -> String {
+    format!(
+        "{packet} carries {count} topic filters; this server takes at most \
+         {FILTERS_PER_PACKET_MAX} in one packet: send them in several"
     )
 }
 
