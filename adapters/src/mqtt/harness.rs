@@ -302,6 +302,20 @@ impl Driver {
                     held.push((request_id, command));
                     continue;
                 }
+                // As the broker: a channel subscribed already is refused.
+                if let Command::Subscribe { channel, .. } = &command {
+                    if self.subscriptions.contains(channel) {
+                        let error = BrokerError::AlreadySubscribed(channel.clone());
+                        let reply = Reply::Error(error);
+                        self.call(|session, context| {
+                            session
+                                .on_reply(request_id, &reply, context)
+                                .expect("the session takes the reply");
+                            None
+                        });
+                        continue;
+                    }
+                }
                 let (reply, catch_up) = log.apply(&command);
                 match &command {
                     Command::Subscribe { channel, .. } => self.subscriptions.push(channel.clone()),
@@ -1202,6 +1216,36 @@ mod tests {
         let again = again.unwrap_or_else(|| panic!("not sent again: {packets:?}"));
         assert!(again.dup && again.retain, "{again:?}");
         assert_eq!(again.payload, body);
+    }
+
+    /// A persistent session that follows a topic at QoS 0 and subscribes
+    /// it again at QoS 1 gets a position for it at that moment: after a
+    /// reconnect it gets what came since, not the topic's whole history
+    /// (the broker answers "already subscribed", which says no head).
+    #[test]
+    fn a_topic_raised_from_qos0_to_qos1_starts_at_its_head() {
+        let mut log = Log::default();
+        for n in 0..3 {
+            log.append("t", kind::MESSAGE, 0, Bytes::from(format!("old {n}")));
+        }
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "raiser", false);
+        subscribe(&mut client, &mut log, "t", QoS::AtMostOnce);
+        subscribe(&mut client, &mut log, "t", QoS::AtLeastOnce);
+        client.answer(&mut log, |_| false);
+        let _ = client.packets();
+        client.close();
+        client.answer(&mut log, |_| false);
+        log.append("t", kind::MESSAGE, 0, Bytes::from_static(b"while away"));
+        let (_server, _client, packets) = back_again(&mut log, "raiser");
+        let bodies: Vec<Bytes> = packets
+            .iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => Some(publish.payload.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bodies, [Bytes::from_static(b"while away")]);
     }
 
     /// While a persistent session is restored before its CONNACK, what the

@@ -337,6 +337,10 @@ enum Pending {
     /// through a wildcard filter (`fall_behind_on_topic`): its messages
     /// from there on come only through it.
     FellBehind(String),
+    /// The head of a topic the persistent session already followed at
+    /// QoS 0 and now follows at QoS 1 or 2: its cursor starts there (the
+    /// broker's answer, already subscribed, does not say where).
+    CursorStart(Arc<str>),
     /// The last records of a restored subscription's cursor (the highest
     /// is its position: see `CURSOR_RECORDS_READ`).
     RestoreCursor {

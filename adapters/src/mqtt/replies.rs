@@ -83,6 +83,28 @@ impl MqttSession {
                         }
                     }
                 }
+                let upgraded = matches!(error, Some(BrokerError::AlreadySubscribed(_)))
+                    && !shared
+                    && state.persistent
+                    && qos != QoS::AtMostOnce
+                    && !pattern::is_pattern(&filter)
+                    && !state.qos.cursors.contains_key(filter.as_str());
+                if upgraded {
+                    // Followed at QoS 0 until now, without a position: it
+                    // starts at the head (or a reconnect would send the
+                    // topic's whole history).
+                    let pending = Pending::CursorStart(Arc::from(filter.as_str()));
+                    let query = HistoryQuery::Last;
+                    read_history(
+                        state,
+                        Reader::Server,
+                        pending,
+                        filter.clone(),
+                        query,
+                        1,
+                        context,
+                    );
+                }
                 let granted = match error {
                     // Ended: the client's own UNSUBSCRIBE came first.
                     None
@@ -157,6 +179,15 @@ impl MqttSession {
                     restore.note_records = Some(messages.clone());
                 }
                 return self.try_resume(context);
+            }
+            Pending::CursorStart(topic) => {
+                if let Reply::History { head_seq, .. } = reply {
+                    let followed = state.subscriptions.iter().any(|s| *s.filter == *topic);
+                    if followed && !state.qos.cursors.contains_key(&topic) {
+                        state.qos.cursors.insert(topic.clone(), *head_seq);
+                        state.write_cursor(topic, *head_seq, context);
+                    }
+                }
             }
             Pending::NotedMessage(index) => {
                 let Some(restore) = state.restore.as_mut() else {
