@@ -381,7 +381,9 @@ impl WillCommands {
     /// Hands them to the broker from the will's own connection (nobody
     /// waits for the answers: it is closing).
     fn submit(self, context: &mut SessionContext<'_>) {
-        let allowed = context.may(Action::Publish, &self.topic);
+        // A `$` topic is the server's: the will's publish is refused, and
+        // its retained copy (written as the server) must not be kept.
+        let allowed = !self.topic.starts_with('$') && context.may(Action::Publish, &self.topic);
         context.submit(0, self.publish);
         if let (Some(retained), true) = (self.retained, allowed) {
             for command in retained {

@@ -1218,6 +1218,42 @@ mod tests {
         assert_eq!(again.payload, body);
     }
 
+    /// A will to a `$` topic (the server's) is refused by the broker; its
+    /// retained copy, written as the server, is not kept either.
+    #[test]
+    fn a_retained_will_to_a_server_topic_keeps_no_copy() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = Driver::open(&server, ProtocolVersion::V5);
+        let Packet::Connect(mut hello) = connect("dollar") else {
+            unreachable!()
+        };
+        hello.clean_start = true;
+        hello.properties = Properties::default();
+        hello.will = Some(starling_protocol::mqtt::Will {
+            topic: "$mqtt/forged".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Properties::default(),
+        });
+        client.send(&Packet::Connect(hello));
+        client.answer(&mut log, |_| false);
+        let _ = client.packets();
+        client.close();
+        let copies: Vec<String> = client
+            .unanswered
+            .iter()
+            .filter_map(|(_, command)| match command {
+                Command::Publish { channel, .. } if channel.starts_with("$retained") => {
+                    Some(channel.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(copies.is_empty(), "{copies:?}");
+    }
+
     /// A persistent session that follows a topic at QoS 0 and subscribes
     /// it again at QoS 1 gets a position for it at that moment: after a
     /// reconnect it gets what came since, not the topic's whole history
