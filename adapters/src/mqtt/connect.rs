@@ -106,6 +106,10 @@ impl MqttSession {
             qos2_read: !resuming,
             subscriptions: Vec::new(),
             client_topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
+            problem_information: connect
+                .properties
+                .request_problem_information
+                .unwrap_or(true),
             extras: None,
             qos: QosSlot::default(),
             window: connect

@@ -1218,6 +1218,50 @@ mod tests {
         assert_eq!(again.payload, body);
     }
 
+    /// A client that asks for no problem information (v5 Request Problem
+    /// Information 0) gets no reason string on a refusing PUBACK
+    /// (MQTT-3.1.2-29); one that does not ask gets it.
+    #[test]
+    fn reason_strings_only_for_clients_that_take_them() {
+        for (asked, expected) in [(Some(false), false), (None, true)] {
+            let mut log = Log::default();
+            let server = MqttProtocol::new(MqttLimits::default());
+            let mut client = Driver::open(&server, ProtocolVersion::V5);
+            let Packet::Connect(mut hello) = connect("quiet") else {
+                unreachable!()
+            };
+            hello.clean_start = true;
+            hello.properties = Properties {
+                request_problem_information: asked,
+                ..Properties::default()
+            };
+            client.send(&Packet::Connect(hello));
+            client.answer(&mut log, |_| false);
+            let _ = client.packets();
+            client.send(&Packet::Publish(starling_protocol::mqtt::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "$reserved".into(),
+                packet_id: Some(3),
+                properties: Properties::default(),
+                payload: Bytes::from_static(b"x"),
+            }));
+            client.answer(&mut log, |_| false);
+            match &client.packets()[..] {
+                [Packet::PubAck(ack)] => {
+                    assert_eq!(ack.reason_code, ReasonCode::TopicNameInvalid);
+                    assert_eq!(
+                        ack.properties.reason_string.is_some(),
+                        expected,
+                        "{asked:?}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// A will to a `$` topic (the server's) is refused by the broker; its
     /// retained copy, written as the server, is not kept either.
     #[test]

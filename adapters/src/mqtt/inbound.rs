@@ -27,10 +27,7 @@ impl MqttSession {
                 let response = PublishResponse {
                     packet_id,
                     reason_code: ReasonCode::TopicNameInvalid,
-                    properties: Properties {
-                        reason_string: Some(RESERVED.to_string()),
-                        ..Properties::default()
-                    },
+                    properties: super::refusal_properties(state, RESERVED),
                 };
                 let packet = if publish.qos == QoS::ExactlyOnce {
                     Packet::PubRec(response)

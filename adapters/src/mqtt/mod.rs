@@ -409,6 +409,10 @@ struct Connected {
     /// The most outbound messages in flight (the client's Receive Maximum,
     /// capped).
     window: u16,
+    /// The client takes reason strings on acknowledgements (v5 Request
+    /// Problem Information; without it only CONNACK, PUBLISH and
+    /// DISCONNECT carry them, MQTT-3.1.2-29).
+    problem_information: bool,
     /// The session outlives the connection: subscriptions are recorded in
     /// `$mqtt/session/<client id>` and delivery positions in cursors.
     persistent: bool,
@@ -1207,10 +1211,12 @@ fn publish_reason(error: &BrokerError) -> ReasonCode {
     }
 }
 
-fn reason_string(version: ProtocolVersion, error: Option<&BrokerError>) -> Properties {
+/// The properties of an acknowledgement that refuses: the reason, where
+/// the client takes one.
+fn refusal_properties(state: &Connected, reason: &str) -> Properties {
     let mut properties = Properties::default();
-    if let (ProtocolVersion::V5, Some(error)) = (version, error) {
-        properties.reason_string = Some(cut(&error.to_string()));
+    if state.version == ProtocolVersion::V5 && state.problem_information {
+        properties.reason_string = Some(cut(reason));
     }
     properties
 }

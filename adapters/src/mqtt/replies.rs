@@ -563,7 +563,9 @@ impl MqttSession {
         let response = PublishResponse {
             packet_id,
             reason_code: reason,
-            properties: reason_string(version, error),
+            properties: error
+                .map(|error| refusal_properties(state, &error.to_string()))
+                .unwrap_or_default(),
         };
         let packet = if qos == QoS::ExactlyOnce {
             Packet::PubRec(response)
