@@ -293,6 +293,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.tls && args.history_queries > 0 {
         bail!("--history-queries runs over plain TCP only; leave it out with --tls");
     }
+    if args.mqtt && args.mqtt_window > 65_535 {
+        bail!(
+            "--mqtt-window {} is more than MQTT's 65,535 packet identifiers can keep apart; give at most 65535",
+            args.mqtt_window
+        );
+    }
     if args.mqtt {
         return crate::bench_mqtt::run(crate::bench_mqtt::MqttBench {
             server: args.mqtt_server,

@@ -438,19 +438,20 @@ fn publisher(
         None
     };
     let interval_ns = 1e9 / rate_each;
-    let end_ns = start_ns + duration_s * 1_000_000_000;
+    // A fixed count, as the native bench: every message due in the run is
+    // sent, however late (ending on the clock left out the ones that fell
+    // behind, the worst latencies: coordinated omission).
+    let total = (rate_each * duration_s as f64).round() as u64;
     let mut sent = 0u64;
     let mut out = BytesMut::with_capacity(WRITE_BATCH * (size + 64));
-    loop {
+    let (mut last_acked, mut last_progress) = (0u64, Instant::now());
+    while sent < total {
         let now = now_ns(epoch);
-        if now >= end_ns {
-            break;
-        }
         if now < start_ns {
             std::thread::sleep(Duration::from_nanos(start_ns - now));
             continue;
         }
-        let due = ((now - start_ns) as f64 / interval_ns) as u64 + 1;
+        let due = (((now - start_ns) as f64 / interval_ns) as u64 + 1).min(total);
         if sent >= due {
             let next = start_ns + (sent as f64 * interval_ns) as u64;
             std::thread::sleep(Duration::from_nanos(
@@ -486,7 +487,15 @@ fn publisher(
             batch += 1;
         }
         if batch == 0 {
-            // The window is full: wait for PUBACKs (the wait counts in latency).
+            // The window is full: wait for PUBACKs (the wait counts in
+            // latency), unless none came for the drain timeout.
+            let now_acked = acked.load(Ordering::Acquire);
+            if now_acked != last_acked {
+                (last_acked, last_progress) = (now_acked, Instant::now());
+            } else if last_progress.elapsed() > DRAIN_TIMEOUT {
+                errors.fetch_add(1, Ordering::AcqRel);
+                break;
+            }
             std::thread::sleep(Duration::from_micros(50));
             continue;
         }

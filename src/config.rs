@@ -255,6 +255,25 @@ impl Config {
         let config: Config = value
             .try_into()
             .context("the configuration is not valid; compare it with `starling config default`")?;
+        // A zero interval makes every shard's loop wake at once, for good.
+        for (name, value, least) in [
+            (
+                "engine.retention_check_ms",
+                config.engine.retention_check_ms,
+                10,
+            ),
+            (
+                "engine.session_check_ms",
+                config.engine.session_check_ms,
+                10,
+            ),
+            ("engine.interval_ms", config.engine.interval_ms, 1),
+        ] {
+            if value < least {
+                let variable = name.replace('.', "_").to_uppercase();
+                bail!("{name} is {value}; it must be at least {least} ms (STARLING_{variable})");
+            }
+        }
         let idle_ms = config.auth.session_idle_timeout_s.saturating_mul(1000);
         if config.auth.enabled && idle_ms > 0 && config.engine.session_check_ms >= idle_ms {
             bail!(
@@ -369,6 +388,19 @@ mod tests {
             "{error:#}"
         );
         assert!(Config::load(None, environment("3600")).is_ok());
+    }
+
+    #[test]
+    fn zero_intervals_are_refused() {
+        for name in [
+            "STARLING_ENGINE_RETENTION_CHECK_MS",
+            "STARLING_ENGINE_SESSION_CHECK_MS",
+            "STARLING_ENGINE_INTERVAL_MS",
+        ] {
+            let environment = vec![(name.to_string(), "0".to_string())].into_iter();
+            let error = Config::load(None, environment).unwrap_err();
+            assert!(format!("{error:#}").contains(name), "{error:#}");
+        }
     }
 
     #[test]

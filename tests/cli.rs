@@ -249,6 +249,37 @@ fn mqtt_bench_writes_a_latency_log() {
         "send times within the 1 s run"
     );
 
+    // A rate one message in flight cannot keep up with: every message due
+    // is still sent, late (before, the run ended on the clock and left the
+    // latest ones, the worst latencies, out).
+    let summary = common::bench(&[
+        "--mqtt",
+        "--mqtt-server",
+        &mqtt,
+        "--qos",
+        "1",
+        "--mqtt-window",
+        "1",
+        "--rate",
+        "20000",
+        "--duration-s",
+        "1",
+    ]);
+    assert_eq!(summary["sent"], 20000, "{summary}");
+    assert_eq!(summary["acked"], 20000, "{summary}");
+    let (ok, _, stderr) = run(
+        &[
+            "bench",
+            "--mqtt",
+            "--mqtt-server",
+            &mqtt,
+            "--mqtt-window",
+            "70000",
+        ],
+        &[],
+    );
+    assert!(!ok && stderr.contains("--mqtt-window"), "{stderr}");
+
     let address = server.address.to_string();
     let (ok, _, stderr) = run(
         &["bench", "--server", &address, "--latency-log", "x.csv"],
