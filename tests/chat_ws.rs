@@ -1059,3 +1059,33 @@ fn websockets_that_never_sign_in_are_closed() {
     std::thread::sleep(std::time::Duration::from_millis(1000));
     alice.ok(json!({"type": "ping"}));
 }
+
+/// A request and a Close in one read: the answer goes out before the Close
+/// echo, and nothing after it (RFC 6455 5.5.1; before, the answer followed
+/// the Close and strict clients saw a protocol error).
+#[test]
+fn nothing_follows_the_close_echo() {
+    let (_dir, server) = server();
+    let client = ChatClient::connect(server.http, "alice");
+    let mut stream: TcpStream = client.socket.into_inner();
+    let mut bytes = masked(0x1, br#"{"id":5,"type":"ping"}"#);
+    bytes.extend(masked(0x8, &1000u16.to_be_bytes()));
+    stream.write_all(&bytes).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut received = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut received).unwrap();
+    // Unmasked server frames: the text reply, then the Close, then the end.
+    assert_eq!(received[0], 0x81, "a text frame first: {received:?}");
+    let text_len = usize::from(received[1]);
+    let text = std::str::from_utf8(&received[2..2 + text_len]).unwrap();
+    assert!(text.contains("\"id\":5"), "{text}");
+    let rest = &received[2 + text_len..];
+    assert_eq!(rest[0], 0x88, "then the Close: {rest:?}");
+    assert_eq!(
+        rest.len(),
+        2 + usize::from(rest[1]),
+        "nothing after it: {rest:?}"
+    );
+}

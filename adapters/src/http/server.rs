@@ -848,7 +848,10 @@ impl HttpSession {
             return Ok(());
         };
         let mut messages = Vec::new();
-        let received = framing.receive(input, context.out(), |message, _| {
+        // Control frames (pongs, the Close echo) go out after the answers
+        // to what came before them: nothing may follow a Close.
+        let mut control = BytesMut::new();
+        let received = framing.receive(input, &mut control, |message, _| {
             messages.push(message);
             Ok(())
         });
@@ -866,6 +869,10 @@ impl HttpSession {
                     let Mode::WebSocket(framing) = &mut self.mode else {
                         unreachable!()
                     };
+                    context.out().extend_from_slice(&control);
+                    if let Err(closed) = received {
+                        return Err(close(&closed.reason));
+                    }
                     let closed = framing.close(
                         close_code::UNSUPPORTED_DATA,
                         "binary frames are not part of the chat protocol; send JSON text frames",
@@ -875,7 +882,9 @@ impl HttpSession {
                 }
             }
         }
-        self.answer(responses, context)?;
+        let answered = self.answer(responses, context);
+        context.out().extend_from_slice(&control);
+        answered?;
         received.map_err(|closed| close(&closed.reason))
     }
 

@@ -95,7 +95,11 @@ impl Tunnel {
     ) -> Result<(), Close> {
         let mut data = Vec::new();
         let mut text_frame = false;
-        let received = self.framing.receive(input, context.out(), |message, _| {
+        // Control frames (pongs, the Close echo) go out after what the
+        // inner session answers to what came before them: nothing may
+        // follow a Close.
+        let mut control = BytesMut::new();
+        let received = self.framing.receive(input, &mut control, |message, _| {
             match message {
                 WsMessage::Binary(bytes) => data.push(bytes),
                 WsMessage::Text(_) => text_frame = true,
@@ -106,11 +110,16 @@ impl Tunnel {
             self.buffer.extend_from_slice(&bytes);
         }
         if !self.buffer.is_empty() {
-            self.around(context, |inner, buffer, context| {
+            let served = self.around(context, |inner, buffer, context| {
                 inner.on_input(buffer, context)
-            })?;
+            });
+            if served.is_err() {
+                context.out().extend_from_slice(&control);
+                return served;
+            }
         }
-        if text_frame {
+        context.out().extend_from_slice(&control);
+        if text_frame && received.is_ok() {
             let closed = self.framing.close(
                 close_code::UNSUPPORTED_DATA,
                 "this endpoint carries MQTT in binary frames; text frames are not allowed",
