@@ -331,7 +331,16 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     // MQTT over WebSocket (subprotocol `mqtt`) at /mqtt on the HTTP port.
     let http = Arc::new(
         HttpProtocol::new(http_limits, ws_limits, timeouts)
-            .with_tunnel("/mqtt", "mqtt", mqtt.clone())
+            .with_tunnel(
+                "/mqtt",
+                "mqtt",
+                mqtt.clone(),
+                starling_broker::security::roles::parse_networks(
+                    "mqtt.allow_from",
+                    &config.mqtt.allow_from,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
             .with_trusted_proxies(
                 starling_broker::security::roles::parse_networks(
                     "http.trusted_proxies",
@@ -356,6 +365,21 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         Some(security) => security.clone(),
         None => Arc::new(LoopbackAuthorizer),
     };
+    if config.mqtt.tls && !config.http.tls {
+        log::warn!(
+            "mqtt.tls is on but http.tls is off: MQTT over WebSocket at /mqtt on the HTTP port \
+             ({}) is served without TLS; turn http.tls on too",
+            config.http.address
+        );
+    }
+    let tls_asked = !config.tls.cert_file.is_empty()
+        || config.tls.client_auth != starling_broker::ClientAuth::None;
+    if tls_asked && !(config.native.tls || config.http.tls || config.mqtt.tls) {
+        log::warn!(
+            "[tls] is configured but no listener has tls = true: every listener serves plain \
+             text; set native.tls, http.tls or mqtt.tls"
+        );
+    }
     // One TLS configuration, shared by every listener that asks for TLS.
     let tls = if config.native.tls || config.http.tls || config.mqtt.tls {
         let files = config.tls.files()?;
@@ -394,6 +418,14 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("cannot install the SIGHUP handler")?;
+    // Likewise SIGINT and SIGTERM: one that comes while the engine starts
+    // (users loading, wills scheduled) stops it cleanly once it has, rather
+    // than ending the process with acknowledged writes unsynced.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
     let engine = Engine::start(config.engine.clone(), authorizer, listeners)
         .context("cannot start the engine")?;
     let mut audit_to_close = None;
@@ -434,13 +466,6 @@ fn serve(config_file: Option<&Path>) -> Result<()> {
         )
     });
     ready.store(true, Ordering::Relaxed);
-    // Before "listening" is logged: whoever waits for it may stop the
-    // server at once, and must get a clean stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot install signal handlers")?;
-    }
     let routing = engine.routing();
     for (name, address) in engine.local_addresses() {
         log::info!("listening: protocol={name} address={address}");

@@ -1089,3 +1089,18 @@ fn nothing_follows_the_close_echo() {
         "nothing after it: {rest:?}"
     );
 }
+
+/// MQTT's allow-list holds for MQTT over WebSocket on the HTTP port too
+/// (before, `/mqtt` served MQTT to wherever HTTP was allowed).
+#[test]
+fn the_mqtt_allow_list_holds_at_the_websocket_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[("STARLING_MQTT_ALLOW_FROM", r#"["127.0.0.5/32"]"#)],
+    );
+    let line = handshake_status(&server, "/mqtt", None);
+    assert!(line.starts_with("HTTP/1.1 403"), "{line}");
+    let line = handshake_status(&server, "/ws", None);
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+}

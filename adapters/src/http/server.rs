@@ -104,12 +104,15 @@ impl HttpProtocol {
     }
 
     /// Serves `protocol` in WebSocket binary frames at `path` (the client
-    /// must offer `subprotocol`), as MQTT over WebSocket at `/mqtt`.
+    /// must offer `subprotocol`), as MQTT over WebSocket at `/mqtt`, to
+    /// clients in `allow_from` (empty: from anywhere the listener takes):
+    /// the tunnelled protocol's own allow-list holds here too.
     pub fn with_tunnel(
         mut self,
         path: &'static str,
         subprotocol: &'static str,
         protocol: Arc<dyn Protocol>,
+        allow_from: Vec<ipnet::IpNet>,
     ) -> HttpProtocol {
         let shared = Arc::get_mut(&mut self.shared)
             .expect("tunnels are added before the listener makes sessions");
@@ -117,6 +120,7 @@ impl HttpProtocol {
             path,
             subprotocol,
             protocol,
+            allow_from: Arc::new(allow_from),
         });
         self
     }
@@ -253,6 +257,7 @@ struct TunnelRoute {
     path: &'static str,
     subprotocol: &'static str,
     protocol: Arc<dyn Protocol>,
+    allow_from: Arc<Vec<ipnet::IpNet>>,
 }
 
 /// The HTTP request being answered.
@@ -755,6 +760,18 @@ impl HttpSession {
     ) -> Result<(), Close> {
         let key = Self::check_handshake(request, context)?;
         self.check_origin(request, context)?;
+        let client = client_address(self.peer, &self.shared.trusted_proxies, request);
+        let allowed = route.allow_from.is_empty()
+            || starling_broker::security::roles::address_in(&route.allow_from, client.ip());
+        if !allowed {
+            let message = format!(
+                "{} is not served to {}: the tunnelled protocol's allow-list (mqtt.allow_from) does not name it",
+                route.path,
+                client.ip()
+            );
+            write_error(context.out(), 403, "denied", &message, false);
+            return Err(close(&message));
+        }
         if !request.header_has_token("sec-websocket-protocol", route.subprotocol) {
             let message = format!(
                 "{} needs the WebSocket subprotocol {:?} (Sec-WebSocket-Protocol)",
