@@ -410,10 +410,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("subscribers ready; settling for {} s", args.settle_s);
         std::thread::sleep(Duration::from_secs(args.settle_s));
     }
-    let rate_each = args.rate as f64 / args.publishers as f64;
+    // The run's messages, shared out: the first publishers take one more
+    // when they do not divide evenly (rounding each publisher's share sent
+    // 12 messages for `--rate 10 --publishers 4`, and none for `--rate 1`).
+    let total = (args.rate as f64 * args.duration_s as f64).round() as u64;
+    if total == 0 {
+        bail!(
+            "--rate {} for --duration-s {} is less than one message: raise either",
+            args.rate,
+            args.duration_s
+        );
+    }
+    let publishers = args.publishers as u64;
     let mut publisher_threads = Vec::new();
     let start_ns = epoch.elapsed().as_nanos() as u64 + 50_000_000;
     for p in 0..args.publishers {
+        let count = total / publishers + u64::from((p as u64) < total % publishers);
+        if count == 0 {
+            continue;
+        }
+        let rate_each = count as f64 / args.duration_s.max(1) as f64;
         let args = args.clone();
         let channels = channels.clone();
         let tls = tls.clone();
@@ -797,6 +813,9 @@ fn publisher(
         None => {
             let client = Client::connect(address, &name, "").with_context(connect_error)?;
             let (writer, reader) = client.into_split();
+            // A server that stops reading ends the run with an error, not a
+            // publisher blocked in a write for good.
+            writer.set_write_timeout(Some(DRAIN_TIMEOUT))?;
             let answers = spawn(format!("bench-ack-{id}"), move || tally.read_plain(reader))?;
             (PublishSink::Plain(writer), answers)
         }

@@ -397,6 +397,9 @@ fn publisher(
 ) -> Result<PublisherResult> {
     let conn = Conn::open(address, client_id, username, true)?;
     let mut writer = conn.stream.try_clone()?;
+    // A broker that stops reading ends the run with an error, not a
+    // publisher blocked in a write for good.
+    writer.set_write_timeout(Some(DRAIN_TIMEOUT))?;
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     // Intended send time of the publish in flight under each packet id.

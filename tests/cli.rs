@@ -192,6 +192,19 @@ fn bench_checks_delivery_and_prints_a_json_summary() {
     assert_eq!(summary["duplicated"], 0);
     assert_eq!(summary["history"]["queries"], 20);
     assert!(summary["ack_latency_us"]["p99"].as_u64().unwrap() > 0);
+    // A rate the publishers do not divide evenly: the run sends what was
+    // asked (each publisher's share was rounded: 12 of 10 before).
+    let summary = common::bench(&[
+        "--server",
+        &address,
+        "--publishers",
+        "4",
+        "--rate",
+        "10",
+        "--duration-s",
+        "1",
+    ]);
+    assert_eq!(summary["sent"], 10, "{summary}");
 }
 
 /// `bench --mqtt --latency-log FILE` writes one line per delivery, by

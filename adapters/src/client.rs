@@ -563,6 +563,12 @@ pub struct ClientWriter {
 }
 
 impl ClientWriter {
+    /// Gives up on a write that cannot go on for `timeout` (a server that
+    /// stopped reading): the write fails instead of blocking for good.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        Ok(self.stream.set_write_timeout(timeout)?)
+    }
+
     /// Sends any frame. Checks it is encodable and within the server's `frame_bytes_max` first;
     /// on failure nothing is sent. Frames queued with [`ClientWriter::queue`] go first.
     pub fn send(&mut self, envelope: &Envelope) -> Result<(), ClientError> {
