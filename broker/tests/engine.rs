@@ -644,6 +644,61 @@ fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_sam
     nothing_more(&mut subscriber);
 }
 
+/// As above for the last N messages, which take many pages: once the
+/// first page is in, its start is known, and what the pattern would bring
+/// live meanwhile the pages bring. Before, the pattern delivered the new
+/// messages as well, before the rest of the backlog, and the pages again.
+#[test]
+fn a_channel_catching_up_its_last_n_is_not_also_delivered_live_through_a_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(EngineConfig {
+        page_messages_max: 50,
+        durability: Durability::None,
+        ..config(dir.path())
+    });
+    let mut publisher = user(&engine, "alice");
+    let mut subscriber = user(&engine, "bob");
+    subscriber
+        .request(Command::SubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    let backlog = 3_000u64;
+    for n in 0..backlog {
+        publisher.publish("rooms/a", format!("m{n}")).unwrap();
+    }
+    assert_eq!(
+        receive(&mut subscriber, "rooms/a", backlog as usize).len(),
+        backlog as usize
+    );
+    subscriber
+        .subscribe("rooms/a", SubscribeStart::LastN(backlog))
+        .unwrap();
+    // The first page is in: publishing starts while the other 59 come.
+    let first = receive(&mut subscriber, "rooms/a", 50);
+    assert_eq!(seqs(&first), (1..=50).collect::<Vec<u64>>());
+    let live = 500u64;
+    std::thread::scope(|scope| {
+        let publishing = scope.spawn(|| {
+            for n in 0..live {
+                publisher.publish("rooms/a", format!("live {n}")).unwrap();
+            }
+        });
+        let received = receive(&mut subscriber, "rooms/a", (backlog + live - 50) as usize);
+        let got = seqs(&received);
+        if let Some(at) = (0..got.len()).find(|&i| got[i] != i as u64 + 51) {
+            panic!(
+                "message {} came as seq {}: {:?}",
+                at + 51,
+                got[at],
+                &got[at..got.len().min(at + 20)]
+            );
+        }
+        publishing.join().unwrap();
+    });
+    nothing_more(&mut subscriber);
+}
+
 /// An engine under `catch_up` whose in-process clients may leave 16
 /// deliveries waiting, a publisher, and a client subscribed to `rooms/+`.
 fn slow_pattern_subscriber(dir: &std::path::Path) -> (Engine, LocalClient, LocalClient) {

@@ -413,6 +413,13 @@ impl Shard {
             subscriber.covers_from = u64::MAX;
         } else {
             subscriber.next_seq = fresh.last().map_or(next_seq, |m| m.seq + 1);
+            // A start only the owner knew (last N) is known now: the pages
+            // to come bring everything from here, and a pattern of the same
+            // connection leaves it to them (it delivered the newer messages
+            // live as well, and out of order, before).
+            if subscriber.covers_from == u64::MAX {
+                subscriber.covers_from = subscriber.next_seq;
+            }
             self.fetch_wanted.push((channel.clone(), subscription));
         }
         if first_page {
