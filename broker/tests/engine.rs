@@ -699,6 +699,67 @@ fn a_channel_catching_up_its_last_n_is_not_also_delivered_live_through_a_pattern
     nothing_more(&mut subscriber);
 }
 
+/// A client that unsubscribes from a channel while its pages still catch
+/// up, and whose pattern matches it, still gets through the pattern what
+/// came live meanwhile (the pattern had left those to the pages; before,
+/// they were lost).
+#[test]
+fn unsubscribing_a_channel_catching_up_keeps_what_the_pattern_left_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Few deliveries may wait for the client: its pages come only as it
+    // reads, so the catch-up is still on when it unsubscribes.
+    let engine = start(EngineConfig {
+        page_messages_max: 50,
+        local_events_max: 16,
+        durability: Durability::None,
+        ..config(dir.path())
+    });
+    let mut publisher = user(&engine, "alice");
+    let mut subscriber = user(&engine, "bob");
+    let backlog = 3_000u64;
+    for n in 0..backlog {
+        publisher.publish("rooms/a", format!("m{n}")).unwrap();
+    }
+    subscriber
+        .request(Command::SubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    subscriber
+        .subscribe("rooms/a", SubscribeStart::FromSeq(1))
+        .unwrap();
+    // Live messages while the pages catch up: the pattern leaves them to
+    // the pages. Then the client ends the subscription.
+    let live = 20u64;
+    for n in 0..live {
+        publisher.publish("rooms/a", format!("live {n}")).unwrap();
+    }
+    subscriber.unsubscribe("rooms/a").unwrap();
+    let wanted: Vec<u64> = (backlog + 1..=backlog + live).collect();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !wanted.iter().all(|seq| got.contains(seq)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "live messages missing: {:?}",
+            wanted
+                .iter()
+                .filter(|s| !got.contains(s))
+                .collect::<Vec<_>>()
+        );
+        if let Some((channel, messages)) = subscriber.next_delivery(Duration::from_millis(200)) {
+            if &*channel == "rooms/a" {
+                got.extend(messages.iter().map(|m| m.seq).filter(|seq| *seq > backlog));
+            }
+        }
+    }
+    assert_eq!(got, wanted, "each once, in order");
+    // The pattern goes on: the next message comes once.
+    publisher.publish("rooms/a", "after").unwrap();
+    let next = receive(&mut subscriber, "rooms/a", 1);
+    assert_eq!(seqs(&next), [backlog + live + 1]);
+}
+
 /// An engine under `catch_up` whose in-process clients may leave 16
 /// deliveries waiting, a publisher, and a client subscribed to `rooms/+`.
 fn slow_pattern_subscriber(dir: &std::path::Path) -> (Engine, LocalClient, LocalClient) {

@@ -41,6 +41,11 @@ pub(crate) struct Subscriber {
     /// (`Shard::pattern_falls_behind`). It reads the channel from the log
     /// and goes once live, when the pattern brings the channel again.
     pub implicit: bool,
+    /// The first stored message a pattern of the same connection did not
+    /// deliver because this subscription's pages cover it (`covers_from`):
+    /// if the client unsubscribes before the pages bring it, the
+    /// subscription goes on for the pattern from there (`unsubscribe`).
+    pub withheld_from: Option<u64>,
 }
 
 impl Shard {
@@ -95,6 +100,7 @@ impl Shard {
                     SubscribeStart::Live | SubscribeStart::LastN(_) => u64::MAX,
                 },
                 implicit: false,
+                withheld_from: None,
             },
         );
         let owner = self.shared.routing.shard_of(&channel);
@@ -135,6 +141,11 @@ impl Shard {
             return;
         };
         let channel = connection.subscriptions.swap_remove(index);
+        let pattern_matches = connection.patterns.as_ref().is_some_and(|patterns| {
+            patterns
+                .iter()
+                .any(|p| crate::pattern::matches(p, &channel))
+        });
         // A subscribe whose first page has not come yet is answered first:
         // nothing else would (the page finds no subscriber), and its
         // connection would count it in flight for good.
@@ -144,14 +155,63 @@ impl Shard {
                 .find(|s| s.subscription.conn.slot == slot && !s.answered)
                 .map(|s| (s.request_id, s.subscription.id))
         });
-        self.remove_subscriber(&channel, slot);
+        let withheld = if pattern_matches {
+            self.subscriptions.get(&channel).and_then(|subscribers| {
+                subscribers
+                    .iter()
+                    .find(|s| s.subscription.conn.slot == slot && !s.live)
+                    .and_then(|s| Some((s.subscription.id, s.withheld_from?)))
+            })
+        } else {
+            None
+        };
         if let Some((subscribe_id, subscription)) = unanswered {
             // Its first page, if it still waits for room, is not read.
             self.drop_waiting_fetch(slot, subscription);
             let error = BrokerError::EndedBeforeStart(channel.to_string());
             self.reply(conn, subscribe_id, Reply::Error(error));
         }
+        match withheld {
+            // Messages the pattern left to the pages came live meanwhile:
+            // the subscription goes on for the pattern, implicit, from the
+            // first of them (dropped, they were lost to the pattern).
+            Some((old, from)) => self.keep_reading_for_pattern(slot, &channel, old, from),
+            None => self.remove_subscriber(&channel, slot),
+        }
         self.reply(conn, request_id, Reply::Unsubscribed);
+    }
+
+    /// Turns connection `slot`'s subscription `old` to `channel` (which the
+    /// client just ended) into an implicit one that reads the channel from
+    /// `from` for a pattern of the connection, as `pattern_falls_behind`
+    /// makes one. Its page in flight, of the old subscription, is dropped.
+    fn keep_reading_for_pattern(&mut self, slot: u32, channel: &Arc<str>, old: u64, from: u64) {
+        let conn = self.conn_ref(slot);
+        self.next_subscription_id += 1;
+        let subscription = SubRef {
+            conn,
+            id: self.next_subscription_id,
+        };
+        self.drop_waiting_fetch(slot, old);
+        self.fetch_wanted
+            .retain(|(c, sub)| !(sub.conn.slot == slot && c == channel));
+        if let Some(subscriber) = self.subscriptions.get_mut(channel).and_then(|subscribers| {
+            subscribers
+                .iter_mut()
+                .find(|s| s.subscription.conn.slot == slot)
+        }) {
+            subscriber.subscription = subscription;
+            subscriber.answered = true;
+            subscriber.live = false;
+            subscriber.implicit = true;
+            subscriber.next_seq = from;
+            subscriber.covers_from = from;
+            subscriber.withheld_from = None;
+        }
+        if let Some(connection) = self.connections[slot as usize].as_mut() {
+            connection.subscriptions.push(channel.clone());
+        }
+        self.fetch_wanted.push((channel.clone(), subscription));
     }
 
     /// Forgets connection `slot`'s subscription to `channel`, and tells the
@@ -246,6 +306,7 @@ impl Shard {
                 live: false,
                 covers_from: seq,
                 implicit: true,
+                withheld_from: None,
             },
         );
         self.fetch_wanted.push((channel.clone(), subscription));
@@ -411,6 +472,7 @@ impl Shard {
             subscriber.next_seq = subscriber.next_seq.max(head_seq + 1);
             subscriber.live = true;
             subscriber.covers_from = u64::MAX;
+            subscriber.withheld_from = None;
         } else {
             subscriber.next_seq = fresh.last().map_or(next_seq, |m| m.seq + 1);
             // A start only the owner knew (last N) is known now: the pages
@@ -454,6 +516,7 @@ impl Shard {
         subscriber.live = false;
         subscriber.covers_from = seq;
         subscriber.next_seq = seq;
+        subscriber.withheld_from = None;
         let wanted = (channel.clone(), subscription);
         if !self.fetch_wanted.contains(&wanted) {
             self.fetch_wanted.push(wanted);
@@ -618,6 +681,9 @@ impl Shard {
             if !subscriber.live {
                 if subscriber.covers_from != u64::MAX {
                     covered.push((subscriber.subscription.conn.slot, subscriber.covers_from));
+                    if let Some(first) = first_stored.filter(|f| *f >= subscriber.covers_from) {
+                        subscriber.withheld_from.get_or_insert(first);
+                    }
                 }
                 continue;
             }
