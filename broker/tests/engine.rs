@@ -870,6 +870,33 @@ fn subscribing_to_a_channel_a_slow_pattern_reads_on_replaces_that_reading() {
     subscriber.unsubscribe("rooms/a").unwrap();
 }
 
+/// As above with a live subscription, which starts after what the
+/// pattern's reading had not brought yet: the subscription starts there
+/// instead (before, those messages were lost to the client).
+#[test]
+fn subscribing_live_to_a_channel_a_slow_pattern_reads_on_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, mut publisher, mut subscriber) = slow_pattern_subscriber(dir.path());
+    let count = 100u64;
+    for n in 0..count {
+        publisher.publish("rooms/a", format!("m{n}")).unwrap();
+    }
+    assert!(engine.metrics().catch_up_fallbacks.get() > 0, "fell behind");
+    subscriber
+        .subscribe("rooms/a", SubscribeStart::Live)
+        .unwrap();
+    let mut got = Vec::new();
+    while got.last() != Some(&count) {
+        let (channel, messages) = subscriber
+            .next_delivery(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("more to come after {:?}", got.last()));
+        assert_eq!(&*channel, "rooms/a");
+        got.extend(messages.iter().map(|m| m.seq));
+    }
+    assert_eq!(got, (1..=count).collect::<Vec<_>>(), "each once, in order");
+    nothing_more(&mut subscriber);
+}
+
 /// A history page stays within half the connection's outbound bound (at
 /// least one message), as catch-up pages do: forward from a seq it keeps
 /// the oldest, back from the head (or a seq) the newest. Before, a page of

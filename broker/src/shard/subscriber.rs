@@ -54,7 +54,7 @@ impl Shard {
         slot: u32,
         request_id: u32,
         channel: String,
-        start: SubscribeStart,
+        mut start: SubscribeStart,
     ) {
         // Every subscription to a channel on this shard shares one copy of
         // its name: one allocation per channel, not per subscriber.
@@ -69,8 +69,25 @@ impl Shard {
             id: self.next_subscription_id,
         };
         if self.is_implicit(&channel, slot) {
-            // The client asks for the channel itself: its request decides
-            // where the subscription starts.
+            // The client asks for the channel itself. The implicit reading
+            // has not brought the pattern everything from `unread` on: the
+            // new subscription starts there if its own start is later (live,
+            // or last N whose start only the owner knows), or those were
+            // lost to the pattern; the connection gets each once either way.
+            let unread = self.subscriptions.get(&channel).and_then(|subscribers| {
+                subscribers
+                    .iter()
+                    .find(|s| s.subscription.conn.slot == slot && s.implicit)
+                    .map(|s| s.next_seq)
+            });
+            if let Some(unread) = unread {
+                start = match start {
+                    SubscribeStart::FromSeq(seq) => SubscribeStart::FromSeq(seq.min(unread)),
+                    SubscribeStart::Live | SubscribeStart::LastN(_) => {
+                        SubscribeStart::FromSeq(unread)
+                    }
+                };
+            }
             self.drop_subscription(&channel, slot);
         }
         let connection = self.connections[slot as usize]
