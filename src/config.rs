@@ -275,9 +275,12 @@ impl Config {
             }
         }
         let idle_ms = config.auth.session_idle_timeout_s.saturating_mul(1000);
-        if config.auth.enabled && idle_ms > 0 && config.engine.session_check_ms >= idle_ms {
+        if config.auth.enabled
+            && idle_ms > 0
+            && config.engine.session_check_ms.saturating_mul(2) > idle_ms
+        {
             bail!(
-                "engine.session_check_ms ({} ms) must be below auth.session_idle_timeout_s ({} s): \
+                "engine.session_check_ms ({} ms) must be at most half auth.session_idle_timeout_s ({} s): \
                  an open connection counts as use of its session only at these checks; \
                  set STARLING_ENGINE_SESSION_CHECK_MS to at most half the idle timeout",
                 config.engine.session_check_ms,

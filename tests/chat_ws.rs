@@ -1104,3 +1104,33 @@ fn the_mqtt_allow_list_holds_at_the_websocket_route() {
     let line = handshake_status(&server, "/ws", None);
     assert!(line.starts_with("HTTP/1.1 101"), "{line}");
 }
+
+/// Two subscribes of one channel sent together (the second is answered
+/// "already subscribed" before the first's page comes) leave the
+/// subscription registered: a removal still ends it. Before, the refused
+/// second unregistered it, and the removed member kept receiving.
+#[test]
+fn a_repeated_subscribe_does_not_escape_revocation() {
+    let (_dir, server) = server();
+    let mut alice = ChatClient::connect(server.http, "alice");
+    let mut bob = ChatClient::connect(server.http, "bob");
+    alice.ok(json!({"type": "channel_create", "channel": "hr", "visibility": "private", "members": ["bob"]}));
+    // In one write, so the server reads both in one turn.
+    for id in [100, 101] {
+        let request = json!({"id": id, "type": "subscribe", "channel": "hr"});
+        bob.socket
+            .write(tungstenite::Message::text(request.to_string()))
+            .unwrap();
+    }
+    bob.socket.flush().unwrap();
+    let mut answered = 0;
+    while answered < 2 {
+        let frame = bob.frame();
+        if frame.get("push").is_some() {
+            continue;
+        }
+        answered += 1;
+    }
+    alice.ok(json!({"type": "channel_remove", "channel": "hr", "user": "bob"}));
+    assert_eq!(bob.next_push("unsubscribed")["channel"], "hr");
+}

@@ -395,7 +395,16 @@ impl ChatConnection {
     /// first subscribe leaves nothing registered (a refused re-subscribe
     /// leaves the one in place).
     fn unfollow_unconfirmed(&mut self, channel: &str) {
-        if self.followed.get(channel) == Some(&false) {
+        // Another subscribe of the channel still on its way (a second one
+        // answered "already subscribed" before the first's page came) keeps
+        // the registration: the broker may hold that subscription.
+        let pending = self.pending.values().any(|(_, shape)| {
+            matches!(shape, Shape::Subscribed { channel: c, .. } | Shape::RecoveryProbe { channel: c, .. } if c == channel)
+        }) || self
+            .parked
+            .values()
+            .any(|request| matches!(request, Request::Subscribe { channel: c, .. } if c == channel));
+        if !pending && self.followed.get(channel) == Some(&false) {
             self.unfollow(&channel.to_string());
         }
     }

@@ -290,12 +290,21 @@ impl ChatService {
     }
 
     /// A presence job recorded its batch: changes that came meanwhile get a
-    /// job of their own, queued behind the others.
-    fn presence_recorded(&self) {
+    /// job of their own, queued behind the others. False when that job
+    /// could not be queued: the caller records them itself.
+    fn presence_recorded(&self) -> bool {
         let mut pending = self.presence_pending.lock();
         pending.1 = false;
-        if !pending.0.is_empty() {
-            self.queue_presence_job(&mut pending);
+        if pending.0.is_empty() {
+            return true;
+        }
+        self.queue_presence_job(&mut pending);
+        if pending.1 {
+            true
+        } else {
+            // `take_presence_changes` goes on with them.
+            pending.1 = true;
+            false
         }
     }
 

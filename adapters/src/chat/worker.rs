@@ -168,7 +168,7 @@ impl Worker {
                 // One batch per job: changes that came meanwhile take a new
                 // job behind the others, so a client that changes its
                 // presence without pause does not hold the worker.
-                if let Some(changes) = service.take_presence_changes() {
+                while let Some(changes) = service.take_presence_changes() {
                     for (user, status) in changes {
                         if let Err(error) = self.record_presence(&user, status) {
                             log::warn!(
@@ -177,7 +177,11 @@ impl Worker {
                             );
                         }
                     }
-                    service.presence_recorded();
+                    // Queued behind the other work if it can be; with the
+                    // queue full, recorded here (not left without a job).
+                    if service.presence_recorded() {
+                        break;
+                    }
                 }
                 Ok(Outcome::Value(Value::Null))
             }

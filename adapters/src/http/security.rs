@@ -204,7 +204,9 @@ impl SecurityApi {
                 let principal = holder()?;
                 let user = principal.user.to_string();
                 by.user = user.clone();
-                let session = principal.session.as_deref().map(str::to_string);
+                // A principal without a session (a client certificate) is
+                // not the operator: it opened nothing with a code.
+                let session = Some(principal.session.as_deref().unwrap_or("").to_string());
                 (Op::TotpEnroll { user, session }, 200)
             }
             (true, _, ["auth", "totp", "confirm"]) => {
@@ -212,7 +214,7 @@ impl SecurityApi {
                 let user = principal.user.to_string();
                 by.user = user.clone();
                 let code = string(&body()?, "code")?;
-                let session = principal.session.as_deref().map(str::to_string);
+                let session = Some(principal.session.as_deref().unwrap_or("").to_string());
                 (
                     Op::TotpConfirm {
                         user,

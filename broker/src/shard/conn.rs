@@ -519,11 +519,14 @@ impl Shard {
                 connection.read_paused = true;
                 return;
             }
-            if socket.output_bytes() >= self.shared.config.outbound_bytes_max {
+            if socket.output_bytes() >= 2 * self.shared.config.outbound_bytes_max {
                 // A client that does not read what it asked for is not
-                // read either (`write_dirty` reads again once half of it is
-                // written): each request answered at once (a ping, a
-                // refusal, an HTTP health check) would grow its output.
+                // read either (`write_dirty` reads again once its output is
+                // back under the bound): each request answered at once (a
+                // ping, a refusal, an HTTP health check) would grow its
+                // output. Twice the bound: deliveries alone stay under it
+                // (the slow-consumer policy), so a subscriber that reads
+                // but lags is still read (its pings keep it connected).
                 connection.read_paused = true;
                 return;
             }
@@ -733,7 +736,7 @@ impl Shard {
             && !connection.closing
             && connection.inflight <= inflight_max / 2
             && !socket.session.input_paused()
-            && socket.output_bytes() < self.shared.config.outbound_bytes_max / 2
+            && socket.output_bytes() < self.shared.config.outbound_bytes_max
         {
             connection.read_paused = false;
             self.read_again.push(slot);
