@@ -658,3 +658,53 @@ fn a_client_that_does_not_read_its_answers_is_not_read() {
     sender.join().unwrap();
     engine.shutdown().unwrap();
 }
+
+/// A subscription from a seq past the channel's head, on a connection
+/// whose pattern matches the channel: a delivery that holds messages from
+/// before that seq and after it (publishes committed together) brings them
+/// all, once and in order (the subscription goes live at the head, and the
+/// pattern leaves the delivery to it).
+#[test]
+fn a_subscription_from_past_the_head_leaves_the_pattern_what_comes_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address) = server(dir.path(), |config| config.shards = 1);
+    let mut writer = Client::connect(address, "writer", "").unwrap();
+    for n in 0..10 {
+        writer
+            .publish("rooms/a", kind::MESSAGE, format!("m{n}"))
+            .unwrap();
+    }
+    let mut subscriber = engine.connect(starling_broker::Principal::embedded("bob"));
+    subscriber
+        .request(starling_broker::Command::SubscribePattern {
+            pattern: "rooms/+".to_string(),
+        })
+        .unwrap();
+    subscriber
+        .subscribe("rooms/a", SubscribeStart::FromSeq(15))
+        .unwrap();
+    // Ten publishes in one write: one commit, one delivery of seqs 11–20.
+    let mut raw = TcpStream::connect(address).unwrap();
+    hello(&mut raw);
+    let mut out = BytesMut::new();
+    for n in 10..20u32 {
+        let frame = PublishRequest::new("rooms/a", kind::MESSAGE, format!("m{n}")).to_frame();
+        Envelope {
+            request_id: 2 + n,
+            frame,
+        }
+        .encode(&mut out);
+    }
+    raw.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let (channel, messages) = subscriber
+            .next_delivery(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("only {got:?}"));
+        assert_eq!(&*channel, "rooms/a");
+        got.extend(messages.iter().map(|m| m.seq));
+    }
+    assert_eq!(got, (11..=20).collect::<Vec<u64>>(), "each once, in order");
+    drop(subscriber);
+    engine.shutdown().unwrap();
+}
