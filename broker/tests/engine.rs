@@ -622,26 +622,38 @@ fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_sam
     subscriber
         .subscribe("rooms/a", SubscribeStart::FromSeq(1))
         .unwrap();
-    let live = 500u64;
+    let live = 500;
+    receive_in_order_while_publishing(&mut publisher, &mut subscriber, live, backlog + live, 1);
+    nothing_more(&mut subscriber);
+}
+
+/// Publishes `live` messages to `rooms/a` while `subscriber` receives
+/// `count` messages of it, which must be seqs `first`, `first + 1`, … once
+/// each and in order.
+fn receive_in_order_while_publishing(
+    publisher: &mut LocalClient,
+    subscriber: &mut LocalClient,
+    live: u64,
+    count: u64,
+    first: u64,
+) {
     std::thread::scope(|scope| {
         let publishing = scope.spawn(|| {
             for n in 0..live {
                 publisher.publish("rooms/a", format!("live {n}")).unwrap();
             }
         });
-        let received = receive(&mut subscriber, "rooms/a", (backlog + live) as usize);
-        let got = seqs(&received);
-        if let Some(at) = (0..got.len()).find(|&i| got[i] != i as u64 + 1) {
+        let got = seqs(&receive(subscriber, "rooms/a", count as usize));
+        if let Some(at) = (0..got.len()).find(|&i| got[i] != i as u64 + first) {
             panic!(
                 "message {} came as seq {}: {:?}",
-                at + 1,
+                at as u64 + first,
                 got[at],
                 &got[at..got.len().min(at + 20)]
             );
         }
         publishing.join().unwrap();
     });
-    nothing_more(&mut subscriber);
 }
 
 /// As above for the last N messages, which take many pages: once the
@@ -677,25 +689,14 @@ fn a_channel_catching_up_its_last_n_is_not_also_delivered_live_through_a_pattern
     // The first page is in: publishing starts while the other 59 come.
     let first = receive(&mut subscriber, "rooms/a", 50);
     assert_eq!(seqs(&first), (1..=50).collect::<Vec<u64>>());
-    let live = 500u64;
-    std::thread::scope(|scope| {
-        let publishing = scope.spawn(|| {
-            for n in 0..live {
-                publisher.publish("rooms/a", format!("live {n}")).unwrap();
-            }
-        });
-        let received = receive(&mut subscriber, "rooms/a", (backlog + live - 50) as usize);
-        let got = seqs(&received);
-        if let Some(at) = (0..got.len()).find(|&i| got[i] != i as u64 + 51) {
-            panic!(
-                "message {} came as seq {}: {:?}",
-                at + 51,
-                got[at],
-                &got[at..got.len().min(at + 20)]
-            );
-        }
-        publishing.join().unwrap();
-    });
+    let live = 500;
+    receive_in_order_while_publishing(
+        &mut publisher,
+        &mut subscriber,
+        live,
+        backlog + live - 50,
+        51,
+    );
     nothing_more(&mut subscriber);
 }
 

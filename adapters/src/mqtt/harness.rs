@@ -1150,22 +1150,33 @@ mod tests {
         assert_eq!(cursor_writes(&client), [5, 7]);
     }
 
-    /// A v5 client with a clean start that takes one message in flight
-    /// at a time (Receive Maximum 1), connected.
-    fn one_in_flight(server: &MqttProtocol, log: &mut Log, client_id: &str) -> Driver {
+    /// A v5 client with a clean start and no session expiry, its CONNECT
+    /// changed further by `edit`, connected (the CONNACK taken).
+    fn clean_client(
+        server: &MqttProtocol,
+        log: &mut Log,
+        client_id: &str,
+        edit: impl FnOnce(&mut Connect),
+    ) -> Driver {
         let mut client = Driver::open(server, ProtocolVersion::V5);
         let Packet::Connect(mut hello) = connect(client_id) else {
             unreachable!()
         };
         hello.clean_start = true;
-        hello.properties = Properties {
-            receive_maximum: Some(1),
-            ..Properties::default()
-        };
+        hello.properties = Properties::default();
+        edit(&mut hello);
         client.send(&Packet::Connect(hello));
         client.answer(log, |_| false);
         assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
         client
+    }
+
+    /// A v5 client with a clean start that takes one message in flight
+    /// at a time (Receive Maximum 1), connected.
+    fn one_in_flight(server: &MqttProtocol, log: &mut Log, client_id: &str) -> Driver {
+        clean_client(server, log, client_id, |hello| {
+            hello.properties.receive_maximum = Some(1)
+        })
     }
 
     /// A QoS 2 retained message sent at a SUBSCRIBE and not completed
@@ -1226,18 +1237,9 @@ mod tests {
         for (asked, expected) in [(Some(false), false), (None, true)] {
             let mut log = Log::default();
             let server = MqttProtocol::new(MqttLimits::default());
-            let mut client = Driver::open(&server, ProtocolVersion::V5);
-            let Packet::Connect(mut hello) = connect("quiet") else {
-                unreachable!()
-            };
-            hello.clean_start = true;
-            hello.properties = Properties {
-                request_problem_information: asked,
-                ..Properties::default()
-            };
-            client.send(&Packet::Connect(hello));
-            client.answer(&mut log, |_| false);
-            let _ = client.packets();
+            let mut client = clean_client(&server, &mut log, "quiet", |hello| {
+                hello.properties.request_problem_information = asked
+            });
             client.send(&Packet::Publish(starling_protocol::mqtt::Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,
@@ -1268,22 +1270,15 @@ mod tests {
     fn a_retained_will_to_a_server_topic_keeps_no_copy() {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let mut client = Driver::open(&server, ProtocolVersion::V5);
-        let Packet::Connect(mut hello) = connect("dollar") else {
-            unreachable!()
-        };
-        hello.clean_start = true;
-        hello.properties = Properties::default();
-        hello.will = Some(starling_protocol::mqtt::Will {
-            topic: "$mqtt/forged".into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Properties::default(),
+        let mut client = clean_client(&server, &mut log, "dollar", |hello| {
+            hello.will = Some(starling_protocol::mqtt::Will {
+                topic: "$mqtt/forged".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Properties::default(),
+            })
         });
-        client.send(&Packet::Connect(hello));
-        client.answer(&mut log, |_| false);
-        let _ = client.packets();
         client.close();
         let copies: Vec<String> = client
             .unanswered
@@ -1366,15 +1361,7 @@ mod tests {
     fn a_retained_qos2_retransmission_is_stored_once() {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let mut client = Driver::open(&server, ProtocolVersion::V5);
-        let Packet::Connect(mut hello) = connect("passing") else {
-            unreachable!()
-        };
-        hello.clean_start = true;
-        hello.properties = Properties::default();
-        client.send(&Packet::Connect(hello));
-        client.answer(&mut log, |_| false);
-        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
+        let mut client = clean_client(&server, &mut log, "passing", |_| {});
         let publish = |dup| {
             Packet::Publish(starling_protocol::mqtt::Publish {
                 dup,
@@ -1646,22 +1633,15 @@ mod tests {
     fn an_invalid_disconnect_keeps_the_will() {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let mut client = Driver::open(&server, ProtocolVersion::V5);
-        let Packet::Connect(mut hello) = connect("will-kept") else {
-            unreachable!()
-        };
-        hello.clean_start = true;
-        hello.properties = Properties::default();
-        hello.will = Some(starling_protocol::mqtt::Will {
-            topic: "w/last".into(),
-            payload: Bytes::from_static(b"bye"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: Properties::default(),
+        let mut client = clean_client(&server, &mut log, "will-kept", |hello| {
+            hello.will = Some(starling_protocol::mqtt::Will {
+                topic: "w/last".into(),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: Properties::default(),
+            })
         });
-        client.send(&Packet::Connect(hello));
-        client.answer(&mut log, |_| false);
-        assert!(matches!(client.packets()[..], [Packet::ConnAck(_)]));
         client.send_refused(&Packet::Disconnect(starling_protocol::mqtt::Disconnect {
             reason_code: ReasonCode::Success,
             properties: Properties {
