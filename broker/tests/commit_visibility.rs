@@ -90,6 +90,85 @@ fn a_read_waits_for_the_commit_of_what_it_would_see() {
     reading.join().unwrap();
 }
 
+/// A commit whose fdatasync fails: its publishers are told the write
+/// failed, and its records, already written to the partition's segment, are
+/// never read (not by the read that waited for the commit, not by a later
+/// one, not by a subscription from before them) nor delivered; the
+/// partition refuses writes from then on. With the commit on the commit
+/// thread (held, so a read waits for it) and run inline on the loop.
+#[test]
+fn the_records_of_a_failed_commit_are_never_read() {
+    use starling_broker::BrokerError;
+    use starling_protocol::SubscribeStart;
+    use starling_storage::journal::fail_next_commit;
+
+    for on_commit_thread in [true, false] {
+        let _one = one_at_a_time();
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            sync_on_loop_max_us: if on_commit_thread { 0 } else { u64::MAX },
+            ..one_shard(dir.path())
+        };
+        let engine = Engine::start(config, Arc::new(LoopbackAuthorizer), Vec::new()).unwrap();
+        let mut early = engine.connect(Principal::embedded("early"));
+        early.publish("room", "durable first").unwrap();
+        let mut live = engine.connect(Principal::embedded("live"));
+        live.subscribe("room", SubscribeStart::Live).unwrap();
+
+        hold_commits(on_commit_thread);
+        let _release = Release;
+        fail_next_commit();
+        let mut writer = engine.connect(Principal::embedded("writer"));
+        let publishing = std::thread::spawn(move || writer.publish("room", "lost"));
+        let mut reader = engine.connect(Principal::embedded("reader"));
+        let reading = std::thread::spawn(move || {
+            // Sent once the write is in flight (under a held commit, the
+            // read waits for its outcome).
+            std::thread::sleep(Duration::from_millis(200));
+            reader.history("room", HistoryQuery::Last, 10).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        hold_commits(false);
+
+        let refused = publishing.join().unwrap().unwrap_err();
+        assert!(
+            matches!(refused, BrokerError::StorageFailed { .. }),
+            "{refused}"
+        );
+        let bodies = |page: &[starling_protocol::Message]| -> Vec<Vec<u8>> {
+            page.iter().map(|m| m.body.to_vec()).collect()
+        };
+        let (head, page) = reading.join().unwrap();
+        assert_eq!(
+            (head, bodies(&page)),
+            (1, vec![b"durable first".to_vec()]),
+            "the read that waited for the failed commit (commit thread: {on_commit_thread})"
+        );
+        for query in [
+            HistoryQuery::Last,
+            HistoryQuery::From(1),
+            HistoryQuery::Before(9),
+        ] {
+            let (head, page) = early.history("room", query, 10).unwrap();
+            assert_eq!((head, bodies(&page)), (1, vec![b"durable first".to_vec()]));
+        }
+        let mut late = engine.connect(Principal::embedded("late"));
+        late.subscribe("room", SubscribeStart::FromSeq(1)).unwrap();
+        let (_, messages) = late.next_delivery(Duration::from_secs(20)).unwrap();
+        assert_eq!(bodies(&messages), [b"durable first".to_vec()]);
+        assert!(late.next_delivery(Duration::from_millis(300)).is_none());
+        assert!(
+            live.next_delivery(Duration::from_millis(300)).is_none(),
+            "nothing of a failed commit is delivered"
+        );
+        let again = early.publish("room", "after").unwrap_err();
+        assert!(
+            matches!(again, BrokerError::StorageFailed { .. }),
+            "{again}"
+        );
+    }
+}
+
 #[test]
 fn an_ephemeral_message_does_not_wait_for_the_commit_of_durable_ones() {
     use bytes::Bytes;

@@ -736,6 +736,29 @@ pub fn hold_commits(hold: bool) {
     COMMITS_HELD.store(hold, Ordering::Relaxed);
 }
 
+/// Tests only ([`fail_next_commit`]): the next acknowledgement's
+/// fdatasync fails.
+static COMMIT_FAILS: AtomicBool = AtomicBool::new(false);
+
+/// Tests only: the next fdatasync of the journal that acknowledgements wait
+/// for (on a commit thread or inline, in any journal of the process) fails
+/// with an injected error instead of syncing, as a disk error would. Process-wide:
+/// use it in a test binary of its own.
+#[doc(hidden)]
+pub fn fail_next_commit() {
+    COMMIT_FAILS.store(true, Ordering::Relaxed);
+}
+
+/// The fdatasync of an acknowledgement's commit, or the injected failure.
+fn commit_sync(file: &File) -> io::Result<()> {
+    if COMMIT_FAILS.swap(false, Ordering::Relaxed) {
+        return Err(io::Error::other(
+            "injected fdatasync failure (journal::fail_next_commit)",
+        ));
+    }
+    file.sync_data()
+}
+
 /// Called by the commit thread when a sync it ran is done (the broker wakes
 /// the shard's event loop with it).
 pub type SyncNotifier = Box<dyn Fn() + Send>;
@@ -788,8 +811,7 @@ impl Committer {
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     let started = Instant::now();
-                    let result = files[index]
-                        .sync_data()
+                    let result = commit_sync(&files[index])
                         .map(|()| started.elapsed())
                         .map_err(|e| e.to_string());
                     state = thread_shared.lock();
@@ -1204,7 +1226,7 @@ impl Journal {
         if self.activation_pending {
             self.wait_for_background()?;
         }
-        if let Err(error) = self.files[self.active].sync_data() {
+        if let Err(error) = commit_sync(&self.files[self.active]) {
             let path = self.active_path();
             return Err(self.fail(StorageError::io("fdatasync", &path, error)));
         }

@@ -201,6 +201,10 @@ pub struct Partition {
     directory_unsynced: bool,
     /// The first write or sync failure; set forever once set.
     failed: Option<String>,
+    /// Set by [`Partition::withdraw_since`]: the stream position from which
+    /// flushed records are not served (their writers were told they
+    /// failed).
+    pub(crate) withdrawn_from: Option<u64>,
     fault: Option<Fault>,
     pub(crate) verified: RefCell<VerifiedBatches>,
     /// Stream position of the last flushed batch (`NO_OFFSET` if unknown).
@@ -731,6 +735,7 @@ impl Partition {
             unsynced: false,
             directory_unsynced: false,
             failed: None,
+            withdrawn_from: None,
             fault: None,
             verified: RefCell::new(VerifiedBatches::new()),
             last_batch,
@@ -843,6 +848,48 @@ impl Partition {
         log::error!("partition {} stops accepting writes: {error}", self.id);
         self.failed = Some(error.to_string());
         error
+    }
+
+    /// Enters the failed state (as a failed write or sync of its own would)
+    /// and takes every record flushed at or after stream position `from`
+    /// back out of what reads see: the shard journal's write or fdatasync of
+    /// the turn that flushed them failed, and their publishers are told so.
+    /// Their bytes stay in the segment (a restart's recovery decides what
+    /// the disk kept, like for any failed write); channel heads go back to
+    /// the last record before `from`. Walks the table once: a failure is
+    /// rare, and each channel written since `from` steps back over its own
+    /// records of that turn.
+    pub fn withdraw_since(&mut self, from: u64, error: &StorageError) -> Result<(), StorageError> {
+        if self.failed.is_none() {
+            self.fail(StorageError::Failed {
+                partition_id: self.id,
+                reason: error.to_string(),
+            });
+        }
+        let from = from.max(self.log_start);
+        if self.withdrawn_from.is_some_and(|earlier| earlier <= from) || from >= self.flushed_end()
+        {
+            return Ok(());
+        }
+        self.withdrawn_from = Some(from);
+        for id in 0..self.channels.len() as ChannelId {
+            let entry = *self.channels.get(id);
+            if entry.last_seq == 0 || entry.head_offset == NO_OFFSET || entry.head_offset < from {
+                continue;
+            }
+            let (mut seq, mut offset) = (entry.last_seq, entry.head_offset);
+            loop {
+                let previous = self.record_head(offset, seq)?.previous_offset;
+                if seq == 1 || previous == NO_OFFSET || previous < from {
+                    let entry = self.channels.get_mut(id);
+                    entry.last_seq = seq - 1;
+                    entry.head_offset = if seq == 1 { NO_OFFSET } else { previous };
+                    break;
+                }
+                (seq, offset) = (seq - 1, previous);
+            }
+        }
+        Ok(())
     }
 
     /// Validates the record, assigns it the channel's next seq and adds it to

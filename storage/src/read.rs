@@ -452,6 +452,13 @@ impl Partition {
                 let header = BatchHeader::parse(chunk.as_slice())
                     .map_err(|e| corrupt(segment, position, e.to_string()))?;
                 let batch_bytes = u64::from(header.batch_bytes);
+                if self
+                    .withdrawn_from
+                    .is_some_and(|from| segment.base + position >= from)
+                {
+                    // Withdrawn records, and nothing after them.
+                    return Ok(());
+                }
                 if header.timestamp_max_ms >= since_timestamp_ms {
                     let mut bytes = segment
                         .read(position, header.batch_bytes as usize, self.read_mode)?

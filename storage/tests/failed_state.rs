@@ -58,3 +58,61 @@ fn failed_fsync_is_never_acknowledged() {
         Err(StorageError::Failed { .. })
     ));
 }
+
+/// The shard journal's write or fdatasync of a turn failed after the
+/// partition flushed the turn's batches: `withdraw_since` takes them back
+/// out of every read (their publishers are told they failed), over a
+/// segment roll too, for channels with records before and for channels
+/// the turn created; the partition refuses writes as after its own failure.
+#[test]
+fn withdrawn_records_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut partition, _) = open(dir.path(), small_segments());
+    for timestamp_ms in 1..=3 {
+        append(&mut partition, "a", timestamp_ms);
+    }
+    append(&mut partition, "b", 4);
+    partition.flush().unwrap();
+    let from = partition.end_position();
+    // The failed turn: enough to roll to new segments.
+    for timestamp_ms in 10..200 {
+        append(&mut partition, "a", timestamp_ms);
+        append(&mut partition, "new", timestamp_ms);
+    }
+    partition.flush().unwrap();
+    assert!(segment_files(dir.path()).len() > 1, "the turn rolls");
+    assert_eq!(partition.head_seq(b"a"), 193);
+    let error = StorageError::Failed {
+        partition_id: 0,
+        reason: "injected journal failure".to_string(),
+    };
+    partition.withdraw_since(from, &error).unwrap();
+
+    assert_eq!(partition.head_seq(b"a"), 3);
+    assert_eq!(partition.head_seq(b"b"), 1);
+    assert_eq!(partition.head_seq(b"new"), 0);
+    let seqs = |records: &[starling_storage::Record]| -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    };
+    let last = partition.read_last(b"a", 50).unwrap();
+    assert_eq!((seqs(&last.records), last.head_seq), (vec![1, 2, 3], 3));
+    assert_eq!(
+        seqs(&partition.read_from(b"a", 2, 50).unwrap().records),
+        [2, 3]
+    );
+    assert!(partition.read_from(b"a", 4, 50).unwrap().records.is_empty());
+    assert_eq!(
+        seqs(&partition.read_before(b"a", 100, 50).unwrap().records),
+        [1, 2, 3]
+    );
+    assert!(partition.read_last(b"new", 50).unwrap().records.is_empty());
+    let mut since = Vec::new();
+    partition
+        .for_each_since(0, |record| since.push(record.timestamp_ms))
+        .unwrap();
+    assert_eq!(since, [1, 2, 3, 4]);
+    assert!(matches!(
+        partition.append(&new_record("a", b"x", 300)),
+        Err(StorageError::Failed { .. })
+    ));
+}

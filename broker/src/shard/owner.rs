@@ -42,6 +42,9 @@ pub(super) struct Commit {
 pub(crate) struct OwnedPartition {
     pub log: Partition,
     failed: Option<String>,
+    /// The log's end before the last turn's flush: a failed commit takes
+    /// the records after it back out of reads (`fail_turn`).
+    turn_from: u64,
     acks: Vec<PendingAck>,
     fanout: Vec<(Utf8Bytes, Message)>,
     /// Emptied lists of an earlier commit, kept to take the place of `acks`
@@ -58,6 +61,7 @@ impl OwnedPartition {
     /// Wraps an opened partition.
     pub(crate) fn new(log: Partition) -> OwnedPartition {
         OwnedPartition {
+            turn_from: log.end_position(),
             log,
             failed: None,
             acks: Vec::new(),
@@ -133,6 +137,19 @@ impl OwnedPartition {
         if self.failed.is_none() {
             log::error!("partition {}: {error}", self.log.id());
             self.failed = Some(error.to_string());
+        }
+    }
+
+    /// Fails the partition because the commit of the last turn's flush
+    /// failed: its publishers are told so, and its records, visible to
+    /// reads since the flush, are taken back out of them.
+    fn fail_turn(&mut self, error: &StorageError) {
+        self.fail(error);
+        if let Err(withdraw) = self.log.withdraw_since(self.turn_from, error) {
+            log::error!(
+                "partition {}: the records of the failed commit could not be taken out of reads ({withdraw}); reads may show them until the restart",
+                self.log.id()
+            );
         }
     }
 }
@@ -346,6 +363,7 @@ impl Shard {
         let journal = &mut self.journal;
         for &id in &ids {
             let partition = self.partitions.get_mut(&id).expect("listed above");
+            partition.turn_from = partition.log.end_position();
             if partition.failed.is_some() || partition.log.pending_records() == 0 {
                 continue;
             }
@@ -396,9 +414,14 @@ impl Shard {
         }
         let durable = !self.journal.unsynced();
         if let Err(error) = result {
-            // Nothing of this turn is acknowledged, and nothing after it.
+            // Nothing of this turn is acknowledged or read, and nothing
+            // after it is written.
             for partition in self.partitions.values_mut() {
                 partition.fail(&error);
+            }
+            for id in &ids {
+                let partition = self.partitions.get_mut(id).expect("listed above");
+                partition.fail_turn(&error);
             }
         }
         if wrote && (sync_now || durability != Durability::Fsync) {
@@ -455,6 +478,10 @@ impl Shard {
             Err(error) => {
                 for partition in self.partitions.values_mut() {
                     partition.fail(&error);
+                }
+                for (id, _, _) in &commit.batches {
+                    let partition = self.partitions.get_mut(id).expect("a batch's partition");
+                    partition.fail_turn(&error);
                 }
             }
         }
