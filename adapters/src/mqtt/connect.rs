@@ -143,7 +143,7 @@ impl MqttSession {
         if owner.is_some() {
             // With authentication on, a session may be another user's: its
             // records are read before anything of it is touched (`claim`).
-            state.read_session(1, context);
+            state.read_session(HistoryQuery::Last, context);
             return Ok(());
         }
         self.claim(context)
@@ -222,7 +222,7 @@ impl MqttSession {
                     restore.session_records.clear();
                 }
             }
-            state.read_session(1, context);
+            state.read_session(HistoryQuery::Last, context);
             let channel = qos2_channel(&state.client_id);
             read_last_own(state, Pending::Qos2Read, channel, NOTES_READ, context);
             return self.try_resume(context);
@@ -364,6 +364,10 @@ impl MqttSession {
             // also not after a restart.
             state.record(serde_json::json!({"type": "back"}), context);
         }
+        if let Some(snapshot) = store::snapshot_record(&records).filter(|_| stored.present) {
+            // The next resume reads back to here.
+            state.record(snapshot, context);
+        }
         let filters = stored.subscriptions.clone();
         Packet::ConnAck(ConnAck {
             session_present: stored.present,
@@ -406,11 +410,11 @@ impl MqttSession {
 }
 
 impl Connected {
-    /// Reads a page of the session's records, from seq `from`, before the
-    /// CONNACK.
-    pub(super) fn read_session(&mut self, from: u64, context: &mut SessionContext<'_>) {
+    /// Reads a page of the session's records before the CONNACK: the last
+    /// ones, then (`query` Before) older pages until the records reach back
+    /// to the first or to the last snapshot (`older_session_records`).
+    pub(super) fn read_session(&mut self, query: HistoryQuery, context: &mut SessionContext<'_>) {
         let channel = session_channel(&self.client_id);
-        let query = HistoryQuery::From(from);
         let pending = Pending::SessionRead;
         read_history(
             self,

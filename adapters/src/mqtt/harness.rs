@@ -517,6 +517,81 @@ mod tests {
         (client, packets)
     }
 
+    /// A persistent session's reconnect reads its records back to the last
+    /// snapshot only: an old session without one is read whole (page after
+    /// page, back from the newest) and its resume writes one; from then on
+    /// a reconnect reads one page however many records the client id
+    /// wrote before, and the session comes back whole, changes made after
+    /// the snapshot included.
+    #[test]
+    fn a_reconnect_reads_the_session_back_to_its_last_snapshot() {
+        let mut log = Log::default();
+        let client_id = "often";
+        let record = store::session_channel(client_id);
+        let topics = store::SESSION_PAGE as usize + 100;
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, client_id, false);
+        for n in 0..topics {
+            subscribe(&mut client, &mut log, &format!("t/{n}"), QoS::AtLeastOnce);
+        }
+        drop(client);
+        // Reconnects as a new server would: the session's reads, counted.
+        let reconnect = |log: &mut Log| {
+            let server = MqttProtocol::new(MqttLimits::default());
+            let mut client = Driver::open(&server, ProtocolVersion::V5);
+            client.send(&connect(client_id));
+            let mut reads = 0;
+            client.answer(log, |command| {
+                let read =
+                    matches!(command, Command::History { channel, .. } if *channel == record);
+                reads += usize::from(read);
+                false
+            });
+            let packets = client.packets();
+            assert!(
+                matches!(packets.first(), Some(Packet::ConnAck(ack)) if ack.session_present),
+                "{packets:?}"
+            );
+            (client, reads)
+        };
+        let (client, reads) = reconnect(&mut log);
+        assert_eq!(
+            reads, 2,
+            "the records of a session without a snapshot, page by page"
+        );
+        assert_eq!(client.subscriptions.len(), topics);
+        drop(client);
+        let (mut client, reads) = reconnect(&mut log);
+        assert_eq!(reads, 1, "back to the snapshot in one page");
+        assert_eq!(client.subscriptions.len(), topics);
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 2,
+            filters: vec!["t/0".into()],
+            properties: Properties::default(),
+        }));
+        client.answer(&mut log, |_| false);
+        assert!(matches!(client.packets()[..], [Packet::UnsubAck(_)]));
+        subscribe(&mut client, &mut log, "x/#", QoS::AtLeastOnce);
+        drop(client);
+        for _ in 0..3 {
+            let (client, reads) = reconnect(&mut log);
+            assert_eq!(reads, 1);
+            let subscribed = &client.subscriptions;
+            assert_eq!(subscribed.len(), topics - 1);
+            assert!(!subscribed.iter().any(|topic| topic == "t/0"));
+            assert_eq!(client.patterns, ["x/#"]);
+        }
+        let snapshots = log
+            .read(&record, HistoryQuery::From(1), u32::MAX)
+            .iter()
+            .filter(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.body)
+                    .is_ok_and(|event| event["type"] == "snapshot")
+            })
+            .count();
+        assert_eq!(snapshots, 1, "one snapshot: the records after it are few");
+    }
+
     fn subscribe(client: &mut Driver, log: &mut Log, topic: &str, qos: QoS) {
         let options = SubscriptionOptions {
             qos,

@@ -245,21 +245,19 @@ impl MqttSession {
                 return self.finish_clean_start(context);
             }
             Pending::SessionRead => {
-                let Reply::History {
-                    head_seq, messages, ..
-                } = reply
-                else {
+                let Reply::History { messages, .. } = reply else {
                     return session_unreadable(state, "read", reply, context);
                 };
                 let Some(restore) = state.restore.as_mut() else {
                     return Ok(());
                 };
-                restore.session_records.extend(messages.iter().cloned());
-                if let Some(last) = messages.last() {
-                    if last.seq < *head_seq {
-                        state.read_session(last.seq + 1, context);
-                        return Ok(());
-                    }
+                // Pages come newest first: each goes before those read.
+                let newer = std::mem::replace(&mut restore.session_records, messages.to_vec());
+                restore.session_records.extend(newer);
+                let records = &restore.session_records;
+                if let Some(before) = store::older_session_records(records, messages.len()) {
+                    state.read_session(HistoryQuery::Before(before), context);
+                    return Ok(());
                 }
                 state.session_read = true;
                 if !state.claimed {

@@ -110,27 +110,34 @@ impl StoredSession {
     }
 }
 
-/// A session's records folded in order: `start` begins a session, `end`
-/// ends it, `subscribe` and `unsubscribe` change it, and `left` (its
-/// connection ended) says until when it lives without one, which `now_ms`
-/// is checked against.
-pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
-    let mut session = StoredSession::default();
-    let mut expires_at_ms = None;
-    // After an `end`, records of what a session does are late ones of the
-    // ended session until a `start` (every session after an end begins
-    // with one).
-    let mut ended = false;
-    for record in records {
-        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.body) else {
-            continue;
-        };
+/// Records folded past a session's last snapshot that make its resume
+/// write a new one (`snapshot_record`): a reconnect reads the records back
+/// to the last snapshot only, not every record the client id ever wrote.
+pub(super) const SNAPSHOT_AFTER: usize = 64;
+
+/// The state of a fold of a session's records, what a `snapshot` record
+/// keeps.
+#[derive(Default)]
+struct Fold {
+    session: StoredSession,
+    /// When the session expires (from its last `left` record).
+    expires_at_ms: Option<u64>,
+    /// After an `end`, records of what a session does are late ones of the
+    /// ended session until a `start` (every session after an end begins
+    /// with one).
+    ended: bool,
+}
+
+impl Fold {
+    /// Applies one record (not a snapshot).
+    fn apply(&mut self, event: &serde_json::Value, timestamp_ms: u64) {
+        let session = &mut self.session;
         let filter = event["filter"].as_str().unwrap_or_default();
         if event["type"] == "will-sent" {
             // Written by the keeper while the client is away: it changes
             // neither whether the session is there nor when it expires.
             session.will_pending = false;
-            continue;
+            return;
         }
         // After a start with an id, records of what a session does count
         // only with that id: the others are late records of an older
@@ -140,40 +147,38 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             Some("subscribe" | "unsubscribe" | "topic" | "left" | "back")
         );
         if fenced
-            && (ended
+            && (self.ended
                 || (session.session_id != 0
                     && event["session"].as_u64() != Some(session.session_id)))
         {
-            continue;
+            return;
         }
-        expires_at_ms = None;
+        self.expires_at_ms = None;
         session.present = true;
         session.will_pending = false;
         match event["type"].as_str() {
             Some("start") => {
-                ended = false;
-                session = StoredSession {
+                self.ended = false;
+                *session = StoredSession {
                     present: true,
                     session_id: event["session"].as_u64().unwrap_or(0),
                     ..StoredSession::default()
                 }
             }
             Some("end") => {
-                ended = true;
-                session = StoredSession::default();
-                continue;
+                self.ended = true;
+                *session = StoredSession::default();
+                return;
             }
             Some("subscribe") => {
                 session.subscriptions.retain(|s| s.filter != filter);
-                session
-                    .subscriptions
-                    .push(Subscription::from_record(&event));
+                session.subscriptions.push(Subscription::from_record(event));
                 // Subscribing again to a filter keeps it without a gap.
                 session
                     .subscribed_at_ms
                     .entry(filter.to_string())
-                    .or_insert(record.timestamp_ms);
-                session.keep_floor(filter, &event);
+                    .or_insert(timestamp_ms);
+                session.keep_floor(filter, event);
             }
             Some("unsubscribe") => {
                 session.subscriptions.retain(|s| s.filter != filter);
@@ -196,14 +201,14 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             Some("topic") => {
                 let topic = event["topic"].as_str().unwrap_or_default();
                 session.followed_topics.insert(topic.to_string());
-                session.keep_floor(topic, &event);
+                session.keep_floor(topic, event);
             }
             Some("left") => {
                 session.will_pending = event["will"].is_object();
                 let expiry_s = event["expiry_s"].as_u64().unwrap_or(u64::from(u32::MAX));
                 if expiry_s != u64::from(u32::MAX) {
                     let at_ms = event["at_ms"].as_u64().unwrap_or(0);
-                    expires_at_ms = Some(at_ms.saturating_add(expiry_s * 1000));
+                    self.expires_at_ms = Some(at_ms.saturating_add(expiry_s * 1000));
                 }
             }
             _ => {}
@@ -212,10 +217,184 @@ pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
             session.owner = Some(user.to_string());
         }
     }
-    if expires_at_ms.is_some_and(|expires_at_ms| expires_at_ms <= now_ms) {
+
+    /// The fold as a `snapshot` record's `state`.
+    fn to_json(&self) -> serde_json::Value {
+        let session = &self.session;
+        let subscriptions: Vec<serde_json::Value> = session
+            .subscriptions
+            .iter()
+            .map(Subscription::record)
+            .collect();
+        serde_json::json!({
+            "present": session.present,
+            "ended": self.ended,
+            "expires_at_ms": self.expires_at_ms,
+            "session_id": session.session_id,
+            "will_pending": session.will_pending,
+            "owner": session.owner,
+            "subscriptions": subscriptions,
+            "subscribed_at_ms": session.subscribed_at_ms,
+            "followed_topics": session.followed_topics,
+            "cursor_floors": session.cursor_floors,
+        })
+    }
+
+    /// The fold a `snapshot` record's `state` keeps.
+    fn from_json(state: &serde_json::Value) -> Fold {
+        let u64_map = |value: &serde_json::Value| -> HashMap<String, u64> {
+            value
+                .as_object()
+                .map(|map| {
+                    map.iter()
+                        .filter_map(|(key, value)| Some((key.clone(), value.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let session = StoredSession {
+            present: state["present"].as_bool().unwrap_or(false),
+            subscriptions: state["subscriptions"]
+                .as_array()
+                .map(|list| list.iter().map(Subscription::from_record).collect())
+                .unwrap_or_default(),
+            subscribed_at_ms: u64_map(&state["subscribed_at_ms"]),
+            followed_topics: state["followed_topics"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(|topic| Some(topic.as_str()?.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cursor_floors: u64_map(&state["cursor_floors"]),
+            session_id: state["session_id"].as_u64().unwrap_or(0),
+            will_pending: state["will_pending"].as_bool().unwrap_or(false),
+            owner: state["owner"].as_str().map(str::to_string),
+        };
+        Fold {
+            session,
+            expires_at_ms: state["expires_at_ms"].as_u64(),
+            ended: state["ended"].as_bool().unwrap_or(false),
+        }
+    }
+}
+
+/// A session's records, parsed, with where their fold starts: the state of
+/// the last `snapshot` among them and the seq it covers (0 without one).
+struct Parsed {
+    events: Vec<(u64, u64, serde_json::Value)>,
+    base: Fold,
+    through: u64,
+    /// Records past `through` (not counting snapshots).
+    unfolded: usize,
+}
+
+fn parse_session(records: &[Message]) -> Parsed {
+    let events: Vec<(u64, u64, serde_json::Value)> = records
+        .iter()
+        .filter_map(|record| {
+            let event = serde_json::from_slice(&record.body).ok()?;
+            Some((record.seq, record.timestamp_ms, event))
+        })
+        .collect();
+    let last_snapshot = events
+        .iter()
+        .filter(|(_, _, event)| event["type"] == "snapshot")
+        .max_by_key(|(_, _, event)| event["through"].as_u64().unwrap_or(0));
+    let (base, through) = match last_snapshot {
+        Some((_, _, event)) => (
+            Fold::from_json(&event["state"]),
+            event["through"].as_u64().unwrap_or(0),
+        ),
+        None => (Fold::default(), 0),
+    };
+    let unfolded = events
+        .iter()
+        .filter(|(seq, _, event)| *seq > through && event["type"] != "snapshot")
+        .count();
+    Parsed {
+        events,
+        base,
+        through,
+        unfolded,
+    }
+}
+
+/// A session's records folded in order: `start` begins a session, `end`
+/// ends it, `subscribe` and `unsubscribe` change it, and `left` (its
+/// connection ended) says until when it lives without one, which `now_ms`
+/// is checked against. A `snapshot` record holds the fold of the records
+/// up to its `through` seq: the fold starts from the last one and goes on
+/// with the records after that seq (`read_session` reads back to it).
+pub(super) fn fold_session(records: &[Message], now_ms: u64) -> StoredSession {
+    let Parsed {
+        events,
+        mut base,
+        through,
+        ..
+    } = parse_session(records);
+    for (seq, timestamp_ms, event) in &events {
+        if *seq > through && event["type"] != "snapshot" {
+            base.apply(event, *timestamp_ms);
+        }
+    }
+    if base
+        .expires_at_ms
+        .is_some_and(|expires_at_ms| expires_at_ms <= now_ms)
+    {
         return StoredSession::default();
     }
-    session
+    base.session
+}
+
+/// The `snapshot` record of `records` (a session's records read back to
+/// its last snapshot, `read_session`) once more than [`SNAPSHOT_AFTER`]
+/// records follow that snapshot: the fold of every record read, through
+/// the last one's seq.
+pub(super) fn snapshot_record(records: &[Message]) -> Option<serde_json::Value> {
+    let Parsed {
+        events,
+        mut base,
+        through,
+        unfolded,
+    } = parse_session(records);
+    if unfolded <= SNAPSHOT_AFTER {
+        return None;
+    }
+    let mut last = through;
+    for (seq, timestamp_ms, event) in &events {
+        if *seq > through && event["type"] != "snapshot" {
+            base.apply(event, *timestamp_ms);
+        }
+        last = last.max(*seq);
+    }
+    let snapshot =
+        serde_json::json!({"type": "snapshot", "through": last, "state": base.to_json()});
+    // A session following a great many topics reads its records back
+    // further instead (a record's body has a limit).
+    (snapshot.to_string().len() <= SNAPSHOT_BYTES_MAX).then_some(snapshot)
+}
+
+/// The largest `snapshot` record written.
+const SNAPSHOT_BYTES_MAX: usize = 256 * 1024;
+
+/// The seq to read a session's records before, when `records` (the pages
+/// read so far, newest last) do not reach back to the first record or to
+/// the records its last snapshot covers; `None` when they do, or when the
+/// last page read (`page_len` records) found nothing older.
+pub(super) fn older_session_records(records: &[Message], page_len: usize) -> Option<u64> {
+    let first = records.first()?.seq;
+    if first <= 1 || page_len == 0 {
+        return None;
+    }
+    let parsed = parse_session(records);
+    let covered = parsed
+        .events
+        .iter()
+        .any(|(_, _, event)| event["type"] == "snapshot")
+        && first <= parsed.through + 1;
+    (!covered).then_some(first)
 }
 
 /// Where a topic's retained message is kept: its last record (an empty body
@@ -740,6 +919,7 @@ pub(super) fn next_request(state: &mut Connected, pending: Pending) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn record(seq: u64, timestamp_ms: u64, event: serde_json::Value) -> Message {
         test_message(seq, timestamp_ms, Bytes::from(event.to_string()))
@@ -813,5 +993,135 @@ mod tests {
         assert_eq!(owner(&[start.clone(), end.clone()]), None);
         let bob = json!({"type": "start", "user": "bob"});
         assert_eq!(owner(&[start, end, bob]), Some("bob".to_string()));
+    }
+
+    /// A session's records of every kind, two sessions of the client id,
+    /// late records of the first, users, expiry, wills.
+    fn varied_events() -> Vec<serde_json::Value> {
+        use serde_json::json;
+        vec![
+            json!({"type": "start", "session": 1, "user": "alice"}),
+            json!({"type": "subscribe", "filter": "a/+", "qos": 1, "session": 1, "id": 7}),
+            json!({"type": "subscribe", "filter": "b", "qos": 2, "session": 1, "from": 4}),
+            json!({"type": "topic", "topic": "a/x", "session": 1, "from": 3}),
+            json!({"type": "subscribe", "filter": "$share/g/c", "qos": 1, "session": 1, "no_local": true}),
+            json!({"type": "left", "at_ms": 1_000, "expiry_s": 3_600, "session": 1, "will": {"topic": "w"}}),
+            json!({"type": "will-sent"}),
+            json!({"type": "back", "session": 1}),
+            json!({"type": "topic", "topic": "a/y", "session": 1}),
+            json!({"type": "unsubscribe", "filter": "a/+", "session": 1}),
+            json!({"type": "subscribe", "filter": "d/#", "qos": 1, "session": 1, "retain_as_published": true}),
+            json!({"type": "topic", "topic": "d/e", "session": 1, "from": 9}),
+            json!({"type": "left", "at_ms": 5_000, "expiry_s": 60, "session": 1}),
+            json!({"type": "start", "session": 2, "user": "alice"}),
+            json!({"type": "left", "at_ms": 6_000, "expiry_s": 60, "session": 1}),
+            json!({"type": "subscribe", "filter": "e", "qos": 1, "session": 2}),
+            json!({"type": "end"}),
+            json!({"type": "subscribe", "filter": "late", "qos": 1, "session": 2}),
+            json!({"type": "start", "session": 3, "user": "bob"}),
+            json!({"type": "subscribe", "filter": "f/+", "qos": 1, "session": 3}),
+            json!({"type": "topic", "topic": "f/g", "session": 3, "from": 2}),
+            json!({"type": "left", "at_ms": 9_000, "expiry_s": 10, "session": 3}),
+            json!({"type": "will-sent"}),
+            json!({"type": "left", "at_ms": 9_100, "expiry_s": 10, "session": 3, "will": {"topic": "w"}}),
+            json!({"type": "topic", "topic": "f/late", "session": 2}),
+        ]
+    }
+
+    /// The fold of records as a comparable value (every field of the
+    /// session and of the fold).
+    fn folded(records: &[Message], now_ms: u64) -> serde_json::Value {
+        let session = fold_session(records, now_ms);
+        let mut fold = Fold {
+            session,
+            ..Fold::default()
+        };
+        fold.session
+            .subscriptions
+            .sort_by(|a, b| a.filter.cmp(&b.filter));
+        fold.to_json()
+    }
+
+    /// A snapshot of the first `k` records folds on exactly as the records
+    /// it stands for, at every `k` and every later end `m`, with a record
+    /// written between its `through` and itself (another connection's),
+    /// read in full or only back to what it covers.
+    #[test]
+    fn a_snapshot_folds_on_as_the_records_it_covers() {
+        let events = varied_events();
+        let plain: Vec<Message> = (1..)
+            .zip(&events)
+            .map(|(seq, event)| record(seq, seq * 10, event.clone()))
+            .collect();
+        for k in 1..plain.len() {
+            let mut parsed = parse_session(&plain[..k]);
+            for (_, timestamp_ms, event) in &parsed.events {
+                parsed.base.apply(event, *timestamp_ms);
+            }
+            let state = parsed.base.to_json();
+            let snapshot = json!({"type": "snapshot", "through": k as u64, "state": state});
+            for m in k + 1..=plain.len() {
+                // Records 1..=k+1, the snapshot of 1..=k, records k+2..=m.
+                let mut records = plain[..=k].to_vec();
+                records.push(record(0, 0, snapshot.clone()));
+                records.extend(plain[k + 1..m].iter().cloned());
+                for (seq, record) in (1..).zip(records.iter_mut()) {
+                    record.seq = seq;
+                }
+                for now_ms in [0, 9_500, 20_000, u64::MAX] {
+                    let expected = folded(&plain[..m], now_ms);
+                    let case = format!("snapshot of {k} records, {m} records, at {now_ms}");
+                    assert_eq!(folded(&records, now_ms), expected, "{case}, in full");
+                    let read_back = &records[k..];
+                    assert_eq!(folded(read_back, now_ms), expected, "{case}, read back");
+                }
+                let read_back = &records[k..];
+                assert_eq!(older_session_records(read_back, read_back.len()), None);
+                // One record less and it does not cover them.
+                let short = &records[k + 1..];
+                assert_eq!(
+                    older_session_records(short, short.len()),
+                    Some(k as u64 + 2)
+                );
+            }
+        }
+    }
+
+    /// A snapshot is written once more than SNAPSHOT_AFTER records follow
+    /// the last one, through the last record read; without one, older
+    /// records are read until the first.
+    #[test]
+    fn a_snapshot_is_written_after_enough_records() {
+        let subscribed = |seq: u64| {
+            let filter = format!("t/{seq}");
+            record(
+                seq,
+                seq,
+                json!({"type": "subscribe", "filter": filter, "qos": 1}),
+            )
+        };
+        let records: Vec<Message> = (1..=SNAPSHOT_AFTER as u64).map(subscribed).collect();
+        assert!(snapshot_record(&records).is_none());
+        assert_eq!(older_session_records(&records[5..], 10), Some(6));
+        assert_eq!(
+            older_session_records(&records[5..], 0),
+            None,
+            "nothing older"
+        );
+        assert_eq!(older_session_records(&records, 10), None, "from the first");
+        let mut records = records;
+        records.push(subscribed(SNAPSHOT_AFTER as u64 + 1));
+        let snapshot = snapshot_record(&records).expect("one record too many");
+        assert_eq!(snapshot["through"], SNAPSHOT_AFTER as u64 + 1);
+        let mut after = vec![record(SNAPSHOT_AFTER as u64 + 2, 0, snapshot)];
+        after.push(subscribed(SNAPSHOT_AFTER as u64 + 3));
+        assert!(snapshot_record(&after).is_none(), "one record past it");
+        let mut all = records.clone();
+        all.extend(after.iter().cloned());
+        assert_eq!(folded(&after, 0), folded(&all, 0));
+        assert_eq!(
+            fold_session(&after, 0).subscriptions.len(),
+            SNAPSHOT_AFTER + 2
+        );
     }
 }
