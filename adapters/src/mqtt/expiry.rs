@@ -360,7 +360,10 @@ impl WillCommands {
     pub(super) fn new(topic: String, payload: Bytes, retain: bool, headers: Bytes) -> WillCommands {
         let retained = retain.then(|| {
             [
-                retained_command(&topic, headers.clone(), payload.clone()),
+                // The seq of its message is not known yet: a will that
+                // goes out as its connection closes keeps none (nobody
+                // waits for the publish's answer); `publish_will` sets it.
+                retained_command(&topic, headers.clone(), payload.clone(), 0),
                 // Listed once per dedupe window, however often it goes out.
                 stored_message(
                     RETAINED_INDEX.to_string(),
@@ -412,10 +415,14 @@ fn publish_will(
         }
     };
     let mut client = connector.connect(delayed.principal.clone());
-    let commands = delayed.commands();
+    let mut commands = delayed.commands();
     match client.publish_command(commands.publish) {
-        Ok(_) => {
-            // Its user may publish there: keep it as the retained message.
+        Ok(published) => {
+            // Its user may publish there: keep it as the retained message,
+            // a copy of the message just stored.
+            if let Some([Command::Publish { relation, .. }, _]) = &mut commands.retained {
+                *relation = published.seq;
+            }
             for command in commands.retained.into_iter().flatten() {
                 if let Err(error) = system.publish_command(command) {
                     log::warn!("mqtt: the retained will of {client_id:?} was not kept: {error}");

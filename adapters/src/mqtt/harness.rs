@@ -1428,6 +1428,54 @@ mod tests {
         assert_eq!(pongs, 2048);
     }
 
+    /// Two publishers' retained messages of one topic whose copies land in
+    /// the other order than their messages (each copy is written after its
+    /// publisher's answer, from the publisher's shard): the topic's retained
+    /// message is the newer one, for a new subscriber and after a clear.
+    #[test]
+    fn the_retained_message_is_the_newest_whatever_order_its_copies_land_in() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let retained_publish = |payload: &'static [u8]| {
+            Packet::Publish(starling_protocol::mqtt::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                topic: "state".into(),
+                packet_id: Some(1),
+                properties: Properties::default(),
+                payload: Bytes::from_static(payload),
+            })
+        };
+        let copies = store::retained_channel("state");
+        let is_copy = |command: &Command| matches!(command, Command::Publish { channel, .. } if **channel == *copies);
+        let index = Bytes::from_static(b"state");
+        log.append(store::RETAINED_INDEX, kind::MESSAGE, 0, index);
+        let read = |log: &mut Log, filter: &str| {
+            let mut reader = clean_client(&server, log, "reader", |_| {});
+            payloads(subscribe_all(
+                &mut reader,
+                log,
+                &[filter.to_string()],
+                QoS::AtMostOnce,
+            ))
+        };
+        for (older, newer) in [(&b"older"[..], &b"newer"[..]), (b"again", b"")] {
+            let mut first = clean_client(&server, &mut log, "first", |_| {});
+            let mut second = clean_client(&server, &mut log, "second", |_| {});
+            first.send(&retained_publish(older));
+            first.answer(&mut log, is_copy);
+            second.send(&retained_publish(newer));
+            second.answer(&mut log, |_| false);
+            // The older message's copy lands last.
+            first.answer(&mut log, |_| false);
+            assert_eq!(log.read(&copies, HistoryQuery::Last, 1)[0].body, older);
+            let expected: Vec<&[u8]> = [newer].into_iter().filter(|p| !p.is_empty()).collect();
+            assert_eq!(read(&mut log, "state"), expected);
+            assert_eq!(read(&mut log, "#"), expected);
+        }
+    }
+
     /// A QoS 2 retained PUBLISH sent again (DUP) while the first is still
     /// being stored, in a session that is not persistent, is stored once:
     /// the check for a store in flight did not see through the retained

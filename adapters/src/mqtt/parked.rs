@@ -311,8 +311,8 @@ impl MqttSession {
                 // A retained message sent at a SUBSCRIBE: the topic's
                 // retained copy.
                 let channel = super::store::retained_channel(&topic);
-                let query = HistoryQuery::Last;
-                read_history(state, Reader::Server, pending, channel, query, 1, context);
+                let limit = super::store::RETAINED_COPIES_READ;
+                read_last_own(state, pending, channel, limit, context);
                 continue;
             }
             let query = HistoryQuery::From(seq);

@@ -26,8 +26,8 @@ impl MqttSession {
         };
         if let Pending::ThenRetain(chained) = pending {
             let (inner, copy) = *chained;
-            if error.is_none() {
-                store_retained(state, copy, context);
+            if let Reply::Published { seq, .. } = reply {
+                store_retained(state, copy, *seq, context);
             }
             pending = inner;
         }
@@ -200,13 +200,10 @@ impl MqttSession {
                 {
                     restore.noted_messages[index] = if sent.seq == 0 {
                         // The topic's retained copy, unless it was cleared.
-                        messages
-                            .last()
-                            .filter(|message| !message.body.is_empty())
-                            .map(|message| Message {
-                                seq: 0,
-                                ..message.clone()
-                            })
+                        store::newest_retained(messages).map(|message| Message {
+                            seq: 0,
+                            ..message.clone()
+                        })
                     } else {
                         let message = messages.iter().find(|message| message.seq == sent.seq);
                         message.cloned()
@@ -417,7 +414,7 @@ impl MqttSession {
                 });
                 let retained = match reply {
                     Reply::History { messages, .. } if matched && !superseded => {
-                        messages.last().filter(|m| !m.body.is_empty())
+                        store::newest_retained(messages)
                     }
                     _ => None,
                 };
@@ -474,11 +471,16 @@ fn session_unreadable(
 
 /// Stores `copy` as its topic's retained message (as the server: the
 /// `$retained/…` channels are reserved); the reply indexes the topic.
-fn store_retained(state: &mut Connected, copy: RetainedCopy, context: &mut SessionContext<'_>) {
+fn store_retained(
+    state: &mut Connected,
+    copy: RetainedCopy,
+    seq: u64,
+    context: &mut SessionContext<'_>,
+) {
     let request_id = next_request(state, Pending::Retained(copy.topic.clone()));
     context.submit_as_server(
         request_id,
-        retained_command(&copy.topic, copy.headers, copy.payload),
+        retained_command(&copy.topic, copy.headers, copy.payload, seq),
     );
 }
 

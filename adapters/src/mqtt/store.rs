@@ -404,9 +404,42 @@ pub(super) fn retained_channel(topic: &str) -> String {
 }
 
 /// The record that makes `payload` the retained message of `topic` (an
-/// empty one clears it).
-pub(super) fn retained_command(topic: &str, headers: Bytes, payload: Bytes) -> Command {
-    stored_message(retained_channel(topic), Bytes::new(), headers, payload)
+/// empty one clears it): a copy of the topic's message `seq` (0 when not
+/// known), which the copy's `relation` keeps. Copies are written after
+/// each publisher's answer, from its own shard, so two publishers' copies
+/// can land in the other order than their messages: readers take the
+/// copy of the newest message among the last few (`newest_retained`).
+pub(super) fn retained_command(topic: &str, headers: Bytes, payload: Bytes, seq: u64) -> Command {
+    let mut command = stored_message(retained_channel(topic), Bytes::new(), headers, payload);
+    if let Command::Publish { relation, .. } = &mut command {
+        *relation = seq;
+    }
+    command
+}
+
+/// Copies of a topic's retained message read to find the newest.
+pub(super) const RETAINED_COPIES_READ: u32 = 8;
+
+/// The topic's retained message among `copies` (the last of its
+/// `$retained/…` channel, oldest first), `None` when it was cleared: the
+/// copy of the newest message, by the topic seq each copy keeps. A copy
+/// without one (a will that went out as its connection closed, or a copy
+/// written before copies kept it) counts as newer than the copies before
+/// it, as the last one written.
+pub(super) fn newest_retained(copies: &[Message]) -> Option<&Message> {
+    let mut newest: Option<(&Message, u64)> = None;
+    for copy in copies {
+        let seq = match (copy.relation, newest) {
+            (0, Some((_, seq))) => seq,
+            (seq, _) => seq,
+        };
+        if newest.is_none_or(|(_, newest_seq)| seq >= newest_seq) {
+            newest = Some((copy, seq));
+        }
+    }
+    newest
+        .map(|(copy, _)| copy)
+        .filter(|copy| !copy.body.is_empty())
 }
 
 /// A message stored in `channel` (under the idempotency key
@@ -575,15 +608,7 @@ pub(super) fn read_retained(
         qos,
         subscription_id,
     };
-    read_history(
-        state,
-        Reader::Server,
-        pending,
-        channel,
-        HistoryQuery::Last,
-        1,
-        context,
-    );
+    read_last_own(state, pending, channel, RETAINED_COPIES_READ, context);
 }
 
 /// Records read per page of the retained-topic index.
@@ -871,8 +896,9 @@ pub(super) fn read_history(
     }
 }
 
-/// Reads the last `limit` of the session's own records, notes or cursor
-/// records in `channel`, as the server.
+/// Reads the last `limit` records of `channel` as the server: the
+/// session's own records, notes or cursor records, a topic's retained
+/// copies.
 pub(super) fn read_last_own(
     state: &mut Connected,
     pending: Pending,
@@ -1123,5 +1149,33 @@ mod tests {
             fold_session(&after, 0).subscriptions.len(),
             SNAPSHOT_AFTER + 2
         );
+    }
+
+    /// The retained message is the copy of the newest message; a copy
+    /// without a seq (an immediate will, an older copy) is newer than the
+    /// copies before it; an empty newest copy clears it.
+    #[test]
+    fn the_newest_copy_is_the_retained_message() {
+        let copy = |seq: u64, relation: u64, body: &'static str| Message {
+            relation,
+            ..test_message(seq, seq, Bytes::from_static(body.as_bytes()))
+        };
+        let newest = |copies: &[Message]| newest_retained(copies).map(|m| m.body.clone());
+        let body = |text: &'static str| Some(Bytes::from_static(text.as_bytes()));
+        assert_eq!(newest(&[]), None);
+        assert_eq!(newest(&[copy(1, 5, "a"), copy(2, 3, "b")]), body("a"));
+        assert_eq!(newest(&[copy(1, 3, "b"), copy(2, 5, "a")]), body("a"));
+        assert_eq!(newest(&[copy(1, 5, "a"), copy(2, 0, "will")]), body("will"));
+        assert_eq!(
+            newest(&[copy(1, 5, "a"), copy(2, 0, "will"), copy(3, 4, "c")]),
+            body("will")
+        );
+        assert_eq!(
+            newest(&[copy(1, 5, "a"), copy(2, 0, "will"), copy(3, 6, "d")]),
+            body("d")
+        );
+        assert_eq!(newest(&[copy(1, 0, "x"), copy(2, 0, "y")]), body("y"));
+        assert_eq!(newest(&[copy(1, 6, ""), copy(2, 5, "a")]), None, "cleared");
+        assert_eq!(newest(&[copy(1, 5, "a"), copy(2, 6, "")]), None, "cleared");
     }
 }
