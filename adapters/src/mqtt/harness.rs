@@ -1033,11 +1033,24 @@ mod tests {
         client_id: &str,
         receive_maximum: u16,
     ) -> (Driver, Vec<Packet>) {
+        resumed_with(server, log, client_id, |hello| {
+            hello.properties.receive_maximum = Some(receive_maximum)
+        })
+    }
+
+    /// Connects `client_id` (persistent) with its CONNECT changed by
+    /// `adjust`; what came after the CONNACK once the reads are answered.
+    fn resumed_with(
+        server: &MqttProtocol,
+        log: &mut Log,
+        client_id: &str,
+        adjust: impl FnOnce(&mut Connect),
+    ) -> (Driver, Vec<Packet>) {
         let mut client = Driver::open(server, ProtocolVersion::V5);
         let Packet::Connect(mut hello) = connect(client_id) else {
             unreachable!()
         };
-        hello.properties.receive_maximum = Some(receive_maximum);
+        adjust(&mut hello);
         client.send(&Packet::Connect(hello));
         client.answer(log, |_| false);
         let mut packets = client.packets();
@@ -1154,6 +1167,53 @@ mod tests {
             assert_eq!(again, first[..2], "{qos:?} restart {restart}");
             let bodies = take_all_within(&mut client, &mut log, packets, usize::from(window));
             assert_eq!(bodies, sent, "{qos:?} restart {restart}");
+        }
+    }
+
+    /// A session resumed by a client with a smaller Maximum Packet Size
+    /// than a message it has in flight: that one is not sent again (MQTT
+    /// 3.1.2.25: discarded, as if its sending had completed), the others
+    /// are, within the Receive Maximum, and what comes next flows. Before,
+    /// it was sent anyway, and the client disconnects (0x95).
+    #[test]
+    fn a_resumed_session_does_not_resend_what_became_too_large() {
+        const MAX: usize = 200;
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for restart in [false, true] {
+                for window in [1, 8] {
+                    let case = format!("{qos:?} restart {restart} window {window}");
+                    let mut log = Log::default();
+                    let server = MqttProtocol::new(MqttLimits::default());
+                    let (mut client, _) = connected(&server, &mut log, "small", false);
+                    subscribe(&mut client, &mut log, "t", qos);
+                    let large = Bytes::from(vec![b'x'; 2 * MAX]);
+                    let sent = [Bytes::from("s0"), large, Bytes::from("s1")];
+                    for body in &sent {
+                        publish(&mut log, "t", body.clone(), &mut [&mut client]);
+                    }
+                    client.answer(&mut log, |_| false);
+                    assert_eq!(payloads(client.packets()).len(), 3, "{case}");
+                    let server = if restart {
+                        drop(client);
+                        MqttProtocol::new(MqttLimits::default())
+                    } else {
+                        client.close();
+                        server
+                    };
+                    let (mut client, packets) = resumed_with(&server, &mut log, "small", |hello| {
+                        hello.properties.receive_maximum = Some(window);
+                        hello.properties.maximum_packet_size_bytes = Some(MAX as u32);
+                    });
+                    let bodies = take_all_within(&mut client, &mut log, packets, window.into());
+                    assert_eq!(bodies, [sent[0].clone(), sent[2].clone()], "{case}");
+                    publish(&mut log, "t", Bytes::from("s2"), &mut [&mut client]);
+                    client.answer(&mut log, |_| false);
+                    let packets = client.packets();
+                    let next = take_all_within(&mut client, &mut log, packets, window.into());
+                    assert_eq!(next, [Bytes::from("s2")], "{case}");
+                    assert!(!client.closed, "{case}");
+                }
+            }
         }
     }
 

@@ -149,12 +149,7 @@ impl Connected {
         if !self.fits(&outgoing, &properties) {
             // MQTT 3.1.2.24: discarded, as if it had been sent (and, at
             // QoS 1 and 2, acknowledged: nothing waits for it).
-            log::debug!(
-                "mqtt client {:?}: a message of {:?} is larger than its Maximum Packet Size ({} bytes): not sent",
-                self.client_id,
-                outgoing.topic,
-                self.client_packet_bytes_max()
-            );
+            self.log_too_large(&outgoing);
             return;
         }
         match outgoing.qos {
@@ -443,6 +438,11 @@ impl Connected {
                 properties_to_resend(&outgoing.message.headers, now_ms, QoS::ExactlyOnce)
                     .unwrap_or_default();
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
+            if !self.fits(&outgoing, &properties) {
+                self.remove_outbound(packet_id);
+                self.forget_too_large(packet_id, &outgoing);
+                continue;
+            }
             self.encode_noted(&outgoing, packet_id, true, properties, out);
         }
     }
@@ -471,10 +471,32 @@ impl Connected {
                 .all(|m| m.body.len() + channel.len() + m.headers.len() + 64 <= max)
     }
 
+    fn log_too_large(&self, outgoing: &Outgoing) {
+        log::debug!(
+            "mqtt client {:?}: a message of {:?} is larger than its Maximum Packet Size ({} bytes): not sent",
+            self.client_id,
+            outgoing.topic,
+            self.client_packet_bytes_max()
+        );
+    }
+
+    /// Forgets in-flight message `packet_id` of an earlier connection (taken
+    /// out of the outbound window by the caller) instead of sending it again:
+    /// it is larger than this connection's Maximum Packet Size (MQTT
+    /// 3.1.2.25: discarded, as if its sending had completed). Its position
+    /// no longer holds the topic's cursor back: the next acknowledgement
+    /// moves it past.
+    pub(super) fn forget_too_large(&mut self, packet_id: u16, outgoing: &Outgoing) {
+        self.log_too_large(outgoing);
+        self.qos.positions.remove(&packet_id);
+        release_if_empty(&mut self.qos.positions);
+        self.deliveries_changed();
+    }
+
     /// Whether the PUBLISH of `outgoing` stays within the client's Maximum
     /// Packet Size (counted with its whole topic name and a packet id: an
     /// alias could only make it smaller).
-    fn fits(&self, outgoing: &Outgoing, properties: &Properties) -> bool {
+    pub(super) fn fits(&self, outgoing: &Outgoing, properties: &Properties) -> bool {
         let max = self.client_packet_bytes_max();
         // Far below it (most messages): no need to count exactly.
         let rough =

@@ -174,6 +174,10 @@ impl Connected {
                 continue;
             }
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
+            if !self.fits(&outgoing, &properties) {
+                self.forget_too_large(packet_id, &outgoing);
+                continue;
+            }
             self.qos.outbound.insert(packet_id, in_flight);
             // Noted again before it goes out: the older connection may
             // have closed before its note of it was durable.

@@ -718,6 +718,10 @@ impl Connected {
                 subscription_ids: sent.subscription_ids,
                 share: sent.share,
             };
+            if !self.fits(&outgoing, &properties) {
+                self.forget_too_large(sent.packet_id, &outgoing);
+                continue;
+            }
             self.qos.next_order += 1;
             let mut in_flight = InFlight {
                 state: match sent.qos {
