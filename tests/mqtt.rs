@@ -1985,6 +1985,57 @@ fn publish_numbered(topic: &str, qos: QoS, packet_id: u16, dup: bool, payload: &
     })
 }
 
+/// A retained message whose topic is too long for its copy's channel
+/// (`$retained/<topic>`, channel names are 1,024 bytes at most) is refused
+/// with Topic Name invalid before anything is stored, and says the limit;
+/// without RETAIN the same topic is stored; a v3.1.1 client is closed.
+/// Before, the message was stored and acknowledged, and its retained copy
+/// refused with a line in the log only.
+#[test]
+fn a_retained_message_whose_copy_would_not_fit_is_refused_before_it_is_stored() {
+    let (_dir, server) = server(&[]);
+    let topic = format!("long/{}", "x".repeat(1010));
+    let Packet::Publish(mut retained) = publish_numbered(&topic, QoS::AtLeastOnce, 1, false, "r")
+    else {
+        unreachable!()
+    };
+    retained.retain = true;
+    let retained = Packet::Publish(retained);
+    let mut raw = Raw::connect(server.mqtt, ProtocolVersion::V5, 0, None);
+    raw.send(&retained);
+    match raw.next() {
+        Some(Packet::PubAck(ack)) => {
+            assert_eq!(ack.reason_code, ReasonCode::TopicNameInvalid);
+            let reason = ack.properties.reason_string.unwrap_or_default();
+            assert!(reason.contains("at most 1014 bytes"), "{reason}");
+        }
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    raw.send(&publish_numbered(
+        &topic,
+        QoS::AtLeastOnce,
+        2,
+        false,
+        "plain",
+    ));
+    assert!(
+        matches!(raw.next(), Some(Packet::PubAck(ack)) if ack.reason_code == ReasonCode::Success)
+    );
+    let mut old = Raw::connect(server.mqtt, ProtocolVersion::V311, 0, None);
+    old.send(&retained);
+    assert!(
+        old.next().is_none(),
+        "v3.1.1 has no way to refuse but closing"
+    );
+    let mut reader = starling_adapters::client::Client::connect(server.address, "reader", "")
+        .expect("native connect");
+    let stored = reader
+        .history(&topic, starling_protocol::HistoryQuery::Last, 10)
+        .unwrap();
+    let bodies: Vec<&[u8]> = stored.messages.iter().map(|m| &m.body[..]).collect();
+    assert_eq!(bodies, [&b"plain"[..]]);
+}
+
 #[test]
 fn a_refused_publish_and_a_retransmission_keep_their_place_among_the_acknowledgements() {
     let (_dir, server) = server(&[]);

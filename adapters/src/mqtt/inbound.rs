@@ -16,8 +16,20 @@ impl MqttSession {
             }
         }
         let state = self.state.as_mut().expect("connected");
-        if publish.topic.starts_with('$') {
-            const RESERVED: &str = "topics starting with '$' belong to the server";
+        let invalid = if publish.topic.starts_with('$') {
+            Some("topics starting with '$' belong to the server".to_string())
+        } else if publish.retain
+            && store::retained_channel(&publish.topic).len() > CHANNEL_BYTES_MAX
+        {
+            // Its copy could not be kept (`$retained/<topic>` is a channel).
+            Some(format!(
+                "the topic of a retained message may be at most {} bytes; publish it with a shorter topic",
+                CHANNEL_BYTES_MAX - store::retained_channel("").len()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = invalid {
             if let (ProtocolVersion::V5, Some(packet_id)) = (version, publish.packet_id) {
                 // A v5 QoS 1 or 2 publish is refused in its acknowledgement
                 // (0x90), like any other refused publish; the connection
@@ -27,7 +39,7 @@ impl MqttSession {
                 let response = PublishResponse {
                     packet_id,
                     reason_code: ReasonCode::TopicNameInvalid,
-                    properties: super::refusal_properties(state, RESERVED),
+                    properties: super::refusal_properties(state, &reason),
                 };
                 let packet = if publish.qos == QoS::ExactlyOnce {
                     Packet::PubRec(response)
@@ -43,10 +55,10 @@ impl MqttSession {
             disconnect_with(
                 version,
                 ReasonCode::TopicNameInvalid,
-                RESERVED,
+                &reason,
                 context.out(),
             );
-            return Err(close("publish to a '$' topic"));
+            return Err(close(format!("publish refused: {reason}")));
         }
         let topic = publish.topic.clone();
         if publish.qos != QoS::AtMostOnce {

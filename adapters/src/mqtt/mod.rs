@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use starling_broker::{
-    command::cursor_channel, pattern, BrokerError, Close, Command, ConnRef, Protocol, Reply,
-    Session, SessionContext, SessionEvent,
+    command::{cursor_channel, CHANNEL_BYTES_MAX},
+    pattern, BrokerError, Close, Command, ConnRef, Protocol, Reply, Session, SessionContext,
+    SessionEvent,
 };
 use starling_protocol::headers::{decode_headers, encode_headers, name};
 use starling_protocol::mqtt::PayloadFormat;
