@@ -529,6 +529,8 @@ struct Restore {
     waiting_input: BytesMut,
     /// Session records read so far.
     session_records: Vec<Message>,
+    /// The highest `through` of the `snapshot` records among them.
+    session_snapshot: Option<u64>,
     /// The last records of the client id's note channel, until the
     /// session's records are read too (which of them counts depends on the
     /// session: `NoteNumbers::newest`).

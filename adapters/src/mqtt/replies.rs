@@ -251,8 +251,8 @@ impl MqttSession {
                 // Pages come newest first: each goes before those read.
                 let newer = std::mem::replace(&mut restore.session_records, messages.to_vec());
                 restore.session_records.extend(newer);
-                let records = &restore.session_records;
-                if let Some(before) = store::older_session_records(records, messages.len()) {
+                let snapshot = &mut restore.session_snapshot;
+                if let Some(before) = store::older_session_records(messages, snapshot) {
                     state.read_session(HistoryQuery::Before(before), context);
                     return Ok(());
                 }

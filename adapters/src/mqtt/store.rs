@@ -379,22 +379,34 @@ pub(super) fn snapshot_record(records: &[Message]) -> Option<serde_json::Value> 
 /// The largest `snapshot` record written.
 const SNAPSHOT_BYTES_MAX: usize = 256 * 1024;
 
-/// The seq to read a session's records before, when `records` (the pages
-/// read so far, newest last) do not reach back to the first record or to
-/// the records its last snapshot covers; `None` when they do, or when the
-/// last page read (`page_len` records) found nothing older.
-pub(super) fn older_session_records(records: &[Message], page_len: usize) -> Option<u64> {
-    let first = records.first()?.seq;
-    if first <= 1 || page_len == 0 {
+/// The `through` of a `snapshot` record (`None` for any other record).
+fn snapshot_through(record: &Message) -> Option<u64> {
+    // Most records are not snapshots: look for the marker before parsing
+    // (a string value cannot hold it unescaped).
+    const MARKER: &[u8] = br#""type":"snapshot""#;
+    if !record
+        .body
+        .windows(MARKER.len())
+        .any(|window| window == MARKER)
+    {
         return None;
     }
-    let parsed = parse_session(records);
-    let covered = parsed
-        .events
-        .iter()
-        .any(|(_, _, event)| event["type"] == "snapshot")
-        && first <= parsed.through + 1;
-    (!covered).then_some(first)
+    let event: serde_json::Value = serde_json::from_slice(&record.body).ok()?;
+    (event["type"] == "snapshot").then(|| event["through"].as_u64().unwrap_or(0))
+}
+
+/// The seq to read a session's records before, after reading `page` (the
+/// oldest of those read so far): `None` once the records read reach back
+/// to the first one or to the records the newest snapshot among them
+/// covers (`snapshot` keeps its `through` from page to page), or when the
+/// page found nothing older.
+pub(super) fn older_session_records(page: &[Message], snapshot: &mut Option<u64>) -> Option<u64> {
+    for through in page.iter().filter_map(snapshot_through) {
+        *snapshot = Some(snapshot.map_or(through, |known| known.max(through)));
+    }
+    let first = page.first()?.seq;
+    let covered = snapshot.is_some_and(|through| first <= through + 1);
+    (first > 1 && !covered).then_some(first)
 }
 
 /// Where a topic's retained message is kept: its last record (an empty body
@@ -1102,13 +1114,14 @@ mod tests {
                     assert_eq!(folded(read_back, now_ms), expected, "{case}, read back");
                 }
                 let read_back = &records[k..];
-                assert_eq!(older_session_records(read_back, read_back.len()), None);
-                // One record less and it does not cover them.
+                assert_eq!(older_session_records(read_back, &mut None), None);
+                // One record less and it does not cover them: the page
+                // before it does, by the snapshot the first page found.
+                let mut found = None;
                 let short = &records[k + 1..];
-                assert_eq!(
-                    older_session_records(short, short.len()),
-                    Some(k as u64 + 2)
-                );
+                assert_eq!(older_session_records(short, &mut found), Some(k as u64 + 2));
+                assert_eq!(found, Some(k as u64));
+                assert_eq!(older_session_records(&records[k..k + 1], &mut found), None);
             }
         }
     }
@@ -1128,13 +1141,13 @@ mod tests {
         };
         let records: Vec<Message> = (1..=SNAPSHOT_AFTER as u64).map(subscribed).collect();
         assert!(snapshot_record(&records).is_none());
-        assert_eq!(older_session_records(&records[5..], 10), Some(6));
+        assert_eq!(older_session_records(&records[5..], &mut None), Some(6));
+        assert_eq!(older_session_records(&[], &mut None), None, "nothing older");
         assert_eq!(
-            older_session_records(&records[5..], 0),
+            older_session_records(&records, &mut None),
             None,
-            "nothing older"
+            "from the first"
         );
-        assert_eq!(older_session_records(&records, 10), None, "from the first");
         let mut records = records;
         records.push(subscribed(SNAPSHOT_AFTER as u64 + 1));
         let snapshot = snapshot_record(&records).expect("one record too many");
