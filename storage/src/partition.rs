@@ -850,16 +850,22 @@ impl Partition {
         error
     }
 
-    /// Enters the failed state (as a failed write or sync of its own would)
-    /// and takes every record flushed at or after stream position `from`
-    /// back out of what reads see: the shard journal's write or fdatasync of
-    /// the turn that flushed them failed, and their publishers are told so.
+    /// When records were flushed at or after stream position `from`: enters
+    /// the failed state (as a failed write or sync of its own would) and
+    /// takes every one of them back out of what reads see: the shard
+    /// journal's write or fdatasync of the turn that flushed them failed,
+    /// and their publishers are told so.
     /// Their bytes stay in the segment (a restart's recovery decides what
     /// the disk kept, like for any failed write); channel heads go back to
     /// the last record before `from`. Walks the table once: a failure is
     /// rare, and each channel written since `from` steps back over its own
     /// records of that turn.
     pub fn withdraw_since(&mut self, from: u64, error: &StorageError) -> Result<(), StorageError> {
+        if from >= self.flushed_end() {
+            // Nothing to withdraw: the partition stays as it is (a clean
+            // close still syncs it).
+            return Ok(());
+        }
         if self.failed.is_none() {
             self.fail(StorageError::Failed {
                 partition_id: self.id,
@@ -867,8 +873,7 @@ impl Partition {
             });
         }
         let from = from.max(self.log_start);
-        if self.withdrawn_from.is_some_and(|earlier| earlier <= from) || from >= self.flushed_end()
-        {
+        if self.withdrawn_from.is_some_and(|earlier| earlier <= from) {
             return Ok(());
         }
         self.withdrawn_from = Some(from);
@@ -1140,7 +1145,12 @@ impl Partition {
             let active_len = self.segments.last().expect("active segment").len;
             let first_bytes = (closed[first].end - closed[first].start) as u64;
             if active_len > 0 && active_len + first_bytes > self.config.segment_bytes_max {
-                self.roll(snapshot.take())?;
+                if let Err(error) = self.roll(snapshot.take()) {
+                    // What this flush wrote before is not read (the
+                    // channel table is not updated either).
+                    self.withdrawn_from.get_or_insert(flush_start);
+                    return Err(error);
+                }
             }
             // Take as many batches as fit in the active segment (at least one).
             let active_len = self.segments.last().expect("active segment").len;
@@ -1152,7 +1162,10 @@ impl Partition {
                 last += 1;
             }
             let bytes = &buffer[closed[first].start..closed[last].end];
-            self.write_to_active(bytes)?;
+            if let Err(error) = self.write_to_active(bytes) {
+                self.withdrawn_from.get_or_insert(flush_start);
+                return Err(error);
+            }
             written(bytes);
             let active = self.segments.last_mut().expect("active segment");
             for batch in &closed[first..=last] {

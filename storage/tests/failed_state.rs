@@ -74,6 +74,13 @@ fn withdrawn_records_are_not_read() {
     append(&mut partition, "b", 4);
     partition.flush().unwrap();
     let from = partition.end_position();
+    let error = StorageError::Failed {
+        partition_id: 0,
+        reason: "injected journal failure".to_string(),
+    };
+    // Nothing flushed past `from`: nothing to withdraw, and the partition
+    // goes on.
+    partition.withdraw_since(from, &error).unwrap();
     // The failed turn: enough to roll to new segments.
     for timestamp_ms in 10..200 {
         append(&mut partition, "a", timestamp_ms);
@@ -82,10 +89,6 @@ fn withdrawn_records_are_not_read() {
     partition.flush().unwrap();
     assert!(segment_files(dir.path()).len() > 1, "the turn rolls");
     assert_eq!(partition.head_seq(b"a"), 193);
-    let error = StorageError::Failed {
-        partition_id: 0,
-        reason: "injected journal failure".to_string(),
-    };
     partition.withdraw_since(from, &error).unwrap();
 
     assert_eq!(partition.head_seq(b"a"), 3);

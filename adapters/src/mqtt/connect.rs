@@ -125,6 +125,7 @@ impl MqttSession {
                 connack_properties: properties,
                 waiting_input: BytesMut::new(),
                 session_records: Vec::new(),
+                session_pages: Vec::new(),
                 session_snapshot: None,
                 note_records: None,
                 restored_note: Note::default(),
@@ -221,6 +222,7 @@ impl MqttSession {
                 state.session_read = false;
                 if let Some(restore) = state.restore.as_mut() {
                     restore.session_records.clear();
+                    restore.session_pages.clear();
                     restore.session_snapshot = None;
                 }
             }

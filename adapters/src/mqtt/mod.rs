@@ -527,8 +527,11 @@ struct Restore {
     connack_properties: Properties,
     /// Packets that arrive before the CONNACK wait here.
     waiting_input: BytesMut,
-    /// Session records read so far.
+    /// The session's records, once read.
     session_records: Vec<Message>,
+    /// Pages of them read so far, newest first (joined once all are in:
+    /// prepending each would move every record at every page).
+    session_pages: Vec<Vec<Message>>,
     /// The highest `through` of the `snapshot` records among them.
     session_snapshot: Option<u64>,
     /// The last records of the client id's note channel, until the
@@ -997,7 +1000,7 @@ impl MqttSession {
                     state.remove_outbound(response.packet_id);
                     state.deliveries_changed();
                     state.acknowledged(response.packet_id, context);
-                    state.release_held(context.out());
+                    state.release_held(context);
                     state.resume_retained(context);
                 }
                 Ok(())
@@ -1012,7 +1015,7 @@ impl MqttSession {
                     state.acknowledged(packet_id, context);
                     state.remove_outbound(packet_id);
                     state.deliveries_changed();
-                    state.release_held(context.out());
+                    state.release_held(context);
                     state.resume_retained(context);
                     return Ok(());
                 }
@@ -1060,7 +1063,7 @@ impl MqttSession {
                 if state.outbound_state(response.packet_id) == Some(Outbound::Qos2Released) {
                     state.remove_outbound(response.packet_id);
                     state.deliveries_changed();
-                    state.release_held(context.out());
+                    state.release_held(context);
                     state.resume_retained(context);
                 }
                 Ok(())

@@ -414,7 +414,7 @@ impl Connected {
     /// Their delivery started on the earlier connection, so one that expired
     /// meanwhile still goes, with the least expiry left (as a QoS 2 message
     /// does at the resume: `properties_to_resend`).
-    fn resend_waiting(&mut self, out: &mut BytesMut) {
+    fn resend_waiting(&mut self, context: &mut SessionContext<'_>) {
         let now_ms = wall_clock_ms();
         while self.qos.resends > 0 && self.on_the_wire() < usize::from(self.window) {
             let Some((packet_id, in_flight)) = self
@@ -440,21 +440,21 @@ impl Connected {
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
             if !self.fits(&outgoing, &properties) {
                 self.remove_outbound(packet_id);
-                self.forget_too_large(packet_id, &outgoing);
+                self.forget_too_large(packet_id, &outgoing, context);
                 continue;
             }
-            self.encode_noted(&outgoing, packet_id, true, properties, out);
+            self.encode_noted(&outgoing, packet_id, true, properties, context.out());
         }
     }
 
     /// Sends held messages, oldest first, while the window has room.
-    pub(super) fn release_held(&mut self, out: &mut BytesMut) {
-        self.resend_waiting(out);
+    pub(super) fn release_held(&mut self, context: &mut SessionContext<'_>) {
+        self.resend_waiting(context);
         while self.qos.outbound.len() < usize::from(self.window) {
             let Some(outgoing) = self.qos.held.pop_front() else {
                 return;
             };
-            self.send_now(outgoing, out);
+            self.send_now(outgoing, context.out());
         }
     }
 }
@@ -471,7 +471,7 @@ impl Connected {
                 .all(|m| m.body.len() + channel.len() + m.headers.len() + 64 <= max)
     }
 
-    fn log_too_large(&self, outgoing: &Outgoing) {
+    pub(super) fn log_too_large(&self, outgoing: &Outgoing) {
         log::debug!(
             "mqtt client {:?}: a message of {:?} is larger than its Maximum Packet Size ({} bytes): not sent",
             self.client_id,
@@ -483,13 +483,16 @@ impl Connected {
     /// Forgets in-flight message `packet_id` of an earlier connection (taken
     /// out of the outbound window by the caller) instead of sending it again:
     /// it is larger than this connection's Maximum Packet Size (MQTT
-    /// 3.1.2.25: discarded, as if its sending had completed). Its position
-    /// no longer holds the topic's cursor back: the next acknowledgement
-    /// moves it past.
-    pub(super) fn forget_too_large(&mut self, packet_id: u16, outgoing: &Outgoing) {
+    /// 3.1.2.25: discarded, as if its sending had completed, so acknowledged:
+    /// the topic's cursor moves past it, as for one that expired).
+    pub(super) fn forget_too_large(
+        &mut self,
+        packet_id: u16,
+        outgoing: &Outgoing,
+        context: &mut SessionContext<'_>,
+    ) {
         self.log_too_large(outgoing);
-        self.qos.positions.remove(&packet_id);
-        release_if_empty(&mut self.qos.positions);
+        self.acknowledged(packet_id, context);
         self.deliveries_changed();
     }
 

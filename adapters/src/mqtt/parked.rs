@@ -175,7 +175,7 @@ impl Connected {
             }
             properties.subscription_identifiers = outgoing.subscription_ids.clone();
             if !self.fits(&outgoing, &properties) {
-                self.forget_too_large(packet_id, &outgoing);
+                self.forget_too_large(packet_id, &outgoing, context);
                 continue;
             }
             self.qos.outbound.insert(packet_id, in_flight);
@@ -184,7 +184,7 @@ impl Connected {
             self.encode_noted(&outgoing, packet_id, true, properties, context.out());
         }
         self.qos.held.extend(parked.held);
-        self.release_held(context.out());
+        self.release_held(context);
     }
 }
 

@@ -719,7 +719,12 @@ impl Connected {
                 share: sent.share,
             };
             if !self.fits(&outgoing, &properties) {
-                self.forget_too_large(sent.packet_id, &outgoing);
+                // Larger than this connection's Maximum Packet Size: not
+                // sent again, as if its sending had completed (MQTT
+                // 3.1.2.25). It stays delivered (a redelivery from the log
+                // skips it), and holds no position back.
+                self.log_too_large(&outgoing);
+                self.qos.positions.remove(&sent.packet_id);
                 continue;
             }
             self.qos.next_order += 1;

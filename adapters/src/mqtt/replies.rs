@@ -248,14 +248,15 @@ impl MqttSession {
                 let Some(restore) = state.restore.as_mut() else {
                     return Ok(());
                 };
-                // Pages come newest first: each goes before those read.
-                let newer = std::mem::replace(&mut restore.session_records, messages.to_vec());
-                restore.session_records.extend(newer);
+                restore.session_pages.push(messages.to_vec());
                 let snapshot = &mut restore.session_snapshot;
                 if let Some(before) = store::older_session_records(messages, snapshot) {
                     state.read_session(HistoryQuery::Before(before), context);
                     return Ok(());
                 }
+                // Pages came newest first.
+                let pages = std::mem::take(&mut restore.session_pages);
+                restore.session_records = pages.into_iter().rev().flatten().collect();
                 state.session_read = true;
                 if !state.claimed {
                     return self.claim(context);

@@ -891,7 +891,10 @@ impl Shard {
             *last_retention = Instant::now();
             let now_ms = self.now_ms;
             for partition in self.partitions.values_mut() {
-                if partition.failed.is_some() {
+                // Not while a commit is in flight: if it fails, its records
+                // are taken back out of reads from where the turn began,
+                // which retention must not have moved.
+                if partition.failed.is_some() || self.journal.sync_in_flight() {
                     continue;
                 }
                 match partition.log.apply_retention(now_ms) {
