@@ -179,6 +179,20 @@ impl<'a> SessionContext<'a> {
         peer: SocketAddr,
         metrics: &'a Metrics,
     ) -> SessionContext<'a> {
+        let now = Instant::now();
+        SessionContext::new_at(out, commands, principal, authorizer, peer, metrics, now)
+    }
+
+    /// Builds a context at `now` (the shard's clock of this turn).
+    pub(crate) fn new_at(
+        out: &'a mut BytesMut,
+        commands: &'a mut Vec<(u32, Command)>,
+        principal: &'a mut Option<Principal>,
+        authorizer: &'a dyn Authorizer,
+        peer: SocketAddr,
+        metrics: &'a Metrics,
+        now: Instant,
+    ) -> SessionContext<'a> {
         SessionContext {
             out,
             commands,
@@ -186,7 +200,7 @@ impl<'a> SessionContext<'a> {
             authorizer,
             peer,
             certificate_user: None,
-            now: Instant::now(),
+            now,
             timer: None,
             protocol: None,
             metrics,

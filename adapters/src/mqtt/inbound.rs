@@ -167,7 +167,10 @@ impl Connected {
             origin: self.marks_own_publishes().then_some(&*self.client_id),
             retained: publish.retain,
         };
-        headers_of(&publish.properties, marks, wall_clock_ms())
+        // The clock only matters to a message with an expiry.
+        let expires = publish.properties.message_expiry_interval_s.is_some();
+        let now_ms = if expires { wall_clock_ms() } else { 0 };
+        headers_of(&publish.properties, marks, now_ms)
     }
 
     /// Appends a client's publish to its topic (under the idempotency `key`

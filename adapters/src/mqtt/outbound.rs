@@ -142,7 +142,14 @@ impl Connected {
     /// session's numbered PUBLISH waits for the note that lists it); a
     /// message that expired while it waited is dropped.
     pub(super) fn send_now(&mut self, outgoing: Outgoing, out: &mut BytesMut) {
-        let Some(mut properties) = properties_of(&outgoing.message.headers, wall_clock_ms()) else {
+        // The clock only matters to a message with properties (its expiry).
+        let headers = &outgoing.message.headers;
+        let now_ms = if headers.is_empty() {
+            0
+        } else {
+            wall_clock_ms()
+        };
+        let Some(mut properties) = properties_of(headers, now_ms) else {
             return;
         };
         properties.subscription_identifiers = outgoing.subscription_ids.clone();
@@ -415,6 +422,9 @@ impl Connected {
     /// meanwhile still goes, with the least expiry left (as a QoS 2 message
     /// does at the resume: `properties_to_resend`).
     fn resend_waiting(&mut self, context: &mut SessionContext<'_>) {
+        if self.qos.resends == 0 {
+            return;
+        }
         let now_ms = wall_clock_ms();
         while self.qos.resends > 0 && self.on_the_wire() < usize::from(self.window) {
             let Some((packet_id, in_flight)) = self

@@ -35,11 +35,12 @@ const READ_BYTES_PER_TURN: usize = 256 * 1024;
 /// takes up to this much per turn without the buffer growing by
 /// reallocation and copying mid-turn.
 const READ_ROOM: usize = 64 * 1024;
-/// Bytes of the buffer's free space zeroed for the first read of a turn;
-/// each read that fills its zeroed room doubles the next one's. Zeroing
-/// the whole free space before every read cost as much as a quiet
-/// connection's read itself (docs/BENCHMARKS.md, session 8).
-const READ_ZEROED_FIRST: usize = 16 * 1024;
+/// Size of the shard's read buffer (`Shard::read_scratch`): the most one
+/// read asks for. Reads go there, zeroed once, and what came is appended
+/// to the connection's input: zeroing room in the connection's buffer
+/// before each read (16 KiB at least) cost more than a small read's copy
+/// (docs/BENCHMARKS.md, sessions 8 and 15).
+pub(super) const READ_SCRATCH_BYTES: usize = READ_ROOM;
 /// Room reserved in a connection's reply buffer per reply of a run before
 /// its session encodes them: a publish acknowledgement is 34 bytes in the
 /// native protocol and 4 in MQTT; a larger reply reserves the rest itself.
@@ -410,7 +411,7 @@ impl Shard {
     /// connects and says nothing, or never finishes its TLS handshake,
     /// would otherwise hold its slot for ever.
     pub(super) fn close_unidentified(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let mut popped = false;
         while let Some(&(deadline, slot, generation)) = self.handshakes.front() {
             if deadline > now {
@@ -539,36 +540,28 @@ impl Shard {
             // A partial frame larger than the room doubles the buffer.
             let room = READ_ROOM.max(buffers.input.len());
             buffers.input.reserve(room);
-            // `filled` bytes hold data; the rest of `input`'s length is
-            // zeroed room for the next read.
-            let mut filled = buffers.input.len();
-            let mut zeroed_next = READ_ZEROED_FIRST;
             loop {
                 if read_total >= READ_BYTES_PER_TURN {
                     more = true;
                     break;
                 }
-                if filled == buffers.input.len() {
-                    let free = buffers.input.capacity() - filled;
-                    if free == 0 {
-                        more = true;
-                        break;
-                    }
-                    buffers.input.resize(filled + free.min(zeroed_next), 0);
-                    zeroed_next *= 2;
+                let free = buffers.input.capacity() - buffers.input.len();
+                if free == 0 {
+                    more = true;
+                    break;
                 }
-                let asked = buffers.input.len() - filled;
+                let asked = free.min(self.read_scratch.len());
                 match read_plaintext(
                     &mut socket.stream,
                     &mut socket.tls,
-                    &mut buffers.input[filled..],
+                    &mut self.read_scratch[..asked],
                 ) {
                     Ok(0) => {
                         peer_closed = true;
                         break;
                     }
                     Ok(n) => {
-                        filled += n;
+                        buffers.input.extend_from_slice(&self.read_scratch[..n]);
                         read_total += n;
                         if n < asked && !to_would_block && socket.tls.is_none() {
                             break;
@@ -587,7 +580,6 @@ impl Shard {
                     }
                 }
             }
-            buffers.input.truncate(filled);
             self.shared.metrics.bytes_in.add(read_total as u64);
             if more && !peer_closed {
                 self.read_again.push(slot);
@@ -664,13 +656,14 @@ impl Shard {
             // Taken, not borrowed: a reply to one of these commands may call
             // another session, which then makes a list of its own.
             let mut commands = std::mem::take(&mut self.spare_commands);
-            let mut context = SessionContext::new(
+            let mut context = SessionContext::new_at(
                 &mut buffers.scratch,
                 &mut commands,
                 &mut connection.principal,
                 &*self.shared.authorizer,
                 socket.peer,
                 &self.shared.metrics,
+                self.now,
             );
             context.conn = Some(conn);
             context.certificate_user = socket.tls.as_mut().and_then(|tls| tls.certificate_user());
@@ -762,7 +755,7 @@ impl Shard {
 
     /// Calls the sessions whose timers are due.
     pub(super) fn fire_session_timers(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         while let Some(&Reverse((deadline, slot, generation))) = self.timers.peek() {
             if deadline > now {
                 break;
@@ -1363,10 +1356,10 @@ impl Shard {
     /// closes those whose session has expired or gone.
     pub(super) fn check_sessions(&mut self, last: &mut Instant) {
         let every = Duration::from_millis(self.shared.config.session_check_ms);
-        if last.elapsed() < every {
+        if self.now.saturating_duration_since(*last) < every {
             return;
         }
-        *last = Instant::now();
+        *last = self.now;
         let authorizer = &*self.shared.authorizer;
         let ended: Vec<(u32, String)> = self
             .connections

@@ -106,6 +106,9 @@ pub(crate) struct Shard {
     /// keeps a buffer only while it holds a partial frame, so an idle
     /// connection holds none (idle connections are most of them).
     pub(crate) spare_input: BytesMut,
+    /// Where sockets are read into (`conn::READ_SCRATCH_BYTES`, zeroed
+    /// once), before what came is appended to the connection's input.
+    pub(crate) read_scratch: Box<[u8]>,
     /// Emptied connection buffers lent to the next connections to become
     /// busy.
     spare_buffers: conn::SpareBuffers,
@@ -126,6 +129,9 @@ pub(crate) struct Shard {
     /// whose connection re-armed or closed is skipped when it comes up.
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     now_ms: u64,
+    /// The monotonic clock at the start of this turn (read once per turn:
+    /// the loop's periodic checks and timers compare against it).
+    now: Instant,
     last_timestamp_ms: u64,
     /// The shard journal: one write and one fdatasync per turn for every
     /// partition of the shard.
@@ -216,6 +222,7 @@ impl Shard {
             dirty: Vec::new(),
             read_again: Vec::new(),
             spare_input: BytesMut::new(),
+            read_scratch: vec![0; conn::READ_SCRATCH_BYTES].into_boxed_slice(),
             spare_commands: Vec::new(),
             spare_reply_run: Vec::new(),
             spare_buffers: conn::SpareBuffers::default(),
@@ -223,6 +230,7 @@ impl Shard {
             handshakes: VecDeque::new(),
             timers: BinaryHeap::new(),
             now_ms: wall_clock_ms(),
+            now: Instant::now(),
             last_timestamp_ms: 0,
             journal,
             journal_synced_at: Instant::now(),
@@ -267,6 +275,7 @@ impl Shard {
                 continue;
             }
             self.now_ms = wall_clock_ms();
+            self.now = Instant::now();
             self.poll_commit(false);
             for event in events.iter() {
                 if event.token() == WAKER_TOKEN {
@@ -528,7 +537,7 @@ impl Shard {
     /// [`IDLE_MEMORY_RELEASE_AFTER`] while keys remain, then not until the
     /// next busy turn.
     fn release_idle_memory(&mut self) {
-        if self.idle_memory_released || Instant::now() < self.idle_release_at {
+        if self.idle_memory_released || self.now < self.idle_release_at {
             return;
         }
         let now_ms = self.now_ms;

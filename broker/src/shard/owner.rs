@@ -887,8 +887,9 @@ impl Shard {
             }
         }
         let config = &self.shared.config;
-        if last_retention.elapsed() >= Duration::from_millis(config.retention_check_ms) {
-            *last_retention = Instant::now();
+        let every = Duration::from_millis(config.retention_check_ms);
+        if self.now.saturating_duration_since(*last_retention) >= every {
+            *last_retention = self.now;
             let now_ms = self.now_ms;
             for partition in self.partitions.values_mut() {
                 // Not while a commit is in flight: if it fails, its records
