@@ -170,21 +170,9 @@ pub struct SessionContext<'a> {
 }
 
 impl<'a> SessionContext<'a> {
-    /// Builds a context; the shard does this, and tests of adapters may too.
+    /// Builds a context at `now` (the shard's clock of this turn); the
+    /// shard does this, and tests of adapters may too.
     pub fn new(
-        out: &'a mut BytesMut,
-        commands: &'a mut Vec<(u32, Command)>,
-        principal: &'a mut Option<Principal>,
-        authorizer: &'a dyn Authorizer,
-        peer: SocketAddr,
-        metrics: &'a Metrics,
-    ) -> SessionContext<'a> {
-        let now = Instant::now();
-        SessionContext::new_at(out, commands, principal, authorizer, peer, metrics, now)
-    }
-
-    /// Builds a context at `now` (the shard's clock of this turn).
-    pub(crate) fn new_at(
         out: &'a mut BytesMut,
         commands: &'a mut Vec<(u32, Command)>,
         principal: &'a mut Option<Principal>,

@@ -235,6 +235,7 @@ impl Driver {
                 &authorizer,
                 peer(),
                 &metrics,
+                std::time::Instant::now(),
             );
             context.set_conn(self.conn);
             let delivered = action(&mut *self.session, &mut context);

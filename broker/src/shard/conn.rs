@@ -656,7 +656,7 @@ impl Shard {
             // Taken, not borrowed: a reply to one of these commands may call
             // another session, which then makes a list of its own.
             let mut commands = std::mem::take(&mut self.spare_commands);
-            let mut context = SessionContext::new_at(
+            let mut context = SessionContext::new(
                 &mut buffers.scratch,
                 &mut commands,
                 &mut connection.principal,
