@@ -1988,7 +1988,8 @@ fn publish_numbered(topic: &str, qos: QoS, packet_id: u16, dup: bool, payload: &
 /// A retained message whose topic is too long for its copy's channel
 /// (`$retained/<topic>`, channel names are 1,024 bytes at most) is refused
 /// with Topic Name invalid before anything is stored, and says the limit;
-/// without RETAIN the same topic is stored; a v3.1.1 client is closed.
+/// without RETAIN the same topic is stored; a v3.1.1 client is closed; a
+/// CONNECT with such a retained will is refused.
 /// Before, the message was stored and acknowledged, and its retained copy
 /// refused with a line in the log only.
 #[test]
@@ -2034,6 +2035,39 @@ fn a_retained_message_whose_copy_would_not_fit_is_refused_before_it_is_stored() 
         .unwrap();
     let bodies: Vec<&[u8]> = stored.messages.iter().map(|m| &m.body[..]).collect();
     assert_eq!(bodies, [&b"plain"[..]]);
+
+    // A retained will to such a topic is refused at the CONNECT (it could
+    // not be kept when it goes out); one that is not retained is taken.
+    for (retain, expected) in [
+        (true, ReasonCode::TopicNameInvalid),
+        (false, ReasonCode::Success),
+    ] {
+        let mut raw = Raw::open(server.mqtt, ProtocolVersion::V5);
+        raw.send(&Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive_s: 0,
+            client_id: format!("long-will-{retain}"),
+            will: Some(Will {
+                topic: topic.clone(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtMostOnce,
+                retain,
+                properties: Properties::default(),
+            }),
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })));
+        match raw.next() {
+            Some(Packet::ConnAck(ack)) => {
+                assert_eq!(ack.reason_code, expected);
+                let reason = ack.properties.reason_string.unwrap_or_default();
+                assert!(!retain || reason.contains("at most 1014 bytes"), "{reason}");
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
 }
 
 #[test]

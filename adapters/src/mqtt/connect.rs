@@ -43,6 +43,15 @@ impl MqttSession {
                 context.out(),
             );
         }
+        let will_refusal = connect
+            .will
+            .as_ref()
+            .filter(|will| will.retain)
+            .and_then(|will| store::retained_topic_too_long(&will.topic));
+        if let Some(reason) = will_refusal {
+            // Its retained copy could not be kept when it goes out.
+            return refuse(ReasonCode::TopicNameInvalid, &reason, context.out());
+        }
         // The password is the token when there is one; otherwise the user
         // name stands for it (on a loopback server it is the user's name).
         let token = match (&connect.password, &connect.username) {

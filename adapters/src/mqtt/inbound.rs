@@ -18,14 +18,9 @@ impl MqttSession {
         let state = self.state.as_mut().expect("connected");
         let invalid = if publish.topic.starts_with('$') {
             Some("topics starting with '$' belong to the server".to_string())
-        } else if publish.retain
-            && store::retained_channel(&publish.topic).len() > CHANNEL_BYTES_MAX
-        {
+        } else if publish.retain {
             // Its copy could not be kept (`$retained/<topic>` is a channel).
-            Some(format!(
-                "the topic of a retained message may be at most {} bytes; publish it with a shorter topic",
-                CHANNEL_BYTES_MAX - store::retained_channel("").len()
-            ))
+            store::retained_topic_too_long(&publish.topic)
         } else {
             None
         };

@@ -415,6 +415,15 @@ pub(super) fn retained_channel(topic: &str) -> String {
     format!("$retained/{topic}")
 }
 
+/// Why a retained message of `topic` cannot be kept: its copy's channel
+/// name (`$retained/<topic>`) would be over the broker's limit.
+pub(super) fn retained_topic_too_long(topic: &str) -> Option<String> {
+    let most = CHANNEL_BYTES_MAX - retained_channel("").len();
+    (topic.len() > most).then(|| {
+        format!("the topic of a retained message may be at most {most} bytes; use a shorter topic")
+    })
+}
+
 /// The record that makes `payload` the retained message of `topic` (an
 /// empty one clears it): a copy of the topic's message `seq` (0 when not
 /// known), which the copy's `relation` keeps. Copies are written after
