@@ -70,6 +70,33 @@ pub(super) struct Group {
 /// The groups of a listener, by their full filter.
 pub(super) type Groups = Arc<parking_lot::Mutex<HashMap<String, Arc<Group>>>>;
 
+/// `member` joins the group of `filter` (made if there is none) from
+/// `now_ms`, under the groups' lock, so a group whose last member is
+/// leaving is not taken out of the map between this finding it and joining
+/// it (the joiner would be alone in a group nobody else finds, and both
+/// groups would get every message). Returns the group and its members now.
+fn join_group(
+    groups: &Groups,
+    filter: &str,
+    member: ConnRef,
+    now_ms: u64,
+) -> (Arc<Group>, Vec<ConnRef>) {
+    let mut groups = groups.lock();
+    let group = groups.entry(filter.to_string()).or_default().clone();
+    let members = group.join(member, now_ms);
+    (group, members)
+}
+
+/// Takes `group` out of the map if it is still the one of `filter` and has
+/// no members now (one may have joined since its last member left).
+fn remove_if_empty(groups: &Groups, filter: &str, group: &Arc<Group>) {
+    let mut groups = groups.lock();
+    let current = groups.get(filter).is_some_and(|g| Arc::ptr_eq(g, group));
+    if current && group.is_empty() {
+        groups.remove(filter);
+    }
+}
+
 fn members_at(timeline: &Timeline, at_ms: u64) -> Option<&Arc<[ConnRef]>> {
     timeline
         .iter()
@@ -129,6 +156,14 @@ impl Group {
             .last()
             .map(|(_, members)| members.to_vec())
             .unwrap_or_default()
+    }
+
+    /// Whether the group has no members now.
+    fn is_empty(&self) -> bool {
+        self.timeline
+            .lock()
+            .last()
+            .is_none_or(|(_, members)| members.is_empty())
     }
 
     /// `member` joins from `now_ms`; returns the members now.
@@ -228,11 +263,13 @@ impl Connected {
         filter: &str,
         context: &mut SessionContext<'_>,
     ) {
-        let group = groups.lock().entry(filter.to_string()).or_default().clone();
         let me = context.conn();
-        let members = match me {
-            Some(me) => group.join(me, wall_clock_ms()),
-            None => Vec::new(),
+        let (group, members) = match me {
+            Some(me) => join_group(groups, filter, me, wall_clock_ms()),
+            None => {
+                let group = groups.lock().entry(filter.to_string()).or_default().clone();
+                (group, Vec::new())
+            }
         };
         let view = ShareView {
             group: group.clone(),
@@ -265,13 +302,7 @@ impl Connected {
         };
         let members = view.group.leave(me, wall_clock_ms());
         if members.is_empty() {
-            let mut groups = groups.lock();
-            if groups
-                .get(filter)
-                .is_some_and(|group| Arc::ptr_eq(group, &view.group))
-            {
-                groups.remove(filter);
-            }
+            remove_if_empty(groups, filter, &view.group);
         }
         tell(&members, Some(me), context);
         // The unacknowledged messages of this share, to their new owners.
@@ -333,6 +364,30 @@ mod tests {
 
     fn message(seq: u64, timestamp_ms: u64) -> Message {
         test_message(seq, timestamp_ms, Bytes::new())
+    }
+
+    /// The last member leaves while another joins: the group the joiner
+    /// joined stays the filter's, so a later member joins it too (before,
+    /// the leaver took it out of the map after the join, and the next
+    /// member made a second group: both got every message).
+    #[test]
+    fn a_group_joined_while_its_last_member_leaves_stays() {
+        let groups = Groups::default();
+        let (group, _) = join_group(&groups, "$share/g/t", conn(1), 1_000);
+        // The leaver's first step, then a join, then the leaver's second.
+        assert!(group.leave(conn(1), 2_000).is_empty());
+        let (joined, members) = join_group(&groups, "$share/g/t", conn(2), 2_001);
+        assert!(Arc::ptr_eq(&joined, &group));
+        assert_eq!(members, [conn(2)]);
+        remove_if_empty(&groups, "$share/g/t", &group);
+        let (later, members) = join_group(&groups, "$share/g/t", conn(3), 2_002);
+        assert!(Arc::ptr_eq(&later, &group), "one group for the filter");
+        assert_eq!(members, [conn(2), conn(3)]);
+        // Once empty for good, it goes.
+        group.leave(conn(2), 3_000);
+        group.leave(conn(3), 3_000);
+        remove_if_empty(&groups, "$share/g/t", &group);
+        assert!(groups.lock().is_empty());
     }
 
     #[test]
