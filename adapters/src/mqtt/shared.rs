@@ -176,7 +176,13 @@ impl Group {
             if !members.contains(&member) {
                 members.push(member);
             }
-            timeline.push((now_ms, Arc::from(members)));
+            // Never before the newest version: a join whose clock was read
+            // before another's took the lock would be sorted under it and
+            // left out of the members now.
+            let from = timeline
+                .last()
+                .map_or(now_ms, |(from, _)| now_ms.max(*from));
+            timeline.push((from, Arc::from(members)));
         })
     }
 
@@ -388,6 +394,18 @@ mod tests {
         group.leave(conn(3), 3_000);
         remove_if_empty(&groups, "$share/g/t", &group);
         assert!(groups.lock().is_empty());
+    }
+
+    /// Two joins whose clocks were read in the other order than they took
+    /// the lock: both are members now (the later-read clock's version was
+    /// sorted last and left the other out).
+    #[test]
+    fn joins_that_read_the_clock_out_of_order_are_both_members() {
+        let group = Group::default();
+        group.join(conn(1), 101);
+        assert_eq!(group.join(conn(2), 100), [conn(1), conn(2)]);
+        let timeline = group.timeline.lock().clone();
+        assert_eq!(&*timeline.last().unwrap().1, [conn(1), conn(2)]);
     }
 
     #[test]

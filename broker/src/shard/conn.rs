@@ -1385,7 +1385,10 @@ impl Shard {
         if self.lingering.is_empty() {
             return;
         }
-        let now = Instant::now();
+        // The closes below tell sessions the time (a will's delay): the
+        // turn's clock may be behind by the turn.
+        self.now = Instant::now();
+        let now = self.now;
         let mut due = Vec::new();
         self.lingering.retain(|&(slot, generation, deadline)| {
             if deadline <= now {

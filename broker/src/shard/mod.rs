@@ -585,6 +585,8 @@ impl Shard {
         self.poll_commit(true);
         self.end_turn();
         self.poll_commit(true);
+        // The closes below tell sessions the time; the waits above took some.
+        self.now = Instant::now();
         let slots: Vec<u32> = (0..self.connections.len() as u32).collect();
         for slot in slots {
             if self.connections[slot as usize].is_some() {

@@ -888,14 +888,15 @@ impl Shard {
         }
         let config = &self.shared.config;
         let every = Duration::from_millis(config.retention_check_ms);
-        if self.now.saturating_duration_since(*last_retention) >= every {
+        // Not while a commit is in flight (tried again the next turn): if it
+        // fails, its records are taken back out of reads from where its turn
+        // began, which retention must not have moved.
+        let due = self.now.saturating_duration_since(*last_retention) >= every;
+        if due && !self.journal.sync_in_flight() {
             *last_retention = self.now;
             let now_ms = self.now_ms;
             for partition in self.partitions.values_mut() {
-                // Not while a commit is in flight: if it fails, its records
-                // are taken back out of reads from where the turn began,
-                // which retention must not have moved.
-                if partition.failed.is_some() || self.journal.sync_in_flight() {
+                if partition.failed.is_some() {
                     continue;
                 }
                 match partition.log.apply_retention(now_ms) {
