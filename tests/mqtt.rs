@@ -961,21 +961,30 @@ fn a_new_sys_subscriber_gets_the_current_values_at_once() {
         .status()
         .expect("mosquitto_pub is installed (Debian's mosquitto-clients; `.ci/run` does)");
     assert!(published.success());
-    let output = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-u", "ops", "-V", "mqttv5"])
-        .args([
-            "-t",
-            "$SYS/broker/#",
-            "-C",
-            "8",
-            "-W",
-            "10",
-            "-F",
-            "%r %t %p",
-        ])
-        .output()
-        .expect("mosquitto_sub is installed");
-    let text = String::from_utf8_lossy(&output.stdout);
+    let subscribe = || {
+        let output = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", "ops", "-V", "mqttv5"])
+            .args([
+                "-t",
+                "$SYS/broker/#",
+                "-C",
+                "8",
+                "-W",
+                "10",
+                "-F",
+                "%r %t %p",
+            ])
+            .output()
+            .expect("mosquitto_sub is installed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut text = subscribe();
+    if text.lines().any(|line| line.starts_with("0 $SYS/broker/")) {
+        // The round taken at the start was still being published (a busy
+        // machine: every test of this file starts a server): its values
+        // came live. Once it is over, nothing is published for an hour.
+        text = subscribe();
+    }
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 8, "all eight values within 10 s: {text}");
     assert!(
