@@ -254,7 +254,20 @@ fn check_size(what: &'static str, size: usize, limit: usize) -> Result<(), Broke
 /// Where cursors are stored.
 pub const CURSOR_PREFIX: &str = "$cursor/";
 
-/// The reserved channel that stores the cursor of `consumer` on `channel`.
+/// The reserved channel that stores the cursor of `consumer` on `channel`:
+/// `$cursor/<consumer>/<channel>`, or, when that is longer than a channel
+/// name may be (both may be 1,024 bytes), `$cursor/#<SHA-256 of
+/// "<consumer>/<channel>" in hex>` (no `/` after the consumer part, so it
+/// is never one of the first kind).
 pub fn cursor_channel(consumer: &str, channel: &str) -> String {
-    format!("{CURSOR_PREFIX}{consumer}/{channel}")
+    let name = format!("{CURSOR_PREFIX}{consumer}/{channel}");
+    if name.len() <= CHANNEL_BYTES_MAX {
+        return name;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&name.as_bytes()[CURSOR_PREFIX.len()..]);
+    format!(
+        "{CURSOR_PREFIX}#{}",
+        data_encoding::HEXLOWER.encode(&digest)
+    )
 }

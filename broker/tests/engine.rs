@@ -209,6 +209,30 @@ fn cursors_are_durable_per_consumer() {
     assert_eq!(client.cursor_get("alice-laptop", "random").unwrap(), 0);
 }
 
+/// A cursor whose consumer and channel names together are longer than a
+/// channel name may be (each within its own limit: an MQTT client id and a
+/// long topic) is kept too, apart from one of a channel that differs at
+/// the end.
+#[test]
+fn cursors_of_long_names_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = format!("mqtt.{}", "c".repeat(700));
+    let channel = |end: &str| format!("{}{end}", "t".repeat(900));
+    {
+        let engine = start(config(dir.path()));
+        let mut client = user(&engine, "alice");
+        client.cursor_set(&consumer, &channel("a"), 41).unwrap();
+        client.cursor_set(&consumer, &channel("b"), 7).unwrap();
+        assert_eq!(client.cursor_get(&consumer, &channel("a")).unwrap(), 41);
+        engine.shutdown().unwrap();
+    }
+    let engine = start(config(dir.path()));
+    let mut client = user(&engine, "alice");
+    assert_eq!(client.cursor_get(&consumer, &channel("a")).unwrap(), 41);
+    assert_eq!(client.cursor_get(&consumer, &channel("b")).unwrap(), 7);
+    assert_eq!(client.cursor_get(&consumer, &channel("c")).unwrap(), 0);
+}
+
 fn publish_with_id(
     client: &mut LocalClient,
     channel: &str,
