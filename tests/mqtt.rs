@@ -1202,6 +1202,67 @@ fn persistent_session_gets_offline_messages_from_the_log_after_sigkill() {
     assert!(!present);
 }
 
+/// A persistent session with more records than a snapshot waits for (70
+/// subscriptions) on the real server: its resume writes a snapshot, a
+/// later resume (after a SIGKILL too) reads back to it, and the session is
+/// whole either way: every topic's messages from while it was away come.
+#[test]
+fn a_session_with_many_records_resumes_whole_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let topics: Vec<String> = (0..70).map(|n| format!("many/{n}")).collect();
+    let (mut worker, _) = connect_session(server.mqtt, ProtocolVersion::V311, "many", false);
+    for topic in &topics {
+        subscribe(&mut worker, topic, QoS::AtLeastOnce);
+    }
+    worker.send(&Packet::Disconnect(Default::default()));
+    assert!(worker.next().is_none());
+    let snapshots = |server: &Server| {
+        let mut reader = starling_adapters::client::Client::connect(server.address, "r", "")
+            .expect("native connect");
+        let page = reader
+            .history(
+                "$mqtt/session/many",
+                starling_protocol::HistoryQuery::Last,
+                500,
+            )
+            .unwrap();
+        page.messages
+            .iter()
+            .filter(|m| m.body.windows(17).any(|w| w == br#""type":"snapshot""#))
+            .count()
+    };
+    let mut server = server;
+    for round in 0..3 {
+        let away: Vec<String> = vec![format!("away {round}")];
+        publish_acked(&server, &topics[69], &away, QoS::AtLeastOnce);
+        publish_acked(&server, &topics[0], &away, QoS::AtLeastOnce);
+        if round == 2 {
+            server.kill();
+            server = Server::start(dir.path(), &[]);
+        }
+        let (mut worker, present) =
+            connect_session(server.mqtt, ProtocolVersion::V311, "many", false);
+        assert!(present, "round {round}");
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let (id, _, payload) = next_publish(&mut worker);
+            worker.send(&Packet::PubAck(
+                starling_protocol::mqtt::PublishResponse::success(id.unwrap()),
+            ));
+            got.push(String::from_utf8(payload.to_vec()).unwrap());
+        }
+        assert_eq!(got, [away[0].clone(), away[0].clone()], "round {round}");
+        worker.send(&Packet::PingReq);
+        assert_eq!(worker.next(), Some(Packet::PingResp));
+        worker.send(&Packet::Disconnect(Default::default()));
+        assert!(worker.next().is_none());
+        // The first resume folded 70 records and wrote the snapshot; the
+        // later ones fold a few past it and write none.
+        assert_eq!(snapshots(&server), 1, "round {round}");
+    }
+}
+
 /// A client that resumes its session and subscribes again at once (as
 /// `mosquitto_sub -c` does) still gets what came while it was away: its
 /// SUBSCRIBE used to reach the broker before the restored subscription
