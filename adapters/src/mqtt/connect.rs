@@ -11,8 +11,15 @@ impl MqttSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         let version = connect.protocol;
+        let peer = Peer {
+            version,
+            packet_bytes_max: connect
+                .properties
+                .maximum_packet_size_bytes
+                .map_or(0, |max| max as usize),
+        };
         let refuse = |code: ReasonCode, reason: &str, out: &mut BytesMut| {
-            refuse_connect(version, code, reason, out)
+            refuse_connect(peer, code, reason, out)
         };
         if let Some(method) = &connect.properties.authentication_method {
             // MQTT 5 enhanced authentication (AUTH exchanges) is not offered:
@@ -209,7 +216,7 @@ impl MqttSession {
             let state = self.state.take().expect("connected");
             context.refused(&format!("mqtt client id {}", state.client_id), &reason);
             let code = ReasonCode::NotAuthorized;
-            return refuse_connect(state.version, code, &reason, context.out());
+            return refuse_connect(state.peer(), code, &reason, context.out());
         }
         state.claimed = true;
         state.awaiting_handoff = taking_over && !state.clean_start;
@@ -444,21 +451,21 @@ impl Connected {
 /// Answers a CONNECT with a refusing CONNACK (`code`, and in v5 the reason)
 /// and closes the connection.
 pub(super) fn refuse_connect(
-    version: ProtocolVersion,
+    peer: Peer,
     code: ReasonCode,
     reason: &str,
     out: &mut BytesMut,
 ) -> Result<(), Close> {
-    let mut properties = Properties::default();
-    if version == ProtocolVersion::V5 {
-        properties.reason_string = Some(cut(reason));
-    }
+    let properties = Properties {
+        reason_string: peer.reason_string(reason),
+        ..Properties::default()
+    };
     Packet::ConnAck(ConnAck {
         session_present: false,
         reason_code: code,
         properties,
     })
-    .encode(version, out);
+    .encode(peer.version, out);
     Err(close(format!("CONNECT refused: {reason}")))
 }
 

@@ -21,6 +21,9 @@ impl Protocol for MqttDeliveries {
 
     fn encode_delivery(&self, channel: &str, messages: &[Message]) -> Bytes {
         let mut out = BytesMut::new();
+        if !super::is_topic_name(channel) {
+            return out.freeze();
+        }
         let now_ms = wall_clock_ms();
         for message in messages.iter().filter(|m| is_application_message(m)) {
             if let Some(packet) = publish_packet(channel, message, QoS::AtMostOnce, None, now_ms) {
@@ -150,6 +153,14 @@ pub(super) fn properties_to_resend(headers: &Bytes, now_ms: u64, qos: QoS) -> Op
     })
 }
 
+/// `bytes` as an MQTT UTF-8 string: valid UTF-8 without U+0000 (MQTT
+/// 1.5.4-2); `None` otherwise.
+fn mqtt_string(bytes: &[u8]) -> Option<String> {
+    String::from_utf8(bytes.to_vec())
+        .ok()
+        .filter(|text| !text.contains('\0'))
+}
+
 /// The v5 properties of a delivery from the record's header block; `None`
 /// once the message has expired. Headers that are not MQTT's are left out,
 /// and so is a block that does not parse (it was written by another front
@@ -180,16 +191,19 @@ pub(super) fn properties_of(headers: &Bytes, now_ms: u64) -> Option<Properties> 
                 let left_s = (expires_at_ms - now_ms).div_ceil(1000);
                 properties.message_expiry_interval_s = Some(left_s.min(u64::from(u32::MAX)) as u32);
             }
-            name::CONTENT_TYPE => properties.content_type = String::from_utf8(value.to_vec()).ok(),
+            // Headers another front end wrote are not checked as MQTT
+            // strings: those an MQTT packet may not carry are left out.
+            name::CONTENT_TYPE => properties.content_type = mqtt_string(&value),
             name::RESPONSE_TOPIC => {
-                properties.response_topic = String::from_utf8(value.to_vec()).ok()
+                properties.response_topic = mqtt_string(&value)
+                    .filter(|topic| starling_protocol::mqtt::validate_topic_name(topic).is_ok())
             }
             name::CORRELATION_DATA => properties.correlation_data = Some(value),
             other => {
-                if let (Some(user_key), Ok(text)) = (
-                    other.strip_prefix(name::USER_PREFIX),
-                    String::from_utf8(value.to_vec()),
-                ) {
+                let user_key = other
+                    .strip_prefix(name::USER_PREFIX)
+                    .filter(|key| !key.contains('\0'));
+                if let (Some(user_key), Some(text)) = (user_key, mqtt_string(&value)) {
                     properties
                         .user_properties
                         .push((user_key.to_string(), text));

@@ -1318,6 +1318,199 @@ mod tests {
         client
     }
 
+    /// A reason string that would take a refusal over the client's
+    /// Maximum Packet Size is left out (MQTT 3.4.2-2, 3.14.2-3): the
+    /// refusing PUBACK and the DISCONNECT fit; a client without a limit
+    /// gets the reason.
+    #[test]
+    fn reason_strings_stay_within_the_clients_maximum_packet_size() {
+        const MAX: usize = 24;
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        for limit in [Some(MAX as u32), None] {
+            let mut client = clean_client(&server, &mut log, "small", |hello| {
+                hello.properties.maximum_packet_size_bytes = limit;
+            });
+            let publish = |qos, packet_id| {
+                Packet::Publish(starling_protocol::mqtt::Publish {
+                    dup: false,
+                    qos,
+                    retain: false,
+                    topic: "$reserved".into(),
+                    packet_id,
+                    properties: Properties::default(),
+                    payload: Bytes::from_static(b"x"),
+                })
+            };
+            client.send(&publish(QoS::AtLeastOnce, Some(1)));
+            client.answer(&mut log, |_| false);
+            let bytes = client.received.len();
+            let Packet::PubAck(ack) = client.packets().remove(0) else {
+                panic!("expected PUBACK")
+            };
+            assert_eq!(ack.reason_code, ReasonCode::TopicNameInvalid);
+            assert_eq!(ack.properties.reason_string.is_some(), limit.is_none());
+            assert!(limit.is_none() || bytes <= MAX, "{bytes} bytes");
+            // QoS 0 to a reserved topic: DISCONNECT 0x90.
+            client.send_refused(&publish(QoS::AtMostOnce, None));
+            let bytes = client.received.len();
+            let Packet::Disconnect(disconnect) = client.packets().remove(0) else {
+                panic!("expected DISCONNECT")
+            };
+            assert_eq!(disconnect.reason_code, ReasonCode::TopicNameInvalid);
+            assert_eq!(
+                disconnect.properties.reason_string.is_some(),
+                limit.is_none()
+            );
+            assert!(limit.is_none() || bytes <= MAX, "{bytes} bytes");
+        }
+    }
+
+    /// Messages from other front ends reach MQTT subscribers as packets an
+    /// MQTT client takes: headers that are not valid MQTT strings (a
+    /// response topic with a wildcard, U+0000 in a user property) are left
+    /// out, the others kept; a channel named with `+` or `#` (which a `#`
+    /// filter matches) is not sent at all, at QoS 0 and 1. Before, these
+    /// went out as packets the client must refuse (and panicked the
+    /// encoder's check in debug builds).
+    #[test]
+    fn deliveries_from_other_front_ends_are_valid_mqtt() {
+        use starling_broker::Protocol;
+        use starling_protocol::headers::{encode_headers, name};
+        let mut log = Log::default();
+        let headers = encode_headers(&[
+            (name::CONTENT_TYPE.into(), Bytes::from_static(b"text/plain")),
+            (
+                name::RESPONSE_TOPIC.into(),
+                Bytes::from_static(b"replies/#"),
+            ),
+            (
+                format!("{}ok", name::USER_PREFIX),
+                Bytes::from_static(b"fine"),
+            ),
+            (
+                format!("{}bad", name::USER_PREFIX),
+                Bytes::from_static(b"a\0b"),
+            ),
+        ]);
+        let room = log.append_with(
+            "native/room",
+            kind::MESSAGE,
+            0,
+            headers,
+            Bytes::from_static(b"hi"),
+        );
+        let wild = log.append("a+b", kind::MESSAGE, 0, Bytes::from_static(b"x"));
+        let check = |packets: Vec<Packet>| {
+            let [Packet::Publish(publish)] = &packets[..] else {
+                panic!("expected one PUBLISH, got {packets:?}")
+            };
+            let properties = &publish.properties;
+            assert_eq!(properties.content_type.as_deref(), Some("text/plain"));
+            assert_eq!(properties.response_topic, None);
+            let ok = ("ok".to_string(), "fine".to_string());
+            assert_eq!(properties.user_properties, [ok]);
+        };
+        // QoS 1: encoded for the connection.
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = clean_client(&server, &mut log, "reader", |_| {});
+        subscribe(&mut client, &mut log, "#", QoS::AtLeastOnce);
+        client.deliver("native/room", std::slice::from_ref(&room));
+        client.deliver("a+b", std::slice::from_ref(&wild));
+        client.answer(&mut log, |_| false);
+        check(client.packets());
+        // QoS 0: the encoding every plain subscriber shares.
+        let shared = super::super::MqttDeliveries {
+            version: ProtocolVersion::V5,
+        };
+        let decoded = |bytes: Bytes| {
+            let mut packets = Vec::new();
+            let mut at = 0;
+            while let Ok(Decoded::Complete { packet, used }) =
+                decode(&bytes[at..], ProtocolVersion::V5, &MqttLimits::default())
+            {
+                at += used;
+                packets.push(packet);
+            }
+            assert_eq!(at, bytes.len());
+            packets
+        };
+        check(decoded(shared.encode_delivery("native/room", &[room])));
+        assert!(shared.encode_delivery("a+b", &[wild]).is_empty());
+    }
+
+    /// No PUBLISH passes the client's Maximum Packet Size when it takes topic
+    /// aliases (the first use of an alias carries the topic and the alias)
+    /// or has many subscription identifiers on a message; messages near
+    /// the limit are sent or left out, never sent too large.
+    #[test]
+    fn publishes_near_the_maximum_packet_size_stay_within_it() {
+        const MAX: usize = 200;
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = clean_client(&server, &mut log, "edge", |hello| {
+            hello.properties.maximum_packet_size_bytes = Some(MAX as u32);
+            hello.properties.topic_alias_maximum = Some(10);
+        });
+        subscribe(&mut client, &mut log, "edge/topic", QoS::AtLeastOnce);
+        let mut sent = 0;
+        // Largest first: the first that fits sets the alias, with the topic.
+        for size in (150..MAX).rev() {
+            let topic = "edge/topic";
+            let body = Bytes::from(vec![b'x'; size]);
+            publish(&mut log, topic, body, &mut [&mut client]);
+            client.answer(&mut log, |_| false);
+            for packet in client.packets() {
+                let mut encoded = BytesMut::new();
+                packet.encode(ProtocolVersion::V5, &mut encoded);
+                assert!(encoded.len() <= MAX, "{} bytes: {packet:?}", encoded.len());
+                if let Packet::Publish(publish) = packet {
+                    sent += 1;
+                    let ack = PublishResponse::success(publish.packet_id.unwrap());
+                    client.send(&Packet::PubAck(ack));
+                    client.answer(&mut log, |_| false);
+                }
+            }
+        }
+        assert!(sent > 0, "those that fit are sent");
+    }
+
+    /// A SUBSCRIBE and an UNSUBSCRIBE of the same filter in one write (the
+    /// broker answers the subscription after the unsubscribe was handled):
+    /// the session does not have it, not after a resume either. Before,
+    /// the late answer recorded the subscription after its `unsubscribe`
+    /// record, and the resume brought it back.
+    #[test]
+    fn an_unsubscribe_before_the_subscriptions_answer_holds() {
+        for filter in ["a/#", "a/b"] {
+            let mut log = Log::default();
+            let server = MqttProtocol::new(MqttLimits::default());
+            let (mut client, _) = connected(&server, &mut log, "quick", false);
+            send_subscribe(&mut client, 1, filter);
+            client.send(&Packet::Unsubscribe(Unsubscribe {
+                packet_id: 2,
+                filters: vec![filter.into()],
+                properties: Properties::default(),
+            }));
+            client.answer(&mut log, |_| false);
+            let kinds: Vec<PacketType> = client.packets().iter().map(Packet::packet_type).collect();
+            assert!(kinds.contains(&PacketType::SubAck) && kinds.contains(&PacketType::UnsubAck));
+            drop(client);
+            let (_server, client, packets) = back_again(&mut log, "quick");
+            assert_eq!(packets, [], "{filter}");
+            assert!(
+                client.patterns.is_empty(),
+                "{filter}: {:?}",
+                client.patterns
+            );
+            assert!(
+                client.subscriptions.is_empty(),
+                "{filter}: {:?}",
+                client.subscriptions
+            );
+        }
+    }
+
     /// A v5 client with a clean start that takes one message in flight
     /// at a time (Receive Maximum 1), connected.
     fn one_in_flight(server: &MqttProtocol, log: &mut Log, client_id: &str) -> Driver {

@@ -48,7 +48,7 @@ impl MqttSession {
                 return Ok(());
             }
             disconnect_with(
-                version,
+                state.peer(),
                 ReasonCode::TopicNameInvalid,
                 &reason,
                 context.out(),
@@ -59,7 +59,7 @@ impl MqttSession {
         if publish.qos != QoS::AtMostOnce {
             if let Some(reason) = state.over_receive_maximum(&publish) {
                 disconnect_with(
-                    version,
+                    state.peer(),
                     ReasonCode::ReceiveMaximumExceeded,
                     reason,
                     context.out(),

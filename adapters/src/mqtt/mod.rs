@@ -645,6 +645,14 @@ impl Connected {
         })
     }
 
+    /// Who this session's packets go to.
+    pub(super) fn peer(&self) -> Peer {
+        Peer {
+            version: self.version,
+            packet_bytes_max: self.client_packet_bytes_max(),
+        }
+    }
+
     /// The client's Maximum Packet Size (`Extras::client_packet_bytes_max`).
     fn client_packet_bytes_max(&self) -> usize {
         self.extras
@@ -751,7 +759,7 @@ impl Session for MqttSession {
                 ErrorCode::Unavailable => ReasonCode::ServerShuttingDown,
                 _ => ReasonCode::UnspecifiedError,
             };
-            disconnect_with(state.version, reason_code, reason, out);
+            disconnect_with(state.peer(), reason_code, reason, out);
         }
     }
 
@@ -791,13 +799,18 @@ impl MqttSession {
         messages: &[Message],
         context: &mut SessionContext<'_>,
     ) -> Result<Option<Bytes>, Close> {
+        if !is_topic_name(channel) {
+            // A channel another front end named with `+` or `#` (a wildcard
+            // filter matches it): it has no MQTT topic name to go out as.
+            return Ok(None);
+        }
         let Some(state) = self.state.as_mut() else {
             return Ok(None);
         };
         let mut out = BytesMut::new();
         // A group's membership may have changed since the last delivery.
         if !state.refresh_shares(&mut out) {
-            return Err(too_much_held(state.version, context));
+            return Err(too_much_held(state.peer(), context));
         }
         if let (Route::Shared, true) = (state.route(channel), out.is_empty()) {
             // Unless one may pass the client's Maximum Packet Size: the
@@ -825,7 +838,7 @@ impl MqttSession {
             }
             state.supersede_retained(&outgoing.topic);
             if !state.send_or_hold(outgoing, &mut out) {
-                return Err(too_much_held(state.version, context));
+                return Err(too_much_held(state.peer(), context));
             }
         }
         Ok(Some(out.freeze()))
@@ -847,7 +860,7 @@ impl MqttSession {
                     return Ok(());
                 };
                 if !state.refresh_shares(context.out()) {
-                    return Err(too_much_held(state.version, context));
+                    return Err(too_much_held(state.peer(), context));
                 }
                 return Ok(());
             }
@@ -860,7 +873,7 @@ impl MqttSession {
                 };
                 for outgoing in handover.0 {
                     if !state.send_or_hold(outgoing, context.out()) {
-                        return Err(too_much_held(state.version, context));
+                        return Err(too_much_held(state.peer(), context));
                     }
                 }
                 return Ok(());
@@ -870,7 +883,7 @@ impl MqttSession {
         if event.downcast::<TakenOver>().is_ok() {
             if let Some(state) = self.state.as_ref() {
                 disconnect_with(
-                    state.version,
+                    state.peer(),
                     ReasonCode::SessionTakenOver,
                     "another connection with this client id took the session over",
                     context.out(),
@@ -958,7 +971,7 @@ impl MqttSession {
                 .encode(ProtocolVersion::V311, context.out());
             }
             (Some(state), _) => {
-                disconnect_with(state.version, reason_code, reason, context.out());
+                disconnect_with(state.peer(), reason_code, reason, context.out());
             }
             _ => {}
         }
@@ -974,7 +987,7 @@ impl MqttSession {
         context: &mut SessionContext<'_>,
     ) -> Result<(), Close> {
         if let Some(state) = &self.state {
-            disconnect_with(state.version, reason_code, reason, context.out());
+            disconnect_with(state.peer(), reason_code, reason, context.out());
         }
         Err(close(format!("MQTT: {reason}")))
     }
@@ -1158,7 +1171,7 @@ fn too_many_filters(packet: &str, count: usize) -> String {
 
 /// Closes the connection of a client that leaves too many messages
 /// unacknowledged (v5: DISCONNECT 0x97, quota exceeded).
-fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> Close {
+fn too_much_held(peer: Peer, context: &mut SessionContext<'_>) -> Close {
     // Rare and worth knowing about (the client loses its connection): the
     // operator sees who and why.
     log::info!(
@@ -1168,7 +1181,7 @@ fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> 
         context.peer()
     );
     disconnect_with(
-        version,
+        peer,
         ReasonCode::QuotaExceeded,
         "too many unacknowledged messages; acknowledge what you receive",
         context.out(),
@@ -1181,7 +1194,7 @@ fn too_much_held(version: ProtocolVersion, context: &mut SessionContext<'_>) -> 
 /// to bring its messages from the log, was refused: the connection cannot
 /// get them any more (a persistent session resumes them from the log).
 fn cannot_read_on(
-    version: ProtocolVersion,
+    peer: Peer,
     topic: &str,
     error: &BrokerError,
     context: &mut SessionContext<'_>,
@@ -1193,7 +1206,7 @@ fn cannot_read_on(
         context.peer()
     );
     disconnect_with(
-        version,
+        peer,
         ReasonCode::QuotaExceeded,
         "too many unacknowledged messages, and the rest cannot be read from the log",
         context.out(),
@@ -1221,27 +1234,63 @@ fn publish_reason(error: &BrokerError) -> ReasonCode {
 /// the client takes one.
 fn refusal_properties(state: &Connected, reason: &str) -> Properties {
     let mut properties = Properties::default();
-    if state.version == ProtocolVersion::V5 && state.problem_information {
-        properties.reason_string = Some(cut(reason));
+    if state.problem_information {
+        properties.reason_string = state.peer().reason_string(reason);
     }
     properties
 }
 
-fn disconnect(version: ProtocolVersion, reason_code: ReasonCode, out: &mut BytesMut) {
-    disconnect_with(version, reason_code, "", out);
+/// Whether `channel` can be an MQTT topic name (other front ends may name
+/// channels with the wildcard characters, which a topic name may not hold:
+/// MQTT 4.7.1-1).
+pub(super) fn is_topic_name(channel: &str) -> bool {
+    !channel.contains(['+', '#'])
 }
 
-fn disconnect_with(
-    version: ProtocolVersion,
-    reason_code: ReasonCode,
-    reason: &str,
-    out: &mut BytesMut,
-) {
-    if version == ProtocolVersion::V5 {
-        let mut properties = Properties::default();
-        if !reason.is_empty() {
-            properties.reason_string = Some(cut(reason));
+/// Who a packet the server makes up goes to: the protocol version, and the
+/// client's Maximum Packet Size (0: none), which a reason string may not
+/// take the packet over (MQTT 3.4.2-2, 3.14.2-3, 3.2.2-19: left out then).
+#[derive(Clone, Copy)]
+pub(super) struct Peer {
+    pub(super) version: ProtocolVersion,
+    pub(super) packet_bytes_max: usize,
+}
+
+/// Bytes a v5 acknowledgement, DISCONNECT or CONNACK takes besides its
+/// reason string (fixed header, packet id, reason code, lengths, the
+/// property's identifier and string length), rounded up.
+const REASON_PACKET_OVERHEAD: usize = 16;
+
+impl Peer {
+    /// A peer whose limits are not known yet (before its CONNECT).
+    pub(super) fn of(version: ProtocolVersion) -> Peer {
+        Peer {
+            version,
+            packet_bytes_max: 0,
         }
+    }
+
+    /// `reason` as a v5 reason string, cut short, when the client takes
+    /// one that long.
+    pub(super) fn reason_string(self, reason: &str) -> Option<String> {
+        let text = cut(reason);
+        let fits = self.packet_bytes_max == 0
+            || text.len() + REASON_PACKET_OVERHEAD <= self.packet_bytes_max;
+        (self.version == ProtocolVersion::V5 && !text.is_empty() && fits).then_some(text)
+    }
+}
+
+fn disconnect(version: ProtocolVersion, reason_code: ReasonCode, out: &mut BytesMut) {
+    disconnect_with(Peer::of(version), reason_code, "", out);
+}
+
+fn disconnect_with(peer: Peer, reason_code: ReasonCode, reason: &str, out: &mut BytesMut) {
+    let version = peer.version;
+    if version == ProtocolVersion::V5 {
+        let properties = Properties {
+            reason_string: peer.reason_string(reason),
+            ..Properties::default()
+        };
         Packet::Disconnect(Disconnect {
             reason_code,
             properties,

@@ -507,16 +507,26 @@ impl Connected {
     }
 
     /// Whether the PUBLISH of `outgoing` stays within the client's Maximum
-    /// Packet Size (counted with its whole topic name and a packet id: an
-    /// alias could only make it smaller).
+    /// Packet Size (counted with its whole topic name, a packet id, and a
+    /// topic alias when the client takes them).
     pub(super) fn fits(&self, outgoing: &Outgoing, properties: &Properties) -> bool {
         let max = self.client_packet_bytes_max();
-        // Far below it (most messages): no need to count exactly.
-        let rough =
-            outgoing.message.body.len() + outgoing.topic.len() + outgoing.message.headers.len();
+        // Far below it (most messages): no need to count exactly. A
+        // subscription identifier takes up to 5 bytes.
+        let rough = outgoing.message.body.len()
+            + outgoing.topic.len()
+            + outgoing.message.headers.len()
+            + 5 * outgoing.subscription_ids.len();
         if max == 0 || rough + 64 <= max {
             return true;
         }
+        // The first PUBLISH that sets a topic alias carries the whole
+        // topic and the alias (3 bytes).
+        let alias_bytes = if self.client_topic_alias_maximum > 0 {
+            3
+        } else {
+            0
+        };
         let mut encoded = BytesMut::new();
         Packet::Publish(Publish {
             dup: false,
@@ -528,7 +538,7 @@ impl Connected {
             payload: outgoing.message.body.clone(),
         })
         .encode(self.version, &mut encoded);
-        encoded.len() <= max
+        encoded.len() + alias_bytes <= max
     }
 
     /// Encodes the PUBLISH of `outgoing` with `properties` (the message's

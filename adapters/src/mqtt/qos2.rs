@@ -581,7 +581,7 @@ impl Connected {
             // PUBREL again.
             let reason = format!("the session's QoS state could not be noted ({error})");
             disconnect_with(
-                self.version,
+                self.peer(),
                 ReasonCode::UnspecifiedError,
                 &reason,
                 context.out(),

@@ -70,7 +70,12 @@ impl MqttSession {
                 let qos = subscription.qos();
                 let filter = subscription.filter.clone();
                 let shared = subscription.is_shared();
-                if error.is_none() && !shared {
+                // An UNSUBSCRIBE (or a SUBSCRIBE replacing it) handled
+                // before this answer came: it is not the session's any more
+                // (a pattern's answer waits for every shard, and one already
+                // held is answered as granted).
+                let dropped = !state.subscriptions.contains(&subscription);
+                if error.is_none() && !shared && !dropped {
                     // A persistent session's stored subscriptions start at
                     // the head: after a reconnect they resume from there.
                     if let Reply::Subscribed { head_seq } = reply {
@@ -85,6 +90,7 @@ impl MqttSession {
                 }
                 let upgraded = matches!(error, Some(BrokerError::AlreadySubscribed(_)))
                     && !shared
+                    && !dropped
                     && state.persistent
                     && qos != QoS::AtMostOnce
                     && !pattern::is_pattern(&filter)
@@ -115,8 +121,11 @@ impl MqttSession {
                     Some(_) => ReasonCode::UnspecifiedError,
                 };
                 // Granted, then ended by the client's UNSUBSCRIBE before it
-                // started: nothing to record, no retained messages.
-                let ended = matches!(error, Some(BrokerError::EndedBeforeStart(_)));
+                // started or before this answer: nothing to record (it would
+                // bring the subscription back at a resume), no group to
+                // join, no retained messages.
+                let ended = matches!(error, Some(BrokerError::EndedBeforeStart(_)))
+                    || (!granted.is_error() && dropped);
                 if granted.is_error() || ended {
                     // Refused: the session does not have it (nor its
                     // retained messages).
@@ -332,7 +341,7 @@ impl MqttSession {
                 // Ended by the session itself (no filter needs the topic
                 // any more): nothing was missed.
                 if let Some(error) = error.filter(|e| !ended_by_the_session(e)) {
-                    return Err(cannot_read_on(state.version, &topic, error, context));
+                    return Err(cannot_read_on(state.peer(), &topic, error, context));
                 }
             }
             Pending::CaughtUp(topic) => {
@@ -434,7 +443,7 @@ impl MqttSession {
                         share: None,
                     };
                     if !state.send_or_hold(outgoing, context.out()) {
-                        return Err(too_much_held(version, context));
+                        return Err(too_much_held(state.peer(), context));
                     }
                 }
                 // The room the read kept may let a waiting page be read.
@@ -467,7 +476,7 @@ fn session_unreadable(
     }
     let reason = format!("the session could not be {what}: {reply:?}; connect again");
     let code = ReasonCode::ServerUnavailable;
-    connect::refuse_connect(state.version, code, &reason, context.out())
+    connect::refuse_connect(state.peer(), code, &reason, context.out())
 }
 
 /// Stores `copy` as its topic's retained message (as the server: the
