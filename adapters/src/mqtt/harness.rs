@@ -1511,6 +1511,39 @@ mod tests {
         }
     }
 
+    /// A SUBSCRIBE again of a filter the session holds, refused by the
+    /// broker (the client's roles changed): the SUBACK says so, and the
+    /// subscription it held stays (the broker and the session's records
+    /// still have it). Before, the session dropped it in memory only and
+    /// silently left out every message of the topic.
+    #[test]
+    fn a_refused_subscribe_again_keeps_the_subscription_held() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let mut client = clean_client(&server, &mut log, "held", |_| {});
+        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
+        send_subscribe(&mut client, 2, "t");
+        let is_subscribe = |command: &Command| matches!(command, Command::Subscribe { .. });
+        client.refuse(is_subscribe, BrokerError::Denied("roles changed".into()));
+        let packets = client.packets();
+        let [Packet::SubAck(ack)] = &packets[..] else {
+            panic!("expected SUBACK, got {packets:?}")
+        };
+        assert_eq!(ack.reason_codes, [ReasonCode::NotAuthorized]);
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"still"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let packets = client.packets();
+        let [Packet::Publish(publish)] = &packets[..] else {
+            panic!("expected the PUBLISH, got {packets:?}")
+        };
+        assert_eq!(publish.qos, QoS::ExactlyOnce, "as the subscription held");
+    }
+
     /// A v5 client with a clean start that takes one message in flight
     /// at a time (Receive Maximum 1), connected.
     fn one_in_flight(server: &MqttProtocol, log: &mut Log, client_id: &str) -> Driver {

@@ -271,8 +271,9 @@ enum Pending {
     /// request (the listing of its topic) is answered.
     AckAfter(u64, Box<Packet>),
     /// One filter of a SUBSCRIBE (packet id, index of the filter, the
-    /// subscription made when the broker accepts it).
-    Subscribe(u16, usize, Subscription),
+    /// subscription made when the broker accepts it, the one of the same
+    /// filter it replaced, which stays if the broker refuses).
+    Subscribe(u16, usize, Subscription, Option<Box<Subscription>>),
     Unsubscribe(u16, usize),
     /// The retained copy of a topic was stored (index it when it is the
     /// topic's first).

@@ -66,7 +66,7 @@ impl MqttSession {
                     .acks
                     .answer(arrival, *packet, version, context.out());
             }
-            Pending::Subscribe(packet_id, index, subscription) => {
+            Pending::Subscribe(packet_id, index, subscription, replaced) => {
                 let qos = subscription.qos();
                 let filter = subscription.filter.clone();
                 let shared = subscription.is_shared();
@@ -131,6 +131,13 @@ impl MqttSession {
                     // retained messages).
                     if !ended {
                         state.subscriptions.retain(|s| *s != subscription);
+                        // A SUBSCRIBE again of a filter it held, refused (its
+                        // roles changed): the earlier subscription, which the
+                        // broker and the session's records still have, stays.
+                        let free = !state.subscriptions.iter().any(|s| s.filter == filter);
+                        if let (Some(replaced), true) = (replaced, free) {
+                            push_compact(&mut state.subscriptions, *replaced);
+                        }
                     }
                     if let Some(collecting) = state.collecting.get_mut(&Awaiting::SubAck(packet_id))
                     {

@@ -233,7 +233,8 @@ impl MqttSession {
                 options,
                 id,
             };
-            let existed = state.unsubscribe_filter(&subscription.filter).is_some();
+            let replaced = state.unsubscribe_filter(&subscription.filter);
+            let existed = replaced.is_some();
             let shared = subscription.is_shared();
             if !existed
                 && !shared
@@ -254,7 +255,7 @@ impl MqttSession {
             if send_retained {
                 wants_retained.push(subscription.clone());
             }
-            commands.push((index, subscription));
+            commands.push((index, subscription, replaced.map(Box::new)));
         }
         if !wants_retained.is_empty() {
             // From now on a live message of a topic supersedes its retained
@@ -269,7 +270,7 @@ impl MqttSession {
                 granted: Vec::new(),
             },
         );
-        for (index, subscription) in commands {
+        for (index, subscription, replaced) in commands {
             if state.restoring_cursor(&subscription.filter) {
                 // A resumed session's subscription of this topic is being
                 // restored from its cursor (with what came while the client
@@ -284,8 +285,8 @@ impl MqttSession {
                 continue;
             }
             let command = subscribe_command(subscription.topic_filter());
-            let request_id =
-                next_request(state, Pending::Subscribe(packet_id, index, subscription));
+            let pending = Pending::Subscribe(packet_id, index, subscription, replaced);
+            let request_id = next_request(state, pending);
             context.submit(request_id, command);
         }
         // The SUBACK goes at once when no filter needed the broker.
