@@ -1544,6 +1544,55 @@ mod tests {
         assert_eq!(publish.qos, QoS::ExactlyOnce, "as the subscription held");
     }
 
+    /// A QoS 2 delivery in flight at a crash whose message is gone from the
+    /// log by the resume is not sent again, but its packet id stays taken
+    /// and is released (PUBREL): the client may hold it (its PUBREC lost)
+    /// and would take a new message with that id for the old one. Before,
+    /// the id went to the next message.
+    #[test]
+    fn a_qos2_id_whose_message_is_gone_is_released_not_reused() {
+        let mut log = Log::default();
+        let server = MqttProtocol::new(MqttLimits::default());
+        let (mut client, _) = connected(&server, &mut log, "gone", false);
+        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"old"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        let held = match &client.packets()[..] {
+            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        };
+        drop(client);
+        // Retention took the message.
+        log.channels.get_mut("t").unwrap().clear();
+        let (_server, mut client, packets) = back_again(&mut log, "gone");
+        assert!(
+            packets
+                .iter()
+                .any(|p| matches!(p, Packet::PubRel(r) if r.packet_id == held)),
+            "{packets:?}"
+        );
+        assert!(
+            !packets.iter().any(|p| matches!(p, Packet::Publish(_))),
+            "{packets:?}"
+        );
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"new"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        match &client.packets()[..] {
+            [Packet::Publish(publish)] => assert_ne!(publish.packet_id, Some(held)),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        }
+    }
+
     /// A v5 client with a clean start that takes one message in flight
     /// at a time (Receive Maximum 1), connected.
     fn one_in_flight(server: &MqttProtocol, log: &mut Log, client_id: &str) -> Driver {

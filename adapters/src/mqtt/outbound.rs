@@ -503,6 +503,9 @@ impl Connected {
     ) {
         self.log_too_large(outgoing);
         self.acknowledged(packet_id, context);
+        if outgoing.qos == QoS::ExactlyOnce {
+            self.release_packet_id(packet_id, context.out());
+        }
         self.deliveries_changed();
     }
 

@@ -653,17 +653,27 @@ impl Connected {
             if self.qos.outbound.contains_key(packet_id) {
                 continue;
             }
-            self.qos.next_order += 1;
-            let in_flight = InFlight {
-                state: Outbound::Qos2Released,
-                order: self.qos.next_order,
-                outgoing: None,
-                writes_waiting: 0,
-                resend: false,
-            };
-            self.qos.outbound.insert(*packet_id, in_flight);
-            Packet::PubRel(PublishResponse::success(*packet_id)).encode(self.version, out);
+            self.release_packet_id(*packet_id, out);
         }
+    }
+
+    /// Keeps outbound QoS 2 `packet_id` in flight as released and sends its
+    /// PUBREL. Also for a message that is not sent again (gone from the
+    /// log, or now larger than the client's Maximum Packet Size): the client
+    /// may still hold its id (its PUBREC lost), and would take a new message
+    /// with that id for the old one (MQTT 4.3.3); the PUBREL frees the id
+    /// on both sides (a client that does not hold it answers PUBCOMP too).
+    pub(super) fn release_packet_id(&mut self, packet_id: u16, out: &mut BytesMut) {
+        self.qos.next_order += 1;
+        let in_flight = InFlight {
+            state: Outbound::Qos2Released,
+            order: self.qos.next_order,
+            outgoing: None,
+            writes_waiting: 0,
+            resend: false,
+        };
+        self.qos.outbound.insert(packet_id, in_flight);
+        Packet::PubRel(PublishResponse::success(packet_id)).encode(self.version, out);
     }
 
     /// Sends again, with their packet ids and DUP, the PUBLISHes a resumed
@@ -686,12 +696,16 @@ impl Connected {
         }
         let now_ms = wall_clock_ms();
         for (sent, message) in sent.into_iter().zip(messages) {
-            let Some(message) = message else {
-                continue;
-            };
             if self.qos.outbound.contains_key(&sent.packet_id) {
                 continue;
             }
+            let Some(message) = message else {
+                // Gone from the log (retention): not sent again.
+                if sent.qos == QoS::ExactlyOnce {
+                    self.release_packet_id(sent.packet_id, out);
+                }
+                continue;
+            };
             let Some(mut properties) = properties_to_resend(&message.headers, now_ms, sent.qos)
             else {
                 // Expired meanwhile (QoS 1): never sent again.
@@ -725,6 +739,9 @@ impl Connected {
                 // skips it), and holds no position back.
                 self.log_too_large(&outgoing);
                 self.qos.positions.remove(&sent.packet_id);
+                if outgoing.qos == QoS::ExactlyOnce {
+                    self.release_packet_id(sent.packet_id, out);
+                }
                 continue;
             }
             self.qos.next_order += 1;
