@@ -133,9 +133,10 @@ impl MqttSession {
                         state.subscriptions.retain(|s| *s != subscription);
                         // A SUBSCRIBE again of a filter it held, refused (its
                         // roles changed): the earlier subscription, which the
-                        // broker and the session's records still have, stays.
+                        // broker and the session's records still have, stays
+                        // (unless an UNSUBSCRIBE came since).
                         let free = !state.subscriptions.iter().any(|s| s.filter == filter);
-                        if let (Some(replaced), true) = (replaced, free) {
+                        if let (Some(replaced), true) = (replaced, free && !dropped) {
                             push_compact(&mut state.subscriptions, *replaced);
                         }
                     }
