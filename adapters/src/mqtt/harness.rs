@@ -1538,10 +1538,32 @@ mod tests {
         );
         client.answer(&mut log, |_| false);
         let packets = client.packets();
-        let [Packet::Publish(publish)] = &packets[..] else {
+        let [Packet::Publish(delivered)] = &packets[..] else {
             panic!("expected the PUBLISH, got {packets:?}")
         };
-        assert_eq!(publish.qos, QoS::ExactlyOnce, "as the subscription held");
+        assert_eq!(delivered.qos, QoS::ExactlyOnce, "as the subscription held");
+        // Refused again, but an UNSUBSCRIBE came before the refusal: gone.
+        let ack = PublishResponse::success(delivered.packet_id.unwrap());
+        client.send(&Packet::PubRec(ack));
+        client.answer(&mut log, |_| false);
+        client.packets();
+        send_subscribe(&mut client, 3, "t");
+        client.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id: 4,
+            filters: vec!["t".into()],
+            properties: Properties::default(),
+        }));
+        client.refuse(is_subscribe, BrokerError::Denied("roles changed".into()));
+        client.answer(&mut log, |_| false);
+        client.packets();
+        publish(
+            &mut log,
+            "t",
+            Bytes::from_static(b"gone"),
+            &mut [&mut client],
+        );
+        client.answer(&mut log, |_| false);
+        assert_eq!(payloads(client.packets()), Vec::<Bytes>::new());
     }
 
     /// A QoS 2 delivery in flight at a crash whose message is gone from the
