@@ -35,8 +35,8 @@ pub const INCOMING_FRAME_BYTES_MAX: u32 = 256 * 1024 * 1024;
 
 /// Bound on deliveries a [`Client`] queues while waiting for replies. A caller that subscribes
 /// must drain them with [`Client::next_delivery`]; past this bound a call fails with
-/// [`ClientError::DeliveriesOverflow`] rather than letting memory grow without limit or dropping
-/// messages silently. 65 536 batches is minutes of a busy channel for an interactive tool.
+/// [`ClientError::DeliveriesOverflow`] (keeping the delivery that passed it) rather than letting
+/// memory grow without limit or dropping messages. 65 536 batches is minutes of a busy channel for an interactive tool.
 pub const DELIVERIES_QUEUED_MAX: usize = 65_536;
 
 /// Bytes asked of the socket per read: large enough for a burst of deliveries in one call.
@@ -94,8 +94,10 @@ pub enum ClientError {
         /// The frame received.
         got: &'static str,
     },
-    /// More than [`DELIVERIES_QUEUED_MAX`] deliveries are waiting to be read.
-    #[error("{queued} deliveries are queued and unread; call next_delivery to drain them")]
+    /// More than [`DELIVERIES_QUEUED_MAX`] deliveries are waiting to be read. The request was
+    /// sent, and its answer not waited for: its outcome is unknown (a publish may have been
+    /// stored; retry it with the same client message id).
+    #[error("{queued} deliveries are queued and unread, so the request's answer was not waited for (it was sent: its outcome is unknown; retry a publish with the same client message id); call next_delivery to drain them")]
     DeliveriesOverflow {
         /// Deliveries queued.
         queued: usize,
@@ -191,7 +193,8 @@ pub struct Client {
     writer: ClientWriter,
     reader: ClientReader,
     /// Deliveries received while waiting for replies, oldest first.
-    /// INVARIANT: `deliveries.len() <= DELIVERIES_QUEUED_MAX`.
+    /// INVARIANT: each call that finds `deliveries.len() > DELIVERIES_QUEUED_MAX` adds at most
+    /// one more before it fails with [`ClientError::DeliveriesOverflow`].
     deliveries: VecDeque<(String, Vec<Message>)>,
     /// The last request id used; ids count up from 1 and skip 0, which means "push".
     request_id_last: u32,
@@ -510,12 +513,14 @@ impl Client {
                     request_id: 0,
                     frame: Frame::Deliver { channel, messages },
                 } => {
-                    if self.deliveries.len() >= DELIVERIES_QUEUED_MAX {
+                    // Queued even past the bound: a delivery is never
+                    // dropped; the call gives up waiting instead.
+                    self.deliveries.push_back((channel, messages));
+                    if self.deliveries.len() > DELIVERIES_QUEUED_MAX {
                         return Err(ClientError::DeliveriesOverflow {
                             queued: self.deliveries.len(),
                         });
                     }
-                    self.deliveries.push_back((channel, messages));
                 }
                 Envelope {
                     frame:
@@ -917,6 +922,47 @@ mod tests {
             &sent[2].frame,
             Frame::Publish { ephemeral: true, kind: 8, client_message_id, .. } if client_message_id == "m-1"
         ));
+    }
+
+    /// A call that finds the delivery queue full fails and says why, and the
+    /// delivery that passed the bound is kept (it was dropped): every one is
+    /// read in order afterwards, and the connection goes on.
+    #[test]
+    fn a_full_delivery_queue_fails_the_call_and_loses_nothing() {
+        let mut pings = 0;
+        let (address, _received) = serve(move |envelope| match envelope.frame {
+            Frame::Ping => {
+                pings += 1;
+                let mut out = Vec::new();
+                if pings == 1 {
+                    out.extend((1..=DELIVERIES_QUEUED_MAX as u64 + 1).map(|seq| Envelope {
+                        request_id: 0,
+                        frame: Frame::Deliver {
+                            channel: "busy".into(),
+                            messages: vec![message(seq, "m")],
+                        },
+                    }));
+                }
+                out.extend(reply(envelope.request_id, Frame::Pong));
+                out
+            }
+            _ => answer(envelope),
+        });
+        let mut client = Client::connect(address, "tester", "").expect("connect");
+        let error = client.ping().unwrap_err();
+        assert!(
+            matches!(error, ClientError::DeliveriesOverflow { queued } if queued == DELIVERIES_QUEUED_MAX + 1),
+            "{error}"
+        );
+        assert!(error.to_string().contains("outcome is unknown"), "{error}");
+        for seq in 1..=DELIVERIES_QUEUED_MAX as u64 + 1 {
+            let (_, messages) = client
+                .next_delivery(Duration::from_secs(5))
+                .expect("read")
+                .expect("a queued delivery");
+            assert_eq!(messages[0].seq, seq);
+        }
+        client.ping().expect("the connection goes on");
     }
 
     #[test]
