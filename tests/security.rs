@@ -880,6 +880,7 @@ fn signed_tokens_of_an_identity_provider() {
             &[
                 ("STARLING_AUTH_JWT_PUBLIC_KEY_FILE", public.as_str()),
                 ("STARLING_AUTH_JWT_ISSUER", "https://idp.example"),
+                ("STARLING_ENGINE_SESSION_CHECK_MS", "200"),
             ],
         );
         let claims = |sub: &str, exp: u64, iss: &str| json!({"sub": sub, "roles": ["member"], "exp": exp, "iss": iss});
@@ -941,6 +942,32 @@ fn signed_tokens_of_an_identity_provider() {
                 "{why} refused"
             );
         }
+        // A connection signed in with a token is closed once the token
+        // expires (this one is taken for 3 s more: the 30 s leeway).
+        let at_sign_in = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let soon = jwt(
+            &dir.path().join("idp.key"),
+            alg,
+            &claims("dave", at_sign_in - 27, "https://idp.example"),
+        );
+        let mut expiring = Client::connect(server.address, "test", &soon).unwrap();
+        let started = std::time::Instant::now();
+        let ended = loop {
+            match expiring.ping() {
+                Ok(_) if started.elapsed() < std::time::Duration::from_secs(20) => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Ok(_) => panic!("the connection outlived its token"),
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(1),
+            "{ended}"
+        );
         // A disabled local user of the same name is refused, token or not.
         let alice = jwt(
             &dir.path().join("idp.key"),

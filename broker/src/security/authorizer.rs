@@ -220,8 +220,10 @@ impl SecurityAuthorizer {
             user: Arc::from(claims.sub.as_str()),
             roles: claims.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
             address,
+            // The token's expiry goes with it: connections signed in with
+            // it are closed once it passes (`session_in_use`).
             session: Some(Arc::from(
-                format!("jwt:{}", &token_id(token)[..32]).as_str(),
+                format!("jwt:{}:{}", &token_id(token)[..32], claims.exp).as_str(),
             )),
         })
     }
@@ -296,9 +298,18 @@ impl Authorizer for SecurityAuthorizer {
         let Some(id) = principal.session.as_deref() else {
             return Ok(());
         };
-        // A JWT's expiry is checked at sign-in only: the principal does not
-        // keep it (docs/SECURITY.md).
-        if id.starts_with("jwt:") {
+        // A signed token's session is the token: in use until it expires.
+        if let Some(token) = id.strip_prefix("jwt:") {
+            let exp_s = token
+                .rsplit_once(':')
+                .and_then(|(_, exp)| exp.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            if now_ms() / 1000 >= exp_s.saturating_add(super::jwt::LEEWAY_S) {
+                return Err(Denied(
+                    "the signed token has expired; sign in with a new one from the identity provider"
+                        .into(),
+                ));
+            }
             return Ok(());
         }
         let state = self.state.read();

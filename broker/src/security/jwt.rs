@@ -17,7 +17,13 @@ pub struct Claims {
     pub sub: String,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Seconds since the Unix epoch when the token expires (required).
+    pub exp: u64,
 }
+
+/// Seconds a token is still taken after its `exp` (and before its `nbf`):
+/// clocks of the identity provider and the server differ a little.
+pub const LEEWAY_S: u64 = 30;
 
 /// Checks JWTs against one key.
 pub struct JwtVerifier {
@@ -57,7 +63,7 @@ impl JwtVerifier {
             ),
         };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_S;
         // Off by default in jsonwebtoken: a token is not valid before its
         // `nbf`.
         validation.validate_nbf = true;
