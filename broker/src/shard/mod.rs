@@ -585,6 +585,9 @@ impl Shard {
         self.poll_commit(true);
         self.end_turn();
         self.poll_commit(true);
+        // The answers of that last commit go out before the closes below,
+        // which drop what is still queued to make room for their last word.
+        self.write_dirty();
         // The closes below tell sessions the time; the waits above took some.
         self.now = Instant::now();
         let slots: Vec<u32> = (0..self.connections.len() as u32).collect();
