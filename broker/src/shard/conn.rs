@@ -140,21 +140,23 @@ impl Publishing {
     /// What a connection (its `publishing` field) needs to publish as
     /// `principal`, made now if it had not published yet, or again if the
     /// connection's principal changed (an HTTP request, then a tunnelled
-    /// MQTT CONNECT as another user: its records and limits are its own).
+    /// MQTT CONNECT as another user: its records and user limit are its
+    /// own). The connection's own limiter stays: two users taking turns on
+    /// one keep-alive connection do not reset it.
     fn of<'a>(
         publishing: &'a mut Option<Box<Publishing>>,
         principal: &Principal,
     ) -> &'a mut Publishing {
-        if publishing
-            .as_ref()
-            .is_some_and(|p| p.sender != principal.user.as_bytes())
-        {
-            *publishing = None;
+        let user = principal.user.as_bytes();
+        if let Some(changed) = publishing.as_mut().filter(|p| p.sender != user) {
+            changed.sender = Bytes::copy_from_slice(user);
+            changed.user_limiter = None;
         }
         publishing.get_or_insert_with(|| {
             Box::new(Publishing {
-                sender: Bytes::copy_from_slice(principal.user.as_bytes()),
-                limiters: None,
+                sender: Bytes::copy_from_slice(user),
+                connection_limiter: None,
+                user_limiter: None,
             })
         })
     }
@@ -164,14 +166,11 @@ impl Publishing {
 pub(crate) struct Publishing {
     /// The principal's user name as it is stored in records, made once.
     sender: Bytes,
-    /// Publish rate limiters, made at the first publish when limits are on.
-    limiters: Option<Limiters>,
-}
-
-/// A connection's publish limiters.
-pub(crate) struct Limiters {
-    connection: crate::limits::ConnectionLimiter,
-    user: Arc<crate::limits::UserLimiter>,
+    /// The connection's publish rate limiter, made at its first publish
+    /// when limits are on.
+    connection_limiter: Option<crate::limits::ConnectionLimiter>,
+    /// The publishing user's limiter (shared by the user's connections).
+    user_limiter: Option<Arc<crate::limits::UserLimiter>>,
 }
 
 pub(crate) enum ConnKind {
@@ -1679,14 +1678,15 @@ fn admit_publish(
     if per_connection.is_off() && per_user.is_off() {
         return Ok(());
     }
-    let limiters = Publishing::of(publishing, principal)
-        .limiters
-        .get_or_insert_with(|| Limiters {
-            connection: crate::limits::ConnectionLimiter::new(),
-            user: shared.user_limiters.get(&principal.user),
-        });
-    limiters.connection.admit(per_connection, bytes)?;
-    limiters.user.admit(per_user, bytes)
+    let publishing = Publishing::of(publishing, principal);
+    publishing
+        .connection_limiter
+        .get_or_insert_with(crate::limits::ConnectionLimiter::new)
+        .admit(per_connection, bytes)?;
+    publishing
+        .user_limiter
+        .get_or_insert_with(|| shared.user_limiters.get(&principal.user))
+        .admit(per_user, bytes)
 }
 
 #[cfg(test)]
