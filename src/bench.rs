@@ -231,6 +231,21 @@ fn tighten_timer_slack() {
     }
 }
 
+/// How many of a run's messages (`rate` × `duration_s`, rounded) each of
+/// `publishers` sends: the first ones take one more when they do not divide
+/// evenly (rounding each publisher's share sent 12 messages for `--rate 10
+/// --publishers 4`, and none for `--rate 1`).
+pub(crate) fn publisher_shares(rate: u64, duration_s: u64, publishers: usize) -> Result<Vec<u64>> {
+    let total = (rate as f64 * duration_s as f64).round() as u64;
+    if total == 0 {
+        bail!("--rate {rate} for --duration-s {duration_s} is less than one message: raise either");
+    }
+    let n = publishers as u64;
+    Ok((0..n)
+        .map(|p| total / n + u64::from(p < total % n))
+        .collect())
+}
+
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
@@ -410,22 +425,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("subscribers ready; settling for {} s", args.settle_s);
         std::thread::sleep(Duration::from_secs(args.settle_s));
     }
-    // The run's messages, shared out: the first publishers take one more
-    // when they do not divide evenly (rounding each publisher's share sent
-    // 12 messages for `--rate 10 --publishers 4`, and none for `--rate 1`).
-    let total = (args.rate as f64 * args.duration_s as f64).round() as u64;
-    if total == 0 {
-        bail!(
-            "--rate {} for --duration-s {} is less than one message: raise either",
-            args.rate,
-            args.duration_s
-        );
-    }
-    let publishers = args.publishers as u64;
+    let shares = publisher_shares(args.rate, args.duration_s, args.publishers)?;
     let mut publisher_threads = Vec::new();
     let start_ns = epoch.elapsed().as_nanos() as u64 + 50_000_000;
-    for p in 0..args.publishers {
-        let count = total / publishers + u64::from((p as u64) < total % publishers);
+    for (p, count) in shares.into_iter().enumerate() {
         if count == 0 {
             continue;
         }
@@ -1113,6 +1116,16 @@ fn subscriber_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's messages are shared out exactly: the first publishers take
+    /// one more; a rate that comes to less than one message is refused.
+    #[test]
+    fn publisher_shares_add_up_to_the_run() {
+        assert_eq!(publisher_shares(10, 1, 4).unwrap(), [3, 3, 2, 2]);
+        assert_eq!(publisher_shares(1, 1, 4).unwrap(), [1, 0, 0, 0]);
+        assert_eq!(publisher_shares(20_000, 10, 4).unwrap(), [50_000; 4]);
+        assert!(publisher_shares(0, 10, 4).is_err());
+    }
 
     /// The counts of one channel's deliveries in `seqs` (expecting 1, 2, …),
     /// as the subscriber pool takes them, with what is still missing lost.

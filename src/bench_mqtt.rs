@@ -24,7 +24,7 @@ use starling_protocol::mqtt::{
     PublishResponse, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 
-use crate::bench::{histogram, spawn, SubscriberResult};
+use crate::bench::{histogram, publisher_shares, spawn, SubscriberResult};
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
 const STAMP_BYTES: usize = 32;
@@ -250,19 +250,10 @@ pub fn run(bench: MqttBench) -> Result<()> {
     }
 
     // The run's messages shared out exactly (as the native bench does).
-    let total = (bench.rate as f64 * bench.duration_s as f64).round() as u64;
-    if total == 0 {
-        bail!(
-            "--rate {} for --duration-s {} is less than one message: raise either",
-            bench.rate,
-            bench.duration_s
-        );
-    }
-    let publishers = bench.publishers as u64;
+    let shares = publisher_shares(bench.rate, bench.duration_s, bench.publishers)?;
     let start_ns = now_ns(epoch) + 50_000_000;
     let mut publisher_threads = Vec::new();
-    for p in 0..bench.publishers {
-        let count = total / publishers + u64::from((p as u64) < total % publishers);
+    for (p, count) in shares.into_iter().enumerate() {
         if count == 0 {
             continue;
         }

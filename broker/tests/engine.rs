@@ -616,13 +616,14 @@ fn idle_shards_run_the_memory_hook_on_their_own_threads() {
     }
 }
 
-#[test]
-fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_same_client() {
-    let dir = tempfile::tempdir().unwrap();
+/// An engine of 50-message pages, `alice` publishing and `bob` following
+/// `rooms/+`, which got the 3,000 messages of `rooms/a` so far live: the
+/// engine, the two clients and the backlog.
+fn pattern_with_backlog(dir: &std::path::Path) -> (Engine, LocalClient, LocalClient, u64) {
     let engine = start(EngineConfig {
         page_messages_max: 50,
         durability: Durability::None,
-        ..config(dir.path())
+        ..config(dir)
     });
     let mut publisher = user(&engine, "alice");
     let mut subscriber = user(&engine, "bob");
@@ -639,6 +640,13 @@ fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_sam
         receive(&mut subscriber, "rooms/a", backlog as usize).len(),
         backlog as usize
     );
+    (engine, publisher, subscriber, backlog)
+}
+
+#[test]
+fn a_channel_catching_up_is_not_also_delivered_live_through_a_pattern_of_the_same_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, mut publisher, mut subscriber, backlog) = pattern_with_backlog(dir.path());
     // The channel itself from its first message, paged from the log (60
     // pages; the reply comes with the first), while more is published: what
     // the pattern would bring live meanwhile, the pages bring, so each
@@ -687,26 +695,7 @@ fn receive_in_order_while_publishing(
 #[test]
 fn a_channel_catching_up_its_last_n_is_not_also_delivered_live_through_a_pattern() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = start(EngineConfig {
-        page_messages_max: 50,
-        durability: Durability::None,
-        ..config(dir.path())
-    });
-    let mut publisher = user(&engine, "alice");
-    let mut subscriber = user(&engine, "bob");
-    subscriber
-        .request(Command::SubscribePattern {
-            pattern: "rooms/+".to_string(),
-        })
-        .unwrap();
-    let backlog = 3_000u64;
-    for n in 0..backlog {
-        publisher.publish("rooms/a", format!("m{n}")).unwrap();
-    }
-    assert_eq!(
-        receive(&mut subscriber, "rooms/a", backlog as usize).len(),
-        backlog as usize
-    );
+    let (_engine, mut publisher, mut subscriber, backlog) = pattern_with_backlog(dir.path());
     subscriber
         .subscribe("rooms/a", SubscribeStart::LastN(backlog))
         .unwrap();

@@ -495,6 +495,31 @@ mod tests {
         (server, client, packets)
     }
 
+    /// A persistent session `client_id` subscribed to `t` at QoS 2, with
+    /// `body` published and sent to it, not acknowledged: the connection and
+    /// the PUBLISH's packet id.
+    fn qos2_in_flight(
+        server: &MqttProtocol,
+        log: &mut Log,
+        client_id: &str,
+        body: &'static [u8],
+    ) -> (Driver, u16) {
+        let (mut client, _) = connected(server, log, client_id, false);
+        subscribe(&mut client, log, "t", QoS::ExactlyOnce);
+        publish(log, "t", Bytes::from_static(body), &mut [&mut client]);
+        client.answer(log, |_| false);
+        let packet_id = delivered_packet_id(&mut client);
+        (client, packet_id)
+    }
+
+    /// The packet id of the one PUBLISH the client got.
+    fn delivered_packet_id(client: &mut Driver) -> u16 {
+        match &client.packets()[..] {
+            [Packet::Publish(publish)] => publish.packet_id.expect("QoS 1 or 2"),
+            other => panic!("expected the PUBLISH, got {other:?}"),
+        }
+    }
+
     /// Connects `client_id` to `server` on `log` and checks the CONNACK:
     /// the connection and what came after the CONNACK.
     fn connected(
@@ -853,19 +878,7 @@ mod tests {
     fn a_released_qos2_delivery_is_not_sent_again_when_its_cursor_write_was_lost() {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, _) = connected(&server, &mut log, "keeper", false);
-        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
-        publish(
-            &mut log,
-            "t",
-            Bytes::from_static(b"once"),
-            &mut [&mut client],
-        );
-        client.answer(&mut log, |_| false);
-        let packet_id = match &client.packets()[..] {
-            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
-            other => panic!("expected the PUBLISH, got {other:?}"),
-        };
+        let (mut client, packet_id) = qos2_in_flight(&server, &mut log, "keeper", b"once");
         client.send(&Packet::PubRec(PublishResponse::success(packet_id)));
         client.answer(&mut log, is_cursor_write);
         assert!(
@@ -897,19 +910,7 @@ mod tests {
     fn a_qos2_delivery_refused_in_its_pubrec_does_not_come_again() {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, _) = connected(&server, &mut log, "refuser", false);
-        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
-        publish(
-            &mut log,
-            "t",
-            Bytes::from_static(b"unwanted"),
-            &mut [&mut client],
-        );
-        client.answer(&mut log, |_| false);
-        let packet_id = match &client.packets()[..] {
-            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
-            other => panic!("expected the PUBLISH, got {other:?}"),
-        };
+        let (mut client, packet_id) = qos2_in_flight(&server, &mut log, "refuser", b"unwanted");
         client.send(&Packet::PubRec(PublishResponse {
             packet_id,
             reason_code: ReasonCode::UnspecifiedError,
@@ -1012,10 +1013,7 @@ mod tests {
         assert!(!stored[0].headers.is_empty(), "the expiry is kept");
         client.deliver("t", &stored);
         client.answer(&mut log, |_| false);
-        let packet_id = match &client.packets()[..] {
-            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
-            other => panic!("expected the PUBLISH, got {other:?}"),
-        };
+        let packet_id = delivered_packet_id(&mut client);
         // A crash, and the message expires before the client is back.
         drop(client);
         std::thread::sleep(std::time::Duration::from_millis(1_200));
@@ -1575,19 +1573,7 @@ mod tests {
     fn a_qos2_id_whose_message_is_gone_is_released_not_reused() {
         let mut log = Log::default();
         let server = MqttProtocol::new(MqttLimits::default());
-        let (mut client, _) = connected(&server, &mut log, "gone", false);
-        subscribe(&mut client, &mut log, "t", QoS::ExactlyOnce);
-        publish(
-            &mut log,
-            "t",
-            Bytes::from_static(b"old"),
-            &mut [&mut client],
-        );
-        client.answer(&mut log, |_| false);
-        let held = match &client.packets()[..] {
-            [Packet::Publish(publish)] => publish.packet_id.unwrap(),
-            other => panic!("expected the PUBLISH, got {other:?}"),
-        };
+        let (client, held) = qos2_in_flight(&server, &mut log, "gone", b"old");
         drop(client);
         // Retention took the message.
         log.channels.get_mut("t").unwrap().clear();
